@@ -1,0 +1,232 @@
+//! Authentication of tunnelc sessions: bearer tokens and client certificates.
+//!
+//! Tokens are kept only as SHA-256 digests; a presented token is hashed and compared against
+//! every configured digest in constant time, so neither timing nor early exit reveals which
+//! byte or which entry differed.
+
+use std::fmt;
+
+/// A secret from configuration whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Minimum length of a plain-text token.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a token as written in configuration: `sha256:<64 hex digits>` or the plain token.
+pub fn token_digest(spec: &str) -> Result<[u8; 32], String> {
+    if let Some(h) = spec.strip_prefix("sha256:") {
+        let bytes = unhex(h).filter(|b| b.len() == 32).ok_or_else(|| {
+            "a `sha256:` token must be followed by exactly 64 hex digits".to_string()
+        })?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    } else if spec.len() < MIN_TOKEN_LEN {
+        Err(format!(
+            "a token must be at least {MIN_TOKEN_LEN} characters long (or given as sha256:<hex>)"
+        ))
+    } else {
+        Ok(sha256(spec.as_bytes()))
+    }
+}
+
+/// One configured token.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    /// The client id this token authenticates as.
+    pub client_id: String,
+    pub digest: [u8; 32],
+    pub max_ports: Option<u32>,
+}
+
+/// Who a session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub client_id: String,
+    /// `token` or `certificate`.
+    pub method: &'static str,
+    pub max_ports: Option<u32>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no credentials: send a token or a client certificate")]
+    Missing,
+    #[error("invalid token")]
+    BadToken,
+    #[error("client certificate has no usable common name")]
+    BadCertificate,
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_credentials",
+            AuthError::BadToken => "bad_token",
+            AuthError::BadCertificate => "bad_certificate",
+        }
+    }
+}
+
+/// Checks credentials against the configured tokens and certificate policy.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    pub tokens: Vec<TokenEntry>,
+    /// Quota for clients identified by certificate.
+    pub certificate_max_ports: Option<u32>,
+}
+
+impl Authenticator {
+    /// `token` comes from the hello; `cert_cn` from a client certificate that rustls already
+    /// verified against the configured client CA. A token, when sent, decides.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        cert_cn: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        if let Some(token) = token {
+            let presented = sha256(token.as_bytes());
+            let mut found: Option<&TokenEntry> = None;
+            for entry in &self.tokens {
+                if ct_eq(&presented, &entry.digest) && found.is_none() {
+                    found = Some(entry);
+                }
+            }
+            return found
+                .map(|e| Identity {
+                    client_id: e.client_id.clone(),
+                    method: "token",
+                    max_ports: e.max_ports,
+                })
+                .ok_or(AuthError::BadToken);
+        }
+        match cert_cn {
+            Some(cn) if !cn.is_empty() => Ok(Identity {
+                client_id: cn.to_string(),
+                method: "certificate",
+                max_ports: self.certificate_max_ports,
+            }),
+            Some(_) => Err(AuthError::BadCertificate),
+            None => Err(AuthError::Missing),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator {
+            tokens: vec![
+                TokenEntry {
+                    client_id: "alice".into(),
+                    digest: token_digest("alice-secret-token-0001").expect("digest"),
+                    max_ports: Some(2),
+                },
+                TokenEntry {
+                    client_id: "bob".into(),
+                    digest: token_digest(&format!(
+                        "sha256:{}",
+                        hex(&sha256(b"bob-secret-token-00002"))
+                    ))
+                    .expect("digest"),
+                    max_ports: None,
+                },
+            ],
+            certificate_max_ports: Some(5),
+        }
+    }
+
+    #[test]
+    fn tokens_plain_and_hashed() {
+        let a = auth();
+        assert_eq!(
+            a.authenticate(Some("alice-secret-token-0001"), None)
+                .expect("alice")
+                .client_id,
+            "alice"
+        );
+        assert_eq!(
+            a.authenticate(Some("bob-secret-token-00002"), None)
+                .expect("bob")
+                .client_id,
+            "bob"
+        );
+        assert_eq!(
+            a.authenticate(Some("alice-secret-token-0002"), None),
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(a.authenticate(None, None), Err(AuthError::Missing));
+        let c = a.authenticate(None, Some("carol")).expect("cert");
+        assert_eq!(
+            (c.client_id.as_str(), c.method, c.max_ports),
+            ("carol", "certificate", Some(5))
+        );
+    }
+
+    #[test]
+    fn token_specs_are_validated() {
+        assert!(token_digest("short").unwrap_err().contains("at least 16"));
+        assert!(token_digest("sha256:abcd").unwrap_err().contains("64 hex"));
+        assert!(token_digest(&format!("sha256:{}", "zz".repeat(32))).is_err());
+        assert_eq!(format!("{:?}", Secret("x".into())), "Secret(****)");
+    }
+}
+
+/// Random bytes from the operating system (for jitter and generated names).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
+        // The OS generator failing is not recoverable in any useful way; fall back to time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    out
+}

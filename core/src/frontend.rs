@@ -1,0 +1,135 @@
+//! The frontend plug-in trait: how visitors reach a tunnel.
+//!
+//! A frontend serves public listeners and hands out [`Claim`]s: a tunnel asks for a port (or,
+//! later, a name), and the claim holds it until dropped. Dropping a claim releases it, so a
+//! session that ends cannot leak a route.
+
+use crate::hub::Target;
+use crate::metrics::Metrics;
+use crate::proto::TunnelKind;
+use crate::proxy_protocol;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a frontend gets from the daemon.
+#[derive(Clone)]
+pub struct FrontendContext {
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// A request to route visitors to a tunnel.
+#[derive(Clone)]
+pub struct ClaimRequest {
+    /// Who owns the route (a client id).
+    pub owner: String,
+    /// The tunnel's name (unique per owner).
+    pub tunnel: String,
+    /// A specific port, or `None` for any free one.
+    pub port: Option<u16>,
+    /// Bind address override (admin mappings); `None` uses the frontend's own.
+    pub bind: Option<IpAddr>,
+    /// Local target chosen by tunneld (admin mappings).
+    pub target_override: Option<String>,
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// The owner's quota for this frontend's resource (ports).
+    pub max_ports: Option<u32>,
+    /// Where visitor streams go.
+    pub target: Arc<dyn Target>,
+    /// Admin mappings are not reserved after release; client tunnels are, for a grace period.
+    pub reserve_on_release: bool,
+}
+
+/// A refusal, in words tunnelc shows to its user.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimError {
+    #[error("port {port} is outside the range {range} of frontend `{frontend}`")]
+    OutOfRange {
+        port: u16,
+        range: String,
+        frontend: String,
+    },
+    #[error("port {0} is held by another client")]
+    HeldByOther(u16),
+    #[error("port {0} is already used by another tunnel of this client")]
+    Duplicate(u16),
+    #[error("port {port} cannot be bound: {reason}")]
+    Unavailable { port: u16, reason: String },
+    #[error("no free port left in {0}")]
+    Exhausted(String),
+    #[error("quota exceeded: this client may hold at most {max} ports")]
+    Quota { max: u32 },
+    #[error("no frontend serves tunnels of type `{0}`")]
+    NoFrontend(String),
+    #[error("frontend `{0}` does not exist")]
+    UnknownFrontend(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClaimError {
+    /// A short label for metrics and for the admin API's HTTP status choice.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClaimError::OutOfRange { .. } => "out_of_range",
+            ClaimError::HeldByOther(_) => "held_by_other",
+            ClaimError::Duplicate(_) => "duplicate",
+            ClaimError::Unavailable { .. } => "unavailable",
+            ClaimError::Exhausted(_) => "exhausted",
+            ClaimError::Quota { .. } => "quota",
+            ClaimError::NoFrontend(_) => "no_frontend",
+            ClaimError::UnknownFrontend(_) => "unknown_frontend",
+            ClaimError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// A held route. Dropping it releases the route.
+pub struct Claim {
+    /// Where visitors connect, e.g. `tcp://127.0.0.1:20000`.
+    pub endpoint: String,
+    /// The port, when the frontend allocates ports.
+    pub port: Option<u16>,
+    /// Releases the route when dropped.
+    pub release: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// One row of `/tunnels`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteInfo {
+    pub frontend: String,
+    pub owner: String,
+    pub tunnel: String,
+    pub endpoint: String,
+    pub state: &'static str,
+}
+
+/// The frontend trait. Implementations live in `frontends/*`.
+#[async_trait]
+pub trait Frontend: Send + Sync + 'static {
+    /// The `type:` of the component (`ports`, `https-subdomain`, `rendezvous`).
+    fn kind(&self) -> &'static str;
+    /// The component's name in the config.
+    fn name(&self) -> &str;
+    /// Whether this frontend serves tunnels of `kind`.
+    fn serves(&self, kind: TunnelKind) -> bool;
+    /// Binds shared listeners and runs until shutdown (ports frontends have none and just wait).
+    async fn serve(self: Arc<Self>, cx: FrontendContext);
+    /// Claims a route for a tunnel.
+    async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError>;
+    /// The routes this frontend holds, for `/tunnels`.
+    fn routes(&self) -> Vec<RouteInfo>;
+}

@@ -1,0 +1,644 @@
+//! The hub: which tunnel clients are connected, through which session, and which routes
+//! (claims on frontends) they hold. Transports call [`Hub::admit`] after reading a hello;
+//! frontends reach clients through a [`Target`]; the admin API calls [`Hub::apply_mappings`].
+//!
+//! One session per client id: a new session of the same client replaces the old one, whose
+//! claims are released first so the new one gets the same ports back at once.
+
+use crate::auth::{AuthError, Authenticator};
+use crate::frontend::{Claim, ClaimError, ClaimRequest, Frontend, RouteInfo};
+use crate::io::BoxIo;
+use crate::metrics::Metrics;
+use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
+use crate::proxy_protocol;
+use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Maximum tunnels one hello may request.
+pub const MAX_TUNNELS_PER_SESSION: usize = 64;
+
+/// Where a frontend sends a visitor: resolved at each connection, so routes follow a client
+/// across reconnects.
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
+}
+
+/// A live session as the hub keeps it.
+pub struct LiveSession {
+    pub info: SessionInfo,
+    pub opener: Arc<dyn OpenStream>,
+    /// Cancelled when the session must end (replaced, shutdown, expired).
+    pub closed: CancellationToken,
+    pub accept_server_mappings: bool,
+    tunnels: Mutex<Vec<TunnelStatus>>,
+    claims: Mutex<Vec<Claim>>,
+    notify: mpsc::UnboundedSender<Control>,
+}
+
+impl LiveSession {
+    pub fn tunnels(&self) -> Vec<TunnelStatus> {
+        lock(&self.tunnels).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_client: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl Sessions {
+    fn get(&self, client: &str) -> Option<Arc<LiveSession>> {
+        lock(&self.by_client).get(client).cloned()
+    }
+}
+
+/// Routes to whichever session a client currently has.
+pub struct ClientTarget {
+    sessions: Weak<Sessions>,
+    client_id: String,
+}
+
+#[async_trait]
+impl Target for ClientTarget {
+    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+        let session = self
+            .sessions
+            .upgrade()
+            .and_then(|s| s.get(&self.client_id))
+            .ok_or(OpenError::Offline)?;
+        session.opener.open(header).await
+    }
+}
+
+/// Why a hello was refused.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: String,
+    /// Retrying cannot help (bad credentials, bad request).
+    pub permanent: bool,
+    /// Metric label.
+    pub outcome: &'static str,
+}
+
+/// Held by the transport for the life of a session; dropping it unregisters the session and
+/// releases its routes.
+pub struct SessionGuard {
+    hub: Arc<Hub>,
+    pub session: Arc<LiveSession>,
+    /// Control messages for the client (admin mapping changes).
+    pub notifications: mpsc::UnboundedReceiver<Control>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut map = lock(&self.hub.sessions.by_client);
+        if map
+            .get(&self.session.info.client_id)
+            .is_some_and(|s| s.info.id == self.session.info.id)
+        {
+            map.remove(&self.session.info.client_id);
+        }
+        drop(map);
+        self.session.closed.cancel();
+        let claims = std::mem::take(&mut *lock(&self.session.claims));
+        drop(claims);
+        self.hub
+            .metrics
+            .sessions_active
+            .with_label_values(&[&self.session.info.transport])
+            .dec();
+        tracing::info!(client = %self.session.info.client_id, session = self.session.info.id, "session ended");
+    }
+}
+
+/// A server-defined port mapping (`PUT /tunnels`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// The client id whose tunnelc carries the traffic.
+    pub client: String,
+    pub listen_port: u16,
+    /// Defaults to the frontend's bind address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<IpAddr>,
+    /// `host:port` that tunnelc connects to.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// Which ports frontend; defaults to the only one serving `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
+}
+
+impl Mapping {
+    fn key(&self) -> (Option<String>, Option<IpAddr>, u16) {
+        (self.frontend.clone(), self.listen_address, self.listen_port)
+    }
+    fn tunnel_name(&self) -> String {
+        format!("mapping-{}", self.listen_port)
+    }
+}
+
+/// An admin API failure with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingError {
+    pub status: u16,
+    pub message: String,
+}
+
+fn merr(status: u16, message: impl Into<String>) -> MappingError {
+    MappingError {
+        status,
+        message: message.into(),
+    }
+}
+
+#[derive(Default)]
+struct AdminState {
+    mappings: Vec<(Mapping, Claim)>,
+}
+
+pub struct Hub {
+    auth: Authenticator,
+    frontends: BTreeMap<String, Arc<dyn Frontend>>,
+    sessions: Arc<Sessions>,
+    admin: tokio::sync::Mutex<AdminState>,
+    next_id: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    /// Seconds between client keepalive pings.
+    pub keepalive_secs: u64,
+}
+
+fn valid_tunnel_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+impl Hub {
+    pub fn new(
+        auth: Authenticator,
+        frontends: BTreeMap<String, Arc<dyn Frontend>>,
+        metrics: Arc<Metrics>,
+        keepalive_secs: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            auth,
+            frontends,
+            sessions: Arc::default(),
+            admin: tokio::sync::Mutex::default(),
+            next_id: AtomicU64::new(1),
+            metrics,
+            keepalive_secs,
+        })
+    }
+
+    /// A target that follows `client_id` across sessions.
+    pub fn client_target(&self, client_id: &str) -> Arc<dyn Target> {
+        Arc::new(ClientTarget {
+            sessions: Arc::downgrade(&self.sessions),
+            client_id: client_id.to_string(),
+        })
+    }
+
+    fn frontend_for(
+        &self,
+        kind: TunnelKind,
+        name: Option<&str>,
+    ) -> Result<&Arc<dyn Frontend>, ClaimError> {
+        match name {
+            Some(n) => {
+                let f = self
+                    .frontends
+                    .get(n)
+                    .ok_or_else(|| ClaimError::UnknownFrontend(n.into()))?;
+                if f.serves(kind) {
+                    Ok(f)
+                } else {
+                    Err(ClaimError::Invalid(format!(
+                        "frontend `{n}` does not serve `{kind}` tunnels"
+                    )))
+                }
+            }
+            None => self
+                .frontends
+                .values()
+                .find(|f| f.serves(kind))
+                .ok_or_else(|| ClaimError::NoFrontend(kind.to_string())),
+        }
+    }
+
+    fn refuse(
+        &self,
+        transport: &str,
+        outcome: &'static str,
+        reason: String,
+        permanent: bool,
+    ) -> Rejection {
+        self.metrics
+            .handshakes_total
+            .with_label_values(&[transport, outcome])
+            .inc();
+        Rejection {
+            reason,
+            permanent,
+            outcome,
+        }
+    }
+
+    /// Authenticates a hello, replaces an older session of the same client, claims the
+    /// requested tunnels and registers the session.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit(
+        self: &Arc<Self>,
+        hello: &Hello,
+        cert_cn: Option<&str>,
+        transport: &str,
+        transport_kind: &'static str,
+        remote: SocketAddr,
+        opener: Arc<dyn OpenStream>,
+    ) -> Result<(SessionGuard, Vec<TunnelStatus>), Rejection> {
+        if hello.version != VERSION {
+            return Err(self.refuse(
+                transport,
+                "bad_version",
+                format!(
+                    "protocol version {} is not supported (this tunneld speaks {VERSION})",
+                    hello.version
+                ),
+                true,
+            ));
+        }
+        let identity = self
+            .auth
+            .authenticate(hello.token.as_deref(), cert_cn)
+            .map_err(|e: AuthError| self.refuse(transport, e.reason(), e.to_string(), true))?;
+        if hello.tunnels.len() > MAX_TUNNELS_PER_SESSION {
+            return Err(self.refuse(
+                transport,
+                "bad_request",
+                format!("at most {MAX_TUNNELS_PER_SESSION} tunnels per session"),
+                true,
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &hello.tunnels {
+            if !valid_tunnel_name(&t.name) {
+                return Err(self.refuse(
+                    transport,
+                    "bad_request",
+                    format!(
+                        "tunnel name `{}` is invalid: use 1-63 letters, digits, `-`, `_` or `.`",
+                        t.name
+                    ),
+                    true,
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(self.refuse(
+                    transport,
+                    "bad_request",
+                    format!("tunnel name `{}` appears twice", t.name),
+                    true,
+                ));
+            }
+        }
+
+        // Replace an older session of this client: its claims go first.
+        let old = lock(&self.sessions.by_client).remove(&identity.client_id);
+        if let Some(old) = old {
+            tracing::info!(client = %identity.client_id, old_session = old.info.id, "new session replaces the old one");
+            old.closed.cancel();
+            drop(std::mem::take(&mut *lock(&old.claims)));
+        }
+
+        let mut statuses = Vec::with_capacity(hello.tunnels.len());
+        let mut claims = Vec::new();
+        for t in &hello.tunnels {
+            match self
+                .claim_tunnel(&identity.client_id, identity.max_ports, t)
+                .await
+            {
+                Ok(claim) => {
+                    statuses.push(TunnelStatus {
+                        name: t.name.clone(),
+                        endpoint: Some(claim.endpoint.clone()),
+                        error: None,
+                    });
+                    claims.push(claim);
+                }
+                Err(e) => {
+                    tracing::warn!(client = %identity.client_id, tunnel = %t.name, error = %e, "tunnel refused");
+                    statuses.push(TunnelStatus {
+                        name: t.name.clone(),
+                        endpoint: None,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+
+        let (notify, notifications) = mpsc::unbounded_channel();
+        let session = Arc::new(LiveSession {
+            info: SessionInfo {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                client_id: identity.client_id.clone(),
+                transport: transport.to_string(),
+                transport_kind,
+                remote,
+                auth_method: identity.method,
+                connected_at: SystemTime::now(),
+            },
+            opener,
+            closed: CancellationToken::new(),
+            accept_server_mappings: hello.accept_server_mappings,
+            tunnels: Mutex::new(statuses.clone()),
+            claims: Mutex::new(claims),
+            notify,
+        });
+        if let Some(prev) =
+            lock(&self.sessions.by_client).insert(identity.client_id.clone(), session.clone())
+        {
+            // Two sessions of one client raced through admission: the later one wins.
+            prev.closed.cancel();
+            drop(std::mem::take(&mut *lock(&prev.claims)));
+        }
+        self.metrics
+            .handshakes_total
+            .with_label_values(&[transport, "ok"])
+            .inc();
+        self.metrics
+            .sessions_total
+            .with_label_values(&[transport])
+            .inc();
+        self.metrics
+            .sessions_active
+            .with_label_values(&[transport])
+            .inc();
+        tracing::info!(
+            client = %identity.client_id, session = session.info.id, transport, %remote,
+            auth = identity.method, "session established"
+        );
+        let mut all = statuses;
+        all.extend(self.mapping_statuses_for(&identity.client_id).await);
+        Ok((
+            SessionGuard {
+                hub: self.clone(),
+                session,
+                notifications,
+            },
+            all,
+        ))
+    }
+
+    async fn claim_tunnel(
+        &self,
+        owner: &str,
+        max_ports: Option<u32>,
+        t: &TunnelRequest,
+    ) -> Result<Claim, ClaimError> {
+        let frontend = self.frontend_for(t.kind, t.frontend.as_deref())?.clone();
+        let name = frontend.name().to_string();
+        let req = ClaimRequest {
+            owner: owner.to_string(),
+            tunnel: t.name.clone(),
+            port: t.remote_port,
+            bind: None,
+            target_override: None,
+            proxy_protocol: t.proxy_protocol,
+            max_ports,
+            target: self.client_target(owner),
+            reserve_on_release: true,
+        };
+        frontend.claim(req).await.inspect_err(|e| {
+            self.metrics
+                .claims_refused_total
+                .with_label_values(&[&name, e.reason()])
+                .inc();
+        })
+    }
+
+    /// The sessions, for `GET /clients`.
+    pub fn sessions(&self) -> Vec<Arc<LiveSession>> {
+        let mut v: Vec<_> = lock(&self.sessions.by_client).values().cloned().collect();
+        v.sort_by(|a, b| a.info.client_id.cmp(&b.info.client_id));
+        v
+    }
+
+    /// Every route of every frontend, for `GET /tunnels`.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        self.frontends.values().flat_map(|f| f.routes()).collect()
+    }
+
+    /// The current admin mappings.
+    pub async fn mappings(&self) -> Vec<(Mapping, String)> {
+        self.admin
+            .lock()
+            .await
+            .mappings
+            .iter()
+            .map(|(m, c)| (m.clone(), c.endpoint.clone()))
+            .collect()
+    }
+
+    async fn mapping_statuses_for(&self, client: &str) -> Vec<TunnelStatus> {
+        self.admin
+            .lock()
+            .await
+            .mappings
+            .iter()
+            .filter(|(m, _)| m.client == client)
+            .map(|(m, c)| TunnelStatus {
+                name: m.tunnel_name(),
+                endpoint: Some(c.endpoint.clone()),
+                error: None,
+            })
+            .collect()
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self) {
+        for s in self.sessions() {
+            s.closed.cancel();
+        }
+    }
+
+    /// Makes the admin mappings equal `desired`: missing ones are added, identical ones kept,
+    /// the rest closed. On any error nothing changes.
+    pub async fn apply_mappings(
+        &self,
+        desired: Vec<Mapping>,
+    ) -> Result<Vec<(Mapping, String)>, MappingError> {
+        let mut keys = std::collections::HashSet::new();
+        for m in &desired {
+            if !keys.insert(m.key()) {
+                return Err(merr(
+                    409,
+                    format!("port {} appears twice in the list", m.listen_port),
+                ));
+            }
+            if m.listen_port == 0 {
+                return Err(merr(
+                    400,
+                    "listen_port must be a port number from 1 to 65535",
+                ));
+            }
+            if m.target.parse::<SocketAddr>().is_err() && !valid_host_port(&m.target) {
+                return Err(merr(
+                    400,
+                    format!("target `{}` is not a host:port address", m.target),
+                ));
+            }
+            if let Some(f) = &m.frontend {
+                let fe = self
+                    .frontends
+                    .get(f)
+                    .ok_or_else(|| merr(404, format!("frontend `{f}` does not exist")))?;
+                if !fe.serves(TunnelKind::Tcp) {
+                    return Err(merr(400, format!("frontend `{f}` does not allocate ports")));
+                }
+            }
+        }
+        let mut admin = self.admin.lock().await;
+        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut admin.mappings)
+            .into_iter()
+            .partition(|(m, _)| desired.contains(m));
+        let added: Vec<Mapping> = desired
+            .iter()
+            .filter(|m| !kept.iter().any(|(k, _)| k == *m))
+            .cloned()
+            .collect();
+        for m in &added {
+            match self.sessions.get(&m.client) {
+                None => {
+                    admin.mappings = kept.into_iter().chain(removed).collect();
+                    return Err(merr(
+                        404,
+                        format!("client `{}` is unknown or not connected", m.client),
+                    ));
+                }
+                Some(s) if !s.accept_server_mappings => {
+                    admin.mappings = kept.into_iter().chain(removed).collect();
+                    return Err(merr(
+                        422,
+                        format!(
+                            "client `{}` does not accept server-defined mappings (set accept_server_mappings: true in its config)",
+                            m.client
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        // Release what goes away (so a changed mapping can take its own port), then claim.
+        let removed_maps: Vec<Mapping> = removed.iter().map(|(m, _)| m.clone()).collect();
+        drop(removed);
+        let mut new_claims = Vec::new();
+        for m in &added {
+            match self.claim_mapping(m).await {
+                Ok(c) => new_claims.push((m.clone(), c)),
+                Err(e) => {
+                    drop(new_claims);
+                    let mut restored = kept;
+                    for old in removed_maps {
+                        match self.claim_mapping(&old).await {
+                            Ok(c) => restored.push((old, c)),
+                            Err(re) => {
+                                tracing::error!(port = old.listen_port, error = %re, "could not restore a mapping after a failed update")
+                            }
+                        }
+                    }
+                    admin.mappings = restored;
+                    let status = match e {
+                        ClaimError::OutOfRange { .. } | ClaimError::Invalid(_) => 400,
+                        ClaimError::UnknownFrontend(_) | ClaimError::NoFrontend(_) => 404,
+                        _ => 409,
+                    };
+                    return Err(merr(status, e.to_string()));
+                }
+            }
+        }
+        admin.mappings = kept.into_iter().chain(new_claims).collect();
+        admin.mappings.sort_by_key(|(m, _)| m.listen_port);
+        let result: Vec<(Mapping, String)> = admin
+            .mappings
+            .iter()
+            .map(|(m, c)| (m.clone(), c.endpoint.clone()))
+            .collect();
+        drop(admin);
+        for s in self.sessions() {
+            let mut tunnels = s.tunnels();
+            tunnels.extend(self.mapping_statuses_for(&s.info.client_id).await);
+            let _ = s.notify.send(Control::Tunnels { tunnels });
+        }
+        Ok(result)
+    }
+
+    async fn claim_mapping(&self, m: &Mapping) -> Result<Claim, ClaimError> {
+        let frontend = self
+            .frontend_for(TunnelKind::Tcp, m.frontend.as_deref())?
+            .clone();
+        frontend
+            .claim(ClaimRequest {
+                owner: m.client.clone(),
+                tunnel: m.tunnel_name(),
+                port: Some(m.listen_port),
+                bind: m.listen_address,
+                target_override: Some(m.target.clone()),
+                proxy_protocol: m.proxy_protocol,
+                max_ports: None,
+                target: self.client_target(&m.client),
+                reserve_on_release: false,
+            })
+            .await
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'))
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_targets() {
+        assert!(valid_tunnel_name("ssh"));
+        assert!(valid_tunnel_name("web-1.a_b"));
+        assert!(!valid_tunnel_name("-x"));
+        assert!(!valid_tunnel_name(""));
+        assert!(!valid_tunnel_name(&"a".repeat(64)));
+        assert!(!valid_tunnel_name("a b"));
+        assert!(valid_host_port("localhost:8080"));
+        assert!(!valid_host_port("localhost"));
+        assert!(!valid_host_port("a/b:80"));
+        assert!(!valid_host_port("host:0"));
+    }
+}

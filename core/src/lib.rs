@@ -1,0 +1,31 @@
+//! Core of tunneld: the runtime traits every transport and frontend implements, and the
+//! machinery they share.
+//!
+//! Layout:
+//! - [`io`]: the one stream type ([`io::BoxIo`]) and [`splice`], the two-way copier.
+//! - [`session`]: [`session::OpenStream`], [`session::StreamHeader`], [`session::Session`].
+//! - [`transport`] / [`frontend`]: the plug-in traits, used as trait objects.
+//! - [`hub`]: the registry of live sessions and the claims they hold on frontends.
+//! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
+//! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
+//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning.
+//! - [`limits`]: pending-handshake caps; [`proxy_protocol`]: PROXY v1/v2 headers.
+//! - [`metrics`]: every Prometheus metric tunneld exports.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod duration;
+pub mod frontend;
+pub mod hub;
+pub mod io;
+pub mod limits;
+pub mod metrics;
+pub mod proto;
+pub mod proxy_protocol;
+pub mod session;
+pub mod splice;
+pub mod tls;
+pub mod transport;
+
+pub use io::BoxIo;
+pub use splice::splice;

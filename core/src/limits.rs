@@ -1,0 +1,106 @@
+//! Caps on pending handshakes, overall and per source address, so a flood of slow peers can
+//! neither exhaust memory nor starve honest clients of handshake slots.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug)]
+pub struct HandshakeLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a handshake slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Total,
+    PerAddress,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Total => "too_many_pending",
+            Refused::PerAddress => "too_many_pending_from_address",
+        }
+    }
+}
+
+/// A held slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Arc<HandshakeLimiter>,
+    ip: IpAddr,
+}
+
+impl HandshakeLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let n = s.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refused::PerAddress);
+        }
+        *n += 1;
+        s.total += 1;
+        Ok(Permit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn pending(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_address() {
+        let l = HandshakeLimiter::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let b: IpAddr = "127.0.0.2".parse().expect("ip");
+        let p1 = l.try_acquire(a).expect("1");
+        let _p2 = l.try_acquire(a).expect("2");
+        assert_eq!(l.try_acquire(a).unwrap_err(), Refused::PerAddress);
+        let _p3 = l.try_acquire(b).expect("3");
+        assert_eq!(l.try_acquire(b).unwrap_err(), Refused::Total);
+        drop(p1);
+        assert!(l.try_acquire(b).is_ok());
+        assert_eq!(l.pending(), 3);
+    }
+}

@@ -1,0 +1,149 @@
+//! Every metric tunneld exports, in one registry passed explicitly (no globals).
+//! `docs/metrics.md` documents each one.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub sessions_active: IntGaugeVec,
+    pub sessions_total: IntCounterVec,
+    pub handshakes_total: IntCounterVec,
+    pub handshakes_pending: IntGauge,
+    pub protocol_errors_total: IntCounterVec,
+    pub streams_opened_total: IntCounterVec,
+    pub streams_active: IntGaugeVec,
+    pub stream_open_failures_total: IntCounterVec,
+    pub stream_open_seconds: HistogramVec,
+    pub bytes_total: IntCounterVec,
+    pub ports_allocated: IntGaugeVec,
+    pub claims_refused_total: IntCounterVec,
+    pub admin_requests_total: IntCounterVec,
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+fn gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let handshakes_pending = IntGauge::new(
+            "tunneld_handshakes_pending",
+            "Handshakes (TLS + hello + auth) in progress",
+        )?;
+        r.register(Box::new(handshakes_pending.clone()))?;
+        let stream_open_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tunneld_stream_open_seconds",
+                "Time from a visitor's connection to the tunnel client's answer on the new stream",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["frontend"],
+        )?;
+        r.register(Box::new(stream_open_seconds.clone()))?;
+        Ok(Self {
+            sessions_active: gauge(
+                &r,
+                "tunneld_sessions_active",
+                "Connected tunnel client sessions",
+                &["transport"],
+            )?,
+            sessions_total: counter(
+                &r,
+                "tunneld_sessions_total",
+                "Tunnel client sessions accepted since start",
+                &["transport"],
+            )?,
+            handshakes_total: counter(
+                &r,
+                "tunneld_handshakes_total",
+                "Finished handshakes by outcome (ok, or the reason for refusal)",
+                &["transport", "outcome"],
+            )?,
+            handshakes_pending,
+            protocol_errors_total: counter(
+                &r,
+                "tunneld_protocol_errors_total",
+                "Malformed or oversized input from tunnel clients, by reason",
+                &["transport", "reason"],
+            )?,
+            streams_opened_total: counter(
+                &r,
+                "tunneld_streams_opened_total",
+                "Visitor streams opened to tunnel clients",
+                &["frontend"],
+            )?,
+            streams_active: gauge(
+                &r,
+                "tunneld_streams_active",
+                "Visitor streams currently open",
+                &["frontend"],
+            )?,
+            stream_open_failures_total: counter(
+                &r,
+                "tunneld_stream_open_failures_total",
+                "Visitor connections that could not be given a stream, by reason",
+                &["frontend", "reason"],
+            )?,
+            stream_open_seconds,
+            bytes_total: counter(
+                &r,
+                "tunneld_bytes_total",
+                "Bytes relayed, by direction (in = visitor to tunnel client, out = back)",
+                &["frontend", "direction"],
+            )?,
+            ports_allocated: gauge(
+                &r,
+                "tunneld_ports_allocated",
+                "Public ports currently bound for tunnels",
+                &["frontend"],
+            )?,
+            claims_refused_total: counter(
+                &r,
+                "tunneld_claims_refused_total",
+                "Tunnel requests refused by a frontend, by reason",
+                &["frontend", "reason"],
+            )?,
+            admin_requests_total: counter(
+                &r,
+                "tunneld_admin_requests_total",
+                "Admin API requests by route and status code",
+                &["route", "code"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

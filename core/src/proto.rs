@@ -1,0 +1,281 @@
+//! The control protocol between tunnelc and tunneld, shared by the transports that carry it
+//! (yamux today). Every message is a frame: a big-endian `u32` length, then that many bytes of
+//! JSON. Frames are capped at [`MAX_FRAME`]; a larger length is rejected before any allocation.
+//!
+//! Connection preamble (client to server, right after TLS): the 8 bytes [`MAGIC`], then one
+//! [`Hello`] frame. The server answers one [`ServerHello`] frame. See `docs/protocol.md`.
+
+use crate::proxy_protocol;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// First bytes a tunnelc sends: protocol name and version.
+pub const MAGIC: &[u8; 8] = b"TUNNELD1";
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Version carried in [`Hello`].
+pub const VERSION: u16 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error(
+        "bad preamble: not a tunnelc speaking protocol {}",
+        String::from_utf8_lossy(MAGIC)
+    )]
+    BadMagic,
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::Closed => "closed",
+            FrameError::BadMagic => "bad_magic",
+            FrameError::TooLarge(_) => "frame_too_large",
+            FrameError::Malformed(_) => "malformed_frame",
+            FrameError::Io(_) => "io",
+        }
+    }
+}
+
+/// Reads one frame and decodes it.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            FrameError::Malformed(format!("truncated: expected {len} bytes"))
+        }
+        _ => FrameError::Io(e),
+    })?;
+    serde_json::from_slice(&buf).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Encodes a frame (length and JSON) into bytes.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Encodes and writes one frame, then flushes.
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let bytes = encode_frame(msg)?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads and checks the 8-byte preamble.
+pub async fn read_magic<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<(), FrameError> {
+    let mut m = [0u8; 8];
+    match r.read_exact(&mut m).await {
+        Ok(_) if &m == MAGIC => Ok(()),
+        Ok(_) => Err(FrameError::BadMagic),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The kind of traffic a tunnel carries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    /// Raw TCP on an allocated port.
+    Tcp,
+}
+
+impl std::fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelKind::Tcp => "tcp",
+        })
+    }
+}
+
+/// One tunnel a client asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelRequest {
+    pub name: String,
+    pub kind: TunnelKind,
+    /// A specific public port; `None` for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    /// A specific frontend by name; `None` for the one that serves `kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+}
+
+/// First frame from tunnelc.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub version: u16,
+    /// A bearer token; absent when the client authenticates with a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub tunnels: Vec<TunnelRequest>,
+    /// Whether the client accepts mappings defined by tunneld's admin API (their local
+    /// targets are chosen by the server).
+    #[serde(default)]
+    pub accept_server_mappings: bool,
+    /// Free text for logs (`tunnelc 0.1.0`).
+    #[serde(default)]
+    pub agent: String,
+}
+
+impl std::fmt::Display for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never prints the token.
+        write!(
+            f,
+            "hello v{} from `{}` with {} tunnels",
+            self.version,
+            self.agent,
+            self.tunnels.len()
+        )
+    }
+}
+
+/// The outcome of one requested tunnel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelStatus {
+    pub name: String,
+    /// The public endpoint, when the tunnel is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Why the tunnel was refused, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer to [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerHello {
+    /// Authenticated. Individual tunnels may still have failed.
+    Welcome {
+        client_id: String,
+        tunnels: Vec<TunnelStatus>,
+        /// Seconds between keepalive pings the client should send.
+        keepalive_secs: u64,
+    },
+    /// Refused; the connection closes. `permanent` tells tunnelc not to retry.
+    Rejected { reason: String, permanent: bool },
+}
+
+/// Messages on the control stream after the handshake, either way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// Server to client: the set of tunnels changed (admin mappings added or removed).
+    Tunnels {
+        tunnels: Vec<TunnelStatus>,
+    },
+    /// Either way: the session is ending on purpose.
+    Bye {
+        reason: String,
+    },
+}
+
+/// Answer of tunnelc to a stream header, before any payload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::StreamHeader;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let header = StreamHeader {
+            tunnel: "ssh".into(),
+            target: Some("127.0.0.1:22".into()),
+            visitor: "127.0.0.1:5000".parse().expect("addr"),
+            public: "[::1]:20000".parse().expect("addr"),
+            proxy_protocol: Some(proxy_protocol::Version::V2),
+        };
+        let bytes = encode_frame(&header).expect("encode");
+        let back: StreamHeader = read_frame(&mut &bytes[..]).await.expect("decode");
+        assert_eq!(back, header);
+        let ctl = Control::Ping { seq: 7 };
+        let bytes = encode_frame(&ctl).expect("encode");
+        assert_eq!(
+            read_frame::<Control, _>(&mut &bytes[..])
+                .await
+                .expect("decode"),
+            ctl
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_oversized_and_malformed() {
+        let huge = (MAX_FRAME as u32 + 1).to_be_bytes();
+        let err = read_frame::<Control, _>(&mut &huge[..])
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
+        let mut garbage = 5u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(b"{nope");
+        let err = read_frame::<Control, _>(&mut &garbage[..])
+            .await
+            .expect_err("malformed");
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+        let truncated = [0u8, 0, 0, 9, b'{'];
+        let err = read_frame::<Control, _>(&mut &truncated[..])
+            .await
+            .expect_err("truncated");
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let err = read_magic(&mut &b"GET / HTTP/1.1\r\n"[..])
+            .await
+            .expect_err("magic");
+        assert!(matches!(err, FrameError::BadMagic));
+        let err = read_frame::<Control, _>(&mut &b""[..])
+            .await
+            .expect_err("closed");
+        assert!(matches!(err, FrameError::Closed));
+    }
+}

@@ -1,0 +1,96 @@
+//! A session is one authenticated connection from a tunnelc, whatever the transport.
+//!
+//! The transport turns "give me a stream to the client for this visitor" into its own wire
+//! form: a yamux stream with a header frame, an HTTP/2 request, a WebSocket conversation, or a
+//! parked CONNECT socket. Frontends only see [`OpenStream`].
+
+use crate::io::BoxIo;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+/// What tunneld tells tunnelc about each stream it opens, so tunnelc knows where to connect
+/// without guessing (no pairing race).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamHeader {
+    /// The tunnel's name, as tunnelc registered it (or the admin mapping's name).
+    pub tunnel: String,
+    /// A local target chosen by tunneld (admin mappings); `None` means the client's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The visitor's address as tunneld saw it.
+    pub visitor: SocketAddr,
+    /// The public address the visitor connected to.
+    pub public: SocketAddr,
+    /// Whether tunnelc writes a PROXY protocol header toward the local service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+}
+
+/// Why a stream could not be opened, split by which side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the tunnel client is not connected")]
+    Offline,
+    #[error("the tunnel client's session failed: {0}")]
+    Session(String),
+    #[error("the tunnel client could not reach its local service: {0}")]
+    LocalRefused(String),
+    #[error("the tunnel client did not answer in time")]
+    Timeout,
+    #[error("the tunnel client has too many open streams")]
+    TooManyStreams,
+}
+
+impl OpenError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpenError::Offline => "offline",
+            OpenError::Session(_) => "session",
+            OpenError::LocalRefused(_) => "local_refused",
+            OpenError::Timeout => "timeout",
+            OpenError::TooManyStreams => "too_many_streams",
+        }
+    }
+}
+
+/// Opens a stream from tunneld to the tunnelc of one session.
+#[async_trait]
+pub trait OpenStream: Send + Sync + 'static {
+    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
+}
+
+/// Facts about a live session, for `/clients` and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub client_id: String,
+    pub transport: String,
+    pub transport_kind: &'static str,
+    pub remote: SocketAddr,
+    pub auth_method: &'static str,
+    #[serde(with = "unix_seconds")]
+    pub connected_at: SystemTime,
+}
+
+mod unix_seconds {
+    use serde::Serializer;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        s.serialize_u64(secs)
+    }
+}
+
+/// tunnelc side: turns a stream header into a connection to the local service (resolving the
+/// tunnel's target and writing a PROXY header when asked). The error is shown to tunneld.
+#[async_trait]
+pub trait LocalConnector: Send + Sync + 'static {
+    async fn connect(&self, header: &StreamHeader) -> Result<BoxIo, String>;
+}

@@ -1,0 +1,363 @@
+//! TLS for tunneld and tunnelc, on rustls with the `ring` provider passed explicitly.
+//!
+//! - [`ServerIdentity::load`] reads a configured certificate and key, or
+//!   [`ServerIdentity::self_signed`] generates tunneld's own CA and a server certificate into
+//!   the state directory on first start and reuses them afterwards.
+//! - [`server_config`] / [`client_config`] build rustls configs, with optional mTLS.
+//! - [`ClientTrust::Pin`] trusts exactly one server certificate by SHA-256 fingerprint.
+
+use crate::auth::{hex, sha256};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The one crypto provider used everywhere.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `sha256:<hex>` of a DER certificate, the form `ClientTrust::Pin` takes.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex(&sha256(der)))
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, format!("malformed PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_err(path, format!("cannot read private key: {e}")))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(|e| file_err(&tmp, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| file_err(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// A server certificate chain with its key, and where it came from.
+pub struct ServerIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The CA file clients should trust (self-signed mode), for the startup message.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ServerIdentity {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+            ca_file: None,
+        })
+    }
+
+    /// The leaf certificate's fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.chain
+            .first()
+            .map(|c| fingerprint(c))
+            .unwrap_or_default()
+    }
+
+    /// tunneld's own CA (`ca.pem`, `ca.key`) and a server certificate for `names`
+    /// (`server.pem`, `server.key`) in `dir`, created when missing. The server certificate is
+    /// re-issued when the names change.
+    pub fn self_signed(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        if !ca_pem.exists() || !ca_key.exists() {
+            let key = KeyPair::generate().map_err(gen)?;
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "tunneld local CA");
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params.not_after = rcgen::date_time_ymd(2046, 1, 1);
+            let cert = params.self_signed(&key).map_err(gen)?;
+            write_private(&ca_key, &key.serialize_pem())?;
+            std::fs::write(&ca_pem, cert.pem()).map_err(|e| file_err(&ca_pem, e))?;
+            tracing::info!(path = %ca_pem.display(), "generated tunneld's own CA");
+        }
+        let ca_der = load_certs(&ca_pem)?.remove(0);
+        let ca_key_pair =
+            KeyPair::from_pem(&std::fs::read_to_string(&ca_key).map_err(|e| file_err(&ca_key, e))?)
+                .map_err(|e| file_err(&ca_key, e))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&ca_der, ca_key_pair).map_err(|e| file_err(&ca_pem, e))?;
+
+        let (srv_pem, srv_key, srv_names) = (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("server.names"),
+        );
+        let wanted = names.join("\n");
+        let current = std::fs::read_to_string(&srv_names).unwrap_or_default();
+        if !srv_pem.exists() || !srv_key.exists() || current != wanted {
+            let key = KeyPair::generate().map_err(gen)?;
+            let mut params = CertificateParams::new(names.to_vec()).map_err(gen)?;
+            let mut dn = DistinguishedName::new();
+            dn.push(
+                DnType::CommonName,
+                names.first().map(String::as_str).unwrap_or("tunneld"),
+            );
+            params.distinguished_name = dn;
+            params.not_after = rcgen::date_time_ymd(2046, 1, 1);
+            let cert = params.signed_by(&key, &issuer).map_err(gen)?;
+            write_private(&srv_key, &key.serialize_pem())?;
+            std::fs::write(&srv_pem, cert.pem()).map_err(|e| file_err(&srv_pem, e))?;
+            std::fs::write(&srv_names, &wanted).map_err(|e| file_err(&srv_names, e))?;
+            tracing::info!(path = %srv_pem.display(), names = %wanted.replace('\n', ","), "issued server certificate");
+        }
+        let mut chain = load_certs(&srv_pem)?;
+        chain.push(ca_der);
+        Ok(Self {
+            chain,
+            key: load_key(&srv_key)?,
+            ca_file: Some(ca_pem),
+        })
+    }
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_err(path, format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Client certificate policy of a server.
+pub enum ClientAuth {
+    /// No client certificates asked for.
+    None,
+    /// Verified against this CA when presented; tokens remain allowed.
+    Optional(PathBuf),
+    /// Required and verified against this CA.
+    Required(PathBuf),
+}
+
+/// A rustls server config. `alpn` lists protocols in preference order.
+pub fn server_config(
+    id: &ServerIdentity,
+    client_auth: &ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(ca) | ClientAuth::Required(ca) => {
+            let mut v =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider());
+            if matches!(client_auth, ClientAuth::Optional(_)) {
+                v = v.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(v.build().map_err(|e| file_err(ca, e))?)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(format!("server certificate and key do not match: {e}")))?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// How tunnelc decides to trust tunneld.
+#[derive(Debug, Clone)]
+pub enum ClientTrust {
+    /// Certificates chaining to these CAs (a PEM file: tunneld's `ca.pem` or a system bundle).
+    CaFile(PathBuf),
+    /// Exactly this leaf certificate, by `sha256:<hex>` fingerprint; names and dates not checked.
+    Pin(String),
+}
+
+/// A rustls client config, with an optional client certificate for mTLS.
+pub fn client_config(
+    trust: &ClientTrust,
+    client_cert: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match trust {
+        ClientTrust::CaFile(path) => builder.with_root_certificates(roots_from(path)?),
+        ClientTrust::Pin(pin) => {
+            let want = pin.to_ascii_lowercase();
+            if !want.starts_with("sha256:") || want.len() != 7 + 64 {
+                return Err(TlsError::Config(format!(
+                    "pin `{pin}` must be sha256: followed by 64 hex digits"
+                )));
+            }
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                    want,
+                    provider: provider(),
+                }))
+        }
+    };
+    let mut cfg = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| {
+                file_err(
+                    cert,
+                    format!("client certificate and key do not match: {e}"),
+                )
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct PinVerifier {
+    want: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.want {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate {} does not match the pinned {}",
+                fingerprint(end_entity),
+                self.want
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("tunneld-tls-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let a = ServerIdentity::self_signed(&dir, &names).expect("first");
+        let b = ServerIdentity::self_signed(&dir, &names).expect("second");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(
+            common_name(&a.chain[1]).as_deref(),
+            Some("tunneld local CA")
+        );
+        let c = ServerIdentity::self_signed(&dir, &["example.test".to_string()]).expect("renamed");
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!(a.chain[1], c.chain[1], "the CA stays");
+        server_config(&c, &ClientAuth::None, &[b"x"]).expect("server config");
+        client_config(&ClientTrust::CaFile(dir.join("ca.pem")), None, &[]).expect("client config");
+        assert!(client_config(&ClientTrust::Pin("sha256:abc".into()), None, &[]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

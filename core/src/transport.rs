@@ -1,0 +1,54 @@
+//! The transport plug-in trait (tunneld side).
+//!
+//! A transport accepts tunnelc connections, authenticates them through the [`Hub`], and keeps
+//! each session alive while offering an [`OpenStream`](crate::session::OpenStream) to the
+//! frontends. The tunnelc side of each transport is a plain async function in its crate, since
+//! tunnelc runs exactly one transport per connection.
+
+use crate::hub::Hub;
+use crate::limits::HandshakeLimiter;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a transport gets from the daemon.
+#[derive(Clone)]
+pub struct TransportContext {
+    /// The component's name in the config (`transports.<name>`), used in logs and metrics.
+    pub name: String,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<HandshakeLimiter>,
+    /// One deadline for TLS, hello and authentication together.
+    pub handshake_timeout: Duration,
+    /// Cancelled when tunneld stops accepting.
+    pub shutdown: CancellationToken,
+    /// Tracks per-connection tasks so shutdown can drain them.
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The tunneld side of a transport.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The `type:` of the component (`yamux`, `h2-reverse`, ...).
+    fn kind(&self) -> &'static str;
+    /// The bound address (after binding port 0).
+    fn local_addr(&self) -> SocketAddr;
+    /// Accepts sessions until `cx.shutdown` is cancelled.
+    async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError>;
+}

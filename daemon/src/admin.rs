@@ -1,0 +1,278 @@
+//! The admin API: metrics, health, and the declarative tunnel list.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | `ok` while the process runs |
+//! | `GET /readyz` | `ready`, or 503 `draining` after SIGTERM |
+//! | `GET /clients` | connected clients (JSON) |
+//! | `GET /tunnels` | every route and the admin mappings (JSON) |
+//! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
+
+use crate::config::server::AdminConfig;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::auth::sha256;
+use tunneld_core::hub::{Hub, Mapping};
+use tunneld_core::metrics::Metrics;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+const MAX_CONNECTIONS: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct State {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    token_digest: Option<[u8; 32]>,
+    draining: CancellationToken,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Binds the admin listener and serves it in the background.
+pub async fn start(
+    cfg: AdminConfig,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    draining: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        hub,
+        metrics,
+        token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
+        draining,
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tracing::info!(%addr, "admin API listening");
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("admin API: too many connections, closing one");
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    respond(status, "application/json", format!("{v}\n"))
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
+    json_resp(status, &json!({ "error": message.to_string() }))
+}
+
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    let Some(want) = &state.token_digest else {
+        return true;
+    };
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| sha256(t.trim().as_bytes()));
+    match got {
+        Some(g) => g.iter().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
+        None => false,
+    }
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+    let route = match req.uri().path() {
+        p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels") => p.to_string(),
+        _ => "other".to_string(),
+    };
+    let resp = route_request(state, req, &route).await;
+    state
+        .metrics
+        .admin_requests_total
+        .with_label_values(&[&route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn route_request(state: &State, req: Request<Incoming>, route: &str) -> Resp {
+    let open = matches!(route, "/healthz" | "/readyz");
+    if !open && !authorized(state, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    match (req.method().clone(), route) {
+        (Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        (Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (Method::GET, "/readyz") if state.draining.is_cancelled() => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
+        (Method::GET, "/readyz") => respond(StatusCode::OK, "text/plain", "ready\n"),
+        (Method::GET, "/clients") => json_resp(StatusCode::OK, &clients(state)),
+        (Method::GET, "/tunnels") => json_resp(StatusCode::OK, &tunnels(state).await),
+        (Method::PUT, "/tunnels") => put_tunnels(state, req).await,
+        (_, "other") => error(
+            StatusCode::NOT_FOUND,
+            format!("no route {}", req.uri().path()),
+        ),
+        (m, r) => {
+            let allowed = if r == "/tunnels" { "GET, PUT" } else { "GET" };
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {r}"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(allowed) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            resp
+        }
+    }
+}
+
+fn clients(state: &State) -> Value {
+    let list: Vec<Value> = state
+        .hub
+        .sessions()
+        .iter()
+        .map(|s| {
+            json!({
+                "client_id": s.info.client_id,
+                "session": s.info.id,
+                "transport": s.info.transport,
+                "transport_type": s.info.transport_kind,
+                "remote": s.info.remote.to_string(),
+                "auth": s.info.auth_method,
+                "connected_at": s.info.connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "accept_server_mappings": s.accept_server_mappings,
+                "tunnels": s.tunnels(),
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+async fn mappings_json(list: Vec<(Mapping, String)>) -> Value {
+    Value::Array(
+        list.into_iter()
+            .map(|(m, endpoint)| {
+                let mut v = serde_json::to_value(&m).unwrap_or(Value::Null);
+                if let Value::Object(o) = &mut v {
+                    o.insert("endpoint".into(), Value::String(endpoint));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+async fn tunnels(state: &State) -> Value {
+    json!({
+        "routes": state.hub.routes(),
+        "mappings": mappings_json(state.hub.mappings().await).await,
+    })
+}
+
+async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.split(';').next().map(str::trim) != Some("application/json") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.to_string().contains("length limit") => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_BODY} bytes"),
+            )
+        }
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+    };
+    let desired: Vec<Mapping> = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid mapping list: {e}"),
+            )
+        }
+    };
+    match state.hub.apply_mappings(desired).await {
+        Ok(list) => json_resp(
+            StatusCode::OK,
+            &json!({ "mappings": mappings_json(list).await }),
+        ),
+        Err(e) => error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message,
+        ),
+    }
+}

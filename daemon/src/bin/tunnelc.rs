@@ -1,0 +1,219 @@
+//! tunnelc: exposes local services through a tunneld.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::auth::Secret;
+use tunneld_core::proto::{TunnelKind, TunnelStatus};
+use tunneld_core::proxy_protocol;
+use tunneld_daemon::client::{self, ClientEvent};
+use tunneld_daemon::config::client::{
+    ClientConfig, ClientTls, Reconnect, TransportKind, TunnelConfig,
+};
+use tunneld_daemon::config::server::{LogConfig, LogFormat};
+use tunneld_daemon::logging;
+
+/// Tunnel client: connects out to a tunneld and serves its visitors from local services.
+#[derive(Parser, Debug)]
+#[command(name = "tunnelc", version)]
+struct Cli {
+    /// YAML configuration; without it the embedded default (client.example.yaml) is used.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit (0 valid, 1 invalid).
+    #[arg(long)]
+    check: bool,
+    /// Override one key, e.g. --set server=tunnels.example.com:7000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[arg(long, value_name = "FILTER", global = true)]
+    log_level: Option<String>,
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    quick: Option<Quick>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Quick {
+    /// Expose one local TCP service without a config file.
+    Tcp {
+        /// The local service, host:port.
+        local: String,
+        /// tunneld's transport address, host:port.
+        #[arg(long, env = "TUNNELC_SERVER")]
+        server: String,
+        /// The token tunneld knows this client by.
+        #[arg(long, env = "TUNNELC_TOKEN", hide_env_values = true)]
+        token: String,
+        /// PEM CA to trust (tunneld's state/tls/ca.pem).
+        #[arg(long, conflicts_with = "pin")]
+        ca: Option<PathBuf>,
+        /// Trust exactly this certificate (sha256:<hex>, as tunneld prints it).
+        #[arg(long)]
+        pin: Option<String>,
+        /// Name to check in the certificate (default: the server's host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Ask for this public port.
+        #[arg(long)]
+        remote_port: Option<u16>,
+        /// The tunnel's name.
+        #[arg(long, default_value = "tcp")]
+        name: String,
+        /// Send a PROXY protocol header to the local service.
+        #[arg(long, value_parser = ["v1", "v2"])]
+        proxy_protocol: Option<String>,
+    },
+}
+
+fn quick_config(q: Quick) -> ClientConfig {
+    let Quick::Tcp {
+        local,
+        server,
+        token,
+        ca,
+        pin,
+        server_name,
+        remote_port,
+        name,
+        proxy_protocol: pp,
+    } = q;
+    let mut tunnels = BTreeMap::new();
+    tunnels.insert(
+        name,
+        TunnelConfig {
+            kind: TunnelKind::Tcp,
+            local,
+            remote_port,
+            frontend: None,
+            proxy_protocol: pp.map(|v| {
+                if v == "v2" {
+                    proxy_protocol::Version::V2
+                } else {
+                    proxy_protocol::Version::V1
+                }
+            }),
+        },
+    );
+    ClientConfig {
+        server,
+        server_name,
+        transport: TransportKind::Yamux,
+        token: Some(Secret(token)),
+        tls: ClientTls {
+            ca,
+            pin,
+            cert: None,
+            key: None,
+        },
+        reconnect: Reconnect::default(),
+        yamux: Default::default(),
+        accept_server_mappings: false,
+        connect_timeout: std::time::Duration::from_secs(10),
+        log: LogConfig::default(),
+        tunnels,
+    }
+}
+
+fn fail_config(lines: &[String]) -> ! {
+    eprintln!("tunnelc: invalid configuration:");
+    for line in lines {
+        eprintln!("  {line}");
+    }
+    std::process::exit(1);
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let cfg = match cli.quick {
+        Some(q) => {
+            let c = quick_config(q);
+            if let Err(e) = c.validate() {
+                fail_config(&e.lines);
+            }
+            c
+        }
+        None => ClientConfig::load(cli.config.as_deref(), &cli.sets)
+            .unwrap_or_else(|e| fail_config(&e.lines)),
+    };
+    if cli.check {
+        println!(
+            "configuration ok: {} tunnel(s) to {}",
+            cfg.tunnels.len(),
+            cfg.server
+        );
+        return;
+    }
+    logging::init(
+        cli.log_level.as_deref().or(cfg.log.level.as_deref()),
+        cli.log_format.unwrap_or(cfg.log.format),
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tunnelc: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cfg)) {
+        eprintln!("tunnelc: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn print_tunnels(tunnels: &[TunnelStatus]) {
+    for t in tunnels {
+        match (&t.endpoint, &t.error) {
+            (Some(ep), _) => println!("tunnel {}: {ep}", t.name),
+            (None, Some(err)) => println!("tunnel {} refused: {err}", t.name),
+            (None, None) => println!("tunnel {}: no endpoint", t.name),
+        }
+    }
+}
+
+async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = cfg.server.clone();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ClientEvent::Connected { client_id, tunnels } => {
+                    println!("connected to {server} as {client_id}");
+                    print_tunnels(&tunnels);
+                }
+                ClientEvent::TunnelsChanged { tunnels } => {
+                    println!("tunnels changed:");
+                    print_tunnels(&tunnels);
+                }
+                ClientEvent::Disconnected { reason, retry_in } => {
+                    println!(
+                        "disconnected: {reason}; reconnecting in {:.1}s",
+                        retry_in.as_secs_f64()
+                    );
+                }
+            }
+        }
+    });
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stopper.cancel();
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        term.recv().await;
+        stopper.cancel();
+    });
+    let result = client::run(cfg, tx, stop).await;
+    let _ = printer.await;
+    result
+}

@@ -1,0 +1,230 @@
+//! tunnelc: connects to tunneld, keeps the session alive, reconnects with jittered
+//! exponential backoff, and connects each stream tunneld opens to the local service.
+
+use crate::config::client::ClientConfig;
+use anyhow::Context;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::auth::random_bytes;
+use tunneld_core::io::BoxIo;
+use tunneld_core::proto::{Hello, TunnelRequest, TunnelStatus, VERSION};
+use tunneld_core::proxy_protocol;
+use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::tls::{client_config, ClientTrust};
+use tunneld_transport_yamux::{dial, DialOptions};
+
+/// What tunnelc reports while it runs.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    Connected {
+        client_id: String,
+        tunnels: Vec<TunnelStatus>,
+    },
+    TunnelsChanged {
+        tunnels: Vec<TunnelStatus>,
+    },
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
+}
+
+/// A system CA bundle, used when neither `tls.ca` nor `tls.pin` is set.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn dial_options(cfg: &ClientConfig) -> anyhow::Result<DialOptions> {
+    let trust = match (&cfg.tls.pin, &cfg.tls.ca) {
+        (Some(pin), _) => ClientTrust::Pin(pin.clone()),
+        (None, Some(ca)) => ClientTrust::CaFile(ca.clone()),
+        (None, None) => ClientTrust::CaFile(PathBuf::from(SYSTEM_BUNDLE)),
+    };
+    let cert = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let tls = client_config(&trust, cert, &[tunneld_transport_yamux::ALPN]).context("tls")?;
+    let name = cfg.server_name();
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+        anyhow::anyhow!("server_name: `{name}` is not a DNS name or IP address: {e}")
+    })?;
+    Ok(DialOptions {
+        server: cfg.server.clone(),
+        server_name,
+        tls: Arc::new(tls),
+        tuning: cfg.yamux,
+        timeout: cfg.connect_timeout,
+    })
+}
+
+fn hello(cfg: &ClientConfig) -> Hello {
+    Hello {
+        version: VERSION,
+        token: cfg.token.as_ref().map(|t| t.0.clone()),
+        tunnels: cfg
+            .tunnels
+            .iter()
+            .map(|(name, t)| TunnelRequest {
+                name: name.clone(),
+                kind: t.kind,
+                remote_port: t.remote_port,
+                frontend: t.frontend.clone(),
+                proxy_protocol: t.proxy_protocol,
+            })
+            .collect(),
+        accept_server_mappings: cfg.accept_server_mappings,
+        agent: format!("tunnelc {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Backoff: doubles from `initial` up to `max`; each wait is drawn from [d/2, d].
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let r = u64::from_le_bytes(random_bytes::<8>());
+        let half = base / 2;
+        half + Duration::from_nanos(r % (half.as_nanos().max(1) as u64))
+    }
+}
+
+/// Runs tunnelc until `stop` is cancelled, or until tunneld refuses it for good (an error).
+pub async fn run(
+    cfg: ClientConfig,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let opts = dial_options(&cfg)?;
+    let hello = hello(&cfg);
+    let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
+        tunnels: cfg
+            .tunnels
+            .iter()
+            .map(|(n, t)| (n.clone(), (t.local.clone(), t.proxy_protocol)))
+            .collect(),
+        accept_server_mappings: cfg.accept_server_mappings,
+        timeout: cfg.connect_timeout,
+    });
+    let mut backoff = Backoff {
+        initial: cfg.reconnect.initial,
+        max: cfg.reconnect.max,
+        attempt: 0,
+    };
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = dial(&opts, &hello) => r,
+        };
+        let reason = match attempt {
+            Ok(connected) => {
+                let started = Instant::now();
+                let _ = events.send(ClientEvent::Connected {
+                    client_id: connected.client_id.clone(),
+                    tunnels: connected.tunnels.clone(),
+                });
+                let (utx, mut urx) = mpsc::unbounded_channel();
+                let ev = events.clone();
+                let fwd = tokio::spawn(async move {
+                    while let Some(tunnels) = urx.recv().await {
+                        let _ = ev.send(ClientEvent::TunnelsChanged { tunnels });
+                    }
+                });
+                let reason = connected.run(connector.clone(), utx, stop.clone()).await;
+                fwd.abort();
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.attempt = 0;
+                }
+                reason
+            }
+            Err(e) if e.is_permanent() => return Err(anyhow::anyhow!("{e}")),
+            Err(e) => e.to_string(),
+        };
+        let wait = backoff.next();
+        tracing::warn!(server = %cfg.server, retry_in = ?wait, "disconnected: {reason}");
+        let _ = events.send(ClientEvent::Disconnected {
+            reason,
+            retry_in: wait,
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Connects tunneld's streams to local services.
+struct Connector {
+    tunnels: BTreeMap<String, (String, Option<proxy_protocol::Version>)>,
+    accept_server_mappings: bool,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl LocalConnector for Connector {
+    async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, String> {
+        let (target, proxy) = match &h.target {
+            Some(t) if self.accept_server_mappings => (t.clone(), h.proxy_protocol),
+            Some(_) => return Err("this tunnelc does not accept server-defined targets".into()),
+            None => self
+                .tunnels
+                .get(&h.tunnel)
+                .cloned()
+                .ok_or_else(|| format!("tunnelc has no tunnel named `{}`", h.tunnel))?,
+        };
+        let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect to {target}: {e}")),
+            Err(_) => return Err(format!("connect to {target}: timed out")),
+        };
+        let _ = s.set_nodelay(true);
+        if let Some(v) = proxy {
+            s.write_all(&proxy_protocol::encode(v, h.visitor, h.public))
+                .await
+                .map_err(|e| format!("PROXY header to {target}: {e}"))?;
+        }
+        Ok(Box::new(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            attempt: 0,
+        };
+        let first = b.next();
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        for _ in 0..30 {
+            let d = b.next();
+            assert!(d <= Duration::from_secs(2), "{d:?}");
+        }
+        let late = b.next();
+        assert!(late >= Duration::from_secs(1), "{late:?}");
+    }
+}

@@ -1,0 +1,218 @@
+//! tunnelc's configuration.
+
+use super::load::{self, ConfigError, Layers};
+use super::server::LogConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tunneld_core::auth::Secret;
+use tunneld_core::duration::serde_human;
+use tunneld_core::proto::TunnelKind;
+use tunneld_core::proxy_protocol;
+
+/// The client example, used when `tunnelc` runs without `--config`.
+pub const EMBEDDED: &str = include_str!("../../../client.example.yaml");
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "server_name",
+    "transport",
+    "token",
+    "tls",
+    "reconnect",
+    "yamux",
+    "accept_server_mappings",
+    "connect_timeout",
+    "log",
+    "tunnels",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// tunneld's transport address, `host:port`.
+    pub server: String,
+    /// Name checked in tunneld's certificate; defaults to the host part of `server`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub transport: TransportKind,
+    #[serde(default)]
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub tls: ClientTls,
+    #[serde(default)]
+    pub reconnect: Reconnect,
+    #[serde(default)]
+    pub yamux: tunneld_transport_yamux::config::Tuning,
+    /// Allow tunneld's admin API to add mappings whose local target tunneld chooses.
+    #[serde(default)]
+    pub accept_server_mappings: bool,
+    /// Deadline for connecting to tunneld (TCP, TLS, hello) and to local services.
+    #[serde(default = "d10s", with = "serde_human")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub tunnels: BTreeMap<String, TunnelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    #[default]
+    Yamux,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// PEM CA bundle to trust (tunneld's `state/tls/ca.pem`, or a system bundle).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Trust exactly this server certificate: `sha256:<hex>` as tunneld prints it.
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// Client certificate and key for mTLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconnect {
+    #[serde(default = "d500ms", with = "serde_human")]
+    pub initial: Duration,
+    #[serde(default = "d30s", with = "serde_human")]
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial: d500ms(),
+            max: d30s(),
+        }
+    }
+}
+
+fn d500ms() -> Duration {
+    Duration::from_millis(500)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    #[serde(rename = "type", default = "tcp")]
+    pub kind: TunnelKind,
+    /// The local service, `host:port`.
+    pub local: String,
+    /// A specific public port; omit for any free one (kept across reconnects).
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    /// A specific tunneld frontend by name.
+    #[serde(default)]
+    pub frontend: Option<String>,
+    /// Write a PROXY protocol header (v1 or v2) to the local service.
+    #[serde(default)]
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+}
+
+fn tcp() -> TunnelKind {
+    TunnelKind::Tcp
+}
+
+impl ClientConfig {
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
+        let mut cfg: ClientConfig = load::load(&Layers {
+            file,
+            embedded: EMBEDDED,
+            env_prefix: "TUNNELC_",
+            env_keys: TOP_KEYS,
+            sets,
+        })?;
+        cfg.validate()?;
+        let r = |p: &PathBuf| load::resolve(file, p);
+        cfg.tls.ca = cfg.tls.ca.as_ref().map(r);
+        cfg.tls.cert = cfg.tls.cert.as_ref().map(r);
+        cfg.tls.key = cfg.tls.key.as_ref().map(r);
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if split_host_port(&self.server).is_none() {
+            errors.push(format!("server: `{}` is not host:port", self.server));
+        }
+        if self.token.is_none() && self.tls.cert.is_none() {
+            errors.push(
+                "token: required unless tls.cert and tls.key (a client certificate) are set".into(),
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            errors.push("tls.cert and tls.key: set both or neither".into());
+        }
+        if self.tls.ca.is_some() && self.tls.pin.is_some() {
+            errors.push("tls.pin: set either tls.ca or tls.pin, not both".into());
+        }
+        if let Some(pin) = &self.tls.pin {
+            let hex = pin.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                errors.push(format!(
+                    "tls.pin: `{pin}` must be sha256: followed by 64 hex digits"
+                ));
+            }
+        }
+        if let Err((k, m)) = self.yamux.validate() {
+            errors.push(format!("yamux.{k}: {m}"));
+        }
+        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
+            errors.push("reconnect: initial must be above 0 and at most max".into());
+        }
+        for (name, t) in &self.tunnels {
+            if split_host_port(&t.local).is_none() {
+                errors.push(format!(
+                    "tunnels.{name}.local: `{}` is not host:port",
+                    t.local
+                ));
+            }
+            if t.remote_port == Some(0) {
+                errors.push(format!(
+                    "tunnels.{name}.remote_port: must be 1-65535 (omit it for any port)"
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { lines: errors })
+        }
+    }
+
+    /// The name to check in tunneld's certificate.
+    pub fn server_name(&self) -> String {
+        self.server_name
+            .clone()
+            .or_else(|| split_host_port(&self.server).map(|(h, _)| h.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` too).
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}

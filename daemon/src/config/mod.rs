@@ -1,0 +1,9 @@
+//! Configuration: YAML file, then `TUNNELD_*` / `TUNNELC_*` environment variables, then
+//! `--set key.path=value` flags, in increasing precedence. Every error names the key path.
+
+pub mod client;
+mod load;
+pub mod server;
+mod yaml;
+
+pub use load::{load, ConfigError, Layers};

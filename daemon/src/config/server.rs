@@ -1,0 +1,320 @@
+//! tunneld's configuration.
+
+use super::load::{self, ConfigError, Layers};
+use figment::value::Value;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tunneld_core::auth::{token_digest, Secret};
+use tunneld_core::duration::serde_human;
+
+/// The example config, also tunneld's embedded default.
+pub const EMBEDDED: &str = include_str!("../../../config.example.yaml");
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "log",
+    "tls",
+    "auth",
+    "limits",
+    "admin",
+    "transports",
+    "frontends",
+];
+pub const TRANSPORT_TYPES: &[&str] = &["yamux"];
+pub const FRONTEND_TYPES: &[&str] = &["ports"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    admin: Option<AdminConfig>,
+    #[serde(default)]
+    transports: BTreeMap<String, Value>,
+    #[serde(default)]
+    frontends: BTreeMap<String, Value>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `tunneld=debug`); `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; without it tunneld issues its own from its CA.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Names for the self-issued certificate.
+    #[serde(default = "default_names")]
+    pub names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            names: default_names(),
+        }
+    }
+}
+
+fn default_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Client id -> token. The id is how the client appears in logs, metrics and the API.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
+    /// PEM CA that signs client certificates (mTLS). The certificate's CN is the client id.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS connections without a valid client certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Port quota of clients identified by certificate.
+    #[serde(default)]
+    pub certificate_max_ports: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token, or `sha256:<hex>` of it.
+    pub token: Secret,
+    #[serde(default)]
+    pub max_ports: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// One deadline for TLS, hello and authentication.
+    #[serde(default = "d10s", with = "serde_human")]
+    pub handshake_timeout: Duration,
+    #[serde(default = "d256")]
+    pub max_pending_handshakes: usize,
+    #[serde(default = "d16")]
+    pub max_pending_per_address: usize,
+    /// Interval of client keepalive pings; a peer silent for three intervals is dropped.
+    #[serde(default = "d10s", with = "serde_human")]
+    pub keepalive: Duration,
+    /// How long SIGTERM waits for open visitor streams.
+    #[serde(default = "d30s", with = "serde_human")]
+    pub drain_timeout: Duration,
+}
+
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d256() -> usize {
+    256
+}
+fn d16() -> usize {
+    16
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: d10s(),
+            max_pending_handshakes: d256(),
+            max_pending_per_address: d16(),
+            keepalive: d10s(),
+            drain_timeout: d30s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+/// A transport, by `type:`.
+#[derive(Debug, Clone)]
+pub enum TransportConfig {
+    Yamux(tunneld_transport_yamux::Config),
+}
+
+/// A frontend, by `type:`.
+#[derive(Debug, Clone)]
+pub enum FrontendConfig {
+    Ports(tunneld_frontend_ports::Config),
+}
+
+/// The validated configuration. Paths are resolved against the config file's directory.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub admin: Option<AdminConfig>,
+    pub transports: BTreeMap<String, TransportConfig>,
+    pub frontends: BTreeMap<String, FrontendConfig>,
+}
+
+impl ServerConfig {
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
+        let raw: Raw = load::load(&Layers {
+            file,
+            embedded: EMBEDDED,
+            env_prefix: "TUNNELD_",
+            env_keys: TOP_KEYS,
+            sets,
+        })?;
+        Self::validate(raw, file)
+    }
+
+    fn validate(raw: Raw, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let mut transports = BTreeMap::new();
+        for (name, value) in &raw.transports {
+            let parsed =
+                load::component_type("transports", name, value, TRANSPORT_TYPES).and_then(|ty| {
+                    match ty.as_str() {
+                        "yamux" => {
+                            let c: tunneld_transport_yamux::Config =
+                                load::component("transports", name, value)?;
+                            c.yamux.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("transports.{name}.yamux.{k}: {m}"))
+                            })?;
+                            Ok(TransportConfig::Yamux(c))
+                        }
+                        _ => unreachable_type(&ty),
+                    }
+                });
+            match parsed {
+                Ok(t) => {
+                    transports.insert(name.clone(), t);
+                }
+                Err(e) => errors.extend(e.lines),
+            }
+        }
+        let mut frontends = BTreeMap::new();
+        for (name, value) in &raw.frontends {
+            let parsed =
+                load::component_type("frontends", name, value, FRONTEND_TYPES).and_then(|ty| {
+                    match ty.as_str() {
+                        "ports" => Ok(FrontendConfig::Ports(load::component(
+                            "frontends",
+                            name,
+                            value,
+                        )?)),
+                        _ => unreachable_type(&ty),
+                    }
+                });
+            match parsed {
+                Ok(f) => {
+                    frontends.insert(name.clone(), f);
+                }
+                Err(e) => errors.extend(e.lines),
+            }
+        }
+        if raw.transports.is_empty() {
+            errors.push("transports: at least one transport is needed (e.g. `edge: { type: yamux, listen: 127.0.0.1:7000 }`)".into());
+        }
+        if raw.frontends.is_empty() {
+            errors.push("frontends: at least one frontend is needed (e.g. `tcp: { type: ports, range: 20000-20999 }`)".into());
+        }
+        for (id, t) in &raw.auth.tokens {
+            if let Err(e) = token_digest(&t.token.0) {
+                errors.push(format!("auth.tokens.{id}.token: {e}"));
+            }
+        }
+        if raw.auth.tokens.is_empty() && raw.auth.client_ca.is_none() {
+            errors.push("auth: configure at least one of auth.tokens or auth.client_ca, or no client can connect".into());
+        }
+        if raw.auth.require_client_cert && raw.auth.client_ca.is_none() {
+            errors.push("auth.require_client_cert: needs auth.client_ca".into());
+        }
+        match (&raw.tls.cert, &raw.tls.key) {
+            (Some(_), None) => errors.push("tls.key: required when tls.cert is set".into()),
+            (None, Some(_)) => errors.push("tls.cert: required when tls.key is set".into()),
+            _ => {}
+        }
+        if raw.tls.cert.is_none() && raw.tls.names.is_empty() {
+            errors.push(
+                "tls.names: at least one name is needed for the self-issued certificate".into(),
+            );
+        }
+        if raw.limits.max_pending_handshakes == 0 {
+            errors.push("limits.max_pending_handshakes: must be at least 1".into());
+        }
+        if raw.limits.max_pending_per_address == 0 {
+            errors.push("limits.max_pending_per_address: must be at least 1".into());
+        }
+        if raw.limits.keepalive < Duration::from_secs(1) {
+            errors.push("limits.keepalive: must be at least 1s".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError { lines: errors });
+        }
+        let r = |p: &PathBuf| load::resolve(file, p);
+        Ok(Self {
+            state_dir: r(&raw.state_dir),
+            log: raw.log,
+            tls: TlsConfig {
+                cert: raw.tls.cert.as_ref().map(r),
+                key: raw.tls.key.as_ref().map(r),
+                names: raw.tls.names,
+            },
+            auth: AuthConfig {
+                client_ca: raw.auth.client_ca.as_ref().map(r),
+                ..raw.auth
+            },
+            limits: raw.limits,
+            admin: raw.admin,
+            transports,
+            frontends,
+        })
+    }
+}
+
+fn unreachable_type<T>(ty: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::one(format!("type `{ty}` has no builder")))
+}

@@ -1,0 +1,12 @@
+//! The tunneld and tunnelc programs as a library, so tests run them in-process.
+//!
+//! Layout: [`config`] (YAML + env + flags), [`server`] (builds every transport and frontend
+//! from config and runs them: [`server::start`]), [`admin`] (the admin HTTP API),
+//! [`client`] (tunnelc's reconnecting runner and local connector), [`logging`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod logging;
+pub mod server;

@@ -1,0 +1,26 @@
+//! tracing set-up: readable text by default, JSON on request; the filter comes from
+//! `RUST_LOG`, else the config's `log.level`, else `info`.
+
+use crate::config::server::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(level: Option<&str>, format: LogFormat) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| level.map(str::to_string))
+        .unwrap_or_else(|| "info".to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("log level `{filter}` is invalid ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

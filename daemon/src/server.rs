@@ -1,0 +1,181 @@
+//! Builds tunneld from its configuration and runs it.
+
+use crate::admin;
+use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tunneld_core::auth::{token_digest, Authenticator, TokenEntry};
+use tunneld_core::frontend::{Frontend, FrontendContext};
+use tunneld_core::hub::Hub;
+use tunneld_core::limits::HandshakeLimiter;
+use tunneld_core::metrics::Metrics;
+use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
+use tunneld_core::transport::{Transport, TransportContext};
+
+/// A running tunneld.
+pub struct Running {
+    /// Bound address of each transport, by name.
+    pub transports: BTreeMap<String, SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// The CA file clients should trust, when tunneld issued its own certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Fingerprint of the server certificate, for `tls.pin`.
+    pub fingerprint: String,
+    accepting: CancellationToken,
+    draining: CancellationToken,
+    visitors: TaskTracker,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets open visitor streams finish for up to the drain timeout, then
+    /// ends every session. Returns whether everything drained in time.
+    pub async fn stop(&self) -> bool {
+        self.accepting.cancel();
+        self.draining.cancel();
+        self.visitors.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.visitors.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; closing open streams");
+        }
+        self.hub.close_all();
+        drained
+    }
+
+    /// Cancelled once shutdown begins.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+}
+
+fn authenticator(cfg: &ServerConfig) -> anyhow::Result<Authenticator> {
+    let mut tokens = Vec::new();
+    for (id, t) in &cfg.auth.tokens {
+        tokens.push(TokenEntry {
+            client_id: id.clone(),
+            digest: token_digest(&t.token.0)
+                .map_err(|e| anyhow::anyhow!("auth.tokens.{id}.token: {e}"))?,
+            max_ports: t.max_ports,
+        });
+    }
+    Ok(Authenticator {
+        tokens,
+        certificate_max_ports: cfg.auth.certificate_max_ports,
+    })
+}
+
+/// Binds every listener (port 0 works), starts every component, and returns their addresses.
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+    let identity = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
+        _ => ServerIdentity::self_signed(&cfg.state_dir.join("tls"), &cfg.tls.names)?,
+    };
+    let client_auth = match (&cfg.auth.client_ca, cfg.auth.require_client_cert) {
+        (Some(ca), true) => ClientAuth::Required(ca.clone()),
+        (Some(ca), false) => ClientAuth::Optional(ca.clone()),
+        (None, _) => ClientAuth::None,
+    };
+
+    let accepting = CancellationToken::new();
+    let visitors = TaskTracker::new();
+    let fcx = FrontendContext {
+        metrics: metrics.clone(),
+        shutdown: accepting.clone(),
+        tasks: visitors.clone(),
+    };
+    let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
+    for (name, f) in &cfg.frontends {
+        let built: Arc<dyn Frontend> = match f {
+            FrontendConfig::Ports(c) => {
+                tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), fcx.clone())
+            }
+        };
+        frontends.insert(name.clone(), built);
+    }
+    for f in frontends.values() {
+        tokio::spawn(f.clone().serve(fcx.clone()));
+    }
+    let hub = Hub::new(
+        authenticator(&cfg)?,
+        frontends,
+        metrics.clone(),
+        cfg.limits.keepalive.as_secs().max(1),
+    );
+
+    let limiter = HandshakeLimiter::new(
+        cfg.limits.max_pending_handshakes,
+        cfg.limits.max_pending_per_address,
+    );
+    let mut transports = BTreeMap::new();
+    for (name, t) in &cfg.transports {
+        let built: Arc<dyn Transport> = match t {
+            TransportConfig::Yamux(c) => {
+                let tls_cfg =
+                    tls::server_config(&identity, &client_auth, &[tunneld_transport_yamux::ALPN])?;
+                Arc::new(
+                    tunneld_transport_yamux::YamuxTransport::bind(c.clone(), Arc::new(tls_cfg))
+                        .await
+                        .with_context(|| format!("transports.{name}"))?,
+                )
+            }
+        };
+        transports.insert(name.clone(), built.local_addr());
+        let tcx = TransportContext {
+            name: name.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            limiter: limiter.clone(),
+            handshake_timeout: cfg.limits.handshake_timeout,
+            shutdown: accepting.clone(),
+            tasks: TaskTracker::new(),
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = built.serve(tcx).await {
+                tracing::error!(transport = %name, error = %e, "transport stopped");
+            }
+        });
+    }
+
+    let draining = CancellationToken::new();
+    let admin_addr = match &cfg.admin {
+        Some(a) => Some(
+            admin::start(a.clone(), hub.clone(), metrics.clone(), draining.clone())
+                .await
+                .with_context(|| format!("admin.listen {}", a.listen))?,
+        ),
+        None => None,
+    };
+    let fingerprint = identity.fingerprint();
+    match &identity.ca_file {
+        Some(ca) => tracing::info!(
+            ca = %ca.display(), %fingerprint,
+            "using tunneld's own CA: clients trust it with `tls: {{ ca: {} }}` or pin `{fingerprint}`",
+            ca.display()
+        ),
+        None => tracing::info!(%fingerprint, "using the configured certificate"),
+    }
+    Ok(Running {
+        transports,
+        admin: admin_addr,
+        hub,
+        metrics,
+        ca_file: identity.ca_file.clone(),
+        fingerprint,
+        accepting,
+        draining,
+        visitors,
+        drain_timeout: cfg.limits.drain_timeout,
+    })
+}

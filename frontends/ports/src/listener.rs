@@ -1,0 +1,121 @@
+//! One tunnel port: accept visitors, open a stream to the tunnel client for each, splice.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tunneld_core::frontend::FrontendContext;
+use tunneld_core::hub::Target;
+use tunneld_core::proxy_protocol;
+use tunneld_core::session::StreamHeader;
+use tunneld_core::splice::{splice, SpliceCounters};
+
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+pub(crate) struct Listening {
+    pub frontend: String,
+    pub tunnel: String,
+    pub target_override: Option<String>,
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    pub target: Arc<dyn Target>,
+    pub open_timeout: Duration,
+    pub max_conns: usize,
+    pub cx: FrontendContext,
+}
+
+pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: CancellationToken) {
+    let l = Arc::new(l);
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((visitor, peer)) => {
+                if open.load(Ordering::Relaxed) >= l.max_conns {
+                    l.cx.metrics
+                        .stream_open_failures_total
+                        .with_label_values(&[&l.frontend, "too_many_visitors"])
+                        .inc();
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let (l2, open2) = (l.clone(), open.clone());
+                let public = listener.local_addr().unwrap_or(peer);
+                l.cx.tasks.spawn(async move {
+                    serve_visitor(&l2, visitor, peer, public).await;
+                    open2.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: log, pause briefly, go on.
+                tracing::warn!(frontend = %l.frontend, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_visitor(
+    l: &Listening,
+    mut visitor: TcpStream,
+    peer: SocketAddr,
+    public: SocketAddr,
+) {
+    let m = &l.cx.metrics;
+    let _ = visitor.set_nodelay(true);
+    let started = Instant::now();
+    let header = StreamHeader {
+        tunnel: l.tunnel.clone(),
+        target: l.target_override.clone(),
+        visitor: peer,
+        public,
+        proxy_protocol: l.proxy_protocol,
+    };
+    let opened = tokio::time::timeout(l.open_timeout, l.target.open(header)).await;
+    let mut stream = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            m.stream_open_failures_total
+                .with_label_values(&[&l.frontend, e.reason()])
+                .inc();
+            tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor refused");
+            return;
+        }
+        Err(_) => {
+            m.stream_open_failures_total
+                .with_label_values(&[&l.frontend, "timeout"])
+                .inc();
+            tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, "tunnel client did not answer in time");
+            return;
+        }
+    };
+    m.stream_open_seconds
+        .with_label_values(&[&l.frontend])
+        .observe(started.elapsed().as_secs_f64());
+    m.streams_opened_total
+        .with_label_values(&[&l.frontend])
+        .inc();
+    let active = m.streams_active.with_label_values(&[&l.frontend]);
+    active.inc();
+    let counters = SpliceCounters {
+        a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
+        b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),
+    };
+    if let Err(e) = splice(&mut visitor, &mut stream, counters).await {
+        tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
+    }
+    active.dec();
+}

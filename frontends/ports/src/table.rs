@@ -1,0 +1,351 @@
+//! Who holds which port. A port is `Active` (bound, a listener task serving it) or `Reserved`
+//! (released by a client tunnel; only the same client may take it back until the grace period
+//! ends). Releasing is synchronous, in the claim guard's `Drop`, so a replacing session of the
+//! same client always finds its ports free for it.
+
+use crate::config::Config;
+use crate::listener::{self, Listening};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::frontend::{
+    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
+};
+use tunneld_core::proto::TunnelKind;
+
+enum State {
+    /// Being bound, or bound and served.
+    Active {
+        cancel: CancellationToken,
+        task: Option<JoinHandle<()>>,
+    },
+    /// Released; the old listener task is still winding down until `task` finishes.
+    Reserved {
+        until: Instant,
+        task: Option<JoinHandle<()>>,
+    },
+}
+
+struct Entry {
+    owner: String,
+    tunnel: String,
+    gen: u64,
+    bind: IpAddr,
+    state: State,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u16, Entry>,
+    next_gen: u64,
+}
+
+pub struct PortsFrontend {
+    name: String,
+    cfg: Config,
+    cx: FrontendContext,
+    table: Mutex<Table>,
+    me: Weak<PortsFrontend>,
+}
+
+fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Releases a port when dropped.
+struct Release {
+    frontend: Weak<PortsFrontend>,
+    port: u16,
+    gen: u64,
+    reserve: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(f) = self.frontend.upgrade() {
+            f.release(self.port, self.gen, self.reserve);
+        }
+    }
+}
+
+impl PortsFrontend {
+    pub fn new(name: &str, cfg: Config, cx: FrontendContext) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            name: name.to_string(),
+            cfg,
+            cx,
+            table: Mutex::new(Table::default()),
+            me: me.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn release(&self, port: u16, gen: u64, reserve: bool) {
+        let mut t = lock(&self.table);
+        let Some(entry) = t.entries.get_mut(&port) else {
+            return;
+        };
+        if entry.gen != gen {
+            return;
+        }
+        let task = match &mut entry.state {
+            State::Active { cancel, task } => {
+                cancel.cancel();
+                task.take()
+            }
+            State::Reserved { .. } => return,
+        };
+        self.cx
+            .metrics
+            .ports_allocated
+            .with_label_values(&[&self.name])
+            .dec();
+        if reserve {
+            entry.state = State::Reserved {
+                until: Instant::now() + self.cfg.reclaim_grace,
+                task,
+            };
+            tracing::info!(frontend = %self.name, port, owner = %entry.owner, grace = ?self.cfg.reclaim_grace, "port released, reserved for its owner");
+        } else {
+            t.entries.remove(&port);
+            tracing::info!(frontend = %self.name, port, "port released");
+        }
+    }
+
+    /// Picks the port for a request and marks it active, under the lock. Returns the port, the
+    /// generation, the bind address and an old listener task to wait for.
+    fn reserve_slot(
+        &self,
+        req: &ClaimRequest,
+    ) -> Result<(u16, u64, IpAddr, Option<JoinHandle<()>>, Vec<u16>), ClaimError> {
+        let mut t = lock(&self.table);
+        let now = Instant::now();
+        t.entries
+            .retain(|_, e| !matches!(e.state, State::Reserved { until, .. } if until <= now));
+        let active_of_owner = t
+            .entries
+            .values()
+            .filter(|e| e.owner == req.owner && matches!(e.state, State::Active { .. }))
+            .count();
+        if let Some(max) = req.max_ports {
+            if active_of_owner >= max as usize {
+                return Err(ClaimError::Quota { max });
+            }
+        }
+        let bind = req.bind.unwrap_or(self.cfg.bind);
+        let mut candidates = Vec::new();
+        let port = match req.port {
+            Some(p) => {
+                if !self.cfg.range.contains(p) {
+                    return Err(ClaimError::OutOfRange {
+                        port: p,
+                        range: self.cfg.range.to_string(),
+                        frontend: self.name.clone(),
+                    });
+                }
+                match t.entries.get(&p) {
+                    Some(e) if e.owner != req.owner => return Err(ClaimError::HeldByOther(p)),
+                    Some(Entry {
+                        state: State::Active { .. },
+                        ..
+                    }) => return Err(ClaimError::Duplicate(p)),
+                    _ => p,
+                }
+            }
+            None => {
+                let reserved = t.entries.iter().find(|(_, e)| {
+                    e.owner == req.owner
+                        && e.tunnel == req.tunnel
+                        && matches!(e.state, State::Reserved { .. })
+                });
+                match reserved {
+                    Some((p, _)) => *p,
+                    None => {
+                        // Free ports, starting at a varying offset so ports are not all reused
+                        // in the same order; the caller binds the first that works.
+                        let len = self.cfg.range.len();
+                        let start = (t.next_gen as usize).wrapping_mul(7919) % len;
+                        candidates = (0..len)
+                            .map(|i| self.cfg.range.first + ((start + i) % len) as u16)
+                            .filter(|p| !t.entries.contains_key(p))
+                            .take(64)
+                            .collect();
+                        match candidates.first() {
+                            Some(p) => *p,
+                            None => return Err(ClaimError::Exhausted(self.cfg.range.to_string())),
+                        }
+                    }
+                }
+            }
+        };
+        t.next_gen += 1;
+        let gen = t.next_gen;
+        let old = t.entries.insert(
+            port,
+            Entry {
+                owner: req.owner.clone(),
+                tunnel: req.tunnel.clone(),
+                gen,
+                bind,
+                state: State::Active {
+                    cancel: CancellationToken::new(),
+                    task: None,
+                },
+            },
+        );
+        let old_task = match old.map(|e| e.state) {
+            Some(State::Reserved { task, .. }) => task,
+            _ => None,
+        };
+        Ok((port, gen, bind, old_task, candidates))
+    }
+
+    fn forget(&self, port: u16, gen: u64) {
+        let mut t = lock(&self.table);
+        if t.entries.get(&port).is_some_and(|e| e.gen == gen) {
+            t.entries.remove(&port);
+        }
+    }
+
+    async fn bind_claimed(
+        self: &Arc<Self>,
+        req: &ClaimRequest,
+    ) -> Result<(u16, u64, tokio::net::TcpListener), ClaimError> {
+        let (port, gen, bind, old_task, candidates) = self.reserve_slot(req)?;
+        if let Some(task) = old_task {
+            let _ = task.await;
+        }
+        match listener::bind(SocketAddr::new(bind, port)) {
+            Ok(l) => return Ok((port, gen, l)),
+            Err(e) if req.port.is_some() || candidates.is_empty() => {
+                self.forget(port, gen);
+                return Err(ClaimError::Unavailable {
+                    port,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => self.forget(port, gen),
+        }
+        // An assigned port was taken by another program: try the next free ones.
+        for p in candidates.into_iter().skip(1) {
+            let mut one = req.clone();
+            one.port = Some(p);
+            let Ok((port, gen, bind, _, _)) = self.reserve_slot(&one) else {
+                continue;
+            };
+            match listener::bind(SocketAddr::new(bind, port)) {
+                Ok(l) => return Ok((port, gen, l)),
+                Err(_) => self.forget(port, gen),
+            }
+        }
+        Err(ClaimError::Exhausted(self.cfg.range.to_string()))
+    }
+}
+
+#[async_trait]
+impl Frontend for PortsFrontend {
+    fn kind(&self) -> &'static str {
+        "ports"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn serves(&self, kind: TunnelKind) -> bool {
+        kind == TunnelKind::Tcp
+    }
+
+    async fn serve(self: Arc<Self>, cx: FrontendContext) {
+        cx.shutdown.cancelled().await;
+    }
+
+    async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError> {
+        let (port, gen, tcp) = self.bind_claimed(&req).await?;
+        let local = tcp.local_addr().map_err(|e| ClaimError::Unavailable {
+            port,
+            reason: e.to_string(),
+        })?;
+        let cancel = self.cx.shutdown.child_token();
+        let serving = Listening {
+            frontend: self.name.clone(),
+            tunnel: req.tunnel.clone(),
+            target_override: req.target_override.clone(),
+            proxy_protocol: req.proxy_protocol,
+            target: req.target.clone(),
+            open_timeout: self.cfg.open_timeout,
+            max_conns: self.cfg.max_connections_per_port,
+            cx: self.cx.clone(),
+        };
+        {
+            let mut t = lock(&self.table);
+            match t.entries.get_mut(&port) {
+                Some(e) if e.gen == gen => {
+                    let task = tokio::spawn(listener::run(tcp, serving, cancel.clone()));
+                    e.state = State::Active {
+                        cancel,
+                        task: Some(task),
+                    };
+                }
+                // Released while binding (the session ended meanwhile).
+                _ => {
+                    return Err(ClaimError::Unavailable {
+                        port,
+                        reason: "released while binding".into(),
+                    })
+                }
+            }
+        }
+        self.cx
+            .metrics
+            .ports_allocated
+            .with_label_values(&[&self.name])
+            .inc();
+        let host = self
+            .cfg
+            .public_host
+            .clone()
+            .unwrap_or_else(|| match local.ip() {
+                IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        tracing::info!(frontend = %self.name, port, owner = %req.owner, tunnel = %req.tunnel, "port allocated");
+        Ok(Claim {
+            endpoint: format!("tcp://{host}:{port}"),
+            port: Some(port),
+            release: Box::new(Release {
+                frontend: self.me.clone(),
+                port,
+                gen,
+                reserve: req.reserve_on_release,
+            }),
+        })
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        let t = lock(&self.table);
+        let mut v: Vec<RouteInfo> = t
+            .entries
+            .iter()
+            .map(|(port, e)| RouteInfo {
+                frontend: self.name.clone(),
+                owner: e.owner.clone(),
+                tunnel: e.tunnel.clone(),
+                endpoint: format!("tcp://{}", SocketAddr::new(e.bind, *port)),
+                state: match e.state {
+                    State::Active { .. } => "active",
+                    State::Reserved { .. } => "reserved",
+                },
+            })
+            .collect();
+        v.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        v
+    }
+}

@@ -1,0 +1,123 @@
+//! Configuration of the yamux transport (both sides share the tuning part).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+pub const KIB: usize = 1024;
+/// yamux's initial per-stream window; every stream needs at least this much.
+pub const STREAM_WINDOW: usize = 256 * KIB;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where tunnelc connects (TCP + TLS).
+    pub listen: SocketAddr,
+    /// yamux tuning (`yamux: { max_streams: 256, ... }`).
+    #[serde(default)]
+    pub yamux: Tuning,
+}
+
+/// yamux tuning. Defaults favour throughput with bounded memory per session.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Streams one session may have open at once (both directions together).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Upper bound, in KiB, of what one session may buffer unread across all its streams.
+    /// At least 256 × `max_streams`.
+    #[serde(default)]
+    pub max_receive_window_kib: Option<usize>,
+    /// Largest data frame sent, in KiB (at most 1024, the largest a yamux peer accepts).
+    #[serde(default = "default_split")]
+    pub split_send_size_kib: usize,
+}
+
+fn default_max_streams() -> usize {
+    256
+}
+fn default_split() -> usize {
+    256
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            max_streams: default_max_streams(),
+            max_receive_window_kib: None,
+            split_send_size_kib: default_split(),
+        }
+    }
+}
+
+impl Tuning {
+    /// Checks the values yamux would otherwise panic on. The error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=4096).contains(&self.max_streams) {
+            return Err((
+                "max_streams",
+                format!("{} is outside 1..=4096", self.max_streams),
+            ));
+        }
+        if !(16..=1024).contains(&self.split_send_size_kib) {
+            return Err((
+                "split_send_size_kib",
+                format!("{} is outside 16..=1024", self.split_send_size_kib),
+            ));
+        }
+        if let Some(w) = self.max_receive_window_kib {
+            let min = self.max_streams * (STREAM_WINDOW / KIB);
+            if w < min {
+                return Err((
+                    "max_receive_window_kib",
+                    format!("{w} is below 256 KiB x max_streams = {min}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The yamux config. Call [`Tuning::validate`] first.
+    pub fn yamux(&self) -> yamux::Config {
+        let mut c = yamux::Config::default();
+        let streams = self.max_streams.clamp(1, 4096);
+        let window = self
+            .max_receive_window_kib
+            .map(|k| k * KIB)
+            .unwrap_or(streams * STREAM_WINDOW + 768 * KIB)
+            .max(streams * STREAM_WINDOW);
+        // Order matters: each setter asserts window >= streams x 256 KiB.
+        c.set_max_connection_receive_window(Some(window.max(512 * STREAM_WINDOW)));
+        c.set_max_num_streams(streams);
+        c.set_max_connection_receive_window(Some(window));
+        c.set_split_send_size(self.split_send_size_kib.clamp(16, 1024) * KIB);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_and_no_panics() {
+        assert!(Tuning::default().validate().is_ok());
+        let _ = Tuning::default().yamux();
+        let t = Tuning {
+            max_streams: 2048,
+            max_receive_window_kib: None,
+            split_send_size_kib: 1024,
+        };
+        let _ = t.yamux();
+        let bad = Tuning {
+            max_receive_window_kib: Some(1024),
+            ..Tuning::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "max_receive_window_kib");
+        let bad = Tuning {
+            max_streams: 0,
+            ..Tuning::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "max_streams");
+    }
+}

@@ -1,0 +1,87 @@
+//! Keepalive and notifications on the control stream, shared by both sides.
+//!
+//! tunnelc sends `ping` every `interval`; tunneld answers `pong`. Either side that hears
+//! nothing for three intervals declares the peer dead, so a dead peer is detected within
+//! about 30 s with the default 10 s interval.
+
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tunneld_core::proto::{read_frame, write_frame, Control, FrameError};
+
+/// Why a control loop ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    PeerSilent(Duration),
+    Bye(String),
+    Frame(FrameError),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::PeerSilent(d) => write!(f, "peer silent for {}s (keepalive)", d.as_secs()),
+            End::Bye(r) => write!(f, "peer said goodbye: {r}"),
+            End::Frame(e) => write!(f, "control stream: {e}"),
+        }
+    }
+}
+
+/// Runs the control stream. `send_pings` is true on tunnelc. Messages from `outbox` are
+/// forwarded to the peer; messages other than ping/pong/bye go to `inbox`.
+pub(crate) async fn run<S>(
+    stream: S,
+    interval: Duration,
+    send_pings: bool,
+    mut outbox: mpsc::UnboundedReceiver<Control>,
+    inbox: mpsc::UnboundedSender<Control>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let dead_after = interval * 3;
+    let (to_write_tx, mut to_write) = mpsc::unbounded_channel::<Control>();
+    let writer = async move {
+        let mut seq = 0u64;
+        // The first tick fires at once: tunnelc's first ping also opens the stream.
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            let msg = tokio::select! {
+                _ = tick.tick(), if send_pings => { seq += 1; Control::Ping { seq } }
+                Some(m) = to_write.recv() => m,
+                Some(m) = outbox.recv() => m,
+                else => std::future::pending().await,
+            };
+            if let Err(e) = write_frame(&mut wr, &msg).await {
+                return End::Frame(e);
+            }
+        }
+    };
+    let reader = async move {
+        let mut deadline = Instant::now() + dead_after;
+        loop {
+            let msg = tokio::select! {
+                m = read_frame::<Control, _>(&mut rd) => m,
+                _ = tokio::time::sleep_until(deadline) => return End::PeerSilent(dead_after),
+            };
+            deadline = Instant::now() + dead_after;
+            match msg {
+                Ok(Control::Ping { seq }) => {
+                    let _ = to_write_tx.send(Control::Pong { seq });
+                }
+                Ok(Control::Pong { .. }) => {}
+                Ok(Control::Bye { reason }) => return End::Bye(reason),
+                Ok(other) => {
+                    let _ = inbox.send(other);
+                }
+                Err(e) => return End::Frame(e),
+            }
+        }
+    };
+    tokio::select! {
+        e = writer => e,
+        e = reader => e,
+    }
+}

@@ -1,0 +1,60 @@
+//! The single task that owns a yamux connection. All socket I/O of the session happens while
+//! this task polls the connection, so it never blocks; other tasks ask it for outbound
+//! streams over a channel.
+
+use futures::io::{AsyncRead, AsyncWrite};
+use std::future::poll_fn;
+use std::task::Poll;
+use tokio::sync::{mpsc, oneshot};
+use yamux::{Connection, ConnectionError, Stream};
+
+pub(crate) type OpenReply = oneshot::Sender<Result<Stream, ConnectionError>>;
+
+/// Drives `conn` until it closes. Outbound stream requests come from `open_rx`; inbound
+/// streams go to `on_inbound`.
+pub(crate) async fn drive<T, F>(
+    mut conn: Connection<T>,
+    mut open_rx: mpsc::Receiver<OpenReply>,
+    mut on_inbound: F,
+) -> Result<(), ConnectionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Stream),
+{
+    let mut pending: Option<OpenReply> = None;
+    let mut openers_gone = false;
+    poll_fn(|cx| loop {
+        if pending.is_none() && !openers_gone {
+            match open_rx.poll_recv(cx) {
+                Poll::Ready(Some(reply)) => pending = Some(reply),
+                Poll::Ready(None) => openers_gone = true,
+                Poll::Pending => {}
+            }
+        }
+        if let Some(reply) = pending.take() {
+            if reply.is_closed() {
+                continue; // the visitor gave up meanwhile
+            }
+            match conn.poll_new_outbound(cx) {
+                Poll::Ready(result) => {
+                    let fatal =
+                        matches!(&result, Err(e) if !matches!(e, ConnectionError::TooManyStreams));
+                    let _ = reply.send(result);
+                    if fatal {
+                        // The connection is gone; poll_next_inbound reports how it ended.
+                    } else {
+                        continue;
+                    }
+                }
+                Poll::Pending => pending = Some(reply),
+            }
+        }
+        match conn.poll_next_inbound(cx) {
+            Poll::Ready(Some(Ok(stream))) => on_inbound(stream),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}

@@ -1,0 +1,21 @@
+//! Transport `yamux`: tunnelc connects over TCP + TLS, sends the tunneld preamble and a hello
+//! frame, and once accepted runs one yamux session on the connection. tunnelc opens the first
+//! stream as the control stream (keepalive pings, tunnel updates); tunneld opens one stream
+//! per visitor and writes a [`StreamHeader`](tunneld_core::session::StreamHeader) frame first.
+//!
+//! Layout: [`config`], [`driver`] (the one task that owns a yamux connection), [`control`]
+//! (keepalive on the control stream), [`server`] (tunneld side), [`client`] (tunnelc side).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+mod control;
+mod driver;
+pub mod server;
+
+pub use client::{dial, Connected, DialError, DialOptions};
+pub use config::Config;
+pub use server::YamuxTransport;
+
+/// ALPN protocol id of this transport.
+pub const ALPN: &[u8] = b"tunneld-yamux/1";
