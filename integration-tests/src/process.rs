@@ -1,0 +1,115 @@
+//! Running the real `tunneld` and `tunnelc` binaries.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The path of a workspace binary, building the binaries once if they are missing (plain
+/// `cargo test` builds only libraries for this crate).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let path = dir.join(name);
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "tunneld-daemon", "--bins"])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build --bins failed: {status}"))
+        }
+    });
+    built.clone().map_err(|e| anyhow!(e))?;
+    if !path.exists() {
+        bail!("{} is missing after building", path.display());
+    }
+    Ok(path)
+}
+
+/// A spawned binary whose stdout is read line by line. Killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr_path: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], stderr_path: PathBuf) -> Result<Self> {
+        let err = std::fs::File::create(&stderr_path)?;
+        let mut child = Command::new(binary(name)?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+        Ok(Self {
+            child,
+            stdout,
+            stderr_path,
+        })
+    }
+
+    /// Reads stdout until a line starts with `prefix`; returns that line.
+    pub async fn line_starting(&mut self, prefix: &str) -> Result<String> {
+        let fut = async {
+            while let Some(line) = self.stdout.next_line().await? {
+                if line.starts_with(prefix) {
+                    return Ok(line);
+                }
+            }
+            Err(anyhow!("stdout ended before a line starting with `{prefix}`; stderr: {}", self.stderr()))
+        };
+        tokio::time::timeout(crate::WAIT, fut)
+            .await
+            .map_err(|_| anyhow!("timed out waiting for `{prefix}`"))?
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("process already exited"))?;
+        let st = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
+        if !st.success() {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(crate::WAIT, self.child.wait()).await??)
+    }
+}
+
+/// The value of `key=` in a line like `listening transport=edge addr=127.0.0.1:7000`.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Runs `curl` with `args` and returns (status, stdout).
+pub async fn curl(args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
+    let out = tokio::time::timeout(
+        crate::WAIT,
+        Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output(),
+    )
+    .await
+    .context("curl timed out")?
+    .context("curl is not installed (scripts/test installs it)")?;
+    Ok((out.status, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
