@@ -107,7 +107,11 @@ impl TestServer {
         std::fs::write(&file, server_yaml(&dir.join("state"), range, extra))?;
         let cfg = ServerConfig::load(Some(&file), sets).map_err(|e| anyhow!("{e}"))?;
         let running = server::start(cfg).await?;
-        Ok(Self { running, dir, range })
+        Ok(Self {
+            running,
+            dir,
+            range,
+        })
     }
 
     pub fn transport(&self) -> SocketAddr {
@@ -135,7 +139,12 @@ impl TestServer {
         self.client_config_with(token, tunnels, &[])
     }
 
-    pub fn client_config_with(&self, token: &str, tunnels: &str, sets: &[String]) -> Result<ClientConfig> {
+    pub fn client_config_with(
+        &self,
+        token: &str,
+        tunnels: &str,
+        sets: &[String],
+    ) -> Result<ClientConfig> {
         let file = temp_dir("client").join("client.yaml");
         std::fs::write(&file, self.client_yaml(token, tunnels))?;
         ClientConfig::load(Some(&file), sets).map_err(|e| anyhow!("{e}"))
@@ -191,7 +200,10 @@ impl TestClient {
 }
 
 /// The socket address of tunnel `name` in a tunnel list.
-pub fn endpoint_of(tunnels: &[tunneld_core::proto::TunnelStatus], name: &str) -> Result<SocketAddr> {
+pub fn endpoint_of(
+    tunnels: &[tunneld_core::proto::TunnelStatus],
+    name: &str,
+) -> Result<SocketAddr> {
     let t = tunnels
         .iter()
         .find(|t| t.name == name)
@@ -200,7 +212,9 @@ pub fn endpoint_of(tunnels: &[tunneld_core::proto::TunnelStatus], name: &str) ->
         .endpoint
         .as_deref()
         .ok_or_else(|| anyhow!("tunnel {name} refused: {:?}", t.error))?;
-    ep.trim_start_matches("tcp://").parse().context("endpoint address")
+    ep.trim_start_matches("tcp://")
+        .parse()
+        .context("endpoint address")
 }
 
 /// SHA-256 as hex.
@@ -210,7 +224,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -19,7 +19,12 @@ impl Samples {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
             .iter()
-            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|s| s.value)
             .sum()
     }
@@ -45,7 +50,8 @@ pub fn parse(text: &str) -> Result<Samples> {
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("HELP"), Some(name), Some(_)) if valid_name(name) => {}
                 (Some("TYPE"), Some(name), Some(t))
-                    if valid_name(name) && ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) =>
+                    if valid_name(name)
+                        && ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) =>
                 {
                     typed.insert(name.to_string(), t.to_string());
                 }
@@ -53,19 +59,27 @@ pub fn parse(text: &str) -> Result<Samples> {
             }
             continue;
         }
-        let (head, value) = line.rsplit_once(' ').ok_or_else(|| anyhow!("line {n}: no value"))?;
+        let (head, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow!("line {n}: no value"))?;
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().map_err(|_| anyhow!("line {n}: bad value `{v}`"))?,
+            v => v
+                .parse()
+                .map_err(|_| anyhow!("line {n}: bad value `{v}`"))?,
         };
         let (name, labels) = match head.split_once('{') {
             None => (head.to_string(), BTreeMap::new()),
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').ok_or_else(|| anyhow!("line {n}: unclosed labels"))?;
+                let body = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| anyhow!("line {n}: unclosed labels"))?;
                 let mut labels = BTreeMap::new();
                 for pair in body.split(',').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("line {n}: bad label `{pair}`"))?;
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("line {n}: bad label `{pair}`"))?;
                     let v = v
                         .strip_prefix('"')
                         .and_then(|v| v.strip_suffix('"'))
@@ -89,7 +103,11 @@ pub fn parse(text: &str) -> Result<Samples> {
         if !typed.contains_key(base) {
             bail!("line {n}: sample `{name}` has no # TYPE line");
         }
-        out.push(Sample { name, labels, value });
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
     }
     Ok(Samples(out))
 }

@@ -7,8 +7,10 @@ use std::sync::OnceLock;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// The path of a workspace binary, building the binaries once if they are missing (plain
-/// `cargo test` builds only libraries for this crate).
+/// The path of a workspace binary, building the binaries once if they are missing or older
+/// than this test executable (plain `cargo test` builds only libraries for this crate). The
+/// build selects the same targets as `cargo test --workspace`, so features unify the same way
+/// and nothing already built is rebuilt.
 pub fn binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe()?;
@@ -17,10 +19,17 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         .and_then(|d| d.parent())
         .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
     let path = dir.join(name);
+    let fresh = |p: &std::path::Path| {
+        let age = |q: &std::path::Path| std::fs::metadata(q).and_then(|m| m.modified()).ok();
+        matches!((age(p), age(&exe)), (Some(b), Some(t)) if b >= t)
+    };
     let built = BUILT.get_or_init(|| {
+        if fresh(&dir.join("tunneld")) && fresh(&dir.join("tunnelc")) {
+            return Ok(());
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "tunneld-daemon", "--bins"])
+            .args(["build", "--workspace", "--all-targets"])
             .status()
             .map_err(|e| e.to_string())?;
         if status.success() {
@@ -55,7 +64,8 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawn {name}"))?;
-        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+        let stdout =
+            BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
         Ok(Self {
             child,
             stdout,
@@ -71,7 +81,10 @@ impl Proc {
                     return Ok(line);
                 }
             }
-            Err(anyhow!("stdout ended before a line starting with `{prefix}`; stderr: {}", self.stderr()))
+            Err(anyhow!(
+                "stdout ended before a line starting with `{prefix}`; stderr: {}",
+                self.stderr()
+            ))
         };
         tokio::time::timeout(crate::WAIT, fut)
             .await
@@ -83,8 +96,13 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) -> Result<()> {
-        let pid = self.child.id().ok_or_else(|| anyhow!("process already exited"))?;
-        let st = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("process already exited"))?;
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()?;
         if !st.success() {
             bail!("kill -{sig} {pid} failed");
         }
@@ -106,10 +124,16 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 pub async fn curl(args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
     let out = tokio::time::timeout(
         crate::WAIT,
-        Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output(),
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(args)
+            .output(),
     )
     .await
     .context("curl timed out")?
     .context("curl is not installed (scripts/test installs it)")?;
-    Ok((out.status, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }

@@ -36,7 +36,11 @@ pub async fn http() -> SocketAddr {
                     if r.read_line(&mut request_line).await.unwrap_or(0) == 0 {
                         return;
                     }
-                    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let path = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("/")
+                        .to_string();
                     let mut host = String::new();
                     let mut len = 0usize;
                     loop {
@@ -77,7 +81,9 @@ pub async fn http() -> SocketAddr {
 /// Accepts connections and reports the first bytes of each (up to 256 or the first pause),
 /// then echoes the rest. Used to see PROXY protocol headers.
 pub async fn recorder() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind recorder");
     let addr = l.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {

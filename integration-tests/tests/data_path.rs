@@ -3,9 +3,15 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tunneld_integration_tests::{pattern, process::curl, services, sha256_hex, TestClient, TestServer, ALICE_TOKEN, WAIT};
+use tunneld_integration_tests::{
+    pattern, process::curl, services, sha256_hex, TestClient, TestServer, ALICE_TOKEN, WAIT,
+};
 
-async fn tunnel_to(server: &TestServer, local: std::net::SocketAddr, extra: &str) -> (TestClient, std::net::SocketAddr) {
+async fn tunnel_to(
+    server: &TestServer,
+    local: std::net::SocketAddr,
+    extra: &str,
+) -> (TestClient, std::net::SocketAddr) {
     let cfg = server
         .client_config(ALICE_TOKEN, &format!("  svc:\n    local: {local}\n{extra}"))
         .expect("client config");
@@ -28,7 +34,10 @@ async fn sixty_four_mib_each_way_arrive_intact() {
         w.shutdown().await.expect("half-close");
     });
     let mut back = Vec::with_capacity(LEN);
-    tokio::time::timeout(WAIT * 4, r.read_to_end(&mut back)).await.expect("in time").expect("read");
+    tokio::time::timeout(WAIT * 4, r.read_to_end(&mut back))
+        .await
+        .expect("in time")
+        .expect("read");
     writer.await.expect("writer");
     assert_eq!(back.len(), LEN);
     assert_eq!(sha256_hex(&back), want, "the echoed 64 MiB differ");
@@ -56,11 +65,18 @@ async fn two_hundred_concurrent_visitors() {
             let recv = r.read_to_end(&mut back);
             let (_, got) = tokio::join!(send, recv);
             got.expect("read");
-            assert_eq!(sha256_hex(&back), sha256_hex(&data), "visitor {i} got other bytes");
+            assert_eq!(
+                sha256_hex(&back),
+                sha256_hex(&data),
+                "visitor {i} got other bytes"
+            );
         }));
     }
     for t in tasks {
-        tokio::time::timeout(WAIT, t).await.expect("visitor in time").expect("visitor ok");
+        tokio::time::timeout(WAIT, t)
+            .await
+            .expect("visitor in time")
+            .expect("visitor ok");
     }
     let m = server.metrics().await;
     assert!(m.get("tunneld_streams_opened_total", &[("frontend", "tcp")]) >= 200.0);
@@ -75,9 +91,14 @@ async fn curl_reaches_a_local_http_server() {
     let url = format!("http://{ep}/through/the/tunnel");
     let (st, body) = curl(&[&url]).await.expect("curl runs");
     assert!(st.success(), "curl failed: {st}");
-    assert_eq!(body, format!("hello /through/the/tunnel host={ep} body=0\n"));
+    assert_eq!(
+        body,
+        format!("hello /through/the/tunnel host={ep} body=0\n")
+    );
     // Keep-alive: several requests on one connection.
-    let (st, body) = curl(&[&url, &url, "--data-binary", "0123456789"]).await.expect("curl runs");
+    let (st, body) = curl(&[&url, &url, "--data-binary", "0123456789"])
+        .await
+        .expect("curl runs");
     assert!(st.success());
     assert_eq!(body.matches("body=10").count(), 2, "{body}");
     client.shutdown().await.expect("client stops");
@@ -91,26 +112,43 @@ async fn proxy_protocol_headers_reach_the_local_service() {
     let mut v = TcpStream::connect(ep).await.expect("connect");
     let me = v.local_addr().expect("addr");
     v.write_all(b"x").await.expect("write");
-    let first = tokio::time::timeout(WAIT, seen.recv()).await.expect("in time").expect("recorded");
+    let first = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("in time")
+        .expect("recorded");
     let line = String::from_utf8_lossy(&first).to_string();
     assert!(
-        line.starts_with(&format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", me.port(), ep.port())),
+        line.starts_with(&format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+            me.port(),
+            ep.port()
+        )),
         "unexpected header: {line:?}"
     );
     client.shutdown().await.expect("client stops");
 
     let (local, mut seen) = services::recorder().await;
     let cfg = server
-        .client_config(ALICE_TOKEN, &format!("  svc:\n    local: {local}\n    proxy_protocol: v2\n"))
+        .client_config(
+            ALICE_TOKEN,
+            &format!("  svc:\n    local: {local}\n    proxy_protocol: v2\n"),
+        )
         .expect("client config");
     let mut client = TestClient::spawn(cfg);
     let ep = client.endpoint("svc").await.expect("tunnel up");
     let mut v = TcpStream::connect(ep).await.expect("connect");
     v.write_all(b"y").await.expect("write");
-    let first = tokio::time::timeout(WAIT, seen.recv()).await.expect("in time").expect("recorded");
+    let first = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("in time")
+        .expect("recorded");
     assert_eq!(&first[..12], b"\r\n\r\n\0\r\nQUIT\n", "v2 signature");
     assert_eq!(first[13], 0x11, "TCP over IPv4");
-    assert_eq!(u16::from_be_bytes([first[26], first[27]]), ep.port(), "destination port");
+    assert_eq!(
+        u16::from_be_bytes([first[26], first[27]]),
+        ep.port(),
+        "destination port"
+    );
     client.shutdown().await.expect("client stops");
 }
 
@@ -124,9 +162,18 @@ async fn a_local_service_that_is_down_closes_the_visitor_and_counts() {
     let (client, ep) = tunnel_to(&server, dead, "").await;
     let mut v = TcpStream::connect(ep).await.expect("connect");
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(WAIT, v.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    let n = tokio::time::timeout(WAIT, v.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
     assert_eq!(n, 0, "visitor must see the connection close");
     let m = server.metrics().await;
-    assert_eq!(m.get("tunneld_stream_open_failures_total", &[("reason", "local_refused")]), 1.0);
+    assert_eq!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "local_refused")]
+        ),
+        1.0
+    );
     client.shutdown().await.expect("client stops");
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::{
@@ -36,6 +36,20 @@ struct Entry {
     gen: u64,
     bind: IpAddr,
     state: State,
+}
+
+impl Entry {
+    /// A reservation whose grace period is over: anyone may take the port.
+    fn free(&self, now: Instant) -> bool {
+        matches!(self.state, State::Reserved { until, .. } if until <= now)
+    }
+
+    fn task_finished(&self) -> bool {
+        match &self.state {
+            State::Reserved { task, .. } => task.as_ref().is_none_or(|t| t.is_finished()),
+            State::Active { .. } => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -107,16 +121,18 @@ impl PortsFrontend {
             .ports_allocated
             .with_label_values(&[&self.name])
             .dec();
-        if reserve {
-            entry.state = State::Reserved {
-                until: Instant::now() + self.cfg.reclaim_grace,
-                task,
-            };
-            tracing::info!(frontend = %self.name, port, owner = %entry.owner, grace = ?self.cfg.reclaim_grace, "port released, reserved for its owner");
+        // An expired reservation, rather than no entry, keeps the old listener's task so the
+        // next claim of this port waits for the socket to close before binding it again.
+        let grace = if reserve {
+            self.cfg.reclaim_grace
         } else {
-            t.entries.remove(&port);
-            tracing::info!(frontend = %self.name, port, "port released");
-        }
+            Duration::ZERO
+        };
+        entry.state = State::Reserved {
+            until: Instant::now() + grace,
+            task,
+        };
+        tracing::info!(frontend = %self.name, port, owner = %entry.owner, ?grace, "port released");
     }
 
     /// Picks the port for a request and marks it active, under the lock. Returns the port, the
@@ -127,8 +143,9 @@ impl PortsFrontend {
     ) -> Result<(u16, u64, IpAddr, Option<JoinHandle<()>>, Vec<u16>), ClaimError> {
         let mut t = lock(&self.table);
         let now = Instant::now();
-        t.entries
-            .retain(|_, e| !matches!(e.state, State::Reserved { until, .. } if until <= now));
+        // Expired reservations whose listener has closed are forgotten; the others stay
+        // until a claim takes the port over and waits for their task.
+        t.entries.retain(|_, e| !e.free(now) || !e.task_finished());
         let active_of_owner = t
             .entries
             .values()
@@ -151,6 +168,7 @@ impl PortsFrontend {
                     });
                 }
                 match t.entries.get(&p) {
+                    Some(e) if e.free(now) => p,
                     Some(e) if e.owner != req.owner => return Err(ClaimError::HeldByOther(p)),
                     Some(Entry {
                         state: State::Active { .. },
@@ -163,6 +181,7 @@ impl PortsFrontend {
                 let reserved = t.entries.iter().find(|(_, e)| {
                     e.owner == req.owner
                         && e.tunnel == req.tunnel
+                        && !e.free(now)
                         && matches!(e.state, State::Reserved { .. })
                 });
                 match reserved {
@@ -174,7 +193,7 @@ impl PortsFrontend {
                         let start = (t.next_gen as usize).wrapping_mul(7919) % len;
                         candidates = (0..len)
                             .map(|i| self.cfg.range.first + ((start + i) % len) as u16)
-                            .filter(|p| !t.entries.contains_key(p))
+                            .filter(|p| t.entries.get(p).is_none_or(|e| e.free(now)))
                             .take(64)
                             .collect();
                         match candidates.first() {
@@ -331,9 +350,11 @@ impl Frontend for PortsFrontend {
 
     fn routes(&self) -> Vec<RouteInfo> {
         let t = lock(&self.table);
+        let now = Instant::now();
         let mut v: Vec<RouteInfo> = t
             .entries
             .iter()
+            .filter(|(_, e)| !e.free(now))
             .map(|(port, e)| RouteInfo {
                 frontend: self.name.clone(),
                 owner: e.owner.clone(),
