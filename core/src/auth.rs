@@ -39,7 +39,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -152,6 +152,23 @@ impl Authenticator {
     }
 }
 
+/// Random bytes from the operating system (for jitter and generated names).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
+        // The OS generator failing is not recoverable in any useful way; fall back to time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,21 +229,4 @@ mod tests {
         assert!(token_digest(&format!("sha256:{}", "zz".repeat(32))).is_err());
         assert_eq!(format!("{:?}", Secret("x".into())), "Secret(****)");
     }
-}
-
-/// Random bytes from the operating system (for jitter and generated names).
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut out = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
-        // The OS generator failing is not recoverable in any useful way; fall back to time.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    out
 }

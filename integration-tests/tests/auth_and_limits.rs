@@ -103,12 +103,9 @@ async fn wrong_token_is_refused_for_good_and_counted() {
 async fn client_certificates_identify_clients_and_foreign_ones_are_refused() {
     let dir = temp_dir("mtls");
     let (ca, cert, key) = client_pki(&dir, "carol");
-    let server = TestServer::start_full(
-        &format!("# mtls\n"),
-        &[format!("auth.client_ca={}", ca.display())],
-    )
-    .await
-    .expect("server");
+    let server = TestServer::start_full("", &[format!("auth.client_ca={}", ca.display())])
+        .await
+        .expect("server");
     let tunnels = "  svc:\n    local: 127.0.0.1:9\n";
     let mut cfg = server.client_config(ALICE_TOKEN, tunnels).expect("config");
     cfg.token = None;

@@ -45,12 +45,16 @@ pub(crate) fn describe(err: figment::Error, prefix: &str) -> ConfigError {
                 path.push(prefix.to_string());
             }
             path.extend(e.path.iter().cloned());
-            let source = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.source.as_ref())
-                .map(|s| format!("{s}: "))
-                .unwrap_or_default();
+            // Name the file or the environment; values from code (--set, components) carry
+            // only a source-code location, which helps no one.
+            let source = match e.metadata.as_ref() {
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(f)) => format!("{}: ", f.display()),
+                    _ if m.name.contains("environment") => format!("{}: ", m.name),
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
             let key = if path.is_empty() {
                 "(top level)".to_string()
             } else {
@@ -81,8 +85,8 @@ pub fn figment(layers: &Layers<'_>) -> Result<Figment, ConfigError> {
         Env::prefixed(layers.env_prefix)
             .split("__")
             .filter(move |k| {
-                keys.iter()
-                    .any(|top| k.as_str().split('.').next() == Some(*top))
+                let first = k.as_str().split('.').next().unwrap_or("");
+                keys.iter().any(|top| top.eq_ignore_ascii_case(first))
             }),
     );
     for set in layers.sets {

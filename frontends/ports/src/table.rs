@@ -52,6 +52,17 @@ impl Entry {
     }
 }
 
+/// A port marked active for a claim that is about to bind it.
+struct Slot {
+    port: u16,
+    gen: u64,
+    bind: IpAddr,
+    /// The previous listener of this port, still closing.
+    old_task: Option<JoinHandle<()>>,
+    /// Further free ports to try when an assigned port turns out to be taken.
+    candidates: Vec<u16>,
+}
+
 #[derive(Default)]
 struct Table {
     entries: HashMap<u16, Entry>,
@@ -137,10 +148,7 @@ impl PortsFrontend {
 
     /// Picks the port for a request and marks it active, under the lock. Returns the port, the
     /// generation, the bind address and an old listener task to wait for.
-    fn reserve_slot(
-        &self,
-        req: &ClaimRequest,
-    ) -> Result<(u16, u64, IpAddr, Option<JoinHandle<()>>, Vec<u16>), ClaimError> {
+    fn reserve_slot(&self, req: &ClaimRequest) -> Result<Slot, ClaimError> {
         let mut t = lock(&self.table);
         let now = Instant::now();
         // Expired reservations whose listener has closed are forgotten; the others stay
@@ -223,7 +231,13 @@ impl PortsFrontend {
             Some(State::Reserved { task, .. }) => task,
             _ => None,
         };
-        Ok((port, gen, bind, old_task, candidates))
+        Ok(Slot {
+            port,
+            gen,
+            bind,
+            old_task,
+            candidates,
+        })
     }
 
     fn forget(&self, port: u16, gen: u64) {
@@ -237,7 +251,13 @@ impl PortsFrontend {
         self: &Arc<Self>,
         req: &ClaimRequest,
     ) -> Result<(u16, u64, tokio::net::TcpListener), ClaimError> {
-        let (port, gen, bind, old_task, candidates) = self.reserve_slot(req)?;
+        let Slot {
+            port,
+            gen,
+            bind,
+            old_task,
+            candidates,
+        } = self.reserve_slot(req)?;
         if let Some(task) = old_task {
             let _ = task.await;
         }
@@ -256,7 +276,10 @@ impl PortsFrontend {
         for p in candidates.into_iter().skip(1) {
             let mut one = req.clone();
             one.port = Some(p);
-            let Ok((port, gen, bind, _, _)) = self.reserve_slot(&one) else {
+            let Ok(Slot {
+                port, gen, bind, ..
+            }) = self.reserve_slot(&one)
+            else {
                 continue;
             };
             match listener::bind(SocketAddr::new(bind, port)) {
