@@ -5,17 +5,16 @@
 //! One session per client id: a new session of the same client replaces the old one, whose
 //! claims are released first so the new one gets the same ports back at once.
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::frontend::{Claim, ClaimError, ClaimRequest, Frontend, RouteInfo};
 use crate::io::BoxIo;
+use crate::mapping::AdminState;
 use crate::metrics::Metrics;
 use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
-use crate::proxy_protocol;
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
@@ -29,7 +28,19 @@ pub const MAX_TUNNELS_PER_SESSION: usize = 64;
 /// across reconnects.
 #[async_trait]
 pub trait Target: Send + Sync + 'static {
-    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
+    /// Opens a stream for one visitor. `server_name` is the name the visitor asked for (TLS
+    /// SNI), when the frontend peeked it because [`Target::routes_by_name`] said so.
+    async fn open(
+        &self,
+        header: StreamHeader,
+        server_name: Option<&str>,
+    ) -> Result<BoxIo, OpenError>;
+
+    /// Whether visitors must be routed by the name they ask for: the frontend then peeks the
+    /// TLS ClientHello and replays it.
+    fn routes_by_name(&self) -> bool {
+        false
+    }
 }
 
 /// A live session as the hub keeps it.
@@ -41,7 +52,7 @@ pub struct LiveSession {
     pub accept_server_mappings: bool,
     tunnels: Mutex<Vec<TunnelStatus>>,
     claims: Mutex<Vec<Claim>>,
-    notify: mpsc::UnboundedSender<Control>,
+    pub(crate) notify: mpsc::UnboundedSender<Control>,
 }
 
 impl LiveSession {
@@ -55,12 +66,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[derive(Default)]
-struct Sessions {
+pub(crate) struct Sessions {
     by_client: Mutex<HashMap<String, Arc<LiveSession>>>,
 }
 
 impl Sessions {
-    fn get(&self, client: &str) -> Option<Arc<LiveSession>> {
+    pub(crate) fn get(&self, client: &str) -> Option<Arc<LiveSession>> {
         lock(&self.by_client).get(client).cloned()
     }
 }
@@ -73,7 +84,7 @@ pub struct ClientTarget {
 
 #[async_trait]
 impl Target for ClientTarget {
-    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+    async fn open(&self, header: StreamHeader, _: Option<&str>) -> Result<BoxIo, OpenError> {
         let session = self
             .sessions
             .upgrade()
@@ -124,65 +135,18 @@ impl Drop for SessionGuard {
     }
 }
 
-/// A server-defined port mapping (`PUT /tunnels`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Mapping {
-    /// The client id whose tunnelc carries the traffic.
-    pub client: String,
-    pub listen_port: u16,
-    /// Defaults to the frontend's bind address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen_address: Option<IpAddr>,
-    /// `host:port` that tunnelc connects to.
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<proxy_protocol::Version>,
-    /// Which ports frontend; defaults to the only one serving `tcp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frontend: Option<String>,
-}
-
-impl Mapping {
-    fn key(&self) -> (Option<String>, Option<IpAddr>, u16) {
-        (self.frontend.clone(), self.listen_address, self.listen_port)
-    }
-    fn tunnel_name(&self) -> String {
-        format!("mapping-{}", self.listen_port)
-    }
-}
-
-/// An admin API failure with the HTTP status it maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappingError {
-    pub status: u16,
-    pub message: String,
-}
-
-fn merr(status: u16, message: impl Into<String>) -> MappingError {
-    MappingError {
-        status,
-        message: message.into(),
-    }
-}
-
-#[derive(Default)]
-struct AdminState {
-    mappings: Vec<(Mapping, Claim)>,
-}
-
 pub struct Hub {
     auth: Authenticator,
-    frontends: BTreeMap<String, Arc<dyn Frontend>>,
-    sessions: Arc<Sessions>,
-    admin: tokio::sync::Mutex<AdminState>,
+    pub(crate) frontends: BTreeMap<String, Arc<dyn Frontend>>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) admin: tokio::sync::Mutex<AdminState>,
     next_id: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// Seconds between client keepalive pings.
     pub keepalive_secs: u64,
 }
 
-fn valid_tunnel_name(name: &str) -> bool {
+pub(crate) fn valid_tunnel_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -217,7 +181,7 @@ impl Hub {
         })
     }
 
-    fn frontend_for(
+    pub(crate) fn frontend_for(
         &self,
         kind: TunnelKind,
         name: Option<&str>,
@@ -289,6 +253,22 @@ impl Hub {
             .auth
             .authenticate(hello.token.as_deref(), cert_cn)
             .map_err(|e: AuthError| self.refuse(transport, e.reason(), e.to_string(), true))?;
+        self.admit_identity(identity, hello, transport, transport_kind, remote, opener)
+            .await
+    }
+
+    /// Admits a session whose identity the transport established itself (a compatibility
+    /// dialect that authenticates by client certificate or header). `hello` carries the
+    /// tunnels to claim and whether server mappings are accepted.
+    pub async fn admit_identity(
+        self: &Arc<Self>,
+        identity: Identity,
+        hello: &Hello,
+        transport: &str,
+        transport_kind: &'static str,
+        remote: SocketAddr,
+        opener: Arc<dyn OpenStream>,
+    ) -> Result<(SessionGuard, Vec<TunnelStatus>), Rejection> {
         if hello.tunnels.len() > MAX_TUNNELS_PER_SESSION {
             return Err(self.refuse(
                 transport,
@@ -446,181 +426,11 @@ impl Hub {
         self.frontends.values().flat_map(|f| f.routes()).collect()
     }
 
-    /// The current admin mappings.
-    pub async fn mappings(&self) -> Vec<(Mapping, String)> {
-        self.admin
-            .lock()
-            .await
-            .mappings
-            .iter()
-            .map(|(m, c)| (m.clone(), c.endpoint.clone()))
-            .collect()
-    }
-
-    async fn mapping_statuses_for(&self, client: &str) -> Vec<TunnelStatus> {
-        self.admin
-            .lock()
-            .await
-            .mappings
-            .iter()
-            .filter(|(m, _)| m.client == client)
-            .map(|(m, c)| TunnelStatus {
-                name: m.tunnel_name(),
-                endpoint: Some(c.endpoint.clone()),
-                error: None,
-            })
-            .collect()
-    }
-
     /// Ends every session (shutdown).
     pub fn close_all(&self) {
         for s in self.sessions() {
             s.closed.cancel();
         }
-    }
-
-    /// Makes the admin mappings equal `desired`: missing ones are added, identical ones kept,
-    /// the rest closed. On any error nothing changes.
-    pub async fn apply_mappings(
-        &self,
-        desired: Vec<Mapping>,
-    ) -> Result<Vec<(Mapping, String)>, MappingError> {
-        let mut keys = std::collections::HashSet::new();
-        for m in &desired {
-            if !keys.insert(m.key()) {
-                return Err(merr(
-                    409,
-                    format!("port {} appears twice in the list", m.listen_port),
-                ));
-            }
-            if m.listen_port == 0 {
-                return Err(merr(
-                    400,
-                    "listen_port must be a port number from 1 to 65535",
-                ));
-            }
-            if m.target.parse::<SocketAddr>().is_err() && !valid_host_port(&m.target) {
-                return Err(merr(
-                    400,
-                    format!("target `{}` is not a host:port address", m.target),
-                ));
-            }
-            if let Some(f) = &m.frontend {
-                let fe = self
-                    .frontends
-                    .get(f)
-                    .ok_or_else(|| merr(404, format!("frontend `{f}` does not exist")))?;
-                if !fe.serves(TunnelKind::Tcp) {
-                    return Err(merr(400, format!("frontend `{f}` does not allocate ports")));
-                }
-            }
-        }
-        let mut admin = self.admin.lock().await;
-        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut admin.mappings)
-            .into_iter()
-            .partition(|(m, _)| desired.contains(m));
-        let added: Vec<Mapping> = desired
-            .iter()
-            .filter(|m| !kept.iter().any(|(k, _)| k == *m))
-            .cloned()
-            .collect();
-        for m in &added {
-            match self.sessions.get(&m.client) {
-                None => {
-                    admin.mappings = kept.into_iter().chain(removed).collect();
-                    return Err(merr(
-                        404,
-                        format!("client `{}` is unknown or not connected", m.client),
-                    ));
-                }
-                Some(s) if !s.accept_server_mappings => {
-                    admin.mappings = kept.into_iter().chain(removed).collect();
-                    return Err(merr(
-                        422,
-                        format!(
-                            "client `{}` does not accept server-defined mappings (set accept_server_mappings: true in its config)",
-                            m.client
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        // Release what goes away (so a changed mapping can take its own port), then claim.
-        let removed_maps: Vec<Mapping> = removed.iter().map(|(m, _)| m.clone()).collect();
-        drop(removed);
-        let mut new_claims = Vec::new();
-        for m in &added {
-            match self.claim_mapping(m).await {
-                Ok(c) => new_claims.push((m.clone(), c)),
-                Err(e) => {
-                    drop(new_claims);
-                    let mut restored = kept;
-                    for old in removed_maps {
-                        match self.claim_mapping(&old).await {
-                            Ok(c) => restored.push((old, c)),
-                            Err(re) => {
-                                tracing::error!(port = old.listen_port, error = %re, "could not restore a mapping after a failed update")
-                            }
-                        }
-                    }
-                    admin.mappings = restored;
-                    let status = match e {
-                        ClaimError::OutOfRange { .. } | ClaimError::Invalid(_) => 400,
-                        ClaimError::UnknownFrontend(_) | ClaimError::NoFrontend(_) => 404,
-                        _ => 409,
-                    };
-                    return Err(merr(status, e.to_string()));
-                }
-            }
-        }
-        admin.mappings = kept.into_iter().chain(new_claims).collect();
-        admin.mappings.sort_by_key(|(m, _)| m.listen_port);
-        let result: Vec<(Mapping, String)> = admin
-            .mappings
-            .iter()
-            .map(|(m, c)| (m.clone(), c.endpoint.clone()))
-            .collect();
-        drop(admin);
-        for s in self.sessions() {
-            let mut tunnels = s.tunnels();
-            tunnels.extend(self.mapping_statuses_for(&s.info.client_id).await);
-            let _ = s.notify.send(Control::Tunnels { tunnels });
-        }
-        Ok(result)
-    }
-
-    async fn claim_mapping(&self, m: &Mapping) -> Result<Claim, ClaimError> {
-        let frontend = self
-            .frontend_for(TunnelKind::Tcp, m.frontend.as_deref())?
-            .clone();
-        frontend
-            .claim(ClaimRequest {
-                owner: m.client.clone(),
-                tunnel: m.tunnel_name(),
-                port: Some(m.listen_port),
-                bind: m.listen_address,
-                target_override: Some(m.target.clone()),
-                proxy_protocol: m.proxy_protocol,
-                max_ports: None,
-                target: self.client_target(&m.client),
-                reserve_on_release: false,
-            })
-            .await
-    }
-}
-
-fn valid_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && host.len() <= 253
-                && host
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'))
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        }
-        None => false,
     }
 }
 
@@ -636,9 +446,5 @@ mod tests {
         assert!(!valid_tunnel_name(""));
         assert!(!valid_tunnel_name(&"a".repeat(64)));
         assert!(!valid_tunnel_name("a b"));
-        assert!(valid_host_port("localhost:8080"));
-        assert!(!valid_host_port("localhost"));
-        assert!(!valid_host_port("a/b:80"));
-        assert!(!valid_host_port("host:0"));
     }
 }

@@ -11,18 +11,23 @@
 //! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning.
 //! - [`limits`]: pending-handshake caps; [`proxy_protocol`]: PROXY v1/v2 headers.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
+//! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
+//! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod duration;
 pub mod frontend;
+pub mod hostglob;
 pub mod hub;
 pub mod io;
 pub mod limits;
+pub mod mapping;
 pub mod metrics;
 pub mod proto;
 pub mod proxy_protocol;
 pub mod session;
+pub mod sni;
 pub mod splice;
 pub mod tls;
 pub mod transport;

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub ports_allocated: IntGaugeVec,
     pub claims_refused_total: IntCounterVec,
     pub admin_requests_total: IntCounterVec,
+    pub pool_streams_total: IntCounterVec,
+    pub pool_failovers_total: IntCounterVec,
+    pub threshold_pairs_pending: IntGaugeVec,
+    pub threshold_pair_timeouts_total: IntCounterVec,
 }
 
 fn counter(
@@ -133,6 +137,30 @@ impl Metrics {
                 "tunneld_admin_requests_total",
                 "Admin API requests by route and status code",
                 &["route", "code"],
+            )?,
+            pool_streams_total: counter(
+                &r,
+                "tunneld_pool_streams_total",
+                "Visitor streams of admin routes, by route and by the client (pool member) that served each",
+                &["route", "client"],
+            )?,
+            pool_failovers_total: counter(
+                &r,
+                "tunneld_pool_failovers_total",
+                "Pool members passed over for a visitor because they were offline or failed, by route and reason",
+                &["route", "reason"],
+            )?,
+            threshold_pairs_pending: gauge(
+                &r,
+                "tunneld_threshold_pairs_pending",
+                "Visitors of threshold-dialect clients waiting for the client to open their stream",
+                &["transport"],
+            )?,
+            threshold_pair_timeouts_total: counter(
+                &r,
+                "tunneld_threshold_pair_timeouts_total",
+                "Visitors of threshold-dialect clients whose stream did not arrive in time",
+                &["transport"],
             )?,
             registry: r,
         })

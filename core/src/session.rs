@@ -42,6 +42,8 @@ pub enum OpenError {
     Timeout,
     #[error("the tunnel client has too many open streams")]
     TooManyStreams,
+    #[error("no route matches server name {0:?}")]
+    NoRoute(Option<String>),
 }
 
 impl OpenError {
@@ -53,6 +55,7 @@ impl OpenError {
             OpenError::LocalRefused(_) => "local_refused",
             OpenError::Timeout => "timeout",
             OpenError::TooManyStreams => "too_many_streams",
+            OpenError::NoRoute(_) => "no_route",
         }
     }
 }

@@ -8,7 +8,11 @@
 //! | `GET /clients` | connected clients (JSON) |
 //! | `GET /tunnels` | every route and the admin mappings (JSON) |
 //! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
+//! | `GET /ping` | `pong` (threshold's liveness route) |
+//!
+//! `/clients` and `/tunnels` also speak threshold's shapes (`admin_threshold`).
 
+use crate::admin_threshold::{self, Shape};
 use crate::config::server::AdminConfig;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -26,7 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::sha256;
-use tunneld_core::hub::{Hub, Mapping};
+use tunneld_core::hub::Hub;
+use tunneld_core::mapping::Mapping;
 use tunneld_core::metrics::Metrics;
 
 /// Largest accepted request body.
@@ -36,6 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct State {
+    shape: Shape,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     token_digest: Option<[u8; 32]>,
@@ -54,6 +60,7 @@ pub async fn start(
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
+        shape: cfg.shape,
         hub,
         metrics,
         token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
@@ -131,7 +138,9 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let route = match req.uri().path() {
-        p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels") => p.to_string(),
+        p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping") => {
+            p.to_string()
+        }
         _ => "other".to_string(),
     };
     let resp = route_request(state, req, &route).await;
@@ -144,7 +153,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
 }
 
 async fn route_request(state: &State, req: Request<Incoming>, route: &str) -> Resp {
-    let open = matches!(route, "/healthz" | "/readyz");
+    let open = matches!(route, "/healthz" | "/readyz" | "/ping");
     if !open && !authorized(state, &req) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
@@ -164,8 +173,20 @@ async fn route_request(state: &State, req: Request<Incoming>, route: &str) -> Re
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
         (Method::GET, "/readyz") => respond(StatusCode::OK, "text/plain", "ready\n"),
-        (Method::GET, "/clients") => json_resp(StatusCode::OK, &clients(state)),
-        (Method::GET, "/tunnels") => json_resp(StatusCode::OK, &tunnels(state).await),
+        (Method::GET, "/ping") => respond(StatusCode::OK, "text/plain", "pong"),
+        (Method::GET, "/clients" | "/tunnels") => {
+            let shape = match Shape::from_query(req.uri().query(), state.shape) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let body = match (route, shape) {
+                ("/clients", Shape::Tunneld) => clients(state),
+                ("/clients", Shape::Threshold) => admin_threshold::clients(&state.hub).await,
+                (_, Shape::Tunneld) => tunnels(state).await,
+                (_, Shape::Threshold) => admin_threshold::listeners(&state.hub.mappings().await),
+            };
+            json_resp(StatusCode::OK, &body)
+        }
         (Method::PUT, "/tunnels") => put_tunnels(state, req).await,
         (_, "other") => error(
             StatusCode::NOT_FOUND,
@@ -256,7 +277,19 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
     };
-    let desired: Vec<Mapping> = match serde_json::from_slice(&body) {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid JSON: {e}"),
+            )
+        }
+    };
+    if admin_threshold::is_threshold_body(&value) {
+        return put_threshold(state, value).await;
+    }
+    let desired: Vec<Mapping> = match serde_json::from_value(value) {
         Ok(d) => d,
         Err(e) => {
             return error(
@@ -274,5 +307,33 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
             e.message,
         ),
+    }
+}
+
+/// `PUT /tunnels` in threshold's shape: plain-text errors, the listener list on success.
+async fn put_threshold(state: &State, value: Value) -> Resp {
+    let text = |status: u16, msg: String| {
+        respond(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            "text/plain; charset=utf-8",
+            format!("{msg}\n"),
+        )
+    };
+    let list: Vec<admin_threshold::Listener> = match serde_json::from_value(value) {
+        Ok(l) => l,
+        Err(e) => {
+            return text(
+                422,
+                format!("422 Unprocessable Entity: Can't Parse JSON: {e}"),
+            )
+        }
+    };
+    let desired = match admin_threshold::to_mappings(list) {
+        Ok(d) => d,
+        Err((status, msg)) => return text(status, msg),
+    };
+    match state.hub.apply_mappings(desired).await {
+        Ok(list) => json_resp(StatusCode::OK, &admin_threshold::listeners(&list)),
+        Err(e) => text(e.status, e.message),
     }
 }

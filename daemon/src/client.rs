@@ -181,6 +181,16 @@ struct Connector {
 impl LocalConnector for Connector {
     async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, String> {
         let (target, proxy) = match &h.target {
+            // A service name (no port): the local address of this tunnelc's tunnel of that
+            // name, as threshold's service map did.
+            Some(t) if self.accept_server_mappings && !t.contains(':') => {
+                let (local, _) = self
+                    .tunnels
+                    .get(t)
+                    .cloned()
+                    .ok_or_else(|| format!("tunnelc has no service (tunnel) named `{t}`"))?;
+                (local, h.proxy_protocol)
+            }
             Some(t) if self.accept_server_mappings => (t.clone(), h.proxy_protocol),
             Some(_) => return Err("this tunnelc does not accept server-defined targets".into()),
             None => self

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_threshold;
 pub mod client;
 pub mod config;
 pub mod logging;

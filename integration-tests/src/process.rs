@@ -54,8 +54,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], stderr_path: PathBuf) -> Result<Self> {
+        Self::spawn_program(&binary(name)?, args, stderr_path)
+    }
+
+    /// Spawns any program (a peer such as the Go threshold client).
+    pub fn spawn_program(
+        program: &std::path::Path,
+        args: &[&str],
+        stderr_path: PathBuf,
+    ) -> Result<Self> {
+        let name = program.display().to_string();
         let err = std::fs::File::create(&stderr_path)?;
-        let mut child = Command::new(binary(name)?)
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -112,6 +122,55 @@ impl Proc {
     pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
         Ok(tokio::time::timeout(crate::WAIT, self.child.wait()).await??)
     }
+}
+
+/// Builds the Go threshold client (`integration-tests/go/threshold-client`) with Debian's
+/// `golang-go` and `golang-github-hashicorp-yamux-dev`, in GOPATH mode without downloads.
+/// `Ok(None)` only when `go` is not installed; a failing build is an error.
+pub fn go_threshold_client() -> Result<Option<PathBuf>> {
+    static BUILT: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if std::process::Command::new("go")
+                .arg("version")
+                .output()
+                .is_err()
+            {
+                return Ok(None);
+            }
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let target = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .ok_or("cannot locate the target directory")?
+                .to_path_buf();
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("go/threshold-client");
+            // Each test process builds to its own name, then renames: parallel test
+            // binaries never see a half-written executable.
+            let tmp = target.join(format!("go-threshold-client.{}", std::process::id()));
+            let out = std::process::Command::new("go")
+                .args(["build", "-o"])
+                .arg(&tmp)
+                .arg(".")
+                .current_dir(&src)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOCACHE", target.join("go-cache"))
+                .env("GOFLAGS", "")
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "go build of the threshold client failed (is golang-github-hashicorp-yamux-dev installed?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let path = target.join("go-threshold-client");
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            Ok(Some(path))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// The value of `key=` in a line like `listening transport=edge addr=127.0.0.1:7000`.

@@ -102,3 +102,53 @@ pub async fn recorder() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
     });
     (addr, rx)
 }
+
+/// Writes `tag` and a newline to each connection, then echoes; shows which backend served.
+pub async fn tagged_echo(tag: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind tagged echo");
+    let addr = l.local_addr().expect("addr");
+    let greeting = format!("{tag}\n").into_bytes();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let greeting = greeting.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if w.write_all(&greeting).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// One visitor of a tagged echo: reads the tag, echoes `len` bytes, returns the tag.
+pub async fn visit_tagged(addr: SocketAddr, len: usize, seed: u64) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let fut = async {
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .context("connect")?;
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let mut tag = String::new();
+        r.read_line(&mut tag).await.context("read tag")?;
+        anyhow::ensure!(
+            tag.ends_with('\n'),
+            "connection closed before the tag ({tag:?})"
+        );
+        let data = crate::pattern(len, seed);
+        w.write_all(&data).await.context("write")?;
+        let mut back = vec![0u8; len];
+        r.read_exact(&mut back).await.context("read echo")?;
+        anyhow::ensure!(back == data, "echo differs");
+        Ok(tag.trim_end().to_string())
+    };
+    tokio::time::timeout(crate::WAIT, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("visitor timed out"))?
+}

@@ -116,7 +116,7 @@ async fn put_tunnels_adds_keeps_removes_and_explains_errors() {
             format!(r#"[{{"client":"alice","listen_port":{p1},"target":"not an address"}}]"#),
             "application/json",
             400,
-            "not a host:port",
+            "neither a host:port",
         ),
         (format!("[{m1},{m1}]"), "application/json", 409, "twice"),
         (

@@ -171,6 +171,10 @@ pub struct AdminConfig {
     /// When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// The shape of `GET /clients` and `GET /tunnels` when the request names none
+    /// (`?shape=`): `tunneld` (default) or `threshold`.
+    #[serde(default)]
+    pub shape: crate::admin_threshold::Shape,
 }
 
 /// A transport, by `type:`.

@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Target;
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::StreamHeader;
+use tunneld_core::sni;
 use tunneld_core::splice::{splice, SpliceCounters};
 
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -84,7 +86,36 @@ async fn serve_visitor(
         public,
         proxy_protocol: l.proxy_protocol,
     };
-    let opened = tokio::time::timeout(l.open_timeout, l.target.open(header)).await;
+    // Routing by TLS server name: peek the ClientHello (bounded in size and time) and
+    // replay it to the tunnel once the stream is open.
+    let mut peeked = Vec::new();
+    let mut server_name = None;
+    if l.target.routes_by_name() {
+        match tokio::time::timeout(l.open_timeout, sni::read_client_hello(&mut visitor)).await {
+            Ok(Ok(p)) => {
+                peeked = p.bytes;
+                server_name = p.server_name;
+            }
+            Ok(Err(e)) => {
+                m.stream_open_failures_total
+                    .with_label_values(&[&l.frontend, e.reason()])
+                    .inc();
+                tracing::debug!(frontend = %l.frontend, %peer, error = %e, "visitor refused: no usable ClientHello");
+                return;
+            }
+            Err(_) => {
+                m.stream_open_failures_total
+                    .with_label_values(&[&l.frontend, "client_hello_timeout"])
+                    .inc();
+                return;
+            }
+        }
+    }
+    let opened = tokio::time::timeout(
+        l.open_timeout,
+        l.target.open(header, server_name.as_deref()),
+    )
+    .await;
     let mut stream = match opened {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -110,6 +141,16 @@ async fn serve_visitor(
         .inc();
     let active = m.streams_active.with_label_values(&[&l.frontend]);
     active.inc();
+    if !peeked.is_empty() {
+        if let Err(e) = stream.write_all(&peeked).await {
+            tracing::debug!(frontend = %l.frontend, %peer, error = %e, "replaying the ClientHello failed");
+            active.dec();
+            return;
+        }
+        m.bytes_total
+            .with_label_values(&[&l.frontend, "in"])
+            .inc_by(peeked.len() as u64);
+    }
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),

@@ -15,6 +15,9 @@ pub struct Config {
     /// yamux tuning (`yamux: { max_streams: 256, ... }`).
     #[serde(default)]
     pub yamux: Tuning,
+    /// Also accept threshold / koding-tunnel clients on this listener (opt-in).
+    #[serde(default)]
+    pub threshold: Option<crate::threshold::ThresholdConfig>,
 }
 
 /// yamux tuning. Defaults favour throughput with bounded memory per session.

@@ -4,7 +4,8 @@
 //! per visitor and writes a [`StreamHeader`](tunneld_core::session::StreamHeader) frame first.
 //!
 //! Layout: [`config`], [`driver`] (the one task that owns a yamux connection), [`control`]
-//! (keepalive on the control stream), [`server`] (tunneld side), [`client`] (tunnelc side).
+//! (keepalive on the control stream), [`server`] (tunneld side), [`client`] (tunnelc side),
+//! [`threshold`] (the dialect of threshold / koding-tunnel clients, opt-in).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -12,6 +13,7 @@ pub mod config;
 mod control;
 mod driver;
 pub mod server;
+pub mod threshold;
 
 pub use client::{dial, Connected, DialError, DialOptions};
 pub use config::Config;

@@ -3,19 +3,22 @@
 use crate::config::Config;
 use crate::control;
 use crate::driver::{drive, OpenReply};
+use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
 use async_trait::async_trait;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tunneld_core::auth::Identity;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{
-    read_frame, read_magic, write_frame, FrameError, Hello, ServerHello, StreamReply,
+    read_frame, write_frame, FrameError, Hello, ServerHello, StreamReply, MAGIC, VERSION,
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
@@ -101,6 +104,12 @@ impl Transport for YamuxTransport {
     }
 }
 
+/// Which protocol the client speaks.
+enum Dialect {
+    Native(Hello),
+    Threshold(Identity),
+}
+
 /// How a handshake failed, for the log and the `outcome` label.
 struct HandshakeFailure {
     outcome: &'static str,
@@ -141,13 +150,41 @@ impl YamuxTransport {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| common_name(c));
-            read_magic(&mut tls).await?;
-            let hello: Hello = read_frame(&mut tls).await?;
-            Ok::<_, HandshakeFailure>((tls, cn, hello))
+            let mut first = [0u8; 8];
+            tls.read_exact(&mut first)
+                .await
+                .map_err(|_| HandshakeFailure::from(FrameError::Closed))?;
+            if &first == MAGIC {
+                let hello: Hello = read_frame(&mut tls).await?;
+                return Ok::<_, HandshakeFailure>((tls, cn, Dialect::Native(hello)));
+            }
+            match &self.cfg.threshold {
+                Some(t) if &first == b"CONNECT " => {
+                    let identified = match threshold::read_head(&mut tls, &first).await {
+                        Ok(head) => threshold::identify(&head, cn.as_deref(), t),
+                        Err(r) => Err(r),
+                    };
+                    match identified {
+                        Ok(id) => Ok((tls, cn, Dialect::Threshold(id))),
+                        Err(r) => {
+                            let _ = tls.write_all(&r.response()).await;
+                            let _ = tls.shutdown().await;
+                            Err(HandshakeFailure {
+                                outcome: r.outcome,
+                                detail: format!(
+                                    "threshold CONNECT refused ({}): {}",
+                                    r.status, r.message
+                                ),
+                            })
+                        }
+                    }
+                }
+                _ => Err(FrameError::BadMagic.into()),
+            }
         })
         .await;
         cx.metrics.handshakes_pending.dec();
-        let (mut tls, cn, hello) = match hs {
+        let (mut tls, cn, dialect) = match hs {
             Ok(Ok(x)) => x,
             Ok(Err(f)) => {
                 cx.metrics
@@ -173,6 +210,16 @@ impl YamuxTransport {
             }
         };
 
+        let hello = match dialect {
+            Dialect::Native(h) => h,
+            Dialect::Threshold(identity) => {
+                let t = self.cfg.threshold.clone();
+                if let Some(t) = t {
+                    run_threshold(tls, peer, identity, permit, &t, &self.cfg, cx).await;
+                }
+                return;
+            }
+        };
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let opener = Arc::new(YamuxOpener { tx: open_tx });
         let admitted = cx
@@ -296,4 +343,122 @@ impl OpenStream for YamuxOpener {
             None => Ok(Box::new(io)),
         }
     }
+}
+
+/// Runs a threshold-dialect session: admission, the `200 Connected to Tunnel` answer, then
+/// yamux with tunneld as the server and FIFO pairing of client-opened streams.
+async fn run_threshold<T>(
+    mut tls: T,
+    peer: SocketAddr,
+    identity: Identity,
+    permit: Permit,
+    t: &ThresholdConfig,
+    cfg: &crate::config::Config,
+    cx: TransportContext,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let pairs = Arc::new(Pairs::new(
+        cx.metrics
+            .threshold_pairs_pending
+            .with_label_values(&[&cx.name]),
+    ));
+    let (line_tx, line_rx) = mpsc::channel::<Vec<u8>>(256);
+    let opener = Arc::new(ThresholdOpener {
+        pairs: pairs.clone(),
+        order: tokio::sync::Mutex::new(line_tx),
+        max_pending: t.max_pending,
+    });
+    // Threshold clients take whatever the admin API maps to them.
+    let hello = Hello {
+        version: VERSION,
+        token: None,
+        tunnels: Vec::new(),
+        accept_server_mappings: true,
+        agent: "threshold".into(),
+    };
+    let admitted = cx
+        .hub
+        .admit_identity(identity, &hello, &cx.name, "yamux-threshold", peer, opener)
+        .await;
+    let guard = match admitted {
+        Ok((g, _)) => g,
+        Err(rej) => {
+            tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "threshold client rejected: {}", rej.reason);
+            let r = threshold::Refusal {
+                status: 403,
+                outcome: rej.outcome,
+                message: rej.reason,
+            };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), tls.write_all(&r.response())).await;
+            return;
+        }
+    };
+    let answered = tokio::time::timeout(cx.handshake_timeout, async {
+        tls.write_all(threshold::CONNECTED).await?;
+        tls.flush().await
+    })
+    .await;
+    if !matches!(answered, Ok(Ok(()))) {
+        tracing::warn!(transport = %cx.name, %peer, "could not answer the threshold CONNECT");
+        return;
+    }
+    drop(permit);
+    let conn = Connection::new(tls.compat(), cfg.yamux.yamux(), Mode::Server);
+    let client = guard.session.info.client_id.clone();
+    let closed = guard.session.closed.clone();
+    // tunneld never opens streams in this dialect: the opener channel stays empty.
+    let (_no_opens, open_rx) = mpsc::channel::<OpenReply>(1);
+    let (ctl_tx, ctl_rx) = oneshot::channel();
+    let mut ctl_tx = Some(ctl_tx);
+    let (name, metrics, pairs2) = (cx.name.clone(), cx.metrics.clone(), pairs.clone());
+    let driver = drive(conn, open_rx, move |stream| {
+        if let Some(tx) = ctl_tx.take() {
+            let _ = tx.send(stream);
+        } else if !pairs2.deliver(stream) {
+            metrics
+                .protocol_errors_total
+                .with_label_values(&[&name, "unexpected_stream"])
+                .inc();
+        }
+    });
+    let control = async {
+        match tokio::time::timeout(Duration::from_secs(10), ctl_rx).await {
+            Ok(Ok(s)) => threshold::run_control(s.compat(), line_rx).await,
+            _ => "no control stream opened".to_string(),
+        }
+    };
+    let pair_timeout = t.pair_timeout;
+    let watchdog = async {
+        let mut tick = tokio::time::interval((pair_timeout / 4).max(Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            if pairs.oldest().is_some_and(|age| age > pair_timeout) {
+                cx.metrics
+                    .threshold_pair_timeouts_total
+                    .with_label_values(&[&cx.name])
+                    .inc();
+                return format!(
+                    "the client opened no stream for a visitor within {pair_timeout:?}"
+                );
+            }
+        }
+    };
+    let reason = tokio::select! {
+        r = driver => match r {
+            Ok(()) => "connection closed".to_string(),
+            Err(ConnectionError::Decode(e)) => {
+                cx.metrics.protocol_errors_total.with_label_values(&[&cx.name, "bad_yamux_frame"]).inc();
+                format!("malformed yamux frame: {e}")
+            }
+            Err(e) => format!("yamux: {e}"),
+        },
+        r = control => r,
+        r = watchdog => r,
+        _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
+    };
+    pairs.clear();
+    tracing::info!(transport = %cx.name, client = %client, "threshold session closing: {reason}");
+    drop(guard);
 }

@@ -1,0 +1,332 @@
+//! The threshold dialect of the yamux transport, against a client built on the reference
+//! yamux implementation (hashicorp/yamux, Go, from Debian), and threshold's admin API shapes.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunneld_integration_tests::process::{go_threshold_client, Proc};
+use tunneld_integration_tests::services::{recorder, tagged_echo, visit_tagged};
+use tunneld_integration_tests::{temp_dir, TestServer, WAIT};
+
+/// The Go client, or `None` with a printed reason when Go is not installed.
+fn go_client(test: &str) -> Option<PathBuf> {
+    match go_threshold_client().expect("build the Go threshold client") {
+        Some(p) => Some(p),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: `go` is not installed (apt-get install golang-go golang-github-hashicorp-yamux-dev; scripts/test does)"
+            );
+            None
+        }
+    }
+}
+
+fn threshold_sets(header_identity: bool) -> Vec<String> {
+    vec![
+        "transports.edge.threshold.domain=example.test".into(),
+        format!("transports.edge.threshold.header_identity={header_identity}"),
+        "transports.edge.threshold.pair_timeout=5s".into(),
+    ]
+}
+
+async fn admin(server: &TestServer, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(server.admin())
+        .await
+        .expect("admin");
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("admin answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn spawn_go(
+    go: &Path,
+    server: &TestServer,
+    extra: &[&str],
+    services: &[(&str, std::net::SocketAddr)],
+    tag: &str,
+) -> Proc {
+    let addr = server.transport().to_string();
+    let ca = server.ca_file().display().to_string();
+    let mut args: Vec<String> = vec![
+        "-server".into(),
+        addr,
+        "-servername".into(),
+        "localhost".into(),
+        "-ca".into(),
+        ca,
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    for (name, a) in services {
+        args.push("-service".into());
+        args.push(format!("{name}={a}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn_program(go, &args, server.dir.join(format!("{tag}.err"))).expect("spawn go client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy_v1() {
+    let Some(go) = go_client("threshold interop") else {
+        return;
+    };
+    let server = TestServer::start_full("", &threshold_sets(true))
+        .await
+        .expect("server");
+    let (svc_a, svc_b) = (
+        tagged_echo("service-a").await,
+        tagged_echo("service-b").await,
+    );
+    let (rec, mut recorded) = recorder().await;
+    let mut node = spawn_go(
+        &go,
+        &server,
+        &["-id", "node1"],
+        &[("a", svc_a), ("b", svc_b), ("rec", rec)],
+        "node1",
+    );
+    node.line_starting("connected")
+        .await
+        .expect("go client connects");
+
+    let (pa, pb, pr) = (server.range.0 + 1, server.range.0 + 2, server.range.0 + 3);
+    let listeners = format!(
+        r#"[{{"ClientIdentifier":"node1","ListenPort":{pa},"ListenAddress":"127.0.0.1","ListenHostnameGlob":"","BackEndService":"a","HaProxyProxyProtocol":false}},
+            {{"ClientIdentifier":"node1","ListenPort":{pb},"ListenAddress":"127.0.0.1","ListenHostnameGlob":"","BackEndService":"b","HaProxyProxyProtocol":false}},
+            {{"ClientIdentifier":"node1","ListenPort":{pr},"ListenAddress":"127.0.0.1","ListenHostnameGlob":"","BackEndService":"rec","HaProxyProxyProtocol":true}}]"#
+    );
+    let (code, body) = admin(&server, "PUT", "/tunnels", Some(&listeners)).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("threshold listener list");
+    assert_eq!(answer[2]["HaProxyProxyProtocol"], true, "{body}");
+    assert_eq!(answer[0]["ClientIdentifier"], "node1", "{body}");
+
+    // 120 concurrent visitors over two services: a wrong pairing would hand a visitor of
+    // one service the other's tag.
+    let mut tasks = Vec::new();
+    for i in 0..120u64 {
+        let (port, want) = if i % 2 == 0 {
+            (pa, "service-a")
+        } else {
+            (pb, "service-b")
+        };
+        tasks.push(tokio::spawn(async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let tag = visit_tagged(addr, 4096 + i as usize * 97, i).await?;
+            anyhow::ensure!(tag == want, "visitor {i} of {want} got {tag}");
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("visitor");
+    }
+
+    // PROXY v1: the local service sees the line threshold's server wrote.
+    let mut v = tokio::net::TcpStream::connect(("127.0.0.1", pr))
+        .await
+        .expect("visitor");
+    let local = v.local_addr().expect("addr");
+    let first = tokio::time::timeout(WAIT, recorded.recv())
+        .await
+        .expect("recorded in time")
+        .expect("recorded");
+    let line = String::from_utf8_lossy(&first);
+    assert!(
+        line.starts_with(&format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {} {pr}\r\n",
+            local.port()
+        )),
+        "{line:?}"
+    );
+    v.write_all(b"after-proxy").await.expect("write");
+    let mut back = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&back).contains("after-proxy") {
+        let n = tokio::time::timeout(WAIT, v.read(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        back.extend_from_slice(&buf[..n]);
+    }
+
+    // Threshold's management shapes.
+    let (code, clients) = admin(&server, "GET", "/clients?shape=threshold", None).await;
+    assert_eq!(code, 200);
+    let clients: serde_json::Value = serde_json::from_str(&clients).expect("json");
+    assert_eq!(clients["node1"]["CurrentState"], "ClientConnected");
+    let (code, pong) = admin(&server, "GET", "/ping", None).await;
+    assert_eq!((code, pong.as_str()), (200, "pong"));
+    let (code, listed) = admin(&server, "GET", "/tunnels?shape=threshold", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed).expect("json"),
+        answer
+    );
+    // Threshold's error semantics: 422, 400, 404, 409, as plain text.
+    let bad_addr = format!(
+        r#"[{{"ClientIdentifier":"node1","ListenPort":{pa},"ListenAddress":"nowhere","BackEndService":"a"}}]"#
+    );
+    let (code, msg) = admin(&server, "PUT", "/tunnels", Some(&bad_addr)).await;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("is not an IP address"), "{msg}");
+    let unknown = format!(
+        r#"[{{"ClientIdentifier":"ghost","ListenPort":{pa},"ListenAddress":"127.0.0.1","BackEndService":"a"}}]"#
+    );
+    let (code, msg) = admin(&server, "PUT", "/tunnels", Some(&unknown)).await;
+    assert_eq!(code, 404, "{msg}");
+    let (code, msg) = admin(
+        &server,
+        "PUT",
+        "/tunnels",
+        Some(r#"[{"ClientIdentifier":"node1","ListenPort":"x"}]"#),
+    )
+    .await;
+    assert_eq!(code, 422, "{msg}");
+    assert_eq!(
+        visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], pa)), 10, 1)
+            .await
+            .expect("failed updates keep the listeners"),
+        "service-a"
+    );
+
+    let m = server.metrics().await;
+    assert_eq!(
+        m.get(
+            "tunneld_pool_streams_total",
+            &[("route", &format!("mapping-{pa}")), ("client", "node1")]
+        ),
+        61.0
+    );
+    assert_eq!(
+        m.get("tunneld_sessions_active", &[("transport", "edge")]),
+        1.0
+    );
+    assert_eq!(m.get("tunneld_threshold_pairs_pending", &[]), 0.0);
+    drop(node);
+}
+
+/// A CA and a client certificate with common name `cn`.
+fn client_pki(dir: &Path, cns: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "threshold CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let ca_path = dir.join("client-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).expect("write");
+    let leaves = cns
+        .iter()
+        .enumerate()
+        .map(|(i, cn)| {
+            let key = KeyPair::generate().expect("key");
+            let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+            leaf.distinguished_name.push(DnType::CommonName, *cn);
+            let cert = leaf.signed_by(&key, &issuer).expect("leaf");
+            let (c, k) = (dir.join(format!("c{i}.pem")), dir.join(format!("c{i}.key")));
+            std::fs::write(&c, cert.pem()).expect("write");
+            std::fs::write(&k, key.serialize_pem()).expect("write");
+            (c, k)
+        })
+        .collect();
+    (ca_path, leaves)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_identity_comes_from_the_client_certificate() {
+    let Some(go) = go_client("threshold mTLS") else {
+        return;
+    };
+    let dir = temp_dir("threshold-mtls");
+    let (ca, leaves) = client_pki(&dir, &["node7@example.test", "node8@other.test"]);
+    let mut sets = threshold_sets(false);
+    sets.push(format!("auth.client_ca={}", ca.display()));
+    let server = TestServer::start_full("", &sets).await.expect("server");
+    let echo = tagged_echo("seven").await;
+    let arg = |p: &PathBuf| p.display().to_string();
+
+    let (c7, k7) = (arg(&leaves[0].0), arg(&leaves[0].1));
+    let mut good = spawn_go(
+        &go,
+        &server,
+        &["-cert", &c7, "-key", &k7],
+        &[("svc", echo)],
+        "node7",
+    );
+    good.line_starting("connected")
+        .await
+        .expect("node7 connects");
+    let sessions = server.running.hub.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].info.client_id, "node7");
+    assert_eq!(sessions[0].info.auth_method, "certificate");
+    let p = server.range.0 + 5;
+    let (code, body) = admin(
+        &server,
+        "PUT",
+        "/tunnels",
+        Some(&format!(
+            r#"[{{"ClientIdentifier":"node7","ListenPort":{p},"ListenAddress":"127.0.0.1","BackEndService":"svc"}}]"#
+        )),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], p)), 1000, 7)
+            .await
+            .expect("visitor"),
+        "seven"
+    );
+
+    // Wrong domain in the CN, a header that disagrees, and no certificate at all.
+    let (c8, k8) = (arg(&leaves[1].0), arg(&leaves[1].1));
+    let cases: [(&[&str], &str); 3] = [
+        (&["-cert", &c8, "-key", &k8], "<id>@example.test"),
+        (
+            &["-cert", &c7, "-key", &k7, "-id", "node9"],
+            "does not match",
+        ),
+        (&["-id", "node9"], "client certificate is required"),
+    ];
+    for (i, (args, words)) in cases.iter().enumerate() {
+        let mut bad = spawn_go(&go, &server, args, &[], &format!("bad{i}"));
+        let status = bad.wait().await.expect("exits");
+        assert!(!status.success());
+        let err = bad.stderr();
+        assert!(err.contains("refused") && err.contains(words), "{err}");
+    }
+    let m = server.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_handshakes_total",
+            &[("outcome", "bad_certificate")]
+        ) >= 1.0
+    );
+    assert!(
+        m.get(
+            "tunneld_handshakes_total",
+            &[("outcome", "missing_credentials")]
+        ) >= 1.0
+    );
+    drop(good);
+}
