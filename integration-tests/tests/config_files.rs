@@ -39,10 +39,14 @@ fn examples_pass_check_and_parse_fully() {
 
     let cfg =
         ServerConfig::load(Some(&repo().join("config.example.yaml")), &[]).expect("server example");
-    assert!(matches!(
-        cfg.transports.get("edge"),
-        Some(TransportConfig::Yamux(_))
-    ));
+    let Some(TransportConfig::Yamux(edge)) = cfg.transports.get("edge") else {
+        panic!("yamux transport")
+    };
+    let threshold = edge.threshold.as_ref().expect("threshold dialect in the example");
+    assert_eq!(
+        (threshold.domain.as_str(), threshold.header_identity),
+        ("localhost", false)
+    );
     let Some(FrontendConfig::Ports(p)) = cfg.frontends.get("tcp") else {
         panic!("ports frontend")
     };

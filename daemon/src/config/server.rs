@@ -227,6 +227,13 @@ impl ServerConfig {
                             c.yamux.validate().map_err(|(k, m)| {
                                 ConfigError::one(format!("transports.{name}.yamux.{k}: {m}"))
                             })?;
+                            if let Some(t) = &c.threshold {
+                                t.validate().map_err(|(k, m)| {
+                                    ConfigError::one(format!(
+                                        "transports.{name}.threshold.{k}: {m}"
+                                    ))
+                                })?;
+                            }
                             Ok(TransportConfig::Yamux(c))
                         }
                         _ => unreachable_type(&ty),

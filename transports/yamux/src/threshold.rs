@@ -61,6 +61,32 @@ pub struct ThresholdConfig {
     pub max_pending: usize,
 }
 
+impl ThresholdConfig {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let d = self.domain.trim();
+        if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
+            return Err((
+                "domain",
+                format!("`{}` is not a domain name", self.domain),
+            ));
+        }
+        if self.pair_timeout.is_zero() || self.pair_timeout > Duration::from_secs(300) {
+            return Err((
+                "pair_timeout",
+                format!("{:?} is outside 1ms..=5m", self.pair_timeout),
+            ));
+        }
+        if !(1..=65536).contains(&self.max_pending) {
+            return Err((
+                "max_pending",
+                format!("{} is outside 1..=65536", self.max_pending),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_pair_timeout() -> Duration {
     Duration::from_secs(10)
 }
