@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 /// Most clients one pool may name.
 pub const MAX_POOL_MEMBERS: usize = 16;
+/// How long one pool member may take to open a stream before the next one is tried.
+pub const POOL_MEMBER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// A server-defined port mapping (`PUT /tunnels`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -233,7 +235,16 @@ impl Target for RouteTable {
                 }
                 continue;
             };
-            match session.opener.open(header.clone()).await {
+            // In a pool one member may not hold the whole visitor's wait.
+            let attempt = session.opener.open(header.clone());
+            let opened = if n > 1 {
+                tokio::time::timeout(POOL_MEMBER_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or(Err(OpenError::Timeout))
+            } else {
+                attempt.await
+            };
+            match opened {
                 Ok(io) => {
                     self.metrics
                         .pool_streams_total

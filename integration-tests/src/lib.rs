@@ -150,6 +150,58 @@ impl TestServer {
         ClientConfig::load(Some(&file), sets).map_err(|e| anyhow!("{e}"))
     }
 
+    /// Starts tunneld from a config file (such as `config.example.yaml`) with `--set`-style
+    /// overrides; the caller moves its listeners to port 0 and its state to a temp dir.
+    pub async fn from_file(file: &std::path::Path, sets: &[String]) -> Result<Self> {
+        let dir = temp_dir("server");
+        let cfg = ServerConfig::load(Some(file), sets).map_err(|e| anyhow!("{e}"))?;
+        let running = server::start(cfg).await?;
+        Ok(Self {
+            running,
+            dir,
+            range: (0, 0),
+        })
+    }
+
+    /// Calls the admin API with curl; answers (status, body). JSON bodies.
+    pub async fn admin_call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = format!("http://{}{path}", self.admin());
+        let mut args = vec!["-X", method, "-w", "\n%{http_code}"];
+        if let Some(b) = body {
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        args.push(&url);
+        let (_, out) = process::curl(&args).await.expect("curl runs");
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Spawns the Go threshold client against this server's `edge` transport. `services`
+    /// are its `name=host:port` local services.
+    pub fn spawn_threshold_client(
+        &self,
+        go: &std::path::Path,
+        extra: &[&str],
+        services: &[(&str, SocketAddr)],
+        tag: &str,
+    ) -> Result<process::Proc> {
+        let mut args: Vec<String> = vec![
+            "-server".into(),
+            self.transport().to_string(),
+            "-servername".into(),
+            "localhost".into(),
+            "-ca".into(),
+            self.ca_file().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        for (name, a) in services {
+            args.push("-service".into());
+            args.push(format!("{name}={a}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        process::Proc::spawn_program(go, &args, self.dir.join(format!("{tag}.err")))
+    }
+
     /// The current metrics, parsed.
     pub async fn metrics(&self) -> metrics::Samples {
         metrics::parse(&self.running.metrics.render()).expect("metrics parse as Prometheus text")

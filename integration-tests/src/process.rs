@@ -173,6 +173,21 @@ pub fn go_threshold_client() -> Result<Option<PathBuf>> {
         .map_err(|e| anyhow!(e))
 }
 
+/// The Go threshold client for a test, or `None` after printing why the test is skipped
+/// (only when Go is not installed; a failing build panics).
+pub fn go_threshold_client_or_skip(test: &str) -> Option<PathBuf> {
+    match go_threshold_client() {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            eprintln!(
+                "SKIPPED {test}: `go` is not installed (apt-get install golang-go golang-github-hashicorp-yamux-dev; scripts/test does)"
+            );
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The value of `key=` in a line like `listening transport=edge addr=127.0.0.1:7000`.
 pub fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()

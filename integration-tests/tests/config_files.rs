@@ -42,7 +42,10 @@ fn examples_pass_check_and_parse_fully() {
     let Some(TransportConfig::Yamux(edge)) = cfg.transports.get("edge") else {
         panic!("yamux transport")
     };
-    let threshold = edge.threshold.as_ref().expect("threshold dialect in the example");
+    let threshold = edge
+        .threshold
+        .as_ref()
+        .expect("threshold dialect in the example");
     assert_eq!(
         (threshold.domain.as_str(), threshold.header_identity),
         ("localhost", false)

@@ -14,29 +14,6 @@ use tunneld_integration_tests::process::Proc;
 use tunneld_integration_tests::services::{tagged_echo, visit_tagged};
 use tunneld_integration_tests::{temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT};
 
-async fn put(server: &TestServer, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(server.admin())
-        .await
-        .expect("admin");
-    let req = format!(
-        "PUT /tunnels HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("admin answers")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
 /// A local TLS server with a self-signed certificate for `name` that greets and closes.
 async fn tls_server(name: &str) -> SocketAddr {
     let dir = temp_dir("tls-backend");
@@ -114,29 +91,42 @@ async fn one_port_carries_several_tls_backends_chosen_by_sni() {
     alice.connected().await.expect("alice up");
     let p = server.range.0 + 7;
     let route = |glob: &str, target: SocketAddr| {
-        format!(r#"{{"client":"alice","listen_port":{p},"hostname_glob":"{glob}","target":"{target}"}}"#)
+        format!(
+            r#"{{"client":"alice","listen_port":{p},"hostname_glob":"{glob}","target":"{target}"}}"#
+        )
     };
-    let (code, body) = put(
-        &server,
-        &format!("[{},{}]", route("a.test", a), route("*.test", b)),
-    )
-    .await;
+    let (code, body) = server
+        .admin_call(
+            "PUT",
+            "/tunnels",
+            Some(&format!("[{},{}]", route("a.test", a), route("*.test", b))),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
 
     let (subject, greeting) = s_client(p, "a.test").await;
-    assert!(subject.contains("CN = a.test"), "exact name wins: {subject}");
+    assert!(
+        subject.contains("CN = a.test"),
+        "exact name wins: {subject}"
+    );
     assert_eq!(greeting, "I am a.test");
     let (subject, greeting) = s_client(p, "x.test").await;
     assert!(subject.contains("CN = b.test"), "glob: {subject}");
     assert_eq!(greeting, "I am b.test");
     // No route for this name and no fallback: the visitor is closed, nothing reaches a backend.
     let (subject, greeting) = s_client(p, "other.org").await;
-    assert!(subject.is_empty() && greeting.is_empty(), "{subject} {greeting}");
+    assert!(
+        subject.is_empty() && greeting.is_empty(),
+        "{subject} {greeting}"
+    );
     // Plain bytes are not a ClientHello.
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", p))
         .await
         .expect("connect");
-    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(WAIT, plain.read(&mut buf))
         .await
@@ -145,16 +135,18 @@ async fn one_port_carries_several_tls_backends_chosen_by_sni() {
     assert_eq!(n, 0, "non-TLS visitor is closed");
 
     // Adding `*` (kept port, updated in place) catches the rest.
-    let (code, body) = put(
-        &server,
-        &format!(
-            "[{},{},{}]",
-            route("a.test", a),
-            route("*.test", b),
-            route("*", fallback)
-        ),
-    )
-    .await;
+    let (code, body) = server
+        .admin_call(
+            "PUT",
+            "/tunnels",
+            Some(&format!(
+                "[{},{},{}]",
+                route("a.test", a),
+                route("*.test", b),
+                route("*", fallback)
+            )),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     let (subject, greeting) = s_client(p, "other.org").await;
     assert!(subject.contains("CN = fallback.test"), "{subject}");
@@ -163,8 +155,18 @@ async fn one_port_carries_several_tls_backends_chosen_by_sni() {
     assert_eq!(greeting, "I am a.test");
 
     let m = server.metrics().await;
-    assert!(m.get("tunneld_stream_open_failures_total", &[("reason", "no_route")]) >= 1.0);
-    assert!(m.get("tunneld_stream_open_failures_total", &[("reason", "not_tls")]) >= 1.0);
+    assert!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "no_route")]
+        ) >= 1.0
+    );
+    assert!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "not_tls")]
+        ) >= 1.0
+    );
     assert_eq!(
         m.get(
             "tunneld_pool_streams_total",
@@ -189,7 +191,9 @@ async fn tunnelc(server: &TestServer, token: &str, local: SocketAddr, tag: &str)
         server.dir.join(format!("{tag}.err")),
     )
     .expect("spawn tunnelc");
-    p.line_starting("connected").await.expect("tunnelc connects");
+    p.line_starting("connected")
+        .await
+        .expect("tunnelc connects");
     p
 }
 
@@ -247,10 +251,11 @@ async fn pools_fail_over_when_a_member_dies_and_ports_repoint_without_closing() 
     let mut alice = tunnelc(&server, ALICE_TOKEN, svc_a, "alice").await;
     let _bob = tunnelc(&server, BOB_TOKEN, svc_b, "bob").await;
     let p = server.range.0 + 9;
-    let one = |client: &str| {
-        format!(r#"[{{"client":"{client}","listen_port":{p},"target":"svc"}}]"#)
-    };
-    let (code, body) = put(&server, &one("alice")).await;
+    let one =
+        |client: &str| format!(r#"[{{"client":"{client}","listen_port":{p},"target":"svc"}}]"#);
+    let (code, body) = server
+        .admin_call("PUT", "/tunnels", Some(&one("alice")))
+        .await;
     assert_eq!(code, 200, "{body}");
 
     // Hot repoint: visitors keep connecting while the port moves from alice to bob.
@@ -265,7 +270,9 @@ async fn pools_fail_over_when_a_member_dies_and_ports_repoint_without_closing() 
         while started.load(Ordering::SeqCst) < 100 {
             tokio::task::yield_now().await;
         }
-        let (code, body) = put(&server, &one("bob")).await;
+        let (code, body) = server
+            .admin_call("PUT", "/tunnels", Some(&one("bob")))
+            .await;
         mark.store(true, Ordering::SeqCst);
         (code, body)
     };
@@ -283,11 +290,14 @@ async fn pools_fail_over_when_a_member_dies_and_ports_repoint_without_closing() 
         .filter_map(|v| v.result.as_ref().ok())
         .collect();
     assert!(!late.is_empty());
-    assert!(late.iter().all(|t| *t == "bob-svc"), "after the PUT only bob serves");
+    assert!(
+        late.iter().all(|t| *t == "bob-svc"),
+        "after the PUT only bob serves"
+    );
 
     // A pool of both, then alice is killed in the middle of 500 visitor connections.
     let pool = format!(r#"[{{"clients":["alice","bob"],"listen_port":{p},"target":"svc"}}]"#);
-    let (code, body) = put(&server, &pool).await;
+    let (code, body) = server.admin_call("PUT", "/tunnels", Some(&pool)).await;
     assert_eq!(code, 200, "{body}");
     let before = server.metrics().await;
     let started = Arc::new(AtomicUsize::new(0));
@@ -311,7 +321,8 @@ async fn pools_fail_over_when_a_member_dies_and_ports_repoint_without_closing() 
         .filter_map(|v| v.result.as_ref().ok())
         .collect();
     assert!(
-        before_kill.iter().any(|t| *t == "alice-svc") && before_kill.iter().any(|t| *t == "bob-svc"),
+        before_kill.iter().any(|t| *t == "alice-svc")
+            && before_kill.iter().any(|t| *t == "bob-svc"),
         "round robin over both members before the kill"
     );
     let detected: Vec<&Visit> = visits.iter().filter(|v| v.after_detection).collect();

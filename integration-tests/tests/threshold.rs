@@ -4,22 +4,9 @@
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunneld_integration_tests::process::{go_threshold_client, Proc};
+use tunneld_integration_tests::process::go_threshold_client_or_skip;
 use tunneld_integration_tests::services::{recorder, tagged_echo, visit_tagged};
 use tunneld_integration_tests::{temp_dir, TestServer, WAIT};
-
-/// The Go client, or `None` with a printed reason when Go is not installed.
-fn go_client(test: &str) -> Option<PathBuf> {
-    match go_threshold_client().expect("build the Go threshold client") {
-        Some(p) => Some(p),
-        None => {
-            eprintln!(
-                "SKIPPED {test}: `go` is not installed (apt-get install golang-go golang-github-hashicorp-yamux-dev; scripts/test does)"
-            );
-            None
-        }
-    }
-}
 
 fn threshold_sets(header_identity: bool) -> Vec<String> {
     vec![
@@ -29,63 +16,9 @@ fn threshold_sets(header_identity: bool) -> Vec<String> {
     ]
 }
 
-async fn admin(server: &TestServer, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(server.admin())
-        .await
-        .expect("admin");
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("admin answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-fn spawn_go(
-    go: &Path,
-    server: &TestServer,
-    extra: &[&str],
-    services: &[(&str, std::net::SocketAddr)],
-    tag: &str,
-) -> Proc {
-    let addr = server.transport().to_string();
-    let ca = server.ca_file().display().to_string();
-    let mut args: Vec<String> = vec![
-        "-server".into(),
-        addr,
-        "-servername".into(),
-        "localhost".into(),
-        "-ca".into(),
-        ca,
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    for (name, a) in services {
-        args.push("-service".into());
-        args.push(format!("{name}={a}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::spawn_program(go, &args, server.dir.join(format!("{tag}.err"))).expect("spawn go client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy_v1() {
-    let Some(go) = go_client("threshold interop") else {
+    let Some(go) = go_threshold_client_or_skip("threshold interop") else {
         return;
     };
     let server = TestServer::start_full("", &threshold_sets(true))
@@ -96,13 +29,14 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
         tagged_echo("service-b").await,
     );
     let (rec, mut recorded) = recorder().await;
-    let mut node = spawn_go(
-        &go,
-        &server,
-        &["-id", "node1"],
-        &[("a", svc_a), ("b", svc_b), ("rec", rec)],
-        "node1",
-    );
+    let mut node = server
+        .spawn_threshold_client(
+            &go,
+            &["-id", "node1"],
+            &[("a", svc_a), ("b", svc_b), ("rec", rec)],
+            "node1",
+        )
+        .expect("spawn the Go client");
     node.line_starting("connected")
         .await
         .expect("go client connects");
@@ -113,7 +47,7 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
             {{"ClientIdentifier":"node1","ListenPort":{pb},"ListenAddress":"127.0.0.1","ListenHostnameGlob":"","BackEndService":"b","HaProxyProxyProtocol":false}},
             {{"ClientIdentifier":"node1","ListenPort":{pr},"ListenAddress":"127.0.0.1","ListenHostnameGlob":"","BackEndService":"rec","HaProxyProxyProtocol":true}}]"#
     );
-    let (code, body) = admin(&server, "PUT", "/tunnels", Some(&listeners)).await;
+    let (code, body) = server.admin_call("PUT", "/tunnels", Some(&listeners)).await;
     assert_eq!(code, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("threshold listener list");
     assert_eq!(answer[2]["HaProxyProxyProtocol"], true, "{body}");
@@ -169,13 +103,17 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
     }
 
     // Threshold's management shapes.
-    let (code, clients) = admin(&server, "GET", "/clients?shape=threshold", None).await;
+    let (code, clients) = server
+        .admin_call("GET", "/clients?shape=threshold", None)
+        .await;
     assert_eq!(code, 200);
     let clients: serde_json::Value = serde_json::from_str(&clients).expect("json");
     assert_eq!(clients["node1"]["CurrentState"], "ClientConnected");
-    let (code, pong) = admin(&server, "GET", "/ping", None).await;
+    let (code, pong) = server.admin_call("GET", "/ping", None).await;
     assert_eq!((code, pong.as_str()), (200, "pong"));
-    let (code, listed) = admin(&server, "GET", "/tunnels?shape=threshold", None).await;
+    let (code, listed) = server
+        .admin_call("GET", "/tunnels?shape=threshold", None)
+        .await;
     assert_eq!(code, 200);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&listed).expect("json"),
@@ -185,21 +123,21 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
     let bad_addr = format!(
         r#"[{{"ClientIdentifier":"node1","ListenPort":{pa},"ListenAddress":"nowhere","BackEndService":"a"}}]"#
     );
-    let (code, msg) = admin(&server, "PUT", "/tunnels", Some(&bad_addr)).await;
+    let (code, msg) = server.admin_call("PUT", "/tunnels", Some(&bad_addr)).await;
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("is not an IP address"), "{msg}");
     let unknown = format!(
         r#"[{{"ClientIdentifier":"ghost","ListenPort":{pa},"ListenAddress":"127.0.0.1","BackEndService":"a"}}]"#
     );
-    let (code, msg) = admin(&server, "PUT", "/tunnels", Some(&unknown)).await;
+    let (code, msg) = server.admin_call("PUT", "/tunnels", Some(&unknown)).await;
     assert_eq!(code, 404, "{msg}");
-    let (code, msg) = admin(
-        &server,
-        "PUT",
-        "/tunnels",
-        Some(r#"[{"ClientIdentifier":"node1","ListenPort":"x"}]"#),
-    )
-    .await;
+    let (code, msg) = server
+        .admin_call(
+            "PUT",
+            "/tunnels",
+            Some(r#"[{"ClientIdentifier":"node1","ListenPort":"x"}]"#),
+        )
+        .await;
     assert_eq!(code, 422, "{msg}");
     assert_eq!(
         visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], pa)), 10, 1)
@@ -254,7 +192,7 @@ fn client_pki(dir: &Path, cns: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threshold_identity_comes_from_the_client_certificate() {
-    let Some(go) = go_client("threshold mTLS") else {
+    let Some(go) = go_threshold_client_or_skip("threshold mTLS") else {
         return;
     };
     let dir = temp_dir("threshold-mtls");
@@ -266,13 +204,9 @@ async fn threshold_identity_comes_from_the_client_certificate() {
     let arg = |p: &PathBuf| p.display().to_string();
 
     let (c7, k7) = (arg(&leaves[0].0), arg(&leaves[0].1));
-    let mut good = spawn_go(
-        &go,
-        &server,
-        &["-cert", &c7, "-key", &k7],
-        &[("svc", echo)],
-        "node7",
-    );
+    let mut good = server
+        .spawn_threshold_client(&go, &["-cert", &c7, "-key", &k7], &[("svc", echo)], "node7")
+        .expect("spawn the Go client");
     good.line_starting("connected")
         .await
         .expect("node7 connects");
@@ -281,9 +215,7 @@ async fn threshold_identity_comes_from_the_client_certificate() {
     assert_eq!(sessions[0].info.client_id, "node7");
     assert_eq!(sessions[0].info.auth_method, "certificate");
     let p = server.range.0 + 5;
-    let (code, body) = admin(
-        &server,
-        "PUT",
+    let (code, body) = server.admin_call("PUT",
         "/tunnels",
         Some(&format!(
             r#"[{{"ClientIdentifier":"node7","ListenPort":{p},"ListenAddress":"127.0.0.1","BackEndService":"svc"}}]"#
@@ -309,7 +241,9 @@ async fn threshold_identity_comes_from_the_client_certificate() {
         (&["-id", "node9"], "client certificate is required"),
     ];
     for (i, (args, words)) in cases.iter().enumerate() {
-        let mut bad = spawn_go(&go, &server, args, &[], &format!("bad{i}"));
+        let mut bad = server
+            .spawn_threshold_client(&go, args, &[], &format!("bad{i}"))
+            .expect("spawn the Go client");
         let status = bad.wait().await.expect("exits");
         assert!(!status.success());
         let err = bad.stderr();

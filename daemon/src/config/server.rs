@@ -277,7 +277,19 @@ impl ServerConfig {
                 errors.push(format!("auth.tokens.{id}.token: {e}"));
             }
         }
-        if raw.auth.tokens.is_empty() && raw.auth.client_ca.is_none() {
+        let mut header_identity = false;
+        for (name, t) in &transports {
+            let TransportConfig::Yamux(c) = t;
+            if c.threshold.as_ref().is_some_and(|t| t.header_identity) {
+                header_identity = true;
+                if raw.auth.client_ca.is_some() {
+                    errors.push(format!(
+                        "transports.{name}.threshold.header_identity: must be false when auth.client_ca is set (anyone without a certificate could claim a certificate holder's id)"
+                    ));
+                }
+            }
+        }
+        if raw.auth.tokens.is_empty() && raw.auth.client_ca.is_none() && !header_identity {
             errors.push("auth: configure at least one of auth.tokens or auth.client_ca, or no client can connect".into());
         }
         if raw.auth.require_client_cert && raw.auth.client_ca.is_none() {

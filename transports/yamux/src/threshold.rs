@@ -66,10 +66,7 @@ impl ThresholdConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let d = self.domain.trim();
         if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
-            return Err((
-                "domain",
-                format!("`{}` is not a domain name", self.domain),
-            ));
+            return Err(("domain", format!("`{}` is not a domain name", self.domain)));
         }
         if self.pair_timeout.is_zero() || self.pair_timeout > Duration::from_secs(300) {
             return Err((
