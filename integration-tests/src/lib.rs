@@ -202,6 +202,24 @@ impl TestServer {
         process::Proc::spawn_program(go, &args, self.dir.join(format!("{tag}.err")))
     }
 
+    /// A TLS connection to the `edge` transport that trusts tunneld's CA, before any
+    /// protocol byte (for hostile-input tests).
+    pub async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let cfg = tunneld_core::tls::client_config(
+            &tunneld_core::tls::ClientTrust::CaFile(self.ca_file()),
+            None,
+            &[tunneld_transport_yamux::ALPN],
+        )
+        .expect("tls config");
+        let tcp = tokio::net::TcpStream::connect(self.transport())
+            .await
+            .expect("connect");
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect("localhost".try_into().expect("name"), tcp)
+            .await
+            .expect("tls")
+    }
+
     /// The current metrics, parsed.
     pub async fn metrics(&self) -> metrics::Samples {
         metrics::parse(&self.running.metrics.render()).expect("metrics parse as Prometheus text")

@@ -2,12 +2,9 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::Path;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tunneld_core::proto::{encode_frame, Hello, ServerHello, MAGIC, VERSION};
-use tunneld_core::tls::{client_config, ClientTrust};
 use tunneld_daemon::client::ClientEvent;
 use tunneld_integration_tests::{temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT};
 
@@ -141,22 +138,6 @@ async fn client_certificates_identify_clients_and_foreign_ones_are_refused() {
     assert!(refused >= 1.0, "refusal not counted");
 }
 
-async fn tls_to(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let cfg = client_config(
-        &ClientTrust::CaFile(server.ca_file()),
-        None,
-        &[tunneld_transport_yamux::ALPN],
-    )
-    .expect("tls");
-    let tcp = TcpStream::connect(server.transport())
-        .await
-        .expect("connect");
-    TlsConnector::from(Arc::new(cfg))
-        .connect("localhost".try_into().expect("name"), tcp)
-        .await
-        .expect("tls")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_before_auth_are_rejected() {
     let server = TestServer::start().await.expect("server");
@@ -170,18 +151,18 @@ async fn garbage_and_oversized_frames_before_auth_are_rejected() {
         .expect("write");
     closed_by_server(&mut plain).await;
     // TLS, then not our protocol.
-    let mut s = tls_to(&server).await;
+    let mut s = server.tls_connect().await;
     s.write_all(b"HELLO??!").await.expect("write");
     closed_by_server(&mut s).await;
     // An oversized hello frame.
-    let mut s = tls_to(&server).await;
+    let mut s = server.tls_connect().await;
     s.write_all(MAGIC).await.expect("write");
     s.write_all(&(10u32 << 20).to_be_bytes())
         .await
         .expect("write");
     closed_by_server(&mut s).await;
     // A malformed hello frame.
-    let mut s = tls_to(&server).await;
+    let mut s = server.tls_connect().await;
     s.write_all(MAGIC).await.expect("write");
     s.write_all(&[0, 0, 0, 5]).await.expect("write");
     s.write_all(b"{nope").await.expect("write");
@@ -218,7 +199,7 @@ async fn garbage_and_oversized_frames_after_auth_end_only_that_session() {
     .into_iter()
     .enumerate()
     {
-        let mut s = tls_to(&server).await;
+        let mut s = server.tls_connect().await;
         let hello = Hello {
             version: VERSION,
             token: Some(ALICE_TOKEN.into()),

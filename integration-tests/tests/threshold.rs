@@ -139,6 +139,12 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
         )
         .await;
     assert_eq!(code, 422, "{msg}");
+    let twice = format!(
+        r#"[{{"ClientIdentifier":"node1","ListenPort":{pa},"ListenAddress":"127.0.0.1","BackEndService":"a"}},
+            {{"ClientIdentifier":"node1","ListenPort":{pa},"ListenAddress":"127.0.0.1","BackEndService":"b"}}]"#
+    );
+    let (code, msg) = server.admin_call("PUT", "/tunnels", Some(&twice)).await;
+    assert_eq!(code, 409, "{msg}");
     assert_eq!(
         visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], pa)), 10, 1)
             .await
@@ -199,6 +205,7 @@ async fn threshold_identity_comes_from_the_client_certificate() {
     let (ca, leaves) = client_pki(&dir, &["node7@example.test", "node8@other.test"]);
     let mut sets = threshold_sets(false);
     sets.push(format!("auth.client_ca={}", ca.display()));
+    sets.push("admin.shape=threshold".into());
     let server = TestServer::start_full("", &sets).await.expect("server");
     let echo = tagged_echo("seven").await;
     let arg = |p: &PathBuf| p.display().to_string();
@@ -214,6 +221,14 @@ async fn threshold_identity_comes_from_the_client_certificate() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].info.client_id, "node7");
     assert_eq!(sessions[0].info.auth_method, "certificate");
+    // admin.shape: threshold makes threshold's shape the default answer.
+    let (code, clients) = server.admin_call("GET", "/clients", None).await;
+    assert_eq!(code, 200);
+    let clients: serde_json::Value = serde_json::from_str(&clients).expect("json");
+    assert_eq!(
+        clients["node7"]["CurrentState"], "ClientConnected",
+        "{clients}"
+    );
     let p = server.range.0 + 5;
     let (code, body) = server.admin_call("PUT",
         "/tunnels",
@@ -263,4 +278,53 @@ async fn threshold_identity_comes_from_the_client_certificate() {
         ) >= 1.0
     );
     drop(good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_threshold_handshakes_get_a_status_and_a_metric() {
+    let server = TestServer::start_full("", &threshold_sets(true))
+        .await
+        .expect("server");
+    let huge = format!(
+        "CONNECT /_controlPath/ HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let cases = [
+        (
+            "CONNECT /nope HTTP/1.1\r\nX-Threshold-ClientId: n\r\n\r\n",
+            "404",
+        ),
+        ("CONNECT /_controlPath/ HTTP/1.1\r\nHost: t\r\n\r\n", "401"),
+        (
+            "CONNECT /_controlPath/ HTTP/1.1\r\nX-Threshold-ClientId: bad id!\r\n\r\n",
+            "400",
+        ),
+        ("CONNECT /_controlPath/ SPDY/3\r\n\r\n", "400"),
+        (huge.as_str(), "400"),
+    ];
+    for (head, want) in cases {
+        let mut tls = server.tls_connect().await;
+        // The server may answer and close before reading all of an oversized head.
+        let _ = tls.write_all(head.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
+            .await
+            .expect("answered and closed in time");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{} -> {text}",
+            &head[..head.len().min(60)]
+        );
+    }
+    assert!(server.running.hub.sessions().is_empty());
+    let m = server.metrics().await;
+    assert!(m.get("tunneld_handshakes_total", &[("outcome", "head_too_large")]) >= 1.0);
+    assert!(
+        m.get(
+            "tunneld_handshakes_total",
+            &[("outcome", "missing_credentials")]
+        ) >= 1.0
+    );
+    assert!(m.get("tunneld_handshakes_total", &[("outcome", "bad_request")]) >= 3.0);
 }
