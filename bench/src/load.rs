@@ -1,0 +1,169 @@
+//! The measurements, run against any endpoint that reaches [`crate::service`].
+
+use crate::service::{HTTP_REQUEST, HTTP_RESPONSE};
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One visitor sends `bytes` to the sink; Gbit/s from connect to the sink's answer.
+pub async fn throughput(addr: SocketAddr, bytes: u64) -> Result<f64> {
+    let started = Instant::now();
+    let mut s = connect(addr).await?;
+    let fut = async {
+        s.write_all(b"S").await?;
+        s.write_u64(bytes).await?;
+        let chunk = vec![0x5au8; 256 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            s.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack).await?;
+        Ok::<_, std::io::Error>(ack[0])
+    };
+    let ack = tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .context("throughput run timed out")??;
+    if ack != b'K' {
+        bail!("sink answered {ack:#x}");
+    }
+    Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Time to first byte of `n` fresh connections, one after another, in microseconds.
+pub async fn setup_latency(addr: SocketAddr, n: usize) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let mut s = connect(addr).await?;
+        s.write_all(b"L").await?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut b))
+            .await
+            .context("first byte timed out")??;
+        out.push(started.elapsed().as_micros() as u64);
+    }
+    Ok(out)
+}
+
+/// Waits until `addr` serves a fresh connection end to end (tunnels that start listening
+/// before their client is connected drop visitors meanwhile).
+pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let probe = tokio::time::timeout(Duration::from_secs(2), setup_latency(addr, 1)).await;
+        if matches!(probe, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} did not serve a connection within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// HTTP/1.1 keep-alive load: `conns` connections for `duration`. Returns (requests per
+/// second, latencies in microseconds).
+pub async fn http(addr: SocketAddr, conns: usize, duration: Duration) -> Result<(f64, Vec<u64>)> {
+    let mut tasks = Vec::with_capacity(conns);
+    let started = Instant::now();
+    let end = started + duration;
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(addr).await?;
+            let mut lat = Vec::with_capacity(4096);
+            let mut resp = vec![0u8; HTTP_RESPONSE.len()];
+            while Instant::now() < end {
+                let t = Instant::now();
+                s.write_all(HTTP_REQUEST).await?;
+                tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut resp))
+                    .await
+                    .context("response timed out")??;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            if resp != HTTP_RESPONSE {
+                bail!("unexpected response");
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / secs, all))
+}
+
+/// Opens `n` idle connections and waits until the service holds all of them.
+pub async fn open_idle(
+    addr: SocketAddr,
+    n: usize,
+    held: &std::sync::atomic::AtomicUsize,
+) -> Result<Vec<TcpStream>> {
+    let base = held.load(std::sync::atomic::Ordering::SeqCst);
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = connect(addr).await?;
+        s.write_all(b"I").await?;
+        v.push(s);
+    }
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while held.load(std::sync::atomic::Ordering::SeqCst) < base + n {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} idle connections reached the service",
+                held.load(std::sync::atomic::Ordering::SeqCst) - base
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(v)
+}
+
+/// The `p`-th percentile (0-100) of unsorted samples.
+pub fn percentile(samples: &mut [u64], p: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort_unstable();
+    let idx = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[idx.min(samples.len() - 1)]
+}
+
+/// The median of a few figures.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_medians() {
+        let mut s: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&mut s, 50.0), 51);
+        assert_eq!(percentile(&mut s, 99.0), 99);
+        assert_eq!(percentile(&mut [], 50.0), 0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}

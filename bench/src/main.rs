@@ -1,0 +1,337 @@
+//! `tunneld-bench`: measures tunneld beside a direct connection, two plain relays, rathole
+//! and bore, in one run on loopback, and prints a markdown table (also written with a JSON
+//! file). `scripts/bench` builds everything in release mode and runs it; see
+//! docs/benchmarks.md for the method.
+#![forbid(unsafe_code)]
+
+mod load;
+mod relay;
+mod report;
+mod service;
+mod systems;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use report::{Report, Row};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use systems::System;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks tunneld against a direct connection, two relays, rathole and bore")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Tiny sizes and short runs (seconds), for the test suite.
+    #[arg(long)]
+    smoke: bool,
+    /// Where tunneld and tunnelc are (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where rathole and bore are installed (`<dir>/bin/rathole`, `<dir>/bin/bore`).
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
+    /// Install rathole and bore from crates.io into the peers directory when missing.
+    #[arg(long)]
+    install_peers: bool,
+    /// Skip rathole and bore even when installed.
+    #[arg(long)]
+    no_peers: bool,
+    /// Repetitions of each throughput and HTTP run (the median is reported).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Where results.md and results.json go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A plain TCP relay to `--to` (used for the two-relay baseline).
+    Relay {
+        #[arg(long)]
+        to: SocketAddr,
+    },
+}
+
+struct Settings {
+    bytes: u64,
+    reps: usize,
+    http_conns: usize,
+    http_secs: f64,
+    setups: usize,
+    idle: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Some(Cmd::Relay { to }) => rt.block_on(relay::run(to)),
+        None => rt.block_on(run(cli)),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {kernel}, loopback")
+}
+
+fn peer(
+    dir: &Path,
+    name: &str,
+    krate: &str,
+    install: bool,
+    notes: &mut Vec<String>,
+) -> Option<PathBuf> {
+    let bin = dir.join("bin").join(name);
+    if !bin.exists() && install {
+        eprintln!(
+            "installing {krate} into {} (cached afterwards)",
+            dir.display()
+        );
+        let st =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["install", "--locked", "--root"])
+                .arg(dir)
+                .arg(krate)
+                .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            notes.push(format!("{name}: `cargo install {krate}` failed; skipped"));
+            return None;
+        }
+    }
+    if bin.exists() {
+        Some(bin)
+    } else {
+        notes.push(format!(
+            "{name}: not installed at {}; run with --install-peers to compare",
+            bin.display()
+        ));
+        None
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = if cli.smoke {
+        Settings {
+            bytes: 4 << 20,
+            reps: cli.reps.unwrap_or(1),
+            http_conns: 8,
+            http_secs: 0.3,
+            setups: 10,
+            idle: 20,
+        }
+    } else {
+        Settings {
+            bytes: 1 << 30,
+            reps: cli.reps.unwrap_or(3),
+            http_conns: 64,
+            http_secs: 4.0,
+            setups: 200,
+            idle: 1000,
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let bins = match cli.bin_dir {
+        Some(d) => d,
+        None => exe.parent().context("program directory")?.to_path_buf(),
+    };
+    let target = bins.parent().unwrap_or(&bins).to_path_buf();
+    let peers_dir = cli.peers_dir.unwrap_or_else(|| target.join("bench-peers"));
+    let out = cli.out.unwrap_or_else(|| target.join("bench"));
+    std::fs::create_dir_all(&out)?;
+    let work = out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    let mut notes = Vec::new();
+    let (rathole, bore) = if cli.no_peers {
+        notes.push("rathole and bore skipped (--no-peers)".into());
+        (None, None)
+    } else {
+        (
+            peer(
+                &peers_dir,
+                "rathole",
+                "rathole",
+                cli.install_peers,
+                &mut notes,
+            ),
+            peer(
+                &peers_dir,
+                "bore",
+                "bore-cli",
+                cli.install_peers,
+                &mut notes,
+            ),
+        )
+    };
+    let svc = service::start().await?;
+
+    let mut rows = Vec::new();
+    let kinds: Vec<&str> = vec![
+        "direct",
+        "relays",
+        "rathole-tls",
+        "rathole-tcp",
+        "bore",
+        "tunneld-yamux",
+    ];
+    for kind in kinds {
+        let dir = work.join(kind);
+        std::fs::create_dir_all(&dir)?;
+        let started: Result<Option<(System, bool)>> = async {
+            Ok(match kind {
+                "direct" => Some((systems::direct(svc.addr), false)),
+                "relays" => Some((systems::relays(svc.addr, &dir).await?, false)),
+                "rathole-tls" => match &rathole {
+                    Some(b) => Some((systems::rathole(b, true, svc.addr, &dir).await?, true)),
+                    None => None,
+                },
+                "rathole-tcp" => match &rathole {
+                    Some(b) => Some((systems::rathole(b, false, svc.addr, &dir).await?, false)),
+                    None => None,
+                },
+                "bore" => match &bore {
+                    Some(b) => Some((systems::bore(b, svc.addr, &dir).await?, false)),
+                    None => None,
+                },
+                _ => Some((systems::tunneld_yamux(&bins, svc.addr, &dir).await?, true)),
+            })
+        }
+        .await;
+        let (system, tls) = match started {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) if kind.starts_with("rathole") || kind == "bore" => {
+                notes.push(format!("{kind}: could not start ({e:#}); skipped"));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("starting {kind}"))),
+        };
+        eprintln!("measuring {} ...", system.name);
+        let row = measure(&system, tls, &svc, &settings)
+            .await
+            .with_context(|| format!("measuring {}", system.name))?;
+        drop(system);
+        rows.push(row);
+    }
+    let report = Report {
+        machine: machine(),
+        settings: format!(
+            "throughput {} MiB x{} (median), HTTP {} connections x {}s x{} (median), {} fresh connections for setup latency, {} idle connections for memory",
+            settings.bytes >> 20,
+            settings.reps,
+            settings.http_conns,
+            settings.http_secs,
+            settings.reps,
+            settings.setups,
+            settings.idle
+        ),
+        rows,
+        notes,
+    };
+    let md = report.markdown();
+    print!("{md}");
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    eprintln!("wrote {}/results.md and results.json", out.display());
+    Ok(())
+}
+
+fn kib_to_mib(v: Option<u64>) -> Option<f64> {
+    v.map(|k| k as f64 / 1024.0)
+}
+
+fn both(v: (Option<u64>, Option<u64>)) -> Option<u64> {
+    match v {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
+}
+
+async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) -> Result<Row> {
+    load::wait_ready(sys.endpoint, Duration::from_secs(60)).await?;
+    let idle = sys.rss_kib();
+
+    let mut tput = Vec::new();
+    for _ in 0..s.reps {
+        tput.push(load::throughput(sys.endpoint, s.bytes).await?);
+    }
+
+    let mut rps = Vec::new();
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    let mut peak: Option<u64> = None;
+    for _ in 0..s.reps {
+        let http = load::http(
+            sys.endpoint,
+            s.http_conns,
+            Duration::from_secs_f64(s.http_secs),
+        );
+        tokio::pin!(http);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let (r, mut lat) = loop {
+            tokio::select! {
+                r = &mut http => break r?,
+                _ = tick.tick() => {
+                    if let Some(now) = both(sys.rss_kib()) {
+                        peak = Some(peak.map_or(now, |p| p.max(now)));
+                    }
+                }
+            }
+        };
+        rps.push(r);
+        p50.push(load::percentile(&mut lat, 50.0) as f64 / 1000.0);
+        p99.push(load::percentile(&mut lat, 99.0) as f64 / 1000.0);
+    }
+
+    let mut setup = load::setup_latency(sys.endpoint, s.setups).await?;
+
+    let before = both(sys.rss_kib());
+    let conns = load::open_idle(sys.endpoint, s.idle, &svc.idle).await?;
+    // Let both sides settle (buffers shrink after the handshake bursts).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let with_conns = both(sys.rss_kib());
+    drop(conns);
+    let per_conn = match (before, with_conns) {
+        (Some(b), Some(w)) => Some((w as f64 - b as f64) / s.idle as f64),
+        _ => None,
+    };
+    Ok(Row {
+        system: sys.name.clone(),
+        tls,
+        throughput_gbit_s: load::median(tput),
+        http_req_s: load::median(rps),
+        http_p50_ms: load::median(p50),
+        http_p99_ms: load::median(p99),
+        setup_p50_ms: load::percentile(&mut setup, 50.0) as f64 / 1000.0,
+        setup_p99_ms: load::percentile(&mut setup, 99.0) as f64 / 1000.0,
+        rss_idle_server_mib: kib_to_mib(idle.0),
+        rss_idle_client_mib: kib_to_mib(idle.1),
+        rss_loaded_mib: kib_to_mib(peak),
+        rss_idle_conns_mib: kib_to_mib(with_conns),
+        idle_conns: s.idle,
+        per_conn_kib: per_conn,
+    })
+}

@@ -1,0 +1,88 @@
+//! The results: one row per system, printed as a markdown table and written as JSON.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub system: String,
+    /// Whether the system encrypts (rows are compared with rathole of the same kind).
+    pub tls: bool,
+    pub throughput_gbit_s: f64,
+    pub http_req_s: f64,
+    pub http_p50_ms: f64,
+    pub http_p99_ms: f64,
+    pub setup_p50_ms: f64,
+    pub setup_p99_ms: f64,
+    /// Resident memory of the public side / the private side, idle, in MiB.
+    pub rss_idle_server_mib: Option<f64>,
+    pub rss_idle_client_mib: Option<f64>,
+    /// Both sides together at the peak of the HTTP load, in MiB.
+    pub rss_loaded_mib: Option<f64>,
+    /// Both sides together holding `idle_conns` idle visitor connections, in MiB.
+    pub rss_idle_conns_mib: Option<f64>,
+    pub idle_conns: usize,
+    /// Growth of both sides per idle visitor connection, in KiB.
+    pub per_conn_kib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub settings: String,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into())
+}
+
+impl Report {
+    fn find(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.system == name)
+    }
+
+    pub fn markdown(&self) -> String {
+        let direct = self.find("direct");
+        let mut out = format!(
+            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | HTTP req/s | × direct | × rathole | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | RSS under load MiB | RSS with idle conns MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            self.machine, self.settings
+        );
+        for r in &self.rows {
+            let peer = self.find(if r.tls { "rathole tls" } else { "rathole tcp" });
+            out.push_str(&format!(
+                "| {} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} | {} |\n",
+                r.system,
+                r.throughput_gbit_s,
+                ratio(r.throughput_gbit_s, direct.map(|d| d.throughput_gbit_s)),
+                ratio(r.throughput_gbit_s, peer.map(|p| p.throughput_gbit_s)),
+                r.http_req_s,
+                ratio(r.http_req_s, direct.map(|d| d.http_req_s)),
+                ratio(r.http_req_s, peer.map(|p| p.http_req_s)),
+                r.http_p50_ms,
+                r.http_p99_ms,
+                r.setup_p50_ms,
+                r.setup_p99_ms,
+                mib(r.rss_idle_server_mib),
+                mib(r.rss_idle_client_mib),
+                mib(r.rss_loaded_mib),
+                mib(r.rss_idle_conns_mib),
+                r.per_conn_kib
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("\n- {n}"));
+        }
+        out.push('\n');
+        out
+    }
+}

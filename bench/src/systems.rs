@@ -1,0 +1,341 @@
+//! Starting each system under test in front of the local service: a direct connection, two
+//! plain relays, tunneld (per transport), rathole and bore. Each yields the visitor endpoint
+//! and the processes whose memory is measured.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const START: Duration = Duration::from_secs(60);
+
+/// A spawned process, killed on drop.
+pub struct Proc {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    label: String,
+}
+
+impl Proc {
+    pub fn spawn(program: &Path, args: &[&str], log: &Path, label: &str) -> Result<Self> {
+        let err = std::fs::File::create(log)?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", program.display()))?;
+        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(out).lines(),
+            label: label.to_string(),
+        })
+    }
+
+    /// Reads stdout until a line contains `needle`.
+    pub async fn line_with(&mut self, needle: &str) -> Result<String> {
+        let label = self.label.clone();
+        tokio::time::timeout(START, async {
+            while let Some(l) = self.lines.next_line().await? {
+                if l.contains(needle) {
+                    return Ok(l);
+                }
+            }
+            bail!("{label} exited before printing `{needle}`")
+        })
+        .await
+        .map_err(|_| anyhow!("{label}: no `{needle}` within {START:?}"))?
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+/// One system in front of the service.
+pub struct System {
+    pub name: String,
+    pub endpoint: SocketAddr,
+    /// The public side (tunneld, rathole server, bore server, first relay).
+    pub server: Option<Proc>,
+    /// The private side (tunnelc, rathole client, bore local, second relay).
+    pub client: Option<Proc>,
+}
+
+impl System {
+    pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.server.as_ref().and_then(Proc::rss_kib),
+            self.client.as_ref().and_then(Proc::rss_kib),
+        )
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub fn direct(service: SocketAddr) -> System {
+    System {
+        name: "direct".into(),
+        endpoint: service,
+        server: None,
+        client: None,
+    }
+}
+
+/// Two chained relays (this program's `relay` subcommand): the floor of any tunnel.
+pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
+    let me = std::env::current_exe()?;
+    let to = service.to_string();
+    let mut first = Proc::spawn(
+        &me,
+        &["relay", "--to", &to],
+        &dir.join("relay1.log"),
+        "relay 1",
+    )?;
+    let a = first.line_with("listening").await?;
+    let a = field(&a, "addr").ok_or_else(|| anyhow!("relay printed {a}"))?;
+    let mut second = Proc::spawn(
+        &me,
+        &["relay", "--to", &a],
+        &dir.join("relay2.log"),
+        "relay 2",
+    )?;
+    let b = second.line_with("listening").await?;
+    let b = field(&b, "addr").ok_or_else(|| anyhow!("relay printed {b}"))?;
+    Ok(System {
+        name: "two relays".into(),
+        endpoint: b.parse()?,
+        server: Some(first),
+        client: Some(second),
+    })
+}
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// tunneld + tunnelc over the yamux transport (TLS), one tunnel on the ports frontend.
+pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
+    let server_yaml = dir.join("tunneld.yaml");
+    std::fs::write(
+        &server_yaml,
+        format!(
+            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\ntransports: {{ edge: {{ type: yamux, listen: 127.0.0.1:0 }} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }} }}\n",
+            state = dir.join("state").display()
+        ),
+    )?;
+    let conf = server_yaml.display().to_string();
+    let mut server = Proc::spawn(
+        &bins.join("tunneld"),
+        &["--config", &conf],
+        &dir.join("tunneld.log"),
+        "tunneld",
+    )?;
+    let line = server.line_with("listening transport=edge").await?;
+    let edge = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
+    let trust = server.line_with("trust ").await?;
+    let ca = field(&trust, "ca").ok_or_else(|| anyhow!("tunneld printed {trust}"))?;
+    server.line_with("ready").await?;
+    let client_yaml = dir.join("tunnelc.yaml");
+    std::fs::write(
+        &client_yaml,
+        format!(
+            "server: {edge}\nserver_name: localhost\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\ntunnels:\n  bench:\n    local: {service}\n"
+        ),
+    )?;
+    let conf = client_yaml.display().to_string();
+    let mut client = Proc::spawn(
+        &bins.join("tunnelc"),
+        &["--config", &conf],
+        &dir.join("tunnelc.log"),
+        "tunnelc",
+    )?;
+    let line = client.line_with("tunnel bench:").await?;
+    let ep = line
+        .rsplit("tcp://")
+        .next()
+        .ok_or_else(|| anyhow!("tunnelc printed {line}"))?;
+    Ok(System {
+        name: "tunneld yamux+tls".into(),
+        endpoint: ep.trim().parse()?,
+        server: Some(server),
+        client: Some(client),
+    })
+}
+
+/// A CA and a server certificate for `localhost`, as PEM files, plus the PKCS#12 bundle
+/// rathole's TLS transport reads (made with openssl).
+fn rathole_pki(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "bench CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &issuer)?;
+    let (ca_pem, cert_pem, key_pem, p12) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("identity.pfx"),
+    );
+    std::fs::write(&ca_pem, ca_cert.pem())?;
+    std::fs::write(&cert_pem, cert.pem())?;
+    std::fs::write(&key_pem, key.serialize_pem())?;
+    let st = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:bench", "-out"])
+        .arg(&p12)
+        .arg("-inkey")
+        .arg(&key_pem)
+        .arg("-in")
+        .arg(&cert_pem)
+        .arg("-certfile")
+        .arg(&ca_pem)
+        .status()
+        .context("openssl (needed for rathole's PKCS#12 file)")?;
+    if !st.success() {
+        bail!("openssl pkcs12 failed");
+    }
+    Ok((ca_pem, p12))
+}
+
+/// rathole server + client with the `tls` or `tcp` transport.
+pub async fn rathole(bin: &Path, tls: bool, service: SocketAddr, dir: &Path) -> Result<System> {
+    let (control, public) = (free_port()?, free_port()?);
+    let (server_tls, client_tls) = if tls {
+        let (ca, p12) = rathole_pki(dir)?;
+        (
+            format!(
+                "[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"bench\"\n",
+                p12.display()
+            ),
+            format!(
+                "[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n",
+                ca.display()
+            ),
+        )
+    } else {
+        (
+            "[server.transport]\ntype = \"tcp\"\n".to_string(),
+            "[client.transport]\ntype = \"tcp\"\n".to_string(),
+        )
+    };
+    let server_toml = dir.join("rathole-server.toml");
+    std::fs::write(
+        &server_toml,
+        format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{server_tls}[server.services.bench]\ntoken = \"{TOKEN}\"\nbind_addr = \"127.0.0.1:{public}\"\n"
+        ),
+    )?;
+    let client_toml = dir.join("rathole-client.toml");
+    std::fs::write(
+        &client_toml,
+        format!(
+            "[client]\nremote_addr = \"localhost:{control}\"\n{client_tls}[client.services.bench]\ntoken = \"{TOKEN}\"\nlocal_addr = \"{service}\"\n"
+        ),
+    )?;
+    let s = server_toml.display().to_string();
+    let c = client_toml.display().to_string();
+    let server = Proc::spawn(
+        bin,
+        &["--server", &s],
+        &dir.join("rathole-server.log"),
+        "rathole server",
+    )?;
+    let client = Proc::spawn(
+        bin,
+        &["--client", &c],
+        &dir.join("rathole-client.log"),
+        "rathole client",
+    )?;
+    let endpoint: SocketAddr = format!("127.0.0.1:{public}").parse()?;
+    crate::load::wait_ready(endpoint, START).await?;
+    Ok(System {
+        name: format!("rathole {}", if tls { "tls" } else { "tcp" }),
+        endpoint,
+        server: Some(server),
+        client: Some(client),
+    })
+}
+
+/// bore server + `bore local` (plain TCP, no encryption).
+pub async fn bore(bin: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
+    let public = free_port()?;
+    let p = public.to_string();
+    let server = Proc::spawn(
+        bin,
+        &[
+            "server",
+            "--min-port",
+            &p,
+            "--max-port",
+            &p,
+            "--bind-addr",
+            "127.0.0.1",
+            "--bind-tunnels",
+            "127.0.0.1",
+        ],
+        &dir.join("bore-server.log"),
+        "bore server",
+    )?;
+    let local_port = service.port().to_string();
+    // bore's control port is fixed (7835); wait for it before starting the client.
+    let deadline = tokio::time::Instant::now() + START;
+    while tokio::net::TcpStream::connect("127.0.0.1:7835")
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() > deadline {
+            bail!("bore server did not listen on 127.0.0.1:7835");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = Proc::spawn(
+        bin,
+        &[
+            "local",
+            &local_port,
+            "--local-host",
+            "127.0.0.1",
+            "--to",
+            "127.0.0.1",
+            "--port",
+            &p,
+        ],
+        &dir.join("bore-local.log"),
+        "bore local",
+    )?;
+    let endpoint: SocketAddr = format!("127.0.0.1:{public}").parse()?;
+    crate::load::wait_ready(endpoint, START).await?;
+    Ok(System {
+        name: "bore".into(),
+        endpoint,
+        server: Some(server),
+        client: Some(client),
+    })
+}

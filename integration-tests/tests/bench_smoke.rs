@@ -1,0 +1,48 @@
+//! The benchmark runner in smoke mode (tiny sizes), so it never rots: it must start every
+//! system it knows without peers, measure each, and write a table and a JSON file.
+
+use tunneld_integration_tests::process::binary;
+use tunneld_integration_tests::temp_dir;
+
+#[test]
+fn bench_runner_smoke_mode_measures_every_system() {
+    let out = temp_dir("bench");
+    let run = std::process::Command::new(binary("tunneld-bench").expect("runner"))
+        .args(["--smoke", "--no-peers", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run the runner");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains("| tunneld yamux+tls |"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json")).expect("results.json"),
+    )
+    .expect("json");
+    let rows = json["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["system"].as_str()).collect();
+    assert_eq!(names, ["direct", "two relays", "tunneld yamux+tls"]);
+    for r in rows {
+        for key in [
+            "throughput_gbit_s",
+            "http_req_s",
+            "http_p50_ms",
+            "setup_p50_ms",
+        ] {
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+        }
+    }
+    let tunneld = &rows[2];
+    for key in [
+        "rss_idle_server_mib",
+        "rss_idle_client_mib",
+        "rss_loaded_mib",
+    ] {
+        assert!(
+            tunneld[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {tunneld}"
+        );
+    }
+    assert!(out.join("results.md").exists());
+}
