@@ -41,6 +41,9 @@ struct Cli {
     /// Repetitions of each throughput and HTTP run (the median is reported).
     #[arg(long)]
     reps: Option<usize>,
+    /// Idle visitor connections for the memory figures (default 1000; 20 in smoke mode).
+    #[arg(long)]
+    idle: Option<usize>,
     /// Where results.md and results.json go.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -137,7 +140,7 @@ async fn run(cli: Cli) -> Result<()> {
             http_conns: 8,
             http_secs: 0.3,
             setups: 10,
-            idle: 20,
+            idle: cli.idle.unwrap_or(20),
         }
     } else {
         Settings {
@@ -146,7 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
             http_conns: 64,
             http_secs: 4.0,
             setups: 200,
-            idle: 1000,
+            idle: cli.idle.unwrap_or(1000),
         }
     };
     let exe = std::env::current_exe()?;

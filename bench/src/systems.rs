@@ -24,7 +24,10 @@ impl Proc {
         let err = std::fs::File::create(log)?;
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)

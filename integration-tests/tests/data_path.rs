@@ -177,3 +177,65 @@ async fn a_local_service_that_is_down_closes_the_visitor_and_counts() {
     );
     client.shutdown().await.expect("client stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_beyond_the_stream_cap_are_refused_alone_and_the_session_survives() {
+    // yamux 0.14 would end the whole session on the 9th stream; tunneld refuses the visitor.
+    let server = TestServer::start_full("", &["transports.edge.yamux.max_streams=8".into()])
+        .await
+        .expect("server");
+    let echo = services::echo().await;
+    let cfg = server
+        .client_config(ALICE_TOKEN, &format!("  svc:\n    local: {echo}\n"))
+        .expect("config");
+    let mut client = TestClient::spawn(cfg);
+    let ep = client.endpoint("svc").await.expect("endpoint");
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for i in 0..20u8 {
+        let mut s = tokio::net::TcpStream::connect(ep).await.expect("connect");
+        s.write_all(&[i]).await.expect("write");
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .expect("answer or close in time")
+        {
+            Ok(1) => {
+                assert_eq!(b[0], i);
+                open.push(s);
+            }
+            _ => refused += 1,
+        }
+    }
+    assert_eq!((open.len(), refused), (8, 12));
+    drop(open);
+    // The same session serves the next visitors once streams are free again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(ep).await.expect("connect");
+        s.write_all(b"again").await.expect("write");
+        let mut b = [0u8; 5];
+        if let Ok(Ok(_)) = tokio::time::timeout(WAIT, s.read_exact(&mut b)).await {
+            assert_eq!(&b, b"again");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slots never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+    let m = server.metrics().await;
+    assert_eq!(
+        m.get("tunneld_sessions_total", &[]),
+        1.0,
+        "never reconnected"
+    );
+    assert!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "too_many_streams")]
+        ) >= 12.0
+    );
+    client.shutdown().await.expect("stop");
+}

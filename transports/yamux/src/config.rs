@@ -84,14 +84,17 @@ impl Tuning {
     pub fn yamux(&self) -> yamux::Config {
         let mut c = yamux::Config::default();
         let streams = self.max_streams.clamp(1, 4096);
+        // yamux ends the whole session when a stream would exceed its ceiling, so the
+        // ceiling is twice our own cap (`limit.rs`), plus the control stream.
+        let ceiling = streams * 2 + 1;
         let window = self
             .max_receive_window_kib
             .map(|k| k * KIB)
             .unwrap_or(streams * STREAM_WINDOW + 768 * KIB)
-            .max(streams * STREAM_WINDOW);
+            .max(ceiling * STREAM_WINDOW);
         // Order matters: each setter asserts window >= streams x 256 KiB.
         c.set_max_connection_receive_window(Some(window.max(512 * STREAM_WINDOW)));
-        c.set_max_num_streams(streams);
+        c.set_max_num_streams(ceiling);
         c.set_max_connection_receive_window(Some(window));
         c.set_split_send_size(self.split_send_size_kib.clamp(16, 1024) * KIB);
         c

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 mod control;
 mod driver;
+mod limit;
 pub mod server;
 pub mod threshold;
 

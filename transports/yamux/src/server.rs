@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::control;
 use crate::driver::{drive, OpenReply};
+use crate::limit::{self, Counted};
 use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
 use async_trait::async_trait;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tunneld_core::auth::Identity;
@@ -228,7 +229,10 @@ impl YamuxTransport {
             }
         };
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
-        let opener = Arc::new(YamuxOpener { tx: open_tx });
+        let opener = Arc::new(YamuxOpener {
+            tx: open_tx,
+            slots: Arc::new(Semaphore::new(self.cfg.yamux.max_streams)),
+        });
         let admitted = cx
             .hub
             .admit(&hello, cn.as_deref(), &cx.name, "yamux", peer, opener)
@@ -323,11 +327,14 @@ async fn run_session<T>(
 /// Opens yamux streams to one tunnelc.
 struct YamuxOpener {
     tx: mpsc::Sender<OpenReply>,
+    /// Visitor streams this session may have open (`yamux.max_streams`).
+    slots: Arc<Semaphore>,
 }
 
 #[async_trait]
 impl OpenStream for YamuxOpener {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+        let slot = limit::acquire(&self.slots)?;
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).await.map_err(|_| OpenError::Offline)?;
         let stream = rx
@@ -347,7 +354,7 @@ impl OpenStream for YamuxOpener {
             .map_err(|e| OpenError::Session(e.to_string()))?;
         match reply.error {
             Some(e) => Err(OpenError::LocalRefused(e)),
-            None => Ok(Box::new(io)),
+            None => Ok(Box::new(Counted::new(io, slot))),
         }
     }
 }
@@ -375,6 +382,7 @@ async fn run_threshold<T>(
         pairs: pairs.clone(),
         order: tokio::sync::Mutex::new(line_tx),
         max_pending: t.max_pending,
+        slots: Arc::new(Semaphore::new(cfg.yamux.max_streams)),
     });
     // Threshold clients take whatever the admin API maps to them.
     let hello = Hello {

@@ -328,6 +328,9 @@ pub(crate) struct ThresholdOpener {
     /// Serialises "queue a slot + write its line" so both orders agree.
     pub(crate) order: tokio::sync::Mutex<mpsc::Sender<Vec<u8>>>,
     pub(crate) max_pending: usize,
+    /// Visitor streams this session may have open (`yamux.max_streams`): the client opens
+    /// one per line, so the cap is taken before the line is written.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[async_trait]
@@ -340,6 +343,7 @@ impl OpenStream for ThresholdOpener {
         let mut line = serde_json::to_vec(&serde_json::json!({ "action": 1, "service": service }))
             .map_err(|e| OpenError::Session(e.to_string()))?;
         line.push(b'\n');
+        let slot = crate::limit::acquire(&self.slots)?;
         let (tx, rx) = oneshot::channel();
         {
             let writer = self.order.lock().await;
@@ -360,7 +364,7 @@ impl OpenStream for ThresholdOpener {
                 .await
                 .map_err(|e| OpenError::Session(e.to_string()))?;
         }
-        Ok(Box::new(io))
+        Ok(Box::new(crate::limit::Counted::new(io, slot)))
     }
 }
 
