@@ -44,6 +44,10 @@ struct Cli {
     /// Idle visitor connections for the memory figures (default 1000; 20 in smoke mode).
     #[arg(long)]
     idle: Option<usize>,
+    /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
+    /// tunneld-yamux).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where results.md and results.json go.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -199,6 +203,9 @@ async fn run(cli: Cli) -> Result<()> {
         "tunneld-yamux",
     ];
     for kind in kinds {
+        if !cli.only.is_empty() && !cli.only.iter().any(|o| o == kind) {
+            continue;
+        }
         let dir = work.join(kind);
         std::fs::create_dir_all(&dir)?;
         let started: Result<Option<(System, bool)>> = async {
@@ -315,7 +322,8 @@ async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) 
     let conns = load::open_idle(sys.endpoint, s.idle, &svc.idle).await?;
     // Let both sides settle (buffers shrink after the handshake bursts).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let with_conns = both(sys.rss_kib());
+    let held = sys.rss_kib();
+    let with_conns = both(held);
     drop(conns);
     let per_conn = match (before, with_conns) {
         (Some(b), Some(w)) => Some((w as f64 - b as f64) / s.idle as f64),
@@ -333,7 +341,8 @@ async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) 
         rss_idle_server_mib: kib_to_mib(idle.0),
         rss_idle_client_mib: kib_to_mib(idle.1),
         rss_loaded_mib: kib_to_mib(peak),
-        rss_idle_conns_mib: kib_to_mib(with_conns),
+        rss_conns_server_mib: kib_to_mib(held.0),
+        rss_conns_client_mib: kib_to_mib(held.1),
         idle_conns: s.idle,
         per_conn_kib: per_conn,
     })
