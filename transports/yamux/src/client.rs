@@ -64,7 +64,7 @@ pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
     pub keepalive: Duration,
-    conn: Connection<Compat<TlsStream<TcpStream>>>,
+    conn: Connection<Compat<crate::coalesce::Coalesce<TlsStream<TcpStream>>>>,
 }
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
@@ -129,7 +129,11 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             client_id,
             tunnels,
             keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
-            conn: Connection::new(tls.compat(), opts.tuning.yamux(), Mode::Client),
+            conn: Connection::new(
+                crate::coalesce::Coalesce::new(tls).compat(),
+                opts.tuning.yamux(),
+                Mode::Client,
+            ),
         }),
     }
 }

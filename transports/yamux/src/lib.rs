@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod coalesce;
 pub mod config;
 mod control;
 mod driver;

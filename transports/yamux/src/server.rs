@@ -265,7 +265,11 @@ impl YamuxTransport {
             return;
         }
         drop(permit);
-        let conn = Connection::new(tls.compat(), self.cfg.yamux.yamux(), Mode::Server);
+        let conn = Connection::new(
+            crate::coalesce::Coalesce::new(tls).compat(),
+            self.cfg.yamux.yamux(),
+            Mode::Server,
+        );
         run_session(conn, open_rx, guard, cx).await;
     }
 }
@@ -420,7 +424,11 @@ async fn run_threshold<T>(
         return;
     }
     drop(permit);
-    let conn = Connection::new(tls.compat(), cfg.yamux.yamux(), Mode::Server);
+    let conn = Connection::new(
+        crate::coalesce::Coalesce::new(tls).compat(),
+        cfg.yamux.yamux(),
+        Mode::Server,
+    );
     let client = guard.session.info.client_id.clone();
     let closed = guard.session.closed.clone();
     // tunneld never opens streams in this dialect: the opener channel stays empty.
