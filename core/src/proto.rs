@@ -153,6 +153,10 @@ pub struct Hello {
     /// Free text for logs (`tunnelc 0.1.0`).
     #[serde(default)]
     pub agent: String,
+    /// The most streams the client's multiplexer accepts at once; tunneld opens no more
+    /// than this (nor than its own cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u32>,
 }
 
 impl std::fmt::Display for Hello {

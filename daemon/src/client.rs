@@ -80,6 +80,7 @@ fn hello(cfg: &ClientConfig) -> Hello {
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
         agent: format!("tunnelc {}", env!("CARGO_PKG_VERSION")),
+        max_streams: Some(cfg.yamux.max_streams as u32),
     }
 }
 

@@ -178,21 +178,25 @@ async fn a_local_service_that_is_down_closes_the_visitor_and_counts() {
     client.shutdown().await.expect("client stops");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn visitors_beyond_the_stream_cap_are_refused_alone_and_the_session_survives() {
-    // yamux 0.14 would end the whole session on the 9th stream; tunneld refuses the visitor.
-    let server = TestServer::start_full("", &["transports.edge.yamux.max_streams=8".into()])
+/// Opens `total` visitors through a tunnel whose session carries at most `cap` streams:
+/// `cap` are served, the rest refused one by one, and the session survives.
+async fn stream_cap_holds(server_sets: &[String], client_sets: &[String], cap: usize, total: u8) {
+    let server = TestServer::start_full("", server_sets)
         .await
         .expect("server");
     let echo = services::echo().await;
     let cfg = server
-        .client_config(ALICE_TOKEN, &format!("  svc:\n    local: {echo}\n"))
+        .client_config_with(
+            ALICE_TOKEN,
+            &format!("  svc:\n    local: {echo}\n"),
+            client_sets,
+        )
         .expect("config");
     let mut client = TestClient::spawn(cfg);
     let ep = client.endpoint("svc").await.expect("endpoint");
     let mut open = Vec::new();
     let mut refused = 0;
-    for i in 0..20u8 {
+    for i in 0..total {
         let mut s = tokio::net::TcpStream::connect(ep).await.expect("connect");
         s.write_all(&[i]).await.expect("write");
         let mut b = [0u8; 1];
@@ -207,7 +211,7 @@ async fn visitors_beyond_the_stream_cap_are_refused_alone_and_the_session_surviv
             _ => refused += 1,
         }
     }
-    assert_eq!((open.len(), refused), (8, 12));
+    assert_eq!((open.len(), refused), (cap, total as usize - cap));
     drop(open);
     // The same session serves the next visitors once streams are free again.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -235,7 +239,19 @@ async fn visitors_beyond_the_stream_cap_are_refused_alone_and_the_session_surviv
         m.get(
             "tunneld_stream_open_failures_total",
             &[("reason", "too_many_streams")]
-        ) >= 12.0
+        ) >= (total as usize - cap) as f64
     );
     client.shutdown().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_beyond_the_stream_cap_are_refused_alone_and_the_session_survives() {
+    // yamux 0.14 would end the whole session on the stream past its ceiling; tunneld refuses
+    // the visitor instead.
+    stream_cap_holds(&["transports.edge.yamux.max_streams=8".into()], &[], 8, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_smaller_stream_cap_is_respected() {
+    stream_cap_holds(&[], &["yamux.max_streams=4".into()], 4, 12).await;
 }

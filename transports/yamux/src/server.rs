@@ -231,7 +231,13 @@ impl YamuxTransport {
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let opener = Arc::new(YamuxOpener {
             tx: open_tx,
-            slots: Arc::new(Semaphore::new(self.cfg.yamux.max_streams)),
+            // Never more than the client accepts: past its yamux ceiling it would end the
+            // session.
+            slots: Arc::new(Semaphore::new(
+                hello.max_streams.map_or(self.cfg.yamux.max_streams, |m| {
+                    (m as usize).clamp(1, self.cfg.yamux.max_streams)
+                }),
+            )),
         });
         let admitted = cx
             .hub
@@ -395,6 +401,7 @@ async fn run_threshold<T>(
         tunnels: Vec::new(),
         accept_server_mappings: true,
         agent: "threshold".into(),
+        max_streams: None,
     };
     let admitted = cx
         .hub
