@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod pki;
 pub mod process;
 pub mod services;
+
+pub use pki::client_pki;
 
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;

@@ -1,39 +1,12 @@
 //! Authentication (tokens, client certificates) and hostile input before and after it.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunneld_core::proto::{encode_frame, Hello, ServerHello, MAGIC, VERSION};
 use tunneld_daemon::client::ClientEvent;
-use tunneld_integration_tests::{temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT};
-
-/// Writes a CA and a client certificate with common name `cn` signed by it.
-fn client_pki(
-    dir: &Path,
-    cn: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "test client CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-    leaf.distinguished_name.push(DnType::CommonName, cn);
-    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
-    let (ca_path, cert_path, key_path) = (
-        dir.join("client-ca.pem"),
-        dir.join("client.pem"),
-        dir.join("client.key"),
-    );
-    std::fs::write(&ca_path, ca_cert.pem()).expect("write");
-    std::fs::write(&cert_path, cert.pem()).expect("write");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write");
-    (ca_path, cert_path, key_path)
-}
+use tunneld_integration_tests::{
+    client_pki, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
+};
 
 async fn next_disconnect(client: &mut TestClient) -> String {
     loop {
@@ -99,7 +72,8 @@ async fn wrong_token_is_refused_for_good_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_identify_clients_and_foreign_ones_are_refused() {
     let dir = temp_dir("mtls");
-    let (ca, cert, key) = client_pki(&dir, "carol");
+    let (ca, leaves) = client_pki(&dir, &["carol"]);
+    let (cert, key) = leaves[0].clone();
     let server = TestServer::start_full("", &[format!("auth.client_ca={}", ca.display())])
         .await
         .expect("server");
@@ -120,7 +94,8 @@ async fn client_certificates_identify_clients_and_foreign_ones_are_refused() {
     carol.shutdown().await.expect("stop");
 
     let other = temp_dir("mtls-other");
-    let (_, bad_cert, bad_key) = client_pki(&other, "mallory");
+    let (_, bad) = client_pki(&other, &["mallory"]);
+    let (bad_cert, bad_key) = bad[0].clone();
     cfg.tls.cert = Some(bad_cert);
     cfg.tls.key = Some(bad_key);
     let mut mallory = TestClient::spawn(cfg);

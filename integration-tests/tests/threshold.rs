@@ -1,12 +1,11 @@
 //! The threshold dialect of the yamux transport, against a client built on the reference
 //! yamux implementation (hashicorp/yamux, Go, from Debian), and threshold's admin API shapes.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunneld_integration_tests::process::go_threshold_client_or_skip;
 use tunneld_integration_tests::services::{recorder, tagged_echo, visit_tagged};
-use tunneld_integration_tests::{temp_dir, TestServer, WAIT};
+use tunneld_integration_tests::{client_pki, temp_dir, TestServer, WAIT};
 
 fn threshold_sets(header_identity: bool) -> Vec<String> {
     vec![
@@ -166,34 +165,6 @@ async fn unmodified_threshold_client_serves_visitors_with_fifo_pairing_and_proxy
     );
     assert_eq!(m.get("tunneld_threshold_pairs_pending", &[]), 0.0);
     drop(node);
-}
-
-/// A CA and a client certificate with common name `cn`.
-fn client_pki(dir: &Path, cns: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "threshold CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca, ca_key);
-    let ca_path = dir.join("client-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).expect("write");
-    let leaves = cns
-        .iter()
-        .enumerate()
-        .map(|(i, cn)| {
-            let key = KeyPair::generate().expect("key");
-            let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-            leaf.distinguished_name.push(DnType::CommonName, *cn);
-            let cert = leaf.signed_by(&key, &issuer).expect("leaf");
-            let (c, k) = (dir.join(format!("c{i}.pem")), dir.join(format!("c{i}.key")));
-            std::fs::write(&c, cert.pem()).expect("write");
-            std::fs::write(&k, key.serialize_pem()).expect("write");
-            (c, k)
-        })
-        .collect();
-    (ca_path, leaves)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,14 +319,7 @@ async fn run_session<T>(
             .to_string()
     };
     let reason = tokio::select! {
-        r = driver => match r {
-            Ok(()) => "connection closed".to_string(),
-            Err(ConnectionError::Decode(e)) => {
-                cx.metrics.protocol_errors_total.with_label_values(&[&cx.name, "bad_yamux_frame"]).inc();
-                format!("malformed yamux frame: {e}")
-            }
-            Err(e) => format!("yamux: {e}"),
-        },
+        r = driver => driver_end(r, &cx),
         r = control => r,
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
     };
@@ -476,14 +469,7 @@ async fn run_threshold<T>(
         }
     };
     let reason = tokio::select! {
-        r = driver => match r {
-            Ok(()) => "connection closed".to_string(),
-            Err(ConnectionError::Decode(e)) => {
-                cx.metrics.protocol_errors_total.with_label_values(&[&cx.name, "bad_yamux_frame"]).inc();
-                format!("malformed yamux frame: {e}")
-            }
-            Err(e) => format!("yamux: {e}"),
-        },
+        r = driver => driver_end(r, &cx),
         r = control => r,
         r = watchdog => r,
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
@@ -491,4 +477,19 @@ async fn run_threshold<T>(
     pairs.clear();
     tracing::info!(transport = %cx.name, client = %client, "threshold session closing: {reason}");
     drop(guard);
+}
+
+/// Why a session's yamux connection ended, counting malformed frames.
+fn driver_end(r: Result<(), ConnectionError>, cx: &TransportContext) -> String {
+    match r {
+        Ok(()) => "connection closed".to_string(),
+        Err(ConnectionError::Decode(e)) => {
+            cx.metrics
+                .protocol_errors_total
+                .with_label_values(&[&cx.name, "bad_yamux_frame"])
+                .inc();
+            format!("malformed yamux frame: {e}")
+        }
+        Err(e) => format!("yamux: {e}"),
+    }
 }
