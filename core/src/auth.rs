@@ -52,6 +52,11 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `presented` hashes to `digest` (constant time).
+pub fn matches_digest(presented: &str, digest: &[u8; 32]) -> bool {
+    ct_eq(&sha256(presented.as_bytes()), digest)
+}
+
 /// Reads a token as written in configuration: `sha256:<64 hex digits>` or the plain token.
 pub fn token_digest(spec: &str) -> Result<[u8; 32], String> {
     if let Some(h) = spec.strip_prefix("sha256:") {

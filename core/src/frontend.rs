@@ -60,6 +60,8 @@ pub enum ClaimError {
     Duplicate(u16),
     #[error("port {port} cannot be bound: {reason}")]
     Unavailable { port: u16, reason: String },
+    #[error("name `{0}` is held by another client")]
+    NameHeld(String),
     #[error("no free port left in {0}")]
     Exhausted(String),
     #[error("quota exceeded: this client may hold at most {max} ports")]
@@ -80,6 +82,7 @@ impl ClaimError {
             ClaimError::HeldByOther(_) => "held_by_other",
             ClaimError::Duplicate(_) => "duplicate",
             ClaimError::Unavailable { .. } => "unavailable",
+            ClaimError::NameHeld(_) => "name_held",
             ClaimError::Exhausted(_) => "exhausted",
             ClaimError::Quota { .. } => "quota",
             ClaimError::NoFrontend(_) => "no_frontend",
@@ -126,6 +129,14 @@ pub trait Frontend: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Whether this frontend serves tunnels of `kind`.
     fn serves(&self, kind: TunnelKind) -> bool;
+    /// Whether a tunnel of `kind` that names no frontend may land here.
+    fn is_default_for(&self, kind: TunnelKind) -> bool {
+        self.serves(kind)
+    }
+    /// The shared listener's address, for frontends that have one.
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
     /// Binds shared listeners and runs until shutdown (ports frontends have none and just wait).
     async fn serve(self: Arc<Self>, cx: FrontendContext);
     /// Claims a route for a tunnel.

@@ -203,7 +203,7 @@ impl Hub {
             None => self
                 .frontends
                 .values()
-                .find(|f| f.serves(kind))
+                .find(|f| f.is_default_for(kind))
                 .ok_or_else(|| ClaimError::NoFrontend(kind.to_string())),
         }
     }

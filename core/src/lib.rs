@@ -13,12 +13,16 @@
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
 //! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
+//! - [`http1`]: a bounded request-head reader; [`tls_listener`]: the accept loop of TLS
+//!   listeners that read heads themselves.
+//! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod duration;
 pub mod frontend;
 pub mod hostglob;
+pub mod http1;
 pub mod hub;
 pub mod io;
 pub mod limits;
@@ -26,10 +30,12 @@ pub mod mapping;
 pub mod metrics;
 pub mod proto;
 pub mod proxy_protocol;
+pub mod rendezvous;
 pub mod session;
 pub mod sni;
 pub mod splice;
 pub mod tls;
+pub mod tls_listener;
 pub mod transport;
 
 pub use io::BoxIo;

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub pool_failovers_total: IntCounterVec,
     pub threshold_pairs_pending: IntGaugeVec,
     pub threshold_pair_timeouts_total: IntCounterVec,
+    pub rendezvous_parked: IntGaugeVec,
+    pub rendezvous_park_requests_total: IntCounterVec,
+    pub rendezvous_parked_dropped_total: IntCounterVec,
+    pub rendezvous_totp_failures_total: IntCounterVec,
+    pub rendezvous_visitors_total: IntCounterVec,
+    pub connect_requests_total: IntCounterVec,
 }
 
 fn counter(
@@ -161,6 +167,42 @@ impl Metrics {
                 "tunneld_threshold_pair_timeouts_total",
                 "Visitors of threshold-dialect clients whose stream did not arrive in time",
                 &["transport"],
+            )?,
+            rendezvous_parked: gauge(
+                &r,
+                "tunneld_rendezvous_parked",
+                "Hidden-server connections parked and waiting for a visitor, by rendezvous id",
+                &["id"],
+            )?,
+            rendezvous_park_requests_total: counter(
+                &r,
+                "tunneld_rendezvous_park_requests_total",
+                "Hidden-server CONNECT uuid: requests, by outcome (ok, or the refusal)",
+                &["outcome"],
+            )?,
+            rendezvous_parked_dropped_total: counter(
+                &r,
+                "tunneld_rendezvous_parked_dropped_total",
+                "Parked connections dropped without a visitor (closed by the peer, evicted by a newer one, early data, shutdown)",
+                &["reason"],
+            )?,
+            rendezvous_totp_failures_total: counter(
+                &r,
+                "tunneld_rendezvous_totp_failures_total",
+                "TOTP codes refused, by reason (wrong_code, malformed_code, replayed_code, unknown_id, locked_out)",
+                &["reason"],
+            )?,
+            rendezvous_visitors_total: counter(
+                &r,
+                "tunneld_rendezvous_visitors_total",
+                "Visitor requests on rendezvous frontends, by outcome (matched, challenged, nothing_parked, ...)",
+                &["frontend", "outcome"],
+            )?,
+            connect_requests_total: counter(
+                &r,
+                "tunneld_connect_requests_total",
+                "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome",
+                &["frontend", "outcome"],
             )?,
             registry: r,
         })

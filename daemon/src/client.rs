@@ -1,7 +1,7 @@
 //! tunnelc: connects to tunneld, keeps the session alive, reconnects with jittered
 //! exponential backoff, and connects each stream tunneld opens to the local service.
 
-use crate::config::client::ClientConfig;
+use crate::config::client::{ClientConfig, TransportKind};
 use anyhow::Context;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -30,6 +30,10 @@ pub enum ClientEvent {
     TunnelsChanged {
         tunnels: Vec<TunnelStatus>,
     },
+    /// `transport: connect`: the first connection for this rendezvous id is parked.
+    Parked {
+        id: String,
+    },
     Disconnected {
         reason: String,
         retry_in: Duration,
@@ -39,7 +43,14 @@ pub enum ClientEvent {
 /// A system CA bundle, used when neither `tls.ca` nor `tls.pin` is set.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-fn dial_options(cfg: &ClientConfig) -> anyhow::Result<DialOptions> {
+/// The TLS client config and the name checked in tunneld's certificate.
+pub(crate) fn tls_client(
+    cfg: &ClientConfig,
+    alpn: &[&[u8]],
+) -> anyhow::Result<(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+)> {
     let trust = match (&cfg.tls.pin, &cfg.tls.ca) {
         (Some(pin), _) => ClientTrust::Pin(pin.clone()),
         (None, Some(ca)) => ClientTrust::CaFile(ca.clone()),
@@ -49,15 +60,20 @@ fn dial_options(cfg: &ClientConfig) -> anyhow::Result<DialOptions> {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    let tls = client_config(&trust, cert, &[tunneld_transport_yamux::ALPN]).context("tls")?;
+    let tls = client_config(&trust, cert, alpn).context("tls")?;
     let name = cfg.server_name();
     let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
         anyhow::anyhow!("server_name: `{name}` is not a DNS name or IP address: {e}")
     })?;
+    Ok((Arc::new(tls), server_name))
+}
+
+fn dial_options(cfg: &ClientConfig) -> anyhow::Result<DialOptions> {
+    let (tls, server_name) = tls_client(cfg, &[tunneld_transport_yamux::ALPN])?;
     Ok(DialOptions {
         server: cfg.server.clone(),
         server_name,
-        tls: Arc::new(tls),
+        tls,
         tuning: cfg.yamux,
         timeout: cfg.connect_timeout,
     })
@@ -85,14 +101,14 @@ fn hello(cfg: &ClientConfig) -> Hello {
 }
 
 /// Backoff: doubles from `initial` up to `max`; each wait is drawn from [d/2, d].
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) attempt: u32,
 }
 
 impl Backoff {
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let base = self
             .initial
             .saturating_mul(1u32 << self.attempt.min(20))
@@ -110,6 +126,9 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    if cfg.transport == TransportKind::Connect {
+        return crate::client_connect::run(cfg, events, stop).await;
+    }
     let opts = dial_options(&cfg)?;
     let hello = hello(&cfg);
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admin_threshold;
 pub mod client;
+pub mod client_connect;
 pub mod config;
 pub mod logging;
 pub mod server;

@@ -15,6 +15,8 @@ use tunneld_core::frontend::{Frontend, FrontendContext};
 use tunneld_core::hub::Hub;
 use tunneld_core::limits::HandshakeLimiter;
 use tunneld_core::metrics::Metrics;
+use tunneld_core::rendezvous::registry::{Registry, RegistryConfig};
+use tunneld_core::rendezvous::store::{IdStore, FILE as RENDEZVOUS_FILE};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
 use tunneld_core::transport::{Transport, TransportContext};
 
@@ -22,6 +24,10 @@ use tunneld_core::transport::{Transport, TransportContext};
 pub struct Running {
     /// Bound address of each transport, by name.
     pub transports: BTreeMap<String, SocketAddr>,
+    /// Bound address of each frontend with a shared listener (rendezvous), by name.
+    pub frontends: BTreeMap<String, SocketAddr>,
+    /// Rendezvous ids and parked connections.
+    pub rendezvous: Arc<Registry>,
     pub admin: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
@@ -94,20 +100,48 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown: accepting.clone(),
         tasks: visitors.clone(),
     };
+    let auth = Arc::new(authenticator(&cfg)?);
+    let registry = Registry::new(
+        IdStore::new(cfg.state_dir.join(RENDEZVOUS_FILE)),
+        RegistryConfig {
+            max_parked_per_id: cfg.rendezvous.max_parked_per_id,
+            max_failures: cfg.rendezvous.max_failures,
+            failure_window: cfg.rendezvous.failure_window,
+        },
+        metrics.clone(),
+    );
     let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
     for (name, f) in &cfg.frontends {
         let built: Arc<dyn Frontend> = match f {
             FrontendConfig::Ports(c) => {
                 tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), fcx.clone())
             }
+            FrontendConfig::Rendezvous(c) => {
+                let tls_cfg = tls::server_config(&identity, &ClientAuth::None, &[b"http/1.1"])?;
+                tunneld_frontend_rendezvous::RendezvousFrontend::bind(
+                    name,
+                    c.clone(),
+                    Arc::new(tls_cfg),
+                    registry.clone(),
+                    auth.clone(),
+                    metrics.clone(),
+                    cfg.limits.handshake_timeout,
+                )
+                .await
+                .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
+            }
         };
         frontends.insert(name.clone(), built);
     }
+    let frontend_addrs = frontends
+        .iter()
+        .filter_map(|(n, f)| f.local_addr().map(|a| (n.clone(), a)))
+        .collect();
     for f in frontends.values() {
         tokio::spawn(f.clone().serve(fcx.clone()));
     }
     let hub = Hub::new(
-        authenticator(&cfg)?,
+        (*auth).clone(),
         frontends,
         metrics.clone(),
         cfg.limits.keepalive.as_secs().max(1),
@@ -127,6 +161,23 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                     tunneld_transport_yamux::YamuxTransport::bind(c.clone(), Arc::new(tls_cfg))
                         .await
                         .with_context(|| format!("transports.{name}"))?,
+                )
+            }
+            TransportConfig::Connect(c) => {
+                let tls_cfg = tls::server_config(
+                    &identity,
+                    &client_auth,
+                    &[tunneld_transport_connect::ALPN],
+                )?;
+                Arc::new(
+                    tunneld_transport_connect::ConnectTransport::bind(
+                        c.clone(),
+                        Arc::new(tls_cfg),
+                        registry.clone(),
+                        auth.clone(),
+                    )
+                    .await
+                    .with_context(|| format!("transports.{name}"))?,
                 )
             }
         };
@@ -168,6 +219,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     }
     Ok(Running {
         transports,
+        frontends: frontend_addrs,
+        rendezvous: registry,
         admin: admin_addr,
         hub,
         metrics,

@@ -208,15 +208,23 @@ impl TestServer {
     /// A TLS connection to the `edge` transport that trusts tunneld's CA, before any
     /// protocol byte (for hostile-input tests).
     pub async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls_connect_to(self.transport(), tunneld_transport_yamux::ALPN)
+            .await
+    }
+
+    /// A TLS connection to any of this server's listeners, trusting its CA.
+    pub async fn tls_connect_to(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let cfg = tunneld_core::tls::client_config(
             &tunneld_core::tls::ClientTrust::CaFile(self.ca_file()),
             None,
-            &[tunneld_transport_yamux::ALPN],
+            &[alpn],
         )
         .expect("tls config");
-        let tcp = tokio::net::TcpStream::connect(self.transport())
-            .await
-            .expect("connect");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
             .connect("localhost".try_into().expect("name"), tcp)
             .await

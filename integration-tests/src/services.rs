@@ -21,9 +21,19 @@ pub async fn echo() -> SocketAddr {
     addr
 }
 
-/// A minimal HTTP/1.1 server: answers `hello <path> host=<Host>` to every request, with
-/// keep-alive. Counts nothing, trusts nothing.
+/// A minimal HTTP/1.1 server: answers `hello <path> host=<Host> body=<len>` to every
+/// request, with keep-alive. Counts nothing, trusts nothing.
 pub async fn http() -> SocketAddr {
+    http_server(false).await
+}
+
+/// [`http`], and each answer also tells the body's SHA-256 and whether an `Authorization`
+/// header arrived: `... sha256=<hex> authorization=<yes|no>`.
+pub async fn http_inspect() -> SocketAddr {
+    http_server(true).await
+}
+
+async fn http_server(detail: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -43,6 +53,7 @@ pub async fn http() -> SocketAddr {
                         .to_string();
                     let mut host = String::new();
                     let mut len = 0usize;
+                    let mut authorization = false;
                     loop {
                         let mut h = String::new();
                         if r.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -55,6 +66,9 @@ pub async fn http() -> SocketAddr {
                         if let Some(v) = lower.strip_prefix("host:") {
                             host = v.trim().to_string();
                         }
+                        if lower.starts_with("authorization:") {
+                            authorization = true;
+                        }
                         if let Some(v) = lower.strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap_or(0);
                         }
@@ -63,7 +77,16 @@ pub async fn http() -> SocketAddr {
                     if r.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    let text = format!("hello {path} host={host} body={}\n", body.len());
+                    let text = if detail {
+                        format!(
+                            "hello {path} host={host} body={} sha256={} authorization={}\n",
+                            body.len(),
+                            crate::sha256_hex(&body),
+                            if authorization { "yes" } else { "no" }
+                        )
+                    } else {
+                        format!("hello {path} host={host} body={}\n", body.len())
+                    };
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
                         text.len()
@@ -128,21 +151,47 @@ pub async fn tagged_echo(tag: &str) -> SocketAddr {
 
 /// One visitor of a tagged echo: reads the tag, echoes `len` bytes, returns the tag.
 pub async fn visit_tagged(addr: SocketAddr, len: usize, seed: u64) -> anyhow::Result<String> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    visit_tagged_over(s, b"", b"", len, seed).await
+}
+
+/// [`visit_tagged`] over any stream that already reaches a tagged echo (a CONNECT tunnel, a
+/// rendezvous visitor). `prelude` is written first; the echo of what the service received of
+/// it (`received`: a rendezvous visitor's head loses `Authorization`) follows the tag.
+pub async fn visit_tagged_over<S>(
+    s: S,
+    prelude: &[u8],
+    received: &[u8],
+    len: usize,
+    seed: u64,
+) -> anyhow::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use anyhow::Context;
     let fut = async {
-        let s = tokio::net::TcpStream::connect(addr)
-            .await
-            .context("connect")?;
-        let (r, mut w) = s.into_split();
+        let (r, mut w) = tokio::io::split(s);
         let mut r = BufReader::new(r);
+        w.write_all(prelude).await.context("write prelude")?;
+        w.flush().await.context("flush")?;
         let mut tag = String::new();
         r.read_line(&mut tag).await.context("read tag")?;
         anyhow::ensure!(
             tag.ends_with('\n'),
             "connection closed before the tag ({tag:?})"
         );
+        let mut echoed = vec![0u8; received.len()];
+        r.read_exact(&mut echoed)
+            .await
+            .context("read prelude echo")?;
+        anyhow::ensure!(
+            echoed == received,
+            "the service received {:?}",
+            String::from_utf8_lossy(&echoed)
+        );
         let data = crate::pattern(len, seed);
         w.write_all(&data).await.context("write")?;
+        w.flush().await.context("flush")?;
         let mut back = vec![0u8; len];
         r.read_exact(&mut back).await.context("read echo")?;
         anyhow::ensure!(back == data, "echo differs");
@@ -151,4 +200,29 @@ pub async fn visit_tagged(addr: SocketAddr, len: usize, seed: u64) -> anyhow::Re
     tokio::time::timeout(crate::WAIT, fut)
         .await
         .map_err(|_| anyhow::anyhow!("visitor timed out"))?
+}
+
+/// A WebSocket echo server (text and binary messages come back as sent).
+pub async fn websocket_echo() -> SocketAddr {
+    use futures::{SinkExt, StreamExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -3,9 +3,12 @@
 //! Only listeners, state and the port range are moved to private places for the test.
 
 use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunneld_daemon::client::ClientEvent;
+use tunneld_daemon::config::client::ClientConfig;
 use tunneld_integration_tests::process::go_threshold_client_or_skip;
-use tunneld_integration_tests::services::{tagged_echo, visit_tagged};
-use tunneld_integration_tests::{endpoint_of, port_block, temp_dir, TestClient, TestServer};
+use tunneld_integration_tests::services::{tagged_echo, visit_tagged, visit_tagged_over};
+use tunneld_integration_tests::{endpoint_of, port_block, temp_dir, TestClient, TestServer, WAIT};
 
 const DEMO_TOKEN: &str = "demo-token-change-me-0123456789";
 
@@ -18,6 +21,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         format!("state_dir={}", state.display()),
         "admin.listen=127.0.0.1:0".into(),
         "transports.edge.listen=127.0.0.1:0".into(),
+        "transports.hidden.listen=127.0.0.1:0".into(),
+        "frontends.rendezvous.listen=127.0.0.1:0".into(),
         format!("frontends.tcp.range={a}-{b}"),
         // The example keeps threshold clients to certificates; the test client uses the header.
         "transports.edge.threshold.header_identity=true".into(),
@@ -31,7 +36,9 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     let cfg = server
         .client_config_with(
             DEMO_TOKEN,
-            &format!("  web:\n    local: {native}\n"),
+            &format!(
+                "  web:\n    local: {native}\n  web-connect:\n    local: {native}\n    frontend: rendezvous\n"
+            ),
             &["accept_server_mappings=true".into()],
         )
         .expect("client config");
@@ -39,6 +46,62 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     let tunnels = client.connected().await.expect("tunnelc connects");
     let ep = endpoint_of(&tunnels, "web").expect("endpoint");
     assert_eq!(visit_tagged(ep, 2048, 1).await.expect("visit"), "via-yamux");
+
+    // yamux (native tunnelc) -> rendezvous (CONNECT <tunnel>:<port> with the example's
+    // visitor credentials).
+    let rdv = server.running.frontends["rendezvous"];
+    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
+    let basic = data_encoding::BASE64.encode(b"visitor:visitor-password-change-me");
+    tls.write_all(
+        format!("CONNECT web-connect:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write CONNECT");
+    let answer = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    let mut got = vec![0u8; answer.len()];
+    tls.read_exact(&mut got).await.expect("CONNECT answer");
+    assert_eq!(got, answer);
+    assert_eq!(
+        visit_tagged_over(tls, b"", b"", 2048, 5)
+            .await
+            .expect("visit"),
+        "via-yamux"
+    );
+
+    // connect (tunnelc parking for a rendezvous id) -> rendezvous (a Basic visitor).
+    let id_file = state.join(tunneld_core::rendezvous::store::FILE);
+    tunneld_core::rendezvous::store::add(&id_file, Some("matrix-id"), 30, Some("demo"))
+        .expect("add id");
+    let hidden_echo = tagged_echo("via-connect").await;
+    let yaml = format!(
+        "server: {}\nserver_name: localhost\ntransport: connect\ntoken: {DEMO_TOKEN}\ntls: {{ ca: {} }}\nrendezvous:\n  matrix-id: {{ local: \"{hidden_echo}\", parked: 2 }}\n",
+        server.running.transports["hidden"],
+        server.ca_file().display()
+    );
+    let file = temp_dir("matrix-client").join("client.yaml");
+    std::fs::write(&file, yaml).expect("client yaml");
+    let mut hidden =
+        TestClient::spawn(ClientConfig::load(Some(&file), &[]).expect("client config"));
+    loop {
+        match tokio::time::timeout(WAIT, hidden.events.recv()).await {
+            Ok(Some(ClientEvent::Parked { .. })) => break,
+            Ok(Some(_)) => {}
+            other => panic!("tunnelc did not park: {other:?}"),
+        }
+    }
+    let tls = server.tls_connect_to(rdv, b"http/1.1").await;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\n\r\n",
+        data_encoding::BASE64.encode(b"matrix-id:x")
+    );
+    // The hidden side receives the head without Authorization.
+    let forwarded = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let tag = visit_tagged_over(tls, request.as_bytes(), forwarded.as_bytes(), 2048, 6)
+        .await
+        .expect("visit");
+    assert_eq!(tag, "via-connect");
+    hidden.shutdown().await.expect("stop");
 
     // yamux (native tunnelc) -> ports (a port the admin API maps to it, by service name).
     let p = a + 17;

@@ -116,6 +116,7 @@ fn quick_config(q: Quick) -> ClientConfig {
         connect_timeout: std::time::Duration::from_secs(10),
         log: LogConfig::default(),
         tunnels,
+        rendezvous: BTreeMap::new(),
     }
 }
 
@@ -142,8 +143,9 @@ fn main() {
     };
     if cli.check {
         println!(
-            "configuration ok: {} tunnel(s) to {}",
+            "configuration ok: {} tunnel(s), {} rendezvous id(s) to {}",
             cfg.tunnels.len(),
+            cfg.rendezvous.len(),
             cfg.server
         );
         return;
@@ -192,6 +194,9 @@ async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
                 ClientEvent::TunnelsChanged { tunnels } => {
                     println!("tunnels changed:");
                     print_tunnels(&tunnels);
+                }
+                ClientEvent::Parked { id } => {
+                    println!("rendezvous {id}: parked at {server}");
                 }
                 ClientEvent::Disconnected { reason, retry_in } => {
                     println!(

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tunneld_daemon::config::server::{LogFormat, ServerConfig};
 use tunneld_daemon::{logging, server};
@@ -27,6 +27,74 @@ struct Cli {
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage rendezvous ids (kept in <state_dir>/rendezvous.json; a running tunneld picks
+    /// up changes by itself).
+    #[command(subcommand)]
+    Rendezvous(RendezvousCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RendezvousCmd {
+    /// Create an id with a new TOTP secret; prints the id, the secret and an otpauth:// URI.
+    Add {
+        /// The id (default: a random UUID).
+        id: Option<String>,
+        /// TOTP step in seconds.
+        #[arg(long, default_value_t = 30)]
+        step: u64,
+        /// A tunnel client (token or certificate id) that may park for this id with its own
+        /// credentials instead of TOTP codes (what tunnelc does).
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// List the ids (never their secrets).
+    List,
+    /// Delete an id.
+    Remove { id: String },
+}
+
+fn rendezvous(cfg: &ServerConfig, cmd: RendezvousCmd) -> anyhow::Result<()> {
+    use tunneld_core::rendezvous::store;
+    let path = cfg.state_dir.join(store::FILE);
+    match cmd {
+        RendezvousCmd::Add { id, step, client } => {
+            let (id, e) = store::add(&path, id.as_deref(), step, client.as_deref())?;
+            println!("id: {id}");
+            println!("secret: {}", e.secret);
+            println!("step: {}", e.step);
+            if let Some(c) = &e.client {
+                println!("client: {c}");
+            }
+            println!("uri: {}", store::otpauth_uri(&id, &e));
+        }
+        RendezvousCmd::List => {
+            let file = store::read(&path)?;
+            if file.ids.is_empty() {
+                println!("no rendezvous ids in {}", path.display());
+            }
+            for (id, e) in &file.ids {
+                println!(
+                    "{id} step={} client={} created={}",
+                    e.step,
+                    e.client.as_deref().unwrap_or("-"),
+                    e.created
+                );
+            }
+        }
+        RendezvousCmd::Remove { id } => {
+            if !store::remove(&path, &id)? {
+                anyhow::bail!("no rendezvous id `{id}` in {}", path.display());
+            }
+            println!("removed {id}");
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -41,6 +109,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(Command::Rendezvous(cmd)) = cli.command {
+        if let Err(e) = rendezvous(&cfg, cmd) {
+            eprintln!("tunneld: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if cli.check {
         println!(
             "configuration ok: {} transport(s), {} frontend(s)",
@@ -73,6 +148,9 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let running = server::start(cfg).await?;
     for (name, addr) in &running.transports {
         println!("listening transport={name} addr={addr}");
+    }
+    for (name, addr) in &running.frontends {
+        println!("listening frontend={name} addr={addr}");
     }
     if let Some(a) = running.admin {
         println!("listening admin addr={a}");

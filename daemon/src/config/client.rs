@@ -25,6 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "connect_timeout",
     "log",
     "tunnels",
+    "rendezvous",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +56,34 @@ pub struct ClientConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub tunnels: BTreeMap<String, TunnelConfig>,
+    /// `transport: connect`: rendezvous id -> the local service its visitors reach.
+    #[serde(default)]
+    pub rendezvous: BTreeMap<String, RendezvousServe>,
+}
+
+/// One rendezvous id served over the `connect` transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousServe {
+    /// The local service, host:port.
+    pub local: String,
+    /// Connections kept parked at tunneld; each one taken by a visitor is replaced at once.
+    #[serde(default = "d4")]
+    pub parked: usize,
+    /// The id's base32 TOTP secret: park with codes instead of the token (at most about
+    /// two new parked connections per step, since each code works once).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// TOTP step in seconds (with `secret`).
+    #[serde(default = "d30")]
+    pub step: u64,
+}
+
+fn d4() -> usize {
+    4
+}
+fn d30() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -62,6 +91,8 @@ pub struct ClientConfig {
 pub enum TransportKind {
     #[default]
     Yamux,
+    /// Park connections at tunneld's `connect` transport for the ids in `rendezvous`.
+    Connect,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,7 +183,10 @@ impl ClientConfig {
         if split_host_port(&self.server).is_none() {
             errors.push(format!("server: `{}` is not host:port", self.server));
         }
-        if self.token.is_none() && self.tls.cert.is_none() {
+        let totp_only = self.transport == TransportKind::Connect
+            && !self.rendezvous.is_empty()
+            && self.rendezvous.values().all(|r| r.secret.is_some());
+        if self.token.is_none() && self.tls.cert.is_none() && !totp_only {
             errors.push(
                 "token: required unless tls.cert and tls.key (a client certificate) are set".into(),
             );
@@ -176,6 +210,47 @@ impl ClientConfig {
         }
         if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
             errors.push("reconnect: initial must be above 0 and at most max".into());
+        }
+        match self.transport {
+            TransportKind::Connect => {
+                if self.rendezvous.is_empty() {
+                    errors.push(
+                        "rendezvous: transport connect needs at least one id to serve".into(),
+                    );
+                }
+                if !self.tunnels.is_empty() {
+                    errors.push("tunnels: transport connect carries rendezvous ids only; use transport yamux for tunnels".into());
+                }
+            }
+            TransportKind::Yamux => {
+                if !self.rendezvous.is_empty() {
+                    errors.push("rendezvous: needs transport: connect".into());
+                }
+            }
+        }
+        for (id, r) in &self.rendezvous {
+            if !tunneld_core::rendezvous::store::valid_id(id) {
+                errors.push(format!(
+                    "rendezvous.{id}: invalid id (1-128 letters, digits, `-`, `_`, `.`)"
+                ));
+            }
+            if split_host_port(&r.local).is_none() {
+                errors.push(format!(
+                    "rendezvous.{id}.local: `{}` is not host:port",
+                    r.local
+                ));
+            }
+            if !(1..=64).contains(&r.parked) {
+                errors.push(format!("rendezvous.{id}.parked: must be 1-64"));
+            }
+            if !(5..=300).contains(&r.step) {
+                errors.push(format!("rendezvous.{id}.step: must be 5-300 seconds"));
+            }
+            if let Some(s) = &r.secret {
+                if let Err(e) = tunneld_core::rendezvous::totp::decode_secret(&s.0) {
+                    errors.push(format!("rendezvous.{id}.secret: {e}"));
+                }
+            }
         }
         for (name, t) in &self.tunnels {
             if split_host_port(&t.local).is_none() {

@@ -19,11 +19,12 @@ const TOP_KEYS: &[&str] = &[
     "auth",
     "limits",
     "admin",
+    "rendezvous",
     "transports",
     "frontends",
 ];
-pub const TRANSPORT_TYPES: &[&str] = &["yamux"];
-pub const FRONTEND_TYPES: &[&str] = &["ports"];
+pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect"];
+pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +41,8 @@ struct Raw {
     limits: Limits,
     #[serde(default)]
     admin: Option<AdminConfig>,
+    #[serde(default)]
+    rendezvous: RendezvousConfig,
     #[serde(default)]
     transports: BTreeMap<String, Value>,
     #[serde(default)]
@@ -177,16 +180,50 @@ pub struct AdminConfig {
     pub shape: crate::admin_threshold::Shape,
 }
 
+/// Rendezvous ids (in `<state_dir>/rendezvous.json`) and the limits shared by the `connect`
+/// transport and the `rendezvous` frontend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousConfig {
+    /// Parked hidden-server connections kept per id; a newer one evicts the oldest.
+    #[serde(default = "d16")]
+    pub max_parked_per_id: usize,
+    /// Failed TOTP attempts allowed per id and per source address within `failure_window`.
+    #[serde(default = "d10u32")]
+    pub max_failures: u32,
+    #[serde(default = "d10m", with = "serde_human")]
+    pub failure_window: Duration,
+}
+
+fn d10u32() -> u32 {
+    10
+}
+fn d10m() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        Self {
+            max_parked_per_id: d16(),
+            max_failures: d10u32(),
+            failure_window: d10m(),
+        }
+    }
+}
+
 /// A transport, by `type:`.
 #[derive(Debug, Clone)]
 pub enum TransportConfig {
     Yamux(tunneld_transport_yamux::Config),
+    Connect(tunneld_transport_connect::Config),
 }
 
 /// A frontend, by `type:`.
 #[derive(Debug, Clone)]
 pub enum FrontendConfig {
     Ports(tunneld_frontend_ports::Config),
+    Rendezvous(tunneld_frontend_rendezvous::Config),
 }
 
 /// The validated configuration. Paths are resolved against the config file's directory.
@@ -198,6 +235,7 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub admin: Option<AdminConfig>,
+    pub rendezvous: RendezvousConfig,
     pub transports: BTreeMap<String, TransportConfig>,
     pub frontends: BTreeMap<String, FrontendConfig>,
 }
@@ -236,6 +274,14 @@ impl ServerConfig {
                             }
                             Ok(TransportConfig::Yamux(c))
                         }
+                        "connect" => {
+                            let c: tunneld_transport_connect::Config =
+                                load::component("transports", name, value)?;
+                            c.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("transports.{name}.{k}: {m}"))
+                            })?;
+                            Ok(TransportConfig::Connect(c))
+                        }
                         _ => unreachable_type(&ty),
                     }
                 });
@@ -256,6 +302,14 @@ impl ServerConfig {
                             name,
                             value,
                         )?)),
+                        "rendezvous" => {
+                            let c: tunneld_frontend_rendezvous::Config =
+                                load::component("frontends", name, value)?;
+                            c.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("frontends.{name}.{k}: {m}"))
+                            })?;
+                            Ok(FrontendConfig::Rendezvous(c))
+                        }
                         _ => unreachable_type(&ty),
                     }
                 });
@@ -279,7 +333,9 @@ impl ServerConfig {
         }
         let mut header_identity = false;
         for (name, t) in &transports {
-            let TransportConfig::Yamux(c) = t;
+            let TransportConfig::Yamux(c) = t else {
+                continue;
+            };
             if c.threshold.as_ref().is_some_and(|t| t.header_identity) {
                 header_identity = true;
                 if raw.auth.client_ca.is_some() {
@@ -311,6 +367,15 @@ impl ServerConfig {
         if raw.limits.max_pending_per_address == 0 {
             errors.push("limits.max_pending_per_address: must be at least 1".into());
         }
+        if raw.rendezvous.max_parked_per_id == 0 || raw.rendezvous.max_parked_per_id > 1024 {
+            errors.push("rendezvous.max_parked_per_id: must be 1-1024".into());
+        }
+        if raw.rendezvous.max_failures == 0 {
+            errors.push("rendezvous.max_failures: must be at least 1".into());
+        }
+        if raw.rendezvous.failure_window < Duration::from_secs(1) {
+            errors.push("rendezvous.failure_window: must be at least 1s".into());
+        }
         if raw.limits.keepalive < Duration::from_secs(1) {
             errors.push("limits.keepalive: must be at least 1s".into());
         }
@@ -332,6 +397,7 @@ impl ServerConfig {
             },
             limits: raw.limits,
             admin: raw.admin,
+            rendezvous: raw.rendezvous,
             transports,
             frontends,
         })

@@ -136,12 +136,8 @@ impl YamuxTransport {
     ) {
         let _ = tcp.set_nodelay(true);
         // Kernel keepalive finds peers that vanished without a FIN, whatever the dialect
-        // (threshold clients have no tunneld-level ping): about 60 s after the last packet.
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3);
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        // (threshold clients have no tunneld-level ping).
+        tunneld_core::tls_listener::set_keepalive(&tcp);
         cx.metrics.handshakes_pending.inc();
         let hs = tokio::time::timeout(cx.handshake_timeout, async {
             let mut tls = self.tls.accept(tcp).await.map_err(|e| HandshakeFailure {

@@ -1,0 +1,205 @@
+//! The hidden-server side of a rendezvous: `CONNECT uuid:<ID>?response=<TOTP> HTTP/1.1`,
+//! answered exactly as node-rendezvous did, then the socket waits in the registry until a
+//! visitor takes it.
+//!
+//! Answers: `HTTP/1.1 200\r\n\r\n` (no reason phrase) on success; on error a raw
+//! `HTTP/1.1 <code>\r\n\r\n` and `{"error":{"permanent":false,"diagnostic":"..."}}`, then the
+//! socket closes. 403: the target is not `uuid:`; 407: no `response`; 409: bytes sent before
+//! the answer; 401: unknown id, wrong or reused code; 429: too many failed attempts.
+//!
+//! tunnelc may instead send `Proxy-Authorization: Bearer <token>` (or present a client
+//! certificate) for an id whose `client` is its own: TOTP codes are single-use, which would
+//! allow only a few parked connections per step.
+
+use super::registry::{CodeRefusal, Registry};
+use crate::auth::Authenticator;
+use crate::http1::RequestHead;
+use crate::io::BoxIo;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The success answer, byte for byte.
+pub const PARKED: &[u8] = b"HTTP/1.1 200\r\n\r\n";
+
+/// The error answer, byte for byte.
+pub fn error_answer(code: u16, diagnostic: &str) -> Vec<u8> {
+    let text = serde_json::Value::String(diagnostic.to_string());
+    format!("HTTP/1.1 {code}\r\n\r\n{{\"error\":{{\"permanent\":false,\"diagnostic\":{text}}}}}")
+        .into_bytes()
+}
+
+/// Splits `uuid:<ID>?response=<CODE>` into the id and the code.
+pub fn parse_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let rest = target.strip_prefix("uuid:")?;
+    let (id, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let code = query.split('&').find_map(|kv| kv.strip_prefix("response="));
+    Some((id, code))
+}
+
+/// Who is parking.
+pub struct Parker {
+    pub peer: IpAddr,
+    /// The common name of a verified client certificate.
+    pub cert_cn: Option<String>,
+}
+
+async fn refuse(reg: &Registry, io: &mut BoxIo, code: u16, outcome: &str, diagnostic: &str) {
+    reg.metrics_park(outcome);
+    tracing::debug!(code, outcome, diagnostic, "rendezvous park refused");
+    let _ = io.write_all(&error_answer(code, diagnostic)).await;
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
+}
+
+/// Answers one hidden-server CONNECT and, when it parks, holds the socket until a visitor
+/// takes it, the peer closes, a newer connection evicts it, or `shutdown` fires.
+pub async fn serve(
+    reg: Arc<Registry>,
+    auth: &Authenticator,
+    mut io: BoxIo,
+    head: RequestHead,
+    surplus: Vec<u8>,
+    who: Parker,
+    shutdown: CancellationToken,
+) {
+    let Some((id, code)) = parse_target(&head.target) else {
+        return refuse(
+            &reg,
+            &mut io,
+            403,
+            "forbidden_target",
+            "request-target must be uuid:<ID>",
+        )
+        .await;
+    };
+    if !surplus.is_empty() {
+        return refuse(
+            &reg,
+            &mut io,
+            409,
+            "early_data",
+            "data sent before the answer to CONNECT",
+        )
+        .await;
+    }
+    let entry = reg.ids.get(id);
+    let bearer = head
+        .header("proxy-authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if bearer.is_some() || (code.is_none() && who.cert_cn.is_some()) {
+        let identity = match auth.authenticate(bearer, who.cert_cn.as_deref()) {
+            Ok(i) => i,
+            Err(e) => return refuse(&reg, &mut io, 401, "unauthorized", &e.to_string()).await,
+        };
+        match &entry {
+            Some(e) if e.client.as_deref() == Some(identity.client_id.as_str()) => {}
+            _ => {
+                let msg = format!(
+                    "client `{}` may not park for id `{id}` (the id is unknown or belongs to another client)",
+                    identity.client_id
+                );
+                return refuse(&reg, &mut io, 401, "unauthorized", &msg).await;
+            }
+        }
+    } else {
+        let Some(code) = code else {
+            return refuse(
+                &reg,
+                &mut io,
+                407,
+                "missing_response",
+                "the response parameter (TOTP code) is missing",
+            )
+            .await;
+        };
+        if let Err(r) = reg.check_code(id, entry.as_ref(), code, who.peer) {
+            let (status, msg) = match r {
+                CodeRefusal::Replayed => (
+                    401,
+                    "this code was already used; wait for the next one".to_string(),
+                ),
+                CodeRefusal::LockedOut { retry_after } => (
+                    429,
+                    format!(
+                        "too many failed attempts for this id or address; retry in {} s",
+                        retry_after.as_secs().max(1)
+                    ),
+                ),
+                _ => (401, "unknown id or wrong code".to_string()),
+            };
+            return refuse(&reg, &mut io, status, r.reason(), &msg).await;
+        }
+    }
+    if io.write_all(PARKED).await.is_err() || io.flush().await.is_err() {
+        return;
+    }
+    reg.metrics_park("ok");
+    tracing::debug!(%id, peer = %who.peer, "hidden server parked");
+    let (ticket, handoff) = reg.park(id);
+    let mut probe = [0u8; 1];
+    let reason = tokio::select! {
+        h = handoff => match h {
+            Ok(back) => {
+                drop(ticket);
+                let _ = back.send(io);
+                return;
+            }
+            Err(_) => "evicted",
+        },
+        r = io.read(&mut probe) => match r {
+            Ok(0) | Err(_) => "closed",
+            Ok(_) => "early_data",
+        },
+        _ = shutdown.cancelled() => "shutdown",
+    };
+    drop(ticket);
+    if reason != "evicted" {
+        reg.metrics_dropped(reason);
+    }
+    tracing::debug!(%id, reason, "parked connection dropped");
+}
+
+impl Registry {
+    pub(crate) fn metrics_park(&self, outcome: &str) {
+        self.metrics()
+            .rendezvous_park_requests_total
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    pub(crate) fn metrics_dropped(&self, reason: &str) {
+        self.metrics()
+            .rendezvous_parked_dropped_total
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_answers() {
+        assert_eq!(
+            parse_target("uuid:abc?response=123456"),
+            Some(("abc", Some("123456")))
+        );
+        assert_eq!(
+            parse_target("uuid:abc?x=1&response=12"),
+            Some(("abc", Some("12")))
+        );
+        assert_eq!(parse_target("uuid:abc"), Some(("abc", None)));
+        assert_eq!(parse_target("example.com:443"), None);
+        assert_eq!(
+            error_answer(403, "no"),
+            b"HTTP/1.1 403\r\n\r\n{\"error\":{\"permanent\":false,\"diagnostic\":\"no\"}}".to_vec()
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! Parked hidden-server connections per rendezvous id, and the TOTP guard (codes accepted
+//! once, failed attempts capped per id and per source address).
+//!
+//! A parked connection is owned by its own task (see [`super::park`]), which watches the
+//! socket so a dead one leaves the queue at once. The queue holds a handoff channel per
+//! connection: a visitor pops one, asks for the socket, and gets it back through the channel.
+
+use super::store::{IdEntry, IdStore};
+use super::totp;
+use crate::io::BoxIo;
+use crate::metrics::Metrics;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, Notify};
+
+/// Limits of the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Parked connections kept per id; a newer one evicts the oldest beyond it.
+    pub max_parked_per_id: usize,
+    /// Failed TOTP attempts allowed per id and per source address within `failure_window`.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+}
+
+/// Asks a parked connection's task for its socket.
+pub type Handoff = oneshot::Sender<BoxIo>;
+
+/// Why a code did not park.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRefusal {
+    Wrong,
+    Malformed,
+    Replayed,
+    UnknownId,
+    LockedOut { retry_after: Duration },
+}
+
+impl CodeRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CodeRefusal::Wrong => "wrong_code",
+            CodeRefusal::Malformed => "malformed_code",
+            CodeRefusal::Replayed => "replayed_code",
+            CodeRefusal::UnknownId => "unknown_id",
+            CodeRefusal::LockedOut { .. } => "locked_out",
+        }
+    }
+}
+
+struct Queue {
+    parked: VecDeque<(u64, oneshot::Sender<Handoff>)>,
+    notify: Arc<Notify>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            parked: VecDeque::new(),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Queue>,
+    used: HashMap<String, Vec<u64>>,
+    fail_id: HashMap<String, Window>,
+    fail_addr: HashMap<IpAddr, Window>,
+}
+
+pub struct Registry {
+    pub ids: IdStore,
+    cfg: RegistryConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    next: AtomicU64,
+}
+
+/// Held by a parked connection's task; dropping it takes the connection out of the queue.
+pub struct Ticket {
+    registry: Arc<Registry>,
+    id: String,
+    n: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut st = self.registry.lock();
+        if let Some(q) = st.queues.get_mut(&self.id) {
+            let before = q.parked.len();
+            q.parked.retain(|(n, _)| *n != self.n);
+            if q.parked.len() != before {
+                self.registry
+                    .metrics
+                    .rendezvous_parked
+                    .with_label_values(&[&self.id])
+                    .set(q.parked.len() as i64);
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Registry {
+    pub fn new(ids: IdStore, cfg: RegistryConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            ids,
+            cfg,
+            metrics,
+            state: Mutex::default(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn locked_for(&self, w: Option<&Window>) -> Option<Duration> {
+        let w = w?;
+        let age = w.start.elapsed();
+        (age < self.cfg.failure_window && w.count >= self.cfg.max_failures)
+            .then(|| self.cfg.failure_window - age)
+    }
+
+    fn record_failure(&self, st: &mut State, id: Option<&str>, addr: IpAddr) {
+        let window = self.cfg.failure_window;
+        let bump = |w: &mut Window| {
+            if w.start.elapsed() >= window {
+                *w = Window {
+                    start: Instant::now(),
+                    count: 0,
+                };
+            }
+            w.count += 1;
+        };
+        let fresh = Window {
+            start: Instant::now(),
+            count: 0,
+        };
+        if st.fail_addr.len() >= 16_384 {
+            st.fail_addr.retain(|_, w| w.start.elapsed() < window);
+        }
+        bump(st.fail_addr.entry(addr).or_insert(fresh));
+        if let Some(id) = id {
+            bump(st.fail_id.entry(id.to_string()).or_insert(fresh));
+        }
+    }
+
+    fn refuse(&self, r: CodeRefusal) -> CodeRefusal {
+        self.metrics
+            .rendezvous_totp_failures_total
+            .with_label_values(&[r.reason()])
+            .inc();
+        r
+    }
+
+    /// Checks a TOTP code for `id` from `addr`; an accepted code is spent.
+    pub fn check_code(
+        &self,
+        id: &str,
+        entry: Option<&IdEntry>,
+        code: &str,
+        addr: IpAddr,
+    ) -> Result<(), CodeRefusal> {
+        let mut st = self.lock();
+        let locked = self
+            .locked_for(st.fail_addr.get(&addr))
+            .max(self.locked_for(st.fail_id.get(id)));
+        if let Some(retry_after) = locked {
+            return Err(self.refuse(CodeRefusal::LockedOut { retry_after }));
+        }
+        let Some(entry) = entry else {
+            self.record_failure(&mut st, None, addr);
+            return Err(self.refuse(CodeRefusal::UnknownId));
+        };
+        let secret = match totp::decode_secret(&entry.secret) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "rendezvous id has an unusable secret");
+                return Err(self.refuse(CodeRefusal::Wrong));
+            }
+        };
+        let now = unix_now();
+        match totp::check(&secret, entry.step, code, now) {
+            Ok(counter) => {
+                let current = totp::counter_at(now, entry.step);
+                let used = st.used.entry(id.to_string()).or_default();
+                used.retain(|c| *c + 2 >= current);
+                if used.contains(&counter) {
+                    return Err(self.refuse(CodeRefusal::Replayed));
+                }
+                used.push(counter);
+                Ok(())
+            }
+            Err(e) => {
+                self.record_failure(&mut st, Some(id), addr);
+                Err(self.refuse(match e {
+                    totp::CodeError::Malformed => CodeRefusal::Malformed,
+                    totp::CodeError::Wrong => CodeRefusal::Wrong,
+                }))
+            }
+        }
+    }
+
+    /// Queues a connection for `id`. The receiver yields a handoff when a visitor takes it,
+    /// or an error when it was evicted by a newer one.
+    pub fn park(self: &Arc<Self>, id: &str) -> (Ticket, oneshot::Receiver<Handoff>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        let q = st.queues.entry(id.to_string()).or_default();
+        while q.parked.len() >= self.cfg.max_parked_per_id.max(1) {
+            q.parked.pop_front();
+            self.metrics
+                .rendezvous_parked_dropped_total
+                .with_label_values(&["evicted"])
+                .inc();
+        }
+        q.parked.push_back((n, tx));
+        self.metrics
+            .rendezvous_parked
+            .with_label_values(&[id])
+            .set(q.parked.len() as i64);
+        q.notify.notify_waiters();
+        (
+            Ticket {
+                registry: self.clone(),
+                id: id.to_string(),
+                n,
+            },
+            rx,
+        )
+    }
+
+    /// Connections parked for `id` now.
+    pub fn parked(&self, id: &str) -> usize {
+        self.lock().queues.get(id).map_or(0, |q| q.parked.len())
+    }
+
+    fn pop(&self, id: &str) -> Option<oneshot::Sender<Handoff>> {
+        let mut st = self.lock();
+        let q = st.queues.entry(id.to_string()).or_default();
+        let got = q.parked.pop_front().map(|(_, tx)| tx);
+        if got.is_some() {
+            self.metrics
+                .rendezvous_parked
+                .with_label_values(&[id])
+                .set(q.parked.len() as i64);
+        }
+        got
+    }
+
+    /// Takes a parked connection for `id`, waiting up to `wait` for one to arrive.
+    pub async fn take(&self, id: &str, wait: Duration) -> Option<BoxIo> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.notify_for(id);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(tx) = self.pop(id) {
+                let (back_tx, back_rx) = oneshot::channel();
+                if tx.send(back_tx).is_ok() {
+                    if let Ok(io) = back_rx.await {
+                        return Some(io);
+                    }
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn notify_for(&self, id: &str) -> Arc<Notify> {
+        self.lock()
+            .queues
+            .entry(id.to_string())
+            .or_default()
+            .notify
+            .clone()
+    }
+}

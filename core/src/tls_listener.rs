@@ -1,0 +1,117 @@
+//! The accept loop of the TLS listeners that read HTTP/1 heads themselves (the `connect`
+//! transport and the `rendezvous` frontend): a cap on open connections, TCP keepalive (so a
+//! peer that vanished without a FIN is found), and one deadline for the TLS handshake.
+
+use crate::io::BoxIo;
+use crate::metrics::Metrics;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Kernel keepalive: about 60 s after the last packet a silent peer is gone.
+pub fn set_keepalive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// A connection after its TLS handshake.
+pub struct Accepted {
+    pub io: BoxIo,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The common name of a verified client certificate.
+    pub cert_cn: Option<String>,
+}
+
+/// How one listener runs.
+pub struct ListenerSpec {
+    /// `component` label of the metrics (`tunneld_stream_open_failures_total{frontend}`).
+    pub component: String,
+    pub tls: TlsAcceptor,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// Accepts until `spec.shutdown`, handing each connection that finishes its TLS handshake
+/// to `handler` on its own task.
+pub async fn run<F, Fut>(listener: TcpListener, spec: ListenerSpec, handler: F)
+where
+    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let open = Arc::new(AtomicUsize::new(0));
+    let spec = Arc::new(spec);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = spec.shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(component = %spec.component, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if open.load(Ordering::Relaxed) >= spec.max_connections {
+            spec.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&spec.component, "too_many_connections"])
+                .inc();
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (spec2, open2, handler) = (spec.clone(), open.clone(), handler.clone());
+        spec.tasks.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            set_keepalive(&tcp);
+            let local = tcp.local_addr().unwrap_or(peer);
+            match tokio::time::timeout(spec2.handshake_timeout, spec2.tls.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let cert_cn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::common_name(c));
+                    handler(Accepted {
+                        io: Box::new(tls),
+                        peer,
+                        local,
+                        cert_cn,
+                    })
+                    .await;
+                }
+                Ok(Err(e)) => {
+                    spec2
+                        .metrics
+                        .stream_open_failures_total
+                        .with_label_values(&[&spec2.component, "tls_error"])
+                        .inc();
+                    tracing::debug!(component = %spec2.component, %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    spec2
+                        .metrics
+                        .stream_open_failures_total
+                        .with_label_values(&[&spec2.component, "handshake_timeout"])
+                        .inc();
+                }
+            }
+            open2.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

@@ -1,0 +1,230 @@
+//! tunnelc over the `connect` transport: for each rendezvous id, keep `parked` connections
+//! waiting at tunneld; when a visitor takes one, hand it to the local service and park the
+//! next at once. Errors back off with jitter; refusals that retrying cannot fix end tunnelc.
+
+use crate::client::{tls_client, Backoff, ClientEvent};
+use crate::config::client::ClientConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::rendezvous::totp;
+use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_transport_connect::{park, ParkOptions};
+
+/// Hands out TOTP codes, each at most once: the current step's, then the next one's, then
+/// waits for time to move on (tunneld accepts a code once, within one step either side).
+struct CodeSource {
+    secret: Vec<u8>,
+    step: u64,
+    last: tokio::sync::Mutex<Option<u64>>,
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+impl CodeSource {
+    async fn next(&self) -> String {
+        let mut last = self.last.lock().await;
+        loop {
+            let now = totp::counter_at((unix_millis() / 1000) as u64, self.step);
+            let candidate = last.map_or(now, |l| (l + 1).max(now));
+            if candidate <= now + 1 {
+                *last = Some(candidate);
+                return totp::code(&self.secret, candidate);
+            }
+            // Usable once step `candidate - 1` begins.
+            let at_ms = u128::from((candidate - 1) * self.step) * 1000;
+            let wait = at_ms.saturating_sub(unix_millis()) as u64;
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        }
+    }
+}
+
+struct Worker {
+    opts: ParkOptions,
+    id: String,
+    local: String,
+    codes: Option<Arc<CodeSource>>,
+    announced: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    fatal: mpsc::Sender<anyhow::Error>,
+    stop: CancellationToken,
+    timeout: Duration,
+    reconnect: (Duration, Duration),
+}
+
+pub async fn run(
+    cfg: ClientConfig,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tls, server_name) = tls_client(&cfg, &[tunneld_transport_connect::ALPN])?;
+    let opts = ParkOptions {
+        server: cfg.server.clone(),
+        server_name,
+        tls,
+        token: cfg.token.as_ref().map(|t| t.0.clone()),
+        timeout: cfg.connect_timeout,
+    };
+    let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
+    let workers = CancellationToken::new();
+    for (id, r) in &cfg.rendezvous {
+        let codes = match &r.secret {
+            // Without a token the code is the credential.
+            Some(s) if opts.token.is_none() => Some(Arc::new(CodeSource {
+                secret: totp::decode_secret(&s.0)
+                    .map_err(|e| anyhow::anyhow!("rendezvous.{id}.secret: {e}"))?,
+                step: r.step,
+                last: tokio::sync::Mutex::new(None),
+            })),
+            _ => None,
+        };
+        let announced = Arc::new(AtomicBool::new(false));
+        for _ in 0..r.parked {
+            let w = Worker {
+                opts: opts.clone(),
+                id: id.clone(),
+                local: r.local.clone(),
+                codes: codes.clone(),
+                announced: announced.clone(),
+                events: events.clone(),
+                fatal: fatal_tx.clone(),
+                stop: workers.clone(),
+                timeout: cfg.connect_timeout,
+                reconnect: (cfg.reconnect.initial, cfg.reconnect.max),
+            };
+            tokio::spawn(w.run());
+        }
+    }
+    drop(fatal_tx);
+    let result = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        Some(e) = fatal_rx.recv() => Err(e),
+    };
+    workers.cancel();
+    result
+}
+
+impl Worker {
+    async fn run(self) {
+        let mut backoff = Backoff {
+            initial: self.reconnect.0,
+            max: self.reconnect.1,
+            attempt: 0,
+        };
+        loop {
+            let code = match &self.codes {
+                Some(c) => tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    c = c.next() => Some(c),
+                },
+                None => None,
+            };
+            let attempt = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = park(&self.opts, &self.id, code.as_deref()) => r,
+            };
+            let parked = match attempt {
+                Ok(p) => p,
+                Err(e) => {
+                    if e.is_permanent(self.opts.token.is_some()) {
+                        let _ = self
+                            .fatal
+                            .try_send(anyhow::anyhow!("rendezvous {}: {e}", self.id));
+                        return;
+                    }
+                    let wait = backoff.next();
+                    tracing::warn!(id = %self.id, retry_in = ?wait, "cannot park: {e}");
+                    let _ = self.events.send(ClientEvent::Disconnected {
+                        reason: format!("rendezvous {}: {e}", self.id),
+                        retry_in: wait,
+                    });
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            if !self.announced.swap(true, Ordering::Relaxed) {
+                let _ = self.events.send(ClientEvent::Parked {
+                    id: self.id.clone(),
+                });
+            }
+            let parked_at = Instant::now();
+            let mut stream = parked.stream;
+            let mut first = parked.surplus;
+            if first.is_empty() {
+                let mut b = vec![0u8; 16 * 1024];
+                let read = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    r = stream.read(&mut b) => r,
+                };
+                match read {
+                    Ok(n) if n > 0 => {
+                        b.truncate(n);
+                        first = b;
+                    }
+                    _ => {
+                        // tunneld closed it (shutdown, or a newer connection evicted it).
+                        if parked_at.elapsed() < Duration::from_secs(1) {
+                            let wait = backoff.next();
+                            tokio::select! {
+                                _ = self.stop.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+            backoff.attempt = 0;
+            let (local, timeout, id) = (self.local.clone(), self.timeout, self.id.clone());
+            tokio::spawn(async move {
+                serve_visitor(Box::new(stream), first, &local, timeout, &id).await;
+            });
+        }
+    }
+}
+
+/// Connects the visitor (already holding its first bytes) to the local service.
+async fn serve_visitor(
+    mut visitor: tunneld_core::io::BoxIo,
+    first: Vec<u8>,
+    local: &str,
+    timeout: Duration,
+    id: &str,
+) {
+    let mut service = match tokio::time::timeout(timeout, TcpStream::connect(local)).await {
+        Ok(Ok(s)) => s,
+        failed => {
+            let detail = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            tracing::warn!(%id, %local, "local service unreachable: {detail}");
+            let body = format!("tunnelc could not reach its local service {local}: {detail}\n");
+            let answer = format!(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = visitor.write_all(answer.as_bytes()).await;
+            let _ = visitor.shutdown().await;
+            return;
+        }
+    };
+    let _ = service.set_nodelay(true);
+    if service.write_all(&first).await.is_err() {
+        return;
+    }
+    if let Err(e) = splice(&mut visitor, &mut service, SpliceCounters::default()).await {
+        tracing::debug!(%id, error = %e, "rendezvous visitor ended with an error");
+    }
+}

@@ -1,0 +1,244 @@
+//! `CONNECT <tunnel>:<port>`: a raw byte stream to a tunnel that claimed its name on this
+//! frontend, whatever transport carries it (or to a rendezvous id's parked connection). Only
+//! registered names are reachable: addresses and loopback names are refused outright, and
+//! tunneld never opens an outbound connection for a visitor. The port is not used for
+//! routing: each name has one local service, chosen by its tunnel client.
+
+use crate::config::AccessMode;
+use crate::frontend::Inner;
+use crate::names::forbidden_host;
+use crate::respond::{response, send};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tunneld_core::auth::matches_digest;
+use tunneld_core::http1::RequestHead;
+use tunneld_core::io::BoxIo;
+use tunneld_core::session::StreamHeader;
+use tunneld_core::splice::{splice, SpliceCounters};
+
+fn outcome(inner: &Inner, o: &str) {
+    inner
+        .metrics
+        .connect_requests_total
+        .with_label_values(&[&inner.name, o])
+        .inc();
+}
+
+async fn refuse(inner: &Inner, io: &mut BoxIo, code: u16, o: &str, msg: &str) {
+    outcome(inner, o);
+    let extra = if code == 407 {
+        vec!["Proxy-Authenticate: Basic realm=\"tunneld\"".to_string()]
+    } else {
+        Vec::new()
+    };
+    let body = format!("{msg}\n");
+    send(io, &response(code, &extra, "text/plain", &body, true), true).await;
+}
+
+/// `host:port` of a CONNECT target.
+fn authority(target: &str) -> Option<(&str, u16)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Checks `Proxy-Authorization` against the access policy for `name`.
+fn allowed(
+    inner: &Inner,
+    head: &RequestHead,
+    name: &str,
+) -> Result<(), (u16, &'static str, String)> {
+    let presented = head.header("proxy-authorization").map(str::trim);
+    match inner.cfg.connect_access.auth {
+        AccessMode::None => Ok(()),
+        AccessMode::Basic => {
+            let creds = presented
+                .and_then(|v| {
+                    v.strip_prefix("Basic ")
+                        .or_else(|| v.strip_prefix("basic "))
+                })
+                .and_then(|b| data_encoding::BASE64.decode(b.trim().as_bytes()).ok())
+                .and_then(|raw| String::from_utf8(raw).ok());
+            let ok = creds
+                .as_deref()
+                .and_then(|c| c.split_once(':'))
+                .and_then(|(u, p)| {
+                    inner
+                        .users
+                        .get(&u.to_ascii_lowercase())
+                        .map(|d| matches_digest(p, d))
+                })
+                .unwrap_or(false);
+            if ok {
+                Ok(())
+            } else {
+                Err((
+                    407,
+                    "unauthorized",
+                    "Proxy-Authorization: Basic with a configured user is required".into(),
+                ))
+            }
+        }
+        AccessMode::Token => {
+            let Some(digest) = inner.tokens.get(&name.to_ascii_lowercase()) else {
+                return Err((
+                    403,
+                    "no_token",
+                    format!(
+                        "tunnel `{name}` takes no CONNECT visitors (no token configured for it)"
+                    ),
+                ));
+            };
+            let ok = presented
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .is_some_and(|t| matches_digest(t.trim(), digest));
+            if ok {
+                Ok(())
+            } else {
+                Err((
+                    407,
+                    "unauthorized",
+                    format!("Proxy-Authorization: Bearer with tunnel `{name}`'s token is required"),
+                ))
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    inner: &Inner,
+    mut io: BoxIo,
+    head: RequestHead,
+    surplus: Vec<u8>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let Some((host, _port)) = authority(&head.target) else {
+        return refuse(
+            inner,
+            &mut io,
+            400,
+            "bad_target",
+            "CONNECT needs <tunnel-name>:<port>",
+        )
+        .await;
+    };
+    let host = host.to_string();
+    if forbidden_host(&host) {
+        return refuse(
+            inner,
+            &mut io,
+            403,
+            "forbidden",
+            &format!("`{host}` is not reachable: only registered tunnel names are"),
+        )
+        .await;
+    }
+    if let Err((code, o, msg)) = allowed(inner, &head, &host) {
+        return refuse(inner, &mut io, code, o, &msg).await;
+    }
+    let started = Instant::now();
+    let stream = if let Some(route) = inner.names.lookup(&host) {
+        let header = StreamHeader {
+            tunnel: route.tunnel.clone(),
+            target: None,
+            visitor: peer,
+            public: local,
+            proxy_protocol: route.proxy_protocol,
+        };
+        match tokio::time::timeout(inner.cfg.open_timeout, route.target.open(header, None)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                inner
+                    .metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[&inner.name, e.reason()])
+                    .inc();
+                return refuse(
+                    inner,
+                    &mut io,
+                    502,
+                    e.reason(),
+                    &format!("tunnel `{host}`: {e}"),
+                )
+                .await;
+            }
+            Err(_) => {
+                return refuse(
+                    inner,
+                    &mut io,
+                    504,
+                    "timeout",
+                    &format!("tunnel `{host}`: the tunnel client did not answer in time"),
+                )
+                .await;
+            }
+        }
+    } else if inner.names.reserved(&host) {
+        return refuse(
+            inner,
+            &mut io,
+            502,
+            "offline",
+            &format!("tunnel `{host}`: the tunnel client is not connected"),
+        )
+        .await;
+    } else if inner.registry.ids.get(&host).is_some() {
+        match inner.registry.take(&host, inner.cfg.visitor_wait).await {
+            Some(s) => s,
+            None => {
+                return refuse(
+                    inner,
+                    &mut io,
+                    502,
+                    "nothing_parked",
+                    &format!("rendezvous id `{host}`: no hidden server is waiting"),
+                )
+                .await
+            }
+        }
+    } else {
+        return refuse(
+            inner,
+            &mut io,
+            403,
+            "unknown_name",
+            &format!("`{host}` is not a tunnel name registered here"),
+        )
+        .await;
+    };
+    let mut stream = stream;
+    let m = &inner.metrics;
+    m.stream_open_seconds
+        .with_label_values(&[&inner.name])
+        .observe(started.elapsed().as_secs_f64());
+    m.streams_opened_total
+        .with_label_values(&[&inner.name])
+        .inc();
+    if io
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+        || io.flush().await.is_err()
+    {
+        return;
+    }
+    outcome(inner, "ok");
+    if !surplus.is_empty() && stream.write_all(&surplus).await.is_err() {
+        return;
+    }
+    let active = m.streams_active.with_label_values(&[&inner.name]);
+    active.inc();
+    let counters = SpliceCounters {
+        a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
+        b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
+    };
+    if let Err(e) = splice(&mut io, &mut stream, counters).await {
+        tracing::debug!(frontend = %inner.name, tunnel = %host, error = %e, "CONNECT stream ended with an error");
+    }
+    active.dec();
+}

@@ -1,0 +1,263 @@
+//! The plug-in: binds the HTTPS listener, routes each connection by its first request, and
+//! holds tunnel-name claims.
+
+use crate::config::Config;
+use crate::names::Names;
+use crate::{connect_access, visitor};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tunneld_core::auth::{token_digest, Authenticator};
+use tunneld_core::frontend::{
+    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
+};
+use tunneld_core::http1::{self, HeadError};
+use tunneld_core::metrics::Metrics;
+use tunneld_core::proto::TunnelKind;
+use tunneld_core::rendezvous::park::{self, Parker};
+use tunneld_core::rendezvous::registry::Registry;
+use tunneld_core::rendezvous::visitor_auth::Nonces;
+use tunneld_core::tls_listener::{self, Accepted, ListenerSpec};
+
+/// What every connection of this frontend shares.
+pub(crate) struct Inner {
+    pub name: String,
+    pub cfg: Config,
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
+    pub nonces: Nonces,
+    pub names: Arc<Names>,
+    pub metrics: Arc<Metrics>,
+    /// `connect_access.users`, digested.
+    pub users: HashMap<String, [u8; 32]>,
+    /// `connect_access.tokens`, digested.
+    pub tokens: HashMap<String, [u8; 32]>,
+}
+
+impl Inner {
+    pub(crate) fn visitor_outcome(&self, outcome: &str) {
+        self.metrics
+            .rendezvous_visitors_total
+            .with_label_values(&[&self.name, outcome])
+            .inc();
+    }
+}
+
+pub struct RendezvousFrontend {
+    inner: Arc<Inner>,
+    listener: Mutex<Option<TcpListener>>,
+    local: SocketAddr,
+    tls: TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl RendezvousFrontend {
+    /// Binds the listener (port 0 works). `tls` is tunneld's server identity for visitors.
+    pub async fn bind(
+        name: &str,
+        cfg: Config,
+        tls: Arc<rustls::ServerConfig>,
+        registry: Arc<Registry>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        handshake_timeout: Duration,
+    ) -> std::io::Result<Arc<Self>> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let local = listener.local_addr()?;
+        let digest = |m: &std::collections::BTreeMap<String, tunneld_core::auth::Secret>| {
+            m.iter()
+                .filter_map(|(k, v)| token_digest(&v.0).ok().map(|d| (k.to_ascii_lowercase(), d)))
+                .collect::<HashMap<_, _>>()
+        };
+        let inner = Inner {
+            name: name.to_string(),
+            users: digest(&cfg.connect_access.users),
+            tokens: digest(&cfg.connect_access.tokens),
+            names: Names::new(cfg.reclaim_grace),
+            nonces: Nonces::new(Duration::from_secs(300)),
+            cfg,
+            registry,
+            auth,
+            metrics,
+        };
+        Ok(Arc::new(Self {
+            inner: Arc::new(inner),
+            listener: Mutex::new(Some(listener)),
+            local,
+            tls: TlsAcceptor::from(tls),
+            handshake_timeout,
+        }))
+    }
+
+    fn public(&self) -> String {
+        match &self.inner.cfg.public_host {
+            Some(h) => format!("{h}:{}", self.local.port()),
+            None => self.local.to_string(),
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> String {
+        format!("connect://{}/{name}", self.public())
+    }
+}
+
+#[async_trait]
+impl Frontend for RendezvousFrontend {
+    fn kind(&self) -> &'static str {
+        "rendezvous"
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn serves(&self, kind: TunnelKind) -> bool {
+        matches!(kind, TunnelKind::Tcp)
+    }
+
+    /// Tunnels land here only when they name this frontend.
+    fn is_default_for(&self, _: TunnelKind) -> bool {
+        false
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        Some(self.local)
+    }
+
+    async fn serve(self: Arc<Self>, cx: FrontendContext) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let spec = ListenerSpec {
+            component: self.inner.name.clone(),
+            tls: self.tls.clone(),
+            handshake_timeout: self.handshake_timeout,
+            max_connections: self.inner.cfg.max_connections,
+            metrics: cx.metrics.clone(),
+            shutdown: cx.shutdown.clone(),
+            tasks: cx.tasks.clone(),
+        };
+        let inner = self.inner.clone();
+        let shutdown = cx.shutdown.clone();
+        tls_listener::run(listener, spec, move |a| {
+            let (inner, shutdown) = (inner.clone(), shutdown.clone());
+            async move { serve_connection(inner, a, shutdown).await }
+        })
+        .await;
+    }
+
+    async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError> {
+        let endpoint = self.endpoint(&req.tunnel.to_ascii_lowercase());
+        self.inner.names.claim(&req, endpoint)
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        self.inner
+            .names
+            .routes(&self.inner.name, |n| self.endpoint(n))
+    }
+}
+
+/// Reads requests until one decides what the connection is: a parked hidden server, a
+/// CONNECT to a tunnel, or a rendezvous visitor (after any number of challenges).
+async fn serve_connection(
+    inner: Arc<Inner>,
+    a: Accepted,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Accepted {
+        mut io,
+        peer,
+        local,
+        cert_cn,
+    } = a;
+    let mut buf = Vec::new();
+    loop {
+        let head = match tokio::time::timeout(
+            inner.cfg.header_timeout,
+            http1::read_head(&mut io, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(h)) => h,
+            Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
+            Ok(Err(e)) => {
+                inner.visitor_outcome(e.reason());
+                let body = format!("{e}\n");
+                crate::respond::send(
+                    &mut io,
+                    &crate::respond::response(400, &[], "text/plain", &body, true),
+                    true,
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                if buf.is_empty() {
+                    return;
+                }
+                inner.visitor_outcome("head_timeout");
+                crate::respond::send(
+                    &mut io,
+                    &crate::respond::response(
+                        408,
+                        &[],
+                        "text/plain",
+                        "request head timed out\n",
+                        true,
+                    ),
+                    true,
+                )
+                .await;
+                return;
+            }
+        };
+        if head.method.eq_ignore_ascii_case("CONNECT") {
+            if head.target.starts_with("uuid:") {
+                if inner.cfg.parking {
+                    park::serve(
+                        inner.registry.clone(),
+                        &inner.auth,
+                        io,
+                        head,
+                        buf,
+                        Parker {
+                            peer: peer.ip(),
+                            cert_cn,
+                        },
+                        shutdown,
+                    )
+                    .await;
+                } else {
+                    inner.visitor_outcome("parking_disabled");
+                    crate::respond::send(
+                        &mut io,
+                        &park::error_answer(403, "this listener does not accept parking"),
+                        true,
+                    )
+                    .await;
+                }
+            } else {
+                connect_access::serve(&inner, io, head, buf, peer, local).await;
+            }
+            return;
+        }
+        match visitor::serve(&inner, &mut io, head, &mut buf, peer).await {
+            visitor::Next::Request => continue,
+            visitor::Next::Done => return,
+            visitor::Next::Splice(parked, prelude) => {
+                visitor::splice_to(&inner, io, parked, prelude).await;
+                return;
+            }
+        }
+    }
+}

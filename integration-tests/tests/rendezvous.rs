@@ -1,0 +1,690 @@
+//! node-rendezvous on tunneld: the `connect` transport (hidden servers parking connections)
+//! and the `rendezvous` frontend (visitors by Digest/Basic username or `?rendezvous=`, and
+//! `CONNECT <tunnel>:<port>` to named tunnels). Real peers: curl, oathtool, Node, a Rust
+//! TLS client speaking the hidden-server wire byte for byte, tokio-tungstenite.
+
+use anyhow::{anyhow, Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunneld_core::rendezvous::totp;
+use tunneld_daemon::client::ClientEvent;
+use tunneld_integration_tests::process::{self, curl, Proc};
+use tunneld_integration_tests::{
+    services, sha256_hex, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
+};
+
+const VISITOR_PASSWORD: &str = "visitor-password-0123";
+
+/// tunneld with a `connect` transport (`hidden`) and a `rendezvous` frontend (`rdv`).
+async fn server() -> Result<TestServer> {
+    let extra = format!(
+        "  rdv:\n    type: rendezvous\n    listen: 127.0.0.1:0\n    visitor_wait: 2s\n    connect_access: {{ auth: basic, users: {{ visitor: {VISITOR_PASSWORD} }} }}\nrendezvous:\n  max_failures: 3\n  max_parked_per_id: 8\n"
+    );
+    TestServer::start_full(
+        &extra,
+        &["transports.hidden={type: connect, listen: \"127.0.0.1:0\"}".into()],
+    )
+    .await
+}
+
+fn hidden(s: &TestServer) -> SocketAddr {
+    s.running.transports["hidden"]
+}
+
+fn rdv(s: &TestServer) -> SocketAddr {
+    s.running.frontends["rdv"]
+}
+
+/// `tunneld rendezvous add` with the real binary on the server's config; returns the secret.
+async fn add_id(s: &TestServer, id: &str, client: Option<&str>) -> Result<String> {
+    let mut args = vec![
+        "--config".to_string(),
+        s.dir.join("server.yaml").display().to_string(),
+        "rendezvous".into(),
+        "add".into(),
+        id.into(),
+    ];
+    if let Some(c) = client {
+        args.extend(["--client".into(), c.into()]);
+    }
+    let out = tokio::process::Command::new(process::binary("tunneld")?)
+        .args(&args)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "rendezvous add failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("id: {id}\n")), "{text}");
+    assert!(text.contains("uri: otpauth://totp/tunneld:"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no secret in {text}"))
+}
+
+/// An in-process tunnelc serving `id` over the connect transport; waits until it parked.
+async fn park_client(
+    s: &TestServer,
+    id: &str,
+    local: SocketAddr,
+    parked: usize,
+) -> Result<TestClient> {
+    let yaml = format!(
+        "server: {}\nserver_name: localhost\ntransport: connect\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\nrendezvous:\n  {id}: {{ local: \"{local}\", parked: {parked} }}\n",
+        hidden(s),
+        s.ca_file().display()
+    );
+    let file = temp_dir("client").join("client.yaml");
+    std::fs::write(&file, yaml)?;
+    let cfg = tunneld_daemon::config::client::ClientConfig::load(Some(&file), &[])
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut c = TestClient::spawn(cfg);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, c.events.recv())
+            .await
+            .context("tunnelc did not park in time")?
+            .ok_or_else(|| anyhow!("tunnelc stopped"))?;
+        match ev {
+            ClientEvent::Parked { id: got } if got == id => break,
+            ClientEvent::Disconnected { reason, .. } => return Err(anyhow!("tunnelc: {reason}")),
+            _ => {}
+        }
+    }
+    wait_parked(s, id, parked).await?;
+    Ok(c)
+}
+
+/// Polls (bounded) until exactly `n` connections are parked for `id`.
+async fn wait_parked(s: &TestServer, id: &str, n: usize) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.running.rendezvous.parked(id) != n {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} parked for {id}, expected {n}",
+            s.running.rendezvous.parked(id)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn url(s: &TestServer, path: &str) -> String {
+    format!("https://localhost:{}{path}", rdv(s).port())
+}
+
+fn resolve(s: &TestServer) -> String {
+    format!("localhost:{}:127.0.0.1", rdv(s).port())
+}
+
+/// Reads until the peer closes (bounded).
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, r.read_to_end(&mut out)).await;
+    out
+}
+
+/// One raw hidden-server exchange: sends `request`, returns everything tunneld answered
+/// before closing (or the bytes up to the end of a 200 answer).
+async fn raw_park(
+    s: &TestServer,
+    request: &str,
+) -> (
+    Vec<u8>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let mut tls = s.tls_connect_to(hidden(s), b"http/1.1").await;
+    tls.write_all(request.as_bytes()).await.expect("write");
+    tls.flush().await.expect("flush");
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            match tls.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+            if got == b"HTTP/1.1 200\r\n\r\n" {
+                break;
+            }
+        }
+    })
+    .await;
+    (got, tls)
+}
+
+fn err_answer(code: u16, diagnostic: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {code}\r\n\r\n{{\"error\":{{\"permanent\":false,\"diagnostic\":\"{diagnostic}\"}}}}").into_bytes()
+}
+
+/// A code from Debian's oathtool (the reference implementation of RFC 6238 here).
+async fn oathtool(secret: &str, step: u64) -> Result<String> {
+    let out = tokio::process::Command::new("oathtool")
+        .args(["--totp", "-b", &format!("--time-step-size={step}s"), secret])
+        .output()
+        .await
+        .context("oathtool is not installed (scripts/test installs it)")?;
+    anyhow::ensure!(out.status.success(), "oathtool failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn now_counter(step: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    totp::counter_at(now, step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tunnelc_serves_an_id_to_curl_with_digest_and_basic() -> Result<()> {
+    let s = server().await?;
+    add_id(&s, "rdv-one", Some("alice")).await?;
+    let local = services::http_inspect().await;
+    let _c = park_client(&s, "rdv-one", local, 4).await?;
+    let (res, ca) = (resolve(&s), s.ca_file().display().to_string());
+    let base = ["--resolve", &res, "--cacert", &ca];
+
+    // No credentials: node-rendezvous's Digest challenge.
+    let (_, out) = curl(&[&base[..], &["-i", &url(&s, "/x")]].concat()).await?;
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.contains(
+            "WWW-Authenticate: Digest realm=\"rendezvous\", qop=\"auth, auth-int\", nonce=\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("opaque=\""), "{out}");
+
+    // Digest and Basic, username = id; Authorization never reaches the hidden side.
+    for auth in ["--digest", "--basic"] {
+        let (st, out) = curl(
+            &[
+                &base[..],
+                &[auth, "-u", "rdv-one:anything", &url(&s, "/digest?q=1")],
+            ]
+            .concat(),
+        )
+        .await?;
+        assert!(st.success(), "{auth}: {out}");
+        assert_eq!(
+            out,
+            format!(
+                "hello /digest?q=1 host=localhost:{} body=0 sha256={} authorization=no\n",
+                rdv(&s).port(),
+                sha256_hex(b"")
+            ),
+            "{auth}"
+        );
+    }
+
+    // An 8 MiB POST arrives intact, with Digest (curl probes with an empty body first) and
+    // with Basic (the body follows the head at once).
+    let dir = temp_dir("rdv-post");
+    let body = tunneld_integration_tests::pattern(8 << 20, 5);
+    let file = dir.join("body.bin");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    for auth in ["--digest", "--basic"] {
+        let (st, out) = curl(
+            &[
+                &base[..],
+                &[
+                    auth,
+                    "-u",
+                    "rdv-one:x",
+                    "--data-binary",
+                    &data,
+                    &url(&s, "/post"),
+                ],
+            ]
+            .concat(),
+        )
+        .await?;
+        assert!(st.success(), "{out}");
+        assert!(
+            out.contains(&format!(
+                "body={} sha256={} ",
+                body.len(),
+                sha256_hex(&body)
+            )),
+            "{auth}: {out}"
+        );
+    }
+
+    // Unknown id: 404 with the JSON error, at once.
+    let (_, out) = curl(&[&base[..], &["-i", "-u", "nobody:x", &url(&s, "/")]].concat()).await?;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        out.ends_with("{\"error\":{\"permanent\":false,\"diagnostic\":\"UUID not registered\"}}"),
+        "{out}"
+    );
+
+    // 50 concurrent visitors, each with its own Digest round: the parked pool refills.
+    let urls: Vec<String> = (0..50).map(|i| url(&s, &format!("/c{i}"))).collect();
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend([
+        "--digest",
+        "-u",
+        "rdv-one:x",
+        "-Z",
+        "--parallel-max",
+        "50",
+        "--parallel-immediate",
+        "-w",
+        "%{http_code}\n",
+        "-o",
+        "/dev/null",
+    ]);
+    args.extend(urls.iter().map(String::as_str));
+    let (_, out) = curl(&args).await?;
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 50, "{out}");
+
+    // curl reuses a matched connection for later requests (it stays spliced to the same
+    // hidden server), so matches count connections, not requests.
+    let m = s.metrics().await;
+    let matched = m.get(
+        "tunneld_rendezvous_visitors_total",
+        &[("frontend", "rdv"), ("outcome", "matched")],
+    );
+    assert!(matched >= 5.0, "{matched}");
+    assert!(
+        m.get(
+            "tunneld_rendezvous_visitors_total",
+            &[("frontend", "rdv"), ("outcome", "challenged")]
+        ) >= 1.0
+    );
+    assert!(
+        m.get(
+            "tunneld_rendezvous_visitors_total",
+            &[("frontend", "rdv"), ("outcome", "unknown_id")]
+        ) >= 1.0
+    );
+    assert!(
+        m.get(
+            "tunneld_rendezvous_park_requests_total",
+            &[("outcome", "ok")]
+        ) >= matched
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hidden_server_wire_answers_and_totp_rules() -> Result<()> {
+    let s = server().await?;
+    let secret = add_id(&s, "wire", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+
+    let (got, _) = raw_park(&s, "CONNECT example.com:443 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(got, err_answer(403, "request-target must be uuid:<ID>"));
+    let (got, _) = raw_park(&s, "CONNECT uuid:wire HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        got,
+        err_answer(407, "the response parameter (TOTP code) is missing")
+    );
+    let (got, _) = raw_park(
+        &s,
+        "CONNECT uuid:wire?response=123456 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        got,
+        err_answer(409, "data sent before the answer to CONNECT")
+    );
+
+    // A good code from oathtool parks; the visitor's request arrives without Authorization.
+    let code = oathtool(&secret, 30).await?;
+    let (got, mut parked) = raw_park(
+        &s,
+        &format!("CONNECT uuid:wire?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/from-visitor"),
+    );
+    let visitor = tokio::spawn(async move {
+        curl(&[
+            "--resolve",
+            &res,
+            "--cacert",
+            &ca,
+            "--digest",
+            "-u",
+            "wire:pw",
+            "-H",
+            "X-Extra: 1",
+            &u,
+        ])
+        .await
+    });
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, parked.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "parked connection closed");
+        head.extend_from_slice(&b[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("GET /from-visitor HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("X-Extra: 1\r\n"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization"),
+        "{head}"
+    );
+    parked
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhidden")
+        .await?;
+    parked.shutdown().await?;
+    let (_, out) = visitor.await??;
+    assert_eq!(out, "hidden");
+
+    // The same code again: refused (codes are single-use); an expired one too.
+    let (got, _) = raw_park(
+        &s,
+        &format!("CONNECT uuid:wire?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        got,
+        err_answer(401, "this code was already used; wait for the next one")
+    );
+    let old = totp::code(&key, now_counter(30) - 3);
+    let (got, _) = raw_park(
+        &s,
+        &format!("CONNECT uuid:wire?response={old} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, err_answer(401, "unknown id or wrong code"));
+    // An unknown id looks the same as a wrong code.
+    let (got, _) = raw_park(&s, "CONNECT uuid:nope?response=000000 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(got, err_answer(401, "unknown id or wrong code"));
+
+    let (got, _) = raw_park(&s, "CONNECT uuid:wire?response=12x HTTP/1.1\r\n\r\n").await;
+    assert_eq!(got, err_answer(401, "unknown id or wrong code"));
+
+    // The attempt cap (3 here): the next try is refused even with a right code.
+    let fresh = totp::code(&key, now_counter(30) + 1);
+    let (got, _) = raw_park(
+        &s,
+        &format!("CONNECT uuid:wire?response={fresh} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 429\r\n\r\n{\"error\":{\"permanent\":false,\"diagnostic\":\"too many failed attempts"), "{text}");
+
+    // A token parks only for an id that names its client.
+    let (got, _) = raw_park(
+        &s,
+        &format!("CONNECT uuid:wire HTTP/1.1\r\nProxy-Authorization: Bearer {BOB_TOKEN}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, err_answer(401, "client `bob` may not park for id `wire` (the id is unknown or belongs to another client)"));
+
+    // Nothing parked for a known id: the visitor waits `visitor_wait` (2 s here), then 404.
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/late"),
+    );
+    let (_, out) = curl(&[
+        "-i",
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "-u",
+        "wire:pw",
+        &u,
+    ])
+    .await?;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.ends_with("\"UUID not registered\"}}"), "{out}");
+
+    let m = s.metrics().await;
+    assert_eq!(
+        m.get(
+            "tunneld_rendezvous_visitors_total",
+            &[("frontend", "rdv"), ("outcome", "nothing_parked")]
+        ),
+        1.0
+    );
+    for (reason, n) in [
+        ("replayed_code", 1.0),
+        ("wrong_code", 1.0),
+        ("malformed_code", 1.0),
+        ("unknown_id", 1.0),
+        ("locked_out", 1.0),
+    ] {
+        assert!(
+            m.get(
+                "tunneld_rendezvous_totp_failures_total",
+                &[("reason", reason)]
+            ) >= n,
+            "{reason}"
+        );
+    }
+    for outcome in [
+        "forbidden_target",
+        "missing_response",
+        "early_data",
+        "ok",
+        "unauthorized",
+    ] {
+        assert!(
+            m.get(
+                "tunneld_rendezvous_park_requests_total",
+                &[("outcome", outcome)]
+            ) >= 1.0,
+            "{outcome}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_original_node_hidden_server_works_unchanged() -> Result<()> {
+    let s = server().await?;
+    let secret = add_id(&s, "node-hidden", None).await?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/hidden-server.js");
+    let addr = hidden(&s);
+    let ca = s.ca_file().display().to_string();
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
+    let mut node = Proc::spawn_program(
+        Path::new("node"),
+        &[
+            script.to_str().unwrap_or_default(),
+            &host,
+            &port,
+            "node-hidden",
+            &secret,
+            "30",
+            &ca,
+        ],
+        s.dir.join("node.err"),
+    )?;
+    node.line_starting("parked").await?;
+    let (res, u) = (resolve(&s), url(&s, "/via-node"));
+    let (_, out) = curl(&[
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "--digest",
+        "-u",
+        "node-hidden:pw",
+        &u,
+    ])
+    .await?;
+    assert_eq!(out, "node saw GET /via-node HTTP/1.1 authorization=no\n");
+    assert!(node.wait().await?.success(), "{}", node.stderr());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_echo_through_the_rendezvous_query_parameter() -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = server().await?;
+    add_id(&s, "ws-id", Some("alice")).await?;
+    let _c = park_client(&s, "ws-id", services::websocket_echo().await, 2).await?;
+    let tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+    let (mut ws, resp) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(
+            format!("wss://localhost:{}/chat?rendezvous=ws-id", rdv(&s).port()),
+            tls,
+        ),
+    )
+    .await??;
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await?;
+        let back = tokio::time::timeout(WAIT, ws.next())
+            .await?
+            .ok_or_else(|| anyhow!("closed"))??;
+        assert_eq!(back.into_text()?.as_str(), text);
+    }
+    let big = vec![7u8; 256 * 1024];
+    ws.send(Message::binary(big.clone())).await?;
+    let back = tokio::time::timeout(WAIT, ws.next())
+        .await?
+        .ok_or_else(|| anyhow!("closed"))??;
+    assert_eq!(back.into_data().as_ref(), &big[..]);
+    ws.close(None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connect_reaches_named_tunnels_over_every_transport_and_nothing_else() -> Result<()> {
+    let s = server().await?;
+    let local = services::http().await;
+    // A yamux tunnel that names the rendezvous frontend.
+    let mut c = TestClient::spawn(s.client_config(
+        ALICE_TOKEN,
+        &format!("  web:\n    local: \"{local}\"\n    frontend: rdv\n"),
+    )?);
+    let tunnels = c.connected().await?;
+    assert_eq!(
+        tunnels[0].endpoint.as_deref(),
+        Some(format!("connect://{}/web", rdv(&s)).as_str()),
+        "{tunnels:?}"
+    );
+    // A rendezvous id served over the connect transport.
+    add_id(&s, "parked-id", Some("alice")).await?;
+    let _p = park_client(&s, "parked-id", local, 2).await?;
+
+    // A parked socket whose peer goes away leaves the queue without a visitor finding it.
+    let (got, raw) = raw_park(
+        &s,
+        &format!(
+            "CONNECT uuid:parked-id HTTP/1.1\r\nProxy-Authorization: Bearer {ALICE_TOKEN}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    wait_parked(&s, "parked-id", 3).await?;
+    drop(raw);
+    wait_parked(&s, "parked-id", 2).await?;
+    assert!(
+        s.metrics().await.get(
+            "tunneld_rendezvous_parked_dropped_total",
+            &[("reason", "closed")]
+        ) >= 1.0
+    );
+
+    let ca = s.ca_file().display().to_string();
+    let proxy = format!("https://localhost:{}", rdv(&s).port());
+    let res = resolve(&s);
+    let user = format!("visitor:{VISITOR_PASSWORD}");
+    for (name, path) in [("web", "/over-yamux"), ("parked-id", "/over-connect")] {
+        let target = format!("http://{name}:80{path}");
+        let (st, out) = curl(&[
+            "--resolve",
+            &res,
+            "--proxy-cacert",
+            &ca,
+            "-p",
+            "-x",
+            &proxy,
+            "--proxy-user",
+            &user,
+            &target,
+        ])
+        .await?;
+        assert!(st.success(), "{name}: {out}");
+        assert_eq!(out, format!("hello {path} host={name} body=0\n"));
+    }
+
+    // Refusals, with the bytes of a raw client.
+    let bystander = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let forbidden = format!("127.0.0.1:{}", bystander.local_addr()?.port());
+    let basic = format!("Basic {}", data_encoding::BASE64.encode(user.as_bytes()));
+    for (target, auth, want) in [
+        (forbidden.as_str(), basic.as_str(), "HTTP/1.1 403 "),
+        ("127.0.0.1:22", basic.as_str(), "HTTP/1.1 403 "),
+        ("[::1]:22", basic.as_str(), "HTTP/1.1 403 "),
+        ("localhost:80", basic.as_str(), "HTTP/1.1 403 "),
+        ("nosuch:80", basic.as_str(), "HTTP/1.1 403 "),
+        ("web:80", "Basic d3Jvbmc6d3Jvbmc=", "HTTP/1.1 407 "),
+        ("web", basic.as_str(), "HTTP/1.1 400 "),
+    ] {
+        let mut tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+        tls.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n").as_bytes()).await?;
+        let got = String::from_utf8_lossy(&read_all(&mut tls).await).to_string();
+        assert!(got.starts_with(want), "{target}: {got}");
+    }
+    // tunneld never dialled the address it was asked for.
+    let dialled = tokio::time::timeout(std::time::Duration::ZERO, bystander.accept()).await;
+    assert!(dialled.is_err(), "tunneld connected to {forbidden}");
+
+    // A name is bound to its owner.
+    let mut bob = TestClient::spawn(s.client_config(
+        BOB_TOKEN,
+        &format!("  web:\n    local: \"{local}\"\n    frontend: rdv\n"),
+    )?);
+    let t = bob.connected().await?;
+    assert_eq!(
+        t[0].error.as_deref(),
+        Some("name `web` is held by another client"),
+        "{t:?}"
+    );
+
+    // After the owner leaves the name is reserved: 502, not someone else's service.
+    c.shutdown().await?;
+    let mut tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+    tls.write_all(
+        format!("CONNECT web:80 HTTP/1.1\r\nProxy-Authorization: {basic}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let got = String::from_utf8_lossy(&read_all(&mut tls).await).to_string();
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+
+    let m = s.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_connect_requests_total",
+            &[("frontend", "rdv"), ("outcome", "ok")]
+        ) >= 2.0
+    );
+    assert!(
+        m.get(
+            "tunneld_connect_requests_total",
+            &[("frontend", "rdv"), ("outcome", "forbidden")]
+        ) >= 4.0
+    );
+    assert!(
+        m.get(
+            "tunneld_connect_requests_total",
+            &[("frontend", "rdv"), ("outcome", "unauthorized")]
+        ) >= 1.0
+    );
+    Ok(())
+}
