@@ -688,3 +688,138 @@ async fn connect_reaches_named_tunnels_over_every_transport_and_nothing_else() -
     );
     Ok(())
 }
+
+/// One raw request on a new TLS connection to the rendezvous frontend; the whole answer.
+async fn raw_request(s: &TestServer, request: &str) -> String {
+    let mut tls = s.tls_connect_to(rdv(s), b"http/1.1").await;
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    // One response: the head, then Content-Length bytes.
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            match tls.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_nonces_are_tunnelds_own_and_counts_cannot_repeat() -> Result<()> {
+    let s = server().await?;
+    let challenge = raw_request(&s, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(
+        challenge.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{challenge}"
+    );
+    let field = |name: &str| -> String {
+        let start = challenge
+            .find(&format!("{name}=\""))
+            .map(|i| i + name.len() + 2)
+            .unwrap_or(0);
+        challenge[start..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (nonce, opaque) = (field("nonce"), field("opaque"));
+    let digest = |nonce: &str, nc: &str| {
+        format!("GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Digest username=\"no-such-id\", realm=\"rendezvous\", nonce=\"{nonce}\", uri=\"/\", cnonce=\"c\", nc={nc}, qop=auth, response=\"0\", opaque=\"{opaque}\"\r\n\r\n")
+    };
+    // Accepted nonce: the request goes on to the id (unknown here: 404).
+    assert!(raw_request(&s, &digest(&nonce, "00000001"))
+        .await
+        .starts_with("HTTP/1.1 404 "));
+    // The same count again: replayed.
+    let again = raw_request(&s, &digest(&nonce, "00000001")).await;
+    assert!(
+        again.starts_with("HTTP/1.1 401 ") && again.contains("replayed_nonce"),
+        "{again}"
+    );
+    assert!(raw_request(&s, &digest(&nonce, "00000002"))
+        .await
+        .starts_with("HTTP/1.1 404 "));
+    // A nonce tunneld never issued.
+    let forged = raw_request(
+        &s,
+        &digest("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "00000001"),
+    )
+    .await;
+    assert!(
+        forged.starts_with("HTTP/1.1 401 ") && forged.contains("foreign_nonce"),
+        "{forged}"
+    );
+    // Smuggling-shaped framing is refused.
+    let smuggle = raw_request(&s, "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic eDp4\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
+    assert!(smuggle.starts_with("HTTP/1.1 400 "), "{smuggle}");
+    let m = s.metrics().await;
+    assert_eq!(
+        m.get(
+            "tunneld_rendezvous_visitors_total",
+            &[("frontend", "rdv"), ("outcome", "replayed_nonce")]
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_a_token_per_tunnel() -> Result<()> {
+    let web_token = "web-visitor-token-0123456";
+    let extra = format!(
+        "  rdv:\n    type: rendezvous\n    listen: 127.0.0.1:0\n    connect_access: {{ auth: token, tokens: {{ web: {web_token} }} }}\n"
+    );
+    let s = TestServer::start_with(&extra).await?;
+    let local = services::echo().await;
+    let mut c = TestClient::spawn(s.client_config(
+        ALICE_TOKEN,
+        &format!("  web:\n    local: \"{local}\"\n    frontend: rdv\n  other:\n    local: \"{local}\"\n    frontend: rdv\n"),
+    )?);
+    c.connected().await?;
+    for (target, auth, want) in [
+        (
+            "web:22",
+            format!("Bearer {web_token}"),
+            "HTTP/1.1 200 Connection established\r\n\r\n",
+        ),
+        (
+            "web:22",
+            "Bearer wrong-token-0000000000".to_string(),
+            "HTTP/1.1 407 ",
+        ),
+        ("other:22", format!("Bearer {web_token}"), "HTTP/1.1 403 "),
+    ] {
+        let mut tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+        tls.write_all(
+            format!("CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\nping")
+                .as_bytes(),
+        )
+        .await?;
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut got)).await??;
+        assert_eq!(String::from_utf8_lossy(&got), want, "{target}");
+        if want.contains("200") {
+            // Bytes sent right behind the CONNECT head reach the service.
+            let mut echo = [0u8; 4];
+            tokio::time::timeout(WAIT, tls.read_exact(&mut echo)).await??;
+            assert_eq!(&echo, b"ping");
+        }
+    }
+    Ok(())
+}
