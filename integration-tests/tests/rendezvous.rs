@@ -823,3 +823,61 @@ async fn connect_with_a_token_per_tunnel() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn rendezvous_cli_adds_lists_and_removes_ids() -> Result<()> {
+    let dir = temp_dir("rdv-cli");
+    let config = dir.join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nauth: {{ tokens: {{ a: {{ token: aaaaaaaaaaaaaaaaaaaa }} }} }}\ntransports: {{ hidden: {{ type: connect, listen: 127.0.0.1:0 }} }}\nfrontends: {{ tcp: {{ type: ports, range: 20000-20010 }} }}\n",
+            dir.join("state").display()
+        ),
+    )?;
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(process::binary("tunneld")?)
+                .arg("--config")
+                .arg(&config)
+                .arg("rendezvous")
+                .args(&args)
+                .output()
+                .await?;
+            Ok::<_, anyhow::Error>((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            ))
+        }
+    };
+    let (ok, out) = run(vec!["add".into(), "--step".into(), "60".into()]).await?;
+    assert!(ok, "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(id.len(), 36, "a UUID: {out}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap_or_default();
+    assert!(out.contains(&format!("uri: otpauth://totp/tunneld:{id}?secret={secret}&issuer=tunneld&algorithm=SHA1&digits=6&period=60")), "{out}");
+    let (ok, out) = run(vec!["add".into(), id.clone()]).await?;
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let (ok, out) = run(vec!["add".into(), "bad id".into()]).await?;
+    assert!(!ok && out.contains("is invalid"), "{out}");
+    let (ok, out) = run(vec!["list".into()]).await?;
+    assert!(
+        ok && out.contains(&format!("{id} step=60 client=-")),
+        "{out}"
+    );
+    assert!(!out.contains(secret), "list never shows secrets: {out}");
+    let (ok, out) = run(vec!["remove".into(), id.clone()]).await?;
+    assert!(ok && out.contains(&format!("removed {id}")), "{out}");
+    let (ok, out) = run(vec!["remove".into(), id.clone()]).await?;
+    assert!(!ok && out.contains("no rendezvous id"), "{out}");
+    Ok(())
+}
