@@ -52,6 +52,25 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The parameter of an `Authorization` / `Proxy-Authorization` value in `scheme`
+/// (compared case-insensitively): the token of `Bearer <token>`, the base64 of `Basic ...`.
+pub fn scheme_param<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = value.trim().split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+/// Decodes the parameter of `Basic` credentials into (user, password).
+pub fn basic_credentials(param: &str) -> Result<(String, String), String> {
+    let raw = data_encoding::BASE64
+        .decode(param.trim().as_bytes())
+        .map_err(|_| "Basic credentials are not base64".to_string())?;
+    let text = String::from_utf8(raw).map_err(|_| "Basic credentials are not UTF-8")?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or("Basic credentials have no `:`")?;
+    Ok((user.to_string(), password.to_string()))
+}
+
 /// Whether `presented` hashes to `digest` (constant time).
 pub fn matches_digest(presented: &str, digest: &[u8; 32]) -> bool {
     ct_eq(&sha256(presented.as_bytes()), digest)

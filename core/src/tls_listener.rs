@@ -14,6 +14,36 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A listener bound at construction (so the caller learns the real address, port 0 works)
+/// and handed to the accept loop once, when the component starts serving.
+pub struct BoundListener {
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    local: SocketAddr,
+}
+
+impl BoundListener {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok(Self {
+            listener: std::sync::Mutex::new(Some(listener)),
+            local,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The listener, the first time only.
+    pub fn take(&self) -> Option<TcpListener> {
+        self.listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
 /// Kernel keepalive: about 60 s after the last packet a silent peer is gone.
 pub fn set_keepalive(tcp: &TcpStream) {
     let keepalive = socket2::TcpKeepalive::new()

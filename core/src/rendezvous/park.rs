@@ -87,11 +87,7 @@ pub async fn serve(
     let entry = reg.ids.get(id);
     let bearer = head
         .header("proxy-authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
     if bearer.is_some() || (code.is_none() && who.cert_cn.is_some()) {
         let identity = match auth.authenticate(bearer, who.cert_cn.as_deref()) {
             Ok(i) => i,

@@ -42,16 +42,8 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
     let value = value.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("basic") {
-        let raw = data_encoding::BASE64
-            .decode(rest.trim().as_bytes())
-            .map_err(|_| "Basic credentials are not base64".to_string())?;
-        let text = String::from_utf8(raw).map_err(|_| "Basic credentials are not UTF-8")?;
-        let (user, _) = text
-            .split_once(':')
-            .ok_or("Basic credentials have no `:`")?;
-        return Ok(Credentials::Basic {
-            username: user.to_string(),
-        });
+        let (username, _) = crate::auth::basic_credentials(rest)?;
+        return Ok(Credentials::Basic { username });
     }
     if !scheme.eq_ignore_ascii_case("digest") {
         return Err(format!(

@@ -11,7 +11,7 @@ use crate::respond::{response, send};
 use std::net::SocketAddr;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
-use tunneld_core::auth::matches_digest;
+use tunneld_core::auth::{basic_credentials, matches_digest, scheme_param};
 use tunneld_core::http1::RequestHead;
 use tunneld_core::io::BoxIo;
 use tunneld_core::session::StreamHeader;
@@ -53,21 +53,14 @@ fn allowed(
     match inner.cfg.connect_access.auth {
         AccessMode::None => Ok(()),
         AccessMode::Basic => {
-            let creds = presented
-                .and_then(|v| {
-                    v.strip_prefix("Basic ")
-                        .or_else(|| v.strip_prefix("basic "))
-                })
-                .and_then(|b| data_encoding::BASE64.decode(b.trim().as_bytes()).ok())
-                .and_then(|raw| String::from_utf8(raw).ok());
-            let ok = creds
-                .as_deref()
-                .and_then(|c| c.split_once(':'))
+            let ok = presented
+                .and_then(|v| scheme_param(v, "Basic"))
+                .and_then(|b| basic_credentials(b).ok())
                 .and_then(|(u, p)| {
                     inner
                         .users
                         .get(&u.to_ascii_lowercase())
-                        .map(|d| matches_digest(p, d))
+                        .map(|d| matches_digest(&p, d))
                 })
                 .unwrap_or(false);
             if ok {
@@ -91,11 +84,8 @@ fn allowed(
                 ));
             };
             let ok = presented
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .is_some_and(|t| matches_digest(t.trim(), digest));
+                .and_then(|v| scheme_param(v, "Bearer"))
+                .is_some_and(|t| matches_digest(t, digest));
             if ok {
                 Ok(())
             } else {

@@ -7,9 +7,8 @@ use crate::{connect_access, visitor};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tunneld_core::auth::{token_digest, Authenticator};
 use tunneld_core::frontend::{
@@ -21,7 +20,7 @@ use tunneld_core::proto::TunnelKind;
 use tunneld_core::rendezvous::park::{self, Parker};
 use tunneld_core::rendezvous::registry::Registry;
 use tunneld_core::rendezvous::visitor_auth::Nonces;
-use tunneld_core::tls_listener::{self, Accepted, ListenerSpec};
+use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
 
 /// What every connection of this frontend shares.
 pub(crate) struct Inner {
@@ -49,8 +48,7 @@ impl Inner {
 
 pub struct RendezvousFrontend {
     inner: Arc<Inner>,
-    listener: Mutex<Option<TcpListener>>,
-    local: SocketAddr,
+    listener: BoundListener,
     tls: TlsAcceptor,
     handshake_timeout: Duration,
 }
@@ -66,8 +64,7 @@ impl RendezvousFrontend {
         metrics: Arc<Metrics>,
         handshake_timeout: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(cfg.listen).await?;
-        let local = listener.local_addr()?;
+        let listener = BoundListener::bind(cfg.listen).await?;
         let digest = |m: &std::collections::BTreeMap<String, tunneld_core::auth::Secret>| {
             m.iter()
                 .filter_map(|(k, v)| token_digest(&v.0).ok().map(|d| (k.to_ascii_lowercase(), d)))
@@ -86,8 +83,7 @@ impl RendezvousFrontend {
         };
         Ok(Arc::new(Self {
             inner: Arc::new(inner),
-            listener: Mutex::new(Some(listener)),
-            local,
+            listener,
             tls: TlsAcceptor::from(tls),
             handshake_timeout,
         }))
@@ -95,8 +91,8 @@ impl RendezvousFrontend {
 
     fn public(&self) -> String {
         match &self.inner.cfg.public_host {
-            Some(h) => format!("{h}:{}", self.local.port()),
-            None => self.local.to_string(),
+            Some(h) => format!("{h}:{}", self.listener.local_addr().port()),
+            None => self.listener.local_addr().to_string(),
         }
     }
 
@@ -125,16 +121,11 @@ impl Frontend for RendezvousFrontend {
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
-        Some(self.local)
+        Some(self.listener.local_addr())
     }
 
     async fn serve(self: Arc<Self>, cx: FrontendContext) {
-        let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some(listener) = self.listener.take() else {
             return;
         };
         let spec = ListenerSpec {

@@ -3,21 +3,19 @@
 use crate::config::Config;
 use async_trait::async_trait;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tunneld_core::auth::Authenticator;
 use tunneld_core::http1;
 use tunneld_core::rendezvous::park::{self, Parker};
 use tunneld_core::rendezvous::registry::Registry;
-use tunneld_core::tls_listener::{self, Accepted, ListenerSpec};
+use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
 pub struct ConnectTransport {
     cfg: Config,
-    listener: Mutex<Option<TcpListener>>,
-    local: SocketAddr,
+    listener: BoundListener,
     tls: TlsAcceptor,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
@@ -31,19 +29,15 @@ impl ConnectTransport {
         auth: Arc<Authenticator>,
     ) -> Result<Self, TransportError> {
         let listener =
-            TcpListener::bind(cfg.listen)
+            BoundListener::bind(cfg.listen)
                 .await
                 .map_err(|source| TransportError::Bind {
                     addr: cfg.listen,
                     source,
                 })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| TransportError::Other(e.to_string()))?;
         Ok(Self {
             cfg,
-            listener: Mutex::new(Some(listener)),
-            local,
+            listener,
             tls: TlsAcceptor::from(tls),
             registry,
             auth,
@@ -58,14 +52,12 @@ impl Transport for ConnectTransport {
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.listener.local_addr()
     }
 
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
         let listener = self
             .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| TransportError::Other("serve called twice".into()))?;
         let spec = ListenerSpec {

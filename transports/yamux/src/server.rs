@@ -7,10 +7,10 @@ use crate::limit::{self, Counted};
 use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
 use async_trait::async_trait;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -23,13 +23,13 @@ use tunneld_core::proto::{
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
+use tunneld_core::tls_listener::BoundListener;
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 use yamux::{Connection, ConnectionError, Mode};
 
 pub struct YamuxTransport {
     cfg: Config,
-    listener: Mutex<Option<TcpListener>>,
-    local: SocketAddr,
+    listener: BoundListener,
     tls: TlsAcceptor,
 }
 
@@ -37,19 +37,15 @@ impl YamuxTransport {
     /// Binds the listener now, so the caller learns the real address (port 0 works).
     pub async fn bind(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Result<Self, TransportError> {
         let listener =
-            TcpListener::bind(cfg.listen)
+            BoundListener::bind(cfg.listen)
                 .await
                 .map_err(|source| TransportError::Bind {
                     addr: cfg.listen,
                     source,
                 })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| TransportError::Other(e.to_string()))?;
         Ok(Self {
             cfg,
-            listener: Mutex::new(Some(listener)),
-            local,
+            listener,
             tls: TlsAcceptor::from(tls),
         })
     }
@@ -62,17 +58,15 @@ impl Transport for YamuxTransport {
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.listener.local_addr()
     }
 
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
         let listener = self
             .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| TransportError::Other("transport already serving".into()))?;
-        tracing::info!(transport = %cx.name, addr = %self.local, "yamux transport listening");
+        tracing::info!(transport = %cx.name, addr = %self.listener.local_addr(), "yamux transport listening");
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = cx.shutdown.cancelled() => break,
