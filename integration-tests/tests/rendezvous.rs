@@ -768,6 +768,22 @@ async fn digest_nonces_are_tunnelds_own_and_counts_cannot_repeat() -> Result<()>
     // Smuggling-shaped framing is refused.
     let smuggle = raw_request(&s, "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic eDp4\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
     assert!(smuggle.starts_with("HTTP/1.1 400 "), "{smuggle}");
+    // An oversized head (over 16 KiB) and a malformed one: 400, on both listeners.
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(17 * 1024));
+    let big = raw_request(&s, &huge).await;
+    assert!(
+        big.starts_with("HTTP/1.1 400 ") && big.contains("larger than"),
+        "{big}"
+    );
+    let bad = raw_request(&s, "GET / HTTP/1.1\r\nno colon here\r\n\r\n").await;
+    assert!(
+        bad.starts_with("HTTP/1.1 400 ") && bad.contains("malformed request head"),
+        "{bad}"
+    );
+    let (got, _) = raw_park(&s, "CONNECT uuid:x HTTP/1.1\r\nbroken header\r\n\r\n").await;
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(got.starts_with("HTTP/1.1 400\r\n\r\n{\"error\":{\"permanent\":false,\"diagnostic\":\"malformed request head"), "{got}");
+
     let m = s.metrics().await;
     assert_eq!(
         m.get(
