@@ -30,6 +30,10 @@ pub struct ClaimRequest {
     pub owner: String,
     /// The tunnel's name (unique per owner).
     pub tunnel: String,
+    /// What the tunnel carries.
+    pub kind: TunnelKind,
+    /// The public name asked for (subdomain frontends); `None` for one picked by tunneld.
+    pub subdomain: Option<String>,
     /// A specific port, or `None` for any free one.
     pub port: Option<u16>,
     /// Bind address override (admin mappings); `None` uses the frontend's own.

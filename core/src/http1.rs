@@ -76,7 +76,9 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+/// Parses a request head at the start of `buf`: the head and its length, or `None` when
+/// more bytes are needed.
+pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {

@@ -36,10 +36,26 @@ pub trait Target: Send + Sync + 'static {
         server_name: Option<&str>,
     ) -> Result<BoxIo, OpenError>;
 
+    /// Forwards one visitor HTTP request (see [`OpenStream::request`]).
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<crate::http_forward::Body>,
+    ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
+        let io = self.open(header, None).await?;
+        crate::http_forward::http1_over(io, req).await
+    }
+
     /// Whether visitors must be routed by the name they ask for: the frontend then peeks the
     /// TLS ClientHello and replays it.
     fn routes_by_name(&self) -> bool {
         false
+    }
+
+    /// Whether a visitor sent here now could be served (its client is connected); a pool
+    /// skips members that are not.
+    fn online(&self) -> bool {
+        true
     }
 }
 
@@ -91,6 +107,25 @@ impl Target for ClientTarget {
             .and_then(|s| s.get(&self.client_id))
             .ok_or(OpenError::Offline)?;
         session.opener.open(header).await
+    }
+
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<crate::http_forward::Body>,
+    ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
+        let session = self
+            .sessions
+            .upgrade()
+            .and_then(|s| s.get(&self.client_id))
+            .ok_or(OpenError::Offline)?;
+        session.opener.request(header, req).await
+    }
+
+    fn online(&self) -> bool {
+        self.sessions
+            .upgrade()
+            .is_some_and(|s| s.get(&self.client_id).is_some())
     }
 }
 
@@ -398,6 +433,8 @@ impl Hub {
         let req = ClaimRequest {
             owner: owner.to_string(),
             tunnel: t.name.clone(),
+            kind: t.kind,
+            subdomain: t.subdomain.clone(),
             port: t.remote_port,
             bind: None,
             target_override: None,

@@ -15,14 +15,22 @@
 //! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
 //! - [`http1`]: a bounded request-head reader; [`tls_listener`]: the accept loop of TLS
 //!   listeners that read heads themselves.
+//! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
+//! - [`framing_guard`]: refuses ambiguous HTTP/1.1 framing under an HTTP server.
+//! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
+//!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
 //! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod dial;
 pub mod duration;
+pub mod framing_guard;
 pub mod frontend;
+pub mod h2link;
 pub mod hostglob;
 pub mod http1;
+pub mod http_forward;
 pub mod hub;
 pub mod io;
 pub mod limits;

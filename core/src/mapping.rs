@@ -454,6 +454,8 @@ impl Hub {
             .claim(ClaimRequest {
                 owner,
                 tunnel: format!("mapping-{}", key.2),
+                kind: TunnelKind::Tcp,
+                subdomain: None,
                 port: Some(key.2),
                 bind: key.1,
                 target_override: None,

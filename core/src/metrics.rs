@@ -31,6 +31,10 @@ pub struct Metrics {
     pub rendezvous_totp_failures_total: IntCounterVec,
     pub rendezvous_visitors_total: IntCounterVec,
     pub connect_requests_total: IntCounterVec,
+    pub http_requests_total: IntCounterVec,
+    pub http_names_active: IntGaugeVec,
+    pub passthrough_connections_total: IntCounterVec,
+    pub upstreams_2ptth: IntGaugeVec,
 }
 
 fn counter(
@@ -203,6 +207,30 @@ impl Metrics {
                 "tunneld_connect_requests_total",
                 "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome",
                 &["frontend", "outcome"],
+            )?,
+            http_requests_total: counter(
+                &r,
+                "tunneld_http_requests_total",
+                "Visitor HTTP requests on https-subdomain frontends, by outcome (forwarded, upgraded, not_found, offline, local_refused, misdirected, bad_request, timeout, session)",
+                &["frontend", "outcome"],
+            )?,
+            http_names_active: gauge(
+                &r,
+                "tunneld_http_names_active",
+                "Names served by connected tunnels on https-subdomain frontends",
+                &["frontend"],
+            )?,
+            passthrough_connections_total: counter(
+                &r,
+                "tunneld_passthrough_connections_total",
+                "TLS connections routed by SNI without termination, by outcome",
+                &["frontend", "outcome"],
+            )?,
+            upstreams_2ptth: gauge(
+                &r,
+                "tunneld_2ptth_upstreams",
+                "Connected 2ptth initiators (0 or 1), by frontend",
+                &["frontend"],
             )?,
             registry: r,
         })

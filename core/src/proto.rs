@@ -110,12 +110,19 @@ pub async fn read_magic<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<(), 
 pub enum TunnelKind {
     /// Raw TCP on an allocated port.
     Tcp,
+    /// HTTP(S) at `<name>.<domain>`: tunneld terminates TLS and routes each request by Host.
+    Http,
+    /// TLS at `<name>.<domain>` passed through by SNI: the visitor's TLS ends at the local
+    /// service.
+    Tls,
 }
 
 impl std::fmt::Display for TunnelKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TunnelKind::Tcp => "tcp",
+            TunnelKind::Http => "http",
+            TunnelKind::Tls => "tls",
         })
     }
 }
@@ -134,6 +141,9 @@ pub struct TunnelRequest {
     pub frontend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// The public name asked for (`http`/`tls` tunnels); `None` lets tunneld pick one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
 }
 
 /// First frame from tunnelc.

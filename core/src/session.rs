@@ -64,6 +64,17 @@ impl OpenError {
 #[async_trait]
 pub trait OpenStream: Send + Sync + 'static {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
+
+    /// Forwards one visitor HTTP request. Transports that carry HTTP natively (h2-reverse)
+    /// send it as a request of their own; the others open a stream and speak HTTP/1.1 on it.
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<crate::http_forward::Body>,
+    ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
+        let io = self.open(header).await?;
+        crate::http_forward::http1_over(io, req).await
+    }
 }
 
 /// Facts about a live session, for `/clients` and logs.

@@ -104,6 +104,44 @@ impl ServerIdentity {
     /// (`server.pem`, `server.key`) in `dir`, created when missing. The server certificate is
     /// re-issued when the names change.
     pub fn self_signed(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
+        let ca = LocalCa::open(dir)?;
+        let (srv_pem, srv_key, srv_names) = (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("server.names"),
+        );
+        let wanted = names.join("\n");
+        let current = std::fs::read_to_string(&srv_names).unwrap_or_default();
+        if !srv_pem.exists() || !srv_key.exists() || current != wanted {
+            let (pem, key) = ca.issue_pem(names)?;
+            write_private(&srv_key, &key)?;
+            std::fs::write(&srv_pem, pem).map_err(|e| file_err(&srv_pem, e))?;
+            std::fs::write(&srv_names, &wanted).map_err(|e| file_err(&srv_names, e))?;
+            tracing::info!(path = %srv_pem.display(), names = %wanted.replace('\n', ","), "issued server certificate");
+        }
+        let mut chain = load_certs(&srv_pem)?;
+        chain.push(ca.der.clone());
+        Ok(Self {
+            chain,
+            key: load_key(&srv_key)?,
+            ca_file: Some(ca.file.clone()),
+        })
+    }
+}
+
+/// tunneld's own certificate authority (`ca.pem`, `ca.key` in the state's TLS directory):
+/// an ECDSA P-256 key, created on first start.
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate.
+    pub der: CertificateDer<'static>,
+    /// Where its PEM lives, for clients to trust.
+    pub file: PathBuf,
+}
+
+impl LocalCa {
+    /// Loads the CA from `dir`, creating it when missing.
+    pub fn open(dir: &Path) -> Result<Self, TlsError> {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
         let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
         let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
@@ -125,43 +163,49 @@ impl ServerIdentity {
             std::fs::write(&ca_pem, cert.pem()).map_err(|e| file_err(&ca_pem, e))?;
             tracing::info!(path = %ca_pem.display(), "generated tunneld's own CA");
         }
-        let ca_der = load_certs(&ca_pem)?.remove(0);
-        let ca_key_pair =
+        let der = load_certs(&ca_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| file_err(&ca_pem, "no certificate in the file"))?;
+        let key_pair =
             KeyPair::from_pem(&std::fs::read_to_string(&ca_key).map_err(|e| file_err(&ca_key, e))?)
                 .map_err(|e| file_err(&ca_key, e))?;
-        let issuer =
-            Issuer::from_ca_cert_der(&ca_der, ca_key_pair).map_err(|e| file_err(&ca_pem, e))?;
-
-        let (srv_pem, srv_key, srv_names) = (
-            dir.join("server.pem"),
-            dir.join("server.key"),
-            dir.join("server.names"),
-        );
-        let wanted = names.join("\n");
-        let current = std::fs::read_to_string(&srv_names).unwrap_or_default();
-        if !srv_pem.exists() || !srv_key.exists() || current != wanted {
-            let key = KeyPair::generate().map_err(gen)?;
-            let mut params = CertificateParams::new(names.to_vec()).map_err(gen)?;
-            let mut dn = DistinguishedName::new();
-            dn.push(
-                DnType::CommonName,
-                names.first().map(String::as_str).unwrap_or("tunneld"),
-            );
-            params.distinguished_name = dn;
-            params.not_after = rcgen::date_time_ymd(2046, 1, 1);
-            let cert = params.signed_by(&key, &issuer).map_err(gen)?;
-            write_private(&srv_key, &key.serialize_pem())?;
-            std::fs::write(&srv_pem, cert.pem()).map_err(|e| file_err(&srv_pem, e))?;
-            std::fs::write(&srv_names, &wanted).map_err(|e| file_err(&srv_names, e))?;
-            tracing::info!(path = %srv_pem.display(), names = %wanted.replace('\n', ","), "issued server certificate");
-        }
-        let mut chain = load_certs(&srv_pem)?;
-        chain.push(ca_der);
+        let issuer = Issuer::from_ca_cert_der(&der, key_pair).map_err(|e| file_err(&ca_pem, e))?;
         Ok(Self {
-            chain,
-            key: load_key(&srv_key)?,
-            ca_file: Some(ca_pem),
+            issuer,
+            der,
+            file: ca_pem,
         })
+    }
+
+    /// Issues a leaf certificate for `names` with a fresh ECDSA P-256 key: (certificate PEM,
+    /// key PEM).
+    pub fn issue_pem(&self, names: &[String]) -> Result<(String, String), TlsError> {
+        let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let key = KeyPair::generate().map_err(gen)?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(gen)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("tunneld"),
+        );
+        params.distinguished_name = dn;
+        params.not_after = rcgen::date_time_ymd(2046, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Issues a leaf certificate for `names` as rustls needs it: the chain (leaf, CA) and key.
+    pub fn issue(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let (pem, key) = self.issue_pem(names)?;
+        let leaf = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok((vec![leaf, self.der.clone()], key))
     }
 }
 

@@ -47,8 +47,28 @@ pub enum TransportError {
 pub trait Transport: Send + Sync + 'static {
     /// The `type:` of the component (`yamux`, `h2-reverse`, ...).
     fn kind(&self) -> &'static str;
-    /// The bound address (after binding port 0).
-    fn local_addr(&self) -> SocketAddr;
+    /// The bound address (after binding port 0); `None` for a transport that only takes
+    /// connections a frontend hands over (a shared port).
+    fn local_addr(&self) -> Option<SocketAddr>;
     /// Accepts sessions until `cx.shutdown` is cancelled.
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError>;
+}
+
+/// A transport that also takes connections handed over by a frontend sharing its port: the
+/// frontend reads the ClientHello, sees the transport's ALPN id, finishes TLS with
+/// [`SharedTransport::tls_config`] and passes the stream on.
+#[async_trait]
+pub trait SharedTransport: Send + Sync + 'static {
+    /// The ALPN id that selects this transport.
+    fn alpn(&self) -> &'static [u8];
+    /// The TLS config for connections that chose this transport (certificate, client
+    /// certificate policy, ALPN).
+    fn tls_config(&self) -> Arc<rustls::ServerConfig>;
+    /// Runs one session on a connection whose TLS handshake is done.
+    async fn serve_shared(
+        self: Arc<Self>,
+        io: crate::io::BoxIo,
+        peer: SocketAddr,
+        cert_cn: Option<String>,
+    );
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::random_bytes;
+use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::{Hello, TunnelRequest, TunnelStatus, VERSION};
 use tunneld_core::proxy_protocol;
@@ -68,15 +69,70 @@ pub(crate) fn tls_client(
     Ok((Arc::new(tls), server_name))
 }
 
-fn dial_options(cfg: &ClientConfig) -> anyhow::Result<DialOptions> {
-    let (tls, server_name) = tls_client(cfg, &[tunneld_transport_yamux::ALPN])?;
-    Ok(DialOptions {
+fn dial_target(cfg: &ClientConfig, alpn: &[u8]) -> anyhow::Result<DialTarget> {
+    let (tls, server_name) = tls_client(cfg, &[alpn])?;
+    Ok(DialTarget {
         server: cfg.server.clone(),
         server_name,
         tls,
-        tuning: cfg.yamux,
         timeout: cfg.connect_timeout,
     })
+}
+
+/// The two multiplexing transports tunnelc runs a session over.
+enum Dialer {
+    Yamux(DialOptions),
+    H2(tunneld_transport_h2_reverse::DialOptions),
+}
+
+enum Session {
+    Yamux(Box<tunneld_transport_yamux::Connected>),
+    H2(Box<tunneld_transport_h2_reverse::Connected>),
+}
+
+impl Dialer {
+    fn new(cfg: &ClientConfig) -> anyhow::Result<Self> {
+        Ok(match cfg.transport {
+            TransportKind::H2Reverse => Dialer::H2(tunneld_transport_h2_reverse::DialOptions {
+                target: dial_target(cfg, tunneld_transport_h2_reverse::ALPN)?,
+                tuning: tunneld_core::h2link::H2Tuning::default(),
+            }),
+            _ => Dialer::Yamux(DialOptions {
+                target: dial_target(cfg, tunneld_transport_yamux::ALPN)?,
+                tuning: cfg.yamux,
+            }),
+        })
+    }
+
+    async fn dial(&self, hello: &Hello) -> Result<Session, DialError> {
+        match self {
+            Dialer::Yamux(o) => dial(o, hello).await.map(|c| Session::Yamux(Box::new(c))),
+            Dialer::H2(o) => tunneld_transport_h2_reverse::dial(o, hello)
+                .await
+                .map(|c| Session::H2(Box::new(c))),
+        }
+    }
+}
+
+impl Session {
+    fn welcome(&self) -> (String, Vec<TunnelStatus>) {
+        match self {
+            Session::Yamux(c) => (c.client_id.clone(), c.tunnels.clone()),
+            Session::H2(c) => (c.client_id.clone(), c.tunnels.clone()),
+        }
+    }
+
+    async fn run(
+        self,
+        connector: Arc<dyn LocalConnector>,
+        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+        stop: CancellationToken,
+    ) -> String {
+        match self {
+            Session::Yamux(c) => c.run(connector, updates, stop).await,
+            Session::H2(c) => c.run(connector, updates, stop).await,
+        }
+    }
 }
 
 fn hello(cfg: &ClientConfig) -> Hello {
@@ -92,6 +148,7 @@ fn hello(cfg: &ClientConfig) -> Hello {
                 remote_port: t.remote_port,
                 frontend: t.frontend.clone(),
                 proxy_protocol: t.proxy_protocol,
+                subdomain: t.subdomain.clone(),
             })
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
@@ -129,7 +186,7 @@ pub async fn run(
     if cfg.transport == TransportKind::Connect {
         return crate::client_connect::run(cfg, events, stop).await;
     }
-    let opts = dial_options(&cfg)?;
+    let dialer = Dialer::new(&cfg)?;
     let hello = hello(&cfg);
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
         tunnels: cfg
@@ -148,15 +205,13 @@ pub async fn run(
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            r = dial(&opts, &hello) => r,
+            r = dialer.dial(&hello) => r,
         };
         let reason = match attempt {
             Ok(connected) => {
                 let started = Instant::now();
-                let _ = events.send(ClientEvent::Connected {
-                    client_id: connected.client_id.clone(),
-                    tunnels: connected.tunnels.clone(),
-                });
+                let (client_id, tunnels) = connected.welcome();
+                let _ = events.send(ClientEvent::Connected { client_id, tunnels });
                 let (utx, mut urx) = mpsc::unbounded_channel();
                 let ev = events.clone();
                 let fwd = tokio::spawn(async move {

@@ -110,6 +110,24 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         },
         metrics.clone(),
     );
+    // h2-reverse transports are bound first: a frontend may share its port with one.
+    let mut h2_transports = BTreeMap::new();
+    for (name, t) in &cfg.transports {
+        if let TransportConfig::H2Reverse(c) = t {
+            let tls_cfg = tls::server_config(
+                &identity,
+                &client_auth,
+                &[tunneld_transport_h2_reverse::ALPN],
+            )?;
+            let built = tunneld_transport_h2_reverse::H2ReverseTransport::bind(
+                c.clone(),
+                Arc::new(tls_cfg),
+            )
+            .await
+            .with_context(|| format!("transports.{name}"))?;
+            h2_transports.insert(name.clone(), Arc::new(built));
+        }
+    }
     let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
     for (name, f) in &cfg.frontends {
         let built: Arc<dyn Frontend> = match f {
@@ -129,6 +147,34 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 )
                 .await
                 .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
+            }
+            FrontendConfig::Https(c) => {
+                let resolver = match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
+                        &ServerIdentity::load(cert, key)
+                            .with_context(|| format!("frontends.{name}.cert"))?,
+                    )?,
+                    _ => tunneld_frontend_https::Resolver::issued(
+                        tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
+                        &c.domain,
+                        c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
+                    )?,
+                };
+                let shared = c.transport.as_ref().and_then(|t| {
+                    h2_transports
+                        .get(t)
+                        .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
+                });
+                tunneld_frontend_https::HttpsFrontend::bind(
+                    name,
+                    c.clone(),
+                    resolver,
+                    shared,
+                    metrics.clone(),
+                    cfg.limits.handshake_timeout,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
             }
         };
         frontends.insert(name.clone(), built);
@@ -180,8 +226,14 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                     .with_context(|| format!("transports.{name}"))?,
                 )
             }
+            TransportConfig::H2Reverse(_) => match h2_transports.get(name) {
+                Some(t) => t.clone(),
+                None => anyhow::bail!("transports.{name}: not bound"),
+            },
         };
-        transports.insert(name.clone(), built.local_addr());
+        if let Some(addr) = built.local_addr() {
+            transports.insert(name.clone(), addr);
+        }
         let tcx = TransportContext {
             name: name.clone(),
             hub: hub.clone(),

@@ -3,12 +3,13 @@
 //! that run the real binaries. Every wait is bounded; nothing sleeps to synchronize.
 #![forbid(unsafe_code)]
 
+pub mod h2raw;
 pub mod metrics;
 pub mod pki;
 pub mod process;
 pub mod services;
 
-pub use pki::client_pki;
+pub use pki::{client_pki, server_pki};
 
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ frontends:
     )
 }
 
+/// An `https-subdomain` frontend `web` (domain `localhost`) sharing its port with the `h2`
+/// transport; [`TestServer::start_web`] appends more of its keys after it.
+pub const WEB_FRONTEND: &str = "  web:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\n    transport: h2\n    reclaim_grace: 30s\n    open_timeout: 10s\n";
+
 /// An in-process tunneld.
 pub struct TestServer {
     pub running: Running,
@@ -115,6 +120,36 @@ impl TestServer {
             dir,
             range,
         })
+    }
+
+    /// A server with the `web` frontend and the `h2` transport (its own listener too);
+    /// `web_extra` holds more keys of `web` (indented four spaces).
+    pub async fn start_web(web_extra: &str) -> Result<Self> {
+        Self::start_full(
+            &format!("{WEB_FRONTEND}{web_extra}"),
+            &[
+                "transports.h2.type=h2-reverse".into(),
+                "transports.h2.listen=127.0.0.1:0".into(),
+            ],
+        )
+        .await
+    }
+
+    /// The `web` frontend's address.
+    pub fn web(&self) -> SocketAddr {
+        self.running.frontends["web"]
+    }
+
+    /// Client config for transport `h2-reverse` through the `web` frontend's shared port.
+    pub fn h2_client_config(&self, token: &str, tunnels: &str) -> Result<ClientConfig> {
+        let yaml = format!(
+            "server: {}\nserver_name: localhost\ntransport: h2-reverse\ntoken: {token}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n{tunnels}",
+            self.web(),
+            self.ca_file().display()
+        );
+        let file = temp_dir("client").join("client.yaml");
+        std::fs::write(&file, yaml)?;
+        ClientConfig::load(Some(&file), &[]).map_err(|e| anyhow!("{e}"))
     }
 
     pub fn transport(&self) -> SocketAddr {

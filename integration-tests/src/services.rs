@@ -226,3 +226,124 @@ pub async fn websocket_echo() -> SocketAddr {
     });
     addr
 }
+
+/// An HTTP/1.1 server with keep-alive that answers every request with a chunked body: the
+/// line `tag=<tag>`, a line `sha256=<hex> body=<len>` for the request body (Content-Length or
+/// chunked), then the request head as it arrived, in several chunks.
+pub async fn http_echo(tag: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let addr = l.local_addr().expect("addr");
+    let tag = tag.to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tag = tag.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                loop {
+                    let mut head = String::new();
+                    let (mut len, mut chunked) = (0usize, false);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                            chunked = true;
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = Vec::new();
+                    if chunked {
+                        loop {
+                            let mut size = String::new();
+                            if r.read_line(&mut size).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let n = usize::from_str_radix(
+                                size.trim().split(';').next().unwrap_or(""),
+                                16,
+                            )
+                            .unwrap_or(0);
+                            let mut chunk = vec![0u8; n + 2];
+                            if r.read_exact(&mut chunk).await.is_err() {
+                                return;
+                            }
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                    } else {
+                        body.resize(len, 0);
+                        if r.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                    }
+                    let text = format!(
+                        "tag={tag}\nsha256={} body={}\n{head}",
+                        crate::sha256_hex(&body),
+                        body.len()
+                    );
+                    let mut out = String::from(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Served-By: ",
+                    );
+                    out.push_str(&tag);
+                    out.push_str("\r\n\r\n");
+                    for part in text.as_bytes().chunks(64) {
+                        out.push_str(&format!("{:x}\r\n", part.len()));
+                        out.push_str(&String::from_utf8_lossy(part));
+                        out.push_str("\r\n");
+                    }
+                    out.push_str("0\r\n\r\n");
+                    if w.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS server with its own certificate that answers one line, `tls-local <tag>`, to
+/// anything sent, as an HTTP/1.1 response; for SNI passthrough.
+pub async fn tls_local(cert: &std::path::Path, key: &std::path::Path, tag: &str) -> SocketAddr {
+    let id = tunneld_core::tls::ServerIdentity::load(cert, key).expect("local cert");
+    let cfg =
+        tunneld_core::tls::server_config(&id, &tunneld_core::tls::ClientAuth::None, &[b"http/1.1"])
+            .expect("tls config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
+    let addr = l.local_addr().expect("addr");
+    let tag = tag.to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, tag) = (acceptor.clone(), tag.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                if tls.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let body = format!("tls-local {tag}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}

@@ -6,9 +6,14 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunneld_daemon::client::ClientEvent;
 use tunneld_daemon::config::client::ClientConfig;
+use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::process::go_threshold_client_or_skip;
-use tunneld_integration_tests::services::{tagged_echo, visit_tagged, visit_tagged_over};
-use tunneld_integration_tests::{endpoint_of, port_block, temp_dir, TestClient, TestServer, WAIT};
+use tunneld_integration_tests::services::{
+    http_echo, tagged_echo, tls_local, visit_tagged, visit_tagged_over,
+};
+use tunneld_integration_tests::{
+    endpoint_of, port_block, server_pki, temp_dir, TestClient, TestServer, WAIT,
+};
 
 const DEMO_TOKEN: &str = "demo-token-change-me-0123456789";
 
@@ -23,6 +28,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         "transports.edge.listen=127.0.0.1:0".into(),
         "transports.hidden.listen=127.0.0.1:0".into(),
         "frontends.rendezvous.listen=127.0.0.1:0".into(),
+        "transports.h2.listen=127.0.0.1:0".into(),
+        "frontends.web.listen=127.0.0.1:0".into(),
         format!("frontends.tcp.range={a}-{b}"),
         // The example keeps threshold clients to certificates; the test client uses the header.
         "transports.edge.threshold.header_identity=true".into(),
@@ -33,11 +40,12 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
 
     // yamux (native tunnelc) -> ports (a tunnel of its own).
     let native = tagged_echo("via-yamux").await;
+    let yamux_http = http_echo("http-via-yamux").await;
     let cfg = server
         .client_config_with(
             DEMO_TOKEN,
             &format!(
-                "  web:\n    local: {native}\n  web-connect:\n    local: {native}\n    frontend: rendezvous\n"
+                "  web:\n    local: {native}\n  web-connect:\n    local: {native}\n    frontend: rendezvous\n  yweb:\n    type: http\n    local: {yamux_http}\n    subdomain: yweb\n"
             ),
             &["accept_server_mappings=true".into()],
         )
@@ -149,7 +157,69 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         );
         drop(node);
     }
+    // h2-reverse (its own listener) -> https-subdomain (http and tls passthrough), ports and
+    // rendezvous; and yamux -> https-subdomain (http).
+    let h2_http = http_echo("http-via-h2").await;
+    let h2_tcp = tagged_echo("via-h2").await;
+    let pki = temp_dir("matrix-pki");
+    let (local_ca, cert, key) = server_pki(&pki, "sec", &["sec.localhost"]);
+    let h2_tls = tls_local(&cert, &key, "via-h2-passthrough").await;
+    let yaml = format!(
+        "server: {}\nserver_name: localhost\ntransport: h2-reverse\ntoken: demo-2-token-change-me-012345678\ntls: {{ ca: {} }}\ntunnels:\n  site:\n    type: http\n    local: {h2_http}\n    subdomain: site\n  sec:\n    type: tls\n    local: {h2_tls}\n    subdomain: sec\n  raw:\n    local: {h2_tcp}\n  h2-connect:\n    local: {h2_tcp}\n    frontend: rendezvous\n",
+        server.running.transports["h2"],
+        server.ca_file().display()
+    );
+    let file = temp_dir("matrix-h2").join("client.yaml");
+    std::fs::write(&file, yaml).expect("client yaml");
+    let mut h2c = TestClient::spawn(ClientConfig::load(Some(&file), &[]).expect("client config"));
+    let tunnels = h2c.connected().await.expect("h2-reverse tunnelc connects");
+    let web = server.running.frontends["web"].port();
+    let ca = server.ca_file().display().to_string();
+    for (host, tag) in [("site", "http-via-h2"), ("yweb", "http-via-yamux")] {
+        let resolve = format!("{host}.localhost:{web}:127.0.0.1");
+        let url = format!("https://{host}.localhost:{web}/");
+        let (status, out) = curl(&["--cacert", &ca, "--resolve", &resolve, &url])
+            .await
+            .expect("curl");
+        assert!(status.success(), "{out}");
+        assert!(out.starts_with(&format!("tag={tag}\n")), "{out}");
+    }
+    let resolve = format!("sec.localhost:{web}:127.0.0.1");
+    let url = format!("https://sec.localhost:{web}/");
+    let local_ca = local_ca.display().to_string();
+    let (status, out) = curl(&["--cacert", &local_ca, "--resolve", &resolve, &url])
+        .await
+        .expect("curl");
+    assert!(status.success(), "{out}");
+    assert_eq!(out, "tls-local via-h2-passthrough\n");
+    let raw = endpoint_of(&tunnels, "raw").expect("ports endpoint");
+    assert_eq!(visit_tagged(raw, 4096, 8).await.expect("visit"), "via-h2");
+    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
+    tls.write_all(
+        format!("CONNECT h2-connect:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write CONNECT");
+    let mut got = vec![0u8; answer.len()];
+    tls.read_exact(&mut got).await.expect("CONNECT answer");
+    assert_eq!(got, answer);
+    assert_eq!(
+        visit_tagged_over(tls, b"", b"", 2048, 9)
+            .await
+            .expect("visit"),
+        "via-h2"
+    );
+    h2c.shutdown().await.expect("stop");
+
     let m = server.metrics().await;
     assert!(m.get("tunneld_streams_opened_total", &[("frontend", "tcp")]) >= 2.0);
+    assert_eq!(
+        m.get(
+            "tunneld_http_requests_total",
+            &[("frontend", "web"), ("outcome", "forwarded")]
+        ),
+        2.0
+    );
     client.shutdown().await.expect("stop");
 }

@@ -90,6 +90,7 @@ fn quick_config(q: Quick) -> ClientConfig {
             local,
             remote_port,
             frontend: None,
+            subdomain: None,
             proxy_protocol: pp.map(|v| {
                 if v == "v2" {
                     proxy_protocol::Version::V2

@@ -93,6 +93,8 @@ pub enum TransportKind {
     Yamux,
     /// Park connections at tunneld's `connect` transport for the ids in `rendezvous`.
     Connect,
+    /// Serve HTTP/2 to tunneld over the connection tunnelc opened (`h2-reverse`).
+    H2Reverse,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -155,6 +157,10 @@ pub struct TunnelConfig {
     /// Write a PROXY protocol header (v1 or v2) to the local service.
     #[serde(default)]
     pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// `http`/`tls` tunnels: the public name (`<subdomain>.<domain>`); omit it for a random
+    /// one, kept across reconnects. `tls` tunnels may use `*.name`.
+    #[serde(default)]
+    pub subdomain: Option<String>,
 }
 
 fn tcp() -> TunnelKind {
@@ -222,7 +228,7 @@ impl ClientConfig {
                     errors.push("tunnels: transport connect carries rendezvous ids only; use transport yamux for tunnels".into());
                 }
             }
-            TransportKind::Yamux => {
+            TransportKind::Yamux | TransportKind::H2Reverse => {
                 if !self.rendezvous.is_empty() {
                     errors.push("rendezvous: needs transport: connect".into());
                 }
@@ -262,6 +268,16 @@ impl ClientConfig {
             if t.remote_port == Some(0) {
                 errors.push(format!(
                     "tunnels.{name}.remote_port: must be 1-65535 (omit it for any port)"
+                ));
+            }
+            if t.subdomain.is_some() && t.kind == TunnelKind::Tcp {
+                errors.push(format!(
+                    "tunnels.{name}.subdomain: only for `type: http` or `type: tls` tunnels"
+                ));
+            }
+            if t.remote_port.is_some() && t.kind != TunnelKind::Tcp {
+                errors.push(format!(
+                    "tunnels.{name}.remote_port: only for `type: tcp` tunnels (http and tls tunnels get a name)"
                 ));
             }
         }

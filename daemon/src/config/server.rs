@@ -23,8 +23,8 @@ const TOP_KEYS: &[&str] = &[
     "transports",
     "frontends",
 ];
-pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect"];
-pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous"];
+pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse"];
+pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +217,7 @@ impl Default for RendezvousConfig {
 pub enum TransportConfig {
     Yamux(tunneld_transport_yamux::Config),
     Connect(tunneld_transport_connect::Config),
+    H2Reverse(tunneld_transport_h2_reverse::Config),
 }
 
 /// A frontend, by `type:`.
@@ -224,6 +225,7 @@ pub enum TransportConfig {
 pub enum FrontendConfig {
     Ports(tunneld_frontend_ports::Config),
     Rendezvous(tunneld_frontend_rendezvous::Config),
+    Https(tunneld_frontend_https::Config),
 }
 
 /// The validated configuration. Paths are resolved against the config file's directory.
@@ -282,6 +284,14 @@ impl ServerConfig {
                             })?;
                             Ok(TransportConfig::Connect(c))
                         }
+                        "h2-reverse" => {
+                            let c: tunneld_transport_h2_reverse::Config =
+                                load::component("transports", name, value)?;
+                            c.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("transports.{name}.{k}: {m}"))
+                            })?;
+                            Ok(TransportConfig::H2Reverse(c))
+                        }
                         _ => unreachable_type(&ty),
                     }
                 });
@@ -310,6 +320,14 @@ impl ServerConfig {
                             })?;
                             Ok(FrontendConfig::Rendezvous(c))
                         }
+                        "https-subdomain" => {
+                            let c: tunneld_frontend_https::Config =
+                                load::component("frontends", name, value)?;
+                            c.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("frontends.{name}.{k}: {m}"))
+                            })?;
+                            Ok(FrontendConfig::Https(c))
+                        }
                         _ => unreachable_type(&ty),
                     }
                 });
@@ -318,6 +336,36 @@ impl ServerConfig {
                     frontends.insert(name.clone(), f);
                 }
                 Err(e) => errors.extend(e.lines),
+            }
+        }
+        // Port sharing: a frontend's `transport` names an h2-reverse transport, and a
+        // transport without a listener of its own must be shared by some frontend.
+        let mut shared = std::collections::BTreeSet::new();
+        for (name, f) in &frontends {
+            let FrontendConfig::Https(c) = f else {
+                continue;
+            };
+            if let Some(t) = &c.transport {
+                match transports.get(t) {
+                    Some(TransportConfig::H2Reverse(_)) => {
+                        if !shared.insert(t.clone()) {
+                            errors.push(format!("frontends.{name}.transport: transport `{t}` is already shared by another frontend"));
+                        }
+                    }
+                    Some(_) => errors.push(format!(
+                        "frontends.{name}.transport: `{t}` is not an h2-reverse transport"
+                    )),
+                    None => errors.push(format!(
+                        "frontends.{name}.transport: there is no transport named `{t}`"
+                    )),
+                }
+            }
+        }
+        for (name, t) in &transports {
+            if let TransportConfig::H2Reverse(c) = t {
+                if c.listen.is_none() && !shared.contains(name) {
+                    errors.push(format!("transports.{name}.listen: required unless an https-subdomain frontend shares its port (`transport: {name}`)"));
+                }
             }
         }
         if raw.transports.is_empty() {
@@ -399,7 +447,22 @@ impl ServerConfig {
             admin: raw.admin,
             rendezvous: raw.rendezvous,
             transports,
-            frontends,
+            frontends: frontends
+                .into_iter()
+                .map(|(n, f)| {
+                    let f = match f {
+                        FrontendConfig::Https(c) => {
+                            FrontendConfig::Https(tunneld_frontend_https::Config {
+                                cert: c.cert.as_ref().map(r),
+                                key: c.key.as_ref().map(r),
+                                ..c
+                            })
+                        }
+                        f => f,
+                    };
+                    (n, f)
+                })
+                .collect(),
         })
     }
 }

@@ -51,8 +51,8 @@ impl Transport for ConnectTransport {
         "connect"
     }
 
-    fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+    fn local_addr(&self) -> Option<SocketAddr> {
+        Some(self.listener.local_addr())
     }
 
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {

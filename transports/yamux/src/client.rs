@@ -9,12 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
-use tunneld_core::proto::{
-    read_frame, write_frame, Control, Hello, ServerHello, StreamReply, TunnelStatus, MAGIC,
-};
+pub use tunneld_core::dial::{DialError, DialTarget};
+use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
 use tunneld_core::session::{LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 use yamux::{Connection, Mode};
@@ -22,41 +20,8 @@ use yamux::{Connection, Mode};
 /// How to reach tunneld.
 #[derive(Clone)]
 pub struct DialOptions {
-    /// `host:port`.
-    pub server: String,
-    /// The name the server certificate must carry.
-    pub server_name: rustls::pki_types::ServerName<'static>,
-    pub tls: Arc<rustls::ClientConfig>,
+    pub target: DialTarget,
     pub tuning: Tuning,
-    /// Deadline for TCP, TLS and the hello exchange together.
-    pub timeout: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    #[error("cannot connect to {server}: {reason}")]
-    Connect { server: String, reason: String },
-    #[error("TLS handshake with {server} failed: {reason}")]
-    Tls { server: String, reason: String },
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("tunneld refused the session: {reason}")]
-    Rejected { reason: String, permanent: bool },
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-impl DialError {
-    /// Whether retrying may help.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            DialError::Rejected {
-                permanent: true,
-                ..
-            }
-        )
-    }
 }
 
 /// An accepted session, ready to [`Connected::run`].
@@ -69,73 +34,17 @@ pub struct Connected {
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
 pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
-    tokio::time::timeout(opts.timeout, dial_inner(opts, hello))
-        .await
-        .map_err(|_| DialError::Timeout(opts.timeout))?
-}
-
-async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
-    let server = opts.server.clone();
-    let tcp = TcpStream::connect(&opts.server)
-        .await
-        .map_err(|e| DialError::Connect {
-            server: server.clone(),
-            reason: e.to_string(),
-        })?;
-    let _ = tcp.set_nodelay(true);
-    let mut tls = TlsConnector::from(opts.tls.clone())
-        .connect(opts.server_name.clone(), tcp)
-        .await
-        .map_err(|e| DialError::Tls {
-            server: server.clone(),
-            reason: e.to_string(),
-        })?;
-    let mut preamble = MAGIC.to_vec();
-    preamble.extend(
-        tunneld_core::proto::encode_frame(hello).map_err(|e| DialError::Protocol(e.to_string()))?,
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut tls, &preamble)
-        .await
-        .map_err(|e| DialError::Tls {
-            server: server.clone(),
-            reason: e.to_string(),
-        })?;
-    tokio::io::AsyncWriteExt::flush(&mut tls)
-        .await
-        .map_err(|e| DialError::Tls {
-            server: server.clone(),
-            reason: e.to_string(),
-        })?;
-    // With TLS 1.3 a rejected client certificate shows up here, on the first read.
-    let answer: ServerHello = read_frame(&mut tls).await.map_err(|e| match e {
-        tunneld_core::proto::FrameError::Io(io) => DialError::Tls {
-            server: server.clone(),
-            reason: io.to_string(),
-        },
-        tunneld_core::proto::FrameError::Closed => {
-            DialError::Protocol("tunneld closed the connection without answering".into())
-        }
-        other => DialError::Protocol(other.to_string()),
-    })?;
-    match answer {
-        ServerHello::Rejected { reason, permanent } => {
-            Err(DialError::Rejected { reason, permanent })
-        }
-        ServerHello::Welcome {
-            client_id,
-            tunnels,
-            keepalive_secs,
-        } => Ok(Connected {
-            client_id,
-            tunnels,
-            keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
-            conn: Connection::new(
-                crate::coalesce::Coalesce::new(tls).compat(),
-                opts.tuning.yamux(),
-                Mode::Client,
-            ),
-        }),
-    }
+    let w = tunneld_core::dial::dial(&opts.target, hello).await?;
+    Ok(Connected {
+        client_id: w.client_id,
+        tunnels: w.tunnels,
+        keepalive: w.keepalive,
+        conn: Connection::new(
+            crate::coalesce::Coalesce::new(w.io).compat(),
+            opts.tuning.yamux(),
+            Mode::Client,
+        ),
+    })
 }
 
 impl Connected {

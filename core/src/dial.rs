@@ -1,0 +1,111 @@
+//! tunnelc's side of the handshake every native transport shares: TCP, TLS, the `TUNNELD1`
+//! preamble with the hello frame, and tunneld's answer, under one deadline.
+
+use crate::proto::{encode_frame, read_frame, FrameError, Hello, ServerHello, TunnelStatus, MAGIC};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// How to reach tunneld.
+#[derive(Clone)]
+pub struct DialTarget {
+    /// `host:port`.
+    pub server: String,
+    /// The name the server certificate must carry.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// The TLS config, with the transport's ALPN id.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Deadline for TCP, TLS and the hello exchange together.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("TLS handshake with {server} failed: {reason}")]
+    Tls { server: String, reason: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("tunneld refused the session: {reason}")]
+    Rejected { reason: String, permanent: bool },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// Whether retrying may help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DialError::Rejected {
+                permanent: true,
+                ..
+            }
+        )
+    }
+}
+
+/// What tunneld answered.
+pub struct Welcomed {
+    pub io: TlsStream<TcpStream>,
+    pub client_id: String,
+    pub tunnels: Vec<TunnelStatus>,
+    pub keepalive: Duration,
+}
+
+/// Connects, sends `hello`, and waits for tunneld's answer.
+pub async fn dial(target: &DialTarget, hello: &Hello) -> Result<Welcomed, DialError> {
+    tokio::time::timeout(target.timeout, dial_inner(target, hello))
+        .await
+        .map_err(|_| DialError::Timeout(target.timeout))?
+}
+
+async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, DialError> {
+    let server = target.server.clone();
+    let tls_err = |e: std::io::Error| DialError::Tls {
+        server: server.clone(),
+        reason: e.to_string(),
+    };
+    let tcp = TcpStream::connect(&target.server)
+        .await
+        .map_err(|e| DialError::Connect {
+            server: server.clone(),
+            reason: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let mut tls = TlsConnector::from(target.tls.clone())
+        .connect(target.server_name.clone(), tcp)
+        .await
+        .map_err(tls_err)?;
+    let mut preamble = MAGIC.to_vec();
+    preamble.extend(encode_frame(hello).map_err(|e| DialError::Protocol(e.to_string()))?);
+    tls.write_all(&preamble).await.map_err(tls_err)?;
+    tls.flush().await.map_err(tls_err)?;
+    // With TLS 1.3 a rejected client certificate shows up here, on the first read.
+    let answer: ServerHello = read_frame(&mut tls).await.map_err(|e| match e {
+        FrameError::Io(io) => tls_err(io),
+        FrameError::Closed => {
+            DialError::Protocol("tunneld closed the connection without answering".into())
+        }
+        other => DialError::Protocol(other.to_string()),
+    })?;
+    match answer {
+        ServerHello::Rejected { reason, permanent } => {
+            Err(DialError::Rejected { reason, permanent })
+        }
+        ServerHello::Welcome {
+            client_id,
+            tunnels,
+            keepalive_secs,
+        } => Ok(Welcomed {
+            io: tls,
+            client_id,
+            tunnels,
+            keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
+        }),
+    }
+}

@@ -1,0 +1,277 @@
+//! The tunneld end of a reversed HTTP/2 connection: tunnelc (or a 2ptth initiator) dialled
+//! and runs the HTTP/2 server; tunneld is the HTTP/2 client and sends visitor requests as
+//! HTTP/2 requests and raw byte streams as `CONNECT` streams.
+//!
+//! Shared by the `h2-reverse` transport and the `https-subdomain` frontend's 2ptth mode.
+
+use crate::http_forward::{boxed, empty, Body};
+use crate::io::BoxIo;
+use crate::session::{OpenError, OpenStream, StreamHeader};
+use async_trait::async_trait;
+use http::{HeaderValue, Method, Request, Response};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ALPN id of tunneld's own reversed-HTTP/2 transport.
+pub const ALPN: &[u8] = b"tunneld-h2";
+/// ALPN id of the original 2ptth initiators.
+pub const ALPN_2PTTH: &[u8] = b"2ptth";
+/// Request header carrying the JSON [`StreamHeader`] of each stream tunneld opens.
+pub const STREAM_HEADER: &str = "tunneld-stream";
+/// Response header tunnelc sets when it, not the local service, answers (the local service
+/// refused or could not be reached). Its value is the reason.
+pub const ERROR_HEADER: &str = "tunneld-error";
+/// Path of the control requests tunneld sends to tunnelc (mapping changes).
+pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
+/// `:authority` of CONNECT streams: the real target travels in [`STREAM_HEADER`].
+pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
+
+/// HTTP/2 settings of a reversed connection. Windows are large because one connection
+/// carries every visitor of a tunnel; every limit is finite.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct H2Tuning {
+    /// Receive window per stream, bytes.
+    pub stream_window: u32,
+    /// Receive window of the whole connection, bytes.
+    pub connection_window: u32,
+    /// Largest DATA frame payload accepted, bytes (16 KiB to 16 MiB).
+    pub max_frame_size: u32,
+    /// Streams open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list, bytes; also bounds CONTINUATION frames per block.
+    pub max_header_list_size: u32,
+    /// Bytes buffered per stream for sending.
+    pub max_send_buf_size: usize,
+    /// Streams reset by the peer before they were handled, before GOAWAY.
+    pub max_pending_reset_streams: usize,
+    /// Streams tunneld must reset because the peer broke the protocol, before GOAWAY.
+    pub max_local_error_resets: usize,
+}
+
+impl Default for H2Tuning {
+    fn default() -> Self {
+        Self {
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            max_frame_size: 256 << 10,
+            max_concurrent_streams: 256,
+            max_header_list_size: 64 << 10,
+            max_send_buf_size: 1 << 20,
+            max_pending_reset_streams: 20,
+            max_local_error_resets: 256,
+        }
+    }
+}
+
+impl H2Tuning {
+    /// Checks the values against what HTTP/2 allows.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
+            return Err("max_frame_size must be between 16384 and 16777215".into());
+        }
+        if self.stream_window < 65_535 || self.connection_window < 65_535 {
+            return Err("windows must be at least 65535 bytes".into());
+        }
+        if self.stream_window > i32::MAX as u32 || self.connection_window > i32::MAX as u32 {
+            return Err("windows must be below 2^31".into());
+        }
+        if self.max_concurrent_streams == 0 || self.max_header_list_size < 4096 {
+            return Err(
+                "max_concurrent_streams must be positive and max_header_list_size at least 4096"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A client builder with these settings (tunneld's side of a reversed connection).
+    pub fn client(
+        &self,
+        keepalive: Duration,
+    ) -> hyper::client::conn::http2::Builder<TokioExecutor> {
+        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .initial_stream_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_frame_size(self.max_frame_size)
+            .max_header_list_size(self.max_header_list_size)
+            .max_send_buf_size(self.max_send_buf_size)
+            .max_concurrent_reset_streams(self.max_pending_reset_streams)
+            .max_pending_accept_reset_streams(self.max_pending_reset_streams)
+            .max_local_error_reset_streams(self.max_local_error_resets)
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive * 3)
+            .keep_alive_while_idle(true);
+        b
+    }
+
+    /// A server builder with these settings (tunnelc's side, and the public listener).
+    pub fn server(
+        &self,
+        keepalive: Duration,
+    ) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .initial_stream_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_frame_size(self.max_frame_size)
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(self.max_header_list_size)
+            .max_send_buf_size(self.max_send_buf_size)
+            .max_pending_accept_reset_streams(self.max_pending_reset_streams)
+            .max_local_error_reset_streams(self.max_local_error_resets)
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive * 3);
+        b
+    }
+}
+
+/// The HTTP/2 error code inside a hyper error (a GOAWAY or RST_STREAM either side sent),
+/// lower-cased for metric labels: `enhance_your_calm`, `protocol_error`, ...
+pub fn h2_reason(e: &hyper::Error) -> Option<String> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return h.reason().map(|r| format!("{r:?}").to_ascii_lowercase());
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// The connection task of a reversed link: runs until the connection ends.
+pub type LinkDriver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+/// Opens streams on a reversed HTTP/2 connection.
+pub struct H2Opener {
+    send: SendRequest<Body>,
+    /// A 2ptth initiator: plain requests only, no tunneld headers.
+    legacy: bool,
+}
+
+/// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange).
+pub async fn connect(
+    io: BoxIo,
+    tuning: &H2Tuning,
+    keepalive: Duration,
+    legacy: bool,
+) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
+    let (send, conn) = tuning
+        .client(keepalive)
+        .handshake::<_, Body>(TokioIo::new(io))
+        .await?;
+    Ok((Arc::new(H2Opener { send, legacy }), Box::pin(conn)))
+}
+
+fn send_error(e: hyper::Error) -> OpenError {
+    if e.is_closed() || e.is_canceled() {
+        OpenError::Offline
+    } else {
+        OpenError::Session(e.to_string())
+    }
+}
+
+fn refused<B>(resp: &Response<B>) -> OpenError {
+    let why = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no reason given")
+        .to_string();
+    OpenError::LocalRefused(why)
+}
+
+impl H2Opener {
+    /// Whether the connection can still carry requests.
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Sends a control message (JSON) to tunnelc.
+    pub async fn control(&self, json: Vec<u8>) -> Result<(), OpenError> {
+        let req = Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(crate::http_forward::full(json))
+            .map_err(|e| OpenError::Session(e.to_string()))?;
+        let resp = self
+            .send
+            .clone()
+            .send_request(req)
+            .await
+            .map_err(send_error)?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(OpenError::Session(format!(
+                "control message refused with {}",
+                resp.status()
+            )))
+        }
+    }
+
+    fn header_value(header: &StreamHeader) -> Result<HeaderValue, OpenError> {
+        let json = serde_json::to_string(header).map_err(|e| OpenError::Session(e.to_string()))?;
+        HeaderValue::from_str(&json).map_err(|e| OpenError::Session(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl OpenStream for H2Opener {
+    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+        if self.legacy {
+            return Err(OpenError::Session(
+                "a 2ptth upstream carries HTTP requests only".into(),
+            ));
+        }
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(CONNECT_AUTHORITY)
+            .header(STREAM_HEADER, Self::header_value(&header)?)
+            .body(empty())
+            .map_err(|e| OpenError::Session(e.to_string()))?;
+        let mut resp = self
+            .send
+            .clone()
+            .send_request(req)
+            .await
+            .map_err(send_error)?;
+        if !resp.status().is_success() {
+            return Err(refused(&resp));
+        }
+        let up = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(|e| OpenError::Session(format!("CONNECT stream: {e}")))?;
+        Ok(Box::new(TokioIo::new(up)))
+    }
+
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, OpenError> {
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(http::header::HOST);
+        parts.version = http::Version::HTTP_2;
+        if !self.legacy {
+            parts
+                .headers
+                .insert(STREAM_HEADER, Self::header_value(&header)?);
+        }
+        let resp = self
+            .send
+            .clone()
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .map_err(send_error)?;
+        if !self.legacy && resp.headers().contains_key(ERROR_HEADER) {
+            return Err(refused(&resp));
+        }
+        Ok(resp.map(boxed))
+    }
+}

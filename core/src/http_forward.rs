@@ -1,0 +1,275 @@
+//! HTTP forwarding shared by the subdomain frontend and the HTTP/2 transport: one body type,
+//! the hop-by-hop header rules, and HTTP/1.1 spoken over any raw tunnel stream.
+
+use crate::io::BoxIo;
+use crate::session::OpenError;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every request and response tunneld forwards: streamed, never collected.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Boxes any body whose errors convert to [`BoxError`] (hyper's `Incoming`, for one).
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// Below this size a DATA chunk is worth merging with the next one.
+const COALESCE_BELOW: usize = 16 * 1024;
+/// Merged chunks stop growing here.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// How long a small chunk may wait for more data to join it.
+const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A body that merges small chunks into larger ones, so HTTP/2 peers get fewer, larger DATA
+/// frames: h2 closes a connection that receives too many small frames it has not read yet,
+/// and HTTP/1.1 chunked bodies arrive one small chunk at a time. A small chunk waits at most
+/// [`COALESCE_WAIT`] for company; large chunks pass at once.
+pub fn coalesced(body: Body) -> Body {
+    Coalesced {
+        inner: body,
+        buf: bytes::BytesMut::new(),
+        after: None,
+        done: false,
+        timer: None,
+    }
+    .boxed()
+}
+
+struct Coalesced {
+    inner: Body,
+    /// Data merged so far.
+    buf: bytes::BytesMut,
+    /// A frame read behind the merged data (trailers, or an error), given out after it.
+    after: Option<Result<hyper::body::Frame<Bytes>, BoxError>>,
+    /// The inner body ended.
+    done: bool,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Coalesced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while this.buf.len() < COALESCE_MAX && this.after.is_none() && !this.done {
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) if this.buf.is_empty() && d.len() >= COALESCE_BELOW => {
+                        return Poll::Ready(Some(Ok(hyper::body::Frame::data(d))));
+                    }
+                    Ok(d) => this.buf.extend_from_slice(&d),
+                    Err(trailers) => this.after = Some(Ok(trailers)),
+                },
+                Poll::Ready(Some(Err(e))) => this.after = Some(Err(e)),
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        return Poll::Pending;
+                    }
+                    if this.buf.len() >= COALESCE_BELOW {
+                        break;
+                    }
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(COALESCE_WAIT)));
+                    if std::future::Future::poll(timer.as_mut(), cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
+        }
+        this.timer = None;
+        if !this.buf.is_empty() {
+            let data = this.buf.split().freeze();
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+        }
+        match this.after.take() {
+            Some(f) => Poll::Ready(Some(f)),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buf.is_empty() && self.after.is_none() && (self.done || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        let held = self.buf.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(held));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers and every header `Connection` names. With `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` stay (a WebSocket handshake passing through).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for n in named {
+        if !(keep_upgrade && n == header::UPGRADE) {
+            headers.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u);
+        }
+    }
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Turns an absolute-form request into the origin form HTTP/1.1 servers expect, with a
+/// `Host` header taken from the URI when the request has none.
+pub fn to_origin_form<B>(req: &mut Request<B>) {
+    if let Some(auth) = req.uri().authority().cloned() {
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(u) = pq.parse::<Uri>() {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}
+
+/// Sends one request as HTTP/1.1 over `io` (a tunnel stream or a local connection) and
+/// returns the response with its body streaming. Upgrades stay possible: call
+/// `hyper::upgrade::on` on the response after a `101`.
+pub async fn http1_over(io: BoxIo, mut req: Request<Body>) -> Result<Response<Body>, OpenError> {
+    to_origin_form(&mut req);
+    let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Body>(TokioIo::new(io))
+        .await
+        .map_err(|e| OpenError::Session(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "forwarded HTTP/1.1 connection ended");
+        }
+    });
+    let resp = send.send_request(req).await.map_err(|e| {
+        if e.is_incomplete_message() || e.is_closed() {
+            OpenError::LocalRefused(format!("the local service closed the connection: {e}"))
+        } else {
+            OpenError::Session(e.to_string())
+        }
+    })?;
+    Ok(resp.map(boxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-end-to-end"));
+
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+
+    #[test]
+    fn origin_form_keeps_host() {
+        let mut r = Request::builder()
+            .uri("https://app.example.com:8443/a/b?c=1")
+            .body(())
+            .unwrap_or_default();
+        to_origin_form(&mut r);
+        assert_eq!(r.uri().to_string(), "/a/b?c=1");
+        assert_eq!(
+            r.headers().get("host").map(|v| v.as_bytes()),
+            Some(&b"app.example.com:8443"[..])
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! The `https-subdomain` frontend: its listener, claims and routes.
+
+use crate::certs::Resolver;
+use crate::config::Config;
+use crate::listener;
+use crate::names::Names;
+use async_trait::async_trait;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tunneld_core::frontend::{
+    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
+};
+use tunneld_core::h2link::{H2Opener, ALPN_2PTTH};
+use tunneld_core::metrics::Metrics;
+use tunneld_core::proto::TunnelKind;
+use tunneld_core::tls::provider;
+use tunneld_core::tls_listener::BoundListener;
+use tunneld_core::transport::SharedTransport;
+
+pub struct HttpsFrontend {
+    pub(crate) name: String,
+    pub(crate) cfg: Config,
+    listener: BoundListener,
+    pub(crate) names: Arc<Names>,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) visitor_tls: Arc<rustls::ServerConfig>,
+    pub(crate) tls_2ptth: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) shared: Option<Arc<dyn SharedTransport>>,
+    /// The connected 2ptth initiator, if any.
+    pub(crate) upstream_2ptth: Mutex<Option<Arc<H2Opener>>>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Time for the TLS handshake (and the ClientHello before it).
+    pub(crate) handshake_timeout: std::time::Duration,
+}
+
+fn tls_config(
+    resolver: &Arc<Resolver>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+impl HttpsFrontend {
+    /// Binds the listener now, so the caller learns the real address (port 0 works).
+    pub async fn bind(
+        name: &str,
+        cfg: Config,
+        resolver: Resolver,
+        shared: Option<Arc<dyn SharedTransport>>,
+        metrics: Arc<Metrics>,
+        handshake_timeout: std::time::Duration,
+    ) -> Result<Arc<Self>, String> {
+        let listener = BoundListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let resolver = Arc::new(resolver);
+        let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
+        let tls_2ptth = match cfg.compat_2ptth {
+            Some(_) => Some(tls_config(&resolver, &[ALPN_2PTTH])?),
+            None => None,
+        };
+        let names = Names::new(
+            cfg.reclaim_grace,
+            cfg.pools.clone(),
+            metrics.http_names_active.with_label_values(&[name]),
+        );
+        Ok(Arc::new(Self {
+            name: name.to_string(),
+            cfg,
+            listener,
+            names,
+            resolver,
+            visitor_tls,
+            tls_2ptth,
+            shared,
+            upstream_2ptth: Mutex::new(None),
+            metrics,
+            handshake_timeout,
+        }))
+    }
+
+    /// The port in public URLs.
+    fn public_port(&self) -> u16 {
+        self.cfg
+            .public_port
+            .unwrap_or_else(|| self.listener.local_addr().port())
+    }
+
+    /// `https://<name>.<domain>[:port]`.
+    pub fn endpoint(&self, name: &str) -> String {
+        let port = self.public_port();
+        if port == 443 {
+            format!("https://{name}.{}", self.cfg.domain)
+        } else {
+            format!("https://{name}.{}:{port}", self.cfg.domain)
+        }
+    }
+
+    pub(crate) fn count(&self, outcome: &str) {
+        self.metrics
+            .http_requests_total
+            .with_label_values(&[&self.name, outcome])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl Frontend for HttpsFrontend {
+    fn kind(&self) -> &'static str {
+        "https-subdomain"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn serves(&self, kind: TunnelKind) -> bool {
+        matches!(kind, TunnelKind::Http | TunnelKind::Tls)
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        Some(self.listener.local_addr())
+    }
+
+    async fn serve(self: Arc<Self>, cx: FrontendContext) {
+        let Some(l) = self.listener.take() else {
+            return;
+        };
+        tracing::info!(frontend = %self.name, addr = %self.listener.local_addr(), domain = %self.cfg.domain, "https-subdomain frontend listening");
+        listener::run(self, l, cx).await;
+    }
+
+    async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError> {
+        if req
+            .subdomain
+            .as_deref()
+            .is_some_and(|s| s.starts_with("*."))
+            && req.kind != TunnelKind::Tls
+        {
+            return Err(ClaimError::Invalid(
+                "a wildcard subdomain (`*.name`) is only for `tls` (passthrough) tunnels".into(),
+            ));
+        }
+        self.names.claim(&req, |n| self.endpoint(n))
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        self.names.routes(&self.name, |n| self.endpoint(n))
+    }
+}

@@ -1,0 +1,24 @@
+//! Frontend `https-subdomain`: visitors reach tunnels at `https://<name>.<domain>`.
+//!
+//! - TLS is terminated with a configured (wildcard) certificate or with one issued per name
+//!   from tunneld's CA; HTTP/1.1 and HTTP/2 by ALPN; every request routed by its own Host.
+//! - `tls` tunnels are served by SNI passthrough on the same port: tunneld never decrypts.
+//! - The port can be shared with the `h2-reverse` transport (ALPN `tunneld-h2`) and with
+//!   original 2ptth initiators (ALPN `2ptth`, opt-in).
+//!
+//! Layout: [`config`], `frontend` (claims, routes), `names` (owners, grace, pools), `certs`
+//! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
+//! `pages` (tunneld's own answers).
+#![forbid(unsafe_code)]
+
+mod certs;
+pub mod config;
+mod frontend;
+mod listener;
+mod names;
+mod pages;
+mod visitor;
+
+pub use certs::Resolver;
+pub use config::Config;
+pub use frontend::HttpsFrontend;

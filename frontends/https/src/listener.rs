@@ -1,0 +1,291 @@
+//! One public port, four kinds of connection, told apart from the ClientHello:
+//! 1. SNI names a `tls` tunnel: the raw TLS bytes are spliced to it (passthrough);
+//! 2. ALPN offers the shared transport's id: TLS with its config, then the transport;
+//! 3. ALPN offers `2ptth` (compat mode): the initiator becomes the 2ptth upstream;
+//! 4. anything else: a visitor, TLS terminated here, HTTP/1.1 or HTTP/2 by ALPN.
+
+use crate::frontend::HttpsFrontend;
+use crate::names::Lookup;
+use crate::visitor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+use tunneld_core::frontend::FrontendContext;
+use tunneld_core::h2link::{self, ALPN_2PTTH};
+use tunneld_core::io::Prefixed;
+use tunneld_core::proto::TunnelKind;
+use tunneld_core::session::StreamHeader;
+use tunneld_core::sni::{self, SniError};
+use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::tls::common_name;
+use tunneld_core::tls_listener::set_keepalive;
+
+pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: FrontendContext) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cx.shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(frontend = %fe.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if open.load(Ordering::Relaxed) >= fe.cfg.max_connections {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, "too_many_connections"])
+                .inc();
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (fe, open, shutdown) = (fe.clone(), open.clone(), cx.shutdown.clone());
+        cx.tasks.spawn(async move {
+            connection(&fe, tcp, peer, shutdown).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+const NOT_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\nThis port speaks HTTPS: use https://.\n";
+
+async fn connection(
+    fe: &Arc<HttpsFrontend>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
+    let local = tcp.local_addr().unwrap_or(peer);
+    let peeked =
+        match tokio::time::timeout(fe.handshake_timeout, sni::read_client_hello(&mut tcp)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(SniError::NotTls(_))) => {
+                let _ = tcp.write_all(NOT_TLS).await;
+                let _ = tcp.shutdown().await;
+                return;
+            }
+            Ok(Err(e)) => {
+                fe.metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[&fe.name, e.reason()])
+                    .inc();
+                return;
+            }
+            Err(_) => {
+                fe.metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[&fe.name, "client_hello_timeout"])
+                    .inc();
+                return;
+            }
+        };
+    let sni = peeked
+        .server_name
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .map(|s| s.trim_end_matches('.').to_string());
+    if let Some(rest) = sni
+        .as_deref()
+        .and_then(|s| s.strip_suffix(fe.cfg.domain.as_str()))
+        .and_then(|s| s.strip_suffix('.'))
+    {
+        // A first look that moves no round-robin: only tls names are routed here.
+        let is_tls = matches!(
+            fe.names.lookup_host(rest, false),
+            (
+                _,
+                Lookup::Active {
+                    kind: TunnelKind::Tls,
+                    ..
+                }
+            )
+        );
+        if is_tls {
+            if let (_, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
+                passthrough(fe, tcp, peeked.bytes, peer, local, sni.as_deref(), members).await;
+                return;
+            }
+        }
+    }
+
+    let io = Prefixed::new(peeked.bytes, tcp);
+    let started = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let hs = tokio::time::timeout(fe.handshake_timeout, async {
+        let start = started.await?;
+        let offered: Vec<Vec<u8>> = start
+            .client_hello()
+            .alpn()
+            .map(|i| i.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let has = |p: &[u8]| offered.iter().any(|o| o == p);
+        if let Some(t) = fe.shared.as_ref().filter(|t| has(t.alpn())) {
+            let tls = start.into_stream(t.tls_config()).await?;
+            return Ok::<_, std::io::Error>(Kind::Transport(t.clone(), tls));
+        }
+        if let Some(cfg) = fe.tls_2ptth.as_ref().filter(|_| has(ALPN_2PTTH)) {
+            return Ok(Kind::Upstream2ptth(start.into_stream(cfg.clone()).await?));
+        }
+        Ok(Kind::Visitor(
+            start.into_stream(fe.visitor_tls.clone()).await?,
+        ))
+    })
+    .await;
+    match hs {
+        Ok(Ok(Kind::Transport(t, tls))) => {
+            let cn = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| common_name(c));
+            t.serve_shared(Box::new(tls), peer, cn).await;
+        }
+        Ok(Ok(Kind::Upstream2ptth(tls))) => upstream_2ptth(fe, Box::new(tls), peer).await,
+        Ok(Ok(Kind::Visitor(tls))) => {
+            // The ALPN the handshake settled on decides the protocol.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            visitor::serve(fe.clone(), Box::new(tls), peer, local, sni, h2, shutdown).await;
+        }
+        Ok(Err(e)) => {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, "tls_error"])
+                .inc();
+            tracing::debug!(frontend = %fe.name, %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, "handshake_timeout"])
+                .inc();
+        }
+    }
+}
+
+type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+enum Kind {
+    Transport(Arc<dyn tunneld_core::transport::SharedTransport>, Tls),
+    Upstream2ptth(Tls),
+    Visitor(Tls),
+}
+
+async fn passthrough(
+    fe: &Arc<HttpsFrontend>,
+    mut visitor: TcpStream,
+    hello: Vec<u8>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    sni: Option<&str>,
+    members: Vec<crate::names::Member>,
+) {
+    let m = &fe.metrics;
+    let count = |outcome: &str| {
+        m.passthrough_connections_total
+            .with_label_values(&[&fe.name, outcome])
+            .inc()
+    };
+    let Some(member) = members
+        .iter()
+        .find(|m| m.target.online())
+        .or(members.first())
+    else {
+        count("offline");
+        return;
+    };
+    let header = StreamHeader {
+        tunnel: member.tunnel.clone(),
+        target: None,
+        visitor: peer,
+        public: local,
+        proxy_protocol: member.proxy_protocol,
+    };
+    let started = std::time::Instant::now();
+    let mut stream = match tokio::time::timeout(
+        fe.cfg.open_timeout,
+        member.target.open(header, sni),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            count(e.reason());
+            tracing::debug!(frontend = %fe.name, %peer, error = %e, "passthrough visitor refused");
+            return;
+        }
+        Err(_) => {
+            count("timeout");
+            return;
+        }
+    };
+    m.stream_open_seconds
+        .with_label_values(&[&fe.name])
+        .observe(started.elapsed().as_secs_f64());
+    m.streams_opened_total.with_label_values(&[&fe.name]).inc();
+    count("ok");
+    let active = m.streams_active.with_label_values(&[&fe.name]);
+    active.inc();
+    if stream.write_all(&hello).await.is_ok() {
+        m.bytes_total
+            .with_label_values(&[&fe.name, "in"])
+            .inc_by(hello.len() as u64);
+        let counters = SpliceCounters {
+            a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
+            b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
+        };
+        if let Err(e) = splice(&mut visitor, &mut stream, counters).await {
+            tracing::debug!(frontend = %fe.name, %peer, error = %e, "passthrough stream ended with an error");
+        }
+    }
+    active.dec();
+}
+
+/// A 2ptth initiator: it runs the HTTP/2 server, we are its client. The first live one
+/// serves `compat_2ptth.hostname`; others are turned away while it lives.
+async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: SocketAddr) {
+    let busy = fe
+        .upstream_2ptth
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|o| !o.is_closed());
+    if busy {
+        tracing::warn!(frontend = %fe.name, %peer, "a 2ptth upstream is already connected; refusing another");
+        return;
+    }
+    let (opener, driver) = match h2link::connect(
+        io,
+        &tunneld_core::h2link::H2Tuning::default(),
+        Duration::from_secs(10),
+        true,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(frontend = %fe.name, %peer, error = %e, "2ptth HTTP/2 handshake failed");
+            return;
+        }
+    };
+    *fe.upstream_2ptth.lock().unwrap_or_else(|p| p.into_inner()) = Some(opener.clone());
+    let gauge = fe.metrics.upstreams_2ptth.with_label_values(&[&fe.name]);
+    gauge.set(1);
+    tracing::info!(frontend = %fe.name, %peer, "2ptth upstream connected");
+    let r = driver.await;
+    let mut slot = fe.upstream_2ptth.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.as_ref().is_some_and(|o| Arc::ptr_eq(o, &opener)) {
+        *slot = None;
+        gauge.set(0);
+    }
+    drop(slot);
+    tracing::info!(frontend = %fe.name, %peer, result = ?r.err(), "2ptth upstream disconnected");
+}

@@ -1,0 +1,383 @@
+//! Visitor HTTP on a terminated connection: every request is routed by its own Host /
+//! `:authority` (never by the connection), forwarded with `X-Forwarded-*`, and streamed both
+//! ways. WebSocket (any `Upgrade`) requests go over a raw tunnel stream, and bytes flow raw
+//! only after the local service answered `101`.
+
+use crate::frontend::HttpsFrontend;
+use crate::names::Lookup;
+use crate::pages;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::framing_guard::{FramingGuard, REFUSED_HEADER};
+use tunneld_core::h2link::h2_reason;
+use tunneld_core::http_forward::{
+    boxed, coalesced, http1_over, is_upgrade, strip_hop_by_hop, Body,
+};
+use tunneld_core::hub::Target;
+use tunneld_core::io::BoxIo;
+use tunneld_core::proto::TunnelKind;
+use tunneld_core::session::{OpenError, StreamHeader};
+use tunneld_core::splice::{splice, SpliceCounters};
+
+struct Conn {
+    fe: Arc<HttpsFrontend>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// The server name of the TLS handshake.
+    sni: Option<String>,
+    h2: bool,
+}
+
+pub(crate) async fn serve(
+    fe: Arc<HttpsFrontend>,
+    io: BoxIo,
+    peer: SocketAddr,
+    local: SocketAddr,
+    sni: Option<String>,
+    h2: bool,
+    shutdown: CancellationToken,
+) {
+    let conn = Arc::new(Conn {
+        fe: fe.clone(),
+        peer,
+        local,
+        sni,
+        h2,
+    });
+    let svc = service_fn(move |req| {
+        let c = conn.clone();
+        async move { Ok::<_, Infallible>(c.handle(req).await) }
+    });
+    let result = if h2 {
+        let served = fe
+            .cfg
+            .h2
+            .server(Duration::from_secs(20))
+            .serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(served);
+        tokio::select! {
+            r = served.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        }
+    } else {
+        let fe2 = fe.clone();
+        let guarded = FramingGuard::new(io).on_refuse(move |reason| {
+            fe2.count("bad_request");
+            tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(fe.cfg.header_timeout)
+            // The framing guard ends input after a refused request; its 400 must still go out.
+            .half_close(true)
+            .serve_connection(TokioIo::new(guarded), svc)
+            .with_upgrades();
+        tokio::pin!(served);
+        tokio::select! {
+            r = served.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(frontend = %fe.name, %peer, error = %e, "visitor connection ended with an error");
+        if let Some(reason) = h2_reason(&e) {
+            fe.metrics
+                .protocol_errors_total
+                .with_label_values(&[&fe.name, &format!("h2_{reason}")])
+                .inc();
+        }
+    }
+}
+
+/// The host a request names, without port, lower-cased; and the raw `host[:port]`.
+fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })?;
+    let host = match raw.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw.as_str(),
+    };
+    Some((host.trim_end_matches('.').to_ascii_lowercase(), raw.clone()))
+}
+
+enum Route {
+    Tunnel {
+        tunnel: String,
+        target: Arc<dyn Target>,
+        proxy_protocol: Option<tunneld_core::proxy_protocol::Version>,
+    },
+    Upstream2ptth,
+}
+
+impl Conn {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let fe = &self.fe;
+        if let Some(reason) = req.headers().get(REFUSED_HEADER) {
+            // The framing guard's stand-in for a request it refused.
+            let mut r = pages::text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Bad Request: {}",
+                    reason.to_str().unwrap_or("ambiguous framing")
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        let Some((host, raw_host)) = host_of(&req) else {
+            fe.count("bad_request");
+            return pages::text(StatusCode::BAD_REQUEST, "The request has no Host.");
+        };
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            fe.count("bad_request");
+            return pages::text(
+                StatusCode::BAD_REQUEST,
+                "The request has more than one Host.",
+            );
+        }
+        let route = match self.route(&host) {
+            Ok(r) => r,
+            Err(resp) => return *resp,
+        };
+        let header = |tunnel: &str, pp| StreamHeader {
+            tunnel: tunnel.to_string(),
+            target: None,
+            visitor: self.peer,
+            public: self.local,
+            proxy_protocol: pp,
+        };
+        let upgrade = !self.h2 && is_upgrade(&req);
+        let mut req = req;
+        let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let req = self.forwarded(req, &raw_host, upgrade);
+        let timeout = fe.cfg.open_timeout;
+        let result = match &route {
+            Route::Upstream2ptth => {
+                let up = fe
+                    .upstream_2ptth
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match up {
+                    None => Err(OpenError::Offline),
+                    Some(o) => {
+                        with_timeout(
+                            timeout,
+                            tunneld_core::session::OpenStream::request(
+                                &*o,
+                                header("2ptth", None),
+                                req,
+                            ),
+                        )
+                        .await
+                    }
+                }
+            }
+            Route::Tunnel {
+                tunnel,
+                target,
+                proxy_protocol,
+            } => {
+                let h = header(tunnel, *proxy_protocol);
+                if upgrade {
+                    match with_timeout(timeout, target.open(h, None)).await {
+                        Ok(io) => with_timeout(timeout, http1_over(io, req)).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    with_timeout(timeout, target.request(h, req)).await
+                }
+            }
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => return self.failed(&host, e),
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        match (switching, visitor_upgrade) {
+            (true, Some(visitor_up)) => {
+                let backend_up = hyper::upgrade::on(&mut resp);
+                let fe2 = fe.clone();
+                tokio::spawn(async move {
+                    let (Ok(v), Ok(b)) = tokio::join!(visitor_up, backend_up) else {
+                        return;
+                    };
+                    let m = &fe2.metrics;
+                    let counters = SpliceCounters {
+                        a_to_b: Some(m.bytes_total.with_label_values(&[&fe2.name, "in"])),
+                        b_to_a: Some(m.bytes_total.with_label_values(&[&fe2.name, "out"])),
+                    };
+                    let active = m.streams_active.with_label_values(&[&fe2.name]);
+                    active.inc();
+                    let (mut v, mut b) = (TokioIo::new(v), TokioIo::new(b));
+                    let _ = splice(&mut v, &mut b, counters).await;
+                    active.dec();
+                });
+                fe.count("upgraded");
+            }
+            (true, None) => {
+                // A 101 the visitor did not ask for cannot be honoured.
+                fe.count("session");
+                return pages::text(
+                    StatusCode::BAD_GATEWAY,
+                    "The local service switched protocols without being asked.",
+                );
+            }
+            _ => fe.count("forwarded"),
+        }
+        resp.map(coalesced)
+    }
+
+    fn route(&self, host: &str) -> Result<Route, Box<Response<Body>>> {
+        let fe = &self.fe;
+        if fe
+            .cfg
+            .compat_2ptth
+            .as_ref()
+            .is_some_and(|c| c.hostname == host)
+        {
+            return Ok(Route::Upstream2ptth);
+        }
+        let misdirected = || {
+            fe.count("misdirected");
+            pages::misdirected(host, self.sni.as_deref())
+        };
+        let Some(rest) = host
+            .strip_suffix(fe.cfg.domain.as_str())
+            .and_then(|s| s.strip_suffix('.'))
+        else {
+            return Err(Box::new(misdirected()));
+        };
+        if !fe.resolver.covers(self.sni.as_deref(), host) {
+            return Err(Box::new(misdirected()));
+        }
+        match fe.names.lookup_host(rest, true) {
+            (_, Lookup::Unknown) => {
+                fe.count("not_found");
+                Err(Box::new(pages::not_found(host)))
+            }
+            (_, Lookup::Reserved) => {
+                fe.count("offline");
+                Err(Box::new(pages::offline(host)))
+            }
+            (_, Lookup::Active { kind, .. }) if kind != TunnelKind::Http => {
+                Err(Box::new(misdirected()))
+            }
+            (_, Lookup::Active { members, .. }) => {
+                let m = members
+                    .iter()
+                    .find(|m| m.target.online())
+                    .or(members.first())
+                    .cloned();
+                match m {
+                    Some(m) => Ok(Route::Tunnel {
+                        tunnel: m.tunnel,
+                        target: m.target,
+                        proxy_protocol: m.proxy_protocol,
+                    }),
+                    None => {
+                        fe.count("offline");
+                        Err(Box::new(pages::offline(host)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The request as the tunnel client sees it: absolute URI, Host, no hop-by-hop headers,
+    /// `X-Forwarded-*` set by tunneld (never taken from the visitor).
+    fn forwarded(&self, req: Request<Incoming>, raw_host: &str, upgrade: bool) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        for h in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+        ] {
+            parts.headers.remove(h);
+        }
+        let hv = |s: &str| HeaderValue::from_str(s).ok();
+        if let Some(v) = hv(&self.peer.ip().to_string()) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(v) = hv(raw_host) {
+            parts.headers.insert("x-forwarded-host", v.clone());
+            parts.headers.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        if let Ok(u) = format!("https://{raw_host}{pq}").parse() {
+            parts.uri = u;
+        }
+        Request::from_parts(parts, coalesced(boxed(body)))
+    }
+
+    fn failed(&self, host: &str, e: OpenError) -> Response<Body> {
+        let fe = &self.fe;
+        fe.metrics
+            .stream_open_failures_total
+            .with_label_values(&[&fe.name, e.reason()])
+            .inc();
+        match e {
+            OpenError::Offline => {
+                fe.count("offline");
+                pages::offline(host)
+            }
+            OpenError::LocalRefused(why) => {
+                fe.count("local_refused");
+                pages::local_refused(host, &why)
+            }
+            OpenError::Timeout => {
+                fe.count("timeout");
+                pages::timeout(host)
+            }
+            e => {
+                fe.count("session");
+                tracing::debug!(frontend = %fe.name, %host, error = %e, "forwarding failed");
+                pages::offline(host)
+            }
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, OpenError>>,
+) -> Result<T, OpenError> {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or(Err(OpenError::Timeout))
+}

@@ -1,0 +1,192 @@
+//! tunnelc side of the h2-reverse transport: after the hello exchange, tunnelc is the HTTP/2
+//! server on its own connection. Each request from tunneld carries a stream header naming
+//! the tunnel: `CONNECT` becomes a raw stream to the local target, any other method is
+//! forwarded to the local HTTP service.
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+pub use tunneld_core::dial::{DialError, DialTarget};
+use tunneld_core::h2link::{H2Tuning, CONTROL_PATH, ERROR_HEADER, STREAM_HEADER};
+use tunneld_core::http_forward::{boxed, coalesced, empty, full, http1_over, Body};
+use tunneld_core::proto::{Control, Hello, TunnelStatus};
+use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::splice::{splice, SpliceCounters};
+
+/// How to reach tunneld.
+#[derive(Clone)]
+pub struct DialOptions {
+    pub target: DialTarget,
+    pub tuning: H2Tuning,
+}
+
+/// An accepted session, ready to [`Connected::run`].
+pub struct Connected {
+    pub client_id: String,
+    pub tunnels: Vec<TunnelStatus>,
+    pub keepalive: Duration,
+    io: TlsStream<TcpStream>,
+    tuning: H2Tuning,
+}
+
+/// Connects, sends `hello`, and waits for tunneld's answer.
+pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
+    let w = tunneld_core::dial::dial(&opts.target, hello).await?;
+    Ok(Connected {
+        client_id: w.client_id,
+        tunnels: w.tunnels,
+        keepalive: w.keepalive,
+        io: w.io,
+        tuning: opts.tuning,
+    })
+}
+
+struct Ctx {
+    connector: Arc<dyn LocalConnector>,
+    updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+    streams: CancellationToken,
+}
+
+fn answer(status: StatusCode, error: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(match error {
+        Some(e) => full(format!("{e}\n")),
+        None => empty(),
+    });
+    *r.status_mut() = status;
+    if let Some(e) = error {
+        // Header values cannot hold control characters; keep the reason printable.
+        let clean: String = e
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&clean) {
+            r.headers_mut().insert(ERROR_HEADER, v);
+        }
+    }
+    r
+}
+
+impl Connected {
+    /// Serves tunneld's requests until the connection ends or `stop` is cancelled; returns
+    /// why it ended. Tunnel list changes pushed by tunneld go to `updates`.
+    pub async fn run(
+        self,
+        connector: Arc<dyn LocalConnector>,
+        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+        stop: CancellationToken,
+    ) -> String {
+        let streams = CancellationToken::new();
+        let _streams_guard = streams.clone().drop_guard();
+        let ctx = Arc::new(Ctx {
+            connector,
+            updates,
+            streams,
+        });
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(req, ctx).await) }
+        });
+        let conn = self
+            .tuning
+            .server(self.keepalive)
+            .serve_connection(TokioIo::new(self.io), svc);
+        tokio::select! {
+            r = conn => match r {
+                Ok(()) => "tunneld closed the connection".to_string(),
+                Err(e) => format!("connection failed: {e}"),
+            },
+            _ = stop.cancelled() => "stopped".to_string(),
+        }
+    }
+}
+
+async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
+    let Some(raw) = req.headers_mut().remove(STREAM_HEADER) else {
+        if req.method() == Method::POST && req.uri().path() == CONTROL_PATH {
+            return control(req, &ctx).await;
+        }
+        return answer(StatusCode::BAD_REQUEST, Some("no stream header"));
+    };
+    let header: StreamHeader = match serde_json::from_slice(raw.as_bytes()) {
+        Ok(h) => h,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                Some(&format!("bad stream header: {e}")),
+            )
+        }
+    };
+    let local = match ctx.connector.connect(&header).await {
+        Ok(l) => l,
+        Err(reason) => {
+            tracing::warn!(tunnel = %header.tunnel, visitor = %header.visitor, "cannot reach the local service: {reason}");
+            return answer(StatusCode::BAD_GATEWAY, Some(&reason));
+        }
+    };
+    if req.method() == Method::CONNECT {
+        let cancel = ctx.streams.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "CONNECT stream never opened");
+                    return;
+                }
+            };
+            let mut tunnel = TokioIo::new(upgraded);
+            let mut local = local;
+            tokio::select! {
+                r = splice(&mut tunnel, &mut local, SpliceCounters::default()) => {
+                    if let Err(e) = r {
+                        tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error");
+                    }
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+        return answer(StatusCode::OK, None);
+    }
+    let req = req.map(boxed);
+    match http1_over(local, req).await {
+        Ok(resp) => resp.map(coalesced),
+        Err(e) => answer(StatusCode::BAD_GATEWAY, Some(&e.to_string())),
+    }
+}
+
+async fn control(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("control message too big"),
+            )
+        }
+    };
+    match serde_json::from_slice::<Control>(&body) {
+        Ok(Control::Tunnels { tunnels }) => {
+            let _ = ctx.updates.send(tunnels);
+            answer(StatusCode::NO_CONTENT, None)
+        }
+        Ok(_) => answer(StatusCode::NO_CONTENT, None),
+        Err(e) => answer(
+            StatusCode::BAD_REQUEST,
+            Some(&format!("bad control message: {e}")),
+        ),
+    }
+}

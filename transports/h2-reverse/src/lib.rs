@@ -1,0 +1,17 @@
+//! Transport `h2-reverse`: tunnelc opens TLS to tunneld (ALPN `tunneld-h2`), sends the hello
+//! frame, reads the welcome, and then serves HTTP/2 on that connection while tunneld is the
+//! HTTP/2 client. Visitor HTTP requests travel as HTTP/2 requests; raw byte streams (ports,
+//! SNI passthrough, WebSocket upgrades) as `CONNECT` streams. The 2ptth dialect (no hello, ALPN
+//! `2ptth`) is served by the `https-subdomain` frontend through [`tunneld_core::h2link`].
+//!
+//! Layout: [`config`], [`server`] (tunneld side), [`client`] (tunnelc side).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod server;
+
+pub use client::{dial, Connected, DialError, DialOptions};
+pub use config::Config;
+pub use server::H2ReverseTransport;
+pub use tunneld_core::h2link::ALPN;

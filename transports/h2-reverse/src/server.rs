@@ -1,0 +1,333 @@
+//! tunneld side of the h2-reverse transport.
+
+use crate::config::Config;
+use async_trait::async_trait;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tunneld_core::h2link::{self, h2_reason, H2Opener, ALPN};
+use tunneld_core::http_forward::Body;
+use tunneld_core::hub::SessionGuard;
+use tunneld_core::io::BoxIo;
+use tunneld_core::proto::{read_frame, write_frame, Control, Hello, ServerHello, MAGIC};
+use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
+use tunneld_core::tls::common_name;
+use tunneld_core::tls_listener::{set_keepalive, BoundListener};
+use tunneld_core::transport::{SharedTransport, Transport, TransportContext, TransportError};
+
+pub struct H2ReverseTransport {
+    cfg: Config,
+    listener: Option<BoundListener>,
+    tls: Arc<rustls::ServerConfig>,
+    /// Set when serving starts; connections handed over before that are dropped.
+    cx: OnceLock<TransportContext>,
+}
+
+impl H2ReverseTransport {
+    /// Binds the own listener (when configured) now, so port 0 works.
+    pub async fn bind(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Result<Self, TransportError> {
+        let listener = match cfg.listen {
+            Some(addr) => Some(
+                BoundListener::bind(addr)
+                    .await
+                    .map_err(|source| TransportError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            listener,
+            tls,
+            cx: OnceLock::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for H2ReverseTransport {
+    fn kind(&self) -> &'static str {
+        "h2-reverse"
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(|l| l.local_addr())
+    }
+
+    async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
+        let _ = self.cx.set(cx.clone());
+        let Some(listener) = self.listener.as_ref().and_then(|l| l.take()) else {
+            // Shared port only: sessions arrive through `serve_shared`.
+            cx.shutdown.cancelled().await;
+            return Ok(());
+        };
+        tracing::info!(transport = %cx.name, addr = ?self.local_addr(), "h2-reverse transport listening");
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = cx.shutdown.cancelled() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(transport = %cx.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let permit = match cx.limiter.try_acquire(peer.ip()) {
+                Ok(p) => p,
+                Err(refused) => {
+                    cx.metrics
+                        .handshakes_total
+                        .with_label_values(&[&cx.name, refused.reason()])
+                        .inc();
+                    continue;
+                }
+            };
+            let (me, acceptor) = (self.clone(), acceptor.clone());
+            cx.tasks.spawn(async move {
+                let cx = match me.cx.get() {
+                    Some(cx) => cx.clone(),
+                    None => return,
+                };
+                let accepted = tls_accept(&acceptor, tcp, &cx).await;
+                drop(permit);
+                if let Some((io, cn)) = accepted {
+                    me.session(io, peer, cn, cx).await;
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn tls_accept(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    cx: &TransportContext,
+) -> Option<(BoxIo, Option<String>)> {
+    let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
+    match tokio::time::timeout(cx.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let cn = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| common_name(c));
+            Some((Box::new(tls), cn))
+        }
+        Ok(Err(e)) => {
+            let outcome = if e.to_string().contains("certificate") {
+                "bad_certificate"
+            } else {
+                "tls_error"
+            };
+            cx.metrics
+                .handshakes_total
+                .with_label_values(&[&cx.name, outcome])
+                .inc();
+            None
+        }
+        Err(_) => {
+            cx.metrics
+                .handshakes_total
+                .with_label_values(&[&cx.name, "timeout"])
+                .inc();
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl SharedTransport for H2ReverseTransport {
+    fn alpn(&self) -> &'static [u8] {
+        ALPN
+    }
+
+    fn tls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.tls.clone()
+    }
+
+    async fn serve_shared(self: Arc<Self>, io: BoxIo, peer: SocketAddr, cert_cn: Option<String>) {
+        let Some(cx) = self.cx.get().cloned() else {
+            return;
+        };
+        self.session(io, peer, cert_cn, cx).await;
+    }
+}
+
+/// The opener a session is admitted with: the HTTP/2 link exists only after the welcome went
+/// out, so it is filled in then.
+#[derive(Default)]
+struct LinkSlot(OnceLock<Arc<H2Opener>>);
+
+impl LinkSlot {
+    fn get(&self) -> Result<&Arc<H2Opener>, OpenError> {
+        self.0.get().ok_or(OpenError::Offline)
+    }
+}
+
+#[async_trait]
+impl OpenStream for LinkSlot {
+    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+        self.get()?.open(header).await
+    }
+
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, OpenError> {
+        self.get()?.request(header, req).await
+    }
+}
+
+impl H2ReverseTransport {
+    async fn session(
+        self: Arc<Self>,
+        mut io: BoxIo,
+        peer: SocketAddr,
+        cn: Option<String>,
+        cx: TransportContext,
+    ) {
+        cx.metrics.handshakes_pending.inc();
+        let hello = tokio::time::timeout(cx.handshake_timeout, async {
+            let mut magic = [0u8; 8];
+            io.read_exact(&mut magic)
+                .await
+                .map_err(|_| ("closed", "closed before the hello".to_string()))?;
+            if &magic != MAGIC {
+                return Err(("bad_magic", "the client did not send TUNNELD1".to_string()));
+            }
+            read_frame::<Hello, _>(&mut io)
+                .await
+                .map_err(|e| (e.reason(), e.to_string()))
+        })
+        .await;
+        cx.metrics.handshakes_pending.dec();
+        let hello = match hello {
+            Ok(Ok(h)) => h,
+            Ok(Err((outcome, detail))) => {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, outcome])
+                    .inc();
+                if outcome != "closed" {
+                    cx.metrics
+                        .protocol_errors_total
+                        .with_label_values(&[&cx.name, outcome])
+                        .inc();
+                }
+                tracing::warn!(transport = %cx.name, %peer, outcome, "handshake failed: {detail}");
+                return;
+            }
+            Err(_) => {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, "timeout"])
+                    .inc();
+                return;
+            }
+        };
+        let slot = Arc::new(LinkSlot::default());
+        let admitted = cx
+            .hub
+            .admit(
+                &hello,
+                cn.as_deref(),
+                &cx.name,
+                "h2-reverse",
+                peer,
+                slot.clone(),
+            )
+            .await;
+        let (guard, tunnels) = match admitted {
+            Ok(x) => x,
+            Err(rej) => {
+                tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "client rejected: {}", rej.reason);
+                let reply = ServerHello::Rejected {
+                    reason: rej.reason,
+                    permanent: rej.permanent,
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut io, &reply))
+                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::AsyncWriteExt::shutdown(&mut io),
+                )
+                .await;
+                return;
+            }
+        };
+        let welcome = ServerHello::Welcome {
+            client_id: guard.session.info.client_id.clone(),
+            tunnels,
+            keepalive_secs: cx.hub.keepalive_secs,
+        };
+        if let Err(e) = write_frame(&mut io, &welcome).await {
+            tracing::warn!(transport = %cx.name, %peer, error = %e, "could not send welcome");
+            return;
+        }
+        let keepalive = Duration::from_secs(cx.hub.keepalive_secs.max(1));
+        let (opener, driver) = match h2link::connect(io, &self.cfg.h2, keepalive, false).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(transport = %cx.name, %peer, error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let _ = slot.0.set(opener.clone());
+        run_session(driver, opener, guard, cx).await;
+    }
+}
+
+async fn run_session(
+    driver: h2link::LinkDriver,
+    opener: Arc<H2Opener>,
+    mut guard: SessionGuard,
+    cx: TransportContext,
+) {
+    let client = guard.session.info.client_id.clone();
+    let closed = guard.session.closed.clone();
+    let mut notifications =
+        std::mem::replace(&mut guard.notifications, mpsc::unbounded_channel().1);
+    let notify = async {
+        while let Some(msg) = notifications.recv().await {
+            let json = match serde_json::to_vec(&msg) {
+                Ok(j) => j,
+                Err(_) => continue,
+            };
+            if let Err(e) = opener.control(json).await {
+                return format!("control message failed: {e}");
+            }
+            if matches!(msg, Control::Bye { .. }) {
+                return "said goodbye".to_string();
+            }
+        }
+        std::future::pending::<String>().await
+    };
+    let reason = tokio::select! {
+        r = driver => match r {
+            Ok(()) => "connection closed".to_string(),
+            Err(e) => {
+                if let Some(reason) = h2_reason(&e) {
+                    cx.metrics
+                        .protocol_errors_total
+                        .with_label_values(&[&cx.name, &format!("h2_{reason}")])
+                        .inc();
+                }
+                format!("HTTP/2 connection failed: {e}")
+            }
+        },
+        r = notify => r,
+        _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
+    };
+    tracing::info!(transport = %cx.name, client = %client, "session closing: {reason}");
+    drop(guard);
+}
