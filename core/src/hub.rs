@@ -292,6 +292,54 @@ impl Hub {
             .await
     }
 
+    /// [`Hub::admit`], then the answer on the wire for native transports: the `Welcome`
+    /// frame, or the `Rejected` frame (and a shutdown) written to `io`. `None` when the
+    /// session did not start.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit_answering<W: tokio::io::AsyncWrite + Unpin>(
+        self: &Arc<Self>,
+        io: &mut W,
+        hello: &Hello,
+        cert_cn: Option<&str>,
+        transport: &str,
+        transport_kind: &'static str,
+        remote: SocketAddr,
+        opener: Arc<dyn OpenStream>,
+    ) -> Option<SessionGuard> {
+        use crate::proto::{write_frame, ServerHello};
+        const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        match self
+            .admit(hello, cert_cn, transport, transport_kind, remote, opener)
+            .await
+        {
+            Ok((guard, tunnels)) => {
+                let welcome = ServerHello::Welcome {
+                    client_id: guard.session.info.client_id.clone(),
+                    tunnels,
+                    keepalive_secs: self.keepalive_secs,
+                };
+                match write_frame(io, &welcome).await {
+                    Ok(()) => Some(guard),
+                    Err(e) => {
+                        tracing::warn!(transport, %remote, error = %e, "could not send welcome");
+                        None
+                    }
+                }
+            }
+            Err(rej) => {
+                tracing::warn!(transport, %remote, outcome = rej.outcome, "client rejected: {}", rej.reason);
+                let reply = ServerHello::Rejected {
+                    reason: rej.reason,
+                    permanent: rej.permanent,
+                };
+                let _ = tokio::time::timeout(ANSWER_WAIT, write_frame(io, &reply)).await;
+                let _ =
+                    tokio::time::timeout(ANSWER_WAIT, tokio::io::AsyncWriteExt::shutdown(io)).await;
+                None
+            }
+        }
+    }
+
     /// Admits a session whose identity the transport established itself (a compatibility
     /// dialect that authenticates by client certificate or header). `hello` carries the
     /// tunnels to claim and whether server mappings are accepted.

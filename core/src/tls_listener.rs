@@ -53,6 +53,27 @@ pub fn set_keepalive(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
+/// The next connection, or `None` once `shutdown` is cancelled. Accept errors (out of file
+/// descriptors, say) are logged and retried after a short pause instead of ending the loop.
+pub async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    component: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            a = listener.accept() => match a {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(%component, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// A connection after its TLS handshake.
 pub struct Accepted {
     pub io: BoxIo,
@@ -85,16 +106,9 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let spec = Arc::new(spec);
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = spec.shutdown.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(component = %spec.component, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = accept_next(&listener, &spec.shutdown, &spec.component).await
+        else {
+            break;
         };
         if open.load(Ordering::Relaxed) >= spec.max_connections {
             spec.metrics

@@ -22,21 +22,13 @@ use tunneld_core::session::StreamHeader;
 use tunneld_core::sni::{self, SniError};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::set_keepalive;
+use tunneld_core::tls_listener::{accept_next, set_keepalive};
 
 pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: FrontendContext) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = cx.shutdown.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(frontend = %fe.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &fe.name).await else {
+            break;
         };
         if open.load(Ordering::Relaxed) >= fe.cfg.max_connections {
             fe.metrics

@@ -13,10 +13,10 @@ use tunneld_core::h2link::{self, h2_reason, H2Opener, ALPN};
 use tunneld_core::http_forward::Body;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
-use tunneld_core::proto::{read_frame, write_frame, Control, Hello, ServerHello, MAGIC};
+use tunneld_core::proto::{read_frame, Control, Hello, MAGIC};
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::{set_keepalive, BoundListener};
+use tunneld_core::tls_listener::{accept_next, set_keepalive, BoundListener};
 use tunneld_core::transport::{SharedTransport, Transport, TransportContext, TransportError};
 
 pub struct H2ReverseTransport {
@@ -67,16 +67,8 @@ impl Transport for H2ReverseTransport {
         tracing::info!(transport = %cx.name, addr = ?self.local_addr(), "h2-reverse transport listening");
         let acceptor = TlsAcceptor::from(self.tls.clone());
         loop {
-            let (tcp, peer) = tokio::select! {
-                _ = cx.shutdown.cancelled() => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(transport = %cx.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
+                break;
             };
             let permit = match cx.limiter.try_acquire(peer.ip()) {
                 Ok(p) => p,
@@ -236,9 +228,10 @@ impl H2ReverseTransport {
             }
         };
         let slot = Arc::new(LinkSlot::default());
-        let admitted = cx
+        let Some(guard) = cx
             .hub
-            .admit(
+            .admit_answering(
+                &mut io,
                 &hello,
                 cn.as_deref(),
                 &cx.name,
@@ -246,34 +239,10 @@ impl H2ReverseTransport {
                 peer,
                 slot.clone(),
             )
-            .await;
-        let (guard, tunnels) = match admitted {
-            Ok(x) => x,
-            Err(rej) => {
-                tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "client rejected: {}", rej.reason);
-                let reply = ServerHello::Rejected {
-                    reason: rej.reason,
-                    permanent: rej.permanent,
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut io, &reply))
-                    .await;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::io::AsyncWriteExt::shutdown(&mut io),
-                )
-                .await;
-                return;
-            }
-        };
-        let welcome = ServerHello::Welcome {
-            client_id: guard.session.info.client_id.clone(),
-            tunnels,
-            keepalive_secs: cx.hub.keepalive_secs,
-        };
-        if let Err(e) = write_frame(&mut io, &welcome).await {
-            tracing::warn!(transport = %cx.name, %peer, error = %e, "could not send welcome");
+            .await
+        else {
             return;
-        }
+        };
         let keepalive = Duration::from_secs(cx.hub.keepalive_secs.max(1));
         let (opener, driver) = match h2link::connect(io, &self.cfg.h2, keepalive, false).await {
             Ok(x) => x,

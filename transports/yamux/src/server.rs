@@ -19,11 +19,11 @@ use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{
-    read_frame, write_frame, FrameError, Hello, ServerHello, StreamReply, MAGIC, VERSION,
+    read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC, VERSION,
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::BoundListener;
+use tunneld_core::tls_listener::{accept_next, BoundListener};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 use yamux::{Connection, ConnectionError, Mode};
 
@@ -68,16 +68,8 @@ impl Transport for YamuxTransport {
             .ok_or_else(|| TransportError::Other("transport already serving".into()))?;
         tracing::info!(transport = %cx.name, addr = %self.listener.local_addr(), "yamux transport listening");
         loop {
-            let (tcp, peer) = tokio::select! {
-                _ = cx.shutdown.cancelled() => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(transport = %cx.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
+                break;
             };
             // The accept loop never waits on a peer: admission control, then a task.
             let permit = match cx.limiter.try_acquire(peer.ip()) {
@@ -229,37 +221,21 @@ impl YamuxTransport {
                 }),
             )),
         });
-        let admitted = cx
+        let Some(guard) = cx
             .hub
-            .admit(&hello, cn.as_deref(), &cx.name, "yamux", peer, opener)
-            .await;
-        let (guard, tunnels) = match admitted {
-            Ok(x) => x,
-            Err(rej) => {
-                tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "client rejected: {}", rej.reason);
-                let reply = ServerHello::Rejected {
-                    reason: rej.reason,
-                    permanent: rej.permanent,
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut tls, &reply))
-                    .await;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::io::AsyncWriteExt::shutdown(&mut tls),
-                )
-                .await;
-                return;
-            }
-        };
-        let welcome = ServerHello::Welcome {
-            client_id: guard.session.info.client_id.clone(),
-            tunnels,
-            keepalive_secs: cx.hub.keepalive_secs,
-        };
-        if let Err(e) = write_frame(&mut tls, &welcome).await {
-            tracing::warn!(transport = %cx.name, %peer, error = %e, "could not send welcome");
+            .admit_answering(
+                &mut tls,
+                &hello,
+                cn.as_deref(),
+                &cx.name,
+                "yamux",
+                peer,
+                opener,
+            )
+            .await
+        else {
             return;
-        }
+        };
         drop(permit);
         let conn = Connection::new(
             crate::coalesce::Coalesce::new(tls).compat(),
