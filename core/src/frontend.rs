@@ -102,6 +102,8 @@ pub struct Claim {
     pub endpoint: String,
     /// The port, when the frontend allocates ports.
     pub port: Option<u16>,
+    /// The name, when the frontend routes by name (subdomains).
+    pub name: Option<String>,
     /// Releases the route when dropped.
     pub release: Box<dyn Send + Sync>,
 }
@@ -122,6 +124,27 @@ pub struct RouteInfo {
     pub tunnel: String,
     pub endpoint: String,
     pub state: &'static str,
+}
+
+/// One tunnel serving a name, as [`Frontend::route_name`] reports it.
+#[derive(Clone)]
+pub struct NameMember {
+    pub owner: String,
+    pub tunnel: String,
+    pub target: Arc<dyn Target>,
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+}
+
+/// What a name resolves to on a subdomain frontend.
+pub enum NameRoute {
+    /// Tunnels of `kind` to try in order (a pool's round-robin start first).
+    Active {
+        kind: TunnelKind,
+        members: Vec<NameMember>,
+    },
+    /// The owner is offline; the name is kept for it.
+    Reserved,
+    Unknown,
 }
 
 /// The frontend trait. Implementations live in `frontends/*`.
@@ -147,4 +170,10 @@ pub trait Frontend: Send + Sync + 'static {
     async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError>;
     /// The routes this frontend holds, for `/tunnels`.
     fn routes(&self) -> Vec<RouteInfo>;
+    /// Subdomain frontends: the route of a visitor asking for `rest.<domain>` on another
+    /// listener (the websocket transport's port). Each call moves a pool's round-robin on.
+    fn route_name(&self, rest: &str) -> NameRoute {
+        let _ = rest;
+        NameRoute::Unknown
+    }
 }

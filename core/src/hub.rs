@@ -208,6 +208,16 @@ impl Hub {
         })
     }
 
+    /// The frontend configured as `name`.
+    pub fn frontend(&self, name: &str) -> Option<Arc<dyn Frontend>> {
+        self.frontends.get(name).cloned()
+    }
+
+    /// Whether `client_id` has a live session.
+    pub fn is_online(&self, client_id: &str) -> bool {
+        self.sessions.get(client_id).is_some()
+    }
+
     /// A target that follows `client_id` across sessions.
     pub fn client_target(&self, client_id: &str) -> Arc<dyn Target> {
         Arc::new(ClientTarget {
@@ -403,6 +413,7 @@ impl Hub {
                         name: t.name.clone(),
                         endpoint: Some(claim.endpoint.clone()),
                         error: None,
+                        subdomain: claim.name.clone(),
                     });
                     claims.push(claim);
                 }
@@ -412,6 +423,7 @@ impl Hub {
                         name: t.name.clone(),
                         endpoint: None,
                         error: Some(e.to_string()),
+                        subdomain: None,
                     });
                 }
             }

@@ -15,6 +15,7 @@
 //! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
 //! - [`http1`]: a bounded request-head reader; [`tls_listener`]: the accept loop of TLS
 //!   listeners that read heads themselves.
+//! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
 //! - [`framing_guard`]: refuses ambiguous HTTP/1.1 framing under an HTTP server.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
@@ -28,6 +29,7 @@ pub mod duration;
 pub mod framing_guard;
 pub mod frontend;
 pub mod h2link;
+pub mod host_rewrite;
 pub mod hostglob;
 pub mod http1;
 pub mod http_forward;

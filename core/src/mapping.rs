@@ -298,6 +298,7 @@ impl Hub {
                         name: m.route_name(),
                         endpoint: Some(g.claim.endpoint.clone()),
                         error: None,
+                        subdomain: None,
                     })
             })
             .collect()

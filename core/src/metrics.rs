@@ -35,6 +35,9 @@ pub struct Metrics {
     pub http_names_active: IntGaugeVec,
     pub passthrough_connections_total: IntCounterVec,
     pub upstreams_2ptth: IntGaugeVec,
+    pub ws_requests_total: IntCounterVec,
+    pub ws_conversations_active: IntGaugeVec,
+    pub ws_pauses_total: IntCounterVec,
 }
 
 fn counter(
@@ -231,6 +234,24 @@ impl Metrics {
                 "tunneld_2ptth_upstreams",
                 "Connected 2ptth initiators (0 or 1), by frontend",
                 &["frontend"],
+            )?,
+            ws_requests_total: counter(
+                &r,
+                "tunneld_ws_requests_total",
+                "Requests on websocket transport ports, by route (create, visitor, other) and the status answered (101 for a tunnel created, 200 for a visitor connected to a tunnel)",
+                &["transport", "route", "code"],
+            )?,
+            ws_conversations_active: gauge(
+                &r,
+                "tunneld_ws_conversations_active",
+                "Open conversations on websocket transport sessions",
+                &["transport"],
+            )?,
+            ws_pauses_total: counter(
+                &r,
+                "tunneld_ws_pauses_total",
+                "Pause (P) messages tunneld sent because a conversation's receive buffer was full",
+                &["transport"],
             )?,
             registry: r,
         })

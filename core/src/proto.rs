@@ -193,6 +193,10 @@ pub struct TunnelStatus {
     /// Why the tunnel was refused, in plain words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The name a subdomain frontend gave the tunnel (asked for or picked by tunneld), so
+    /// tunnelc can ask for it again after a reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
 }
 
 /// Answer to [`Hello`].

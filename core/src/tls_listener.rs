@@ -87,7 +87,8 @@ pub struct Accepted {
 pub struct ListenerSpec {
     /// `component` label of the metrics (`tunneld_stream_open_failures_total{frontend}`).
     pub component: String,
-    pub tls: TlsAcceptor,
+    /// `None` for a plain TCP listener (a TLS-terminating proxy in front).
+    pub tls: Option<TlsAcceptor>,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub metrics: Arc<Metrics>,
@@ -123,7 +124,18 @@ where
             let _ = tcp.set_nodelay(true);
             set_keepalive(&tcp);
             let local = tcp.local_addr().unwrap_or(peer);
-            match tokio::time::timeout(spec2.handshake_timeout, spec2.tls.accept(tcp)).await {
+            let Some(tls) = &spec2.tls else {
+                handler(Accepted {
+                    io: Box::new(tcp),
+                    peer,
+                    local,
+                    cert_cn: None,
+                })
+                .await;
+                open2.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
+            match tokio::time::timeout(spec2.handshake_timeout, tls.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let cert_cn = tls
                         .get_ref()

@@ -79,15 +79,17 @@ fn dial_target(cfg: &ClientConfig, alpn: &[u8]) -> anyhow::Result<DialTarget> {
     })
 }
 
-/// The two multiplexing transports tunnelc runs a session over.
+/// The multiplexing transports tunnelc runs a session over.
 enum Dialer {
     Yamux(DialOptions),
     H2(tunneld_transport_h2_reverse::DialOptions),
+    Websocket(tunneld_transport_websocket::DialOptions),
 }
 
 enum Session {
     Yamux(Box<tunneld_transport_yamux::Connected>),
     H2(Box<tunneld_transport_h2_reverse::Connected>),
+    Websocket(Box<tunneld_transport_websocket::Connected>),
 }
 
 impl Dialer {
@@ -97,6 +99,24 @@ impl Dialer {
                 target: dial_target(cfg, tunneld_transport_h2_reverse::ALPN)?,
                 tuning: tunneld_core::h2link::H2Tuning::default(),
             }),
+            TransportKind::Websocket => {
+                let url: tunneld_transport_websocket::client::ServerUrl = cfg
+                    .server
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("server: {e}"))?;
+                let tls = if url.tls {
+                    Some(tls_client(cfg, &[b"http/1.1"])?)
+                } else {
+                    None
+                };
+                Dialer::Websocket(tunneld_transport_websocket::DialOptions {
+                    url,
+                    tls,
+                    auth_key: cfg.auth_key.as_ref().map(|k| k.0.clone()),
+                    max_message: cfg.max_message,
+                    timeout: cfg.connect_timeout,
+                })
+            }
             _ => Dialer::Yamux(DialOptions {
                 target: dial_target(cfg, tunneld_transport_yamux::ALPN)?,
                 tuning: cfg.yamux,
@@ -110,6 +130,9 @@ impl Dialer {
             Dialer::H2(o) => tunneld_transport_h2_reverse::dial(o, hello)
                 .await
                 .map(|c| Session::H2(Box::new(c))),
+            Dialer::Websocket(o) => tunneld_transport_websocket::dial(o, hello)
+                .await
+                .map(|c| Session::Websocket(Box::new(c))),
         }
     }
 }
@@ -119,6 +142,7 @@ impl Session {
         match self {
             Session::Yamux(c) => (c.client_id.clone(), c.tunnels.clone()),
             Session::H2(c) => (c.client_id.clone(), c.tunnels.clone()),
+            Session::Websocket(c) => (c.client_id.clone(), c.tunnels.clone()),
         }
     }
 
@@ -131,6 +155,7 @@ impl Session {
         match self {
             Session::Yamux(c) => c.run(connector, updates, stop).await,
             Session::H2(c) => c.run(connector, updates, stop).await,
+            Session::Websocket(c) => c.run(connector, updates, stop).await,
         }
     }
 }
@@ -187,12 +212,21 @@ pub async fn run(
         return crate::client_connect::run(cfg, events, stop).await;
     }
     let dialer = Dialer::new(&cfg)?;
-    let hello = hello(&cfg);
+    let mut hello = hello(&cfg);
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
         tunnels: cfg
             .tunnels
             .iter()
-            .map(|(n, t)| (n.clone(), (t.local.clone(), t.proxy_protocol)))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    LocalTarget {
+                        addr: t.local.clone(),
+                        proxy: t.proxy_protocol,
+                        host_header: t.host_header.clone(),
+                    },
+                )
+            })
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
         timeout: cfg.connect_timeout,
@@ -211,6 +245,7 @@ pub async fn run(
             Ok(connected) => {
                 let started = Instant::now();
                 let (client_id, tunnels) = connected.welcome();
+                keep_names(&mut hello, &tunnels);
                 let _ = events.send(ClientEvent::Connected { client_id, tunnels });
                 let (utx, mut urx) = mpsc::unbounded_channel();
                 let ev = events.clone();
@@ -245,9 +280,27 @@ pub async fn run(
     }
 }
 
+/// Asks for the names tunneld picked again after a reconnect, so a random subdomain stays.
+fn keep_names(hello: &mut Hello, tunnels: &[TunnelStatus]) {
+    for t in hello.tunnels.iter_mut().filter(|t| t.subdomain.is_none()) {
+        if let Some(s) = tunnels.iter().find(|s| s.name == t.name) {
+            t.subdomain = s.subdomain.clone();
+        }
+    }
+}
+
+/// Where one tunnel's streams go.
+#[derive(Clone)]
+struct LocalTarget {
+    addr: String,
+    proxy: Option<proxy_protocol::Version>,
+    /// Rewrite each request's `Host` to this.
+    host_header: Option<String>,
+}
+
 /// Connects tunneld's streams to local services.
 struct Connector {
-    tunnels: BTreeMap<String, (String, Option<proxy_protocol::Version>)>,
+    tunnels: BTreeMap<String, LocalTarget>,
     accept_server_mappings: bool,
     timeout: Duration,
 }
@@ -255,24 +308,27 @@ struct Connector {
 #[async_trait]
 impl LocalConnector for Connector {
     async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, String> {
-        let (target, proxy) = match &h.target {
+        let (target, proxy, host_header) = match &h.target {
             // A service name (no port): the local address of this tunnelc's tunnel of that
             // name, as threshold's service map did.
             Some(t) if self.accept_server_mappings && !t.contains(':') => {
-                let (local, _) = self
+                let local = self
                     .tunnels
                     .get(t)
                     .cloned()
                     .ok_or_else(|| format!("tunnelc has no service (tunnel) named `{t}`"))?;
-                (local, h.proxy_protocol)
+                (local.addr, h.proxy_protocol, None)
             }
-            Some(t) if self.accept_server_mappings => (t.clone(), h.proxy_protocol),
+            Some(t) if self.accept_server_mappings => (t.clone(), h.proxy_protocol, None),
             Some(_) => return Err("this tunnelc does not accept server-defined targets".into()),
-            None => self
-                .tunnels
-                .get(&h.tunnel)
-                .cloned()
-                .ok_or_else(|| format!("tunnelc has no tunnel named `{}`", h.tunnel))?,
+            None => {
+                let local = self
+                    .tunnels
+                    .get(&h.tunnel)
+                    .cloned()
+                    .ok_or_else(|| format!("tunnelc has no tunnel named `{}`", h.tunnel))?;
+                (local.addr, local.proxy, local.host_header)
+            }
         };
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
@@ -285,7 +341,10 @@ impl LocalConnector for Connector {
                 .await
                 .map_err(|e| format!("PROXY header to {target}: {e}"))?;
         }
-        Ok(Box::new(s))
+        Ok(match host_header {
+            Some(host) => Box::new(tunneld_core::host_rewrite::HostRewrite::new(s, host)),
+            None => Box::new(s),
+        })
     }
 }
 

@@ -230,6 +230,23 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 Some(t) => t.clone(),
                 None => anyhow::bail!("transports.{name}: not bound"),
             },
+            TransportConfig::Websocket(c) => {
+                let tls_cfg = match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => {
+                        let id = tls::ServerIdentity::load(cert, key)
+                            .with_context(|| format!("transports.{name}.cert"))?;
+                        Some(Arc::new(tls::server_config(
+                            &id,
+                            &ClientAuth::None,
+                            &[b"http/1.1"],
+                        )?))
+                    }
+                    _ => None,
+                };
+                tunneld_transport_websocket::WebsocketTransport::bind(c.clone(), tls_cfg)
+                    .await
+                    .with_context(|| format!("transports.{name}"))?
+            }
         };
         if let Some(addr) = built.local_addr() {
             transports.insert(name.clone(), addr);

@@ -30,6 +30,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         "frontends.rendezvous.listen=127.0.0.1:0".into(),
         "transports.h2.listen=127.0.0.1:0".into(),
         "frontends.web.listen=127.0.0.1:0".into(),
+        "transports.ws.listen=127.0.0.1:0".into(),
         format!("frontends.tcp.range={a}-{b}"),
         // The example keeps threshold clients to certificates; the test client uses the header.
         "transports.edge.threshold.header_identity=true".into(),
@@ -212,14 +213,68 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
     h2c.shutdown().await.expect("stop");
 
+    // websocket (tunnelc, tunneld.1 extensions) -> its own port (visitor by Host),
+    // https-subdomain (the same name over TLS), ports and rendezvous.
+    let ws_http = http_echo("http-via-ws").await;
+    let ws_tcp = tagged_echo("via-ws").await;
+    let ws_port = server.running.transports["ws"].port();
+    let yaml = format!(
+        "server: http://localhost:{ws_port}\ntransport: websocket\ntoken: demo-2-token-change-me-012345678\ntunnels:\n  wsite:\n    type: http\n    local: {ws_http}\n    subdomain: wsite\n  wraw:\n    local: {ws_tcp}\n  ws-connect:\n    local: {ws_tcp}\n    frontend: rendezvous\n",
+    );
+    let file = temp_dir("matrix-ws").join("client.yaml");
+    std::fs::write(&file, yaml).expect("client yaml");
+    let mut wsc = TestClient::spawn(ClientConfig::load(Some(&file), &[]).expect("client config"));
+    let tunnels = wsc.connected().await.expect("websocket tunnelc connects");
+    for (url, resolve) in [
+        (
+            format!("http://wsite.localhost:{ws_port}/"),
+            format!("wsite.localhost:{ws_port}:127.0.0.1"),
+        ),
+        (
+            format!("https://wsite.localhost:{web}/"),
+            format!("wsite.localhost:{web}:127.0.0.1"),
+        ),
+    ] {
+        let (status, out) = curl(&["--cacert", &ca, "--resolve", &resolve, &url])
+            .await
+            .expect("curl");
+        assert!(status.success(), "{out}");
+        assert!(out.starts_with("tag=http-via-ws\n"), "{url}: {out}");
+    }
+    let raw = endpoint_of(&tunnels, "wraw").expect("ports endpoint");
+    assert_eq!(visit_tagged(raw, 4096, 10).await.expect("visit"), "via-ws");
+    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
+    tls.write_all(
+        format!("CONNECT ws-connect:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write CONNECT");
+    let mut got = vec![0u8; answer.len()];
+    tls.read_exact(&mut got).await.expect("CONNECT answer");
+    assert_eq!(got, answer);
+    assert_eq!(
+        visit_tagged_over(tls, b"", b"", 2048, 11)
+            .await
+            .expect("visit"),
+        "via-ws"
+    );
+    wsc.shutdown().await.expect("stop");
+
     let m = server.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_ws_requests_total",
+            &[("transport", "ws"), ("route", "visitor"), ("code", "200")]
+        ) >= 1.0
+    );
     assert!(m.get("tunneld_streams_opened_total", &[("frontend", "tcp")]) >= 2.0);
     assert_eq!(
         m.get(
             "tunneld_http_requests_total",
             &[("frontend", "web"), ("outcome", "forwarded")]
         ),
-        2.0
+        3.0
     );
     client.shutdown().await.expect("stop");
 }

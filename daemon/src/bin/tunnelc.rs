@@ -68,9 +68,115 @@ enum Quick {
         #[arg(long, value_parser = ["v1", "v2"])]
         proxy_protocol: Option<String>,
     },
+    /// Publish a local web service at <subdomain>.<server> over the websocket transport (as
+    /// TPoT's `tpot http`). Defaults come from ~/.config/tunnelc/config.yaml.
+    Http(HttpArgs),
 }
 
-fn quick_config(q: Quick) -> ClientConfig {
+#[derive(clap::Args, Debug)]
+struct HttpArgs {
+    /// The local web service: `port`, `host:port` or `http://host:port`.
+    target: String,
+    /// tunneld's URL, http(s)://host[:port].
+    #[arg(short = 't', long)]
+    server: Option<String>,
+    /// The token tunneld knows this client by.
+    #[arg(long, env = "TUNNELC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A TPoT key instead of a token.
+    #[arg(short = 'k', long, env = "TUNNELC_AUTH_KEY", hide_env_values = true)]
+    auth_key: Option<String>,
+    /// Ask for this subdomain (kept across reconnects either way).
+    #[arg(short = 's', long)]
+    subdomain: Option<String>,
+    /// Rewrite every request's Host to this (default: the target's host:port).
+    #[arg(long, conflicts_with = "no_host_rewrite")]
+    http_host: Option<String>,
+    /// Pass the Host header through unchanged.
+    #[arg(long)]
+    no_host_rewrite: bool,
+    /// PEM CA to trust for https:// servers.
+    #[arg(long, conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust exactly this certificate (sha256:<hex>).
+    #[arg(long)]
+    pin: Option<String>,
+    /// Name to check in the certificate (default: the server's host).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+/// `port`, `host:port` or `http://host:port` -> (address to connect, Host to send).
+fn http_target(t: &str) -> Result<(String, String), String> {
+    let t = t.trim().trim_end_matches('/');
+    let t = t.strip_prefix("http://").unwrap_or(t);
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok((format!("127.0.0.1:{port}"), format!("localhost:{port}")));
+    }
+    match tunneld_daemon::config::client::split_host_port(t) {
+        Some(_) => Ok((t.to_string(), t.to_string())),
+        None => Err(format!(
+            "target `{t}`: give a port, host:port or http://host:port"
+        )),
+    }
+}
+
+fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
+    let file = tunneld_daemon::config::user::path();
+    let d = tunneld_daemon::config::user::load(file.as_deref()).map_err(|e| vec![e])?;
+    let (local, host) = http_target(&a.target).map_err(|e| vec![e])?;
+    let Some(server) = a.server.or(d.server) else {
+        return Err(vec![format!(
+            "server: give --server http(s)://host[:port] or set `server:` in {}",
+            file.map(|f| f.display().to_string())
+                .unwrap_or_else(|| "~/.config/tunnelc/config.yaml".into())
+        )]);
+    };
+    let no_rewrite = a.no_host_rewrite || (d.no_host_rewrite && a.http_host.is_none());
+    let host_header = if no_rewrite {
+        None
+    } else {
+        Some(a.http_host.or(d.http_host).unwrap_or(host))
+    };
+    let token = a.token.or(d.token.map(|t| t.0));
+    let auth_key = a.auth_key.or(d.auth_key.map(|k| k.0));
+    let mut tunnels = BTreeMap::new();
+    tunnels.insert(
+        "http".to_string(),
+        TunnelConfig {
+            kind: TunnelKind::Http,
+            local,
+            remote_port: None,
+            frontend: None,
+            subdomain: a.subdomain.or(d.subdomain),
+            proxy_protocol: None,
+            host_header,
+        },
+    );
+    Ok(ClientConfig {
+        server,
+        server_name: a.server_name.or(d.server_name),
+        transport: TransportKind::Websocket,
+        token: token.map(Secret),
+        auth_key: auth_key.map(Secret),
+        max_message: 1 << 20,
+        tls: ClientTls {
+            ca: a.ca.or(d.ca),
+            pin: a.pin.or(d.pin),
+            cert: None,
+            key: None,
+        },
+        reconnect: Reconnect::default(),
+        yamux: Default::default(),
+        accept_server_mappings: false,
+        connect_timeout: std::time::Duration::from_secs(10),
+        log: LogConfig::default(),
+        tunnels,
+        rendezvous: BTreeMap::new(),
+    })
+}
+
+fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
     let Quick::Tcp {
         local,
         server,
@@ -81,7 +187,13 @@ fn quick_config(q: Quick) -> ClientConfig {
         remote_port,
         name,
         proxy_protocol: pp,
-    } = q;
+    } = (match q {
+        Quick::Http(a) => return http_config(a),
+        tcp => tcp,
+    })
+    else {
+        return Err(vec!["unknown quick mode".into()]);
+    };
     let mut tunnels = BTreeMap::new();
     tunnels.insert(
         name,
@@ -91,6 +203,7 @@ fn quick_config(q: Quick) -> ClientConfig {
             remote_port,
             frontend: None,
             subdomain: None,
+            host_header: None,
             proxy_protocol: pp.map(|v| {
                 if v == "v2" {
                     proxy_protocol::Version::V2
@@ -100,11 +213,13 @@ fn quick_config(q: Quick) -> ClientConfig {
             }),
         },
     );
-    ClientConfig {
+    Ok(ClientConfig {
         server,
         server_name,
         transport: TransportKind::Yamux,
         token: Some(Secret(token)),
+        auth_key: None,
+        max_message: 1 << 20,
         tls: ClientTls {
             ca,
             pin,
@@ -118,7 +233,7 @@ fn quick_config(q: Quick) -> ClientConfig {
         log: LogConfig::default(),
         tunnels,
         rendezvous: BTreeMap::new(),
-    }
+    })
 }
 
 fn fail_config(lines: &[String]) -> ! {
@@ -131,9 +246,10 @@ fn fail_config(lines: &[String]) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    let http_mode = matches!(cli.quick, Some(Quick::Http(_)));
     let cfg = match cli.quick {
         Some(q) => {
-            let c = quick_config(q);
+            let c = quick_config(q).unwrap_or_else(|lines| fail_config(&lines));
             if let Err(e) = c.validate() {
                 fail_config(&e.lines);
             }
@@ -165,7 +281,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(cfg)) {
+    if let Err(e) = rt.block_on(run(cfg, http_mode)) {
         eprintln!("tunnelc: {e:#}");
         std::process::exit(1);
     }
@@ -181,13 +297,24 @@ fn print_tunnels(tunnels: &[TunnelStatus]) {
     }
 }
 
-async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
+async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = cfg.server.clone();
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             match ev {
+                ClientEvent::Connected { tunnels, .. } if http_mode => {
+                    // TPoT's output: `connected`, then the public URL.
+                    println!("connected");
+                    for t in &tunnels {
+                        match (&t.endpoint, &t.error) {
+                            (Some(ep), _) => println!("{ep}"),
+                            (None, Some(err)) => println!("refused: {err}"),
+                            (None, None) => println!("no endpoint"),
+                        }
+                    }
+                }
                 ClientEvent::Connected { client_id, tunnels } => {
                     println!("connected to {server} as {client_id}");
                     print_tunnels(&tunnels);

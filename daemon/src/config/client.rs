@@ -26,12 +26,15 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "tunnels",
     "rendezvous",
+    "auth_key",
+    "max_message",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
-    /// tunneld's transport address, `host:port`.
+    /// tunneld's transport address, `host:port`; for `transport: websocket` a URL,
+    /// `http://host[:port]` or `https://host[:port]` (the server's own domain).
     pub server: String,
     /// Name checked in tunneld's certificate; defaults to the host part of `server`.
     #[serde(default)]
@@ -40,6 +43,13 @@ pub struct ClientConfig {
     pub transport: TransportKind,
     #[serde(default)]
     pub token: Option<Secret>,
+    /// `transport: websocket`: a TPoT key (`Authorization: TPoT-1`) instead of a token; one
+    /// `http` tunnel only.
+    #[serde(default)]
+    pub auth_key: Option<Secret>,
+    /// `transport: websocket`: the largest WebSocket message accepted from tunneld.
+    #[serde(default = "d1mib")]
+    pub max_message: usize,
     #[serde(default)]
     pub tls: ClientTls,
     #[serde(default)]
@@ -82,6 +92,9 @@ pub struct RendezvousServe {
 fn d4() -> usize {
     4
 }
+fn d1mib() -> usize {
+    1 << 20
+}
 fn d30() -> u64 {
     30
 }
@@ -95,6 +108,9 @@ pub enum TransportKind {
     Connect,
     /// Serve HTTP/2 to tunneld over the connection tunnelc opened (`h2-reverse`).
     H2Reverse,
+    /// Conversations over one WebSocket (`websocket`, TPoT's protocol); works through
+    /// HTTP-only proxies.
+    Websocket,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -161,6 +177,10 @@ pub struct TunnelConfig {
     /// one, kept across reconnects. `tls` tunnels may use `*.name`.
     #[serde(default)]
     pub subdomain: Option<String>,
+    /// `http` tunnels: rewrite the `Host` header of every request to this value (for a
+    /// local service with name-based virtual hosts), following keep-alive boundaries.
+    #[serde(default)]
+    pub host_header: Option<String>,
 }
 
 fn tcp() -> TunnelKind {
@@ -186,15 +206,37 @@ impl ClientConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        if split_host_port(&self.server).is_none() {
-            errors.push(format!("server: `{}` is not host:port", self.server));
+        if self.transport == TransportKind::Websocket {
+            if let Err(e) = self
+                .server
+                .parse::<tunneld_transport_websocket::client::ServerUrl>()
+            {
+                errors.push(format!("server: {e}"));
+            }
+            if self.auth_key.is_some() {
+                let http = self.tunnels.values().filter(|t| t.kind == TunnelKind::Http);
+                if self.token.is_none() && (self.tunnels.len() != 1 || http.count() != 1) {
+                    errors.push("auth_key: a TPoT key carries exactly one `type: http` tunnel; use a token for more".into());
+                }
+            }
+            if !(1024..=16 << 20).contains(&self.max_message) {
+                errors.push("max_message: must be between 1024 and 16777216 bytes".into());
+            }
+        } else {
+            if split_host_port(&self.server).is_none() {
+                errors.push(format!("server: `{}` is not host:port", self.server));
+            }
+            if self.auth_key.is_some() {
+                errors.push("auth_key: only for transport: websocket".into());
+            }
         }
         let totp_only = self.transport == TransportKind::Connect
             && !self.rendezvous.is_empty()
             && self.rendezvous.values().all(|r| r.secret.is_some());
-        if self.token.is_none() && self.tls.cert.is_none() && !totp_only {
+        if self.token.is_none() && self.tls.cert.is_none() && !totp_only && self.auth_key.is_none()
+        {
             errors.push(
-                "token: required unless tls.cert and tls.key (a client certificate) are set".into(),
+                "token: required unless tls.cert and tls.key (a client certificate) are set, or auth_key (websocket)".into(),
             );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
@@ -228,7 +270,7 @@ impl ClientConfig {
                     errors.push("tunnels: transport connect carries rendezvous ids only; use transport yamux for tunnels".into());
                 }
             }
-            TransportKind::Yamux | TransportKind::H2Reverse => {
+            TransportKind::Yamux | TransportKind::H2Reverse | TransportKind::Websocket => {
                 if !self.rendezvous.is_empty() {
                     errors.push("rendezvous: needs transport: connect".into());
                 }
@@ -275,6 +317,18 @@ impl ClientConfig {
                     "tunnels.{name}.subdomain: only for `type: http` or `type: tls` tunnels"
                 ));
             }
+            if t.host_header.is_some() && t.kind != TunnelKind::Http {
+                errors.push(format!(
+                    "tunnels.{name}.host_header: only for `type: http` tunnels"
+                ));
+            }
+            if t.host_header.as_deref().is_some_and(|h| {
+                h.is_empty() || h.bytes().any(|c| c.is_ascii_control() || c == b' ')
+            }) {
+                errors.push(format!(
+                    "tunnels.{name}.host_header: must be a host[:port] without spaces"
+                ));
+            }
             if t.remote_port.is_some() && t.kind != TunnelKind::Tcp {
                 errors.push(format!(
                     "tunnels.{name}.remote_port: only for `type: tcp` tunnels (http and tls tunnels get a name)"
@@ -290,9 +344,18 @@ impl ClientConfig {
 
     /// The name to check in tunneld's certificate.
     pub fn server_name(&self) -> String {
-        self.server_name
-            .clone()
-            .or_else(|| split_host_port(&self.server).map(|(h, _)| h.to_string()))
+        if let Some(n) = &self.server_name {
+            return n.clone();
+        }
+        if self.transport == TransportKind::Websocket {
+            return self
+                .server
+                .parse::<tunneld_transport_websocket::client::ServerUrl>()
+                .map(|u| u.host)
+                .unwrap_or_default();
+        }
+        split_host_port(&self.server)
+            .map(|(h, _)| h.to_string())
             .unwrap_or_default()
     }
 }

@@ -4,6 +4,7 @@
 pub mod client;
 mod load;
 pub mod server;
+pub mod user;
 mod yaml;
 
 pub use load::{load, ConfigError, Layers};

@@ -23,7 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "transports",
     "frontends",
 ];
-pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse"];
+pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +218,7 @@ pub enum TransportConfig {
     Yamux(tunneld_transport_yamux::Config),
     Connect(tunneld_transport_connect::Config),
     H2Reverse(tunneld_transport_h2_reverse::Config),
+    Websocket(tunneld_transport_websocket::Config),
 }
 
 /// A frontend, by `type:`.
@@ -292,6 +293,14 @@ impl ServerConfig {
                             })?;
                             Ok(TransportConfig::H2Reverse(c))
                         }
+                        "websocket" => {
+                            let c: tunneld_transport_websocket::Config =
+                                load::component("transports", name, value)?;
+                            c.validate().map_err(|(k, m)| {
+                                ConfigError::one(format!("transports.{name}.{k}: {m}"))
+                            })?;
+                            Ok(TransportConfig::Websocket(c))
+                        }
                         _ => unreachable_type(&ty),
                     }
                 });
@@ -361,10 +370,20 @@ impl ServerConfig {
                 }
             }
         }
+        let mut tpot_clients = false;
         for (name, t) in &transports {
             if let TransportConfig::H2Reverse(c) = t {
                 if c.listen.is_none() && !shared.contains(name) {
                     errors.push(format!("transports.{name}.listen: required unless an https-subdomain frontend shares its port (`transport: {name}`)"));
+                }
+            }
+            if let TransportConfig::Websocket(c) = t {
+                tpot_clients |= c.auth_key.is_some() || c.allow_anonymous;
+                if !matches!(frontends.get(&c.frontend), Some(FrontendConfig::Https(_))) {
+                    errors.push(format!(
+                        "transports.{name}.frontend: `{}` is not an https-subdomain frontend of this config",
+                        c.frontend
+                    ));
                 }
             }
         }
@@ -393,8 +412,12 @@ impl ServerConfig {
                 }
             }
         }
-        if raw.auth.tokens.is_empty() && raw.auth.client_ca.is_none() && !header_identity {
-            errors.push("auth: configure at least one of auth.tokens or auth.client_ca, or no client can connect".into());
+        if raw.auth.tokens.is_empty()
+            && raw.auth.client_ca.is_none()
+            && !header_identity
+            && !tpot_clients
+        {
+            errors.push("auth: configure at least one of auth.tokens or auth.client_ca (or a websocket transport's auth_key), or no client can connect".into());
         }
         if raw.auth.require_client_cert && raw.auth.client_ca.is_none() {
             errors.push("auth.require_client_cert: needs auth.client_ca".into());
@@ -446,7 +469,22 @@ impl ServerConfig {
             limits: raw.limits,
             admin: raw.admin,
             rendezvous: raw.rendezvous,
-            transports,
+            transports: transports
+                .into_iter()
+                .map(|(n, t)| {
+                    let t = match t {
+                        TransportConfig::Websocket(c) => {
+                            TransportConfig::Websocket(tunneld_transport_websocket::Config {
+                                cert: c.cert.as_ref().map(r),
+                                key: c.key.as_ref().map(r),
+                                ..c
+                            })
+                        }
+                        t => t,
+                    };
+                    (n, t)
+                })
+                .collect(),
             frontends: frontends
                 .into_iter()
                 .map(|(n, f)| {

@@ -226,6 +226,7 @@ impl Names {
         Ok(Claim {
             endpoint: endpoint(&name),
             port: None,
+            name: Some(name.clone()),
             release: Box::new(Release {
                 names: Arc::downgrade(self),
                 name,

@@ -362,6 +362,7 @@ impl Frontend for PortsFrontend {
         Ok(Claim {
             endpoint: format!("tcp://{host}:{port}"),
             port: Some(port),
+            name: None,
             release: Box::new(Release {
                 frontend: self.me.clone(),
                 port,

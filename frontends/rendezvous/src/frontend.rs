@@ -130,7 +130,7 @@ impl Frontend for RendezvousFrontend {
         };
         let spec = ListenerSpec {
             component: self.inner.name.clone(),
-            tls: self.tls.clone(),
+            tls: Some(self.tls.clone()),
             handshake_timeout: self.handshake_timeout,
             max_connections: self.inner.cfg.max_connections,
             metrics: cx.metrics.clone(),

@@ -130,6 +130,7 @@ impl Names {
         Ok(Claim {
             endpoint,
             port: None,
+            name: Some(name.clone()),
             release: Box::new(Release {
                 names: Arc::downgrade(self),
                 name,

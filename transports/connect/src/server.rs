@@ -62,7 +62,7 @@ impl Transport for ConnectTransport {
             .ok_or_else(|| TransportError::Other("serve called twice".into()))?;
         let spec = ListenerSpec {
             component: cx.name.clone(),
-            tls: self.tls.clone(),
+            tls: Some(self.tls.clone()),
             handshake_timeout: cx.handshake_timeout,
             max_connections: self.cfg.max_connections,
             metrics: cx.metrics.clone(),

@@ -1,0 +1,662 @@
+//! Conversations over one WebSocket, for both ends.
+//!
+//! Each conversation is a byte stream ([`Conversation`], an `AsyncRead + AsyncWrite`).
+//! Flow control is TPoT's pause/resume: a receiver whose buffer for a conversation passes
+//! [`HIGH_WATER`] sends `P`, and `C` once its reader drained it below [`LOW_WATER`]; a sender
+//! told `P` stops writing that conversation only. A peer that ignores `P` and pushes a
+//! conversation past [`HARD_LIMIT`] gets that conversation closed. Outgoing data waits in one
+//! bounded queue, so a slow WebSocket pushes back on every local reader.
+//!
+//! Closing: `X` is final both ways and frees the id on both sides at once (no echo to wait
+//! for, so nothing leaks whichever side closes first). With the `tunneld.1` extension a
+//! shutdown sends `F` (half-close) and the id is freed when both sides sent `F`.
+
+use crate::wire::{encode, Msg};
+use bytes::{Buf, Bytes};
+use prometheus::{IntCounter, IntGauge};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
+
+/// Largest `D` payload we send.
+pub const CHUNK: usize = 16 * 1024;
+/// Buffered bytes of one conversation at which we send `P`.
+pub const HIGH_WATER: usize = 256 * 1024;
+/// Buffered bytes below which we send `C` again.
+pub const LOW_WATER: usize = 64 * 1024;
+/// Buffered bytes at which a peer that ignores `P` loses the conversation.
+pub const HARD_LIMIT: usize = 16 * 1024 * 1024;
+/// Outgoing `D` messages queued for the WebSocket, all conversations together.
+pub const DATA_QUEUE: usize = 64;
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub enum Out {
+    Msg(Bytes),
+    /// Close the WebSocket with this code and reason.
+    Close(u16, String),
+}
+
+/// Counters the mux keeps (a transport's labels already applied).
+#[derive(Clone, Default)]
+pub struct MuxMetrics {
+    pub active: Option<IntGauge>,
+    /// `P` messages we sent.
+    pub pauses: Option<IntCounter>,
+    /// Conversations closed because the peer ignored `P`.
+    pub overruns: Option<IntCounter>,
+}
+
+/// The receiving ends the writer task drains.
+pub struct Outbox {
+    pub ctl: mpsc::UnboundedReceiver<Out>,
+    pub data: mpsc::Receiver<Bytes>,
+}
+
+#[derive(Default)]
+struct ConvState {
+    rx: VecDeque<Bytes>,
+    rx_bytes: usize,
+    /// The peer sends no more (`F` or `X`).
+    eof: bool,
+    /// `X` seen or sent: writes fail.
+    closed: bool,
+    refused: Option<String>,
+    read_waker: Option<Waker>,
+    peer_paused: bool,
+    write_waker: Option<Waker>,
+    we_paused: bool,
+    sent_fin: bool,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+impl ConvState {
+    fn wake(&mut self) {
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Conv {
+    id: u16,
+    st: Mutex<ConvState>,
+}
+
+impl Conv {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConvState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Table {
+    map: HashMap<u16, Arc<Conv>>,
+    next: u16,
+}
+
+struct Shared {
+    ctl: mpsc::UnboundedSender<Out>,
+    data: mpsc::Sender<Bytes>,
+    table: Mutex<Table>,
+    native: bool,
+    max: usize,
+    metrics: MuxMetrics,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_ctl(&self, m: &Msg) {
+        let _ = self.ctl.send(Out::Msg(encode(m)));
+    }
+
+    /// Frees `conv`'s id if it still names this conversation.
+    fn remove(&self, conv: &Arc<Conv>) {
+        let mut t = self.table();
+        if t.map.get(&conv.id).is_some_and(|c| Arc::ptr_eq(c, conv)) {
+            t.map.remove(&conv.id);
+            if let Some(g) = &self.metrics.active {
+                g.dec();
+            }
+        }
+    }
+
+    fn insert(&self, t: &mut Table, id: u16) -> Arc<Conv> {
+        let conv = Arc::new(Conv {
+            id,
+            st: Mutex::new(ConvState::default()),
+        });
+        t.map.insert(id, conv.clone());
+        if let Some(g) = &self.metrics.active {
+            g.inc();
+        }
+        conv
+    }
+}
+
+/// One end of a WebSocket's conversations.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+/// Resolves with the peer's answer to an open: `A` (Ok) or `N` (Err with its reason).
+pub type Ack = oneshot::Receiver<Result<(), String>>;
+
+/// Why a conversation could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenRefused {
+    TooMany,
+    Closed,
+}
+
+impl Mux {
+    /// `native`: the `tunneld.1` extensions were negotiated.
+    pub fn new(native: bool, max_conversations: usize, metrics: MuxMetrics) -> (Self, Outbox) {
+        let (ctl_tx, ctl) = mpsc::unbounded_channel();
+        let (data_tx, data) = mpsc::channel(DATA_QUEUE);
+        (
+            Self {
+                shared: Arc::new(Shared {
+                    ctl: ctl_tx,
+                    data: data_tx,
+                    table: Mutex::new(Table {
+                        map: HashMap::new(),
+                        next: 0,
+                    }),
+                    native,
+                    max: max_conversations.max(1),
+                    metrics,
+                }),
+            },
+            Outbox { ctl, data },
+        )
+    }
+
+    pub fn native(&self) -> bool {
+        self.shared.native
+    }
+
+    /// Queues a message ahead of conversation data.
+    pub fn send(&self, m: &Msg) {
+        self.shared.send_ctl(m);
+    }
+
+    /// Closes the WebSocket with `code`.
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.shared.ctl.send(Out::Close(code, reason.to_string()));
+    }
+
+    /// Live conversations.
+    pub fn len(&self) -> usize {
+        self.shared.table().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn conversation(&self, conv: Arc<Conv>) -> Conversation {
+        Conversation {
+            conv,
+            shared: self.shared.clone(),
+            sender: PollSender::new(self.shared.data.clone()),
+        }
+    }
+
+    /// Opens a conversation (the server side): allocates the next free id (1..=65535,
+    /// wrapping, skipping live ones) and sends the opening message `open(id)`. With `ack`,
+    /// the receiver resolves when the peer answers `A` or `N`.
+    pub fn open(
+        &self,
+        open: impl FnOnce(u16) -> Msg,
+        ack: bool,
+    ) -> Result<(Conversation, Option<Ack>), OpenRefused> {
+        if self.shared.ctl.is_closed() {
+            return Err(OpenRefused::Closed);
+        }
+        let mut t = self.shared.table();
+        if t.map.len() >= self.shared.max {
+            return Err(OpenRefused::TooMany);
+        }
+        let mut id = t.next;
+        loop {
+            id = id.wrapping_add(1);
+            if id == 0 {
+                id = 1;
+            }
+            if !t.map.contains_key(&id) {
+                break;
+            }
+        }
+        t.next = id;
+        let conv = self.shared.insert(&mut t, id);
+        drop(t);
+        let rx = ack.then(|| {
+            let (tx, rx) = oneshot::channel();
+            conv.lock().ack = Some(tx);
+            rx
+        });
+        self.shared.send_ctl(&open(id));
+        Ok((self.conversation(conv), rx))
+    }
+
+    /// Takes a conversation the peer opened (the client side). `None` when the id is in use
+    /// or the cap is reached; the caller answers `N`.
+    pub fn accept(&self, id: u16) -> Option<Conversation> {
+        let mut t = self.shared.table();
+        if t.map.contains_key(&id) || t.map.len() >= self.shared.max {
+            return None;
+        }
+        let conv = self.shared.insert(&mut t, id);
+        drop(t);
+        Some(self.conversation(conv))
+    }
+
+    fn get(&self, id: u16) -> Option<Arc<Conv>> {
+        self.shared.table().map.get(&id).cloned()
+    }
+
+    /// Applies one conversation message from the peer (`D`, `P`, `C`, `X`, `N`, `A`, `F`);
+    /// unknown ids are ignored.
+    pub fn dispatch(&self, msg: Msg) {
+        let id = match &msg {
+            Msg::Data { id, .. } | Msg::Refused { id, .. } => *id,
+            Msg::Pause(id)
+            | Msg::Resume(id)
+            | Msg::Close(id)
+            | Msg::Accepted(id)
+            | Msg::Fin(id) => *id,
+            _ => return,
+        };
+        let Some(conv) = self.get(id) else {
+            return;
+        };
+        let mut st = conv.lock();
+        let mut free = false;
+        match msg {
+            Msg::Data { payload, .. } => {
+                if st.eof || payload.is_empty() {
+                    return;
+                }
+                st.rx_bytes += payload.len();
+                st.rx.push_back(payload);
+                if st.rx_bytes > HARD_LIMIT {
+                    tracing::warn!(
+                        conversation = id,
+                        "peer kept sending after pause; conversation closed"
+                    );
+                    if let Some(c) = &self.shared.metrics.overruns {
+                        c.inc();
+                    }
+                    st.rx.clear();
+                    st.rx_bytes = 0;
+                    st.closed = true;
+                    st.eof = true;
+                    st.refused = Some("the peer ignored flow control".into());
+                    self.shared.send_ctl(&Msg::Close(id));
+                    free = true;
+                } else if st.rx_bytes >= HIGH_WATER && !st.we_paused {
+                    st.we_paused = true;
+                    self.shared.send_ctl(&Msg::Pause(id));
+                    if let Some(c) = &self.shared.metrics.pauses {
+                        c.inc();
+                    }
+                }
+            }
+            Msg::Pause(_) => st.peer_paused = true,
+            Msg::Resume(_) => st.peer_paused = false,
+            Msg::Close(_) => {
+                st.closed = true;
+                st.eof = true;
+                if let Some(a) = st.ack.take() {
+                    let _ = a.send(Err("the tunnel client closed the conversation".into()));
+                }
+                free = true;
+            }
+            Msg::Fin(_) => {
+                st.eof = true;
+                free = st.sent_fin;
+            }
+            Msg::Refused { reason, .. } => {
+                let reason = if reason.is_empty() {
+                    "the tunnel client could not reach its local service".to_string()
+                } else {
+                    reason
+                };
+                st.closed = true;
+                st.eof = true;
+                if let Some(a) = st.ack.take() {
+                    let _ = a.send(Err(reason.clone()));
+                }
+                st.refused = Some(reason);
+                free = true;
+            }
+            Msg::Accepted(_) => {
+                if let Some(a) = st.ack.take() {
+                    let _ = a.send(Ok(()));
+                }
+            }
+            _ => {}
+        }
+        st.wake();
+        drop(st);
+        if free {
+            self.shared.remove(&conv);
+        }
+    }
+
+    /// The WebSocket is gone: every conversation ends with a reset.
+    pub fn shutdown(&self) {
+        let convs: Vec<Arc<Conv>> = {
+            let mut t = self.shared.table();
+            let n = t.map.len() as i64;
+            if let Some(g) = &self.shared.metrics.active {
+                g.sub(n);
+            }
+            t.map.drain().map(|(_, c)| c).collect()
+        };
+        for conv in convs {
+            let mut st = conv.lock();
+            st.closed = true;
+            st.eof = true;
+            if let Some(a) = st.ack.take() {
+                let _ = a.send(Err("the tunnel session ended".into()));
+            }
+            if st.refused.is_none() {
+                st.refused = Some("the tunnel session ended".into());
+            }
+            st.wake();
+        }
+    }
+}
+
+/// One conversation as a byte stream.
+pub struct Conversation {
+    conv: Arc<Conv>,
+    shared: Arc<Shared>,
+    sender: PollSender<Bytes>,
+}
+
+impl Conversation {
+    pub fn id(&self) -> u16 {
+        self.conv.id
+    }
+
+    /// Answers the peer's open: `A` (connected) or `N` with a reason (not reachable).
+    pub fn answer(&self, result: Result<(), &str>) {
+        match result {
+            Ok(()) => {
+                if self.shared.native {
+                    self.shared.send_ctl(&Msg::Accepted(self.conv.id));
+                }
+            }
+            Err(reason) => {
+                let reason = if self.shared.native { reason } else { "" };
+                self.conv.lock().closed = true;
+                self.shared.send_ctl(&Msg::Refused {
+                    id: self.conv.id,
+                    reason: reason.to_string(),
+                });
+                self.shared.remove(&self.conv);
+            }
+        }
+    }
+
+    fn send_final(&mut self, cx: &mut Context<'_>, msg: Msg) -> Poll<io::Result<()>> {
+        ready!(self.sender.poll_reserve(cx)).map_err(|_| broken())?;
+        self.sender.send_item(encode(&msg)).map_err(|_| broken())?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the conversation is closed")
+}
+
+impl AsyncRead for Conversation {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.conv.lock();
+        if let Some(front) = st.rx.front_mut() {
+            let n = buf.remaining().min(front.len());
+            buf.put_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                st.rx.pop_front();
+            }
+            st.rx_bytes -= n;
+            if st.we_paused && st.rx_bytes <= LOW_WATER {
+                st.we_paused = false;
+                if !st.closed {
+                    self.shared.send_ctl(&Msg::Resume(self.conv.id));
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(r) = &st.refused {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                r.clone(),
+            )));
+        }
+        if st.eof {
+            return Poll::Ready(Ok(()));
+        }
+        st.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Conversation {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        {
+            let mut st = self.conv.lock();
+            if st.closed || st.sent_fin {
+                return Poll::Ready(Err(broken()));
+            }
+            if st.peer_paused {
+                st.write_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(self.sender.poll_reserve(cx)).map_err(|_| broken())?;
+        let n = buf.len().min(CHUNK);
+        let msg = Msg::Data {
+            id: self.conv.id,
+            payload: Bytes::copy_from_slice(&buf[..n]),
+        };
+        self.sender.send_item(encode(&msg)).map_err(|_| broken())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (closed, sent_fin) = {
+            let st = self.conv.lock();
+            (st.closed, st.sent_fin)
+        };
+        if closed || sent_fin {
+            return Poll::Ready(Ok(()));
+        }
+        let id = self.conv.id;
+        if self.shared.native {
+            ready!(self.send_final(cx, Msg::Fin(id)))?;
+            let done = {
+                let mut st = self.conv.lock();
+                st.sent_fin = true;
+                st.eof
+            };
+            if done {
+                self.shared.remove(&self.conv);
+            }
+        } else {
+            // TPoT has no half-close: `X` ends the conversation both ways.
+            ready!(self.send_final(cx, Msg::Close(id)))?;
+            {
+                let mut st = self.conv.lock();
+                st.closed = true;
+                st.eof = true;
+                st.wake();
+            }
+            self.shared.remove(&self.conv);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        let finished = {
+            let mut st = self.conv.lock();
+            let finished = st.closed || (st.sent_fin && st.eof);
+            st.closed = true;
+            finished
+        };
+        if !finished {
+            self.shared.send_ctl(&Msg::Close(self.conv.id));
+        }
+        self.shared.remove(&self.conv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Moves every queued message of `from` into `to`, as a WebSocket would.
+    fn deliver(from: &mut Outbox, to: &Mux) -> Vec<Msg> {
+        let mut seen = Vec::new();
+        loop {
+            let m = match from.ctl.try_recv() {
+                Ok(Out::Msg(b)) => b,
+                Ok(Out::Close(..)) => continue,
+                Err(_) => match from.data.try_recv() {
+                    Ok(b) => b,
+                    Err(_) => return seen,
+                },
+            };
+            let msg = decode(m).expect("valid");
+            seen.push(msg.clone());
+            if !matches!(msg, Msg::HttpOpen { .. } | Msg::Open { .. }) {
+                to.dispatch(msg);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pause_resume_and_clean_close_both_ways() {
+        let (server, mut s_out) = Mux::new(true, 8, MuxMetrics::default());
+        let (client, mut c_out) = Mux::new(true, 8, MuxMetrics::default());
+        let (mut s_conv, _) = server
+            .open(
+                |id| Msg::Open {
+                    id,
+                    header: Bytes::new(),
+                },
+                false,
+            )
+            .expect("open");
+        let seen = deliver(&mut s_out, &client);
+        let Some(Msg::Open { id, .. }) = seen.first().cloned() else {
+            panic!("no open: {seen:?}")
+        };
+        let mut c_conv = client.accept(id).expect("accept");
+        // Fill the client's buffer past the high-water mark: it answers P.
+        let block = vec![7u8; CHUNK];
+        let mut sent = 0;
+        while sent < HIGH_WATER + CHUNK {
+            s_conv.write_all(&block).await.expect("write");
+            sent += block.len();
+            deliver(&mut s_out, &client);
+        }
+        let back = deliver(&mut c_out, &server);
+        assert!(back.contains(&Msg::Pause(id)), "{back:?}");
+        // The server's writer is now paused.
+        let stalled =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s_conv.write(&block)).await;
+        assert!(stalled.is_err(), "write went through a pause");
+        // Draining resumes.
+        let mut got = vec![0u8; sent];
+        c_conv.read_exact(&mut got).await.expect("read");
+        let back = deliver(&mut c_out, &server);
+        assert!(back.contains(&Msg::Resume(id)), "{back:?}");
+        s_conv.write_all(b"tail").await.expect("write after resume");
+        s_conv.shutdown().await.expect("fin");
+        deliver(&mut s_out, &client);
+        let mut rest = Vec::new();
+        c_conv.read_to_end(&mut rest).await.expect("eof");
+        assert_eq!(rest, b"tail");
+        c_conv.shutdown().await.expect("fin back");
+        deliver(&mut c_out, &server);
+        assert!(server.is_empty() && client.is_empty());
+        // Closing first from either side frees both ends.
+        let (s2, _) = server
+            .open(
+                |id| Msg::Open {
+                    id,
+                    header: Bytes::new(),
+                },
+                false,
+            )
+            .expect("open");
+        let c2 = client.accept(s2.id()).expect("accept");
+        drop(c2);
+        deliver(&mut c_out, &server);
+        assert!(server.is_empty() && client.is_empty());
+        drop(s2);
+        drop(s_conv);
+        drop(c_conv);
+    }
+
+    #[tokio::test]
+    async fn ids_wrap_skip_live_and_cap() {
+        let (m, _out) = Mux::new(false, 2, MuxMetrics::default());
+        let open = |m: &Mux| {
+            m.open(
+                |id| Msg::HttpOpen {
+                    id,
+                    visitor: "1.2.3.4:5".parse().expect("addr"),
+                },
+                false,
+            )
+        };
+        let (a, _) = open(&m).expect("a");
+        let (b, _) = open(&m).expect("b");
+        assert_eq!((a.id(), b.id()), (1, 2));
+        assert_eq!(open(&m).err(), Some(OpenRefused::TooMany));
+        drop(a);
+        let (c, _) = open(&m).expect("c");
+        assert_eq!(c.id(), 3);
+        m.shared.table().next = 65535;
+        drop(c);
+        let (d, _) = open(&m).expect("d");
+        assert_eq!(d.id(), 1, "wraps past 65535 to 1, skipping 0 and live 2");
+        drop(b);
+    }
+}

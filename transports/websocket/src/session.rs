@@ -1,0 +1,178 @@
+//! Runs one WebSocket for either end: a writer task drains the mux's queues (control first,
+//! `feed` many then one flush), the reader applies conversation messages and hands the rest
+//! to the role's handler.
+
+use crate::mux::{Mux, Out, Outbox};
+use crate::wire::{self, Msg, CLOSE_UNKNOWN_MESSAGE};
+use bytes::Bytes;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// Messages fed before one flush.
+const BATCH: usize = 64;
+
+/// What ended a session, and whether it was the peer's protocol error (metrics).
+pub struct Ended {
+    pub reason: String,
+    pub protocol_error: Option<&'static str>,
+}
+
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut out: Outbox,
+    ping_every: Option<Duration>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut tick = ping_every.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = out.ctl.recv() => match m { Some(o) => o, None => return },
+            d = out.data.recv() => match d { Some(b) => Out::Msg(b), None => return },
+            _ = async {
+                match &mut tick {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(o) = next.take() {
+            match o {
+                Out::Msg(b) => {
+                    if sink.feed(Message::Binary(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Out::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code: code.into(),
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = sink.close().await;
+                    return;
+                }
+            }
+            n += 1;
+            if n < BATCH {
+                next = out
+                    .ctl
+                    .try_recv()
+                    .ok()
+                    .or_else(|| out.data.try_recv().ok().map(Out::Msg));
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drives `ws` until it ends, `stop` is cancelled or nothing arrives for `idle`. Control
+/// messages other than conversation ones go to `on_msg`; an `Err((code, why))` from it closes
+/// the WebSocket with that code.
+pub async fn drive<S, F>(
+    ws: WebSocketStream<S>,
+    mux: Mux,
+    outbox: Outbox,
+    ping_every: Option<Duration>,
+    idle: Duration,
+    stop: CancellationToken,
+    mut on_msg: F,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(Msg) -> Result<(), (u16, String)>,
+{
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(write_loop(sink, outbox, ping_every));
+    let mut protocol_error = None;
+    let reason = loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => {
+                mux.close(1001, "going away");
+                break "the session was closed".to_string();
+            }
+            _ = &mut writer => break "the WebSocket could not be written".to_string(),
+            n = tokio::time::timeout(idle, stream.next()) => n,
+        };
+        let msg = match next {
+            Err(_) => {
+                mux.close(1001, "idle");
+                break format!("nothing received for {idle:?}");
+            }
+            Ok(None) => break "the WebSocket closed".to_string(),
+            Ok(Some(Err(WsError::Capacity(e)))) => {
+                protocol_error = Some("message_too_large");
+                mux.close(1009, "message too big");
+                break format!("message too big: {e}");
+            }
+            Ok(Some(Err(e))) => {
+                protocol_error = Some("websocket");
+                break format!("WebSocket error: {e}");
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Binary(b) => match wire::decode(b) {
+                Ok(
+                    m @ (Msg::Data { .. }
+                    | Msg::Pause(_)
+                    | Msg::Resume(_)
+                    | Msg::Close(_)
+                    | Msg::Refused { .. }
+                    | Msg::Accepted(_)
+                    | Msg::Fin(_)),
+                ) => mux.dispatch(m),
+                Ok(other) => {
+                    if let Err((code, why)) = on_msg(other) {
+                        if code == CLOSE_UNKNOWN_MESSAGE {
+                            protocol_error = Some("unknown_message");
+                        }
+                        mux.close(code, &why);
+                        break why;
+                    }
+                }
+                Err(e) => {
+                    protocol_error = Some("unknown_message");
+                    mux.close(CLOSE_UNKNOWN_MESSAGE, &e.to_string());
+                    break e.to_string();
+                }
+            },
+            Message::Text(_) => {
+                protocol_error = Some("unknown_message");
+                let why = "text messages are not part of the protocol";
+                mux.close(CLOSE_UNKNOWN_MESSAGE, why);
+                break why.to_string();
+            }
+            Message::Close(_) => break "the peer closed the WebSocket".to_string(),
+            _ => {}
+        }
+    };
+    mux.shutdown();
+    mux.close(1000, "");
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    Ended {
+        reason,
+        protocol_error,
+    }
+}
