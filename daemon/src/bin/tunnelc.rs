@@ -177,6 +177,10 @@ fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
 }
 
 fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
+    let q = match q {
+        Quick::Http(a) => return http_config(a),
+        tcp => tcp,
+    };
     let Quick::Tcp {
         local,
         server,
@@ -187,10 +191,7 @@ fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
         remote_port,
         name,
         proxy_protocol: pp,
-    } = (match q {
-        Quick::Http(a) => return http_config(a),
-        tcp => tcp,
-    })
+    } = q
     else {
         return Err(vec!["unknown quick mode".into()]);
     };

@@ -493,7 +493,6 @@ impl WebsocketTransport {
                 return;
             }
             refuse(101);
-            let _ = tpot_ok;
             mux.send(&Msg::Greeting(format!("TPoT/1 {name}")));
             let ws = WebSocketStream::from_raw_socket(
                 Prefixed::new(leftover, io),
