@@ -17,6 +17,31 @@ use tunneld_integration_tests::{
 
 const DEMO_TOKEN: &str = "demo-token-change-me-0123456789";
 
+/// `CONNECT <name>:443` on the rendezvous frontend with the example's visitor credentials,
+/// then a tagged visit through it: the tag that answered.
+async fn connect_via_rendezvous(
+    server: &TestServer,
+    rdv: std::net::SocketAddr,
+    name: &str,
+    seed: u64,
+) -> String {
+    let basic = data_encoding::BASE64.encode(b"visitor:visitor-password-change-me");
+    let answer = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
+    tls.write_all(
+        format!("CONNECT {name}:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write CONNECT");
+    let mut got = vec![0u8; answer.len()];
+    tls.read_exact(&mut got).await.expect("CONNECT answer");
+    assert_eq!(&got, answer);
+    visit_tagged_over(tls, b"", b"", 2048, seed)
+        .await
+        .expect("visit")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.yaml");
@@ -195,20 +220,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     assert_eq!(out, "tls-local via-h2-passthrough\n");
     let raw = endpoint_of(&tunnels, "raw").expect("ports endpoint");
     assert_eq!(visit_tagged(raw, 4096, 8).await.expect("visit"), "via-h2");
-    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
-    tls.write_all(
-        format!("CONNECT h2-connect:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .expect("write CONNECT");
-    let mut got = vec![0u8; answer.len()];
-    tls.read_exact(&mut got).await.expect("CONNECT answer");
-    assert_eq!(got, answer);
     assert_eq!(
-        visit_tagged_over(tls, b"", b"", 2048, 9)
-            .await
-            .expect("visit"),
+        connect_via_rendezvous(&server, rdv, "h2-connect", 9).await,
         "via-h2"
     );
     h2c.shutdown().await.expect("stop");
@@ -243,20 +256,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     }
     let raw = endpoint_of(&tunnels, "wraw").expect("ports endpoint");
     assert_eq!(visit_tagged(raw, 4096, 10).await.expect("visit"), "via-ws");
-    let mut tls = server.tls_connect_to(rdv, b"http/1.1").await;
-    tls.write_all(
-        format!("CONNECT ws-connect:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .expect("write CONNECT");
-    let mut got = vec![0u8; answer.len()];
-    tls.read_exact(&mut got).await.expect("CONNECT answer");
-    assert_eq!(got, answer);
     assert_eq!(
-        visit_tagged_over(tls, b"", b"", 2048, 11)
-            .await
-            .expect("visit"),
+        connect_via_rendezvous(&server, rdv, "ws-connect", 11).await,
         "via-ws"
     );
     wsc.shutdown().await.expect("stop");

@@ -153,16 +153,36 @@ fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
             host_header,
         },
     );
-    Ok(ClientConfig {
+    let mut cfg = quick_base(
         server,
-        server_name: a.server_name.or(d.server_name),
-        transport: TransportKind::Websocket,
-        token: token.map(Secret),
-        auth_key: auth_key.map(Secret),
+        a.server_name.or(d.server_name),
+        TransportKind::Websocket,
+        (a.ca.or(d.ca), a.pin.or(d.pin)),
+        tunnels,
+    );
+    cfg.token = token.map(Secret);
+    cfg.auth_key = auth_key.map(Secret);
+    Ok(cfg)
+}
+
+/// A quick mode's config: defaults everywhere but the server, trust and tunnels.
+fn quick_base(
+    server: String,
+    server_name: Option<String>,
+    transport: TransportKind,
+    (ca, pin): (Option<PathBuf>, Option<String>),
+    tunnels: BTreeMap<String, TunnelConfig>,
+) -> ClientConfig {
+    ClientConfig {
+        server,
+        server_name,
+        transport,
+        token: None,
+        auth_key: None,
         max_message: 1 << 20,
         tls: ClientTls {
-            ca: a.ca.or(d.ca),
-            pin: a.pin.or(d.pin),
+            ca,
+            pin,
             cert: None,
             key: None,
         },
@@ -173,7 +193,7 @@ fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
         log: LogConfig::default(),
         tunnels,
         rendezvous: BTreeMap::new(),
-    })
+    }
 }
 
 fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
@@ -214,27 +234,15 @@ fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
             }),
         },
     );
-    Ok(ClientConfig {
+    let mut cfg = quick_base(
         server,
         server_name,
-        transport: TransportKind::Yamux,
-        token: Some(Secret(token)),
-        auth_key: None,
-        max_message: 1 << 20,
-        tls: ClientTls {
-            ca,
-            pin,
-            cert: None,
-            key: None,
-        },
-        reconnect: Reconnect::default(),
-        yamux: Default::default(),
-        accept_server_mappings: false,
-        connect_timeout: std::time::Duration::from_secs(10),
-        log: LogConfig::default(),
+        TransportKind::Yamux,
+        (ca, pin),
         tunnels,
-        rendezvous: BTreeMap::new(),
-    })
+    );
+    cfg.token = Some(Secret(token));
+    Ok(cfg)
 }
 
 fn fail_config(lines: &[String]) -> ! {
