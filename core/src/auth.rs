@@ -110,6 +110,33 @@ pub struct Identity {
     /// `token` or `certificate`.
     pub method: &'static str,
     pub max_ports: Option<u32>,
+    /// Names (subdomains) the client may hold at once.
+    pub max_names: Option<u32>,
+    /// Transports (component names) the client may use; any when `None`.
+    pub transports: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// An identity with no quotas beyond `max_ports`.
+    pub fn new(client_id: impl Into<String>, method: &'static str, max_ports: Option<u32>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            method,
+            max_ports,
+            max_names: None,
+            transports: None,
+        }
+    }
+}
+
+/// The state store's tokens, as the authenticator sees them.
+#[derive(Clone)]
+pub struct StoredTokens(pub std::sync::Arc<dyn crate::state::StateStore>);
+
+impl fmt::Debug for StoredTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoredTokens")
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -120,6 +147,11 @@ pub enum AuthError {
     BadToken,
     #[error("client certificate has no usable common name")]
     BadCertificate,
+    /// A known token that may not be used (expired, revoked).
+    #[error("{0}")]
+    Refused(String),
+    #[error("tokens cannot be checked now: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -128,7 +160,14 @@ impl AuthError {
             AuthError::Missing => "missing_credentials",
             AuthError::BadToken => "bad_token",
             AuthError::BadCertificate => "bad_certificate",
+            AuthError::Refused(_) => "token_refused",
+            AuthError::Unavailable(_) => "store_error",
         }
+    }
+
+    /// Whether retrying with the same credentials cannot help.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, AuthError::Unavailable(_))
     }
 }
 
@@ -138,6 +177,8 @@ pub struct Authenticator {
     pub tokens: Vec<TokenEntry>,
     /// Quota for clients identified by certificate.
     pub certificate_max_ports: Option<u32>,
+    /// Tokens made with `tunneld token add`, checked after the configured ones.
+    pub stored: Option<StoredTokens>,
 }
 
 impl Authenticator {
@@ -156,23 +197,40 @@ impl Authenticator {
                     found = Some(entry);
                 }
             }
-            return found
-                .map(|e| Identity {
-                    client_id: e.client_id.clone(),
-                    method: "token",
-                    max_ports: e.max_ports,
-                })
-                .ok_or(AuthError::BadToken);
+            if let Some(e) = found {
+                return Ok(Identity::new(e.client_id.clone(), "token", e.max_ports));
+            }
+            return self.stored_token(&presented);
         }
         match cert_cn {
-            Some(cn) if !cn.is_empty() => Ok(Identity {
-                client_id: cn.to_string(),
-                method: "certificate",
-                max_ports: self.certificate_max_ports,
-            }),
+            Some(cn) if !cn.is_empty() => {
+                Ok(Identity::new(cn, "certificate", self.certificate_max_ports))
+            }
             Some(_) => Err(AuthError::BadCertificate),
             None => Err(AuthError::Missing),
         }
+    }
+}
+
+impl Authenticator {
+    fn stored_token(&self, digest: &[u8; 32]) -> Result<Identity, AuthError> {
+        let Some(StoredTokens(store)) = &self.stored else {
+            return Err(AuthError::BadToken);
+        };
+        let t = store
+            .token_by_digest(&hex(digest))
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            .ok_or(AuthError::BadToken)?;
+        if let Some(why) = t.refusal(crate::state::now()) {
+            return Err(AuthError::Refused(why));
+        }
+        Ok(Identity {
+            client_id: t.name,
+            method: "token",
+            max_ports: t.max_ports,
+            max_names: t.max_names,
+            transports: t.transports,
+        })
     }
 }
 
@@ -216,6 +274,7 @@ mod tests {
                 },
             ],
             certificate_max_ports: Some(5),
+            stored: None,
         }
     }
 

@@ -41,8 +41,10 @@ pub struct ClaimRequest {
     /// Local target chosen by tunneld (admin mappings).
     pub target_override: Option<String>,
     pub proxy_protocol: Option<proxy_protocol::Version>,
-    /// The owner's quota for this frontend's resource (ports).
+    /// The owner's quota of ports (ports frontends).
     pub max_ports: Option<u32>,
+    /// The owner's quota of names (subdomain frontends).
+    pub max_names: Option<u32>,
     /// Where visitor streams go.
     pub target: Arc<dyn Target>,
     /// Admin mappings are not reserved after release; client tunnels are, for a grace period.
@@ -68,8 +70,14 @@ pub enum ClaimError {
     NameHeld(String),
     #[error("no free port left in {0}")]
     Exhausted(String),
-    #[error("quota exceeded: this client may hold at most {max} ports")]
-    Quota { max: u32 },
+    #[error("quota exceeded ({limit}): this client may hold at most {max} {what} at once")]
+    Quota {
+        /// The limit's name as `tunneld token add` spells it (`max_ports`, `max_names`).
+        limit: &'static str,
+        /// What it counts (`ports`, `names`).
+        what: &'static str,
+        max: u32,
+    },
     #[error("no frontend serves tunnels of type `{0}`")]
     NoFrontend(String),
     #[error("frontend `{0}` does not exist")]

@@ -170,8 +170,44 @@ impl Drop for SessionGuard {
     }
 }
 
+/// A route a provisioned tunnel holds (see [`Hub::lease`]).
+pub struct LeaseRequest {
+    pub owner: String,
+    /// The tunnel name a hello will use for it.
+    pub tunnel: String,
+    pub kind: TunnelKind,
+    /// The frontend by name, or the default for `kind`.
+    pub frontend: Option<String>,
+    pub subdomain: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// What a lease holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub endpoint: String,
+    pub port: Option<u16>,
+    pub name: Option<String>,
+}
+
+impl Claimed {
+    fn of(c: &Claim) -> Self {
+        Self {
+            endpoint: c.endpoint.clone(),
+            port: c.port,
+            name: c.name.clone(),
+        }
+    }
+}
+
+struct Lease {
+    kind: TunnelKind,
+    claim: Claim,
+}
+
 pub struct Hub {
     auth: Authenticator,
+    leases: Mutex<HashMap<(String, String), Lease>>,
     pub(crate) frontends: BTreeMap<String, Arc<dyn Frontend>>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) admin: tokio::sync::Mutex<AdminState>,
@@ -199,6 +235,7 @@ impl Hub {
     ) -> Arc<Self> {
         Arc::new(Self {
             auth,
+            leases: Mutex::default(),
             frontends,
             sessions: Arc::default(),
             admin: tokio::sync::Mutex::default(),
@@ -297,7 +334,9 @@ impl Hub {
         let identity = self
             .auth
             .authenticate(hello.token.as_deref(), cert_cn)
-            .map_err(|e: AuthError| self.refuse(transport, e.reason(), e.to_string(), true))?;
+            .map_err(|e: AuthError| {
+                self.refuse(transport, e.reason(), e.to_string(), e.is_permanent())
+            })?;
         self.admit_identity(identity, hello, transport, transport_kind, remote, opener)
             .await
     }
@@ -393,6 +432,24 @@ impl Hub {
             }
         }
 
+        if let Some(allowed) = &identity.transports {
+            if !allowed
+                .iter()
+                .any(|a| a == transport || a == transport_kind)
+            {
+                return Err(self.refuse(
+                    transport,
+                    "transport_not_allowed",
+                    format!(
+                        "the token of `{}` does not allow transport `{transport}` (it allows: {})",
+                        identity.client_id,
+                        allowed.join(", ")
+                    ),
+                    true,
+                ));
+            }
+        }
+
         // Replace an older session of this client: its claims go first.
         let old = lock(&self.sessions.by_client).remove(&identity.client_id);
         if let Some(old) = old {
@@ -404,18 +461,23 @@ impl Hub {
         let mut statuses = Vec::with_capacity(hello.tunnels.len());
         let mut claims = Vec::new();
         for t in &hello.tunnels {
-            match self
-                .claim_tunnel(&identity.client_id, identity.max_ports, t)
-                .await
-            {
-                Ok(claim) => {
+            let leased = self.leased(&identity.client_id, t);
+            let claimed = match leased {
+                Some(r) => r,
+                None => self.claim_tunnel(&identity, t).await.map(|claim| {
+                    let status = (claim.endpoint.clone(), claim.name.clone());
+                    claims.push(claim);
+                    status
+                }),
+            };
+            match claimed {
+                Ok((endpoint, subdomain)) => {
                     statuses.push(TunnelStatus {
                         name: t.name.clone(),
-                        endpoint: Some(claim.endpoint.clone()),
+                        endpoint: Some(endpoint),
                         error: None,
-                        subdomain: claim.name.clone(),
+                        subdomain,
                     });
-                    claims.push(claim);
                 }
                 Err(e) => {
                     tracing::warn!(client = %identity.client_id, tunnel = %t.name, error = %e, "tunnel refused");
@@ -482,14 +544,10 @@ impl Hub {
         ))
     }
 
-    async fn claim_tunnel(
-        &self,
-        owner: &str,
-        max_ports: Option<u32>,
-        t: &TunnelRequest,
-    ) -> Result<Claim, ClaimError> {
+    async fn claim_tunnel(&self, who: &Identity, t: &TunnelRequest) -> Result<Claim, ClaimError> {
         let frontend = self.frontend_for(t.kind, t.frontend.as_deref())?.clone();
         let name = frontend.name().to_string();
+        let owner = &who.client_id;
         let req = ClaimRequest {
             owner: owner.to_string(),
             tunnel: t.name.clone(),
@@ -499,7 +557,8 @@ impl Hub {
             bind: None,
             target_override: None,
             proxy_protocol: t.proxy_protocol,
-            max_ports,
+            max_ports: who.max_ports,
+            max_names: who.max_names,
             target: self.client_target(owner),
             reserve_on_release: true,
         };
@@ -509,6 +568,85 @@ impl Hub {
                 .with_label_values(&[&name, e.reason()])
                 .inc();
         })
+    }
+
+    /// A tunnel of a hello that matches a lease of its client: the lease's endpoint and name,
+    /// or why the kinds differ.
+    fn leased(
+        &self,
+        owner: &str,
+        t: &TunnelRequest,
+    ) -> Option<Result<(String, Option<String>), ClaimError>> {
+        let leases = lock(&self.leases);
+        let l = leases.get(&(owner.to_string(), t.name.clone()))?;
+        Some(if l.kind == t.kind {
+            Ok((l.claim.endpoint.clone(), l.claim.name.clone()))
+        } else {
+            Err(ClaimError::Invalid(format!(
+                "tunnel `{}` is provisioned for `{}` tunnels, not `{}`",
+                t.name, l.kind, t.kind
+            )))
+        })
+    }
+
+    /// Holds a route for a provisioned tunnel until [`Hub::release_lease`], whether or not its
+    /// client is connected (visitors meanwhile find it offline). A hello naming the tunnel
+    /// uses the lease instead of claiming. Returns the endpoint and the port or name held.
+    pub async fn lease(&self, r: LeaseRequest) -> Result<Claimed, ClaimError> {
+        let key = (r.owner.clone(), r.tunnel.clone());
+        if let Some(l) = lock(&self.leases).get(&key) {
+            return Ok(Claimed::of(&l.claim));
+        }
+        let frontend = self.frontend_for(r.kind, r.frontend.as_deref())?.clone();
+        let claim = frontend
+            .claim(ClaimRequest {
+                owner: r.owner.clone(),
+                tunnel: r.tunnel.clone(),
+                kind: r.kind,
+                subdomain: r.subdomain,
+                port: r.port,
+                bind: None,
+                target_override: None,
+                proxy_protocol: None,
+                max_ports: None,
+                max_names: None,
+                target: self.client_target(&r.owner),
+                reserve_on_release: false,
+            })
+            .await?;
+        let out = Claimed::of(&claim);
+        lock(&self.leases).insert(
+            key,
+            Lease {
+                kind: r.kind,
+                claim,
+            },
+        );
+        Ok(out)
+    }
+
+    /// Gives up a lease's route; false when there was none.
+    pub fn release_lease(&self, owner: &str, tunnel: &str) -> bool {
+        let removed = lock(&self.leases).remove(&(owner.to_string(), tunnel.to_string()));
+        removed.is_some()
+    }
+
+    /// The endpoint of a lease.
+    pub fn lease_endpoint(&self, owner: &str, tunnel: &str) -> Option<String> {
+        lock(&self.leases)
+            .get(&(owner.to_string(), tunnel.to_string()))
+            .map(|l| l.claim.endpoint.clone())
+    }
+
+    /// Ends the live session of `client_id` (its token expired or was revoked).
+    pub fn cut(&self, client_id: &str) -> bool {
+        match self.sessions.get(client_id) {
+            Some(s) => {
+                s.closed.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The sessions, for `GET /clients`.

@@ -8,7 +8,8 @@
 //! - [`hub`]: the registry of live sessions and the claims they hold on frontends.
 //! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
 //! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
-//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning.
+//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
+//!   [`ca_sign`]: the CA signing a tunnel's CSR for the names it owns.
 //! - [`limits`]: pending-handshake caps; [`proxy_protocol`]: PROXY v1/v2 headers.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
@@ -20,10 +21,13 @@
 //! - [`framing_guard`]: refuses ambiguous HTTP/1.1 framing under an HTTP server.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
 //!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
+//! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
+//!   ids) behind the [`state::StateStore`] trait, on SQLite.
 //! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod ca_sign;
 pub mod dial;
 pub mod duration;
 pub mod framing_guard;
@@ -44,6 +48,7 @@ pub mod rendezvous;
 pub mod session;
 pub mod sni;
 pub mod splice;
+pub mod state;
 pub mod tls;
 pub mod tls_listener;
 pub mod transport;

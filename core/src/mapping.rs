@@ -462,6 +462,7 @@ impl Hub {
                 target_override: None,
                 proxy_protocol: None,
                 max_ports: None,
+                max_names: None,
                 target: table.clone(),
                 reserve_on_release: false,
             })

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub ws_requests_total: IntCounterVec,
     pub ws_conversations_active: IntGaugeVec,
     pub ws_pauses_total: IntCounterVec,
+    pub control_requests_total: IntCounterVec,
+    pub provisioned_tunnels: IntGaugeVec,
+    pub certificates_issued_total: IntCounterVec,
+    pub sessions_cut_total: IntCounterVec,
 }
 
 fn counter(
@@ -252,6 +256,30 @@ impl Metrics {
                 "tunneld_ws_pauses_total",
                 "Pause (P) messages tunneld sent because a conversation's receive buffer was full",
                 &["transport"],
+            )?,
+            control_requests_total: counter(
+                &r,
+                "tunneld_control_requests_total",
+                "Requests to the provisioning API and the plain web port, by route and status",
+                &["route", "code"],
+            )?,
+            provisioned_tunnels: gauge(
+                &r,
+                "tunneld_provisioned_tunnels",
+                "Tunnels made through the provisioning API whose leases tunneld holds",
+                &["state"],
+            )?,
+            certificates_issued_total: counter(
+                &r,
+                "tunneld_certificates_issued_total",
+                "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)",
+                &["outcome"],
+            )?,
+            sessions_cut_total: counter(
+                &r,
+                "tunneld_sessions_cut_total",
+                "Live sessions ended because their token expired or was revoked",
+                &["reason"],
             )?,
             registry: r,
         })

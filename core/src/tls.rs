@@ -132,7 +132,7 @@ impl ServerIdentity {
 /// tunneld's own certificate authority (`ca.pem`, `ca.key` in the state's TLS directory):
 /// an ECDSA P-256 key, created on first start.
 pub struct LocalCa {
-    issuer: Issuer<'static, KeyPair>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
     /// The CA certificate.
     pub der: CertificateDer<'static>,
     /// Where its PEM lives, for clients to trust.

@@ -14,20 +14,14 @@
 
 use crate::admin_threshold::{self, Shape};
 use crate::config::server::AdminConfig;
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use crate::http_serve::{self, error, json_resp, respond, Handler, Limits, Resp};
+use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::sha256;
 use tunneld_core::hub::Hub;
@@ -48,8 +42,6 @@ struct State {
     draining: CancellationToken,
 }
 
-type Resp = Response<Full<Bytes>>;
-
 /// Binds the admin listener and serves it in the background.
 pub async fn start(
     cfg: AdminConfig,
@@ -66,58 +58,22 @@ pub async fn start(
         token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
         draining,
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tracing::info!(%addr, "admin API listening");
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("admin API: too many connections, closing one");
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(tcp), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "admin connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
+    let handler: Handler = Arc::new(move |req, _peer| {
+        let state = state.clone();
+        Box::pin(async move { handle(&state, req).await })
     });
+    http_serve::serve(
+        "admin API",
+        listener,
+        None,
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+        },
+        handler,
+    );
     Ok(addr)
-}
-
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    if let Ok(v) = header::HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-fn json_resp(status: StatusCode, v: &Value) -> Resp {
-    respond(status, "application/json", format!("{v}\n"))
-}
-
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
-    json_resp(status, &json!({ "error": message.to_string() }))
 }
 
 fn authorized(state: &State, req: &Request<Incoming>) -> bool {
@@ -261,21 +217,9 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
             "Content-Type must be application/json",
         );
     }
-    let body = match tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.to_string().contains("length limit") => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over {MAX_BODY} bytes"),
-            )
-        }
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+    let body = match http_serve::read_body(req, MAX_BODY, BODY_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

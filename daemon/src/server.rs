@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tunneld_core::auth::{token_digest, Authenticator, TokenEntry};
+use tunneld_core::auth::{token_digest, Authenticator, StoredTokens, TokenEntry};
 use tunneld_core::frontend::{Frontend, FrontendContext};
 use tunneld_core::hub::Hub;
 use tunneld_core::limits::HandshakeLimiter;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::rendezvous::registry::{Registry, RegistryConfig};
-use tunneld_core::rendezvous::store::{IdStore, FILE as RENDEZVOUS_FILE};
+use tunneld_core::rendezvous::store::{self as rendezvous_store, IdStore};
+use tunneld_core::state::{self, sqlite::SqliteStore, StateStore};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
 use tunneld_core::transport::{Transport, TransportContext};
 
@@ -33,6 +34,10 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The CA file clients should trust, when tunneld issued its own certificate.
     pub ca_file: Option<PathBuf>,
+    /// The persistent state (tokens, provisioned tunnels, certificates, rendezvous ids).
+    pub store: Arc<dyn StateStore>,
+    /// The provisioning API and the plain web port, with a `control` section.
+    pub control: Option<crate::control::Bound>,
     /// Fingerprint of the server certificate, for `tls.pin`.
     pub fingerprint: String,
     accepting: CancellationToken,
@@ -64,7 +69,14 @@ impl Running {
     }
 }
 
-fn authenticator(cfg: &ServerConfig) -> anyhow::Result<Authenticator> {
+/// Opens the state store in the state directory (and imports an older `rendezvous.json`).
+pub fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn StateStore>> {
+    let store = Arc::new(SqliteStore::open(&cfg.state_dir.join(state::FILE))?);
+    rendezvous_store::import_legacy(&cfg.state_dir, &*store)?;
+    Ok(store)
+}
+
+fn authenticator(cfg: &ServerConfig, store: &Arc<dyn StateStore>) -> anyhow::Result<Authenticator> {
     let mut tokens = Vec::new();
     for (id, t) in &cfg.auth.tokens {
         tokens.push(TokenEntry {
@@ -77,6 +89,55 @@ fn authenticator(cfg: &ServerConfig) -> anyhow::Result<Authenticator> {
     Ok(Authenticator {
         tokens,
         certificate_max_ports: cfg.auth.certificate_max_ports,
+        stored: Some(StoredTokens(store.clone())),
+    })
+}
+
+/// The control plane's shared state.
+fn control(
+    cfg: &ServerConfig,
+    c: &crate::config::control::ControlConfig,
+    hub: &Arc<Hub>,
+    auth: &Arc<Authenticator>,
+    store: &Arc<dyn StateStore>,
+    metrics: &Arc<Metrics>,
+    transports: &BTreeMap<String, SocketAddr>,
+) -> anyhow::Result<crate::control::Control> {
+    let domain = match cfg.frontends.get(&c.names_frontend) {
+        Some(FrontendConfig::Https(f)) => f.domain.clone(),
+        _ => anyhow::bail!("control.names_frontend: not an https-subdomain frontend"),
+    };
+    let kind = match cfg.transports.get(&c.transport) {
+        Some(TransportConfig::Yamux(_)) => "yamux",
+        Some(TransportConfig::H2Reverse(_)) => "h2-reverse",
+        _ => anyhow::bail!("control.transport: not a yamux or h2-reverse transport"),
+    };
+    let port = match transports.get(&c.transport) {
+        Some(a) => a.port(),
+        None => anyhow::bail!(
+            "control.transport: `{}` has no listener of its own",
+            c.transport
+        ),
+    };
+    let tls_dir = cfg.state_dir.join("tls");
+    let ca = tls::LocalCa::open(&tls_dir)?;
+    let ca_pem =
+        std::fs::read_to_string(&ca.file).with_context(|| format!("{}", ca.file.display()))?;
+    Ok(crate::control::Control {
+        cfg: c.clone(),
+        store: store.clone(),
+        hub: hub.clone(),
+        auth: auth.clone(),
+        ca,
+        ca_pem,
+        metrics: metrics.clone(),
+        domain,
+        transport: crate::control::SetupTransport {
+            kind,
+            port,
+            local_ca: cfg.tls.cert.is_none(),
+        },
+        changes: tokio::sync::Mutex::new(()),
     })
 }
 
@@ -100,9 +161,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown: accepting.clone(),
         tasks: visitors.clone(),
     };
-    let auth = Arc::new(authenticator(&cfg)?);
+    let store = open_store(&cfg)?;
+    let auth = Arc::new(authenticator(&cfg, &store)?);
     let registry = Registry::new(
-        IdStore::new(cfg.state_dir.join(RENDEZVOUS_FILE)),
+        IdStore::new(store.clone()),
         RegistryConfig {
             max_parked_per_id: cfg.rendezvous.max_parked_per_id,
             max_failures: cfg.rendezvous.max_failures,
@@ -268,6 +330,35 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         });
     }
 
+    let control = match &cfg.control {
+        Some(c) => {
+            let built = Arc::new(control(
+                &cfg,
+                c,
+                &hub,
+                &auth,
+                &store,
+                &metrics,
+                &transports,
+            )?);
+            let restored = built.restore().await?;
+            if restored > 0 {
+                tracing::info!(tunnels = restored, "restored provisioned tunnels");
+            }
+            let tls_cfg = tls::server_config(&identity, &ClientAuth::None, &[b"http/1.1"])?;
+            let bound = built.start(Arc::new(tls_cfg)).await?;
+            Some((built, bound))
+        }
+        None => None,
+    };
+    crate::control::sweep::spawn(
+        hub.clone(),
+        store.clone(),
+        metrics.clone(),
+        control.as_ref().map(|(c, _)| c.clone()),
+        accepting.clone(),
+    );
+
     let draining = CancellationToken::new();
     let admin_addr = match &cfg.admin {
         Some(a) => Some(
@@ -294,6 +385,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         hub,
         metrics,
         ca_file: identity.ca_file.clone(),
+        store,
+        control: control.map(|(_, b)| b),
         fingerprint,
         accepting,
         draining,

@@ -104,9 +104,13 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
 
     // connect (tunnelc parking for a rendezvous id) -> rendezvous (a Basic visitor).
-    let id_file = state.join(tunneld_core::rendezvous::store::FILE);
-    tunneld_core::rendezvous::store::add(&id_file, Some("matrix-id"), 30, Some("demo"))
-        .expect("add id");
+    tunneld_core::rendezvous::store::add(
+        &*server.running.store,
+        Some("matrix-id"),
+        30,
+        Some("demo"),
+    )
+    .expect("add id");
     let hidden_echo = tagged_echo("via-connect").await;
     let yaml = format!(
         "server: {}\nserver_name: localhost\ntransport: connect\ntoken: {DEMO_TOKEN}\ntls: {{ ca: {} }}\nrendezvous:\n  matrix-id: {{ local: \"{hidden_echo}\", parked: 2 }}\n",

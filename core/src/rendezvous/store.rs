@@ -1,18 +1,15 @@
-//! Rendezvous ids and their TOTP secrets, kept in one JSON file in tunneld's state directory
-//! (`rendezvous.json`). `tunneld rendezvous add/list/remove` edit it; a running tunneld
-//! re-reads it when it changes, so new ids work without a restart.
-//!
-//! Writes go to a temporary file that is synced and renamed over the old one, so a crash
-//! leaves either the old or the new file, never a torn one.
+//! Rendezvous ids and their TOTP secrets, kept in tunneld's state store
+//! ([`crate::state`]). `tunneld rendezvous add/list/remove` edit it; a running tunneld reads
+//! it at each lookup, so new ids work without a restart. An older tunneld's
+//! `rendezvous.json` is imported once ([`import_legacy`]).
 
+use crate::state::{RendezvousRecord, StateError, StateStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
-/// The file's name inside the state directory.
+/// The legacy file's name inside the state directory.
 pub const FILE: &str = "rendezvous.json";
 
 /// One rendezvous id.
@@ -50,6 +47,8 @@ pub enum StoreError {
     Parse { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Whether `id` is usable as a rendezvous id: 1-128 letters, digits, `-`, `_`, `.`.
@@ -106,41 +105,9 @@ pub fn read(path: &Path) -> Result<IdFile, StoreError> {
     }
 }
 
-/// Writes the file atomically (temporary file, fsync, rename, fsync of the directory).
-pub fn write(path: &Path, file: &IdFile) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(file).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        set_private(&f);
-        f.write_all(&body).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn set_private(f: &std::fs::File) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
-}
-#[cfg(not(unix))]
-fn set_private(_: &std::fs::File) {}
-
 /// Adds an id (a random UUID when `id` is `None`) with a fresh 160-bit secret.
 pub fn add(
-    path: &Path,
+    store: &dyn StateStore,
     id: Option<&str>,
     step: u64,
     client: Option<&str>,
@@ -156,97 +123,120 @@ pub fn add(
             "step {step} is outside 5..=300 seconds"
         )));
     }
-    let mut file = read(path)?;
-    if file.ids.contains_key(&id) {
-        return Err(StoreError::Invalid(format!("id `{id}` already exists")));
-    }
     let entry = IdEntry {
         secret: super::totp::encode_secret(&crate::auth::random_bytes::<20>()),
         step,
         client: client.map(str::to_string),
-        created: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::state::now(),
     };
-    file.ids.insert(id.clone(), entry.clone());
-    write(path, &file)?;
+    store.add_rendezvous(&record(&id, &entry))?;
     Ok((id, entry))
 }
 
-/// Removes an id; false when it did not exist.
-pub fn remove(path: &Path, id: &str) -> Result<bool, StoreError> {
-    let mut file = read(path)?;
-    if file.ids.remove(id).is_none() {
-        return Ok(false);
+fn record(id: &str, e: &IdEntry) -> RendezvousRecord {
+    RendezvousRecord {
+        id: id.to_string(),
+        secret: e.secret.clone(),
+        step: e.step,
+        client: e.client.clone(),
+        created: e.created,
     }
-    write(path, &file)?;
-    Ok(true)
 }
 
-/// The file as a running tunneld sees it: re-read when its modification time or size
-/// changes; a file that fails to parse keeps the last good contents (and is logged).
+fn entry(r: RendezvousRecord) -> IdEntry {
+    IdEntry {
+        secret: r.secret,
+        step: r.step,
+        client: r.client,
+        created: r.created,
+    }
+}
+
+/// Every id, in id order.
+pub fn list(store: &dyn StateStore) -> Result<Vec<(String, IdEntry)>, StoreError> {
+    Ok(store
+        .rendezvous_ids()?
+        .into_iter()
+        .map(|r| (r.id.clone(), entry(r)))
+        .collect())
+}
+
+/// Removes an id; false when it did not exist.
+pub fn remove(store: &dyn StateStore, id: &str) -> Result<bool, StoreError> {
+    Ok(store.remove_rendezvous(id)?)
+}
+
+/// Moves the ids of an older tunneld's `rendezvous.json` (in `state_dir`) into the store,
+/// keeping ids the store already has, and renames the file to `rendezvous.json.imported`.
+/// Returns how many ids were imported.
+pub fn import_legacy(state_dir: &Path, store: &dyn StateStore) -> Result<usize, StoreError> {
+    let path = state_dir.join(FILE);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let file = read(&path)?;
+    let mut n = 0;
+    for (id, e) in &file.ids {
+        match store.add_rendezvous(&record(id, e)) {
+            Ok(()) => n += 1,
+            Err(StateError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let done = path.with_extension("json.imported");
+    std::fs::rename(&path, &done).map_err(io_err(&path))?;
+    tracing::info!(ids = n, from = %path.display(), "imported rendezvous ids into the state store");
+    Ok(n)
+}
+
+/// The ids as a running tunneld sees them: read from the state store at each lookup, so ids
+/// added by `tunneld rendezvous add` work at once.
 pub struct IdStore {
-    path: PathBuf,
-    cache: Mutex<Cached>,
-}
-
-struct Cached {
-    stamp: Option<(SystemTime, u64)>,
-    ids: Arc<IdFile>,
+    store: Arc<dyn StateStore>,
 }
 
 impl IdStore {
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            cache: Mutex::new(Cached {
-                stamp: None,
-                ids: Arc::default(),
-            }),
-        }
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self { store }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The current ids.
-    pub fn current(&self) -> Arc<IdFile> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if c.stamp != stamp {
-            match read(&self.path) {
-                Ok(f) => c.ids = Arc::new(f),
-                Err(e) => tracing::warn!(error = %e, "keeping the last good rendezvous ids"),
-            }
-            c.stamp = stamp;
-        }
-        c.ids.clone()
-    }
-
-    /// One id's entry.
+    /// One id's entry (none when the store cannot be read, which is logged).
     pub fn get(&self, id: &str) -> Option<IdEntry> {
-        self.current().ids.get(id).cloned()
+        match self.store.rendezvous(id) {
+            Ok(r) => r.map(entry),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read rendezvous ids");
+                None
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::sqlite::SqliteStore;
 
     #[test]
-    fn add_list_remove_round_trip_and_reload() {
+    fn add_list_remove_and_legacy_import() {
         let dir = std::env::temp_dir().join(format!(
             "tunneld-store-{}",
             crate::auth::hex(&crate::auth::random_bytes::<6>())
         ));
-        let path = dir.join(FILE);
-        let store = IdStore::new(path.clone());
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join(FILE),
+            r#"{"ids":{"old":{"secret":"GEZDGNBVGY3TQOJQ","step":30,"created":5}}}"#,
+        )
+        .expect("legacy");
+        let db: Arc<dyn StateStore> =
+            Arc::new(SqliteStore::open(&dir.join(crate::state::FILE)).expect("open"));
+        assert_eq!(import_legacy(&dir, &*db).expect("import"), 1);
+        assert!(!dir.join(FILE).exists() && dir.join("rendezvous.json.imported").exists());
+        let store = IdStore::new(db.clone());
+        assert_eq!(store.get("old").map(|e| e.step), Some(30));
         assert!(store.get("a").is_none());
-        let (id, e) = add(&path, Some("a"), 30, Some("demo")).expect("add");
+        let (id, e) = add(&*db, Some("a"), 30, Some("demo")).expect("add");
         assert_eq!(id, "a");
         assert_eq!(
             super::super::totp::decode_secret(&e.secret)
@@ -255,21 +245,17 @@ mod tests {
             20
         );
         assert_eq!(store.get("a"), Some(e.clone()));
-        assert!(add(&path, Some("a"), 30, None).is_err(), "duplicate");
-        assert!(add(&path, Some("bad id"), 30, None).is_err());
-        assert!(add(&path, None, 1, None).is_err(), "step");
-        let (uuid, _) = add(&path, None, 30, None).expect("uuid");
+        assert!(add(&*db, Some("a"), 30, None).is_err(), "duplicate");
+        assert!(add(&*db, Some("bad id"), 30, None).is_err());
+        assert!(add(&*db, None, 1, None).is_err(), "step");
+        let (uuid, _) = add(&*db, None, 30, None).expect("uuid");
         assert_eq!(uuid.len(), 36);
+        assert_eq!(list(&*db).expect("list").len(), 3);
         assert!(otpauth_uri(&id, &e).starts_with("otpauth://totp/tunneld:a?secret="));
-        assert!(remove(&path, "a").expect("remove"));
-        assert!(!remove(&path, "a").expect("again"));
+        assert!(remove(&*db, "a").expect("remove"));
+        assert!(!remove(&*db, "a").expect("again"));
         assert!(store.get("a").is_none());
         assert!(store.get(&uuid).is_some());
-        std::fs::write(&path, b"{ torn").expect("write");
-        assert!(
-            store.get(&uuid).is_some(),
-            "a broken file keeps the last good ids"
-        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

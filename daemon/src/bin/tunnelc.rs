@@ -71,6 +71,107 @@ enum Quick {
     /// Publish a local web service at <subdomain>.<server> over the websocket transport (as
     /// TPoT's `tpot http`). Defaults come from ~/.config/tunnelc/config.yaml.
     Http(HttpArgs),
+    /// Register a tunnel through tunneld's provisioning API (as pipe2me's setup): writes its
+    /// client config, key, certificate and CA into --dir/<name> and prints its endpoints.
+    Setup(SetupCli),
+    /// The tunnels `setup` wrote: endpoints, state at tunneld, certificate expiry.
+    List {
+        #[arg(long, env = "TUNNELC_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Sourceable KEY=value lines (endpoints, paths of cert, key, CA) for a set-up tunnel.
+    Env {
+        /// The tunnel (default: every tunnel in --dir).
+        name: Option<String>,
+        #[arg(long, env = "TUNNELC_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Run echo services on the local ports, connect, and check every public endpoint end to
+    /// end: one PASS/FAIL line each; exits 1 on any failure.
+    Test {
+        /// The tunnel (default: every tunnel in --dir).
+        name: Option<String>,
+        #[arg(long, env = "TUNNELC_DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SetupCli {
+    /// The provisioning API, https://host[:port] (tunneld's control.listen).
+    #[arg(long, env = "TUNNELC_SERVER")]
+    server: String,
+    /// A token from `tunneld token add`.
+    #[arg(long, env = "TUNNELC_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The public name (default: a readable <mood>-<color>-<animal>).
+    #[arg(long)]
+    name: Option<String>,
+    /// http, https and/or tcp, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "https")]
+    protocols: Vec<String>,
+    /// One local port per protocol, same order (default 8080 http, 8443 https, 2222 tcp).
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
+    /// Where to write the tunnel's directory (default $TUNNELC_DIR, $XDG_DATA_HOME/tunnelc or
+    /// ~/.local/share/tunnelc).
+    #[arg(long, env = "TUNNELC_DIR")]
+    dir: Option<PathBuf>,
+    /// PEM CA to trust for the API (tunneld's state/tls/ca.pem).
+    #[arg(long, conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust exactly this certificate (sha256:<hex>, as tunneld prints it).
+    #[arg(long)]
+    pin: Option<String>,
+    /// Name to check in the certificate (default: the server's host).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+/// `setup`, `list`, `env` and `test`, which need no client config; `None` for the others.
+fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
+    use tunneld_daemon::setup::{self, files};
+    let dir_or_default = |d: &Option<PathBuf>| match d {
+        Some(d) => Ok(d.clone()),
+        None => files::default_dir(),
+    };
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+    };
+    let r = match q {
+        Quick::Setup(a) => rt().and_then(|rt| {
+            rt.block_on(setup::setup(setup::SetupArgs {
+                server: a.server.clone(),
+                token: a.token.clone(),
+                name: a.name.clone(),
+                protocols: a.protocols.clone(),
+                ports: a.ports.clone(),
+                dir: a.dir.clone(),
+                ca: a.ca.clone(),
+                pin: a.pin.clone(),
+                server_name: a.server_name.clone(),
+            }))
+            .map(|()| true)
+        }),
+        Quick::List { dir } => dir_or_default(dir)
+            .and_then(|d| files::load(&d, None))
+            .and_then(|t| rt().map(|rt| rt.block_on(setup::list::run(&t))))
+            .map(|()| true),
+        Quick::Env { name, dir } => dir_or_default(dir)
+            .and_then(|d| files::load(&d, name.as_deref()))
+            .map(|t| {
+                print!("{}", setup::env::render(&t));
+                true
+            }),
+        Quick::Test { name, dir } => dir_or_default(dir)
+            .and_then(|d| files::load(&d, name.as_deref()))
+            .and_then(|t| rt().and_then(|rt| rt.block_on(setup::selftest::run(&t)))),
+        _ => return None,
+    };
+    Some(r)
 }
 
 #[derive(clap::Args, Debug)]
@@ -255,6 +356,16 @@ fn fail_config(lines: &[String]) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(result) = cli.quick.as_ref().and_then(workflow) {
+        match result {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("tunnelc: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let http_mode = matches!(cli.quick, Some(Quick::Http(_)));
     let cfg = match cli.quick {
         Some(q) => {

@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tunneld_daemon::config::server::{LogFormat, ServerConfig};
-use tunneld_daemon::{logging, server};
+use tunneld_daemon::state_cli::{RendezvousCmd, StateCmd, TokenCmd};
+use tunneld_daemon::{logging, server, state_cli};
 
 /// Reverse-tunnel daemon: tunnel clients connect out to it, visitors reach their services
 /// through it.
@@ -33,68 +34,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Manage rendezvous ids (kept in <state_dir>/rendezvous.json; a running tunneld picks
-    /// up changes by itself).
+    /// Manage tokens kept in the state store (<state_dir>/state.db); a running tunneld sees
+    /// changes at once.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Manage rendezvous ids (kept in the state store; a running tunneld sees changes at
+    /// once).
     #[command(subcommand)]
     Rendezvous(RendezvousCmd),
+    /// Check or back up the state store.
+    #[command(subcommand)]
+    State(StateCmd),
 }
 
-#[derive(Subcommand, Debug)]
-enum RendezvousCmd {
-    /// Create an id with a new TOTP secret; prints the id, the secret and an otpauth:// URI.
-    Add {
-        /// The id (default: a random UUID).
-        id: Option<String>,
-        /// TOTP step in seconds.
-        #[arg(long, default_value_t = 30)]
-        step: u64,
-        /// A tunnel client (token or certificate id) that may park for this id with its own
-        /// credentials instead of TOTP codes (what tunnelc does).
-        #[arg(long)]
-        client: Option<String>,
-    },
-    /// List the ids (never their secrets).
-    List,
-    /// Delete an id.
-    Remove { id: String },
-}
-
-fn rendezvous(cfg: &ServerConfig, cmd: RendezvousCmd) -> anyhow::Result<()> {
-    use tunneld_core::rendezvous::store;
-    let path = cfg.state_dir.join(store::FILE);
+fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
+    let store = server::open_store(cfg)?;
     match cmd {
-        RendezvousCmd::Add { id, step, client } => {
-            let (id, e) = store::add(&path, id.as_deref(), step, client.as_deref())?;
-            println!("id: {id}");
-            println!("secret: {}", e.secret);
-            println!("step: {}", e.step);
-            if let Some(c) = &e.client {
-                println!("client: {c}");
-            }
-            println!("uri: {}", store::otpauth_uri(&id, &e));
-        }
-        RendezvousCmd::List => {
-            let file = store::read(&path)?;
-            if file.ids.is_empty() {
-                println!("no rendezvous ids in {}", path.display());
-            }
-            for (id, e) in &file.ids {
-                println!(
-                    "{id} step={} client={} created={}",
-                    e.step,
-                    e.client.as_deref().unwrap_or("-"),
-                    e.created
-                );
-            }
-        }
-        RendezvousCmd::Remove { id } => {
-            if !store::remove(&path, &id)? {
-                anyhow::bail!("no rendezvous id `{id}` in {}", path.display());
-            }
-            println!("removed {id}");
+        Command::Token(c) => state_cli::token(cfg, &*store, c),
+        Command::Rendezvous(c) => state_cli::rendezvous(&*store, c),
+        Command::State(c) => {
+            state_cli::state_cmd(&*store, &cfg.state_dir.join(tunneld_core::state::FILE), c)
         }
     }
-    Ok(())
 }
 
 fn main() {
@@ -109,8 +70,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Some(Command::Rendezvous(cmd)) = cli.command {
-        if let Err(e) = rendezvous(&cfg, cmd) {
+    if let Some(cmd) = cli.command {
+        if let Err(e) = command(&cfg, cmd) {
             eprintln!("tunneld: {e:#}");
             std::process::exit(1);
         }
@@ -154,6 +115,12 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     if let Some(a) = running.admin {
         println!("listening admin addr={a}");
+    }
+    if let Some(c) = running.control {
+        println!("listening control addr={}", c.api);
+        if let Some(w) = c.web {
+            println!("listening web addr={w}");
+        }
     }
     if let Some(ca) = &running.ca_file {
         println!("trust ca={} pin={}", ca.display(), running.fingerprint);

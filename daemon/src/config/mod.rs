@@ -2,6 +2,7 @@
 //! `--set key.path=value` flags, in increasing precedence. Every error names the key path.
 
 pub mod client;
+pub mod control;
 mod load;
 pub mod server;
 pub mod user;

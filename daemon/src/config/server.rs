@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "rendezvous",
     "transports",
     "frontends",
+    "control",
 ];
 pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
@@ -47,6 +48,8 @@ struct Raw {
     transports: BTreeMap<String, Value>,
     #[serde(default)]
     frontends: BTreeMap<String, Value>,
+    #[serde(default)]
+    control: Option<super::control::ControlConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -241,6 +244,7 @@ pub struct ServerConfig {
     pub rendezvous: RendezvousConfig,
     pub transports: BTreeMap<String, TransportConfig>,
     pub frontends: BTreeMap<String, FrontendConfig>,
+    pub control: Option<super::control::ControlConfig>,
 }
 
 impl ServerConfig {
@@ -416,8 +420,9 @@ impl ServerConfig {
             && raw.auth.client_ca.is_none()
             && !header_identity
             && !tpot_clients
+            && raw.control.is_none()
         {
-            errors.push("auth: configure at least one of auth.tokens or auth.client_ca (or a websocket transport's auth_key), or no client can connect".into());
+            errors.push("auth: configure at least one of auth.tokens or auth.client_ca (or a websocket transport's auth_key, or a control section for tokens made with `tunneld token add`), or no client can connect".into());
         }
         if raw.auth.require_client_cert && raw.auth.client_ca.is_none() {
             errors.push("auth.require_client_cert: needs auth.client_ca".into());
@@ -449,6 +454,36 @@ impl ServerConfig {
         }
         if raw.limits.keepalive < Duration::from_secs(1) {
             errors.push("limits.keepalive: must be at least 1s".into());
+        }
+        if let Some(c) = &raw.control {
+            if let Err((k, m)) = c.validate() {
+                errors.push(format!("control.{k}: {m}"));
+            }
+            if !matches!(
+                frontends.get(&c.names_frontend),
+                Some(FrontendConfig::Https(_))
+            ) {
+                errors.push(format!(
+                    "control.names_frontend: `{}` is not an https-subdomain frontend of this config",
+                    c.names_frontend
+                ));
+            }
+            if let Some(p) = &c.ports_frontend {
+                if !matches!(frontends.get(p), Some(FrontendConfig::Ports(_))) {
+                    errors.push(format!(
+                        "control.ports_frontend: `{p}` is not a ports frontend of this config"
+                    ));
+                }
+            }
+            if !matches!(
+                transports.get(&c.transport),
+                Some(TransportConfig::Yamux(_) | TransportConfig::H2Reverse(_))
+            ) {
+                errors.push(format!(
+                    "control.transport: `{}` is not a yamux or h2-reverse transport of this config",
+                    c.transport
+                ));
+            }
         }
         if !errors.is_empty() {
             return Err(ConfigError { lines: errors });
@@ -501,6 +536,7 @@ impl ServerConfig {
                     (n, f)
                 })
                 .collect(),
+            control: raw.control,
         })
     }
 }

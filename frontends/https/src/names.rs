@@ -194,6 +194,24 @@ impl Names {
                 )));
             }
         }
+        if let (Some(max), None) = (req.max_names, pool) {
+            let held = t
+                .entries
+                .iter()
+                .filter(|(n, e)| {
+                    *n != &name
+                        && e.owner == req.owner
+                        && (!e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now))
+                })
+                .count();
+            if held >= max as usize {
+                return Err(ClaimError::Quota {
+                    limit: "max_names",
+                    what: "names",
+                    max,
+                });
+            }
+        }
         t.next_gen += 1;
         let gen = t.next_gen;
         let member = Member {

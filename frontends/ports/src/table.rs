@@ -161,7 +161,11 @@ impl PortsFrontend {
             .count();
         if let Some(max) = req.max_ports {
             if active_of_owner >= max as usize {
-                return Err(ClaimError::Quota { max });
+                return Err(ClaimError::Quota {
+                    limit: "max_ports",
+                    what: "ports",
+                    max,
+                });
             }
         }
         let bind = req.bind.unwrap_or(self.cfg.bind);

@@ -451,15 +451,12 @@ impl WebsocketTransport {
                 return answer(&mut io, 409, &format!("subdomain `{name}` is in use")).await;
             }
             let hello = self.tpot_hello(&name);
-            let identity = Identity {
-                client_id,
-                method: if self.verifier.is_some() {
-                    "tpot-1"
-                } else {
-                    "anonymous"
-                },
-                max_ports: None,
+            let method = if self.verifier.is_some() {
+                "tpot-1"
+            } else {
+                "anonymous"
             };
+            let identity = Identity::new(client_id, method, None);
             let admitted = cx
                 .hub
                 .admit_identity(
@@ -622,11 +619,7 @@ impl WebsocketTransport {
                 .or(query_subdomain)
                 .unwrap_or_else(random_subdomain);
             hello.tunnels[0].subdomain = Some(name.clone());
-            let identity = Identity {
-                client_id: format!("tpot:{name}"),
-                method: "tpot-1",
-                max_ports: None,
-            };
+            let identity = Identity::new(format!("tpot:{name}"), "tpot-1", None);
             cx.hub
                 .admit_identity(
                     identity,

@@ -257,11 +257,7 @@ pub fn identify(
             ),
         ));
     }
-    Ok(Identity {
-        client_id,
-        method,
-        max_ports: None,
-    })
+    Ok(Identity::new(client_id, method, None))
 }
 
 /// The visitors waiting for streams, oldest first.

@@ -1,0 +1,111 @@
+//! tunneld's persistent state: tokens, provisioned tunnels (their name and port leases),
+//! issued certificates and rendezvous ids, behind the [`StateStore`] trait.
+//!
+//! The one implementation is [`sqlite::SqliteStore`], a single file (`state.db`) in the state
+//! directory. Every write is one SQLite transaction in WAL mode with `synchronous=FULL`, so a
+//! write that returned survives a crash or `kill -9`, and a torn write is rolled back on the
+//! next open. Several processes may open it at once (`tunneld token add` while tunneld runs).
+//! A networked store for several tunneld nodes would be a second implementation of the trait.
+
+pub mod names;
+pub mod records;
+pub mod sqlite;
+
+pub use records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+
+use std::path::Path;
+
+/// The store's file name inside the state directory.
+pub const FILE: &str = "state.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("state store: {0}")]
+    Db(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything tunneld keeps across restarts. Methods are short synchronous transactions.
+pub trait StateStore: Send + Sync + 'static {
+    /// Adds a token; fails with [`StateError::Exists`] when its name is taken.
+    fn add_token(&self, t: &TokenRecord) -> Result<(), StateError>;
+    /// The token whose SHA-256 digest (hex) is `digest`.
+    fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>, StateError>;
+    fn token(&self, name: &str) -> Result<Option<TokenRecord>, StateError>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StateError>;
+    /// Marks a token revoked at `at`; false when there is no such token.
+    fn revoke_token(&self, name: &str, at: u64) -> Result<bool, StateError>;
+    /// Records the one use of a single-use token; false when it was already used.
+    fn use_token(&self, name: &str, at: u64) -> Result<bool, StateError>;
+
+    /// Adds a provisioned tunnel; fails with [`StateError::Exists`] when its name is taken.
+    fn add_tunnel(&self, t: &TunnelRecord) -> Result<(), StateError>;
+    /// Replaces a tunnel's record (ports allocated, renewal).
+    fn update_tunnel(&self, t: &TunnelRecord) -> Result<(), StateError>;
+    fn tunnel(&self, name: &str) -> Result<Option<TunnelRecord>, StateError>;
+    /// Every tunnel, or those of one owner.
+    fn tunnels(&self, owner: Option<&str>) -> Result<Vec<TunnelRecord>, StateError>;
+    /// Deletes a tunnel; false when there was none.
+    fn delete_tunnel(&self, name: &str) -> Result<bool, StateError>;
+
+    fn add_certificate(&self, c: &CertRecord) -> Result<(), StateError>;
+    /// Certificates issued for one tunnel, newest first.
+    fn certificates(&self, tunnel: &str) -> Result<Vec<CertRecord>, StateError>;
+
+    /// Adds a rendezvous id; fails with [`StateError::Exists`] when it is taken.
+    fn add_rendezvous(&self, r: &RendezvousRecord) -> Result<(), StateError>;
+    fn rendezvous(&self, id: &str) -> Result<Option<RendezvousRecord>, StateError>;
+    fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError>;
+    fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError>;
+
+    /// Checks the store's integrity: `ok`, or what is wrong.
+    fn check(&self) -> Result<String, StateError>;
+    /// Writes a consistent copy of the store to `to` while it is in use.
+    fn backup(&self, to: &Path) -> Result<(), StateError>;
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (UTC).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_392_000), "2026-11-23T00:00:00Z");
+        assert_eq!(super::rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}

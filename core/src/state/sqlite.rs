@@ -1,0 +1,508 @@
+//! [`StateStore`] on SQLite (rusqlite with the bundled library): one file, WAL journal,
+//! `synchronous=FULL`, a busy timeout so the CLI and a running tunneld share it.
+
+use super::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+use super::{StateError, StateStore};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    max_ports INTEGER,
+    max_names INTEGER,
+    expires_at INTEGER,
+    single_use INTEGER NOT NULL DEFAULT 0,
+    used_at INTEGER,
+    transports TEXT,
+    revoked_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tunnels (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    protocols TEXT NOT NULL,
+    ports TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS tunnels_owner ON tunnels(owner);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    tunnel TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    names TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    pem TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_tunnel ON certificates(tunnel);
+CREATE TABLE IF NOT EXISTS rendezvous (
+    id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    client TEXT,
+    created INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+/// The SQLite state store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn db(e: rusqlite::Error) -> StateError {
+    StateError::Db(e.to_string())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what}: {e}").into(),
+        )
+    })
+}
+
+fn u64_col(row: &Row, i: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+}
+
+fn token_row(row: &Row) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        name: row.get(0)?,
+        digest: row.get(1)?,
+        max_ports: row.get(2)?,
+        max_names: row.get(3)?,
+        expires_at: u64_col(row, 4)?,
+        single_use: row.get(5)?,
+        used_at: u64_col(row, 6)?,
+        transports: match row.get::<_, Option<String>>(7)? {
+            Some(s) => Some(from_json(&s, "tokens.transports")?),
+            None => None,
+        },
+        revoked_at: u64_col(row, 8)?,
+        created_at: u64_col(row, 9)?.unwrap_or(0),
+    })
+}
+
+const TOKEN_COLS: &str = "name, digest, max_ports, max_names, expires_at, single_use, used_at, transports, revoked_at, created_at";
+
+fn tunnel_row(row: &Row) -> rusqlite::Result<TunnelRecord> {
+    Ok(TunnelRecord {
+        name: row.get(0)?,
+        owner: row.get(1)?,
+        protocols: from_json(&row.get::<_, String>(2)?, "tunnels.protocols")?,
+        ports: from_json(&row.get::<_, String>(3)?, "tunnels.ports")?,
+        created_at: u64_col(row, 4)?.unwrap_or(0),
+        expires_at: u64_col(row, 5)?,
+    })
+}
+
+const TUNNEL_COLS: &str = "name, owner, protocols, ports, created_at, expires_at";
+
+fn cert_row(row: &Row) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial: row.get(0)?,
+        tunnel: row.get(1)?,
+        owner: row.get(2)?,
+        names: from_json(&row.get::<_, String>(3)?, "certificates.names")?,
+        not_after: u64_col(row, 4)?.unwrap_or(0),
+        pem: row.get(5)?,
+        created_at: u64_col(row, 6)?.unwrap_or(0),
+    })
+}
+
+fn rendezvous_row(row: &Row) -> rusqlite::Result<RendezvousRecord> {
+    Ok(RendezvousRecord {
+        id: row.get(0)?,
+        secret: row.get(1)?,
+        step: u64_col(row, 2)?.unwrap_or(30),
+        client: row.get(3)?,
+        created: u64_col(row, 4)?.unwrap_or(0),
+    })
+}
+
+/// Maps a uniqueness violation to [`StateError::Exists`].
+fn insert_err(what: String) -> impl FnOnce(rusqlite::Error) -> StateError {
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => StateError::Exists(what),
+        _ => db(e),
+    }
+}
+
+fn opt(v: Option<u64>) -> Option<i64> {
+    v.map(|v| v.min(i64::MAX as u64) as i64)
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let open_err = |reason: String| StateError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| open_err(format!("cannot enable WAL: {e}")))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| open_err(e.to_string()))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
+        if version > 1 {
+            return Err(open_err(format!(
+                "written by a newer tunneld (schema {version}; this one knows 1)"
+            )));
+        }
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn add_token(&self, t: &TokenRecord) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+                ),
+                params![
+                    t.name,
+                    t.digest,
+                    t.max_ports,
+                    t.max_names,
+                    opt(t.expires_at),
+                    t.single_use,
+                    opt(t.used_at),
+                    t.transports.as_ref().map(json),
+                    opt(t.revoked_at),
+                    opt(Some(t.created_at)),
+                ],
+            )
+            .map(|_| ())
+            .map_err(insert_err(format!("token `{}`", t.name)))
+    }
+
+    fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE digest = ?1"),
+                [digest],
+                token_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn token(&self, name: &str) -> Result<Option<TokenRecord>, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE name = ?1"),
+                [name],
+                token_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY name"))
+            .map_err(db)?;
+        let rows = st.query_map([], token_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn revoke_token(&self, name: &str, at: u64) -> Result<bool, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1",
+                params![name, opt(Some(at))],
+            )
+            .map(|n| n > 0)
+            .map_err(db)
+    }
+
+    fn use_token(&self, name: &str, at: u64) -> Result<bool, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE tokens SET used_at = ?2 WHERE name = ?1 AND used_at IS NULL",
+                params![name, opt(Some(at))],
+            )
+            .map(|n| n > 0)
+            .map_err(db)
+    }
+
+    fn add_tunnel(&self, t: &TunnelRecord) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO tunnels ({TUNNEL_COLS}) VALUES (?1,?2,?3,?4,?5,?6)"),
+                params![
+                    t.name,
+                    t.owner,
+                    json(&t.protocols),
+                    json(&t.ports),
+                    opt(Some(t.created_at)),
+                    opt(t.expires_at),
+                ],
+            )
+            .map(|_| ())
+            .map_err(insert_err(format!("tunnel `{}`", t.name)))
+    }
+
+    fn update_tunnel(&self, t: &TunnelRecord) -> Result<(), StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE tunnels SET owner = ?2, protocols = ?3, ports = ?4, expires_at = ?5 WHERE name = ?1",
+                params![t.name, t.owner, json(&t.protocols), json(&t.ports), opt(t.expires_at)],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StateError::Invalid(format!("no tunnel `{}`", t.name)));
+        }
+        Ok(())
+    }
+
+    fn tunnel(&self, name: &str) -> Result<Option<TunnelRecord>, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TUNNEL_COLS} FROM tunnels WHERE name = ?1"),
+                [name],
+                tunnel_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn tunnels(&self, owner: Option<&str>) -> Result<Vec<TunnelRecord>, StateError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare(&format!(
+                "SELECT {TUNNEL_COLS} FROM tunnels WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at, name"
+            ))
+            .map_err(db)?;
+        let rows = st.query_map([owner], tunnel_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn delete_tunnel(&self, name: &str) -> Result<bool, StateError> {
+        self.conn()
+            .execute("DELETE FROM tunnels WHERE name = ?1", [name])
+            .map(|n| n > 0)
+            .map_err(db)
+    }
+
+    fn add_certificate(&self, c: &CertRecord) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO certificates (serial, tunnel, owner, names, not_after, pem, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![
+                    c.serial,
+                    c.tunnel,
+                    c.owner,
+                    json(&c.names),
+                    opt(Some(c.not_after)),
+                    c.pem,
+                    opt(Some(c.created_at)),
+                ],
+            )
+            .map(|_| ())
+            .map_err(insert_err(format!("certificate {}", c.serial)))
+    }
+
+    fn certificates(&self, tunnel: &str) -> Result<Vec<CertRecord>, StateError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare(
+                "SELECT serial, tunnel, owner, names, not_after, pem, created_at FROM certificates WHERE tunnel = ?1 ORDER BY created_at DESC, rowid DESC",
+            )
+            .map_err(db)?;
+        let rows = st.query_map([tunnel], cert_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn add_rendezvous(&self, r: &RendezvousRecord) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO rendezvous (id, secret, step, client, created) VALUES (?1,?2,?3,?4,?5)",
+                params![r.id, r.secret, opt(Some(r.step)), r.client, opt(Some(r.created))],
+            )
+            .map(|_| ())
+            .map_err(insert_err(format!("id `{}`", r.id)))
+    }
+
+    fn rendezvous(&self, id: &str) -> Result<Option<RendezvousRecord>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT id, secret, step, client, created FROM rendezvous WHERE id = ?1",
+                [id],
+                rendezvous_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare("SELECT id, secret, step, client, created FROM rendezvous ORDER BY id")
+            .map_err(db)?;
+        let rows = st.query_map([], rendezvous_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError> {
+        self.conn()
+            .execute("DELETE FROM rendezvous WHERE id = ?1", [id])
+            .map(|n| n > 0)
+            .map_err(db)
+    }
+
+    fn check(&self) -> Result<String, StateError> {
+        let c = self.conn();
+        let mut st = c.prepare("PRAGMA integrity_check").map_err(db)?;
+        let lines: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        Ok(lines.join("\n"))
+    }
+
+    fn backup(&self, to: &Path) -> Result<(), StateError> {
+        if to.exists() {
+            return Err(StateError::Exists(to.display().to_string()));
+        }
+        let target = to
+            .to_str()
+            .ok_or_else(|| StateError::Invalid(format!("{}: not a UTF-8 path", to.display())))?;
+        self.conn()
+            .execute("VACUUM INTO ?1", [target])
+            .map(|_| ())
+            .map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "tunneld-state-{}",
+            crate::auth::hex(&crate::auth::random_bytes::<6>())
+        ))
+    }
+
+    fn token(name: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.into(),
+            digest: crate::auth::hex(&crate::auth::sha256(name.as_bytes())),
+            max_ports: Some(2),
+            max_names: None,
+            expires_at: Some(100),
+            single_use: true,
+            used_at: None,
+            transports: Some(vec!["edge".into()]),
+            revoked_at: None,
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_survives_reopen() {
+        let dir = temp();
+        let path = dir.join(super::super::FILE);
+        let s = SqliteStore::open(&path).expect("open");
+        let a = token("alice");
+        s.add_token(&a).expect("add");
+        assert!(matches!(s.add_token(&a), Err(StateError::Exists(_))));
+        assert_eq!(s.token_by_digest(&a.digest).expect("get"), Some(a.clone()));
+        assert!(s.use_token("alice", 5).expect("use"));
+        assert!(!s.use_token("alice", 6).expect("used"));
+        assert!(s.revoke_token("alice", 7).expect("revoke"));
+        assert!(!s.revoke_token("nobody", 7).expect("revoke"));
+        let t = TunnelRecord {
+            name: "calm-blue-otter".into(),
+            owner: "alice".into(),
+            protocols: vec!["https".into(), "tcp".into()],
+            ports: [("tcp".to_string(), 20001u16)].into(),
+            created_at: 3,
+            expires_at: None,
+        };
+        s.add_tunnel(&t).expect("tunnel");
+        assert!(matches!(s.add_tunnel(&t), Err(StateError::Exists(_))));
+        let mut t2 = t.clone();
+        t2.expires_at = Some(99);
+        s.update_tunnel(&t2).expect("update");
+        s.add_rendezvous(&RendezvousRecord {
+            id: "r1".into(),
+            secret: "ABC".into(),
+            step: 30,
+            client: None,
+            created: 4,
+        })
+        .expect("rdv");
+        drop(s);
+        let s = SqliteStore::open(&path).expect("reopen");
+        let got = s.token("alice").expect("get").expect("some");
+        assert_eq!((got.used_at, got.revoked_at), (Some(5), Some(7)));
+        assert!(got.refusal(8).expect("refused").contains("revoked"));
+        assert_eq!(s.tunnels(Some("alice")).expect("list"), vec![t2]);
+        assert!(s.tunnels(Some("bob")).expect("list").is_empty());
+        assert_eq!(s.rendezvous("r1").expect("rdv").map(|r| r.step), Some(30));
+        assert_eq!(s.check().expect("check"), "ok");
+        let copy = dir.join("backup.db");
+        s.backup(&copy).expect("backup");
+        let b = SqliteStore::open(&copy).expect("open backup");
+        assert_eq!(b.tokens().expect("tokens").len(), 1);
+        assert!(s.delete_tunnel("calm-blue-otter").expect("delete"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn garbage_file_is_refused_with_its_path() {
+        let dir = temp();
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.db");
+        std::fs::write(&path, vec![b'x'; 4096]).expect("write");
+        let e = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("state.db"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

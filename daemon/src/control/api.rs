@@ -1,0 +1,176 @@
+//! The provisioning API (HTTPS, JSON, `Authorization: Bearer <token>`):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /cacert` | tunneld's CA (PEM), no token needed |
+//! | `GET /v1/config` | domain, transport, protocols ([`ServerInfo`]), no token needed |
+//! | `GET /v1/tunnels` | the caller's tunnels |
+//! | `POST /v1/tunnels` | creates one ([`CreateRequest`]) |
+//! | `GET /v1/tunnels/<name>` | one of the caller's tunnels |
+//! | `POST /v1/tunnels/<name>/renew` | extends its leases |
+//! | `DELETE /v1/tunnels/<name>` | releases it |
+//! | `POST /v1/tunnels/<name>/certificate` | signs a PEM CSR for its name |
+
+use super::types::{CreateRequest, ServerInfo};
+use super::Control;
+use crate::http_serve::{bearer, error, json_resp, read_body, respond, Resp};
+use http::{header, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use std::time::Duration;
+use tunneld_core::auth::Identity;
+
+const MAX_BODY: usize = 64 * 1024;
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let route = match parts.as_slice() {
+        ["cacert"] => "/cacert",
+        ["v1", "config"] => "/v1/config",
+        ["v1", "tunnels"] => "/v1/tunnels",
+        ["v1", "tunnels", _] => "/v1/tunnels/{name}",
+        ["v1", "tunnels", _, "renew"] => "/v1/tunnels/{name}/renew",
+        ["v1", "tunnels", _, "certificate"] => "/v1/tunnels/{name}/certificate",
+        _ => "other",
+    };
+    let name = parts.get(2).map(|s| s.to_string()).unwrap_or_default();
+    let resp = route_request(c, req, route, &name).await;
+    c.count(route, resp.status());
+    resp
+}
+
+fn refused((status, msg): (StatusCode, String)) -> Resp {
+    error(status, msg)
+}
+
+fn authenticate(c: &Control, req: &Request<Incoming>) -> Result<Identity, Box<Resp>> {
+    let Some(token) = bearer(req) else {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "send your token as `Authorization: Bearer <token>`",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return Err(Box::new(r));
+    };
+    c.auth.authenticate(Some(token), None).map_err(|e| {
+        let status = if e.is_permanent() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Box::new(error(status, e))
+    })
+}
+
+async fn route_request(c: &Control, req: Request<Incoming>, route: &str, name: &str) -> Resp {
+    let method = req.method().clone();
+    match (route, &method) {
+        ("/cacert", &Method::GET) => {
+            return respond(StatusCode::OK, "application/x-pem-file", c.ca_pem.clone())
+        }
+        ("/v1/config", &Method::GET) => {
+            let info = ServerInfo {
+                domain: c.domain.clone(),
+                transport: c.transport.kind.to_string(),
+                transport_port: c.transport.port,
+                transport_host: c.cfg.public_host.clone(),
+                transport_local_ca: c.transport.local_ca,
+                protocols: super::provision::PROTOCOLS
+                    .iter()
+                    .filter(|p| **p != "tcp" || c.cfg.ports_frontend.is_some())
+                    .map(|p| p.to_string())
+                    .collect(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            return json_resp(StatusCode::OK, &serde_json::json!(info));
+        }
+        ("other", _) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no route {}", req.uri().path()),
+            )
+        }
+        _ => {}
+    }
+    let allowed = match route {
+        "/cacert" | "/v1/config" => "GET",
+        "/v1/tunnels" => "GET, POST",
+        "/v1/tunnels/{name}" => "GET, DELETE",
+        _ => "POST",
+    };
+    if !allowed.split(", ").any(|m| m == method.as_str()) {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {route}"),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(allowed) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
+    }
+    let who = match authenticate(c, &req) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    match (route, method) {
+        ("/v1/tunnels", Method::GET) => match c.store.tunnels(Some(&who.client_id)) {
+            Ok(list) => {
+                let infos: Vec<_> = list.iter().map(|t| c.info(t)).collect();
+                json_resp(StatusCode::OK, &serde_json::json!(infos))
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        ("/v1/tunnels", Method::POST) => {
+            let body = match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let create: CreateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                CreateRequest::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("the body is not a tunnel request: {e}"),
+                        )
+                    }
+                }
+            };
+            match c.create(&who, create).await {
+                Ok(info) => json_resp(StatusCode::CREATED, &serde_json::json!(info)),
+                Err(r) => refused(r),
+            }
+        }
+        ("/v1/tunnels/{name}", Method::GET) => match c.owned(&who, name) {
+            Ok(t) => json_resp(StatusCode::OK, &serde_json::json!(c.info(&t))),
+            Err(r) => refused(r),
+        },
+        ("/v1/tunnels/{name}", Method::DELETE) => match c.delete(&who, name).await {
+            Ok(()) => respond(StatusCode::NO_CONTENT, "text/plain", ""),
+            Err(r) => refused(r),
+        },
+        ("/v1/tunnels/{name}/renew", _) => match c.renew(&who, name).await {
+            Ok(info) => json_resp(StatusCode::OK, &serde_json::json!(info)),
+            Err(r) => refused(r),
+        },
+        (_, _) => {
+            let body = match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Ok(csr) = std::str::from_utf8(&body) else {
+                return error(StatusCode::BAD_REQUEST, "the CSR is not PEM text");
+            };
+            match c.sign(&who, name, csr) {
+                Ok(s) => json_resp(StatusCode::CREATED, &serde_json::json!(s)),
+                Err(r) => refused(r),
+            }
+        }
+    }
+}

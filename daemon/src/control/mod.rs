@@ -1,0 +1,107 @@
+//! The control plane: tunnels provisioned through the API ([`provision`]), their leases
+//! restored at start and lapsed by the [`sweep`], the HTTPS API ([`api`]) and the plain web
+//! port ([`web`]).
+
+pub mod api;
+pub mod provision;
+pub mod sweep;
+pub mod types;
+pub mod web;
+
+use crate::config::control::ControlConfig;
+use crate::http_serve::{self, Handler, Limits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tunneld_core::auth::Authenticator;
+use tunneld_core::hub::Hub;
+use tunneld_core::metrics::Metrics;
+use tunneld_core::state::StateStore;
+use tunneld_core::tls::LocalCa;
+
+/// What the transport `tunnelc setup` configures looks like from outside.
+#[derive(Debug, Clone)]
+pub struct SetupTransport {
+    /// `yamux` or `h2-reverse`.
+    pub kind: &'static str,
+    pub port: u16,
+    /// Whether its certificate comes from tunneld's CA (clients then trust `/cacert`).
+    pub local_ca: bool,
+}
+
+/// Shared by the API, the web port and the sweep.
+pub struct Control {
+    pub cfg: ControlConfig,
+    pub store: Arc<dyn StateStore>,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub ca: LocalCa,
+    pub ca_pem: String,
+    pub metrics: Arc<Metrics>,
+    /// The names frontend's domain.
+    pub domain: String,
+    pub transport: SetupTransport,
+    /// One provisioning change at a time, so quota checks and inserts do not interleave.
+    pub changes: tokio::sync::Mutex<()>,
+}
+
+/// Bound addresses of the control listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub web: Option<SocketAddr>,
+}
+
+impl Control {
+    /// Binds the API (TLS) and the web port, and serves them in the background.
+    pub async fn start(self: &Arc<Self>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<Bound> {
+        use anyhow::Context;
+        let limits = Limits {
+            max_connections: self.cfg.max_connections,
+            header_timeout: self.cfg.header_timeout,
+        };
+        let listener = TcpListener::bind(self.cfg.listen)
+            .await
+            .with_context(|| format!("control.listen {}", self.cfg.listen))?;
+        let api = listener.local_addr()?;
+        let me = self.clone();
+        let handler: Handler = Arc::new(move |req, _peer| {
+            let me = me.clone();
+            Box::pin(async move { api::handle(&me, req).await })
+        });
+        http_serve::serve(
+            "provisioning API",
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            limits,
+            handler,
+        );
+        tracing::info!(addr = %api, "provisioning API listening");
+        let web = match self.cfg.web_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("control.web_listen {addr}"))?;
+                let bound = listener.local_addr()?;
+                let me = self.clone();
+                let handler: Handler = Arc::new(move |req, _peer| {
+                    let me = me.clone();
+                    Box::pin(async move { web::handle(&me, req).await })
+                });
+                http_serve::serve("web port", listener, None, limits, handler);
+                tracing::info!(addr = %bound, "plain web port listening");
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(Bound { api, web })
+    }
+
+    /// Counts one request in the metrics.
+    pub(crate) fn count(&self, route: &str, status: http::StatusCode) {
+        self.metrics
+            .control_requests_total
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+    }
+}

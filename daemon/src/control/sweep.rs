@@ -1,0 +1,119 @@
+//! Once a second: sessions whose stored token expired or was revoked are cut (also when the
+//! change came from `tunneld token revoke` in another process), and tunnels whose leases
+//! lapsed are released. At start, [`Control::restore`] takes every stored tunnel's leases
+//! back, on the same ports and names.
+
+use super::Control;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::hub::Hub;
+use tunneld_core::metrics::Metrics;
+use tunneld_core::state::{self, StateStore};
+
+/// How often the sweep runs.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+impl Control {
+    /// Re-leases every stored tunnel (dropping those that lapsed while tunneld was down).
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let now = state::now();
+        let mut restored = 0;
+        for mut t in self.store.tunnels(None)? {
+            if t.expires_at.is_some_and(|e| e <= now) {
+                self.drop_tunnel(&t)?;
+                continue;
+            }
+            let before = t.ports.clone();
+            match self.lease_all(&mut t).await {
+                Ok(()) => {
+                    restored += 1;
+                    if t.ports != before {
+                        self.store.update_tunnel(&t)?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tunnel = %t.name, owner = %t.owner, error = %e, "cannot restore a provisioned tunnel's routes")
+                }
+            }
+        }
+        self.update_gauge();
+        Ok(restored)
+    }
+
+    /// Releases tunnels whose leases lapsed or whose token was revoked.
+    pub fn lapse_tunnels(&self) {
+        let now = state::now();
+        match self.store.tunnels(None) {
+            Ok(all) => {
+                let revoked = |owner: &str| matches!(self.store.token(owner), Ok(Some(t)) if t.revoked_at.is_some());
+                for t in all
+                    .iter()
+                    .filter(|t| t.expires_at.is_some_and(|e| e <= now) || revoked(&t.owner))
+                {
+                    tracing::info!(tunnel = %t.name, owner = %t.owner, "tunnel lease lapsed (expired, or its token was revoked)");
+                    if let Err(e) = self.drop_tunnel(t) {
+                        tracing::warn!(tunnel = %t.name, error = %e, "cannot drop a lapsed tunnel");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweep: cannot read tunnels"),
+        }
+    }
+}
+
+/// Ends live sessions whose stored token is no longer valid.
+pub fn cut_sessions(hub: &Hub, store: &dyn StateStore, metrics: &Metrics) {
+    let now = state::now();
+    for s in hub.sessions() {
+        if s.info.auth_method != "token" {
+            continue;
+        }
+        let Ok(Some(t)) = store.token(&s.info.client_id) else {
+            continue;
+        };
+        if let Some(why) = t.refusal(now) {
+            let reason = if t.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "expired"
+            };
+            if hub.cut(&s.info.client_id) {
+                metrics
+                    .sessions_cut_total
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(client = %s.info.client_id, "session cut: {why}");
+            }
+        }
+    }
+}
+
+/// Runs the sweep until `stop`.
+pub fn spawn(
+    hub: Arc<Hub>,
+    store: Arc<dyn StateStore>,
+    metrics: Arc<Metrics>,
+    control: Option<Arc<Control>>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (hub, store, metrics, control) =
+                (hub.clone(), store.clone(), metrics.clone(), control.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                cut_sessions(&hub, &*store, &metrics);
+                if let Some(c) = control {
+                    c.lapse_tunnels();
+                }
+            })
+            .await;
+        }
+    });
+}

@@ -1,0 +1,92 @@
+//! The plain web port: `GET /cacert`, and visitors at `<name>.<domain>` redirected (302) to
+//! the tunnel's HTTPS endpoint. It only ever redirects up to https, never down.
+
+use super::provision::hello_name;
+use super::Control;
+use crate::http_serve::{error, respond, Resp};
+use http::{header, Method, Request, StatusCode};
+use hyper::body::Incoming;
+
+pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
+    let (route, resp) = answer(c, &req);
+    c.count(route, resp.status());
+    resp
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let h = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let h = match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    };
+    Some(h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn answer(c: &Control, req: &Request<Incoming>) -> (&'static str, Resp) {
+    let label = host_of(req).and_then(|h| {
+        h.strip_suffix(&format!(".{}", c.domain))
+            .filter(|l| !l.is_empty() && !l.contains('.'))
+            .map(str::to_string)
+    });
+    if let Some(label) = label {
+        let tunnel = match c.store.tunnel(&label) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return (
+                    "redirect",
+                    error(StatusCode::NOT_FOUND, format!("no tunnel named `{label}`")),
+                )
+            }
+            Err(e) => return ("redirect", error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        };
+        let target = ["https", "http"].iter().find_map(|p| {
+            tunnel
+                .protocols
+                .iter()
+                .any(|q| q == p)
+                .then(|| c.hub.lease_endpoint(&tunnel.owner, &hello_name(&label, p)))
+                .flatten()
+                .filter(|url| url.starts_with("https://"))
+        });
+        let Some(base) = target else {
+            return (
+                "redirect",
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("tunnel `{label}` has no https endpoint"),
+                ),
+            );
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut r = respond(
+            StatusCode::FOUND,
+            "text/plain",
+            format!("moved to {base}{path}\n"),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&format!("{base}{path}")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return ("redirect", r);
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/cacert") => (
+            "/cacert",
+            respond(StatusCode::OK, "application/x-pem-file", c.ca_pem.clone()),
+        ),
+        _ => (
+            "other",
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no route {}", req.uri().path()),
+            ),
+        ),
+    }
+}

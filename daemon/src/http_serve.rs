@@ -1,0 +1,151 @@
+//! The small HTTP/1.1 servers of tunneld's own (admin API, provisioning API, plain web
+//! port): one accept loop with a connection cap, a head deadline, optional TLS, and the
+//! reply helpers they share.
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Answers one request; gets the peer's address.
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Resp> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Limits of one listener.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// Serves `listener` in the background until the process ends.
+pub fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    handler: Handler,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("{what}: too many connections, closing one");
+                continue;
+            };
+            let handler = handler.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
+                });
+                let builder = {
+                    let mut b = http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .max_buf_size(64 * 1024);
+                    b
+                };
+                let result = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), svc).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "{what}: TLS handshake timed out");
+                                Ok(())
+                            }
+                        }
+                    }
+                    None => builder.serve_connection(TokioIo::new(tcp), svc).await,
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "{what}: connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    });
+}
+
+pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+pub fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    respond(status, "application/json", format!("{v}\n"))
+}
+
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
+    json_resp(status, &json!({ "error": message.to_string() }))
+}
+
+/// Reads a request body of at most `max` bytes within `deadline`.
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    deadline: Duration,
+) -> Result<Bytes, Resp> {
+    match tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {max} bytes"),
+        )),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {}",
+                tunneld_core::duration::format(deadline)
+            ),
+        )),
+    }
+}
+
+/// The bearer token of a request.
+pub fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| tunneld_core::auth::scheme_param(v, "Bearer"))
+}

@@ -1,0 +1,63 @@
+//! `tunnelc list`: each set-up tunnel with its endpoints, its state at tunneld, and when its
+//! certificate and lease run out.
+
+use super::api_client::ApiClient;
+use super::files::{cert_not_after, TunnelDir, CA, CERT, CONFIG};
+use crate::config::client::ClientConfig;
+use crate::control::types::TunnelInfo;
+use http::Method;
+use tunneld_core::state::{now, rfc3339};
+use tunneld_core::tls::ClientTrust;
+
+fn until(t: u64) -> String {
+    let n = now();
+    if t <= n {
+        format!("{} (expired)", rfc3339(t))
+    } else {
+        format!("{} (in {} days)", rfc3339(t), (t - n) / 86_400)
+    }
+}
+
+async fn remote(t: &TunnelDir) -> anyhow::Result<TunnelInfo> {
+    let cfg = ClientConfig::load(Some(&t.file(CONFIG)), &[])
+        .map_err(|e| anyhow::anyhow!("{}", e.lines.join("; ")))?;
+    let trust = match &cfg.tls.pin {
+        Some(p) => ClientTrust::Pin(p.clone()),
+        None => ClientTrust::CaFile(t.file(CA)),
+    };
+    let api = ApiClient::new(
+        &t.record.server,
+        &trust,
+        cfg.server_name.as_deref(),
+        cfg.token.map(|s| s.0),
+    )?;
+    api.json(
+        Method::GET,
+        &format!("/v1/tunnels/{}", t.record.tunnel.name),
+        None,
+    )
+    .await
+}
+
+pub async fn run(tunnels: &[TunnelDir]) {
+    for t in tunnels {
+        let r = &t.record;
+        let (state, lease) = match remote(t).await {
+            Ok(info) => (info.state, info.expires_at.map(until)),
+            Err(e) => (format!("unknown ({e:#})"), None),
+        };
+        println!("{} ({}): {state}", r.tunnel.name, r.tunnel.fqdn);
+        for e in &r.tunnel.endpoints {
+            let local = r.local.get(&e.protocol).copied().unwrap_or(0);
+            println!("  {:<5} {} -> 127.0.0.1:{local}", e.protocol, e.url);
+        }
+        match cert_not_after(&t.file(CERT)) {
+            Ok(at) => println!("  certificate expires {}", until(at)),
+            Err(e) => println!("  certificate unreadable: {e:#}"),
+        }
+        if let Some(l) = lease {
+            println!("  lease expires {l}");
+        }
+        println!("  directory {}", t.path.display());
+    }
+}
