@@ -56,6 +56,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         "transports.h2.listen=127.0.0.1:0".into(),
         "frontends.web.listen=127.0.0.1:0".into(),
         "transports.ws.listen=127.0.0.1:0".into(),
+        "control.listen=127.0.0.1:0".into(),
+        "control.web_listen=127.0.0.1:0".into(),
         format!("frontends.tcp.range={a}-{b}"),
         // The example keeps threshold clients to certificates; the test client uses the header.
         "transports.edge.threshold.header_identity=true".into(),
@@ -282,4 +284,85 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         3.0
     );
     client.shutdown().await.expect("stop");
+
+    // The control plane: a tunnel provisioned through the API (http + tcp leases), served by
+    // a yamux tunnelc through https-subdomain and ports, and the web port's 302.
+    let token = tunneld_daemon::state_cli::new_token();
+    server
+        .running
+        .store
+        .add_token(&tunneld_core::state::TokenRecord {
+            name: "matrix-user".into(),
+            digest: tunneld_core::auth::hex(&tunneld_core::auth::sha256(token.as_bytes())),
+            max_ports: Some(1),
+            max_names: Some(1),
+            expires_at: None,
+            single_use: false,
+            used_at: None,
+            transports: None,
+            revoked_at: None,
+            created_at: 0,
+        })
+        .expect("token");
+    let control = server.running.control.expect("control plane");
+    let api = tunneld_daemon::setup::api_client::ApiClient::new(
+        &format!("https://localhost:{}", control.api.port()),
+        &tunneld_core::tls::ClientTrust::CaFile(server.ca_file()),
+        None,
+        Some(token.clone()),
+    )
+    .expect("api client");
+    let created: serde_json::Value = api
+        .json(
+            http::Method::POST,
+            "/v1/tunnels",
+            Some(&serde_json::json!({"name": "mx", "protocols": ["http", "tcp"]})),
+        )
+        .await
+        .expect("provisioned");
+    let cp_http = http_echo("http-via-control").await;
+    let cp_tcp = tagged_echo("via-control").await;
+    let mut cpc = TestClient::spawn(
+        server
+            .client_config(
+                &token,
+                &format!("  mx-http:\n    type: http\n    local: {cp_http}\n  mx-tcp:\n    local: {cp_tcp}\n"),
+            )
+            .expect("client config"),
+    );
+    let tunnels = cpc.connected().await.expect("provisioned tunnel connects");
+    assert!(tunnels.iter().all(|t| t.error.is_none()), "{tunnels:?}");
+    let (status, out) = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &format!("mx.localhost:{web}:127.0.0.1"),
+        &format!("https://mx.localhost:{web}/"),
+    ])
+    .await
+    .expect("curl");
+    assert!(
+        status.success() && out.starts_with("tag=http-via-control\n"),
+        "{out}"
+    );
+    let tcp_url = created["endpoints"][1]["url"].as_str().expect("tcp url");
+    let raw = tcp_url.trim_start_matches("tcp://").parse().expect("addr");
+    assert_eq!(
+        visit_tagged(raw, 4096, 12).await.expect("visit"),
+        "via-control"
+    );
+    let (_, head) = curl(&[
+        "-si",
+        "-H",
+        "Host: mx.localhost",
+        &format!("http://{}/x", control.web.expect("web port")),
+    ])
+    .await
+    .expect("curl");
+    assert!(
+        head.starts_with("HTTP/1.1 302")
+            && head.contains(&format!("location: https://mx.localhost:{web}/x")),
+        "{head}"
+    );
+    cpc.shutdown().await.expect("stop");
 }
