@@ -217,7 +217,9 @@ pub struct Hub {
     pub keepalive_secs: u64,
 }
 
-pub(crate) fn valid_tunnel_name(name: &str) -> bool {
+/// Whether `name` is a valid tunnel or client name: 1-63 letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit.
+pub fn valid_tunnel_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63

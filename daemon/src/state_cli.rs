@@ -74,15 +74,6 @@ pub fn new_token() -> String {
     )
 }
 
-fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
 fn limit(v: Option<u32>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -97,7 +88,7 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
             single_use,
             transports,
         } => {
-            if !valid_name(&name) {
+            if !tunneld_core::hub::valid_tunnel_name(&name) {
                 bail!("token name `{name}` is invalid: use 1-63 letters, digits, `-`, `_` or `.`");
             }
             if cfg.auth.tokens.contains_key(&name) {

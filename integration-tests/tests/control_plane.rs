@@ -194,6 +194,27 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<ClientEvent>) -> ClientEven
         .expect("client running")
 }
 
+/// The error a client task ends with when tunneld refuses it for good.
+async fn refused(task: tokio::task::JoinHandle<Result<()>>) -> anyhow::Error {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("ends")
+        .expect("join")
+        .expect_err("refused")
+}
+
+/// The next two events are a connect and then a disconnect.
+async fn connected_then_cut(rx: &mut mpsc::UnboundedReceiver<ClientEvent>) {
+    assert!(matches!(
+        next_event(rx).await,
+        ClientEvent::Connected { .. }
+    ));
+    assert!(matches!(
+        next_event(rx).await,
+        ClientEvent::Disconnected { .. }
+    ));
+}
+
 fn tunnelc(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary("tunnelc").expect("tunnelc"))
         .args(args)
@@ -629,19 +650,8 @@ async fn expiry_and_revocation_cut_live_sessions() {
     // Expiry: the session is cut when the lifespan ends, and reconnecting is refused.
     let t = p.token("gina", &["--lifespan", "3s"]).expect("token");
     let (mut rx, task, _stop) = run_client(client_cfg(&p, &t, &tunnels).expect("cfg"));
-    assert!(matches!(
-        next_event(&mut rx).await,
-        ClientEvent::Connected { .. }
-    ));
-    assert!(matches!(
-        next_event(&mut rx).await,
-        ClientEvent::Disconnected { .. }
-    ));
-    let err = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("ends")
-        .expect("join")
-        .expect_err("refused");
+    connected_then_cut(&mut rx).await;
+    let err = refused(task).await;
     assert!(err.to_string().contains("expired"), "{err}");
 
     // Revocation from another process cuts the live session too.
@@ -657,11 +667,7 @@ async fn expiry_and_revocation_cut_live_sessions() {
         next_event(&mut rx).await,
         ClientEvent::Disconnected { .. }
     ));
-    let err = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("ends")
-        .expect("join")
-        .expect_err("refused");
+    let err = refused(task).await;
     assert!(err.to_string().contains("revoked"), "{err}");
     let api = p.api(&t).expect("api");
     let (s, v) = call(&api, Method::GET, "/v1/tunnels", None).await;
@@ -673,11 +679,7 @@ async fn expiry_and_revocation_cut_live_sessions() {
         .token("ivan", &["--transports", "h2-reverse"])
         .expect("token");
     let (_rx, task, _stop) = run_client(client_cfg(&p, &t, &tunnels).expect("cfg"));
-    let err = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("ends")
-        .expect("join")
-        .expect_err("refused");
+    let err = refused(task).await;
     assert!(
         err.to_string().contains("does not allow transport `edge`"),
         "{err}"

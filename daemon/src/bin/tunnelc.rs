@@ -49,15 +49,8 @@ enum Quick {
         /// The token tunneld knows this client by.
         #[arg(long, env = "TUNNELC_TOKEN", hide_env_values = true)]
         token: String,
-        /// PEM CA to trust (tunneld's state/tls/ca.pem).
-        #[arg(long, conflicts_with = "pin")]
-        ca: Option<PathBuf>,
-        /// Trust exactly this certificate (sha256:<hex>, as tunneld prints it).
-        #[arg(long)]
-        pin: Option<String>,
-        /// Name to check in the certificate (default: the server's host).
-        #[arg(long)]
-        server_name: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Ask for this public port.
         #[arg(long)]
         remote_port: Option<u16>,
@@ -117,7 +110,14 @@ struct SetupCli {
     /// ~/.local/share/tunnelc).
     #[arg(long, env = "TUNNELC_DIR")]
     dir: Option<PathBuf>,
-    /// PEM CA to trust for the API (tunneld's state/tls/ca.pem).
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+/// How tunnelc trusts tunneld's certificate (shared by the subcommands that dial it).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct TrustArgs {
+    /// PEM CA to trust (tunneld's state/tls/ca.pem); default: the system bundle.
     #[arg(long, conflicts_with = "pin")]
     ca: Option<PathBuf>,
     /// Trust exactly this certificate (sha256:<hex>, as tunneld prints it).
@@ -150,9 +150,9 @@ fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
                 protocols: a.protocols.clone(),
                 ports: a.ports.clone(),
                 dir: a.dir.clone(),
-                ca: a.ca.clone(),
-                pin: a.pin.clone(),
-                server_name: a.server_name.clone(),
+                ca: a.trust.ca.clone(),
+                pin: a.trust.pin.clone(),
+                server_name: a.trust.server_name.clone(),
             }))
             .map(|()| true)
         }),
@@ -196,15 +196,8 @@ struct HttpArgs {
     /// Pass the Host header through unchanged.
     #[arg(long)]
     no_host_rewrite: bool,
-    /// PEM CA to trust for https:// servers.
-    #[arg(long, conflicts_with = "pin")]
-    ca: Option<PathBuf>,
-    /// Trust exactly this certificate (sha256:<hex>).
-    #[arg(long)]
-    pin: Option<String>,
-    /// Name to check in the certificate (default: the server's host).
-    #[arg(long)]
-    server_name: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 /// `port`, `host:port` or `http://host:port` -> (address to connect, Host to send).
@@ -256,9 +249,9 @@ fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
     );
     let mut cfg = quick_base(
         server,
-        a.server_name.or(d.server_name),
+        a.trust.server_name.or(d.server_name),
         TransportKind::Websocket,
-        (a.ca.or(d.ca), a.pin.or(d.pin)),
+        (a.trust.ca.or(d.ca), a.trust.pin.or(d.pin)),
         tunnels,
     );
     cfg.token = token.map(Secret);
@@ -306,9 +299,11 @@ fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
         local,
         server,
         token,
-        ca,
-        pin,
-        server_name,
+        trust: TrustArgs {
+            ca,
+            pin,
+            server_name,
+        },
         remote_port,
         name,
         proxy_protocol: pp,
