@@ -80,12 +80,7 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
     let Some(want) = &state.token_digest else {
         return true;
     };
-    let got = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| sha256(t.trim().as_bytes()));
+    let got = http_serve::bearer(req).map(|t| sha256(t.as_bytes()));
     match got {
         Some(g) => g.iter().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
         None => false,

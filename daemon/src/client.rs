@@ -44,6 +44,15 @@ pub enum ClientEvent {
 /// A system CA bundle, used when neither `tls.ca` nor `tls.pin` is set.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// How tunnelc trusts tunneld: a pin wins, then a CA file, else the system bundle.
+pub fn trust_of(ca: Option<&PathBuf>, pin: Option<&String>) -> ClientTrust {
+    match (pin, ca) {
+        (Some(pin), _) => ClientTrust::Pin(pin.clone()),
+        (None, Some(ca)) => ClientTrust::CaFile(ca.clone()),
+        (None, None) => ClientTrust::CaFile(PathBuf::from(SYSTEM_BUNDLE)),
+    }
+}
+
 /// The TLS client config and the name checked in tunneld's certificate.
 pub(crate) fn tls_client(
     cfg: &ClientConfig,
@@ -52,11 +61,7 @@ pub(crate) fn tls_client(
     Arc<rustls::ClientConfig>,
     rustls::pki_types::ServerName<'static>,
 )> {
-    let trust = match (&cfg.tls.pin, &cfg.tls.ca) {
-        (Some(pin), _) => ClientTrust::Pin(pin.clone()),
-        (None, Some(ca)) => ClientTrust::CaFile(ca.clone()),
-        (None, None) => ClientTrust::CaFile(PathBuf::from(SYSTEM_BUNDLE)),
-    };
+    let trust = trust_of(cfg.tls.ca.as_ref(), cfg.tls.pin.as_ref());
     let cert = match (&cfg.tls.cert, &cfg.tls.key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,

@@ -19,7 +19,7 @@ use tunneld_daemon::setup::api_client::ApiClient;
 use tunneld_integration_tests::process::{binary, curl, field, Proc};
 use tunneld_integration_tests::{port_block, server_yaml, temp_dir, WAIT};
 
-const PLANE: &str = "  web:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\ncontrol:\n  listen: 127.0.0.1:0\n  web_listen: 127.0.0.1:0\n  names_frontend: web\n  ports_frontend: tcp\n  transport: edge\n";
+const PLANE: &str = "  web:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\ncontrol:\n  listen: 127.0.0.1:0\n  web_listen: 127.0.0.1:0\n  names_frontend: web\n  ports_frontend: tcp\n  transport: edge\n  header_timeout: 1s\n";
 
 /// A tunneld process with the control plane.
 struct Plane {
@@ -136,6 +136,11 @@ async fn call(api: &ApiClient, method: Method, path: &str, body: Option<Value>) 
         status.as_u16(),
         serde_json::from_slice(&answer).unwrap_or(Value::Null),
     )
+}
+
+/// Asserts that the metrics text has `line`.
+fn has(metrics: &str, line: &str) {
+    assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
 }
 
 fn error_of(v: &Value) -> String {
@@ -468,17 +473,14 @@ async fn setup_then_test_env_list_openssl_and_redirect() {
     assert!(out.lines().any(|l| l.starts_with("PASS https")), "{out}");
 
     let m = p.metrics().await;
-    assert!(
-        m.contains("tunneld_certificates_issued_total{outcome=\"issued\"} 1"),
-        "{m}"
+    has(
+        &m,
+        "tunneld_certificates_issued_total{outcome=\"issued\"} 1",
     );
-    assert!(
-        m.contains("tunneld_provisioned_tunnels{state=\"leased\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("tunneld_control_requests_total{code=\"302\",route=\"redirect\"} 1"),
-        "{m}"
+    has(&m, "tunneld_provisioned_tunnels{state=\"leased\"} 1");
+    has(
+        &m,
+        "tunneld_control_requests_total{code=\"302\",route=\"redirect\"} 1",
     );
 }
 
@@ -615,6 +617,34 @@ async fn quotas_single_use_csr_ownership_and_bad_requests() {
         assert_eq!(s, 400, "{v}");
         assert!(error_of(&v).contains(want), "{v}");
     }
+    // Over the size cap: 413. A request head that never ends: the connection is closed.
+    let (s, v) = api_o
+        .call(
+            Method::POST,
+            "/v1/tunnels",
+            "application/json",
+            vec![b' '; 70 * 1024],
+        )
+        .await
+        .map(|(s, a)| {
+            (
+                s.as_u16(),
+                serde_json::from_slice::<Value>(&a).unwrap_or(Value::Null),
+            )
+        })
+        .expect("answer");
+    assert_eq!(s, 413, "{v}");
+    assert!(error_of(&v).contains("larger than 65536 bytes"), "{v}");
+    for port in [p.web.port(), p.api.port()] {
+        let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = slow.write_all(b"GET /cacert HTTP/1.1\r\nHost: x\r\n").await;
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(WAIT, slow.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "port {port} kept a stalled head open");
+    }
     let anon = ApiClient::new(&p.url(), &ClientTrust::CaFile(p.ca()), None, None).expect("api");
     let (s, _) = call(&anon, Method::GET, "/v1/tunnels", None).await;
     assert_eq!(s, 401);
@@ -636,9 +666,9 @@ async fn quotas_single_use_csr_ownership_and_bad_requests() {
     let (s, _) = call(&api_n, Method::POST, "/v1/tunnels", None).await;
     assert_eq!(s, 201, "the name quota is free again");
     let m = p.metrics().await;
-    assert!(
-        m.contains("tunneld_certificates_issued_total{outcome=\"refused\"} 3"),
-        "{m}"
+    has(
+        &m,
+        "tunneld_certificates_issued_total{outcome=\"refused\"} 3",
     );
 }
 
@@ -697,14 +727,8 @@ async fn expiry_and_revocation_cut_live_sessions() {
     assert!(e.to_string().contains("`nope`"), "{e}");
 
     let m = p.metrics().await;
-    assert!(
-        m.contains("tunneld_sessions_cut_total{reason=\"expired\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("tunneld_sessions_cut_total{reason=\"revoked\"} 1"),
-        "{m}"
-    );
+    has(&m, "tunneld_sessions_cut_total{reason=\"expired\"} 1");
+    has(&m, "tunneld_sessions_cut_total{reason=\"revoked\"} 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

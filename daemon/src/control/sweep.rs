@@ -4,12 +4,13 @@
 //! back, on the same ports and names.
 
 use super::Control;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::{self, StateStore};
+use tunneld_core::state::{self, StateStore, TokenRecord};
 
 /// How often the sweep runs.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -41,12 +42,14 @@ impl Control {
         Ok(restored)
     }
 
-    /// Releases tunnels whose leases lapsed or whose token was revoked.
-    pub fn lapse_tunnels(&self) {
+    /// Releases tunnels whose leases lapsed or whose token was revoked (`tokens`: the
+    /// store's tokens by name, read once per sweep).
+    pub fn lapse_tunnels(&self, tokens: &HashMap<String, TokenRecord>) {
         let now = state::now();
         match self.store.tunnels(None) {
             Ok(all) => {
-                let revoked = |owner: &str| matches!(self.store.token(owner), Ok(Some(t)) if t.revoked_at.is_some());
+                let revoked =
+                    |owner: &str| tokens.get(owner).is_some_and(|t| t.revoked_at.is_some());
                 for t in all
                     .iter()
                     .filter(|t| t.expires_at.is_some_and(|e| e <= now) || revoked(&t.owner))
@@ -63,13 +66,13 @@ impl Control {
 }
 
 /// Ends live sessions whose stored token is no longer valid.
-pub fn cut_sessions(hub: &Hub, store: &dyn StateStore, metrics: &Metrics) {
+pub fn cut_sessions(hub: &Hub, tokens: &HashMap<String, TokenRecord>, metrics: &Metrics) {
     let now = state::now();
     for s in hub.sessions() {
         if s.info.auth_method != "token" {
             continue;
         }
-        let Ok(Some(t)) = store.token(&s.info.client_id) else {
+        let Some(t) = tokens.get(&s.info.client_id) else {
             continue;
         };
         if let Some(why) = t.refusal(now) {
@@ -108,9 +111,16 @@ pub fn spawn(
             let (hub, store, metrics, control) =
                 (hub.clone(), store.clone(), metrics.clone(), control.clone());
             let _ = tokio::task::spawn_blocking(move || {
-                cut_sessions(&hub, &*store, &metrics);
+                let tokens: HashMap<String, TokenRecord> = match store.tokens() {
+                    Ok(all) => all.into_iter().map(|t| (t.name.clone(), t)).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweep: cannot read tokens");
+                        return;
+                    }
+                };
+                cut_sessions(&hub, &tokens, &metrics);
                 if let Some(c) = control {
-                    c.lapse_tunnels();
+                    c.lapse_tunnels(&tokens);
                 }
             })
             .await;

@@ -7,7 +7,6 @@ use crate::config::client::ClientConfig;
 use crate::control::types::TunnelInfo;
 use http::Method;
 use tunneld_core::state::{now, rfc3339};
-use tunneld_core::tls::ClientTrust;
 
 fn until(t: u64) -> String {
     let n = now();
@@ -21,10 +20,7 @@ fn until(t: u64) -> String {
 async fn remote(t: &TunnelDir) -> anyhow::Result<TunnelInfo> {
     let cfg = ClientConfig::load(Some(&t.file(CONFIG)), &[])
         .map_err(|e| anyhow::anyhow!("{}", e.lines.join("; ")))?;
-    let trust = match &cfg.tls.pin {
-        Some(p) => ClientTrust::Pin(p.clone()),
-        None => ClientTrust::CaFile(t.file(CA)),
-    };
+    let trust = crate::client::trust_of(Some(&t.file(CA)), cfg.tls.pin.as_ref());
     let api = ApiClient::new(
         &t.record.server,
         &trust,

@@ -15,10 +15,6 @@ use files::{SetupRecord, CA, CERT, CONFIG, KEY, RECORD};
 use http::Method;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tunneld_core::tls::ClientTrust;
-
-/// A system CA bundle, used when neither `--ca` nor `--pin` is given.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// What `tunnelc setup` takes.
 #[derive(Debug, Clone)]
@@ -41,14 +37,6 @@ pub fn default_port(protocol: &str) -> u16 {
         "http" => 8080,
         "tcp" => 2222,
         _ => 8443,
-    }
-}
-
-fn trust(ca: &Option<PathBuf>, pin: &Option<String>) -> ClientTrust {
-    match (pin, ca) {
-        (Some(p), _) => ClientTrust::Pin(p.clone()),
-        (None, Some(ca)) => ClientTrust::CaFile(ca.clone()),
-        (None, None) => ClientTrust::CaFile(PathBuf::from(SYSTEM_BUNDLE)),
     }
 }
 
@@ -82,7 +70,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     }
     let api = ApiClient::new(
         &args.server,
-        &trust(&args.ca, &args.pin),
+        &crate::client::trust_of(args.ca.as_ref(), args.pin.as_ref()),
         args.server_name.as_deref(),
         Some(args.token.clone()),
     )?;
