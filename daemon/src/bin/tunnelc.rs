@@ -103,7 +103,7 @@ struct SetupCli {
     /// http, https and/or tcp, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "https")]
     protocols: Vec<String>,
-    /// One local port per protocol, same order (default 8080 http, 8443 https, 2222 tcp).
+    /// One local port per protocol, same order (default 8080 http, 9443 https, 2222 tcp).
     #[arg(long, value_delimiter = ',')]
     ports: Vec<u16>,
     /// Where to write the tunnel's directory (default $TUNNELC_DIR, $XDG_DATA_HOME/tunnelc or
@@ -163,7 +163,9 @@ fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
         Quick::Env { name, dir } => dir_or_default(dir)
             .and_then(|d| files::load(&d, name.as_deref()))
             .map(|t| {
-                print!("{}", setup::env::render(&t));
+                use std::io::Write as _;
+                // A closed stdout (`tunnelc env | head`) is not an error worth a panic.
+                let _ = std::io::stdout().write_all(setup::env::render(&t).as_bytes());
                 true
             }),
         Quick::Test { name, dir } => dir_or_default(dir)

@@ -42,18 +42,18 @@ pub async fn run(tunnels: &[TunnelDir]) {
             Ok(info) => (info.state, info.expires_at.map(until)),
             Err(e) => (format!("unknown ({e:#})"), None),
         };
-        println!("{} ({}): {state}", r.tunnel.name, r.tunnel.fqdn);
+        say!("{} ({}): {state}", r.tunnel.name, r.tunnel.fqdn);
         for e in &r.tunnel.endpoints {
             let local = r.local.get(&e.protocol).copied().unwrap_or(0);
-            println!("  {:<5} {} -> 127.0.0.1:{local}", e.protocol, e.url);
+            say!("  {:<5} {} -> 127.0.0.1:{local}", e.protocol, e.url);
         }
         match cert_not_after(&t.file(CERT)) {
-            Ok(at) => println!("  certificate expires {}", until(at)),
-            Err(e) => println!("  certificate unreadable: {e:#}"),
+            Ok(at) => say!("  certificate expires {}", until(at)),
+            Err(e) => say!("  certificate unreadable: {e:#}"),
         }
         if let Some(l) = lease {
-            println!("  lease expires {l}");
+            say!("  lease expires {l}");
         }
-        println!("  directory {}", t.path.display());
+        say!("  directory {}", t.path.display());
     }
 }

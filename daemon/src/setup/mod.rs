@@ -1,6 +1,15 @@
 //! tunnelc's pipe2me-style workflow: `setup` registers a tunnel through the provisioning API
 //! and writes everything needed to run it; `list`, `env` and `test` work from those files.
 
+/// `println!` that stops quietly when stdout is closed (`tunnelc list | head`) instead of
+/// panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod api_client;
 pub mod echo;
 pub mod env;
@@ -36,7 +45,7 @@ pub fn default_port(protocol: &str) -> u16 {
     match protocol {
         "http" => 8080,
         "tcp" => 2222,
-        _ => 8443,
+        _ => 9443,
     }
 }
 
@@ -155,22 +164,22 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         false,
     )?;
 
-    println!("tunnel {name} is set up in {}", tdir.display());
+    say!("tunnel {name} is set up in {}", tdir.display());
     for e in &created.endpoints {
-        println!(
+        say!(
             "  {:<5} {} -> 127.0.0.1:{}",
             e.protocol,
             e.url,
             local.get(&e.protocol).copied().unwrap_or(0)
         );
     }
-    println!(
+    say!(
         "certificate for {} until {}: {}",
         signed.names.join(", "),
         tunneld_core::state::rfc3339(signed.not_after),
         tdir.join(CERT).display()
     );
-    println!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());
-    println!("check it: tunnelc test {name} --dir {}", dir.display());
+    say!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());
+    say!("check it: tunnelc test {name} --dir {}", dir.display());
     Ok(())
 }

@@ -32,7 +32,7 @@ pub async fn run(tunnels: &[TunnelDir]) -> anyhow::Result<bool> {
 }
 
 fn line(ok: bool, e: &Endpoint, local: u16, detail: &str) {
-    println!(
+    say!(
         "{} {} {} -> 127.0.0.1:{local}: {detail}",
         if ok { "PASS" } else { "FAIL" },
         e.protocol,
