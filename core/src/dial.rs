@@ -55,6 +55,21 @@ pub struct Welcomed {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
     pub keepalive: Duration,
+    /// The head limits tunneld announced (its defaults when it announced none).
+    pub limits: crate::limits::DataLimits,
+}
+
+/// The data limits a welcome announces, over tunnelc's defaults.
+pub fn announced_limits(
+    max_request_head: Option<u32>,
+    max_response_head: Option<u32>,
+) -> crate::limits::DataLimits {
+    let d = crate::limits::DataLimits::default();
+    crate::limits::DataLimits {
+        max_request_head: max_request_head.map_or(d.max_request_head, |v| v as usize),
+        max_response_head: max_response_head.map_or(d.max_response_head, |v| v as usize),
+        ..d
+    }
 }
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
@@ -101,11 +116,14 @@ async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, Dial
             client_id,
             tunnels,
             keepalive_secs,
+            max_request_head,
+            max_response_head,
         } => Ok(Welcomed {
             io: tls,
             client_id,
             tunnels,
             keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
+            limits: announced_limits(max_request_head, max_response_head),
         }),
     }
 }

@@ -17,6 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// visitor who sends it only earns a `400` for itself.
 pub const REFUSED_HEADER: &str = "x-tunneld-refused";
 
+/// How the reason of a refusal for a head over the limit starts (the server answers it with
+/// `431`, not `400`).
+pub const HEAD_TOO_LARGE: &str = "request head larger than";
+
 enum State {
     /// Collecting a request head.
     Head,
@@ -47,6 +51,8 @@ pub struct FramingGuard<T> {
     refused: Option<String>,
     /// Told the reason when a head is refused (metrics, logs).
     on_refuse: Option<OnRefuse>,
+    /// Heads longer than this are left to the server, which answers 431.
+    max_head: usize,
 }
 
 impl<T> FramingGuard<T> {
@@ -58,7 +64,14 @@ impl<T> FramingGuard<T> {
             ready: Vec::new(),
             refused: None,
             on_refuse: None,
+            max_head: MAX_HEAD,
         }
+    }
+
+    /// Follows heads up to `n` bytes (the server's own head limit).
+    pub fn max_head(mut self, n: usize) -> Self {
+        self.max_head = n;
+        self
     }
 
     /// Calls `f` with the reason when a request is refused.
@@ -117,8 +130,18 @@ impl<T> FramingGuard<T> {
                         self.ready.extend(self.pending.drain(..skip));
                     }
                     match parse(&self.pending) {
-                        Ok(None) if self.pending.len() <= MAX_HEAD => {}
-                        Ok(None) | Err(_) => {
+                        Ok(None) if self.pending.len() <= self.max_head => {}
+                        Ok(None) => {
+                            let max = self.max_head;
+                            self.refuse(format!("{HEAD_TOO_LARGE} {max} bytes"));
+                            return;
+                        }
+                        Ok(Some((_, len))) if len > self.max_head => {
+                            let max = self.max_head;
+                            self.refuse(format!("{HEAD_TOO_LARGE} {max} bytes"));
+                            return;
+                        }
+                        Err(_) => {
                             // Too large or malformed: the server answers that itself.
                             self.ready.append(&mut self.pending);
                             self.state = State::Raw;
@@ -281,6 +304,34 @@ mod tests {
         let (out, refused) = through(input).await;
         assert_eq!(out, input.to_vec());
         assert!(refused.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_refused_whether_complete_or_not() {
+        for tail in ["\r\n\r\n", ""] {
+            let input = format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}{tail}",
+                "a".repeat(5000)
+            );
+            let (mut a, b) = tokio::io::duplex(1 << 20);
+            a.write_all(input.as_bytes()).await.unwrap_or_default();
+            a.shutdown().await.unwrap_or_default();
+            let mut g = FramingGuard::new(b).max_head(4096);
+            let mut out = Vec::new();
+            g.read_to_end(&mut out).await.unwrap_or_default();
+            assert_eq!(g.refused(), Some("request head larger than 4096 bytes"));
+            assert!(String::from_utf8_lossy(&out).contains(REFUSED_HEADER));
+        }
+        // At the limit it passes.
+        let input = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(4000));
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        a.write_all(input.as_bytes()).await.unwrap_or_default();
+        a.shutdown().await.unwrap_or_default();
+        let mut g = FramingGuard::new(b).max_head(input.len());
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.unwrap_or_default();
+        assert!(g.refused().is_none());
+        assert_eq!(out, input.as_bytes());
     }
 
     #[tokio::test]

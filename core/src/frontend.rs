@@ -21,6 +21,8 @@ pub struct FrontendContext {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Head sizes, stream caps and the stall timeout (`limits:`).
+    pub limits: crate::limits::DataLimits,
 }
 
 /// A request to route visitors to a tunnel.
@@ -82,6 +84,16 @@ pub enum ClaimError {
     NoFrontend(String),
     #[error("frontend `{0}` does not exist")]
     UnknownFrontend(String),
+    /// Another live session of the same client holds it (the hub names the session).
+    #[error("{} is held by another session of this client", ClaimError::HeldBySession { port: *port, name: name.clone() }.subject())]
+    HeldBySession {
+        port: Option<u16>,
+        name: Option<String>,
+    },
+    /// A claim refused because another session of the client holds it, with that session
+    /// named.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -99,7 +111,17 @@ impl ClaimError {
             ClaimError::Quota { .. } => "quota",
             ClaimError::NoFrontend(_) => "no_frontend",
             ClaimError::UnknownFrontend(_) => "unknown_frontend",
+            ClaimError::HeldBySession { .. } | ClaimError::Conflict(_) => "held_by_session",
             ClaimError::Invalid(_) => "invalid",
+        }
+    }
+
+    /// What a [`ClaimError::HeldBySession`] is about: `port 20080` or `name \`app\``.
+    pub fn subject(&self) -> String {
+        match self {
+            ClaimError::HeldBySession { port: Some(p), .. } => format!("port {p}"),
+            ClaimError::HeldBySession { name: Some(n), .. } => format!("name `{n}`"),
+            _ => "the route".to_string(),
         }
     }
 }

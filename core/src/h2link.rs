@@ -31,20 +31,24 @@ pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
 /// `:authority` of CONNECT streams: the real target travels in [`STREAM_HEADER`].
 pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
 
-/// HTTP/2 settings of a reversed connection. Windows are large because one connection
-/// carries every visitor of a tunnel; every limit is finite.
+/// HTTP/2 settings of a reversed connection. Every limit is finite. Windows are per stream
+/// first: the connection window is never smaller than `stream_window` times
+/// `max_concurrent_streams`, so streams whose visitors stopped reading can hold at most their
+/// own windows and never freeze the rest of the connection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct H2Tuning {
     /// Receive window per stream, bytes.
     pub stream_window: u32,
-    /// Receive window of the whole connection, bytes.
+    /// Receive window of the whole connection, bytes; raised to at least
+    /// `stream_window * (max_concurrent_streams + 1)` (capped at 2^31 - 1).
     pub connection_window: u32,
     /// Largest DATA frame payload accepted, bytes (16 KiB to 16 MiB).
     pub max_frame_size: u32,
     /// Streams open at once on one connection.
     pub max_concurrent_streams: u32,
-    /// Largest decoded header list, bytes; also bounds CONTINUATION frames per block.
+    /// Largest decoded header list, bytes; also bounds CONTINUATION frames per block. On a
+    /// tunnel link it is raised to carry any head below `limits.max_request_head`.
     pub max_header_list_size: u32,
     /// Bytes buffered per stream for sending.
     pub max_send_buf_size: usize,
@@ -57,11 +61,11 @@ pub struct H2Tuning {
 impl Default for H2Tuning {
     fn default() -> Self {
         Self {
-            stream_window: 4 << 20,
-            connection_window: 16 << 20,
+            stream_window: 256 << 10,
+            connection_window: 256 << 20,
             max_frame_size: 256 << 10,
-            max_concurrent_streams: 256,
-            max_header_list_size: 64 << 10,
+            max_concurrent_streams: 1024,
+            max_header_list_size: 128 << 10,
             max_send_buf_size: 1 << 20,
             max_pending_reset_streams: 20,
             max_local_error_resets: 256,
@@ -70,6 +74,33 @@ impl Default for H2Tuning {
 }
 
 impl H2Tuning {
+    /// tunnelc's side of a link: it trusts its own tunneld, which forwards every visitor's
+    /// cancellation, so bursts of resets must never end the connection (h2's rapid-reset
+    /// guard is for strangers); heads up to `max_head` pass.
+    pub fn tunnelc(limits: &crate::limits::DataLimits) -> Self {
+        Self {
+            max_pending_reset_streams: 1 << 16,
+            max_local_error_resets: 1 << 16,
+            ..Self::default()
+        }
+        .for_link(limits)
+    }
+
+    /// These settings for a tunnel link, which carries many visitors at once: the connection
+    /// window raised to `stream_window * (max_concurrent_streams + 1)` (capped at 2^31 - 1),
+    /// so the streams of visitors that stopped reading can never exhaust it, and the header
+    /// list raised to carry any head within `limits`. (A visitor's own HTTP/2 connection keeps
+    /// its configured window: it only hurts itself.)
+    pub fn for_link(self, limits: &crate::limits::DataLimits) -> Self {
+        let fair = u64::from(self.stream_window) * (u64::from(self.max_concurrent_streams) + 1);
+        let w = u64::from(self.connection_window).max(fair);
+        Self {
+            connection_window: u32::try_from(w.min(i32::MAX as u64)).unwrap_or(i32::MAX as u32),
+            max_header_list_size: self.max_header_list_size.max(limits.link_header_list()),
+            ..self
+        }
+    }
+
     /// Checks the values against what HTTP/2 allows.
     pub fn validate(&self) -> Result<(), String> {
         if !(16_384..=16_777_215).contains(&self.max_frame_size) {
@@ -102,7 +133,7 @@ impl H2Tuning {
             .max_frame_size(self.max_frame_size)
             .max_header_list_size(self.max_header_list_size)
             .max_send_buf_size(self.max_send_buf_size)
-            .max_concurrent_reset_streams(self.max_pending_reset_streams)
+            .max_concurrent_reset_streams(self.max_pending_reset_streams.min(1024))
             .max_pending_accept_reset_streams(self.max_pending_reset_streams)
             .max_local_error_reset_streams(self.max_local_error_resets)
             .keep_alive_interval(keepalive)
@@ -155,14 +186,17 @@ pub struct H2Opener {
     legacy: bool,
 }
 
-/// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange).
+/// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange),
+/// with `tuning` made fit for a link ([`H2Tuning::for_link`]).
 pub async fn connect(
     io: BoxIo,
     tuning: &H2Tuning,
+    limits: &crate::limits::DataLimits,
     keepalive: Duration,
     legacy: bool,
 ) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
     let (send, conn) = tuning
+        .for_link(limits)
         .client(keepalive)
         .handshake::<_, Body>(TokioIo::new(io))
         .await?;
@@ -213,6 +247,26 @@ impl H2Opener {
                 resp.status()
             )))
         }
+    }
+
+    /// Whether the peer answers a request within `deadline` (any answer counts: a 2ptth
+    /// initiator answers a control request with an error status, and that is an answer).
+    pub async fn probe(&self, deadline: Duration) -> bool {
+        if self.send.is_closed() {
+            return false;
+        }
+        let ping = serde_json::to_vec(&crate::proto::Control::Ping { seq: 0 }).unwrap_or_default();
+        let req = match Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(crate::http_forward::full(ping))
+        {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        matches!(
+            tokio::time::timeout(deadline, self.send.clone().send_request(req)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn header_value(header: &StreamHeader) -> Result<HeaderValue, OpenError> {

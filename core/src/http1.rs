@@ -6,7 +6,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest request head accepted.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = crate::limits::DEFAULT_MAX_HEAD;
 /// Most header fields accepted in one head.
 pub const MAX_HEADERS: usize = 100;
 
@@ -24,8 +24,8 @@ pub struct RequestHead {
 pub enum HeadError {
     #[error("connection closed before a complete request head")]
     Closed,
-    #[error("request head larger than {MAX_HEAD} bytes")]
-    TooLarge,
+    #[error("request head larger than {0} bytes")]
+    TooLarge(usize),
     #[error("malformed request head: {0}")]
     Malformed(String),
     #[error("read failed: {0}")]
@@ -37,9 +37,19 @@ impl HeadError {
     pub fn reason(&self) -> &'static str {
         match self {
             HeadError::Closed => "closed",
-            HeadError::TooLarge => "head_too_large",
+            HeadError::TooLarge(_) => "head_too_large",
             HeadError::Malformed(_) => "malformed_head",
             HeadError::Io(_) => "io",
+        }
+    }
+}
+
+impl HeadError {
+    /// The HTTP status that answers it: 431 for a head over the limit, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::TooLarge(_) => 431,
+            _ => 400,
         }
     }
 }
@@ -58,16 +68,25 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<RequestHead, HeadError> {
+    read_head_limited(r, buf, MAX_HEAD).await
+}
+
+/// [`read_head`] with a head limit of `max` bytes.
+pub async fn read_head_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<RequestHead, HeadError> {
     loop {
         if let Some((head, len)) = parse(buf)? {
             buf.drain(..len);
             return Ok(head);
         }
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge(max));
         }
         let mut chunk = [0u8; 4096];
-        let want = chunk.len().min(MAX_HEAD - buf.len());
+        let want = chunk.len().min(max - buf.len());
         let n = r.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(HeadError::Closed);
@@ -236,7 +255,7 @@ mod tests {
             Err(HeadError::Closed)
         ));
         let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; MAX_HEAD]].concat();
-        assert!(matches!(head(&big).await.0, Err(HeadError::TooLarge)));
+        assert!(matches!(head(&big).await.0, Err(HeadError::TooLarge(_))));
     }
 
     #[tokio::test]

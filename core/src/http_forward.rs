@@ -31,6 +31,40 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// A body that keeps `keep` (a stream permit) alive until the body is dropped.
+pub fn holding<T: Send + Sync + Unpin + 'static>(body: Body, keep: T) -> Body {
+    Holding {
+        inner: body,
+        _keep: keep,
+    }
+    .boxed()
+}
+
+struct Holding<T> {
+    inner: Body,
+    _keep: T,
+}
+
+impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Below this size a DATA chunk is worth merging with the next one.
 const COALESCE_BELOW: usize = 16 * 1024;
 /// Merged chunks stop growing here.
@@ -204,10 +238,17 @@ pub fn to_origin_form<B>(req: &mut Request<B>) {
 
 /// Sends one request as HTTP/1.1 over `io` (a tunnel stream or a local connection) and
 /// returns the response with its body streaming. Upgrades stay possible: call
-/// `hyper::upgrade::on` on the response after a `101`.
-pub async fn http1_over(io: BoxIo, mut req: Request<Body>) -> Result<Response<Body>, OpenError> {
+/// `hyper::upgrade::on` on the response after a `101`. A response head over `max_head` bytes
+/// is refused ([`OpenError::LocalRefused`], a `502` for that visitor alone).
+pub async fn http1_over(
+    io: BoxIo,
+    mut req: Request<Body>,
+    max_head: usize,
+) -> Result<Response<Body>, OpenError> {
     to_origin_form(&mut req);
     let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+        // hyper refuses a head that fills its read buffer: one byte more than the limit.
+        .max_buf_size((max_head + 1).max(8192))
         .handshake::<_, Body>(TokioIo::new(io))
         .await
         .map_err(|e| OpenError::Session(e.to_string()))?;
@@ -217,7 +258,11 @@ pub async fn http1_over(io: BoxIo, mut req: Request<Body>) -> Result<Response<Bo
         }
     });
     let resp = send.send_request(req).await.map_err(|e| {
-        if e.is_incomplete_message() || e.is_closed() {
+        if e.is_parse_too_large() {
+            OpenError::LocalRefused(format!(
+                "the local service answered with a response head over {max_head} bytes"
+            ))
+        } else if e.is_incomplete_message() || e.is_closed() {
             OpenError::LocalRefused(format!("the local service closed the connection: {e}"))
         } else {
             OpenError::Session(e.to_string())

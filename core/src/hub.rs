@@ -2,27 +2,37 @@
 //! (claims on frontends) they hold. Transports call [`Hub::admit`] after reading a hello;
 //! frontends reach clients through a [`Target`]; the admin API calls [`Hub::apply_mappings`].
 //!
-//! One session per client id: a new session of the same client replaces the old one, whose
-//! claims are released first so the new one gets the same ports back at once.
+//! A client id may run any number of sessions (several machines, several transports). Claims
+//! conflict per port and per name, not per client: a session asking for what another live
+//! session of its client holds is refused with the holder named, unless it is the same tunnelc
+//! reconnecting (the same instance id in its hello) or the holder no longer answers a probe;
+//! then the holder is replaced and its claims pass to the new session at once.
 
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::frontend::{Claim, ClaimError, ClaimRequest, Frontend, RouteInfo};
+use crate::http_forward::Body;
 use crate::io::BoxIo;
+use crate::limits::DataLimits;
 use crate::mapping::AdminState;
 use crate::metrics::Metrics;
 use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
+use crate::stream_budget::{BudgetPermit, StallGuard, StreamBudget};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Maximum tunnels one hello may request.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;
+
+/// How long a session holding a claim has to answer before a newer session of the same client
+/// takes the claim over.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where a frontend sends a visitor: resolved at each connection, so routes follow a client
 /// across reconnects.
@@ -43,7 +53,7 @@ pub trait Target: Send + Sync + 'static {
         req: http::Request<crate::http_forward::Body>,
     ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
         let io = self.open(header, None).await?;
-        crate::http_forward::http1_over(io, req).await
+        crate::http_forward::http1_over(io, req, crate::limits::DEFAULT_MAX_HEAD).await
     }
 
     /// Whether visitors must be routed by the name they ask for: the frontend then peeks the
@@ -59,6 +69,12 @@ pub trait Target: Send + Sync + 'static {
     }
 }
 
+/// A claim a session holds, with the frontend it is on.
+struct HeldClaim {
+    frontend: String,
+    claim: Claim,
+}
+
 /// A live session as the hub keeps it.
 pub struct LiveSession {
     pub info: SessionInfo,
@@ -67,7 +83,14 @@ pub struct LiveSession {
     pub closed: CancellationToken,
     pub accept_server_mappings: bool,
     tunnels: Mutex<Vec<TunnelStatus>>,
-    claims: Mutex<Vec<Claim>>,
+    claims: Mutex<Vec<HeldClaim>>,
+    /// Provisioned tunnels (leases) this session serves.
+    leased: Mutex<Vec<String>>,
+    budget: Arc<StreamBudget>,
+    limits: DataLimits,
+    transport_name: String,
+    refused: prometheus::IntCounterVec,
+    stalled: prometheus::IntCounter,
     pub(crate) notify: mpsc::UnboundedSender<Control>,
 }
 
@@ -75,57 +98,191 @@ impl LiveSession {
     pub fn tunnels(&self) -> Vec<TunnelStatus> {
         lock(&self.tunnels).clone()
     }
+
+    fn permit(&self, header: &StreamHeader) -> Result<BudgetPermit, OpenError> {
+        self.budget
+            .acquire(&header.tunnel, header.visitor.ip())
+            .inspect_err(|e| {
+                let reason = match e {
+                    OpenError::Capped(w) if w.contains("address") => "address_cap",
+                    _ => "tunnel_cap",
+                };
+                self.refused
+                    .with_label_values(&[&self.transport_name, reason])
+                    .inc();
+            })
+    }
+
+    /// Opens a visitor stream within the session's stream budget; the stream fails its
+    /// writes when they make no progress for `limits.stream_stall_timeout`.
+    pub async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
+        let permit = self.permit(&header)?;
+        let io = self.opener.open(header).await?;
+        Ok(Box::new(
+            StallGuard::new(
+                io,
+                self.limits.stream_stall_timeout,
+                Some(self.stalled.clone()),
+            )
+            .holding(permit),
+        ))
+    }
+
+    /// Forwards one visitor request within the budget; the permit lives as long as the
+    /// response body.
+    pub async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, OpenError> {
+        let permit = self.permit(&header)?;
+        let resp = self.opener.request(header, req).await?;
+        Ok(resp.map(|b| crate::http_forward::holding(b, permit)))
+    }
+
+    /// Whether the session holds `port` or `name` on `frontend`.
+    fn holds(&self, frontend: &str, port: Option<u16>, name: Option<&str>) -> bool {
+        lock(&self.claims).iter().any(|h| {
+            h.frontend == frontend
+                && ((port.is_some() && h.claim.port == port)
+                    || (name.is_some() && h.claim.name.as_deref() == name))
+        })
+    }
+
+    fn uses_lease(&self, tunnel: &str) -> bool {
+        lock(&self.leased).iter().any(|t| t == tunnel)
+    }
+
+    /// Ends the session and releases its claims now (not when its transport notices).
+    fn replace(&self) {
+        self.closed.cancel();
+        drop(std::mem::take(&mut *lock(&self.claims)));
+        lock(&self.leased).clear();
+    }
+
+    /// How the session is named in a refusal: `session 7 (yamux from 1.2.3.4:5, for 12 s)`.
+    pub fn describe(&self) -> String {
+        let age = self
+            .info
+            .connected_at
+            .elapsed()
+            .unwrap_or_default()
+            .as_secs();
+        format!(
+            "session {} ({} from {}, connected {} s ago)",
+            self.info.id, self.info.transport, self.info.remote, age
+        )
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The live sessions of each client, oldest first.
 #[derive(Default)]
 pub(crate) struct Sessions {
-    by_client: Mutex<HashMap<String, Arc<LiveSession>>>,
+    by_client: Mutex<HashMap<String, Vec<Arc<LiveSession>>>>,
 }
 
 impl Sessions {
+    /// The newest live session of `client`.
     pub(crate) fn get(&self, client: &str) -> Option<Arc<LiveSession>> {
-        lock(&self.by_client).get(client).cloned()
+        lock(&self.by_client)
+            .get(client)
+            .and_then(|v| v.iter().rev().find(|s| !s.closed.is_cancelled()).cloned())
+    }
+
+    /// Every live session of `client`, oldest first.
+    pub(crate) fn all(&self, client: &str) -> Vec<Arc<LiveSession>> {
+        lock(&self.by_client)
+            .get(client)
+            .map(|v| {
+                v.iter()
+                    .filter(|s| !s.closed.is_cancelled())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn insert(&self, s: Arc<LiveSession>) {
+        lock(&self.by_client)
+            .entry(s.info.client_id.clone())
+            .or_default()
+            .push(s);
+    }
+
+    fn remove(&self, s: &LiveSession) {
+        let mut map = lock(&self.by_client);
+        if let Some(v) = map.get_mut(&s.info.client_id) {
+            v.retain(|x| x.info.id != s.info.id);
+            if v.is_empty() {
+                map.remove(&s.info.client_id);
+            }
+        }
     }
 }
 
-/// Routes to whichever session a client currently has.
-pub struct ClientTarget {
-    sessions: Weak<Sessions>,
-    client_id: String,
+/// Which session a route's visitors go to, resolved at each visitor.
+enum Via {
+    /// The session that made the claim.
+    Session(Weak<LiveSession>),
+    /// The session that serves a provisioned tunnel (a lease outlives sessions).
+    Lease {
+        sessions: Weak<Sessions>,
+        client_id: String,
+        tunnel: String,
+    },
+    /// The client's newest session (admin mappings name clients, not sessions).
+    Client {
+        sessions: Weak<Sessions>,
+        client_id: String,
+    },
+}
+
+/// A [`Target`] that resolves to a live session through [`Via`].
+pub struct SessionTarget(Via);
+
+impl SessionTarget {
+    fn live(&self) -> Result<Arc<LiveSession>, OpenError> {
+        let found = match &self.0 {
+            Via::Session(s) => s.upgrade().filter(|s| !s.closed.is_cancelled()),
+            Via::Lease {
+                sessions,
+                client_id,
+                tunnel,
+            } => sessions.upgrade().and_then(|all| {
+                all.all(client_id)
+                    .into_iter()
+                    .rev()
+                    .find(|s| s.uses_lease(tunnel))
+            }),
+            Via::Client {
+                sessions,
+                client_id,
+            } => sessions.upgrade().and_then(|s| s.get(client_id)),
+        };
+        found.ok_or(OpenError::Offline)
+    }
 }
 
 #[async_trait]
-impl Target for ClientTarget {
+impl Target for SessionTarget {
     async fn open(&self, header: StreamHeader, _: Option<&str>) -> Result<BoxIo, OpenError> {
-        let session = self
-            .sessions
-            .upgrade()
-            .and_then(|s| s.get(&self.client_id))
-            .ok_or(OpenError::Offline)?;
-        session.opener.open(header).await
+        self.live()?.open(header).await
     }
 
     async fn request(
         &self,
         header: StreamHeader,
-        req: http::Request<crate::http_forward::Body>,
-    ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
-        let session = self
-            .sessions
-            .upgrade()
-            .and_then(|s| s.get(&self.client_id))
-            .ok_or(OpenError::Offline)?;
-        session.opener.request(header, req).await
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, OpenError> {
+        self.live()?.request(header, req).await
     }
 
     fn online(&self) -> bool {
-        self.sessions
-            .upgrade()
-            .is_some_and(|s| s.get(&self.client_id).is_some())
+        self.live().is_ok()
     }
 }
 
@@ -150,17 +307,8 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let mut map = lock(&self.hub.sessions.by_client);
-        if map
-            .get(&self.session.info.client_id)
-            .is_some_and(|s| s.info.id == self.session.info.id)
-        {
-            map.remove(&self.session.info.client_id);
-        }
-        drop(map);
-        self.session.closed.cancel();
-        let claims = std::mem::take(&mut *lock(&self.session.claims));
-        drop(claims);
+        self.hub.sessions.remove(&self.session);
+        self.session.replace();
         self.hub
             .metrics
             .sessions_active
@@ -215,6 +363,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// Seconds between client keepalive pings.
     pub keepalive_secs: u64,
+    /// Head sizes, stream caps and the stall timeout, for every transport and frontend.
+    pub limits: DataLimits,
 }
 
 /// Whether `name` is a valid tunnel or client name: 1-63 letters, digits, `-`, `_` or `.`,
@@ -234,6 +384,7 @@ impl Hub {
         frontends: BTreeMap<String, Arc<dyn Frontend>>,
         metrics: Arc<Metrics>,
         keepalive_secs: u64,
+        limits: DataLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             auth,
@@ -244,6 +395,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             metrics,
             keepalive_secs,
+            limits,
         })
     }
 
@@ -257,12 +409,36 @@ impl Hub {
         self.sessions.get(client_id).is_some()
     }
 
-    /// A target that follows `client_id` across sessions.
+    /// Whether `client_id`'s newest session still answers (asked when another connection
+    /// wants what it holds, e.g. a TPoT name): a session that does not answer within
+    /// [`PROBE_DEADLINE`] is ended and its claims released, and the answer is false.
+    pub async fn holder_alive(&self, client_id: &str) -> bool {
+        let Some(holder) = self.sessions.get(client_id) else {
+            return false;
+        };
+        self.probe_or_replace(&holder).await
+    }
+
+    /// Probes `holder`; replaces it when it does not answer. True when it answered.
+    async fn probe_or_replace(&self, holder: &LiveSession) -> bool {
+        if holder.opener.probe(PROBE_DEADLINE).await && !holder.closed.is_cancelled() {
+            return true;
+        }
+        tracing::info!(client = %holder.info.client_id, session = holder.info.id, "a session that did not answer its probe was replaced");
+        self.metrics
+            .session_conflicts_total
+            .with_label_values(&["replaced"])
+            .inc();
+        holder.replace();
+        false
+    }
+
+    /// A target that follows `client_id` across sessions (its newest one).
     pub fn client_target(&self, client_id: &str) -> Arc<dyn Target> {
-        Arc::new(ClientTarget {
+        Arc::new(SessionTarget(Via::Client {
             sessions: Arc::downgrade(&self.sessions),
             client_id: client_id.to_string(),
-        })
+        }))
     }
 
     pub(crate) fn frontend_for(
@@ -364,11 +540,7 @@ impl Hub {
             .await
         {
             Ok((guard, tunnels)) => {
-                let welcome = ServerHello::Welcome {
-                    client_id: guard.session.info.client_id.clone(),
-                    tunnels,
-                    keepalive_secs: self.keepalive_secs,
-                };
+                let welcome = self.welcome(guard.session.info.client_id.clone(), tunnels);
                 match write_frame(io, &welcome).await {
                     Ok(()) => Some(guard),
                     Err(e) => {
@@ -388,6 +560,21 @@ impl Hub {
                     tokio::time::timeout(ANSWER_WAIT, tokio::io::AsyncWriteExt::shutdown(io)).await;
                 None
             }
+        }
+    }
+
+    /// The welcome for an admitted session.
+    pub fn welcome(
+        &self,
+        client_id: String,
+        tunnels: Vec<TunnelStatus>,
+    ) -> crate::proto::ServerHello {
+        crate::proto::ServerHello::Welcome {
+            client_id,
+            tunnels,
+            keepalive_secs: self.keepalive_secs,
+            max_request_head: u32::try_from(self.limits.max_request_head).ok(),
+            max_response_head: u32::try_from(self.limits.max_response_head).ok(),
         }
     }
 
@@ -452,27 +639,52 @@ impl Hub {
             }
         }
 
-        // Replace an older session of this client: its claims go first.
-        let old = lock(&self.sessions.by_client).remove(&identity.client_id);
-        if let Some(old) = old {
-            tracing::info!(client = %identity.client_id, old_session = old.info.id, "new session replaces the old one");
-            old.closed.cancel();
-            drop(std::mem::take(&mut *lock(&old.claims)));
+        // The same tunnelc reconnecting takes its claims back at once.
+        if let Some(instance) = hello.instance.as_deref() {
+            for old in self.sessions.all(&identity.client_id) {
+                if old.info.instance.as_deref() == Some(instance) {
+                    tracing::info!(client = %identity.client_id, old_session = old.info.id, "the same tunnelc reconnected: its new session replaces the old one");
+                    self.metrics
+                        .session_conflicts_total
+                        .with_label_values(&["replaced"])
+                        .inc();
+                    old.replace();
+                }
+            }
         }
 
+        let (notify, notifications) = mpsc::unbounded_channel();
+        let session = Arc::new(LiveSession {
+            info: SessionInfo {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                client_id: identity.client_id.clone(),
+                transport: transport.to_string(),
+                transport_kind,
+                remote,
+                auth_method: identity.method,
+                connected_at: SystemTime::now(),
+                instance: hello.instance.clone(),
+            },
+            opener,
+            closed: CancellationToken::new(),
+            accept_server_mappings: hello.accept_server_mappings,
+            tunnels: Mutex::new(Vec::new()),
+            claims: Mutex::new(Vec::new()),
+            leased: Mutex::new(Vec::new()),
+            budget: StreamBudget::new(&self.limits),
+            limits: self.limits,
+            transport_name: transport.to_string(),
+            refused: self.metrics.streams_refused_total.clone(),
+            stalled: self
+                .metrics
+                .streams_stalled_total
+                .with_label_values(&[transport]),
+            notify,
+        });
+
         let mut statuses = Vec::with_capacity(hello.tunnels.len());
-        let mut claims = Vec::new();
         for t in &hello.tunnels {
-            let leased = self.leased(&identity.client_id, t);
-            let claimed = match leased {
-                Some(r) => r,
-                None => self.claim_tunnel(&identity, t).await.map(|claim| {
-                    let status = (claim.endpoint.clone(), claim.name.clone());
-                    claims.push(claim);
-                    status
-                }),
-            };
-            match claimed {
+            match self.claim_for(&session, &identity, t).await {
                 Ok((endpoint, subdomain)) => {
                     statuses.push(TunnelStatus {
                         name: t.name.clone(),
@@ -492,32 +704,8 @@ impl Hub {
                 }
             }
         }
-
-        let (notify, notifications) = mpsc::unbounded_channel();
-        let session = Arc::new(LiveSession {
-            info: SessionInfo {
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                client_id: identity.client_id.clone(),
-                transport: transport.to_string(),
-                transport_kind,
-                remote,
-                auth_method: identity.method,
-                connected_at: SystemTime::now(),
-            },
-            opener,
-            closed: CancellationToken::new(),
-            accept_server_mappings: hello.accept_server_mappings,
-            tunnels: Mutex::new(statuses.clone()),
-            claims: Mutex::new(claims),
-            notify,
-        });
-        if let Some(prev) =
-            lock(&self.sessions.by_client).insert(identity.client_id.clone(), session.clone())
-        {
-            // Two sessions of one client raced through admission: the later one wins.
-            prev.closed.cancel();
-            drop(std::mem::take(&mut *lock(&prev.claims)));
-        }
+        *lock(&session.tunnels) = statuses.clone();
+        self.sessions.insert(session.clone());
         self.metrics
             .handshakes_total
             .with_label_values(&[transport, "ok"])
@@ -546,7 +734,98 @@ impl Hub {
         ))
     }
 
-    async fn claim_tunnel(&self, who: &Identity, t: &TunnelRequest) -> Result<Claim, ClaimError> {
+    /// Claims one tunnel of a hello for `session`: its lease, or a new claim on a frontend.
+    /// When another live session of the same client holds the port or name, that holder is
+    /// probed: one that answers keeps it (and the refusal names it), one that does not is
+    /// replaced and the claim tried again.
+    async fn claim_for(
+        &self,
+        session: &Arc<LiveSession>,
+        who: &Identity,
+        t: &TunnelRequest,
+    ) -> Result<(String, Option<String>), ClaimError> {
+        if let Some(leased) = self.leased(&who.client_id, t) {
+            let found = leased?;
+            let holders: Vec<_> = self
+                .sessions
+                .all(&who.client_id)
+                .into_iter()
+                .filter(|s| s.info.id != session.info.id && s.uses_lease(&t.name))
+                .collect();
+            for holder in holders {
+                if self.probe_or_replace(&holder).await {
+                    return Err(self.conflict(format!("provisioned tunnel `{}`", t.name), &holder));
+                }
+            }
+            lock(&session.leased).push(t.name.clone());
+            return Ok(found);
+        }
+        let mut tried_replacing = false;
+        loop {
+            match self.claim_tunnel(session, who, t).await {
+                Ok(claim) => {
+                    let out = (claim.endpoint.clone(), claim.name.clone());
+                    let frontend = self
+                        .frontend_for(t.kind, t.frontend.as_deref())
+                        .map(|f| f.name().to_string())
+                        .unwrap_or_default();
+                    lock(&session.claims).push(HeldClaim { frontend, claim });
+                    return Ok(out);
+                }
+                Err(ClaimError::HeldBySession { port, name }) if !tried_replacing => {
+                    tried_replacing = true;
+                    let frontend = self
+                        .frontend_for(t.kind, t.frontend.as_deref())
+                        .map(|f| f.name().to_string())
+                        .unwrap_or_default();
+                    let holder = self.sessions.all(&who.client_id).into_iter().find(|s| {
+                        s.info.id != session.info.id && s.holds(&frontend, port, name.as_deref())
+                    });
+                    let what = ClaimError::HeldBySession {
+                        port,
+                        name: name.clone(),
+                    }
+                    .subject();
+                    match holder {
+                        Some(h) if self.probe_or_replace(&h).await => {
+                            return Err(self.conflict(what, &h));
+                        }
+                        Some(_) => continue,
+                        None if session.holds(&frontend, port, name.as_deref()) => {
+                            return Err(match port {
+                                Some(p) => ClaimError::Duplicate(p),
+                                None => ClaimError::Invalid(format!(
+                                    "{what} is already used by another tunnel of this client"
+                                )),
+                            });
+                        }
+                        None => return Err(ClaimError::HeldBySession { port, name }),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The refusal for a claim another live session holds, naming that session.
+    fn conflict(&self, what: String, holder: &LiveSession) -> ClaimError {
+        self.metrics
+            .session_conflicts_total
+            .with_label_values(&["refused"])
+            .inc();
+        ClaimError::Conflict(format!(
+            "{what} is held by another session of client `{}`: {}; stop that tunnelc, or use another port or name",
+            holder.info.client_id,
+            holder.describe()
+        ))
+    }
+
+    async fn claim_tunnel(
+        &self,
+        session: &Arc<LiveSession>,
+        who: &Identity,
+        t: &TunnelRequest,
+    ) -> Result<Claim, ClaimError> {
         let frontend = self.frontend_for(t.kind, t.frontend.as_deref())?.clone();
         let name = frontend.name().to_string();
         let owner = &who.client_id;
@@ -561,7 +840,7 @@ impl Hub {
             proxy_protocol: t.proxy_protocol,
             max_ports: who.max_ports,
             max_names: who.max_names,
-            target: self.client_target(owner),
+            target: Arc::new(SessionTarget(Via::Session(Arc::downgrade(session)))),
             reserve_on_release: true,
         };
         frontend.claim(req).await.inspect_err(|e| {
@@ -612,7 +891,11 @@ impl Hub {
                 proxy_protocol: None,
                 max_ports: None,
                 max_names: None,
-                target: self.client_target(&r.owner),
+                target: Arc::new(SessionTarget(Via::Lease {
+                    sessions: Arc::downgrade(&self.sessions),
+                    client_id: r.owner.clone(),
+                    tunnel: r.tunnel.clone(),
+                })),
                 reserve_on_release: false,
             })
             .await?;
@@ -640,21 +923,27 @@ impl Hub {
             .map(|l| l.claim.endpoint.clone())
     }
 
-    /// Ends the live session of `client_id` (its token expired or was revoked).
+    /// Ends every live session of `client_id` (its token expired or was revoked).
     pub fn cut(&self, client_id: &str) -> bool {
-        match self.sessions.get(client_id) {
-            Some(s) => {
-                s.closed.cancel();
-                true
-            }
-            None => false,
+        let all = self.sessions.all(client_id);
+        for s in &all {
+            s.closed.cancel();
         }
+        !all.is_empty()
     }
 
-    /// The sessions, for `GET /clients`.
+    /// Every live session, by client then age, for `GET /clients`.
     pub fn sessions(&self) -> Vec<Arc<LiveSession>> {
-        let mut v: Vec<_> = lock(&self.sessions.by_client).values().cloned().collect();
-        v.sort_by(|a, b| a.info.client_id.cmp(&b.info.client_id));
+        let mut v: Vec<_> = lock(&self.sessions.by_client)
+            .values()
+            .flat_map(|v| v.iter().cloned())
+            .collect();
+        v.sort_by(|a, b| {
+            a.info
+                .client_id
+                .cmp(&b.info.client_id)
+                .then(a.info.id.cmp(&b.info.id))
+        });
         v
     }
 

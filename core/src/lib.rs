@@ -10,7 +10,8 @@
 //! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
 //! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
 //!   [`ca_sign`]: the CA signing a tunnel's CSR for the names it owns.
-//! - [`limits`]: pending-handshake caps; [`proxy_protocol`]: PROXY v1/v2 headers.
+//! - [`limits`]: pending-handshake caps and the data-path limits; [`stream_budget`]: stream
+//!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
 //! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
@@ -49,6 +50,7 @@ pub mod session;
 pub mod sni;
 pub mod splice;
 pub mod state;
+pub mod stream_budget;
 pub mod tls;
 pub mod tls_listener;
 pub mod transport;

@@ -104,3 +104,47 @@ mod tests {
         assert_eq!(l.pending(), 3);
     }
 }
+
+/// Limits on the data path that every frontend and transport applies the same way, from the
+/// server's `limits:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataLimits {
+    /// Largest visitor request head (request line and headers), bytes: every frontend answers
+    /// `431` above it, and the links are sized to carry anything below it.
+    pub max_request_head: usize,
+    /// Largest response head a local service may answer with, bytes: above it the visitor
+    /// gets `502` and nothing else is touched.
+    pub max_response_head: usize,
+    /// Visitor streams open at once through one tunnel of one session.
+    pub max_streams_per_tunnel: usize,
+    /// Visitor streams open at once from one source address through one session.
+    pub max_streams_per_address: usize,
+    /// A stream whose writes make no progress for this long (a visitor that stopped reading,
+    /// or a service that did) is reset.
+    pub stream_stall_timeout: std::time::Duration,
+}
+
+/// The default head limit, 64 KiB (what trusted proxies accept: about 60 KiB).
+pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
+
+impl Default for DataLimits {
+    fn default() -> Self {
+        Self {
+            max_request_head: DEFAULT_MAX_HEAD,
+            max_response_head: DEFAULT_MAX_HEAD,
+            max_streams_per_tunnel: 1024,
+            max_streams_per_address: 1024,
+            stream_stall_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl DataLimits {
+    /// The header list size a link must accept to carry any head below the limits: the head
+    /// itself plus HTTP/2's 32 bytes of accounting per field (at most 100 fields) and the
+    /// stream header tunneld adds.
+    pub fn link_header_list(&self) -> u32 {
+        let head = self.max_request_head.max(self.max_response_head);
+        u32::try_from(head + 32 * 128 + 8 * 1024).unwrap_or(u32::MAX)
+    }
+}

@@ -236,7 +236,7 @@ impl Target for RouteTable {
                 continue;
             };
             // In a pool one member may not hold the whole visitor's wait.
-            let attempt = session.opener.open(header.clone());
+            let attempt = session.open(header.clone());
             let opened = if n > 1 {
                 tokio::time::timeout(POOL_MEMBER_TIMEOUT, attempt)
                     .await

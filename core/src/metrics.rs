@@ -42,6 +42,9 @@ pub struct Metrics {
     pub provisioned_tunnels: IntGaugeVec,
     pub certificates_issued_total: IntCounterVec,
     pub sessions_cut_total: IntCounterVec,
+    pub streams_refused_total: IntCounterVec,
+    pub streams_stalled_total: IntCounterVec,
+    pub session_conflicts_total: IntCounterVec,
 }
 
 fn counter(
@@ -280,6 +283,24 @@ impl Metrics {
                 "tunneld_sessions_cut_total",
                 "Live sessions ended because their token expired or was revoked",
                 &["reason"],
+            )?,
+            streams_refused_total: counter(
+                &r,
+                "tunneld_streams_refused_total",
+                "Visitor streams refused by a stream cap (per tunnel or per visitor address)",
+                &["transport", "reason"],
+            )?,
+            streams_stalled_total: counter(
+                &r,
+                "tunneld_streams_stalled_total",
+                "Visitor streams reset because their writes made no progress for limits.stream_stall_timeout",
+                &["frontend"],
+            )?,
+            session_conflicts_total: counter(
+                &r,
+                "tunneld_session_conflicts_total",
+                "Claims asked for by a second session of a client while another session held them, by outcome (refused: the holder answered its probe; replaced: it did not, or it was the same tunnelc)",
+                &["outcome"],
             )?,
             registry: r,
         })

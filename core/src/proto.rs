@@ -167,6 +167,11 @@ pub struct Hello {
     /// than this (nor than its own cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<u32>,
+    /// Names one running tunnelc across its reconnects (random, made at start): a session
+    /// with the same instance id takes the old one's claims back at once, a different one
+    /// never replaces a live session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl std::fmt::Display for Hello {
@@ -209,6 +214,12 @@ pub enum ServerHello {
         tunnels: Vec<TunnelStatus>,
         /// Seconds between keepalive pings the client should send.
         keepalive_secs: u64,
+        /// The largest request and response heads tunneld lets through (`limits:`), so
+        /// tunnelc sizes its end of the link and refuses a local service's larger head.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_request_head: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_response_head: Option<u32>,
     },
     /// Refused; the connection closes. `permanent` tells tunnelc not to retry.
     Rejected { reason: String, permanent: bool },

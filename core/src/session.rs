@@ -42,6 +42,8 @@ pub enum OpenError {
     Timeout,
     #[error("the tunnel client has too many open streams")]
     TooManyStreams,
+    #[error("too many open streams {0}")]
+    Capped(&'static str),
     #[error("no route matches server name {0:?}")]
     NoRoute(Option<String>),
 }
@@ -55,6 +57,7 @@ impl OpenError {
             OpenError::LocalRefused(_) => "local_refused",
             OpenError::Timeout => "timeout",
             OpenError::TooManyStreams => "too_many_streams",
+            OpenError::Capped(_) => "stream_cap",
             OpenError::NoRoute(_) => "no_route",
         }
     }
@@ -73,7 +76,15 @@ pub trait OpenStream: Send + Sync + 'static {
         req: http::Request<crate::http_forward::Body>,
     ) -> Result<http::Response<crate::http_forward::Body>, OpenError> {
         let io = self.open(header).await?;
-        crate::http_forward::http1_over(io, req).await
+        crate::http_forward::http1_over(io, req, crate::limits::DEFAULT_MAX_HEAD).await
+    }
+
+    /// Whether the tunnelc behind this session still answers, within `deadline`: asked before
+    /// a second session of the same client may take over a claim. Transports that cannot ask
+    /// say yes (the session stays until its keepalive gives up).
+    async fn probe(&self, deadline: std::time::Duration) -> bool {
+        let _ = deadline;
+        true
     }
 }
 
@@ -88,6 +99,9 @@ pub struct SessionInfo {
     pub auth_method: &'static str,
     #[serde(with = "unix_seconds")]
     pub connected_at: SystemTime,
+    /// The tunnelc instance id from the hello, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 mod unix_seconds {

@@ -172,6 +172,7 @@ fn clients(state: &State) -> Value {
                 "auth": s.info.auth_method,
                 "connected_at": s.info.connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "accept_server_mappings": s.accept_server_mappings,
+                "instance": s.info.instance,
                 "tunnels": s.tunnels(),
             })
         })

@@ -102,7 +102,6 @@ impl Dialer {
         Ok(match cfg.transport {
             TransportKind::H2Reverse => Dialer::H2(tunneld_transport_h2_reverse::DialOptions {
                 target: dial_target(cfg, tunneld_transport_h2_reverse::ALPN)?,
-                tuning: tunneld_core::h2link::H2Tuning::default(),
             }),
             TransportKind::Websocket => {
                 let url: tunneld_transport_websocket::client::ServerUrl = cfg
@@ -165,7 +164,8 @@ impl Session {
     }
 }
 
-fn hello(cfg: &ClientConfig) -> Hello {
+/// The hello of this tunnelc; `instance` names the process across its reconnects.
+fn hello(cfg: &ClientConfig, instance: String) -> Hello {
     Hello {
         version: VERSION,
         token: cfg.token.as_ref().map(|t| t.0.clone()),
@@ -184,7 +184,34 @@ fn hello(cfg: &ClientConfig) -> Hello {
         accept_server_mappings: cfg.accept_server_mappings,
         agent: format!("tunnelc {}", env!("CARGO_PKG_VERSION")),
         max_streams: Some(cfg.yamux.max_streams as u32),
+        instance: Some(instance),
     }
+}
+
+/// A fresh instance id: 16 random bytes in hex.
+fn new_instance() -> String {
+    random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// When tunneld refused every tunnel this tunnelc asked for, the one line that says why:
+/// retrying would get the same answer (a conflict with a live session, a quota, a bad
+/// request), so tunnelc stops instead of looping.
+fn all_refused(cfg: &ClientConfig, tunnels: &[TunnelStatus]) -> Option<String> {
+    if cfg.tunnels.is_empty() || cfg.accept_server_mappings {
+        return None;
+    }
+    let mut reasons = Vec::new();
+    for name in cfg.tunnels.keys() {
+        let status = tunnels.iter().find(|t| &t.name == name)?;
+        reasons.push(format!("{name}: {}", status.error.as_deref()?));
+    }
+    Some(format!(
+        "tunneld refused every tunnel: {}",
+        reasons.join("; ")
+    ))
 }
 
 /// Backoff: doubles from `initial` up to `max`; each wait is drawn from [d/2, d].
@@ -217,7 +244,7 @@ pub async fn run(
         return crate::client_connect::run(cfg, events, stop).await;
     }
     let dialer = Dialer::new(&cfg)?;
-    let mut hello = hello(&cfg);
+    let mut hello = hello(&cfg, new_instance());
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
         tunnels: cfg
             .tunnels
@@ -250,6 +277,9 @@ pub async fn run(
             Ok(connected) => {
                 let started = Instant::now();
                 let (client_id, tunnels) = connected.welcome();
+                if let Some(why) = all_refused(&cfg, &tunnels) {
+                    return Err(anyhow::anyhow!("{why}"));
+                }
                 keep_names(&mut hello, &tunnels);
                 let _ = events.send(ClientEvent::Connected { client_id, tunnels });
                 let (utx, mut urx) = mpsc::unbounded_channel();

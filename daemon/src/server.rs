@@ -160,6 +160,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         shutdown: accepting.clone(),
         tasks: visitors.clone(),
+        limits: cfg.limits.data(),
     };
     let store = open_store(&cfg)?;
     let auth = Arc::new(authenticator(&cfg, &store)?);
@@ -206,6 +207,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                     auth.clone(),
                     metrics.clone(),
                     cfg.limits.handshake_timeout,
+                    cfg.limits.max_request_head,
                 )
                 .await
                 .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
@@ -234,6 +236,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                     shared,
                     metrics.clone(),
                     cfg.limits.handshake_timeout,
+                    cfg.limits.data(),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
@@ -253,6 +256,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         frontends,
         metrics.clone(),
         cfg.limits.keepalive.as_secs().max(1),
+        cfg.limits.data(),
     );
 
     let limiter = HandshakeLimiter::new(

@@ -182,6 +182,7 @@ async fn garbage_and_oversized_frames_after_auth_end_only_that_session() {
             accept_server_mappings: false,
             agent: "raw test".into(),
             max_streams: None,
+            instance: None,
         };
         let mut pre = MAGIC.to_vec();
         pre.extend(encode_frame(&hello).expect("encode"));

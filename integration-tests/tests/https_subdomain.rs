@@ -594,6 +594,7 @@ async fn evil_session(
         accept_server_mappings: false,
         agent: "evil".into(),
         max_streams: None,
+        instance: None,
     };
     let mut pre = MAGIC.to_vec();
     pre.extend(encode_frame(&hello)?);

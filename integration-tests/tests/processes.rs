@@ -205,11 +205,15 @@ async fn refusals_are_explained_in_both_logs() {
     let cfg = client_file(&d, ALICE_TOKEN, "127.0.0.1:9".parse().expect("addr"), 80);
     let mut c =
         Proc::spawn("tunnelc", &["--config", &cfg], d.dir.join("range.err")).expect("tunnelc");
-    let line = c.line_starting("tunnel svc").await.expect("line");
+    // It was its only tunnel: tunnelc says so in one line and stops instead of looping.
+    let status = c.wait().await.expect("tunnelc exits");
+    assert_eq!(status.code(), Some(1));
+    let err = c.stderr();
     assert!(
-        line.contains("refused: port 80 is outside the range"),
-        "{line}"
+        err.contains("tunneld refused every tunnel: svc: port 80 is outside the range"),
+        "{err}"
     );
+    assert_eq!(err.matches("refused every tunnel").count(), 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

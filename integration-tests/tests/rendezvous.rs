@@ -650,11 +650,15 @@ async fn connect_reaches_named_tunnels_over_every_transport_and_nothing_else() -
         BOB_TOKEN,
         &format!("  web:\n    local: \"{local}\"\n    frontend: rdv\n"),
     )?);
-    let t = bob.connected().await?;
-    assert_eq!(
-        t[0].error.as_deref(),
-        Some("name `web` is held by another client"),
-        "{t:?}"
+    // Its only tunnel refused, bob's tunnelc says why and stops.
+    assert!(bob.connected().await.is_err());
+    let err = tokio::time::timeout(WAIT, bob.task)
+        .await??
+        .expect_err("bob's tunnelc stops")
+        .to_string();
+    assert!(
+        err.contains("web: name `web` is held by another client"),
+        "{err}"
     );
 
     // After the owner leaves the name is reserved: 502, not someone else's service.
@@ -768,13 +772,17 @@ async fn digest_nonces_are_tunnelds_own_and_counts_cannot_repeat() -> Result<()>
     // Smuggling-shaped framing is refused.
     let smuggle = raw_request(&s, "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic eDp4\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
     assert!(smuggle.starts_with("HTTP/1.1 400 "), "{smuggle}");
-    // An oversized head (over 16 KiB) and a malformed one: 400, on both listeners.
-    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(17 * 1024));
+    // A head over limits.max_request_head (64 KiB) gets 431 and one below it is read; a
+    // malformed one gets 400.
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(65 * 1024));
     let big = raw_request(&s, &huge).await;
     assert!(
-        big.starts_with("HTTP/1.1 400 ") && big.contains("larger than"),
+        big.starts_with("HTTP/1.1 431 ") && big.contains("larger than 65536 bytes"),
         "{big}"
     );
+    let fits = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(60 * 1024));
+    let fits = raw_request(&s, &fits).await;
+    assert!(fits.starts_with("HTTP/1.1 401 "), "{fits}");
     let bad = raw_request(&s, "GET / HTTP/1.1\r\nno colon here\r\n\r\n").await;
     assert!(
         bad.starts_with("HTTP/1.1 400 ") && bad.contains("malformed request head"),

@@ -301,11 +301,11 @@ async fn create_errors_are_tpots() {
         (
             format!(
                 "GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
-                "a".repeat(9000)
+                "a".repeat(66 * 1024)
             )
             .into_bytes(),
-            "413",
-            "larger than 8192",
+            "431",
+            "larger than 65536",
         ),
     ];
     for (req, code, text) in cases {
@@ -324,8 +324,9 @@ async fn create_errors_are_tpots() {
         again.starts_with("HTTP/1.1 401") && again.contains("already used"),
         "{again}"
     );
-    // A subdomain in use: 409.
-    let _held = tpot_connect(port, "taken").await;
+    // A subdomain in use: 409 (its holder reads, and so answers the server's ping).
+    let mut held = tpot_connect(port, "taken").await;
+    let _held = tokio::spawn(async move { while let Some(Ok(_)) = held.next().await {} });
     let out = raw(
         port,
         &create_request(port, "?subdomain=taken", Some(&new_header_value(KEY))),
@@ -496,10 +497,17 @@ async fn tunnelc_http_quick_mode() {
         temp_dir("ws-quick-2").join("stderr"),
     )
     .expect("tunnelc");
-    other.line_starting("connected").await.expect("connected");
-    let line = other.line_starting("refused").await.expect("refused");
-    assert!(line.contains("held by another client"), "{line}");
-    drop(other);
+    // Its only tunnel refused, it says so in one line and stops.
+    let status = tokio::time::timeout(WAIT, other.wait())
+        .await
+        .expect("gives up in time")
+        .expect("status");
+    assert!(!status.success());
+    let err = other.stderr();
+    assert!(
+        err.contains("refused every tunnel: http: name `quick` is held by another client"),
+        "{err}"
+    );
     // A random name survives a reconnect: the session is cut, tunnelc comes back with it.
     let (mut r, random_url) = tunnelc_http(
         &[&target, "--server", &server_url, "--auth-key", KEY],
@@ -735,4 +743,78 @@ http {{
     .await
     .expect("visit");
     assert_eq!(code, 401, "{body}");
+}
+
+/// A live TPoT name is never taken over: a second original client gets 409, and `tunnelc
+/// http` with the TPoT key asking for the same name is refused for good (one line, exit
+/// code 1) while the original keeps its tunnel. Once the original is gone, the name is free.
+#[tokio::test]
+async fn a_live_tpot_name_is_not_taken_over() {
+    // Built first: a build later would block this runtime past the server's idle timeout.
+    tunneld_integration_tests::process::binary("tunnelc").expect("tunnelc built");
+    let s = server().await;
+    let port = ws_port(&s);
+    let mut ws = tpot_connect(port, "keep").await;
+    let greeting = next_bin(&mut ws).await;
+    assert!(String::from_utf8_lossy(&greeting).contains("TPoT/1 keep"));
+    // The original client keeps reading (and so answers pings), as every WebSocket does,
+    // and pings now and then so the server's idle timeout never drops it.
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                m = ws.next() => if !matches!(m, Some(Ok(_))) { break },
+                _ = tick.tick() => if ws.send(Message::Ping(Vec::new().into())).await.is_err() { break },
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+
+    let second = raw(
+        port,
+        &create_request(port, "?subdomain=keep", Some(&new_header_value(KEY))),
+    )
+    .await;
+    assert!(second.starts_with("HTTP/1.1 409"), "{second}");
+
+    let local = http_echo("takeover").await.to_string();
+    let server_url = format!("http://localhost:{port}");
+    let dir = temp_dir("ws-takeover");
+    let mut p = Proc::spawn(
+        "tunnelc",
+        &[
+            "http",
+            &local,
+            "--server",
+            &server_url,
+            "-k",
+            KEY,
+            "-s",
+            "keep",
+        ],
+        dir.join("stderr"),
+    )
+    .expect("tunnelc");
+    let status = match p.wait().await {
+        Ok(s) => s,
+        Err(e) => panic!("tunnelc did not give up ({e}): {}", p.stderr()),
+    };
+    assert!(!status.success(), "refused for good");
+    let err = p.stderr();
+    assert!(err.contains("held by another session"), "{err}");
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "the original client keeps its WebSocket"
+    );
+    reader.abort();
+    // The original is gone (its socket dropped): the name is free again for the key.
+    let (mut q, url) = tunnelc_http(
+        &[&local, "--server", &server_url, "-k", KEY, "-s", "keep"],
+        "ws-takeover-after",
+    )
+    .await;
+    assert_eq!(url, format!("http://keep.localhost:{port}"));
+    q.signal("TERM").expect("stop");
+    let _ = q.wait().await;
 }

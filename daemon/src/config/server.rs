@@ -143,6 +143,45 @@ pub struct Limits {
     /// How long SIGTERM waits for open visitor streams.
     #[serde(default = "d30s", with = "serde_human")]
     pub drain_timeout: Duration,
+    /// Largest visitor request head, bytes: every frontend answers 431 above it, and the
+    /// links carry anything below it.
+    #[serde(default = "d_head")]
+    pub max_request_head: usize,
+    /// Largest response head of a local service, bytes: above it that visitor gets 502.
+    #[serde(default = "d_head")]
+    pub max_response_head: usize,
+    /// Visitor streams open at once through one tunnel of one session.
+    #[serde(default = "d1024")]
+    pub max_streams_per_tunnel: usize,
+    /// Visitor streams open at once from one visitor address through one session.
+    #[serde(default = "d1024")]
+    pub max_streams_per_address: usize,
+    /// A visitor stream whose writes make no progress this long is reset.
+    #[serde(default = "d60s", with = "serde_human")]
+    pub stream_stall_timeout: Duration,
+}
+
+impl Limits {
+    /// The data-path part, as every component gets it.
+    pub fn data(&self) -> tunneld_core::limits::DataLimits {
+        tunneld_core::limits::DataLimits {
+            max_request_head: self.max_request_head,
+            max_response_head: self.max_response_head,
+            max_streams_per_tunnel: self.max_streams_per_tunnel,
+            max_streams_per_address: self.max_streams_per_address,
+            stream_stall_timeout: self.stream_stall_timeout,
+        }
+    }
+}
+
+fn d_head() -> usize {
+    tunneld_core::limits::DEFAULT_MAX_HEAD
+}
+fn d1024() -> usize {
+    1024
+}
+fn d60s() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn d10s() -> Duration {
@@ -166,6 +205,11 @@ impl Default for Limits {
             max_pending_per_address: d16(),
             keepalive: d10s(),
             drain_timeout: d30s(),
+            max_request_head: d_head(),
+            max_response_head: d_head(),
+            max_streams_per_tunnel: d1024(),
+            max_streams_per_address: d1024(),
+            stream_stall_timeout: d60s(),
         }
     }
 }
@@ -442,6 +486,25 @@ impl ServerConfig {
         }
         if raw.limits.max_pending_per_address == 0 {
             errors.push("limits.max_pending_per_address: must be at least 1".into());
+        }
+        for (key, v) in [
+            ("max_request_head", raw.limits.max_request_head),
+            ("max_response_head", raw.limits.max_response_head),
+        ] {
+            if !(4096..=16 << 20).contains(&v) {
+                errors.push(format!(
+                    "limits.{key}: {v} bytes is outside 4096 to 16777216"
+                ));
+            }
+        }
+        if raw.limits.max_streams_per_tunnel == 0 {
+            errors.push("limits.max_streams_per_tunnel: must be at least 1".into());
+        }
+        if raw.limits.max_streams_per_address == 0 {
+            errors.push("limits.max_streams_per_address: must be at least 1".into());
+        }
+        if raw.limits.stream_stall_timeout < Duration::from_secs(1) {
+            errors.push("limits.stream_stall_timeout: must be at least 1s".into());
         }
         if raw.rendezvous.max_parked_per_id == 0 || raw.rendezvous.max_parked_per_id > 1024 {
             errors.push("rendezvous.max_parked_per_id: must be 1-1024".into());

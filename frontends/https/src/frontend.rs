@@ -31,6 +31,8 @@ pub struct HttpsFrontend {
     pub(crate) metrics: Arc<Metrics>,
     /// Time for the TLS handshake (and the ClientHello before it).
     pub(crate) handshake_timeout: std::time::Duration,
+    /// Head limits (431 above the request limit), stall timeout.
+    pub(crate) limits: tunneld_core::limits::DataLimits,
 }
 
 fn tls_config(
@@ -55,6 +57,7 @@ impl HttpsFrontend {
         shared: Option<Arc<dyn SharedTransport>>,
         metrics: Arc<Metrics>,
         handshake_timeout: std::time::Duration,
+        limits: tunneld_core::limits::DataLimits,
     ) -> Result<Arc<Self>, String> {
         let listener = BoundListener::bind(cfg.listen)
             .await
@@ -82,6 +85,7 @@ impl HttpsFrontend {
             upstream_2ptth: Mutex::new(None),
             metrics,
             handshake_timeout,
+            limits,
         }))
     }
 

@@ -184,14 +184,13 @@ impl Names {
                     e.kind
                 )));
             }
-            if pool.is_none()
-                && e.members
-                    .iter()
-                    .any(|m| m.owner == req.owner && m.tunnel != req.tunnel)
-            {
-                return Err(ClaimError::Invalid(format!(
-                    "name `{name}` is already used by another tunnel of this client"
-                )));
+            // One membership per client and name: a second live one (another tunnel, or
+            // another session of the client) is refused; the hub names its holder.
+            if e.members.iter().any(|m| m.owner == req.owner) {
+                return Err(ClaimError::HeldBySession {
+                    port: None,
+                    name: Some(name),
+                });
             }
         }
         if let (Some(max), None) = (req.max_names, pool) {
@@ -233,8 +232,6 @@ impl Names {
             entry.kind = req.kind;
         }
         entry.reserved_until = None;
-        // A client holds one membership per name: a newer claim replaces its older one.
-        entry.members.retain(|m| m.owner != req.owner);
         entry.members.push(member);
         t.remembered.insert(key, name.clone());
         if t.remembered.len() > 100_000 {

@@ -76,6 +76,19 @@ pub(crate) fn timeout(host: &str) -> Response<Body> {
     )
 }
 
+pub(crate) fn busy(host: &str, why: &str) -> Response<Body> {
+    let mut r = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        &format!("The tunnel for {host} has {why}; try again shortly."),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
 pub(crate) fn misdirected(host: &str, sni: Option<&str>) -> Response<Body> {
     let text = match sni {
         Some(s) if s != host => {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tunneld_core::framing_guard::{FramingGuard, REFUSED_HEADER};
+use tunneld_core::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use tunneld_core::h2link::h2_reason;
 use tunneld_core::http_forward::{
     boxed, coalesced, http1_over, is_upgrade, strip_hop_by_hop, Body,
@@ -56,10 +56,22 @@ pub(crate) async fn serve(
         let c = conn.clone();
         async move { Ok::<_, Infallible>(c.handle(req).await) }
     });
+    // A visitor that stops reading frees its connection (and the streams behind it) after
+    // the stall timeout instead of pinning them.
+    let io = tunneld_core::stream_budget::StallGuard::new(
+        io,
+        fe.limits.stream_stall_timeout,
+        Some(
+            fe.metrics
+                .streams_stalled_total
+                .with_label_values(&[&fe.name]),
+        ),
+    );
+    let max_head = fe.limits.max_request_head;
     let result = if h2 {
-        let served = fe
-            .cfg
-            .h2
+        let mut tuning = fe.cfg.h2;
+        tuning.max_header_list_size = u32::try_from(max_head).unwrap_or(u32::MAX);
+        let served = tuning
             .server(Duration::from_secs(20))
             .serve_connection(TokioIo::new(io), svc);
         tokio::pin!(served);
@@ -72,13 +84,21 @@ pub(crate) async fn serve(
         }
     } else {
         let fe2 = fe.clone();
-        let guarded = FramingGuard::new(io).on_refuse(move |reason| {
-            fe2.count("bad_request");
-            tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
-        });
+        let guarded = FramingGuard::new(io)
+            .max_head(max_head)
+            .on_refuse(move |reason| {
+                fe2.count(if reason.starts_with(HEAD_TOO_LARGE) {
+                    "head_too_large"
+                } else {
+                    "bad_request"
+                });
+                tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
+            });
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(fe.cfg.header_timeout)
+            // A head that fills the buffer is answered 431: one byte more than the limit.
+            .max_buf_size((max_head + 1).max(8192))
             // The framing guard ends input after a refused request; its 400 must still go out.
             .half_close(true)
             .serve_connection(TokioIo::new(guarded), svc)
@@ -136,13 +156,15 @@ impl Conn {
         let fe = &self.fe;
         if let Some(reason) = req.headers().get(REFUSED_HEADER) {
             // The framing guard's stand-in for a request it refused.
-            let mut r = pages::text(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "Bad Request: {}",
-                    reason.to_str().unwrap_or("ambiguous framing")
-                ),
-            );
+            let reason = reason.to_str().unwrap_or("ambiguous framing");
+            let mut r = if reason.starts_with(HEAD_TOO_LARGE) {
+                pages::text(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    &format!("Request Header Fields Too Large: {reason}"),
+                )
+            } else {
+                pages::text(StatusCode::BAD_REQUEST, &format!("Bad Request: {reason}"))
+            };
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -204,7 +226,10 @@ impl Conn {
                 let h = header(tunnel, *proxy_protocol);
                 if upgrade {
                     match with_timeout(timeout, target.open(h, None)).await {
-                        Ok(io) => with_timeout(timeout, http1_over(io, req)).await,
+                        Ok(io) => {
+                            let max = fe.limits.max_response_head;
+                            with_timeout(timeout, http1_over(io, req, max)).await
+                        }
                         Err(e) => Err(e),
                     }
                 } else {
@@ -363,6 +388,14 @@ impl Conn {
             OpenError::Timeout => {
                 fe.count("timeout");
                 pages::timeout(host)
+            }
+            OpenError::Capped(why) => {
+                fe.count("stream_cap");
+                pages::busy(host, &format!("too many open streams {why}"))
+            }
+            OpenError::TooManyStreams => {
+                fe.count("stream_cap");
+                pages::busy(host, "too many open streams")
             }
             e => {
                 fe.count("session");

@@ -155,6 +155,12 @@ async fn serve_visitor(
         a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),
     };
+    // A visitor that stops reading frees its stream after the stall timeout.
+    let mut visitor = tunneld_core::stream_budget::StallGuard::new(
+        visitor,
+        l.cx.limits.stream_stall_timeout,
+        Some(m.streams_stalled_total.with_label_values(&[&l.frontend])),
+    );
     if let Err(e) = splice(&mut visitor, &mut stream, counters).await {
         tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
     }

@@ -185,7 +185,12 @@ impl PortsFrontend {
                     Some(Entry {
                         state: State::Active { .. },
                         ..
-                    }) => return Err(ClaimError::Duplicate(p)),
+                    }) => {
+                        return Err(ClaimError::HeldBySession {
+                            port: Some(p),
+                            name: None,
+                        })
+                    }
                     _ => p,
                 }
             }

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub users: HashMap<String, [u8; 32]>,
     /// `connect_access.tokens`, digested.
     pub tokens: HashMap<String, [u8; 32]>,
+    /// `limits.max_request_head`: heads above it are answered 431.
+    pub max_head: usize,
 }
 
 impl Inner {
@@ -54,7 +56,9 @@ pub struct RendezvousFrontend {
 }
 
 impl RendezvousFrontend {
-    /// Binds the listener (port 0 works). `tls` is tunneld's server identity for visitors.
+    /// Binds the listener (port 0 works). `tls` is tunneld's server identity for visitors;
+    /// heads over `max_head` bytes are answered 431.
+    #[allow(clippy::too_many_arguments)]
     pub async fn bind(
         name: &str,
         cfg: Config,
@@ -63,6 +67,7 @@ impl RendezvousFrontend {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         handshake_timeout: Duration,
+        max_head: usize,
     ) -> std::io::Result<Arc<Self>> {
         let listener = BoundListener::bind(cfg.listen).await?;
         let digest = |m: &std::collections::BTreeMap<String, tunneld_core::auth::Secret>| {
@@ -80,6 +85,7 @@ impl RendezvousFrontend {
             registry,
             auth,
             metrics,
+            max_head,
         };
         Ok(Arc::new(Self {
             inner: Arc::new(inner),
@@ -175,7 +181,7 @@ async fn serve_connection(
     loop {
         let head = match tokio::time::timeout(
             inner.cfg.header_timeout,
-            http1::read_head(&mut io, &mut buf),
+            http1::read_head_limited(&mut io, &mut buf, inner.max_head),
         )
         .await
         {
@@ -186,7 +192,7 @@ async fn serve_connection(
                 let body = format!("{e}\n");
                 crate::respond::send(
                     &mut io,
-                    &crate::respond::response(400, &[], "text/plain", &body, true),
+                    &crate::respond::response(e.status(), &[], "text/plain", &body, true),
                     true,
                 )
                 .await;

@@ -112,6 +112,12 @@ impl Names {
             if held && e.owner != req.owner {
                 return Err(ClaimError::NameHeld(name));
             }
+            if matches!(e.state, State::Active(_)) {
+                return Err(ClaimError::HeldBySession {
+                    port: None,
+                    name: Some(name),
+                });
+            }
         }
         t.next_gen += 1;
         let gen = t.next_gen;

@@ -99,7 +99,9 @@ impl ConnectTransport {
                         .with_label_values(&[&cx.name, e.reason()])
                         .inc();
                     if !matches!(e, http1::HeadError::Closed | http1::HeadError::Io(_)) {
-                        let _ = io.write_all(&park::error_answer(400, &e.to_string())).await;
+                        let _ = io
+                            .write_all(&park::error_answer(e.status(), &e.to_string()))
+                            .await;
                         let _ = io.shutdown().await;
                     }
                     return;

@@ -18,15 +18,16 @@ use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::h2link::{H2Tuning, CONTROL_PATH, ERROR_HEADER, STREAM_HEADER};
 use tunneld_core::http_forward::{boxed, coalesced, empty, full, http1_over, Body};
+use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
 use tunneld_core::session::{LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
-/// How to reach tunneld.
+/// How to reach tunneld. The link's HTTP/2 settings follow from what tunneld announces
+/// ([`H2Tuning::tunnelc`]).
 #[derive(Clone)]
 pub struct DialOptions {
     pub target: DialTarget,
-    pub tuning: H2Tuning,
 }
 
 /// An accepted session, ready to [`Connected::run`].
@@ -36,6 +37,7 @@ pub struct Connected {
     pub keepalive: Duration,
     io: TlsStream<TcpStream>,
     tuning: H2Tuning,
+    limits: DataLimits,
 }
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
@@ -46,12 +48,14 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
         tunnels: w.tunnels,
         keepalive: w.keepalive,
         io: w.io,
-        tuning: opts.tuning,
+        tuning: H2Tuning::tunnelc(&w.limits),
+        limits: w.limits,
     })
 }
 
 struct Ctx {
     connector: Arc<dyn LocalConnector>,
+    limits: DataLimits,
     updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
     streams: CancellationToken,
 }
@@ -94,6 +98,7 @@ impl Connected {
         let _streams_guard = streams.clone().drop_guard();
         let ctx = Arc::new(Ctx {
             connector,
+            limits: self.limits,
             updates,
             streams,
         });
@@ -162,7 +167,7 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
         return answer(StatusCode::OK, None);
     }
     let req = req.map(boxed);
-    match http1_over(local, req).await {
+    match http1_over(local, req, ctx.limits.max_response_head).await {
         Ok(resp) => resp.map(coalesced),
         Err(e) => answer(StatusCode::BAD_GATEWAY, Some(&e.to_string())),
     }

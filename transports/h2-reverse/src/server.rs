@@ -167,6 +167,13 @@ impl LinkSlot {
 
 #[async_trait]
 impl OpenStream for LinkSlot {
+    async fn probe(&self, deadline: Duration) -> bool {
+        match self.get() {
+            Ok(o) => o.probe(deadline).await,
+            Err(_) => false,
+        }
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         self.get()?.open(header).await
     }
@@ -244,7 +251,15 @@ impl H2ReverseTransport {
             return;
         };
         let keepalive = Duration::from_secs(cx.hub.keepalive_secs.max(1));
-        let (opener, driver) = match h2link::connect(io, &self.cfg.h2, keepalive, false).await {
+        let (opener, driver) = match h2link::connect(
+            io,
+            &self.cfg.h2,
+            &cx.hub.limits,
+            keepalive,
+            false,
+        )
+        .await
+        {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(transport = %cx.name, %peer, error = %e, "HTTP/2 handshake failed");

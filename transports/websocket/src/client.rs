@@ -151,7 +151,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
                         .unwrap_or_default();
                     DialError::Rejected {
                         reason: format!("HTTP {code}: {body}"),
-                        permanent: matches!(code, 400 | 401 | 404 | 405 | 413),
+                        permanent: matches!(code, 400 | 401 | 404 | 405 | 409 | 413 | 431),
                     }
                 }
                 other => DialError::Protocol(format!("WebSocket upgrade failed: {other}")),
@@ -208,6 +208,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             client_id,
             tunnels,
             keepalive_secs,
+            ..
         } => Ok(Connected {
             client_id,
             tunnels,

@@ -39,8 +39,8 @@ pub struct Config {
     /// Largest WebSocket message accepted.
     #[serde(default = "d1mib")]
     pub max_message: usize,
-    /// Conversations one tunnel may have open at once.
-    #[serde(default = "d256")]
+    /// Conversations one session may have open at once.
+    #[serde(default = "d2048")]
     pub max_conversations: usize,
     /// Open connections on the port at most (visitors and tunnel clients together).
     #[serde(default = "d4096")]
@@ -56,11 +56,11 @@ pub struct Config {
     pub open_timeout: Duration,
 }
 
+fn d2048() -> usize {
+    2048
+}
 fn d1mib() -> usize {
     1 << 20
-}
-fn d256() -> usize {
-    256
 }
 fn d4096() -> usize {
     4096

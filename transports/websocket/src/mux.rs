@@ -40,6 +40,8 @@ pub enum Out {
     Msg(Bytes),
     /// Close the WebSocket with this code and reason.
     Close(u16, String),
+    /// A WebSocket ping (a liveness probe).
+    Ping,
 }
 
 /// Counters the mux keeps (a transport's labels already applied).
@@ -109,6 +111,8 @@ struct Shared {
     native: bool,
     max: usize,
     metrics: MuxMetrics,
+    /// Bumped at each WebSocket pong the peer sends.
+    pongs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -177,6 +181,7 @@ impl Mux {
                     native,
                     max: max_conversations.max(1),
                     metrics,
+                    pongs: tokio::sync::watch::channel(0).0,
                 }),
             },
             Outbox { ctl, data },
@@ -190,6 +195,26 @@ impl Mux {
     /// Queues a message ahead of conversation data.
     pub fn send(&self, m: &Msg) {
         self.shared.send_ctl(m);
+    }
+
+    /// Records a WebSocket pong from the peer.
+    pub fn pong(&self) {
+        self.shared.pongs.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Sends a WebSocket ping and waits up to `deadline` for a pong: whether the peer
+    /// answered. Every WebSocket implementation answers pings on its own, so this works for
+    /// original TPoT clients too.
+    pub async fn probe(&self, deadline: std::time::Duration) -> bool {
+        let mut pongs = self.shared.pongs.subscribe();
+        pongs.mark_unchanged();
+        if self.shared.ctl.send(Out::Ping).is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(deadline, pongs.changed()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Closes the WebSocket with `code`.
@@ -555,7 +580,7 @@ mod tests {
         loop {
             let m = match from.ctl.try_recv() {
                 Ok(Out::Msg(b)) => b,
-                Ok(Out::Close(..)) => continue,
+                Ok(Out::Close(..) | Out::Ping) => continue,
                 Err(_) => match from.data.try_recv() {
                     Ok(b) => b,
                     Err(_) => return seen,

@@ -25,8 +25,6 @@ use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls_listener::{Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
-/// Largest request head on this port (TPoT answered 413 past it).
-pub const MAX_HEAD: usize = 8192;
 /// PBKDF2 checks running at once (each takes tens of milliseconds of CPU).
 const AUTH_SLOTS: usize = 2;
 
@@ -131,7 +129,8 @@ async fn answer<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, code: u16, text: &st
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
-        413 => "Request Header Fields Too Large",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -151,15 +150,17 @@ async fn answer<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, code: u16, text: &st
 }
 
 /// Reads the first request head: the head and every byte read (head and what followed).
+/// A head over `max_head` bytes is answered `431`.
 async fn read_head<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
+    max_head: usize,
 ) -> Result<(RequestHead, usize, Vec<u8>), (u16, String)> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         match parse(&buf) {
-            Ok(Some((head, len))) if len <= MAX_HEAD => return Ok((head, len, buf)),
+            Ok(Some((head, len))) if len <= max_head => return Ok((head, len, buf)),
             Ok(Some(_)) => break,
-            Ok(None) if buf.len() > MAX_HEAD => break,
+            Ok(None) if buf.len() > max_head => break,
             Ok(None) => {}
             Err(e) => return Err((400, e.to_string())),
         }
@@ -171,8 +172,8 @@ async fn read_head<R: AsyncRead + Unpin + ?Sized>(
         buf.extend_from_slice(&chunk[..n]);
     }
     Err((
-        413,
-        format!("the request header block is larger than {MAX_HEAD} bytes"),
+        431,
+        format!("the request header block is larger than {max_head} bytes"),
     ))
 }
 
@@ -234,7 +235,12 @@ impl WebsocketTransport {
             local,
             ..
         } = a;
-        let head = match tokio::time::timeout(self.cfg.header_timeout, read_head(&mut io)).await {
+        let head = match tokio::time::timeout(
+            self.cfg.header_timeout,
+            read_head(&mut io, cx.hub.limits.max_request_head),
+        )
+        .await
+        {
             Ok(Ok(h)) => h,
             Ok(Err((0, _))) | Err(_) => return,
             Ok(Err((code, why))) => {
@@ -315,7 +321,11 @@ impl WebsocketTransport {
                     break;
                 }
                 Err(OpenError::Offline) => continue,
-                Err(e @ (OpenError::LocalRefused(_) | OpenError::TooManyStreams)) => {
+                Err(
+                    e @ (OpenError::LocalRefused(_)
+                    | OpenError::TooManyStreams
+                    | OpenError::Capped(_)),
+                ) => {
                     failure = (503, e.to_string());
                     break;
                 }
@@ -339,6 +349,16 @@ impl WebsocketTransport {
             return answer(&mut io, 502, "the tunnel session ended").await;
         }
         let counters = tunneld_core::splice::SpliceCounters::default();
+        // A visitor that stops reading frees its conversation after the stall timeout.
+        let mut io = tunneld_core::stream_budget::StallGuard::new(
+            io,
+            cx.hub.limits.stream_stall_timeout,
+            Some(
+                cx.metrics
+                    .streams_stalled_total
+                    .with_label_values(&[&cx.name]),
+            ),
+        );
         match tunneld_core::splice(&mut io, &mut conv, counters).await {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && !conv.seen => {
                 self.count(&cx, "visitor", 503);
@@ -446,7 +466,7 @@ impl WebsocketTransport {
         if !native {
             let name = subdomain.unwrap_or_else(random_subdomain);
             let client_id = format!("tpot:{name}");
-            if cx.hub.is_online(&client_id) {
+            if cx.hub.holder_alive(&client_id).await {
                 refuse(409);
                 return answer(&mut io, 409, &format!("subdomain `{name}` is in use")).await;
             }
@@ -538,6 +558,7 @@ impl WebsocketTransport {
             accept_server_mappings: false,
             agent: "TPoT".into(),
             max_streams: None,
+            instance: None,
         }
     }
 
@@ -652,6 +673,26 @@ impl WebsocketTransport {
                 .await;
                 let _ = ws.close(None).await;
             }
+            Ok((_, tunnels))
+                if hello.token.is_none() && tunnels.iter().any(|t| t.error.is_some()) =>
+            {
+                // A TPoT-key session holds one name: without it there is nothing to serve
+                // (the name is live elsewhere: 409 for original clients, this for ours).
+                let reason = tunnels
+                    .iter()
+                    .find_map(|t| t.error.clone())
+                    .unwrap_or_default();
+                tracing::warn!(transport = %cx.name, remote = %origin.visitor, "client rejected: {reason}");
+                let _ = send_json(
+                    &mut ws,
+                    &ServerHello::Rejected {
+                        reason,
+                        permanent: true,
+                    },
+                )
+                .await;
+                let _ = ws.close(None).await;
+            }
             Ok((guard, mut tunnels)) => {
                 // Names served on this port: show the URL the client came through.
                 for s in &mut tunnels {
@@ -667,11 +708,9 @@ impl WebsocketTransport {
                         s.endpoint = Some(format!("{scheme}://{sub}.{host}"));
                     }
                 }
-                let welcome = ServerHello::Welcome {
-                    client_id: guard.session.info.client_id.clone(),
-                    tunnels,
-                    keepalive_secs: cx.hub.keepalive_secs,
-                };
+                let welcome = cx
+                    .hub
+                    .welcome(guard.session.info.client_id.clone(), tunnels);
                 let Ok(json) = serde_json::to_vec(&welcome) else {
                     return;
                 };
@@ -835,6 +874,10 @@ pub(crate) struct WsOpener {
 
 #[async_trait]
 impl OpenStream for WsOpener {
+    async fn probe(&self, deadline: std::time::Duration) -> bool {
+        self.mux.probe(deadline).await
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let refused = |e: OpenRefused| match e {
             OpenRefused::TooMany => OpenError::TooManyStreams,

@@ -57,6 +57,11 @@ async fn write_loop<S>(
                         return;
                     }
                 }
+                Out::Ping => {
+                    if sink.feed(Message::Ping(Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
                 Out::Close(code, reason) => {
                     let frame = CloseFrame {
                         code: code.into(),
@@ -101,13 +106,19 @@ where
     let (sink, mut stream) = ws.split();
     let mut writer = tokio::spawn(write_loop(sink, outbox, ping_every));
     let mut protocol_error = None;
+    // Set once the writer task has been awaited to completion: a JoinHandle must not be
+    // polled again after that (it panics).
+    let mut writer_done = false;
     let reason = loop {
         let next = tokio::select! {
             _ = stop.cancelled() => {
                 mux.close(1001, "going away");
                 break "the session was closed".to_string();
             }
-            _ = &mut writer => break "the WebSocket could not be written".to_string(),
+            _ = &mut writer => {
+                writer_done = true;
+                break "the WebSocket could not be written".to_string();
+            }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
         let msg = match next {
@@ -160,14 +171,16 @@ where
                 break why.to_string();
             }
             Message::Close(_) => break "the peer closed the WebSocket".to_string(),
+            Message::Pong(_) => mux.pong(),
             _ => {}
         }
     };
     mux.shutdown();
     mux.close(1000, "");
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }

@@ -91,7 +91,7 @@ impl Connected {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                end = control::run(stream.compat(), interval, true, outbox, inbox) => end.to_string(),
+                end = control::run(stream.compat(), interval, true, outbox, None, inbox) => end.to_string(),
                 _ = forward => unreachable_end(),
             }
         };

@@ -28,13 +28,56 @@ impl std::fmt::Display for End {
     }
 }
 
+/// Probes of the peer asked for by tunneld (see [`Probes`]).
+pub(crate) struct ProbeLink {
+    /// Each message sends one ping.
+    pub asks: mpsc::UnboundedReceiver<()>,
+    /// Bumped at each pong.
+    pub pongs: tokio::sync::watch::Sender<u64>,
+}
+
+/// The asking end of a [`ProbeLink`]: whether the peer answers a ping in time.
+#[derive(Clone)]
+pub(crate) struct Probes {
+    asks: mpsc::UnboundedSender<()>,
+    pongs: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Probes {
+    pub(crate) fn new() -> (Self, ProbeLink) {
+        let (asks_tx, asks) = mpsc::unbounded_channel();
+        let (pongs, pongs_rx) = tokio::sync::watch::channel(0);
+        (
+            Self {
+                asks: asks_tx,
+                pongs: pongs_rx,
+            },
+            ProbeLink { asks, pongs },
+        )
+    }
+
+    pub(crate) async fn probe(&self, deadline: Duration) -> bool {
+        let mut pongs = self.pongs.clone();
+        pongs.mark_unchanged();
+        if self.asks.send(()).is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(deadline, pongs.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 /// Runs the control stream. `send_pings` is true on tunnelc. Messages from `outbox` are
-/// forwarded to the peer; messages other than ping/pong/bye go to `inbox`.
+/// forwarded to the peer; messages other than ping/pong/bye go to `inbox`. With `probes`,
+/// each ask sends a ping and each pong is reported.
 pub(crate) async fn run<S>(
     stream: S,
     interval: Duration,
     send_pings: bool,
     mut outbox: mpsc::UnboundedReceiver<Control>,
+    probes: Option<ProbeLink>,
     inbox: mpsc::UnboundedSender<Control>,
 ) -> End
 where
@@ -43,6 +86,10 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let dead_after = interval * 3;
     let (to_write_tx, mut to_write) = mpsc::unbounded_channel::<Control>();
+    let (mut asks, pongs) = match probes {
+        Some(p) => (Some(p.asks), Some(p.pongs)),
+        None => (None, None),
+    };
     let writer = async move {
         let mut seq = 0u64;
         // The first tick fires at once: tunnelc's first ping also opens the stream.
@@ -52,6 +99,12 @@ where
                 _ = tick.tick(), if send_pings => { seq += 1; Control::Ping { seq } }
                 Some(m) = to_write.recv() => m,
                 Some(m) = outbox.recv() => m,
+                Some(()) = async {
+                    match &mut asks {
+                        Some(a) => a.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => { seq += 1; Control::Ping { seq } }
                 else => std::future::pending().await,
             };
             if let Err(e) = write_frame(&mut wr, &msg).await {
@@ -71,7 +124,11 @@ where
                 Ok(Control::Ping { seq }) => {
                     let _ = to_write_tx.send(Control::Pong { seq });
                 }
-                Ok(Control::Pong { .. }) => {}
+                Ok(Control::Pong { .. }) => {
+                    if let Some(p) = &pongs {
+                        p.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
                 Ok(Control::Bye { reason }) => return End::Bye(reason),
                 Ok(other) => {
                     let _ = inbox.send(other);

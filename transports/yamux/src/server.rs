@@ -211,8 +211,10 @@ impl YamuxTransport {
             }
         };
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
+        let (probes, probe_link) = control::Probes::new();
         let opener = Arc::new(YamuxOpener {
             tx: open_tx,
+            probes,
             // Never more than the client accepts: past its yamux ceiling it would end the
             // session.
             slots: Arc::new(Semaphore::new(
@@ -242,13 +244,14 @@ impl YamuxTransport {
             self.cfg.yamux.yamux(),
             Mode::Server,
         );
-        run_session(conn, open_rx, guard, cx).await;
+        run_session(conn, open_rx, probe_link, guard, cx).await;
     }
 }
 
 async fn run_session<T>(
     conn: Connection<T>,
     open_rx: mpsc::Receiver<OpenReply>,
+    probe_link: control::ProbeLink,
     mut guard: SessionGuard,
     cx: TransportContext,
 ) where
@@ -280,9 +283,16 @@ async fn run_session<T>(
             _ => return "no control stream opened".to_string(),
         };
         let (inbox, _ignored) = mpsc::unbounded_channel();
-        control::run(stream.compat(), interval, false, notifications, inbox)
-            .await
-            .to_string()
+        control::run(
+            stream.compat(),
+            interval,
+            false,
+            notifications,
+            Some(probe_link),
+            inbox,
+        )
+        .await
+        .to_string()
     };
     let reason = tokio::select! {
         r = driver => driver_end(r, &cx),
@@ -296,12 +306,17 @@ async fn run_session<T>(
 /// Opens yamux streams to one tunnelc.
 struct YamuxOpener {
     tx: mpsc::Sender<OpenReply>,
+    probes: control::Probes,
     /// Visitor streams this session may have open (`yamux.max_streams`).
     slots: Arc<Semaphore>,
 }
 
 #[async_trait]
 impl OpenStream for YamuxOpener {
+    async fn probe(&self, deadline: Duration) -> bool {
+        self.probes.probe(deadline).await
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let slot = limit::acquire(&self.slots)?;
         let (tx, rx) = oneshot::channel();
@@ -361,6 +376,7 @@ async fn run_threshold<T>(
         accept_server_mappings: true,
         agent: "threshold".into(),
         max_streams: None,
+        instance: None,
     };
     let admitted = cx
         .hub
