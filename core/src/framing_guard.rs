@@ -8,6 +8,7 @@
 //! stand-in with `400` in order (after any earlier pipelined responses) and closes.
 
 use crate::http1::{parse, Framing, MAX_HEAD};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -51,9 +52,24 @@ pub struct FramingGuard<T> {
     refused: Option<String>,
     /// Told the reason when a head is refused (metrics, logs).
     on_refuse: Option<OnRefuse>,
-    /// Heads longer than this are left to the server, which answers 431.
+    /// Heads longer than this are refused (the server answers 431).
     max_head: usize,
+    /// After a refusal: what is left of the lingering close (see `poll_shutdown`).
+    linger: Option<Linger>,
 }
+
+/// Reading and dropping what a refused visitor still sends, after our write side is shut, so
+/// the answer is not lost to a reset when the socket closes with unread data (a lingering
+/// close, as web servers do). Bounded in bytes and time.
+struct Linger {
+    shut: bool,
+    left: usize,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// At most this many bytes and this long are spent on a lingering close.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<T> FramingGuard<T> {
     pub fn new(inner: T) -> Self {
@@ -65,6 +81,7 @@ impl<T> FramingGuard<T> {
             refused: None,
             on_refuse: None,
             max_head: MAX_HEAD,
+            linger: None,
         }
     }
 
@@ -265,7 +282,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -279,7 +296,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.refused.is_none() {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        let this = &mut *self;
+        let linger = this.linger.get_or_insert_with(|| Linger {
+            shut: false,
+            left: LINGER_BYTES,
+            deadline: Box::pin(tokio::time::sleep(LINGER_TIME)),
+        });
+        if !linger.shut {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            linger.shut = true;
+        }
+        let mut chunk = [0u8; 8192];
+        while linger.left > 0 {
+            if linger.deadline.as_mut().poll(cx).is_ready() {
+                break;
+            }
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    linger.left = linger.left.saturating_sub(rb.filled().len());
+                }
+                // EOF or an error: nothing more will come.
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

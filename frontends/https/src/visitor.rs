@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     let max_head = fe.limits.max_request_head;
     let result = if h2 {
         let mut tuning = fe.cfg.h2;
-        tuning.max_header_list_size = u32::try_from(max_head).unwrap_or(u32::MAX);
+        tuning.max_header_list_size = u32::try_from(max_head * 2).unwrap_or(u32::MAX);
         let served = tuning
             .server(Duration::from_secs(20))
             .serve_connection(TokioIo::new(io), svc);
@@ -123,6 +123,17 @@ pub(crate) async fn serve(
     }
 }
 
+/// The size a request's head would have in HTTP/1.1: request line and header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
 /// The host a request names, without port, lower-cased; and the raw `host[:port]`.
 fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
     let raw = req
@@ -168,6 +179,16 @@ impl Conn {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
+        }
+        // HTTP/2 heads: h2 itself refuses lists over twice the limit (with REFUSED_STREAM,
+        // which clients retry); between the limit and that, a plain 431 here.
+        let max = fe.limits.max_request_head;
+        if self.h2 && head_size(&req) > max {
+            fe.count("head_too_large");
+            return pages::text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!("Request Header Fields Too Large: {HEAD_TOO_LARGE} {max} bytes"),
+            );
         }
         let Some((host, raw_host)) = host_of(&req) else {
             fe.count("bad_request");
