@@ -3,8 +3,10 @@
 //! that run the real binaries. Every wait is bounded; nothing sleeps to synchronize.
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod h2raw;
 pub mod metrics;
+pub mod neighbour;
 pub mod pki;
 pub mod process;
 pub mod services;

@@ -1,8 +1,10 @@
 //! Local services that tunnels expose in tests.
 
 use std::net::SocketAddr;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Echoes every byte back; half-closes after the peer does.
@@ -346,4 +348,252 @@ pub async fn tls_local(cert: &std::path::Path, key: &std::path::Path, tag: &str)
         }
     });
     addr
+}
+
+/// Reads one request head (up to the blank line, at most 1 MiB) and discards a
+/// Content-Length body; false when the connection ended first.
+async fn skip_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
+    let mut total = 0usize;
+    let mut len = 0usize;
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => total += n,
+        }
+        if total > 1 << 20 {
+            return false;
+        }
+        if line == "\r\n" {
+            if first {
+                continue;
+            }
+            break;
+        }
+        first = false;
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = r.take(len as u64);
+    tokio::io::copy(&mut body, &mut tokio::io::sink())
+        .await
+        .ok()
+        == Some(len as u64)
+}
+
+/// An HTTP/1.1 server with keep-alive that answers every request with `len` bytes of
+/// [`crate::pattern`] (seed 1) and a Content-Length: a small neighbour whose whole body a
+/// probe can count.
+pub async fn http_body(len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let addr = l.local_addr().expect("addr");
+    let body = Arc::new(crate::pattern(len, 1));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                while skip_request(&mut r).await {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if w.write_all(head.as_bytes()).await.is_err()
+                        || w.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 server that answers each request with a `total`-byte body (Content-Length),
+/// written in 64 KiB blocks as fast as the peer takes them, then closes. The counter holds
+/// the body bytes written so far over all connections.
+pub async fn http_stream(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    block_server(l, 2, move |s, block, written| async move {
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        if !skip_request(&mut r).await {
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+        );
+        if w.write_all(head.as_bytes()).await.is_err()
+            || !write_blocks(&mut w, &block, total, &written).await
+        {
+            return;
+        }
+        let _ = w.shutdown().await;
+    })
+}
+
+/// A TCP service that writes 64 KiB blocks to every connection without end (and discards
+/// what it receives). The counter holds the bytes written so far over all connections.
+pub async fn endless() -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind endless");
+    block_server(l, 3, |s, block, written| async move {
+        let (mut r, mut w) = s.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+        });
+        while w.write_all(&block).await.is_ok() {
+            written.fetch_add(block.len() as u64, Ordering::Relaxed);
+        }
+    })
+}
+
+/// A web service: `GET /` and `GET /big` answer `size` bytes (Content-Length, 64 KiB blocks,
+/// as fast as the peer takes them); any other path answers `ok`. One request per connection.
+/// Its sockets have a 64 KiB send buffer, so a download that is not read stalls the service
+/// after a little, as a real server's would, instead of filling MiBs of kernel buffer per
+/// connection (which on loopback costs this process's CPU, not tunneld's). The counter holds
+/// the body bytes written over all connections.
+pub async fn download(size: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(64 << 10).expect("SO_SNDBUF");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let l = socket.listen(1024).expect("listen");
+    block_server(l, 9, move |mut c, block, written| async move {
+        let mut head = Vec::new();
+        if !read_head(&mut c, &mut head).await {
+            return;
+        }
+        if head.starts_with(b"GET /big ") || head.starts_with(b"GET / ") {
+            let h = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+            );
+            if c.write_all(h.as_bytes()).await.is_err()
+                || !write_blocks(&mut c, &block, size, &written).await
+            {
+                return;
+            }
+        } else {
+            let _ = c
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+        }
+        let _ = c.shutdown().await;
+    })
+}
+
+/// An HTTP service whose every answer has a 300,000-byte header (one request per connection).
+pub async fn big_response_head() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if !read_head(&mut c, &mut Vec::new()).await {
+                    return;
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    "b".repeat(300_000)
+                );
+                let _ = c.write_all(answer.as_bytes()).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP service with keep-alive that answers each request (`200`, body `ok`) only after
+/// `delay`, so a visitor's cancel finds the stream still open on the tunnel.
+pub async fn slow_http(delay: std::time::Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                for _ in 0..1000 {
+                    if !read_head(&mut c, &mut head).await {
+                        return;
+                    }
+                    let end = head
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(0, |i| i + 4);
+                    head.drain(..end);
+                    tokio::time::sleep(delay).await;
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if c.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Serves every connection of `l` with `serve(connection, block, written)` on its own task:
+/// `block` is 64 KiB of [`crate::pattern`] (`seed`), `written` the counter answered with the
+/// address.
+fn block_server<F, Fut>(l: TcpListener, seed: u64, serve: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(TcpStream, Arc<Vec<u8>>, Arc<AtomicU64>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = l.local_addr().expect("addr");
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let block = Arc::new(crate::pattern(64 << 10, seed));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s, block.clone(), written.clone()));
+        }
+    });
+    (addr, counter)
+}
+
+/// Writes `total` bytes, `block` after `block` (the last one cut), counting them in
+/// `written`; false when the peer went away first.
+async fn write_blocks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    block: &[u8],
+    total: u64,
+    written: &AtomicU64,
+) -> bool {
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        if w.write_all(&block[..n]).await.is_err() {
+            return false;
+        }
+        written.fetch_add(n as u64, Ordering::Relaxed);
+        left -= n as u64;
+    }
+    true
+}
+
+/// Reads into `head` until it holds a blank line (the end of a request head); false when the
+/// connection ended first or the head grew past 1 MiB.
+async fn read_head<R: AsyncRead + Unpin>(r: &mut R, head: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 1 << 20 {
+            return false;
+        }
+    }
+    true
 }

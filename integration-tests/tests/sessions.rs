@@ -1,0 +1,188 @@
+//! Many sessions per client id: tunnelc processes sharing one token serve their own tunnels
+//! side by side, a claim held by a live session is refused with that session named (no
+//! flapping), the same tunnelc reconnecting or a holder that no longer answers gives the claim
+//! up at once, and TPoT names follow the same rule.
+
+use anyhow::{anyhow, Context, Result};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunneld_core::proto::{
+    encode_frame, read_frame, Hello, ServerHello, TunnelKind, TunnelRequest,
+};
+use tunneld_integration_tests::{services, TestClient, TestServer, ALICE_TOKEN, WAIT};
+
+async fn echo_roundtrip(addr: std::net::SocketAddr) -> Result<()> {
+    let mut s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(b"ping-0123456789ab").await?;
+    let mut back = [0u8; 17];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await??;
+    anyhow::ensure!(&back == b"ping-0123456789ab", "echo mismatch");
+    Ok(())
+}
+
+fn tcp_tunnel(name: &str, local: std::net::SocketAddr, port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("  {name}: {{ type: tcp, local: \"{local}\", remote_port: {p} }}\n"),
+        None => format!("  {name}: {{ type: tcp, local: \"{local}\" }}\n"),
+    }
+}
+
+/// The sessions `GET /clients` lists for `client`.
+async fn sessions_of(server: &TestServer, client: &str) -> Result<Vec<serde_json::Value>> {
+    let (code, body) = server.admin_call("GET", "/clients", None).await;
+    anyhow::ensure!(code == 200, "GET /clients: {code} {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["client_id"] == client)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tunnelc_with_one_token_serve_side_by_side_and_conflicts_are_refused() -> Result<()> {
+    let server = TestServer::start_web("").await?;
+    let (a_local, b_local) = (services::echo().await, services::echo().await);
+    let port = server.range.0 + 3;
+
+    // Two tunnelc with alice's token on two transports, different tunnels.
+    let mut a = TestClient::spawn(
+        server.client_config(ALICE_TOKEN, &tcp_tunnel("a", a_local, Some(port)))?,
+    );
+    let a_ep = a.endpoint("a").await?;
+    let mut b =
+        TestClient::spawn(server.h2_client_config(ALICE_TOKEN, &tcp_tunnel("b", b_local, None))?);
+    let b_ep = b.endpoint("b").await?;
+    for _ in 0..5 {
+        echo_roundtrip(a_ep).await.context("tunnel a")?;
+        echo_roundtrip(b_ep).await.context("tunnel b")?;
+    }
+    let listed = sessions_of(&server, "alice").await?;
+    assert_eq!(listed.len(), 2, "both sessions listed: {listed:?}");
+    assert!(
+        listed.iter().all(|s| s["instance"].is_string()),
+        "{listed:?}"
+    );
+    let a_session = listed
+        .iter()
+        .find(|s| s["transport"] == "edge")
+        .map(|s| s["session"].clone())
+        .ok_or_else(|| anyhow!("no yamux session in {listed:?}"))?;
+
+    // A third tunnelc asking for a's port is refused, names the holder, and stops.
+    let sessions_before = server
+        .metrics()
+        .await
+        .get("tunneld_sessions_total", &[("transport", "edge")]);
+    let mut c = TestClient::spawn(
+        server.client_config(ALICE_TOKEN, &tcp_tunnel("c", a_local, Some(port)))?,
+    );
+    let refused = c.connected().await;
+    assert!(
+        refused.is_err(),
+        "the conflicting tunnelc must not connect: {refused:?}"
+    );
+    let err = tokio::time::timeout(WAIT, c.task)
+        .await??
+        .expect_err("the conflicting tunnelc ends with an error");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "port {port} is held by another session of client `alice`"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("session {a_session}")) && text.contains("edge from 127.0.0.1"),
+        "{text}"
+    );
+    // No flapping: a still serves, and its session was not replaced.
+    for _ in 0..5 {
+        echo_roundtrip(a_ep)
+            .await
+            .context("tunnel a after the refusal")?;
+    }
+    let listed = sessions_of(&server, "alice").await?;
+    assert!(
+        listed.iter().any(|s| s["session"] == a_session),
+        "{listed:?}"
+    );
+    let m = server.metrics().await;
+    assert_eq!(
+        m.get("tunneld_sessions_total", &[("transport", "edge")]),
+        sessions_before + 1.0,
+        "one refused session, no replacement loop"
+    );
+    assert!(m.get("tunneld_session_conflicts_total", &[("outcome", "refused")]) >= 1.0);
+
+    // Stopping a frees its port for the next tunnelc at once.
+    a.shutdown().await?;
+    let started = Instant::now();
+    let mut d = TestClient::spawn(
+        server.client_config(ALICE_TOKEN, &tcp_tunnel("a", a_local, Some(port)))?,
+    );
+    let d_ep = d.endpoint("a").await?;
+    assert_eq!(d_ep.port(), port);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    echo_roundtrip(d_ep).await?;
+    echo_roundtrip(b_ep).await.context("tunnel b untouched")?;
+    d.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A session that completed its hello, then went silent: it holds its port until a newer
+/// session asks for the port, probes it, and replaces it within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_does_not_answer_is_replaced_within_a_second() -> Result<()> {
+    let server = TestServer::start().await?;
+    let local = services::echo().await;
+    let port = server.range.0 + 4;
+    let mut silent = server.tls_connect().await;
+    let hello = Hello {
+        version: tunneld_core::proto::VERSION,
+        token: Some(ALICE_TOKEN.into()),
+        tunnels: vec![TunnelRequest {
+            name: "web".into(),
+            kind: TunnelKind::Tcp,
+            remote_port: Some(port),
+            frontend: None,
+            proxy_protocol: None,
+            subdomain: None,
+        }],
+        accept_server_mappings: false,
+        agent: "silent".into(),
+        max_streams: None,
+        instance: Some("silent-instance".into()),
+    };
+    let mut out = tunneld_core::proto::MAGIC.to_vec();
+    out.extend(encode_frame(&hello)?);
+    silent.write_all(&out).await?;
+    let answer: ServerHello = tokio::time::timeout(WAIT, read_frame(&mut silent)).await??;
+    assert!(matches!(answer, ServerHello::Welcome { .. }), "{answer:?}");
+
+    let started = Instant::now();
+    let mut c = TestClient::spawn(
+        server.client_config(ALICE_TOKEN, &tcp_tunnel("web", local, Some(port)))?,
+    );
+    let ep = c.endpoint("web").await?;
+    let took = started.elapsed();
+    assert_eq!(ep.port(), port);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    echo_roundtrip(ep).await?;
+    let m = server.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_session_conflicts_total",
+            &[("outcome", "replaced")]
+        ) >= 1.0
+    );
+    c.shutdown().await?;
+    drop(silent);
+    Ok(())
+}
