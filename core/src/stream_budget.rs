@@ -105,6 +105,10 @@ impl Drop for BudgetPermit {
 pub struct StallGuard<T> {
     inner: T,
     timeout: Duration,
+    /// When the current run of pending writes began; `None` while writes make progress.
+    pending_since: Option<tokio::time::Instant>,
+    /// Made once, on the first pending write, and only moved when it fires early: progress
+    /// costs no timer work at all (this wraps every visitor stream on the data path).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     stalled: Option<IntCounter>,
     /// Given back when the stream is dropped.
@@ -117,6 +121,7 @@ impl<T> StallGuard<T> {
         Self {
             inner,
             timeout,
+            pending_since: None,
             timer: None,
             stalled,
             _permit: None,
@@ -129,26 +134,36 @@ impl<T> StallGuard<T> {
         self
     }
 
-    /// Called with the inner poll's result: progress disarms the timer, a pending write
-    /// arms it, and an expired timer turns the pending write into an error.
+    /// Called with the inner poll's result: progress ends a pending run, a pending write
+    /// starts one (the timer wakes this task by its end at the latest), and a run as long as
+    /// the timeout turns the pending write into an error.
     fn check<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if r.is_ready() {
-            self.timer = None;
+            self.pending_since = None;
             return r;
         }
         let timeout = self.timeout;
+        let since = *self
+            .pending_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let due = since + timeout;
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.timer = None;
-            if let Some(c) = &self.stalled {
-                c.inc();
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        // The timer may have been set for an earlier run: when it fires before this run's
+        // end, move it and wait again.
+        while timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= due {
+                self.pending_since = None;
+                if let Some(c) = &self.stalled {
+                    c.inc();
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer accepted no bytes for {timeout:?}"),
+                )));
             }
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer accepted no bytes for {timeout:?}"),
-            )));
+            timer.as_mut().reset(due);
         }
         Poll::Pending
     }
@@ -230,5 +245,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_that_progress_never_time_out() {
+        // A reader that takes 16 bytes every 20 ms: each write waits, none stalls for 50 ms.
+        let (a, mut b) = tokio::io::duplex(16);
+        let counter = IntCounter::new("s", "s").expect("counter");
+        let mut g = StallGuard::new(a, Duration::from_millis(50), Some(counter.clone()));
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut got = 0;
+            let mut buf = [0u8; 16];
+            while got < 256 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                got += b.read(&mut buf).await.unwrap_or(0);
+            }
+        });
+        g.write_all(&[0u8; 256]).await.expect("slow but steady");
+        reader.await.expect("reader");
+        assert_eq!(counter.get(), 0);
     }
 }
