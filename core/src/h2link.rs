@@ -97,6 +97,11 @@ impl H2Tuning {
         Self {
             connection_window: u32::try_from(w.min(i32::MAX as u64)).unwrap_or(i32::MAX as u32),
             max_header_list_size: self.max_header_list_size.max(limits.link_header_list()),
+            // Every visitor that gives up cancels its stream while the other end may still be
+            // sending on it; the frames that cross the cancellation are answered with resets
+            // h2 counts as protocol errors. On a link they are routine, so they must never
+            // add up to a GOAWAY (which would end every tunnel of the client).
+            max_local_error_resets: self.max_local_error_resets.max(1 << 16),
             ..self
         }
     }
@@ -133,7 +138,9 @@ impl H2Tuning {
             .max_frame_size(self.max_frame_size)
             .max_header_list_size(self.max_header_list_size)
             .max_send_buf_size(self.max_send_buf_size)
-            .max_concurrent_reset_streams(self.max_pending_reset_streams.min(1024))
+            // Remember every stream cancelled recently, so late frames on it are dropped
+            // quietly instead of being answered as errors.
+            .max_concurrent_reset_streams(self.max_concurrent_streams as usize)
             .max_pending_accept_reset_streams(self.max_pending_reset_streams)
             .max_local_error_reset_streams(self.max_local_error_resets)
             .keep_alive_interval(keepalive)

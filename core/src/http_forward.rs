@@ -260,7 +260,7 @@ pub async fn http1_over(
     let resp = send.send_request(req).await.map_err(|e| {
         if e.is_parse_too_large() {
             OpenError::LocalRefused(format!(
-                "the local service answered with a response head over {max_head} bytes"
+                "the local service answered with a response head over the limit ({max_head} bytes, 100 fields)"
             ))
         } else if e.is_incomplete_message() || e.is_closed() {
             OpenError::LocalRefused(format!("the local service closed the connection: {e}"))

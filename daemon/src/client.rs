@@ -281,6 +281,7 @@ pub async fn run(
                     return Err(anyhow::anyhow!("{why}"));
                 }
                 keep_names(&mut hello, &tunnels);
+                drop_conflicts(&mut hello, &tunnels);
                 let _ = events.send(ClientEvent::Connected { client_id, tunnels });
                 let (utx, mut urx) = mpsc::unbounded_channel();
                 let ev = events.clone();
@@ -313,6 +314,23 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Stops asking for tunnels another live session of this client holds: after a reconnect
+/// (a tunneld restart, say) asking again would race the holder and could take its port or
+/// name from it. Restart tunnelc to ask again.
+fn drop_conflicts(hello: &mut Hello, tunnels: &[TunnelStatus]) {
+    hello.tunnels.retain(|t| {
+        let held = tunnels.iter().find(|s| s.name == t.name).and_then(|s| {
+            s.error
+                .as_deref()
+                .filter(|e| e.contains("held by another session"))
+        });
+        if let Some(e) = held {
+            tracing::warn!(tunnel = %t.name, "not asked for again until tunnelc restarts: {e}");
+        }
+        held.is_none()
+    });
 }
 
 /// Asks for the names tunneld picked again after a reconnect, so a random subdomain stays.

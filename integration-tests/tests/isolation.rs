@@ -496,3 +496,61 @@ async fn cancelled_streams_do_not_end_the_session() -> Result<()> {
     alice.shutdown().await.ok();
     verdict(problems)
 }
+
+/// curl (a real HTTP/2 client) runs 200 parallel downloads from the victim and gives up after
+/// a fraction of a second, again and again for the attack's length: every stream is
+/// cancelled while tunnelc's DATA for it is in flight. tunneld must forget those streams
+/// quietly: h2's guard against peers that provoke resets (`locally-reset streams reached
+/// limit`) ended the whole link before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_downloads_do_not_end_the_session() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = server(false, &[]).await?;
+    let (victim, written) = services::download(100 << 20).await;
+    let neighbour = services::http_body(4096).await;
+    let tunnels = http_tunnels(&[("victim", victim), ("nb", neighbour)]);
+    let (mut alice, _) = attack::alice(&s, Via::H2Reverse, &tunnels).await?;
+    let mark = SessionMark::take(&s, Via::H2Reverse).await?;
+    let probe = Neighbour::start(Probe::https(&s, "nb", Some(4096)));
+    let url = format!("https://victim.localhost:{}/big", s.web().port());
+    let ca = s.ca_file().display().to_string();
+    let deadline = Instant::now() + ATTACK;
+    let mut rounds = 0u32;
+    while Instant::now() < deadline && rounds < 40 {
+        rounds += 1;
+        let give_up = format!("0.{}", 3 + rounds % 5);
+        let mut args: Vec<&str> = vec![
+            "-s",
+            "--http2",
+            "--parallel",
+            "--parallel-max",
+            "200",
+            "-m",
+            &give_up,
+            "--cacert",
+            &ca,
+            "-o",
+            "/dev/null",
+        ];
+        args.extend(std::iter::repeat_n(url.as_str(), 200));
+        // curl exits non-zero (28, timed out): that is the attack.
+        let _ = tunneld_integration_tests::process::curl(&args).await?;
+    }
+    let report = probe.finish().await;
+    let mut problems = Vec::new();
+    healthy(
+        &report,
+        "neighbour http tunnel (same session) during cancelled downloads",
+        &mut problems,
+    );
+    if written.load(Ordering::Relaxed) < 8 << 20 {
+        problems.push(format!(
+            "the attack never engaged: {} bytes served in {rounds} rounds",
+            written.load(Ordering::Relaxed)
+        ));
+    }
+    problems.extend(mark.problems(&s, &mut alice).await?);
+    eprintln!("neighbour: {report}; curl rounds: {rounds}");
+    alice.shutdown().await.ok();
+    verdict(problems)
+}

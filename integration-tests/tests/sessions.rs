@@ -186,3 +186,50 @@ async fn a_holder_that_does_not_answer_is_replaced_within_a_second() -> Result<(
     drop(silent);
     Ok(())
 }
+
+/// A tunnel refused because another session of the client holds it is not asked for again
+/// after a reconnect: when tunneld drops both sessions at once (a restart, say), the holder
+/// gets it back whichever tunnelc reconnects first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tunnel_is_not_asked_for_again_so_reconnects_cannot_take_it() -> Result<()> {
+    let server = TestServer::start().await?;
+    let (holder_svc, other_svc) = (
+        services::tagged_echo("holder").await,
+        services::tagged_echo("other").await,
+    );
+    let free_svc = services::echo().await;
+    let port = server.range.0 + 5;
+    let mut h = TestClient::spawn(
+        server.client_config(ALICE_TOKEN, &tcp_tunnel("shared", holder_svc, Some(port)))?,
+    );
+    let shared = h.endpoint("shared").await?;
+    let both = format!(
+        "{}{}",
+        tcp_tunnel("shared", other_svc, Some(port)),
+        tcp_tunnel("free", free_svc, None)
+    );
+    let mut c = TestClient::spawn(server.client_config(ALICE_TOKEN, &both)?);
+    let first = c.connected().await?;
+    let refused = first
+        .iter()
+        .find(|t| t.name == "shared")
+        .and_then(|t| t.error.clone());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("held by another session")),
+        "{first:?}"
+    );
+    for round in 0..5u64 {
+        assert!(server.running.hub.cut("alice"));
+        h.connected().await?;
+        let again = c.connected().await?;
+        assert!(again.iter().all(|t| t.name != "shared"), "{again:?}");
+        let tag = services::visit_tagged(shared, 1000, round).await?;
+        assert_eq!(tag, "holder", "round {round}");
+        echo_roundtrip(tunneld_integration_tests::endpoint_of(&again, "free")?).await?;
+    }
+    h.shutdown().await?;
+    c.shutdown().await?;
+    Ok(())
+}
