@@ -752,9 +752,10 @@ async fn floods_end_in_goaway_while_other_tunnels_keep_working() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2ptth_initiator_from_node_serves_curl() -> Result<()> {
     let s = TestServer::start_web("    compat_2ptth:\n      hostname: legacy.localhost\n").await?;
-    // Nobody connected yet: 502.
+    // Nobody connected yet: 502 with the original's words.
     let (code, body, _) = visit(&s, "legacy.localhost", "/", &[]).await?;
     assert_eq!(code, 502, "{body}");
+    assert_eq!(body, "There is no upstream available\n");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/initiator-2ptth.js");
     let port = s.web().port().to_string();

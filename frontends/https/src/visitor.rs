@@ -225,7 +225,14 @@ impl Conn {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 match up {
-                    None => Err(OpenError::Offline),
+                    // As the original 2ptth answered.
+                    None => {
+                        fe.count("offline");
+                        return pages::text(
+                            StatusCode::BAD_GATEWAY,
+                            "There is no upstream available",
+                        );
+                    }
                     Some(o) => {
                         with_timeout(
                             timeout,

@@ -239,9 +239,10 @@ impl Mux {
         }
     }
 
-    /// Opens a conversation (the server side): allocates the next free id (1..=65535,
-    /// wrapping, skipping live ones) and sends the opening message `open(id)`. With `ack`,
-    /// the receiver resolves when the peer answers `A` or `N`.
+    /// Opens a conversation (the server side): allocates the next free id (1..=65535, or
+    /// 1..=32767 for original TPoT clients, which read ids as signed 16-bit numbers; wrapping,
+    /// skipping live ones) and sends the opening message `open(id)`. With `ack`, the receiver
+    /// resolves when the peer answers `A` or `N`.
     pub fn open(
         &self,
         open: impl FnOnce(u16) -> Msg,
@@ -251,15 +252,17 @@ impl Mux {
             return Err(OpenRefused::Closed);
         }
         let mut t = self.shared.table();
-        if t.map.len() >= self.shared.max {
+        let top: u16 = if self.shared.native {
+            u16::MAX
+        } else {
+            i16::MAX as u16
+        };
+        if t.map.len() >= self.shared.max.min(usize::from(top)) {
             return Err(OpenRefused::TooMany);
         }
         let mut id = t.next;
         loop {
-            id = id.wrapping_add(1);
-            if id == 0 {
-                id = 1;
-            }
+            id = if id >= top { 1 } else { id + 1 };
             if !t.map.contains_key(&id) {
                 break;
             }
@@ -678,10 +681,33 @@ mod tests {
         drop(a);
         let (c, _) = open(&m).expect("c");
         assert_eq!(c.id(), 3);
-        m.shared.table().next = 65535;
+        m.shared.table().next = 32767;
         drop(c);
         let (d, _) = open(&m).expect("d");
-        assert_eq!(d.id(), 1, "wraps past 65535 to 1, skipping 0 and live 2");
+        assert_eq!(
+            d.id(),
+            1,
+            "TPoT ids wrap past 32767 to 1, skipping 0 and live 2"
+        );
         drop(b);
+        drop(d);
+
+        // tunneld.1 clients take the whole 16-bit range.
+        let (n, _out) = Mux::new(true, 4, MuxMetrics::default());
+        let open_native = |m: &Mux| {
+            m.open(
+                |id| Msg::Open {
+                    id,
+                    header: Bytes::new(),
+                },
+                false,
+            )
+        };
+        n.shared.table().next = 32767;
+        let (e, _) = open_native(&n).expect("e");
+        assert_eq!(e.id(), 32768);
+        n.shared.table().next = 65535;
+        let (f, _) = open_native(&n).expect("f");
+        assert_eq!(f.id(), 1, "wraps past 65535 to 1");
     }
 }
