@@ -10,19 +10,20 @@
 
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::frontend::{Claim, ClaimError, ClaimRequest, Frontend, RouteInfo};
-use crate::http_forward::Body;
 use crate::io::BoxIo;
 use crate::limits::DataLimits;
+pub(crate) use crate::live_sessions::{lock, HeldClaim, Sessions, Via};
+pub use crate::live_sessions::{LiveSession, SessionTarget};
 use crate::mapping::AdminState;
 use crate::metrics::Metrics;
 use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
-use crate::stream_budget::{BudgetPermit, StallGuard, StreamBudget};
+use crate::stream_budget::StreamBudget;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -66,223 +67,6 @@ pub trait Target: Send + Sync + 'static {
     /// skips members that are not.
     fn online(&self) -> bool {
         true
-    }
-}
-
-/// A claim a session holds, with the frontend it is on.
-struct HeldClaim {
-    frontend: String,
-    claim: Claim,
-}
-
-/// A live session as the hub keeps it.
-pub struct LiveSession {
-    pub info: SessionInfo,
-    pub opener: Arc<dyn OpenStream>,
-    /// Cancelled when the session must end (replaced, shutdown, expired).
-    pub closed: CancellationToken,
-    pub accept_server_mappings: bool,
-    tunnels: Mutex<Vec<TunnelStatus>>,
-    claims: Mutex<Vec<HeldClaim>>,
-    /// Provisioned tunnels (leases) this session serves.
-    leased: Mutex<Vec<String>>,
-    budget: Arc<StreamBudget>,
-    limits: DataLimits,
-    transport_name: String,
-    refused: prometheus::IntCounterVec,
-    stalled: prometheus::IntCounter,
-    pub(crate) notify: mpsc::UnboundedSender<Control>,
-}
-
-impl LiveSession {
-    pub fn tunnels(&self) -> Vec<TunnelStatus> {
-        lock(&self.tunnels).clone()
-    }
-
-    fn permit(&self, header: &StreamHeader) -> Result<BudgetPermit, OpenError> {
-        self.budget
-            .acquire(&header.tunnel, header.visitor.ip())
-            .inspect_err(|e| {
-                let reason = match e {
-                    OpenError::Capped(w) if w.contains("address") => "address_cap",
-                    _ => "tunnel_cap",
-                };
-                self.refused
-                    .with_label_values(&[&self.transport_name, reason])
-                    .inc();
-            })
-    }
-
-    /// Opens a visitor stream within the session's stream budget; the stream fails its
-    /// writes when they make no progress for `limits.stream_stall_timeout`.
-    pub async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
-        let permit = self.permit(&header)?;
-        let io = self.opener.open(header).await?;
-        Ok(Box::new(
-            StallGuard::new(
-                io,
-                self.limits.stream_stall_timeout,
-                Some(self.stalled.clone()),
-            )
-            .holding(permit),
-        ))
-    }
-
-    /// Forwards one visitor request within the budget; the permit lives as long as the
-    /// response body.
-    pub async fn request(
-        &self,
-        header: StreamHeader,
-        req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, OpenError> {
-        let permit = self.permit(&header)?;
-        let resp = self.opener.request(header, req).await?;
-        Ok(resp.map(|b| crate::http_forward::holding(b, permit)))
-    }
-
-    /// Whether the session holds `port` or `name` on `frontend`.
-    fn holds(&self, frontend: &str, port: Option<u16>, name: Option<&str>) -> bool {
-        lock(&self.claims).iter().any(|h| {
-            h.frontend == frontend
-                && ((port.is_some() && h.claim.port == port)
-                    || (name.is_some() && h.claim.name.as_deref() == name))
-        })
-    }
-
-    fn uses_lease(&self, tunnel: &str) -> bool {
-        lock(&self.leased).iter().any(|t| t == tunnel)
-    }
-
-    /// Ends the session and releases its claims now (not when its transport notices).
-    fn replace(&self) {
-        self.closed.cancel();
-        drop(std::mem::take(&mut *lock(&self.claims)));
-        lock(&self.leased).clear();
-    }
-
-    /// How the session is named in a refusal: `session 7 (yamux from 1.2.3.4:5, for 12 s)`.
-    pub fn describe(&self) -> String {
-        let age = self
-            .info
-            .connected_at
-            .elapsed()
-            .unwrap_or_default()
-            .as_secs();
-        format!(
-            "session {} ({} from {}, connected {} s ago)",
-            self.info.id, self.info.transport, self.info.remote, age
-        )
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The live sessions of each client, oldest first.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    by_client: Mutex<HashMap<String, Vec<Arc<LiveSession>>>>,
-}
-
-impl Sessions {
-    /// The newest live session of `client`.
-    pub(crate) fn get(&self, client: &str) -> Option<Arc<LiveSession>> {
-        lock(&self.by_client)
-            .get(client)
-            .and_then(|v| v.iter().rev().find(|s| !s.closed.is_cancelled()).cloned())
-    }
-
-    /// Every live session of `client`, oldest first.
-    pub(crate) fn all(&self, client: &str) -> Vec<Arc<LiveSession>> {
-        lock(&self.by_client)
-            .get(client)
-            .map(|v| {
-                v.iter()
-                    .filter(|s| !s.closed.is_cancelled())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn insert(&self, s: Arc<LiveSession>) {
-        lock(&self.by_client)
-            .entry(s.info.client_id.clone())
-            .or_default()
-            .push(s);
-    }
-
-    fn remove(&self, s: &LiveSession) {
-        let mut map = lock(&self.by_client);
-        if let Some(v) = map.get_mut(&s.info.client_id) {
-            v.retain(|x| x.info.id != s.info.id);
-            if v.is_empty() {
-                map.remove(&s.info.client_id);
-            }
-        }
-    }
-}
-
-/// Which session a route's visitors go to, resolved at each visitor.
-enum Via {
-    /// The session that made the claim.
-    Session(Weak<LiveSession>),
-    /// The session that serves a provisioned tunnel (a lease outlives sessions).
-    Lease {
-        sessions: Weak<Sessions>,
-        client_id: String,
-        tunnel: String,
-    },
-    /// The client's newest session (admin mappings name clients, not sessions).
-    Client {
-        sessions: Weak<Sessions>,
-        client_id: String,
-    },
-}
-
-/// A [`Target`] that resolves to a live session through [`Via`].
-pub struct SessionTarget(Via);
-
-impl SessionTarget {
-    fn live(&self) -> Result<Arc<LiveSession>, OpenError> {
-        let found = match &self.0 {
-            Via::Session(s) => s.upgrade().filter(|s| !s.closed.is_cancelled()),
-            Via::Lease {
-                sessions,
-                client_id,
-                tunnel,
-            } => sessions.upgrade().and_then(|all| {
-                all.all(client_id)
-                    .into_iter()
-                    .rev()
-                    .find(|s| s.uses_lease(tunnel))
-            }),
-            Via::Client {
-                sessions,
-                client_id,
-            } => sessions.upgrade().and_then(|s| s.get(client_id)),
-        };
-        found.ok_or(OpenError::Offline)
-    }
-}
-
-#[async_trait]
-impl Target for SessionTarget {
-    async fn open(&self, header: StreamHeader, _: Option<&str>) -> Result<BoxIo, OpenError> {
-        self.live()?.open(header).await
-    }
-
-    async fn request(
-        &self,
-        header: StreamHeader,
-        req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, OpenError> {
-        self.live()?.request(header, req).await
-    }
-
-    fn online(&self) -> bool {
-        self.live().is_ok()
     }
 }
 
@@ -934,17 +718,7 @@ impl Hub {
 
     /// Every live session, by client then age, for `GET /clients`.
     pub fn sessions(&self) -> Vec<Arc<LiveSession>> {
-        let mut v: Vec<_> = lock(&self.sessions.by_client)
-            .values()
-            .flat_map(|v| v.iter().cloned())
-            .collect();
-        v.sort_by(|a, b| {
-            a.info
-                .client_id
-                .cmp(&b.info.client_id)
-                .then(a.info.id.cmp(&b.info.id))
-        });
-        v
+        self.sessions.every()
     }
 
     /// Every route of every frontend, for `GET /tunnels`.

@@ -5,7 +5,8 @@
 //! - [`io`]: the one stream type ([`io::BoxIo`]) and [`splice`], the two-way copier.
 //! - [`session`]: [`session::OpenStream`], [`session::StreamHeader`], [`session::Session`].
 //! - [`transport`] / [`frontend`]: the plug-in traits, used as trait objects.
-//! - [`hub`]: the registry of live sessions and the claims they hold on frontends.
+//! - [`hub`]: admission, claims and leases; [`live_sessions`]: the live sessions, their
+//!   claims and stream budgets, and the targets that route visitors to them.
 //! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
 //! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
 //! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
@@ -41,6 +42,7 @@ pub mod http_forward;
 pub mod hub;
 pub mod io;
 pub mod limits;
+pub mod live_sessions;
 pub mod mapping;
 pub mod metrics;
 pub mod proto;

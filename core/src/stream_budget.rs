@@ -69,7 +69,8 @@ impl StreamBudget {
     }
 
     /// Open streams of `tunnel`.
-    pub fn open_for_tunnel(&self, tunnel: &str) -> usize {
+    #[cfg(test)]
+    fn open_for_tunnel(&self, tunnel: &str) -> usize {
         self.lock().per_tunnel.get(tunnel).copied().unwrap_or(0)
     }
 }
