@@ -31,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 /// Maximum tunnels one hello may request.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;
 
+/// Longest instance id a hello may carry (tunnelc sends 32 hex digits).
+pub const MAX_INSTANCE_ID: usize = 128;
+
 /// How long a session holding a claim has to answer before a newer session of the same client
 /// takes the claim over.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
@@ -400,6 +403,19 @@ impl Hub {
                     transport,
                     "bad_request",
                     format!("tunnel name `{}` appears twice", t.name),
+                    true,
+                ));
+            }
+        }
+        if let Some(i) = &hello.instance {
+            if i.is_empty() || i.len() > MAX_INSTANCE_ID || !i.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(self.refuse(
+                    transport,
+                    "bad_request",
+                    format!(
+                        "instance id is invalid: use 1-{MAX_INSTANCE_ID} printable ASCII characters"
+                    ),
                     true,
                 ));
             }

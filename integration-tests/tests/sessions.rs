@@ -233,3 +233,35 @@ async fn a_refused_tunnel_is_not_asked_for_again_so_reconnects_cannot_take_it() 
     c.shutdown().await?;
     Ok(())
 }
+
+/// An instance id must be short printable text: anything else is refused at the hello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_instance_id_is_refused() -> Result<()> {
+    let server = TestServer::start().await?;
+    for bad in ["x".repeat(129), String::new(), "a b".into()] {
+        let mut tls = server.tls_connect().await;
+        let hello = Hello {
+            version: tunneld_core::proto::VERSION,
+            token: Some(ALICE_TOKEN.into()),
+            tunnels: Vec::new(),
+            accept_server_mappings: false,
+            agent: "bad instance".into(),
+            max_streams: None,
+            instance: Some(bad.clone()),
+        };
+        let mut out = tunneld_core::proto::MAGIC.to_vec();
+        out.extend(encode_frame(&hello)?);
+        tls.write_all(&out).await?;
+        let answer: ServerHello = tokio::time::timeout(WAIT, read_frame(&mut tls)).await??;
+        match answer {
+            ServerHello::Rejected { reason, permanent } => {
+                assert!(
+                    permanent && reason.contains("instance id is invalid"),
+                    "{reason}"
+                );
+            }
+            other => return Err(anyhow!("{bad:?} was admitted: {other:?}")),
+        }
+    }
+    Ok(())
+}
