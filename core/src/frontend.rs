@@ -19,7 +19,13 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct FrontendContext {
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the drain begins: new visitors are turned away from then on.
     pub shutdown: CancellationToken,
+    /// Cancelled when the drain ends: listeners that also take tunnel clients (a shared
+    /// https port, rendezvous parking) keep accepting them until then.
+    pub closing: CancellationToken,
+    /// Visitors: the drain waits for everything tracked here (hold a `token()` per visitor
+    /// connection; never track a tunnel client's connection here).
     pub tasks: TaskTracker,
     /// Head sizes, stream caps and the stall timeout (`limits:`).
     pub limits: crate::limits::DataLimits,

@@ -11,7 +11,8 @@
 //! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
 //! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
 //!   [`ca_sign`]: the CA signing a tunnel's CSR for the names it owns.
-//! - [`limits`]: pending-handshake caps and the data-path limits; [`stream_budget`]: stream
+//! - [`limits`]: connection and handshake caps per address, and the data-path limits;
+//!   [`idle`]: idle deadlines for visitor connections; [`stream_budget`]: stream
 //!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
@@ -40,6 +41,7 @@ pub mod hostglob;
 pub mod http1;
 pub mod http_forward;
 pub mod hub;
+pub mod idle;
 pub mod io;
 pub mod limits;
 pub mod live_sessions;

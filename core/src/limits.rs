@@ -1,12 +1,14 @@
-//! Caps on pending handshakes, overall and per source address, so a flood of slow peers can
-//! neither exhaust memory nor starve honest clients of handshake slots.
+//! Caps on open connections and pending handshakes, overall and per source address, so a
+//! flood of slow or idle peers from one address can neither exhaust memory nor starve honest
+//! clients of slots; and the data-path limits every component applies.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// Slots (connections, or handshakes in progress) counted overall and per source address.
 #[derive(Debug)]
-pub struct HandshakeLimiter {
+pub struct AddressLimiter {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<State>,
@@ -18,7 +20,10 @@ struct State {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-/// Why a handshake slot was refused.
+/// The transports' cap on handshakes in progress.
+pub type HandshakeLimiter = AddressLimiter;
+
+/// Why a slot was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Total,
@@ -32,16 +37,24 @@ impl Refused {
             Refused::PerAddress => "too_many_pending_from_address",
         }
     }
+
+    /// The metric reason when the slot is an open visitor connection.
+    pub fn connection_reason(self) -> &'static str {
+        match self {
+            Refused::Total => "too_many_connections",
+            Refused::PerAddress => "too_many_from_address",
+        }
+    }
 }
 
 /// A held slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Permit {
-    limiter: Arc<HandshakeLimiter>,
+    limiter: Arc<AddressLimiter>,
     ip: IpAddr,
 }
 
-impl HandshakeLimiter {
+impl AddressLimiter {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total,
@@ -91,7 +104,7 @@ mod tests {
 
     #[test]
     fn caps_total_and_per_address() {
-        let l = HandshakeLimiter::new(3, 2);
+        let l = AddressLimiter::new(3, 2);
         let a: IpAddr = "127.0.0.1".parse().expect("ip");
         let b: IpAddr = "127.0.0.2".parse().expect("ip");
         let p1 = l.try_acquire(a).expect("1");
@@ -122,6 +135,13 @@ pub struct DataLimits {
     /// A stream whose writes make no progress for this long (a visitor that stopped reading,
     /// or a service that did) is reset.
     pub stream_stall_timeout: std::time::Duration,
+    /// Visitor connections open at once from one source address on one listener.
+    pub max_connections_per_address: usize,
+    /// A spliced visitor connection (TCP port, TLS passthrough, rendezvous, websocket
+    /// conversation) with no byte either way for this long is closed; zero: never.
+    pub idle_timeout: std::time::Duration,
+    /// An HTTP visitor connection with no request in progress for this long is closed.
+    pub http_idle_timeout: std::time::Duration,
 }
 
 /// The default head limit, 64 KiB (what trusted proxies accept: about 60 KiB).
@@ -135,6 +155,9 @@ impl Default for DataLimits {
             max_streams_per_tunnel: 1024,
             max_streams_per_address: 1024,
             stream_stall_timeout: std::time::Duration::from_secs(60),
+            max_connections_per_address: 1024,
+            idle_timeout: std::time::Duration::from_secs(600),
+            http_idle_timeout: std::time::Duration::from_secs(75),
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub streams_refused_total: IntCounterVec,
     pub streams_stalled_total: IntCounterVec,
     pub session_conflicts_total: IntCounterVec,
+    pub visitors_idle_closed_total: IntCounterVec,
 }
 
 fn counter(
@@ -301,6 +302,12 @@ impl Metrics {
                 "tunneld_session_conflicts_total",
                 "Claims asked for by a second session of a client while another session held them, by outcome (refused: the holder answered its probe; replaced: it did not, or it was the same tunnelc)",
                 &["outcome"],
+            )?,
+            visitors_idle_closed_total: counter(
+                &r,
+                "tunneld_visitors_idle_closed_total",
+                "Visitor connections closed for idling: no request (HTTP, limits.http_idle_timeout; before the first request the frontend's header_timeout) or no byte either way (spliced, limits.idle_timeout)",
+                &["frontend"],
             )?,
             registry: r,
         })

@@ -3,10 +3,10 @@
 //! peer that vanished without a FIN is found), and one deadline for the TLS handshake.
 
 use crate::io::BoxIo;
+use crate::limits::AddressLimiter;
 use crate::metrics::Metrics;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -91,8 +91,12 @@ pub struct ListenerSpec {
     pub tls: Option<TlsAcceptor>,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one source address.
+    pub max_per_address: usize,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The connection tasks (a handler that serves a visitor holds a token of the drain's
+    /// tracker itself: tunnel clients on the same listener must not hold up a drain).
     pub tasks: TaskTracker,
 }
 
@@ -104,23 +108,26 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = AddressLimiter::new(spec.max_connections, spec.max_per_address);
     let spec = Arc::new(spec);
     loop {
         let Some((tcp, peer)) = accept_next(&listener, &spec.shutdown, &spec.component).await
         else {
             break;
         };
-        if open.load(Ordering::Relaxed) >= spec.max_connections {
-            spec.metrics
-                .stream_open_failures_total
-                .with_label_values(&[&spec.component, "too_many_connections"])
-                .inc();
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
-        let (spec2, open2, handler) = (spec.clone(), open.clone(), handler.clone());
+        let permit = match open.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(refused) => {
+                spec.metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[&spec.component, refused.connection_reason()])
+                    .inc();
+                continue;
+            }
+        };
+        let (spec2, handler) = (spec.clone(), handler.clone());
         spec.tasks.spawn(async move {
+            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             set_keepalive(&tcp);
             let local = tcp.local_addr().unwrap_or(peer);
@@ -132,7 +139,6 @@ where
                     cert_cn: None,
                 })
                 .await;
-                open2.fetch_sub(1, Ordering::Relaxed);
                 return;
             };
             match tokio::time::timeout(spec2.handshake_timeout, tls.accept(tcp)).await {
@@ -167,7 +173,6 @@ where
                         .inc();
                 }
             }
-            open2.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

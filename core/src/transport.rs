@@ -25,10 +25,16 @@ pub struct TransportContext {
     pub limiter: Arc<HandshakeLimiter>,
     /// One deadline for TLS, hello and authentication together.
     pub handshake_timeout: Duration,
-    /// Cancelled when tunneld stops accepting.
+    /// Cancelled when the drain ends: stop accepting tunnel clients. Sessions end through
+    /// the hub (`close_all`), not through this token, so their streams drain first.
     pub shutdown: CancellationToken,
-    /// Tracks per-connection tasks so shutdown can drain them.
+    /// Cancelled when the drain begins: a transport that also takes visitors (the websocket
+    /// port) turns new ones away from then on.
+    pub draining: CancellationToken,
+    /// This transport's connection tasks (not waited for by the drain).
     pub tasks: TaskTracker,
+    /// Visitors: the drain waits for everything tracked here.
+    pub visitors: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]

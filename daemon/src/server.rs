@@ -40,7 +40,10 @@ pub struct Running {
     pub control: Option<crate::control::Bound>,
     /// Fingerprint of the server certificate, for `tls.pin`.
     pub fingerprint: String,
+    /// Cancelled when the drain begins (visitors are turned away).
     accepting: CancellationToken,
+    /// Cancelled when the drain ends (tunnel-client listeners close).
+    closing: CancellationToken,
     draining: CancellationToken,
     visitors: TaskTracker,
     drain_timeout: Duration,
@@ -49,6 +52,9 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets open visitor streams finish for up to the drain timeout, then
     /// ends every session. Returns whether everything drained in time.
+    /// Tunnel clients stay connected (and may reconnect) during the drain, since their
+    /// sessions carry the streams that are draining; after it, the listeners close first and
+    /// then every session ends, so clients reconnect to the next tunneld.
     pub async fn stop(&self) -> bool {
         self.accepting.cancel();
         self.draining.cancel();
@@ -59,6 +65,7 @@ impl Running {
         if !drained {
             tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; closing open streams");
         }
+        self.closing.cancel();
         self.hub.close_all();
         drained
     }
@@ -155,10 +162,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     };
 
     let accepting = CancellationToken::new();
+    let closing = CancellationToken::new();
     let visitors = TaskTracker::new();
     let fcx = FrontendContext {
         metrics: metrics.clone(),
         shutdown: accepting.clone(),
+        closing: closing.clone(),
         tasks: visitors.clone(),
         limits: cfg.limits.data(),
     };
@@ -207,7 +216,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                     auth.clone(),
                     metrics.clone(),
                     cfg.limits.handshake_timeout,
-                    cfg.limits.max_request_head,
+                    cfg.limits.data(),
                 )
                 .await
                 .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
@@ -323,8 +332,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             metrics: metrics.clone(),
             limiter: limiter.clone(),
             handshake_timeout: cfg.limits.handshake_timeout,
-            shutdown: accepting.clone(),
+            shutdown: closing.clone(),
+            draining: accepting.clone(),
             tasks: TaskTracker::new(),
+            visitors: visitors.clone(),
         };
         let name = name.clone();
         tokio::spawn(async move {
@@ -393,6 +404,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         control: control.map(|(_, b)| b),
         fingerprint,
         accepting,
+        closing,
         draining,
         visitors,
         drain_timeout: cfg.limits.drain_timeout,

@@ -905,3 +905,47 @@ async fn rendezvous_cli_adds_lists_and_removes_ids() -> Result<()> {
     assert!(!ok && out.contains("no rendezvous id"), "{out}");
     Ok(())
 }
+
+/// Tunnel names and rendezvous ids are one namespace on a rendezvous frontend: a name that
+/// is someone's id is refused, and an id made while a name of that label is claimed takes
+/// the label over (`CONNECT <label>:<port>` reaches the id's hidden servers, never the name's
+/// service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_name_never_captures_a_rendezvous_id() -> Result<()> {
+    let s = server().await?;
+    let local = services::http().await;
+    add_id(&s, "r1", Some("bob")).await?;
+    let mut alice = TestClient::spawn(s.client_config(
+        ALICE_TOKEN,
+        &format!("  r1:\n    local: \"{local}\"\n    frontend: rdv\n"),
+    )?);
+    assert!(alice.connected().await.is_err());
+    let err = tokio::time::timeout(WAIT, alice.task)
+        .await??
+        .expect_err("alice's tunnelc stops")
+        .to_string();
+    assert!(err.contains("`r1` is a rendezvous id"), "{err}");
+
+    // A name first, then an id of the same label: the id owns it.
+    let mut alice = TestClient::spawn(s.client_config(
+        ALICE_TOKEN,
+        &format!("  later:\n    local: \"{local}\"\n    frontend: rdv\n"),
+    )?);
+    alice.connected().await?;
+    add_id(&s, "later", Some("bob")).await?;
+    let basic = format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("visitor:{VISITOR_PASSWORD}").as_bytes())
+    );
+    let got = raw_request(
+        &s,
+        &format!("CONNECT later:80 HTTP/1.1\r\nProxy-Authorization: {basic}\r\n\r\nGET / HTTP/1.1\r\nHost: later\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        got.starts_with("HTTP/1.1 502 ") && got.contains("no hidden server is waiting"),
+        "{got}"
+    );
+    alice.stop.cancel();
+    Ok(())
+}

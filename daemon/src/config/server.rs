@@ -159,6 +159,15 @@ pub struct Limits {
     /// A visitor stream whose writes make no progress this long is reset.
     #[serde(default = "d60s", with = "serde_human")]
     pub stream_stall_timeout: Duration,
+    /// Visitor connections open at once from one source address on one listener.
+    #[serde(default = "d1024")]
+    pub max_connections_per_address: usize,
+    /// A spliced visitor connection with no byte either way this long is closed; 0s: never.
+    #[serde(default = "d10m", with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// An HTTP visitor connection with no request in progress this long is closed.
+    #[serde(default = "d75s", with = "serde_human")]
+    pub http_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -170,6 +179,9 @@ impl Limits {
             max_streams_per_tunnel: self.max_streams_per_tunnel,
             max_streams_per_address: self.max_streams_per_address,
             stream_stall_timeout: self.stream_stall_timeout,
+            max_connections_per_address: self.max_connections_per_address,
+            idle_timeout: self.idle_timeout,
+            http_idle_timeout: self.http_idle_timeout,
         }
     }
 }
@@ -182,6 +194,9 @@ fn d1024() -> usize {
 }
 fn d60s() -> Duration {
     Duration::from_secs(60)
+}
+fn d75s() -> Duration {
+    Duration::from_secs(75)
 }
 
 fn d10s() -> Duration {
@@ -210,6 +225,9 @@ impl Default for Limits {
             max_streams_per_tunnel: d1024(),
             max_streams_per_address: d1024(),
             stream_stall_timeout: d60s(),
+            max_connections_per_address: d1024(),
+            idle_timeout: d10m(),
+            http_idle_timeout: d75s(),
         }
     }
 }
@@ -505,6 +523,15 @@ impl ServerConfig {
         }
         if raw.limits.stream_stall_timeout < Duration::from_secs(1) {
             errors.push("limits.stream_stall_timeout: must be at least 1s".into());
+        }
+        if raw.limits.max_connections_per_address == 0 {
+            errors.push("limits.max_connections_per_address: must be at least 1".into());
+        }
+        if !raw.limits.idle_timeout.is_zero() && raw.limits.idle_timeout < Duration::from_secs(1) {
+            errors.push("limits.idle_timeout: must be at least 1s (or 0s for never)".into());
+        }
+        if raw.limits.http_idle_timeout < Duration::from_secs(1) {
+            errors.push("limits.http_idle_timeout: must be at least 1s".into());
         }
         if raw.rendezvous.max_parked_per_id == 0 || raw.rendezvous.max_parked_per_id > 1024 {
             errors.push("rendezvous.max_parked_per_id: must be 1-1024".into());

@@ -8,7 +8,6 @@ use crate::frontend::HttpsFrontend;
 use crate::names::Lookup;
 use crate::visitor;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -16,7 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::h2link::{self, ALPN_2PTTH};
+use tunneld_core::idle::{Activity, Touching};
 use tunneld_core::io::Prefixed;
+use tunneld_core::limits::AddressLimiter;
 use tunneld_core::proto::TunnelKind;
 use tunneld_core::session::StreamHeader;
 use tunneld_core::sni::{self, SniError};
@@ -25,23 +26,35 @@ use tunneld_core::tls::common_name;
 use tunneld_core::tls_listener::{accept_next, set_keepalive};
 
 pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: FrontendContext) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = AddressLimiter::new(
+        fe.cfg.max_connections,
+        fe.limits.max_connections_per_address,
+    );
+    // Tunnel clients that share the port keep reaching it during the drain.
+    let until = if fe.shared.is_some() {
+        cx.closing.clone()
+    } else {
+        cx.shutdown.clone()
+    };
     loop {
-        let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &fe.name).await else {
+        let Some((tcp, peer)) = accept_next(&listener, &until, &fe.name).await else {
             break;
         };
-        if open.load(Ordering::Relaxed) >= fe.cfg.max_connections {
-            fe.metrics
-                .stream_open_failures_total
-                .with_label_values(&[&fe.name, "too_many_connections"])
-                .inc();
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
-        let (fe, open, shutdown) = (fe.clone(), open.clone(), cx.shutdown.clone());
-        cx.tasks.spawn(async move {
-            connection(&fe, tcp, peer, shutdown).await;
-            open.fetch_sub(1, Ordering::Relaxed);
+        let permit = match open.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(refused) => {
+                fe.metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[&fe.name, refused.connection_reason()])
+                    .inc();
+                continue;
+            }
+        };
+        let (fe, cx) = (fe.clone(), cx.clone());
+        // Not a visitor yet: the connection takes a drain token once it is one.
+        tokio::spawn(async move {
+            connection(&fe, tcp, peer, &cx).await;
+            drop(permit);
         });
     }
 }
@@ -52,8 +65,18 @@ async fn connection(
     fe: &Arc<HttpsFrontend>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: tokio_util::sync::CancellationToken,
+    cx: &FrontendContext,
 ) {
+    let draining = || {
+        let d = cx.shutdown.is_cancelled();
+        if d {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, "draining"])
+                .inc();
+        }
+        d
+    };
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp);
     let local = tcp.local_addr().unwrap_or(peer);
@@ -102,6 +125,10 @@ async fn connection(
             )
         );
         if is_tls {
+            if draining() {
+                return;
+            }
+            let _visiting = cx.tasks.token();
             if let (_, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
                 passthrough(fe, tcp, peeked.bytes, peer, local, sni.as_deref(), members).await;
                 return;
@@ -143,9 +170,13 @@ async fn connection(
         }
         Ok(Ok(Kind::Upstream2ptth(tls))) => upstream_2ptth(fe, Box::new(tls), peer).await,
         Ok(Ok(Kind::Visitor(tls))) => {
+            if draining() {
+                return;
+            }
+            let _visiting = cx.tasks.token();
             // The ALPN the handshake settled on decides the protocol.
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            visitor::serve(fe.clone(), Box::new(tls), peer, local, sni, h2, shutdown).await;
+            visitor::serve(fe.clone(), Box::new(tls), peer, local, sni, h2, cx).await;
         }
         Ok(Err(e)) => {
             fe.metrics
@@ -173,7 +204,7 @@ enum Kind {
 
 async fn passthrough(
     fe: &Arc<HttpsFrontend>,
-    mut visitor: TcpStream,
+    visitor: TcpStream,
     hello: Vec<u8>,
     peer: SocketAddr,
     local: SocketAddr,
@@ -234,8 +265,16 @@ async fn passthrough(
             a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
             b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
         };
-        if let Err(e) = splice(&mut visitor, &mut stream, counters).await {
-            tracing::debug!(frontend = %fe.name, %peer, error = %e, "passthrough stream ended with an error");
+        let activity = Activity::new();
+        let mut visitor = Touching::new(visitor, activity.clone());
+        let idle = fe.limits.idle_timeout;
+        tokio::select! {
+            r = splice(&mut visitor, &mut stream, counters) => if let Err(e) = r {
+                tracing::debug!(frontend = %fe.name, %peer, error = %e, "passthrough stream ended with an error");
+            },
+            _ = activity.idle(idle, idle) => {
+                m.visitors_idle_closed_total.with_label_values(&[&fe.name]).inc();
+            }
         }
     }
     active.dec();

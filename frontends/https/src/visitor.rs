@@ -15,20 +15,27 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tunneld_core::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
+use tunneld_core::frontend::FrontendContext;
 use tunneld_core::h2link::h2_reason;
 use tunneld_core::http_forward::{
-    boxed, coalesced, http1_over, is_upgrade, strip_hop_by_hop, Body,
+    boxed, coalesced, holding, http1_over, is_upgrade, strip_hop_by_hop, Body,
 };
 use tunneld_core::hub::Target;
+use tunneld_core::idle::splice_until_idle;
+use tunneld_core::idle::Activity;
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::TunnelKind;
 use tunneld_core::session::{OpenError, StreamHeader};
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::SpliceCounters;
+
+/// How long an idle connection asked to close may take before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 struct Conn {
     fe: Arc<HttpsFrontend>,
+    /// The drain's tracker: upgraded connections outlive the HTTP connection.
+    visitors: tokio_util::task::TaskTracker,
     peer: SocketAddr,
     local: SocketAddr,
     /// The server name of the TLS handshake.
@@ -43,18 +50,27 @@ pub(crate) async fn serve(
     local: SocketAddr,
     sni: Option<String>,
     h2: bool,
-    shutdown: CancellationToken,
+    cx: &FrontendContext,
 ) {
+    let shutdown = cx.shutdown.clone();
     let conn = Arc::new(Conn {
         fe: fe.clone(),
+        visitors: cx.tasks.clone(),
         peer,
         local,
         sni,
         h2,
     });
+    let activity = Activity::new();
+    let busy = activity.clone();
     let svc = service_fn(move |req| {
         let c = conn.clone();
-        async move { Ok::<_, Infallible>(c.handle(req).await) }
+        // In progress from the head until the response body ends.
+        let work = busy.begin();
+        async move {
+            let r = c.handle(req).await;
+            Ok::<_, Infallible>(r.map(|b| holding(b, work)))
+        }
     });
     // A visitor that stops reading frees its connection (and the streams behind it) after
     // the stall timeout instead of pinning them.
@@ -67,21 +83,44 @@ pub(crate) async fn serve(
                 .with_label_values(&[&fe.name]),
         ),
     );
+    // Before its first request a connection has the header timeout (an HTTP/2 connection
+    // that never sends its preface included); between requests, the idle timeout.
+    let idle = activity.idle(fe.cfg.header_timeout, fe.limits.http_idle_timeout);
+    let idle_closed = fe
+        .metrics
+        .visitors_idle_closed_total
+        .with_label_values(&[&fe.name]);
+    // Drives a connection until it ends; on shutdown or idling, asks it to finish (GOAWAY,
+    // or close after the response in progress) and, when idling, gives it a moment only.
+    macro_rules! drive {
+        ($served:expr) => {{
+            let served = $served;
+            tokio::pin!(served);
+            tokio::pin!(idle);
+            tokio::select! {
+                r = served.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+                _ = idle.as_mut() => {
+                    idle_closed.inc();
+                    served.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(IDLE_CLOSE_GRACE, served).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
+                    }
+                }
+            }
+        }};
+    }
     let max_head = fe.limits.max_request_head;
     let result = if h2 {
         let mut tuning = fe.cfg.h2;
         tuning.max_header_list_size = u32::try_from(max_head * 2).unwrap_or(u32::MAX);
-        let served = tuning
+        drive!(tuning
             .server(Duration::from_secs(20))
-            .serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(served);
-        tokio::select! {
-            r = served.as_mut() => r,
-            _ = shutdown.cancelled() => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
-        }
+            .serve_connection(TokioIo::new(io), svc))
     } else {
         let fe2 = fe.clone();
         let guarded = FramingGuard::new(io)
@@ -94,7 +133,7 @@ pub(crate) async fn serve(
                 });
                 tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
             });
-        let served = hyper::server::conn::http1::Builder::new()
+        drive!(hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(fe.cfg.header_timeout)
             // A head that fills the buffer is answered 431: one byte more than the limit.
@@ -102,15 +141,7 @@ pub(crate) async fn serve(
             // The framing guard ends input after a refused request; its 400 must still go out.
             .half_close(true)
             .serve_connection(TokioIo::new(guarded), svc)
-            .with_upgrades();
-        tokio::pin!(served);
-        tokio::select! {
-            r = served.as_mut() => r,
-            _ = shutdown.cancelled() => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
-        }
+            .with_upgrades())
     };
     if let Err(e) = result {
         tracing::debug!(frontend = %fe.name, %peer, error = %e, "visitor connection ended with an error");
@@ -275,7 +306,7 @@ impl Conn {
             (true, Some(visitor_up)) => {
                 let backend_up = hyper::upgrade::on(&mut resp);
                 let fe2 = fe.clone();
-                tokio::spawn(async move {
+                self.visitors.spawn(async move {
                     let (Ok(v), Ok(b)) = tokio::join!(visitor_up, backend_up) else {
                         return;
                     };
@@ -287,7 +318,9 @@ impl Conn {
                     let active = m.streams_active.with_label_values(&[&fe2.name]);
                     active.inc();
                     let (mut v, mut b) = (TokioIo::new(v), TokioIo::new(b));
-                    let _ = splice(&mut v, &mut b, counters).await;
+                    let idled = m.visitors_idle_closed_total.with_label_values(&[&fe2.name]);
+                    let idle = fe2.limits.idle_timeout;
+                    let _ = splice_until_idle(&mut v, &mut b, counters, idle, &idled).await;
                     active.dec();
                 });
                 fe.count("upgraded");

@@ -1,7 +1,6 @@
 //! One tunnel port: accept visitors, open a stream to the tunnel client for each, splice.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -9,10 +8,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Target;
+use tunneld_core::idle::splice_until_idle;
+use tunneld_core::limits::AddressLimiter;
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::StreamHeader;
 use tunneld_core::sni;
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::SpliceCounters;
 
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -38,7 +39,7 @@ pub(crate) struct Listening {
 
 pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: CancellationToken) {
     let l = Arc::new(l);
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = AddressLimiter::new(l.max_conns, l.cx.limits.max_connections_per_address);
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -46,19 +47,21 @@ pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: Cancellatio
         };
         match accepted {
             Ok((visitor, peer)) => {
-                if open.load(Ordering::Relaxed) >= l.max_conns {
-                    l.cx.metrics
-                        .stream_open_failures_total
-                        .with_label_values(&[&l.frontend, "too_many_visitors"])
-                        .inc();
-                    continue;
-                }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (l2, open2) = (l.clone(), open.clone());
+                let permit = match open.try_acquire(peer.ip()) {
+                    Ok(p) => p,
+                    Err(refused) => {
+                        l.cx.metrics
+                            .stream_open_failures_total
+                            .with_label_values(&[&l.frontend, refused.connection_reason()])
+                            .inc();
+                        continue;
+                    }
+                };
+                let l2 = l.clone();
                 let public = listener.local_addr().unwrap_or(peer);
                 l.cx.tasks.spawn(async move {
                     serve_visitor(&l2, visitor, peer, public).await;
-                    open2.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -161,7 +164,11 @@ async fn serve_visitor(
         l.cx.limits.stream_stall_timeout,
         Some(m.streams_stalled_total.with_label_values(&[&l.frontend])),
     );
-    if let Err(e) = splice(&mut visitor, &mut stream, counters).await {
+    let idled = m
+        .visitors_idle_closed_total
+        .with_label_values(&[&l.frontend]);
+    let idle = l.cx.limits.idle_timeout;
+    if let Err(e) = splice_until_idle(&mut visitor, &mut stream, counters, idle, &idled).await {
         tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
     }
     active.dec();

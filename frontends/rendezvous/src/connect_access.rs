@@ -13,9 +13,10 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tunneld_core::auth::{basic_credentials, matches_digest, scheme_param};
 use tunneld_core::http1::RequestHead;
+use tunneld_core::idle::splice_until_idle;
 use tunneld_core::io::BoxIo;
 use tunneld_core::session::StreamHeader;
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::SpliceCounters;
 
 fn outcome(inner: &Inner, o: &str) {
     inner
@@ -132,7 +133,23 @@ pub(crate) async fn serve(
         return refuse(inner, &mut io, code, o, &msg).await;
     }
     let started = Instant::now();
-    let stream = if let Some(route) = inner.names.lookup(&host) {
+    // A rendezvous id first: names never shadow ids (claims of an id as a name are
+    // refused; an id made later takes the label over).
+    let stream = if inner.registry.ids.get(&host).is_some() {
+        match inner.registry.take(&host, inner.cfg.visitor_wait).await {
+            Some(s) => s,
+            None => {
+                return refuse(
+                    inner,
+                    &mut io,
+                    502,
+                    "nothing_parked",
+                    &format!("rendezvous id `{host}`: no hidden server is waiting"),
+                )
+                .await
+            }
+        }
+    } else if let Some(route) = inner.names.lookup(&host) {
         let header = StreamHeader {
             tunnel: route.tunnel.clone(),
             target: None,
@@ -177,20 +194,6 @@ pub(crate) async fn serve(
             &format!("tunnel `{host}`: the tunnel client is not connected"),
         )
         .await;
-    } else if inner.registry.ids.get(&host).is_some() {
-        match inner.registry.take(&host, inner.cfg.visitor_wait).await {
-            Some(s) => s,
-            None => {
-                return refuse(
-                    inner,
-                    &mut io,
-                    502,
-                    "nothing_parked",
-                    &format!("rendezvous id `{host}`: no hidden server is waiting"),
-                )
-                .await
-            }
-        }
     } else {
         return refuse(
             inner,
@@ -227,7 +230,11 @@ pub(crate) async fn serve(
         a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
     };
-    if let Err(e) = splice(&mut io, &mut stream, counters).await {
+    let idled = m
+        .visitors_idle_closed_total
+        .with_label_values(&[&inner.name]);
+    let idle = inner.limits.idle_timeout;
+    if let Err(e) = splice_until_idle(&mut io, &mut stream, counters, idle, &idled).await {
         tracing::debug!(frontend = %inner.name, tunnel = %host, error = %e, "CONNECT stream ended with an error");
     }
     active.dec();

@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub tokens: HashMap<String, [u8; 32]>,
     /// `limits.max_request_head`: heads above it are answered 431.
     pub max_head: usize,
+    /// The data-path limits (idle timeout, connections per address).
+    pub limits: tunneld_core::limits::DataLimits,
 }
 
 impl Inner {
@@ -67,7 +69,7 @@ impl RendezvousFrontend {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         handshake_timeout: Duration,
-        max_head: usize,
+        limits: tunneld_core::limits::DataLimits,
     ) -> std::io::Result<Arc<Self>> {
         let listener = BoundListener::bind(cfg.listen).await?;
         let digest = |m: &std::collections::BTreeMap<String, tunneld_core::auth::Secret>| {
@@ -85,7 +87,8 @@ impl RendezvousFrontend {
             registry,
             auth,
             metrics,
-            max_head,
+            max_head: limits.max_request_head,
+            limits,
         };
         Ok(Arc::new(Self {
             inner: Arc::new(inner),
@@ -139,21 +142,33 @@ impl Frontend for RendezvousFrontend {
             tls: Some(self.tls.clone()),
             handshake_timeout: self.handshake_timeout,
             max_connections: self.inner.cfg.max_connections,
+            max_per_address: self.inner.limits.max_connections_per_address,
             metrics: cx.metrics.clone(),
-            shutdown: cx.shutdown.clone(),
-            tasks: cx.tasks.clone(),
+            // Hidden servers park here: the listener stays open for them during the drain.
+            shutdown: cx.closing.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         let inner = self.inner.clone();
-        let shutdown = cx.shutdown.clone();
         tls_listener::run(listener, spec, move |a| {
-            let (inner, shutdown) = (inner.clone(), shutdown.clone());
-            async move { serve_connection(inner, a, shutdown).await }
+            let (inner, cx) = (inner.clone(), cx.clone());
+            async move { serve_connection(inner, a, cx).await }
         })
         .await;
     }
 
     async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError> {
-        let endpoint = self.endpoint(&req.tunnel.to_ascii_lowercase());
+        // Tunnel names and rendezvous ids are one namespace: `CONNECT <label>:<port>` must
+        // reach one owner, and an id (made by the operator) is never shadowed by a name.
+        let lower = req.tunnel.to_ascii_lowercase();
+        if self.inner.registry.ids.get(&req.tunnel).is_some()
+            || self.inner.registry.ids.get(&lower).is_some()
+        {
+            return Err(ClaimError::Invalid(format!(
+                "`{}` is a rendezvous id on frontend `{}`: pick another tunnel name",
+                req.tunnel, self.inner.name
+            )));
+        }
+        let endpoint = self.endpoint(&lower);
         self.inner.names.claim(&req, endpoint)
     }
 
@@ -166,11 +181,7 @@ impl Frontend for RendezvousFrontend {
 
 /// Reads requests until one decides what the connection is: a parked hidden server, a
 /// CONNECT to a tunnel, or a rendezvous visitor (after any number of challenges).
-async fn serve_connection(
-    inner: Arc<Inner>,
-    a: Accepted,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
     let Accepted {
         mut io,
         peer,
@@ -178,6 +189,9 @@ async fn serve_connection(
         cert_cn,
     } = a;
     let mut buf = Vec::new();
+    // Held from the first visitor request on: the drain waits for visitors, not for
+    // parked hidden servers.
+    let mut visiting = None;
     loop {
         let head = match tokio::time::timeout(
             inner.cfg.header_timeout,
@@ -218,8 +232,29 @@ async fn serve_connection(
                 return;
             }
         };
+        let parking =
+            head.method.eq_ignore_ascii_case("CONNECT") && head.target.starts_with("uuid:");
+        if !parking && visiting.is_none() {
+            if cx.shutdown.is_cancelled() {
+                inner.visitor_outcome("draining");
+                crate::respond::send(
+                    &mut io,
+                    &crate::respond::response(
+                        503,
+                        &[],
+                        "text/plain",
+                        "tunneld is restarting: try again in a moment\n",
+                        true,
+                    ),
+                    true,
+                )
+                .await;
+                return;
+            }
+            visiting = Some(cx.tasks.token());
+        }
         if head.method.eq_ignore_ascii_case("CONNECT") {
-            if head.target.starts_with("uuid:") {
+            if parking {
                 if inner.cfg.parking {
                     park::serve(
                         inner.registry.clone(),
@@ -231,7 +266,7 @@ async fn serve_connection(
                             peer: peer.ip(),
                             cert_cn,
                         },
-                        shutdown,
+                        cx.closing.clone(),
                     )
                     .await;
                 } else {

@@ -8,9 +8,10 @@ use crate::respond::{response, send, skip_body};
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tunneld_core::http1::{Framing, RequestHead};
+use tunneld_core::idle::splice_until_idle;
 use tunneld_core::io::BoxIo;
 use tunneld_core::rendezvous::visitor_auth::{parse_authorization, Credentials, NonceError};
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::SpliceCounters;
 
 /// Largest body skipped to keep a connection open after a refusal.
 const MAX_SKIP: u64 = 1 << 20;
@@ -198,7 +199,11 @@ pub(crate) async fn splice_to(
         a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
     };
-    if let Err(e) = splice(&mut visitor, &mut parked, counters).await {
+    let idled = m
+        .visitors_idle_closed_total
+        .with_label_values(&[&inner.name]);
+    let idle = inner.limits.idle_timeout;
+    if let Err(e) = splice_until_idle(&mut visitor, &mut parked, counters, idle, &idled).await {
         tracing::debug!(frontend = %inner.name, error = %e, "rendezvous splice ended with an error");
     }
     active.dec();

@@ -65,6 +65,8 @@ impl Transport for ConnectTransport {
             tls: Some(self.tls.clone()),
             handshake_timeout: cx.handshake_timeout,
             max_connections: self.cfg.max_connections,
+            // Hidden servers park many connections from one address: the total cap only.
+            max_per_address: self.cfg.max_connections,
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             tasks: cx.tasks.clone(),

@@ -15,10 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::Identity;
 use tunneld_core::frontend::NameRoute;
 use tunneld_core::http1::{parse, RequestHead};
 use tunneld_core::hub::Rejection;
+use tunneld_core::idle::{Activity, Touching};
 use tunneld_core::io::{BoxIo, Prefixed};
 use tunneld_core::proto::{Control, Hello, ServerHello, TunnelKind, TunnelRequest, VERSION};
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
@@ -107,6 +109,7 @@ impl Transport for WebsocketTransport {
             tls: self.tls.clone(),
             handshake_timeout: self.cfg.header_timeout,
             max_connections: self.cfg.max_connections,
+            max_per_address: cx.hub.limits.max_connections_per_address,
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             tasks: cx.tasks.clone(),
@@ -285,6 +288,12 @@ impl WebsocketTransport {
         let Some(frontend) = cx.hub.frontend(&self.cfg.frontend) else {
             return;
         };
+        if cx.draining.is_cancelled() {
+            self.count(&cx, "visitor", 503);
+            return answer(&mut io, 503, "tunneld is restarting: try again in a moment").await;
+        }
+        // The drain waits for this conversation.
+        let _visiting = cx.visitors.token();
         let members = match frontend.route_name(rest) {
             NameRoute::Unknown => {
                 self.count(&cx, "visitor", 404);
@@ -315,7 +324,10 @@ impl WebsocketTransport {
                 public: local,
                 proxy_protocol: m.proxy_protocol,
             };
-            match m.target.open(header, None).await {
+            let opened = tokio::time::timeout(self.cfg.open_timeout, m.target.open(header, None))
+                .await
+                .unwrap_or(Err(OpenError::Timeout));
+            match opened {
                 Ok(c) => {
                     conv = Some(c);
                     break;
@@ -350,7 +362,7 @@ impl WebsocketTransport {
         }
         let counters = tunneld_core::splice::SpliceCounters::default();
         // A visitor that stops reading frees its conversation after the stall timeout.
-        let mut io = tunneld_core::stream_budget::StallGuard::new(
+        let io = tunneld_core::stream_budget::StallGuard::new(
             io,
             cx.hub.limits.stream_stall_timeout,
             Some(
@@ -359,7 +371,18 @@ impl WebsocketTransport {
                     .with_label_values(&[&cx.name]),
             ),
         );
-        match tunneld_core::splice(&mut io, &mut conv, counters).await {
+        // A conversation with no byte either way for the idle timeout is closed.
+        let activity = Activity::new();
+        let mut io = Touching::new(io, activity.clone());
+        let idle = cx.hub.limits.idle_timeout;
+        let spliced = tokio::select! {
+            r = tunneld_core::splice(&mut io, &mut conv, counters) => r.map(drop),
+            _ = activity.idle(idle, idle) => {
+                cx.metrics.visitors_idle_closed_total.with_label_values(&[&cx.name]).inc();
+                Ok(())
+            }
+        };
+        match spliced {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && !conv.seen => {
                 self.count(&cx, "visitor", 503);
                 answer(&mut io, 503, &e.to_string()).await;
@@ -746,7 +769,9 @@ impl WebsocketTransport {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _ = ready.send(true);
-        let stop = cx.shutdown.child_token();
+        // The session ends when the hub closes it (after tunneld's drain) or the client
+        // leaves, never when the drain begins: its conversations must finish first.
+        let stop = CancellationToken::new();
         let closed = guard.session.closed.clone();
         let (_, empty) = tokio::sync::mpsc::unbounded_channel();
         let mut notes = std::mem::replace(&mut guard.notifications, empty);
