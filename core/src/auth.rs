@@ -238,15 +238,12 @@ impl Authenticator {
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut out = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
-        // The OS generator failing is not recoverable in any useful way; fall back to time.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8;
-        }
+    if let Err(e) = ring::rand::SystemRandom::new().fill(&mut out) {
+        // Tokens, TOTP secrets, serials and the Digest key come from here: with no working
+        // OS generator nothing safe can be made, so fail closed instead of guessing.
+        tracing::error!(error = ?e, "the operating system's random generator failed; stopping");
+        eprintln!("tunneld: the operating system's random generator failed ({e:?}); stopping");
+        std::process::abort();
     }
     out
 }

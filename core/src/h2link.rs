@@ -172,15 +172,40 @@ impl H2Tuning {
 
 /// The HTTP/2 error code inside a hyper error (a GOAWAY or RST_STREAM either side sent),
 /// lower-cased for metric labels: `enhance_your_calm`, `protocol_error`, ...
-pub fn h2_reason(e: &hyper::Error) -> Option<String> {
+pub fn h2_reason(e: &hyper::Error) -> Option<&'static str> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(h) = s.downcast_ref::<h2::Error>() {
-            return h.reason().map(|r| format!("{r:?}").to_ascii_lowercase());
+            return h.reason().map(reason_name);
         }
         src = s.source();
     }
     None
+}
+
+/// The name of an HTTP/2 error code from a fixed set (RFC 9113 section 7); a peer's
+/// unknown codes are all `unknown`, so no peer can mint metric series.
+pub fn reason_name(r: h2::Reason) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "no_error",
+        "protocol_error",
+        "internal_error",
+        "flow_control_error",
+        "settings_timeout",
+        "stream_closed",
+        "frame_size_error",
+        "refused_stream",
+        "cancel",
+        "compression_error",
+        "connect_error",
+        "enhance_your_calm",
+        "inadequate_security",
+        "http_1_1_required",
+    ];
+    usize::try_from(u32::from(r))
+        .ok()
+        .and_then(|i| NAMES.get(i).copied())
+        .unwrap_or("unknown")
 }
 
 /// The connection task of a reversed link: runs until the connection ends.
@@ -334,5 +359,19 @@ impl OpenStream for H2Opener {
             return Err(refused(&resp));
         }
         Ok(resp.map(boxed))
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    #[test]
+    fn reason_names_come_from_a_fixed_set() {
+        assert_eq!(
+            super::reason_name(h2::Reason::ENHANCE_YOUR_CALM),
+            "enhance_your_calm"
+        );
+        assert_eq!(super::reason_name(h2::Reason::NO_ERROR), "no_error");
+        assert_eq!(super::reason_name(h2::Reason::from(0xdead_beef)), "unknown");
+        assert_eq!(super::reason_name(h2::Reason::from(14)), "unknown");
     }
 }

@@ -63,15 +63,23 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| file_err(path, format!("cannot read private key: {e}")))
 }
 
+/// Writes a private key: the file is created with mode 0600 (never readable by others, not
+/// even for a moment), synced, and renamed into place.
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(|e| file_err(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| file_err(&tmp, e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
+    let mut f = opts.open(&tmp).map_err(|e| file_err(&tmp, e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
@@ -402,6 +410,15 @@ mod tests {
         server_config(&c, &ClientAuth::None, &[b"x"]).expect("server config");
         client_config(&ClientTrust::CaFile(dir.join("ca.pem")), None, &[]).expect("client config");
         assert!(client_config(&ClientTrust::Pin("sha256:abc".into()), None, &[]).is_err());
+        #[cfg(unix)]
+        for key in ["ca.key", "server.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(key))
+                .expect(key)
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key} is {mode:o}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

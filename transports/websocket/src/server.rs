@@ -152,6 +152,24 @@ async fn answer<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, code: u16, text: &st
     .await;
 }
 
+/// The lower-cased authority of an absolute-form request target (`http://host:port/path`);
+/// `None` for origin-form (`/path`) and anything else.
+fn absolute_authority(target: &str) -> Option<String> {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // Userinfo is not part of the host.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(host.to_ascii_lowercase())
+}
+
 /// Reads the first request head: the head and every byte read (head and what followed).
 /// A head over `max_head` bytes is answered `431`.
 async fn read_head<R: AsyncRead + Unpin + ?Sized>(
@@ -253,10 +271,27 @@ impl WebsocketTransport {
             }
         };
         let (head, head_len, raw) = head;
+        // Exactly one Host, and an absolute-form target must name the same host: what routes
+        // the request is never ambiguous (as on the https frontend).
+        if head.values("host").count() > 1 {
+            self.count(&cx, "other", 400);
+            return answer(&mut io, 400, "more than one Host header").await;
+        }
         let Some(host) = head.header("host").map(|h| h.trim().to_ascii_lowercase()) else {
             self.count(&cx, "other", 400);
             return answer(&mut io, 400, "missing Host header").await;
         };
+        if let Some(named) = absolute_authority(&head.target) {
+            if strip_port(&named) != strip_port(&host) {
+                self.count(&cx, "other", 400);
+                return answer(
+                    &mut io,
+                    400,
+                    &format!("the request target names `{named}` but Host is `{host}`"),
+                )
+                .await;
+            }
+        }
         let bare = strip_port(&host);
         let origin = self.origin(&head, peer);
         if bare == self.cfg.domain {

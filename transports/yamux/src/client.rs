@@ -81,7 +81,7 @@ impl Connected {
                 Err(_) => return "session closed before the control stream opened".to_string(),
             };
             let (_outbox_tx, outbox) = mpsc::unbounded_channel();
-            let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
+            let (inbox, mut inbox_rx) = mpsc::channel(16);
             let forward = async move {
                 while let Some(msg) = inbox_rx.recv().await {
                     if let Control::Tunnels { tunnels } = msg {
@@ -91,7 +91,7 @@ impl Connected {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                end = control::run(stream.compat(), interval, true, outbox, None, inbox) => end.to_string(),
+                end = control::run(stream.compat(), interval, true, outbox, None, Some(inbox)) => end.to_string(),
                 _ = forward => unreachable_end(),
             }
         };

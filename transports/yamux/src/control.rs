@@ -69,23 +69,28 @@ impl Probes {
     }
 }
 
+/// Pongs waiting to be written at most: a peer that pings faster than it reads loses the
+/// extra pongs (a pong only says "alive"), it does not grow a queue.
+const PONG_QUEUE: usize = 4;
+
 /// Runs the control stream. `send_pings` is true on tunnelc. Messages from `outbox` are
-/// forwarded to the peer; messages other than ping/pong/bye go to `inbox`. With `probes`,
-/// each ask sends a ping and each pong is reported.
+/// forwarded to the peer; messages other than ping/pong/bye go to `inbox` (a bounded queue:
+/// reading waits while it is full), or are dropped without one (tunneld reads none). With
+/// `probes`, each ask sends a ping and each pong is reported.
 pub(crate) async fn run<S>(
     stream: S,
     interval: Duration,
     send_pings: bool,
     mut outbox: mpsc::UnboundedReceiver<Control>,
     probes: Option<ProbeLink>,
-    inbox: mpsc::UnboundedSender<Control>,
+    inbox: Option<mpsc::Sender<Control>>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let dead_after = interval * 3;
-    let (to_write_tx, mut to_write) = mpsc::unbounded_channel::<Control>();
+    let (to_write_tx, mut to_write) = mpsc::channel::<Control>(PONG_QUEUE);
     let (mut asks, pongs) = match probes {
         Some(p) => (Some(p.asks), Some(p.pongs)),
         None => (None, None),
@@ -122,7 +127,7 @@ where
             deadline = Instant::now() + dead_after;
             match msg {
                 Ok(Control::Ping { seq }) => {
-                    let _ = to_write_tx.send(Control::Pong { seq });
+                    let _ = to_write_tx.try_send(Control::Pong { seq });
                 }
                 Ok(Control::Pong { .. }) => {
                     if let Some(p) = &pongs {
@@ -131,7 +136,11 @@ where
                 }
                 Ok(Control::Bye { reason }) => return End::Bye(reason),
                 Ok(other) => {
-                    let _ = inbox.send(other);
+                    if let Some(inbox) = &inbox {
+                        if inbox.send(other).await.is_err() {
+                            return End::Bye("the control reader stopped".into());
+                        }
+                    }
                 }
                 Err(e) => return End::Frame(e),
             }

@@ -282,14 +282,15 @@ async fn run_session<T>(
             Ok(Ok(s)) => s,
             _ => return "no control stream opened".to_string(),
         };
-        let (inbox, _ignored) = mpsc::unbounded_channel();
+        // tunneld acts on no message of tunnelc's but ping, pong and bye: others are
+        // dropped as they arrive, never queued.
         control::run(
             stream.compat(),
             interval,
             false,
             notifications,
             Some(probe_link),
-            inbox,
+            None,
         )
         .await
         .to_string()
@@ -465,6 +466,11 @@ async fn run_threshold<T>(
 fn driver_end(r: Result<(), ConnectionError>, cx: &TransportContext) -> String {
     match r {
         Ok(()) => "connection closed".to_string(),
+        // The connection ending under a frame (a reset, or TLS closed without close_notify
+        // when tunnelc stops) is not a malformed frame.
+        Err(ConnectionError::Decode(yamux::FrameDecodeError::Io(e))) => {
+            format!("connection lost: {e}")
+        }
         Err(ConnectionError::Decode(e)) => {
             cx.metrics
                 .protocol_errors_total

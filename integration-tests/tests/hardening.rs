@@ -1,0 +1,117 @@
+//! Smaller hardening findings: ambiguous routing on the websocket port, a normal tunnelc
+//! stop that must not count as a protocol error, and HTTP/2 error codes that must not mint
+//! metric series.
+
+use anyhow::{ensure, Result};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tunneld_integration_tests::attack::{self, http_tunnel, Via};
+use tunneld_integration_tests::h2raw::{self, frame};
+use tunneld_integration_tests::{services, WAIT};
+
+/// The status of one raw request on the websocket transport's own port.
+async fn ws_port_status(port: u16, request: &str) -> Result<u16> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let line = attack::status_line(tcp, request.as_bytes().to_vec(), WAIT).await?;
+    attack::status_code(&line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_port_refuses_ambiguous_hosts() -> Result<()> {
+    let s = attack::server(true, &[]).await?;
+    let svc = services::http().await;
+    let (alice, _) = attack::alice(&s, Via::Websocket, &http_tunnel("site", svc)).await?;
+    let port = attack::ws_port(&s);
+    for (what, request, want) in [
+        (
+            "one Host",
+            "GET / HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_string(),
+            200,
+        ),
+        (
+            "two Host headers",
+            "GET / HTTP/1.1\r\nHost: site.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "an absolute-form target naming another host",
+            "GET http://other.localhost/ HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "an absolute-form target naming the Host",
+            format!("GET http://site.localhost:{port}/ HTTP/1.1\r\nHost: site.localhost:{port}\r\nConnection: close\r\n\r\n"),
+            200,
+        ),
+    ] {
+        let got = ws_port_status(port, &request).await?;
+        ensure!(got == want, "{what}: {got}, want {want}");
+    }
+    alice.stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_tunnelc_stop_is_not_a_protocol_error() -> Result<()> {
+    let s = attack::server(false, &[]).await?;
+    let svc = services::http().await;
+    let (alice, _) = attack::alice(&s, Via::Yamux, &http_tunnel("site", svc)).await?;
+    alice.shutdown().await?;
+    let deadline = Instant::now() + WAIT;
+    while attack::alice_session(&s).await?.is_some() {
+        ensure!(Instant::now() < deadline, "alice's session did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = s.metrics().await;
+    let errors = m.get(
+        "tunneld_protocol_errors_total",
+        &[("transport", "edge"), ("reason", "bad_yamux_frame")],
+    );
+    ensure!(
+        errors == 0.0,
+        "a normal stop counted {errors} bad_yamux_frame"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_http2_error_codes_share_one_metric_series() -> Result<()> {
+    let s = attack::server(false, &[]).await?;
+    let svc = services::http().await;
+    let (alice, _) = attack::alice(&s, Via::Yamux, &http_tunnel("site", svc)).await?;
+    // Visitors that end their connection with GOAWAY and made-up error codes.
+    for code in [0x1000_u32, 0x2000, 0x3000, 0xdead] {
+        let tcp = TcpStream::connect(s.web()).await?;
+        let mut tls = attack::tls_to(&s, "site.localhost", b"h2", tcp).await?;
+        use tokio::io::AsyncWriteExt;
+        tls.write_all(h2raw::PREFACE).await?;
+        tls.write_all(&frame(h2raw::SETTINGS, 0, 0, &[])).await?;
+        let mut goaway = vec![0u8; 4];
+        goaway.extend_from_slice(&code.to_be_bytes());
+        tls.write_all(&frame(h2raw::GOAWAY, 0, 0, &goaway)).await?;
+        // An invalid frame on stream 0 makes the server end the connection with an error.
+        tls.write_all(&frame(h2raw::DATA, 0, 0, b"x")).await?;
+        let mut buf = [0u8; 1024];
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + WAIT;
+        while !matches!(
+            tokio::time::timeout_at(deadline, tls.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_)
+        ) {}
+    }
+    let text = tunneld_integration_tests::metrics::parse(&s.running.metrics.render())?;
+    let odd: Vec<_> = text
+        .0
+        .iter()
+        .filter(|x| x.name == "tunneld_protocol_errors_total")
+        .filter_map(|x| x.labels.get("reason"))
+        .filter(|r| r.contains('(') || r.contains("reason"))
+        .collect();
+    ensure!(
+        odd.is_empty(),
+        "metric labels made from peer codes: {odd:?}"
+    );
+    alice.stop.cancel();
+    Ok(())
+}
