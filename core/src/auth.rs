@@ -165,6 +165,15 @@ impl AuthError {
         }
     }
 
+    /// Whether this failure could be someone guessing credentials (counted against the
+    /// address by the failure throttle); a refused known token or a store error is not.
+    pub fn is_guess(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Missing | AuthError::BadToken | AuthError::BadCertificate
+        )
+    }
+
     /// Whether retrying with the same credentials cannot help.
     pub fn is_permanent(&self) -> bool {
         !matches!(self, AuthError::Unavailable(_))

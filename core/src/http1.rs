@@ -184,7 +184,20 @@ impl RequestHead {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect::<Vec<_>>()
                 .join(",");
-            let last = all.rsplit(',').next().unwrap_or("").trim();
+            let codings: Vec<&str> = all.split(',').map(str::trim).collect();
+            if codings.iter().any(|c| c.is_empty()) {
+                return Err(format!("Transfer-Encoding `{all}` has an empty coding"));
+            }
+            let chunked = codings
+                .iter()
+                .filter(|c| c.eq_ignore_ascii_case("chunked"))
+                .count();
+            if chunked > 1 {
+                return Err(format!(
+                    "Transfer-Encoding `{all}` applies chunked more than once"
+                ));
+            }
+            let last = codings.last().copied().unwrap_or("");
             if !last.eq_ignore_ascii_case("chunked") {
                 return Err(format!("Transfer-Encoding `{all}` does not end in chunked"));
             }
@@ -267,6 +280,9 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip,,chunked\r\n\r\n",
         ] {
             let h = head(bad.as_bytes()).await.0.expect("parses");
             assert!(h.framing().is_err(), "{bad:?} accepted");

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
 use crate::stream_budget::StreamBudget;
+use crate::throttle::{FailureThrottle, LogBudget};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -152,6 +153,23 @@ pub struct Hub {
     pub keepalive_secs: u64,
     /// Head sizes, stream caps and the stall timeout, for every transport and frontend.
     pub limits: DataLimits,
+    /// Failed authentications per source address, shared by every component that checks
+    /// credentials.
+    pub throttle: Arc<FailureThrottle>,
+    /// Log lines of refused clients.
+    pub refusal_log: Arc<LogBudget>,
+}
+
+/// Refusal lines logged per [`REFUSAL_WINDOW`]; the rest are summarized.
+pub const REFUSAL_LINES: u64 = 20;
+pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a client over its failure budget is told.
+pub fn throttled_reason(ip: std::net::IpAddr, wait: std::time::Duration) -> String {
+    format!(
+        "too many failed authentications from {ip}: retry in {} s",
+        wait.as_secs().max(1)
+    )
 }
 
 /// Whether `name` is a valid tunnel or client name: 1-63 letters, digits, `-`, `_` or `.`,
@@ -172,8 +190,15 @@ impl Hub {
         metrics: Arc<Metrics>,
         keepalive_secs: u64,
         limits: DataLimits,
+        throttle: Arc<FailureThrottle>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            throttle,
+            refusal_log: Arc::new(LogBudget::new(
+                "client refusals",
+                REFUSAL_LINES,
+                REFUSAL_WINDOW,
+            )),
             auth,
             leases: Mutex::default(),
             frontends,
@@ -296,10 +321,21 @@ impl Hub {
                 true,
             ));
         }
+        if let Err(wait) = self.throttle.check(remote.ip()) {
+            return Err(self.refuse(
+                transport,
+                "throttled",
+                throttled_reason(remote.ip(), wait),
+                false,
+            ));
+        }
         let identity = self
             .auth
             .authenticate(hello.token.as_deref(), cert_cn)
             .map_err(|e: AuthError| {
+                if e.is_guess() {
+                    self.throttle.failed(remote.ip());
+                }
                 self.refuse(transport, e.reason(), e.to_string(), e.is_permanent())
             })?;
         self.admit_identity(identity, hello, transport, transport_kind, remote, opener)
@@ -337,7 +373,9 @@ impl Hub {
                 }
             }
             Err(rej) => {
-                tracing::warn!(transport, %remote, outcome = rej.outcome, "client rejected: {}", rej.reason);
+                if self.refusal_log.allow() {
+                    tracing::warn!(transport, %remote, outcome = rej.outcome, "client rejected: {}", rej.reason);
+                }
                 let reply = ServerHello::Rejected {
                     reason: rej.reason,
                     permanent: rej.permanent,

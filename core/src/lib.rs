@@ -14,6 +14,7 @@
 //! - [`limits`]: connection and handshake caps per address, and the data-path limits;
 //!   [`idle`]: idle deadlines for visitor connections; [`stream_budget`]: stream
 //!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
+//! - [`throttle`]: failed authentications per address, and log-line budgets.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
 //! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
@@ -55,6 +56,7 @@ pub mod sni;
 pub mod splice;
 pub mod state;
 pub mod stream_budget;
+pub mod throttle;
 pub mod tls;
 pub mod tls_listener;
 pub mod transport;

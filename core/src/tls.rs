@@ -189,6 +189,31 @@ impl LocalCa {
     /// Issues a leaf certificate for `names` with a fresh ECDSA P-256 key: (certificate PEM,
     /// key PEM).
     pub fn issue_pem(&self, names: &[String]) -> Result<(String, String), TlsError> {
+        self.issue_pem_until(names, rcgen::date_time_ymd(2046, 1, 1))
+    }
+
+    /// Issues a leaf certificate for `names` valid for `lifetime` from an hour ago (clock
+    /// skew): the chain (leaf, CA), the key, and when it expires.
+    pub fn issue_for(
+        &self,
+        names: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let now = time::OffsetDateTime::now_utc();
+        let secs = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2);
+        let (pem, key) = self.issue_pem_until(names, now + time::Duration::seconds(secs))?;
+        let leaf = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok((vec![leaf, self.der.clone()], key))
+    }
+
+    fn issue_pem_until(
+        &self,
+        names: &[String],
+        not_after: time::OffsetDateTime,
+    ) -> Result<(String, String), TlsError> {
         let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
         let key = KeyPair::generate().map_err(gen)?;
         let mut params = CertificateParams::new(names.to_vec()).map_err(gen)?;
@@ -198,7 +223,8 @@ impl LocalCa {
             names.first().map(String::as_str).unwrap_or("tunneld"),
         );
         params.distinguished_name = dn;
-        params.not_after = rcgen::date_time_ymd(2046, 1, 1);
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer).map_err(gen)?;
         Ok((cert.pem(), key.serialize_pem()))
     }

@@ -59,9 +59,9 @@ pub async fn start(
         draining,
     });
     tracing::info!(%addr, "admin API listening");
-    let handler: Handler = Arc::new(move |req, _peer| {
+    let handler: Handler = Arc::new(move |req, peer| {
         let state = state.clone();
-        Box::pin(async move { handle(&state, req).await })
+        Box::pin(async move { handle(&state, req, peer).await })
     });
     http_serve::serve(
         "admin API",
@@ -87,14 +87,14 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
     }
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let route = match req.uri().path() {
         p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping") => {
             p.to_string()
         }
         _ => "other".to_string(),
     };
-    let resp = route_request(state, req, &route).await;
+    let resp = route_request(state, req, &route, peer).await;
     state
         .metrics
         .admin_requests_total
@@ -103,9 +103,21 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     resp
 }
 
-async fn route_request(state: &State, req: Request<Incoming>, route: &str) -> Resp {
+async fn route_request(
+    state: &State,
+    req: Request<Incoming>,
+    route: &str,
+    peer: std::net::SocketAddr,
+) -> Resp {
     let open = matches!(route, "/healthz" | "/readyz" | "/ping");
+    if !open && state.token_digest.is_some() {
+        // Wrong tokens count against the address, with the transports' failures.
+        if let Err(wait) = state.hub.throttle.check(peer.ip()) {
+            return crate::http_serve::throttled(peer.ip(), wait);
+        }
+    }
     if !open && !authorized(state, &req) {
+        state.hub.throttle.failed(peer.ip());
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -112,6 +112,18 @@ pub fn json_resp(status: StatusCode, v: &Value) -> Resp {
     respond(status, "application/json", format!("{v}\n"))
 }
 
+/// `429` for an address over its failed-authentication budget, with `Retry-After`.
+pub fn throttled(ip: std::net::IpAddr, wait: std::time::Duration) -> Resp {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        tunneld_core::hub::throttled_reason(ip, wait),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
 pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
     json_resp(status, &json!({ "error": message.to_string() }))
 }

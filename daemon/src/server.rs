@@ -67,6 +67,7 @@ impl Running {
         }
         self.closing.cancel();
         self.hub.close_all();
+        self.hub.refusal_log.summarize();
         drained
     }
 
@@ -173,6 +174,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     };
     let store = open_store(&cfg)?;
     let auth = Arc::new(authenticator(&cfg, &store)?);
+    // One failure budget per address for every component that checks credentials.
+    let throttle = Arc::new(tunneld_core::throttle::FailureThrottle::new(
+        cfg.limits.max_auth_failures,
+        cfg.limits.auth_failure_window,
+    ));
     let registry = Registry::new(
         IdStore::new(store.clone()),
         RegistryConfig {
@@ -181,6 +187,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             failure_window: cfg.rendezvous.failure_window,
         },
         metrics.clone(),
+        throttle.clone(),
     );
     // h2-reverse transports are bound first: a frontend may share its port with one.
     let mut h2_transports = BTreeMap::new();
@@ -266,7 +273,21 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         metrics.clone(),
         cfg.limits.keepalive.as_secs().max(1),
         cfg.limits.data(),
+        throttle.clone(),
     );
+    // Refusals past the log budget are summarized once per window.
+    {
+        let (log, stop) = (hub.refusal_log.clone(), accepting.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(log.window());
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => log.summarize(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
 
     let limiter = HandshakeLimiter::new(
         cfg.limits.max_pending_handshakes,

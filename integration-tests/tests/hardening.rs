@@ -115,3 +115,77 @@ async fn unknown_http2_error_codes_share_one_metric_series() -> Result<()> {
     alice.stop.cancel();
     Ok(())
 }
+
+/// `openssl s_client` to the `web` port with `sni`, piping the certificate it got into
+/// `openssl x509 <args>`: (exit success, output).
+fn served_certificate(port: u16, sni: &str, args: &str) -> Result<(bool, String)> {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout {args}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_issued_for_claimed_names_only_and_live_90_days() -> Result<()> {
+    let s = attack::server(false, &[]).await?;
+    let svc = services::http().await;
+    let (alice, _) = attack::alice(&s, Via::Yamux, &http_tunnel("site", svc)).await?;
+    let port = s.web().port();
+    let checks = tokio::task::spawn_blocking(move || {
+        let day = 24 * 3600;
+        Ok::<_, anyhow::Error>((
+            served_certificate(port, "site.localhost", "-subject")?,
+            served_certificate(port, "random-4711.localhost", "-subject")?,
+            served_certificate(port, "site.localhost", &format!("-checkend {}", 89 * day))?,
+            served_certificate(port, "site.localhost", &format!("-checkend {}", 91 * day))?,
+        ))
+    })
+    .await??;
+    let (site, random, in_89_days, in_91_days) = checks;
+    ensure!(site.0 && site.1.contains("site.localhost"), "{site:?}");
+    // A random name gets the domain's certificate: nothing was signed for it.
+    ensure!(random.0 && !random.1.contains("random-4711"), "{random:?}");
+    // Valid for 90 days: still valid in 89, expired in 91.
+    ensure!(
+        in_89_days.0,
+        "the leaf expires within 89 days: {in_89_days:?}"
+    );
+    ensure!(
+        !in_91_days.0,
+        "the leaf is still valid in 91 days: {in_91_days:?}"
+    );
+    alice.stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_refused_upgrade_are_never_read_as_a_request() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = attack::server(false, &[]).await?;
+    let svc = services::http().await;
+    let (alice, _) = attack::alice(&s, Via::Yamux, &http_tunnel("site", svc)).await?;
+    let tcp = TcpStream::connect(s.web()).await?;
+    let mut tls = attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?;
+    // The service answers the upgrade request with 200 (it does not upgrade); what follows
+    // it must not become a second request.
+    tls.write_all(
+        b"GET /up HTTP/1.1\r\nHost: site.localhost\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: site.localhost\r\n\r\n",
+    )
+    .await?;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut got)).await?;
+    let got = String::from_utf8_lossy(&got);
+    ensure!(got.contains("hello /up"), "{got}");
+    ensure!(
+        !got.contains("smuggled"),
+        "a second request was served: {got}"
+    );
+    alice.stop.cancel();
+    Ok(())
+}

@@ -89,9 +89,18 @@ pub async fn serve(
         .header("proxy-authorization")
         .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
     if bearer.is_some() || (code.is_none() && who.cert_cn.is_some()) {
+        if let Err(wait) = reg.throttle.check(who.peer) {
+            let msg = crate::hub::throttled_reason(who.peer, wait);
+            return refuse(&reg, &mut io, 429, "throttled", &msg).await;
+        }
         let identity = match auth.authenticate(bearer, who.cert_cn.as_deref()) {
             Ok(i) => i,
-            Err(e) => return refuse(&reg, &mut io, 401, "unauthorized", &e.to_string()).await,
+            Err(e) => {
+                if e.is_guess() {
+                    reg.throttle.failed(who.peer);
+                }
+                return refuse(&reg, &mut io, 401, "unauthorized", &e.to_string()).await;
+            }
         };
         match &entry {
             Some(e) if e.client.as_deref() == Some(identity.client_id.as_str()) => {}

@@ -81,6 +81,9 @@ struct State {
 
 pub struct Registry {
     pub ids: IdStore,
+    /// Failed authentications per address, shared with the hub (Bearer tokens when parking,
+    /// CONNECT visitors' credentials).
+    pub throttle: Arc<crate::throttle::FailureThrottle>,
     cfg: RegistryConfig,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -119,9 +122,15 @@ fn unix_now() -> u64 {
 }
 
 impl Registry {
-    pub fn new(ids: IdStore, cfg: RegistryConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        ids: IdStore,
+        cfg: RegistryConfig,
+        metrics: Arc<Metrics>,
+        throttle: Arc<crate::throttle::FailureThrottle>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             ids,
+            throttle,
             cfg,
             metrics,
             state: Mutex::default(),

@@ -36,7 +36,8 @@ impl ConfigError {
     }
 }
 
-pub(crate) fn describe(err: figment::Error, prefix: &str) -> ConfigError {
+#[doc(hidden)]
+pub fn describe(err: figment::Error, prefix: &str) -> ConfigError {
     let lines = err
         .into_iter()
         .map(|e| {

@@ -3,9 +3,11 @@
 
 pub mod client;
 pub mod control;
-mod load;
+#[doc(hidden)]
+pub mod load;
 pub mod server;
 pub mod user;
-mod yaml;
+#[doc(hidden)]
+pub mod yaml;
 
 pub use load::{load, ConfigError, Layers};

@@ -27,9 +27,10 @@ const TOP_KEYS: &[&str] = &[
 pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
 
+#[doc(hidden)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Raw {
+pub struct Raw {
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
@@ -168,6 +169,12 @@ pub struct Limits {
     /// An HTTP visitor connection with no request in progress this long is closed.
     #[serde(default = "d75s", with = "serde_human")]
     pub http_idle_timeout: Duration,
+    /// Failed authentications one source address may make at once (tokens, TPoT-1 keys, API
+    /// tokens together; IPv6 by /64); they come back at this many per `auth_failure_window`.
+    #[serde(default = "d10u32")]
+    pub max_auth_failures: u32,
+    #[serde(default = "d60s", with = "serde_human")]
+    pub auth_failure_window: Duration,
 }
 
 impl Limits {
@@ -228,6 +235,8 @@ impl Default for Limits {
             max_connections_per_address: d1024(),
             idle_timeout: d10m(),
             http_idle_timeout: d75s(),
+            max_auth_failures: d10u32(),
+            auth_failure_window: d60s(),
         }
     }
 }
@@ -321,7 +330,8 @@ impl ServerConfig {
         Self::validate(raw, file)
     }
 
-    fn validate(raw: Raw, file: Option<&Path>) -> Result<Self, ConfigError> {
+    #[doc(hidden)]
+    pub fn validate(raw: Raw, file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
         let mut transports = BTreeMap::new();
         for (name, value) in &raw.transports {
@@ -529,6 +539,12 @@ impl ServerConfig {
         }
         if !raw.limits.idle_timeout.is_zero() && raw.limits.idle_timeout < Duration::from_secs(1) {
             errors.push("limits.idle_timeout: must be at least 1s (or 0s for never)".into());
+        }
+        if raw.limits.max_auth_failures == 0 {
+            errors.push("limits.max_auth_failures: must be at least 1".into());
+        }
+        if raw.limits.auth_failure_window < Duration::from_secs(1) {
+            errors.push("limits.auth_failure_window: must be at least 1s".into());
         }
         if raw.limits.http_idle_timeout < Duration::from_secs(1) {
             errors.push("limits.http_idle_timeout: must be at least 1s".into());

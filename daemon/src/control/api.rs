@@ -22,7 +22,7 @@ use tunneld_core::auth::Identity;
 const MAX_BODY: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
+pub async fn handle(c: &Control, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let route = match parts.as_slice() {
@@ -35,7 +35,7 @@ pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
         _ => "other",
     };
     let name = parts.get(2).map(|s| s.to_string()).unwrap_or_default();
-    let resp = route_request(c, req, route, &name).await;
+    let resp = route_request(c, req, route, &name, peer).await;
     c.count(route, resp.status());
     resp
 }
@@ -44,8 +44,17 @@ fn refused((status, msg): (StatusCode, String)) -> Resp {
     error(status, msg)
 }
 
-fn authenticate(c: &Control, req: &Request<Incoming>) -> Result<Identity, Box<Resp>> {
+fn authenticate(
+    c: &Control,
+    req: &Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Result<Identity, Box<Resp>> {
+    // Wrong tokens count against the address, with the transports' failures.
+    if let Err(wait) = c.hub.throttle.check(peer.ip()) {
+        return Err(Box::new(crate::http_serve::throttled(peer.ip(), wait)));
+    }
     let Some(token) = bearer(req) else {
+        c.hub.throttle.failed(peer.ip());
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "send your token as `Authorization: Bearer <token>`",
@@ -57,6 +66,9 @@ fn authenticate(c: &Control, req: &Request<Incoming>) -> Result<Identity, Box<Re
         return Err(Box::new(r));
     };
     c.auth.authenticate(Some(token), None).map_err(|e| {
+        if e.is_guess() {
+            c.hub.throttle.failed(peer.ip());
+        }
         let status = if e.is_permanent() {
             StatusCode::UNAUTHORIZED
         } else {
@@ -66,7 +78,13 @@ fn authenticate(c: &Control, req: &Request<Incoming>) -> Result<Identity, Box<Re
     })
 }
 
-async fn route_request(c: &Control, req: Request<Incoming>, route: &str, name: &str) -> Resp {
+async fn route_request(
+    c: &Control,
+    req: Request<Incoming>,
+    route: &str,
+    name: &str,
+    peer: std::net::SocketAddr,
+) -> Resp {
     let method = req.method().clone();
     match (route, &method) {
         ("/cacert", &Method::GET) => {
@@ -112,7 +130,7 @@ async fn route_request(c: &Control, req: Request<Incoming>, route: &str, name: &
         }
         return r;
     }
-    let who = match authenticate(c, &req) {
+    let who = match authenticate(c, &req, peer) {
         Ok(w) => w,
         Err(r) => return *r,
     };

@@ -65,9 +65,9 @@ impl Control {
             .with_context(|| format!("control.listen {}", self.cfg.listen))?;
         let api = listener.local_addr()?;
         let me = self.clone();
-        let handler: Handler = Arc::new(move |req, _peer| {
+        let handler: Handler = Arc::new(move |req, peer| {
             let me = me.clone();
-            Box::pin(async move { api::handle(&me, req).await })
+            Box::pin(async move { api::handle(&me, req, peer).await })
         });
         http_serve::serve(
             "provisioning API",

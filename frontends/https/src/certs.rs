@@ -1,34 +1,61 @@
 //! Certificates for visitors: a configured one (typically `*.<domain>`), or one per name
-//! issued on demand from tunneld's own CA, so `https://<name>.localhost` verifies against
+//! issued from tunneld's own CA, so `https://<name>.localhost` verifies against
 //! `state/tls/ca.pem` with no setup.
+//!
+//! Issued certificates are only for names that are claimed (or reserved for their owner)
+//! and for the configured extra host names; any other name gets the domain's certificate and,
+//! after the handshake, a 404 page, so random names cost no signing. A claim mints its
+//! certificate on a blocking thread; a handshake that still finds none mints it outside the
+//! cache lock. Leaves live [`LEAF_LIFETIME`] and are renewed in the background once
+//! [`RENEW_AFTER`] has passed, while the current one keeps being served.
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 use tunneld_core::tls::{provider, LocalCa, ServerIdentity, TlsError};
 
-/// Issued certificates kept at most; the cache starts over when full.
+/// Issued certificates kept at most; past it, names no longer claimed are dropped first.
 const MAX_CACHED: usize = 10_000;
+/// How long an issued leaf is valid (what public CAs issue).
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// When a leaf is replaced: 30 days before it expires.
+pub const RENEW_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
+
+/// Whether a label under the domain is claimed (or reserved) now.
+pub type Claimed = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+struct Cached {
+    key: Arc<CertifiedKey>,
+    renew_at: Instant,
+}
+
+pub struct Issued {
+    ca: LocalCa,
+    domain: String,
+    extra: Vec<String>,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// Names being minted in the background now.
+    minting: Mutex<HashSet<String>>,
+    claimed: OnceLock<Claimed>,
+    fallback: Arc<CertifiedKey>,
+    /// Itself, for background work.
+    me: Weak<Issued>,
+}
 
 pub enum Resolver {
     /// One certificate for every name.
     Fixed(Arc<CertifiedKey>),
-    /// A certificate per name, issued from tunneld's CA.
-    Issued {
-        ca: Box<LocalCa>,
-        domain: String,
-        extra: Vec<String>,
-        cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-        fallback: Arc<CertifiedKey>,
-    },
+    /// A certificate per claimed name, issued from tunneld's CA.
+    Issued(Arc<Issued>),
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Resolver::Fixed(_) => "Resolver::Fixed",
-            Resolver::Issued { .. } => "Resolver::Issued",
+            Resolver::Issued(_) => "Resolver::Issued",
         })
     }
 }
@@ -53,13 +80,31 @@ impl Resolver {
     /// hostname).
     pub fn issued(ca: LocalCa, domain: &str, extra: Vec<String>) -> Result<Self, TlsError> {
         let (chain, key) = ca.issue(&[domain.to_string()])?;
-        Ok(Resolver::Issued {
-            fallback: certified(chain, &key)?,
-            ca: Box::new(ca),
+        let fallback = certified(chain, &key)?;
+        Ok(Resolver::Issued(Arc::new_cyclic(|me| Issued {
+            ca,
             domain: domain.to_string(),
             extra,
             cache: Mutex::default(),
-        })
+            minting: Mutex::default(),
+            claimed: OnceLock::new(),
+            fallback,
+            me: me.clone(),
+        })))
+    }
+
+    /// Tells the resolver which labels are claimed (set once, by the frontend).
+    pub(crate) fn set_claimed(&self, claimed: Claimed) {
+        if let Resolver::Issued(i) = self {
+            let _ = i.claimed.set(claimed);
+        }
+    }
+
+    /// Mints the certificate of a newly claimed `host` on a blocking thread.
+    pub(crate) fn prepare(&self, host: &str) {
+        if let Resolver::Issued(i) = self {
+            i.mint_in_background(host.to_ascii_lowercase());
+        }
     }
 
     /// Whether a certificate this resolver serves for `sni` also covers `host` (so one
@@ -67,7 +112,111 @@ impl Resolver {
     pub(crate) fn covers(&self, sni: Option<&str>, host: &str) -> bool {
         match self {
             Resolver::Fixed(_) => true,
-            Resolver::Issued { .. } => sni.is_none_or(|s| s == host),
+            Resolver::Issued(_) => sni.is_none_or(|s| s == host),
+        }
+    }
+
+    /// Certificates in the cache (for tests).
+    pub fn cached(&self) -> usize {
+        match self {
+            Resolver::Fixed(_) => 0,
+            Resolver::Issued(i) => i.lock().len(),
+        }
+    }
+}
+
+impl Issued {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `name` may have a certificate of its own: an extra host, or a claimed label.
+    fn deserves(&self, name: &str) -> bool {
+        if self.extra.iter().any(|e| e == name) {
+            return true;
+        }
+        let Some(label) = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|l| l.strip_suffix('.'))
+            .filter(|l| crate::config::valid_label(l))
+        else {
+            return false;
+        };
+        self.claimed.get().is_some_and(|c| c(label))
+    }
+
+    fn mint(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let issued = self
+            .ca
+            .issue_for(&[name.to_string()], LEAF_LIFETIME)
+            .and_then(|(chain, key)| certified(chain, &key));
+        match issued {
+            Ok(k) => {
+                let mut cache = self.lock();
+                if cache.len() >= MAX_CACHED && !cache.contains_key(name) {
+                    cache.retain(|n, _| self.deserves(n));
+                }
+                if cache.len() < MAX_CACHED || cache.contains_key(name) {
+                    cache.insert(
+                        name.to_string(),
+                        Cached {
+                            key: k.clone(),
+                            renew_at: Instant::now() + RENEW_AFTER,
+                        },
+                    );
+                }
+                Some(k)
+            }
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "could not issue a certificate");
+                None
+            }
+        }
+    }
+
+    /// Mints `name` on a blocking thread (once at a time per name); without a runtime, now.
+    fn mint_in_background(&self, name: String) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        if !self
+            .minting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            return;
+        }
+        let work = move || {
+            me.mint(&name);
+            me.minting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(work)),
+            Err(_) => work(),
+        }
+    }
+
+    fn resolve_name(&self, name: String) -> Arc<CertifiedKey> {
+        if !self.deserves(&name) {
+            return self.fallback.clone();
+        }
+        let found = self
+            .lock()
+            .get(&name)
+            .map(|c| (c.key.clone(), Instant::now() >= c.renew_at));
+        match found {
+            Some((key, due)) => {
+                if due {
+                    self.mint_in_background(name);
+                }
+                key
+            }
+            // Claimed a moment ago and not minted yet: mint here, outside the cache lock.
+            None => self.mint(&name).unwrap_or_else(|| self.fallback.clone()),
         }
     }
 }
@@ -76,45 +225,10 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         match self {
             Resolver::Fixed(k) => Some(k.clone()),
-            Resolver::Issued {
-                ca,
-                domain,
-                extra,
-                cache,
-                fallback,
-            } => {
-                let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
-                    return Some(fallback.clone());
-                };
-                let ours = name
-                    .strip_suffix(domain.as_str())
-                    .and_then(|l| l.strip_suffix('.'))
-                    .is_some_and(crate::config::valid_label)
-                    || extra.contains(&name);
-                if !ours {
-                    return Some(fallback.clone());
-                }
-                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(k) = cache.get(&name) {
-                    return Some(k.clone());
-                }
-                let issued = ca
-                    .issue(std::slice::from_ref(&name))
-                    .and_then(|(chain, key)| certified(chain, &key));
-                match issued {
-                    Ok(k) => {
-                        if cache.len() >= MAX_CACHED {
-                            cache.clear();
-                        }
-                        cache.insert(name, k.clone());
-                        Some(k)
-                    }
-                    Err(e) => {
-                        tracing::warn!(%name, error = %e, "could not issue a certificate");
-                        Some(fallback.clone())
-                    }
-                }
-            }
+            Resolver::Issued(i) => Some(match hello.server_name() {
+                Some(n) => i.resolve_name(n.to_ascii_lowercase()),
+                None => i.fallback.clone(),
+            }),
         }
     }
 }

@@ -73,6 +73,11 @@ impl HttpsFrontend {
             cfg.pools.clone(),
             metrics.http_names_active.with_label_values(&[name]),
         );
+        // Certificates only for names someone holds (claimed, reserved, or a pool).
+        let held = names.clone();
+        resolver.set_claimed(Box::new(move |label| {
+            !matches!(held.lookup_host(label, false).1, Lookup::Unknown)
+        }));
         Ok(Arc::new(Self {
             name: name.to_string(),
             cfg,
@@ -151,7 +156,13 @@ impl Frontend for HttpsFrontend {
                 "a wildcard subdomain (`*.name`) is only for `tls` (passthrough) tunnels".into(),
             ));
         }
-        self.names.claim(&req, |n| self.endpoint(n))
+        let claim = self.names.claim(&req, |n| self.endpoint(n))?;
+        if req.kind != TunnelKind::Tls {
+            if let Some(n) = claim.name.as_deref().filter(|n| !n.starts_with("*.")) {
+                self.resolver.prepare(&format!("{n}.{}", self.cfg.domain));
+            }
+        }
+        Ok(claim)
     }
 
     fn routes(&self) -> Vec<RouteInfo> {

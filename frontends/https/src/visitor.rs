@@ -333,6 +333,14 @@ impl Conn {
                     "The local service switched protocols without being asked.",
                 );
             }
+            (false, _) if upgrade => {
+                // An upgrade the service refused: the connection closes after this answer,
+                // so whatever the visitor sent after its upgrade request is never read as
+                // HTTP (the framing guard stopped following it).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                fe.count("forwarded");
+            }
             _ => fe.count("forwarded"),
         }
         resp.map(coalesced)

@@ -38,7 +38,8 @@ async fn refuse(inner: &Inner, io: &mut BoxIo, code: u16, o: &str, msg: &str) {
 }
 
 /// `host:port` of a CONNECT target.
-fn authority(target: &str) -> Option<(&str, u16)> {
+#[doc(hidden)]
+pub fn authority(target: &str) -> Option<(&str, u16)> {
     let (host, port) = target.rsplit_once(':')?;
     let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
     (!host.is_empty()).then_some((host, port))
@@ -129,7 +130,15 @@ pub(crate) async fn serve(
         )
         .await;
     }
+    // Wrong credentials count against the address, with every other failure.
+    if let Err(wait) = inner.registry.throttle.check(peer.ip()) {
+        let msg = tunneld_core::hub::throttled_reason(peer.ip(), wait);
+        return refuse(inner, &mut io, 429, "throttled", &msg).await;
+    }
     if let Err((code, o, msg)) = allowed(inner, &head, &host) {
+        if code == 407 {
+            inner.registry.throttle.failed(peer.ip());
+        }
         return refuse(inner, &mut io, code, o, &msg).await;
     }
     let started = Instant::now();

@@ -11,7 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod connect_access;
+#[doc(hidden)]
+pub mod connect_access;
 mod frontend;
 mod names;
 mod respond;

@@ -12,6 +12,7 @@ fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

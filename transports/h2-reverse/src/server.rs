@@ -70,6 +70,13 @@ impl Transport for H2ReverseTransport {
             let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
                 break;
             };
+            if cx.hub.throttle.check(peer.ip()).is_err() {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, "throttled"])
+                    .inc();
+                continue;
+            }
             let permit = match cx.limiter.try_acquire(peer.ip()) {
                 Ok(p) => p,
                 Err(refused) => {

@@ -29,6 +29,8 @@ use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
 /// PBKDF2 checks running at once (each takes tens of milliseconds of CPU).
 const AUTH_SLOTS: usize = 2;
+/// How long a TPoT-1 login waits for a PBKDF2 slot before it is answered 503.
+const AUTH_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct WebsocketTransport {
     cfg: Config,
@@ -133,6 +135,7 @@ async fn answer<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, code: u16, text: &st
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -481,12 +484,29 @@ impl WebsocketTransport {
         let tpot_header = head.header("authorization").map(str::to_string);
         let tpot_ok = match (&self.verifier, &tpot_header) {
             (Some(v), Some(h)) if h.trim_start().starts_with("TPoT-1") || !native => {
+                // An address over its failure budget gets no PBKDF2 time at all.
+                let ip = origin.visitor.ip();
+                if let Err(wait) = cx.hub.throttle.check(ip) {
+                    refuse(429);
+                    let why = tunneld_core::hub::throttled_reason(ip, wait);
+                    return answer(&mut io, 429, &why).await;
+                }
                 match self.check_tpot(v.clone(), Some(h.clone())).await {
                     Ok(()) => true,
                     Err(e) => {
-                        tracing::warn!(transport = %cx.name, visitor = %origin.visitor, reason = e.reason(), "TPoT-1 refused: {e}");
-                        refuse(401);
-                        return answer(&mut io, 401, &e.to_string()).await;
+                        if !matches!(e, AuthError::Busy) {
+                            cx.hub.throttle.failed(ip);
+                        }
+                        if cx.hub.refusal_log.allow() {
+                            tracing::warn!(transport = %cx.name, visitor = %origin.visitor, reason = e.reason(), "TPoT-1 refused: {e}");
+                        }
+                        let code = if matches!(e, AuthError::Busy) {
+                            503
+                        } else {
+                            401
+                        };
+                        refuse(code);
+                        return answer(&mut io, code, &e.to_string()).await;
                     }
                 }
             }
@@ -621,11 +641,10 @@ impl WebsocketTransport {
     }
 
     async fn check_tpot(&self, v: Arc<Verifier>, header: Option<String>) -> Result<(), AuthError> {
-        let _slot = self
-            .auth_slots
-            .clone()
-            .acquire_owned()
+        // A bounded wait for a PBKDF2 slot: a queue of guesses cannot grow without end.
+        let _slot = tokio::time::timeout(AUTH_SLOT_WAIT, self.auth_slots.clone().acquire_owned())
             .await
+            .map_err(|_| AuthError::Busy)?
             .map_err(|_| AuthError::Busy)?;
         tokio::task::spawn_blocking(move || v.verify(header.as_deref()))
             .await
@@ -720,7 +739,9 @@ impl WebsocketTransport {
         };
         match admitted {
             Err(r) => {
-                tracing::warn!(transport = %cx.name, remote = %origin.visitor, "client rejected: {}", r.reason);
+                if cx.hub.refusal_log.allow() {
+                    tracing::warn!(transport = %cx.name, remote = %origin.visitor, "client rejected: {}", r.reason);
+                }
                 let _ = send_json(
                     &mut ws,
                     &ServerHello::Rejected {
@@ -740,7 +761,9 @@ impl WebsocketTransport {
                     .iter()
                     .find_map(|t| t.error.clone())
                     .unwrap_or_default();
-                tracing::warn!(transport = %cx.name, remote = %origin.visitor, "client rejected: {reason}");
+                if cx.hub.refusal_log.allow() {
+                    tracing::warn!(transport = %cx.name, remote = %origin.visitor, "client rejected: {reason}");
+                }
                 let _ = send_json(
                     &mut ws,
                     &ServerHello::Rejected {

@@ -109,7 +109,8 @@ impl Verifier {
         self.verify_at(value, now_ms())
     }
 
-    fn verify_at(&self, value: Option<&str>, now: i64) -> Result<(), AuthError> {
+    #[doc(hidden)]
+    pub fn verify_at(&self, value: Option<&str>, now: i64) -> Result<(), AuthError> {
         let value = value.ok_or(AuthError::Missing)?;
         let b64 = tunneld_core::auth::scheme_param(value, "TPoT-1")
             .ok_or(AuthError::Malformed("the scheme is not TPoT-1"))?;

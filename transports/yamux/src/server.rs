@@ -71,7 +71,15 @@ impl Transport for YamuxTransport {
             let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
                 break;
             };
-            // The accept loop never waits on a peer: admission control, then a task.
+            // The accept loop never waits on a peer: admission control, then a task. An
+            // address over its failed-authentication budget costs no TLS handshake.
+            if cx.hub.throttle.check(peer.ip()).is_err() {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, "throttled"])
+                    .inc();
+                continue;
+            }
             let permit = match cx.limiter.try_acquire(peer.ip()) {
                 Ok(p) => p,
                 Err(refused) => {
@@ -79,7 +87,9 @@ impl Transport for YamuxTransport {
                         .handshakes_total
                         .with_label_values(&[&cx.name, refused.reason()])
                         .inc();
-                    tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
+                    if cx.hub.refusal_log.allow() {
+                        tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
+                    }
                     continue;
                 }
             };
@@ -386,7 +396,9 @@ async fn run_threshold<T>(
     let guard = match admitted {
         Ok((g, _)) => g,
         Err(rej) => {
-            tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "threshold client rejected: {}", rej.reason);
+            if cx.hub.refusal_log.allow() {
+                tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "threshold client rejected: {}", rej.reason);
+            }
             let r = threshold::Refusal {
                 status: 403,
                 outcome: rej.outcome,

@@ -1,0 +1,214 @@
+//! What keeps guessing cheap to refuse and quiet in the logs.
+//!
+//! - [`FailureThrottle`]: failed authentications per source address (an IPv6 address counts
+//!   by its /64), as a token bucket: `max` failures at once, `max` more per `window`. An
+//!   address over it is refused before any credential is looked at, on every transport, the
+//!   admin and control APIs and TPoT-1 alike (one budget per address for all of them).
+//! - [`LogBudget`]: at most `per_window` log lines of one kind per window; the rest are
+//!   counted and reported in one summary line per window.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Addresses tracked at most; past it, addresses whose budget is whole again are forgotten
+/// first, and a failure that still finds no room is not tracked (never an allocation per
+/// attacker address without bound).
+const MAX_TRACKED: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Failures still allowed (fractional: it refills continuously).
+    left: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct FailureThrottle {
+    max: f64,
+    /// Failures given back per second.
+    rate: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// The key of an address: IPv4 as is, IPv6 by its /64 (one host's whole allocation).
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl FailureThrottle {
+    /// `max` failures at once from one address, refilled at `max` per `window`.
+    pub fn new(max: u32, window: Duration) -> Self {
+        let max = f64::from(max.max(1));
+        Self {
+            max,
+            rate: max / window.as_secs_f64().max(0.001),
+            buckets: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refilled(&self, b: Bucket, now: Instant) -> f64 {
+        (b.left + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.max)
+    }
+
+    /// `Err(wait)` while `ip` has no failure left: how long until it has one.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let buckets = self.lock();
+        let Some(b) = buckets.get(&key(ip)) else {
+            return Ok(());
+        };
+        let left = self.refilled(*b, now);
+        if left >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - left) / self.rate).max(Duration::from_secs(1)))
+        }
+    }
+
+    /// Records a failed authentication from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let k = key(ip);
+        let mut buckets = self.lock();
+        if !buckets.contains_key(&k) && buckets.len() >= MAX_TRACKED {
+            let max = self.max;
+            let rate = self.rate;
+            buckets.retain(|_, b| (b.left + now.duration_since(b.at).as_secs_f64() * rate) < max);
+            if buckets.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let left = buckets.get(&k).map_or(self.max, |b| self.refilled(*b, now));
+        buckets.insert(
+            k,
+            Bucket {
+                left: (left - 1.0).max(0.0),
+                at: now,
+            },
+        );
+    }
+
+    /// Addresses tracked now (for tests and the metrics).
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// A budget of log lines of one kind.
+#[derive(Debug)]
+pub struct LogBudget {
+    what: &'static str,
+    per_window: u64,
+    window: Duration,
+    state: Mutex<(Instant, u64)>,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    pub fn new(what: &'static str, per_window: u64, window: Duration) -> Self {
+        Self {
+            what,
+            per_window,
+            window,
+            state: Mutex::new((Instant::now(), 0)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be written now; a line that may not is counted.
+    pub fn allow(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(s.0) >= self.window {
+            *s = (now, 0);
+        }
+        if s.1 < self.per_window {
+            s.1 += 1;
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Writes the summary of the lines suppressed since the last call, if any; call it once
+    /// per window.
+    pub fn summarize(&self) {
+        let n = self.suppressed.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(
+                suppressed = n,
+                "{n} more {} in the last {:?} were not logged one by one",
+                self.what,
+                self.window
+            );
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refusal_then_refill() {
+        let t = FailureThrottle::new(3, Duration::from_millis(300));
+        let a: IpAddr = "127.0.0.2".parse().expect("ip");
+        let b: IpAddr = "127.0.0.3".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(t.check(a).is_ok());
+            t.failed(a);
+        }
+        assert!(t.check(a).is_err(), "three failures use the budget");
+        assert!(t.check(b).is_ok(), "another address is untouched");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(t.check(a).is_ok(), "a failure's worth came back");
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64() {
+        let t = FailureThrottle::new(1, Duration::from_secs(60));
+        t.failed("2001:db8:1:2::1".parse().expect("ip"));
+        assert!(t.check("2001:db8:1:2::ffff".parse().expect("ip")).is_err());
+        assert!(t.check("2001:db8:1:3::1".parse().expect("ip")).is_ok());
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let t = FailureThrottle::new(1, Duration::from_secs(3600));
+        for i in 0..(MAX_TRACKED as u32 + 100) {
+            t.failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        assert!(t.tracked() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn log_lines_past_the_budget_are_counted() {
+        let l = LogBudget::new("refusals", 2, Duration::from_secs(60));
+        assert!(l.allow() && l.allow());
+        assert!(!l.allow() && !l.allow());
+        assert_eq!(l.suppressed.load(Ordering::Relaxed), 2);
+        l.summarize();
+        assert_eq!(l.suppressed.load(Ordering::Relaxed), 0);
+    }
+}
