@@ -321,17 +321,17 @@ impl OpenStream for H2Opener {
             .header(STREAM_HEADER, Self::header_value(&header)?)
             .body(empty())
             .map_err(|e| OpenError::Session(e.to_string()))?;
-        let mut resp = self
-            .send
-            .clone()
-            .send_request(req)
+        let deadline = tokio::time::Instant::now() + crate::session::OPEN_REPLY_DEADLINE;
+        let mut resp = tokio::time::timeout_at(deadline, self.send.clone().send_request(req))
             .await
+            .map_err(|_| OpenError::Timeout)?
             .map_err(send_error)?;
         if !resp.status().is_success() {
             return Err(refused(&resp));
         }
-        let up = hyper::upgrade::on(&mut resp)
+        let up = tokio::time::timeout_at(deadline, hyper::upgrade::on(&mut resp))
             .await
+            .map_err(|_| OpenError::Timeout)?
             .map_err(|e| OpenError::Session(format!("CONNECT stream: {e}")))?;
         Ok(Box::new(TokioIo::new(up)))
     }

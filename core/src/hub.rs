@@ -364,7 +364,15 @@ impl Hub {
         {
             Ok((guard, tunnels)) => {
                 let welcome = self.welcome(guard.session.info.client_id.clone(), tunnels);
-                match write_frame(io, &welcome).await {
+                let written = tokio::time::timeout(ANSWER_WAIT, write_frame(io, &welcome))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::proto::FrameError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client read no welcome in time",
+                        )))
+                    });
+                match written {
                     Ok(()) => Some(guard),
                     Err(e) => {
                         tracing::warn!(transport, %remote, error = %e, "could not send welcome");

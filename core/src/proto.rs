@@ -253,6 +253,15 @@ pub struct StreamReply {
     pub error: Option<String>,
 }
 
+/// The answer to a hello over the frame limit: permanent, since the same hello (a token
+/// that long) can never pass.
+pub fn oversized_hello(e: &FrameError) -> ServerHello {
+    ServerHello::Rejected {
+        reason: format!("the hello is too large ({e}): is the token right?"),
+        permanent: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,10 @@ pub struct StreamHeader {
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
+/// The longest a tunnel client may take to answer a new stream (it connects to its local
+/// service first), whatever the frontend's own deadline: no open waits without end.
+pub const OPEN_REPLY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Why a stream could not be opened, split by which side failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -189,3 +189,25 @@ async fn bytes_after_a_refused_upgrade_are_never_read_as_a_request() -> Result<(
     alice.stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_freed_a_moment_later_is_still_granted() -> Result<()> {
+    let s = tunneld_integration_tests::TestServer::start().await?;
+    let port = s.range.0 + 7;
+    // Another program holds the port while tunnelc asks for it, and lets go shortly after.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let echo = services::echo().await;
+    let tunnels = format!("  svc:\n    local: \"{echo}\"\n    remote_port: {port}\n");
+    let mut c = tunneld_integration_tests::TestClient::spawn(
+        s.client_config(tunneld_integration_tests::ALICE_TOKEN, &tunnels)?,
+    );
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(holder);
+    });
+    let ep = c.endpoint("svc").await?;
+    release.await?;
+    ensure!(ep.port() == port, "got {ep}");
+    c.stop.cancel();
+    Ok(())
+}

@@ -418,6 +418,11 @@ async fn hidden_server_wire_answers_and_totp_rules() -> Result<()> {
     .await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 429\r\n\r\n{\"error\":{\"permanent\":false,\"diagnostic\":\"too many failed attempts"), "{text}");
+    // The address made three failures (the id `wire` only two): the message says which.
+    assert!(
+        text.contains("too many failed attempts from 127.0.0.1;"),
+        "{text}"
+    );
 
     // A token parks only for an id that names its client.
     let (got, _) = raw_park(

@@ -129,12 +129,23 @@ pub async fn serve(
                     401,
                     "this code was already used; wait for the next one".to_string(),
                 ),
-                CodeRefusal::LockedOut { retry_after } => (
+                CodeRefusal::LockedOut {
+                    retry_after,
+                    by_address,
+                } => (
                     429,
-                    format!(
-                        "too many failed attempts for this id or address; retry in {} s",
-                        retry_after.as_secs().max(1)
-                    ),
+                    if by_address {
+                        format!(
+                            "too many failed attempts from {}; retry in {} s",
+                            who.peer,
+                            retry_after.as_secs().max(1)
+                        )
+                    } else {
+                        format!(
+                            "too many failed attempts for id `{id}`; retry in {} s",
+                            retry_after.as_secs().max(1)
+                        )
+                    },
                 ),
                 _ => (401, "unknown id or wrong code".to_string()),
             };

@@ -36,7 +36,12 @@ pub enum CodeRefusal {
     Malformed,
     Replayed,
     UnknownId,
-    LockedOut { retry_after: Duration },
+    /// Too many failures: `by_address` when the source address is locked out (whatever id
+    /// it asks for), otherwise the id is.
+    LockedOut {
+        retry_after: Duration,
+        by_address: bool,
+    },
 }
 
 impl CodeRefusal {
@@ -194,11 +199,19 @@ impl Registry {
         addr: IpAddr,
     ) -> Result<(), CodeRefusal> {
         let mut st = self.lock();
-        let locked = self
-            .locked_for(st.fail_addr.get(&addr))
-            .max(self.locked_for(st.fail_id.get(id)));
-        if let Some(retry_after) = locked {
-            return Err(self.refuse(CodeRefusal::LockedOut { retry_after }));
+        let by_addr = self.locked_for(st.fail_addr.get(&addr));
+        let by_id = self.locked_for(st.fail_id.get(id));
+        let locked = match (by_addr, by_id) {
+            (Some(a), Some(i)) if i > a => Some((i, false)),
+            (Some(a), _) => Some((a, true)),
+            (None, Some(i)) => Some((i, false)),
+            (None, None) => None,
+        };
+        if let Some((retry_after, by_address)) = locked {
+            return Err(self.refuse(CodeRefusal::LockedOut {
+                retry_after,
+                by_address,
+            }));
         }
         let Some(entry) = entry else {
             self.record_failure(&mut st, None, addr);

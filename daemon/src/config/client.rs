@@ -187,6 +187,9 @@ fn tcp() -> TunnelKind {
     TunnelKind::Tcp
 }
 
+/// The longest token tunnelc accepts in its config (tunneld's own are 35 characters).
+pub const MAX_TOKEN: usize = 4096;
+
 impl ClientConfig {
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
         let mut cfg: ClientConfig = load::load(&Layers {
@@ -238,6 +241,17 @@ impl ClientConfig {
             errors.push(
                 "token: required unless tls.cert and tls.key (a client certificate) are set, or auth_key (websocket)".into(),
             );
+        }
+        if let Some(t) = &self.token {
+            // The hello that carries it is at most 64 KiB; no token is anywhere near this.
+            if t.0.is_empty() || t.0.len() > MAX_TOKEN {
+                errors.push(format!(
+                    "token: {} bytes; a token is 1 to {MAX_TOKEN} bytes",
+                    t.0.len()
+                ));
+            } else if t.0.chars().any(char::is_control) {
+                errors.push("token: contains control characters".into());
+            }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errors.push("tls.cert and tls.key: set both or neither".into());

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -13,7 +13,9 @@ use tunneld_core::h2link::{self, h2_reason, H2Opener, ALPN};
 use tunneld_core::http_forward::Body;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
-use tunneld_core::proto::{read_frame, Control, Hello, MAGIC};
+use tunneld_core::proto::{
+    oversized_hello, read_frame, write_frame, Control, FrameError, Hello, MAGIC,
+};
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
 use tunneld_core::tls_listener::{accept_next, set_keepalive, BoundListener};
@@ -211,9 +213,16 @@ impl H2ReverseTransport {
             if &magic != MAGIC {
                 return Err(("bad_magic", "the client did not send TUNNELD1".to_string()));
             }
-            read_frame::<Hello, _>(&mut io)
-                .await
-                .map_err(|e| (e.reason(), e.to_string()))
+            match read_frame::<Hello, _>(&mut io).await {
+                Ok(h) => Ok(h),
+                Err(e @ FrameError::TooLarge(_)) => {
+                    // Say why, so tunnelc stops instead of retrying the same hello.
+                    let _ = write_frame(&mut io, &oversized_hello(&e)).await;
+                    let _ = io.shutdown().await;
+                    Err((e.reason(), e.to_string()))
+                }
+                Err(e) => Err((e.reason(), e.to_string())),
+            }
         })
         .await;
         cx.metrics.handshakes_pending.dec();

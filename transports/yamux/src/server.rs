@@ -19,6 +19,7 @@ use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{
+    oversized_hello,
     read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC, VERSION,
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
@@ -155,7 +156,16 @@ impl YamuxTransport {
                 .await
                 .map_err(|_| HandshakeFailure::from(FrameError::Closed))?;
             if &first == MAGIC {
-                let hello: Hello = read_frame(&mut tls).await?;
+                let hello: Hello = match read_frame(&mut tls).await {
+                    Ok(h) => h,
+                    Err(e @ FrameError::TooLarge(_)) => {
+                        // Say why, so tunnelc stops instead of retrying the same hello.
+                        let _ = write_frame(&mut tls, &oversized_hello(&e)).await;
+                        let _ = tls.shutdown().await;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 return Ok::<_, HandshakeFailure>((tls, cn, Dialect::Native(hello)));
             }
             match &self.cfg.threshold {
@@ -344,9 +354,13 @@ impl OpenStream for YamuxOpener {
         write_frame(&mut io, &header)
             .await
             .map_err(|e| OpenError::Session(e.to_string()))?;
-        let reply: StreamReply = read_frame(&mut io)
-            .await
-            .map_err(|e| OpenError::Session(e.to_string()))?;
+        let reply: StreamReply = tokio::time::timeout(
+            tunneld_core::session::OPEN_REPLY_DEADLINE,
+            read_frame(&mut io),
+        )
+        .await
+        .map_err(|_| OpenError::Timeout)?
+        .map_err(|e| OpenError::Session(e.to_string()))?;
         match reply.error {
             Some(e) => Err(OpenError::LocalRefused(e)),
             None => Ok(Box::new(Counted::new(io, slot))),
