@@ -200,14 +200,8 @@ impl Authenticator {
     ) -> Result<Identity, AuthError> {
         if let Some(token) = token {
             let presented = sha256(token.as_bytes());
-            let mut found: Option<&TokenEntry> = None;
-            for entry in &self.tokens {
-                if ct_eq(&presented, &entry.digest) && found.is_none() {
-                    found = Some(entry);
-                }
-            }
-            if let Some(e) = found {
-                return Ok(Identity::new(e.client_id.clone(), "token", e.max_ports));
+            if let Some(id) = self.configured(&presented) {
+                return Ok(id);
             }
             return self.stored_token(&presented);
         }
@@ -222,6 +216,40 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// A token of the config file (in memory, constant time over all of them).
+    fn configured(&self, presented: &[u8; 32]) -> Option<Identity> {
+        let mut found: Option<&TokenEntry> = None;
+        for entry in &self.tokens {
+            if ct_eq(presented, &entry.digest) && found.is_none() {
+                found = Some(entry);
+            }
+        }
+        found.map(|e| Identity::new(e.client_id.clone(), "token", e.max_ports))
+    }
+
+    /// [`Authenticator::authenticate`] for async callers: a token that is not in the config
+    /// file is looked up in the state store on a blocking thread, never on the runtime's.
+    pub async fn authenticate_async(
+        self: &std::sync::Arc<Self>,
+        token: Option<&str>,
+        cert_cn: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let Some(token) = token else {
+            return self.authenticate(None, cert_cn);
+        };
+        let presented = sha256(token.as_bytes());
+        if let Some(id) = self.configured(&presented) {
+            return Ok(id);
+        }
+        if self.stored.is_none() {
+            return Err(AuthError::BadToken);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.stored_token(&presented))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::Unavailable(e.to_string())))
+    }
+
     fn stored_token(&self, digest: &[u8; 32]) -> Result<Identity, AuthError> {
         let Some(StoredTokens(store)) = &self.stored else {
             return Err(AuthError::BadToken);

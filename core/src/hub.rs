@@ -142,7 +142,7 @@ struct Lease {
 }
 
 pub struct Hub {
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     leases: Mutex<HashMap<(String, String), Lease>>,
     pub(crate) frontends: BTreeMap<String, Arc<dyn Frontend>>,
     pub(crate) sessions: Arc<Sessions>,
@@ -193,13 +193,13 @@ impl Hub {
         throttle: Arc<FailureThrottle>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            auth: Arc::new(auth),
             throttle,
             refusal_log: Arc::new(LogBudget::new(
                 "client refusals",
                 REFUSAL_LINES,
                 REFUSAL_WINDOW,
             )),
-            auth,
             leases: Mutex::default(),
             frontends,
             sessions: Arc::default(),
@@ -331,7 +331,8 @@ impl Hub {
         }
         let identity = self
             .auth
-            .authenticate(hello.token.as_deref(), cert_cn)
+            .authenticate_async(hello.token.as_deref(), cert_cn)
+            .await
             .map_err(|e: AuthError| {
                 if e.is_guess() {
                     self.throttle.failed(remote.ip());

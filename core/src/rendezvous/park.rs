@@ -57,7 +57,7 @@ async fn refuse(reg: &Registry, io: &mut BoxIo, code: u16, outcome: &str, diagno
 /// takes it, the peer closes, a newer connection evicts it, or `shutdown` fires.
 pub async fn serve(
     reg: Arc<Registry>,
-    auth: &Authenticator,
+    auth: &std::sync::Arc<Authenticator>,
     mut io: BoxIo,
     head: RequestHead,
     surplus: Vec<u8>,
@@ -84,7 +84,7 @@ pub async fn serve(
         )
         .await;
     }
-    let entry = reg.ids.get(id);
+    let entry = reg.ids.lookup(id).await;
     let bearer = head
         .header("proxy-authorization")
         .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
@@ -93,7 +93,10 @@ pub async fn serve(
             let msg = crate::hub::throttled_reason(who.peer, wait);
             return refuse(&reg, &mut io, 429, "throttled", &msg).await;
         }
-        let identity = match auth.authenticate(bearer, who.cert_cn.as_deref()) {
+        let identity = match auth
+            .authenticate_async(bearer, who.cert_cn.as_deref())
+            .await
+        {
             Ok(i) => i,
             Err(e) => {
                 if e.is_guess() {

@@ -200,6 +200,18 @@ impl IdStore {
         Self { store }
     }
 
+    /// [`IdStore::get`] on a blocking thread: what async code calls, so no runtime thread
+    /// waits on SQLite.
+    pub async fn lookup(&self, id: &str) -> Option<IdEntry> {
+        let (store, id) = (self.store.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || IdStore { store }.get(&id))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "rendezvous id lookup failed");
+                None
+            })
+    }
+
     /// One id's entry (none when the store cannot be read, which is logged).
     pub fn get(&self, id: &str) -> Option<IdEntry> {
         match self.store.rendezvous(id) {

@@ -44,7 +44,7 @@ fn refused((status, msg): (StatusCode, String)) -> Resp {
     error(status, msg)
 }
 
-fn authenticate(
+async fn authenticate(
     c: &Control,
     req: &Request<Incoming>,
     peer: std::net::SocketAddr,
@@ -65,17 +65,20 @@ fn authenticate(
         );
         return Err(Box::new(r));
     };
-    c.auth.authenticate(Some(token), None).map_err(|e| {
-        if e.is_guess() {
-            c.hub.throttle.failed(peer.ip());
-        }
-        let status = if e.is_permanent() {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        Box::new(error(status, e))
-    })
+    c.auth
+        .authenticate_async(Some(token), None)
+        .await
+        .map_err(|e| {
+            if e.is_guess() {
+                c.hub.throttle.failed(peer.ip());
+            }
+            let status = if e.is_permanent() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Box::new(error(status, e))
+        })
 }
 
 async fn route_request(
@@ -130,7 +133,7 @@ async fn route_request(
         }
         return r;
     }
-    let who = match authenticate(c, &req, peer) {
+    let who = match authenticate(c, &req, peer).await {
         Ok(w) => w,
         Err(r) => return *r,
     };

@@ -8,7 +8,19 @@ use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
-    let (route, resp) = answer(c, &req);
+    // The one state-store read (the tunnel named by Host) runs on a blocking thread.
+    let found = match label_of(c, &req) {
+        Some(label) => {
+            let store = c.store.clone();
+            let looked = label.clone();
+            let r = tokio::task::spawn_blocking(move || store.tunnel(&looked))
+                .await
+                .unwrap_or_else(|e| Err(tunneld_core::state::StateError::Db(e.to_string())));
+            Some((label, r))
+        }
+        None => None,
+    };
+    let (route, resp) = answer(c, &req, found);
     c.count(route, resp.status());
     resp
 }
@@ -26,14 +38,23 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
     Some(h.trim_end_matches('.').to_ascii_lowercase())
 }
 
-fn answer(c: &Control, req: &Request<Incoming>) -> (&'static str, Resp) {
-    let label = host_of(req).and_then(|h| {
+/// The tunnel label a request's Host names under the domain.
+fn label_of(c: &Control, req: &Request<Incoming>) -> Option<String> {
+    host_of(req).and_then(|h| {
         h.strip_suffix(&format!(".{}", c.domain))
             .filter(|l| !l.is_empty() && !l.contains('.'))
             .map(str::to_string)
-    });
-    if let Some(label) = label {
-        let tunnel = match c.store.tunnel(&label) {
+    })
+}
+
+type Found = Option<(
+    String,
+    Result<Option<tunneld_core::state::TunnelRecord>, tunneld_core::state::StateError>,
+)>;
+
+fn answer(c: &Control, req: &Request<Incoming>, found: Found) -> (&'static str, Resp) {
+    if let Some((label, looked)) = found {
+        let tunnel = match looked {
             Ok(Some(t)) => t,
             Ok(None) => {
                 return (

@@ -144,7 +144,7 @@ pub(crate) async fn serve(
     let started = Instant::now();
     // A rendezvous id first: names never shadow ids (claims of an id as a name are
     // refused; an id made later takes the label over).
-    let stream = if inner.registry.ids.get(&host).is_some() {
+    let stream = if inner.registry.ids.lookup(&host).await.is_some() {
         match inner.registry.take(&host, inner.cfg.visitor_wait).await {
             Some(s) => s,
             None => {

@@ -160,8 +160,8 @@ impl Frontend for RendezvousFrontend {
         // Tunnel names and rendezvous ids are one namespace: `CONNECT <label>:<port>` must
         // reach one owner, and an id (made by the operator) is never shadowed by a name.
         let lower = req.tunnel.to_ascii_lowercase();
-        if self.inner.registry.ids.get(&req.tunnel).is_some()
-            || self.inner.registry.ids.get(&lower).is_some()
+        if self.inner.registry.ids.lookup(&req.tunnel).await.is_some()
+            || self.inner.registry.ids.lookup(&lower).await.is_some()
         {
             return Err(ClaimError::Invalid(format!(
                 "`{}` is a rendezvous id on frontend `{}`: pick another tunnel name",

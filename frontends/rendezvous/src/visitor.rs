@@ -161,7 +161,7 @@ pub(crate) async fn serve(
             Ok(Credentials::Basic { username }) => username,
         },
     };
-    if inner.registry.ids.get(&id).is_none() {
+    if inner.registry.ids.lookup(&id).await.is_none() {
         inner.visitor_outcome("unknown_id");
         return refuse(io, buf, &head, framing, not_registered()).await;
     }
