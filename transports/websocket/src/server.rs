@@ -904,12 +904,18 @@ where
 {
     use futures::SinkExt;
     let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
-        wire::encode(&Msg::Control(Bytes::from(json))),
-    ))
-    .await
-    .map_err(|e| e.to_string())
+    // A client that reads nothing cannot hold the handshake: the answer has a deadline.
+    let sent = ws.send(tokio_tungstenite::tungstenite::Message::Binary(wire::encode(
+        &Msg::Control(Bytes::from(json)),
+    )));
+    tokio::time::timeout(ANSWER_DEADLINE, sent)
+        .await
+        .map_err(|_| "the client read no answer in time".to_string())?
+        .map_err(|e| e.to_string())
 }
+
+/// How long a hello's answer (welcome or refusal) may take to write.
+const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes the `101 Switching Protocols` answer.
 async fn upgrade<W: AsyncWrite + Unpin + ?Sized>(
