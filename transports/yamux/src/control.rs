@@ -30,8 +30,8 @@ impl std::fmt::Display for End {
 
 /// Probes of the peer asked for by tunneld (see [`Probes`]).
 pub(crate) struct ProbeLink {
-    /// Each message sends one ping.
-    pub asks: mpsc::UnboundedReceiver<()>,
+    /// Each message sends one ping (asks made while one waits share it).
+    pub asks: mpsc::Receiver<()>,
     /// Bumped at each pong.
     pub pongs: tokio::sync::watch::Sender<u64>,
 }
@@ -39,13 +39,13 @@ pub(crate) struct ProbeLink {
 /// The asking end of a [`ProbeLink`]: whether the peer answers a ping in time.
 #[derive(Clone)]
 pub(crate) struct Probes {
-    asks: mpsc::UnboundedSender<()>,
+    asks: mpsc::Sender<()>,
     pongs: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Probes {
     pub(crate) fn new() -> (Self, ProbeLink) {
-        let (asks_tx, asks) = mpsc::unbounded_channel();
+        let (asks_tx, asks) = mpsc::channel(1);
         let (pongs, pongs_rx) = tokio::sync::watch::channel(0);
         (
             Self {
@@ -59,7 +59,8 @@ impl Probes {
     pub(crate) async fn probe(&self, deadline: Duration) -> bool {
         let mut pongs = self.pongs.clone();
         pongs.mark_unchanged();
-        if self.asks.send(()).is_err() {
+        // A full queue already holds a ping that will answer this probe too.
+        if let Err(mpsc::error::TrySendError::Closed(())) = self.asks.try_send(()) {
             return false;
         }
         matches!(
