@@ -166,12 +166,12 @@ impl AuthError {
     }
 
     /// Whether this failure could be someone guessing credentials (counted against the
-    /// address by the failure throttle); a refused known token or a store error is not.
+    /// address by the failure throttle); missing credentials, a refused known token or a
+    /// store error are not.
     pub fn is_guess(&self) -> bool {
-        matches!(
-            self,
-            AuthError::Missing | AuthError::BadToken | AuthError::BadCertificate
-        )
+        // Sending nothing is how many clients start (a proxy's first 407); it guesses
+        // nothing.
+        matches!(self, AuthError::BadToken | AuthError::BadCertificate)
     }
 
     /// Whether retrying with the same credentials cannot help.

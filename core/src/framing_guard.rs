@@ -266,6 +266,15 @@ impl<T> FramingGuard<T> {
                         ));
                         return;
                     }
+                    // Exactly one CRLF, at the end: a bare LF (or CR) inside a line is where
+                    // two parsers could disagree on where the trailers end.
+                    let crlf = line.len() >= 2
+                        && line.ends_with(b"\r\n")
+                        && !line[..line.len() - 2].contains(&b'\r');
+                    if !crlf {
+                        self.end_input("a chunk or trailer line not ended by CRLF".into());
+                        return;
+                    }
                     let line = String::from_utf8_lossy(&line);
                     let line = line.trim_end_matches(['\r', '\n']);
                     if matches!(self.state, State::Trailers) {
@@ -524,5 +533,17 @@ mod tests {
         writer.await.unwrap_or_default();
         assert!(g.refused().is_none());
         assert_eq!(out, input.to_vec());
+    }
+
+    #[tokio::test]
+    async fn trailer_and_chunk_lines_need_crlf() {
+        // A bare LF inside the trailers: where two parsers could disagree.
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let (out, refused) = through(input).await;
+        assert!(refused.is_some_and(|r| r.contains("CRLF")));
+        assert!(!String::from_utf8_lossy(&out).contains("POST /x"));
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n";
+        let (_, refused) = through(input).await;
+        assert!(refused.is_some(), "a bare LF after a chunk size");
     }
 }

@@ -63,7 +63,9 @@ impl AddressLimiter {
         })
     }
 
+    /// Takes a slot for `ip` (counted by [`crate::throttle::address_key`]: IPv6 by /64).
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
+        let ip = crate::throttle::address_key(ip);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.total >= self.max_total {
             return Err(Refused::Total);

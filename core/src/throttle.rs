@@ -33,18 +33,28 @@ pub struct FailureThrottle {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-/// The key of an address: IPv4 as is, IPv6 by its /64 (one host's whole allocation).
-fn key(ip: IpAddr) -> IpAddr {
+/// The key of an address for every per-address budget: IPv4 as is (also when mapped into
+/// IPv6, or behind NAT64's `64:ff9b::/96`), other IPv6 by its /64 (one host's whole
+/// allocation).
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
             }
-        },
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
+}
+
+fn key(ip: IpAddr) -> IpAddr {
+    address_key(ip)
 }
 
 impl FailureThrottle {
@@ -87,11 +97,17 @@ impl FailureThrottle {
         let k = key(ip);
         let mut buckets = self.lock();
         if !buckets.contains_key(&k) && buckets.len() >= MAX_TRACKED {
-            let max = self.max;
-            let rate = self.rate;
+            // Full: forget addresses whose budget is whole again, and if that is not enough
+            // the older half (one scan per half-table of new addresses), so every new
+            // address is tracked and the scans stay rare.
+            let (max, rate) = (self.max, self.rate);
             buckets.retain(|_, b| (b.left + now.duration_since(b.at).as_secs_f64() * rate) < max);
             if buckets.len() >= MAX_TRACKED {
-                return;
+                let mut ages: Vec<Instant> = buckets.values().map(|b| b.at).collect();
+                let mid = ages.len() / 2;
+                let (_, cutoff, _) = ages.select_nth_unstable(mid);
+                let cutoff = *cutoff;
+                buckets.retain(|_, b| b.at > cutoff);
             }
         }
         let left = buckets.get(&k).map_or(self.max, |b| self.refilled(*b, now));
@@ -194,12 +210,29 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_new_addresses_are_still_tracked() {
         let t = FailureThrottle::new(1, Duration::from_secs(3600));
         for i in 0..(MAX_TRACKED as u32 + 100) {
             t.failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
         }
         assert!(t.tracked() <= MAX_TRACKED);
+        let late = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+        t.failed(late);
+        assert!(
+            t.check(late).is_err(),
+            "an address seen when the table was full"
+        );
+    }
+
+    #[test]
+    fn nat64_and_mapped_addresses_count_as_their_ipv4() {
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(address_key("64:ff9b::c000:207".parse().expect("ip")), v4);
+        assert_eq!(address_key("::ffff:192.0.2.7".parse().expect("ip")), v4);
+        assert_ne!(
+            address_key("64:ff9b::c000:208".parse().expect("ip")),
+            address_key("64:ff9b::c000:207".parse().expect("ip"))
+        );
     }
 
     #[test]

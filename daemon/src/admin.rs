@@ -117,7 +117,9 @@ async fn route_request(
         }
     }
     if !open && !authorized(state, &req) {
-        state.hub.throttle.failed(peer.ip());
+        if crate::http_serve::bearer(&req).is_some() {
+            state.hub.throttle.failed(peer.ip());
+        }
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -186,6 +186,30 @@ async fn bytes_after_a_refused_upgrade_are_never_read_as_a_request() -> Result<(
         !got.contains("smuggled"),
         "a second request was served: {got}"
     );
+    // The same when tunneld itself answers the upgrade request (an unknown host, a
+    // CONNECT): the connection closes after the answer.
+    for first in [
+        "GET / HTTP/1.1\r\nHost: nosuch.localhost\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        "CONNECT site.localhost:443 HTTP/1.1\r\nHost: site.localhost\r\n\r\n",
+    ] {
+        let tcp = TcpStream::connect(s.web()).await?;
+        let mut tls = attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?;
+        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: site.localhost\r\n\r\n";
+        tls.write_all(format!("{first}{smuggled}").as_bytes())
+            .await?;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut got)).await?;
+        let got = String::from_utf8_lossy(&got);
+        // An answer, or (hyper with CONNECT) a close without one.
+        ensure!(
+            got.is_empty() || got.starts_with("HTTP/1.1 "),
+            "{first:?}: {got}"
+        );
+        ensure!(
+            !got.contains("smuggled"),
+            "{first:?}: a second request was served: {got}"
+        );
+    }
     alice.stop.cancel();
     Ok(())
 }

@@ -54,7 +54,6 @@ async fn authenticate(
         return Err(Box::new(crate::http_serve::throttled(peer.ip(), wait)));
     }
     let Some(token) = bearer(req) else {
-        c.hub.throttle.failed(peer.ip());
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "send your token as `Authorization: Bearer <token>`",

@@ -31,7 +31,7 @@ pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: Front
         fe.limits.max_connections_per_address,
     );
     // Tunnel clients that share the port keep reaching it during the drain.
-    let until = if fe.shared.is_some() {
+    let until = if fe.shared.is_some() || fe.tls_2ptth.is_some() {
         cx.closing.clone()
     } else {
         cx.shutdown.clone()

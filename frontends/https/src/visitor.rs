@@ -67,8 +67,19 @@ pub(crate) async fn serve(
         let c = conn.clone();
         // In progress from the head until the response body ends.
         let work = busy.begin();
+        // The framing guard stops following HTTP/1.1 after CONNECT or an upgrade request;
+        // unless the connection really switches, it must close after the answer, so nothing
+        // the visitor sent after such a request is ever read as a request. The test is
+        // broader than the guard's (any Upgrade header at all).
+        let unfollowed = !c.h2
+            && (req.method() == http::Method::CONNECT
+                || req.headers().contains_key(header::UPGRADE));
         async move {
-            let r = c.handle(req).await;
+            let mut r = c.handle(req).await;
+            if unfollowed && r.status() != StatusCode::SWITCHING_PROTOCOLS {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(r.map(|b| holding(b, work)))
         }
     });
@@ -332,14 +343,6 @@ impl Conn {
                     StatusCode::BAD_GATEWAY,
                     "The local service switched protocols without being asked.",
                 );
-            }
-            (false, _) if upgrade => {
-                // An upgrade the service refused: the connection closes after this answer,
-                // so whatever the visitor sent after its upgrade request is never read as
-                // HTTP (the framing guard stopped following it).
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                fe.count("forwarded");
             }
             _ => fe.count("forwarded"),
         }

@@ -270,7 +270,12 @@ impl PortsFrontend {
         if let Some(task) = old_task {
             let _ = task.await;
         }
-        match bind_retrying(SocketAddr::new(bind, port), req.port.is_some() || candidates.is_empty()).await {
+        match bind_retrying(
+            SocketAddr::new(bind, port),
+            req.port.is_some() || candidates.is_empty(),
+        )
+        .await
+        {
             Ok(l) => return Ok((port, gen, l)),
             Err(e) if req.port.is_some() || candidates.is_empty() => {
                 self.forget(port, gen);
@@ -303,10 +308,7 @@ impl PortsFrontend {
 /// Binds `addr`; with `wait`, a port in use is tried again for about three seconds (the old
 /// listener of a reclaimed port, or a program that let go of it, may free it a moment later)
 /// before the claim is refused.
-async fn bind_retrying(
-    addr: SocketAddr,
-    wait: bool,
-) -> std::io::Result<tokio::net::TcpListener> {
+async fn bind_retrying(addr: SocketAddr, wait: bool) -> std::io::Result<tokio::net::TcpListener> {
     let mut delay = std::time::Duration::from_millis(50);
     let mut tries = if wait { 7 } else { 1 };
     loop {

@@ -136,7 +136,9 @@ pub(crate) async fn serve(
         return refuse(inner, &mut io, 429, "throttled", &msg).await;
     }
     if let Err((code, o, msg)) = allowed(inner, &head, &host) {
-        if code == 407 {
+        // Only credentials that were sent and wrong count (a first try without any is how
+        // proxy clients learn the scheme).
+        if code == 407 && head.header("proxy-authorization").is_some() {
             inner.registry.throttle.failed(peer.ip());
         }
         return refuse(inner, &mut io, code, o, &msg).await;

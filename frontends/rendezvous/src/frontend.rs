@@ -255,6 +255,9 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
         }
         if head.method.eq_ignore_ascii_case("CONNECT") {
             if parking {
+                // A parked connection is no visitor, whatever came before on it: it must not
+                // hold the drain up.
+                drop(visiting.take());
                 if inner.cfg.parking {
                     park::serve(
                         inner.registry.clone(),
