@@ -905,9 +905,9 @@ where
     use futures::SinkExt;
     let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
     // A client that reads nothing cannot hold the handshake: the answer has a deadline.
-    let sent = ws.send(tokio_tungstenite::tungstenite::Message::Binary(wire::encode(
-        &Msg::Control(Bytes::from(json)),
-    )));
+    let sent = ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        wire::encode(&Msg::Control(Bytes::from(json))),
+    ));
     tokio::time::timeout(ANSWER_DEADLINE, sent)
         .await
         .map_err(|_| "the client read no answer in time".to_string())?

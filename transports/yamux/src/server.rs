@@ -19,8 +19,7 @@ use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{
-    oversized_hello,
-    read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC, VERSION,
+    oversized_hello, read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC, VERSION,
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
