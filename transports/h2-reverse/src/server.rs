@@ -165,26 +165,58 @@ impl SharedTransport for H2ReverseTransport {
 
 /// The opener a session is admitted with: the HTTP/2 link exists only after the welcome went
 /// out, so it is filled in then.
-#[derive(Default)]
-struct LinkSlot(OnceLock<Arc<H2Opener>>);
+///
+/// The session's opener, once the reversed HTTP/2 handshake after the welcome is done.
+/// Visitors that arrive between the welcome and the end of that handshake (tunnelc
+/// announces its tunnels at the welcome) wait for it instead of being refused.
+struct LinkSlot(tokio::sync::watch::Sender<Link>);
+
+#[derive(Clone)]
+enum Link {
+    Pending,
+    Ready(Arc<H2Opener>),
+    Failed,
+}
+
+/// How long a visitor waits for the handshake after the welcome.
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
+impl Default for LinkSlot {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(Link::Pending).0)
+    }
+}
 
 impl LinkSlot {
-    fn get(&self) -> Result<&Arc<H2Opener>, OpenError> {
-        self.0.get().ok_or(OpenError::Offline)
+    fn set(&self, link: Link) {
+        self.0.send_replace(link);
+    }
+
+    async fn get(&self) -> Result<Arc<H2Opener>, OpenError> {
+        let mut rx = self.0.subscribe();
+        let ready =
+            tokio::time::timeout(LINK_WAIT, rx.wait_for(|l| !matches!(l, Link::Pending))).await;
+        match ready {
+            Ok(Ok(l)) => match &*l {
+                Link::Ready(o) => Ok(o.clone()),
+                _ => Err(OpenError::Offline),
+            },
+            _ => Err(OpenError::Offline),
+        }
     }
 }
 
 #[async_trait]
 impl OpenStream for LinkSlot {
     async fn probe(&self, deadline: Duration) -> bool {
-        match self.get() {
-            Ok(o) => o.probe(deadline).await,
-            Err(_) => false,
+        match tokio::time::timeout(deadline, self.get()).await {
+            Ok(Ok(o)) => o.probe(deadline).await,
+            _ => false,
         }
     }
 
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
-        self.get()?.open(header).await
+        self.get().await?.open(header).await
     }
 
     async fn request(
@@ -192,7 +224,7 @@ impl OpenStream for LinkSlot {
         header: StreamHeader,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, OpenError> {
-        self.get()?.request(header, req).await
+        self.get().await?.request(header, req).await
     }
 }
 
@@ -278,11 +310,12 @@ impl H2ReverseTransport {
         {
             Ok(x) => x,
             Err(e) => {
+                slot.set(Link::Failed);
                 tracing::warn!(transport = %cx.name, %peer, error = %e, "HTTP/2 handshake failed");
                 return;
             }
         };
-        let _ = slot.0.set(opener.clone());
+        slot.set(Link::Ready(opener.clone()));
         run_session(driver, opener, guard, cx).await;
     }
 }
