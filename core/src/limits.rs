@@ -82,6 +82,24 @@ impl AddressLimiter {
         })
     }
 
+    /// A visitor connection's slot, or `None` with the refusal counted in
+    /// `tunneld_stream_open_failures_total{frontend=component}`.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        metrics: &crate::metrics::Metrics,
+        component: &str,
+    ) -> Option<Permit> {
+        self.try_acquire(ip)
+            .map_err(|refused| {
+                metrics
+                    .stream_open_failures_total
+                    .with_label_values(&[component, refused.connection_reason()])
+                    .inc()
+            })
+            .ok()
+    }
+
     pub fn pending(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).total
     }

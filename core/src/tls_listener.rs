@@ -115,15 +115,8 @@ where
         else {
             break;
         };
-        let permit = match open.try_acquire(peer.ip()) {
-            Ok(p) => p,
-            Err(refused) => {
-                spec.metrics
-                    .stream_open_failures_total
-                    .with_label_values(&[&spec.component, refused.connection_reason()])
-                    .inc();
-                continue;
-            }
+        let Some(permit) = open.admit(peer.ip(), &spec.metrics, &spec.component) else {
+            continue;
         };
         let (spec2, handler) = (spec.clone(), handler.clone());
         spec.tasks.spawn(async move {

@@ -37,6 +37,21 @@ pub struct TransportContext {
     pub visitors: TaskTracker,
 }
 
+impl TransportContext {
+    /// Whether `ip` is over its failed-authentication budget; counted as a `throttled`
+    /// handshake when it is (such a peer gets no TLS handshake at all).
+    pub fn throttled(&self, ip: std::net::IpAddr) -> bool {
+        let over = self.hub.throttle.check(ip).is_err();
+        if over {
+            self.metrics
+                .handshakes_total
+                .with_label_values(&[&self.name, "throttled"])
+                .inc();
+        }
+        over
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot listen on {addr}: {source}")]

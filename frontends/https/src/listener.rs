@@ -40,15 +40,8 @@ pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: Front
         let Some((tcp, peer)) = accept_next(&listener, &until, &fe.name).await else {
             break;
         };
-        let permit = match open.try_acquire(peer.ip()) {
-            Ok(p) => p,
-            Err(refused) => {
-                fe.metrics
-                    .stream_open_failures_total
-                    .with_label_values(&[&fe.name, refused.connection_reason()])
-                    .inc();
-                continue;
-            }
+        let Some(permit) = open.admit(peer.ip(), &fe.metrics, &fe.name) else {
+            continue;
         };
         let (fe, cx) = (fe.clone(), cx.clone());
         // Not a visitor yet: the connection takes a drain token once it is one.

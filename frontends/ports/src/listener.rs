@@ -47,15 +47,8 @@ pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: Cancellatio
         };
         match accepted {
             Ok((visitor, peer)) => {
-                let permit = match open.try_acquire(peer.ip()) {
-                    Ok(p) => p,
-                    Err(refused) => {
-                        l.cx.metrics
-                            .stream_open_failures_total
-                            .with_label_values(&[&l.frontend, refused.connection_reason()])
-                            .inc();
-                        continue;
-                    }
+                let Some(permit) = open.admit(peer.ip(), &l.cx.metrics, &l.frontend) else {
+                    continue;
                 };
                 let l2 = l.clone();
                 let public = listener.local_addr().unwrap_or(peer);

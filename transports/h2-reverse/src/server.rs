@@ -72,11 +72,7 @@ impl Transport for H2ReverseTransport {
             let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
                 break;
             };
-            if cx.hub.throttle.check(peer.ip()).is_err() {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "throttled"])
-                    .inc();
+            if cx.throttled(peer.ip()) {
                 continue;
             }
             let permit = match cx.limiter.try_acquire(peer.ip()) {

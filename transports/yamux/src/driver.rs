@@ -58,3 +58,26 @@ where
     })
     .await
 }
+
+/// Why a session's yamux connection ended, counting malformed frames.
+pub(crate) fn driver_end(
+    r: Result<(), ConnectionError>,
+    cx: &tunneld_core::transport::TransportContext,
+) -> String {
+    match r {
+        Ok(()) => "connection closed".to_string(),
+        // The connection ending under a frame (a reset, or TLS closed without close_notify
+        // when tunnelc stops) is not a malformed frame.
+        Err(ConnectionError::Decode(yamux::FrameDecodeError::Io(e))) => {
+            format!("connection lost: {e}")
+        }
+        Err(ConnectionError::Decode(e)) => {
+            cx.metrics
+                .protocol_errors_total
+                .with_label_values(&[&cx.name, "bad_yamux_frame"])
+                .inc();
+            format!("malformed yamux frame: {e}")
+        }
+        Err(e) => format!("yamux: {e}"),
+    }
+}

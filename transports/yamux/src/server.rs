@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::control;
-use crate::driver::{drive, OpenReply};
+use crate::driver::{drive, driver_end, OpenReply};
 use crate::limit::{self, Counted};
 use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
 use async_trait::async_trait;
@@ -73,11 +73,7 @@ impl Transport for YamuxTransport {
             };
             // The accept loop never waits on a peer: admission control, then a task. An
             // address over its failed-authentication budget costs no TLS handshake.
-            if cx.hub.throttle.check(peer.ip()).is_err() {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "throttled"])
-                    .inc();
+            if cx.throttled(peer.ip()) {
                 continue;
             }
             let permit = match cx.limiter.try_acquire(peer.ip()) {
@@ -485,24 +481,4 @@ async fn run_threshold<T>(
     pairs.clear();
     tracing::info!(transport = %cx.name, client = %client, "threshold session closing: {reason}");
     drop(guard);
-}
-
-/// Why a session's yamux connection ended, counting malformed frames.
-fn driver_end(r: Result<(), ConnectionError>, cx: &TransportContext) -> String {
-    match r {
-        Ok(()) => "connection closed".to_string(),
-        // The connection ending under a frame (a reset, or TLS closed without close_notify
-        // when tunnelc stops) is not a malformed frame.
-        Err(ConnectionError::Decode(yamux::FrameDecodeError::Io(e))) => {
-            format!("connection lost: {e}")
-        }
-        Err(ConnectionError::Decode(e)) => {
-            cx.metrics
-                .protocol_errors_total
-                .with_label_values(&[&cx.name, "bad_yamux_frame"])
-                .inc();
-            format!("malformed yamux frame: {e}")
-        }
-        Err(e) => format!("yamux: {e}"),
-    }
 }
