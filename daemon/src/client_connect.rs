@@ -210,7 +210,8 @@ async fn serve_visitor(
                 _ => "timed out".into(),
             };
             tracing::warn!(%id, %local, "local service unreachable: {detail}");
-            let body = format!("tunnelc could not reach its local service {local}: {detail}\n");
+            // The visitor is a stranger: the local address and the OS error stay in the log.
+            let body = "the hidden service is not reachable\n";
             let answer = format!(
                 "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

@@ -51,11 +51,19 @@ pub enum RendezvousCmd {
         /// credentials instead of TOTP codes (what tunnelc does).
         #[arg(long)]
         client: Option<String>,
+        /// Import this base32 TOTP secret (from another node-rendezvous server) instead of
+        /// creating one, so its hidden servers keep working unchanged.
+        #[arg(long)]
+        secret: Option<String>,
     },
     /// List the ids (never their secrets).
     List,
-    /// Delete an id.
+    /// Delete an id; connections parked for it stop serving (within seconds, on a running
+    /// tunneld).
     Remove { id: String },
+    /// Give an id a new secret (same step and client); prints it like `add`. Connections
+    /// parked with the old secret stop serving.
+    Rotate { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,17 +198,38 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
     Ok(())
 }
 
+fn print_id(id: &str, e: &rdv::IdEntry) {
+    println!("id: {id}");
+    println!("secret: {}", e.secret);
+    println!("step: {}", e.step);
+    if let Some(c) = &e.client {
+        println!("client: {c}");
+    }
+    println!("uri: {}", rdv::otpauth_uri(id, e));
+}
+
 pub fn rendezvous(store: &dyn StateStore, cmd: RendezvousCmd) -> anyhow::Result<()> {
     match cmd {
-        RendezvousCmd::Add { id, step, client } => {
-            let (id, e) = rdv::add(store, id.as_deref(), step, client.as_deref())?;
-            println!("id: {id}");
-            println!("secret: {}", e.secret);
-            println!("step: {}", e.step);
-            if let Some(c) = &e.client {
-                println!("client: {c}");
-            }
-            println!("uri: {}", rdv::otpauth_uri(&id, &e));
+        RendezvousCmd::Add {
+            id,
+            step,
+            client,
+            secret,
+        } => {
+            let (id, e) = rdv::add_with_secret(
+                store,
+                id.as_deref(),
+                step,
+                client.as_deref(),
+                secret.as_deref(),
+            )?;
+            print_id(&id, &e);
+        }
+        RendezvousCmd::Rotate { id } => {
+            let Some(e) = rdv::rotate(store, &id)? else {
+                bail!("no rendezvous id `{id}`");
+            };
+            print_id(&id, &e);
         }
         RendezvousCmd::List => {
             let ids = rdv::list(store)?;

@@ -255,13 +255,26 @@ impl TestServer {
         addr: SocketAddr,
         alpn: &[u8],
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls_connect_from([127, 0, 0, 1], addr, alpn).await
+    }
+
+    /// [`TestServer::tls_connect_to`] from another loopback source address.
+    pub async fn tls_connect_from(
+        &self,
+        from: [u8; 4],
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let cfg = tunneld_core::tls::client_config(
             &tunneld_core::tls::ClientTrust::CaFile(self.ca_file()),
             None,
             &[alpn],
         )
         .expect("tls config");
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::from((from, 0)))
+            .expect("bind a loopback source");
+        let tcp = sock.connect(addr).await.expect("connect");
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
             .connect("localhost".try_into().expect("name"), tcp)
             .await

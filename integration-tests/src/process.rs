@@ -101,6 +101,16 @@ impl Proc {
             .map_err(|_| anyhow!("timed out waiting for `{prefix}`"))?
     }
 
+    /// The next line of stdout (bounded by [`crate::WAIT`]).
+    pub async fn next_line(&mut self) -> Result<String> {
+        match tokio::time::timeout(crate::WAIT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => Err(anyhow!("stdout ended; stderr: {}", self.stderr())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(anyhow!("timed out waiting for a line")),
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

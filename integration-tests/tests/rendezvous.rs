@@ -137,7 +137,19 @@ async fn raw_park(
     Vec<u8>,
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) {
-    let mut tls = s.tls_connect_to(hidden(s), b"http/1.1").await;
+    raw_park_from(s, [127, 0, 0, 1], request).await
+}
+
+/// [`raw_park`] from another loopback source address.
+async fn raw_park_from(
+    s: &TestServer,
+    from: [u8; 4],
+    request: &str,
+) -> (
+    Vec<u8>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let mut tls = s.tls_connect_from(from, hidden(s), b"http/1.1").await;
     tls.write_all(request.as_bytes()).await.expect("write");
     tls.flush().await.expect("flush");
     let mut got = Vec::new();
@@ -385,9 +397,19 @@ async fn hidden_server_wire_answers_and_totp_rules() -> Result<()> {
     let (_, out) = visitor.await??;
     assert_eq!(out, "hidden");
 
-    // The same code again: refused (codes are single-use); an expired one too.
-    let (got, _) = raw_park(
+    // The same code again from the address that used it parks again (the original hidden
+    // server re-parks with the current code after each visitor); from another address it is
+    // refused. An expired code is refused too.
+    let (got, again) = raw_park(
         &s,
+        &format!("CONNECT uuid:wire?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    drop(again);
+    let (got, _) = raw_park_from(
+        &s,
+        [127, 0, 0, 3],
         &format!("CONNECT uuid:wire?response={code} HTTP/1.1\r\n\r\n"),
     )
     .await;
@@ -952,5 +974,380 @@ async fn a_tunnel_name_never_captures_a_rendezvous_id() -> Result<()> {
         "{got}"
     );
     alice.stop.cancel();
+    Ok(())
+}
+
+/// Spawns `node/original-hidden-server.js` for `id`, keeping `wanted` connections parked.
+fn original_hidden_server(s: &TestServer, id: &str, secret: &str, wanted: usize) -> Result<Proc> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/original-hidden-server.js");
+    let addr = hidden(s);
+    let ca = s.ca_file().display().to_string();
+    Proc::spawn_program(
+        Path::new("node"),
+        &[
+            script.to_str().unwrap_or_default(),
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            id,
+            secret,
+            "30",
+            &ca,
+            &wanted.to_string(),
+        ],
+        s.dir.join(format!("node-{id}.err")),
+    )
+}
+
+/// A Digest visitor for `id` with curl; returns the body.
+async fn digest_visit(s: &TestServer, id: &str, path: &str) -> Result<String> {
+    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
+    let user = format!("{id}:pw");
+    let (st, out) = curl(&[
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "--digest",
+        "-u",
+        &user,
+        &u,
+    ])
+    .await?;
+    anyhow::ensure!(st.success(), "curl {path}: {st} {out}");
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_original_hidden_server_loop_reparks_with_the_current_code() -> Result<()> {
+    let s = server().await?;
+    // Four connections wanted, each parked with the code of the current step from one
+    // address: all four park (no `401 already used`).
+    let secret = add_id(&s, "loop4", None).await?;
+    let mut four = original_hidden_server(&s, "loop4", &secret, 4)?;
+    for _ in 0..4 {
+        let line = four.next_line().await?;
+        anyhow::ensure!(line == "parked", "expected `parked`, got `{line}`");
+    }
+    wait_parked(&s, "loop4", 4).await?;
+    // Sequential visitors: each is served and the hidden server parks again at once, with
+    // the same code while the step lasts.
+    for i in 1..=10 {
+        let out = digest_visit(&s, "loop4", &format!("/seq{i}")).await?;
+        anyhow::ensure!(
+            out.starts_with("node served ") && out.ends_with(&format!("GET /seq{i} HTTP/1.1\n")),
+            "visitor {i}: {out}"
+        );
+    }
+    drop(four);
+
+    // One connection wanted: each next visitor arrives while the hidden server is parking
+    // again (or before it parked at all) and waits (`visitor_wait`). The hidden server gets
+    // the `200` alone and the request later, in a `data` event, as the original needs.
+    let secret = add_id(&s, "loop1", None).await?;
+    let early = {
+        let (res, ca, u) = (
+            resolve(&s),
+            s.ca_file().display().to_string(),
+            url(&s, "/early"),
+        );
+        tokio::spawn(async move {
+            curl(&[
+                "--resolve",
+                &res,
+                "--cacert",
+                &ca,
+                "--digest",
+                "-u",
+                "loop1:pw",
+                &u,
+            ])
+            .await
+        })
+    };
+    // Node starts far slower than curl's two round trips: the visitor is already waiting.
+    let mut one = original_hidden_server(&s, "loop1", &secret, 1)?;
+    let (st, out) = early.await??;
+    anyhow::ensure!(st.success(), "the waiting visitor failed: {st} {out}");
+    anyhow::ensure!(out == "node served 1 GET /early HTTP/1.1\n", "{out}");
+    for i in 2..=6 {
+        let out = digest_visit(&s, "loop1", &format!("/one{i}")).await?;
+        anyhow::ensure!(
+            out == format!("node served {i} GET /one{i} HTTP/1.1\n"),
+            "visitor {i}: {out}"
+        );
+    }
+    // Never refused.
+    for _ in 0..6 {
+        let line = one.next_line().await?;
+        anyhow::ensure!(
+            line == "parked" || line.starts_with("served "),
+            "the hidden server saw `{line}`"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_lock_an_id_out_of_its_own_hidden_servers() -> Result<()> {
+    let s = server().await?;
+    let secret = add_id(&s, "guarded", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+    // The hidden server parks from 127.0.0.1.
+    let code = totp::code(&key, now_counter(30));
+    let (got, first) = raw_park(
+        &s,
+        &format!("CONNECT uuid:guarded?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    drop(first);
+    // Strangers on two other addresses make the id's failure count reach the cap (3), each
+    // staying under the per-address cap.
+    for (from, n) in [([127, 0, 0, 4], 2), ([127, 0, 0, 5], 1)] {
+        for _ in 0..n {
+            let (got, _) = raw_park_from(
+                &s,
+                from,
+                "CONNECT uuid:guarded?response=000001 HTTP/1.1\r\n\r\n",
+            )
+            .await;
+            assert_eq!(got, err_answer(401, "unknown id or wrong code"));
+        }
+    }
+    // A new address is locked out by the id's count ...
+    let fresh = totp::code(&key, now_counter(30) + 1);
+    let (got, _) = raw_park_from(
+        &s,
+        [127, 0, 0, 6],
+        &format!("CONNECT uuid:guarded?response={fresh} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("too many failed attempts for id `guarded`"),
+        "{text}"
+    );
+    // ... the hidden server's own address is not.
+    let (got, parked) = raw_park(
+        &s,
+        &format!("CONNECT uuid:guarded?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        got,
+        b"HTTP/1.1 200\r\n\r\n",
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(parked);
+    Ok(())
+}
+
+/// `tunneld rendezvous <args>` with the real binary on the server's config; stdout.
+async fn rendezvous_cli(s: &TestServer, args: &[&str]) -> Result<String> {
+    let conf = s.dir.join("server.yaml").display().to_string();
+    let mut all = vec!["--config", &conf, "rendezvous"];
+    all.extend_from_slice(args);
+    let out = tokio::process::Command::new(process::binary("tunneld")?)
+        .args(&all)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rendezvous {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_rotated_and_re_added_ids_never_serve_old_parked_connections() -> Result<()> {
+    let s = server().await?;
+    // Import: a secret brought from an original server parks at once, unchanged.
+    let imported = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let out = rendezvous_cli(&s, &["add", "moved", "--secret", imported]).await?;
+    assert!(out.contains(&format!("secret: {imported}\n")), "{out}");
+    let conf = s.dir.join("server.yaml").display().to_string();
+    let short = tokio::process::Command::new(process::binary("tunneld")?)
+        .args([
+            "--config",
+            &conf,
+            "rendezvous",
+            "add",
+            "weak",
+            "--secret",
+            "JBSWY3DP",
+        ])
+        .output()
+        .await?;
+    assert!(!short.status.success());
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.contains("at least 10"), "{err}");
+
+    let key = totp::decode_secret(imported).map_err(|e| anyhow!(e))?;
+    let park = |key: &[u8]| {
+        let code = totp::code(key, now_counter(30));
+        format!("CONNECT uuid:moved?response={code} HTTP/1.1\r\n\r\n")
+    };
+    let (got, mut old) = raw_park(&s, &park(&key)).await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    wait_parked(&s, "moved", 1).await?;
+
+    // Rotate: the old connection no longer serves; a visitor finds nothing (404 after
+    // visitor_wait), and the old connection is closed.
+    let out = rendezvous_cli(&s, &["rotate", "moved"]).await?;
+    let new_secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .ok_or_else(|| anyhow!("{out}"))?
+        .to_string();
+    assert_ne!(new_secret, imported);
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/stale"),
+    );
+    let (_, out) = curl(&[
+        "-i",
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "-u",
+        "moved:pw",
+        &u,
+    ])
+    .await?;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        read_all(&mut old).await.is_empty(),
+        "the old parked connection received something"
+    );
+    // The new secret parks and serves.
+    let key = totp::decode_secret(&new_secret).map_err(|e| anyhow!(e))?;
+    let (got, mut fresh) = raw_park(&s, &park(&key)).await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    let visitor = {
+        let (res, ca, u) = (
+            resolve(&s),
+            s.ca_file().display().to_string(),
+            url(&s, "/new"),
+        );
+        tokio::spawn(async move {
+            curl(&["--resolve", &res, "--cacert", &ca, "-u", "moved:pw", &u]).await
+        })
+    };
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, fresh.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "parked connection closed");
+        head.extend_from_slice(&b[..n]);
+    }
+    fresh
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nnew")
+        .await?;
+    fresh.shutdown().await?;
+    assert_eq!(visitor.await??.1, "new");
+
+    // Remove, then add the same id again: what parked before never serves.
+    let (got, mut before) = raw_park(&s, &park(&key)).await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    rendezvous_cli(&s, &["remove", "moved"]).await?;
+    rendezvous_cli(&s, &["add", "moved"]).await?;
+    let (_, out) = curl(&[
+        "-i",
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "-u",
+        "moved:pw",
+        &u,
+    ])
+    .await?;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(read_all(&mut before).await.is_empty());
+    let m = s.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_rendezvous_parked_dropped_total",
+            &[("reason", "revoked")]
+        ) >= 2.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_post_from_pythons_digest_handler_reaches_the_hidden_server() -> Result<()> {
+    let s = server().await?;
+    let secret = add_id(&s, "uploads", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+    let code = totp::code(&key, now_counter(30));
+    let (got, mut parked) = raw_park(
+        &s,
+        &format!("CONNECT uuid:uploads?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    // Python's urllib sends the whole 4 MiB body without credentials, reads the 401, then
+    // sends it all again with Digest credentials (the first body must be read, not reset).
+    const LEN: usize = 4 << 20;
+    let script = format!(
+        r#"
+import ssl, urllib.request
+ctx = ssl.create_default_context(cafile={ca:?})
+pm = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+pm.add_password(None, "https://localhost:{port}/", "uploads", "pw")
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), urllib.request.HTTPDigestAuthHandler(pm))
+data = b"x" * {LEN}
+print(opener.open(urllib.request.Request("https://localhost:{port}/up", data=data, method="POST"), timeout=20).read().decode())
+"#,
+        ca = s.ca_file().display().to_string(),
+        port = rdv(&s).port(),
+    );
+    let python = tokio::spawn(async move {
+        tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .await
+    });
+    // The hidden server reads the head and the whole body, and answers with its length.
+    let mut seen = Vec::new();
+    let mut b = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(WAIT, parked.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "parked connection closed");
+        seen.extend_from_slice(&b[..n]);
+    };
+    let head = String::from_utf8_lossy(&seen[..head_end]).to_string();
+    assert!(head.starts_with("POST /up HTTP/1.1\r\n"), "{head}");
+    while seen.len() - head_end < LEN {
+        let n = tokio::time::timeout(WAIT, parked.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "body cut at {}", seen.len() - head_end);
+        seen.extend_from_slice(&b[..n]);
+    }
+    let body = format!("{}", seen.len() - head_end);
+    parked
+        .write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    parked.shutdown().await?;
+    let out = tokio::time::timeout(WAIT, python).await???;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), LEN.to_string());
     Ok(())
 }

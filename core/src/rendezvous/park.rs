@@ -20,6 +20,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// How long a connection parked with a TOTP code waits after the `200` before a visitor may
+/// take it (see [`serve`]).
+pub const PARK_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often a parked connection checks that its id still exists with the same secret.
+pub const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The success answer, byte for byte.
 pub const PARKED: &[u8] = b"HTTP/1.1 200\r\n\r\n";
 
@@ -32,7 +39,11 @@ pub fn error_answer(code: u16, diagnostic: &str) -> Vec<u8> {
 
 /// Splits `uuid:<ID>?response=<CODE>` into the id and the code.
 pub fn parse_target(target: &str) -> Option<(&str, Option<&str>)> {
-    let rest = target.strip_prefix("uuid:")?;
+    // The original matched `uuid:` in any case.
+    let rest = target
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("uuid:"))
+        .map(|_| &target[5..])?;
     let (id, query) = rest.split_once('?').unwrap_or((rest, ""));
     let code = query.split('&').find_map(|kv| kv.strip_prefix("response="));
     Some((id, code))
@@ -88,7 +99,8 @@ pub async fn serve(
     let bearer = head
         .header("proxy-authorization")
         .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
-    if bearer.is_some() || (code.is_none() && who.cert_cn.is_some()) {
+    let by_client = bearer.is_some() || (code.is_none() && who.cert_cn.is_some());
+    if by_client {
         if let Err(wait) = reg.throttle.check(who.peer) {
             let msg = crate::hub::throttled_reason(who.peer, wait);
             return refuse(&reg, &mut io, 429, "throttled", &msg).await;
@@ -160,8 +172,42 @@ pub async fn serve(
     }
     reg.metrics_park("ok");
     tracing::debug!(%id, peer = %who.peer, "hidden server parked");
-    let (ticket, handoff) = reg.park(id);
+    if !by_client {
+        // node-rendezvous's hidden server reads the answer with Node's CONNECT client, which
+        // hands bytes that arrive with the `200` to a `head` argument the original ignores:
+        // a visitor's request written right behind the answer would never be read. So a
+        // code-parked connection takes visitors only after a moment, as the original server's
+        // did (its visitors always came later). tunnelc reads both.
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            _ = tokio::time::sleep(PARK_SETTLE) => {}
+            r = io.read(&mut probe) => {
+                let reason = match r {
+                    Ok(0) | Err(_) => "closed",
+                    Ok(_) => "early_data",
+                };
+                reg.metrics_dropped(reason);
+                return;
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    let Some(entry) = entry else {
+        return;
+    };
+    let (ticket, handoff) = reg.park(id, &entry);
     let mut probe = [0u8; 1];
+    // A parked connection ends when its id is removed or its secret changes (checked
+    // every REVALIDATE), so `rendezvous remove` and `rotate` close what the old id parked.
+    let revoked = async {
+        loop {
+            tokio::time::sleep(REVALIDATE).await;
+            match reg.ids.lookup(id).await {
+                Some(now) if now.secret == entry.secret => {}
+                _ => return,
+            }
+        }
+    };
     let reason = tokio::select! {
         h = handoff => match h {
             Ok(back) => {
@@ -176,6 +222,7 @@ pub async fn serve(
             Ok(_) => "early_data",
         },
         _ = shutdown.cancelled() => "shutdown",
+        _ = revoked => "revoked",
     };
     drop(ticket);
     if reason != "evicted" {
@@ -215,6 +262,12 @@ mod tests {
             Some(("abc", Some("12")))
         );
         assert_eq!(parse_target("uuid:abc"), Some(("abc", None)));
+        assert_eq!(
+            parse_target("UUID:abc?response=1"),
+            Some(("abc", Some("1")))
+        );
+        assert_eq!(parse_target("uuid"), None);
+        assert_eq!(parse_target("uuidé:x"), None);
         assert_eq!(parse_target("example.com:443"), None);
         assert_eq!(
             error_answer(403, "no"),

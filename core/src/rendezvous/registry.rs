@@ -1,5 +1,17 @@
-//! Parked hidden-server connections per rendezvous id, and the TOTP guard (codes accepted
-//! once, failed attempts capped per id and per source address).
+//! Parked hidden-server connections per rendezvous id, and the TOTP guard (failed attempts
+//! capped per id and per source address).
+//!
+//! Codes and replays: node-rendezvous's hidden server re-parks right after each visitor with
+//! the code of the current step, so a code is accepted again for parking **from the address
+//! that first used it** while it is valid (±1 step); from any other address a used code is
+//! refused. Parking travels over TLS, so a code is never seen on the wire; what replay
+//! protection guards against is a code that leaked (a log, a screen) being used from
+//! elsewhere, and that stays refused.
+//!
+//! Lockout: failures count per source address and per id. The id is public (it is every
+//! visitor's user name), so a lockout of the id does not apply to addresses that parked for
+//! it successfully within [`TRUSTED_FOR`]: strangers cannot lock out the id's own hidden
+//! servers.
 //!
 //! A parked connection is owned by its own task (see [`super::park`]), which watches the
 //! socket so a dead one leaves the queue at once. The queue holds a handoff channel per
@@ -15,6 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
+
+/// How long a successful park keeps an address exempt from its id's lockout.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Addresses remembered per id as having parked successfully (the oldest is forgotten).
+const TRUSTED_PER_ID: usize = 64;
 
 /// Limits of the registry.
 #[derive(Debug, Clone)]
@@ -56,8 +73,12 @@ impl CodeRefusal {
     }
 }
 
+/// One parked connection: its number, the secret of the id it parked under (a connection
+/// parked before the id was removed, re-added or rotated never serves), and its handoff.
+type Parked = (u64, String, oneshot::Sender<Handoff>);
+
 struct Queue {
-    parked: VecDeque<(u64, oneshot::Sender<Handoff>)>,
+    parked: VecDeque<Parked>,
     notify: Arc<Notify>,
 }
 
@@ -79,7 +100,10 @@ struct Window {
 #[derive(Default)]
 struct State {
     queues: HashMap<String, Queue>,
-    used: HashMap<String, Vec<u64>>,
+    /// Per id: the accepted TOTP counters and the address that first used each.
+    used: HashMap<String, Vec<(u64, IpAddr)>>,
+    /// Per id: addresses that parked successfully, and when last.
+    trusted: HashMap<String, Vec<(IpAddr, Instant)>>,
     fail_id: HashMap<String, Window>,
     fail_addr: HashMap<IpAddr, Window>,
 }
@@ -107,7 +131,7 @@ impl Drop for Ticket {
         let mut st = self.registry.lock();
         if let Some(q) = st.queues.get_mut(&self.id) {
             let before = q.parked.len();
-            q.parked.retain(|(n, _)| *n != self.n);
+            q.parked.retain(|(n, _, _)| *n != self.n);
             if q.parked.len() != before {
                 self.registry
                     .metrics
@@ -200,7 +224,15 @@ impl Registry {
     ) -> Result<(), CodeRefusal> {
         let mut st = self.lock();
         let by_addr = self.locked_for(st.fail_addr.get(&addr));
-        let by_id = self.locked_for(st.fail_id.get(id));
+        let trusted = st.trusted.get(id).is_some_and(|t| {
+            t.iter()
+                .any(|(a, at)| *a == addr && at.elapsed() < TRUSTED_FOR)
+        });
+        let by_id = if trusted {
+            None
+        } else {
+            self.locked_for(st.fail_id.get(id))
+        };
         let locked = match (by_addr, by_id) {
             (Some(a), Some(i)) if i > a => Some((i, false)),
             (Some(a), _) => Some((a, true)),
@@ -229,11 +261,19 @@ impl Registry {
             Ok(counter) => {
                 let current = totp::counter_at(now, entry.step);
                 let used = st.used.entry(id.to_string()).or_default();
-                used.retain(|c| *c + 2 >= current);
-                if used.contains(&counter) {
-                    return Err(self.refuse(CodeRefusal::Replayed));
+                used.retain(|(c, _)| *c + 2 >= current);
+                match used.iter().find(|(c, _)| *c == counter) {
+                    // The same hidden server parking again with the current code.
+                    Some((_, first)) if *first == addr => {}
+                    Some(_) => return Err(self.refuse(CodeRefusal::Replayed)),
+                    None => used.push((counter, addr)),
                 }
-                used.push(counter);
+                let trusted = st.trusted.entry(id.to_string()).or_default();
+                trusted.retain(|(a, at)| *a != addr && at.elapsed() < TRUSTED_FOR);
+                if trusted.len() >= TRUSTED_PER_ID {
+                    trusted.remove(0);
+                }
+                trusted.push((addr, Instant::now()));
                 Ok(())
             }
             Err(e) => {
@@ -246,9 +286,13 @@ impl Registry {
         }
     }
 
-    /// Queues a connection for `id`. The receiver yields a handoff when a visitor takes it,
-    /// or an error when it was evicted by a newer one.
-    pub fn park(self: &Arc<Self>, id: &str) -> (Ticket, oneshot::Receiver<Handoff>) {
+    /// Queues a connection for `id`, parked under `entry`. The receiver yields a handoff
+    /// when a visitor takes it, or an error when it was evicted by a newer one.
+    pub fn park(
+        self: &Arc<Self>,
+        id: &str,
+        entry: &IdEntry,
+    ) -> (Ticket, oneshot::Receiver<Handoff>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
@@ -260,7 +304,7 @@ impl Registry {
                 .with_label_values(&["evicted"])
                 .inc();
         }
-        q.parked.push_back((n, tx));
+        q.parked.push_back((n, entry.secret.clone(), tx));
         self.metrics
             .rendezvous_parked
             .with_label_values(&[id])
@@ -281,11 +325,24 @@ impl Registry {
         self.lock().queues.get(id).map_or(0, |q| q.parked.len())
     }
 
-    fn pop(&self, id: &str) -> Option<oneshot::Sender<Handoff>> {
+    /// The oldest connection parked under `current`'s secret; older ones (parked before the
+    /// id was removed, re-added or rotated) are dropped on the way.
+    fn pop(&self, id: &str, current: &IdEntry) -> Option<oneshot::Sender<Handoff>> {
         let mut st = self.lock();
         let q = st.queues.entry(id.to_string()).or_default();
-        let got = q.parked.pop_front().map(|(_, tx)| tx);
-        if got.is_some() {
+        let before = q.parked.len();
+        let mut got = None;
+        while let Some((_, secret, tx)) = q.parked.pop_front() {
+            if secret == current.secret {
+                got = Some(tx);
+                break;
+            }
+            self.metrics
+                .rendezvous_parked_dropped_total
+                .with_label_values(&["revoked"])
+                .inc();
+        }
+        if q.parked.len() != before {
             self.metrics
                 .rendezvous_parked
                 .with_label_values(&[id])
@@ -294,15 +351,16 @@ impl Registry {
         got
     }
 
-    /// Takes a parked connection for `id`, waiting up to `wait` for one to arrive.
-    pub async fn take(&self, id: &str, wait: Duration) -> Option<BoxIo> {
+    /// Takes a connection parked for `id` under its `current` entry, waiting up to `wait`
+    /// for one to arrive.
+    pub async fn take(&self, id: &str, current: &IdEntry, wait: Duration) -> Option<BoxIo> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notify_for(id);
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(tx) = self.pop(id) {
+            if let Some(tx) = self.pop(id, current) {
                 let (back_tx, back_rx) = oneshot::channel();
                 if tx.send(back_tx).is_ok() {
                     if let Ok(io) = back_rx.await {

@@ -112,6 +112,39 @@ pub fn add(
     step: u64,
     client: Option<&str>,
 ) -> Result<(String, IdEntry), StoreError> {
+    add_with_secret(store, id, step, client, None)
+}
+
+/// Secrets imported with `--secret` must carry at least this many bytes (80 bits).
+pub const MIN_IMPORTED_SECRET: usize = 10;
+
+/// Checks a base32 secret brought from elsewhere (an original node-rendezvous server) and
+/// returns it in tunneld's canonical form.
+pub fn imported_secret(secret: &str) -> Result<String, StoreError> {
+    let key = super::totp::decode_secret(secret)
+        .map_err(|e| StoreError::Invalid(format!("the secret is not base32: {e}")))?;
+    if key.len() < MIN_IMPORTED_SECRET {
+        return Err(StoreError::Invalid(format!(
+            "the secret carries {} bytes; at least {MIN_IMPORTED_SECRET} (16 base32 characters) are needed",
+            key.len()
+        )));
+    }
+    Ok(super::totp::encode_secret(&key))
+}
+
+/// [`add`], with `secret` (base32) instead of a fresh one when given: to move an id from
+/// another server without re-provisioning its hidden servers.
+pub fn add_with_secret(
+    store: &dyn StateStore,
+    id: Option<&str>,
+    step: u64,
+    client: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(String, IdEntry), StoreError> {
+    let secret = match secret {
+        Some(s) => imported_secret(s)?,
+        None => super::totp::encode_secret(&crate::auth::random_bytes::<20>()),
+    };
     let id = id.map(str::to_string).unwrap_or_else(random_uuid);
     if !valid_id(&id) {
         return Err(StoreError::Invalid(format!(
@@ -124,7 +157,7 @@ pub fn add(
         )));
     }
     let entry = IdEntry {
-        secret: super::totp::encode_secret(&crate::auth::random_bytes::<20>()),
+        secret,
         step,
         client: client.map(str::to_string),
         created: crate::state::now(),
@@ -159,6 +192,23 @@ pub fn list(store: &dyn StateStore) -> Result<Vec<(String, IdEntry)>, StoreError
         .into_iter()
         .map(|r| (r.id.clone(), entry(r)))
         .collect())
+}
+
+/// Gives an id a fresh secret, keeping its step and client: connections parked with the old
+/// secret stop serving, and only codes of the new one park. `None` when there is no such id.
+pub fn rotate(store: &dyn StateStore, id: &str) -> Result<Option<IdEntry>, StoreError> {
+    let Some(old) = store.rendezvous(id)? else {
+        return Ok(None);
+    };
+    let entry = IdEntry {
+        secret: super::totp::encode_secret(&crate::auth::random_bytes::<20>()),
+        step: old.step,
+        client: old.client,
+        created: crate::state::now(),
+    };
+    store.remove_rendezvous(id)?;
+    store.add_rendezvous(&record(id, &entry))?;
+    Ok(Some(entry))
 }
 
 /// Removes an id; false when it did not exist.

@@ -15,7 +15,7 @@ use tunneld_core::auth::{basic_credentials, matches_digest, scheme_param};
 use tunneld_core::http1::RequestHead;
 use tunneld_core::idle::splice_until_idle;
 use tunneld_core::io::BoxIo;
-use tunneld_core::session::StreamHeader;
+use tunneld_core::session::{OpenError, StreamHeader};
 use tunneld_core::splice::SpliceCounters;
 
 fn outcome(inner: &Inner, o: &str) {
@@ -146,8 +146,12 @@ pub(crate) async fn serve(
     let started = Instant::now();
     // A rendezvous id first: names never shadow ids (claims of an id as a name are
     // refused; an id made later takes the label over).
-    let stream = if inner.registry.ids.lookup(&host).await.is_some() {
-        match inner.registry.take(&host, inner.cfg.visitor_wait).await {
+    let stream = if let Some(entry) = inner.registry.ids.lookup(&host).await {
+        match inner
+            .registry
+            .take(&host, &entry, inner.cfg.visitor_wait)
+            .await
+        {
             Some(s) => s,
             None => {
                 return refuse(
@@ -171,17 +175,28 @@ pub(crate) async fn serve(
         match tokio::time::timeout(inner.cfg.open_timeout, route.target.open(header, None)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                let e_reason = e.reason();
                 inner
                     .metrics
                     .stream_open_failures_total
-                    .with_label_values(&[&inner.name, e.reason()])
+                    .with_label_values(&[&inner.name, e_reason])
                     .inc();
+                // What the tunnel client said (its local address, an OS error) stays in
+                // tunneld's log: the visitor learns only what failed.
+                tracing::debug!(frontend = %inner.name, %host, error = %e, "CONNECT to a tunnel failed");
+                let what = match e {
+                    OpenError::LocalRefused(_) => {
+                        "the tunnel client could not reach its local service".to_string()
+                    }
+                    OpenError::Session(_) => "the tunnel session failed".to_string(),
+                    e => e.to_string(),
+                };
                 return refuse(
                     inner,
                     &mut io,
                     502,
-                    e.reason(),
-                    &format!("tunnel `{host}`: {e}"),
+                    e_reason,
+                    &format!("tunnel `{host}`: {what}"),
                 )
                 .await;
             }

@@ -232,8 +232,8 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
                 return;
             }
         };
-        let parking =
-            head.method.eq_ignore_ascii_case("CONNECT") && head.target.starts_with("uuid:");
+        let parking = head.method.eq_ignore_ascii_case("CONNECT")
+            && park::parse_target(&head.target).is_some();
         if !parking && visiting.is_none() {
             if cx.shutdown.is_cancelled() {
                 inner.visitor_outcome("draining");

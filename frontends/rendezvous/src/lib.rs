@@ -20,3 +20,10 @@ mod visitor;
 
 pub use config::Config;
 pub use frontend::RendezvousFrontend;
+
+/// Parsers of visitor bytes, public for the fuzz targets only.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::names::forbidden_host;
+    pub use crate::visitor::query_id;
+}

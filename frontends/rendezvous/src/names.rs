@@ -67,7 +67,7 @@ impl Drop for Release {
 }
 
 /// Names a visitor may never reach, whatever is registered: addresses and loopback names.
-pub(crate) fn forbidden_host(host: &str) -> bool {
+pub fn forbidden_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.parse::<std::net::IpAddr>().is_ok()
         || h.eq_ignore_ascii_case("localhost")

@@ -45,6 +45,10 @@ pub(crate) fn response(
     out.into_bytes()
 }
 
+/// How long a closing answer keeps reading what the client still sends, and how much.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: usize = 16 << 20;
+
 /// Writes a response and, when `close`, ends the connection politely: stop writing, then
 /// discard what the client still sends for a moment, so it reads the answer instead of a reset.
 pub(crate) async fn send(io: &mut BoxIo, bytes: &[u8], close: bool) {
@@ -53,7 +57,7 @@ pub(crate) async fn send(io: &mut BoxIo, bytes: &[u8], close: bool) {
     }
     if close {
         let _ = io.shutdown().await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain(io, 1 << 20)).await;
+        let _ = tokio::time::timeout(LINGER, drain(io, LINGER_BYTES)).await;
     }
 }
 

@@ -14,7 +14,12 @@ use tunneld_core::rendezvous::visitor_auth::{parse_authorization, Credentials, N
 use tunneld_core::splice::SpliceCounters;
 
 /// Largest body skipped to keep a connection open after a refusal.
-const MAX_SKIP: u64 = 1 << 20;
+/// A refused request's body up to this size is read and discarded so the connection stays
+/// usable: clients such as Python's urllib send the whole body before they read the `401`
+/// and then send it again with credentials.
+const MAX_SKIP: u64 = 16 << 20;
+/// How long discarding such a body may take.
+const SKIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) enum Next {
     /// Answered; read the next request on this connection.
@@ -26,7 +31,7 @@ pub(crate) enum Next {
 }
 
 /// The id in `?rendezvous=<ID>` of a WebSocket upgrade.
-fn query_id(head: &RequestHead) -> Option<String> {
+pub fn query_id(head: &RequestHead) -> Option<String> {
     if !head.has_token("upgrade", "websocket") {
         return None;
     }
@@ -91,7 +96,8 @@ async fn refuse(
         return Next::Done;
     }
     if let Framing::Length(n) = framing {
-        if !skip_body(io, buf, n).await {
+        let skipped = tokio::time::timeout(SKIP_TIMEOUT, skip_body(io, buf, n)).await;
+        if !matches!(skipped, Ok(true)) {
             return Next::Done;
         }
     }
@@ -161,11 +167,15 @@ pub(crate) async fn serve(
             Ok(Credentials::Basic { username }) => username,
         },
     };
-    if inner.registry.ids.lookup(&id).await.is_none() {
+    let Some(entry) = inner.registry.ids.lookup(&id).await else {
         inner.visitor_outcome("unknown_id");
         return refuse(io, buf, &head, framing, not_registered()).await;
-    }
-    let Some(parked) = inner.registry.take(&id, inner.cfg.visitor_wait).await else {
+    };
+    let Some(parked) = inner
+        .registry
+        .take(&id, &entry, inner.cfg.visitor_wait)
+        .await
+    else {
         inner.visitor_outcome("nothing_parked");
         return refuse(io, buf, &head, framing, not_registered()).await;
     };
