@@ -28,6 +28,9 @@ struct Inner {
     /// Milliseconds from `started` to the last sign of life.
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Of those, how many wait on the visitor (a response chunk handed over and not yet
+    /// taken): they do not keep the connection busy.
+    blocked: AtomicUsize,
     /// Whether anything happened yet (the first deadline applies until then).
     seen: AtomicBool,
 }
@@ -44,6 +47,7 @@ impl Activity {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
             seen: AtomicBool::new(false),
         }))
     }
@@ -59,11 +63,19 @@ impl Activity {
     pub fn begin(&self) -> InFlight {
         self.touch();
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            blocked: false,
+        }
     }
 
     pub fn in_flight(&self) -> usize {
         self.0.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Work in flight that waits on the service or on tunneld, not on the visitor.
+    fn busy(&self) -> bool {
+        self.in_flight() > self.0.blocked.load(Ordering::Relaxed)
     }
 
     /// Resolves once the connection has been idle (nothing in flight, no sign of life) for
@@ -84,11 +96,11 @@ impl Activity {
             let last =
                 self.0.started + Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
             let due = last + limit;
-            if self.in_flight() == 0 && Instant::now() >= due {
+            if !self.busy() && Instant::now() >= due {
                 return;
             }
             // Busy: look again a deadline from now; idle: at the deadline.
-            let wake = if self.in_flight() > 0 {
+            let wake = if self.busy() {
                 Instant::now() + limit
             } else {
                 due
@@ -100,12 +112,78 @@ impl Activity {
 
 /// A request (or a response body) in progress; dropping it ends the work and counts as a
 /// sign of life.
-pub struct InFlight(Activity);
+///
+/// While a response chunk has been handed to the visitor's side and not yet taken (the
+/// visitor's HTTP/2 window is closed, or its socket is full), the work waits on the visitor
+/// and does not keep the connection busy: a visitor that never opens its window cannot hold
+/// a connection (and the tunnel streams behind it) past the idle deadline. A long poll,
+/// waiting on the service, stays busy.
+pub struct InFlight {
+    activity: Activity,
+    blocked: bool,
+}
+
+impl InFlight {
+    /// A response chunk went to the visitor's side: the work now waits on the visitor.
+    pub fn handed_over(&mut self) {
+        self.activity.touch();
+        if !self.blocked {
+            self.blocked = true;
+            self.activity.0.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The visitor's side asks for more: the work waits on the service again.
+    pub fn taken(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            self.activity.0.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0 .0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.taken();
+        self.activity.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// A response body that tells its [`InFlight`] when it waits on the visitor (a chunk was
+/// handed over and the body has not been polled since) and ends the work with the body.
+pub fn tracked_body(body: crate::http_forward::Body, work: InFlight) -> crate::http_forward::Body {
+    use http_body_util::BodyExt;
+    Tracked { inner: body, work }.boxed()
+}
+
+struct Tracked {
+    inner: crate::http_forward::Body,
+    work: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::http_forward::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.work.taken();
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            self.work.handed_over();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

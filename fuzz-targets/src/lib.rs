@@ -383,6 +383,60 @@ pub fn connect_target(data: &[u8]) {
     }
 }
 
+/// The small readers of a visitor's first request that route it:
+/// `transports/websocket/src/head.rs` (`read_head` in small reads, `absolute_authority`,
+/// `strip_port`, `origin` with a trusted proxy), `frontends/https/src/visitor.rs`
+/// (`host_of`, from an absolute-form target and from `Host`) and
+/// `frontends/rendezvous/src` (`query_id`, `forbidden_host`).
+pub fn visitor_heads(data: &[u8]) {
+    use tunneld_frontend_https::fuzzing::host_of;
+    use tunneld_frontend_rendezvous::fuzzing::{forbidden_host, query_id};
+    use tunneld_transport_websocket::config::Cidr;
+    use tunneld_transport_websocket::head;
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let proxies: Vec<Cidr> = ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let use_head = |h: &RequestHead| {
+        let _ = head::absolute_authority(&h.target);
+        if let Some(host) = h.header("host") {
+            let _ = head::strip_port(host);
+            let _ = forbidden_host(head::strip_port(host));
+        }
+        for own in ["http", "https"] {
+            let o = head::origin(h, peer, own, &proxies);
+            let _ = (o.visitor, o.scheme);
+        }
+        let _ = query_id(h);
+        let mut req = http::Request::builder();
+        if let Ok(uri) = h.target.parse::<http::Uri>() {
+            req = req.uri(uri);
+        }
+        if let Some(host) = h.header("host") {
+            req = req.header(http::header::HOST, host);
+        }
+        if let Ok(req) = req.body(()) {
+            let _ = host_of(&req);
+        }
+    };
+    let read = block_on(async {
+        let mut r = Trickle::new(data, split_of(data));
+        head::read_head(&mut r, 1024).await
+    });
+    match read {
+        Some(Ok((h, _, _))) => use_head(&h),
+        Some(Err((code, msg))) => {
+            let _ = (code, msg.len());
+        }
+        None => {}
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = head::absolute_authority(&text);
+    let _ = head::strip_port(&text);
+    let _ = forbidden_host(&text);
+}
+
 /// `daemon/src/config/server.rs`: the bytes as tunneld's YAML config (the file layer of
 /// `ServerConfig::load`, without environment and `--set` layers), then validated.
 pub fn config_loader(data: &[u8]) {

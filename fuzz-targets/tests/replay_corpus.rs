@@ -22,6 +22,7 @@ fn target(name: &str) -> Option<fn(&[u8])> {
         "threshold_head" => t::threshold_head,
         "connect_target" => t::connect_target,
         "config_loader" => t::config_loader,
+        "visitor_heads" => t::visitor_heads,
         _ => return None,
     })
 }

@@ -187,3 +187,70 @@ async fn idle_tcp_visitors_on_one_port_spare_the_clients_other_tunnels() -> Resu
     alice.stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_visitor_that_never_opens_its_window_is_closed_when_idle() -> Result<()> {
+    let s = attack::server(false, &["limits.http_idle_timeout=2s"]).await?;
+    let big = services::http_body(4 << 20).await;
+    let small = services::http().await;
+    let tunnels = format!("{}{}", http_tunnel("big", big), http_tunnel("nb", small));
+    let (_alice, _) = attack::alice(&s, Via::Yamux, &tunnels).await?;
+
+    // An HTTP/2 visitor with a zero stream window: the response head arrives, no byte of the
+    // body ever can. The request is "in flight" for ever unless waiting on the visitor
+    // counts as idle.
+    let tls = attack::tls_to(
+        &s,
+        "big.localhost",
+        b"h2",
+        TcpStream::connect(s.web()).await?,
+    )
+    .await?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await?;
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await?;
+    let port = s.web().port();
+    let req = http::Request::get(format!("https://big.localhost:{port}/")).body(())?;
+    let (resp, _) = send.send_request(req, true)?;
+    let resp = tokio::time::timeout(WAIT, resp).await??;
+    ensure!(resp.status() == 200, "{}", resp.status());
+
+    // Meanwhile the client's other tunnel answers.
+    let line = attack::status_line(
+        attack::tls_to(
+            &s,
+            "nb.localhost",
+            b"http/1.1",
+            TcpStream::connect(s.web()).await?,
+        )
+        .await?,
+        b"GET / HTTP/1.1\r\nHost: nb.localhost\r\nConnection: close\r\n\r\n".to_vec(),
+        WAIT,
+    )
+    .await?;
+    ensure!(attack::status_code(&line)? == 200, "{line}");
+
+    // The stalled connection ends after the idle timeout (and a short grace).
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .context("a zero-window HTTP/2 visitor kept its connection past the idle timeout")?
+        .context("connection task")?
+        .ok();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = s.metrics().await;
+        if m.get("tunneld_visitors_idle_closed_total", &[("frontend", "web")]) >= 1.0 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the idle close is not counted"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(resp);
+    Ok(())
+}

@@ -16,13 +16,14 @@ use super::Control;
 use crate::http_serve::{bearer, error, json_resp, read_body, respond, Resp};
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
+use std::sync::Arc;
 use std::time::Duration;
 use tunneld_core::auth::Identity;
 
 const MAX_BODY: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn handle(c: &Control, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
+pub async fn handle(c: &Arc<Control>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let route = match parts.as_slice() {
@@ -81,7 +82,7 @@ async fn authenticate(
 }
 
 async fn route_request(
-    c: &Control,
+    c: &Arc<Control>,
     req: Request<Incoming>,
     route: &str,
     name: &str,
@@ -136,6 +137,38 @@ async fn route_request(
         Ok(w) => w,
         Err(r) => return *r,
     };
+    // Bodies are read here, on the runtime; what follows reads and writes the state store,
+    // so it runs on a blocking thread (no runtime thread ever waits on SQLite).
+    let body = match (route, &method) {
+        ("/v1/tunnels", &Method::POST) | ("/v1/tunnels/{name}/certificate", _) => {
+            match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            }
+        }
+        _ => Default::default(),
+    };
+    let (c, route, name) = (c.clone(), route.to_string(), name.to_string());
+    let rt = tokio::runtime::Handle::current();
+    let work = move || rt.block_on(authorized(&c, &who, &route, method, &name, &body));
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request failed: {e}"),
+        ),
+    }
+}
+
+/// The routes that need a caller (authenticated as `who`), with the body already read.
+async fn authorized(
+    c: &Control,
+    who: &Identity,
+    route: &str,
+    method: Method,
+    name: &str,
+    body: &[u8],
+) -> Resp {
     match (route, method) {
         ("/v1/tunnels", Method::GET) => match c.store.tunnels(Some(&who.client_id)) {
             Ok(list) => {
@@ -145,14 +178,10 @@ async fn route_request(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
         ("/v1/tunnels", Method::POST) => {
-            let body = match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
             let create: CreateRequest = if body.iter().all(u8::is_ascii_whitespace) {
                 CreateRequest::default()
             } else {
-                match serde_json::from_slice(&body) {
+                match serde_json::from_slice(body) {
                     Ok(c) => c,
                     Err(e) => {
                         return error(
@@ -162,32 +191,28 @@ async fn route_request(
                     }
                 }
             };
-            match c.create(&who, create).await {
+            match c.create(who, create).await {
                 Ok(info) => json_resp(StatusCode::CREATED, &serde_json::json!(info)),
                 Err(r) => refused(r),
             }
         }
-        ("/v1/tunnels/{name}", Method::GET) => match c.owned(&who, name) {
+        ("/v1/tunnels/{name}", Method::GET) => match c.owned(who, name) {
             Ok(t) => json_resp(StatusCode::OK, &serde_json::json!(c.info(&t))),
             Err(r) => refused(r),
         },
-        ("/v1/tunnels/{name}", Method::DELETE) => match c.delete(&who, name).await {
+        ("/v1/tunnels/{name}", Method::DELETE) => match c.delete(who, name).await {
             Ok(()) => respond(StatusCode::NO_CONTENT, "text/plain", ""),
             Err(r) => refused(r),
         },
-        ("/v1/tunnels/{name}/renew", _) => match c.renew(&who, name).await {
+        ("/v1/tunnels/{name}/renew", _) => match c.renew(who, name).await {
             Ok(info) => json_resp(StatusCode::OK, &serde_json::json!(info)),
             Err(r) => refused(r),
         },
         (_, _) => {
-            let body = match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            let Ok(csr) = std::str::from_utf8(&body) else {
+            let Ok(csr) = std::str::from_utf8(body) else {
                 return error(StatusCode::BAD_REQUEST, "the CSR is not PEM text");
             };
-            match c.sign(&who, name, csr) {
+            match c.sign(who, name, csr) {
                 Ok(s) => json_resp(StatusCode::CREATED, &serde_json::json!(s)),
                 Err(r) => refused(r),
             }

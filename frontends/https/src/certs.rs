@@ -4,9 +4,10 @@
 //!
 //! Issued certificates are only for names that are claimed (or reserved for their owner)
 //! and for the configured extra host names; any other name gets the domain's certificate and,
-//! after the handshake, a 404 page, so random names cost no signing. A claim mints its
-//! certificate on a blocking thread; a handshake that still finds none mints it outside the
-//! cache lock. Leaves live [`LEAF_LIFETIME`] and are renewed in the background once
+//! after the handshake, a 404 page, so random names cost no signing. Certificates are only
+//! ever minted on blocking threads, once per name at a time: a claim starts its mint, and a
+//! handshake for a claimed name whose certificate is not ready yet waits for that mint
+//! ([`Resolver::ready`], before the handshake) instead of signing on the runtime. Leaves live [`LEAF_LIFETIME`] and are renewed in the background once
 //! [`RENEW_AFTER`] has passed, while the current one keeps being served.
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -38,6 +39,8 @@ pub struct Issued {
     cache: Mutex<HashMap<String, Cached>>,
     /// Names being minted in the background now.
     minting: Mutex<HashSet<String>>,
+    /// Bumped each time a background mint ends (waiters in [`Resolver::ready`] look again).
+    minted: tokio::sync::watch::Sender<u64>,
     claimed: OnceLock<Claimed>,
     fallback: Arc<CertifiedKey>,
     /// Itself, for background work.
@@ -87,6 +90,7 @@ impl Resolver {
             extra,
             cache: Mutex::default(),
             minting: Mutex::default(),
+            minted: tokio::sync::watch::channel(0).0,
             claimed: OnceLock::new(),
             fallback,
             me: me.clone(),
@@ -104,6 +108,37 @@ impl Resolver {
     pub(crate) fn prepare(&self, host: &str) {
         if let Resolver::Issued(i) = self {
             i.mint_in_background(host.to_ascii_lowercase());
+        }
+    }
+
+    /// Waits until the certificate for `sni` is minted, when it is a name that gets one and
+    /// it is not in the cache yet (a mint on a blocking thread is started if none runs).
+    /// Callers bound the wait (the handshake timeout); on failure the handshake gets the
+    /// domain's certificate.
+    pub(crate) async fn ready(&self, sni: Option<&str>) {
+        let (Resolver::Issued(i), Some(name)) = (self, sni) else {
+            return;
+        };
+        let name = name.to_ascii_lowercase();
+        if !i.deserves(&name) {
+            return;
+        }
+        let mut changes = i.minted.subscribe();
+        loop {
+            changes.mark_unchanged();
+            if i.lock().contains_key(&name) {
+                return;
+            }
+            if !i.minting_now(&name) {
+                i.mint_in_background(name.clone());
+                if !i.minting_now(&name) {
+                    // Minted (or failed) already, without a runtime.
+                    return;
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -174,6 +209,13 @@ impl Issued {
         }
     }
 
+    fn minting_now(&self, name: &str) -> bool {
+        self.minting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
     /// Mints `name` on a blocking thread (once at a time per name); without a runtime, now.
     fn mint_in_background(&self, name: String) {
         let Some(me) = self.me.upgrade() else {
@@ -193,6 +235,7 @@ impl Issued {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
+            me.minted.send_modify(|n| *n = n.wrapping_add(1));
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => drop(h.spawn_blocking(work)),
@@ -215,8 +258,12 @@ impl Issued {
                 }
                 key
             }
-            // Claimed a moment ago and not minted yet: mint here, outside the cache lock.
-            None => self.mint(&name).unwrap_or_else(|| self.fallback.clone()),
+            // Not ready (the listener waits in `ready` first, so this is a name claimed during
+            // the handshake, or evicted): never sign on the handshake path.
+            None => {
+                self.mint_in_background(name);
+                self.fallback.clone()
+            }
         }
     }
 }

@@ -22,3 +22,9 @@ mod visitor;
 pub use certs::Resolver;
 pub use config::Config;
 pub use frontend::HttpsFrontend;
+
+/// Parsers of visitor bytes, public for the fuzz targets only.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::visitor::host_of;
+}

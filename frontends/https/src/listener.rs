@@ -143,6 +143,8 @@ async fn connection(
             let tls = start.into_stream(t.tls_config()).await?;
             return Ok::<_, std::io::Error>(Kind::Transport(t.clone(), tls));
         }
+        // A claimed name's certificate is minted off the runtime; wait for it here.
+        fe.resolver.ready(start.client_hello().server_name()).await;
         if let Some(cfg) = fe.tls_2ptth.as_ref().filter(|_| has(ALPN_2PTTH)) {
             return Ok(Kind::Upstream2ptth(start.into_stream(cfg.clone()).await?));
         }

@@ -19,11 +19,11 @@ use tunneld_core::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::h2link::h2_reason;
 use tunneld_core::http_forward::{
-    boxed, coalesced, holding, http1_over, is_upgrade, strip_hop_by_hop, Body,
+    boxed, coalesced, http1_over, is_upgrade, strip_hop_by_hop, Body,
 };
 use tunneld_core::hub::Target;
 use tunneld_core::idle::splice_until_idle;
-use tunneld_core::idle::Activity;
+use tunneld_core::idle::{tracked_body, Activity};
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::TunnelKind;
 use tunneld_core::session::{OpenError, StreamHeader};
@@ -80,7 +80,7 @@ pub(crate) async fn serve(
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, Infallible>(r.map(|b| holding(b, work)))
+            Ok::<_, Infallible>(r.map(|b| tracked_body(b, work)))
         }
     });
     // A visitor that stops reading frees its connection (and the streams behind it) after
@@ -177,7 +177,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 }
 
 /// The host a request names, without port, lower-cased; and the raw `host[:port]`.
-fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
+pub fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
     let raw = req
         .uri()
         .authority()

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod config;
+pub mod head;
 pub mod mux;
 pub mod server;
 pub mod session;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::PollSender;
+use tokio_util::sync::{CancellationToken, PollSender};
 
 /// Largest `D` payload we send.
 pub const CHUNK: usize = 16 * 1024;
@@ -33,6 +33,9 @@ pub const LOW_WATER: usize = 64 * 1024;
 pub const HARD_LIMIT: usize = 16 * 1024 * 1024;
 /// Outgoing `D` messages queued for the WebSocket, all conversations together.
 pub const DATA_QUEUE: usize = 64;
+/// Control messages queued beyond twice the conversation cap mean the peer has stopped
+/// reading the WebSocket: the session is ended instead of queueing more.
+const CTL_SLACK: usize = 64;
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -56,7 +59,7 @@ pub struct MuxMetrics {
 
 /// The receiving ends the writer task drains.
 pub struct Outbox {
-    pub ctl: mpsc::UnboundedReceiver<Out>,
+    pub ctl: mpsc::Receiver<Out>,
     pub data: mpsc::Receiver<Bytes>,
 }
 
@@ -105,7 +108,9 @@ struct Table {
 }
 
 struct Shared {
-    ctl: mpsc::UnboundedSender<Out>,
+    ctl: mpsc::Sender<Out>,
+    /// Cancelled when the control queue overflows (the peer stopped reading).
+    stalled: CancellationToken,
     data: mpsc::Sender<Bytes>,
     table: Mutex<Table>,
     native: bool,
@@ -121,7 +126,20 @@ impl Shared {
     }
 
     fn send_ctl(&self, m: &Msg) {
-        let _ = self.ctl.send(Out::Msg(encode(m)));
+        self.queue(Out::Msg(encode(m)));
+    }
+
+    /// Queues a control message; false when the session is over or the queue overflowed
+    /// (which ends the session through [`Mux::stalled`]).
+    fn queue(&self, o: Out) -> bool {
+        match self.ctl.try_send(o) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stalled.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Frees `conv`'s id if it still names this conversation.
@@ -167,19 +185,21 @@ pub enum OpenRefused {
 impl Mux {
     /// `native`: the `tunneld.1` extensions were negotiated.
     pub fn new(native: bool, max_conversations: usize, metrics: MuxMetrics) -> (Self, Outbox) {
-        let (ctl_tx, ctl) = mpsc::unbounded_channel();
+        let max = max_conversations.max(1);
+        let (ctl_tx, ctl) = mpsc::channel(2 * max + CTL_SLACK);
         let (data_tx, data) = mpsc::channel(DATA_QUEUE);
         (
             Self {
                 shared: Arc::new(Shared {
                     ctl: ctl_tx,
+                    stalled: CancellationToken::new(),
                     data: data_tx,
                     table: Mutex::new(Table {
                         map: HashMap::new(),
                         next: 0,
                     }),
                     native,
-                    max: max_conversations.max(1),
+                    max,
                     metrics,
                     pongs: tokio::sync::watch::channel(0).0,
                 }),
@@ -208,7 +228,7 @@ impl Mux {
     pub async fn probe(&self, deadline: std::time::Duration) -> bool {
         let mut pongs = self.shared.pongs.subscribe();
         pongs.mark_unchanged();
-        if self.shared.ctl.send(Out::Ping).is_err() {
+        if !self.shared.queue(Out::Ping) {
             return false;
         }
         matches!(
@@ -219,7 +239,13 @@ impl Mux {
 
     /// Closes the WebSocket with `code`.
     pub fn close(&self, code: u16, reason: &str) {
-        let _ = self.shared.ctl.send(Out::Close(code, reason.to_string()));
+        self.shared.queue(Out::Close(code, reason.to_string()));
+    }
+
+    /// Resolves when the control queue overflowed: the peer has not read the WebSocket for
+    /// as long as it took to queue twice the conversation cap in control messages.
+    pub async fn stalled(&self) {
+        self.shared.stalled.cancelled().await
     }
 
     /// Live conversations.
@@ -595,6 +621,32 @@ mod tests {
                 to.dispatch(msg);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_unread_control_queue_ends_the_session_instead_of_growing() {
+        let (mux, mut out) = Mux::new(true, 2, MuxMetrics::default());
+        let stalled = mux.stalled();
+        tokio::pin!(stalled);
+        // Twice the cap plus the slack fit; the peer reads none of them.
+        for _ in 0..(2 * 2 + CTL_SLACK) {
+            mux.send(&Msg::Pause(1));
+        }
+        assert!(
+            futures::poll!(stalled.as_mut()).is_pending(),
+            "stalled before the queue was full"
+        );
+        mux.send(&Msg::Pause(1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), stalled)
+            .await
+            .expect("an overflowing control queue ends the session");
+        assert!(!mux.probe(std::time::Duration::from_millis(1)).await);
+        // Nothing beyond the bound was queued.
+        let mut queued = 0;
+        while out.ctl.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 2 * 2 + CTL_SLACK);
     }
 
     #[tokio::test]

@@ -3,22 +3,23 @@
 //! conversation), as TPoT served them.
 
 use crate::config::{valid_subdomain, Config};
+use crate::head::{absolute_authority, origin, read_head, strip_port, Origin};
 use crate::mux::{Mux, MuxMetrics, OpenRefused, Outbox};
 use crate::session::drive;
 use crate::tpot_auth::{AuthError, Verifier};
 use crate::wire::{self, Msg, CLOSE_UNKNOWN_MESSAGE, SUBPROTOCOL};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::Identity;
 use tunneld_core::frontend::NameRoute;
-use tunneld_core::http1::{parse, RequestHead};
+use tunneld_core::http1::RequestHead;
 use tunneld_core::hub::Rejection;
 use tunneld_core::idle::{Activity, Touching};
 use tunneld_core::io::{BoxIo, Prefixed};
@@ -155,94 +156,10 @@ async fn answer<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, code: u16, text: &st
     .await;
 }
 
-/// The lower-cased authority of an absolute-form request target (`http://host:port/path`);
-/// `None` for origin-form (`/path`) and anything else.
-fn absolute_authority(target: &str) -> Option<String> {
-    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
-    let rest = if lower.starts_with("http://") {
-        &target[7..]
-    } else if lower.starts_with("https://") {
-        &target[8..]
-    } else {
-        return None;
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    // Userinfo is not part of the host.
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    Some(host.to_ascii_lowercase())
-}
-
-/// Reads the first request head: the head and every byte read (head and what followed).
-/// A head over `max_head` bytes is answered `431`.
-async fn read_head<R: AsyncRead + Unpin + ?Sized>(
-    r: &mut R,
-    max_head: usize,
-) -> Result<(RequestHead, usize, Vec<u8>), (u16, String)> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        match parse(&buf) {
-            Ok(Some((head, len))) if len <= max_head => return Ok((head, len, buf)),
-            Ok(Some(_)) => break,
-            Ok(None) if buf.len() > max_head => break,
-            Ok(None) => {}
-            Err(e) => return Err((400, e.to_string())),
-        }
-        let mut chunk = [0u8; 4096];
-        let n = r.read(&mut chunk).await.map_err(|e| (400, e.to_string()))?;
-        if n == 0 {
-            return Err((0, "closed".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Err((
-        431,
-        format!("the request header block is larger than {max_head} bytes"),
-    ))
-}
-
-/// What the request says about where it came from, believing proxies only when trusted.
-struct Origin {
-    visitor: SocketAddr,
-    scheme: &'static str,
-}
-
 impl WebsocketTransport {
-    fn trusted(&self, ip: IpAddr) -> bool {
-        self.cfg.trusted_proxies.iter().any(|c| c.contains(ip))
-    }
-
     fn origin(&self, head: &RequestHead, peer: SocketAddr) -> Origin {
         let own = if self.tls.is_some() { "https" } else { "http" };
-        if !self.trusted(peer.ip()) {
-            return Origin {
-                visitor: peer,
-                scheme: own,
-            };
-        }
-        // The right-most address that is not a trusted proxy is the visitor.
-        let chain: Vec<IpAddr> = head
-            .values("x-forwarded-for")
-            .flat_map(|v| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let visitor = chain
-            .iter()
-            .rev()
-            .find(|ip| !self.trusted(**ip))
-            .or(chain.first())
-            .map(|ip| SocketAddr::new(*ip, 0))
-            .unwrap_or(peer);
-        let scheme = match head.header("x-forwarded-proto").map(|p| p.trim()) {
-            Some(p) if p.eq_ignore_ascii_case("https") => "https",
-            Some(p) if p.eq_ignore_ascii_case("http") => "http",
-            _ => own,
-        };
-        Origin { visitor, scheme }
+        origin(head, peer, own, &self.cfg.trusted_proxies)
     }
 
     fn count(&self, cx: &TransportContext, route: &str, code: u16) {
@@ -941,16 +858,6 @@ pub fn random_subdomain() -> String {
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
         .collect()
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host;
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
 }
 
 /// Opens conversations of one session for the frontends.

@@ -119,6 +119,9 @@ where
                 writer_done = true;
                 break "the WebSocket could not be written".to_string();
             }
+            _ = mux.stalled() => {
+                break "the peer stopped reading the WebSocket (its control queue is full)".to_string();
+            }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
         let msg = match next {
