@@ -281,6 +281,25 @@ fn both(v: (Option<u64>, Option<u64>)) -> Option<u64> {
     }
 }
 
+/// Both sides' resident memory once it stops falling: sampled every 250 ms until it has
+/// not dropped for 2 s (at most 30 s), so what the allocator returns late still counts.
+async fn settled_rss(sys: &System) -> (Option<u64>, Option<u64>) {
+    let mut last = sys.rss_kib();
+    let mut unchanged = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while unchanged < 8 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = sys.rss_kib();
+        if both(now) < both(last) {
+            unchanged = 0;
+        } else {
+            unchanged += 1;
+        }
+        last = now;
+    }
+    last
+}
+
 async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) -> Result<Row> {
     load::wait_ready(sys.endpoint, Duration::from_secs(60)).await?;
     let idle = sys.rss_kib();
@@ -325,6 +344,7 @@ async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) 
     let held = sys.rss_kib();
     let with_conns = both(held);
     drop(conns);
+    let closed = settled_rss(sys).await;
     let per_conn = match (before, with_conns) {
         (Some(b), Some(w)) => Some((w as f64 - b as f64) / s.idle as f64),
         _ => None,
@@ -343,6 +363,8 @@ async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) 
         rss_loaded_mib: kib_to_mib(peak),
         rss_conns_server_mib: kib_to_mib(held.0),
         rss_conns_client_mib: kib_to_mib(held.1),
+        rss_closed_server_mib: kib_to_mib(closed.0),
+        rss_closed_client_mib: kib_to_mib(closed.1),
         idle_conns: s.idle,
         per_conn_kib: per_conn,
     })

@@ -22,6 +22,10 @@ pub struct Row {
     /// in MiB.
     pub rss_conns_server_mib: Option<f64>,
     pub rss_conns_client_mib: Option<f64>,
+    /// The public side / the private side once those connections are closed and memory
+    /// has settled (what the allocator gave back), in MiB.
+    pub rss_closed_server_mib: Option<f64>,
+    pub rss_closed_client_mib: Option<f64>,
     pub idle_conns: usize,
     /// Growth of both sides per idle visitor connection, in KiB.
     pub per_conn_kib: Option<f64>,
@@ -54,13 +58,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let direct = self.find("direct");
         let mut out = format!(
-            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | HTTP req/s | × direct | × rathole | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | HTTP req/s | × direct | × rathole | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | RSS after they close MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             self.machine, self.settings
         );
         for r in &self.rows {
             let peer = self.find(if r.tls { "rathole tls" } else { "rathole tcp" });
             out.push_str(&format!(
-                "| {} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} / {} | {} |\n",
+                "| {} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} / {} | {} / {} | {} |\n",
                 r.system,
                 r.throughput_gbit_s,
                 ratio(r.throughput_gbit_s, direct.map(|d| d.throughput_gbit_s)),
@@ -77,6 +81,8 @@ impl Report {
                 mib(r.rss_loaded_mib),
                 mib(r.rss_conns_server_mib),
                 mib(r.rss_conns_client_mib),
+                mib(r.rss_closed_server_mib),
+                mib(r.rss_closed_client_mib),
                 r.per_conn_kib
                     .map(|v| format!("{v:.1}"))
                     .unwrap_or_else(|| "–".into()),

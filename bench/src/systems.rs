@@ -143,7 +143,7 @@ pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Resu
     std::fs::write(
         &server_yaml,
         format!(
-            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\ntransports: {{ edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: 1024 }} }} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }} }}\n",
+            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: 4096 }} }} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }} }}\n",
             state = dir.join("state").display()
         ),
     )?;
@@ -163,7 +163,7 @@ pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Resu
     std::fs::write(
         &client_yaml,
         format!(
-            "server: {edge}\nserver_name: localhost\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\nyamux: {{ max_streams: 1024 }}\ntunnels:\n  bench:\n    local: {service}\n"
+            "server: {edge}\nserver_name: localhost\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\nyamux: {{ max_streams: 4096 }}\ntunnels:\n  bench:\n    local: {service}\n"
         ),
     )?;
     let conf = client_yaml.display().to_string();

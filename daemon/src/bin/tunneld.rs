@@ -1,6 +1,13 @@
 //! tunneld: the public side of the tunnels.
 #![forbid(unsafe_code)]
 
+/// jemalloc with a background thread gives freed memory back to the OS within seconds
+/// (glibc's malloc kept it all after a burst of connections); its settings are in
+/// .cargo/config.toml, the figures in docs/benchmarks.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
