@@ -784,6 +784,12 @@ impl Hub {
         self.sessions.every()
     }
 
+    /// Clients whose sessions all ended at some point (the last few thousand), with when;
+    /// a client listed here may have connected again since.
+    pub fn departed_clients(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.sessions.departed()
+    }
+
     /// Every route of every frontend, for `GET /tunnels`.
     pub fn routes(&self) -> Vec<RouteInfo> {
         self.frontends.values().flat_map(|f| f.routes()).collect()

@@ -126,10 +126,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Clients remembered as having had sessions that all ended (for threshold's `ClientClosed`).
+const DEPARTED_KEPT: usize = 4096;
+
 /// The live sessions of each client, oldest first.
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_client: Mutex<HashMap<String, Vec<Arc<LiveSession>>>>,
+    /// Clients whose last session ended, with when (bounded: the oldest are forgotten).
+    departed: Mutex<HashMap<String, std::time::SystemTime>>,
 }
 
 impl Sessions {
@@ -181,8 +186,27 @@ impl Sessions {
             v.retain(|x| x.info.id != s.info.id);
             if v.is_empty() {
                 map.remove(&s.info.client_id);
+                drop(map);
+                let mut gone = lock(&self.departed);
+                if gone.len() >= DEPARTED_KEPT && !gone.contains_key(&s.info.client_id) {
+                    if let Some(oldest) =
+                        gone.iter().min_by_key(|(_, t)| **t).map(|(c, _)| c.clone())
+                    {
+                        gone.remove(&oldest);
+                    }
+                }
+                gone.insert(s.info.client_id.clone(), std::time::SystemTime::now());
             }
         }
+    }
+
+    /// Clients whose sessions all ended (they may be connected again since), with when
+    /// their last one ended.
+    pub(crate) fn departed(&self) -> Vec<(String, std::time::SystemTime)> {
+        lock(&self.departed)
+            .iter()
+            .map(|(c, t)| (c.clone(), *t))
+            .collect()
     }
 }
 

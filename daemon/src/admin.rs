@@ -92,6 +92,8 @@ async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAdd
         p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping") => {
             p.to_string()
         }
+        // threshold answered its liveness route with a trailing slash too.
+        "/ping/" => "/ping".to_string(),
         _ => "other".to_string(),
     };
     let resp = route_request(state, req, &route, peer).await;
@@ -216,6 +218,10 @@ async fn tunnels(state: &State) -> Value {
 }
 
 async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
+    let shape = match Shape::from_query(req.uri().query(), state.shape) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -240,7 +246,10 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    if admin_threshold::is_threshold_body(&value) {
+    // An empty list clears every mapping in either shape; it is answered in threshold's
+    // (`[]`) when that is the configured or asked-for shape.
+    let empty_threshold = value.as_array().is_some_and(Vec::is_empty) && shape == Shape::Threshold;
+    if empty_threshold || admin_threshold::is_threshold_body(&value) {
         return put_threshold(state, value).await;
     }
     let desired: Vec<Mapping> = match serde_json::from_value(value) {

@@ -120,20 +120,30 @@ pub fn listeners(list: &[(Mapping, String)]) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Array(Vec::new()))
 }
 
-/// `GET /clients` as threshold answered it: `{ "<id>": { "CurrentState", "LastState" } }`
-/// for connected clients and for clients named by mappings but not connected.
+/// `GET /clients` as threshold answered it: `{ "<id>": { "CurrentState", "LastState" } }`:
+/// - connected: `ClientConnected`, after `ClientUnknown` (first connection since tunneld
+///   started) or `ClientClosed` (it had disconnected before);
+/// - disconnected (every session ended): `ClientClosed` after `ClientConnected`;
+/// - named by a mapping and never connected: `ClientUnknown` twice.
 pub async fn clients(hub: &Hub) -> Value {
     let mut states: BTreeMap<String, (&str, &str)> = BTreeMap::new();
     for (m, _) in hub.mappings().await {
         for c in m.members() {
-            states.insert(c, ("ClientDisconnected", "ClientConnected"));
+            states.insert(c, ("ClientUnknown", "ClientUnknown"));
         }
     }
+    let departed: std::collections::HashSet<String> =
+        hub.departed_clients().into_iter().map(|(c, _)| c).collect();
+    for c in &departed {
+        states.insert(c.clone(), ("ClientClosed", "ClientConnected"));
+    }
     for s in hub.sessions() {
-        states.insert(
-            s.info.client_id.clone(),
-            ("ClientConnected", "ClientConnecting"),
-        );
+        let last = if departed.contains(&s.info.client_id) {
+            "ClientClosed"
+        } else {
+            "ClientUnknown"
+        };
+        states.insert(s.info.client_id.clone(), ("ClientConnected", last));
     }
     let mut out = Map::new();
     for (id, (current, last)) in states {

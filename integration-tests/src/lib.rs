@@ -285,6 +285,25 @@ impl TestServer {
     pub async fn metrics(&self) -> metrics::Samples {
         metrics::parse(&self.running.metrics.render()).expect("metrics parse as Prometheus text")
     }
+
+    /// Waits (bounded by [`WAIT`]) until the series `name{labels}` reaches `at_least`, and
+    /// returns the metrics then: counts made as a connection closes may land a moment after
+    /// the peer saw the close.
+    pub async fn metrics_when(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+    ) -> metrics::Samples {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = self.metrics().await;
+            if m.get(name, labels) >= at_least || tokio::time::Instant::now() >= deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// An in-process tunnelc.

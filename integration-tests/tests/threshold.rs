@@ -248,7 +248,43 @@ async fn threshold_identity_comes_from_the_client_certificate() {
             &[("outcome", "missing_credentials")]
         ) >= 1.0
     );
+
+    // threshold's answers: states as threshold reported them, `/ping/`, and `PUT []`.
+    let state = |clients: &serde_json::Value| {
+        (
+            clients["node7"]["CurrentState"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            clients["node7"]["LastState"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    let (_, clients) = server.admin_call("GET", "/clients", None).await;
+    let clients: serde_json::Value = serde_json::from_str(&clients).expect("json");
+    assert_eq!(
+        state(&clients),
+        ("ClientConnected".into(), "ClientUnknown".into()),
+        "{clients}"
+    );
+    let (code, pong) = server.admin_call("GET", "/ping/", None).await;
+    assert_eq!((code, pong.as_str()), (200, "pong"));
     drop(good);
+    // Disconnected: still listed, as closed (polled: the session ends a moment later).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, clients) = server.admin_call("GET", "/clients", None).await;
+        let clients: serde_json::Value = serde_json::from_str(&clients).expect("json");
+        if state(&clients) == ("ClientClosed".into(), "ClientConnected".into()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{clients}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, body) = server.admin_call("PUT", "/tunnels", Some("[]")).await;
+    assert_eq!((code, body.trim()), (200, "[]"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +325,13 @@ async fn hostile_threshold_handshakes_get_a_status_and_a_metric() {
         );
     }
     assert!(server.running.hub.sessions().is_empty());
-    let m = server.metrics().await;
+    let m = server
+        .metrics_when(
+            "tunneld_handshakes_total",
+            &[("outcome", "head_too_large")],
+            1.0,
+        )
+        .await;
     assert!(m.get("tunneld_handshakes_total", &[("outcome", "head_too_large")]) >= 1.0);
     assert!(
         m.get(
@@ -298,4 +340,71 @@ async fn hostile_threshold_handshakes_get_a_status_and_a_metric() {
         ) >= 1.0
     );
     assert!(m.get("tunneld_handshakes_total", &[("outcome", "bad_request")]) >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_koding_client_gets_kodings_control_messages() {
+    let Some(go) = go_threshold_client_or_skip("koding interop") else {
+        return;
+    };
+    let server = TestServer::start_full("", &threshold_sets(true))
+        .await
+        .expect("server");
+    let (one, two) = (
+        tagged_echo("koding-one").await,
+        tagged_echo("koding-two").await,
+    );
+    let (p1, p2) = (server.range.0 + 7, server.range.0 + 8);
+    // koding's client maps the public port in each control message to a local address.
+    let mut node = server
+        .spawn_threshold_client(
+            &go,
+            &[
+                "-id",
+                "kclient",
+                "-header",
+                "X-KTunnel-Identifier",
+                "-dialect",
+                "koding",
+            ],
+            &[(&p1.to_string(), one), (&p2.to_string(), two)],
+            "kclient",
+        )
+        .expect("spawn the Go client");
+    node.line_starting("connected")
+        .await
+        .expect("koding client connects");
+    let listeners = format!(
+        r#"[{{"ClientIdentifier":"kclient","ListenPort":{p1},"ListenAddress":"127.0.0.1","BackEndService":"one"}},
+            {{"ClientIdentifier":"kclient","ListenPort":{p2},"ListenAddress":"127.0.0.1","BackEndService":"two"}}]"#
+    );
+    let (code, body) = server.admin_call("PUT", "/tunnels", Some(&listeners)).await;
+    assert_eq!(code, 200, "{body}");
+    // Concurrent visitors on both ports: each reaches its own service, and the client (which
+    // panics on a message it cannot use) stays up.
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let (port, want) = if i % 2 == 0 {
+            (p1, "koding-one")
+        } else {
+            (p2, "koding-two")
+        };
+        tasks.push(tokio::spawn(async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let tag = visit_tagged(addr, 2048 + i as usize * 31, i).await?;
+            anyhow::ensure!(tag == want, "visitor {i} of {want} got {tag}");
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("visitor");
+    }
+    let sessions = server.running.hub.sessions();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "the koding client crashed: {}",
+        node.stderr()
+    );
+    drop(node);
 }

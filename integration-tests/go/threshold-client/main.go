@@ -2,7 +2,11 @@
 // the wire protocol of the threshold / koding-tunnel clients (CONNECT /_controlPath/, the
 // "controlHandshake" / "controlOk" exchange on stream 1, newline-delimited JSON control
 // messages, one client-opened yamux stream per message) with the reference yamux
-// implementation, hashicorp/yamux. Built in GOPATH mode from Debian's packages:
+// implementation, hashicorp/yamux. With -dialect koding it reads koding/tunnel's control
+// messages instead ({"action":1,"transportProtocol":N,"localPort":P}: HTTP 1, TCP 2,
+// WebSocket 3), maps the local port to a -service entry named by the port, and panics on a
+// message it cannot use, as koding's client did on threshold's shape. Built in GOPATH mode
+// from Debian's packages:
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go build -o threshold-client .
 package main
@@ -18,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/yamux"
@@ -40,6 +45,13 @@ type controlMessage struct {
 	Service string `json:"service"`
 }
 
+// kodingMessage is koding/tunnel's proto.ControlMessage.
+type kodingMessage struct {
+	Action    int `json:"action"`
+	Protocol  int `json:"transportProtocol"`
+	LocalPort int `json:"localPort"`
+}
+
 func fail(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "threshold-client: "+format+"\n", args...)
 	os.Exit(1)
@@ -53,6 +65,7 @@ func main() {
 	keyFile := flag.String("key", "", "client key (PEM)")
 	id := flag.String("id", "", "client id sent in the identity header")
 	header := flag.String("header", "X-Threshold-ClientId", "identity header name")
+	dialect := flag.String("dialect", "threshold", "control messages: threshold or koding")
 	svc := services{}
 	flag.Var(svc, "service", "name=host:port of a local service (repeatable)")
 	flag.Parse()
@@ -116,17 +129,32 @@ func main() {
 
 	dec := json.NewDecoder(ctl)
 	for {
-		var msg controlMessage
-		if err := dec.Decode(&msg); err != nil {
-			fmt.Fprintf(os.Stderr, "threshold-client: control stream ended: %v\n", err)
-			os.Exit(0)
+		name := ""
+		if *dialect == "koding" {
+			var msg kodingMessage
+			if err := dec.Decode(&msg); err != nil {
+				fmt.Fprintf(os.Stderr, "threshold-client: control stream ended: %v\n", err)
+				os.Exit(0)
+			}
+			// koding's client picks its proxy by protocol and has none for anything else.
+			if msg.Action != 1 || msg.Protocol < 1 || msg.Protocol > 3 {
+				panic(fmt.Sprintf("unusable koding control message %+v", msg))
+			}
+			name = strconv.Itoa(msg.LocalPort)
+		} else {
+			var msg controlMessage
+			if err := dec.Decode(&msg); err != nil {
+				fmt.Fprintf(os.Stderr, "threshold-client: control stream ended: %v\n", err)
+				os.Exit(0)
+			}
+			name = msg.Service
 		}
 		// As the original client: open the stream in the control loop, serve it apart.
 		stream, err := session.Open()
 		if err != nil {
 			fail("open stream: %v", err)
 		}
-		go serve(stream, svc[msg.Service], msg.Service)
+		go serve(stream, svc[name], name)
 	}
 }
 

@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use tunneld_core::auth::Identity;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
@@ -100,7 +99,8 @@ impl Transport for YamuxTransport {
 /// Which protocol the client speaks.
 enum Dialect {
     Native(Hello),
-    Threshold(Identity),
+    /// A threshold or koding-tunnel client.
+    Threshold(threshold::Caller),
 }
 
 /// How a handshake failed, for the log and the `outcome` label.
@@ -166,11 +166,16 @@ impl YamuxTransport {
             match &self.cfg.threshold {
                 Some(t) if &first == b"CONNECT " => {
                     let identified = match threshold::read_head(&mut tls, &first).await {
-                        Ok(head) => threshold::identify(&head, cn.as_deref(), t),
+                        Ok(head) => threshold::identify(&head, cn.as_deref(), t).map(|identity| {
+                            threshold::Caller {
+                                identity,
+                                koding: threshold::is_koding(&head),
+                            }
+                        }),
                         Err(r) => Err(r),
                     };
                     match identified {
-                        Ok(id) => Ok((tls, cn, Dialect::Threshold(id))),
+                        Ok(caller) => Ok((tls, cn, Dialect::Threshold(caller))),
                         Err(r) => {
                             let _ = tls.write_all(&r.response()).await;
                             let _ = tls.shutdown().await;
@@ -217,10 +222,10 @@ impl YamuxTransport {
 
         let hello = match dialect {
             Dialect::Native(h) => h,
-            Dialect::Threshold(identity) => {
+            Dialect::Threshold(caller) => {
                 let t = self.cfg.threshold.clone();
                 if let Some(t) = t {
-                    run_threshold(tls, peer, identity, permit, &t, &self.cfg, cx).await;
+                    run_threshold(tls, peer, caller, permit, &t, &self.cfg, cx).await;
                 }
                 return;
             }
@@ -368,7 +373,7 @@ impl OpenStream for YamuxOpener {
 async fn run_threshold<T>(
     mut tls: T,
     peer: SocketAddr,
-    identity: Identity,
+    caller: threshold::Caller,
     permit: Permit,
     t: &ThresholdConfig,
     cfg: &crate::config::Config,
@@ -376,6 +381,7 @@ async fn run_threshold<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let threshold::Caller { identity, koding } = caller;
     let pairs = Arc::new(Pairs::new(
         cx.metrics
             .threshold_pairs_pending
@@ -387,6 +393,7 @@ async fn run_threshold<T>(
         order: tokio::sync::Mutex::new(line_tx),
         max_pending: t.max_pending,
         slots: Arc::new(Semaphore::new(cfg.yamux.max_streams)),
+        koding,
     });
     // Threshold clients take whatever the admin API maps to them.
     let hello = Hello {
@@ -394,7 +401,7 @@ async fn run_threshold<T>(
         token: None,
         tunnels: Vec::new(),
         accept_server_mappings: true,
-        agent: "threshold".into(),
+        agent: if koding { "koding" } else { "threshold" }.into(),
         max_streams: None,
         instance: None,
     };

@@ -5,8 +5,11 @@
 //! `CONNECT /_controlPath/ HTTP/1.1` with `X-Threshold-ClientId` or `X-KTunnel-Identifier`;
 //! tunneld answers exactly `HTTP/1.1 200 Connected to Tunnel\n\n` and becomes the yamux
 //! server. The client opens stream 1 and writes `controlHandshake`; tunneld answers
-//! `controlOk` and from then on writes one JSON line `{"action":1,"service":"<name>"}` per
-//! visitor. The client opens one stream per line, in its control loop, in order.
+//! `controlOk` and from then on writes one JSON line per visitor: threshold's
+//! `{"action":1,"service":"<name>"}`, or, to a client that identified itself with koding's
+//! `X-KTunnel-Identifier`, koding's `{"action":1,"transportProtocol":2,"localPort":<port>}`
+//! (TCP, and the public port the visitor came in on, which koding clients map to a local
+//! address). The client opens one stream per line, in its control loop, in order.
 //!
 //! Pairing: the original server let each visitor goroutine accept "the next stream", so two
 //! concurrent visitors could swap streams. Here every visitor takes a slot in one FIFO queue
@@ -260,6 +263,28 @@ pub fn identify(
     Ok(Identity::new(client_id, method, None))
 }
 
+/// Whether a CONNECT head comes from a koding-tunnel client (it names itself with
+/// `X-KTunnel-Identifier` and not threshold's header): it gets koding's control messages.
+pub fn is_koding(head: &str) -> bool {
+    let has = |name: &str| {
+        head.lines().skip(1).any(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        })
+    };
+    has("X-KTunnel-Identifier") && !has("X-Threshold-ClientId")
+}
+
+/// Who connected with the threshold dialect.
+pub(crate) struct Caller {
+    pub identity: Identity,
+    /// koding-tunnel's client: it gets koding's control messages.
+    pub koding: bool,
+}
+
+/// koding's `transportProtocol` for a TCP stream.
+const KODING_TCP: u8 = 2;
+
 /// The visitors waiting for streams, oldest first.
 pub(crate) struct Pairs {
     queue: Mutex<VecDeque<(Instant, oneshot::Sender<Stream>)>>,
@@ -327,6 +352,8 @@ pub(crate) struct ThresholdOpener {
     /// Visitor streams this session may have open (`yamux.max_streams`): the client opens
     /// one per line, so the cap is taken before the line is written.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// koding's control messages instead of threshold's.
+    pub(crate) koding: bool,
 }
 
 #[async_trait]
@@ -336,8 +363,17 @@ impl OpenStream for ThresholdOpener {
             .target
             .clone()
             .unwrap_or_else(|| header.tunnel.clone());
-        let mut line = serde_json::to_vec(&serde_json::json!({ "action": 1, "service": service }))
-            .map_err(|e| OpenError::Session(e.to_string()))?;
+        let message = if self.koding {
+            serde_json::json!({
+                "action": 1,
+                "transportProtocol": KODING_TCP,
+                "localPort": header.public.port(),
+            })
+        } else {
+            serde_json::json!({ "action": 1, "service": service })
+        };
+        let mut line =
+            serde_json::to_vec(&message).map_err(|e| OpenError::Session(e.to_string()))?;
         line.push(b'\n');
         let slot = crate::limit::acquire(&self.slots)?;
         let (tx, rx) = oneshot::channel();
@@ -432,6 +468,13 @@ mod tests {
         let id = identify(HEAD, None, &cfg(true)).expect("header");
         assert_eq!((id.client_id.as_str(), id.method), ("node1", "header"));
         let koding = "CONNECT /_controlPath/ HTTP/1.1\nHost: t\nX-KTunnel-Identifier: k1\n\n";
+        assert!(is_koding(koding));
+        assert!(!is_koding(
+            "CONNECT /_controlPath/ HTTP/1.1\nX-Threshold-ClientId: a\nX-KTunnel-Identifier: a\n\n"
+        ));
+        assert!(!is_koding(
+            "CONNECT /_controlPath/ HTTP/1.1\nX-Threshold-ClientId: a\n\n"
+        ));
         assert_eq!(
             identify(koding, None, &cfg(true))
                 .expect("koding")
