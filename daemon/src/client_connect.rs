@@ -77,16 +77,21 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
     let workers = CancellationToken::new();
     for (id, r) in &cfg.rendezvous {
+        // An id with its own secret parks with codes, whether or not a token is set (the id
+        // need not belong to the token's client); the others park with the token.
         let codes = match &r.secret {
-            // Without a token the code is the credential.
-            Some(s) if opts.token.is_none() => Some(Arc::new(CodeSource {
+            Some(s) => Some(Arc::new(CodeSource {
                 secret: totp::decode_secret(&s.0)
                     .map_err(|e| anyhow::anyhow!("rendezvous.{id}.secret: {e}"))?,
                 step: r.step,
                 last: tokio::sync::Mutex::new(None),
             })),
-            _ => None,
+            None => None,
         };
+        let mut opts = opts.clone();
+        if codes.is_some() {
+            opts.token = None;
+        }
         let announced = Arc::new(AtomicBool::new(false));
         for _ in 0..r.parked {
             let w = Worker {
@@ -134,6 +139,16 @@ impl Worker {
             };
             let parked = match attempt {
                 Ok(p) => p,
+                Err(e @ tunneld_transport_connect::ParkError::Refused { status: 503, .. }) => {
+                    // More connections wanted than tunneld keeps per id: this one stops, the
+                    // others stay parked.
+                    tracing::warn!(id = %self.id, "one parked connection fewer: {e}");
+                    let _ = self.events.send(ClientEvent::Disconnected {
+                        reason: format!("rendezvous {}: {e}", self.id),
+                        retry_in: Duration::ZERO,
+                    });
+                    return;
+                }
                 Err(e) => {
                     if e.is_permanent(self.opts.token.is_some()) {
                         let _ = self

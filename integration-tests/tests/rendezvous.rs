@@ -1351,3 +1351,89 @@ print(opener.open(urllib.request.Request("https://localhost:{port}/up", data=dat
     assert_eq!(stdout.trim(), LEN.to_string());
     Ok(())
 }
+
+/// An in-process tunnelc for the connect transport with `rendezvous` (YAML map entries).
+fn rendezvous_client(s: &TestServer, entries: &str) -> Result<TestClient> {
+    let yaml = format!(
+        "server: {}\nserver_name: localhost\ntransport: connect\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\nrendezvous:\n{entries}",
+        hidden(s),
+        s.ca_file().display()
+    );
+    let file = temp_dir("client").join("client.yaml");
+    std::fs::write(&file, yaml)?;
+    let cfg = tunneld_daemon::config::client::ClientConfig::load(Some(&file), &[])
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(TestClient::spawn(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnelc_parks_with_an_ids_own_secret_and_says_when_it_wants_too_many() -> Result<()> {
+    let s = server().await?;
+    let local = services::http().await;
+    // `foreign` belongs to no client: tunnelc (which has a token) parks for it with the
+    // id's secret, and a visitor is served.
+    let secret = add_id(&s, "foreign", None).await?;
+    let c = rendezvous_client(
+        &s,
+        &format!("  foreign: {{ local: \"{local}\", parked: 2, secret: {secret} }}\n"),
+    )?;
+    wait_parked(&s, "foreign", 2).await?;
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/f"),
+    );
+    let (st, out) = curl(&[
+        "-i",
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "-u",
+        "foreign:pw",
+        &u,
+    ])
+    .await?;
+    anyhow::ensure!(st.success() && out.starts_with("HTTP/1.1 200"), "{out}");
+    c.stop.cancel();
+
+    // 12 parked wanted, tunneld keeps 8 per id: 8 park, the 4 others stop with a message,
+    // and no connection is evicted by its own client.
+    add_id(&s, "many", Some("alice")).await?;
+    let mut c = rendezvous_client(
+        &s,
+        &format!("  many: {{ local: \"{local}\", parked: 12 }}\n"),
+    )?;
+    let mut told = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while told < 4 {
+        let ev = tokio::time::timeout_at(deadline, c.events.recv())
+            .await
+            .context("tunnelc did not report the refused workers")?
+            .ok_or_else(|| anyhow!("tunnelc stopped"))?;
+        if let ClientEvent::Disconnected { reason, .. } = ev {
+            anyhow::ensure!(
+                reason.contains("max_parked_per_id") && reason.contains("lower `parked`"),
+                "{reason}"
+            );
+            told += 1;
+        }
+    }
+    wait_parked(&s, "many", 8).await?;
+    let m = s.metrics().await;
+    assert_eq!(
+        m.get(
+            "tunneld_rendezvous_parked_dropped_total",
+            &[("reason", "evicted")]
+        ),
+        0.0
+    );
+    assert!(
+        m.get(
+            "tunneld_rendezvous_park_requests_total",
+            &[("outcome", "full")]
+        ) >= 4.0
+    );
+    c.stop.cancel();
+    Ok(())
+}

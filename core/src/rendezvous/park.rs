@@ -5,7 +5,8 @@
 //! Answers: `HTTP/1.1 200\r\n\r\n` (no reason phrase) on success; on error a raw
 //! `HTTP/1.1 <code>\r\n\r\n` and `{"error":{"permanent":false,"diagnostic":"..."}}`, then the
 //! socket closes. 403: the target is not `uuid:`; 407: no `response`; 409: bytes sent before
-//! the answer; 401: unknown id, wrong or reused code; 429: too many failed attempts.
+//! the answer; 401: unknown id, wrong or reused code; 429: too many failed attempts; 503: a
+//! token-parking client already has `max_parked_per_id` connections parked from its address.
 //!
 //! tunnelc may instead send `Proxy-Authorization: Bearer <token>` (or present a client
 //! certificate) for an id whose `client` is its own: TOTP codes are single-use, which would
@@ -167,6 +168,16 @@ pub async fn serve(
             return refuse(&reg, &mut io, status, r.reason(), &msg).await;
         }
     }
+    if by_client && reg.full_for(id, who.peer) {
+        // tunnelc asking for more than the server keeps would evict its own connections
+        // forever; say so instead (an original hidden server evicts its oldest, as before).
+        let msg = format!(
+            "id `{id}` already has {} connections parked from {} (rendezvous.max_parked_per_id); lower `parked` in tunnelc's config",
+            reg.max_parked(),
+            who.peer
+        );
+        return refuse(&reg, &mut io, 503, "full", &msg).await;
+    }
     if io.write_all(PARKED).await.is_err() || io.flush().await.is_err() {
         return;
     }
@@ -195,7 +206,7 @@ pub async fn serve(
     let Some(entry) = entry else {
         return;
     };
-    let (ticket, handoff) = reg.park(id, &entry);
+    let (ticket, handoff) = reg.park(id, &entry, who.peer);
     let mut probe = [0u8; 1];
     // A parked connection ends when its id is removed or its secret changes (checked
     // every REVALIDATE), so `rendezvous remove` and `rotate` close what the old id parked.

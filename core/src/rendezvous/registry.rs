@@ -73,9 +73,16 @@ impl CodeRefusal {
     }
 }
 
-/// One parked connection: its number, the secret of the id it parked under (a connection
-/// parked before the id was removed, re-added or rotated never serves), and its handoff.
-type Parked = (u64, String, oneshot::Sender<Handoff>);
+/// One parked connection.
+struct Parked {
+    n: u64,
+    /// The secret of the id it parked under: a connection parked before the id was removed,
+    /// re-added or rotated never serves.
+    secret: String,
+    /// Where it came from.
+    addr: IpAddr,
+    tx: oneshot::Sender<Handoff>,
+}
 
 struct Queue {
     parked: VecDeque<Parked>,
@@ -131,7 +138,7 @@ impl Drop for Ticket {
         let mut st = self.registry.lock();
         if let Some(q) = st.queues.get_mut(&self.id) {
             let before = q.parked.len();
-            q.parked.retain(|(n, _, _)| *n != self.n);
+            q.parked.retain(|p| p.n != self.n);
             if q.parked.len() != before {
                 self.registry
                     .metrics
@@ -292,6 +299,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &str,
         entry: &IdEntry,
+        addr: IpAddr,
     ) -> (Ticket, oneshot::Receiver<Handoff>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -304,7 +312,12 @@ impl Registry {
                 .with_label_values(&["evicted"])
                 .inc();
         }
-        q.parked.push_back((n, entry.secret.clone(), tx));
+        q.parked.push_back(Parked {
+            n,
+            secret: entry.secret.clone(),
+            addr,
+            tx,
+        });
         self.metrics
             .rendezvous_parked
             .with_label_values(&[id])
@@ -320,6 +333,22 @@ impl Registry {
         )
     }
 
+    /// Whether parking one more connection for `id` from `addr` would evict one that `addr`
+    /// parked itself: the queue is full and its oldest came from the same address (a client
+    /// asking for more connections than `max_parked_per_id`, which would evict its own
+    /// forever). Another address evicts the oldest, so a replacement host takes over.
+    pub fn full_for(&self, id: &str, addr: IpAddr) -> bool {
+        self.lock().queues.get(id).is_some_and(|q| {
+            q.parked.len() >= self.cfg.max_parked_per_id.max(1)
+                && q.parked.front().is_some_and(|p| p.addr == addr)
+        })
+    }
+
+    /// The most connections parked per id.
+    pub fn max_parked(&self) -> usize {
+        self.cfg.max_parked_per_id.max(1)
+    }
+
     /// Connections parked for `id` now.
     pub fn parked(&self, id: &str) -> usize {
         self.lock().queues.get(id).map_or(0, |q| q.parked.len())
@@ -332,9 +361,9 @@ impl Registry {
         let q = st.queues.entry(id.to_string()).or_default();
         let before = q.parked.len();
         let mut got = None;
-        while let Some((_, secret, tx)) = q.parked.pop_front() {
-            if secret == current.secret {
-                got = Some(tx);
+        while let Some(p) = q.parked.pop_front() {
+            if p.secret == current.secret {
+                got = Some(p.tx);
                 break;
             }
             self.metrics

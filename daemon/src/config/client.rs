@@ -80,8 +80,9 @@ pub struct RendezvousServe {
     /// Connections kept parked at tunneld; each one taken by a visitor is replaced at once.
     #[serde(default = "d4")]
     pub parked: usize,
-    /// The id's base32 TOTP secret: park with codes instead of the token (at most about
-    /// two new parked connections per step, since each code works once).
+    /// The id's base32 TOTP secret: this id parks with codes, even when `token` is set (the
+    /// id then need not belong to the token's client); at most about two new parked
+    /// connections per step, since tunnelc uses each code once.
     #[serde(default)]
     pub secret: Option<Secret>,
     /// TOTP step in seconds (with `secret`).
