@@ -310,6 +310,23 @@ impl Hub {
         &self,
         desired: Vec<Mapping>,
     ) -> Result<Vec<(Mapping, String)>, MappingError> {
+        self.apply_mappings_with(desired, true).await
+    }
+
+    /// [`Hub::apply_mappings`] at start, with the list stored by the last successful
+    /// update: clients need not be connected yet (they were when the list was accepted).
+    pub async fn restore_mappings(
+        &self,
+        desired: Vec<Mapping>,
+    ) -> Result<Vec<(Mapping, String)>, MappingError> {
+        self.apply_mappings_with(desired, false).await
+    }
+
+    async fn apply_mappings_with(
+        &self,
+        desired: Vec<Mapping>,
+        check_clients: bool,
+    ) -> Result<Vec<(Mapping, String)>, MappingError> {
         // Validate everything before touching anything.
         let mut seen = HashSet::new();
         let mut groups: Vec<(PortKey, Vec<Mapping>)> = Vec::new();
@@ -345,7 +362,7 @@ impl Hub {
             .flat_map(|g| g.mappings.iter().flat_map(|m| m.members()))
             .collect();
         for client in desired.iter().flat_map(|m| m.members()) {
-            if known.contains(&client) {
+            if known.contains(&client) || !check_clients {
                 continue;
             }
             match self.sessions.get(&client) {

@@ -27,6 +27,7 @@ use tunneld_core::auth::sha256;
 use tunneld_core::hub::Hub;
 use tunneld_core::mapping::Mapping;
 use tunneld_core::metrics::Metrics;
+use tunneld_core::state::StateStore;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -37,6 +38,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 struct State {
     shape: Shape,
     hub: Arc<Hub>,
+    /// Where accepted mappings are kept across restarts.
+    store: Arc<dyn StateStore>,
     metrics: Arc<Metrics>,
     token_digest: Option<[u8; 32]>,
     draining: CancellationToken,
@@ -46,6 +49,7 @@ struct State {
 pub async fn start(
     cfg: AdminConfig,
     hub: Arc<Hub>,
+    store: Arc<dyn StateStore>,
     metrics: Arc<Metrics>,
     draining: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -54,6 +58,7 @@ pub async fn start(
     let state = Arc::new(State {
         shape: cfg.shape,
         hub,
+        store,
         metrics,
         token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
         draining,
@@ -261,7 +266,7 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    match state.hub.apply_mappings(desired).await {
+    match apply(state, desired).await {
         Ok(list) => json_resp(
             StatusCode::OK,
             &json!({ "mappings": mappings_json(list).await }),
@@ -271,6 +276,38 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
             e.message,
         ),
     }
+}
+
+/// Applies a mapping list and, once applied, stores it (on a blocking thread) so a restart
+/// re-applies it. A store failure is logged: the live mappings stand.
+async fn apply(
+    state: &State,
+    desired: Vec<Mapping>,
+) -> Result<Vec<(Mapping, String)>, tunneld_core::mapping::MappingError> {
+    let json = serde_json::to_string(&desired).unwrap_or_else(|_| "[]".into());
+    let list = state.hub.apply_mappings(desired).await?;
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.set_admin_mappings(&json)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "admin mappings applied but not stored"),
+        Err(e) => tracing::error!(error = %e, "admin mappings applied but not stored"),
+    }
+    Ok(list)
+}
+
+/// Re-applies the mappings stored by the last accepted update (at start).
+pub async fn restore(hub: &Hub, store: &Arc<dyn StateStore>) -> anyhow::Result<usize> {
+    let s = store.clone();
+    let Some(json) = tokio::task::spawn_blocking(move || s.admin_mappings()).await?? else {
+        return Ok(0);
+    };
+    let desired: Vec<Mapping> = serde_json::from_str(&json)
+        .map_err(|e| anyhow::anyhow!("stored admin mappings are unreadable: {e}"))?;
+    let n = desired.len();
+    hub.restore_mappings(desired)
+        .await
+        .map_err(|e| anyhow::anyhow!("stored admin mappings: {}", e.message))?;
+    Ok(n)
 }
 
 /// `PUT /tunnels` in threshold's shape: plain-text errors, the listener list on success.
@@ -295,7 +332,7 @@ async fn put_threshold(state: &State, value: Value) -> Resp {
         Ok(d) => d,
         Err((status, msg)) => return text(status, msg),
     };
-    match state.hub.apply_mappings(desired).await {
+    match apply(state, desired).await {
         Ok(list) => json_resp(StatusCode::OK, &admin_threshold::listeners(&list)),
         Err(e) => text(e.status, e.message),
     }

@@ -396,11 +396,22 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let draining = CancellationToken::new();
+    match admin::restore(&hub, &store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
+        Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
+    }
     let admin_addr = match &cfg.admin {
         Some(a) => Some(
-            admin::start(a.clone(), hub.clone(), metrics.clone(), draining.clone())
-                .await
-                .with_context(|| format!("admin.listen {}", a.listen))?,
+            admin::start(
+                a.clone(),
+                hub.clone(),
+                store.clone(),
+                metrics.clone(),
+                draining.clone(),
+            )
+            .await
+            .with_context(|| format!("admin.listen {}", a.listen))?,
         ),
         None => None,
     };

@@ -256,3 +256,51 @@ async fn metrics_parse_and_move_with_traffic_and_health_answers() {
     );
     c.shutdown().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_survive_a_restart() {
+    let server = TestServer::start().await.expect("server");
+    let echo = services::echo().await;
+    let client = |s: &TestServer| {
+        s.client_config_with(
+            ALICE_TOKEN,
+            "  own:\n    local: 127.0.0.1:9\n",
+            &["accept_server_mappings=true".into()],
+        )
+        .expect("config")
+    };
+    let mut alice = TestClient::spawn(client(&server));
+    alice.connected().await.expect("alice up");
+    let p = server.range.0 + 15;
+    let m = format!(r#"[{{"client":"alice","listen_port":{p},"target":"{echo}"}}]"#);
+    let (code, body) = put(&server, &m, "application/json").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(echo_through(p).await, b"hi");
+    alice.stop.cancel();
+
+    // Stop tunneld and start it again on the same config and state: the mapping is back
+    // (its port listens) before alice reconnects, and serves once she does.
+    let TestServer {
+        running,
+        dir,
+        range,
+    } = server;
+    running.stop().await;
+    drop(running);
+    let cfg =
+        tunneld_daemon::config::server::ServerConfig::load(Some(&dir.join("server.yaml")), &[])
+            .expect("config");
+    let running = tunneld_daemon::server::start(cfg).await.expect("restart");
+    let server = TestServer {
+        running,
+        dir,
+        range,
+    };
+    let (code, listed) = get(&server, "/tunnels").await;
+    assert_eq!(code, 200);
+    assert!(listed.contains(&format!("\"listen_port\":{p}")), "{listed}");
+    let mut alice = TestClient::spawn(client(&server));
+    alice.connected().await.expect("alice back");
+    assert_eq!(echo_through(p).await, b"hi");
+    alice.stop.cancel();
+}

@@ -63,6 +63,11 @@ pub trait StateStore: Send + Sync + 'static {
     fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError>;
     fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError>;
 
+    /// The admin API's mappings as last applied (JSON), if any were.
+    fn admin_mappings(&self) -> Result<Option<String>, StateError>;
+    /// Replaces the stored admin mappings (JSON).
+    fn set_admin_mappings(&self, json: &str) -> Result<(), StateError>;
+
     /// Checks the store's integrity: `ok`, or what is wrong.
     fn check(&self) -> Result<String, StateError>;
     /// Writes a consistent copy of the store to `to` while it is in use.

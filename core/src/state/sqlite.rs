@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS rendezvous (
     client TEXT,
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 PRAGMA user_version = 1;
 ";
 
@@ -390,6 +394,28 @@ impl StateStore for SqliteStore {
         self.conn()
             .execute("DELETE FROM rendezvous WHERE id = ?1", [id])
             .map(|n| n > 0)
+            .map_err(db)
+    }
+
+    fn admin_mappings(&self) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'admin_mappings'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn set_admin_mappings(&self, json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('admin_mappings', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![json],
+            )
+            .map(drop)
             .map_err(db)
     }
 
