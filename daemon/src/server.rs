@@ -189,6 +189,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         metrics.clone(),
         throttle.clone(),
     );
+    // Codes used before a restart stay used (startup: a blocking read is fine here).
+    registry.load_used(registry.ids.used_codes());
     // h2-reverse transports are bound first: a frontend may share its port with one.
     let mut h2_transports = BTreeMap::new();
     for (name, t) in &cfg.transports {

@@ -1437,3 +1437,45 @@ async fn tunnelc_parks_with_an_ids_own_secret_and_says_when_it_wants_too_many() 
     c.stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_codes_stay_used_across_a_restart() -> Result<()> {
+    let s = server().await?;
+    let secret = add_id(&s, "durable", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+    let code = totp::code(&key, now_counter(30));
+    let req = format!("CONNECT uuid:durable?response={code} HTTP/1.1\r\n\r\n");
+    let (got, parked) = raw_park(&s, &req).await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    drop(parked);
+
+    // Stop and start again on the same config and state.
+    let TestServer {
+        running,
+        dir,
+        range,
+    } = s;
+    running.stop().await;
+    drop(running);
+    let cfg = tunneld_daemon::config::server::ServerConfig::load(
+        Some(&dir.join("server.yaml")),
+        &["transports.hidden={type: connect, listen: \"127.0.0.1:0\"}".into()],
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let running = tunneld_daemon::server::start(cfg).await?;
+    let s = TestServer {
+        running,
+        dir,
+        range,
+    };
+
+    // From another address the code is still spent; its first user may park with it again.
+    let (got, _) = raw_park_from(&s, [127, 0, 0, 7], &req).await;
+    assert_eq!(
+        got,
+        err_answer(401, "this code was already used; wait for the next one")
+    );
+    let (got, _) = raw_park(&s, &req).await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    Ok(())
+}

@@ -139,7 +139,11 @@ pub async fn serve(
             )
             .await;
         };
-        if let Err(r) = reg.check_code(id, entry.as_ref(), code, who.peer) {
+        let checked = reg.check_code(id, entry.as_ref(), code, who.peer);
+        if let Ok(Some(counter)) = checked {
+            reg.ids.remember_code(id, counter, who.peer).await;
+        }
+        if let Err(r) = checked {
             let (status, msg) = match r {
                 CodeRefusal::Replayed => (
                     401,

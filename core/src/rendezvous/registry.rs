@@ -221,14 +221,27 @@ impl Registry {
         r
     }
 
-    /// Checks a TOTP code for `id` from `addr`; an accepted code is spent.
+    /// Loads the codes used before a restart (see [`IdStore::used_codes`]).
+    pub fn load_used(&self, used: Vec<(String, u64, IpAddr)>) {
+        let mut st = self.lock();
+        for (id, counter, addr) in used {
+            let codes = st.used.entry(id).or_default();
+            if !codes.iter().any(|(c, _)| *c == counter) {
+                codes.push((counter, addr));
+            }
+        }
+    }
+
+    /// Checks a TOTP code for `id` from `addr`. `Ok(Some(counter))` for a code used for the
+    /// first time (the caller records it with [`IdStore::remember_code`]), `Ok(None)` for
+    /// the same address using it again.
     pub fn check_code(
         &self,
         id: &str,
         entry: Option<&IdEntry>,
         code: &str,
         addr: IpAddr,
-    ) -> Result<(), CodeRefusal> {
+    ) -> Result<Option<u64>, CodeRefusal> {
         let mut st = self.lock();
         let by_addr = self.locked_for(st.fail_addr.get(&addr));
         let trusted = st.trusted.get(id).is_some_and(|t| {
@@ -269,19 +282,22 @@ impl Registry {
                 let current = totp::counter_at(now, entry.step);
                 let used = st.used.entry(id.to_string()).or_default();
                 used.retain(|(c, _)| *c + 2 >= current);
-                match used.iter().find(|(c, _)| *c == counter) {
+                let fresh = match used.iter().find(|(c, _)| *c == counter) {
                     // The same hidden server parking again with the current code.
-                    Some((_, first)) if *first == addr => {}
+                    Some((_, first)) if *first == addr => None,
                     Some(_) => return Err(self.refuse(CodeRefusal::Replayed)),
-                    None => used.push((counter, addr)),
-                }
+                    None => {
+                        used.push((counter, addr));
+                        Some(counter)
+                    }
+                };
                 let trusted = st.trusted.entry(id.to_string()).or_default();
                 trusted.retain(|(a, at)| *a != addr && at.elapsed() < TRUSTED_FOR);
                 if trusted.len() >= TRUSTED_PER_ID {
                     trusted.remove(0);
                 }
                 trusted.push((addr, Instant::now()));
-                Ok(())
+                Ok(fresh)
             }
             Err(e) => {
                 self.record_failure(&mut st, Some(id), addr);

@@ -239,6 +239,9 @@ pub fn import_legacy(state_dir: &Path, store: &dyn StateStore) -> Result<usize, 
     Ok(n)
 }
 
+/// How long used TOTP codes are remembered (seconds).
+const USED_CODES_KEPT: u64 = 15 * 60;
+
 /// The ids as a running tunneld sees them: read from the state store at each lookup, so ids
 /// added by `tunneld rendezvous add` work at once.
 pub struct IdStore {
@@ -248,6 +251,43 @@ pub struct IdStore {
 impl IdStore {
     pub fn new(store: Arc<dyn StateStore>) -> Self {
         Self { store }
+    }
+
+    /// Records a code's first use (on a blocking thread), so a restart does not make it
+    /// usable again from another address. Records older than 15 minutes (longer than any
+    /// code is valid: 3 steps of at most 300 s) are forgotten on the way.
+    pub async fn remember_code(&self, id: &str, counter: u64, addr: std::net::IpAddr) {
+        let (store, id) = (self.store.clone(), id.to_string());
+        let now = crate::state::now();
+        let work = move || {
+            store.add_used_code(
+                &id,
+                counter,
+                &addr.to_string(),
+                now,
+                now.saturating_sub(USED_CODES_KEPT),
+            )
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record a used TOTP code"),
+            Err(e) => tracing::warn!(error = %e, "cannot record a used TOTP code"),
+        }
+    }
+
+    /// Codes used within the last 15 minutes: (id, counter, first address).
+    pub fn used_codes(&self) -> Vec<(String, u64, std::net::IpAddr)> {
+        let since = crate::state::now().saturating_sub(USED_CODES_KEPT);
+        match self.store.used_codes(since) {
+            Ok(all) => all
+                .into_iter()
+                .filter_map(|(id, c, a)| a.parse().ok().map(|a| (id, c, a)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the used TOTP codes");
+                Vec::new()
+            }
+        }
     }
 
     /// [`IdStore::get`] on a blocking thread: what async code calls, so no runtime thread

@@ -63,6 +63,19 @@ pub trait StateStore: Send + Sync + 'static {
     fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError>;
     fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError>;
 
+    /// Records that rendezvous id `id` accepted TOTP step `counter` first from `addr` at
+    /// `at` (unix seconds); forgets records older than `forget_before`.
+    fn add_used_code(
+        &self,
+        id: &str,
+        counter: u64,
+        addr: &str,
+        at: u64,
+        forget_before: u64,
+    ) -> Result<(), StateError>;
+    /// Used codes recorded at or after `since` (unix seconds): (id, counter, first address).
+    fn used_codes(&self, since: u64) -> Result<Vec<(String, u64, String)>, StateError>;
+
     /// The admin API's mappings as last applied (JSON), if any were.
     fn admin_mappings(&self) -> Result<Option<String>, StateError>;
     /// Replaces the stored admin mappings (JSON).

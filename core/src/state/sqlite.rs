@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS rendezvous (
     client TEXT,
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS used_codes (
+    id TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    addr TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (id, counter)
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -395,6 +402,45 @@ impl StateStore for SqliteStore {
             .execute("DELETE FROM rendezvous WHERE id = ?1", [id])
             .map(|n| n > 0)
             .map_err(db)
+    }
+
+    fn add_used_code(
+        &self,
+        id: &str,
+        counter: u64,
+        addr: &str,
+        at: u64,
+        forget_before: u64,
+    ) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute(
+            "DELETE FROM used_codes WHERE at < ?1",
+            params![forget_before as i64],
+        )
+        .map_err(db)?;
+        c.execute(
+            "INSERT OR IGNORE INTO used_codes (id, counter, addr, at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, counter as i64, addr, at as i64],
+        )
+        .map(drop)
+        .map_err(db)
+    }
+
+    fn used_codes(&self, since: u64) -> Result<Vec<(String, u64, String)>, StateError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare("SELECT id, counter, addr FROM used_codes WHERE at >= ?1")
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![since as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
     }
 
     fn admin_mappings(&self) -> Result<Option<String>, StateError> {
