@@ -35,6 +35,17 @@ pub struct TransportContext {
     pub tasks: TaskTracker,
     /// Visitors: the drain waits for everything tracked here.
     pub visitors: TaskTracker,
+    /// The management API a transport may hand a verified caller's HTTP connection to
+    /// (threshold's, on its tunnel port); `None` when the daemon offers none.
+    pub management: Option<Arc<dyn ManagementApi>>,
+}
+
+/// An HTTP API served on a transport's own port to callers the transport verified (the
+/// daemon implements it; threshold's management API is the one user).
+#[async_trait]
+pub trait ManagementApi: Send + Sync {
+    /// Serves HTTP/1.1 on `io` for `caller` (a client id from a verified certificate).
+    async fn serve(&self, io: crate::io::BoxIo, caller: String, peer: SocketAddr);
 }
 
 impl TransportContext {

@@ -295,6 +295,58 @@ async fn apply(
     Ok(list)
 }
 
+/// threshold's management API on a `yamux` transport's port (`threshold.management_api`):
+/// `PUT /tunnels`, `GET /tunnels`, `GET /clients` in threshold's shape and `GET /ping`, for
+/// callers whose client certificate the transport verified (threshold's model: any client of
+/// the domain may replace the whole list). It acts on the same mappings as the admin API.
+pub struct ThresholdManagement {
+    state: Arc<State>,
+}
+
+impl ThresholdManagement {
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn StateStore>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Arc::new(State {
+                shape: Shape::Threshold,
+                hub,
+                store,
+                metrics,
+                token_digest: None,
+                draining: CancellationToken::new(),
+            }),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl tunneld_core::transport::ManagementApi for ThresholdManagement {
+    async fn serve(&self, io: tunneld_core::io::BoxIo, caller: String, peer: SocketAddr) {
+        let state = self.state.clone();
+        let handler: Handler = Arc::new(move |req, peer| {
+            let (state, caller) = (state.clone(), caller.clone());
+            Box::pin(async move {
+                let path = req.uri().path().trim_end_matches('/').to_string();
+                if !matches!(path.as_str(), "/tunnels" | "/clients" | "/ping") {
+                    return respond(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "404 page not found\n",
+                    );
+                }
+                if req.method() == Method::PUT {
+                    tracing::info!(%caller, %peer, "threshold management: PUT /tunnels on the tunnel port");
+                }
+                handle(&state, req, peer).await
+            })
+        });
+        let limits = Limits {
+            max_connections: 1,
+            header_timeout: HEADER_TIMEOUT,
+        };
+        http_serve::serve_io("threshold management API", io, peer, limits, handler).await;
+    }
+}
+
 /// Re-applies the mappings stored by the last accepted update (at start).
 pub async fn restore(hub: &Hub, store: &Arc<dyn StateStore>) -> anyhow::Result<usize> {
     let s = store.clone();

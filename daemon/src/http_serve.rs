@@ -61,42 +61,44 @@ pub fn serve(
             let handler = handler.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
-                });
-                let builder = {
-                    let mut b = http1::Builder::new();
-                    b.timer(TokioTimer::new())
-                        .header_read_timeout(limits.header_timeout)
-                        .max_buf_size(64 * 1024);
-                    b
-                };
-                let result = match tls {
+                match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp))
                             .await
                         {
-                            Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), svc).await,
+                            Ok(Ok(s)) => serve_io(what, s, peer, limits, handler).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed");
-                                Ok(())
                             }
                             Err(_) => {
                                 tracing::debug!(%peer, "{what}: TLS handshake timed out");
-                                Ok(())
                             }
                         }
                     }
-                    None => builder.serve_connection(TokioIo::new(tcp), svc).await,
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "{what}: connection ended with an error");
+                    None => serve_io(what, tcp, peer, limits, handler).await,
                 }
                 drop(permit);
             });
         }
     });
+}
+
+/// Serves HTTP/1.1 on one connection until it ends (keep-alive, a head deadline).
+pub async fn serve_io<I>(what: &str, io: I, peer: SocketAddr, limits: Limits, handler: Handler)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    if let Err(e) = b.serve_connection(TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "{what}: connection ended with an error");
+    }
 }
 
 pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {

@@ -296,6 +296,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         cfg.limits.max_pending_per_address,
     );
     let mut transports = BTreeMap::new();
+    // threshold's management API, for yamux transports that enable it on their port.
+    let management: Arc<dyn tunneld_core::transport::ManagementApi> =
+        admin::ThresholdManagement::new(hub.clone(), store.clone(), metrics.clone());
     for (name, t) in &cfg.transports {
         let built: Arc<dyn Transport> = match t {
             TransportConfig::Yamux(c) => {
@@ -359,6 +362,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             draining: accepting.clone(),
             tasks: TaskTracker::new(),
             visitors: visitors.clone(),
+            management: Some(management.clone()),
         };
         let name = name.clone();
         tokio::spawn(async move {

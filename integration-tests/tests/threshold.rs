@@ -177,6 +177,7 @@ async fn threshold_identity_comes_from_the_client_certificate() {
     let mut sets = threshold_sets(false);
     sets.push(format!("auth.client_ca={}", ca.display()));
     sets.push("admin.shape=threshold".into());
+    sets.push("transports.edge.threshold.management_api=true".into());
     let server = TestServer::start_full("", &sets).await.expect("server");
     let echo = tagged_echo("seven").await;
     let arg = |p: &PathBuf| p.display().to_string();
@@ -215,6 +216,37 @@ async fn threshold_identity_comes_from_the_client_certificate() {
             .expect("visitor"),
         "seven"
     );
+
+    // threshold's /liveconfig: the client forwards PUT /tunnels to the tunnel port with its
+    // client certificate, and tunneld answers it there, in threshold's shape.
+    let p2 = server.range.0 + 6;
+    let live = format!(
+        r#"[{{"ClientIdentifier":"node7","ListenPort":{p},"ListenAddress":"127.0.0.1","BackEndService":"svc"}},{{"ClientIdentifier":"node7","ListenPort":{p2},"ListenAddress":"127.0.0.1","BackEndService":"svc"}}]"#
+    );
+    let mut put = server
+        .spawn_threshold_client(
+            &go,
+            &["-cert", &c7, "-key", &k7, "-liveconfig", &live],
+            &[],
+            "live",
+        )
+        .expect("spawn the Go client");
+    let status = put.line_starting("status ").await.expect("an answer");
+    assert_eq!(status, "status 200", "{}", put.stderr());
+    let listed = put.next_line().await.expect("the listener list");
+    assert!(listed.contains(&format!("\"ListenPort\":{p2}")), "{listed}");
+    assert_eq!(
+        visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], p2)), 500, 8)
+            .await
+            .expect("visitor on the port added over the tunnel port"),
+        "seven"
+    );
+    // Without a client certificate: refused.
+    let mut anon = server
+        .spawn_threshold_client(&go, &["-liveconfig", "[]"], &[], "live-anon")
+        .expect("spawn the Go client");
+    let status = anon.line_starting("status ").await.expect("an answer");
+    assert_eq!(status, "status 403", "{}", anon.stderr());
 
     // Wrong domain in the CN, a header that disagrees, and no certificate at all.
     let (c8, k8) = (arg(&leaves[1].0), arg(&leaves[1].1));

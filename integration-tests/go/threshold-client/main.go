@@ -66,6 +66,7 @@ func main() {
 	id := flag.String("id", "", "client id sent in the identity header")
 	header := flag.String("header", "X-Threshold-ClientId", "identity header name")
 	dialect := flag.String("dialect", "threshold", "control messages: threshold or koding")
+	liveconfig := flag.String("liveconfig", "", "instead of tunneling: PUT this JSON to /tunnels on the server's port, as threshold's client forwards its /liveconfig, print the answer and exit")
 	svc := services{}
 	flag.Var(svc, "service", "name=host:port of a local service (repeatable)")
 	flag.Parse()
@@ -85,6 +86,21 @@ func main() {
 			fail("client certificate: %v", err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
+	}
+	if *liveconfig != "" {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+		req, err := http.NewRequest("PUT", "https://"+*server+"/tunnels", strings.NewReader(*liveconfig))
+		if err != nil {
+			fail("request: %v", err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			fail("PUT /tunnels: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Printf("status %d\n%s\n", resp.StatusCode, strings.TrimSpace(string(body)))
+		os.Exit(0)
 	}
 	conn, err := tls.Dial("tcp", *server, cfg)
 	if err != nil {

@@ -101,6 +101,9 @@ enum Dialect {
     Native(Hello),
     /// A threshold or koding-tunnel client.
     Threshold(threshold::Caller),
+    /// An HTTP request to threshold's management API from a verified client (its id), with
+    /// the bytes read so far.
+    Management(String, [u8; 8]),
 }
 
 /// How a handshake failed, for the log and the `outcome` label.
@@ -164,6 +167,21 @@ impl YamuxTransport {
                 return Ok::<_, HandshakeFailure>((tls, cn, Dialect::Native(hello)));
             }
             match &self.cfg.threshold {
+                Some(t) if t.management_api && threshold::is_management(&first) => {
+                    match cn.as_deref().and_then(|c| threshold::cert_id(c, t)) {
+                        Some(id) => Ok((tls, cn.clone(), Dialect::Management(id.to_string(), first))),
+                        None => {
+                            let body = "the management API needs a client certificate <id>@domain\n";
+                            let r = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                            let _ = tls.write_all(r.as_bytes()).await;
+                            let _ = tls.shutdown().await;
+                            Err(HandshakeFailure {
+                                outcome: "bad_certificate",
+                                detail: "management API request without a valid client certificate".into(),
+                            })
+                        }
+                    }
+                }
                 Some(t) if &first == b"CONNECT " => {
                     let identified = match threshold::read_head(&mut tls, &first).await {
                         Ok(head) => threshold::identify(&head, cn.as_deref(), t).map(|identity| {
@@ -227,6 +245,18 @@ impl YamuxTransport {
                 if let Some(t) = t {
                     run_threshold(tls, peer, caller, permit, &t, &self.cfg, cx).await;
                 }
+                return;
+            }
+            Dialect::Management(caller, first) => {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, "management"])
+                    .inc();
+                if let Some(m) = cx.management.clone() {
+                    let io = tunneld_core::io::Prefixed::new(first.to_vec(), tls);
+                    m.serve(Box::new(io), caller, peer).await;
+                }
+                drop(permit);
                 return;
             }
         };

@@ -62,6 +62,11 @@ pub struct ThresholdConfig {
     /// Visitors that may wait for their stream at once, per client.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// Answer threshold's management API (`PUT /tunnels`, `GET /clients`, ...) on this port
+    /// for callers with a valid client certificate of the domain, as threshold did (its
+    /// `/liveconfig` forwards there). Any such client may then replace every mapping.
+    #[serde(default)]
+    pub management_api: bool,
 }
 
 impl ThresholdConfig {
@@ -263,6 +268,20 @@ pub fn identify(
     Ok(Identity::new(client_id, method, None))
 }
 
+/// Whether the first bytes after TLS start an HTTP request to the management API.
+pub fn is_management(first: &[u8]) -> bool {
+    [&b"GET /"[..], b"PUT /", b"POST /", b"HEAD /", b"DELETE /"]
+        .iter()
+        .any(|m| first.starts_with(m))
+}
+
+/// The client id of a certificate common name `<id>@<domain>`.
+pub fn cert_id<'a>(cn: &'a str, cfg: &ThresholdConfig) -> Option<&'a str> {
+    cn.rsplit_once('@')
+        .filter(|(id, d)| d.eq_ignore_ascii_case(&cfg.domain) && !id.is_empty())
+        .map(|(id, _)| id)
+}
+
 /// Whether a CONNECT head comes from a koding-tunnel client (it names itself with
 /// `X-KTunnel-Identifier` and not threshold's header): it gets koding's control messages.
 pub fn is_koding(head: &str) -> bool {
@@ -450,6 +469,7 @@ mod tests {
             header_identity,
             pair_timeout: default_pair_timeout(),
             max_pending: 4,
+            management_api: false,
         }
     }
 
