@@ -347,6 +347,7 @@ pub fn threshold_head(data: &[u8]) {
         pair_timeout: Duration::from_secs(10),
         max_pending: 4,
         management_api: false,
+        plain_listen: None,
     };
     let (by_cert, by_header) = (cfg(false), cfg(true));
     let check = |head: &str| {

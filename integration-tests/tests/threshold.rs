@@ -440,3 +440,69 @@ async fn a_koding_client_gets_kodings_control_messages() {
     );
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_clients_over_plain_tcp_when_opted_in() {
+    let Some(go) = go_threshold_client_or_skip("threshold plain TCP") else {
+        return;
+    };
+    let plain = tunneld_integration_tests::port_block().0;
+    let mut sets = threshold_sets(true);
+    sets.push(format!(
+        "transports.edge.threshold.plain_listen=127.0.0.1:{plain}"
+    ));
+    let server = TestServer::start_full("", &sets).await.expect("server");
+    let echo = tagged_echo("plain").await;
+    let args: Vec<String> = vec![
+        "-server".into(),
+        format!("127.0.0.1:{plain}"),
+        "-ca".into(),
+        server.ca_file().display().to_string(),
+        "-plain".into(),
+        "-id".into(),
+        "plainnode".into(),
+        "-service".into(),
+        format!("svc={echo}"),
+    ];
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = tunneld_integration_tests::process::Proc::spawn_program(
+        &go,
+        &args_ref,
+        server.dir.join("plain.err"),
+    )
+    .expect("spawn the Go client");
+    node.line_starting("connected")
+        .await
+        .expect("connects over plain TCP");
+    let p = server.range.0 + 9;
+    let (code, body) = server
+        .admin_call(
+            "PUT",
+            "/tunnels",
+            Some(&format!(
+                r#"[{{"ClientIdentifier":"plainnode","ListenPort":{p},"ListenAddress":"127.0.0.1","BackEndService":"svc"}}]"#
+            )),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        visit_tagged(std::net::SocketAddr::from(([127, 0, 0, 1], p)), 4096, 3)
+            .await
+            .expect("visitor"),
+        "plain"
+    );
+    // The plain port takes nothing but the control CONNECT.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", plain))
+        .await
+        .expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut out)).await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 405"),
+        "{out:?}"
+    );
+    drop(node);
+}

@@ -66,6 +66,7 @@ func main() {
 	id := flag.String("id", "", "client id sent in the identity header")
 	header := flag.String("header", "X-Threshold-ClientId", "identity header name")
 	dialect := flag.String("dialect", "threshold", "control messages: threshold or koding")
+	plain := flag.Bool("plain", false, "plain TCP instead of TLS (threshold's UseTls: false)")
 	liveconfig := flag.String("liveconfig", "", "instead of tunneling: PUT this JSON to /tunnels on the server's port, as threshold's client forwards its /liveconfig, print the answer and exit")
 	svc := services{}
 	flag.Var(svc, "service", "name=host:port of a local service (repeatable)")
@@ -102,7 +103,12 @@ func main() {
 		fmt.Printf("status %d\n%s\n", resp.StatusCode, strings.TrimSpace(string(body)))
 		os.Exit(0)
 	}
-	conn, err := tls.Dial("tcp", *server, cfg)
+	var conn net.Conn
+	if *plain {
+		conn, err = net.Dial("tcp", *server)
+	} else {
+		conn, err = tls.Dial("tcp", *server, cfg)
+	}
 	if err != nil {
 		fail("dial: %v", err)
 	}

@@ -29,6 +29,8 @@ use yamux::{Connection, ConnectionError, Mode};
 pub struct YamuxTransport {
     cfg: Config,
     listener: BoundListener,
+    /// threshold's plain-TCP listener (`threshold.plain_listen`).
+    plain: Option<BoundListener>,
     tls: TlsAcceptor,
 }
 
@@ -42,11 +44,112 @@ impl YamuxTransport {
                     addr: cfg.listen,
                     source,
                 })?;
+        let plain = match cfg.threshold.as_ref().and_then(|t| t.plain_listen) {
+            Some(addr) => Some(
+                BoundListener::bind(addr)
+                    .await
+                    .map_err(|source| TransportError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             cfg,
             listener,
+            plain,
             tls: TlsAcceptor::from(tls),
         })
+    }
+
+    /// The plain-TCP threshold listener's address, when configured.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().map(BoundListener::local_addr)
+    }
+
+    /// Admission for one accepted connection: the failed-authentication budget, then the
+    /// handshake limiter.
+    fn admit(cx: &TransportContext, peer: SocketAddr) -> Option<Permit> {
+        if cx.throttled(peer.ip()) {
+            return None;
+        }
+        match cx.limiter.try_acquire(peer.ip()) {
+            Ok(p) => Some(p),
+            Err(refused) => {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, refused.reason()])
+                    .inc();
+                if cx.hub.refusal_log.allow() {
+                    tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
+                }
+                None
+            }
+        }
+    }
+
+    /// Accepts threshold / koding clients over plain TCP until the drain ends.
+    async fn serve_plain(self: Arc<Self>, listener: tokio::net::TcpListener, cx: TransportContext) {
+        while let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await {
+            let Some(permit) = Self::admit(&cx, peer) else {
+                continue;
+            };
+            let (me, cx2) = (self.clone(), cx.clone());
+            cx.tasks
+                .spawn(async move { me.handle_plain(tcp, peer, permit, cx2).await });
+        }
+    }
+
+    /// A plain-TCP threshold client: the CONNECT head (identity from the header), then the
+    /// same session as over TLS.
+    async fn handle_plain(
+        self: Arc<Self>,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        permit: Permit,
+        cx: TransportContext,
+    ) {
+        let Some(t) = self.cfg.threshold.clone() else {
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        tunneld_core::tls_listener::set_keepalive(&tcp);
+        let hs = tokio::time::timeout(cx.handshake_timeout, async {
+            let mut first = [0u8; 8];
+            tcp.read_exact(&mut first)
+                .await
+                .map_err(|_| threshold::Refusal::closed())?;
+            if &first != b"CONNECT " {
+                return Err(threshold::Refusal::not_connect());
+            }
+            let head = threshold::read_head(&mut tcp, &first).await?;
+            threshold::identify(&head, None, &t).map(|identity| threshold::Caller {
+                identity,
+                koding: threshold::is_koding(&head),
+            })
+        })
+        .await;
+        let caller = match hs {
+            Ok(Ok(c)) => c,
+            Ok(Err(r)) => {
+                if r.status != 0 {
+                    let _ = tcp.write_all(&r.response()).await;
+                    let _ = tcp.shutdown().await;
+                }
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, r.outcome])
+                    .inc();
+                tracing::warn!(transport = %cx.name, %peer, outcome = r.outcome, "plain threshold handshake refused: {}", r.message);
+                return;
+            }
+            Err(_) => {
+                cx.metrics
+                    .handshakes_total
+                    .with_label_values(&[&cx.name, "timeout"])
+                    .inc();
+                return;
+            }
+        };
+        run_threshold(tcp, peer, caller, permit, &t, &self.cfg, cx).await;
     }
 }
 
@@ -66,27 +169,19 @@ impl Transport for YamuxTransport {
             .take()
             .ok_or_else(|| TransportError::Other("transport already serving".into()))?;
         tracing::info!(transport = %cx.name, addr = %self.listener.local_addr(), "yamux transport listening");
+        if let Some(plain) = self.plain.as_ref().and_then(BoundListener::take) {
+            tracing::warn!(transport = %cx.name, addr = %self.plain_addr().map(|a| a.to_string()).unwrap_or_default(), "plain-TCP threshold listener (no TLS: trusted networks only)");
+            let (me, cx2) = (self.clone(), cx.clone());
+            tokio::spawn(me.serve_plain(plain, cx2));
+        }
         loop {
             let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
                 break;
             };
             // The accept loop never waits on a peer: admission control, then a task. An
             // address over its failed-authentication budget costs no TLS handshake.
-            if cx.throttled(peer.ip()) {
+            let Some(permit) = Self::admit(&cx, peer) else {
                 continue;
-            }
-            let permit = match cx.limiter.try_acquire(peer.ip()) {
-                Ok(p) => p,
-                Err(refused) => {
-                    cx.metrics
-                        .handshakes_total
-                        .with_label_values(&[&cx.name, refused.reason()])
-                        .inc();
-                    if cx.hub.refusal_log.allow() {
-                        tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
-                    }
-                    continue;
-                }
             };
             let (me, cx2) = (self.clone(), cx.clone());
             cx.tasks

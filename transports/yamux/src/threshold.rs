@@ -67,6 +67,11 @@ pub struct ThresholdConfig {
     /// `/liveconfig` forwards there). Any such client may then replace every mapping.
     #[serde(default)]
     pub management_api: bool,
+    /// A second listener for threshold / koding clients over plain TCP (threshold's
+    /// `UseTls: false`). Requires `header_identity` (there is no certificate): only for
+    /// networks that already authenticate and encrypt (a VPN, a private link).
+    #[serde(default)]
+    pub plain_listen: Option<std::net::SocketAddr>,
 }
 
 impl ThresholdConfig {
@@ -86,6 +91,12 @@ impl ThresholdConfig {
             return Err((
                 "max_pending",
                 format!("{} is outside 1..=65536", self.max_pending),
+            ));
+        }
+        if self.plain_listen.is_some() && !self.header_identity {
+            return Err((
+                "plain_listen",
+                "needs header_identity: true (plain TCP carries no client certificate)".into(),
             ));
         }
         Ok(())
@@ -116,6 +127,20 @@ fn refusal(status: u16, outcome: &'static str, message: impl Into<String>) -> Re
 }
 
 impl Refusal {
+    /// The connection closed before a request (nothing to answer).
+    pub fn closed() -> Self {
+        refusal(0, "closed", "closed before the request")
+    }
+
+    /// Not a CONNECT (plain listener): 405.
+    pub fn not_connect() -> Self {
+        refusal(
+            405,
+            "bad_magic",
+            "only CONNECT /_controlPath/ is accepted here",
+        )
+    }
+
     /// The HTTP response for the refusal.
     pub fn response(&self) -> Vec<u8> {
         let reason = match self.status {
@@ -470,7 +495,19 @@ mod tests {
             pair_timeout: default_pair_timeout(),
             max_pending: 4,
             management_api: false,
+            plain_listen: None,
         }
+    }
+
+    #[test]
+    fn plain_listen_needs_header_identity() {
+        let mut c = cfg(false);
+        c.plain_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9057)));
+        assert_eq!(c.validate().map_err(|e| e.0), Err("plain_listen"));
+        c.header_identity = true;
+        assert!(c.validate().is_ok());
+        assert!(is_management(b"PUT /tun"));
+        assert!(!is_management(b"CONNECT "));
     }
 
     const HEAD: &str =
