@@ -818,3 +818,85 @@ async fn a_live_tpot_name_is_not_taken_over() {
     q.signal("TERM").expect("stop");
     let _ = q.wait().await;
 }
+
+/// The original TPoT client reads conversation ids as signed 16-bit numbers (ids from 32768
+/// up hung it): 33,000 conversations through one original-shaped session all get ids in
+/// 1..=32767, wrapping back to the low ids, and every visitor is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpot_client_sees_only_ids_it_can_read_over_33000_conversations() {
+    const VISITORS: usize = 33_000;
+    let s = server().await;
+    let port = ws_port(&s);
+    let mut ws = tpot_connect(port, "wrap").await;
+    assert_eq!(next_bin(&mut ws).await, b"\x11GTPoT/1 wrap".to_vec());
+    // The client, as the original: each `H` opens a conversation (its id recorded); the
+    // request arrives as `D`, answered with a response and `X`.
+    let client = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(VISITORS);
+        let mut waiting = std::collections::HashSet::new();
+        let mut answered = 0;
+        while answered < VISITORS {
+            let m = next_bin(&mut ws).await;
+            if m.len() >= 4 && m[0] == 0x11 && m[1] == b'H' {
+                let id = u16::from_le_bytes([m[2], m[3]]);
+                ids.push(id);
+                waiting.insert(id);
+            } else if m.len() >= 4 && m[0] == 0x12 && m[3] == b'D' {
+                let id = u16::from_le_bytes([m[1], m[2]]);
+                if waiting.remove(&id) {
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    ws.send(conv(id, b'D', ok)).await.expect("send D");
+                    ws.send(conv(id, b'X', b"")).await.expect("send X");
+                    answered += 1;
+                }
+            }
+        }
+        (ids, ws)
+    });
+    // 32 visitors at a time from four loopback addresses.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..32u8 {
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < VISITORS {
+                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+                sock.bind(std::net::SocketAddr::from(([127, 0, 0, 10 + w % 4], 0)))
+                    .expect("bind");
+                let mut v = sock
+                    .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await
+                    .expect("visitor");
+                v.write_all(
+                    format!("GET / HTTP/1.1\r\nHost: wrap.localhost:{port}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+                let mut got = Vec::new();
+                tokio::time::timeout(WAIT, v.read_to_end(&mut got))
+                    .await
+                    .expect("answered in time")
+                    .expect("read");
+                assert!(got.starts_with(b"HTTP/1.1 200 OK"), "{got:?}");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("visitors");
+    }
+    let (ids, _ws) = tokio::time::timeout(WAIT, client)
+        .await
+        .expect("every conversation reached the client")
+        .expect("client");
+    assert_eq!(ids.len(), VISITORS);
+    let max = ids.iter().copied().max().unwrap_or(0);
+    assert!(
+        max <= 32767,
+        "id {max} is past what the original client reads"
+    );
+    assert!(ids.iter().all(|&i| i >= 1));
+    // The ids wrapped: more conversations than ids below 32768.
+    let wrapped = ids.windows(2).any(|w| w[1] < w[0]);
+    assert!(wrapped, "the ids never wrapped");
+}

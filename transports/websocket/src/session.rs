@@ -23,6 +23,48 @@ pub struct Ended {
     pub protocol_error: Option<&'static str>,
 }
 
+/// What the writer does with one outgoing item: `false` once the WebSocket is done (a
+/// write failed or the item was the close).
+async fn put<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, o: Out) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match o {
+        Out::Msg(b) => sink.feed(Message::Binary(b)).await.is_ok(),
+        Out::Ping => sink.feed(Message::Ping(Bytes::new())).await.is_ok(),
+        Out::Close(code, reason) => {
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = sink.close().await;
+            false
+        }
+    }
+}
+
+/// Feeds a conversation's data message, after every control message queued before it: a
+/// conversation's opening (`H`, `O`) is queued before its data, and taking the data from
+/// its queue makes those earlier control messages visible, so draining the control queue
+/// first keeps them in order (checking the control queue only before taking the data left a
+/// window where the data overtook its own opening).
+async fn put_data<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    out: &mut Outbox,
+    data: Bytes,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Ok(c) = out.ctl.try_recv() {
+        if !put(sink, c).await {
+            return false;
+        }
+    }
+    put(sink, Out::Msg(data)).await
+}
+
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut out: Outbox,
@@ -32,10 +74,16 @@ async fn write_loop<S>(
 {
     let mut tick = ping_every.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
     loop {
-        let first = tokio::select! {
+        let fed = tokio::select! {
             biased;
-            m = out.ctl.recv() => match m { Some(o) => o, None => return },
-            d = out.data.recv() => match d { Some(b) => Out::Msg(b), None => return },
+            m = out.ctl.recv() => match m {
+                Some(o) => put(&mut sink, o).await,
+                None => return,
+            },
+            d = out.data.recv() => match d {
+                Some(b) => put_data(&mut sink, &mut out, b).await,
+                None => return,
+            },
             _ = async {
                 match &mut tick {
                     Some(t) => { t.tick().await; }
@@ -48,38 +96,22 @@ async fn write_loop<S>(
                 continue;
             }
         };
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(o) = next.take() {
-            match o {
-                Out::Msg(b) => {
-                    if sink.feed(Message::Binary(b)).await.is_err() {
-                        return;
-                    }
-                }
-                Out::Ping => {
-                    if sink.feed(Message::Ping(Bytes::new())).await.is_err() {
-                        return;
-                    }
-                }
-                Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code: code.into(),
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    let _ = sink.close().await;
-                    return;
-                }
+        if !fed {
+            return;
+        }
+        let mut n = 1;
+        while n < BATCH {
+            let ok = if let Ok(c) = out.ctl.try_recv() {
+                put(&mut sink, c).await
+            } else if let Ok(d) = out.data.try_recv() {
+                put_data(&mut sink, &mut out, d).await
+            } else {
+                break;
+            };
+            if !ok {
+                return;
             }
             n += 1;
-            if n < BATCH {
-                next = out
-                    .ctl
-                    .try_recv()
-                    .ok()
-                    .or_else(|| out.data.try_recv().ok().map(Out::Msg));
-            }
         }
         if sink.flush().await.is_err() {
             return;
