@@ -333,6 +333,13 @@ impl tunneld_core::transport::ManagementApi for ThresholdManagement {
                         "404 page not found\n",
                     );
                 }
+                // Threshold's shapes only: the native answers name every session's address.
+                if req.uri().query().is_some_and(|q| q.contains("shape=")) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "this port answers in threshold's shape only",
+                    );
+                }
                 if req.method() == Method::PUT {
                     tracing::info!(%caller, %peer, "threshold management: PUT /tunnels on the tunnel port");
                 }

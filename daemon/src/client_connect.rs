@@ -140,14 +140,19 @@ impl Worker {
             let parked = match attempt {
                 Ok(p) => p,
                 Err(e @ tunneld_transport_connect::ParkError::Refused { status: 503, .. }) => {
-                    // More connections wanted than tunneld keeps per id: this one stops, the
-                    // others stay parked.
-                    tracing::warn!(id = %self.id, "one parked connection fewer: {e}");
+                    // More connections wanted than tunneld keeps per id (or old ones of this
+                    // host not reaped yet): this one waits the longest backoff and tries
+                    // again, saying why, instead of evicting its siblings.
+                    let wait = self.reconnect.1;
+                    tracing::warn!(id = %self.id, retry_in = ?wait, "one parked connection fewer: {e}");
                     let _ = self.events.send(ClientEvent::Disconnected {
                         reason: format!("rendezvous {}: {e}", self.id),
-                        retry_in: Duration::ZERO,
+                        retry_in: wait,
                     });
-                    return;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
                 }
                 Err(e) => {
                     if e.is_permanent(self.opts.token.is_some()) {

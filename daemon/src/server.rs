@@ -146,6 +146,7 @@ fn control(
             local_ca: cfg.tls.cert.is_none(),
         },
         changes: tokio::sync::Mutex::new(()),
+        working: tokio::sync::Semaphore::new(crate::control::api::MAX_WORKING),
     })
 }
 

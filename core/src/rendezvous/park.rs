@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub const PARK_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How often a parked connection checks that its id still exists with the same secret.
-pub const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(5);
+pub const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The success answer, byte for byte.
 pub const PARKED: &[u8] = b"HTTP/1.1 200\r\n\r\n";
@@ -212,14 +212,18 @@ pub async fn serve(
     };
     let (ticket, handoff) = reg.park(id, &entry, who.peer);
     let mut probe = [0u8; 1];
-    // A parked connection ends when its id is removed or its secret changes (checked
-    // every REVALIDATE), so `rendezvous remove` and `rotate` close what the old id parked.
+    // A parked connection ends when its id is removed or its secret changes (checked every
+    // REVALIDATE; visitors never take a stale one meanwhile, they check at each take), so
+    // `rendezvous remove` and `rotate` close what the old id parked.
     let revoked = async {
         loop {
             tokio::time::sleep(REVALIDATE).await;
-            match reg.ids.lookup(id).await {
-                Some(now) if now.secret == entry.secret => {}
-                _ => return,
+            match reg.ids.lookup_strict(id).await {
+                Ok(Some(now)) if now.secret == entry.secret => {}
+                // A store that cannot be read says nothing about the id: keep the connection
+                // (a visitor checks the id again before it takes it).
+                Err(_) => {}
+                Ok(_) => return,
             }
         }
     };

@@ -111,6 +111,9 @@ struct State {
     used: HashMap<String, Vec<(u64, IpAddr)>>,
     /// Per id: addresses that parked successfully, and when last.
     trusted: HashMap<String, Vec<(IpAddr, Instant)>>,
+    /// Per id: the secret its used codes and trusted addresses belong to (a rotated,
+    /// removed or re-added id starts afresh).
+    secret_of: HashMap<String, String>,
     fail_id: HashMap<String, Window>,
     fail_addr: HashMap<IpAddr, Window>,
 }
@@ -221,10 +224,15 @@ impl Registry {
         r
     }
 
-    /// Loads the codes used before a restart (see [`IdStore::used_codes`]).
+    /// Loads the codes used before a restart (see [`IdStore::used_codes`]); their addresses
+    /// parked successfully, so they stay exempt from their id's lockout.
     pub fn load_used(&self, used: Vec<(String, u64, IpAddr)>) {
         let mut st = self.lock();
         for (id, counter, addr) in used {
+            let trusted = st.trusted.entry(id.clone()).or_default();
+            if !trusted.iter().any(|(a, _)| *a == addr) && trusted.len() < TRUSTED_PER_ID {
+                trusted.push((addr, Instant::now()));
+            }
             let codes = st.used.entry(id).or_default();
             if !codes.iter().any(|(c, _)| *c == counter) {
                 codes.push((counter, addr));
@@ -269,6 +277,19 @@ impl Registry {
             self.record_failure(&mut st, None, addr);
             return Err(self.refuse(CodeRefusal::UnknownId));
         };
+        match st.secret_of.get(id) {
+            Some(known) if *known == entry.secret => {}
+            // The id got a new secret since (rotate, or remove and add): its old codes and
+            // trusted addresses no longer count.
+            Some(_) => {
+                st.used.remove(id);
+                st.trusted.remove(id);
+                st.secret_of.insert(id.to_string(), entry.secret.clone());
+            }
+            None => {
+                st.secret_of.insert(id.to_string(), entry.secret.clone());
+            }
+        }
         let secret = match totp::decode_secret(&entry.secret) {
             Ok(s) => s,
             Err(e) => {

@@ -290,6 +290,17 @@ impl IdStore {
         }
     }
 
+    /// One id's entry on a blocking thread, telling a store failure (`Err`) apart from a
+    /// missing id (`Ok(None)`).
+    pub async fn lookup_strict(&self, id: &str) -> Result<Option<IdEntry>, String> {
+        let (store, id) = (self.store.clone(), id.to_string());
+        match tokio::task::spawn_blocking(move || store.rendezvous(&id)).await {
+            Ok(Ok(r)) => Ok(r.map(entry)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// [`IdStore::get`] on a blocking thread: what async code calls, so no runtime thread
     /// waits on SQLite.
     pub async fn lookup(&self, id: &str) -> Option<IdEntry> {

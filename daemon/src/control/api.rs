@@ -21,6 +21,8 @@ use std::time::Duration;
 use tunneld_core::auth::Identity;
 
 const MAX_BODY: usize = 64 * 1024;
+/// Authenticated requests served on blocking threads at once.
+pub const MAX_WORKING: usize = 16;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn handle(c: &Arc<Control>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
@@ -147,6 +149,9 @@ async fn route_request(
             }
         }
         _ => Default::default(),
+    };
+    let Ok(_working) = c.working.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     let (c, route, name) = (c.clone(), route.to_string(), name.to_string());
     let rt = tokio::runtime::Handle::current();

@@ -43,6 +43,9 @@ pub struct Control {
     pub transport: SetupTransport,
     /// One provisioning change at a time, so quota checks and inserts do not interleave.
     pub changes: tokio::sync::Mutex<()>,
+    /// Authenticated requests being served on blocking threads at once (the rest wait on
+    /// the runtime), so a burst cannot take the blocking pool from token and id lookups.
+    pub working: tokio::sync::Semaphore,
 }
 
 /// Bound addresses of the control listeners.

@@ -124,12 +124,19 @@ impl Resolver {
             return;
         }
         let mut changes = i.minted.subscribe();
+        // One mint attempt at most: a failed mint (or a full cache) gets the domain's
+        // certificate instead of another signing for every retry.
+        let mut started = false;
         loop {
             changes.mark_unchanged();
             if i.lock().contains_key(&name) {
                 return;
             }
             if !i.minting_now(&name) {
+                if started {
+                    return;
+                }
+                started = true;
                 i.mint_in_background(name.clone());
                 if !i.minting_now(&name) {
                     // Minted (or failed) already, without a runtime.

@@ -286,6 +286,13 @@ impl Mux {
         if t.map.len() >= self.shared.max.min(usize::from(top)) {
             return Err(OpenRefused::TooMany);
         }
+        // While the WebSocket is not being written (a slow link), openings and closings pile
+        // up in the control queue; past half of it, new visitors are refused (503 for them)
+        // so the queue keeps room for the closings of live conversations and never overflows
+        // because of visitors alone (an overflow ends the session).
+        if self.shared.ctl.capacity() < self.shared.max + CTL_SLACK / 2 {
+            return Err(OpenRefused::TooMany);
+        }
         let mut id = t.next;
         loop {
             id = if id >= top { 1 } else { id + 1 };
@@ -628,10 +635,15 @@ mod tests {
         let (mux, mut out) = Mux::new(true, 2, MuxMetrics::default());
         let stalled = mux.stalled();
         tokio::pin!(stalled);
-        // Twice the cap plus the slack fit; the peer reads none of them.
+        // Twice the cap plus the slack fit; the peer reads none of them. Past half of the
+        // queue, new conversations are refused first.
         for _ in 0..(2 * 2 + CTL_SLACK) {
             mux.send(&Msg::Pause(1));
         }
+        assert_eq!(
+            mux.open(Msg::Close, false).err(),
+            Some(OpenRefused::TooMany)
+        );
         assert!(
             futures::poll!(stalled.as_mut()).is_pending(),
             "stalled before the queue was full"

@@ -347,11 +347,12 @@ impl YamuxTransport {
                     .handshakes_total
                     .with_label_values(&[&cx.name, "management"])
                     .inc();
+                // The handshake is over: its limiter slot goes back before the API is served.
+                drop(permit);
                 if let Some(m) = cx.management.clone() {
                     let io = tunneld_core::io::Prefixed::new(first.to_vec(), tls);
                     m.serve(Box::new(io), caller, peer).await;
                 }
-                drop(permit);
                 return;
             }
         };
