@@ -40,6 +40,9 @@ struct State {
     hub: Arc<Hub>,
     /// Where accepted mappings are kept across restarts.
     store: Arc<dyn StateStore>,
+    /// One mapping update at a time, applied and stored together (shared by the admin API and
+    /// threshold's management API), so the stored list is the live one.
+    writes: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
     token_digest: Option<[u8; 32]>,
     draining: CancellationToken,
@@ -50,6 +53,7 @@ pub async fn start(
     cfg: AdminConfig,
     hub: Arc<Hub>,
     store: Arc<dyn StateStore>,
+    writes: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
     draining: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -59,6 +63,7 @@ pub async fn start(
         shape: cfg.shape,
         hub,
         store,
+        writes,
         metrics,
         token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
         draining,
@@ -285,6 +290,7 @@ async fn apply(
     desired: Vec<Mapping>,
 ) -> Result<Vec<(Mapping, String)>, tunneld_core::mapping::MappingError> {
     let json = serde_json::to_string(&desired).unwrap_or_else(|_| "[]".into());
+    let _one = state.writes.lock().await;
     let list = state.hub.apply_mappings(desired).await?;
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.set_admin_mappings(&json)).await {
@@ -304,12 +310,18 @@ pub struct ThresholdManagement {
 }
 
 impl ThresholdManagement {
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn StateStore>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        hub: Arc<Hub>,
+        store: Arc<dyn StateStore>,
+        writes: Arc<tokio::sync::Mutex<()>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Arc::new(State {
                 shape: Shape::Threshold,
                 hub,
                 store,
+                writes,
                 metrics,
                 token_digest: None,
                 draining: CancellationToken::new(),

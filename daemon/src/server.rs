@@ -292,14 +292,27 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         });
     }
 
+    // The stored admin mappings, before any transport (and its management API) accepts.
+    match admin::restore(&hub, &store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
+        Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
+    }
+
     let limiter = HandshakeLimiter::new(
         cfg.limits.max_pending_handshakes,
         cfg.limits.max_pending_per_address,
     );
     let mut transports = BTreeMap::new();
     // threshold's management API, for yamux transports that enable it on their port.
+    let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
     let management: Arc<dyn tunneld_core::transport::ManagementApi> =
-        admin::ThresholdManagement::new(hub.clone(), store.clone(), metrics.clone());
+        admin::ThresholdManagement::new(
+            hub.clone(),
+            store.clone(),
+            mapping_writes.clone(),
+            metrics.clone(),
+        );
     for (name, t) in &cfg.transports {
         let built: Arc<dyn Transport> = match t {
             TransportConfig::Yamux(c) => {
@@ -403,17 +416,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let draining = CancellationToken::new();
-    match admin::restore(&hub, &store).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
-        Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
-    }
     let admin_addr = match &cfg.admin {
         Some(a) => Some(
             admin::start(
                 a.clone(),
                 hub.clone(),
                 store.clone(),
+                mapping_writes.clone(),
                 metrics.clone(),
                 draining.clone(),
             )
