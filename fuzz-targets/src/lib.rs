@@ -375,13 +375,18 @@ pub fn threshold_head(data: &[u8]) {
     check(&String::from_utf8_lossy(data));
 }
 
-/// `frontends/rendezvous/src/connect_access.rs`: the `host:port` of a CONNECT target, from
-/// the bytes as a target and from the target of the request head they parse as.
+/// `frontends/rendezvous/src/connect_access.rs`: the `host:port` of a CONNECT target, and
+/// `core/src/rendezvous/park.rs`'s `uuid:<ID>?response=` target, from the bytes as a target
+/// and from the target of the request head they parse as.
 pub fn connect_target(data: &[u8]) {
     use tunneld_frontend_rendezvous::connect_access::authority;
-    let _ = authority(&String::from_utf8_lossy(data));
+    let text = String::from_utf8_lossy(data);
+    let _ = authority(&text);
+    // The hidden server's `CONNECT uuid:<ID>?response=<CODE>` target.
+    let _ = tunneld_core::rendezvous::park::parse_target(&text);
     if let Ok(Some((head, _))) = http1::parse(data) {
         let _ = authority(&head.target);
+        let _ = tunneld_core::rendezvous::park::parse_target(&head.target);
     }
 }
 
