@@ -1479,3 +1479,67 @@ async fn used_codes_stay_used_across_a_restart() -> Result<()> {
     assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_never_name_a_local_service_and_uuid_is_any_case() -> Result<()> {
+    let s = server().await?;
+    // A service that is down: its address must not reach visitors.
+    let down = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        l.local_addr()?
+    };
+    let mut c = TestClient::spawn(s.client_config(
+        ALICE_TOKEN,
+        &format!("  gone:\n    local: \"{down}\"\n    frontend: rdv\n"),
+    )?);
+    c.connected().await?;
+    let basic = format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("visitor:{VISITOR_PASSWORD}").as_bytes())
+    );
+    let mut tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+    tls.write_all(
+        format!("CONNECT gone:80 HTTP/1.1\r\nProxy-Authorization: {basic}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let got = String::from_utf8_lossy(&read_all(&mut tls).await).to_string();
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+    assert!(got.contains("could not reach its local service"), "{got}");
+    assert!(!got.contains(&down.port().to_string()), "{got}");
+
+    // The same through a hidden service served by tunnelc: its own 502 names nothing.
+    add_id(&s, "dark", Some("alice")).await?;
+    let _hidden = park_client(&s, "dark", down, 1).await?;
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/x"),
+    );
+    let (_, out) = curl(&[
+        "-i",
+        "--resolve",
+        &res,
+        "--cacert",
+        &ca,
+        "-u",
+        "dark:pw",
+        &u,
+    ])
+    .await?;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("the hidden service is not reachable"), "{out}");
+    assert!(!out.contains(&down.port().to_string()), "{out}");
+
+    // `UUID:` in upper case parks, as the original accepted.
+    let secret = add_id(&s, "upper", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+    let code = totp::code(&key, now_counter(30));
+    let (got, _parked) = raw_park(
+        &s,
+        &format!("CONNECT UUID:upper?response={code} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
+    c.stop.cancel();
+    Ok(())
+}
