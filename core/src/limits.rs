@@ -52,6 +52,25 @@ impl Refused {
 pub struct Permit {
     limiter: Arc<AddressLimiter>,
     ip: IpAddr,
+    /// Whether this permit still counts against its address (see [`Permit::leave_address`]).
+    per_address: bool,
+}
+
+impl Permit {
+    /// Stops counting this connection against its source address, keeping it in the total:
+    /// for connections that turn out not to be visitors (a hidden server parking on a
+    /// rendezvous port parks many from one address, bounded per id elsewhere).
+    pub fn leave_address(&mut self) {
+        if std::mem::take(&mut self.per_address) {
+            let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = s.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    s.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl AddressLimiter {
@@ -79,6 +98,7 @@ impl AddressLimiter {
         Ok(Permit {
             limiter: self.clone(),
             ip,
+            per_address: true,
         })
     }
 
@@ -107,14 +127,9 @@ impl AddressLimiter {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        self.leave_address();
         let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
         s.total = s.total.saturating_sub(1);
-        if let Some(n) = s.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                s.per_ip.remove(&self.ip);
-            }
-        }
     }
 }
 

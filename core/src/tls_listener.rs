@@ -81,6 +81,8 @@ pub struct Accepted {
     pub local: SocketAddr,
     /// The common name of a verified client certificate.
     pub cert_cn: Option<String>,
+    /// The connection's slot in the listener's caps, held for its life.
+    pub permit: crate::limits::Permit,
 }
 
 /// How one listener runs.
@@ -120,7 +122,6 @@ where
         };
         let (spec2, handler) = (spec.clone(), handler.clone());
         spec.tasks.spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             set_keepalive(&tcp);
             let local = tcp.local_addr().unwrap_or(peer);
@@ -130,6 +131,7 @@ where
                     peer,
                     local,
                     cert_cn: None,
+                    permit,
                 })
                 .await;
                 return;
@@ -147,6 +149,7 @@ where
                         peer,
                         local,
                         cert_cn,
+                        permit,
                     })
                     .await;
                 }

@@ -1543,3 +1543,75 @@ async fn answers_never_name_a_local_service_and_uuid_is_any_case() -> Result<()>
     c.stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_hidden_servers_do_not_count_against_the_visitor_cap_of_their_address() -> Result<()>
+{
+    // The rendezvous port with parking, and a visitor cap of 4 connections per address.
+    let extra = format!(
+        "  rdv:\n    type: rendezvous\n    listen: 127.0.0.1:0\n    parking: true\n    visitor_wait: 2s\n    connect_access: {{ auth: basic, users: {{ visitor: {VISITOR_PASSWORD} }} }}\nrendezvous:\n  max_failures: 3\n  max_parked_per_id: 8\n"
+    );
+    let s = TestServer::start_full(
+        &extra,
+        &[
+            "transports.hidden={type: connect, listen: \"127.0.0.1:0\"}".into(),
+            "limits.max_connections_per_address=4".into(),
+        ],
+    )
+    .await?;
+    let secret = add_id(&s, "many-parked", None).await?;
+    let key = totp::decode_secret(&secret).map_err(|e| anyhow!(e))?;
+    let code = totp::code(&key, now_counter(30));
+    // Six parked from 127.0.0.1 on the rendezvous port itself (the same code, reused from
+    // the address that used it first).
+    let mut parked = Vec::new();
+    for i in 0..6 {
+        let mut tls = s.tls_connect_to(rdv(&s), b"http/1.1").await;
+        tls.write_all(
+            format!("CONNECT uuid:many-parked?response={code} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut got = [0u8; 16];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut got)).await??;
+        anyhow::ensure!(&got == b"HTTP/1.1 200\r\n\r\n", "park {i}: {got:?}");
+        parked.push(tls);
+    }
+    wait_parked(&s, "many-parked", 6).await?;
+    // A visitor from the same address still gets in (and takes one of them).
+    let (res, ca, u) = (
+        resolve(&s),
+        s.ca_file().display().to_string(),
+        url(&s, "/v"),
+    );
+    let visitor = tokio::spawn(async move {
+        curl(&[
+            "--resolve",
+            &res,
+            "--cacert",
+            &ca,
+            "-u",
+            "many-parked:pw",
+            &u,
+        ])
+        .await
+    });
+    let mut served = false;
+    for tls in parked.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(1)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), tls.read(&mut b)).await
+        {
+            let mut rest = vec![0u8; 4096];
+            let _ = tokio::time::timeout(WAIT, tls.read(&mut rest)).await;
+            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await?;
+            tls.shutdown().await?;
+            served = true;
+            break;
+        }
+    }
+    anyhow::ensure!(served, "no parked connection got the visitor");
+    let (st, out) = visitor.await??;
+    anyhow::ensure!(st.success() && out == "ok", "{out}");
+    Ok(())
+}

@@ -187,6 +187,7 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
         peer,
         local,
         cert_cn,
+        mut permit,
     } = a;
     let mut buf = Vec::new();
     // Held from the first visitor request on: the drain waits for visitors, not for
@@ -259,6 +260,9 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
                 // hold the drain up.
                 drop(visiting.take());
                 if inner.cfg.parking {
+                    // Nor does it count against its address's visitor cap: a hidden server
+                    // parks many from one address (bounded by `max_parked_per_id` per id).
+                    permit.leave_address();
                     park::serve(
                         inner.registry.clone(),
                         &inner.auth,
