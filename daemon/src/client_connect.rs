@@ -139,21 +139,6 @@ impl Worker {
             };
             let parked = match attempt {
                 Ok(p) => p,
-                Err(e @ tunneld_transport_connect::ParkError::Refused { status: 503, .. }) => {
-                    // More connections wanted than tunneld keeps per id (or old ones of this
-                    // host not reaped yet): this one waits the longest backoff and tries
-                    // again, saying why, instead of evicting its siblings.
-                    let wait = self.reconnect.1;
-                    tracing::warn!(id = %self.id, retry_in = ?wait, "one parked connection fewer: {e}");
-                    let _ = self.events.send(ClientEvent::Disconnected {
-                        reason: format!("rendezvous {}: {e}", self.id),
-                        retry_in: wait,
-                    });
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
-                }
                 Err(e) => {
                     if e.is_permanent(self.opts.token.is_some()) {
                         let _ = self
@@ -161,7 +146,18 @@ impl Worker {
                             .try_send(anyhow::anyhow!("rendezvous {}: {e}", self.id));
                         return;
                     }
-                    let wait = backoff.next();
+                    // A 503 means more connections are wanted than tunneld keeps per id (or
+                    // old ones of this host are not reaped yet): wait the longest backoff
+                    // instead of evicting siblings.
+                    let full = matches!(
+                        e,
+                        tunneld_transport_connect::ParkError::Refused { status: 503, .. }
+                    );
+                    let wait = if full {
+                        self.reconnect.1
+                    } else {
+                        backoff.next()
+                    };
                     tracing::warn!(id = %self.id, retry_in = ?wait, "cannot park: {e}");
                     let _ = self.events.send(ClientEvent::Disconnected {
                         reason: format!("rendezvous {}: {e}", self.id),

@@ -14,8 +14,10 @@ pub mod config;
 mod control;
 mod driver;
 mod limit;
+mod plain;
 pub mod server;
 pub mod threshold;
+mod threshold_session;
 
 pub use client::{dial, Connected, DialError, DialOptions};
 pub use config::Config;

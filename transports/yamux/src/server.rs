@@ -4,7 +4,8 @@ use crate::config::Config;
 use crate::control;
 use crate::driver::{drive, driver_end, OpenReply};
 use crate::limit::{self, Counted};
-use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
+use crate::threshold::{self};
+use crate::threshold_session::run_threshold;
 use async_trait::async_trait;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{
-    oversized_hello, read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC, VERSION,
+    oversized_hello, read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC,
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
@@ -27,10 +28,10 @@ use tunneld_core::transport::{Transport, TransportContext, TransportError};
 use yamux::{Connection, ConnectionError, Mode};
 
 pub struct YamuxTransport {
-    cfg: Config,
+    pub(crate) cfg: Config,
     listener: BoundListener,
     /// threshold's plain-TCP listener (`threshold.plain_listen`).
-    plain: Option<BoundListener>,
+    pub(crate) plain: Option<BoundListener>,
     tls: TlsAcceptor,
 }
 
@@ -65,91 +66,30 @@ impl YamuxTransport {
         self.plain.as_ref().map(BoundListener::local_addr)
     }
 
+    /// Counts a handshake that ended without a session.
+    pub(crate) fn count_handshake(cx: &TransportContext, outcome: &str) {
+        cx.metrics
+            .handshakes_total
+            .with_label_values(&[&cx.name, outcome])
+            .inc();
+    }
+
     /// Admission for one accepted connection: the failed-authentication budget, then the
     /// handshake limiter.
-    fn admit(cx: &TransportContext, peer: SocketAddr) -> Option<Permit> {
+    pub(crate) fn admit(cx: &TransportContext, peer: SocketAddr) -> Option<Permit> {
         if cx.throttled(peer.ip()) {
             return None;
         }
         match cx.limiter.try_acquire(peer.ip()) {
             Ok(p) => Some(p),
             Err(refused) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, refused.reason()])
-                    .inc();
+                Self::count_handshake(cx, refused.reason());
                 if cx.hub.refusal_log.allow() {
                     tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
                 }
                 None
             }
         }
-    }
-
-    /// Accepts threshold / koding clients over plain TCP until the drain ends.
-    async fn serve_plain(self: Arc<Self>, listener: tokio::net::TcpListener, cx: TransportContext) {
-        while let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await {
-            let Some(permit) = Self::admit(&cx, peer) else {
-                continue;
-            };
-            let (me, cx2) = (self.clone(), cx.clone());
-            cx.tasks
-                .spawn(async move { me.handle_plain(tcp, peer, permit, cx2).await });
-        }
-    }
-
-    /// A plain-TCP threshold client: the CONNECT head (identity from the header), then the
-    /// same session as over TLS.
-    async fn handle_plain(
-        self: Arc<Self>,
-        mut tcp: TcpStream,
-        peer: SocketAddr,
-        permit: Permit,
-        cx: TransportContext,
-    ) {
-        let Some(t) = self.cfg.threshold.clone() else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        tunneld_core::tls_listener::set_keepalive(&tcp);
-        let hs = tokio::time::timeout(cx.handshake_timeout, async {
-            let mut first = [0u8; 8];
-            tcp.read_exact(&mut first)
-                .await
-                .map_err(|_| threshold::Refusal::closed())?;
-            if &first != b"CONNECT " {
-                return Err(threshold::Refusal::not_connect());
-            }
-            let head = threshold::read_head(&mut tcp, &first).await?;
-            threshold::identify(&head, None, &t).map(|identity| threshold::Caller {
-                identity,
-                koding: threshold::is_koding(&head),
-            })
-        })
-        .await;
-        let caller = match hs {
-            Ok(Ok(c)) => c,
-            Ok(Err(r)) => {
-                if r.status != 0 {
-                    let _ = tcp.write_all(&r.response()).await;
-                    let _ = tcp.shutdown().await;
-                }
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, r.outcome])
-                    .inc();
-                tracing::warn!(transport = %cx.name, %peer, outcome = r.outcome, "plain threshold handshake refused: {}", r.message);
-                return;
-            }
-            Err(_) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "timeout"])
-                    .inc();
-                return;
-            }
-        };
-        run_threshold(tcp, peer, caller, permit, &t, &self.cfg, cx).await;
     }
 }
 
@@ -310,10 +250,7 @@ impl YamuxTransport {
         let (mut tls, cn, dialect) = match hs {
             Ok(Ok(x)) => x,
             Ok(Err(f)) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, f.outcome])
-                    .inc();
+                Self::count_handshake(&cx, f.outcome);
                 if !matches!(f.outcome, "tls_error" | "bad_certificate" | "closed") {
                     cx.metrics
                         .protocol_errors_total
@@ -324,10 +261,7 @@ impl YamuxTransport {
                 return;
             }
             Err(_) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "timeout"])
-                    .inc();
+                Self::count_handshake(&cx, "timeout");
                 tracing::warn!(transport = %cx.name, %peer, timeout = ?cx.handshake_timeout, "handshake timed out");
                 return;
             }
@@ -343,10 +277,7 @@ impl YamuxTransport {
                 return;
             }
             Dialect::Management(caller, first) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "management"])
-                    .inc();
+                Self::count_handshake(&cx, "management");
                 // The handshake is over: its limiter slot goes back before the API is served.
                 drop(permit);
                 if let Some(m) = cx.management.clone() {
@@ -492,126 +423,4 @@ impl OpenStream for YamuxOpener {
             None => Ok(Box::new(Counted::new(io, slot))),
         }
     }
-}
-
-/// Runs a threshold-dialect session: admission, the `200 Connected to Tunnel` answer, then
-/// yamux with tunneld as the server and FIFO pairing of client-opened streams.
-async fn run_threshold<T>(
-    mut tls: T,
-    peer: SocketAddr,
-    caller: threshold::Caller,
-    permit: Permit,
-    t: &ThresholdConfig,
-    cfg: &crate::config::Config,
-    cx: TransportContext,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let threshold::Caller { identity, koding } = caller;
-    let pairs = Arc::new(Pairs::new(
-        cx.metrics
-            .threshold_pairs_pending
-            .with_label_values(&[&cx.name]),
-    ));
-    let (line_tx, line_rx) = mpsc::channel::<Vec<u8>>(256);
-    let opener = Arc::new(ThresholdOpener {
-        pairs: pairs.clone(),
-        order: tokio::sync::Mutex::new(line_tx),
-        max_pending: t.max_pending,
-        slots: Arc::new(Semaphore::new(cfg.yamux.max_streams)),
-        koding,
-    });
-    // Threshold clients take whatever the admin API maps to them.
-    let hello = Hello {
-        version: VERSION,
-        token: None,
-        tunnels: Vec::new(),
-        accept_server_mappings: true,
-        agent: if koding { "koding" } else { "threshold" }.into(),
-        max_streams: None,
-        instance: None,
-    };
-    let admitted = cx
-        .hub
-        .admit_identity(identity, &hello, &cx.name, "yamux-threshold", peer, opener)
-        .await;
-    let guard = match admitted {
-        Ok((g, _)) => g,
-        Err(rej) => {
-            if cx.hub.refusal_log.allow() {
-                tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "threshold client rejected: {}", rej.reason);
-            }
-            let r = threshold::Refusal {
-                status: 403,
-                outcome: rej.outcome,
-                message: rej.reason,
-            };
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), tls.write_all(&r.response())).await;
-            return;
-        }
-    };
-    let answered = tokio::time::timeout(cx.handshake_timeout, async {
-        tls.write_all(threshold::CONNECTED).await?;
-        tls.flush().await
-    })
-    .await;
-    if !matches!(answered, Ok(Ok(()))) {
-        tracing::warn!(transport = %cx.name, %peer, "could not answer the threshold CONNECT");
-        return;
-    }
-    drop(permit);
-    let conn = Connection::new(
-        crate::coalesce::Coalesce::new(tls).compat(),
-        cfg.yamux.yamux(),
-        Mode::Server,
-    );
-    let client = guard.session.info.client_id.clone();
-    let closed = guard.session.closed.clone();
-    // tunneld never opens streams in this dialect: the opener channel stays empty.
-    let (_no_opens, open_rx) = mpsc::channel::<OpenReply>(1);
-    let (ctl_tx, ctl_rx) = oneshot::channel();
-    let mut ctl_tx = Some(ctl_tx);
-    let (name, metrics, pairs2) = (cx.name.clone(), cx.metrics.clone(), pairs.clone());
-    let driver = drive(conn, open_rx, move |stream| {
-        if let Some(tx) = ctl_tx.take() {
-            let _ = tx.send(stream);
-        } else if !pairs2.deliver(stream) {
-            metrics
-                .protocol_errors_total
-                .with_label_values(&[&name, "unexpected_stream"])
-                .inc();
-        }
-    });
-    let control = async {
-        match tokio::time::timeout(Duration::from_secs(10), ctl_rx).await {
-            Ok(Ok(s)) => threshold::run_control(s.compat(), line_rx).await,
-            _ => "no control stream opened".to_string(),
-        }
-    };
-    let pair_timeout = t.pair_timeout;
-    let watchdog = async {
-        let mut tick = tokio::time::interval((pair_timeout / 4).max(Duration::from_millis(100)));
-        loop {
-            tick.tick().await;
-            if pairs.oldest().is_some_and(|age| age > pair_timeout) {
-                cx.metrics
-                    .threshold_pair_timeouts_total
-                    .with_label_values(&[&cx.name])
-                    .inc();
-                return format!(
-                    "the client opened no stream for a visitor within {pair_timeout:?}"
-                );
-            }
-        }
-    };
-    let reason = tokio::select! {
-        r = driver => driver_end(r, &cx),
-        r = control => r,
-        r = watchdog => r,
-        _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
-    };
-    pairs.clear();
-    tracing::info!(transport = %cx.name, client = %client, "threshold session closing: {reason}");
-    drop(guard);
 }
