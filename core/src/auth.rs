@@ -129,9 +129,10 @@ impl Identity {
     }
 }
 
-/// The state store's tokens, as the authenticator sees them.
+/// The state store's tokens, as the authenticator sees them: the in-memory view kept
+/// current (a token revoked a moment ago is refused), never a query on the runtime.
 #[derive(Clone)]
-pub struct StoredTokens(pub std::sync::Arc<dyn crate::state::StateStore>);
+pub struct StoredTokens(pub std::sync::Arc<crate::state::cache::StateCache>);
 
 impl fmt::Debug for StoredTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,7 +193,9 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// `token` comes from the hello; `cert_cn` from a client certificate that rustls already
-    /// verified against the configured client CA. A token, when sent, decides.
+    /// verified against the configured client CA. A token, when sent, decides. Only the
+    /// config file's tokens are known here; [`Authenticator::authenticate_async`] also
+    /// knows the state store's.
     pub fn authenticate(
         &self,
         token: Option<&str>,
@@ -200,10 +203,7 @@ impl Authenticator {
     ) -> Result<Identity, AuthError> {
         if let Some(token) = token {
             let presented = sha256(token.as_bytes());
-            if let Some(id) = self.configured(&presented) {
-                return Ok(id);
-            }
-            return self.stored_token(&presented);
+            return self.configured(&presented).ok_or(AuthError::BadToken);
         }
         match cert_cn {
             Some(cn) if !cn.is_empty() => {
@@ -227,10 +227,10 @@ impl Authenticator {
         found.map(|e| Identity::new(e.client_id.clone(), "token", e.max_ports))
     }
 
-    /// [`Authenticator::authenticate`] for async callers: a token that is not in the config
-    /// file is looked up in the state store on a blocking thread, never on the runtime's.
+    /// [`Authenticator::authenticate`], with the state store's tokens too (from the
+    /// in-memory view, [`crate::state::cache`]).
     pub async fn authenticate_async(
-        self: &std::sync::Arc<Self>,
+        &self,
         token: Option<&str>,
         cert_cn: Option<&str>,
     ) -> Result<Identity, AuthError> {
@@ -241,21 +241,12 @@ impl Authenticator {
         if let Some(id) = self.configured(&presented) {
             return Ok(id);
         }
-        if self.stored.is_none() {
-            return Err(AuthError::BadToken);
-        }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.stored_token(&presented))
-            .await
-            .unwrap_or_else(|e| Err(AuthError::Unavailable(e.to_string())))
-    }
-
-    fn stored_token(&self, digest: &[u8; 32]) -> Result<Identity, AuthError> {
-        let Some(StoredTokens(store)) = &self.stored else {
+        let Some(StoredTokens(cache)) = &self.stored else {
             return Err(AuthError::BadToken);
         };
-        let t = store
-            .token_by_digest(&hex(digest))
+        let t = cache
+            .token_by_digest(&hex(&presented))
+            .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?
             .ok_or(AuthError::BadToken)?;
         if let Some(why) = t.refusal(crate::state::now()) {

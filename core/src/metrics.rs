@@ -46,6 +46,8 @@ pub struct Metrics {
     pub streams_stalled_total: IntCounterVec,
     pub session_conflicts_total: IntCounterVec,
     pub visitors_idle_closed_total: IntCounterVec,
+    pub state_lookups_total: IntCounterVec,
+    pub state_checks_total: IntCounterVec,
 }
 
 fn counter(
@@ -308,6 +310,18 @@ impl Metrics {
                 "tunneld_visitors_idle_closed_total",
                 "Visitor connections closed for idling: no request (HTTP, limits.http_idle_timeout; before the first request the frontend's header_timeout) or no byte either way (spliced, limits.idle_timeout)",
                 &["frontend"],
+            )?,
+            state_lookups_total: counter(
+                &r,
+                "tunneld_state_lookups_total",
+                "Lookups the data path made in the in-memory state (tokens, rendezvous, tunnels)",
+                &["table"],
+            )?,
+            state_checks_total: counter(
+                &r,
+                "tunneld_state_checks_total",
+                "Checks of the in-memory state against the state store, by outcome (current, reloaded, failed); concurrent lookups share one",
+                &["outcome"],
             )?,
             registry: r,
         })

@@ -17,6 +17,7 @@ use tunneld_core::limits::HandshakeLimiter;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::rendezvous::registry::{Registry, RegistryConfig};
 use tunneld_core::rendezvous::store::{self as rendezvous_store, IdStore};
+use tunneld_core::state::cache::StateCache;
 use tunneld_core::state::{self, sqlite::SqliteStore, StateStore};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
 use tunneld_core::transport::{Transport, TransportContext};
@@ -84,7 +85,7 @@ pub fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn StateStore>> {
     Ok(store)
 }
 
-fn authenticator(cfg: &ServerConfig, store: &Arc<dyn StateStore>) -> anyhow::Result<Authenticator> {
+fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<Authenticator> {
     let mut tokens = Vec::new();
     for (id, t) in &cfg.auth.tokens {
         tokens.push(TokenEntry {
@@ -97,7 +98,7 @@ fn authenticator(cfg: &ServerConfig, store: &Arc<dyn StateStore>) -> anyhow::Res
     Ok(Authenticator {
         tokens,
         certificate_max_ports: cfg.auth.certificate_max_ports,
-        stored: Some(StoredTokens(store.clone())),
+        stored: Some(StoredTokens(cache.clone())),
     })
 }
 
@@ -107,7 +108,7 @@ fn control(
     c: &crate::config::control::ControlConfig,
     hub: &Arc<Hub>,
     auth: &Arc<Authenticator>,
-    store: &Arc<dyn StateStore>,
+    (store, cache): (&Arc<dyn StateStore>, &Arc<StateCache>),
     metrics: &Arc<Metrics>,
     transports: &BTreeMap<String, SocketAddr>,
 ) -> anyhow::Result<crate::control::Control> {
@@ -134,6 +135,7 @@ fn control(
     Ok(crate::control::Control {
         cfg: c.clone(),
         store: store.clone(),
+        cache: cache.clone(),
         hub: hub.clone(),
         auth: auth.clone(),
         ca,
@@ -174,14 +176,16 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         limits: cfg.limits.data(),
     };
     let store = open_store(&cfg)?;
-    let auth = Arc::new(authenticator(&cfg, &store)?);
+    // What the data path reads of the store, in memory and kept current.
+    let cache = Arc::new(StateCache::start(store.clone(), metrics.clone())?);
+    let auth = Arc::new(authenticator(&cfg, &cache)?);
     // One failure budget per address for every component that checks credentials.
     let throttle = Arc::new(tunneld_core::throttle::FailureThrottle::new(
         cfg.limits.max_auth_failures,
         cfg.limits.auth_failure_window,
     ));
     let registry = Registry::new(
-        IdStore::new(store.clone()),
+        IdStore::new(store.clone(), cache.clone()),
         RegistryConfig {
             max_parked_per_id: cfg.rendezvous.max_parked_per_id,
             max_failures: cfg.rendezvous.max_failures,
@@ -393,7 +397,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 c,
                 &hub,
                 &auth,
-                &store,
+                (&store, &cache),
                 &metrics,
                 &transports,
             )?);

@@ -90,6 +90,14 @@ async fn wrong_credentials_share_one_budget_per_address() -> Result<()> {
             other => bail!("a wrong token got {other:?}"),
         }
     }
+    // The unknown tokens were looked up in the state cache, not queried one by one.
+    let m = s.metrics().await;
+    let checks = m.get("tunneld_state_checks_total", &[("outcome", "current")])
+        + m.get("tunneld_state_checks_total", &[("outcome", "reloaded")]);
+    ensure!(
+        m.get("tunneld_state_lookups_total", &[("table", "tokens")]) >= 2.0 && checks >= 1.0,
+        "state cache metrics: lookups and checks missing"
+    );
     for _ in 0..2 {
         let (code, line) = admin_status(&s, ATTACKER, "wrong-admin-token").await?;
         ensure!(code == 401, "{line}");

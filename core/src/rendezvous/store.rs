@@ -3,6 +3,7 @@
 //! it at each lookup, so new ids work without a restart. An older tunneld's
 //! `rendezvous.json` is imported once ([`import_legacy`]).
 
+use crate::state::cache::StateCache;
 use crate::state::{RendezvousRecord, StateError, StateStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -242,15 +243,17 @@ pub fn import_legacy(state_dir: &Path, store: &dyn StateStore) -> Result<usize, 
 /// How long used TOTP codes are remembered (seconds).
 const USED_CODES_KEPT: u64 = 15 * 60;
 
-/// The ids as a running tunneld sees them: read from the state store at each lookup, so ids
-/// added by `tunneld rendezvous add` work at once.
+/// The ids as a running tunneld sees them: from the in-memory view of the state store
+/// ([`crate::state::cache`]), kept current, so ids added by `tunneld rendezvous add` work
+/// at once and removed ones stop at once.
 pub struct IdStore {
     store: Arc<dyn StateStore>,
+    cache: Arc<StateCache>,
 }
 
 impl IdStore {
-    pub fn new(store: Arc<dyn StateStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn StateStore>, cache: Arc<StateCache>) -> Self {
+        Self { store, cache }
     }
 
     /// Records a code's first use (on a blocking thread), so a restart does not make it
@@ -290,38 +293,21 @@ impl IdStore {
         }
     }
 
-    /// One id's entry on a blocking thread, telling a store failure (`Err`) apart from a
-    /// missing id (`Ok(None)`).
+    /// One id's entry, telling a store failure (`Err`) apart from a missing id
+    /// (`Ok(None)`).
     pub async fn lookup_strict(&self, id: &str) -> Result<Option<IdEntry>, String> {
-        let (store, id) = (self.store.clone(), id.to_string());
-        match tokio::task::spawn_blocking(move || store.rendezvous(&id)).await {
-            Ok(Ok(r)) => Ok(r.map(entry)),
-            Ok(Err(e)) => Err(e.to_string()),
+        match self.cache.rendezvous(id).await {
+            Ok(r) => Ok(r.map(entry)),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    /// [`IdStore::get`] on a blocking thread: what async code calls, so no runtime thread
-    /// waits on SQLite.
+    /// One id's entry; none when the store cannot be read (logged), so callers refuse.
     pub async fn lookup(&self, id: &str) -> Option<IdEntry> {
-        let (store, id) = (self.store.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || IdStore { store }.get(&id))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "rendezvous id lookup failed");
-                None
-            })
-    }
-
-    /// One id's entry (none when the store cannot be read, which is logged).
-    pub fn get(&self, id: &str) -> Option<IdEntry> {
-        match self.store.rendezvous(id) {
-            Ok(r) => r.map(entry),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read rendezvous ids");
-                None
-            }
-        }
+        self.lookup_strict(id).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read rendezvous ids");
+            None
+        })
     }
 }
 
@@ -330,8 +316,8 @@ mod tests {
     use super::*;
     use crate::state::sqlite::SqliteStore;
 
-    #[test]
-    fn add_list_remove_and_legacy_import() {
+    #[tokio::test]
+    async fn add_list_remove_and_legacy_import() {
         let dir = std::env::temp_dir().join(format!(
             "tunneld-store-{}",
             crate::auth::hex(&crate::auth::random_bytes::<6>())
@@ -346,9 +332,11 @@ mod tests {
             Arc::new(SqliteStore::open(&dir.join(crate::state::FILE)).expect("open"));
         assert_eq!(import_legacy(&dir, &*db).expect("import"), 1);
         assert!(!dir.join(FILE).exists() && dir.join("rendezvous.json.imported").exists());
-        let store = IdStore::new(db.clone());
-        assert_eq!(store.get("old").map(|e| e.step), Some(30));
-        assert!(store.get("a").is_none());
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = Arc::new(StateCache::start(db.clone(), metrics).expect("cache"));
+        let store = IdStore::new(db.clone(), cache);
+        assert_eq!(store.lookup("old").await.map(|e| e.step), Some(30));
+        assert!(store.lookup("a").await.is_none());
         let (id, e) = add(&*db, Some("a"), 30, Some("demo")).expect("add");
         assert_eq!(id, "a");
         assert_eq!(
@@ -357,7 +345,7 @@ mod tests {
                 .len(),
             20
         );
-        assert_eq!(store.get("a"), Some(e.clone()));
+        assert_eq!(store.lookup("a").await, Some(e.clone()));
         assert!(add(&*db, Some("a"), 30, None).is_err(), "duplicate");
         assert!(add(&*db, Some("bad id"), 30, None).is_err());
         assert!(add(&*db, None, 1, None).is_err(), "step");
@@ -367,8 +355,8 @@ mod tests {
         assert!(otpauth_uri(&id, &e).starts_with("otpauth://totp/tunneld:a?secret="));
         assert!(remove(&*db, "a").expect("remove"));
         assert!(!remove(&*db, "a").expect("again"));
-        assert!(store.get("a").is_none());
-        assert!(store.get(&uuid).is_some());
+        assert!(store.lookup("a").await.is_none());
+        assert!(store.lookup(&uuid).await.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

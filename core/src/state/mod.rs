@@ -7,6 +7,7 @@
 //! next open. Several processes may open it at once (`tunneld token add` while tunneld runs).
 //! A networked store for several tunneld nodes would be a second implementation of the trait.
 
+pub mod cache;
 pub mod names;
 pub mod records;
 pub mod sqlite;
@@ -81,10 +82,22 @@ pub trait StateStore: Send + Sync + 'static {
     /// Replaces the stored admin mappings (JSON).
     fn set_admin_mappings(&self, json: &str) -> Result<(), StateError>;
 
+    /// How many times each cached table has changed, by any process: the
+    /// [`cache::StateCache`] reloads a table when its count moves. Cheap (one small read).
+    fn versions(&self) -> Result<Versions, StateError>;
+
     /// Checks the store's integrity: `ok`, or what is wrong.
     fn check(&self) -> Result<String, StateError>;
     /// Writes a consistent copy of the store to `to` while it is in use.
     fn backup(&self, to: &Path) -> Result<(), StateError>;
+}
+
+/// Change counts of the tables the [`cache::StateCache`] keeps in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub tokens: u64,
+    pub rendezvous: u64,
+    pub tunnels: u64,
 }
 
 /// Unix seconds now.

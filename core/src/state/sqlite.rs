@@ -2,7 +2,7 @@
 //! `synchronous=FULL`, a busy timeout so the CLI and a running tunneld share it.
 
 use super::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
-use super::{StateError, StateStore};
+use super::{StateError, StateStore, Versions};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -58,12 +58,38 @@ CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS versions (
+    kind TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
 PRAGMA user_version = 1;
 ";
+
+/// The tables [`StateStore::versions`] counts changes of; a trigger per table and change
+/// kind bumps its counter in the writer's own transaction, whichever process writes.
+const VERSIONED: [&str; 3] = ["tokens", "rendezvous", "tunnels"];
+
+fn version_triggers() -> String {
+    let mut sql = String::new();
+    for table in VERSIONED {
+        sql.push_str(&format!(
+            "INSERT OR IGNORE INTO versions (kind, n) VALUES ('{table}', 0);\n"
+        ));
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER IF NOT EXISTS {table}_{}_version AFTER {op} ON {table} \
+                 BEGIN UPDATE versions SET n = n + 1 WHERE kind = '{table}'; END;\n",
+                op.to_ascii_lowercase()
+            ));
+        }
+    }
+    sql
+}
 
 /// The SQLite state store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    probe: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -187,9 +213,19 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(&version_triggers()))
             .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
+        // A second connection only for `versions`, so the cache's check never queues
+        // behind a write on the first.
+        let probe = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(Duration::from_secs(2)).map(|()| c))
+        .map_err(|e| open_err(e.to_string()))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            probe: Mutex::new(probe),
             path: path.to_path_buf(),
         })
     }
@@ -463,6 +499,28 @@ impl StateStore for SqliteStore {
             )
             .map(drop)
             .map_err(db)
+    }
+
+    fn versions(&self) -> Result<Versions, StateError> {
+        let c = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = c
+            .prepare_cached("SELECT kind, n FROM versions")
+            .map_err(db)?;
+        let mut v = Versions::default();
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db)?;
+        for row in rows {
+            let (kind, n) = row.map_err(db)?;
+            let n = n.max(0) as u64;
+            match kind.as_str() {
+                "tokens" => v.tokens = n,
+                "rendezvous" => v.rendezvous = n,
+                "tunnels" => v.tunnels = n,
+                _ => {}
+            }
+        }
+        Ok(v)
     }
 
     fn check(&self) -> Result<String, StateError> {

@@ -33,6 +33,8 @@ pub struct SetupTransport {
 pub struct Control {
     pub cfg: ControlConfig,
     pub store: Arc<dyn StateStore>,
+    /// The store's tunnels, tokens and ids in memory, for the web port's lookups.
+    pub cache: Arc<tunneld_core::state::cache::StateCache>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub ca: LocalCa,

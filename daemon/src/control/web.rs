@@ -8,14 +8,10 @@ use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
-    // The one state-store read (the tunnel named by Host) runs on a blocking thread.
+    // The tunnel named by Host, from the in-memory view of the store.
     let found = match label_of(c, &req) {
         Some(label) => {
-            let store = c.store.clone();
-            let looked = label.clone();
-            let r = tokio::task::spawn_blocking(move || store.tunnel(&looked))
-                .await
-                .unwrap_or_else(|e| Err(tunneld_core::state::StateError::Db(e.to_string())));
+            let r = c.cache.tunnel(&label).await;
             Some((label, r))
         }
         None => None,

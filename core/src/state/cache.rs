@@ -1,0 +1,235 @@
+//! The state the data path reads (tokens by digest, rendezvous ids, provisioned tunnels by
+//! name) held in memory and kept current, so no runtime thread ever waits on SQLite and a
+//! flood of unknown tokens or ids costs no query each.
+//!
+//! Current means: a lookup answers from a snapshot that was checked against the store
+//! *after the lookup began*, so a token revoked or an id added a moment earlier by
+//! `tunneld token revoke` / `tunneld rendezvous add` (another process) is seen at once.
+//! One thread ("tunneld-state") does the checking: each check reads the store's change
+//! counters ([`StateStore::versions`], one small read) and reloads only a table whose count
+//! moved. Lookups that arrive while a check runs share the next one, so however many
+//! lookups come at once, the store sees one small read at a time.
+//!
+//! A check that fails (the store cannot be read) or does not finish within [`CHECK_WAIT`]
+//! fails the lookups that waited on it: callers refuse (fail closed) rather than answer from
+//! an old snapshot.
+
+use super::records::{RendezvousRecord, TokenRecord, TunnelRecord};
+use super::{StateError, StateStore, Versions};
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a lookup waits for the check it needs before failing.
+pub const CHECK_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Snapshot {
+    versions: Option<Versions>,
+    /// By hex digest.
+    tokens: HashMap<String, TokenRecord>,
+    rendezvous: HashMap<String, RendezvousRecord>,
+    tunnels: HashMap<String, TunnelRecord>,
+}
+
+#[derive(Default)]
+struct Tickets {
+    /// The last ticket handed out.
+    issued: u64,
+    /// The last ticket a finished check covered.
+    served: u64,
+    closed: bool,
+}
+
+struct Shared {
+    store: Arc<dyn StateStore>,
+    data: RwLock<Snapshot>,
+    tickets: Mutex<Tickets>,
+    wake: Condvar,
+    metrics: Arc<Metrics>,
+}
+
+/// What a finished check covered: tickets up to `upto`, and whether it failed.
+#[derive(Clone, Default)]
+struct Checked {
+    upto: u64,
+    error: Option<String>,
+}
+
+/// The in-memory view; see the module documentation. Dropping it stops its thread.
+pub struct StateCache {
+    shared: Arc<Shared>,
+    done: watch::Receiver<Checked>,
+}
+
+impl StateCache {
+    /// Loads every cached table (blocking: call it at startup) and starts the checking
+    /// thread.
+    pub fn start(store: Arc<dyn StateStore>, metrics: Arc<Metrics>) -> Result<Self, StateError> {
+        let shared = Arc::new(Shared {
+            store,
+            data: RwLock::new(Snapshot::default()),
+            tickets: Mutex::new(Tickets::default()),
+            wake: Condvar::new(),
+            metrics,
+        });
+        shared.check()?;
+        let (tx, done) = watch::channel(Checked::default());
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("tunneld-state".into())
+            .spawn(move || worker.run(&tx))
+            .map_err(|e| StateError::Db(format!("cannot start the state thread: {e}")))?;
+        Ok(Self { shared, done })
+    }
+
+    /// The token whose SHA-256 (hex) is `digest`, as the store has it now.
+    pub async fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>, StateError> {
+        self.current("tokens").await?;
+        Ok(self.read().tokens.get(digest).cloned())
+    }
+
+    /// A rendezvous id, as the store has it now.
+    pub async fn rendezvous(&self, id: &str) -> Result<Option<RendezvousRecord>, StateError> {
+        self.current("rendezvous").await?;
+        Ok(self.read().rendezvous.get(id).cloned())
+    }
+
+    /// A provisioned tunnel by name, as the store has it now.
+    pub async fn tunnel(&self, name: &str) -> Result<Option<TunnelRecord>, StateError> {
+        self.current("tunnels").await?;
+        Ok(self.read().tunnels.get(name).cloned())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a check that began after this call.
+    async fn current(&self, table: &str) -> Result<(), StateError> {
+        self.shared
+            .metrics
+            .state_lookups_total
+            .with_label_values(&[table])
+            .inc();
+        let ticket = {
+            let mut t = self.shared.lock();
+            if t.closed {
+                return Err(StateError::Db("the state cache is stopped".into()));
+            }
+            t.issued += 1;
+            self.shared.wake.notify_one();
+            t.issued
+        };
+        let mut done = self.done.clone();
+        let waited = tokio::time::timeout(CHECK_WAIT, done.wait_for(|c| c.upto >= ticket)).await;
+        match waited {
+            Ok(Ok(c)) => match &c.error {
+                None => Ok(()),
+                Some(e) => Err(StateError::Db(e.clone())),
+            },
+            Ok(Err(_)) => Err(StateError::Db("the state thread stopped".into())),
+            Err(_) => Err(StateError::Db(format!(
+                "the state store did not answer within {} s",
+                CHECK_WAIT.as_secs()
+            ))),
+        }
+    }
+}
+
+impl Drop for StateCache {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The checking thread: one check per batch of waiting tickets.
+    fn run(&self, done: &watch::Sender<Checked>) {
+        loop {
+            let upto = {
+                let mut t = self.lock();
+                while t.issued == t.served && !t.closed {
+                    t = self.wake.wait(t).unwrap_or_else(|p| p.into_inner());
+                }
+                if t.closed {
+                    return;
+                }
+                // Every ticket up to here was handed out before this check starts.
+                t.issued
+            };
+            let error = self.check().err().map(|e| e.to_string());
+            self.lock().served = upto;
+            done.send_replace(Checked { upto, error });
+        }
+    }
+
+    /// Reads the change counters and reloads the tables whose count moved.
+    fn check(&self) -> Result<(), StateError> {
+        let outcome = |o: &str| {
+            self.metrics
+                .state_checks_total
+                .with_label_values(&[o])
+                .inc()
+        };
+        let now = match self.store.versions() {
+            Ok(v) => v,
+            Err(e) => {
+                outcome("failed");
+                return Err(e);
+            }
+        };
+        let had = self.data.read().unwrap_or_else(|p| p.into_inner()).versions;
+        if had == Some(now) {
+            outcome("current");
+            return Ok(());
+        }
+        let changed = |f: fn(&Versions) -> u64| had.map(|h| f(&h)) != Some(f(&now));
+        let tokens = match changed(|v| v.tokens) {
+            true => Some(self.store.tokens()),
+            false => None,
+        };
+        let rendezvous = match changed(|v| v.rendezvous) {
+            true => Some(self.store.rendezvous_ids()),
+            false => None,
+        };
+        let tunnels = match changed(|v| v.tunnels) {
+            true => Some(self.store.tunnels(None)),
+            false => None,
+        };
+        let (tokens, rendezvous, tunnels) = match (
+            tokens.transpose(),
+            rendezvous.transpose(),
+            tunnels.transpose(),
+        ) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                outcome("failed");
+                return Err(e);
+            }
+        };
+        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(all) = tokens {
+            data.tokens = all.into_iter().map(|t| (t.digest.clone(), t)).collect();
+        }
+        if let Some(all) = rendezvous {
+            data.rendezvous = all.into_iter().map(|r| (r.id.clone(), r)).collect();
+        }
+        if let Some(all) = tunnels {
+            data.tunnels = all.into_iter().map(|t| (t.name.clone(), t)).collect();
+        }
+        data.versions = Some(now);
+        outcome("reloaded");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+use super::*;
+use crate::state::sqlite::SqliteStore;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn temp_db() -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "tunneld-cache-{}",
+        crate::auth::hex(&crate::auth::random_bytes::<6>())
+    ));
+    let path = dir.join(crate::state::FILE);
+    (dir, path)
+}
+
+fn token(name: &str) -> TokenRecord {
+    TokenRecord {
+        name: name.into(),
+        digest: crate::auth::hex(&crate::auth::sha256(name.as_bytes())),
+        max_ports: None,
+        max_names: None,
+        expires_at: None,
+        single_use: false,
+        used_at: None,
+        transports: None,
+        revoked_at: None,
+        created_at: 1,
+    }
+}
+
+fn count(m: &Metrics, name: &str, label: &str) -> u64 {
+    let v = match name {
+        "checks" => &m.state_checks_total,
+        _ => &m.state_lookups_total,
+    };
+    v.with_label_values(&[label]).get()
+}
+
+/// Changes written through another connection (as `tunneld token ...` in another process
+/// does) are seen by the very next lookup: adds, revocations, removals, for every table.
+#[tokio::test]
+async fn other_writers_are_seen_at_the_next_lookup() {
+    let (dir, path) = temp_db();
+    let daemon: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = StateCache::start(daemon, metrics.clone()).expect("cache");
+    let cli = SqliteStore::open(&path).expect("second connection");
+    let a = token("alice-token");
+
+    assert_eq!(
+        cache.token_by_digest(&a.digest).await.expect("lookup"),
+        None
+    );
+    cli.add_token(&a).expect("add");
+    assert_eq!(
+        cache.token_by_digest(&a.digest).await.expect("lookup"),
+        Some(a.clone())
+    );
+    assert!(cli.revoke_token("alice-token", 9).expect("revoke"));
+    let revoked = cache.token_by_digest(&a.digest).await.expect("lookup");
+    assert_eq!(revoked.and_then(|t| t.revoked_at), Some(9));
+
+    let r = RendezvousRecord {
+        id: "r1".into(),
+        secret: "GEZDGNBVGY3TQOJQ".into(),
+        step: 30,
+        client: None,
+        created: 1,
+    };
+    cli.add_rendezvous(&r).expect("add id");
+    assert_eq!(cache.rendezvous("r1").await.expect("id"), Some(r));
+    assert!(cli.remove_rendezvous("r1").expect("remove"));
+    assert_eq!(cache.rendezvous("r1").await.expect("id"), None);
+
+    let t = TunnelRecord {
+        name: "web".into(),
+        owner: "alice-token".into(),
+        protocols: vec!["https".into()],
+        ports: BTreeMap::new(),
+        created_at: 1,
+        expires_at: None,
+    };
+    cli.add_tunnel(&t).expect("tunnel");
+    assert_eq!(cache.tunnel("web").await.expect("tunnel"), Some(t));
+    assert!(cli.delete_tunnel("web").expect("delete"));
+    assert_eq!(cache.tunnel("web").await.expect("tunnel"), None);
+
+    // Writes to tables the cache does not hold reload nothing.
+    let reloads = count(&metrics, "checks", "reloaded");
+    cli.add_used_code("x", 1, "127.0.0.1", 1, 0).expect("code");
+    cli.set_admin_mappings("[]").expect("mappings");
+    assert_eq!(cache.tunnel("web").await.expect("tunnel"), None);
+    assert_eq!(count(&metrics, "checks", "reloaded"), reloads);
+    assert!(count(&metrics, "checks", "current") >= 1);
+    drop(cache);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A flood of lookups (unknown tokens) shares checks instead of querying once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_checks() {
+    let (dir, path) = temp_db();
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = Arc::new(StateCache::start(store, metrics.clone()).expect("cache"));
+    let before = count(&metrics, "checks", "current") + count(&metrics, "checks", "reloaded");
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..4000u32 {
+        let cache = cache.clone();
+        all.spawn(async move {
+            let digest = crate::auth::hex(&crate::auth::sha256(&i.to_be_bytes()));
+            cache.token_by_digest(&digest).await
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = all.join_next().await {
+        assert_eq!(r.expect("task").expect("lookup"), None);
+        answered += 1;
+    }
+    assert_eq!(answered, 4000);
+    assert_eq!(count(&metrics, "lookups", "tokens"), 4000);
+    let checks =
+        count(&metrics, "checks", "current") + count(&metrics, "checks", "reloaded") - before;
+    assert!(
+        (1..2000).contains(&checks),
+        "{checks} checks for 4000 concurrent lookups"
+    );
+    eprintln!("4000 concurrent lookups took {checks} checks");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store that cannot be read fails the lookups (callers refuse) instead of answering
+/// from an old snapshot; once it is readable again, lookups answer again.
+#[tokio::test]
+async fn an_unreadable_store_fails_closed() {
+    let (dir, path) = temp_db();
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = StateCache::start(store, metrics.clone()).expect("cache");
+    let a = token("bob-token-000000");
+    let other = SqliteStore::open(&path).expect("second connection");
+    other.add_token(&a).expect("add");
+    assert!(cache
+        .token_by_digest(&a.digest)
+        .await
+        .expect("ok")
+        .is_some());
+
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    raw.execute_batch("DROP TABLE versions").expect("drop");
+    let err = cache
+        .token_by_digest(&a.digest)
+        .await
+        .expect_err("no counters, no answer");
+    assert!(err.to_string().contains("versions"), "{err}");
+    assert!(count(&metrics, "checks", "failed") >= 1);
+
+    // Reopening recreates the table and its triggers.
+    drop(SqliteStore::open(&path).expect("reopen"));
+    assert!(cache
+        .token_by_digest(&a.digest)
+        .await
+        .expect("back")
+        .is_some());
+
+    // An uncommitted write elsewhere does not hold lookups up (WAL: readers never wait).
+    drop(raw);
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "BEGIN IMMEDIATE; UPDATE tokens SET revoked_at = 5 WHERE digest = '{}'",
+        a.digest
+    ))
+    .expect("open a write");
+    let t = tokio::time::timeout(Duration::from_secs(2), cache.token_by_digest(&a.digest))
+        .await
+        .expect("not held up")
+        .expect("lookup");
+    assert_eq!(t.and_then(|t| t.revoked_at), None, "uncommitted is unseen");
+    raw.execute_batch("COMMIT").expect("commit");
+    let t = cache.token_by_digest(&a.digest).await.expect("lookup");
+    assert_eq!(t.and_then(|t| t.revoked_at), Some(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
