@@ -29,6 +29,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod claim_retry;
+
 /// Maximum tunnels one hello may request.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;
 
@@ -530,6 +532,7 @@ impl Hub {
         });
 
         let mut statuses = Vec::with_capacity(hello.tunnels.len());
+        let mut retry = Vec::new();
         for t in &hello.tunnels {
             match self.claim_for(&session, &identity, t).await {
                 Ok((endpoint, subdomain)) => {
@@ -538,21 +541,30 @@ impl Hub {
                         endpoint: Some(endpoint),
                         error: None,
                         subdomain,
+                        retrying: false,
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(client = %identity.client_id, tunnel = %t.name, error = %e, "tunnel refused");
+                    let retrying = claim_retry::retriable(&e);
+                    tracing::warn!(client = %identity.client_id, tunnel = %t.name, error = %e, retrying, "tunnel refused");
+                    if retrying {
+                        retry.push(t.clone());
+                    }
                     statuses.push(TunnelStatus {
                         name: t.name.clone(),
                         endpoint: None,
                         error: Some(e.to_string()),
                         subdomain: None,
+                        retrying,
                     });
                 }
             }
         }
         *lock(&session.tunnels) = statuses.clone();
         self.sessions.insert(session.clone());
+        for t in retry {
+            self.retry_claim(&session, &identity, t);
+        }
         self.metrics
             .handshakes_total
             .with_label_values(&[transport, "ok"])

@@ -299,6 +299,7 @@ impl Hub {
                         endpoint: Some(g.claim.endpoint.clone()),
                         error: None,
                         subdomain: None,
+                        retrying: false,
                     })
             })
             .collect()

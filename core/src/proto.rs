@@ -202,6 +202,10 @@ pub struct TunnelStatus {
     /// tunnelc can ask for it again after a reconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// The refusal is temporary (the port is held by another program) and tunneld claims
+    /// it again on its own while the session lasts; a `tunnels` message tells the outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retrying: bool,
 }
 
 /// Answer to [`Hello`].

@@ -206,6 +206,10 @@ fn all_refused(cfg: &ClientConfig, tunnels: &[TunnelStatus]) -> Option<String> {
     let mut reasons = Vec::new();
     for name in cfg.tunnels.keys() {
         let status = tunnels.iter().find(|t| &t.name == name)?;
+        if status.retrying {
+            // Refused for now only (its port is busy): tunneld claims it again by itself.
+            return None;
+        }
         reasons.push(format!("{name}: {}", status.error.as_deref()?));
     }
     Some(format!(

@@ -265,3 +265,81 @@ async fn a_malformed_instance_id_is_refused() -> Result<()> {
     }
     Ok(())
 }
+
+/// A port held by another program is not refused for the whole session: the status says
+/// `retrying`, tunnelc stays connected (its other tunnel serves meanwhile), and once the
+/// program lets go tunneld claims the port by itself and tells tunnelc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_is_claimed_once_it_is_free() -> Result<()> {
+    let server = TestServer::start().await?;
+    let (a_local, b_local) = (services::echo().await, services::echo().await);
+    let port = server.range.0 + 7;
+    let squatter = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let tunnels = format!(
+        "{}{}",
+        tcp_tunnel("busy", a_local, Some(port)),
+        tcp_tunnel("other", b_local, None)
+    );
+    let mut c = TestClient::spawn(server.client_config(ALICE_TOKEN, &tunnels)?);
+    let first = c.connected().await?;
+    let busy = first
+        .iter()
+        .find(|t| t.name == "busy")
+        .ok_or_else(|| anyhow!("no status for busy: {first:?}"))?;
+    assert!(
+        busy.retrying
+            && busy.endpoint.is_none()
+            && busy
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains(&format!("port {port} cannot be bound"))),
+        "{busy:?}"
+    );
+    // The neighbour tunnel serves while the busy one waits.
+    let other = tunneld_integration_tests::endpoint_of(&first, "other")?;
+    echo_roundtrip(other).await.context("the other tunnel")?;
+
+    drop(squatter);
+    let freed = Instant::now();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let changed = loop {
+        let ev = tokio::time::timeout_at(deadline, c.events.recv())
+            .await
+            .context("no tunnels message after the port was freed")?
+            .ok_or_else(|| anyhow!("tunnelc stopped"))?;
+        match ev {
+            tunneld_daemon::client::ClientEvent::TunnelsChanged { tunnels } => break tunnels,
+            tunneld_daemon::client::ClientEvent::Disconnected { reason, .. } => {
+                return Err(anyhow!("tunnelc disconnected: {reason}"))
+            }
+            _ => {}
+        }
+    };
+    let ep = tunneld_integration_tests::endpoint_of(&changed, "busy")?;
+    assert_eq!(ep.port(), port);
+    eprintln!("claimed {:?} after the port was freed", freed.elapsed());
+    for _ in 0..3 {
+        echo_roundtrip(ep).await.context("the once-busy tunnel")?;
+        echo_roundtrip(other).await.context("the other tunnel")?;
+    }
+    let m = server.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_claims_refused_total",
+            &[("frontend", "tcp"), ("reason", "unavailable")]
+        ) >= 1.0
+    );
+    c.shutdown().await?;
+    // The session's end gives the port back.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the port is not released after tunnelc stopped")?;
+    Ok(())
+}

@@ -415,6 +415,9 @@ fn print_tunnels(tunnels: &[TunnelStatus]) {
     for t in tunnels {
         match (&t.endpoint, &t.error) {
             (Some(ep), _) => println!("tunnel {}: {ep}", t.name),
+            (None, Some(err)) if t.retrying => {
+                println!("tunnel {} waiting: {err} (tunneld tries again)", t.name)
+            }
             (None, Some(err)) => println!("tunnel {} refused: {err}", t.name),
             (None, None) => println!("tunnel {}: no endpoint", t.name),
         }

@@ -1,0 +1,91 @@
+//! A tunnel refused only because its port cannot be bound right now (another program holds
+//! it, or the old listener of a reclaimed port has not let go yet) is claimed again in the
+//! background for as long as its session lives: waits double from [`RETRY_FIRST`] to
+//! [`RETRY_MAX`]. Its status says `retrying`, so tunnelc keeps the session instead of
+//! giving up, and a `tunnels` message tells tunnelc when the port is served (or why it
+//! will not be).
+
+use super::{lock, Hub};
+use crate::auth::Identity;
+use crate::frontend::ClaimError;
+use crate::live_sessions::LiveSession;
+use crate::proto::{Control, TunnelRequest, TunnelStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The first wait before claiming again.
+pub const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two tries.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Whether a refusal may go away on its own (the port is busy now), so the claim is tried
+/// again.
+pub(super) fn retriable(e: &ClaimError) -> bool {
+    matches!(e, ClaimError::Unavailable { .. })
+}
+
+impl Hub {
+    /// Claims `t` for `session` again until it works, cannot work, or the session ends.
+    pub(super) fn retry_claim(
+        self: &Arc<Self>,
+        session: &Arc<LiveSession>,
+        who: &Identity,
+        t: TunnelRequest,
+    ) {
+        let (hub, session, who) = (self.clone(), session.clone(), who.clone());
+        tokio::spawn(async move {
+            let mut wait = RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    _ = session.closed.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+                let result = hub.claim_for(&session, &who, &t).await;
+                if session.closed.is_cancelled() {
+                    // The session ended while the claim was made: give back what it got.
+                    session.replace();
+                    return;
+                }
+                let status = match result {
+                    Ok((endpoint, subdomain)) => {
+                        tracing::info!(client = %who.client_id, tunnel = %t.name, %endpoint, "tunnel claimed on a retry");
+                        TunnelStatus {
+                            name: t.name.clone(),
+                            endpoint: Some(endpoint),
+                            error: None,
+                            subdomain,
+                            retrying: false,
+                        }
+                    }
+                    Err(e) if retriable(&e) => {
+                        tracing::debug!(client = %who.client_id, tunnel = %t.name, error = %e, "tunnel still refused; retrying");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(client = %who.client_id, tunnel = %t.name, error = %e, "tunnel refused on a retry; not retrying");
+                        TunnelStatus {
+                            name: t.name.clone(),
+                            endpoint: None,
+                            error: Some(e.to_string()),
+                            subdomain: None,
+                            retrying: false,
+                        }
+                    }
+                };
+                let tunnels = {
+                    let mut all = lock(&session.tunnels);
+                    match all.iter_mut().find(|s| s.name == status.name) {
+                        Some(s) => *s = status,
+                        None => all.push(status),
+                    }
+                    all.clone()
+                };
+                let mut tunnels = tunnels;
+                tunnels.extend(hub.mapping_statuses_for(&session.info.client_id).await);
+                let _ = session.notify.send(Control::Tunnels { tunnels });
+                return;
+            }
+        });
+    }
+}
