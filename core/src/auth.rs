@@ -196,7 +196,7 @@ impl Authenticator {
     /// verified against the configured client CA. A token, when sent, decides. Only the
     /// config file's tokens are known here; [`Authenticator::authenticate_async`] also
     /// knows the state store's.
-    pub fn authenticate(
+    pub fn authenticate_configured(
         &self,
         token: Option<&str>,
         cert_cn: Option<&str>,
@@ -227,7 +227,7 @@ impl Authenticator {
         found.map(|e| Identity::new(e.client_id.clone(), "token", e.max_ports))
     }
 
-    /// [`Authenticator::authenticate`], with the state store's tokens too (from the
+    /// [`Authenticator::authenticate_configured`], with the state store's tokens too (from the
     /// in-memory view, [`crate::state::cache`]).
     pub async fn authenticate_async(
         &self,
@@ -235,7 +235,7 @@ impl Authenticator {
         cert_cn: Option<&str>,
     ) -> Result<Identity, AuthError> {
         let Some(token) = token else {
-            return self.authenticate(None, cert_cn);
+            return self.authenticate_configured(None, cert_cn);
         };
         let presented = sha256(token.as_bytes());
         if let Some(id) = self.configured(&presented) {
@@ -307,23 +307,28 @@ mod tests {
     fn tokens_plain_and_hashed() {
         let a = auth();
         assert_eq!(
-            a.authenticate(Some("alice-secret-token-0001"), None)
+            a.authenticate_configured(Some("alice-secret-token-0001"), None)
                 .expect("alice")
                 .client_id,
             "alice"
         );
         assert_eq!(
-            a.authenticate(Some("bob-secret-token-00002"), None)
+            a.authenticate_configured(Some("bob-secret-token-00002"), None)
                 .expect("bob")
                 .client_id,
             "bob"
         );
         assert_eq!(
-            a.authenticate(Some("alice-secret-token-0002"), None),
+            a.authenticate_configured(Some("alice-secret-token-0002"), None),
             Err(AuthError::BadToken)
         );
-        assert_eq!(a.authenticate(None, None), Err(AuthError::Missing));
-        let c = a.authenticate(None, Some("carol")).expect("cert");
+        assert_eq!(
+            a.authenticate_configured(None, None),
+            Err(AuthError::Missing)
+        );
+        let c = a
+            .authenticate_configured(None, Some("carol"))
+            .expect("cert");
         assert_eq!(
             (c.client_id.as_str(), c.method, c.max_ports),
             ("carol", "certificate", Some(5))

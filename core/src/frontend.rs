@@ -74,6 +74,9 @@ pub enum ClaimError {
     Duplicate(u16),
     #[error("port {port} cannot be bound: {reason}")]
     Unavailable { port: u16, reason: String },
+    /// The port is in use by another program (or a listener not yet gone): may clear.
+    #[error("port {port} cannot be bound: {reason}")]
+    Busy { port: u16, reason: String },
     #[error("name `{0}` is held by another client")]
     NameHeld(String),
     #[error("no free port left in {0}")]
@@ -112,6 +115,7 @@ impl ClaimError {
             ClaimError::HeldByOther(_) => "held_by_other",
             ClaimError::Duplicate(_) => "duplicate",
             ClaimError::Unavailable { .. } => "unavailable",
+            ClaimError::Busy { .. } => "busy",
             ClaimError::NameHeld(_) => "name_held",
             ClaimError::Exhausted(_) => "exhausted",
             ClaimError::Quota { .. } => "quota",

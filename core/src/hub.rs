@@ -533,6 +533,9 @@ impl Hub {
 
         let mut statuses = Vec::with_capacity(hello.tunnels.len());
         let mut retry = Vec::new();
+        // Only a client that says it reads `retrying` is sent it (older tunnelc refuse
+        // unknown fields); the claim is retried for every client.
+        let tells_retrying = hello.has_capability(crate::proto::CAP_RETRYING);
         for t in &hello.tunnels {
             match self.claim_for(&session, &identity, t).await {
                 Ok((endpoint, subdomain)) => {
@@ -555,16 +558,19 @@ impl Hub {
                         endpoint: None,
                         error: Some(e.to_string()),
                         subdomain: None,
-                        retrying,
+                        retrying: retrying && tells_retrying,
                     });
                 }
             }
         }
         *lock(&session.tunnels) = statuses.clone();
         self.sessions.insert(session.clone());
-        for t in retry {
-            self.retry_claim(&session, &identity, t);
-        }
+        // From here on the guard ends the session however this future ends.
+        let guard = SessionGuard {
+            hub: self.clone(),
+            session: session.clone(),
+            notifications,
+        };
         self.metrics
             .handshakes_total
             .with_label_values(&[transport, "ok"])
@@ -581,16 +587,12 @@ impl Hub {
             client = %identity.client_id, session = session.info.id, transport, %remote,
             auth = identity.method, "session established"
         );
+        for t in retry {
+            self.retry_claim(&session, &identity, t);
+        }
         let mut all = statuses;
         all.extend(self.mapping_statuses_for(&identity.client_id).await);
-        Ok((
-            SessionGuard {
-                hub: self.clone(),
-                session,
-                notifications,
-            },
-            all,
-        ))
+        Ok((guard, all))
     }
 
     /// Claims one tunnel of a hello for `session`: its lease, or a new claim on a frontend.

@@ -160,7 +160,8 @@ pub struct Hello {
     /// targets are chosen by the server).
     #[serde(default)]
     pub accept_server_mappings: bool,
-    /// Free text for logs (`tunnelc 0.1.0`).
+    /// Free text for logs (`tunnelc 0.1.0`), then the capabilities of the client as words
+    /// starting with `+` ([`CAP_RETRYING`]).
     #[serde(default)]
     pub agent: String,
     /// The most streams the client's multiplexer accepts at once; tunneld opens no more
@@ -172,6 +173,17 @@ pub struct Hello {
     /// never replaces a live session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+}
+
+/// The capability word of a client that reads [`TunnelStatus::retrying`] (tunnelc before it
+/// rejected unknown fields in a status, so it is only sent to clients that say so).
+pub const CAP_RETRYING: &str = "+retrying";
+
+impl Hello {
+    /// Whether the client named capability `cap` (a `+word`) in its agent text.
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.agent.split_whitespace().any(|w| w == cap)
+    }
 }
 
 impl std::fmt::Display for Hello {
@@ -187,9 +199,9 @@ impl std::fmt::Display for Hello {
     }
 }
 
-/// The outcome of one requested tunnel.
+/// The outcome of one requested tunnel. Unknown fields are ignored, so a later tunneld may
+/// add some without breaking this tunnelc.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct TunnelStatus {
     pub name: String,
     /// The public endpoint, when the tunnel is up.

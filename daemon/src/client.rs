@@ -182,7 +182,11 @@ fn hello(cfg: &ClientConfig, instance: String) -> Hello {
             })
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
-        agent: format!("tunnelc {}", env!("CARGO_PKG_VERSION")),
+        agent: format!(
+            "tunnelc {} {}",
+            env!("CARGO_PKG_VERSION"),
+            tunneld_core::proto::CAP_RETRYING
+        ),
         max_streams: Some(cfg.yamux.max_streams as u32),
         instance: Some(instance),
     }
@@ -287,17 +291,31 @@ pub async fn run(
                 keep_names(&mut hello, &tunnels);
                 drop_conflicts(&mut hello, &tunnels);
                 let _ = events.send(ClientEvent::Connected { client_id, tunnels });
-                let (utx, mut urx) = mpsc::unbounded_channel();
+                let (utx, mut urx) = mpsc::unbounded_channel::<Vec<TunnelStatus>>();
                 let ev = events.clone();
+                // A tunnel tunneld was retrying may end refused for good: when then every
+                // tunnel is refused, stop as at the welcome.
+                let session_stop = stop.child_token();
+                let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+                let (ended, cfg_fwd, why) = (session_stop.clone(), cfg.clone(), refused.clone());
                 let fwd = tokio::spawn(async move {
                     while let Some(tunnels) = urx.recv().await {
+                        let all = all_refused(&cfg_fwd, &tunnels);
                         let _ = ev.send(ClientEvent::TunnelsChanged { tunnels });
+                        if let Some(all) = all {
+                            *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(all);
+                            ended.cancel();
+                            return;
+                        }
                     }
                 });
-                let reason = connected.run(connector.clone(), utx, stop.clone()).await;
+                let reason = connected.run(connector.clone(), utx, session_stop).await;
                 fwd.abort();
                 if stop.is_cancelled() {
                     return Ok(());
+                }
+                if let Some(why) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return Err(anyhow::anyhow!("{why}"));
                 }
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.attempt = 0;

@@ -326,7 +326,7 @@ async fn a_busy_port_is_claimed_once_it_is_free() -> Result<()> {
     assert!(
         m.get(
             "tunneld_claims_refused_total",
-            &[("frontend", "tcp"), ("reason", "unavailable")]
+            &[("frontend", "tcp"), ("reason", "busy")]
         ) >= 1.0
     );
     c.shutdown().await?;
@@ -341,5 +341,87 @@ async fn a_busy_port_is_claimed_once_it_is_free() -> Result<()> {
     })
     .await
     .context("the port is not released after tunnelc stopped")?;
+    Ok(())
+}
+
+/// The hello of a tunnelc that does not say `+retrying` (older ones refuse unknown fields in
+/// a tunnel status) gets the refusal without the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_is_only_told_to_clients_that_read_it() -> Result<()> {
+    let server = TestServer::start().await?;
+    let port = server.range.0 + 9;
+    let _squatter = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    for (agent, told) in [("tunnelc 0.1.0", false), ("tunnelc 0.1.0 +retrying", true)] {
+        let mut tls = server.tls_connect().await;
+        let hello = Hello {
+            version: tunneld_core::proto::VERSION,
+            token: Some(ALICE_TOKEN.into()),
+            tunnels: vec![TunnelRequest {
+                name: "busy".into(),
+                kind: TunnelKind::Tcp,
+                remote_port: Some(port),
+                frontend: None,
+                proxy_protocol: None,
+                subdomain: None,
+            }],
+            accept_server_mappings: false,
+            agent: agent.into(),
+            max_streams: None,
+            instance: None,
+        };
+        let mut out = tunneld_core::proto::MAGIC.to_vec();
+        out.extend(encode_frame(&hello)?);
+        tls.write_all(&out).await?;
+        let answer: serde_json::Value = tokio::time::timeout(WAIT, read_frame(&mut tls)).await??;
+        let status = &answer["tunnels"][0];
+        assert!(
+            status["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot be bound")),
+            "{answer}"
+        );
+        assert_eq!(
+            status.get("retrying").is_some(),
+            told,
+            "agent `{agent}`: {answer}"
+        );
+    }
+    Ok(())
+}
+
+/// A retry that ends refused for good (here: the client's port quota filled up meanwhile)
+/// stops a tunnelc whose every tunnel is then refused, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_for_good_stops_a_tunnelc_with_nothing_left() -> Result<()> {
+    let server = TestServer::start().await?;
+    let local = services::echo().await;
+    let port = server.range.0 + 11;
+    let squatter = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let mut first =
+        TestClient::spawn(server.client_config(ALICE_TOKEN, &tcp_tunnel("p", local, Some(port)))?);
+    let t = first.connected().await?;
+    assert!(t[0].retrying, "{t:?}");
+    // Another tunnelc of alice takes her whole quota (max_ports: 3) meanwhile.
+    let three = format!(
+        "{}{}{}",
+        tcp_tunnel("a", local, None),
+        tcp_tunnel("b", local, None),
+        tcp_tunnel("c", local, None)
+    );
+    let mut second = TestClient::spawn(server.client_config(ALICE_TOKEN, &three)?);
+    let got = second.connected().await?;
+    assert!(got.iter().all(|t| t.endpoint.is_some()), "{got:?}");
+    drop(squatter);
+    let err = tokio::time::timeout(WAIT, &mut first.task)
+        .await
+        .context("the retrying tunnelc did not stop")??
+        .expect_err("it stops with an error");
+    assert!(
+        err.to_string().contains("refused every tunnel") && err.to_string().contains("quota"),
+        "{err}"
+    );
+    // The other tunnelc is untouched.
+    echo_roundtrip(tunneld_integration_tests::endpoint_of(&got, "a")?).await?;
+    second.shutdown().await?;
     Ok(())
 }

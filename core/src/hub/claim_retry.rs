@@ -18,10 +18,10 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(250);
 /// The longest wait between two tries.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Whether a refusal may go away on its own (the port is busy now), so the claim is tried
-/// again.
+/// Whether a refusal may go away on its own (the port is in use now), so the claim is tried
+/// again. Other bind errors (no permission, an address the host lacks) never clear.
 pub(super) fn retriable(e: &ClaimError) -> bool {
-    matches!(e, ClaimError::Unavailable { .. })
+    matches!(e, ClaimError::Busy { .. })
 }
 
 impl Hub {

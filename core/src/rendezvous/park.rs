@@ -96,7 +96,13 @@ pub async fn serve(
         )
         .await;
     }
-    let entry = reg.ids.lookup(id).await;
+    let entry = match reg.ids.lookup_strict(id).await {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = format!("rendezvous ids cannot be read now: {e}");
+            return refuse(&reg, &mut io, 503, "store_error", &msg).await;
+        }
+    };
     let bearer = head
         .header("proxy-authorization")
         .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
@@ -111,6 +117,9 @@ pub async fn serve(
             .await
         {
             Ok(i) => i,
+            Err(e @ crate::auth::AuthError::Unavailable(_)) => {
+                return refuse(&reg, &mut io, 503, "store_error", &e.to_string()).await;
+            }
             Err(e) => {
                 if e.is_guess() {
                     reg.throttle.failed(who.peer);

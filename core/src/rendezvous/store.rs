@@ -207,8 +207,10 @@ pub fn rotate(store: &dyn StateStore, id: &str) -> Result<Option<IdEntry>, Store
         client: old.client,
         created: crate::state::now(),
     };
-    store.remove_rendezvous(id)?;
-    store.add_rendezvous(&record(id, &entry))?;
+    // One write: no lookup ever sees the id missing, and a crash cannot lose it.
+    if !store.update_rendezvous(&record(id, &entry))? {
+        return Ok(None);
+    }
     Ok(Some(entry))
 }
 

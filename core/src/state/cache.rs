@@ -6,8 +6,8 @@
 //! *after the lookup began*, so a token revoked or an id added a moment earlier by
 //! `tunneld token revoke` / `tunneld rendezvous add` (another process) is seen at once.
 //! One thread ("tunneld-state") does the checking: each check reads the store's change
-//! counters ([`StateStore::versions`], one small read) and reloads only a table whose count
-//! moved. Lookups that arrive while a check runs share the next one, so however many
+//! counters and any table whose count moved, in one read transaction on a connection of its
+//! own ([`StateStore::cached_changes`]). Lookups that arrive while a check runs share the next one, so however many
 //! lookups come at once, the store sees one small read at a time.
 //!
 //! A check that fails (the store cannot be read) or does not finish within [`CHECK_WAIT`]
@@ -179,53 +179,29 @@ impl Shared {
                 .with_label_values(&[o])
                 .inc()
         };
-        let now = match self.store.versions() {
-            Ok(v) => v,
+        let known = self.data.read().unwrap_or_else(|p| p.into_inner()).versions;
+        let changes = match self.store.cached_changes(known) {
+            Ok(c) => c,
             Err(e) => {
                 outcome("failed");
                 return Err(e);
             }
         };
-        let had = self.data.read().unwrap_or_else(|p| p.into_inner()).versions;
-        if had == Some(now) {
+        if known == Some(changes.versions) {
             outcome("current");
             return Ok(());
         }
-        let changed = |f: fn(&Versions) -> u64| had.map(|h| f(&h)) != Some(f(&now));
-        let tokens = match changed(|v| v.tokens) {
-            true => Some(self.store.tokens()),
-            false => None,
-        };
-        let rendezvous = match changed(|v| v.rendezvous) {
-            true => Some(self.store.rendezvous_ids()),
-            false => None,
-        };
-        let tunnels = match changed(|v| v.tunnels) {
-            true => Some(self.store.tunnels(None)),
-            false => None,
-        };
-        let (tokens, rendezvous, tunnels) = match (
-            tokens.transpose(),
-            rendezvous.transpose(),
-            tunnels.transpose(),
-        ) {
-            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                outcome("failed");
-                return Err(e);
-            }
-        };
         let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(all) = tokens {
+        if let Some(all) = changes.tokens {
             data.tokens = all.into_iter().map(|t| (t.digest.clone(), t)).collect();
         }
-        if let Some(all) = rendezvous {
+        if let Some(all) = changes.rendezvous {
             data.rendezvous = all.into_iter().map(|r| (r.id.clone(), r)).collect();
         }
-        if let Some(all) = tunnels {
+        if let Some(all) = changes.tunnels {
             data.tunnels = all.into_iter().map(|t| (t.name.clone(), t)).collect();
         }
-        data.versions = Some(now);
+        data.versions = Some(changes.versions);
         outcome("reloaded");
         Ok(())
     }

@@ -63,6 +63,9 @@ pub trait StateStore: Send + Sync + 'static {
     fn rendezvous(&self, id: &str) -> Result<Option<RendezvousRecord>, StateError>;
     fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError>;
     fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError>;
+    /// Replaces an id's secret, step, client and creation time in one write; false when
+    /// there is no such id.
+    fn update_rendezvous(&self, r: &RendezvousRecord) -> Result<bool, StateError>;
 
     /// Records that rendezvous id `id` accepted TOTP step `counter` first from `addr` at
     /// `at` (unix seconds); forgets records older than `forget_before`.
@@ -82,9 +85,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Replaces the stored admin mappings (JSON).
     fn set_admin_mappings(&self, json: &str) -> Result<(), StateError>;
 
-    /// How many times each cached table has changed, by any process: the
-    /// [`cache::StateCache`] reloads a table when its count moves. Cheap (one small read).
-    fn versions(&self) -> Result<Versions, StateError>;
+    /// The change counters of the tables the [`cache::StateCache`] holds (moved by every
+    /// write, from any process), with each table whose counter differs from `known` read
+    /// again: all in one consistent read that never waits for a writer.
+    fn cached_changes(&self, known: Option<Versions>) -> Result<Changes, StateError>;
 
     /// Checks the store's integrity: `ok`, or what is wrong.
     fn check(&self) -> Result<String, StateError>;
@@ -98,6 +102,15 @@ pub struct Versions {
     pub tokens: u64,
     pub rendezvous: u64,
     pub tunnels: u64,
+}
+
+/// What [`StateStore::cached_changes`] found: the counters, and the tables that moved.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub versions: Versions,
+    pub tokens: Option<Vec<TokenRecord>>,
+    pub rendezvous: Option<Vec<RendezvousRecord>>,
+    pub tunnels: Option<Vec<TunnelRecord>>,
 }
 
 /// Unix seconds now.

@@ -2,184 +2,25 @@
 //! `synchronous=FULL`, a busy timeout so the CLI and a running tunneld share it.
 
 use super::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
-use super::{StateError, StateStore, Versions};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::{Changes, StateError, StateStore, Versions};
+use rows::*;
+use rusqlite::{params, Connection, OptionalExtension};
+use schema::{version_triggers, SCHEMA};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    name TEXT PRIMARY KEY,
-    digest TEXT NOT NULL UNIQUE,
-    max_ports INTEGER,
-    max_names INTEGER,
-    expires_at INTEGER,
-    single_use INTEGER NOT NULL DEFAULT 0,
-    used_at INTEGER,
-    transports TEXT,
-    revoked_at INTEGER,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tunnels (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    protocols TEXT NOT NULL,
-    ports TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS tunnels_owner ON tunnels(owner);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
-    tunnel TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    names TEXT NOT NULL,
-    not_after INTEGER NOT NULL,
-    pem TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS certificates_tunnel ON certificates(tunnel);
-CREATE TABLE IF NOT EXISTS rendezvous (
-    id TEXT PRIMARY KEY,
-    secret TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    client TEXT,
-    created INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS used_codes (
-    id TEXT NOT NULL,
-    counter INTEGER NOT NULL,
-    addr TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    PRIMARY KEY (id, counter)
-);
-CREATE TABLE IF NOT EXISTS settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    kind TEXT PRIMARY KEY,
-    n INTEGER NOT NULL
-);
-PRAGMA user_version = 1;
-";
-
-/// The tables [`StateStore::versions`] counts changes of; a trigger per table and change
-/// kind bumps its counter in the writer's own transaction, whichever process writes.
-const VERSIONED: [&str; 3] = ["tokens", "rendezvous", "tunnels"];
-
-fn version_triggers() -> String {
-    let mut sql = String::new();
-    for table in VERSIONED {
-        sql.push_str(&format!(
-            "INSERT OR IGNORE INTO versions (kind, n) VALUES ('{table}', 0);\n"
-        ));
-        for op in ["INSERT", "UPDATE", "DELETE"] {
-            sql.push_str(&format!(
-                "CREATE TRIGGER IF NOT EXISTS {table}_{}_version AFTER {op} ON {table} \
-                 BEGIN UPDATE versions SET n = n + 1 WHERE kind = '{table}'; END;\n",
-                op.to_ascii_lowercase()
-            ));
-        }
-    }
-    sql
-}
+mod cache_read;
+mod rows;
+mod schema;
 
 /// The SQLite state store.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// Declared first so it closes first: the last connection to close checkpoints the
+    /// WAL and removes it, and only `conn` can write.
     probe: Mutex<Connection>,
+    conn: Mutex<Connection>,
     path: PathBuf,
-}
-
-fn db(e: rusqlite::Error) -> StateError {
-    StateError::Db(e.to_string())
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("{what}: {e}").into(),
-        )
-    })
-}
-
-fn u64_col(row: &Row, i: usize) -> rusqlite::Result<Option<u64>> {
-    Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
-}
-
-fn token_row(row: &Row) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
-        name: row.get(0)?,
-        digest: row.get(1)?,
-        max_ports: row.get(2)?,
-        max_names: row.get(3)?,
-        expires_at: u64_col(row, 4)?,
-        single_use: row.get(5)?,
-        used_at: u64_col(row, 6)?,
-        transports: match row.get::<_, Option<String>>(7)? {
-            Some(s) => Some(from_json(&s, "tokens.transports")?),
-            None => None,
-        },
-        revoked_at: u64_col(row, 8)?,
-        created_at: u64_col(row, 9)?.unwrap_or(0),
-    })
-}
-
-const TOKEN_COLS: &str = "name, digest, max_ports, max_names, expires_at, single_use, used_at, transports, revoked_at, created_at";
-
-fn tunnel_row(row: &Row) -> rusqlite::Result<TunnelRecord> {
-    Ok(TunnelRecord {
-        name: row.get(0)?,
-        owner: row.get(1)?,
-        protocols: from_json(&row.get::<_, String>(2)?, "tunnels.protocols")?,
-        ports: from_json(&row.get::<_, String>(3)?, "tunnels.ports")?,
-        created_at: u64_col(row, 4)?.unwrap_or(0),
-        expires_at: u64_col(row, 5)?,
-    })
-}
-
-const TUNNEL_COLS: &str = "name, owner, protocols, ports, created_at, expires_at";
-
-fn cert_row(row: &Row) -> rusqlite::Result<CertRecord> {
-    Ok(CertRecord {
-        serial: row.get(0)?,
-        tunnel: row.get(1)?,
-        owner: row.get(2)?,
-        names: from_json(&row.get::<_, String>(3)?, "certificates.names")?,
-        not_after: u64_col(row, 4)?.unwrap_or(0),
-        pem: row.get(5)?,
-        created_at: u64_col(row, 6)?.unwrap_or(0),
-    })
-}
-
-fn rendezvous_row(row: &Row) -> rusqlite::Result<RendezvousRecord> {
-    Ok(RendezvousRecord {
-        id: row.get(0)?,
-        secret: row.get(1)?,
-        step: u64_col(row, 2)?.unwrap_or(30),
-        client: row.get(3)?,
-        created: u64_col(row, 4)?.unwrap_or(0),
-    })
-}
-
-/// Maps a uniqueness violation to [`StateError::Exists`].
-fn insert_err(what: String) -> impl FnOnce(rusqlite::Error) -> StateError {
-    move |e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => StateError::Exists(what),
-        _ => db(e),
-    }
-}
-
-fn opt(v: Option<u64>) -> Option<i64> {
-    v.map(|v| v.min(i64::MAX as u64) as i64)
 }
 
 impl SqliteStore {
@@ -215,8 +56,8 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(&version_triggers()))
             .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
-        // A second connection only for `versions`, so the cache's check never queues
-        // behind a write on the first.
+        // A second connection, read-only, for the state cache's checks and reloads: they
+        // never queue behind a write on the first (WAL readers do not wait for writers).
         let probe = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -224,8 +65,8 @@ impl SqliteStore {
         .and_then(|c| c.busy_timeout(Duration::from_secs(2)).map(|()| c))
         .map_err(|e| open_err(e.to_string()))?;
         Ok(Self {
-            conn: Mutex::new(conn),
             probe: Mutex::new(probe),
+            conn: Mutex::new(conn),
             path: path.to_path_buf(),
         })
     }
@@ -286,12 +127,7 @@ impl StateStore for SqliteStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
-        let c = self.conn();
-        let mut st = c
-            .prepare(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY name"))
-            .map_err(db)?;
-        let rows = st.query_map([], token_row).map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+        all_tokens(&self.conn())
     }
 
     fn revoke_token(&self, name: &str, at: u64) -> Result<bool, StateError> {
@@ -357,14 +193,7 @@ impl StateStore for SqliteStore {
     }
 
     fn tunnels(&self, owner: Option<&str>) -> Result<Vec<TunnelRecord>, StateError> {
-        let c = self.conn();
-        let mut st = c
-            .prepare(&format!(
-                "SELECT {TUNNEL_COLS} FROM tunnels WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at, name"
-            ))
-            .map_err(db)?;
-        let rows = st.query_map([owner], tunnel_row).map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+        tunnels_of(&self.conn(), owner)
     }
 
     fn delete_tunnel(&self, name: &str) -> Result<bool, StateError> {
@@ -425,12 +254,17 @@ impl StateStore for SqliteStore {
     }
 
     fn rendezvous_ids(&self) -> Result<Vec<RendezvousRecord>, StateError> {
-        let c = self.conn();
-        let mut st = c
-            .prepare("SELECT id, secret, step, client, created FROM rendezvous ORDER BY id")
-            .map_err(db)?;
-        let rows = st.query_map([], rendezvous_row).map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+        all_rendezvous(&self.conn())
+    }
+
+    fn update_rendezvous(&self, r: &RendezvousRecord) -> Result<bool, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE rendezvous SET secret = ?2, step = ?3, client = ?4, created = ?5 WHERE id = ?1",
+                params![r.id, r.secret, opt(Some(r.step)), r.client, opt(Some(r.created))],
+            )
+            .map(|n| n > 0)
+            .map_err(db)
     }
 
     fn remove_rendezvous(&self, id: &str) -> Result<bool, StateError> {
@@ -501,26 +335,9 @@ impl StateStore for SqliteStore {
             .map_err(db)
     }
 
-    fn versions(&self) -> Result<Versions, StateError> {
+    fn cached_changes(&self, known: Option<Versions>) -> Result<Changes, StateError> {
         let c = self.probe.lock().unwrap_or_else(|p| p.into_inner());
-        let mut st = c
-            .prepare_cached("SELECT kind, n FROM versions")
-            .map_err(db)?;
-        let mut v = Versions::default();
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(db)?;
-        for row in rows {
-            let (kind, n) = row.map_err(db)?;
-            let n = n.max(0) as u64;
-            match kind.as_str() {
-                "tokens" => v.tokens = n,
-                "rendezvous" => v.rendezvous = n,
-                "tunnels" => v.tunnels = n,
-                _ => {}
-            }
-        }
-        Ok(v)
+        cache_read::changes(&c, known)
     }
 
     fn check(&self) -> Result<String, StateError> {
@@ -608,8 +425,20 @@ mod tests {
             created: 4,
         })
         .expect("rdv");
+        let mut rotated = s.rendezvous("r1").expect("rdv").expect("r1");
+        rotated.secret = "DEF".into();
+        assert!(s.update_rendezvous(&rotated).expect("update"));
+        rotated.id = "nope".into();
+        assert!(!s.update_rendezvous(&rotated).expect("update"));
         drop(s);
+        // The last connection to close (the writing one) checkpoints and removes the WAL.
+        let wal = path.with_extension("db-wal");
+        assert!(!wal.exists(), "{} left behind", wal.display());
         let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            s.rendezvous("r1").expect("rdv").map(|r| r.secret),
+            Some("DEF".into())
+        );
         let got = s.token("alice").expect("get").expect("some");
         assert_eq!((got.used_at, got.revoked_at), (Some(5), Some(7)));
         assert!(got.refusal(8).expect("refused").contains("revoked"));

@@ -256,9 +256,9 @@ impl Control {
         if let Err(e) = self.lease_all(&mut rec).await {
             let status = match e {
                 ClaimError::NameHeld(_) | ClaimError::HeldByOther(_) => StatusCode::CONFLICT,
-                ClaimError::Exhausted(_) | ClaimError::Unavailable { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ClaimError::Exhausted(_)
+                | ClaimError::Unavailable { .. }
+                | ClaimError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
             return Err((status, e.to_string()));

@@ -279,9 +279,10 @@ impl PortsFrontend {
             Ok(l) => return Ok((port, gen, l)),
             Err(e) if req.port.is_some() || candidates.is_empty() => {
                 self.forget(port, gen);
-                return Err(ClaimError::Unavailable {
-                    port,
-                    reason: e.to_string(),
+                let reason = e.to_string();
+                return Err(match e.kind() {
+                    std::io::ErrorKind::AddrInUse => ClaimError::Busy { port, reason },
+                    _ => ClaimError::Unavailable { port, reason },
                 });
             }
             Err(_) => self.forget(port, gen),

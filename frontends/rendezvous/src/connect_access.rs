@@ -146,7 +146,14 @@ pub(crate) async fn serve(
     let started = Instant::now();
     // A rendezvous id first: names never shadow ids (claims of an id as a name are
     // refused; an id made later takes the label over).
-    let stream = if let Some(entry) = inner.registry.ids.lookup(&host).await {
+    let found = match inner.registry.ids.lookup_strict(&host).await {
+        Ok(found) => found,
+        Err(e) => {
+            let msg = format!("rendezvous ids cannot be read now: {e}");
+            return refuse(inner, &mut io, 503, "store_error", &msg).await;
+        }
+    };
+    let stream = if let Some(entry) = found {
         match inner
             .registry
             .take(&host, &entry, inner.cfg.visitor_wait)

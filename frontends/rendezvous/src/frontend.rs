@@ -160,9 +160,19 @@ impl Frontend for RendezvousFrontend {
         // Tunnel names and rendezvous ids are one namespace: `CONNECT <label>:<port>` must
         // reach one owner, and an id (made by the operator) is never shadowed by a name.
         let lower = req.tunnel.to_ascii_lowercase();
-        if self.inner.registry.ids.lookup(&req.tunnel).await.is_some()
-            || self.inner.registry.ids.lookup(&lower).await.is_some()
-        {
+        let ids = &self.inner.registry.ids;
+        let is_id = match (
+            ids.lookup_strict(&req.tunnel).await,
+            ids.lookup_strict(&lower).await,
+        ) {
+            (Ok(a), Ok(b)) => a.is_some() || b.is_some(),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(ClaimError::Invalid(format!(
+                    "rendezvous ids cannot be checked now ({e}): try again"
+                )))
+            }
+        };
+        if is_id {
             return Err(ClaimError::Invalid(format!(
                 "`{}` is a rendezvous id on frontend `{}`: pick another tunnel name",
                 req.tunnel, self.inner.name

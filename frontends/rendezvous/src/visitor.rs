@@ -167,9 +167,18 @@ pub(crate) async fn serve(
             Ok(Credentials::Basic { username }) => username,
         },
     };
-    let Some(entry) = inner.registry.ids.lookup(&id).await else {
-        inner.visitor_outcome("unknown_id");
-        return refuse(io, buf, &head, framing, not_registered()).await;
+    let entry = match inner.registry.ids.lookup_strict(&id).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => {
+            inner.visitor_outcome("unknown_id");
+            return refuse(io, buf, &head, framing, not_registered()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read rendezvous ids");
+            inner.visitor_outcome("store_error");
+            let body = "rendezvous ids cannot be read now; try again\n";
+            return refuse(io, buf, &head, framing, text(503, Vec::new(), body)).await;
+        }
     };
     let Some(parked) = inner
         .registry
