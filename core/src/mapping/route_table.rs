@@ -1,0 +1,100 @@
+//! The target behind an admin port: the route picked by the visitor's server name, then a
+//! pool member in turn (failing over to the next when one is offline or slow).
+
+use super::{Route, POOL_MEMBER_TIMEOUT};
+use crate::hostglob::{best_match, HostGlob};
+use crate::hub::{Sessions, Target};
+use crate::io::BoxIo;
+use crate::metrics::Metrics;
+use crate::session::{OpenError, StreamHeader};
+use async_trait::async_trait;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+/// The target of an admin port: picks the route by server name, then a pool member.
+pub struct RouteTable {
+    pub(super) routes: Mutex<Arc<Vec<Route>>>,
+    pub(super) sessions: Weak<Sessions>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RouteTable {
+    fn current(&self) -> Arc<Vec<Route>> {
+        lock(&self.routes).clone()
+    }
+
+    pub(super) fn replace(&self, routes: Vec<Route>) {
+        *lock(&self.routes) = Arc::new(routes);
+    }
+}
+
+#[async_trait]
+impl Target for RouteTable {
+    fn routes_by_name(&self) -> bool {
+        let routes = self.current();
+        !(routes.len() == 1 && routes[0].glob == HostGlob::Any)
+    }
+
+    async fn open(
+        &self,
+        mut header: StreamHeader,
+        server_name: Option<&str>,
+    ) -> Result<BoxIo, OpenError> {
+        let routes = self.current();
+        let route = best_match(routes.iter().map(|r| &r.glob), server_name)
+            .and_then(|i| routes.get(i))
+            .ok_or_else(|| OpenError::NoRoute(server_name.map(str::to_string)))?;
+        header.tunnel = route.name.clone();
+        header.target = Some(route.target.clone());
+        header.proxy_protocol = route.proxy_protocol;
+        let sessions = self.sessions.upgrade().ok_or(OpenError::Offline)?;
+        let n = route.members.len();
+        let start = route.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = OpenError::Offline;
+        for i in 0..n {
+            let member = &route.members[(start + i) % n];
+            let Some(session) = sessions.get(member) else {
+                if n > 1 {
+                    self.metrics
+                        .pool_failovers_total
+                        .with_label_values(&[&route.name, "offline"])
+                        .inc();
+                }
+                continue;
+            };
+            // In a pool one member may not hold the whole visitor's wait.
+            let attempt = session.open(header.clone());
+            let opened = if n > 1 {
+                tokio::time::timeout(POOL_MEMBER_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or(Err(OpenError::Timeout))
+            } else {
+                attempt.await
+            };
+            match opened {
+                Ok(io) => {
+                    self.metrics
+                        .pool_streams_total
+                        .with_label_values(&[&route.name, member])
+                        .inc();
+                    return Ok(io);
+                }
+                Err(e) => {
+                    tracing::debug!(route = %route.name, client = %member, error = %e, "pool member failed");
+                    if n > 1 {
+                        self.metrics
+                            .pool_failovers_total
+                            .with_label_values(&[&route.name, e.reason()])
+                            .inc();
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
