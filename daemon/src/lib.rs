@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_threshold;
 pub mod client;
 pub mod client_connect;
+mod components;
 pub mod config;
 pub mod control;
 pub mod http_serve;

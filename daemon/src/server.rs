@@ -1,6 +1,7 @@
 //! Builds tunneld from its configuration and runs it.
 
 use crate::admin;
+use crate::components;
 use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -11,16 +12,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunneld_core::auth::{token_digest, Authenticator, StoredTokens, TokenEntry};
-use tunneld_core::frontend::{Frontend, FrontendContext};
+use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Hub;
-use tunneld_core::limits::HandshakeLimiter;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::rendezvous::registry::{Registry, RegistryConfig};
 use tunneld_core::rendezvous::store::{self as rendezvous_store, IdStore};
 use tunneld_core::state::cache::StateCache;
 use tunneld_core::state::{self, sqlite::SqliteStore, StateStore};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
-use tunneld_core::transport::{Transport, TransportContext};
 
 /// A running tunneld.
 pub struct Running {
@@ -154,269 +153,47 @@ fn control(
 
 /// Binds every listener (port 0 works), starts every component, and returns their addresses.
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
-    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-    let identity = match (&cfg.tls.cert, &cfg.tls.key) {
-        (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
-        _ => ServerIdentity::self_signed(&cfg.state_dir.join("tls"), &cfg.tls.names)?,
-    };
-    let client_auth = match (&cfg.auth.client_ca, cfg.auth.require_client_cert) {
-        (Some(ca), true) => ClientAuth::Required(ca.clone()),
-        (Some(ca), false) => ClientAuth::Optional(ca.clone()),
-        (None, _) => ClientAuth::None,
-    };
-
-    let accepting = CancellationToken::new();
-    let closing = CancellationToken::new();
-    let visitors = TaskTracker::new();
-    let fcx = FrontendContext {
-        metrics: metrics.clone(),
-        shutdown: accepting.clone(),
-        closing: closing.clone(),
-        tasks: visitors.clone(),
-        limits: cfg.limits.data(),
-    };
-    let store = open_store(&cfg)?;
-    // What the data path reads of the store, in memory and kept current.
-    let cache = Arc::new(StateCache::start(store.clone(), metrics.clone())?);
-    let auth = Arc::new(authenticator(&cfg, &cache)?);
-    // One failure budget per address for every component that checks credentials.
-    let throttle = Arc::new(tunneld_core::throttle::FailureThrottle::new(
-        cfg.limits.max_auth_failures,
-        cfg.limits.auth_failure_window,
-    ));
-    let registry = Registry::new(
-        IdStore::new(store.clone(), cache.clone()),
-        RegistryConfig {
-            max_parked_per_id: cfg.rendezvous.max_parked_per_id,
-            max_failures: cfg.rendezvous.max_failures,
-            failure_window: cfg.rendezvous.failure_window,
-        },
-        metrics.clone(),
-        throttle.clone(),
-    );
-    // Codes used before a restart stay used (startup: a blocking read is fine here).
-    registry.load_used(registry.ids.used_codes());
+    let base = Base::new(&cfg)?;
     // h2-reverse transports are bound first: a frontend may share its port with one.
-    let mut h2_transports = BTreeMap::new();
-    for (name, t) in &cfg.transports {
-        if let TransportConfig::H2Reverse(c) = t {
-            let tls_cfg = tls::server_config(
-                &identity,
-                &client_auth,
-                &[tunneld_transport_h2_reverse::ALPN],
-            )?;
-            let built = tunneld_transport_h2_reverse::H2ReverseTransport::bind(
-                c.clone(),
-                Arc::new(tls_cfg),
-            )
-            .await
-            .with_context(|| format!("transports.{name}"))?;
-            h2_transports.insert(name.clone(), Arc::new(built));
-        }
-    }
-    let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
-    for (name, f) in &cfg.frontends {
-        let built: Arc<dyn Frontend> = match f {
-            FrontendConfig::Ports(c) => {
-                tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), fcx.clone())
-            }
-            FrontendConfig::Rendezvous(c) => {
-                let tls_cfg = tls::server_config(&identity, &ClientAuth::None, &[b"http/1.1"])?;
-                tunneld_frontend_rendezvous::RendezvousFrontend::bind(
-                    name,
-                    c.clone(),
-                    Arc::new(tls_cfg),
-                    registry.clone(),
-                    auth.clone(),
-                    metrics.clone(),
-                    cfg.limits.handshake_timeout,
-                    cfg.limits.data(),
-                )
-                .await
-                .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
-            }
-            FrontendConfig::Https(c) => {
-                let resolver = match (&c.cert, &c.key) {
-                    (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
-                        &ServerIdentity::load(cert, key)
-                            .with_context(|| format!("frontends.{name}.cert"))?,
-                    )?,
-                    _ => tunneld_frontend_https::Resolver::issued(
-                        tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
-                        &c.domain,
-                        c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
-                    )?,
-                };
-                let shared = c.transport.as_ref().and_then(|t| {
-                    h2_transports
-                        .get(t)
-                        .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
-                });
-                tunneld_frontend_https::HttpsFrontend::bind(
-                    name,
-                    c.clone(),
-                    resolver,
-                    shared,
-                    metrics.clone(),
-                    cfg.limits.handshake_timeout,
-                    cfg.limits.data(),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
-            }
-        };
-        frontends.insert(name.clone(), built);
-    }
+    let h2 = components::bind_h2_transports(&cfg, &base).await?;
+    let frontends = components::build_frontends(&cfg, &base, &h2).await?;
     let frontend_addrs = frontends
         .iter()
         .filter_map(|(n, f)| f.local_addr().map(|a| (n.clone(), a)))
         .collect();
     for f in frontends.values() {
-        tokio::spawn(f.clone().serve(fcx.clone()));
+        tokio::spawn(f.clone().serve(base.fcx.clone()));
     }
     let hub = Hub::new(
-        (*auth).clone(),
+        (*base.auth).clone(),
         frontends,
-        metrics.clone(),
+        base.metrics.clone(),
         cfg.limits.keepalive.as_secs().max(1),
         cfg.limits.data(),
-        throttle.clone(),
+        base.throttle.clone(),
     );
-    // Refusals past the log budget are summarized once per window.
-    {
-        let (log, stop) = (hub.refusal_log.clone(), accepting.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(log.window());
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => log.summarize(),
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
+    summarize_refusals(&hub, base.accepting.clone());
 
     // The stored admin mappings, before any transport (and its management API) accepts.
-    match admin::restore(&hub, &store).await {
+    match admin::restore(&hub, &base.store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
         Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
     }
-
-    let limiter = HandshakeLimiter::new(
-        cfg.limits.max_pending_handshakes,
-        cfg.limits.max_pending_per_address,
-    );
-    let mut transports = BTreeMap::new();
-    // threshold's management API, for yamux transports that enable it on their port.
+    // Admin API and threshold's management API updates are applied one at a time.
     let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
-    let management: Arc<dyn tunneld_core::transport::ManagementApi> =
-        admin::ThresholdManagement::new(
-            hub.clone(),
-            store.clone(),
-            mapping_writes.clone(),
-            metrics.clone(),
-        );
-    for (name, t) in &cfg.transports {
-        let built: Arc<dyn Transport> = match t {
-            TransportConfig::Yamux(c) => {
-                let tls_cfg =
-                    tls::server_config(&identity, &client_auth, &[tunneld_transport_yamux::ALPN])?;
-                Arc::new(
-                    tunneld_transport_yamux::YamuxTransport::bind(c.clone(), Arc::new(tls_cfg))
-                        .await
-                        .with_context(|| format!("transports.{name}"))?,
-                )
-            }
-            TransportConfig::Connect(c) => {
-                let tls_cfg = tls::server_config(
-                    &identity,
-                    &client_auth,
-                    &[tunneld_transport_connect::ALPN],
-                )?;
-                Arc::new(
-                    tunneld_transport_connect::ConnectTransport::bind(
-                        c.clone(),
-                        Arc::new(tls_cfg),
-                        registry.clone(),
-                        auth.clone(),
-                    )
-                    .await
-                    .with_context(|| format!("transports.{name}"))?,
-                )
-            }
-            TransportConfig::H2Reverse(_) => match h2_transports.get(name) {
-                Some(t) => t.clone(),
-                None => anyhow::bail!("transports.{name}: not bound"),
-            },
-            TransportConfig::Websocket(c) => {
-                let tls_cfg = match (&c.cert, &c.key) {
-                    (Some(cert), Some(key)) => {
-                        let id = tls::ServerIdentity::load(cert, key)
-                            .with_context(|| format!("transports.{name}.cert"))?;
-                        Some(Arc::new(tls::server_config(
-                            &id,
-                            &ClientAuth::None,
-                            &[b"http/1.1"],
-                        )?))
-                    }
-                    _ => None,
-                };
-                tunneld_transport_websocket::WebsocketTransport::bind(c.clone(), tls_cfg)
-                    .await
-                    .with_context(|| format!("transports.{name}"))?
-            }
-        };
-        if let Some(addr) = built.local_addr() {
-            transports.insert(name.clone(), addr);
-        }
-        let tcx = TransportContext {
-            name: name.clone(),
-            hub: hub.clone(),
-            metrics: metrics.clone(),
-            limiter: limiter.clone(),
-            handshake_timeout: cfg.limits.handshake_timeout,
-            shutdown: closing.clone(),
-            draining: accepting.clone(),
-            tasks: TaskTracker::new(),
-            visitors: visitors.clone(),
-            management: Some(management.clone()),
-        };
-        let name = name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = built.serve(tcx).await {
-                tracing::error!(transport = %name, error = %e, "transport stopped");
-            }
-        });
-    }
-
+    let transports =
+        components::start_transports(&cfg, &base, &hub, &h2, mapping_writes.clone()).await?;
     let control = match &cfg.control {
-        Some(c) => {
-            let built = Arc::new(control(
-                &cfg,
-                c,
-                &hub,
-                &auth,
-                (&store, &cache),
-                &metrics,
-                &transports,
-            )?);
-            let restored = built.restore().await?;
-            if restored > 0 {
-                tracing::info!(tunnels = restored, "restored provisioned tunnels");
-            }
-            let tls_cfg = tls::server_config(&identity, &ClientAuth::None, &[b"http/1.1"])?;
-            let bound = built.start(Arc::new(tls_cfg)).await?;
-            Some((built, bound))
-        }
+        Some(c) => Some(start_control(&cfg, c, &base, &hub, &transports).await?),
         None => None,
     };
     crate::control::sweep::spawn(
         hub.clone(),
-        store.clone(),
-        metrics.clone(),
+        base.store.clone(),
+        base.metrics.clone(),
         control.as_ref().map(|(c, _)| c.clone()),
-        accepting.clone(),
+        base.accepting.clone(),
     );
 
     let draining = CancellationToken::new();
@@ -425,9 +202,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             admin::start(
                 a.clone(),
                 hub.clone(),
-                store.clone(),
-                mapping_writes.clone(),
-                metrics.clone(),
+                base.store.clone(),
+                mapping_writes,
+                base.metrics.clone(),
                 draining.clone(),
             )
             .await
@@ -435,7 +212,149 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         ),
         None => None,
     };
-    let fingerprint = identity.fingerprint();
+    let fingerprint = base.identity.fingerprint();
+    log_identity(&base.identity, &fingerprint);
+    Ok(Running {
+        transports,
+        frontends: frontend_addrs,
+        rendezvous: base.registry,
+        admin: admin_addr,
+        hub,
+        metrics: base.metrics,
+        ca_file: base.identity.ca_file.clone(),
+        store: base.store,
+        control: control.map(|(_, b)| b),
+        fingerprint,
+        accepting: base.accepting,
+        closing: base.closing,
+        draining,
+        visitors: base.visitors,
+        drain_timeout: cfg.limits.drain_timeout,
+    })
+}
+
+/// What every component is built from: metrics, the server's TLS identity, the state store
+/// and its cache, authentication, the rendezvous registry, and the shutdown signals.
+pub(crate) struct Base {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) identity: ServerIdentity,
+    pub(crate) client_auth: ClientAuth,
+    pub(crate) fcx: FrontendContext,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) cache: Arc<StateCache>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) throttle: Arc<tunneld_core::throttle::FailureThrottle>,
+    pub(crate) registry: Arc<Registry>,
+    /// Cancelled when the drain begins.
+    pub(crate) accepting: CancellationToken,
+    /// Cancelled when the drain ends.
+    pub(crate) closing: CancellationToken,
+    pub(crate) visitors: TaskTracker,
+}
+
+impl Base {
+    fn new(cfg: &ServerConfig) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+        let identity = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
+            _ => ServerIdentity::self_signed(&cfg.state_dir.join("tls"), &cfg.tls.names)?,
+        };
+        let client_auth = match (&cfg.auth.client_ca, cfg.auth.require_client_cert) {
+            (Some(ca), true) => ClientAuth::Required(ca.clone()),
+            (Some(ca), false) => ClientAuth::Optional(ca.clone()),
+            (None, _) => ClientAuth::None,
+        };
+        let (accepting, closing, visitors) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        let fcx = FrontendContext {
+            metrics: metrics.clone(),
+            shutdown: accepting.clone(),
+            closing: closing.clone(),
+            tasks: visitors.clone(),
+            limits: cfg.limits.data(),
+        };
+        let store = open_store(cfg)?;
+        // What the data path reads of the store, in memory and kept current.
+        let cache = Arc::new(StateCache::start(store.clone(), metrics.clone())?);
+        let auth = Arc::new(authenticator(cfg, &cache)?);
+        // One failure budget per address for every component that checks credentials.
+        let throttle = Arc::new(tunneld_core::throttle::FailureThrottle::new(
+            cfg.limits.max_auth_failures,
+            cfg.limits.auth_failure_window,
+        ));
+        let registry = Registry::new(
+            IdStore::new(store.clone(), cache.clone()),
+            RegistryConfig {
+                max_parked_per_id: cfg.rendezvous.max_parked_per_id,
+                max_failures: cfg.rendezvous.max_failures,
+                failure_window: cfg.rendezvous.failure_window,
+            },
+            metrics.clone(),
+            throttle.clone(),
+        );
+        // Codes used before a restart stay used (startup: a blocking read is fine here).
+        registry.load_used(registry.ids.used_codes());
+        Ok(Self {
+            metrics,
+            identity,
+            client_auth,
+            fcx,
+            store,
+            cache,
+            auth,
+            throttle,
+            registry,
+            accepting,
+            closing,
+            visitors,
+        })
+    }
+}
+
+/// Refusals past the log budget are summarized once per window.
+fn summarize_refusals(hub: &Hub, stop: CancellationToken) {
+    let log = hub.refusal_log.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(log.window());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => log.summarize(),
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// The provisioning API and the plain web port, after the stored tunnels are leased again.
+async fn start_control(
+    cfg: &ServerConfig,
+    c: &crate::config::control::ControlConfig,
+    base: &Base,
+    hub: &Arc<Hub>,
+    transports: &BTreeMap<String, SocketAddr>,
+) -> anyhow::Result<(Arc<crate::control::Control>, crate::control::Bound)> {
+    let built = Arc::new(control(
+        cfg,
+        c,
+        hub,
+        &base.auth,
+        (&base.store, &base.cache),
+        &base.metrics,
+        transports,
+    )?);
+    let restored = built.restore().await?;
+    if restored > 0 {
+        tracing::info!(tunnels = restored, "restored provisioned tunnels");
+    }
+    let tls_cfg = tls::server_config(&base.identity, &ClientAuth::None, &[b"http/1.1"])?;
+    let bound = built.start(Arc::new(tls_cfg)).await?;
+    Ok((built, bound))
+}
+
+fn log_identity(identity: &ServerIdentity, fingerprint: &str) {
     match &identity.ca_file {
         Some(ca) => tracing::info!(
             ca = %ca.display(), %fingerprint,
@@ -444,21 +363,4 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         ),
         None => tracing::info!(%fingerprint, "using the configured certificate"),
     }
-    Ok(Running {
-        transports,
-        frontends: frontend_addrs,
-        rendezvous: registry,
-        admin: admin_addr,
-        hub,
-        metrics,
-        ca_file: identity.ca_file.clone(),
-        store,
-        control: control.map(|(_, b)| b),
-        fingerprint,
-        accepting,
-        closing,
-        draining,
-        visitors,
-        drain_timeout: cfg.limits.drain_timeout,
-    })
 }

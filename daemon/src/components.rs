@@ -1,0 +1,207 @@
+//! Builds each configured transport and frontend (the one place the daemon names its
+//! plug-ins) and starts the transports' accept loops.
+
+use crate::admin;
+use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
+use crate::server::Base;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+use tunneld_core::frontend::Frontend;
+use tunneld_core::hub::Hub;
+use tunneld_core::limits::HandshakeLimiter;
+use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
+use tunneld_core::transport::{Transport, TransportContext};
+use tunneld_transport_h2_reverse::H2ReverseTransport;
+
+pub(crate) type H2Transports = BTreeMap<String, Arc<H2ReverseTransport>>;
+
+/// Binds the h2-reverse transports (first: a frontend may share its port with one).
+pub(crate) async fn bind_h2_transports(
+    cfg: &ServerConfig,
+    base: &Base,
+) -> anyhow::Result<H2Transports> {
+    let mut h2_transports = BTreeMap::new();
+    for (name, t) in &cfg.transports {
+        if let TransportConfig::H2Reverse(c) = t {
+            let tls_cfg = tls::server_config(
+                &base.identity,
+                &base.client_auth,
+                &[tunneld_transport_h2_reverse::ALPN],
+            )?;
+            let built = tunneld_transport_h2_reverse::H2ReverseTransport::bind(
+                c.clone(),
+                Arc::new(tls_cfg),
+            )
+            .await
+            .with_context(|| format!("transports.{name}"))?;
+            h2_transports.insert(name.clone(), Arc::new(built));
+        }
+    }
+    Ok(h2_transports)
+}
+
+/// Builds and binds every frontend.
+pub(crate) async fn build_frontends(
+    cfg: &ServerConfig,
+    base: &Base,
+    h2_transports: &H2Transports,
+) -> anyhow::Result<BTreeMap<String, Arc<dyn Frontend>>> {
+    let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
+    for (name, f) in &cfg.frontends {
+        let built: Arc<dyn Frontend> = match f {
+            FrontendConfig::Ports(c) => {
+                tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), base.fcx.clone())
+            }
+            FrontendConfig::Rendezvous(c) => {
+                let tls_cfg =
+                    tls::server_config(&base.identity, &ClientAuth::None, &[b"http/1.1"])?;
+                tunneld_frontend_rendezvous::RendezvousFrontend::bind(
+                    name,
+                    c.clone(),
+                    Arc::new(tls_cfg),
+                    base.registry.clone(),
+                    base.auth.clone(),
+                    base.metrics.clone(),
+                    cfg.limits.handshake_timeout,
+                    cfg.limits.data(),
+                )
+                .await
+                .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
+            }
+            FrontendConfig::Https(c) => {
+                let resolver = match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
+                        &ServerIdentity::load(cert, key)
+                            .with_context(|| format!("frontends.{name}.cert"))?,
+                    )?,
+                    _ => tunneld_frontend_https::Resolver::issued(
+                        tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
+                        &c.domain,
+                        c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
+                    )?,
+                };
+                let shared = c.transport.as_ref().and_then(|t| {
+                    h2_transports
+                        .get(t)
+                        .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
+                });
+                tunneld_frontend_https::HttpsFrontend::bind(
+                    name,
+                    c.clone(),
+                    resolver,
+                    shared,
+                    base.metrics.clone(),
+                    cfg.limits.handshake_timeout,
+                    cfg.limits.data(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
+            }
+        };
+        frontends.insert(name.clone(), built);
+    }
+    Ok(frontends)
+}
+
+/// Builds, binds and starts every transport; returns the bound address of each that has a
+/// listener of its own.
+pub(crate) async fn start_transports(
+    cfg: &ServerConfig,
+    base: &Base,
+    hub: &Arc<Hub>,
+    h2_transports: &H2Transports,
+    mapping_writes: Arc<tokio::sync::Mutex<()>>,
+) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
+    let limiter = HandshakeLimiter::new(
+        cfg.limits.max_pending_handshakes,
+        cfg.limits.max_pending_per_address,
+    );
+    let mut transports = BTreeMap::new();
+    // threshold's management API, for yamux transports that enable it on their port.
+    let management: Arc<dyn tunneld_core::transport::ManagementApi> =
+        admin::ThresholdManagement::new(
+            hub.clone(),
+            base.store.clone(),
+            mapping_writes,
+            base.metrics.clone(),
+        );
+    for (name, t) in &cfg.transports {
+        let built: Arc<dyn Transport> = match t {
+            TransportConfig::Yamux(c) => {
+                let tls_cfg = tls::server_config(
+                    &base.identity,
+                    &base.client_auth,
+                    &[tunneld_transport_yamux::ALPN],
+                )?;
+                Arc::new(
+                    tunneld_transport_yamux::YamuxTransport::bind(c.clone(), Arc::new(tls_cfg))
+                        .await
+                        .with_context(|| format!("transports.{name}"))?,
+                )
+            }
+            TransportConfig::Connect(c) => {
+                let tls_cfg = tls::server_config(
+                    &base.identity,
+                    &base.client_auth,
+                    &[tunneld_transport_connect::ALPN],
+                )?;
+                Arc::new(
+                    tunneld_transport_connect::ConnectTransport::bind(
+                        c.clone(),
+                        Arc::new(tls_cfg),
+                        base.registry.clone(),
+                        base.auth.clone(),
+                    )
+                    .await
+                    .with_context(|| format!("transports.{name}"))?,
+                )
+            }
+            TransportConfig::H2Reverse(_) => match h2_transports.get(name) {
+                Some(t) => t.clone(),
+                None => anyhow::bail!("transports.{name}: not bound"),
+            },
+            TransportConfig::Websocket(c) => {
+                let tls_cfg = match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => {
+                        let id = tls::ServerIdentity::load(cert, key)
+                            .with_context(|| format!("transports.{name}.cert"))?;
+                        Some(Arc::new(tls::server_config(
+                            &id,
+                            &ClientAuth::None,
+                            &[b"http/1.1"],
+                        )?))
+                    }
+                    _ => None,
+                };
+                tunneld_transport_websocket::WebsocketTransport::bind(c.clone(), tls_cfg)
+                    .await
+                    .with_context(|| format!("transports.{name}"))?
+            }
+        };
+        if let Some(addr) = built.local_addr() {
+            transports.insert(name.clone(), addr);
+        }
+        let tcx = TransportContext {
+            name: name.clone(),
+            hub: hub.clone(),
+            metrics: base.metrics.clone(),
+            limiter: limiter.clone(),
+            handshake_timeout: cfg.limits.handshake_timeout,
+            shutdown: base.closing.clone(),
+            draining: base.accepting.clone(),
+            tasks: TaskTracker::new(),
+            visitors: base.visitors.clone(),
+            management: Some(management.clone()),
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = built.serve(tcx).await {
+                tracing::error!(transport = %name, error = %e, "transport stopped");
+            }
+        });
+    }
+    Ok(transports)
+}
