@@ -13,6 +13,7 @@
 //! allow only a few parked connections per step.
 
 use super::registry::{CodeRefusal, Registry};
+use super::store::IdEntry;
 use crate::auth::Authenticator;
 use crate::http1::RequestHead;
 use crate::io::BoxIo;
@@ -65,6 +66,9 @@ async fn refuse(reg: &Registry, io: &mut BoxIo, code: u16, outcome: &str, diagno
     let _ = io.shutdown().await;
 }
 
+/// Why a park request is refused: the status, the metric outcome and the diagnostic.
+struct Refusal(u16, &'static str, String);
+
 /// Answers one hidden-server CONNECT and, when it parks, holds the socket until a visitor
 /// takes it, the peer closes, a newer connection evicts it, or `shutdown` fires.
 pub async fn serve(
@@ -107,79 +111,13 @@ pub async fn serve(
         .header("proxy-authorization")
         .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
     let by_client = bearer.is_some() || (code.is_none() && who.cert_cn.is_some());
-    if by_client {
-        if let Err(wait) = reg.throttle.check(who.peer) {
-            let msg = crate::hub::throttled_reason(who.peer, wait);
-            return refuse(&reg, &mut io, 429, "throttled", &msg).await;
-        }
-        let identity = match auth
-            .authenticate_async(bearer, who.cert_cn.as_deref())
-            .await
-        {
-            Ok(i) => i,
-            Err(e @ crate::auth::AuthError::Unavailable(_)) => {
-                return refuse(&reg, &mut io, 503, "store_error", &e.to_string()).await;
-            }
-            Err(e) => {
-                if e.is_guess() {
-                    reg.throttle.failed(who.peer);
-                }
-                return refuse(&reg, &mut io, 401, "unauthorized", &e.to_string()).await;
-            }
-        };
-        match &entry {
-            Some(e) if e.client.as_deref() == Some(identity.client_id.as_str()) => {}
-            _ => {
-                let msg = format!(
-                    "client `{}` may not park for id `{id}` (the id is unknown or belongs to another client)",
-                    identity.client_id
-                );
-                return refuse(&reg, &mut io, 401, "unauthorized", &msg).await;
-            }
-        }
+    let allowed = if by_client {
+        authorize_client(&reg, auth, id, entry.as_ref(), bearer, &who).await
     } else {
-        let Some(code) = code else {
-            return refuse(
-                &reg,
-                &mut io,
-                407,
-                "missing_response",
-                "the response parameter (TOTP code) is missing",
-            )
-            .await;
-        };
-        let checked = reg.check_code(id, entry.as_ref(), code, who.peer);
-        if let Ok(Some(counter)) = checked {
-            reg.ids.remember_code(id, counter, who.peer).await;
-        }
-        if let Err(r) = checked {
-            let (status, msg) = match r {
-                CodeRefusal::Replayed => (
-                    401,
-                    "this code was already used; wait for the next one".to_string(),
-                ),
-                CodeRefusal::LockedOut {
-                    retry_after,
-                    by_address,
-                } => (
-                    429,
-                    if by_address {
-                        format!(
-                            "too many failed attempts from {}; retry in {} s",
-                            who.peer,
-                            retry_after.as_secs().max(1)
-                        )
-                    } else {
-                        format!(
-                            "too many failed attempts for id `{id}`; retry in {} s",
-                            retry_after.as_secs().max(1)
-                        )
-                    },
-                ),
-                _ => (401, "unknown id or wrong code".to_string()),
-            };
-            return refuse(&reg, &mut io, status, r.reason(), &msg).await;
-        }
+        authorize_code(&reg, id, entry.as_ref(), code, &who).await
+    };
+    if let Err(Refusal(status, outcome, msg)) = allowed {
+        return refuse(&reg, &mut io, status, outcome, &msg).await;
     }
     if by_client && reg.full_for(id, who.peer) {
         // tunnelc asking for more than the server keeps would evict its own connections
@@ -196,30 +134,139 @@ pub async fn serve(
     }
     reg.metrics_park("ok");
     tracing::debug!(%id, peer = %who.peer, "hidden server parked");
-    if !by_client {
-        // node-rendezvous's hidden server reads the answer with Node's CONNECT client, which
-        // hands bytes that arrive with the `200` to a `head` argument the original ignores:
-        // a visitor's request written right behind the answer would never be read. So a
-        // code-parked connection takes visitors only after a moment, as the original server's
-        // did (its visitors always came later). tunnelc reads both.
-        let mut probe = [0u8; 1];
-        tokio::select! {
-            _ = tokio::time::sleep(PARK_SETTLE) => {}
-            r = io.read(&mut probe) => {
-                let reason = match r {
-                    Ok(0) | Err(_) => "closed",
-                    Ok(_) => "early_data",
-                };
-                reg.metrics_dropped(reason);
-                return;
-            }
-            _ = shutdown.cancelled() => return,
-        }
+    if !by_client && !settle(&reg, &mut io, &shutdown).await {
+        return;
     }
     let Some(entry) = entry else {
         return;
     };
-    let (ticket, handoff) = reg.park(id, &entry, who.peer);
+    hold(&reg, io, id, &entry, who.peer, &shutdown).await;
+}
+
+/// A hidden server parking with its tunnel client's credentials (a token, or a client
+/// certificate) for an id whose `client` is that client.
+async fn authorize_client(
+    reg: &Registry,
+    auth: &Authenticator,
+    id: &str,
+    entry: Option<&IdEntry>,
+    bearer: Option<&str>,
+    who: &Parker,
+) -> Result<(), Refusal> {
+    if let Err(wait) = reg.throttle.check(who.peer) {
+        let msg = crate::hub::throttled_reason(who.peer, wait);
+        return Err(Refusal(429, "throttled", msg));
+    }
+    let identity = match auth
+        .authenticate_async(bearer, who.cert_cn.as_deref())
+        .await
+    {
+        Ok(i) => i,
+        Err(e @ crate::auth::AuthError::Unavailable(_)) => {
+            return Err(Refusal(503, "store_error", e.to_string()));
+        }
+        Err(e) => {
+            if e.is_guess() {
+                reg.throttle.failed(who.peer);
+            }
+            return Err(Refusal(401, "unauthorized", e.to_string()));
+        }
+    };
+    match entry {
+        Some(e) if e.client.as_deref() == Some(identity.client_id.as_str()) => Ok(()),
+        _ => Err(Refusal(
+            401,
+            "unauthorized",
+            format!(
+                "client `{}` may not park for id `{id}` (the id is unknown or belongs to another client)",
+                identity.client_id
+            ),
+        )),
+    }
+}
+
+/// A hidden server parking with a TOTP code, as node-rendezvous's did.
+async fn authorize_code(
+    reg: &Registry,
+    id: &str,
+    entry: Option<&IdEntry>,
+    code: Option<&str>,
+    who: &Parker,
+) -> Result<(), Refusal> {
+    let Some(code) = code else {
+        return Err(Refusal(
+            407,
+            "missing_response",
+            "the response parameter (TOTP code) is missing".into(),
+        ));
+    };
+    let checked = reg.check_code(id, entry, code, who.peer);
+    if let Ok(Some(counter)) = checked {
+        reg.ids.remember_code(id, counter, who.peer).await;
+    }
+    let Err(r) = checked else {
+        return Ok(());
+    };
+    let (status, msg) = match r {
+        CodeRefusal::Replayed => (
+            401,
+            "this code was already used; wait for the next one".to_string(),
+        ),
+        CodeRefusal::LockedOut {
+            retry_after,
+            by_address,
+        } => (
+            429,
+            if by_address {
+                format!(
+                    "too many failed attempts from {}; retry in {} s",
+                    who.peer,
+                    retry_after.as_secs().max(1)
+                )
+            } else {
+                format!(
+                    "too many failed attempts for id `{id}`; retry in {} s",
+                    retry_after.as_secs().max(1)
+                )
+            },
+        ),
+        _ => (401, "unknown id or wrong code".to_string()),
+    };
+    Err(Refusal(status, r.reason(), msg))
+}
+
+/// node-rendezvous's hidden server reads the answer with Node's CONNECT client, which hands
+/// bytes that arrive with the `200` to a `head` argument the original ignores: a visitor's
+/// request written right behind the answer would never be read. So a code-parked
+/// connection takes visitors only after a moment, as the original server's did (its
+/// visitors always came later). tunnelc reads both. False when the connection ended.
+async fn settle(reg: &Registry, io: &mut BoxIo, shutdown: &CancellationToken) -> bool {
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        _ = tokio::time::sleep(PARK_SETTLE) => true,
+        r = io.read(&mut probe) => {
+            let reason = match r {
+                Ok(0) | Err(_) => "closed",
+                Ok(_) => "early_data",
+            };
+            reg.metrics_dropped(reason);
+            false
+        }
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+/// Holds a parked connection until a visitor takes it, or it is dropped (closed, evicted,
+/// early data, shutdown, or its id removed or rotated).
+async fn hold(
+    reg: &Arc<Registry>,
+    mut io: BoxIo,
+    id: &str,
+    entry: &IdEntry,
+    peer: IpAddr,
+    shutdown: &CancellationToken,
+) {
+    let (ticket, handoff) = reg.park(id, entry, peer);
     let mut probe = [0u8; 1];
     // A parked connection ends when its id is removed or its secret changes (checked every
     // REVALIDATE; visitors never take a stale one meanwhile, they check at each take), so
