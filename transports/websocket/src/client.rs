@@ -102,6 +102,31 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
 }
 
 async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
+    let io = connect(opts).await?;
+    let mut ws = upgrade(opts, io).await?;
+    let answer = exchange_hello(&mut ws, hello).await?;
+    match serde_json::from_slice::<ServerHello>(&answer)
+        .map_err(|e| DialError::Protocol(format!("bad welcome: {e}")))?
+    {
+        ServerHello::Rejected { reason, permanent } => {
+            Err(DialError::Rejected { reason, permanent })
+        }
+        ServerHello::Welcome {
+            client_id,
+            tunnels,
+            keepalive_secs,
+            ..
+        } => Ok(Connected {
+            client_id,
+            tunnels,
+            keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
+            ws,
+        }),
+    }
+}
+
+/// TCP, then TLS for `https`/`wss` URLs.
+async fn connect(opts: &DialOptions) -> Result<BoxIo, DialError> {
     let server = opts.url.authority.clone();
     let tcp = TcpStream::connect((opts.url.host.as_str(), opts.url.port))
         .await
@@ -122,6 +147,12 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
         ),
         None => Box::new(tcp),
     };
+    Ok(io)
+}
+
+/// `GET /create-tpot` upgraded with the `tunneld.1` subprotocol (and the TPoT-1 key, if
+/// any); an HTTP refusal becomes [`DialError::Rejected`].
+async fn upgrade(opts: &DialOptions, io: BoxIo) -> Result<WebSocketStream<BoxIo>, DialError> {
     let scheme = if opts.url.tls { "wss" } else { "ws" };
     let mut req = format!("{scheme}://{}/create-tpot", opts.url.authority)
         .into_client_request()
@@ -138,7 +169,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             http::HeaderValue::from_str(&v).map_err(|e| DialError::Protocol(e.to_string()))?,
         );
     }
-    let (mut ws, resp) =
+    let (ws, resp) =
         tokio_tungstenite::client_async_with_config(req, io, Some(ws_config(opts.max_message)))
             .await
             .map_err(|e| match e {
@@ -166,6 +197,14 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             "the server did not accept the `{SUBPROTOCOL}` subprotocol (an original TPoT server?)"
         )));
     }
+    Ok(ws)
+}
+
+/// Sends the hello and waits for tunneld's answer (the first control message).
+async fn exchange_hello(
+    ws: &mut WebSocketStream<BoxIo>,
+    hello: &Hello,
+) -> Result<Bytes, DialError> {
     let json = serde_json::to_vec(hello).map_err(|e| DialError::Protocol(e.to_string()))?;
     ws.send(Message::Binary(wire::encode(&Msg::Control(Bytes::from(
         json,
@@ -198,24 +237,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             }
         }
     };
-    match serde_json::from_slice::<ServerHello>(&answer)
-        .map_err(|e| DialError::Protocol(format!("bad welcome: {e}")))?
-    {
-        ServerHello::Rejected { reason, permanent } => {
-            Err(DialError::Rejected { reason, permanent })
-        }
-        ServerHello::Welcome {
-            client_id,
-            tunnels,
-            keepalive_secs,
-            ..
-        } => Ok(Connected {
-            client_id,
-            tunnels,
-            keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
-            ws,
-        }),
-    }
+    Ok(answer)
 }
 
 impl Connected {

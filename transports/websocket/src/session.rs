@@ -156,58 +156,12 @@ where
             }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
-        let msg = match next {
-            Err(_) => {
-                mux.close(1001, "idle");
-                break format!("nothing received for {idle:?}");
-            }
-            Ok(None) => break "the WebSocket closed".to_string(),
-            Ok(Some(Err(WsError::Capacity(e)))) => {
-                protocol_error = Some("message_too_large");
-                mux.close(1009, "message too big");
-                break format!("message too big: {e}");
-            }
-            Ok(Some(Err(e))) => {
-                protocol_error = Some("websocket");
-                break format!("WebSocket error: {e}");
-            }
-            Ok(Some(Ok(m))) => m,
+        let msg = match received(next, &mux, idle, &mut protocol_error) {
+            Ok(m) => m,
+            Err(why) => break why,
         };
-        match msg {
-            Message::Binary(b) => match wire::decode(b) {
-                Ok(
-                    m @ (Msg::Data { .. }
-                    | Msg::Pause(_)
-                    | Msg::Resume(_)
-                    | Msg::Close(_)
-                    | Msg::Refused { .. }
-                    | Msg::Accepted(_)
-                    | Msg::Fin(_)),
-                ) => mux.dispatch(m),
-                Ok(other) => {
-                    if let Err((code, why)) = on_msg(other) {
-                        if code == CLOSE_UNKNOWN_MESSAGE {
-                            protocol_error = Some("unknown_message");
-                        }
-                        mux.close(code, &why);
-                        break why;
-                    }
-                }
-                Err(e) => {
-                    protocol_error = Some("unknown_message");
-                    mux.close(CLOSE_UNKNOWN_MESSAGE, &e.to_string());
-                    break e.to_string();
-                }
-            },
-            Message::Text(_) => {
-                protocol_error = Some("unknown_message");
-                let why = "text messages are not part of the protocol";
-                mux.close(CLOSE_UNKNOWN_MESSAGE, why);
-                break why.to_string();
-            }
-            Message::Close(_) => break "the peer closed the WebSocket".to_string(),
-            Message::Pong(_) => mux.pong(),
-            _ => {}
+        if let Err(why) = apply(msg, &mux, &mut on_msg, &mut protocol_error) {
+            break why;
         }
     };
     mux.shutdown();
@@ -222,5 +176,89 @@ where
     Ended {
         reason,
         protocol_error,
+    }
+}
+
+/// What the reader got from the WebSocket: the next message, or why the session ends (with
+/// the close that calls for queued, and the protocol error noted).
+fn received(
+    next: Result<Option<Result<Message, WsError>>, tokio::time::error::Elapsed>,
+    mux: &Mux,
+    idle: Duration,
+    protocol_error: &mut Option<&'static str>,
+) -> Result<Message, String> {
+    match next {
+        Err(_) => {
+            mux.close(1001, "idle");
+            Err(format!("nothing received for {idle:?}"))
+        }
+        Ok(None) => Err("the WebSocket closed".to_string()),
+        Ok(Some(Err(WsError::Capacity(e)))) => {
+            *protocol_error = Some("message_too_large");
+            mux.close(1009, "message too big");
+            Err(format!("message too big: {e}"))
+        }
+        Ok(Some(Err(e))) => {
+            *protocol_error = Some("websocket");
+            Err(format!("WebSocket error: {e}"))
+        }
+        Ok(Some(Ok(m))) => Ok(m),
+    }
+}
+
+/// Applies one message: conversation messages go to the mux, the others to `on_msg`, pongs
+/// to the liveness probe. `Err` with why the session ends (with the close that calls for
+/// queued, and the protocol error noted).
+fn apply<F>(
+    msg: Message,
+    mux: &Mux,
+    on_msg: &mut F,
+    protocol_error: &mut Option<&'static str>,
+) -> Result<(), String>
+where
+    F: FnMut(Msg) -> Result<(), (u16, String)>,
+{
+    match msg {
+        Message::Binary(b) => match wire::decode(b) {
+            Ok(
+                m @ (Msg::Data { .. }
+                | Msg::Pause(_)
+                | Msg::Resume(_)
+                | Msg::Close(_)
+                | Msg::Refused { .. }
+                | Msg::Accepted(_)
+                | Msg::Fin(_)),
+            ) => {
+                mux.dispatch(m);
+                Ok(())
+            }
+            Ok(other) => {
+                if let Err((code, why)) = on_msg(other) {
+                    if code == CLOSE_UNKNOWN_MESSAGE {
+                        *protocol_error = Some("unknown_message");
+                    }
+                    mux.close(code, &why);
+                    return Err(why);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                *protocol_error = Some("unknown_message");
+                mux.close(CLOSE_UNKNOWN_MESSAGE, &e.to_string());
+                Err(e.to_string())
+            }
+        },
+        Message::Text(_) => {
+            *protocol_error = Some("unknown_message");
+            let why = "text messages are not part of the protocol";
+            mux.close(CLOSE_UNKNOWN_MESSAGE, why);
+            Err(why.to_string())
+        }
+        Message::Close(_) => Err("the peer closed the WebSocket".to_string()),
+        Message::Pong(_) => {
+            mux.pong();
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
