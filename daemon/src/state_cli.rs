@@ -96,36 +96,9 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
             single_use,
             transports,
         } => {
-            if !tunneld_core::hub::valid_tunnel_name(&name) {
-                bail!("token name `{name}` is invalid: use 1-63 letters, digits, `-`, `_` or `.`");
-            }
-            if cfg.auth.tokens.contains_key(&name) {
-                bail!("token name `{name}` is already a client id in the config file (auth.tokens.{name})");
-            }
             let now = state::now();
-            let expires_at = match &lifespan {
-                Some(l) => {
-                    let d = tunneld_core::duration::parse(l)
-                        .map_err(|e| anyhow::anyhow!("--lifespan: {e}"))?;
-                    if d.as_secs() == 0 {
-                        bail!("--lifespan: must be at least 1s");
-                    }
-                    Some(now + d.as_secs())
-                }
-                None => None,
-            };
-            if let Some(list) = &transports {
-                for t in list {
-                    let known = cfg.transports.keys().any(|k| k == t)
-                        || crate::config::server::TRANSPORT_TYPES.contains(&t.as_str());
-                    if !known {
-                        bail!(
-                            "--transports: `{t}` is neither a transport of this config ({}) nor a transport type",
-                            cfg.transports.keys().cloned().collect::<Vec<_>>().join(", ")
-                        );
-                    }
-                }
-            }
+            let expires_at =
+                check_add(cfg, &name, lifespan.as_deref(), transports.as_deref(), now)?;
             let token = new_token();
             store.add_token(&TokenRecord {
                 name: name.clone(),
@@ -153,36 +126,7 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
                 "Keep the token now: tunneld stores only its SHA-256 and cannot show it again."
             );
         }
-        TokenCmd::List => {
-            let all = store.tokens()?;
-            if all.is_empty() {
-                println!("no tokens in the state store (tokens in the config file are not listed)");
-                return Ok(());
-            }
-            let now = state::now();
-            println!("NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS");
-            for t in all {
-                let st = if t.revoked_at.is_some() {
-                    "revoked"
-                } else if t.expires_at.is_some_and(|e| e <= now) {
-                    "expired"
-                } else if t.single_use && t.used_at.is_some() {
-                    "used"
-                } else {
-                    "active"
-                };
-                let tunnels = store.tunnels(Some(&t.name))?.len();
-                println!(
-                    "{}\t{st}\t{}\t{}\t{}\t{}\t{}\t{tunnels}",
-                    t.name,
-                    limit(t.max_ports),
-                    limit(t.max_names),
-                    t.expires_at.map_or("never".into(), rfc3339),
-                    t.single_use,
-                    t.transports.map_or("any".into(), |v| v.join(",")),
-                );
-            }
-        }
+        TokenCmd::List => list_tokens(store)?,
         TokenCmd::Revoke { name } => {
             if !store.revoke_token(&name, state::now())? {
                 if cfg.auth.tokens.contains_key(&name) {
@@ -194,6 +138,79 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
             }
             println!("revoked {name}: refused from now on; a running tunneld cuts its sessions within a second");
         }
+    }
+    Ok(())
+}
+
+/// The checks of `token add` before anything is written; returns when the token expires.
+fn check_add(
+    cfg: &ServerConfig,
+    name: &str,
+    lifespan: Option<&str>,
+    transports: Option<&[String]>,
+    now: u64,
+) -> anyhow::Result<Option<u64>> {
+    if !tunneld_core::hub::valid_tunnel_name(name) {
+        bail!("token name `{name}` is invalid: use 1-63 letters, digits, `-`, `_` or `.`");
+    }
+    if cfg.auth.tokens.contains_key(name) {
+        bail!("token name `{name}` is already a client id in the config file (auth.tokens.{name})");
+    }
+    let expires_at = match lifespan {
+        Some(l) => {
+            let d =
+                tunneld_core::duration::parse(l).map_err(|e| anyhow::anyhow!("--lifespan: {e}"))?;
+            if d.as_secs() == 0 {
+                bail!("--lifespan: must be at least 1s");
+            }
+            Some(now + d.as_secs())
+        }
+        None => None,
+    };
+    if let Some(list) = transports {
+        for t in list {
+            let known = cfg.transports.keys().any(|k| k == t)
+                || crate::config::server::TRANSPORT_TYPES.contains(&t.as_str());
+            if !known {
+                bail!(
+                    "--transports: `{t}` is neither a transport of this config ({}) nor a transport type",
+                    cfg.transports.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+    }
+    Ok(expires_at)
+}
+
+/// `token list`: every stored token with its state and how many tunnels it holds.
+fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
+    let all = store.tokens()?;
+    if all.is_empty() {
+        println!("no tokens in the state store (tokens in the config file are not listed)");
+        return Ok(());
+    }
+    let now = state::now();
+    println!("NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS");
+    for t in all {
+        let st = if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else if t.single_use && t.used_at.is_some() {
+            "used"
+        } else {
+            "active"
+        };
+        let tunnels = store.tunnels(Some(&t.name))?.len();
+        println!(
+            "{}\t{st}\t{}\t{}\t{}\t{}\t{}\t{tunnels}",
+            t.name,
+            limit(t.max_ports),
+            limit(t.max_names),
+            t.expires_at.map_or("never".into(), rfc3339),
+            t.single_use,
+            t.transports.map_or("any".into(), |v| v.join(",")),
+        );
     }
     Ok(())
 }

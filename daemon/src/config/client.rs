@@ -210,6 +210,20 @@ impl ClientConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        self.check_server(&mut errors);
+        self.check_credentials(&mut errors);
+        self.check_link(&mut errors);
+        self.check_rendezvous(&mut errors);
+        self.check_tunnels(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { lines: errors })
+        }
+    }
+
+    /// `server` (and the websocket-only keys) for the transport.
+    fn check_server(&self, errors: &mut Vec<String>) {
         if self.transport == TransportKind::Websocket {
             if let Err(e) = self
                 .server
@@ -234,6 +248,10 @@ impl ClientConfig {
                 errors.push("auth_key: only for transport: websocket".into());
             }
         }
+    }
+
+    /// A token, a client certificate, a TPoT key or TOTP secrets; TLS trust.
+    fn check_credentials(&self, errors: &mut Vec<String>) {
         let totp_only = self.transport == TransportKind::Connect
             && !self.rendezvous.is_empty()
             && self.rendezvous.values().all(|r| r.secret.is_some());
@@ -268,6 +286,10 @@ impl ClientConfig {
                 ));
             }
         }
+    }
+
+    /// The multiplexer, the reconnect backoff, and what the transport carries.
+    fn check_link(&self, errors: &mut Vec<String>) {
         if let Err((k, m)) = self.yamux.validate() {
             errors.push(format!("yamux.{k}: {m}"));
         }
@@ -291,6 +313,10 @@ impl ClientConfig {
                 }
             }
         }
+    }
+
+    /// Each rendezvous id served (transport: connect).
+    fn check_rendezvous(&self, errors: &mut Vec<String>) {
         for (id, r) in &self.rendezvous {
             if !tunneld_core::rendezvous::store::valid_id(id) {
                 errors.push(format!(
@@ -315,6 +341,10 @@ impl ClientConfig {
                 }
             }
         }
+    }
+
+    /// Each tunnel's local address and the keys its type allows.
+    fn check_tunnels(&self, errors: &mut Vec<String>) {
         for (name, t) in &self.tunnels {
             if split_host_port(&t.local).is_none() {
                 errors.push(format!(
@@ -349,11 +379,6 @@ impl ClientConfig {
                     "tunnels.{name}.remote_port: only for `type: tcp` tunnels (http and tls tunnels get a name)"
                 ));
             }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { lines: errors })
         }
     }
 

@@ -165,86 +165,12 @@ impl Control {
 
     /// `POST /v1/tunnels`.
     pub async fn create(&self, who: &Identity, req: CreateRequest) -> Result<TunnelInfo, Refusal> {
-        let bad = |m: String| Err((StatusCode::BAD_REQUEST, m));
-        let mut protocols = req.protocols.clone();
-        if protocols.is_empty() {
-            protocols.push("https".into());
-        }
-        for (i, p) in protocols.iter().enumerate() {
-            if !PROTOCOLS.contains(&p.as_str()) {
-                return bad(format!(
-                    "protocol `{p}` is unknown (use {})",
-                    PROTOCOLS.join(", ")
-                ));
-            }
-            if protocols[..i].contains(p) {
-                return bad(format!("protocol `{p}` is listed twice"));
-            }
-        }
-        if protocols.iter().any(|p| p == "http") && protocols.iter().any(|p| p == "https") {
-            return bad("http and https both serve the tunnel's name: choose one (https passes TLS through to the local service, http has tunneld terminate it)".into());
-        }
-        if protocols.iter().any(|p| p == "tcp") && self.cfg.ports_frontend.is_none() {
-            return bad(
-                "this tunneld offers no tcp tunnels (control.ports_frontend is not set)".into(),
-            );
-        }
-        if let Some(n) = &req.name {
-            if !valid_name(n) {
-                return bad(format!(
-                    "name `{n}` is invalid: use 1-{MAX_NAME} of a-z, 0-9 and `-`, not at either end"
-                ));
-            }
-        }
+        let protocols = checked_protocols(&req, self.cfg.ports_frontend.is_some())?;
         let _one = self.changes.lock().await;
         let token = self.token_record(who)?;
+        self.check_quota(who, token.as_ref(), &protocols)?;
+        let name = self.free_name(req.name.as_deref())?;
         let forbid = |m: String| Err((StatusCode::FORBIDDEN, m));
-        if let Some(t) = token.as_ref().filter(|t| t.single_use) {
-            if let Some(at) = t.used_at {
-                return forbid(format!(
-                    "token `{}` is single-use and was already used at {}",
-                    t.name,
-                    state::rfc3339(at)
-                ));
-            }
-        }
-        let mine = self.store.tunnels(Some(&who.client_id)).map_err(internal)?;
-        let max_names = who.max_names.unwrap_or(self.cfg.default_max_tunnels);
-        if mine.len() >= max_names as usize {
-            return forbid(format!(
-                "quota exceeded (max_names): `{}` may hold at most {max_names} tunnel names and holds {}",
-                who.client_id,
-                mine.len()
-            ));
-        }
-        if let Some(max) = who.max_ports {
-            let held: usize = mine.iter().map(|t| t.ports.len()).sum();
-            let wanted = protocols.iter().filter(|p| *p == "tcp").count();
-            if held + wanted > max as usize {
-                return forbid(format!(
-                    "quota exceeded (max_ports): `{}` may hold at most {max} ports, holds {held} and asked for {wanted} more",
-                    who.client_id
-                ));
-            }
-        }
-        let taken = |n: &str| {
-            self.store.tunnel(n).ok().flatten().is_some()
-                || !matches!(
-                    self.hub
-                        .frontend(&self.cfg.names_frontend)
-                        .map(|f| f.route_name(n)),
-                    Some(tunneld_core::frontend::NameRoute::Unknown) | None
-                )
-        };
-        let name = match &req.name {
-            Some(n) => {
-                if taken(n) {
-                    return Err((StatusCode::CONFLICT, format!("name `{n}` is taken")));
-                }
-                n.clone()
-            }
-            None => readable_name(taken),
-        };
         let mut rec = TunnelRecord {
             name: name.clone(),
             owner: who.client_id.clone(),
@@ -288,6 +214,67 @@ impl Control {
         tracing::info!(tunnel = %name, owner = %who.client_id, protocols = ?rec.protocols, "tunnel provisioned");
         self.update_gauge();
         Ok(self.info(&rec))
+    }
+
+    /// A single-use token not used yet, and room in the client's name and port quotas.
+    fn check_quota(
+        &self,
+        who: &Identity,
+        token: Option<&TokenRecord>,
+        protocols: &[String],
+    ) -> Result<(), Refusal> {
+        let forbid = |m: String| Err((StatusCode::FORBIDDEN, m));
+        if let Some(t) = token.filter(|t| t.single_use) {
+            if let Some(at) = t.used_at {
+                return forbid(format!(
+                    "token `{}` is single-use and was already used at {}",
+                    t.name,
+                    state::rfc3339(at)
+                ));
+            }
+        }
+        let mine = self.store.tunnels(Some(&who.client_id)).map_err(internal)?;
+        let max_names = who.max_names.unwrap_or(self.cfg.default_max_tunnels);
+        if mine.len() >= max_names as usize {
+            return forbid(format!(
+                "quota exceeded (max_names): `{}` may hold at most {max_names} tunnel names and holds {}",
+                who.client_id,
+                mine.len()
+            ));
+        }
+        if let Some(max) = who.max_ports {
+            let held: usize = mine.iter().map(|t| t.ports.len()).sum();
+            let wanted = protocols.iter().filter(|p| *p == "tcp").count();
+            if held + wanted > max as usize {
+                return forbid(format!(
+                    "quota exceeded (max_ports): `{}` may hold at most {max} ports, holds {held} and asked for {wanted} more",
+                    who.client_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name asked for when it is free (409 when not), or a free readable one.
+    fn free_name(&self, asked: Option<&str>) -> Result<String, Refusal> {
+        let taken = |n: &str| {
+            self.store.tunnel(n).ok().flatten().is_some()
+                || !matches!(
+                    self.hub
+                        .frontend(&self.cfg.names_frontend)
+                        .map(|f| f.route_name(n)),
+                    Some(tunneld_core::frontend::NameRoute::Unknown) | None
+                )
+        };
+        Ok(match asked {
+            Some(n) => {
+                if taken(n) {
+                    return Err((StatusCode::CONFLICT, format!("name `{n}` is taken")));
+                }
+                n.to_string()
+            }
+            None => readable_name(taken),
+        })
     }
 
     /// A tunnel of `who`, or 404 (the same answer whether it is someone else's or missing).
@@ -373,4 +360,41 @@ impl Control {
             not_after: signed.not_after,
         })
     }
+}
+
+/// The protocols of a create request (https when none), each known and listed once, not
+/// http with https, and tcp only when this tunneld offers ports.
+fn checked_protocols(req: &CreateRequest, has_ports: bool) -> Result<Vec<String>, Refusal> {
+    let bad = |m: String| Err((StatusCode::BAD_REQUEST, m));
+    let mut protocols = req.protocols.clone();
+    if protocols.is_empty() {
+        protocols.push("https".into());
+    }
+    for (i, p) in protocols.iter().enumerate() {
+        if !PROTOCOLS.contains(&p.as_str()) {
+            return bad(format!(
+                "protocol `{p}` is unknown (use {})",
+                PROTOCOLS.join(", ")
+            ));
+        }
+        if protocols[..i].contains(p) {
+            return bad(format!("protocol `{p}` is listed twice"));
+        }
+    }
+    if protocols.iter().any(|p| p == "http") && protocols.iter().any(|p| p == "https") {
+        return bad("http and https both serve the tunnel's name: choose one (https passes TLS through to the local service, http has tunneld terminate it)".into());
+    }
+    if protocols.iter().any(|p| p == "tcp") && !has_ports {
+        return bad(
+            "this tunneld offers no tcp tunnels (control.ports_frontend is not set)".into(),
+        );
+    }
+    if let Some(n) = &req.name {
+        if !valid_name(n) {
+            return bad(format!(
+                "name `{n}` is invalid: use 1-{MAX_NAME} of a-z, 0-9 and `-`, not at either end"
+            ));
+        }
+    }
+    Ok(protocols)
 }

@@ -51,23 +51,7 @@ pub fn default_port(protocol: &str) -> u16 {
 
 /// `tunnelc setup`: prints the public endpoints and where the files went.
 pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
-    let protocols = if args.protocols.is_empty() {
-        vec!["https".to_string()]
-    } else {
-        args.protocols.clone()
-    };
-    let ports: Vec<u16> = if args.ports.is_empty() {
-        protocols.iter().map(|p| default_port(p)).collect()
-    } else if args.ports.len() == protocols.len() {
-        args.ports.clone()
-    } else {
-        bail!(
-            "--ports lists {} port(s) for {} protocol(s) ({}): give one local port per protocol, in the same order",
-            args.ports.len(),
-            protocols.len(),
-            protocols.join(",")
-        );
-    };
+    let (protocols, ports) = protocols_and_ports(&args)?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => files::default_dir()?,
@@ -92,17 +76,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         )
         .await?;
     let name = created.name.clone();
-    let key = rcgen::KeyPair::generate().context("generating a key")?;
-    let csr = rcgen::CertificateParams::new(vec![created.fqdn.clone()])
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|c| c.pem())
-        .context("making a certificate request")?;
-    let path = format!("/v1/tunnels/{name}/certificate");
-    let (status, answer) = api
-        .call(Method::POST, &path, "application/pkcs10", csr.into_bytes())
-        .await?;
-    api_client::check(status, &answer, &Method::POST, &path)?;
-    let signed: SignedCert = serde_json::from_slice(&answer).context("certificate answer")?;
+    let (key, signed) = certify(&api, &created).await?;
 
     let tdir = dir.join(&name);
     std::fs::create_dir_all(&tdir).with_context(|| format!("{}", tdir.display()))?;
@@ -119,40 +93,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         .cloned()
         .zip(ports.iter().copied())
         .collect();
-    let mut tunnels = serde_json::Map::new();
-    for e in &created.endpoints {
-        let port = local.get(&e.protocol).copied().unwrap_or(0);
-        tunnels.insert(
-            e.tunnel.clone(),
-            serde_json::json!({ "type": e.kind, "local": format!("127.0.0.1:{port}") }),
-        );
-    }
-    let host = info.transport_host.clone().unwrap_or(api.url.host.clone());
-    let mut tls = serde_json::Map::new();
-    if let Some(p) = &args.pin {
-        tls.insert("pin".into(), p.clone().into());
-    } else if info.transport_local_ca {
-        tls.insert("ca".into(), tdir.join(CA).display().to_string().into());
-    }
-    let cfg = serde_json::json!({
-        "server": format!("{host}:{}", info.transport_port),
-        "server_name": args.server_name.clone().unwrap_or(host.clone()),
-        "transport": info.transport,
-        "token": args.token,
-        "tls": tls,
-        "tunnels": tunnels,
-    });
-    let yaml = serde_yaml_ng::to_string(&cfg)?;
-    let header = format!(
-        "# Written by `tunnelc setup` for tunnel {name} ({}).\n# Run it: tunnelc --config {}\n",
-        created.fqdn,
-        tdir.join(CONFIG).display()
-    );
-    files::write(
-        &tdir.join(CONFIG),
-        format!("{header}{yaml}").as_bytes(),
-        true,
-    )?;
+    write_client_config(&args, &info, &api, &created, &local, &tdir)?;
     let record = SetupRecord {
         server: args.server.clone(),
         tunnel: created.clone(),
@@ -182,4 +123,91 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     say!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());
     say!("check it: tunnelc test {name} --dir {}", dir.display());
     Ok(())
+}
+
+/// The protocols asked for (https when none) and one local port for each.
+fn protocols_and_ports(args: &SetupArgs) -> anyhow::Result<(Vec<String>, Vec<u16>)> {
+    let protocols = if args.protocols.is_empty() {
+        vec!["https".to_string()]
+    } else {
+        args.protocols.clone()
+    };
+    let ports: Vec<u16> = if args.ports.is_empty() {
+        protocols.iter().map(|p| default_port(p)).collect()
+    } else if args.ports.len() == protocols.len() {
+        args.ports.clone()
+    } else {
+        bail!(
+            "--ports lists {} port(s) for {} protocol(s) ({}): give one local port per protocol, in the same order",
+            args.ports.len(),
+            protocols.len(),
+            protocols.join(",")
+        );
+    };
+    Ok((protocols, ports))
+}
+
+/// A fresh key, and the certificate tunneld's CA signs for the tunnel's name with it.
+async fn certify(
+    api: &ApiClient,
+    created: &TunnelInfo,
+) -> anyhow::Result<(rcgen::KeyPair, SignedCert)> {
+    let key = rcgen::KeyPair::generate().context("generating a key")?;
+    let csr = rcgen::CertificateParams::new(vec![created.fqdn.clone()])
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|c| c.pem())
+        .context("making a certificate request")?;
+    let path = format!("/v1/tunnels/{}/certificate", created.name);
+    let (status, answer) = api
+        .call(Method::POST, &path, "application/pkcs10", csr.into_bytes())
+        .await?;
+    api_client::check(status, &answer, &Method::POST, &path)?;
+    let signed: SignedCert = serde_json::from_slice(&answer).context("certificate answer")?;
+    Ok((key, signed))
+}
+
+/// tunnelc's config for the tunnel (`tunnelc --config <dir>/<name>/client.yaml`).
+fn write_client_config(
+    args: &SetupArgs,
+    info: &ServerInfo,
+    api: &ApiClient,
+    created: &TunnelInfo,
+    local: &BTreeMap<String, u16>,
+    tdir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut tunnels = serde_json::Map::new();
+    for e in &created.endpoints {
+        let port = local.get(&e.protocol).copied().unwrap_or(0);
+        tunnels.insert(
+            e.tunnel.clone(),
+            serde_json::json!({ "type": e.kind, "local": format!("127.0.0.1:{port}") }),
+        );
+    }
+    let host = info.transport_host.clone().unwrap_or(api.url.host.clone());
+    let mut tls = serde_json::Map::new();
+    if let Some(p) = &args.pin {
+        tls.insert("pin".into(), p.clone().into());
+    } else if info.transport_local_ca {
+        tls.insert("ca".into(), tdir.join(CA).display().to_string().into());
+    }
+    let cfg = serde_json::json!({
+        "server": format!("{host}:{}", info.transport_port),
+        "server_name": args.server_name.clone().unwrap_or(host.clone()),
+        "transport": info.transport,
+        "token": args.token,
+        "tls": tls,
+        "tunnels": tunnels,
+    });
+    let yaml = serde_yaml_ng::to_string(&cfg)?;
+    let header = format!(
+        "# Written by `tunnelc setup` for tunnel {} ({}).\n# Run it: tunnelc --config {}\n",
+        created.name,
+        created.fqdn,
+        tdir.join(CONFIG).display()
+    );
+    files::write(
+        &tdir.join(CONFIG),
+        format!("{header}{yaml}").as_bytes(),
+        true,
+    )
 }

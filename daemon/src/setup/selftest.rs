@@ -46,24 +46,7 @@ async fn test_one(t: &TunnelDir) -> anyhow::Result<bool> {
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
     // Local services first: a port that is taken fails its endpoint, clearly.
-    let mut local_err: BTreeMap<String, String> = BTreeMap::new();
-    for e in &t.record.tunnel.endpoints {
-        let port = t.record.local.get(&e.protocol).copied().unwrap_or(0);
-        let echo = match e.protocol.as_str() {
-            "https" => Echo::Https(echo::tls_acceptor(&t.file(CERT), &t.file(KEY))?),
-            "http" => Echo::Http,
-            _ => Echo::Tcp,
-        };
-        match TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => echo::spawn(l, echo, stop.clone()),
-            Err(err) => {
-                local_err.insert(
-                    e.protocol.clone(),
-                    format!("local port 127.0.0.1:{port} is in use ({err}): stop what listens there, or set it up with other --ports"),
-                );
-            }
-        }
-    }
+    let local_err = start_echoes(t, &stop).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runner = tokio::spawn(client::run(cfg, tx, stop.clone()));
     let connected = tokio::time::timeout(CONNECT_WAIT, async {
@@ -100,47 +83,84 @@ async fn test_one(t: &TunnelDir) -> anyhow::Result<bool> {
     };
     let mut ok = true;
     for e in &t.record.tunnel.endpoints {
-        let port = t.record.local.get(&e.protocol).copied().unwrap_or(0);
-        if let Some(err) = local_err.get(&e.protocol) {
-            line(false, e, port, err);
-            ok = false;
-            continue;
-        }
-        let status = statuses.iter().find(|s| s.name == e.tunnel);
-        let url = match status.map(|s| (&s.endpoint, &s.error)) {
-            Some((Some(url), _)) => url.clone(),
-            Some((None, Some(err))) => {
-                line(
-                    false,
-                    e,
-                    port,
-                    &format!("tunneld refused the tunnel: {err}"),
-                );
-                ok = false;
-                continue;
-            }
-            _ => {
-                line(false, e, port, "tunneld did not report this tunnel");
-                ok = false;
-                continue;
-            }
-        };
-        let result = tokio::time::timeout(CHECK_WAIT, check(t, e, &url)).await;
-        match result {
-            Ok(Ok(detail)) => line(true, e, port, &detail),
-            Ok(Err(err)) => {
-                line(false, e, port, &format!("{err:#}"));
-                ok = false;
-            }
-            Err(_) => {
-                line(false, e, port, &format!("no answer within {CHECK_WAIT:?}"));
-                ok = false;
-            }
-        }
+        ok &= check_endpoint(t, e, &statuses, &local_err).await;
     }
     stop.cancel();
     let _ = runner.await;
     Ok(ok)
+}
+
+/// Starts the echo service of each endpoint on its local port; the endpoints whose port is
+/// taken, with why.
+async fn start_echoes(
+    t: &TunnelDir,
+    stop: &CancellationToken,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut local_err: BTreeMap<String, String> = BTreeMap::new();
+    for e in &t.record.tunnel.endpoints {
+        let port = t.record.local.get(&e.protocol).copied().unwrap_or(0);
+        let echo = match e.protocol.as_str() {
+            "https" => Echo::Https(echo::tls_acceptor(&t.file(CERT), &t.file(KEY))?),
+            "http" => Echo::Http,
+            _ => Echo::Tcp,
+        };
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => echo::spawn(l, echo, stop.clone()),
+            Err(err) => {
+                local_err.insert(
+                e.protocol.clone(),
+                format!("local port 127.0.0.1:{port} is in use ({err}): stop what listens there, or set it up with other --ports"),
+            );
+            }
+        }
+    }
+    Ok(local_err)
+}
+
+/// Checks one endpoint through tunneld and prints its PASS or FAIL line.
+async fn check_endpoint(
+    t: &TunnelDir,
+    e: &Endpoint,
+    statuses: &[TunnelStatus],
+    local_err: &BTreeMap<String, String>,
+) -> bool {
+    let port = t.record.local.get(&e.protocol).copied().unwrap_or(0);
+    if let Some(err) = local_err.get(&e.protocol) {
+        line(false, e, port, err);
+        return false;
+    }
+    let status = statuses.iter().find(|s| s.name == e.tunnel);
+    let url = match status.map(|s| (&s.endpoint, &s.error)) {
+        Some((Some(url), _)) => url.clone(),
+        Some((None, Some(err))) => {
+            line(
+                false,
+                e,
+                port,
+                &format!("tunneld refused the tunnel: {err}"),
+            );
+            return false;
+        }
+        _ => {
+            line(false, e, port, "tunneld did not report this tunnel");
+            return false;
+        }
+    };
+    let result = tokio::time::timeout(CHECK_WAIT, check(t, e, &url)).await;
+    match result {
+        Ok(Ok(detail)) => {
+            line(true, e, port, &detail);
+            true
+        }
+        Ok(Err(err)) => {
+            line(false, e, port, &format!("{err:#}"));
+            false
+        }
+        Err(_) => {
+            line(false, e, port, &format!("no answer within {CHECK_WAIT:?}"));
+            false
+        }
+    }
 }
 
 fn fail_all(t: &TunnelDir, detail: &str) {
