@@ -6,48 +6,122 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Declares the labelled series: each row is `counter|gauge field: "name", [labels], help;`.
+/// The struct gets one field per row, and `register` makes and registers them in order.
+macro_rules! series {
+    ($($kind:ident $field:ident: $name:literal, [$($label:literal),* $(,)?], $help:literal;)*) => {
+        /// The labelled counters and gauges (see [`Metrics`]).
+        pub struct Series {
+            $(pub $field: series!(@type $kind),)*
+        }
+
+        impl Series {
+            /// Every series' name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+                Ok(Self {
+                    $($field: $kind(r, $name, $help, &[$($label),*])?,)*
+                })
+            }
+        }
+    };
+    (@type counter) => { IntCounterVec };
+    (@type gauge) => { IntGaugeVec };
+}
+
+series! {
+    gauge sessions_active: "tunneld_sessions_active", ["transport"],
+        "Connected tunnel client sessions";
+    counter sessions_total: "tunneld_sessions_total", ["transport"],
+        "Tunnel client sessions accepted since start";
+    counter handshakes_total: "tunneld_handshakes_total", ["transport", "outcome"],
+        "Finished handshakes by outcome (ok, or the reason for refusal)";
+    counter protocol_errors_total: "tunneld_protocol_errors_total", ["transport", "reason"],
+        "Malformed or oversized input from tunnel clients, by reason";
+    counter streams_opened_total: "tunneld_streams_opened_total", ["frontend"],
+        "Visitor streams opened to tunnel clients";
+    gauge streams_active: "tunneld_streams_active", ["frontend"],
+        "Visitor streams currently open";
+    counter stream_open_failures_total: "tunneld_stream_open_failures_total", ["frontend", "reason"],
+        "Visitor connections that could not be given a stream, by reason";
+    counter bytes_total: "tunneld_bytes_total", ["frontend", "direction"],
+        "Bytes relayed, by direction (in = visitor to tunnel client, out = back)";
+    gauge ports_allocated: "tunneld_ports_allocated", ["frontend"],
+        "Public ports currently bound for tunnels";
+    counter claims_refused_total: "tunneld_claims_refused_total", ["frontend", "reason"],
+        "Tunnel requests refused by a frontend, by reason";
+    counter admin_requests_total: "tunneld_admin_requests_total", ["route", "code"],
+        "Admin API requests by route and status code";
+    counter pool_streams_total: "tunneld_pool_streams_total", ["route", "client"],
+        "Visitor streams of admin routes, by route and by the client (pool member) that served each";
+    counter pool_failovers_total: "tunneld_pool_failovers_total", ["route", "reason"],
+        "Pool members passed over for a visitor because they were offline or failed, by route and reason";
+    gauge threshold_pairs_pending: "tunneld_threshold_pairs_pending", ["transport"],
+        "Visitors of threshold-dialect clients waiting for the client to open their stream";
+    counter threshold_pair_timeouts_total: "tunneld_threshold_pair_timeouts_total", ["transport"],
+        "Visitors of threshold-dialect clients whose stream did not arrive in time";
+    gauge rendezvous_parked: "tunneld_rendezvous_parked", ["id"],
+        "Hidden-server connections parked and waiting for a visitor, by rendezvous id";
+    counter rendezvous_park_requests_total: "tunneld_rendezvous_park_requests_total", ["outcome"],
+        "Hidden-server CONNECT uuid: requests, by outcome (ok, or the refusal)";
+    counter rendezvous_parked_dropped_total: "tunneld_rendezvous_parked_dropped_total", ["reason"],
+        "Parked connections dropped without a visitor (closed by the peer, evicted by a newer one, early data, shutdown)";
+    counter rendezvous_totp_failures_total: "tunneld_rendezvous_totp_failures_total", ["reason"],
+        "TOTP codes refused, by reason (wrong_code, malformed_code, replayed_code, unknown_id, locked_out)";
+    counter rendezvous_visitors_total: "tunneld_rendezvous_visitors_total", ["frontend", "outcome"],
+        "Visitor requests on rendezvous frontends, by outcome (matched, challenged, nothing_parked, ...)";
+    counter connect_requests_total: "tunneld_connect_requests_total", ["frontend", "outcome"],
+        "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome";
+    counter http_requests_total: "tunneld_http_requests_total", ["frontend", "outcome"],
+        "Visitor HTTP requests on https-subdomain frontends, by outcome (forwarded, upgraded, not_found, offline, local_refused, misdirected, bad_request, timeout, session)";
+    gauge http_names_active: "tunneld_http_names_active", ["frontend"],
+        "Names served by connected tunnels on https-subdomain frontends";
+    counter passthrough_connections_total: "tunneld_passthrough_connections_total", ["frontend", "outcome"],
+        "TLS connections routed by SNI without termination, by outcome";
+    gauge upstreams_2ptth: "tunneld_2ptth_upstreams", ["frontend"],
+        "Connected 2ptth initiators (0 or 1), by frontend";
+    counter ws_requests_total: "tunneld_ws_requests_total", ["transport", "route", "code"],
+        "Requests on websocket transport ports, by route (create, visitor, other) and the status answered (101 for a tunnel created, 200 for a visitor connected to a tunnel)";
+    gauge ws_conversations_active: "tunneld_ws_conversations_active", ["transport"],
+        "Open conversations on websocket transport sessions";
+    counter ws_pauses_total: "tunneld_ws_pauses_total", ["transport"],
+        "Pause (P) messages tunneld sent because a conversation's receive buffer was full";
+    counter control_requests_total: "tunneld_control_requests_total", ["route", "code"],
+        "Requests to the provisioning API and the plain web port, by route and status";
+    gauge provisioned_tunnels: "tunneld_provisioned_tunnels", ["state"],
+        "Tunnels made through the provisioning API whose leases tunneld holds";
+    counter certificates_issued_total: "tunneld_certificates_issued_total", ["outcome"],
+        "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)";
+    counter sessions_cut_total: "tunneld_sessions_cut_total", ["reason"],
+        "Live sessions ended because their token expired or was revoked";
+    counter streams_refused_total: "tunneld_streams_refused_total", ["transport", "reason"],
+        "Visitor streams refused by a stream cap (per tunnel or per visitor address)";
+    counter streams_stalled_total: "tunneld_streams_stalled_total", ["frontend"],
+        "Visitor streams reset because their writes made no progress for limits.stream_stall_timeout";
+    counter session_conflicts_total: "tunneld_session_conflicts_total", ["outcome"],
+        "Claims asked for by a second session of a client while another session held them, by outcome (refused: the holder answered its probe; replaced: it did not, or it was the same tunnelc)";
+    counter visitors_idle_closed_total: "tunneld_visitors_idle_closed_total", ["frontend"],
+        "Visitor connections closed for idling: no request (HTTP, limits.http_idle_timeout; before the first request the frontend's header_timeout) or no byte either way (spliced, limits.idle_timeout)";
+    counter state_lookups_total: "tunneld_state_lookups_total", ["table"],
+        "Lookups the data path made in the in-memory state (tokens, rendezvous, tunnels)";
+    counter state_checks_total: "tunneld_state_checks_total", ["outcome"],
+        "Checks of the in-memory state against the state store, by outcome (current, reloaded, failed); concurrent lookups share one";
+}
+
 pub struct Metrics {
     pub registry: Registry,
-    pub sessions_active: IntGaugeVec,
-    pub sessions_total: IntCounterVec,
-    pub handshakes_total: IntCounterVec,
     pub handshakes_pending: IntGauge,
-    pub protocol_errors_total: IntCounterVec,
-    pub streams_opened_total: IntCounterVec,
-    pub streams_active: IntGaugeVec,
-    pub stream_open_failures_total: IntCounterVec,
     pub stream_open_seconds: HistogramVec,
-    pub bytes_total: IntCounterVec,
-    pub ports_allocated: IntGaugeVec,
-    pub claims_refused_total: IntCounterVec,
-    pub admin_requests_total: IntCounterVec,
-    pub pool_streams_total: IntCounterVec,
-    pub pool_failovers_total: IntCounterVec,
-    pub threshold_pairs_pending: IntGaugeVec,
-    pub threshold_pair_timeouts_total: IntCounterVec,
-    pub rendezvous_parked: IntGaugeVec,
-    pub rendezvous_park_requests_total: IntCounterVec,
-    pub rendezvous_parked_dropped_total: IntCounterVec,
-    pub rendezvous_totp_failures_total: IntCounterVec,
-    pub rendezvous_visitors_total: IntCounterVec,
-    pub connect_requests_total: IntCounterVec,
-    pub http_requests_total: IntCounterVec,
-    pub http_names_active: IntGaugeVec,
-    pub passthrough_connections_total: IntCounterVec,
-    pub upstreams_2ptth: IntGaugeVec,
-    pub ws_requests_total: IntCounterVec,
-    pub ws_conversations_active: IntGaugeVec,
-    pub ws_pauses_total: IntCounterVec,
-    pub control_requests_total: IntCounterVec,
-    pub provisioned_tunnels: IntGaugeVec,
-    pub certificates_issued_total: IntCounterVec,
-    pub sessions_cut_total: IntCounterVec,
-    pub streams_refused_total: IntCounterVec,
-    pub streams_stalled_total: IntCounterVec,
-    pub session_conflicts_total: IntCounterVec,
-    pub visitors_idle_closed_total: IntCounterVec,
-    pub state_lookups_total: IntCounterVec,
-    pub state_checks_total: IntCounterVec,
+    /// Every labelled counter and gauge; `metrics.sessions_total` reads through to it.
+    pub series: Series,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Series;
+    fn deref(&self) -> &Series {
+        &self.series
+    }
 }
 
 fn counter(
@@ -93,236 +167,9 @@ impl Metrics {
         )?;
         r.register(Box::new(stream_open_seconds.clone()))?;
         Ok(Self {
-            sessions_active: gauge(
-                &r,
-                "tunneld_sessions_active",
-                "Connected tunnel client sessions",
-                &["transport"],
-            )?,
-            sessions_total: counter(
-                &r,
-                "tunneld_sessions_total",
-                "Tunnel client sessions accepted since start",
-                &["transport"],
-            )?,
-            handshakes_total: counter(
-                &r,
-                "tunneld_handshakes_total",
-                "Finished handshakes by outcome (ok, or the reason for refusal)",
-                &["transport", "outcome"],
-            )?,
+            series: Series::register(&r)?,
             handshakes_pending,
-            protocol_errors_total: counter(
-                &r,
-                "tunneld_protocol_errors_total",
-                "Malformed or oversized input from tunnel clients, by reason",
-                &["transport", "reason"],
-            )?,
-            streams_opened_total: counter(
-                &r,
-                "tunneld_streams_opened_total",
-                "Visitor streams opened to tunnel clients",
-                &["frontend"],
-            )?,
-            streams_active: gauge(
-                &r,
-                "tunneld_streams_active",
-                "Visitor streams currently open",
-                &["frontend"],
-            )?,
-            stream_open_failures_total: counter(
-                &r,
-                "tunneld_stream_open_failures_total",
-                "Visitor connections that could not be given a stream, by reason",
-                &["frontend", "reason"],
-            )?,
             stream_open_seconds,
-            bytes_total: counter(
-                &r,
-                "tunneld_bytes_total",
-                "Bytes relayed, by direction (in = visitor to tunnel client, out = back)",
-                &["frontend", "direction"],
-            )?,
-            ports_allocated: gauge(
-                &r,
-                "tunneld_ports_allocated",
-                "Public ports currently bound for tunnels",
-                &["frontend"],
-            )?,
-            claims_refused_total: counter(
-                &r,
-                "tunneld_claims_refused_total",
-                "Tunnel requests refused by a frontend, by reason",
-                &["frontend", "reason"],
-            )?,
-            admin_requests_total: counter(
-                &r,
-                "tunneld_admin_requests_total",
-                "Admin API requests by route and status code",
-                &["route", "code"],
-            )?,
-            pool_streams_total: counter(
-                &r,
-                "tunneld_pool_streams_total",
-                "Visitor streams of admin routes, by route and by the client (pool member) that served each",
-                &["route", "client"],
-            )?,
-            pool_failovers_total: counter(
-                &r,
-                "tunneld_pool_failovers_total",
-                "Pool members passed over for a visitor because they were offline or failed, by route and reason",
-                &["route", "reason"],
-            )?,
-            threshold_pairs_pending: gauge(
-                &r,
-                "tunneld_threshold_pairs_pending",
-                "Visitors of threshold-dialect clients waiting for the client to open their stream",
-                &["transport"],
-            )?,
-            threshold_pair_timeouts_total: counter(
-                &r,
-                "tunneld_threshold_pair_timeouts_total",
-                "Visitors of threshold-dialect clients whose stream did not arrive in time",
-                &["transport"],
-            )?,
-            rendezvous_parked: gauge(
-                &r,
-                "tunneld_rendezvous_parked",
-                "Hidden-server connections parked and waiting for a visitor, by rendezvous id",
-                &["id"],
-            )?,
-            rendezvous_park_requests_total: counter(
-                &r,
-                "tunneld_rendezvous_park_requests_total",
-                "Hidden-server CONNECT uuid: requests, by outcome (ok, or the refusal)",
-                &["outcome"],
-            )?,
-            rendezvous_parked_dropped_total: counter(
-                &r,
-                "tunneld_rendezvous_parked_dropped_total",
-                "Parked connections dropped without a visitor (closed by the peer, evicted by a newer one, early data, shutdown)",
-                &["reason"],
-            )?,
-            rendezvous_totp_failures_total: counter(
-                &r,
-                "tunneld_rendezvous_totp_failures_total",
-                "TOTP codes refused, by reason (wrong_code, malformed_code, replayed_code, unknown_id, locked_out)",
-                &["reason"],
-            )?,
-            rendezvous_visitors_total: counter(
-                &r,
-                "tunneld_rendezvous_visitors_total",
-                "Visitor requests on rendezvous frontends, by outcome (matched, challenged, nothing_parked, ...)",
-                &["frontend", "outcome"],
-            )?,
-            connect_requests_total: counter(
-                &r,
-                "tunneld_connect_requests_total",
-                "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome",
-                &["frontend", "outcome"],
-            )?,
-            http_requests_total: counter(
-                &r,
-                "tunneld_http_requests_total",
-                "Visitor HTTP requests on https-subdomain frontends, by outcome (forwarded, upgraded, not_found, offline, local_refused, misdirected, bad_request, timeout, session)",
-                &["frontend", "outcome"],
-            )?,
-            http_names_active: gauge(
-                &r,
-                "tunneld_http_names_active",
-                "Names served by connected tunnels on https-subdomain frontends",
-                &["frontend"],
-            )?,
-            passthrough_connections_total: counter(
-                &r,
-                "tunneld_passthrough_connections_total",
-                "TLS connections routed by SNI without termination, by outcome",
-                &["frontend", "outcome"],
-            )?,
-            upstreams_2ptth: gauge(
-                &r,
-                "tunneld_2ptth_upstreams",
-                "Connected 2ptth initiators (0 or 1), by frontend",
-                &["frontend"],
-            )?,
-            ws_requests_total: counter(
-                &r,
-                "tunneld_ws_requests_total",
-                "Requests on websocket transport ports, by route (create, visitor, other) and the status answered (101 for a tunnel created, 200 for a visitor connected to a tunnel)",
-                &["transport", "route", "code"],
-            )?,
-            ws_conversations_active: gauge(
-                &r,
-                "tunneld_ws_conversations_active",
-                "Open conversations on websocket transport sessions",
-                &["transport"],
-            )?,
-            ws_pauses_total: counter(
-                &r,
-                "tunneld_ws_pauses_total",
-                "Pause (P) messages tunneld sent because a conversation's receive buffer was full",
-                &["transport"],
-            )?,
-            control_requests_total: counter(
-                &r,
-                "tunneld_control_requests_total",
-                "Requests to the provisioning API and the plain web port, by route and status",
-                &["route", "code"],
-            )?,
-            provisioned_tunnels: gauge(
-                &r,
-                "tunneld_provisioned_tunnels",
-                "Tunnels made through the provisioning API whose leases tunneld holds",
-                &["state"],
-            )?,
-            certificates_issued_total: counter(
-                &r,
-                "tunneld_certificates_issued_total",
-                "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)",
-                &["outcome"],
-            )?,
-            sessions_cut_total: counter(
-                &r,
-                "tunneld_sessions_cut_total",
-                "Live sessions ended because their token expired or was revoked",
-                &["reason"],
-            )?,
-            streams_refused_total: counter(
-                &r,
-                "tunneld_streams_refused_total",
-                "Visitor streams refused by a stream cap (per tunnel or per visitor address)",
-                &["transport", "reason"],
-            )?,
-            streams_stalled_total: counter(
-                &r,
-                "tunneld_streams_stalled_total",
-                "Visitor streams reset because their writes made no progress for limits.stream_stall_timeout",
-                &["frontend"],
-            )?,
-            session_conflicts_total: counter(
-                &r,
-                "tunneld_session_conflicts_total",
-                "Claims asked for by a second session of a client while another session held them, by outcome (refused: the holder answered its probe; replaced: it did not, or it was the same tunnelc)",
-                &["outcome"],
-            )?,
-            visitors_idle_closed_total: counter(
-                &r,
-                "tunneld_visitors_idle_closed_total",
-                "Visitor connections closed for idling: no request (HTTP, limits.http_idle_timeout; before the first request the frontend's header_timeout) or no byte either way (spliced, limits.idle_timeout)",
-                &["frontend"],
-            )?,
-            state_lookups_total: counter(
-                &r,
-                "tunneld_state_lookups_total",
-                "Lookups the data path made in the in-memory state (tokens, rendezvous, tunnels)",
-                &["table"],
-            )?,
-            state_checks_total: counter(
-                &r,
-                "tunneld_state_checks_total",
-                "Checks of the in-memory state against the state store, by outcome (current, reloaded, failed); concurrent lookups share one",
-                &["outcome"],
-            )?,
             registry: r,
         })
     }
@@ -334,5 +181,33 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md documents every series, and every series registers.
+    #[test]
+    fn every_series_is_documented_and_registers() {
+        let m = Metrics::new().expect("registry");
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+                .expect("docs/metrics.md");
+        let all = Series::NAMES
+            .iter()
+            .chain(["tunneld_handshakes_pending", "tunneld_stream_open_seconds"].iter());
+        for name in all {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        assert!(Series::NAMES.len() >= 38);
+        m.sessions_total.with_label_values(&["edge"]).inc();
+        assert!(m
+            .render()
+            .contains("tunneld_sessions_total{transport=\"edge\"} 1"));
     }
 }
