@@ -27,6 +27,28 @@ fn tcp_tunnel(name: &str, local: std::net::SocketAddr, port: Option<u16>) -> Str
     }
 }
 
+/// A hello with alice's token.
+fn alice_hello(agent: &str, tunnels: Vec<TunnelRequest>, instance: Option<String>) -> Hello {
+    Hello {
+        version: tunneld_core::proto::VERSION,
+        token: Some(ALICE_TOKEN.into()),
+        tunnels,
+        accept_server_mappings: false,
+        agent: agent.into(),
+        max_streams: None,
+        instance,
+    }
+}
+
+/// Sends `hello` on a new connection to the yamux transport and reads tunneld's answer.
+async fn hello_answer(server: &TestServer, hello: &Hello) -> Result<serde_json::Value> {
+    let mut tls = server.tls_connect().await;
+    let mut out = tunneld_core::proto::MAGIC.to_vec();
+    out.extend(encode_frame(hello)?);
+    tls.write_all(&out).await?;
+    Ok(tokio::time::timeout(WAIT, read_frame(&mut tls)).await??)
+}
+
 /// The sessions `GET /clients` lists for `client`.
 async fn sessions_of(server: &TestServer, client: &str) -> Result<Vec<serde_json::Value>> {
     let (code, body) = server.admin_call("GET", "/clients", None).await;
@@ -239,20 +261,8 @@ async fn a_refused_tunnel_is_not_asked_for_again_so_reconnects_cannot_take_it() 
 async fn a_malformed_instance_id_is_refused() -> Result<()> {
     let server = TestServer::start().await?;
     for bad in ["x".repeat(129), String::new(), "a b".into()] {
-        let mut tls = server.tls_connect().await;
-        let hello = Hello {
-            version: tunneld_core::proto::VERSION,
-            token: Some(ALICE_TOKEN.into()),
-            tunnels: Vec::new(),
-            accept_server_mappings: false,
-            agent: "bad instance".into(),
-            max_streams: None,
-            instance: Some(bad.clone()),
-        };
-        let mut out = tunneld_core::proto::MAGIC.to_vec();
-        out.extend(encode_frame(&hello)?);
-        tls.write_all(&out).await?;
-        let answer: ServerHello = tokio::time::timeout(WAIT, read_frame(&mut tls)).await??;
+        let hello = alice_hello("bad instance", Vec::new(), Some(bad.clone()));
+        let answer: ServerHello = serde_json::from_value(hello_answer(&server, &hello).await?)?;
         match answer {
             ServerHello::Rejected { reason, permanent } => {
                 assert!(
@@ -352,27 +362,16 @@ async fn retrying_is_only_told_to_clients_that_read_it() -> Result<()> {
     let port = server.range.0 + 9;
     let _squatter = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     for (agent, told) in [("tunnelc 0.1.0", false), ("tunnelc 0.1.0 +retrying", true)] {
-        let mut tls = server.tls_connect().await;
-        let hello = Hello {
-            version: tunneld_core::proto::VERSION,
-            token: Some(ALICE_TOKEN.into()),
-            tunnels: vec![TunnelRequest {
-                name: "busy".into(),
-                kind: TunnelKind::Tcp,
-                remote_port: Some(port),
-                frontend: None,
-                proxy_protocol: None,
-                subdomain: None,
-            }],
-            accept_server_mappings: false,
-            agent: agent.into(),
-            max_streams: None,
-            instance: None,
+        let busy = TunnelRequest {
+            name: "busy".into(),
+            kind: TunnelKind::Tcp,
+            remote_port: Some(port),
+            frontend: None,
+            proxy_protocol: None,
+            subdomain: None,
         };
-        let mut out = tunneld_core::proto::MAGIC.to_vec();
-        out.extend(encode_frame(&hello)?);
-        tls.write_all(&out).await?;
-        let answer: serde_json::Value = tokio::time::timeout(WAIT, read_frame(&mut tls)).await??;
+        let hello = alice_hello(agent, vec![busy], None);
+        let answer = hello_answer(&server, &hello).await?;
         let status = &answer["tunnels"][0];
         assert!(
             status["error"]
