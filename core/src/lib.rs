@@ -56,6 +56,7 @@ pub mod sni;
 pub mod splice;
 pub mod state;
 pub mod stream_budget;
+pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod tls_listener;

@@ -62,7 +62,7 @@ impl Permit {
     /// rendezvous port parks many from one address, bounded per id elsewhere).
     pub fn leave_address(&mut self) {
         if std::mem::take(&mut self.per_address) {
-            let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = crate::sync::lock(&self.limiter.state);
             if let Some(n) = s.per_ip.get_mut(&self.ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -85,7 +85,7 @@ impl AddressLimiter {
     /// Takes a slot for `ip` (counted by [`crate::throttle::address_key`]: IPv6 by /64).
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
         let ip = crate::throttle::address_key(ip);
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.state);
         if s.total >= self.max_total {
             return Err(Refused::Total);
         }
@@ -121,14 +121,14 @@ impl AddressLimiter {
     }
 
     pub fn pending(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+        crate::sync::lock(&self.state).total
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.leave_address();
-        let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.limiter.state);
         s.total = s.total.saturating_sub(1);
     }
 }

@@ -122,9 +122,7 @@ impl LiveSession {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 /// Clients remembered as having had sessions that all ended (for threshold's `ClientClosed`).
 const DEPARTED_KEPT: usize = 4096;

@@ -43,7 +43,7 @@ impl StreamBudget {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.counts)
     }
 
     /// Takes one stream of `tunnel` from `addr`, or says which cap is full.

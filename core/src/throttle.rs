@@ -69,7 +69,7 @@ impl FailureThrottle {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.buckets)
     }
 
     fn refilled(&self, b: Bucket, now: Instant) -> f64 {
@@ -149,7 +149,7 @@ impl LogBudget {
 
     /// Whether one more line may be written now; a line that may not is counted.
     pub fn allow(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.state);
         let now = Instant::now();
         if now.duration_since(s.0) >= self.window {
             *s = (now, 0);

@@ -37,10 +37,7 @@ impl BoundListener {
 
     /// The listener, the first time only.
     pub fn take(&self) -> Option<TcpListener> {
-        self.listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        crate::sync::lock(&self.listener).take()
     }
 }
 

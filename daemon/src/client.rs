@@ -303,7 +303,7 @@ pub async fn run(
                         let all = all_refused(&cfg_fwd, &tunnels);
                         let _ = ev.send(ClientEvent::TunnelsChanged { tunnels });
                         if let Some(all) = all {
-                            *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(all);
+                            *tunneld_core::sync::lock(&why) = Some(all);
                             ended.cancel();
                             return;
                         }
@@ -314,7 +314,7 @@ pub async fn run(
                 if stop.is_cancelled() {
                     return Ok(());
                 }
-                if let Some(why) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(why) = tunneld_core::sync::lock(&refused).take() {
                     return Err(anyhow::anyhow!("{why}"));
                 }
                 if started.elapsed() > Duration::from_secs(10) {

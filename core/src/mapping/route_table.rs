@@ -18,9 +18,7 @@ pub struct RouteTable {
     pub(super) metrics: Arc<Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl RouteTable {
     fn current(&self) -> Arc<Vec<Route>> {

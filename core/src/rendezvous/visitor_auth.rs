@@ -236,7 +236,7 @@ impl Nonces {
             return Err(NonceError::Stale);
         }
         let count = nc.unwrap_or(0);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::sync::lock(&self.seen);
         if seen.len() >= MAX_TRACKED {
             let ttl = self.ttl.as_secs();
             seen.retain(|_, (t, _)| now.saturating_sub(*t) <= ttl);

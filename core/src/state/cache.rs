@@ -104,7 +104,7 @@ impl StateCache {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
-        self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.shared.data)
     }
 
     /// Waits for a check that began after this call.
@@ -148,7 +148,7 @@ impl Drop for StateCache {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
-        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.tickets)
     }
 
     /// The checking thread: one check per batch of waiting tickets.
@@ -179,7 +179,7 @@ impl Shared {
                 .with_label_values(&[o])
                 .inc()
         };
-        let known = self.data.read().unwrap_or_else(|p| p.into_inner()).versions;
+        let known = crate::sync::read(&self.data).versions;
         let changes = match self.store.cached_changes(known) {
             Ok(c) => c,
             Err(e) => {
@@ -191,7 +191,7 @@ impl Shared {
             outcome("current");
             return Ok(());
         }
-        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+        let mut data = crate::sync::write(&self.data);
         if let Some(all) = changes.tokens {
             data.tokens = all.into_iter().map(|t| (t.digest.clone(), t)).collect();
         }

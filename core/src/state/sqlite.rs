@@ -76,7 +76,7 @@ impl SqliteStore {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.conn)
     }
 }
 
@@ -336,7 +336,7 @@ impl StateStore for SqliteStore {
     }
 
     fn cached_changes(&self, known: Option<Versions>) -> Result<Changes, StateError> {
-        let c = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let c = crate::sync::lock(&self.probe);
         cache_read::changes(&c, known)
     }
 

@@ -78,7 +78,7 @@ pub struct PortsFrontend {
 }
 
 fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+    tunneld_core::sync::lock(&t)
 }
 
 /// Releases a port when dropped.

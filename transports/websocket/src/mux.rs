@@ -102,7 +102,7 @@ struct Conv {
 
 impl Conv {
     fn lock(&self) -> std::sync::MutexGuard<'_, ConvState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.st)
     }
 }
 
@@ -126,7 +126,7 @@ struct Shared {
 
 impl Shared {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.table)
     }
 
     fn send_ctl(&self, m: &Msg) {

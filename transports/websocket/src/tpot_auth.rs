@@ -169,7 +169,7 @@ impl Verifier {
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.seen)
     }
 }
 
