@@ -6,7 +6,7 @@
 
 use crate::config::AccessMode;
 use crate::frontend::Inner;
-use crate::names::forbidden_host;
+use crate::names::{forbidden_host, Route};
 use crate::respond::{response, send};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -101,6 +101,8 @@ fn allowed(
     }
 }
 
+/// Answers a `CONNECT <tunnel>:<port>`: parse and authorize the target, route it to a
+/// rendezvous id's parked connection or a tunnel name, then splice.
 pub(crate) async fn serve(
     inner: &Inner,
     mut io: BoxIo,
@@ -109,135 +111,204 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
+    let Some(host) = target(inner, &mut io, &head).await else {
+        return;
+    };
+    if !authorize(inner, &mut io, &head, &host, peer).await {
+        return;
+    }
+    let started = Instant::now();
+    let Some(mut stream) = route(inner, &mut io, &host, peer, local).await else {
+        return;
+    };
+    splice(inner, &mut io, &mut stream, &surplus, &host, started).await;
+}
+
+/// The tunnel name of the CONNECT target, or `None` once the target is refused.
+async fn target(inner: &Inner, io: &mut BoxIo, head: &RequestHead) -> Option<String> {
     let Some((host, _port)) = authority(&head.target) else {
-        return refuse(
+        refuse(
             inner,
-            &mut io,
+            io,
             400,
             "bad_target",
             "CONNECT needs <tunnel-name>:<port>",
         )
         .await;
+        return None;
     };
     let host = host.to_string();
     if forbidden_host(&host) {
-        return refuse(
+        refuse(
             inner,
-            &mut io,
+            io,
             403,
             "forbidden",
             &format!("`{host}` is not reachable: only registered tunnel names are"),
         )
         .await;
+        return None;
     }
+    Some(host)
+}
+
+/// The failed-authentication throttle, then the access policy; `false` once refused.
+async fn authorize(
+    inner: &Inner,
+    io: &mut BoxIo,
+    head: &RequestHead,
+    host: &str,
+    peer: SocketAddr,
+) -> bool {
     // Wrong credentials count against the address, with every other failure.
     if let Err(wait) = inner.registry.throttle.check(peer.ip()) {
         let msg = tunneld_core::hub::throttled_reason(peer.ip(), wait);
-        return refuse(inner, &mut io, 429, "throttled", &msg).await;
+        refuse(inner, io, 429, "throttled", &msg).await;
+        return false;
     }
-    if let Err((code, o, msg)) = allowed(inner, &head, &host) {
+    if let Err((code, o, msg)) = allowed(inner, head, host) {
         // Only credentials that were sent and wrong count (a first try without any is how
         // proxy clients learn the scheme).
         if code == 407 && head.header("proxy-authorization").is_some() {
             inner.registry.throttle.failed(peer.ip());
         }
-        return refuse(inner, &mut io, code, o, &msg).await;
+        refuse(inner, io, code, o, &msg).await;
+        return false;
     }
-    let started = Instant::now();
+    true
+}
+
+/// The stream to `host`: a rendezvous id's parked connection, else a tunnel name's; `None`
+/// once refused.
+async fn route(
+    inner: &Inner,
+    io: &mut BoxIo,
+    host: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<BoxIo> {
     // A rendezvous id first: names never shadow ids (claims of an id as a name are
     // refused; an id made later takes the label over).
-    let found = match inner.registry.ids.lookup_strict(&host).await {
+    let found = match inner.registry.ids.lookup_strict(host).await {
         Ok(found) => found,
         Err(e) => {
             let msg = format!("rendezvous ids cannot be read now: {e}");
-            return refuse(inner, &mut io, 503, "store_error", &msg).await;
+            refuse(inner, io, 503, "store_error", &msg).await;
+            return None;
         }
     };
-    let stream = if let Some(entry) = found {
+    if let Some(entry) = found {
         match inner
             .registry
-            .take(&host, &entry, inner.cfg.visitor_wait)
+            .take(host, &entry, inner.cfg.visitor_wait)
             .await
         {
-            Some(s) => s,
+            Some(s) => Some(s),
             None => {
-                return refuse(
+                refuse(
                     inner,
-                    &mut io,
+                    io,
                     502,
                     "nothing_parked",
                     &format!("rendezvous id `{host}`: no hidden server is waiting"),
                 )
-                .await
+                .await;
+                None
             }
         }
-    } else if let Some(route) = inner.names.lookup(&host) {
-        let header = StreamHeader {
-            tunnel: route.tunnel.clone(),
-            target: None,
-            visitor: peer,
-            public: local,
-            proxy_protocol: route.proxy_protocol,
-        };
-        match tokio::time::timeout(inner.cfg.open_timeout, route.target.open(header, None)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let e_reason = e.reason();
-                inner
-                    .metrics
-                    .stream_open_failures_total
-                    .with_label_values(&[&inner.name, e_reason])
-                    .inc();
-                // What the tunnel client said (its local address, an OS error) stays in
-                // tunneld's log: the visitor learns only what failed.
-                tracing::debug!(frontend = %inner.name, %host, error = %e, "CONNECT to a tunnel failed");
-                let what = match e {
-                    OpenError::LocalRefused(_) => {
-                        "the tunnel client could not reach its local service".to_string()
-                    }
-                    OpenError::Session(_) => "the tunnel session failed".to_string(),
-                    e => e.to_string(),
-                };
-                return refuse(
-                    inner,
-                    &mut io,
-                    502,
-                    e_reason,
-                    &format!("tunnel `{host}`: {what}"),
-                )
-                .await;
-            }
-            Err(_) => {
-                return refuse(
-                    inner,
-                    &mut io,
-                    504,
-                    "timeout",
-                    &format!("tunnel `{host}`: the tunnel client did not answer in time"),
-                )
-                .await;
-            }
-        }
-    } else if inner.names.reserved(&host) {
-        return refuse(
+    } else if let Some(route) = inner.names.lookup(host) {
+        open_tunnel(inner, io, host, &route, peer, local).await
+    } else if inner.names.reserved(host) {
+        refuse(
             inner,
-            &mut io,
+            io,
             502,
             "offline",
             &format!("tunnel `{host}`: the tunnel client is not connected"),
         )
         .await;
+        None
     } else {
-        return refuse(
+        refuse(
             inner,
-            &mut io,
+            io,
             403,
             "unknown_name",
             &format!("`{host}` is not a tunnel name registered here"),
         )
         .await;
+        None
+    }
+}
+
+/// Opens a stream to the tunnel `route` within `open_timeout`; `None` once refused.
+async fn open_tunnel(
+    inner: &Inner,
+    io: &mut BoxIo,
+    host: &str,
+    route: &Route,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<BoxIo> {
+    let header = StreamHeader {
+        tunnel: route.tunnel.clone(),
+        target: None,
+        visitor: peer,
+        public: local,
+        proxy_protocol: route.proxy_protocol,
     };
-    let mut stream = stream;
+    match tokio::time::timeout(inner.cfg.open_timeout, route.target.open(header, None)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            let e_reason = e.reason();
+            inner
+                .metrics
+                .stream_open_failures_total
+                .with_label_values(&[&inner.name, e_reason])
+                .inc();
+            // What the tunnel client said (its local address, an OS error) stays in
+            // tunneld's log: the visitor learns only what failed.
+            tracing::debug!(frontend = %inner.name, %host, error = %e, "CONNECT to a tunnel failed");
+            let what = match e {
+                OpenError::LocalRefused(_) => {
+                    "the tunnel client could not reach its local service".to_string()
+                }
+                OpenError::Session(_) => "the tunnel session failed".to_string(),
+                e => e.to_string(),
+            };
+            refuse(
+                inner,
+                io,
+                502,
+                e_reason,
+                &format!("tunnel `{host}`: {what}"),
+            )
+            .await;
+            None
+        }
+        Err(_) => {
+            refuse(
+                inner,
+                io,
+                504,
+                "timeout",
+                &format!("tunnel `{host}`: the tunnel client did not answer in time"),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// Counts the opened stream, answers 200, forwards `surplus` and splices until idle.
+async fn splice(
+    inner: &Inner,
+    io: &mut BoxIo,
+    stream: &mut BoxIo,
+    surplus: &[u8],
+    host: &str,
+    started: Instant,
+) {
     let m = &inner.metrics;
     m.stream_open_seconds
         .with_label_values(&[&inner.name])
@@ -254,7 +325,7 @@ pub(crate) async fn serve(
         return;
     }
     outcome(inner, "ok");
-    if !surplus.is_empty() && stream.write_all(&surplus).await.is_err() {
+    if !surplus.is_empty() && stream.write_all(surplus).await.is_err() {
         return;
     }
     let active = m.streams_active.with_label_values(&[&inner.name]);
@@ -267,7 +338,7 @@ pub(crate) async fn serve(
         .visitors_idle_closed_total
         .with_label_values(&[&inner.name]);
     let idle = inner.limits.idle_timeout;
-    if let Err(e) = splice_until_idle(&mut io, &mut stream, counters, idle, &idled).await {
+    if let Err(e) = splice_until_idle(io, stream, counters, idle, &idled).await {
         tracing::debug!(frontend = %inner.name, tunnel = %host, error = %e, "CONNECT stream ended with an error");
     }
     active.dec();

@@ -15,6 +15,8 @@ use tunneld_core::frontend::{
     Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
 };
 use tunneld_core::http1::{self, HeadError};
+use tunneld_core::io::BoxIo;
+use tunneld_core::limits::Permit;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::TunnelKind;
 use tunneld_core::rendezvous::park::{self, Parker};
@@ -204,62 +206,14 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
     // parked hidden servers.
     let mut visiting = None;
     loop {
-        let head = match tokio::time::timeout(
-            inner.cfg.header_timeout,
-            http1::read_head_limited(&mut io, &mut buf, inner.max_head),
-        )
-        .await
-        {
-            Ok(Ok(h)) => h,
-            Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
-            Ok(Err(e)) => {
-                inner.visitor_outcome(e.reason());
-                let body = format!("{e}\n");
-                crate::respond::send(
-                    &mut io,
-                    &crate::respond::response(e.status(), &[], "text/plain", &body, true),
-                    true,
-                )
-                .await;
-                return;
-            }
-            Err(_) => {
-                if buf.is_empty() {
-                    return;
-                }
-                inner.visitor_outcome("head_timeout");
-                crate::respond::send(
-                    &mut io,
-                    &crate::respond::response(
-                        408,
-                        &[],
-                        "text/plain",
-                        "request head timed out\n",
-                        true,
-                    ),
-                    true,
-                )
-                .await;
-                return;
-            }
+        let Some(head) = read_request(&inner, &mut io, &mut buf).await else {
+            return;
         };
         let parking = head.method.eq_ignore_ascii_case("CONNECT")
             && park::parse_target(&head.target).is_some();
         if !parking && visiting.is_none() {
             if cx.shutdown.is_cancelled() {
-                inner.visitor_outcome("draining");
-                crate::respond::send(
-                    &mut io,
-                    &crate::respond::response(
-                        503,
-                        &[],
-                        "text/plain",
-                        "tunneld is restarting: try again in a moment\n",
-                        true,
-                    ),
-                    true,
-                )
-                .await;
+                refuse_draining(&inner, &mut io).await;
                 return;
             }
             visiting = Some(cx.tasks.token());
@@ -270,22 +224,11 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
                 // hold the drain up.
                 drop(visiting.take());
                 if inner.cfg.parking {
-                    // Nor does it count against its address's visitor cap: a hidden server
-                    // parks many from one address (bounded by `max_parked_per_id` per id).
-                    permit.leave_address();
-                    park::serve(
-                        inner.registry.clone(),
-                        &inner.auth,
-                        io,
-                        head,
-                        buf,
-                        Parker {
-                            peer: peer.ip(),
-                            cert_cn,
-                        },
-                        cx.closing.clone(),
-                    )
-                    .await;
+                    let who = Parker {
+                        peer: peer.ip(),
+                        cert_cn,
+                    };
+                    park(&inner, io, head, buf, who, &mut permit, &cx).await;
                 } else {
                     inner.visitor_outcome("parking_disabled");
                     crate::respond::send(
@@ -309,4 +252,88 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
             }
         }
     }
+}
+
+/// Reads one request head within `header_timeout`; `None` (after any answer) ends the
+/// connection.
+async fn read_request(
+    inner: &Inner,
+    io: &mut BoxIo,
+    buf: &mut Vec<u8>,
+) -> Option<http1::RequestHead> {
+    match tokio::time::timeout(
+        inner.cfg.header_timeout,
+        http1::read_head_limited(io, buf, inner.max_head),
+    )
+    .await
+    {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err(HeadError::Closed | HeadError::Io(_))) => None,
+        Ok(Err(e)) => {
+            inner.visitor_outcome(e.reason());
+            let body = format!("{e}\n");
+            crate::respond::send(
+                io,
+                &crate::respond::response(e.status(), &[], "text/plain", &body, true),
+                true,
+            )
+            .await;
+            None
+        }
+        Err(_) => {
+            if buf.is_empty() {
+                return None;
+            }
+            inner.visitor_outcome("head_timeout");
+            crate::respond::send(
+                io,
+                &crate::respond::response(408, &[], "text/plain", "request head timed out\n", true),
+                true,
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// Answers a visitor that arrives while tunneld drains: 503.
+async fn refuse_draining(inner: &Inner, io: &mut BoxIo) {
+    inner.visitor_outcome("draining");
+    crate::respond::send(
+        io,
+        &crate::respond::response(
+            503,
+            &[],
+            "text/plain",
+            "tunneld is restarting: try again in a moment\n",
+            true,
+        ),
+        true,
+    )
+    .await;
+}
+
+/// Parks a hidden server's connection, out of its address's visitor cap.
+async fn park(
+    inner: &Inner,
+    io: BoxIo,
+    head: http1::RequestHead,
+    buf: Vec<u8>,
+    who: Parker,
+    permit: &mut Permit,
+    cx: &FrontendContext,
+) {
+    // A parked connection counts against no visitor cap of its address either: a hidden
+    // server parks many from one address (bounded by `max_parked_per_id` per id).
+    permit.leave_address();
+    park::serve(
+        inner.registry.clone(),
+        &inner.auth,
+        io,
+        head,
+        buf,
+        who,
+        cx.closing.clone(),
+    )
+    .await;
 }

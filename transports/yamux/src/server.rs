@@ -156,7 +156,14 @@ impl From<FrameError> for HandshakeFailure {
     }
 }
 
+/// The TLS stream of an accepted connection.
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A finished handshake: the stream, the client certificate's common name, the dialect.
+type Handshaken = (Tls, Option<String>, Dialect);
+
 impl YamuxTransport {
+    /// Serves one accepted connection: the handshake, then the session of its dialect.
     async fn handle(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -169,102 +176,10 @@ impl YamuxTransport {
         // (threshold clients have no tunneld-level ping).
         tunneld_core::tls_listener::set_keepalive(&tcp);
         cx.metrics.handshakes_pending.inc();
-        let hs = tokio::time::timeout(cx.handshake_timeout, async {
-            let mut tls = self.tls.accept(tcp).await.map_err(|e| HandshakeFailure {
-                outcome: if e.to_string().contains("certificate") {
-                    "bad_certificate"
-                } else {
-                    "tls_error"
-                },
-                detail: format!("TLS handshake failed: {e}"),
-            })?;
-            let cn = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| common_name(c));
-            let mut first = [0u8; 8];
-            tls.read_exact(&mut first)
-                .await
-                .map_err(|_| HandshakeFailure::from(FrameError::Closed))?;
-            if &first == MAGIC {
-                let hello: Hello = match read_frame(&mut tls).await {
-                    Ok(h) => h,
-                    Err(e @ FrameError::TooLarge(_)) => {
-                        // Say why, so tunnelc stops instead of retrying the same hello.
-                        let _ = write_frame(&mut tls, &oversized_hello(&e)).await;
-                        let _ = tls.shutdown().await;
-                        return Err(e.into());
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                return Ok::<_, HandshakeFailure>((tls, cn, Dialect::Native(hello)));
-            }
-            match &self.cfg.threshold {
-                Some(t) if t.management_api && threshold::is_management(&first) => {
-                    match cn.as_deref().and_then(|c| threshold::cert_id(c, t)) {
-                        Some(id) => Ok((tls, cn.clone(), Dialect::Management(id.to_string(), first))),
-                        None => {
-                            let body = "the management API needs a client certificate <id>@domain\n";
-                            let r = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                            let _ = tls.write_all(r.as_bytes()).await;
-                            let _ = tls.shutdown().await;
-                            Err(HandshakeFailure {
-                                outcome: "bad_certificate",
-                                detail: "management API request without a valid client certificate".into(),
-                            })
-                        }
-                    }
-                }
-                Some(t) if &first == b"CONNECT " => {
-                    let identified = match threshold::read_head(&mut tls, &first).await {
-                        Ok(head) => threshold::identify(&head, cn.as_deref(), t).map(|identity| {
-                            threshold::Caller {
-                                identity,
-                                koding: threshold::is_koding(&head),
-                            }
-                        }),
-                        Err(r) => Err(r),
-                    };
-                    match identified {
-                        Ok(caller) => Ok((tls, cn, Dialect::Threshold(caller))),
-                        Err(r) => {
-                            let _ = tls.write_all(&r.response()).await;
-                            let _ = tls.shutdown().await;
-                            Err(HandshakeFailure {
-                                outcome: r.outcome,
-                                detail: format!(
-                                    "threshold CONNECT refused ({}): {}",
-                                    r.status, r.message
-                                ),
-                            })
-                        }
-                    }
-                }
-                _ => Err(FrameError::BadMagic.into()),
-            }
-        })
-        .await;
+        let hs = tokio::time::timeout(cx.handshake_timeout, self.handshake(tcp)).await;
         cx.metrics.handshakes_pending.dec();
-        let (mut tls, cn, dialect) = match hs {
-            Ok(Ok(x)) => x,
-            Ok(Err(f)) => {
-                Self::count_handshake(&cx, f.outcome);
-                if !matches!(f.outcome, "tls_error" | "bad_certificate" | "closed") {
-                    cx.metrics
-                        .protocol_errors_total
-                        .with_label_values(&[&cx.name, f.outcome])
-                        .inc();
-                }
-                tracing::warn!(transport = %cx.name, %peer, outcome = f.outcome, "handshake failed: {}", f.detail);
-                return;
-            }
-            Err(_) => {
-                Self::count_handshake(&cx, "timeout");
-                tracing::warn!(transport = %cx.name, %peer, timeout = ?cx.handshake_timeout, "handshake timed out");
-                return;
-            }
+        let Some((mut tls, cn, dialect)) = Self::handshake_outcome(hs, peer, &cx) else {
+            return;
         };
 
         let hello = match dialect {
@@ -287,6 +202,96 @@ impl YamuxTransport {
                 return;
             }
         };
+        let Some((guard, open_rx, probe_link)) = self
+            .admit_native(&mut tls, &hello, cn.as_deref(), peer, &cx)
+            .await
+        else {
+            return;
+        };
+        drop(permit);
+        let conn = Connection::new(
+            crate::coalesce::Coalesce::new(tls).compat(),
+            self.cfg.yamux.yamux(),
+            Mode::Server,
+        );
+        run_session(conn, open_rx, probe_link, guard, cx).await;
+    }
+
+    /// Counts and logs a failed or timed-out handshake; the finished one otherwise.
+    fn handshake_outcome(
+        hs: Result<Result<Handshaken, HandshakeFailure>, tokio::time::error::Elapsed>,
+        peer: SocketAddr,
+        cx: &TransportContext,
+    ) -> Option<Handshaken> {
+        match hs {
+            Ok(Ok(x)) => Some(x),
+            Ok(Err(f)) => {
+                Self::count_handshake(cx, f.outcome);
+                if !matches!(f.outcome, "tls_error" | "bad_certificate" | "closed") {
+                    cx.metrics
+                        .protocol_errors_total
+                        .with_label_values(&[&cx.name, f.outcome])
+                        .inc();
+                }
+                tracing::warn!(transport = %cx.name, %peer, outcome = f.outcome, "handshake failed: {}", f.detail);
+                None
+            }
+            Err(_) => {
+                Self::count_handshake(cx, "timeout");
+                tracing::warn!(transport = %cx.name, %peer, timeout = ?cx.handshake_timeout, "handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// TLS, then the first eight bytes choose the dialect: tunneld's hello, threshold's
+    /// management API or threshold's CONNECT.
+    async fn handshake(&self, tcp: TcpStream) -> Result<Handshaken, HandshakeFailure> {
+        let mut tls = self.tls.accept(tcp).await.map_err(|e| HandshakeFailure {
+            outcome: if e.to_string().contains("certificate") {
+                "bad_certificate"
+            } else {
+                "tls_error"
+            },
+            detail: format!("TLS handshake failed: {e}"),
+        })?;
+        let cn = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| common_name(c));
+        let mut first = [0u8; 8];
+        tls.read_exact(&mut first)
+            .await
+            .map_err(|_| HandshakeFailure::from(FrameError::Closed))?;
+        if &first == MAGIC {
+            let hello = read_hello(&mut tls).await?;
+            return Ok((tls, cn, Dialect::Native(hello)));
+        }
+        match &self.cfg.threshold {
+            Some(t) if t.management_api && threshold::is_management(&first) => {
+                let id = management_caller(&mut tls, cn.as_deref(), t).await?;
+                Ok((tls, cn, Dialect::Management(id, first)))
+            }
+            Some(t) if &first == b"CONNECT " => {
+                let caller = threshold_caller(&mut tls, &first, cn.as_deref(), t).await?;
+                Ok((tls, cn, Dialect::Threshold(caller)))
+            }
+            _ => Err(FrameError::BadMagic.into()),
+        }
+    }
+
+    /// Hub admission of a tunnelc, answered on `tls`: its session guard, and the receiving
+    /// ends of its opener's stream requests and probes.
+    async fn admit_native(
+        &self,
+        tls: &mut Tls,
+        hello: &Hello,
+        cn: Option<&str>,
+        peer: SocketAddr,
+        cx: &TransportContext,
+    ) -> Option<(SessionGuard, mpsc::Receiver<OpenReply>, control::ProbeLink)> {
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let (probes, probe_link) = control::Probes::new();
         let opener = Arc::new(YamuxOpener {
@@ -300,28 +305,73 @@ impl YamuxTransport {
                 }),
             )),
         });
-        let Some(guard) = cx
+        let guard = cx
             .hub
-            .admit_answering(
-                &mut tls,
-                &hello,
-                cn.as_deref(),
-                &cx.name,
-                "yamux",
-                peer,
-                opener,
-            )
-            .await
-        else {
-            return;
-        };
-        drop(permit);
-        let conn = Connection::new(
-            crate::coalesce::Coalesce::new(tls).compat(),
-            self.cfg.yamux.yamux(),
-            Mode::Server,
-        );
-        run_session(conn, open_rx, probe_link, guard, cx).await;
+            .admit_answering(tls, hello, cn, &cx.name, "yamux", peer, opener)
+            .await?;
+        Some((guard, open_rx, probe_link))
+    }
+}
+
+/// Reads tunneld's hello frame; an oversized one is answered before the failure.
+async fn read_hello(tls: &mut Tls) -> Result<Hello, HandshakeFailure> {
+    match read_frame(tls).await {
+        Ok(h) => Ok(h),
+        Err(e @ FrameError::TooLarge(_)) => {
+            // Say why, so tunnelc stops instead of retrying the same hello.
+            let _ = write_frame(tls, &oversized_hello(&e)).await;
+            let _ = tls.shutdown().await;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The client id of a management API request, from its certificate; else a 403 answer.
+async fn management_caller(
+    tls: &mut Tls,
+    cn: Option<&str>,
+    t: &threshold::ThresholdConfig,
+) -> Result<String, HandshakeFailure> {
+    match cn.and_then(|c| threshold::cert_id(c, t)) {
+        Some(id) => Ok(id.to_string()),
+        None => {
+            let body = "the management API needs a client certificate <id>@domain\n";
+            let r = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = tls.write_all(r.as_bytes()).await;
+            let _ = tls.shutdown().await;
+            Err(HandshakeFailure {
+                outcome: "bad_certificate",
+                detail: "management API request without a valid client certificate".into(),
+            })
+        }
+    }
+}
+
+/// Reads and identifies a threshold CONNECT; a refused one is answered before the failure.
+async fn threshold_caller(
+    tls: &mut Tls,
+    first: &[u8; 8],
+    cn: Option<&str>,
+    t: &threshold::ThresholdConfig,
+) -> Result<threshold::Caller, HandshakeFailure> {
+    let identified = match threshold::read_head(tls, first).await {
+        Ok(head) => threshold::identify(&head, cn, t).map(|identity| threshold::Caller {
+            identity,
+            koding: threshold::is_koding(&head),
+        }),
+        Err(r) => Err(r),
+    };
+    match identified {
+        Ok(caller) => Ok(caller),
+        Err(r) => {
+            let _ = tls.write_all(&r.response()).await;
+            let _ = tls.shutdown().await;
+            Err(HandshakeFailure {
+                outcome: r.outcome,
+                detail: format!("threshold CONNECT refused ({}): {}", r.status, r.message),
+            })
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tunneld_core::auth::Identity;
+use tunneld_core::hub::SessionGuard;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{Hello, VERSION};
 use tunneld_core::transport::TransportContext;
@@ -42,6 +44,33 @@ pub(crate) async fn run_threshold<T>(
         slots: Arc::new(Semaphore::new(cfg.yamux.max_streams)),
         koding,
     });
+    let Some(guard) = admit(&mut tls, peer, identity, koding, opener, &cx).await else {
+        return;
+    };
+    if !answer(&mut tls, peer, &cx).await {
+        return;
+    }
+    drop(permit);
+    let conn = Connection::new(
+        crate::coalesce::Coalesce::new(tls).compat(),
+        cfg.yamux.yamux(),
+        Mode::Server,
+    );
+    serve(conn, guard, pairs, line_rx, t.pair_timeout, &cx).await;
+}
+
+/// Hub admission of the client's identity; a rejection is answered 403 (within 2 s).
+async fn admit<T>(
+    tls: &mut T,
+    peer: SocketAddr,
+    identity: Identity,
+    koding: bool,
+    opener: Arc<ThresholdOpener>,
+    cx: &TransportContext,
+) -> Option<SessionGuard>
+where
+    T: tokio::io::AsyncWrite + Unpin,
+{
     // Threshold clients take whatever the admin API maps to them.
     let hello = Hello {
         version: VERSION,
@@ -56,8 +85,8 @@ pub(crate) async fn run_threshold<T>(
         .hub
         .admit_identity(identity, &hello, &cx.name, "yamux-threshold", peer, opener)
         .await;
-    let guard = match admitted {
-        Ok((g, _)) => g,
+    match admitted {
+        Ok((g, _)) => Some(g),
         Err(rej) => {
             if cx.hub.refusal_log.allow() {
                 tracing::warn!(transport = %cx.name, %peer, outcome = rej.outcome, "threshold client rejected: {}", rej.reason);
@@ -69,9 +98,16 @@ pub(crate) async fn run_threshold<T>(
             };
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), tls.write_all(&r.response())).await;
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Writes `200 Connected to Tunnel` within the handshake timeout; `false` if it failed.
+async fn answer<T>(tls: &mut T, peer: SocketAddr, cx: &TransportContext) -> bool
+where
+    T: tokio::io::AsyncWrite + Unpin,
+{
     let answered = tokio::time::timeout(cx.handshake_timeout, async {
         tls.write_all(threshold::CONNECTED).await?;
         tls.flush().await
@@ -79,14 +115,23 @@ pub(crate) async fn run_threshold<T>(
     .await;
     if !matches!(answered, Ok(Ok(()))) {
         tracing::warn!(transport = %cx.name, %peer, "could not answer the threshold CONNECT");
-        return;
+        return false;
     }
-    drop(permit);
-    let conn = Connection::new(
-        crate::coalesce::Coalesce::new(tls).compat(),
-        cfg.yamux.yamux(),
-        Mode::Server,
-    );
+    true
+}
+
+/// The yamux session: client-opened streams go to the control stream first, then to the
+/// FIFO pairs, until the connection, control, pairing watchdog or hub ends it.
+async fn serve<C>(
+    conn: Connection<C>,
+    guard: SessionGuard,
+    pairs: Arc<Pairs>,
+    line_rx: mpsc::Receiver<Vec<u8>>,
+    pair_timeout: Duration,
+    cx: &TransportContext,
+) where
+    C: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
     let client = guard.session.info.client_id.clone();
     let closed = guard.session.closed.clone();
     // tunneld never opens streams in this dialect: the opener channel stays empty.
@@ -110,29 +155,28 @@ pub(crate) async fn run_threshold<T>(
             _ => "no control stream opened".to_string(),
         }
     };
-    let pair_timeout = t.pair_timeout;
-    let watchdog = async {
-        let mut tick = tokio::time::interval((pair_timeout / 4).max(Duration::from_millis(100)));
-        loop {
-            tick.tick().await;
-            if pairs.oldest().is_some_and(|age| age > pair_timeout) {
-                cx.metrics
-                    .threshold_pair_timeouts_total
-                    .with_label_values(&[&cx.name])
-                    .inc();
-                return format!(
-                    "the client opened no stream for a visitor within {pair_timeout:?}"
-                );
-            }
-        }
-    };
     let reason = tokio::select! {
-        r = driver => driver_end(r, &cx),
+        r = driver => driver_end(r, cx),
         r = control => r,
-        r = watchdog => r,
+        r = watchdog(&pairs, pair_timeout, cx) => r,
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
     };
     pairs.clear();
     tracing::info!(transport = %cx.name, client = %client, "threshold session closing: {reason}");
     drop(guard);
+}
+
+/// Ends the session when the oldest pair has waited over `pair_timeout` for its stream.
+async fn watchdog(pairs: &Pairs, pair_timeout: Duration, cx: &TransportContext) -> String {
+    let mut tick = tokio::time::interval((pair_timeout / 4).max(Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        if pairs.oldest().is_some_and(|age| age > pair_timeout) {
+            cx.metrics
+                .threshold_pair_timeouts_total
+                .with_label_values(&[&cx.name])
+                .inc();
+            return format!("the client opened no stream for a visitor within {pair_timeout:?}");
+        }
+    }
 }
