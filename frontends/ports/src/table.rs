@@ -78,7 +78,7 @@ pub struct PortsFrontend {
 }
 
 fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    tunneld_core::sync::lock(&t)
+    tunneld_core::sync::lock(t)
 }
 
 /// Releases a port when dropped.
