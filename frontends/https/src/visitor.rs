@@ -3,6 +3,7 @@
 //! ways. WebSocket (any `Upgrade`) requests go over a raw tunnel stream, and bytes flow raw
 //! only after the local service answered `101`.
 
+use crate::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use crate::frontend::HttpsFrontend;
 use crate::names::Lookup;
 use crate::pages;
@@ -15,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tunneld_core::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::h2link::h2_reason;
 use tunneld_core::http_forward::{

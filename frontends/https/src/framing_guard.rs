@@ -7,12 +7,12 @@
 //! [`REFUSED_HEADER`] and `Connection: close`, after which input ends: the server answers the
 //! stand-in with `400` in order (after any earlier pipelined responses) and closes.
 
-use crate::http1::{parse, Framing, MAX_HEAD};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tunneld_core::http1::{parse, Framing, MAX_HEAD};
 
 /// Header of the stand-in request that replaces a refused one; its value is the reason. A
 /// visitor who sends it only earns a `400` for itself.
