@@ -22,7 +22,6 @@
 //!   listeners that read heads themselves.
 //! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
-//! - [`framing_guard`]: refuses ambiguous HTTP/1.1 framing under an HTTP server.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
 //!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
 //! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
@@ -34,7 +33,6 @@ pub mod auth;
 pub mod ca_sign;
 pub mod dial;
 pub mod duration;
-pub mod framing_guard;
 pub mod frontend;
 pub mod h2link;
 pub mod host_rewrite;

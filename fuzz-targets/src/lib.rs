@@ -144,10 +144,10 @@ pub fn http1_head(data: &[u8]) {
     });
 }
 
-/// `core/src/framing_guard.rs`: the guard over the bytes, read to the end, once in one read
+/// `frontends/https/src/framing_guard.rs`: the guard over the bytes, read to the end, once in one read
 /// with the default head limit and once in small reads with a 1 KiB limit.
 pub fn framing_guard(data: &[u8]) {
-    use tunneld_core::framing_guard::FramingGuard;
+    use tunneld_frontend_https::fuzzing::FramingGuard;
     block_on(async {
         let mut out = Vec::new();
         let mut g = FramingGuard::new(data);

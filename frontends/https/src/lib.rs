@@ -8,11 +8,13 @@
 //!
 //! Layout: [`config`], `frontend` (claims, routes), `names` (owners, grace, pools), `certs`
 //! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
-//! `pages` (tunneld's own answers).
+//! `framing_guard` (refuses ambiguous HTTP/1.1 framing under the visitor server), `pages`
+//! (tunneld's own answers).
 #![forbid(unsafe_code)]
 
 mod certs;
 pub mod config;
+mod framing_guard;
 mod frontend;
 mod listener;
 mod names;
@@ -26,5 +28,6 @@ pub use frontend::HttpsFrontend;
 /// Parsers of visitor bytes, public for the fuzz targets only.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::framing_guard::FramingGuard;
     pub use crate::visitor::host_of;
 }

@@ -54,106 +54,38 @@ pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: Front
 
 const NOT_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\nThis port speaks HTTPS: use https://.\n";
 
+/// One accepted connection: told apart by its ClientHello, then passed through to a `tls`
+/// tunnel, handed to the shared transport or the 2ptth upstream, or served as a visitor.
 async fn connection(
     fe: &Arc<HttpsFrontend>,
     mut tcp: TcpStream,
     peer: SocketAddr,
     cx: &FrontendContext,
 ) {
-    let draining = || {
-        let d = cx.shutdown.is_cancelled();
-        if d {
-            fe.metrics
-                .stream_open_failures_total
-                .with_label_values(&[&fe.name, "draining"])
-                .inc();
-        }
-        d
-    };
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp);
     let local = tcp.local_addr().unwrap_or(peer);
-    let peeked =
-        match tokio::time::timeout(fe.handshake_timeout, sni::read_client_hello(&mut tcp)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(SniError::NotTls(_))) => {
-                let _ = tcp.write_all(NOT_TLS).await;
-                let _ = tcp.shutdown().await;
-                return;
-            }
-            Ok(Err(e)) => {
-                fe.metrics
-                    .stream_open_failures_total
-                    .with_label_values(&[&fe.name, e.reason()])
-                    .inc();
-                return;
-            }
-            Err(_) => {
-                fe.metrics
-                    .stream_open_failures_total
-                    .with_label_values(&[&fe.name, "client_hello_timeout"])
-                    .inc();
-                return;
-            }
-        };
+    let Some(peeked) = client_hello(fe, &mut tcp).await else {
+        return;
+    };
     let sni = peeked
         .server_name
         .as_deref()
         .map(str::to_ascii_lowercase)
         .map(|s| s.trim_end_matches('.').to_string());
-    if let Some(rest) = sni
-        .as_deref()
-        .and_then(|s| s.strip_suffix(fe.cfg.domain.as_str()))
-        .and_then(|s| s.strip_suffix('.'))
-    {
-        // A first look that moves no round-robin: only tls names are routed here.
-        let is_tls = matches!(
-            fe.names.lookup_host(rest, false),
-            (
-                _,
-                Lookup::Active {
-                    kind: TunnelKind::Tls,
-                    ..
-                }
-            )
-        );
-        if is_tls {
-            if draining() {
-                return;
-            }
-            let _visiting = cx.tasks.token();
-            if let (_, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
-                passthrough(fe, tcp, peeked.bytes, peer, local, sni.as_deref(), members).await;
-                return;
-            }
+    if let Some(rest) = tls_tunnel(fe, sni.as_deref()) {
+        if draining(fe, cx) {
+            return;
+        }
+        let _visiting = cx.tasks.token();
+        if let (_, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
+            passthrough(fe, tcp, peeked.bytes, peer, local, sni.as_deref(), members).await;
+            return;
         }
     }
 
     let io = Prefixed::new(peeked.bytes, tcp);
-    let started = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let hs = tokio::time::timeout(fe.handshake_timeout, async {
-        let start = started.await?;
-        let offered: Vec<Vec<u8>> = start
-            .client_hello()
-            .alpn()
-            .map(|i| i.map(<[u8]>::to_vec).collect())
-            .unwrap_or_default();
-        let has = |p: &[u8]| offered.iter().any(|o| o == p);
-        if let Some(t) = fe.shared.as_ref().filter(|t| has(t.alpn())) {
-            let tls = start.into_stream(t.tls_config()).await?;
-            return Ok::<_, std::io::Error>(Kind::Transport(t.clone(), tls));
-        }
-        // A claimed name's certificate is minted off the runtime; wait for it here.
-        fe.resolver.ready(start.client_hello().server_name()).await;
-        if let Some(cfg) = fe.tls_2ptth.as_ref().filter(|_| has(ALPN_2PTTH)) {
-            return Ok(Kind::Upstream2ptth(start.into_stream(cfg.clone()).await?));
-        }
-        Ok(Kind::Visitor(
-            start.into_stream(fe.visitor_tls.clone()).await?,
-        ))
-    })
-    .await;
-    match hs {
+    match handshake(fe, io).await {
         Ok(Ok(Kind::Transport(t, tls))) => {
             let cn = tls
                 .get_ref()
@@ -165,7 +97,7 @@ async fn connection(
         }
         Ok(Ok(Kind::Upstream2ptth(tls))) => upstream_2ptth(fe, Box::new(tls), peer).await,
         Ok(Ok(Kind::Visitor(tls))) => {
-            if draining() {
+            if draining(fe, cx) {
                 return;
             }
             let _visiting = cx.tasks.token();
@@ -189,8 +121,100 @@ async fn connection(
     }
 }
 
+/// Whether the frontend is draining (no new visitors then); such a refusal is counted.
+fn draining(fe: &HttpsFrontend, cx: &FrontendContext) -> bool {
+    let d = cx.shutdown.is_cancelled();
+    if d {
+        fe.metrics
+            .stream_open_failures_total
+            .with_label_values(&[&fe.name, "draining"])
+            .inc();
+    }
+    d
+}
+
+/// The ClientHello, read within the handshake timeout; a client that does not speak TLS is
+/// told so in plain HTTP, other failures are counted.
+async fn client_hello(fe: &HttpsFrontend, tcp: &mut TcpStream) -> Option<sni::Peeked> {
+    match tokio::time::timeout(fe.handshake_timeout, sni::read_client_hello(tcp)).await {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(SniError::NotTls(_))) => {
+            let _ = tcp.write_all(NOT_TLS).await;
+            let _ = tcp.shutdown().await;
+            None
+        }
+        Ok(Err(e)) => {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, e.reason()])
+                .inc();
+            None
+        }
+        Err(_) => {
+            fe.metrics
+                .stream_open_failures_total
+                .with_label_values(&[&fe.name, "client_hello_timeout"])
+                .inc();
+            None
+        }
+    }
+}
+
+/// The name below the domain that the server name `sni` asks for, when it is a `tls`
+/// tunnel's (served by passthrough). A first look that moves no round-robin.
+fn tls_tunnel<'a>(fe: &HttpsFrontend, sni: Option<&'a str>) -> Option<&'a str> {
+    let rest = sni
+        .and_then(|s| s.strip_suffix(fe.cfg.domain.as_str()))
+        .and_then(|s| s.strip_suffix('.'))?;
+    let is_tls = matches!(
+        fe.names.lookup_host(rest, false),
+        (
+            _,
+            Lookup::Active {
+                kind: TunnelKind::Tls,
+                ..
+            }
+        )
+    );
+    is_tls.then_some(rest)
+}
+
+/// The TLS handshake within the handshake timeout, with the config the client's ALPN picks:
+/// the shared transport's, 2ptth's (compat mode), else the visitors' once the certificate
+/// of the name asked for is ready.
+async fn handshake(
+    fe: &HttpsFrontend,
+    io: Prefixed<TcpStream>,
+) -> Result<std::io::Result<Kind>, tokio::time::error::Elapsed> {
+    let started = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    tokio::time::timeout(fe.handshake_timeout, async {
+        let start = started.await?;
+        let offered: Vec<Vec<u8>> = start
+            .client_hello()
+            .alpn()
+            .map(|i| i.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let has = |p: &[u8]| offered.iter().any(|o| o == p);
+        if let Some(t) = fe.shared.as_ref().filter(|t| has(t.alpn())) {
+            let tls = start.into_stream(t.tls_config()).await?;
+            return Ok::<_, std::io::Error>(Kind::Transport(t.clone(), tls));
+        }
+        // A claimed name's certificate is minted off the runtime; wait for it here.
+        fe.resolver.ready(start.client_hello().server_name()).await;
+        if let Some(cfg) = fe.tls_2ptth.as_ref().filter(|_| has(ALPN_2PTTH)) {
+            return Ok(Kind::Upstream2ptth(start.into_stream(cfg.clone()).await?));
+        }
+        Ok(Kind::Visitor(
+            start.into_stream(fe.visitor_tls.clone()).await?,
+        ))
+    })
+    .await
+}
+
+/// A terminated TLS connection of the public port.
 type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
 
+/// What a connection turned out to be, by its ALPN.
 enum Kind {
     Transport(Arc<dyn tunneld_core::transport::SharedTransport>, Tls),
     Upstream2ptth(Tls),

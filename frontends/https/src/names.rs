@@ -143,96 +143,14 @@ impl Names {
         let now = Instant::now();
         let mut t = self.lock();
         let key = (req.owner.clone(), req.tunnel.clone());
-        let name = match &req.subdomain {
-            Some(s) => {
-                let s = s.to_ascii_lowercase();
-                if !valid_label(s.strip_prefix("*.").unwrap_or(&s)) {
-                    return Err(ClaimError::Invalid(format!(
-                        "subdomain `{s}` is invalid: use 1-63 of a-z, 0-9 and `-`, not at either end (or `*.` and such a label for a tls tunnel)"
-                    )));
-                }
-                s
-            }
-            None => match t.remembered.get(&key) {
-                Some(n) if t.entries.get(n).is_some_and(|e| e.owner == req.owner) => n.clone(),
-                _ => loop {
-                    let n = random_name();
-                    if !t.entries.contains_key(&n) && !self.pools.contains_key(&n) {
-                        break n;
-                    }
-                },
-            },
-        };
+        let name = self.pick_name(&t, req, &key)?;
         let pool = self.pools.get(&name);
-        let owner = match pool {
-            Some(members) if members.iter().any(|m| m == &req.owner) => format!("pool:{name}"),
-            Some(_) => {
-                return Err(ClaimError::Invalid(format!(
-                    "name `{name}` is a pool and this client is not one of its members"
-                )))
-            }
-            None => req.owner.clone(),
-        };
-        if let Some(e) = t.entries.get(&name) {
-            let live = !e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now);
-            if live && e.owner != owner {
-                return Err(ClaimError::NameHeld(name));
-            }
-            if live && e.kind != req.kind {
-                return Err(ClaimError::Invalid(format!(
-                    "name `{name}` already serves `{}` tunnels",
-                    e.kind
-                )));
-            }
-            // One membership per client and name: a second live one (another tunnel, or
-            // another session of the client) is refused; the hub names its holder.
-            if e.members.iter().any(|m| m.owner == req.owner) {
-                return Err(ClaimError::HeldBySession {
-                    port: None,
-                    name: Some(name),
-                });
-            }
+        let owner = pool_owner(pool, &name, req)?;
+        check_holder(&t, &name, &owner, req, now)?;
+        if pool.is_none() {
+            check_quota(&t, &name, req, now)?;
         }
-        if let (Some(max), None) = (req.max_names, pool) {
-            let held = t
-                .entries
-                .iter()
-                .filter(|(n, e)| {
-                    *n != &name
-                        && e.owner == req.owner
-                        && (!e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now))
-                })
-                .count();
-            if held >= max as usize {
-                return Err(ClaimError::Quota {
-                    limit: "max_names",
-                    what: "names",
-                    max,
-                });
-            }
-        }
-        t.next_gen += 1;
-        let gen = t.next_gen;
-        let member = Member {
-            owner: req.owner.clone(),
-            tunnel: req.tunnel.clone(),
-            target: req.target.clone(),
-            proxy_protocol: req.proxy_protocol,
-            gen,
-        };
-        let entry = t.entries.entry(name.clone()).or_insert_with(|| Entry {
-            owner: owner.clone(),
-            kind: req.kind,
-            members: Vec::new(),
-            reserved_until: None,
-            next: 0,
-        });
-        if entry.members.is_empty() {
-            entry.owner = owner;
-            entry.kind = req.kind;
-        }
-        entry.reserved_until = None;
-        entry.members.push(member);
+        let gen = join(&mut t, &name, owner, req);
         t.remembered.insert(key, name.clone());
         if t.remembered.len() > 100_000 {
             t.remembered.clear();
@@ -248,6 +166,36 @@ impl Names {
                 gen,
                 reserve: req.reserve_on_release,
             }),
+        })
+    }
+
+    /// The name a claim asks for: its subdomain (checked, lower-cased), else the name the
+    /// tunnel had while its owner still holds it, else a fresh random name.
+    fn pick_name(
+        &self,
+        t: &Table,
+        req: &ClaimRequest,
+        key: &(String, String),
+    ) -> Result<String, ClaimError> {
+        Ok(match &req.subdomain {
+            Some(s) => {
+                let s = s.to_ascii_lowercase();
+                if !valid_label(s.strip_prefix("*.").unwrap_or(&s)) {
+                    return Err(ClaimError::Invalid(format!(
+                        "subdomain `{s}` is invalid: use 1-63 of a-z, 0-9 and `-`, not at either end (or `*.` and such a label for a tls tunnel)"
+                    )));
+                }
+                s
+            }
+            None => match t.remembered.get(key) {
+                Some(n) if t.entries.get(n).is_some_and(|e| e.owner == req.owner) => n.clone(),
+                _ => loop {
+                    let n = random_name();
+                    if !t.entries.contains_key(&n) && !self.pools.contains_key(&n) {
+                        break n;
+                    }
+                },
+            },
         })
     }
 
@@ -329,6 +277,107 @@ impl Names {
         v.sort_by(|a, b| (&a.tunnel, &a.owner).cmp(&(&b.tunnel, &b.owner)));
         v
     }
+}
+
+/// The owner a claim of `name` takes: `pool:<name>` for a pool the client is a member of
+/// (a pool it is not a member of is refused), else the client.
+fn pool_owner(
+    pool: Option<&Vec<String>>,
+    name: &str,
+    req: &ClaimRequest,
+) -> Result<String, ClaimError> {
+    match pool {
+        Some(members) if members.iter().any(|m| m == &req.owner) => Ok(format!("pool:{name}")),
+        Some(_) => Err(ClaimError::Invalid(format!(
+            "name `{name}` is a pool and this client is not one of its members"
+        ))),
+        None => Ok(req.owner.clone()),
+    }
+}
+
+/// Refuses a claim of a name that is live (served or reserved) for another owner or another
+/// kind of tunnel, or that the client already serves.
+fn check_holder(
+    t: &Table,
+    name: &str,
+    owner: &str,
+    req: &ClaimRequest,
+    now: Instant,
+) -> Result<(), ClaimError> {
+    let Some(e) = t.entries.get(name) else {
+        return Ok(());
+    };
+    let live = !e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now);
+    if live && e.owner != owner {
+        return Err(ClaimError::NameHeld(name.to_string()));
+    }
+    if live && e.kind != req.kind {
+        return Err(ClaimError::Invalid(format!(
+            "name `{name}` already serves `{}` tunnels",
+            e.kind
+        )));
+    }
+    // One membership per client and name: a second live one (another tunnel, or
+    // another session of the client) is refused; the hub names its holder.
+    if e.members.iter().any(|m| m.owner == req.owner) {
+        return Err(ClaimError::HeldBySession {
+            port: None,
+            name: Some(name.to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a claim over the client's `max_names`: the live names it owns besides `name`.
+fn check_quota(t: &Table, name: &str, req: &ClaimRequest, now: Instant) -> Result<(), ClaimError> {
+    let Some(max) = req.max_names else {
+        return Ok(());
+    };
+    let held = t
+        .entries
+        .iter()
+        .filter(|(n, e)| {
+            n.as_str() != name
+                && e.owner == req.owner
+                && (!e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now))
+        })
+        .count();
+    if held >= max as usize {
+        return Err(ClaimError::Quota {
+            limit: "max_names",
+            what: "names",
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Adds the claiming tunnel as a member of `name`'s entry (made, or taken over by `owner`
+/// when it has no member left); the new member's generation.
+fn join(t: &mut Table, name: &str, owner: String, req: &ClaimRequest) -> u64 {
+    t.next_gen += 1;
+    let gen = t.next_gen;
+    let member = Member {
+        owner: req.owner.clone(),
+        tunnel: req.tunnel.clone(),
+        target: req.target.clone(),
+        proxy_protocol: req.proxy_protocol,
+        gen,
+    };
+    let entry = t.entries.entry(name.to_string()).or_insert_with(|| Entry {
+        owner: owner.clone(),
+        kind: req.kind,
+        members: Vec::new(),
+        reserved_until: None,
+        next: 0,
+    });
+    if entry.members.is_empty() {
+        entry.owner = owner;
+        entry.kind = req.kind;
+    }
+    entry.reserved_until = None;
+    entry.members.push(member);
+    gen
 }
 
 #[cfg(test)]

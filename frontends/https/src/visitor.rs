@@ -2,9 +2,15 @@
 //! `:authority` (never by the connection), forwarded with `X-Forwarded-*`, and streamed both
 //! ways. WebSocket (any `Upgrade`) requests go over a raw tunnel stream, and bytes flow raw
 //! only after the local service answered `101`.
+//!
+//! Layout: this module serves a connection and checks each request; `route` finds where a
+//! request goes, `forward` sends it there and relays the answer.
 
+mod forward;
+mod route;
+
+use crate::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use crate::frontend::HttpsFrontend;
-use crate::names::Lookup;
 use crate::pages;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -12,22 +18,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tunneld_core::framing_guard::{FramingGuard, HEAD_TOO_LARGE, REFUSED_HEADER};
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::h2link::h2_reason;
-use tunneld_core::http_forward::{
-    boxed, coalesced, http1_over, is_upgrade, strip_hop_by_hop, Body,
-};
-use tunneld_core::hub::Target;
-use tunneld_core::idle::splice_until_idle;
-use tunneld_core::idle::{tracked_body, Activity};
+use tunneld_core::http_forward::{is_upgrade, Body};
+use tunneld_core::idle::{tracked_body, Activity, InFlight};
 use tunneld_core::io::BoxIo;
-use tunneld_core::proto::TunnelKind;
-use tunneld_core::session::{OpenError, StreamHeader};
-use tunneld_core::splice::SpliceCounters;
+use tunneld_core::session::StreamHeader;
+use tunneld_core::stream_budget::StallGuard;
 
 /// How long an idle connection asked to close may take before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -63,37 +64,9 @@ pub(crate) async fn serve(
     });
     let activity = Activity::new();
     let busy = activity.clone();
-    let svc = service_fn(move |req| {
-        let c = conn.clone();
-        // In progress from the head until the response body ends.
-        let work = busy.begin();
-        // The framing guard stops following HTTP/1.1 after CONNECT or an upgrade request;
-        // unless the connection really switches, it must close after the answer, so nothing
-        // the visitor sent after such a request is ever read as a request. The test is
-        // broader than the guard's (any Upgrade header at all).
-        let unfollowed = !c.h2
-            && (req.method() == http::Method::CONNECT
-                || req.headers().contains_key(header::UPGRADE));
-        async move {
-            let mut r = c.handle(req).await;
-            if unfollowed && r.status() != StatusCode::SWITCHING_PROTOCOLS {
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, Infallible>(r.map(|b| tracked_body(b, work)))
-        }
-    });
-    // A visitor that stops reading frees its connection (and the streams behind it) after
-    // the stall timeout instead of pinning them.
-    let io = tunneld_core::stream_budget::StallGuard::new(
-        io,
-        fe.limits.stream_stall_timeout,
-        Some(
-            fe.metrics
-                .streams_stalled_total
-                .with_label_values(&[&fe.name]),
-        ),
-    );
+    // In progress from the head until the response body ends.
+    let svc = service_fn(move |req| respond(conn.clone(), busy.begin(), req));
+    let io = stall_guarded(&fe, io);
     // Before its first request a connection has the header timeout (an HTTP/2 connection
     // that never sends its preface included); between requests, the idle timeout.
     let idle = activity.idle(fe.cfg.header_timeout, fe.limits.http_idle_timeout);
@@ -133,17 +106,7 @@ pub(crate) async fn serve(
             .server(Duration::from_secs(20))
             .serve_connection(TokioIo::new(io), svc))
     } else {
-        let fe2 = fe.clone();
-        let guarded = FramingGuard::new(io)
-            .max_head(max_head)
-            .on_refuse(move |reason| {
-                fe2.count(if reason.starts_with(HEAD_TOO_LARGE) {
-                    "head_too_large"
-                } else {
-                    "bad_request"
-                });
-                tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
-            });
+        let guarded = framing_guarded(&fe, io, max_head, peer);
         drive!(hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(fe.cfg.header_timeout)
@@ -155,13 +118,76 @@ pub(crate) async fn serve(
             .with_upgrades())
     };
     if let Err(e) = result {
-        tracing::debug!(frontend = %fe.name, %peer, error = %e, "visitor connection ended with an error");
-        if let Some(reason) = h2_reason(&e) {
-            fe.metrics
-                .protocol_errors_total
-                .with_label_values(&[&fe.name, &format!("h2_{reason}")])
-                .inc();
+        ended_with_error(&fe, peer, &e);
+    }
+}
+
+/// Serves one request of a connection, `work` in progress until its response body ends;
+/// closes the connection after a request the framing guard stopped following at.
+fn respond(
+    c: Arc<Conn>,
+    work: InFlight,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+    // The framing guard stops following HTTP/1.1 after CONNECT or an upgrade request;
+    // unless the connection really switches, it must close after the answer, so nothing
+    // the visitor sent after such a request is ever read as a request. The test is
+    // broader than the guard's (any Upgrade header at all).
+    let unfollowed = !c.h2
+        && (req.method() == http::Method::CONNECT || req.headers().contains_key(header::UPGRADE));
+    async move {
+        let mut r = c.handle(req).await;
+        if unfollowed && r.status() != StatusCode::SWITCHING_PROTOCOLS {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        Ok::<_, Infallible>(r.map(|b| tracked_body(b, work)))
+    }
+}
+
+/// The visitor's connection under the stall guard: a visitor that stops reading frees its
+/// connection (and the streams behind it) after the stall timeout instead of pinning them.
+fn stall_guarded(fe: &HttpsFrontend, io: BoxIo) -> StallGuard<BoxIo> {
+    StallGuard::new(
+        io,
+        fe.limits.stream_stall_timeout,
+        Some(
+            fe.metrics
+                .streams_stalled_total
+                .with_label_values(&[&fe.name]),
+        ),
+    )
+}
+
+/// An HTTP/1.1 connection under the framing guard, following heads up to `max_head`; each
+/// refusal is counted and logged.
+fn framing_guarded(
+    fe: &Arc<HttpsFrontend>,
+    io: StallGuard<BoxIo>,
+    max_head: usize,
+    peer: SocketAddr,
+) -> FramingGuard<StallGuard<BoxIo>> {
+    let fe2 = fe.clone();
+    FramingGuard::new(io)
+        .max_head(max_head)
+        .on_refuse(move |reason| {
+            fe2.count(if reason.starts_with(HEAD_TOO_LARGE) {
+                "head_too_large"
+            } else {
+                "bad_request"
+            });
+            tracing::debug!(frontend = %fe2.name, %peer, "request refused: {reason}");
+        })
+}
+
+/// Logs a visitor connection that ended with an error; counts HTTP/2 protocol errors.
+fn ended_with_error(fe: &HttpsFrontend, peer: SocketAddr, e: &hyper::Error) {
+    tracing::debug!(frontend = %fe.name, %peer, error = %e, "visitor connection ended with an error");
+    if let Some(reason) = h2_reason(e) {
+        fe.metrics
+            .protocol_errors_total
+            .with_label_values(&[&fe.name, &format!("h2_{reason}")])
+            .inc();
     }
 }
 
@@ -195,294 +221,95 @@ pub fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
     Some((host.trim_end_matches('.').to_ascii_lowercase(), raw.clone()))
 }
 
-enum Route {
-    Tunnel {
-        tunnel: String,
-        target: Arc<dyn Target>,
-        proxy_protocol: Option<tunneld_core::proxy_protocol::Version>,
-    },
-    Upstream2ptth,
+/// The answer to the framing guard's stand-in for a request it refused, if `req` is one:
+/// `431` for a head over the limit, else `400`; the connection closes after it.
+fn refused_answer(req: &Request<Incoming>) -> Option<Response<Body>> {
+    let reason = req.headers().get(REFUSED_HEADER)?;
+    let reason = reason.to_str().unwrap_or("ambiguous framing");
+    let mut r = if reason.starts_with(HEAD_TOO_LARGE) {
+        pages::text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("Request Header Fields Too Large: {reason}"),
+        )
+    } else {
+        pages::text(StatusCode::BAD_REQUEST, &format!("Bad Request: {reason}"))
+    };
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
 }
 
 impl Conn {
+    /// One visitor request: checked, routed, forwarded, and the answer relayed.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let fe = &self.fe;
-        if let Some(reason) = req.headers().get(REFUSED_HEADER) {
-            // The framing guard's stand-in for a request it refused.
-            let reason = reason.to_str().unwrap_or("ambiguous framing");
-            let mut r = if reason.starts_with(HEAD_TOO_LARGE) {
-                pages::text(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    &format!("Request Header Fields Too Large: {reason}"),
-                )
-            } else {
-                pages::text(StatusCode::BAD_REQUEST, &format!("Bad Request: {reason}"))
-            };
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(r) = refused_answer(&req) {
             return r;
         }
-        // HTTP/2 heads: h2 itself refuses lists over twice the limit (with REFUSED_STREAM,
-        // which clients retry); between the limit and that, a plain 431 here.
-        let max = fe.limits.max_request_head;
-        if self.h2 && head_size(&req) > max {
-            fe.count("head_too_large");
-            return pages::text(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                &format!("Request Header Fields Too Large: {HEAD_TOO_LARGE} {max} bytes"),
-            );
-        }
-        let Some((host, raw_host)) = host_of(&req) else {
-            fe.count("bad_request");
-            return pages::text(StatusCode::BAD_REQUEST, "The request has no Host.");
+        let (host, raw_host) = match self.checked_host(&req) {
+            Ok(h) => h,
+            Err(resp) => return *resp,
         };
-        if req.headers().get_all(header::HOST).iter().count() > 1 {
-            fe.count("bad_request");
-            return pages::text(
-                StatusCode::BAD_REQUEST,
-                "The request has more than one Host.",
-            );
-        }
         let route = match self.route(&host) {
             Ok(r) => r,
             Err(resp) => return *resp,
-        };
-        let header = |tunnel: &str, pp| StreamHeader {
-            tunnel: tunnel.to_string(),
-            target: None,
-            visitor: self.peer,
-            public: self.local,
-            proxy_protocol: pp,
         };
         let upgrade = !self.h2 && is_upgrade(&req);
         let mut req = req;
         let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let req = self.forwarded(req, &raw_host, upgrade);
-        let timeout = fe.cfg.open_timeout;
-        let result = match &route {
-            Route::Upstream2ptth => {
-                let up = fe
-                    .upstream_2ptth
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                match up {
-                    // As the original 2ptth answered.
-                    None => {
-                        fe.count("offline");
-                        return pages::text(
-                            StatusCode::BAD_GATEWAY,
-                            "There is no upstream available",
-                        );
-                    }
-                    Some(o) => {
-                        with_timeout(
-                            timeout,
-                            tunneld_core::session::OpenStream::request(
-                                &*o,
-                                header("2ptth", None),
-                                req,
-                            ),
-                        )
-                        .await
-                    }
-                }
-            }
-            Route::Tunnel {
-                tunnel,
-                target,
-                proxy_protocol,
-            } => {
-                let h = header(tunnel, *proxy_protocol);
-                if upgrade {
-                    match with_timeout(timeout, target.open(h, None)).await {
-                        Ok(io) => {
-                            let max = fe.limits.max_response_head;
-                            with_timeout(timeout, http1_over(io, req, max)).await
-                        }
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    with_timeout(timeout, target.request(h, req)).await
-                }
-            }
-        };
-        let mut resp = match result {
+        let resp = match self.forward(&host, &route, req, upgrade).await {
             Ok(r) => r,
-            Err(e) => return self.failed(&host, e),
+            Err(resp) => return *resp,
         };
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-        match (switching, visitor_upgrade) {
-            (true, Some(visitor_up)) => {
-                let backend_up = hyper::upgrade::on(&mut resp);
-                let fe2 = fe.clone();
-                self.visitors.spawn(async move {
-                    let (Ok(v), Ok(b)) = tokio::join!(visitor_up, backend_up) else {
-                        return;
-                    };
-                    let m = &fe2.metrics;
-                    let counters = SpliceCounters {
-                        a_to_b: Some(m.bytes_total.with_label_values(&[&fe2.name, "in"])),
-                        b_to_a: Some(m.bytes_total.with_label_values(&[&fe2.name, "out"])),
-                    };
-                    let active = m.streams_active.with_label_values(&[&fe2.name]);
-                    active.inc();
-                    let (mut v, mut b) = (TokioIo::new(v), TokioIo::new(b));
-                    let idled = m.visitors_idle_closed_total.with_label_values(&[&fe2.name]);
-                    let idle = fe2.limits.idle_timeout;
-                    let _ = splice_until_idle(&mut v, &mut b, counters, idle, &idled).await;
-                    active.dec();
-                });
-                fe.count("upgraded");
-            }
-            (true, None) => {
-                // A 101 the visitor did not ask for cannot be honoured.
-                fe.count("session");
-                return pages::text(
-                    StatusCode::BAD_GATEWAY,
-                    "The local service switched protocols without being asked.",
-                );
-            }
-            _ => fe.count("forwarded"),
-        }
-        resp.map(coalesced)
+        self.answer(resp, upgrade, visitor_upgrade)
     }
 
-    fn route(&self, host: &str) -> Result<Route, Box<Response<Body>>> {
+    /// The host a request names (lower-cased, and raw) once its head passed the checks: not
+    /// over the head limit (HTTP/2), exactly one Host.
+    fn checked_host(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(String, String), Box<Response<Body>>> {
         let fe = &self.fe;
-        if fe
-            .cfg
-            .compat_2ptth
-            .as_ref()
-            .is_some_and(|c| c.hostname == host)
-        {
-            return Ok(Route::Upstream2ptth);
+        // HTTP/2 heads: h2 itself refuses lists over twice the limit (with REFUSED_STREAM,
+        // which clients retry); between the limit and that, a plain 431 here.
+        let max = fe.limits.max_request_head;
+        if self.h2 && head_size(req) > max {
+            fe.count("head_too_large");
+            return Err(Box::new(pages::text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!("Request Header Fields Too Large: {HEAD_TOO_LARGE} {max} bytes"),
+            )));
         }
-        let misdirected = || {
-            fe.count("misdirected");
-            pages::misdirected(host, self.sni.as_deref())
+        let Some((host, raw_host)) = host_of(req) else {
+            fe.count("bad_request");
+            return Err(Box::new(pages::text(
+                StatusCode::BAD_REQUEST,
+                "The request has no Host.",
+            )));
         };
-        let Some(rest) = host
-            .strip_suffix(fe.cfg.domain.as_str())
-            .and_then(|s| s.strip_suffix('.'))
-        else {
-            return Err(Box::new(misdirected()));
-        };
-        if !fe.resolver.covers(self.sni.as_deref(), host) {
-            return Err(Box::new(misdirected()));
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            fe.count("bad_request");
+            return Err(Box::new(pages::text(
+                StatusCode::BAD_REQUEST,
+                "The request has more than one Host.",
+            )));
         }
-        match fe.names.lookup_host(rest, true) {
-            (_, Lookup::Unknown) => {
-                fe.count("not_found");
-                Err(Box::new(pages::not_found(host)))
-            }
-            (_, Lookup::Reserved) => {
-                fe.count("offline");
-                Err(Box::new(pages::offline(host)))
-            }
-            (_, Lookup::Active { kind, .. }) if kind != TunnelKind::Http => {
-                Err(Box::new(misdirected()))
-            }
-            (_, Lookup::Active { members, .. }) => {
-                let m = members
-                    .iter()
-                    .find(|m| m.target.online())
-                    .or(members.first())
-                    .cloned();
-                match m {
-                    Some(m) => Ok(Route::Tunnel {
-                        tunnel: m.tunnel,
-                        target: m.target,
-                        proxy_protocol: m.proxy_protocol,
-                    }),
-                    None => {
-                        fe.count("offline");
-                        Err(Box::new(pages::offline(host)))
-                    }
-                }
-            }
-        }
+        Ok((host, raw_host))
     }
 
-    /// The request as the tunnel client sees it: absolute URI, Host, no hop-by-hop headers,
-    /// `X-Forwarded-*` set by tunneld (never taken from the visitor).
-    fn forwarded(&self, req: Request<Incoming>, raw_host: &str, upgrade: bool) -> Request<Body> {
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        for h in [
-            "forwarded",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "x-forwarded-port",
-            "x-real-ip",
-        ] {
-            parts.headers.remove(h);
-        }
-        let hv = |s: &str| HeaderValue::from_str(s).ok();
-        if let Some(v) = hv(&self.peer.ip().to_string()) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Some(v) = hv(raw_host) {
-            parts.headers.insert("x-forwarded-host", v.clone());
-            parts.headers.insert(header::HOST, v);
-        }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        if let Ok(u) = format!("https://{raw_host}{pq}").parse() {
-            parts.uri = u;
-        }
-        Request::from_parts(parts, coalesced(boxed(body)))
-    }
-
-    fn failed(&self, host: &str, e: OpenError) -> Response<Body> {
-        let fe = &self.fe;
-        fe.metrics
-            .stream_open_failures_total
-            .with_label_values(&[&fe.name, e.reason()])
-            .inc();
-        match e {
-            OpenError::Offline => {
-                fe.count("offline");
-                pages::offline(host)
-            }
-            OpenError::LocalRefused(why) => {
-                fe.count("local_refused");
-                pages::local_refused(host, &why)
-            }
-            OpenError::Timeout => {
-                fe.count("timeout");
-                pages::timeout(host)
-            }
-            OpenError::Capped(why) => {
-                fe.count("stream_cap");
-                pages::busy(host, &format!("too many open streams {why}"))
-            }
-            OpenError::TooManyStreams => {
-                fe.count("stream_cap");
-                pages::busy(host, "too many open streams")
-            }
-            e => {
-                fe.count("session");
-                tracing::debug!(frontend = %fe.name, %host, error = %e, "forwarding failed");
-                pages::offline(host)
-            }
+    /// The stream header of a request from this connection to `tunnel`.
+    fn stream_header(
+        &self,
+        tunnel: &str,
+        proxy_protocol: Option<tunneld_core::proxy_protocol::Version>,
+    ) -> StreamHeader {
+        StreamHeader {
+            tunnel: tunnel.to_string(),
+            target: None,
+            visitor: self.peer,
+            public: self.local,
+            proxy_protocol,
         }
     }
-}
-
-async fn with_timeout<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = Result<T, OpenError>>,
-) -> Result<T, OpenError> {
-    tokio::time::timeout(d, f)
-        .await
-        .unwrap_or(Err(OpenError::Timeout))
 }

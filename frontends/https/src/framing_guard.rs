@@ -7,12 +7,12 @@
 //! [`REFUSED_HEADER`] and `Connection: close`, after which input ends: the server answers the
 //! stand-in with `400` in order (after any earlier pipelined responses) and closes.
 
-use crate::http1::{parse, Framing, MAX_HEAD};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tunneld_core::http1::{parse, Framing, MAX_HEAD};
 
 /// Header of the stand-in request that replaces a refused one; its value is the reason. A
 /// visitor who sends it only earns a `400` for itself.
@@ -182,135 +182,167 @@ impl<T> FramingGuard<T> {
     fn feed(&mut self, mut buf: Vec<u8>) {
         let mut pos = 0;
         while pos < buf.len() && self.refused.is_none() {
-            match self.state {
+            let step = match self.state {
                 State::Raw => {
                     self.ready.extend_from_slice(&buf[pos..]);
                     return;
                 }
-                State::Head => {
-                    if self.pending.is_empty() {
-                        // Empty lines before a request are allowed (RFC 9112 section 2.2).
-                        let skip = buf[pos..]
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        self.ready.extend_from_slice(&buf[pos..pos + skip]);
-                        pos += skip;
-                        if pos == buf.len() {
-                            return;
-                        }
-                        // Parsing stops at the end of the first head, so this costs the
-                        // head, not the rest of the buffer.
-                        match self.take_head(&buf[pos..]) {
-                            None => return,
-                            Some(0) => {}
-                            Some(len) => {
-                                pos += len;
-                                continue;
-                            }
-                        }
-                        self.pending.extend_from_slice(&buf[pos..]);
-                    } else {
-                        let seen = self.pending.len();
-                        self.pending.extend_from_slice(&buf[pos..]);
-                        // Only the new bytes (and the three before them) can end the head.
-                        if has_blank_line(&self.pending[seen.saturating_sub(3)..]) {
-                            let head = std::mem::take(&mut self.pending);
-                            match self.take_head(&head) {
-                                None => return,
-                                Some(0) => self.pending = head,
-                                Some(len) => {
-                                    buf = head;
-                                    pos = len;
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    if self.pending.len() > self.max_head {
-                        let max = self.max_head;
-                        self.refuse(format!("{HEAD_TOO_LARGE} {max} bytes"));
-                    }
-                    return;
-                }
+                State::Head => self.feed_head(&buf, pos),
                 State::Body(n) => {
-                    let take = (n.min((buf.len() - pos) as u64)) as usize;
-                    self.ready.extend_from_slice(&buf[pos..pos + take]);
-                    pos += take;
-                    let left = n - take as u64;
+                    let (at, left) = self.pass_counted(&buf, pos, n);
                     self.state = if left == 0 {
                         State::Head
                     } else {
                         State::Body(left)
                     };
+                    Step::At(at)
                 }
-                State::ChunkSize | State::Trailers => {
-                    let rest = &buf[pos..];
-                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-                        self.pending.extend_from_slice(rest);
-                        self.ready.extend_from_slice(rest);
-                        if self.pending.len() > MAX_LINE {
-                            self.end_input(format!(
-                                "a chunk or trailer line longer than {MAX_LINE} bytes"
-                            ));
-                        }
-                        return;
-                    };
-                    self.pending.extend_from_slice(&rest[..=nl]);
-                    self.ready.extend_from_slice(&rest[..=nl]);
-                    pos += nl + 1;
-                    let line = std::mem::take(&mut self.pending);
-                    if line.len() > MAX_LINE {
-                        self.end_input(format!(
-                            "a chunk or trailer line longer than {MAX_LINE} bytes"
-                        ));
-                        return;
-                    }
-                    // Exactly one CRLF, at the end: a bare LF (or CR) inside a line is where
-                    // two parsers could disagree on where the trailers end.
-                    let crlf = line.len() >= 2
-                        && line.ends_with(b"\r\n")
-                        && !line[..line.len() - 2].contains(&b'\r');
-                    if !crlf {
-                        self.end_input("a chunk or trailer line not ended by CRLF".into());
-                        return;
-                    }
-                    let line = String::from_utf8_lossy(&line);
-                    let line = line.trim_end_matches(['\r', '\n']);
-                    if matches!(self.state, State::Trailers) {
-                        if line.is_empty() {
-                            self.state = State::Head;
-                        }
-                        continue;
-                    }
-                    let size = line.split(';').next().unwrap_or("").trim();
-                    let valid = !size.is_empty()
-                        && size.len() <= 16
-                        && size.bytes().all(|c| c.is_ascii_hexdigit());
-                    match u64::from_str_radix(size, 16) {
-                        Ok(0) if valid => self.state = State::Trailers,
-                        // The data and its CRLF.
-                        Ok(n) if valid => self.state = State::ChunkData(n.saturating_add(2)),
-                        _ => {
-                            self.end_input(format!("a malformed chunk size line `{line}`"));
-                            return;
-                        }
-                    }
-                }
+                State::ChunkSize | State::Trailers => self.feed_line(&buf, pos),
                 State::ChunkData(n) => {
-                    let take = (n.min((buf.len() - pos) as u64)) as usize;
-                    self.ready.extend_from_slice(&buf[pos..pos + take]);
-                    pos += take;
-                    let left = n - take as u64;
+                    let (at, left) = self.pass_counted(&buf, pos, n);
                     self.state = if left == 0 {
                         State::ChunkSize
                     } else {
                         State::ChunkData(left)
                     };
+                    Step::At(at)
+                }
+            };
+            match step {
+                Step::Stop => return,
+                Step::At(at) => pos = at,
+                Step::Collected(head, len) => {
+                    buf = head;
+                    pos = len;
                 }
             }
         }
     }
+
+    /// Follows a request head at `pos`: passes blank lines before it, takes it when whole,
+    /// or collects it in `pending` (refused once longer than the head limit).
+    fn feed_head(&mut self, buf: &[u8], mut pos: usize) -> Step {
+        if self.pending.is_empty() {
+            // Empty lines before a request are allowed (RFC 9112 section 2.2).
+            let skip = buf[pos..]
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            self.ready.extend_from_slice(&buf[pos..pos + skip]);
+            pos += skip;
+            if pos == buf.len() {
+                return Step::Stop;
+            }
+            // Parsing stops at the end of the first head, so this costs the
+            // head, not the rest of the buffer.
+            match self.take_head(&buf[pos..]) {
+                None => return Step::Stop,
+                Some(0) => {}
+                Some(len) => return Step::At(pos + len),
+            }
+            self.pending.extend_from_slice(&buf[pos..]);
+        } else {
+            let seen = self.pending.len();
+            self.pending.extend_from_slice(&buf[pos..]);
+            // Only the new bytes (and the three before them) can end the head.
+            if has_blank_line(&self.pending[seen.saturating_sub(3)..]) {
+                let head = std::mem::take(&mut self.pending);
+                match self.take_head(&head) {
+                    None => return Step::Stop,
+                    Some(0) => self.pending = head,
+                    Some(len) => return Step::Collected(head, len),
+                }
+            }
+        }
+        if self.pending.len() > self.max_head {
+            let max = self.max_head;
+            self.refuse(format!("{HEAD_TOO_LARGE} {max} bytes"));
+        }
+        Step::Stop
+    }
+
+    /// Passes up to `n` bytes of a body or chunk at `pos` on; the position after them and
+    /// how many of the `n` are still to come.
+    fn pass_counted(&mut self, buf: &[u8], pos: usize, n: u64) -> (usize, u64) {
+        let take = (n.min((buf.len() - pos) as u64)) as usize;
+        self.ready.extend_from_slice(&buf[pos..pos + take]);
+        (pos + take, n - take as u64)
+    }
+
+    /// Follows a chunk-size or trailer line at `pos`: collects it up to its LF (input ends
+    /// once it is longer than `MAX_LINE`), then checks it.
+    fn feed_line(&mut self, buf: &[u8], pos: usize) -> Step {
+        let rest = &buf[pos..];
+        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+            self.pending.extend_from_slice(rest);
+            self.ready.extend_from_slice(rest);
+            if self.pending.len() > MAX_LINE {
+                self.end_input(format!(
+                    "a chunk or trailer line longer than {MAX_LINE} bytes"
+                ));
+            }
+            return Step::Stop;
+        };
+        self.pending.extend_from_slice(&rest[..=nl]);
+        self.ready.extend_from_slice(&rest[..=nl]);
+        let line = std::mem::take(&mut self.pending);
+        if self.end_line(&line) {
+            Step::At(pos + nl + 1)
+        } else {
+            Step::Stop
+        }
+    }
+
+    /// Checks a whole chunk-size or trailer line and moves to what follows it; false when
+    /// it ended input.
+    fn end_line(&mut self, line: &[u8]) -> bool {
+        if line.len() > MAX_LINE {
+            self.end_input(format!(
+                "a chunk or trailer line longer than {MAX_LINE} bytes"
+            ));
+            return false;
+        }
+        // Exactly one CRLF, at the end: a bare LF (or CR) inside a line is where
+        // two parsers could disagree on where the trailers end.
+        let crlf =
+            line.len() >= 2 && line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r');
+        if !crlf {
+            self.end_input("a chunk or trailer line not ended by CRLF".into());
+            return false;
+        }
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches(['\r', '\n']);
+        if matches!(self.state, State::Trailers) {
+            if line.is_empty() {
+                self.state = State::Head;
+            }
+            return true;
+        }
+        let size = line.split(';').next().unwrap_or("").trim();
+        let valid =
+            !size.is_empty() && size.len() <= 16 && size.bytes().all(|c| c.is_ascii_hexdigit());
+        match u64::from_str_radix(size, 16) {
+            Ok(0) if valid => self.state = State::Trailers,
+            // The data and its CRLF.
+            Ok(n) if valid => self.state = State::ChunkData(n.saturating_add(2)),
+            _ => {
+                self.end_input(format!("a malformed chunk size line `{line}`"));
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What `feed` does after one step of the state machine.
+enum Step {
+    /// Nothing more to follow in this read (or input ended).
+    Stop,
+    /// Go on at this position of the buffer.
+    At(usize),
+    /// A head collected over several reads was taken: go on in it, after its first `usize`
+    /// bytes (the rest of the last read).
+    Collected(Vec<u8>, usize),
 }
 
 /// Longest chunk-size or trailer line followed.

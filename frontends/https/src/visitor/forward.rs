@@ -1,0 +1,221 @@
+//! Sending a visitor request to its route, and relaying the answer: raw both ways after an
+//! upgrade.
+
+use super::route::Route;
+use super::Conn;
+use crate::frontend::HttpsFrontend;
+use crate::pages;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tunneld_core::http_forward::{boxed, coalesced, http1_over, strip_hop_by_hop, Body};
+use tunneld_core::idle::splice_until_idle;
+use tunneld_core::session::OpenError;
+use tunneld_core::splice::SpliceCounters;
+
+impl Conn {
+    /// The request as the tunnel client sees it: absolute URI, Host, no hop-by-hop headers,
+    /// `X-Forwarded-*` set by tunneld (never taken from the visitor).
+    pub(super) fn forwarded(
+        &self,
+        req: Request<Incoming>,
+        raw_host: &str,
+        upgrade: bool,
+    ) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        for h in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+        ] {
+            parts.headers.remove(h);
+        }
+        let hv = |s: &str| HeaderValue::from_str(s).ok();
+        if let Some(v) = hv(&self.peer.ip().to_string()) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(v) = hv(raw_host) {
+            parts.headers.insert("x-forwarded-host", v.clone());
+            parts.headers.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        if let Ok(u) = format!("https://{raw_host}{pq}").parse() {
+            parts.uri = u;
+        }
+        Request::from_parts(parts, coalesced(boxed(body)))
+    }
+
+    /// Sends a request along its route within the open timeout (an upgrade as HTTP/1.1 on a
+    /// raw tunnel stream); the service's answer, or the answer to a failure.
+    pub(super) async fn forward(
+        &self,
+        host: &str,
+        route: &Route,
+        req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, Box<Response<Body>>> {
+        let fe = &self.fe;
+        let timeout = fe.cfg.open_timeout;
+        let result = match route {
+            Route::Upstream2ptth => {
+                let up = fe
+                    .upstream_2ptth
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match up {
+                    // As the original 2ptth answered.
+                    None => {
+                        fe.count("offline");
+                        return Err(Box::new(pages::text(
+                            StatusCode::BAD_GATEWAY,
+                            "There is no upstream available",
+                        )));
+                    }
+                    Some(o) => {
+                        with_timeout(
+                            timeout,
+                            tunneld_core::session::OpenStream::request(
+                                &*o,
+                                self.stream_header("2ptth", None),
+                                req,
+                            ),
+                        )
+                        .await
+                    }
+                }
+            }
+            Route::Tunnel {
+                tunnel,
+                target,
+                proxy_protocol,
+            } => {
+                let h = self.stream_header(tunnel, *proxy_protocol);
+                if upgrade {
+                    match with_timeout(timeout, target.open(h, None)).await {
+                        Ok(io) => {
+                            let max = fe.limits.max_response_head;
+                            with_timeout(timeout, http1_over(io, req, max)).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    with_timeout(timeout, target.request(h, req)).await
+                }
+            }
+        };
+        result.map_err(|e| Box::new(self.failed(host, e)))
+    }
+
+    /// The service's answer as the visitor gets it, without hop-by-hop headers; on `101` to
+    /// the visitor's upgrade, both upgraded connections are spliced in a task of their own.
+    pub(super) fn answer(
+        &self,
+        mut resp: Response<Body>,
+        upgrade: bool,
+        visitor_upgrade: Option<OnUpgrade>,
+    ) -> Response<Body> {
+        let fe = &self.fe;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        match (switching, visitor_upgrade) {
+            (true, Some(visitor_up)) => {
+                let backend_up = hyper::upgrade::on(&mut resp);
+                self.visitors
+                    .spawn(splice_upgraded(fe.clone(), visitor_up, backend_up));
+                fe.count("upgraded");
+            }
+            (true, None) => {
+                // A 101 the visitor did not ask for cannot be honoured.
+                fe.count("session");
+                return pages::text(
+                    StatusCode::BAD_GATEWAY,
+                    "The local service switched protocols without being asked.",
+                );
+            }
+            _ => fe.count("forwarded"),
+        }
+        resp.map(coalesced)
+    }
+
+    /// The answer when a request could not be forwarded; counted by reason.
+    fn failed(&self, host: &str, e: OpenError) -> Response<Body> {
+        let fe = &self.fe;
+        fe.metrics
+            .stream_open_failures_total
+            .with_label_values(&[&fe.name, e.reason()])
+            .inc();
+        match e {
+            OpenError::Offline => {
+                fe.count("offline");
+                pages::offline(host)
+            }
+            OpenError::LocalRefused(why) => {
+                fe.count("local_refused");
+                pages::local_refused(host, &why)
+            }
+            OpenError::Timeout => {
+                fe.count("timeout");
+                pages::timeout(host)
+            }
+            OpenError::Capped(why) => {
+                fe.count("stream_cap");
+                pages::busy(host, &format!("too many open streams {why}"))
+            }
+            OpenError::TooManyStreams => {
+                fe.count("stream_cap");
+                pages::busy(host, "too many open streams")
+            }
+            e => {
+                fe.count("session");
+                tracing::debug!(frontend = %fe.name, %host, error = %e, "forwarding failed");
+                pages::offline(host)
+            }
+        }
+    }
+}
+
+/// Once both sides upgraded, splices the visitor and the service until either ends or the
+/// idle timeout passes, counted as an active stream.
+async fn splice_upgraded(fe: Arc<HttpsFrontend>, visitor_up: OnUpgrade, backend_up: OnUpgrade) {
+    let (Ok(v), Ok(b)) = tokio::join!(visitor_up, backend_up) else {
+        return;
+    };
+    let m = &fe.metrics;
+    let counters = SpliceCounters {
+        a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
+        b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
+    };
+    let active = m.streams_active.with_label_values(&[&fe.name]);
+    active.inc();
+    let (mut v, mut b) = (TokioIo::new(v), TokioIo::new(b));
+    let idled = m.visitors_idle_closed_total.with_label_values(&[&fe.name]);
+    let idle = fe.limits.idle_timeout;
+    let _ = splice_until_idle(&mut v, &mut b, counters, idle, &idled).await;
+    active.dec();
+}
+
+/// `f`, or [`OpenError::Timeout`] after `d`.
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, OpenError>>,
+) -> Result<T, OpenError> {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or(Err(OpenError::Timeout))
+}
