@@ -169,7 +169,7 @@ impl Resolver {
 
 impl Issued {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.cache)
     }
 
     /// Whether `name` may have a certificate of its own: an extra host, or a claimed label.
@@ -217,10 +217,7 @@ impl Issued {
     }
 
     fn minting_now(&self, name: &str) -> bool {
-        self.minting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+        tunneld_core::sync::lock(&self.minting).contains(name)
     }
 
     /// Mints `name` on a blocking thread (once at a time per name); without a runtime, now.
@@ -228,20 +225,12 @@ impl Issued {
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        if !self
-            .minting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone())
-        {
+        if !tunneld_core::sync::lock(&self.minting).insert(name.clone()) {
             return;
         }
         let work = move || {
             me.mint(&name);
-            me.minting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
+            tunneld_core::sync::lock(&me.minting).remove(&name);
             me.minted.send_modify(|n| *n = n.wrapping_add(1));
         };
         match tokio::runtime::Handle::try_current() {

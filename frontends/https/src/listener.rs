@@ -302,10 +302,7 @@ async fn passthrough(
 /// A 2ptth initiator: it runs the HTTP/2 server, we are its client. The first live one
 /// serves `compat_2ptth.hostname`; others are turned away while it lives.
 async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: SocketAddr) {
-    let busy = fe
-        .upstream_2ptth
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let busy = tunneld_core::sync::lock(&fe.upstream_2ptth)
         .as_ref()
         .is_some_and(|o| !o.is_closed());
     if busy {
@@ -327,12 +324,12 @@ async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: 
             return;
         }
     };
-    *fe.upstream_2ptth.lock().unwrap_or_else(|p| p.into_inner()) = Some(opener.clone());
+    *tunneld_core::sync::lock(&fe.upstream_2ptth) = Some(opener.clone());
     let gauge = fe.metrics.upstreams_2ptth.with_label_values(&[&fe.name]);
     gauge.set(1);
     tracing::info!(frontend = %fe.name, %peer, "2ptth upstream connected");
     let r = driver.await;
-    let mut slot = fe.upstream_2ptth.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = tunneld_core::sync::lock(&fe.upstream_2ptth);
     if slot.as_ref().is_some_and(|o| Arc::ptr_eq(o, &opener)) {
         *slot = None;
         gauge.set(0);

@@ -83,7 +83,7 @@ impl Names {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.table)
     }
 
     pub(crate) fn claim(

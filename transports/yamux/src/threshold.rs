@@ -349,7 +349,7 @@ impl Pairs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, oneshot::Sender<Stream>)>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        tunneld_core::sync::lock(&self.queue)
     }
 
     /// Hands a client-opened stream to the oldest waiting visitor. `false` when nobody waits

@@ -73,11 +73,7 @@ impl Conn {
         let timeout = fe.cfg.open_timeout;
         let result = match route {
             Route::Upstream2ptth => {
-                let up = fe
-                    .upstream_2ptth
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let up = tunneld_core::sync::lock(&fe.upstream_2ptth).clone();
                 match up {
                     // As the original 2ptth answered.
                     None => {
