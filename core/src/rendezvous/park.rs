@@ -12,7 +12,7 @@
 //! certificate) for an id whose `client` is its own: TOTP codes are single-use, which would
 //! allow only a few parked connections per step.
 
-use super::registry::{CodeRefusal, Registry};
+use super::registry::{CodeRefusal, Handoff, Registry, Ticket};
 use super::store::IdEntry;
 use crate::auth::Authenticator;
 use crate::http1::RequestHead;
@@ -20,6 +20,7 @@ use crate::io::BoxIo;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long a connection parked with a TOTP code waits after the `200` before a visitor may
@@ -119,16 +120,23 @@ pub async fn serve(
     if let Err(Refusal(status, outcome, msg)) = allowed {
         return refuse(&reg, &mut io, status, outcome, &msg).await;
     }
-    if by_client && reg.full_for(id, who.peer) {
-        // tunnelc asking for more than the server keeps would evict its own connections
-        // forever; say so instead (an original hidden server evicts its oldest, as before).
-        let msg = format!(
-            "id `{id}` already has {} connections parked from {} (rendezvous.max_parked_per_id); lower `parked` in tunnelc's config",
-            reg.max_parked(),
-            who.peer
-        );
-        return refuse(&reg, &mut io, 503, "full", &msg).await;
-    }
+    // A client's connection is parked before its `200`, checked and queued at once: tunnelc
+    // asking for more than the server keeps would evict its own connections forever, so it
+    // is told instead (an original hidden server evicts its oldest, as before).
+    let early = match (&entry, by_client) {
+        (Some(e), true) => match reg.park_unless_full(id, e, who.peer) {
+            Some(parked) => Some(parked),
+            None => {
+                let msg = format!(
+                    "id `{id}` already has {} connections parked from {} (rendezvous.max_parked_per_id); lower `parked` in tunnelc's config",
+                    reg.max_parked(),
+                    who.peer
+                );
+                return refuse(&reg, &mut io, 503, "full", &msg).await;
+            }
+        },
+        _ => None,
+    };
     if io.write_all(PARKED).await.is_err() || io.flush().await.is_err() {
         return;
     }
@@ -140,7 +148,11 @@ pub async fn serve(
     let Some(entry) = entry else {
         return;
     };
-    hold(&reg, io, id, &entry, who.peer, &shutdown).await;
+    let parked = match early {
+        Some(p) => p,
+        None => reg.park(id, &entry, who.peer),
+    };
+    hold(&reg, io, id, &entry, parked, &shutdown).await;
 }
 
 /// A hidden server parking with its tunnel client's credentials (a token, or a client
@@ -263,10 +275,9 @@ async fn hold(
     mut io: BoxIo,
     id: &str,
     entry: &IdEntry,
-    peer: IpAddr,
+    (ticket, handoff): (Ticket, oneshot::Receiver<Handoff>),
     shutdown: &CancellationToken,
 ) {
-    let (ticket, handoff) = reg.park(id, entry, peer);
     let mut probe = [0u8; 1];
     // A parked connection ends when its id is removed or its secret changes (checked every
     // REVALIDATE; visitors never take a stale one meanwhile, they check at each take), so

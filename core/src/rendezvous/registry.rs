@@ -338,11 +338,41 @@ impl Registry {
         entry: &IdEntry,
         addr: IpAddr,
     ) -> (Ticket, oneshot::Receiver<Handoff>) {
+        let mut st = self.lock();
+        self.push(&mut st, id, entry, addr)
+    }
+
+    /// [`Registry::park`], unless the queue is full and its oldest came from `addr`: a client
+    /// asking for more connections than `max_parked_per_id` would evict its own forever
+    /// (another address evicts the oldest, so a replacement host takes over). Checked and
+    /// parked under one lock, so concurrent connections of one client cannot all pass the
+    /// check and then evict each other.
+    pub fn park_unless_full(
+        self: &Arc<Self>,
+        id: &str,
+        entry: &IdEntry,
+        addr: IpAddr,
+    ) -> Option<(Ticket, oneshot::Receiver<Handoff>)> {
+        let mut st = self.lock();
+        let full = st.queues.get(id).is_some_and(|q| {
+            q.parked.len() >= self.max_parked() && q.parked.front().is_some_and(|p| p.addr == addr)
+        });
+        (!full).then(|| self.push(&mut st, id, entry, addr))
+    }
+
+    /// Parks at the back of `id`'s queue, evicting the oldest when it is full.
+    fn push(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: &str,
+        entry: &IdEntry,
+        addr: IpAddr,
+    ) -> (Ticket, oneshot::Receiver<Handoff>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let mut st = self.lock();
         let q = st.queues.entry(id.to_string()).or_default();
-        while q.parked.len() >= self.cfg.max_parked_per_id.max(1) {
+        let max = self.max_parked();
+        while q.parked.len() >= max {
             q.parked.pop_front();
             self.metrics
                 .rendezvous_parked_dropped_total
@@ -368,17 +398,6 @@ impl Registry {
             },
             rx,
         )
-    }
-
-    /// Whether parking one more connection for `id` from `addr` would evict one that `addr`
-    /// parked itself: the queue is full and its oldest came from the same address (a client
-    /// asking for more connections than `max_parked_per_id`, which would evict its own
-    /// forever). Another address evicts the oldest, so a replacement host takes over.
-    pub fn full_for(&self, id: &str, addr: IpAddr) -> bool {
-        self.lock().queues.get(id).is_some_and(|q| {
-            q.parked.len() >= self.cfg.max_parked_per_id.max(1)
-                && q.parked.front().is_some_and(|p| p.addr == addr)
-        })
     }
 
     /// The most connections parked per id.
