@@ -59,15 +59,28 @@ pub fn scheme_param<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
+/// Why presented credentials or a configured token could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("Basic credentials are not base64")]
+    BasicNotBase64,
+    #[error("Basic credentials are not UTF-8")]
+    BasicNotUtf8,
+    #[error("Basic credentials have no `:`")]
+    BasicNoColon,
+    #[error("a `sha256:` token must be followed by exactly 64 hex digits")]
+    BadSha256,
+    #[error("a token must be at least {MIN_TOKEN_LEN} characters long (or given as sha256:<hex>)")]
+    ShortToken,
+}
+
 /// Decodes the parameter of `Basic` credentials into (user, password).
-pub fn basic_credentials(param: &str) -> Result<(String, String), String> {
+pub fn basic_credentials(param: &str) -> Result<(String, String), CredentialsError> {
     let raw = data_encoding::BASE64
         .decode(param.trim().as_bytes())
-        .map_err(|_| "Basic credentials are not base64".to_string())?;
-    let text = String::from_utf8(raw).map_err(|_| "Basic credentials are not UTF-8")?;
-    let (user, password) = text
-        .split_once(':')
-        .ok_or("Basic credentials have no `:`")?;
+        .map_err(|_| CredentialsError::BasicNotBase64)?;
+    let text = String::from_utf8(raw).map_err(|_| CredentialsError::BasicNotUtf8)?;
+    let (user, password) = text.split_once(':').ok_or(CredentialsError::BasicNoColon)?;
     Ok((user.to_string(), password.to_string()))
 }
 
@@ -77,18 +90,16 @@ pub fn matches_digest(presented: &str, digest: &[u8; 32]) -> bool {
 }
 
 /// Reads a token as written in configuration: `sha256:<64 hex digits>` or the plain token.
-pub fn token_digest(spec: &str) -> Result<[u8; 32], String> {
+pub fn token_digest(spec: &str) -> Result<[u8; 32], CredentialsError> {
     if let Some(h) = spec.strip_prefix("sha256:") {
-        let bytes = unhex(h).filter(|b| b.len() == 32).ok_or_else(|| {
-            "a `sha256:` token must be followed by exactly 64 hex digits".to_string()
-        })?;
+        let bytes = unhex(h)
+            .filter(|b| b.len() == 32)
+            .ok_or(CredentialsError::BadSha256)?;
         let mut out = [0u8; 32];
         out.copy_from_slice(&bytes);
         Ok(out)
     } else if spec.len() < MIN_TOKEN_LEN {
-        Err(format!(
-            "a token must be at least {MIN_TOKEN_LEN} characters long (or given as sha256:<hex>)"
-        ))
+        Err(CredentialsError::ShortToken)
     } else {
         Ok(sha256(spec.as_bytes()))
     }
@@ -337,8 +348,14 @@ mod tests {
 
     #[test]
     fn token_specs_are_validated() {
-        assert!(token_digest("short").unwrap_err().contains("at least 16"));
-        assert!(token_digest("sha256:abcd").unwrap_err().contains("64 hex"));
+        assert!(token_digest("short")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
+        assert_eq!(
+            token_digest("sha256:abcd"),
+            Err(CredentialsError::BadSha256)
+        );
         assert!(token_digest(&format!("sha256:{}", "zz".repeat(32))).is_err());
         assert_eq!(format!("{:?}", Secret("x".into())), "Secret(****)");
     }

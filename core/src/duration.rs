@@ -2,20 +2,33 @@
 
 use std::time::Duration;
 
+/// Why a duration was not understood; the text names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` has no unit (expected e.g. 10s, 500ms, 5m, 1h, 30d)")]
+    NoUnit(String),
+    #[error("`{0}` does not start with a whole number")]
+    NotANumber(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("`{text}` has unknown unit `{unit}` (expected ms, s, m, h or d)")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{t}` has no unit (expected e.g. 10s, 500ms, 5m, 1h, 30d)"))?;
+        .ok_or_else(|| DurationError::NoUnit(t.into()))?;
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{t}` does not start with a whole number"))?;
+        .map_err(|_| DurationError::NotANumber(t.into()))?;
     let secs = |mult: u64| {
         n.checked_mul(mult)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{t}` is too large"))
+            .ok_or_else(|| DurationError::TooLarge(t.into()))
     };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -23,9 +36,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
-        other => Err(format!(
-            "`{t}` has unknown unit `{other}` (expected ms, s, m, h or d)"
-        )),
+        other => Err(DurationError::UnknownUnit {
+            text: t.into(),
+            unit: other.into(),
+        }),
     }
 }
 
@@ -64,9 +78,16 @@ mod tests {
         assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert!(parse("10").unwrap_err().contains("no unit"));
-        assert!(parse("10y").unwrap_err().contains("unknown unit"));
-        assert!(parse("s").unwrap_err().contains("whole number"));
+        assert!(parse("10").unwrap_err().to_string().contains("no unit"));
+        assert!(parse("10y")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
+        assert!(parse("s").unwrap_err().to_string().contains("whole number"));
+        assert_eq!(
+            parse("99999999999999999d"),
+            Err(DurationError::TooLarge("99999999999999999d".into()))
+        );
         assert_eq!(format(Duration::from_secs(10)), "10s");
     }
 }

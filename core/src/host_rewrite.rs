@@ -29,6 +29,25 @@ enum State {
     Raw,
 }
 
+/// Why a request stream could not be followed (the connection is cut rather than guess).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("chunk line longer than {MAX_LINE} bytes")]
+    LongChunkLine,
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    LargeHead,
+    #[error("{0}")]
+    Head(String),
+    #[error(transparent)]
+    Framing(#[from] crate::http1::FramingError),
+    #[error("chunk data not followed by CRLF")]
+    NoCrlf,
+    #[error("chunk size is not text")]
+    ChunkSizeNotText,
+    #[error("chunk size `{0}` is not hexadecimal")]
+    ChunkSizeNotHex(String),
+}
+
 /// Follows request boundaries in a byte stream and rewrites each head's `Host`.
 #[derive(Debug)]
 pub struct RequestFollower {
@@ -62,7 +81,7 @@ impl RequestFollower {
         head.encode_without(&[])
     }
 
-    fn after_head(head: &RequestHead) -> Result<State, String> {
+    fn after_head(head: &RequestHead) -> Result<State, RewriteError> {
         if head.method.eq_ignore_ascii_case("CONNECT")
             || (head.has_token("connection", "upgrade") && head.values("upgrade").next().is_some())
         {
@@ -76,19 +95,19 @@ impl RequestFollower {
     }
 
     /// Takes one line (through `\n`) from `input` into `self.buf`; `None` until complete.
-    fn line<'a>(&mut self, input: &'a [u8]) -> Result<(Option<Vec<u8>>, &'a [u8]), String> {
+    fn line<'a>(&mut self, input: &'a [u8]) -> Result<(Option<Vec<u8>>, &'a [u8]), RewriteError> {
         match input.iter().position(|&b| b == b'\n') {
             Some(i) => {
                 self.buf.extend_from_slice(&input[..=i]);
                 if self.buf.len() > MAX_LINE {
-                    return Err(format!("chunk line longer than {MAX_LINE} bytes"));
+                    return Err(RewriteError::LongChunkLine);
                 }
                 Ok((Some(std::mem::take(&mut self.buf)), &input[i + 1..]))
             }
             None => {
                 self.buf.extend_from_slice(input);
                 if self.buf.len() > MAX_LINE {
-                    return Err(format!("chunk line longer than {MAX_LINE} bytes"));
+                    return Err(RewriteError::LongChunkLine);
                 }
                 Ok((None, &[]))
             }
@@ -96,7 +115,7 @@ impl RequestFollower {
     }
 
     /// Appends what to forward for `data` to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
         let mut input: Cow<'_, [u8]> = Cow::Borrowed(data);
         let mut pos = 0;
         while pos < input.len() {
@@ -120,10 +139,10 @@ impl RequestFollower {
                             pos = 0;
                         }
                         Ok(None) if self.buf.len() > MAX_HEAD => {
-                            return Err(format!("request head larger than {MAX_HEAD} bytes"))
+                            return Err(RewriteError::LargeHead)
                         }
                         Ok(None) => {}
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(RewriteError::Head(e.to_string())),
                     }
                 }
                 State::Body(n) => {
@@ -148,7 +167,7 @@ impl RequestFollower {
                     let take = rest.len().min(due as usize);
                     let expect = &b"\r\n"[2 - due as usize..][..take];
                     if &rest[..take] != expect {
-                        return Err("chunk data not followed by CRLF".into());
+                        return Err(RewriteError::NoCrlf);
                     }
                     out.extend_from_slice(&rest[..take]);
                     pos += take;
@@ -164,10 +183,10 @@ impl RequestFollower {
                     if let Some(line) = line {
                         out.extend_from_slice(&line);
                         let text = std::str::from_utf8(&line)
-                            .map_err(|_| "chunk size is not text".to_string())?;
+                            .map_err(|_| RewriteError::ChunkSizeNotText)?;
                         let size = text.split(';').next().unwrap_or("").trim();
                         let n = u64::from_str_radix(size, 16)
-                            .map_err(|_| format!("chunk size `{size}` is not hexadecimal"))?;
+                            .map_err(|_| RewriteError::ChunkSizeNotHex(size.to_string()))?;
                         self.state = if n == 0 {
                             State::Trailer
                         } else {
@@ -274,7 +293,7 @@ mod tests {
         let mut f = RequestFollower::new("local:8080");
         let mut out = Vec::new();
         for chunk in input.chunks(split) {
-            f.feed(chunk, &mut out)?;
+            f.feed(chunk, &mut out).map_err(|e| e.to_string())?;
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }

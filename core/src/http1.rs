@@ -54,6 +54,27 @@ impl HeadError {
     }
 }
 
+/// Body framing a request may not use: ambiguous framing is how requests are smuggled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("both Content-Length and Transfer-Encoding are present")]
+    LengthAndEncoding,
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    EncodingInHttp10,
+    #[error("Transfer-Encoding `{0}` has an empty coding")]
+    EmptyCoding(String),
+    #[error("Transfer-Encoding `{0}` applies chunked more than once")]
+    ChunkedTwice(String),
+    #[error("Transfer-Encoding `{0}` does not end in chunked")]
+    NotChunkedLast(String),
+    #[error("Content-Length `{0}` is not a number")]
+    BadLength(String),
+    #[error("Content-Length is out of range")]
+    LengthOutOfRange,
+    #[error("more than one Content-Length")]
+    TwoLengths,
+}
+
 /// How a request's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -169,15 +190,15 @@ impl RequestHead {
 
     /// How the body is delimited; ambiguous framing (the request smuggling vectors) is an
     /// error naming the problem.
-    pub fn framing(&self) -> Result<Framing, String> {
+    pub fn framing(&self) -> Result<Framing, FramingError> {
         let lengths: Vec<&[u8]> = self.values("content-length").collect();
         let encodings: Vec<&[u8]> = self.values("transfer-encoding").collect();
         if !lengths.is_empty() && !encodings.is_empty() {
-            return Err("both Content-Length and Transfer-Encoding are present".into());
+            return Err(FramingError::LengthAndEncoding);
         }
         if !encodings.is_empty() {
             if self.minor == 0 {
-                return Err("Transfer-Encoding in an HTTP/1.0 request".into());
+                return Err(FramingError::EncodingInHttp10);
             }
             let all = encodings
                 .iter()
@@ -186,20 +207,18 @@ impl RequestHead {
                 .join(",");
             let codings: Vec<&str> = all.split(',').map(str::trim).collect();
             if codings.iter().any(|c| c.is_empty()) {
-                return Err(format!("Transfer-Encoding `{all}` has an empty coding"));
+                return Err(FramingError::EmptyCoding(all));
             }
             let chunked = codings
                 .iter()
                 .filter(|c| c.eq_ignore_ascii_case("chunked"))
                 .count();
             if chunked > 1 {
-                return Err(format!(
-                    "Transfer-Encoding `{all}` applies chunked more than once"
-                ));
+                return Err(FramingError::ChunkedTwice(all));
             }
             let last = codings.last().copied().unwrap_or("");
             if !last.eq_ignore_ascii_case("chunked") {
-                return Err(format!("Transfer-Encoding `{all}` does not end in chunked"));
+                return Err(FramingError::NotChunkedLast(all));
             }
             return Ok(Framing::Chunked);
         }
@@ -208,16 +227,15 @@ impl RequestHead {
             [one] => {
                 let s = std::str::from_utf8(one).unwrap_or("").trim();
                 if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) || s.len() > 19 {
-                    return Err(format!(
-                        "Content-Length `{}` is not a number",
-                        String::from_utf8_lossy(one)
+                    return Err(FramingError::BadLength(
+                        String::from_utf8_lossy(one).into_owned(),
                     ));
                 }
                 s.parse::<u64>()
                     .map(Framing::Length)
-                    .map_err(|_| "Content-Length is out of range".into())
+                    .map_err(|_| FramingError::LengthOutOfRange)
             }
-            _ => Err("more than one Content-Length".into()),
+            _ => Err(FramingError::TwoLengths),
         }
     }
 

@@ -120,9 +120,33 @@ mod unix_seconds {
     }
 }
 
+/// Why tunnelc could not connect a stream to its local service; the text goes back to
+/// tunneld (and from there to the visitor as a 502).
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("tunnelc has no tunnel named `{0}`")]
+    NoTunnel(String),
+    #[error("tunnelc has no service (tunnel) named `{0}`")]
+    NoService(String),
+    #[error("this tunnelc does not accept server-defined targets")]
+    TargetsRefused,
+    #[error("connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("connect to {0}: timed out")]
+    Timeout(String),
+    #[error("PROXY header to {target}: {source}")]
+    Proxy {
+        target: String,
+        source: std::io::Error,
+    },
+}
+
 /// tunnelc side: turns a stream header into a connection to the local service (resolving the
 /// tunnel's target and writing a PROXY header when asked). The error is shown to tunneld.
 #[async_trait]
 pub trait LocalConnector: Send + Sync + 'static {
-    async fn connect(&self, header: &StreamHeader) -> Result<BoxIo, String>;
+    async fn connect(&self, header: &StreamHeader) -> Result<BoxIo, LocalError>;
 }

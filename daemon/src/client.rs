@@ -17,7 +17,7 @@ use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::{Hello, TunnelRequest, TunnelStatus, VERSION};
 use tunneld_core::proxy_protocol;
-use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::session::{LocalConnector, LocalError, StreamHeader};
 use tunneld_core::tls::{client_config, ClientTrust};
 use tunneld_transport_yamux::{dial, DialOptions};
 
@@ -382,7 +382,7 @@ struct Connector {
 
 #[async_trait]
 impl LocalConnector for Connector {
-    async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, String> {
+    async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, LocalError> {
         let (target, proxy, host_header) = match &h.target {
             // A service name (no port): the local address of this tunnelc's tunnel of that
             // name, as threshold's service map did.
@@ -391,30 +391,33 @@ impl LocalConnector for Connector {
                     .tunnels
                     .get(t)
                     .cloned()
-                    .ok_or_else(|| format!("tunnelc has no service (tunnel) named `{t}`"))?;
+                    .ok_or_else(|| LocalError::NoService(t.clone()))?;
                 (local.addr, h.proxy_protocol, None)
             }
             Some(t) if self.accept_server_mappings => (t.clone(), h.proxy_protocol, None),
-            Some(_) => return Err("this tunnelc does not accept server-defined targets".into()),
+            Some(_) => return Err(LocalError::TargetsRefused),
             None => {
                 let local = self
                     .tunnels
                     .get(&h.tunnel)
                     .cloned()
-                    .ok_or_else(|| format!("tunnelc has no tunnel named `{}`", h.tunnel))?;
+                    .ok_or_else(|| LocalError::NoTunnel(h.tunnel.clone()))?;
                 (local.addr, local.proxy, local.host_header)
             }
         };
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {target}: {e}")),
-            Err(_) => return Err(format!("connect to {target}: timed out")),
+            Ok(Err(source)) => return Err(LocalError::Connect { target, source }),
+            Err(_) => return Err(LocalError::Timeout(target)),
         };
         let _ = s.set_nodelay(true);
         if let Some(v) = proxy {
             s.write_all(&proxy_protocol::encode(v, h.visitor, h.public))
                 .await
-                .map_err(|e| format!("PROXY header to {target}: {e}"))?;
+                .map_err(|source| LocalError::Proxy {
+                    target: target.clone(),
+                    source,
+                })?;
         }
         Ok(match host_header {
             Some(host) => Box::new(tunneld_core::host_rewrite::HostRewrite::new(s, host)),

@@ -37,8 +37,29 @@ impl Credentials {
     }
 }
 
+/// Why an `Authorization` value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizationError {
+    #[error(transparent)]
+    Basic(#[from] crate::auth::CredentialsError),
+    #[error("authorization scheme `{0}` is not Digest or Basic")]
+    Scheme(String),
+    #[error("Digest credentials have no username")]
+    NoUsername,
+    #[error("Digest credentials have no nonce")]
+    NoNonce,
+    #[error("Digest nc `{0}` is not hex")]
+    NcNotHex(String),
+    #[error("Digest parameter `{0}` has no value")]
+    NoValue(String),
+    #[error("Digest parameter `{0}` has an unterminated quote")]
+    Unterminated(String),
+    #[error("too many Digest parameters")]
+    TooMany,
+}
+
 /// Parses an `Authorization` value (`Digest k=v, ...` or `Basic base64`).
-pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
+pub fn parse_authorization(value: &str) -> Result<Credentials, AuthorizationError> {
     let value = value.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("basic") {
@@ -46,22 +67,20 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
         return Ok(Credentials::Basic { username });
     }
     if !scheme.eq_ignore_ascii_case("digest") {
-        return Err(format!(
-            "authorization scheme `{scheme}` is not Digest or Basic"
-        ));
+        return Err(AuthorizationError::Scheme(scheme.to_string()));
     }
     let params = parse_params(rest)?;
     let username = params
         .get("username")
-        .ok_or("Digest credentials have no username")?
+        .ok_or(AuthorizationError::NoUsername)?
         .clone();
     let nonce = params
         .get("nonce")
-        .ok_or("Digest credentials have no nonce")?
+        .ok_or(AuthorizationError::NoNonce)?
         .clone();
     let nc = match params.get("nc") {
         Some(v) => {
-            Some(u32::from_str_radix(v, 16).map_err(|_| format!("Digest nc `{v}` is not hex"))?)
+            Some(u32::from_str_radix(v, 16).map_err(|_| AuthorizationError::NcNotHex(v.clone()))?)
         }
         None => None,
     };
@@ -74,7 +93,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
 }
 
 /// `k=v, k="quoted \"v\""` pairs; keys lower-cased.
-fn parse_params(s: &str) -> Result<HashMap<String, String>, String> {
+fn parse_params(s: &str) -> Result<HashMap<String, String>, AuthorizationError> {
     let mut out = HashMap::new();
     let b = s.as_bytes();
     let mut i = 0;
@@ -90,7 +109,7 @@ fn parse_params(s: &str) -> Result<HashMap<String, String>, String> {
             i += 1;
         }
         if i >= b.len() {
-            return Err(format!("Digest parameter `{}` has no value", &s[k0..]));
+            return Err(AuthorizationError::NoValue(s[k0..].to_string()));
         }
         let key = s[k0..i].trim().to_ascii_lowercase();
         i += 1;
@@ -116,9 +135,7 @@ fn parse_params(s: &str) -> Result<HashMap<String, String>, String> {
                 }
             }
             if !closed {
-                return Err(format!(
-                    "Digest parameter `{key}` has an unterminated quote"
-                ));
+                return Err(AuthorizationError::Unterminated(key));
             }
         } else {
             let v0 = i;
@@ -128,7 +145,7 @@ fn parse_params(s: &str) -> Result<HashMap<String, String>, String> {
             val = s[v0..i].trim().to_string();
         }
         if out.len() >= 32 {
-            return Err("too many Digest parameters".into());
+            return Err(AuthorizationError::TooMany);
         }
         out.insert(key, val);
     }

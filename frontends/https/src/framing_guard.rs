@@ -147,7 +147,7 @@ impl<T> FramingGuard<T> {
             }
             Ok(Some((head, len))) => match head.framing() {
                 Err(reason) => {
-                    self.refuse(reason);
+                    self.refuse(reason.to_string());
                     None
                 }
                 Ok(framing) => {

@@ -98,7 +98,7 @@ impl Config {
             ("connect_access.tokens", &self.connect_access.tokens),
         ] {
             for (name, secret) in map {
-                token_digest(&secret.0).map_err(|e| (format!("{key}.{name}"), e))?;
+                token_digest(&secret.0).map_err(|e| (format!("{key}.{name}"), e.to_string()))?;
             }
         }
         match self.connect_access.auth {

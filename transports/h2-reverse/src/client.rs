@@ -138,7 +138,8 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     };
     let local = match ctx.connector.connect(&header).await {
         Ok(l) => l,
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             tracing::warn!(tunnel = %header.tunnel, visitor = %header.visitor, "cannot reach the local service: {reason}");
             return answer(StatusCode::BAD_GATEWAY, Some(&reason));
         }

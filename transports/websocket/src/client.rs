@@ -286,7 +286,7 @@ impl Connected {
                             }
                             Err(e) => {
                                 tracing::warn!(tunnel = %header.tunnel, "local connect failed: {e}");
-                                conv.answer(Err(&e));
+                                conv.answer(Err(&e.to_string()));
                             }
                         }
                     });

@@ -141,7 +141,8 @@ where
                 tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
             }
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             tracing::warn!(tunnel = %header.tunnel, visitor = %header.visitor, "cannot reach the local service: {reason}");
             let _ = write_frame(
                 &mut io,
