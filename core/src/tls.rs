@@ -401,6 +401,20 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// Whether a failed TLS accept was about the client's certificate (none, or not valid
+/// against the client CA), told apart by rustls's error kind rather than its text.
+pub fn is_certificate_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertRevocationList(_)
+        )
+    )
+}
+
 /// The subject common name of a DER certificate, if it has one.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -417,6 +431,20 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_errors_are_told_by_kind() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert!(is_certificate_error(&wrap(
+            rustls::Error::NoCertificatesPresented
+        )));
+        assert!(is_certificate_error(&wrap(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        )));
+        assert!(!is_certificate_error(&wrap(rustls::Error::DecryptError)));
+        let plain = std::io::Error::other("invalid peer certificate");
+        assert!(!is_certificate_error(&plain), "text alone does not count");
+    }
 
     #[test]
     fn self_signed_is_created_once_and_reused() {

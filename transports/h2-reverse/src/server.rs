@@ -120,7 +120,7 @@ async fn tls_accept(
             Some((Box::new(tls), cn))
         }
         Ok(Err(e)) => {
-            let outcome = if e.to_string().contains("certificate") {
+            let outcome = if tunneld_core::tls::is_certificate_error(&e) {
                 "bad_certificate"
             } else {
                 "tls_error"

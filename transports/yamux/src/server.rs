@@ -248,7 +248,7 @@ impl YamuxTransport {
     /// management API or threshold's CONNECT.
     async fn handshake(&self, tcp: TcpStream) -> Result<Handshaken, HandshakeFailure> {
         let mut tls = self.tls.accept(tcp).await.map_err(|e| HandshakeFailure {
-            outcome: if e.to_string().contains("certificate") {
+            outcome: if tunneld_core::tls::is_certificate_error(&e) {
                 "bad_certificate"
             } else {
                 "tls_error"
