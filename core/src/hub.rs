@@ -188,6 +188,11 @@ impl Hub {
         self.frontends.get(name).cloned()
     }
 
+    /// The newest live session of `client_id` (admin mappings name clients, not sessions).
+    pub fn client_session(&self, client_id: &str) -> Option<Arc<LiveSession>> {
+        self.sessions.get(client_id)
+    }
+
     /// Whether `client_id` has a live session.
     pub fn is_online(&self, client_id: &str) -> bool {
         self.sessions.get(client_id).is_some()

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::frontend::{ClaimError, ClaimRequest};
-use crate::proto::Control;
 use std::sync::Mutex;
 
 impl Hub {
@@ -95,7 +94,7 @@ impl Hub {
         for s in self.sessions() {
             let mut tunnels = s.tunnels();
             tunnels.extend(self.mapping_statuses_for(&s.info.client_id).await);
-            let _ = s.notify.send(Control::Tunnels { tunnels });
+            s.notify_tunnels(tunnels);
         }
         Ok(result)
     }
@@ -120,8 +119,7 @@ impl Hub {
             }
             if let Some(f) = &m.frontend {
                 let fe = self
-                    .frontends
-                    .get(f)
+                    .frontend(f)
                     .ok_or_else(|| merr(404, format!("frontend `{f}` does not exist")))?;
                 if !fe.serves(TunnelKind::Tcp) {
                     return Err(merr(400, format!("frontend `{f}` does not allocate ports")));
@@ -146,7 +144,7 @@ impl Hub {
             if known.contains(&client) {
                 continue;
             }
-            match self.sessions.get(&client) {
+            match self.client_session(&client) {
                 None => {
                     return Err(merr(
                         404,
