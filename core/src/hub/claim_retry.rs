@@ -82,7 +82,7 @@ impl Hub {
                     all.clone()
                 };
                 let mut tunnels = tunnels;
-                tunnels.extend(hub.mapping_statuses_for(&session.info.client_id).await);
+                tunnels.extend(hub.server_mapping_statuses(&session.info.client_id).await);
                 session.notify_tunnels(tunnels);
                 return;
             }
