@@ -1,6 +1,7 @@
 //! The hub: which tunnel clients are connected, through which session, and which routes
 //! (claims on frontends) they hold. Transports call [`Hub::admit`] after reading a hello;
-//! frontends reach clients through a [`Target`]; the admin API calls [`Hub::apply_mappings`].
+//! frontends reach clients through a [`Target`]; the daemon's admin mappings add their ports
+//! to sessions' tunnel lists through [`ServerMappings`].
 //!
 //! A client id may run any number of sessions (several machines, several transports). Claims
 //! conflict per port and per name, not per client: a session asking for what another live
@@ -14,7 +15,6 @@ use crate::io::BoxIo;
 use crate::limits::DataLimits;
 pub(crate) use crate::live_sessions::{lock, HeldClaim, Sessions, Via};
 pub use crate::live_sessions::{LiveSession, SessionTarget};
-use crate::mapping::AdminState;
 use crate::metrics::Metrics;
 use crate::proto::{Control, Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +81,14 @@ pub trait Target: Send + Sync + 'static {
     }
 }
 
+/// The ports tunneld itself defines for clients (the daemon's admin mappings), as the hub
+/// sees them: each session's tunnel list includes the mapped ports that name its client.
+#[async_trait]
+pub trait ServerMappings: Send + Sync {
+    /// The statuses of the mapped ports that name `client`, with their endpoints.
+    async fn statuses_for(&self, client: &str) -> Vec<TunnelStatus>;
+}
+
 /// Why a hello was refused.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -118,7 +126,8 @@ pub struct Hub {
     leases: Mutex<HashMap<(String, String), leases::Lease>>,
     pub(crate) frontends: BTreeMap<String, Arc<dyn Frontend>>,
     pub(crate) sessions: Arc<Sessions>,
-    pub(crate) admin: tokio::sync::Mutex<AdminState>,
+    /// Installed once by the daemon ([`Hub::set_server_mappings`]); none adds nothing.
+    server_mappings: OnceLock<Arc<dyn ServerMappings>>,
     next_id: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// Seconds between client keepalive pings.
@@ -175,7 +184,7 @@ impl Hub {
             leases: Mutex::default(),
             frontends,
             sessions: Arc::default(),
-            admin: tokio::sync::Mutex::default(),
+            server_mappings: OnceLock::new(),
             next_id: AtomicU64::new(1),
             metrics,
             keepalive_secs,
@@ -183,9 +192,28 @@ impl Hub {
         })
     }
 
+    /// Installs the server-defined mappings whose statuses join every session's tunnel list.
+    /// Only the first one installed counts: false if one was already.
+    pub fn set_server_mappings(&self, mappings: Arc<dyn ServerMappings>) -> bool {
+        self.server_mappings.set(mappings).is_ok()
+    }
+
+    /// The statuses the server mappings add for `client` (none when none are installed).
+    pub(crate) async fn server_mapping_statuses(&self, client: &str) -> Vec<TunnelStatus> {
+        match self.server_mappings.get() {
+            Some(m) => m.statuses_for(client).await,
+            None => Vec::new(),
+        }
+    }
+
     /// The frontend configured as `name`.
     pub fn frontend(&self, name: &str) -> Option<Arc<dyn Frontend>> {
         self.frontends.get(name).cloned()
+    }
+
+    /// The newest live session of `client_id` (admin mappings name clients, not sessions).
+    pub fn client_session(&self, client_id: &str) -> Option<Arc<LiveSession>> {
+        self.sessions.get(client_id)
     }
 
     /// Whether `client_id` has a live session.

@@ -5,8 +5,10 @@
 //! - [`io`]: the one stream type ([`io::BoxIo`]) and [`splice`], the two-way copier.
 //! - [`session`]: [`session::OpenStream`], [`session::StreamHeader`], [`session::Session`].
 //! - [`transport`] / [`frontend`]: the plug-in traits, used as trait objects.
-//! - [`hub`]: admission, claims and leases; [`live_sessions`]: the live sessions, their
-//!   claims and stream budgets, and the targets that route visitors to them.
+//! - [`hub`]: admission, claims and leases, and the [`hub::ServerMappings`] hook through which
+//!   the daemon's admin mappings (server-defined ports, pools) join sessions' tunnel lists;
+//!   [`live_sessions`]: the live sessions, their claims and stream budgets, and the targets
+//!   that route visitors to them.
 //! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
 //! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
 //! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
@@ -17,7 +19,6 @@
 //! - [`throttle`]: failed authentications per address, and log-line budgets.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
-//! - [`mapping`]: server-defined ports (`PUT /tunnels`), pools and hot repointing.
 //! - [`http1`]: a bounded request-head reader; [`tls_listener`]: the accept loop of TLS
 //!   listeners that read heads themselves.
 //! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
@@ -44,7 +45,6 @@ pub mod idle;
 pub mod io;
 pub mod limits;
 pub mod live_sessions;
-pub mod mapping;
 pub mod metrics;
 pub mod proto;
 pub mod proxy_protocol;

@@ -42,8 +42,15 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
+    /// The statuses of the tunnels the session asked for in its hello.
     pub fn tunnels(&self) -> Vec<TunnelStatus> {
         lock(&self.tunnels).clone()
+    }
+
+    /// Tells the session's tunnelc its whole tunnel list (a `tunnels` control message); a
+    /// session whose transport has ended drops it.
+    pub fn notify_tunnels(&self, tunnels: Vec<TunnelStatus>) {
+        let _ = self.notify.send(Control::Tunnels { tunnels });
     }
 
     pub(crate) fn permit(&self, header: &StreamHeader) -> Result<BudgetPermit, OpenError> {

@@ -15,6 +15,7 @@
 use crate::admin_threshold::{self, Shape};
 use crate::config::server::AdminConfig;
 use crate::http_serve::{self, error, json_resp, respond, Handler, Limits, Resp};
+use crate::mappings::{AdminMappings, Mapping, MappingError};
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -25,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::sha256;
 use tunneld_core::hub::Hub;
-use tunneld_core::mapping::Mapping;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::state::StateStore;
 
@@ -38,6 +38,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 struct State {
     shape: Shape,
     hub: Arc<Hub>,
+    mappings: Arc<AdminMappings>,
     /// Where accepted mappings are kept across restarts.
     store: Arc<dyn StateStore>,
     /// One mapping update at a time, applied and stored together (shared by the admin API and
@@ -52,6 +53,7 @@ struct State {
 pub async fn start(
     cfg: AdminConfig,
     hub: Arc<Hub>,
+    mappings: Arc<AdminMappings>,
     store: Arc<dyn StateStore>,
     writes: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
@@ -62,6 +64,7 @@ pub async fn start(
     let state = Arc::new(State {
         shape: cfg.shape,
         hub,
+        mappings,
         store,
         writes,
         metrics,
@@ -158,9 +161,13 @@ async fn route_request(
             };
             let body = match (route, shape) {
                 ("/clients", Shape::Tunneld) => clients(state),
-                ("/clients", Shape::Threshold) => admin_threshold::clients(&state.hub).await,
+                ("/clients", Shape::Threshold) => {
+                    admin_threshold::clients(&state.hub, &state.mappings).await
+                }
                 (_, Shape::Tunneld) => tunnels(state).await,
-                (_, Shape::Threshold) => admin_threshold::listeners(&state.hub.mappings().await),
+                (_, Shape::Threshold) => {
+                    admin_threshold::listeners(&state.mappings.mappings().await)
+                }
             };
             json_resp(StatusCode::OK, &body)
         }
@@ -223,7 +230,7 @@ async fn mappings_json(list: Vec<(Mapping, String)>) -> Value {
 async fn tunnels(state: &State) -> Value {
     json!({
         "routes": state.hub.routes(),
-        "mappings": mappings_json(state.hub.mappings().await).await,
+        "mappings": mappings_json(state.mappings.mappings().await).await,
     })
 }
 
@@ -288,10 +295,10 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
 async fn apply(
     state: &State,
     desired: Vec<Mapping>,
-) -> Result<Vec<(Mapping, String)>, tunneld_core::mapping::MappingError> {
+) -> Result<Vec<(Mapping, String)>, MappingError> {
     let json = serde_json::to_string(&desired).unwrap_or_else(|_| "[]".into());
     let _one = state.writes.lock().await;
-    let list = state.hub.apply_mappings(desired).await?;
+    let list = state.mappings.apply(desired).await?;
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.set_admin_mappings(&json)).await {
         Ok(Ok(())) => {}
@@ -312,6 +319,7 @@ pub struct ThresholdManagement {
 impl ThresholdManagement {
     pub fn new(
         hub: Arc<Hub>,
+        mappings: Arc<AdminMappings>,
         store: Arc<dyn StateStore>,
         writes: Arc<tokio::sync::Mutex<()>>,
         metrics: Arc<Metrics>,
@@ -320,6 +328,7 @@ impl ThresholdManagement {
             state: Arc::new(State {
                 shape: Shape::Threshold,
                 hub,
+                mappings,
                 store,
                 writes,
                 metrics,
@@ -367,7 +376,10 @@ impl tunneld_core::transport::ManagementApi for ThresholdManagement {
 }
 
 /// Re-applies the mappings stored by the last accepted update (at start).
-pub async fn restore(hub: &Hub, store: &Arc<dyn StateStore>) -> anyhow::Result<usize> {
+pub async fn restore(
+    mappings: &AdminMappings,
+    store: &Arc<dyn StateStore>,
+) -> anyhow::Result<usize> {
     let s = store.clone();
     let Some(json) = tokio::task::spawn_blocking(move || s.admin_mappings()).await?? else {
         return Ok(0);
@@ -375,7 +387,8 @@ pub async fn restore(hub: &Hub, store: &Arc<dyn StateStore>) -> anyhow::Result<u
     let desired: Vec<Mapping> = serde_json::from_str(&json)
         .map_err(|e| anyhow::anyhow!("stored admin mappings are unreadable: {e}"))?;
     let n = desired.len();
-    hub.restore_mappings(desired)
+    mappings
+        .restore(desired)
         .await
         .map_err(|e| anyhow::anyhow!("stored admin mappings: {}", e.message))?;
     Ok(n)

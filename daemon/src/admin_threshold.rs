@@ -2,12 +2,12 @@
 //! `GET /tunnels` and `GET /clients` as threshold answered them. Both shapes act on the same
 //! mappings; the native shape stays the primary one (see docs/admin-api.md).
 
+use crate::mappings::{AdminMappings, Mapping};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use tunneld_core::hub::Hub;
-use tunneld_core::mapping::Mapping;
 use tunneld_core::proxy_protocol::Version;
 
 /// Which shape a request or answer uses.
@@ -125,9 +125,9 @@ pub fn listeners(list: &[(Mapping, String)]) -> Value {
 ///   started) or `ClientClosed` (it had disconnected before);
 /// - disconnected (every session ended): `ClientClosed` after `ClientConnected`;
 /// - named by a mapping and never connected: `ClientUnknown` twice.
-pub async fn clients(hub: &Hub) -> Value {
+pub async fn clients(hub: &Hub, mappings: &AdminMappings) -> Value {
     let mut states: BTreeMap<String, (&str, &str)> = BTreeMap::new();
-    for (m, _) in hub.mappings().await {
+    for (m, _) in mappings.mappings().await {
         for c in m.members() {
             states.insert(c, ("ClientUnknown", "ClientUnknown"));
         }

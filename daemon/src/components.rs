@@ -113,6 +113,7 @@ pub(crate) async fn start_transports(
     base: &Base,
     hub: &Arc<Hub>,
     h2_transports: &H2Transports,
+    mappings: &Arc<crate::mappings::AdminMappings>,
     mapping_writes: Arc<tokio::sync::Mutex<()>>,
 ) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
     let limiter = HandshakeLimiter::new(
@@ -124,6 +125,7 @@ pub(crate) async fn start_transports(
     let management: Arc<dyn tunneld_core::transport::ManagementApi> =
         admin::ThresholdManagement::new(
             hub.clone(),
+            mappings.clone(),
             base.store.clone(),
             mapping_writes,
             base.metrics.clone(),

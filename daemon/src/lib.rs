@@ -2,6 +2,7 @@
 //!
 //! Layout: [`config`] (YAML + env + flags), [`server`] (builds every transport and frontend
 //! from config and runs them: [`server::start`]), [`admin`] (the admin HTTP API),
+//! [`mappings`] (the admin API's server-defined ports and pools, hot repointing),
 //! [`client`] (tunnelc's reconnecting runner and local connector), [`logging`].
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod http_serve;
 pub mod logging;
+pub mod mappings;
 pub mod server;
 pub mod setup;
 pub mod state_cli;

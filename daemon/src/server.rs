@@ -3,6 +3,7 @@
 use crate::admin;
 use crate::components;
 use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
+use crate::mappings::AdminMappings;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -174,8 +175,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
     summarize_refusals(&hub, base.accepting.clone());
 
-    // The stored admin mappings, before any transport (and its management API) accepts.
-    match admin::restore(&hub, &base.store).await {
+    // The admin mappings, installed and restored as stored before any transport (and its
+    // management API) accepts.
+    let mappings = AdminMappings::install(&hub)?;
+    match admin::restore(&mappings, &base.store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
         Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
@@ -183,7 +186,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     // Admin API and threshold's management API updates are applied one at a time.
     let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
     let transports =
-        components::start_transports(&cfg, &base, &hub, &h2, mapping_writes.clone()).await?;
+        components::start_transports(&cfg, &base, &hub, &h2, &mappings, mapping_writes.clone())
+            .await?;
     let control = match &cfg.control {
         Some(c) => Some(start_control(&cfg, c, &base, &hub, &transports).await?),
         None => None,
@@ -202,6 +206,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             admin::start(
                 a.clone(),
                 hub.clone(),
+                mappings,
                 base.store.clone(),
                 mapping_writes,
                 base.metrics.clone(),

@@ -186,7 +186,7 @@ impl Hub {
             self.retry_claim(&session, &identity, t);
         }
         let mut all = statuses;
-        all.extend(self.mapping_statuses_for(&identity.client_id).await);
+        all.extend(self.server_mapping_statuses(&identity.client_id).await);
         Ok((guard, all))
     }
 

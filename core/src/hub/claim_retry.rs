@@ -9,7 +9,7 @@ use super::{lock, Hub};
 use crate::auth::Identity;
 use crate::frontend::ClaimError;
 use crate::live_sessions::LiveSession;
-use crate::proto::{Control, TunnelRequest, TunnelStatus};
+use crate::proto::{TunnelRequest, TunnelStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,8 +82,8 @@ impl Hub {
                     all.clone()
                 };
                 let mut tunnels = tunnels;
-                tunnels.extend(hub.mapping_statuses_for(&session.info.client_id).await);
-                let _ = session.notify.send(Control::Tunnels { tunnels });
+                tunnels.extend(hub.server_mapping_statuses(&session.info.client_id).await);
+                session.notify_tunnels(tunnels);
                 return;
             }
         });

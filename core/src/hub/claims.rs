@@ -19,7 +19,9 @@ impl Hub {
         false
     }
 
-    pub(crate) fn frontend_for(
+    /// The frontend a `kind` tunnel goes to: `name`'s, which must serve `kind`, or else the
+    /// one that serves `kind` by default.
+    pub fn frontend_for(
         &self,
         kind: TunnelKind,
         name: Option<&str>,

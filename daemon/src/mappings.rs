@@ -6,17 +6,21 @@
 //! port but changes where it points updates the table in place, so the listener never
 //! closes and the next visitor already goes to the new place (hot repoint). Ports no longer
 //! listed are closed; a failed update changes nothing.
+//!
+//! [`AdminMappings`] owns them for the daemon (the admin API and threshold's management API
+//! act on it) and is installed into the hub as its [`ServerMappings`], so each session's
+//! tunnel list includes the mapped ports that name its client.
 
-use crate::frontend::Claim;
-use crate::hostglob::HostGlob;
-use crate::hub::{valid_tunnel_name, Hub};
-use crate::proto::{TunnelKind, TunnelStatus};
-use crate::proxy_protocol;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use tunneld_core::frontend::Claim;
+use tunneld_core::hostglob::HostGlob;
+use tunneld_core::hub::{valid_tunnel_name, Hub, ServerMappings};
+use tunneld_core::proto::{TunnelKind, TunnelStatus};
+use tunneld_core::proxy_protocol;
 
 mod apply;
 mod route_table;
@@ -154,8 +158,38 @@ struct PortGroup {
 }
 
 #[derive(Default)]
-pub(crate) struct AdminState {
+struct AdminState {
     ports: Vec<PortGroup>,
+}
+
+/// The admin mappings of one hub: the ports opened for them, and a handle to the hub they
+/// route through. Updates are applied by [`AdminMappings::apply`] (see `apply.rs`).
+pub struct AdminMappings {
+    hub: Weak<Hub>,
+    state: tokio::sync::Mutex<AdminState>,
+}
+
+impl AdminMappings {
+    /// Empty mappings for `hub`, installed into it as its [`ServerMappings`] (before any
+    /// transport accepts, so every session's tunnel list includes them).
+    pub fn install(hub: &Arc<Hub>) -> anyhow::Result<Arc<Self>> {
+        let mappings = Arc::new(Self {
+            hub: Arc::downgrade(hub),
+            state: tokio::sync::Mutex::default(),
+        });
+        anyhow::ensure!(
+            hub.set_server_mappings(mappings.clone()),
+            "the hub has admin mappings installed already"
+        );
+        Ok(mappings)
+    }
+
+    /// The hub; gone only once tunneld has shut down.
+    fn hub(&self) -> Result<Arc<Hub>, MappingError> {
+        self.hub
+            .upgrade()
+            .ok_or_else(|| merr(503, "tunneld is shutting down"))
+    }
 }
 
 /// One route of a port: a name pattern and the pool behind it.

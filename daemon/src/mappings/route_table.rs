@@ -2,23 +2,22 @@
 //! pool member in turn (failing over to the next when one is offline or slow).
 
 use super::{Route, POOL_MEMBER_TIMEOUT};
-use crate::hostglob::{best_match, HostGlob};
-use crate::hub::{Sessions, Target};
-use crate::io::BoxIo;
-use crate::metrics::Metrics;
-use crate::session::{OpenError, StreamHeader};
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
+use tunneld_core::hostglob::{best_match, HostGlob};
+use tunneld_core::hub::{Hub, Target};
+use tunneld_core::io::BoxIo;
+use tunneld_core::metrics::Metrics;
+use tunneld_core::session::{OpenError, StreamHeader};
+use tunneld_core::sync::lock;
 
 /// The target of an admin port: picks the route by server name, then a pool member.
 pub struct RouteTable {
     pub(super) routes: Mutex<Arc<Vec<Route>>>,
-    pub(super) sessions: Weak<Sessions>,
+    pub(super) hub: Weak<Hub>,
     pub(super) metrics: Arc<Metrics>,
 }
-
-use crate::sync::lock;
 
 impl RouteTable {
     fn current(&self) -> Arc<Vec<Route>> {
@@ -49,13 +48,13 @@ impl Target for RouteTable {
         header.tunnel = route.name.clone();
         header.target = Some(route.target.clone());
         header.proxy_protocol = route.proxy_protocol;
-        let sessions = self.sessions.upgrade().ok_or(OpenError::Offline)?;
+        let hub = self.hub.upgrade().ok_or(OpenError::Offline)?;
         let n = route.members.len();
         let start = route.next.fetch_add(1, Ordering::Relaxed);
         let mut last = OpenError::Offline;
         for i in 0..n {
             let member = &route.members[(start + i) % n];
-            let Some(session) = sessions.get(member) else {
+            let Some(session) = hub.client_session(member) else {
                 if n > 1 {
                     self.metrics
                         .pool_failovers_total
