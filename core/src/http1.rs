@@ -54,6 +54,20 @@ impl HeadError {
     }
 }
 
+/// `text` with every character a header value cannot carry (controls, non-ASCII) replaced
+/// by `?`, so a reason can be sent in a header.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Body framing a request may not use: ambiguous framing is how requests are smuggled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {

@@ -103,16 +103,7 @@ impl<T> FramingGuard<T> {
     }
 
     fn refuse(&mut self, reason: String) {
-        let printable: String = reason
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
+        let printable = tunneld_core::http1::printable(&reason);
         self.ready.extend_from_slice(
             format!(
                 "GET / HTTP/1.1\r\nhost: refused.invalid\r\n{REFUSED_HEADER}: {printable}\r\nconnection: close\r\n\r\n"

@@ -68,16 +68,7 @@ fn answer(status: StatusCode, error: Option<&str>) -> Response<Body> {
     *r.status_mut() = status;
     if let Some(e) = error {
         // Header values cannot hold control characters; keep the reason printable.
-        let clean: String = e
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
+        let clean = tunneld_core::http1::printable(e);
         if let Ok(v) = http::HeaderValue::from_str(&clean) {
             r.headers_mut().insert(ERROR_HEADER, v);
         }
