@@ -112,10 +112,31 @@ pub async fn read_head_limited<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> Result<RequestHead, HeadError> {
+    let (head, len) = fill_head(r, buf, max).await?;
+    buf.drain(..len);
+    Ok(head)
+}
+
+/// Reads a connection's first request head, keeping every byte read: the head, its length,
+/// and the bytes (the head, then whatever followed it), for a caller that forwards them raw.
+pub async fn read_first_head<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    max: usize,
+) -> Result<(RequestHead, usize, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let (head, len) = fill_head(r, &mut buf, max).await?;
+    Ok((head, len, buf))
+}
+
+/// Reads into `buf` until it starts with a complete head of at most `max` bytes.
+async fn fill_head<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(RequestHead, usize), HeadError> {
     loop {
         if let Some((head, len)) = parse(buf)? {
-            buf.drain(..len);
-            return Ok(head);
+            return Ok((head, len));
         }
         if buf.len() >= max {
             return Err(HeadError::TooLarge(max));

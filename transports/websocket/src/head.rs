@@ -4,8 +4,8 @@
 
 use crate::config::Cidr;
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tunneld_core::http1::{parse, RequestHead};
+use tokio::io::AsyncRead;
+use tunneld_core::http1::{read_first_head, HeadError, RequestHead};
 
 /// The lower-cased authority of an absolute-form request target (`http://host:port/path`);
 /// `None` for origin-form (`/path`) and anything else.
@@ -26,31 +26,20 @@ pub fn absolute_authority(target: &str) -> Option<String> {
 }
 
 /// Reads the first request head: the head and every byte read (head and what followed).
-/// A head over `max_head` bytes is answered `431`.
+/// A head over `max_head` bytes is answered `431`; a connection closed first, not at all
+/// (code 0).
 pub async fn read_head<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     max_head: usize,
 ) -> Result<(RequestHead, usize, Vec<u8>), (u16, String)> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        match parse(&buf) {
-            Ok(Some((head, len))) if len <= max_head => return Ok((head, len, buf)),
-            Ok(Some(_)) => break,
-            Ok(None) if buf.len() > max_head => break,
-            Ok(None) => {}
-            Err(e) => return Err((400, e.to_string())),
-        }
-        let mut chunk = [0u8; 4096];
-        let n = r.read(&mut chunk).await.map_err(|e| (400, e.to_string()))?;
-        if n == 0 {
-            return Err((0, "closed".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Err((
-        431,
-        format!("the request header block is larger than {max_head} bytes"),
-    ))
+    read_first_head(r, max_head).await.map_err(|e| match e {
+        HeadError::TooLarge(_) => (
+            431,
+            format!("the request header block is larger than {max_head} bytes"),
+        ),
+        HeadError::Closed => (0, "closed".into()),
+        e => (400, e.to_string()),
+    })
 }
 
 /// What the request says about where it came from, believing proxies only when trusted.
