@@ -194,7 +194,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     };
     crate::control::sweep::spawn(
         hub.clone(),
-        base.store.clone(),
+        base.cache.clone(),
         base.metrics.clone(),
         control.as_ref().map(|(c, _)| c.clone()),
         base.accepting.clone(),

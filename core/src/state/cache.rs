@@ -103,6 +103,12 @@ impl StateCache {
         Ok(self.read().tunnels.get(name).cloned())
     }
 
+    /// Every stored token, as the store has them now.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
+        self.current("tokens").await?;
+        Ok(self.read().tokens.values().cloned().collect())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
         crate::sync::read(&self.shared.data)
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::{self, StateStore, TokenRecord};
+use tunneld_core::state::cache::StateCache;
+use tunneld_core::state::{self, TokenRecord};
 
 /// How often the sweep runs.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -92,10 +93,11 @@ pub fn cut_sessions(hub: &Hub, tokens: &HashMap<String, TokenRecord>, metrics: &
     }
 }
 
-/// Runs the sweep until `stop`.
+/// Runs the sweep until `stop`. Tokens come from the state cache (memory, kept current);
+/// only lapsing tunnels touches the store, on a blocking thread.
 pub fn spawn(
     hub: Arc<Hub>,
-    store: Arc<dyn StateStore>,
+    cache: Arc<StateCache>,
     metrics: Arc<Metrics>,
     control: Option<Arc<Control>>,
     stop: CancellationToken,
@@ -108,22 +110,17 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let (hub, store, metrics, control) =
-                (hub.clone(), store.clone(), metrics.clone(), control.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                let tokens: HashMap<String, TokenRecord> = match store.tokens() {
-                    Ok(all) => all.into_iter().map(|t| (t.name.clone(), t)).collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sweep: cannot read tokens");
-                        return;
-                    }
-                };
-                cut_sessions(&hub, &tokens, &metrics);
-                if let Some(c) = control {
-                    c.lapse_tunnels(&tokens);
+            let tokens: HashMap<String, TokenRecord> = match cache.tokens().await {
+                Ok(all) => all.into_iter().map(|t| (t.name.clone(), t)).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep: cannot read tokens");
+                    continue;
                 }
-            })
-            .await;
+            };
+            cut_sessions(&hub, &tokens, &metrics);
+            if let Some(c) = control.clone() {
+                let _ = tokio::task::spawn_blocking(move || c.lapse_tunnels(&tokens)).await;
+            }
         }
     });
 }
