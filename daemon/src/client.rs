@@ -107,7 +107,7 @@ impl Dialer {
                 let url: tunneld_transport_websocket::client::ServerUrl = cfg
                     .server
                     .parse()
-                    .map_err(|e: String| anyhow::anyhow!("server: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("server: {e}"))?;
                 let tls = if url.tls {
                     Some(tls_client(cfg, &[b"http/1.1"])?)
                 } else {

@@ -35,28 +35,45 @@ pub struct ServerUrl {
     pub authority: String,
 }
 
+/// Why a `server:` URL was refused (the text names the URL).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerUrlError {
+    #[error("`{0}`: expected http://, https://, ws:// or wss://")]
+    NoScheme(String),
+    #[error("`{url}`: unknown scheme `{scheme}`")]
+    UnknownScheme { url: String, scheme: String },
+    #[error("`{0}`: give only scheme, host and port (no path or user)")]
+    NotJustAuthority(String),
+    #[error("`{url}`: `{port}` is not a port")]
+    BadPort { url: String, port: String },
+}
+
 impl std::str::FromStr for ServerUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ServerUrlError;
+    fn from_str(s: &str) -> Result<Self, ServerUrlError> {
         let (scheme, rest) = s
             .split_once("://")
-            .ok_or_else(|| format!("`{s}`: expected http://, https://, ws:// or wss://"))?;
+            .ok_or_else(|| ServerUrlError::NoScheme(s.to_string()))?;
         let tls = match scheme.to_ascii_lowercase().as_str() {
             "http" | "ws" => false,
             "https" | "wss" => true,
-            other => return Err(format!("`{s}`: unknown scheme `{other}`")),
+            other => {
+                return Err(ServerUrlError::UnknownScheme {
+                    url: s.to_string(),
+                    scheme: other.to_string(),
+                })
+            }
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-            return Err(format!(
-                "`{s}`: give only scheme, host and port (no path or user)"
-            ));
+            return Err(ServerUrlError::NotJustAuthority(s.to_string()));
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("`{s}`: `{p}` is not a port"))?;
+                let port = p.parse::<u16>().map_err(|_| ServerUrlError::BadPort {
+                    url: s.to_string(),
+                    port: p.to_string(),
+                })?;
                 (h.trim_matches(['[', ']']).to_string(), port)
             }
             _ => (authority.to_string(), if tls { 443 } else { 80 }),
@@ -309,7 +326,7 @@ impl Connected {
             },
         )
         .await;
-        ended.reason
+        ended.reason.to_string()
     }
 }
 

@@ -101,9 +101,18 @@ impl Cidr {
     }
 }
 
+/// Why an address block was refused (the text names it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{0}` is not an IP address or CIDR block")]
+    NotAnAddress(String),
+    #[error("`{block}`: the prefix length must be 0-{max}")]
+    BadPrefix { block: String, max: u8 },
+}
+
 impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
         let (addr, bits) = match s.split_once('/') {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
@@ -111,7 +120,7 @@ impl std::str::FromStr for Cidr {
         let addr: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+            .map_err(|_| CidrError::NotAnAddress(s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
@@ -120,7 +129,10 @@ impl std::str::FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|b| *b <= max)
-                .ok_or_else(|| format!("`{s}`: the prefix length must be 0-{max}"))?,
+                .ok_or_else(|| CidrError::BadPrefix {
+                    block: s.to_string(),
+                    max,
+                })?,
         };
         Ok(Cidr { addr, bits })
     }

@@ -81,7 +81,7 @@ struct ConvState {
     write_waker: Option<Waker>,
     we_paused: bool,
     sent_fin: bool,
-    ack: Option<oneshot::Sender<Result<(), String>>>,
+    ack: Option<oneshot::Sender<Result<(), NotAccepted>>>,
 }
 
 impl ConvState {
@@ -176,8 +176,20 @@ pub struct Mux {
     shared: Arc<Shared>,
 }
 
-/// Resolves with the peer's answer to an open: `A` (Ok) or `N` (Err with its reason).
-pub type Ack = oneshot::Receiver<Result<(), String>>;
+/// Resolves with the peer's answer to an open: `A` (Ok) or why not.
+pub type Ack = oneshot::Receiver<Result<(), NotAccepted>>;
+
+/// Why an opened conversation was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAccepted {
+    /// `N`, with the peer's reason (or ours when it gave none).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the tunnel client closed the conversation")]
+    Closed,
+    #[error("the tunnel session ended")]
+    SessionEnded,
+}
 
 /// Why a conversation could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +397,7 @@ impl Mux {
                 st.closed = true;
                 st.eof = true;
                 if let Some(a) = st.ack.take() {
-                    let _ = a.send(Err("the tunnel client closed the conversation".into()));
+                    let _ = a.send(Err(NotAccepted::Closed));
                 }
                 free = true;
             }
@@ -402,7 +414,7 @@ impl Mux {
                 st.closed = true;
                 st.eof = true;
                 if let Some(a) = st.ack.take() {
-                    let _ = a.send(Err(reason.clone()));
+                    let _ = a.send(Err(NotAccepted::Refused(reason.clone())));
                 }
                 st.refused = Some(reason);
                 free = true;
@@ -436,10 +448,10 @@ impl Mux {
             st.closed = true;
             st.eof = true;
             if let Some(a) = st.ack.take() {
-                let _ = a.send(Err("the tunnel session ended".into()));
+                let _ = a.send(Err(NotAccepted::SessionEnded));
             }
             if st.refused.is_none() {
-                st.refused = Some("the tunnel session ended".into());
+                st.refused = Some(NotAccepted::SessionEnded.to_string());
             }
             st.wake();
         }

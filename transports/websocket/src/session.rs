@@ -19,8 +19,36 @@ const BATCH: usize = 64;
 
 /// What ended a session, and whether it was the peer's protocol error (metrics).
 pub struct Ended {
-    pub reason: String,
+    pub reason: SessionEnd,
     pub protocol_error: Option<&'static str>,
+}
+
+/// Why a session ended, in words for the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("the session was closed")]
+    Stopped,
+    #[error("the WebSocket could not be written")]
+    WriteFailed,
+    #[error("the peer stopped reading the WebSocket (its control queue is full)")]
+    Stalled,
+    #[error("nothing received for {0:?}")]
+    Idle(Duration),
+    #[error("the WebSocket closed")]
+    StreamEnded,
+    #[error("message too big: {0}")]
+    TooBig(String),
+    #[error("WebSocket error: {0}")]
+    WebSocket(WsError),
+    /// The role's handler refused a message (its close reason).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Undecodable(#[from] wire::WireError),
+    #[error("text messages are not part of the protocol")]
+    Text,
+    #[error("the peer closed the WebSocket")]
+    PeerClosed,
 }
 
 /// What the writer does with one outgoing item: `false` once the WebSocket is done (a
@@ -145,14 +173,14 @@ where
         let next = tokio::select! {
             _ = stop.cancelled() => {
                 mux.close(1001, "going away");
-                break "the session was closed".to_string();
+                break SessionEnd::Stopped;
             }
             _ = &mut writer => {
                 writer_done = true;
-                break "the WebSocket could not be written".to_string();
+                break SessionEnd::WriteFailed;
             }
             _ = mux.stalled() => {
-                break "the peer stopped reading the WebSocket (its control queue is full)".to_string();
+                break SessionEnd::Stalled;
             }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
@@ -186,21 +214,21 @@ fn received(
     mux: &Mux,
     idle: Duration,
     protocol_error: &mut Option<&'static str>,
-) -> Result<Message, String> {
+) -> Result<Message, SessionEnd> {
     match next {
         Err(_) => {
             mux.close(1001, "idle");
-            Err(format!("nothing received for {idle:?}"))
+            Err(SessionEnd::Idle(idle))
         }
-        Ok(None) => Err("the WebSocket closed".to_string()),
+        Ok(None) => Err(SessionEnd::StreamEnded),
         Ok(Some(Err(WsError::Capacity(e)))) => {
             *protocol_error = Some("message_too_large");
             mux.close(1009, "message too big");
-            Err(format!("message too big: {e}"))
+            Err(SessionEnd::TooBig(e.to_string()))
         }
         Ok(Some(Err(e))) => {
             *protocol_error = Some("websocket");
-            Err(format!("WebSocket error: {e}"))
+            Err(SessionEnd::WebSocket(e))
         }
         Ok(Some(Ok(m))) => Ok(m),
     }
@@ -214,7 +242,7 @@ fn apply<F>(
     mux: &Mux,
     on_msg: &mut F,
     protocol_error: &mut Option<&'static str>,
-) -> Result<(), String>
+) -> Result<(), SessionEnd>
 where
     F: FnMut(Msg) -> Result<(), (u16, String)>,
 {
@@ -238,23 +266,22 @@ where
                         *protocol_error = Some("unknown_message");
                     }
                     mux.close(code, &why);
-                    return Err(why);
+                    return Err(SessionEnd::Refused(why));
                 }
                 Ok(())
             }
             Err(e) => {
                 *protocol_error = Some("unknown_message");
                 mux.close(CLOSE_UNKNOWN_MESSAGE, &e.to_string());
-                Err(e.to_string())
+                Err(e.into())
             }
         },
         Message::Text(_) => {
             *protocol_error = Some("unknown_message");
-            let why = "text messages are not part of the protocol";
-            mux.close(CLOSE_UNKNOWN_MESSAGE, why);
-            Err(why.to_string())
+            mux.close(CLOSE_UNKNOWN_MESSAGE, &SessionEnd::Text.to_string());
+            Err(SessionEnd::Text)
         }
-        Message::Close(_) => Err("the peer closed the WebSocket".to_string()),
+        Message::Close(_) => Err(SessionEnd::PeerClosed),
         Message::Pong(_) => {
             mux.pong();
             Ok(())

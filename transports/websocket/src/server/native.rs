@@ -58,7 +58,7 @@ impl WebsocketTransport {
                     .protocol_errors_total
                     .with_label_values(&[&cx.name, "bad_hello"])
                     .inc();
-                reject(&mut ws, e, true).await;
+                reject(&mut ws, e.to_string(), true).await;
                 return;
             }
         };
@@ -242,8 +242,24 @@ impl WebsocketTransport {
     }
 }
 
+/// Why the first message was not a usable hello (the refusal's text).
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("the hello is not valid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("the first message must be the hello (0x11 'T')")]
+    NotHello,
+    #[error("expected the hello message")]
+    NotBinary,
+    #[error("no hello in time")]
+    Timeout,
+}
+
 /// Waits up to the handshake timeout for the first message, which must be the hello.
-async fn read_hello<S>(ws: &mut WebSocketStream<S>, cx: &TransportContext) -> Result<Hello, String>
+async fn read_hello<S>(
+    ws: &mut WebSocketStream<S>,
+    cx: &TransportContext,
+) -> Result<Hello, HelloError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -252,12 +268,11 @@ where
     let first = tokio::time::timeout(cx.handshake_timeout, ws.next()).await;
     match first {
         Ok(Some(Ok(Message::Binary(b)))) => match wire::decode(b) {
-            Ok(Msg::Control(json)) => serde_json::from_slice(&json)
-                .map_err(|e| format!("the hello is not valid JSON: {e}")),
-            _ => Err("the first message must be the hello (0x11 'T')".into()),
+            Ok(Msg::Control(json)) => serde_json::from_slice(&json).map_err(HelloError::Json),
+            _ => Err(HelloError::NotHello),
         },
-        Ok(_) => Err("expected the hello message".into()),
-        Err(_) => Err("no hello in time".into()),
+        Ok(_) => Err(HelloError::NotBinary),
+        Err(_) => Err(HelloError::Timeout),
     }
 }
 
@@ -279,21 +294,31 @@ fn kind_of(m: &Msg) -> &'static str {
     }
 }
 
-async fn send_json<S, T>(ws: &mut WebSocketStream<S>, msg: &T) -> Result<(), String>
+/// Why an answer to the hello was not written.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("the client read no answer in time")]
+    Timeout,
+    #[error(transparent)]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+async fn send_json<S, T>(ws: &mut WebSocketStream<S>, msg: &T) -> Result<(), AnswerError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: serde::Serialize,
 {
     use futures::SinkExt;
-    let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(msg)?;
     // A client that reads nothing cannot hold the handshake: the answer has a deadline.
     let sent = ws.send(tokio_tungstenite::tungstenite::Message::Binary(
         wire::encode(&Msg::Control(Bytes::from(json))),
     ));
-    tokio::time::timeout(ANSWER_DEADLINE, sent)
+    Ok(tokio::time::timeout(ANSWER_DEADLINE, sent)
         .await
-        .map_err(|_| "the client read no answer in time".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| AnswerError::Timeout)??)
 }
 
 /// How long a hello's answer (welcome or refusal) may take to write.

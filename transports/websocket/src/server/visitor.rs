@@ -219,7 +219,7 @@ impl OpenStream for WsOpener {
         };
         match tokio::time::timeout(self.open_timeout, ack).await {
             Ok(Ok(Ok(()))) => Ok(Box::new(conv)),
-            Ok(Ok(Err(reason))) => Err(OpenError::LocalRefused(reason)),
+            Ok(Ok(Err(reason))) => Err(OpenError::LocalRefused(reason.to_string())),
             Ok(Err(_)) => Err(OpenError::Session("the tunnel session ended".into())),
             Err(_) => Err(OpenError::Timeout),
         }
