@@ -1,6 +1,8 @@
-//! The accept loop of the TLS listeners that read HTTP/1 heads themselves (the `connect`
-//! transport and the `rendezvous` frontend): a cap on open connections, TCP keepalive (so a
-//! peer that vanished without a FIN is found), and one deadline for the TLS handshake.
+//! The one accept loop every listener runs ([`accept_loop`]: accept until shut down, admit,
+//! hand the connection to a task), and on top of it [`run`], the loop of the TLS listeners
+//! that read HTTP/1 heads themselves (the `connect` and `websocket` transports and the
+//! `rendezvous` frontend): a cap on open connections, TCP keepalive (so a peer that vanished
+//! without a FIN is found), and one deadline for the TLS handshake.
 
 use crate::io::BoxIo;
 use crate::limits::AddressLimiter;
@@ -71,6 +73,43 @@ pub async fn accept_next(
     }
 }
 
+/// Where [`accept_loop`] runs each admitted connection.
+#[derive(Clone, Copy)]
+pub enum Tasks<'a> {
+    /// On a task of this tracker (the drain can wait for it or count it).
+    Tracked(&'a TaskTracker),
+    /// On a free task (a connection that is not a visitor yet takes its own drain token).
+    Untracked,
+}
+
+/// The one accept loop: accepts until `shutdown` is cancelled (accept errors are logged and
+/// retried, see [`accept_next`]), asks `admit` about each peer (it refuses with `None`, or
+/// returns what the connection holds for its life, such as its slot in a cap), and runs
+/// `serve` on its own task. It never waits on a peer.
+pub async fn accept_loop<P, A, F, Fut>(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    component: &str,
+    tasks: Tasks<'_>,
+    mut admit: A,
+    serve: F,
+) where
+    A: FnMut(SocketAddr) -> Option<P>,
+    F: Fn(TcpStream, SocketAddr, P) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    while let Some((tcp, peer)) = accept_next(listener, shutdown, component).await {
+        let Some(held) = admit(peer) else {
+            continue;
+        };
+        let task = serve(tcp, peer, held);
+        match tasks {
+            Tasks::Tracked(t) => drop(t.spawn(task)),
+            Tasks::Untracked => drop(tokio::spawn(task)),
+        }
+    }
+}
+
 /// A connection after its TLS handshake.
 pub struct Accepted {
     pub io: BoxIo,
@@ -109,63 +148,69 @@ where
     let handler = Arc::new(handler);
     let open = AddressLimiter::new(spec.max_connections, spec.max_per_address);
     let spec = Arc::new(spec);
-    loop {
-        let Some((tcp, peer)) = accept_next(&listener, &spec.shutdown, &spec.component).await
-        else {
-            break;
-        };
-        let Some(permit) = open.admit(peer.ip(), &spec.metrics, &spec.component) else {
-            continue;
-        };
-        let (spec2, handler) = (spec.clone(), handler.clone());
-        spec.tasks.spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            set_keepalive(&tcp);
-            let local = tcp.local_addr().unwrap_or(peer);
-            let Some(tls) = &spec2.tls else {
-                handler(Accepted {
-                    io: Box::new(tcp),
-                    peer,
-                    local,
-                    cert_cn: None,
-                    permit,
-                })
-                .await;
-                return;
-            };
-            match tokio::time::timeout(spec2.handshake_timeout, tls.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let cert_cn = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| crate::tls::common_name(c));
-                    handler(Accepted {
-                        io: Box::new(tls),
-                        peer,
-                        local,
-                        cert_cn,
-                        permit,
-                    })
-                    .await;
-                }
-                Ok(Err(e)) => {
-                    spec2
-                        .metrics
-                        .stream_open_failures_total
-                        .with_label_values(&[&spec2.component, "tls_error"])
-                        .inc();
-                    tracing::debug!(component = %spec2.component, %peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    spec2
-                        .metrics
-                        .stream_open_failures_total
-                        .with_label_values(&[&spec2.component, "handshake_timeout"])
-                        .inc();
-                }
-            }
-        });
-    }
+    accept_loop(
+        &listener,
+        &spec.shutdown,
+        &spec.component,
+        Tasks::Tracked(&spec.tasks),
+        |peer| open.admit(peer.ip(), &spec.metrics, &spec.component),
+        |tcp, peer, permit| handshake(spec.clone(), handler.clone(), tcp, peer, permit),
+    )
+    .await;
+}
+
+/// One connection of [`run`]: its TLS handshake within the deadline (counted when it fails),
+/// then the handler.
+async fn handshake<F, Fut>(
+    spec: Arc<ListenerSpec>,
+    handler: Arc<F>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: crate::limits::Permit,
+) where
+    F: Fn(Accepted) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
+    let local = tcp.local_addr().unwrap_or(peer);
+    let Some(tls) = &spec.tls else {
+        handler(Accepted {
+            io: Box::new(tcp),
+            peer,
+            local,
+            cert_cn: None,
+            permit,
+        })
+        .await;
+        return;
+    };
+    let failure = match tokio::time::timeout(spec.handshake_timeout, tls.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let cert_cn = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::tls::common_name(c));
+            handler(Accepted {
+                io: Box::new(tls),
+                peer,
+                local,
+                cert_cn,
+                permit,
+            })
+            .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(component = %spec.component, %peer, error = %e, "TLS handshake failed");
+            "tls_error"
+        }
+        Err(_) => "handshake_timeout",
+    };
+    spec.metrics
+        .stream_open_failures_total
+        .with_label_values(&[&spec.component, failure])
+        .inc();
 }

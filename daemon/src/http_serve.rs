@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tunneld_core::tls_listener::{accept_loop, Tasks};
 
 pub type Resp = Response<Full<Bytes>>;
 
@@ -45,22 +46,17 @@ pub fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what}: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let forever = tokio_util::sync::CancellationToken::new();
+        let admit = |_peer| {
+            let permit = slots.clone().try_acquire_owned().ok();
+            if permit.is_none() {
                 tracing::warn!("{what}: too many connections, closing one");
-                continue;
-            };
-            let handler = handler.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
+            }
+            permit
+        };
+        let serve = |tcp, peer, permit| {
+            let (handler, tls) = (handler.clone(), tls.clone());
+            async move {
                 match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp))
@@ -78,8 +74,9 @@ pub fn serve(
                     None => serve_io(what, tcp, peer, limits, handler).await,
                 }
                 drop(permit);
-            });
-        }
+            }
+        };
+        accept_loop(&listener, &forever, what, Tasks::Untracked, admit, serve).await;
     });
 }
 

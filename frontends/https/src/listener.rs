@@ -23,7 +23,7 @@ use tunneld_core::session::StreamHeader;
 use tunneld_core::sni::{self, SniError};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::{accept_next, set_keepalive};
+use tunneld_core::tls_listener::{accept_loop, set_keepalive, Tasks};
 
 pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: FrontendContext) {
     let open = AddressLimiter::new(
@@ -36,20 +36,22 @@ pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: Front
     } else {
         cx.shutdown.clone()
     };
-    loop {
-        let Some((tcp, peer)) = accept_next(&listener, &until, &fe.name).await else {
-            break;
-        };
-        let Some(permit) = open.admit(peer.ip(), &fe.metrics, &fe.name) else {
-            continue;
-        };
-        let (fe, cx) = (fe.clone(), cx.clone());
-        // Not a visitor yet: the connection takes a drain token once it is one.
-        tokio::spawn(async move {
-            connection(&fe, tcp, peer, &cx).await;
-            drop(permit);
-        });
-    }
+    // Not a visitor yet: the connection takes a drain token once it is one.
+    accept_loop(
+        &listener,
+        &until,
+        &fe.name,
+        Tasks::Untracked,
+        |peer| open.admit(peer.ip(), &fe.metrics, &fe.name),
+        |tcp, peer, permit| {
+            let (fe, cx) = (fe.clone(), cx.clone());
+            async move {
+                connection(&fe, tcp, peer, &cx).await;
+                drop(permit);
+            }
+        },
+    )
+    .await;
 }
 
 const NOT_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\nThis port speaks HTTPS: use https://.\n";

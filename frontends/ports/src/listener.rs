@@ -14,6 +14,7 @@ use tunneld_core::proxy_protocol;
 use tunneld_core::session::StreamHeader;
 use tunneld_core::sni;
 use tunneld_core::splice::SpliceCounters;
+use tunneld_core::tls_listener::{accept_loop, Tasks};
 
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -40,30 +41,22 @@ pub(crate) struct Listening {
 pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: CancellationToken) {
     let l = Arc::new(l);
     let open = AddressLimiter::new(l.max_conns, l.cx.limits.max_connections_per_address);
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((visitor, peer)) => {
-                let Some(permit) = open.admit(peer.ip(), &l.cx.metrics, &l.frontend) else {
-                    continue;
-                };
-                let l2 = l.clone();
-                let public = listener.local_addr().unwrap_or(peer);
-                l.cx.tasks.spawn(async move {
-                    serve_visitor(&l2, visitor, peer, public).await;
-                    drop(permit);
-                });
+    accept_loop(
+        &listener,
+        &cancel,
+        &l.frontend,
+        Tasks::Tracked(&l.cx.tasks),
+        |peer| open.admit(peer.ip(), &l.cx.metrics, &l.frontend),
+        |visitor, peer, permit| {
+            let l2 = l.clone();
+            let public = listener.local_addr().unwrap_or(peer);
+            async move {
+                serve_visitor(&l2, visitor, peer, public).await;
+                drop(permit);
             }
-            Err(e) => {
-                // Out of file descriptors and the like: log, pause briefly, go on.
-                tracing::warn!(frontend = %l.frontend, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 async fn serve_visitor(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunneld_core::limits::Permit;
-use tunneld_core::tls_listener::accept_next;
+use tunneld_core::tls_listener::{accept_loop, Tasks};
 use tunneld_core::transport::TransportContext;
 
 impl YamuxTransport {
@@ -20,14 +20,18 @@ impl YamuxTransport {
         listener: tokio::net::TcpListener,
         cx: TransportContext,
     ) {
-        while let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await {
-            let Some(permit) = Self::admit(&cx, peer) else {
-                continue;
-            };
-            let (me, cx2) = (self.clone(), cx.clone());
-            cx.tasks
-                .spawn(async move { me.handle_plain(tcp, peer, permit, cx2).await });
-        }
+        accept_loop(
+            &listener,
+            &cx.shutdown,
+            &cx.name,
+            Tasks::Tracked(&cx.tasks),
+            |peer| Self::admit(&cx, peer),
+            |tcp, peer, permit| {
+                let (me, cx2) = (self.clone(), cx.clone());
+                async move { me.handle_plain(tcp, peer, permit, cx2).await }
+            },
+        )
+        .await;
     }
 
     /// A plain-TCP threshold client: the CONNECT head (identity from the header), then the

@@ -23,7 +23,7 @@ use tunneld_core::proto::{
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::{accept_next, BoundListener};
+use tunneld_core::tls_listener::{accept_loop, BoundListener, Tasks};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 use yamux::{Connection, ConnectionError, Mode};
 
@@ -114,19 +114,19 @@ impl Transport for YamuxTransport {
             let (me, cx2) = (self.clone(), cx.clone());
             tokio::spawn(me.serve_plain(plain, cx2));
         }
-        loop {
-            let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
-                break;
-            };
-            // The accept loop never waits on a peer: admission control, then a task. An
-            // address over its failed-authentication budget costs no TLS handshake.
-            let Some(permit) = Self::admit(&cx, peer) else {
-                continue;
-            };
-            let (me, cx2) = (self.clone(), cx.clone());
-            cx.tasks
-                .spawn(async move { me.handle(tcp, peer, permit, cx2).await });
-        }
+        // An address over its failed-authentication budget costs no TLS handshake.
+        accept_loop(
+            &listener,
+            &cx.shutdown,
+            &cx.name,
+            Tasks::Tracked(&cx.tasks),
+            |peer| Self::admit(&cx, peer),
+            |tcp, peer, permit| {
+                let (me, cx2) = (self.clone(), cx.clone());
+                async move { me.handle(tcp, peer, permit, cx2).await }
+            },
+        )
+        .await;
         Ok(())
     }
 }
