@@ -1,36 +1,53 @@
-//! Every metric tunneld exports, in one registry passed explicitly (no globals).
-//! `docs/metrics.md` documents each one.
+//! The metrics registry, passed explicitly (no globals): the series every component shares
+//! (sessions, handshakes, streams, bytes, claims) are declared here; each plug-in declares
+//! its own with [`metric_series!`](crate::metric_series) and registers them through
+//! [`Metrics::plugin`]. `docs/metrics.md` documents each one.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntGauge, Opts, TextEncoder};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-/// Declares the labelled series: each row is `counter|gauge field: "name", [labels], help;`.
-/// The struct gets one field per row, and `register` makes and registers them in order.
-macro_rules! series {
-    ($($kind:ident $field:ident: $name:literal, [$($label:literal),* $(,)?], $help:literal;)*) => {
-        /// The labelled counters and gauges (see [`Metrics`]).
-        pub struct Series {
-            $(pub $field: series!(@type $kind),)*
+/// Declares a set of labelled series: each row is
+/// `counter|gauge field: "name", [labels], help;`. The struct gets one field per row and
+/// implements [`SeriesSet`] (its names, and registering them in order).
+#[macro_export]
+macro_rules! metric_series {
+    ($(#[$meta:meta])* $vis:vis struct $set:ident {
+        $($kind:ident $field:ident: $name:literal, [$($label:literal),* $(,)?], $help:literal;)*
+    }) => {
+        $(#[$meta])*
+        $vis struct $set {
+            $(pub $field: $crate::metric_series!(@type $kind),)*
         }
 
-        impl Series {
-            /// Every series' name, in declaration order.
-            pub const NAMES: &'static [&'static str] = &[$($name),*];
+        impl $crate::metrics::SeriesSet for $set {
+            const NAMES: &'static [&'static str] = &[$($name),*];
 
-            fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+            fn register(r: &$crate::metrics::Registry) -> Result<Self, $crate::metrics::MetricsError> {
                 Ok(Self {
-                    $($field: $kind(r, $name, $help, &[$($label),*])?,)*
+                    $($field: $crate::metrics::$kind(r, $name, $help, &[$($label),*])?,)*
                 })
             }
         }
     };
-    (@type counter) => { IntCounterVec };
-    (@type gauge) => { IntGaugeVec };
+    (@type counter) => { $crate::metrics::IntCounterVec };
+    (@type gauge) => { $crate::metrics::IntGaugeVec };
 }
 
-series! {
+pub use prometheus::{Error as MetricsError, IntCounterVec, IntGaugeVec, Registry};
+
+/// A set of series declared with [`metric_series!`](crate::metric_series).
+pub trait SeriesSet: Send + Sync + Sized + 'static {
+    /// Every series' name, in declaration order.
+    const NAMES: &'static [&'static str];
+    /// Makes the series and registers them on `r`.
+    fn register(r: &Registry) -> Result<Self, MetricsError>;
+}
+
+crate::metric_series! {
+    /// The labelled counters and gauges every component shares (see [`Metrics`]).
+    pub struct Series {
     gauge sessions_active: "tunneld_sessions_active", ["transport"],
         "Connected tunnel client sessions";
     counter sessions_total: "tunneld_sessions_total", ["transport"],
@@ -51,16 +68,6 @@ series! {
         "Public ports currently bound for tunnels";
     counter claims_refused_total: "tunneld_claims_refused_total", ["frontend", "reason"],
         "Tunnel requests refused by a frontend, by reason";
-    counter admin_requests_total: "tunneld_admin_requests_total", ["route", "code"],
-        "Admin API requests by route and status code";
-    counter pool_streams_total: "tunneld_pool_streams_total", ["route", "client"],
-        "Visitor streams of admin routes, by route and by the client (pool member) that served each";
-    counter pool_failovers_total: "tunneld_pool_failovers_total", ["route", "reason"],
-        "Pool members passed over for a visitor because they were offline or failed, by route and reason";
-    gauge threshold_pairs_pending: "tunneld_threshold_pairs_pending", ["transport"],
-        "Visitors of threshold-dialect clients waiting for the client to open their stream";
-    counter threshold_pair_timeouts_total: "tunneld_threshold_pair_timeouts_total", ["transport"],
-        "Visitors of threshold-dialect clients whose stream did not arrive in time";
     gauge rendezvous_parked: "tunneld_rendezvous_parked", ["id"],
         "Hidden-server connections parked and waiting for a visitor, by rendezvous id";
     counter rendezvous_park_requests_total: "tunneld_rendezvous_park_requests_total", ["outcome"],
@@ -81,20 +88,6 @@ series! {
         "TLS connections routed by SNI without termination, by outcome";
     gauge upstreams_2ptth: "tunneld_2ptth_upstreams", ["frontend"],
         "Connected 2ptth initiators (0 or 1), by frontend";
-    counter ws_requests_total: "tunneld_ws_requests_total", ["transport", "route", "code"],
-        "Requests on websocket transport ports, by route (create, visitor, other) and the status answered (101 for a tunnel created, 200 for a visitor connected to a tunnel)";
-    gauge ws_conversations_active: "tunneld_ws_conversations_active", ["transport"],
-        "Open conversations on websocket transport sessions";
-    counter ws_pauses_total: "tunneld_ws_pauses_total", ["transport"],
-        "Pause (P) messages tunneld sent because a conversation's receive buffer was full";
-    counter control_requests_total: "tunneld_control_requests_total", ["route", "code"],
-        "Requests to the provisioning API and the plain web port, by route and status";
-    gauge provisioned_tunnels: "tunneld_provisioned_tunnels", ["state"],
-        "Tunnels made through the provisioning API whose leases tunneld holds";
-    counter certificates_issued_total: "tunneld_certificates_issued_total", ["outcome"],
-        "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)";
-    counter sessions_cut_total: "tunneld_sessions_cut_total", ["reason"],
-        "Live sessions ended because their token expired or was revoked";
     counter streams_refused_total: "tunneld_streams_refused_total", ["transport", "reason"],
         "Visitor streams refused by a stream cap (per tunnel or per visitor address)";
     counter streams_stalled_total: "tunneld_streams_stalled_total", ["frontend"],
@@ -107,14 +100,17 @@ series! {
         "Lookups the data path made in the in-memory state (tokens, rendezvous, tunnels)";
     counter state_checks_total: "tunneld_state_checks_total", ["outcome"],
         "Checks of the in-memory state against the state store, by outcome (current, reloaded, failed); concurrent lookups share one";
+    }
 }
 
 pub struct Metrics {
     pub registry: Registry,
     pub handshakes_pending: IntGauge,
     pub stream_open_seconds: HistogramVec,
-    /// Every labelled counter and gauge; `metrics.sessions_total` reads through to it.
+    /// Every shared labelled counter and gauge; `metrics.sessions_total` reads through to it.
     pub series: Series,
+    /// The plug-ins' series sets, by type, each registered once.
+    plugins: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -124,7 +120,18 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-fn counter(
+/// The names of `names` that `doc` (docs/metrics.md's text) does not mention as `` `name` ``:
+/// each plug-in's test checks its own set with it.
+pub fn undocumented<'a>(names: &[&'a str], doc: &str) -> Vec<&'a str> {
+    names
+        .iter()
+        .copied()
+        .filter(|n| !doc.contains(&format!("`{n}`")))
+        .collect()
+}
+
+/// Makes and registers one labelled counter (used by [`metric_series!`](crate::metric_series)).
+pub fn counter(
     r: &Registry,
     name: &str,
     help: &str,
@@ -135,7 +142,8 @@ fn counter(
     Ok(m)
 }
 
-fn gauge(
+/// Makes and registers one labelled gauge (used by [`metric_series!`](crate::metric_series)).
+pub fn gauge(
     r: &Registry,
     name: &str,
     help: &str,
@@ -171,7 +179,23 @@ impl Metrics {
             handshakes_pending,
             stream_open_seconds,
             registry: r,
+            plugins: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A plug-in's series set, registered on this registry the first time any component
+    /// asks for it; components of one kind share it and tell themselves apart by label.
+    pub fn plugin<S: SeriesSet>(&self) -> Result<Arc<S>, MetricsError> {
+        let mut sets = crate::sync::lock(&self.plugins);
+        if let Some(set) = sets
+            .get(&TypeId::of::<S>())
+            .and_then(|a| a.clone().downcast::<S>().ok())
+        {
+            return Ok(set);
+        }
+        let set = Arc::new(S::register(&self.registry)?);
+        sets.insert(TypeId::of::<S>(), set.clone());
+        Ok(set)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -187,6 +211,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    crate::metric_series! {
+        struct Extra {
+            counter extra_total: "tunneld_test_extra_total", ["x"], "A plug-in's series";
+        }
+    }
+
+    /// A plug-in's set registers once and is shared; its series render with the others.
+    #[test]
+    fn plugin_series_register_once() {
+        let m = Metrics::new().expect("registry");
+        let a = m.plugin::<Extra>().expect("first");
+        let b = m.plugin::<Extra>().expect("shared, not registered twice");
+        assert!(Arc::ptr_eq(&a, &b));
+        b.extra_total.with_label_values(&["y"]).inc();
+        assert!(m.render().contains("tunneld_test_extra_total{x=\"y\"} 1"));
+        assert_eq!(Extra::NAMES, &["tunneld_test_extra_total"]);
+    }
 
     /// docs/metrics.md documents every series, and every series registers.
     #[test]
@@ -204,7 +246,7 @@ mod tests {
                 "{name} is not in docs/metrics.md"
             );
         }
-        assert!(Series::NAMES.len() >= 38);
+        assert!(Series::NAMES.contains(&"tunneld_sessions_total"));
         m.sessions_total.with_label_values(&["edge"]).inc();
         assert!(m
             .render()

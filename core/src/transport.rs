@@ -70,6 +70,8 @@ pub enum TransportError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot register its metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{0}")]
     Other(String),
 }

@@ -139,9 +139,13 @@ pub(crate) async fn start_transports(
                     &[tunneld_transport_yamux::ALPN],
                 )?;
                 Arc::new(
-                    tunneld_transport_yamux::YamuxTransport::bind(c.clone(), Arc::new(tls_cfg))
-                        .await
-                        .with_context(|| format!("transports.{name}"))?,
+                    tunneld_transport_yamux::YamuxTransport::bind(
+                        c.clone(),
+                        Arc::new(tls_cfg),
+                        &base.metrics,
+                    )
+                    .await
+                    .with_context(|| format!("transports.{name}"))?,
                 )
             }
             TransportConfig::Connect(c) => {
@@ -178,9 +182,13 @@ pub(crate) async fn start_transports(
                     }
                     _ => None,
                 };
-                tunneld_transport_websocket::WebsocketTransport::bind(c.clone(), tls_cfg)
-                    .await
-                    .with_context(|| format!("transports.{name}"))?
+                tunneld_transport_websocket::WebsocketTransport::bind(
+                    c.clone(),
+                    tls_cfg,
+                    &base.metrics,
+                )
+                .await
+                .with_context(|| format!("transports.{name}"))?
             }
         };
         if let Some(addr) = built.local_addr() {

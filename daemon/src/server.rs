@@ -260,6 +260,9 @@ pub(crate) struct Base {
 impl Base {
     fn new(cfg: &ServerConfig) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+        metrics
+            .plugin::<crate::metrics::DaemonMetrics>()
+            .context("metrics registry")?;
         let identity = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
             _ => ServerIdentity::self_signed(&cfg.state_dir.join("tls"), &cfg.tls.names)?,

@@ -104,9 +104,10 @@ impl Control {
 
     /// Counts one request in the metrics.
     pub(crate) fn count(&self, route: &str, status: http::StatusCode) {
-        self.metrics
-            .control_requests_total
-            .with_label_values(&[route, status.as_str()])
-            .inc();
+        if let Some(own) = crate::metrics::of(&self.metrics) {
+            own.control_requests_total
+                .with_label_values(&[route, status.as_str()])
+                .inc();
+        }
     }
 }

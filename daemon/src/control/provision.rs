@@ -154,13 +154,22 @@ impl Control {
         }
     }
 
-    pub(crate) fn update_gauge(&self) {
-        if let Ok(all) = self.store.tunnels(None) {
-            self.metrics
-                .provisioned_tunnels
-                .with_label_values(&["leased"])
-                .set(all.len() as i64);
+    fn count_certificate(&self, outcome: &str) {
+        if let Some(own) = crate::metrics::of(&self.metrics) {
+            own.certificates_issued_total
+                .with_label_values(&[outcome])
+                .inc();
         }
+    }
+
+    pub(crate) fn update_gauge(&self) {
+        let (Ok(all), Some(own)) = (self.store.tunnels(None), crate::metrics::of(&self.metrics))
+        else {
+            return;
+        };
+        own.provisioned_tunnels
+            .with_label_values(&["leased"])
+            .set(all.len() as i64);
     }
 
     /// `POST /v1/tunnels`.
@@ -324,10 +333,7 @@ impl Control {
         let signed = match outcome {
             Ok(s) => s,
             Err(e) => {
-                self.metrics
-                    .certificates_issued_total
-                    .with_label_values(&["refused"])
-                    .inc();
+                self.count_certificate("refused");
                 let status = match e {
                     tunneld_core::ca_sign::CsrError::NotOwned(_) => StatusCode::FORBIDDEN,
                     tunneld_core::ca_sign::CsrError::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -347,10 +353,7 @@ impl Control {
                 created_at: state::now(),
             })
             .map_err(internal)?;
-        self.metrics
-            .certificates_issued_total
-            .with_label_values(&["issued"])
-            .inc();
+        self.count_certificate("issued");
         tracing::info!(tunnel = %t.name, serial = %signed.serial, "certificate signed");
         Ok(SignedCert {
             certificate: signed.pem,

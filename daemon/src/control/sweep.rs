@@ -83,10 +83,9 @@ pub fn cut_sessions(hub: &Hub, tokens: &HashMap<String, TokenRecord>, metrics: &
                 "expired"
             };
             if hub.cut(&s.info.client_id) {
-                metrics
-                    .sessions_cut_total
-                    .with_label_values(&[reason])
-                    .inc();
+                if let Some(own) = crate::metrics::of(metrics) {
+                    own.sessions_cut_total.with_label_values(&[reason]).inc();
+                }
                 tracing::warn!(client = %s.info.client_id, "session cut: {why}");
             }
         }

@@ -222,7 +222,10 @@ async fn open_port(
     let table = Arc::new(RouteTable {
         routes: Mutex::new(Arc::new(routes)),
         hub: Arc::downgrade(hub),
-        metrics: hub.metrics.clone(),
+        metrics: hub
+            .metrics
+            .plugin::<crate::metrics::DaemonMetrics>()
+            .map_err(|e| merr(500, e.to_string()))?,
     });
     let frontend = hub
         .frontend_for(TunnelKind::Tcp, key.0.as_deref())

@@ -2,13 +2,13 @@
 //! pool member in turn (failing over to the next when one is offline or slow).
 
 use super::{Route, POOL_MEMBER_TIMEOUT};
+use crate::metrics::DaemonMetrics;
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use tunneld_core::hostglob::{best_match, HostGlob};
 use tunneld_core::hub::{Hub, Target};
 use tunneld_core::io::BoxIo;
-use tunneld_core::metrics::Metrics;
 use tunneld_core::session::{OpenError, StreamHeader};
 use tunneld_core::sync::lock;
 
@@ -16,7 +16,7 @@ use tunneld_core::sync::lock;
 pub struct RouteTable {
     pub(super) routes: Mutex<Arc<Vec<Route>>>,
     pub(super) hub: Weak<Hub>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<DaemonMetrics>,
 }
 
 impl RouteTable {

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod config;
 pub mod head;
+pub mod metrics;
 pub mod mux;
 pub mod server;
 pub mod session;

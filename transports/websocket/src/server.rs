@@ -15,6 +15,7 @@ pub use tpot::random_subdomain;
 
 use crate::config::Config;
 use crate::head::{absolute_authority, origin, read_head, strip_port, Origin};
+use crate::metrics::WsMetrics;
 use crate::tpot_auth::Verifier;
 use async_trait::async_trait;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tunneld_core::http1::RequestHead;
+use tunneld_core::metrics::Metrics;
 use tunneld_core::tls_listener::{Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
@@ -37,15 +39,18 @@ pub struct WebsocketTransport {
     tls: Option<TlsAcceptor>,
     verifier: Option<Arc<Verifier>>,
     auth_slots: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<WsMetrics>,
 }
 
 impl WebsocketTransport {
     /// Binds now so the caller learns the address. `tls` is the server config when the port
-    /// does TLS itself (`cert`/`key` set).
+    /// does TLS itself (`cert`/`key` set). Its series register on `metrics`.
     pub async fn bind(
         cfg: Config,
         tls: Option<Arc<rustls::ServerConfig>>,
+        metrics: &Metrics,
     ) -> Result<Arc<Self>, TransportError> {
+        let own = metrics.plugin::<WsMetrics>()?;
         let listener =
             BoundListener::bind(cfg.listen)
                 .await
@@ -63,6 +68,7 @@ impl WebsocketTransport {
             tls: tls.map(TlsAcceptor::from),
             verifier,
             auth_slots: Arc::new(tokio::sync::Semaphore::new(AUTH_SLOTS)),
+            metrics: own,
         }))
     }
 
@@ -161,8 +167,8 @@ impl WebsocketTransport {
     }
 
     fn count(&self, cx: &TransportContext, route: &str, code: u16) {
-        cx.metrics
-            .ws_requests_total
+        self.metrics
+            .requests_total
             .with_label_values(&[&cx.name, route, &code.to_string()])
             .inc();
     }

@@ -14,6 +14,7 @@ pub mod config;
 mod control;
 mod driver;
 mod limit;
+pub mod metrics;
 mod plain;
 pub mod server;
 pub mod threshold;

@@ -79,6 +79,6 @@ impl YamuxTransport {
                 return;
             }
         };
-        run_threshold(tcp, peer, caller, permit, &t, &self.cfg, cx).await;
+        run_threshold(tcp, peer, caller, permit, &t, &self, cx).await;
     }
 }

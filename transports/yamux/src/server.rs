@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::control;
 use crate::driver::{drive, driver_end, OpenReply};
 use crate::limit::{self, Counted};
+use crate::metrics::YamuxMetrics;
 use crate::threshold::{self};
 use crate::threshold_session::run_threshold;
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
+use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::{
     oversized_hello, read_frame, write_frame, FrameError, Hello, StreamReply, MAGIC,
 };
@@ -33,11 +35,18 @@ pub struct YamuxTransport {
     /// threshold's plain-TCP listener (`threshold.plain_listen`).
     pub(crate) plain: Option<BoundListener>,
     tls: TlsAcceptor,
+    pub(crate) metrics: Arc<YamuxMetrics>,
 }
 
 impl YamuxTransport {
-    /// Binds the listener now, so the caller learns the real address (port 0 works).
-    pub async fn bind(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Result<Self, TransportError> {
+    /// Binds the listener now, so the caller learns the real address (port 0 works). Its
+    /// series register on `metrics`.
+    pub async fn bind(
+        cfg: Config,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: &Metrics,
+    ) -> Result<Self, TransportError> {
+        let own = metrics.plugin::<YamuxMetrics>()?;
         let listener =
             BoundListener::bind(cfg.listen)
                 .await
@@ -58,6 +67,7 @@ impl YamuxTransport {
             listener,
             plain,
             tls: TlsAcceptor::from(tls),
+            metrics: own,
         })
     }
 
@@ -187,7 +197,7 @@ impl YamuxTransport {
             Dialect::Threshold(caller) => {
                 let t = self.cfg.threshold.clone();
                 if let Some(t) = t {
-                    run_threshold(tls, peer, caller, permit, &t, &self.cfg, cx).await;
+                    run_threshold(tls, peer, caller, permit, &t, &self, cx).await;
                 }
                 return;
             }

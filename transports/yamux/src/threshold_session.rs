@@ -25,14 +25,15 @@ pub(crate) async fn run_threshold<T>(
     caller: threshold::Caller,
     permit: Permit,
     t: &ThresholdConfig,
-    cfg: &crate::config::Config,
+    yt: &crate::server::YamuxTransport,
     cx: TransportContext,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let threshold::Caller { identity, koding } = caller;
+    let cfg = &yt.cfg;
     let pairs = Arc::new(Pairs::new(
-        cx.metrics
+        yt.metrics
             .threshold_pairs_pending
             .with_label_values(&[&cx.name]),
     ));
@@ -56,7 +57,11 @@ pub(crate) async fn run_threshold<T>(
         cfg.yamux.yamux(),
         Mode::Server,
     );
-    serve(conn, guard, pairs, line_rx, t.pair_timeout, &cx).await;
+    let timeouts = yt
+        .metrics
+        .threshold_pair_timeouts_total
+        .with_label_values(&[&cx.name]);
+    serve(conn, guard, pairs, line_rx, t.pair_timeout, timeouts, &cx).await;
 }
 
 /// Hub admission of the client's identity; a rejection is answered 403 (within 2 s).
@@ -128,6 +133,7 @@ async fn serve<C>(
     pairs: Arc<Pairs>,
     line_rx: mpsc::Receiver<Vec<u8>>,
     pair_timeout: Duration,
+    timeouts: prometheus::IntCounter,
     cx: &TransportContext,
 ) where
     C: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
@@ -158,7 +164,7 @@ async fn serve<C>(
     let reason = tokio::select! {
         r = driver => driver_end(r, cx),
         r = control => r,
-        r = watchdog(&pairs, pair_timeout, cx) => r,
+        r = watchdog(&pairs, pair_timeout, &timeouts) => r,
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
     };
     pairs.clear();
@@ -167,15 +173,16 @@ async fn serve<C>(
 }
 
 /// Ends the session when the oldest pair has waited over `pair_timeout` for its stream.
-async fn watchdog(pairs: &Pairs, pair_timeout: Duration, cx: &TransportContext) -> String {
+async fn watchdog(
+    pairs: &Pairs,
+    pair_timeout: Duration,
+    timeouts: &prometheus::IntCounter,
+) -> String {
     let mut tick = tokio::time::interval((pair_timeout / 4).max(Duration::from_millis(100)));
     loop {
         tick.tick().await;
         if pairs.oldest().is_some_and(|age| age > pair_timeout) {
-            cx.metrics
-                .threshold_pair_timeouts_total
-                .with_label_values(&[&cx.name])
-                .inc();
+            timeouts.inc();
             return format!("the client opened no stream for a visitor within {pair_timeout:?}");
         }
     }

@@ -8,6 +8,7 @@ use super::visitor::WsOpener;
 use super::{answer, WebsocketTransport, AUTH_SLOT_WAIT};
 use crate::config::valid_subdomain;
 use crate::head::Origin;
+use crate::metrics::WsMetrics;
 use crate::mux::{Mux, MuxMetrics};
 use crate::tpot_auth::{AuthError, Verifier};
 use crate::wire::{Msg, SUBPROTOCOL};
@@ -62,7 +63,11 @@ impl WebsocketTransport {
                 return answer(&mut io, code, &why).await;
             }
         };
-        let (mux, outbox) = Mux::new(native, self.cfg.max_conversations, mux_metrics(&cx));
+        let (mux, outbox) = Mux::new(
+            native,
+            self.cfg.max_conversations,
+            mux_metrics(&self.metrics, &cx),
+        );
         let (ready, ready_rx) = tokio::sync::watch::channel(false);
         let opener = Arc::new(WsOpener {
             mux: mux.clone(),
@@ -296,14 +301,10 @@ fn check_create(head: &RequestHead) -> Result<CreateRequest, (u16, String)> {
 }
 
 /// The mux's counters, with this transport's labels.
-fn mux_metrics(cx: &TransportContext) -> MuxMetrics {
+fn mux_metrics(own: &WsMetrics, cx: &TransportContext) -> MuxMetrics {
     MuxMetrics {
-        active: Some(
-            cx.metrics
-                .ws_conversations_active
-                .with_label_values(&[&cx.name]),
-        ),
-        pauses: Some(cx.metrics.ws_pauses_total.with_label_values(&[&cx.name])),
+        active: Some(own.conversations_active.with_label_values(&[&cx.name])),
+        pauses: Some(own.pauses_total.with_label_values(&[&cx.name])),
         overruns: Some(
             cx.metrics
                 .protocol_errors_total
