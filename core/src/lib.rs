@@ -39,6 +39,7 @@ pub mod h2link;
 pub mod host_rewrite;
 pub mod hostglob;
 pub mod http1;
+pub mod http2;
 pub mod http_forward;
 pub mod hub;
 pub mod idle;

@@ -311,7 +311,7 @@ async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: 
     }
     let (opener, driver) = match h2link::connect(
         io,
-        &tunneld_core::h2link::H2Tuning::default(),
+        &tunneld_core::http2::H2Tuning::default(),
         &fe.limits,
         Duration::from_secs(10),
         true,
