@@ -2,20 +2,24 @@
 //! and runs the HTTP/2 server; tunneld is the HTTP/2 client and sends visitor requests as
 //! HTTP/2 requests and raw byte streams as `CONNECT` streams.
 //!
-//! Shared by the `h2-reverse` transport and the `https-subdomain` frontend's 2ptth mode.
+//! Used by this transport's sessions and, through [`H2ReverseLinks`] (core's
+//! [`ReverseHttpLinks`], which the daemon passes in), by the `https-subdomain` frontend's
+//! 2ptth mode.
 
-use crate::http2::H2Tuning;
-use crate::http_forward::{boxed, empty, Body};
-use crate::io::BoxIo;
-use crate::session::{OpenError, OpenStream, StreamHeader};
 use async_trait::async_trait;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tunneld_core::http2::H2Tuning;
+use tunneld_core::http_forward::{boxed, empty, Body};
+use tunneld_core::io::BoxIo;
+use tunneld_core::limits::DataLimits;
+use tunneld_core::reverse_http::{HttpUpstream, ReverseHttpLinks};
+use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
+
+pub use tunneld_core::reverse_http::LinkDriver;
 
 /// ALPN id of tunneld's own reversed-HTTP/2 transport.
 pub const ALPN: &[u8] = b"tunneld-h2";
@@ -31,9 +35,6 @@ pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
 /// `:authority` of CONNECT streams: the real target travels in [`STREAM_HEADER`].
 pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
 
-/// The connection task of a reversed link: runs until the connection ends.
-pub type LinkDriver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
 /// Opens streams on a reversed HTTP/2 connection.
 pub struct H2Opener {
     send: SendRequest<Body>,
@@ -46,7 +47,7 @@ pub struct H2Opener {
 pub async fn connect(
     io: BoxIo,
     tuning: &H2Tuning,
-    limits: &crate::limits::DataLimits,
+    limits: &DataLimits,
     keepalive: Duration,
     legacy: bool,
 ) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
@@ -86,7 +87,7 @@ impl H2Opener {
     pub async fn control(&self, json: Vec<u8>) -> Result<(), OpenError> {
         let req = Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::http_forward::full(json))
+            .body(tunneld_core::http_forward::full(json))
             .map_err(|e| OpenError::Session(e.to_string()))?;
         let resp = self
             .send
@@ -110,10 +111,11 @@ impl H2Opener {
         if self.send.is_closed() {
             return false;
         }
-        let ping = serde_json::to_vec(&crate::proto::Control::Ping { seq: 0 }).unwrap_or_default();
+        let ping =
+            serde_json::to_vec(&tunneld_core::proto::Control::Ping { seq: 0 }).unwrap_or_default();
         let req = match Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::http_forward::full(ping))
+            .body(tunneld_core::http_forward::full(ping))
         {
             Ok(r) => r,
             Err(_) => return false,
@@ -144,7 +146,7 @@ impl OpenStream for H2Opener {
             .header(STREAM_HEADER, Self::header_value(&header)?)
             .body(empty())
             .map_err(|e| OpenError::Session(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + crate::session::OPEN_REPLY_DEADLINE;
+        let deadline = tokio::time::Instant::now() + tunneld_core::session::OPEN_REPLY_DEADLINE;
         let mut resp = tokio::time::timeout_at(deadline, self.send.clone().send_request(req))
             .await
             .map_err(|_| OpenError::Timeout)?
@@ -182,5 +184,34 @@ impl OpenStream for H2Opener {
             return Err(refused(&resp));
         }
         Ok(resp.map(boxed))
+    }
+}
+
+impl HttpUpstream for H2Opener {
+    fn is_closed(&self) -> bool {
+        H2Opener::is_closed(self)
+    }
+}
+
+/// Reversed HTTP/2 links for frontends: core's [`ReverseHttpLinks`], made here and passed to
+/// the `https-subdomain` frontend by the daemon.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct H2ReverseLinks;
+
+#[async_trait]
+impl ReverseHttpLinks for H2ReverseLinks {
+    fn alpn_2ptth(&self) -> &'static [u8] {
+        ALPN_2PTTH
+    }
+
+    async fn connect_2ptth(
+        &self,
+        io: BoxIo,
+        tuning: &H2Tuning,
+        limits: &DataLimits,
+        keepalive: Duration,
+    ) -> Result<(Arc<dyn HttpUpstream>, LinkDriver), hyper::Error> {
+        let (opener, driver) = connect(io, tuning, limits, keepalive, true).await?;
+        Ok((opener, driver))
     }
 }
