@@ -24,7 +24,9 @@
 //! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
-//!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
+//!   stream; [`http2`]: HTTP/2 settings ([`http2::H2Tuning`]) and error names;
+//!   [`reverse_http`]: the hook through which a frontend gets tunneld's end of a reversed HTTP
+//!   link (the https frontend's 2ptth upstream) from the h2-reverse crate.
 //! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
 //!   ids) behind the [`state::StateStore`] trait, on SQLite.
 //! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
