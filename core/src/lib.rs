@@ -24,7 +24,9 @@
 //! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
-//!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
+//!   stream; [`http2`]: HTTP/2 settings ([`http2::H2Tuning`]) and error names;
+//!   [`reverse_http`]: the hook through which a frontend gets tunneld's end of a reversed HTTP
+//!   link (the https frontend's 2ptth upstream) from the h2-reverse crate.
 //! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
 //!   ids) behind the [`state::StateStore`] trait, on SQLite.
 //! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
@@ -35,10 +37,10 @@ pub mod ca_sign;
 pub mod dial;
 pub mod duration;
 pub mod frontend;
-pub mod h2link;
 pub mod host_rewrite;
 pub mod hostglob;
 pub mod http1;
+pub mod http2;
 pub mod http_forward;
 pub mod hub;
 pub mod idle;
@@ -49,6 +51,7 @@ pub mod metrics;
 pub mod proto;
 pub mod proxy_protocol;
 pub mod rendezvous;
+pub mod reverse_http;
 pub mod session;
 pub mod sni;
 pub mod splice;

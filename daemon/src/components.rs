@@ -88,11 +88,15 @@ pub(crate) async fn build_frontends(
                         .get(t)
                         .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
                 });
+                // 2ptth initiators' links are the h2-reverse transport's HTTP/2 client.
+                let reverse_links: Arc<dyn tunneld_core::reverse_http::ReverseHttpLinks> =
+                    Arc::new(tunneld_transport_h2_reverse::H2ReverseLinks);
                 tunneld_frontend_https::HttpsFrontend::bind(
                     name,
                     c.clone(),
                     resolver,
                     shared,
+                    Some(reverse_links),
                     base.metrics.clone(),
                     cfg.limits.handshake_timeout,
                     cfg.limits.data(),

@@ -582,7 +582,9 @@ async fn evil_session(
     s: &TestServer,
     name: &str,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut tls = s.tls_connect_to(s.web(), tunneld_core::h2link::ALPN).await;
+    let mut tls = s
+        .tls_connect_to(s.web(), tunneld_transport_h2_reverse::ALPN)
+        .await;
     let hello = Hello {
         version: VERSION,
         token: Some(BOB_TOKEN.into()),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tunneld_core::duration::serde_human;
-use tunneld_core::h2link::H2Tuning;
+use tunneld_core::http2::H2Tuning;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +141,6 @@ impl Config {
         if self.max_connections == 0 {
             return Err(("max_connections".into(), "must be at least 1".into()));
         }
-        self.h2.validate().map_err(|m| ("h2".into(), m))
+        self.h2.validate().map_err(|e| ("h2".into(), e.to_string()))
     }
 }

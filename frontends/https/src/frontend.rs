@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use tunneld_core::frontend::{
     Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, NameMember, NameRoute, RouteInfo,
 };
-use tunneld_core::h2link::{H2Opener, ALPN_2PTTH};
 use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::TunnelKind;
+use tunneld_core::reverse_http::{HttpUpstream, ReverseHttpLinks};
 use tunneld_core::tls::provider;
 use tunneld_core::tls_listener::BoundListener;
 use tunneld_core::transport::SharedTransport;
@@ -24,15 +24,23 @@ pub struct HttpsFrontend {
     pub(crate) names: Arc<Names>,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) visitor_tls: Arc<rustls::ServerConfig>,
-    pub(crate) tls_2ptth: Option<Arc<rustls::ServerConfig>>,
+    /// 2ptth compat mode, when configured.
+    pub(crate) compat_2ptth: Option<Compat2ptthLinks>,
     pub(crate) shared: Option<Arc<dyn SharedTransport>>,
     /// The connected 2ptth initiator, if any.
-    pub(crate) upstream_2ptth: Mutex<Option<Arc<H2Opener>>>,
+    pub(crate) upstream_2ptth: Mutex<Option<Arc<dyn HttpUpstream>>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Time for the TLS handshake (and the ClientHello before it).
     pub(crate) handshake_timeout: std::time::Duration,
     /// Head limits (431 above the request limit), stall timeout.
     pub(crate) limits: tunneld_core::limits::DataLimits,
+}
+
+/// What 2ptth compat mode accepts initiators with: a TLS config offering their ALPN id, and
+/// the reversed links the daemon passed in.
+pub(crate) struct Compat2ptthLinks {
+    pub(crate) tls: Arc<rustls::ServerConfig>,
+    pub(crate) links: Arc<dyn ReverseHttpLinks>,
 }
 
 fn tls_config(
@@ -50,22 +58,37 @@ fn tls_config(
 
 impl HttpsFrontend {
     /// Binds the listener now, so the caller learns the real address (port 0 works).
+    /// `reverse_links` makes the links of 2ptth initiators; `compat_2ptth` needs it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn bind(
         name: &str,
         cfg: Config,
         resolver: Resolver,
         shared: Option<Arc<dyn SharedTransport>>,
+        reverse_links: Option<Arc<dyn ReverseHttpLinks>>,
         metrics: Arc<Metrics>,
         handshake_timeout: std::time::Duration,
         limits: tunneld_core::limits::DataLimits,
     ) -> Result<Arc<Self>, String> {
+        let links_2ptth = match (&cfg.compat_2ptth, reverse_links) {
+            (Some(_), None) => {
+                return Err(
+                    "compat_2ptth needs the reversed HTTP links of the h2-reverse transport".into(),
+                )
+            }
+            (Some(_), links) => links,
+            (None, _) => None,
+        };
         let listener = BoundListener::bind(cfg.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
         let resolver = Arc::new(resolver);
         let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
-        let tls_2ptth = match cfg.compat_2ptth {
-            Some(_) => Some(tls_config(&resolver, &[ALPN_2PTTH])?),
+        let compat_2ptth = match links_2ptth {
+            Some(links) => Some(Compat2ptthLinks {
+                tls: tls_config(&resolver, &[links.alpn_2ptth()])?,
+                links,
+            }),
             None => None,
         };
         let names = Names::new(
@@ -85,7 +108,7 @@ impl HttpsFrontend {
             names,
             resolver,
             visitor_tls,
-            tls_2ptth,
+            compat_2ptth,
             shared,
             upstream_2ptth: Mutex::new(None),
             metrics,

@@ -4,7 +4,8 @@
 //!   from tunneld's CA; HTTP/1.1 and HTTP/2 by ALPN; every request routed by its own Host.
 //! - `tls` tunnels are served by SNI passthrough on the same port: tunneld never decrypts.
 //! - The port can be shared with the `h2-reverse` transport (ALPN `tunneld-h2`) and with
-//!   original 2ptth initiators (ALPN `2ptth`, opt-in).
+//!   original 2ptth initiators (ALPN `2ptth`, opt-in), whose links come from core's
+//!   `ReverseHttpLinks` (the daemon passes the h2-reverse crate's).
 //!
 //! Layout: [`config`], `frontend` (claims, routes), `names` (owners, grace, pools), `certs`
 //! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),

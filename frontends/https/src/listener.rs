@@ -14,7 +14,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tunneld_core::frontend::FrontendContext;
-use tunneld_core::h2link::{self, ALPN_2PTTH};
 use tunneld_core::idle::{Activity, Touching};
 use tunneld_core::io::Prefixed;
 use tunneld_core::limits::AddressLimiter;
@@ -31,7 +30,7 @@ pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: Front
         fe.limits.max_connections_per_address,
     );
     // Tunnel clients that share the port keep reaching it during the drain.
-    let until = if fe.shared.is_some() || fe.tls_2ptth.is_some() {
+    let until = if fe.shared.is_some() || fe.compat_2ptth.is_some() {
         cx.closing.clone()
     } else {
         cx.shutdown.clone()
@@ -203,8 +202,12 @@ async fn handshake(
         }
         // A claimed name's certificate is minted off the runtime; wait for it here.
         fe.resolver.ready(start.client_hello().server_name()).await;
-        if let Some(cfg) = fe.tls_2ptth.as_ref().filter(|_| has(ALPN_2PTTH)) {
-            return Ok(Kind::Upstream2ptth(start.into_stream(cfg.clone()).await?));
+        if let Some(c) = fe
+            .compat_2ptth
+            .as_ref()
+            .filter(|c| has(c.links.alpn_2ptth()))
+        {
+            return Ok(Kind::Upstream2ptth(start.into_stream(c.tls.clone()).await?));
         }
         Ok(Kind::Visitor(
             start.into_stream(fe.visitor_tls.clone()).await?,
@@ -304,6 +307,10 @@ async fn passthrough(
 /// A 2ptth initiator: it runs the HTTP/2 server, we are its client. The first live one
 /// serves `compat_2ptth.hostname`; others are turned away while it lives.
 async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: SocketAddr) {
+    // Only a frontend configured for 2ptth has the TLS config that leads here.
+    let Some(compat) = fe.compat_2ptth.as_ref() else {
+        return;
+    };
     let busy = tunneld_core::sync::lock(&fe.upstream_2ptth)
         .as_ref()
         .is_some_and(|o| !o.is_closed());
@@ -311,14 +318,15 @@ async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: 
         tracing::warn!(frontend = %fe.name, %peer, "a 2ptth upstream is already connected; refusing another");
         return;
     }
-    let (opener, driver) = match h2link::connect(
-        io,
-        &tunneld_core::h2link::H2Tuning::default(),
-        &fe.limits,
-        Duration::from_secs(10),
-        true,
-    )
-    .await
+    let (opener, driver) = match compat
+        .links
+        .connect_2ptth(
+            io,
+            &tunneld_core::http2::H2Tuning::default(),
+            &fe.limits,
+            Duration::from_secs(10),
+        )
+        .await
     {
         Ok(x) => x,
         Err(e) => {

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tunneld_core::frontend::FrontendContext;
-use tunneld_core::h2link::h2_reason;
+use tunneld_core::http2::h2_reason;
 use tunneld_core::http_forward::{is_upgrade, Body};
 use tunneld_core::idle::{tracked_body, Activity, InFlight};
 use tunneld_core::io::BoxIo;

@@ -3,6 +3,7 @@
 //! the tunnel: `CONNECT` becomes a raw stream to the local target, any other method is
 //! forwarded to the local HTTP service.
 
+use crate::link::{CONTROL_PATH, ERROR_HEADER, STREAM_HEADER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
-use tunneld_core::h2link::{H2Tuning, CONTROL_PATH, ERROR_HEADER, STREAM_HEADER};
+use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, coalesced, empty, full, http1_over, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};

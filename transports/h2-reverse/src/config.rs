@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use std::net::SocketAddr;
-use tunneld_core::h2link::H2Tuning;
+use tunneld_core::http2::H2Tuning;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,8 @@ pub struct Config {
 impl Config {
     /// Checks values serde cannot: returns (key, message).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        self.h2.validate().map_err(|m| ("h2".to_string(), m))
+        self.h2
+            .validate()
+            .map_err(|e| ("h2".to_string(), e.to_string()))
     }
 }

@@ -2,16 +2,20 @@
 //! frame, reads the welcome, and then serves HTTP/2 on that connection while tunneld is the
 //! HTTP/2 client. Visitor HTTP requests travel as HTTP/2 requests; raw byte streams (ports,
 //! SNI passthrough, WebSocket upgrades) as `CONNECT` streams. The 2ptth dialect (no hello, ALPN
-//! `2ptth`) is served by the `https-subdomain` frontend through [`tunneld_core::h2link`].
+//! `2ptth`) is served by the `https-subdomain` frontend through [`H2ReverseLinks`] (core's
+//! [`tunneld_core::reverse_http::ReverseHttpLinks`], passed in by the daemon).
 //!
-//! Layout: [`config`], [`server`] (tunneld side), [`client`] (tunnelc side).
+//! Layout: [`config`], [`server`] (tunneld side: hello, admission, the session), [`link`]
+//! (tunneld's end of a reversed HTTP/2 connection: the HTTP/2 client, its headers and
+//! paths), [`client`] (tunnelc side).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
+pub mod link;
 pub mod server;
 
 pub use client::{dial, Connected, DialError, DialOptions};
 pub use config::Config;
+pub use link::{H2ReverseLinks, ALPN, ALPN_2PTTH};
 pub use server::H2ReverseTransport;
-pub use tunneld_core::h2link::ALPN;

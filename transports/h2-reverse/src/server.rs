@@ -1,6 +1,7 @@
 //! tunneld side of the h2-reverse transport.
 
 use crate::config::Config;
+use crate::link::{self, H2Opener, ALPN};
 use async_trait::async_trait;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tunneld_core::h2link::{self, h2_reason, H2Opener, ALPN};
+use tunneld_core::http2::h2_reason;
 use tunneld_core::http_forward::Body;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
@@ -295,7 +296,7 @@ impl H2ReverseTransport {
             return;
         };
         let keepalive = Duration::from_secs(cx.hub.keepalive_secs.max(1));
-        let (opener, driver) = match h2link::connect(
+        let (opener, driver) = match link::connect(
             io,
             &self.cfg.h2,
             &cx.hub.limits,
@@ -317,7 +318,7 @@ impl H2ReverseTransport {
 }
 
 async fn run_session(
-    driver: h2link::LinkDriver,
+    driver: link::LinkDriver,
     opener: Arc<H2Opener>,
     mut guard: SessionGuard,
     cx: TransportContext,

@@ -1,38 +1,26 @@
-//! The tunneld end of a reversed HTTP/2 connection: tunnelc (or a 2ptth initiator) dialled
-//! and runs the HTTP/2 server; tunneld is the HTTP/2 client and sends visitor requests as
-//! HTTP/2 requests and raw byte streams as `CONNECT` streams.
-//!
-//! Shared by the `h2-reverse` transport and the `https-subdomain` frontend's 2ptth mode.
+//! HTTP/2 settings and error names shared by every HTTP/2 connection tunneld makes or
+//! accepts: the links of the `h2-reverse` transport (both ends) and the visitors' own
+//! connections on the `https-subdomain` frontend.
 
-use crate::http_forward::{boxed, empty, Body};
-use crate::io::BoxIo;
-use crate::session::{OpenError, OpenStream, StreamHeader};
-use async_trait::async_trait;
-use http::{HeaderValue, Method, Request, Response};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// ALPN id of tunneld's own reversed-HTTP/2 transport.
-pub const ALPN: &[u8] = b"tunneld-h2";
-/// ALPN id of the original 2ptth initiators.
-pub const ALPN_2PTTH: &[u8] = b"2ptth";
-/// Request header carrying the JSON [`StreamHeader`] of each stream tunneld opens.
-pub const STREAM_HEADER: &str = "tunneld-stream";
-/// Response header tunnelc sets when it, not the local service, answers (the local service
-/// refused or could not be reached). Its value is the reason.
-pub const ERROR_HEADER: &str = "tunneld-error";
-/// Path of the control requests tunneld sends to tunnelc (mapping changes).
-pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
-/// `:authority` of CONNECT streams: the real target travels in [`STREAM_HEADER`].
-pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
+/// Why [`H2Tuning::validate`] refused a setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum H2TuningError {
+    #[error("max_frame_size must be between 16384 and 16777215")]
+    FrameSize,
+    #[error("windows must be at least 65535 bytes")]
+    WindowTooSmall,
+    #[error("windows must be below 2^31")]
+    WindowTooLarge,
+    #[error("max_concurrent_streams must be positive and max_header_list_size at least 4096")]
+    StreamsOrHeaderList,
+}
 
-/// HTTP/2 settings of a reversed connection. Every limit is finite. Windows are per stream
-/// first: the connection window is never smaller than `stream_window` times
+/// HTTP/2 settings of a connection (a reversed link, or a visitor's own). Every limit is
+/// finite. Windows are per stream first: the connection window is never smaller than `stream_window` times
 /// `max_concurrent_streams`, so streams whose visitors stopped reading can hold at most their
 /// own windows and never freeze the rest of the connection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,21 +95,18 @@ impl H2Tuning {
     }
 
     /// Checks the values against what HTTP/2 allows.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), H2TuningError> {
         if !(16_384..=16_777_215).contains(&self.max_frame_size) {
-            return Err("max_frame_size must be between 16384 and 16777215".into());
+            return Err(H2TuningError::FrameSize);
         }
         if self.stream_window < 65_535 || self.connection_window < 65_535 {
-            return Err("windows must be at least 65535 bytes".into());
+            return Err(H2TuningError::WindowTooSmall);
         }
         if self.stream_window > i32::MAX as u32 || self.connection_window > i32::MAX as u32 {
-            return Err("windows must be below 2^31".into());
+            return Err(H2TuningError::WindowTooLarge);
         }
         if self.max_concurrent_streams == 0 || self.max_header_list_size < 4096 {
-            return Err(
-                "max_concurrent_streams must be positive and max_header_list_size at least 4096"
-                    .into(),
-            );
+            return Err(H2TuningError::StreamsOrHeaderList);
         }
         Ok(())
     }
@@ -206,160 +191,6 @@ pub fn reason_name(r: h2::Reason) -> &'static str {
         .ok()
         .and_then(|i| NAMES.get(i).copied())
         .unwrap_or("unknown")
-}
-
-/// The connection task of a reversed link: runs until the connection ends.
-pub type LinkDriver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
-/// Opens streams on a reversed HTTP/2 connection.
-pub struct H2Opener {
-    send: SendRequest<Body>,
-    /// A 2ptth initiator: plain requests only, no tunneld headers.
-    legacy: bool,
-}
-
-/// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange),
-/// with `tuning` made fit for a link ([`H2Tuning::for_link`]).
-pub async fn connect(
-    io: BoxIo,
-    tuning: &H2Tuning,
-    limits: &crate::limits::DataLimits,
-    keepalive: Duration,
-    legacy: bool,
-) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
-    let (send, conn) = tuning
-        .for_link(limits)
-        .client(keepalive)
-        .handshake::<_, Body>(TokioIo::new(io))
-        .await?;
-    Ok((Arc::new(H2Opener { send, legacy }), Box::pin(conn)))
-}
-
-fn send_error(e: hyper::Error) -> OpenError {
-    if e.is_closed() || e.is_canceled() {
-        OpenError::Offline
-    } else {
-        OpenError::Session(e.to_string())
-    }
-}
-
-fn refused<B>(resp: &Response<B>) -> OpenError {
-    let why = resp
-        .headers()
-        .get(ERROR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("no reason given")
-        .to_string();
-    OpenError::LocalRefused(why)
-}
-
-impl H2Opener {
-    /// Whether the connection can still carry requests.
-    pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
-    }
-
-    /// Sends a control message (JSON) to tunnelc.
-    pub async fn control(&self, json: Vec<u8>) -> Result<(), OpenError> {
-        let req = Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::http_forward::full(json))
-            .map_err(|e| OpenError::Session(e.to_string()))?;
-        let resp = self
-            .send
-            .clone()
-            .send_request(req)
-            .await
-            .map_err(send_error)?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(OpenError::Session(format!(
-                "control message refused with {}",
-                resp.status()
-            )))
-        }
-    }
-
-    /// Whether the peer answers a request within `deadline` (any answer counts: a 2ptth
-    /// initiator answers a control request with an error status, and that is an answer).
-    pub async fn probe(&self, deadline: Duration) -> bool {
-        if self.send.is_closed() {
-            return false;
-        }
-        let ping = serde_json::to_vec(&crate::proto::Control::Ping { seq: 0 }).unwrap_or_default();
-        let req = match Request::post(format!("https://tunnel.invalid{CONTROL_PATH}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::http_forward::full(ping))
-        {
-            Ok(r) => r,
-            Err(_) => return false,
-        };
-        matches!(
-            tokio::time::timeout(deadline, self.send.clone().send_request(req)).await,
-            Ok(Ok(_))
-        )
-    }
-
-    fn header_value(header: &StreamHeader) -> Result<HeaderValue, OpenError> {
-        let json = serde_json::to_string(header).map_err(|e| OpenError::Session(e.to_string()))?;
-        HeaderValue::from_str(&json).map_err(|e| OpenError::Session(e.to_string()))
-    }
-}
-
-#[async_trait]
-impl OpenStream for H2Opener {
-    async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
-        if self.legacy {
-            return Err(OpenError::Session(
-                "a 2ptth upstream carries HTTP requests only".into(),
-            ));
-        }
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(CONNECT_AUTHORITY)
-            .header(STREAM_HEADER, Self::header_value(&header)?)
-            .body(empty())
-            .map_err(|e| OpenError::Session(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + crate::session::OPEN_REPLY_DEADLINE;
-        let mut resp = tokio::time::timeout_at(deadline, self.send.clone().send_request(req))
-            .await
-            .map_err(|_| OpenError::Timeout)?
-            .map_err(send_error)?;
-        if !resp.status().is_success() {
-            return Err(refused(&resp));
-        }
-        let up = tokio::time::timeout_at(deadline, hyper::upgrade::on(&mut resp))
-            .await
-            .map_err(|_| OpenError::Timeout)?
-            .map_err(|e| OpenError::Session(format!("CONNECT stream: {e}")))?;
-        Ok(Box::new(TokioIo::new(up)))
-    }
-
-    async fn request(
-        &self,
-        header: StreamHeader,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, OpenError> {
-        let (mut parts, body) = req.into_parts();
-        parts.headers.remove(http::header::HOST);
-        parts.version = http::Version::HTTP_2;
-        if !self.legacy {
-            parts
-                .headers
-                .insert(STREAM_HEADER, Self::header_value(&header)?);
-        }
-        let resp = self
-            .send
-            .clone()
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(send_error)?;
-        if !self.legacy && resp.headers().contains_key(ERROR_HEADER) {
-            return Err(refused(&resp));
-        }
-        Ok(resp.map(boxed))
-    }
 }
 
 #[cfg(test)]
