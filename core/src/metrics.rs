@@ -80,14 +80,6 @@ crate::metric_series! {
         "Visitor requests on rendezvous frontends, by outcome (matched, challenged, nothing_parked, ...)";
     counter connect_requests_total: "tunneld_connect_requests_total", ["frontend", "outcome"],
         "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome";
-    counter http_requests_total: "tunneld_http_requests_total", ["frontend", "outcome"],
-        "Visitor HTTP requests on https-subdomain frontends, by outcome (forwarded, upgraded, not_found, offline, local_refused, misdirected, bad_request, timeout, session)";
-    gauge http_names_active: "tunneld_http_names_active", ["frontend"],
-        "Names served by connected tunnels on https-subdomain frontends";
-    counter passthrough_connections_total: "tunneld_passthrough_connections_total", ["frontend", "outcome"],
-        "TLS connections routed by SNI without termination, by outcome";
-    gauge upstreams_2ptth: "tunneld_2ptth_upstreams", ["frontend"],
-        "Connected 2ptth initiators (0 or 1), by frontend";
     counter streams_refused_total: "tunneld_streams_refused_total", ["transport", "reason"],
         "Visitor streams refused by a stream cap (per tunnel or per visitor address)";
     counter streams_stalled_total: "tunneld_streams_stalled_total", ["frontend"],

@@ -3,6 +3,7 @@
 use crate::certs::Resolver;
 use crate::config::Config;
 use crate::listener;
+use crate::metrics::HttpsMetrics;
 use crate::names::{Lookup, Names};
 use async_trait::async_trait;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct HttpsFrontend {
     /// The connected 2ptth initiator, if any.
     pub(crate) upstream_2ptth: Mutex<Option<Arc<dyn HttpUpstream>>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// This frontend's own series.
+    pub(crate) own: Arc<HttpsMetrics>,
     /// Time for the TLS handshake (and the ClientHello before it).
     pub(crate) handshake_timeout: std::time::Duration,
     /// Head limits (431 above the request limit), stall timeout.
@@ -43,13 +46,28 @@ pub(crate) struct Compat2ptthLinks {
     pub(crate) links: Arc<dyn ReverseHttpLinks>,
 }
 
+/// Why an https frontend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("compat_2ptth needs the reversed HTTP links of the h2-reverse transport")]
+    NoReverseLinks,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Metrics(#[from] tunneld_core::metrics::MetricsError),
+}
+
 fn tls_config(
     resolver: &Arc<Resolver>,
     alpn: &[&[u8]],
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -69,19 +87,20 @@ impl HttpsFrontend {
         metrics: Arc<Metrics>,
         handshake_timeout: std::time::Duration,
         limits: tunneld_core::limits::DataLimits,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, BindError> {
+        let own = metrics.plugin::<HttpsMetrics>()?;
         let links_2ptth = match (&cfg.compat_2ptth, reverse_links) {
-            (Some(_), None) => {
-                return Err(
-                    "compat_2ptth needs the reversed HTTP links of the h2-reverse transport".into(),
-                )
-            }
+            (Some(_), None) => return Err(BindError::NoReverseLinks),
             (Some(_), links) => links,
             (None, _) => None,
         };
-        let listener = BoundListener::bind(cfg.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let listener =
+            BoundListener::bind(cfg.listen)
+                .await
+                .map_err(|source| BindError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
         let resolver = Arc::new(resolver);
         let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
         let compat_2ptth = match links_2ptth {
@@ -94,7 +113,7 @@ impl HttpsFrontend {
         let names = Names::new(
             cfg.reclaim_grace,
             cfg.pools.clone(),
-            metrics.http_names_active.with_label_values(&[name]),
+            own.http_names_active.with_label_values(&[name]),
         );
         // Certificates only for names someone holds (claimed, reserved, or a pool).
         let held = names.clone();
@@ -112,6 +131,7 @@ impl HttpsFrontend {
             shared,
             upstream_2ptth: Mutex::new(None),
             metrics,
+            own,
             handshake_timeout,
             limits,
         }))
@@ -135,7 +155,7 @@ impl HttpsFrontend {
     }
 
     pub(crate) fn count(&self, outcome: &str) {
-        self.metrics
+        self.own
             .http_requests_total
             .with_label_values(&[&self.name, outcome])
             .inc();

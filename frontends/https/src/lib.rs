@@ -18,13 +18,14 @@ pub mod config;
 mod framing_guard;
 mod frontend;
 mod listener;
+pub mod metrics;
 mod names;
 mod pages;
 mod visitor;
 
 pub use certs::Resolver;
 pub use config::Config;
-pub use frontend::HttpsFrontend;
+pub use frontend::{BindError, HttpsFrontend};
 
 /// Parsers of visitor bytes, public for the fuzz targets only.
 #[doc(hidden)]

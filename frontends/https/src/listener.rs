@@ -237,7 +237,8 @@ async fn passthrough(
 ) {
     let m = &fe.metrics;
     let count = |outcome: &str| {
-        m.passthrough_connections_total
+        fe.own
+            .passthrough_connections_total
             .with_label_values(&[&fe.name, outcome])
             .inc()
     };
@@ -335,7 +336,7 @@ async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: 
         }
     };
     *tunneld_core::sync::lock(&fe.upstream_2ptth) = Some(opener.clone());
-    let gauge = fe.metrics.upstreams_2ptth.with_label_values(&[&fe.name]);
+    let gauge = fe.own.upstreams_2ptth.with_label_values(&[&fe.name]);
     gauge.set(1);
     tracing::info!(frontend = %fe.name, %peer, "2ptth upstream connected");
     let r = driver.await;
