@@ -5,6 +5,8 @@
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub mod follow;
+
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = crate::limits::DEFAULT_MAX_HEAD;
 /// Most header fields accepted in one head.

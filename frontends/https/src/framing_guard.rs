@@ -12,7 +12,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tunneld_core::http1::{parse, Framing, MAX_HEAD};
+use tunneld_core::http1::follow::{after_request_head, AfterHead, BodyFollower};
+use tunneld_core::http1::{parse, MAX_HEAD};
 
 /// Header of the stand-in request that replaces a refused one; its value is the reason. A
 /// visitor who sends it only earns a `400` for itself.
@@ -25,14 +26,8 @@ pub const HEAD_TOO_LARGE: &str = "request head larger than";
 enum State {
     /// Collecting a request head.
     Head,
-    /// Inside a body of known length.
-    Body(u64),
-    /// Reading a chunk-size line.
-    ChunkSize,
-    /// Inside chunk data, then its CRLF.
-    ChunkData(u64),
-    /// Reading trailer lines after the last chunk.
-    Trailers,
+    /// Inside a body (length, or chunks and trailers).
+    Body(BodyFollower),
     /// Not HTTP/1 messages any more (after an upgrade or CONNECT, or a head the server
     /// will refuse itself).
     Raw,
@@ -136,23 +131,19 @@ impl<T> FramingGuard<T> {
                 self.refuse(format!("{HEAD_TOO_LARGE} {max} bytes"));
                 None
             }
-            Ok(Some((head, len))) => match head.framing() {
+            Ok(Some((head, len))) => match after_request_head(&head) {
                 Err(reason) => {
                     self.refuse(reason.to_string());
                     None
                 }
-                Ok(framing) => {
+                Ok(next) => {
                     self.ready.extend_from_slice(&buf[..len]);
-                    let upgrade = head.method.eq_ignore_ascii_case("CONNECT")
-                        || (head.has_token("connection", "upgrade")
-                            && head.header("upgrade").is_some());
-                    self.state = match framing {
-                        // The server answers an upgrade it refuses with `Connection: close`
-                        // (the https frontend does), so what follows is never read as HTTP.
-                        _ if upgrade => State::Raw,
-                        Framing::None | Framing::Length(0) => State::Head,
-                        Framing::Length(n) => State::Body(n),
-                        Framing::Chunked => State::ChunkSize,
+                    // The server answers an upgrade it refuses with `Connection: close` (the
+                    // https frontend does), so what follows an upgrade is never read as HTTP.
+                    self.state = match next {
+                        AfterHead::Head => State::Head,
+                        AfterHead::Body(body) => State::Body(body),
+                        AfterHead::Raw => State::Raw,
                     };
                     Some(len)
                 }
@@ -179,25 +170,19 @@ impl<T> FramingGuard<T> {
                     return;
                 }
                 State::Head => self.feed_head(&buf, pos),
-                State::Body(n) => {
-                    let (at, left) = self.pass_counted(&buf, pos, n);
-                    self.state = if left == 0 {
-                        State::Head
-                    } else {
-                        State::Body(left)
-                    };
-                    Step::At(at)
-                }
-                State::ChunkSize | State::Trailers => self.feed_line(&buf, pos),
-                State::ChunkData(n) => {
-                    let (at, left) = self.pass_counted(&buf, pos, n);
-                    self.state = if left == 0 {
-                        State::ChunkSize
-                    } else {
-                        State::ChunkData(left)
-                    };
-                    Step::At(at)
-                }
+                State::Body(ref mut body) => match body.feed(&buf[pos..]) {
+                    Ok((n, done)) => {
+                        self.ready.extend_from_slice(&buf[pos..pos + n]);
+                        if done {
+                            self.state = State::Head;
+                        }
+                        Step::At(pos + n)
+                    }
+                    Err(e) => {
+                        self.end_input(e.to_string());
+                        Step::Stop
+                    }
+                },
             };
             match step {
                 Step::Stop => return,
@@ -251,78 +236,6 @@ impl<T> FramingGuard<T> {
         }
         Step::Stop
     }
-
-    /// Passes up to `n` bytes of a body or chunk at `pos` on; the position after them and
-    /// how many of the `n` are still to come.
-    fn pass_counted(&mut self, buf: &[u8], pos: usize, n: u64) -> (usize, u64) {
-        let take = (n.min((buf.len() - pos) as u64)) as usize;
-        self.ready.extend_from_slice(&buf[pos..pos + take]);
-        (pos + take, n - take as u64)
-    }
-
-    /// Follows a chunk-size or trailer line at `pos`: collects it up to its LF (input ends
-    /// once it is longer than `MAX_LINE`), then checks it.
-    fn feed_line(&mut self, buf: &[u8], pos: usize) -> Step {
-        let rest = &buf[pos..];
-        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-            self.pending.extend_from_slice(rest);
-            self.ready.extend_from_slice(rest);
-            if self.pending.len() > MAX_LINE {
-                self.end_input(format!(
-                    "a chunk or trailer line longer than {MAX_LINE} bytes"
-                ));
-            }
-            return Step::Stop;
-        };
-        self.pending.extend_from_slice(&rest[..=nl]);
-        self.ready.extend_from_slice(&rest[..=nl]);
-        let line = std::mem::take(&mut self.pending);
-        if self.end_line(&line) {
-            Step::At(pos + nl + 1)
-        } else {
-            Step::Stop
-        }
-    }
-
-    /// Checks a whole chunk-size or trailer line and moves to what follows it; false when
-    /// it ended input.
-    fn end_line(&mut self, line: &[u8]) -> bool {
-        if line.len() > MAX_LINE {
-            self.end_input(format!(
-                "a chunk or trailer line longer than {MAX_LINE} bytes"
-            ));
-            return false;
-        }
-        // Exactly one CRLF, at the end: a bare LF (or CR) inside a line is where
-        // two parsers could disagree on where the trailers end.
-        let crlf =
-            line.len() >= 2 && line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r');
-        if !crlf {
-            self.end_input("a chunk or trailer line not ended by CRLF".into());
-            return false;
-        }
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches(['\r', '\n']);
-        if matches!(self.state, State::Trailers) {
-            if line.is_empty() {
-                self.state = State::Head;
-            }
-            return true;
-        }
-        let size = line.split(';').next().unwrap_or("").trim();
-        let valid =
-            !size.is_empty() && size.len() <= 16 && size.bytes().all(|c| c.is_ascii_hexdigit());
-        match u64::from_str_radix(size, 16) {
-            Ok(0) if valid => self.state = State::Trailers,
-            // The data and its CRLF.
-            Ok(n) if valid => self.state = State::ChunkData(n.saturating_add(2)),
-            _ => {
-                self.end_input(format!("a malformed chunk size line `{line}`"));
-                return false;
-            }
-        }
-        true
-    }
 }
 
 /// What `feed` does after one step of the state machine.
@@ -335,9 +248,6 @@ enum Step {
     /// bytes (the rest of the last read).
     Collected(Vec<u8>, usize),
 }
-
-/// Longest chunk-size or trailer line followed.
-const MAX_LINE: usize = 4096;
 
 /// Whether `b` holds the blank line that ends a head (`\n\r\n` or `\n\n`).
 fn has_blank_line(b: &[u8]) -> bool {
