@@ -21,7 +21,6 @@
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
 //! - [`http1`]: a bounded request-head reader; [`tls_listener`]: the accept loop of TLS
 //!   listeners that read heads themselves.
-//! - [`host_rewrite`]: tunnelc's per-request `Host` rewriting toward a local service.
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
 //!   stream; [`http2`]: HTTP/2 settings ([`http2::H2Tuning`]) and error names;
@@ -37,7 +36,6 @@ pub mod ca_sign;
 pub mod dial;
 pub mod duration;
 pub mod frontend;
-pub mod host_rewrite;
 pub mod hostglob;
 pub mod http1;
 pub mod http2;

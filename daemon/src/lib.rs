@@ -1,22 +1,20 @@
-//! The tunneld and tunnelc programs as a library, so tests run them in-process.
+//! The tunneld program as a library, so tests run it in-process. tunnelc is the client crate
+//! (`tunneld_client`), which this crate uses for what both programs share (the layered config
+//! loader, the `log:` section and logging set-up, the provisioning API's JSON shapes).
 //!
 //! Layout: [`config`] (YAML + env + flags), [`server`] (builds every transport and frontend
 //! from config and runs them: [`server::start`]), [`admin`] (the admin HTTP API),
 //! [`mappings`] (the admin API's server-defined ports and pools, hot repointing),
-//! [`client`] (tunnelc's reconnecting runner and local connector), [`logging`].
+//! [`control`] (the provisioning API, web port and sweep), [`state_cli`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_threshold;
-pub mod client;
-pub mod client_connect;
 mod components;
 pub mod config;
 pub mod control;
 pub mod http_serve;
-pub mod logging;
 pub mod mappings;
 pub mod metrics;
 pub mod server;
-pub mod setup;
 pub mod state_cli;

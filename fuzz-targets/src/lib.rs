@@ -160,10 +160,10 @@ pub fn framing_guard(data: &[u8]) {
     });
 }
 
-/// `core/src/host_rewrite.rs`: the request follower fed the bytes whole and in small pieces,
+/// `client/src/host_rewrite.rs`: the request follower fed the bytes whole and in small pieces,
 /// as a visitor's writes arrive.
 pub fn host_rewrite(data: &[u8]) {
-    use tunneld_core::host_rewrite::RequestFollower;
+    use tunneld_client::host_rewrite::RequestFollower;
     for split in [data.len().max(1), split_of(data)] {
         let mut f = RequestFollower::new("service.internal:8080");
         let mut out = Vec::new();
@@ -448,8 +448,8 @@ pub fn visitor_heads(data: &[u8]) {
 /// `ServerConfig::load`, without environment and `--set` layers), then validated.
 pub fn config_loader(data: &[u8]) {
     use figment::providers::Format;
+    use tunneld_client::config::yaml::Yaml;
     use tunneld_daemon::config::server::{Raw, ServerConfig};
-    use tunneld_daemon::config::yaml::Yaml;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -460,7 +460,7 @@ pub fn config_loader(data: &[u8]) {
             }
         }
         Err(e) => {
-            let _ = tunneld_daemon::config::load::describe(e, "").to_string();
+            let _ = tunneld_client::config::load::describe(e, "").to_string();
         }
     }
 }

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tunneld_client::client::ClientEvent;
+use tunneld_client::config::client::ClientConfig;
 use tunneld_core::proto::TunnelStatus;
-use tunneld_daemon::client::ClientEvent;
-use tunneld_daemon::config::client::ClientConfig;
 
 /// How long each attack runs.
 pub const ATTACK: Duration = Duration::from_secs(10);

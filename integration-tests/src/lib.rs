@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tunneld_daemon::client::{self, ClientEvent};
-use tunneld_daemon::config::client::ClientConfig;
+use tunneld_client::client::{self, ClientEvent};
+use tunneld_client::config::client::ClientConfig;
 use tunneld_daemon::config::server::ServerConfig;
 use tunneld_daemon::server::{self, Running};
 

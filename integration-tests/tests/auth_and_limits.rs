@@ -2,8 +2,8 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tunneld_client::client::ClientEvent;
 use tunneld_core::proto::{encode_frame, Hello, ServerHello, MAGIC, VERSION};
-use tunneld_daemon::client::ClientEvent;
 use tunneld_integration_tests::{
     client_pki, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
 };

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tunneld_daemon::config::client::ClientConfig;
+use tunneld_client::config::client::ClientConfig;
 use tunneld_daemon::config::server::{FrontendConfig, ServerConfig, TransportConfig};
 use tunneld_integration_tests::process::binary;
 

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tunneld_client::client::{self, ClientEvent};
+use tunneld_client::config::client::ClientConfig;
+use tunneld_client::setup::api_client::ApiClient;
 use tunneld_core::tls::ClientTrust;
-use tunneld_daemon::client::{self, ClientEvent};
-use tunneld_daemon::config::client::ClientConfig;
-use tunneld_daemon::setup::api_client::ApiClient;
 use tunneld_integration_tests::process::{binary, curl, field, Proc};
 use tunneld_integration_tests::{port_block, server_yaml, temp_dir, WAIT};
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tunneld_daemon::client::ClientEvent;
+use tunneld_client::client::ClientEvent;
 use tunneld_integration_tests::attack::{
     self, assert_no_reconnect, echo_on, http_tunnel, http_tunnels, note, server, status_line,
     tagged, tcp_tunnel, verdict, SessionCount, Via, ATTACK, NB_BODY, WS_KEY,

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunneld_daemon::client::ClientEvent;
-use tunneld_daemon::config::client::ClientConfig;
+use tunneld_client::client::ClientEvent;
+use tunneld_client::config::client::ClientConfig;
 use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::process::go_threshold_client_or_skip;
 use tunneld_integration_tests::services::{
@@ -305,7 +305,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         })
         .expect("token");
     let control = server.running.control.expect("control plane");
-    let api = tunneld_daemon::setup::api_client::ApiClient::new(
+    let api = tunneld_client::setup::api_client::ApiClient::new(
         &format!("https://localhost:{}", control.api.port()),
         &tunneld_core::tls::ClientTrust::CaFile(server.ca_file()),
         None,

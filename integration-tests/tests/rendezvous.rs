@@ -7,8 +7,8 @@ use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunneld_client::client::ClientEvent;
 use tunneld_core::rendezvous::totp;
-use tunneld_daemon::client::ClientEvent;
 use tunneld_integration_tests::process::{self, curl, Proc};
 use tunneld_integration_tests::{
     services, sha256_hex, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
@@ -80,7 +80,7 @@ async fn park_client(
     );
     let file = temp_dir("client").join("client.yaml");
     std::fs::write(&file, yaml)?;
-    let cfg = tunneld_daemon::config::client::ClientConfig::load(Some(&file), &[])
+    let cfg = tunneld_client::config::client::ClientConfig::load(Some(&file), &[])
         .map_err(|e| anyhow!("{e}"))?;
     let mut c = TestClient::spawn(cfg);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -1361,7 +1361,7 @@ fn rendezvous_client(s: &TestServer, entries: &str) -> Result<TestClient> {
     );
     let file = temp_dir("client").join("client.yaml");
     std::fs::write(&file, yaml)?;
-    let cfg = tunneld_daemon::config::client::ClientConfig::load(Some(&file), &[])
+    let cfg = tunneld_client::config::client::ClientConfig::load(Some(&file), &[])
         .map_err(|e| anyhow!("{e}"))?;
     Ok(TestClient::spawn(cfg))
 }

@@ -318,8 +318,8 @@ async fn a_busy_port_is_claimed_once_it_is_free() -> Result<()> {
             .context("no tunnels message after the port was freed")?
             .ok_or_else(|| anyhow!("tunnelc stopped"))?;
         match ev {
-            tunneld_daemon::client::ClientEvent::TunnelsChanged { tunnels } => break tunnels,
-            tunneld_daemon::client::ClientEvent::Disconnected { reason, .. } => {
+            tunneld_client::client::ClientEvent::TunnelsChanged { tunnels } => break tunnels,
+            tunneld_client::client::ClientEvent::Disconnected { reason, .. } => {
                 return Err(anyhow!("tunnelc disconnected: {reason}"))
             }
             _ => {}

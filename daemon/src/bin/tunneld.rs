@@ -11,9 +11,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tunneld_client::logging;
 use tunneld_daemon::config::server::{LogFormat, ServerConfig};
 use tunneld_daemon::state_cli::{RendezvousCmd, StateCmd, TokenCmd};
-use tunneld_daemon::{logging, server, state_cli};
+use tunneld_daemon::{server, state_cli};
 
 /// Reverse-tunnel daemon: tunnel clients connect out to it, visitors reach their services
 /// through it.

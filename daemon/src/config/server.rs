@@ -10,6 +10,9 @@ use std::time::Duration;
 use tunneld_core::auth::Secret;
 use tunneld_core::duration::serde_human;
 
+/// The `log:` section, shared with tunnelc (`tunneld_client::config::log`).
+pub use tunneld_client::config::log::{LogConfig, LogFormat};
+
 mod validate;
 
 /// The example config, also tunneld's embedded default.
@@ -57,24 +60,6 @@ pub struct Raw {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// A tracing filter (`info`, `tunneld=debug`); `RUST_LOG` wins when set.
-    #[serde(default)]
-    pub level: Option<String>,
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,8 @@
 pub mod api;
 pub mod provision;
 pub mod sweep;
-pub mod types;
+/// The API's JSON shapes, shared with `tunnelc setup` (`tunneld_client::provision_api`).
+pub use tunneld_client::provision_api as types;
 pub mod web;
 
 use crate::config::control::ControlConfig;

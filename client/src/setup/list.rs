@@ -4,7 +4,7 @@
 use super::api_client::ApiClient;
 use super::files::{cert_not_after, TunnelDir, CA, CERT, CONFIG};
 use crate::config::client::ClientConfig;
-use crate::control::types::TunnelInfo;
+use crate::provision_api::TunnelInfo;
 use http::Method;
 use tunneld_core::state::{now, rfc3339};
 

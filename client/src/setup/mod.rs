@@ -17,7 +17,7 @@ pub mod files;
 pub mod list;
 pub mod selftest;
 
-use crate::control::types::{ServerInfo, SignedCert, TunnelInfo};
+use crate::provision_api::{ServerInfo, SignedCert, TunnelInfo};
 use anyhow::{bail, Context};
 use api_client::ApiClient;
 use files::{SetupRecord, CA, CERT, CONFIG, KEY, RECORD};

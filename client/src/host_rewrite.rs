@@ -6,12 +6,12 @@
 //! Requests with ambiguous framing (the smuggling vectors) cut the stream with an error that
 //! names the problem; after a `CONNECT` or an `Upgrade` request the bytes pass unchanged.
 
-use crate::http1::{parse, RequestHead, MAX_HEAD};
 use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tunneld_core::http1::{self, parse, RequestHead, MAX_HEAD};
 
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
@@ -39,7 +39,7 @@ pub enum RewriteError {
     #[error("{0}")]
     Head(String),
     #[error(transparent)]
-    Framing(#[from] crate::http1::FramingError),
+    Framing(#[from] http1::FramingError),
     #[error("chunk data not followed by CRLF")]
     NoCrlf,
     #[error("chunk size is not text")]
@@ -88,9 +88,9 @@ impl RequestFollower {
             return Ok(State::Raw);
         }
         Ok(match head.framing()? {
-            crate::http1::Framing::None | crate::http1::Framing::Length(0) => State::Head,
-            crate::http1::Framing::Length(n) => State::Body(n),
-            crate::http1::Framing::Chunked => State::ChunkSize,
+            http1::Framing::None | http1::Framing::Length(0) => State::Head,
+            http1::Framing::Length(n) => State::Body(n),
+            http1::Framing::Chunked => State::ChunkSize,
         })
     }
 

@@ -2,7 +2,7 @@
 //! `client.yaml` (runs with `tunnelc --config`), `tunnel.json` (the API's answer and the local
 //! ports), `key.pem`, `cert.pem` and `ca.pem`.
 
-use crate::control::types::TunnelInfo;
+use crate::provision_api::TunnelInfo;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@ use super::echo::{self, Echo};
 use super::files::{TunnelDir, CA, CERT, CONFIG, KEY};
 use crate::client::{self, ClientEvent};
 use crate::config::client::ClientConfig;
-use crate::control::types::Endpoint;
+use crate::provision_api::Endpoint;
 use anyhow::{anyhow, bail, Context};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! tunnelc's configuration.
 
 use super::load::{self, ConfigError, Layers};
-use super::server::LogConfig;
+use super::log::LogConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

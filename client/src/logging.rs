@@ -1,7 +1,7 @@
 //! tracing set-up: readable text by default, JSON on request; the filter comes from
 //! `RUST_LOG`, else the config's `log.level`, else `info`.
 
-use crate::config::server::LogFormat;
+use crate::config::log::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(level: Option<&str>, format: LogFormat) {

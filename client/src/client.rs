@@ -420,7 +420,7 @@ impl LocalConnector for Connector {
                 })?;
         }
         Ok(match host_header {
-            Some(host) => Box::new(tunneld_core::host_rewrite::HostRewrite::new(s, host)),
+            Some(host) => Box::new(crate::host_rewrite::HostRewrite::new(s, host)),
             None => Box::new(s),
         })
     }

@@ -13,15 +13,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tunneld_client::client::{self, ClientEvent};
+use tunneld_client::config::client::{
+    ClientConfig, ClientTls, Reconnect, TransportKind, TunnelConfig,
+};
+use tunneld_client::config::log::{LogConfig, LogFormat};
+use tunneld_client::logging;
 use tunneld_core::auth::Secret;
 use tunneld_core::proto::{TunnelKind, TunnelStatus};
 use tunneld_core::proxy_protocol;
-use tunneld_daemon::client::{self, ClientEvent};
-use tunneld_daemon::config::client::{
-    ClientConfig, ClientTls, Reconnect, TransportKind, TunnelConfig,
-};
-use tunneld_daemon::config::server::{LogConfig, LogFormat};
-use tunneld_daemon::logging;
 
 /// Tunnel client: connects out to a tunneld and serves its visitors from local services.
 #[derive(Parser, Debug)]
@@ -137,7 +137,7 @@ struct TrustArgs {
 
 /// `setup`, `list`, `env` and `test`, which need no client config; `None` for the others.
 fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
-    use tunneld_daemon::setup::{self, files};
+    use tunneld_client::setup::{self, files};
     let dir_or_default = |d: &Option<PathBuf>| match d {
         Some(d) => Ok(d.clone()),
         None => files::default_dir(),
@@ -216,7 +216,7 @@ fn http_target(t: &str) -> Result<(String, String), String> {
     if let Ok(port) = t.parse::<u16>() {
         return Ok((format!("127.0.0.1:{port}"), format!("localhost:{port}")));
     }
-    match tunneld_daemon::config::client::split_host_port(t) {
+    match tunneld_client::config::client::split_host_port(t) {
         Some(_) => Ok((t.to_string(), t.to_string())),
         None => Err(format!(
             "target `{t}`: give a port, host:port or http://host:port"
@@ -225,8 +225,8 @@ fn http_target(t: &str) -> Result<(String, String), String> {
 }
 
 fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
-    let file = tunneld_daemon::config::user::path();
-    let d = tunneld_daemon::config::user::load(file.as_deref()).map_err(|e| vec![e])?;
+    let file = tunneld_client::config::user::path();
+    let d = tunneld_client::config::user::load(file.as_deref()).map_err(|e| vec![e])?;
     let (local, host) = http_target(&a.target).map_err(|e| vec![e])?;
     let Some(server) = a.server.or(d.server) else {
         return Err(vec![format!(
