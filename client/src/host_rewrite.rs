@@ -11,41 +11,29 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tunneld_core::http1::follow::{after_request_head, AfterHead, BodyError, BodyFollower};
 use tunneld_core::http1::{self, parse, RequestHead, MAX_HEAD};
 
-/// Longest chunk-size or trailer line accepted.
-const MAX_LINE: usize = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
     Head,
-    Body(u64),
-    ChunkSize,
-    ChunkData(u64),
-    /// The CRLF after a chunk's data: how many bytes of it are still due.
-    ChunkEnd(u8),
-    Trailer,
+    /// A body, followed by core's framing follower.
+    Body(BodyFollower),
     /// After CONNECT or an upgrade: no more HTTP.
     Raw,
 }
 
 /// Why a request stream could not be followed (the connection is cut rather than guess).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RewriteError {
-    #[error("chunk line longer than {MAX_LINE} bytes")]
-    LongChunkLine,
     #[error("request head larger than {MAX_HEAD} bytes")]
     LargeHead,
-    #[error("{0}")]
-    Head(String),
+    #[error(transparent)]
+    Head(#[from] http1::HeadError),
     #[error(transparent)]
     Framing(#[from] http1::FramingError),
-    #[error("chunk data not followed by CRLF")]
-    NoCrlf,
-    #[error("chunk size is not text")]
-    ChunkSizeNotText,
-    #[error("chunk size `{0}` is not hexadecimal")]
-    ChunkSizeNotHex(String),
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 /// Follows request boundaries in a byte stream and rewrites each head's `Host`.
@@ -81,128 +69,44 @@ impl RequestFollower {
         head.encode_without(&[])
     }
 
-    fn after_head(head: &RequestHead) -> Result<State, RewriteError> {
-        if head.method.eq_ignore_ascii_case("CONNECT")
-            || (head.has_token("connection", "upgrade") && head.values("upgrade").next().is_some())
-        {
-            return Ok(State::Raw);
-        }
-        Ok(match head.framing()? {
-            http1::Framing::None | http1::Framing::Length(0) => State::Head,
-            http1::Framing::Length(n) => State::Body(n),
-            http1::Framing::Chunked => State::ChunkSize,
-        })
-    }
-
-    /// Takes one line (through `\n`) from `input` into `self.buf`; `None` until complete.
-    fn line<'a>(&mut self, input: &'a [u8]) -> Result<(Option<Vec<u8>>, &'a [u8]), RewriteError> {
-        match input.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                self.buf.extend_from_slice(&input[..=i]);
-                if self.buf.len() > MAX_LINE {
-                    return Err(RewriteError::LongChunkLine);
-                }
-                Ok((Some(std::mem::take(&mut self.buf)), &input[i + 1..]))
-            }
-            None => {
-                self.buf.extend_from_slice(input);
-                if self.buf.len() > MAX_LINE {
-                    return Err(RewriteError::LongChunkLine);
-                }
-                Ok((None, &[]))
-            }
-        }
-    }
-
     /// Appends what to forward for `data` to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
         let mut input: Cow<'_, [u8]> = Cow::Borrowed(data);
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            match self.state {
+            match &mut self.state {
                 State::Raw => {
                     out.extend_from_slice(rest);
                     pos = input.len();
                 }
+                State::Body(body) => {
+                    let (n, done) = body.feed(rest)?;
+                    out.extend_from_slice(&rest[..n]);
+                    pos += n;
+                    if done {
+                        self.state = State::Head;
+                    }
+                }
                 State::Head => {
                     self.buf.extend_from_slice(rest);
                     pos = input.len();
-                    match parse(&self.buf) {
-                        Ok(Some((head, len))) => {
+                    match parse(&self.buf)? {
+                        Some((head, len)) => {
                             let leftover = self.buf.split_off(len);
                             self.buf.clear();
-                            self.state = Self::after_head(&head)?;
+                            self.state = match after_request_head(&head)? {
+                                AfterHead::Head => State::Head,
+                                AfterHead::Body(body) => State::Body(body),
+                                AfterHead::Raw => State::Raw,
+                            };
                             self.requests += 1;
                             out.extend_from_slice(&self.rewrite(&head));
                             input = Cow::Owned(leftover);
                             pos = 0;
                         }
-                        Ok(None) if self.buf.len() > MAX_HEAD => {
-                            return Err(RewriteError::LargeHead)
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Err(RewriteError::Head(e.to_string())),
-                    }
-                }
-                State::Body(n) => {
-                    let take = (rest.len() as u64).min(n) as usize;
-                    out.extend_from_slice(&rest[..take]);
-                    pos += take;
-                    self.state = match n - take as u64 {
-                        0 => State::Head,
-                        left => State::Body(left),
-                    };
-                }
-                State::ChunkData(n) => {
-                    let take = (rest.len() as u64).min(n) as usize;
-                    out.extend_from_slice(&rest[..take]);
-                    pos += take;
-                    self.state = match n - take as u64 {
-                        0 => State::ChunkEnd(2),
-                        left => State::ChunkData(left),
-                    };
-                }
-                State::ChunkEnd(due) => {
-                    let take = rest.len().min(due as usize);
-                    let expect = &b"\r\n"[2 - due as usize..][..take];
-                    if &rest[..take] != expect {
-                        return Err(RewriteError::NoCrlf);
-                    }
-                    out.extend_from_slice(&rest[..take]);
-                    pos += take;
-                    self.state = match due as usize - take {
-                        0 => State::ChunkSize,
-                        left => State::ChunkEnd(left as u8),
-                    };
-                }
-                State::ChunkSize => {
-                    let before = rest.len();
-                    let (line, after) = self.line(rest)?;
-                    pos += before - after.len();
-                    if let Some(line) = line {
-                        out.extend_from_slice(&line);
-                        let text = std::str::from_utf8(&line)
-                            .map_err(|_| RewriteError::ChunkSizeNotText)?;
-                        let size = text.split(';').next().unwrap_or("").trim();
-                        let n = u64::from_str_radix(size, 16)
-                            .map_err(|_| RewriteError::ChunkSizeNotHex(size.to_string()))?;
-                        self.state = if n == 0 {
-                            State::Trailer
-                        } else {
-                            State::ChunkData(n)
-                        };
-                    }
-                }
-                State::Trailer => {
-                    let before = rest.len();
-                    let (line, after) = self.line(rest)?;
-                    pos += before - after.len();
-                    if let Some(line) = line {
-                        out.extend_from_slice(&line);
-                        if line == b"\r\n" || line == b"\n" {
-                            self.state = State::Head;
-                        }
+                        None if self.buf.len() > MAX_HEAD => return Err(RewriteError::LargeHead),
+                        None => {}
                     }
                 }
             }
