@@ -27,7 +27,9 @@
 //!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
 //! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
 //!   ids) behind the [`state::StateStore`] trait, on SQLite.
-//! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
+//! - [`parking`]: the [`parking::Parking`] hook through which the `connect` transport parks
+//!   hidden servers' connections in the `rendezvous` frontend's registry; [`totp`]: RFC 6238
+//!   codes and base32 secrets (rendezvous ids, tunnelc's parking).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -46,9 +48,9 @@ pub mod io;
 pub mod limits;
 pub mod live_sessions;
 pub mod metrics;
+pub mod parking;
 pub mod proto;
 pub mod proxy_protocol;
-pub mod rendezvous;
 pub mod session;
 pub mod sni;
 pub mod splice;
@@ -58,6 +60,7 @@ pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod tls_listener;
+pub mod totp;
 pub mod transport;
 
 pub use io::BoxIo;

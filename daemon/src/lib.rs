@@ -16,6 +16,7 @@ pub mod control;
 pub mod http_serve;
 pub mod logging;
 pub mod mappings;
+pub mod rendezvous_ids;
 pub mod server;
 pub mod setup;
 pub mod state_cli;

@@ -106,7 +106,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
 
     // connect (tunnelc parking for a rendezvous id) -> rendezvous (a Basic visitor).
-    tunneld_core::rendezvous::store::add(
+    tunneld_daemon::rendezvous_ids::add(
         &*server.running.store,
         Some("matrix-id"),
         30,

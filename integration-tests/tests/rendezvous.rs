@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunneld_core::rendezvous::totp;
+use tunneld_core::totp;
 use tunneld_daemon::client::ClientEvent;
 use tunneld_integration_tests::process::{self, curl, Proc};
 use tunneld_integration_tests::{
