@@ -10,9 +10,11 @@
 //!   [`live_sessions`]: the live sessions, their claims and stream budgets, and the targets
 //!   that route visitors to them.
 //! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
-//! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
-//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
-//!   [`ca_sign`]: the CA signing a tunnel's CSR for the names it owns.
+//! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities;
+//!   [`auth::TokenStore`], the stored tokens the authenticator also checks (the persistent
+//!   state, in the tunneld-state crate, implements it).
+//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning (the CA
+//!   signing tunnels' CSRs is tunneld-state's `ca_sign`).
 //! - [`limits`]: connection and handshake caps per address, and the data-path limits;
 //!   [`idle`]: idle deadlines for visitor connections; [`stream_budget`]: stream
 //!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
@@ -25,15 +27,12 @@
 //! - [`dial`]: tunnelc's TCP + TLS + hello handshake, shared by the native transports.
 //! - [`http_forward`]: the forwarded body type, hop-by-hop rules, HTTP/1.1 over a tunnel
 //!   stream; [`h2link`]: tunneld's end of a reversed HTTP/2 connection.
-//! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
-//!   ids) behind the [`state::StateStore`] trait, on SQLite.
 //! - [`parking`]: the [`parking::Parking`] hook through which the `connect` transport parks
 //!   hidden servers' connections in the `rendezvous` frontend's registry; [`totp`]: RFC 6238
 //!   codes and base32 secrets (rendezvous ids, tunnelc's parking).
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod ca_sign;
 pub mod dial;
 pub mod duration;
 pub mod frontend;
@@ -54,7 +53,6 @@ pub mod proxy_protocol;
 pub mod session;
 pub mod sni;
 pub mod splice;
-pub mod state;
 pub mod stream_budget;
 pub mod sync;
 pub mod throttle;

@@ -1,5 +1,5 @@
 //! Rendezvous ids and their TOTP secrets, kept in tunneld's state store
-//! ([`tunneld_core::state`]). `tunneld rendezvous add/list/remove` edit it; a running tunneld
+//! ([`tunneld_state`]). `tunneld rendezvous add/list/remove` edit it; a running tunneld
 //! reads it at each lookup ([`IdStore`], the rendezvous frontend's
 //! [`IdSource`](tunneld_frontend_rendezvous::ids::IdSource)), so new ids work without a
 //! restart. An older tunneld's `rendezvous.json` is imported once ([`import_legacy`]).
@@ -7,13 +7,13 @@
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
-use tunneld_core::state::cache::StateCache;
-use tunneld_core::state::{RendezvousRecord, StateError, StateStore};
 use tunneld_core::totp;
 pub use tunneld_frontend_rendezvous::ids::{
     imported_secret, otpauth_uri, IdEntry, IdSource, LookupError, FILE,
 };
 use tunneld_frontend_rendezvous::ids::{io_err, random_uuid, read, valid_id};
+use tunneld_state::cache::StateCache;
+use tunneld_state::{RendezvousRecord, StateError, StateStore};
 
 /// Why an id could not be added, imported or changed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub fn add_with_secret(
         secret,
         step,
         client: client.map(str::to_string),
-        created: tunneld_core::state::now(),
+        created: tunneld_state::now(),
     };
     store.add_rendezvous(&record(&id, &entry))?;
     Ok((id, entry))
@@ -112,7 +112,7 @@ pub fn rotate(store: &dyn StateStore, id: &str) -> Result<Option<IdEntry>, Store
         secret: totp::encode_secret(&tunneld_core::auth::random_bytes::<20>()),
         step: old.step,
         client: old.client,
-        created: tunneld_core::state::now(),
+        created: tunneld_state::now(),
     };
     // One write: no lookup ever sees the id missing, and a crash cannot lose it.
     if !store.update_rendezvous(&record(id, &entry))? {
@@ -153,7 +153,7 @@ pub fn import_legacy(state_dir: &Path, store: &dyn StateStore) -> Result<usize, 
 const USED_CODES_KEPT: u64 = 15 * 60;
 
 /// The ids as a running tunneld sees them: from the in-memory view of the state store
-/// ([`tunneld_core::state::cache`]), kept current, so ids added by `tunneld rendezvous add` work
+/// ([`tunneld_state::cache`]), kept current, so ids added by `tunneld rendezvous add` work
 /// at once and removed ones stop at once.
 pub struct IdStore {
     store: Arc<dyn StateStore>,
@@ -181,7 +181,7 @@ impl IdSource for IdStore {
     /// code is valid: 3 steps of at most 300 s) are forgotten on the way.
     async fn remember_code(&self, id: &str, counter: u64, addr: std::net::IpAddr) {
         let (store, id) = (self.store.clone(), id.to_string());
-        let now = tunneld_core::state::now();
+        let now = tunneld_state::now();
         let work = move || {
             store.add_used_code(
                 &id,
@@ -200,7 +200,7 @@ impl IdSource for IdStore {
 
     /// Codes used within the last 15 minutes: (id, counter, first address).
     fn used_codes(&self) -> Vec<(String, u64, std::net::IpAddr)> {
-        let since = tunneld_core::state::now().saturating_sub(USED_CODES_KEPT);
+        let since = tunneld_state::now().saturating_sub(USED_CODES_KEPT);
         match self.store.used_codes(since) {
             Ok(all) => all
                 .into_iter()
@@ -226,7 +226,7 @@ impl IdSource for IdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunneld_core::state::sqlite::SqliteStore;
+    use tunneld_state::sqlite::SqliteStore;
 
     #[tokio::test]
     async fn add_list_remove_and_legacy_import() {
@@ -241,7 +241,7 @@ mod tests {
         )
         .expect("legacy");
         let db: Arc<dyn StateStore> =
-            Arc::new(SqliteStore::open(&dir.join(tunneld_core::state::FILE)).expect("open"));
+            Arc::new(SqliteStore::open(&dir.join(tunneld_state::FILE)).expect("open"));
         assert_eq!(import_legacy(&dir, &*db).expect("import"), 1);
         assert!(!dir.join(FILE).exists() && dir.join("rendezvous.json.imported").exists());
         let metrics = Arc::new(tunneld_core::metrics::Metrics::new().expect("metrics"));

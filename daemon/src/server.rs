@@ -17,10 +17,10 @@ use tunneld_core::auth::{token_digest, Authenticator, StoredTokens, TokenEntry};
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::cache::StateCache;
-use tunneld_core::state::{self, sqlite::SqliteStore, StateStore};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
 use tunneld_frontend_rendezvous::registry::{Registry, RegistryConfig};
+use tunneld_state::cache::StateCache;
+use tunneld_state::{self as state, sqlite::SqliteStore, StateStore};
 
 /// A running tunneld.
 pub struct Running {

@@ -6,11 +6,20 @@
 //! write that returned survives a crash or `kill -9`, and a torn write is rolled back on the
 //! next open. Several processes may open it at once (`tunneld token add` while tunneld runs).
 //! A networked store for several tunneld nodes would be a second implementation of the trait.
+//!
+//! Layout: [`records`] (what is stored), [`sqlite`] (the store), [`cache`] (the in-memory
+//! view the data path reads; it is core's [`tunneld_core::auth::TokenStore`], see
+//! [`tokens`]), [`names`] (readable tunnel names), [`ca_sign`] (the CA signing tunnels'
+//! certificate requests).
 
+#![forbid(unsafe_code)]
+
+pub mod ca_sign;
 pub mod cache;
 pub mod names;
 pub mod records;
 pub mod sqlite;
+pub mod tokens;
 
 pub use records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
 
