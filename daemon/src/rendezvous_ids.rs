@@ -1,7 +1,7 @@
 //! Rendezvous ids and their TOTP secrets, kept in tunneld's state store
 //! ([`tunneld_state`]). `tunneld rendezvous add/list/remove` edit it; a running tunneld
 //! reads it at each lookup ([`IdStore`], the rendezvous frontend's
-//! [`IdSource`](tunneld_frontend_rendezvous::ids::IdSource)), so new ids work without a
+//! [`IdSource`]), so new ids work without a
 //! restart. An older tunneld's `rendezvous.json` is imported once ([`import_legacy`]).
 
 use async_trait::async_trait;
