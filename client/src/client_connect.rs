@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tunneld_core::rendezvous::totp;
 use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::totp;
 use tunneld_transport_connect::{park, ParkOptions};
 
 /// Hands out TOTP codes, each at most once: the current step's, then the next one's, then

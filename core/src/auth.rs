@@ -140,10 +140,31 @@ impl Identity {
     }
 }
 
-/// The state store's tokens, as the authenticator sees them: the in-memory view kept
-/// current (a token revoked a moment ago is refused), never a query on the runtime.
+/// A token a [`TokenStore`] knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredToken {
+    /// Usable now: the identity its sessions get.
+    Usable(Identity),
+    /// Known but not usable (expired, revoked): why, as the refusal tells it.
+    Refused(String),
+}
+
+/// Why a [`TokenStore`] could not answer (its own error, shown as it is).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TokenStoreError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Tokens kept outside the config file (`tunneld token add`), as the authenticator sees
+/// them.
+#[async_trait::async_trait]
+pub trait TokenStore: Send + Sync {
+    /// The token whose SHA-256 (hex) is `digest`; `None` when there is none.
+    async fn lookup_token(&self, digest: &str) -> Result<Option<StoredToken>, TokenStoreError>;
+}
+
+/// The stored tokens the authenticator checks after the configured ones.
 #[derive(Clone)]
-pub struct StoredTokens(pub std::sync::Arc<crate::state::cache::StateCache>);
+pub struct StoredTokens(pub std::sync::Arc<dyn TokenStore>);
 
 impl fmt::Debug for StoredTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -238,8 +259,8 @@ impl Authenticator {
         found.map(|e| Identity::new(e.client_id.clone(), "token", e.max_ports))
     }
 
-    /// [`Authenticator::authenticate_configured`], with the state store's tokens too (from the
-    /// in-memory view, [`crate::state::cache`]).
+    /// [`Authenticator::authenticate_configured`], with the stored tokens too
+    /// ([`TokenStore`]; tunneld's is the state cache, an in-memory view).
     pub async fn authenticate_async(
         &self,
         token: Option<&str>,
@@ -252,24 +273,18 @@ impl Authenticator {
         if let Some(id) = self.configured(&presented) {
             return Ok(id);
         }
-        let Some(StoredTokens(cache)) = &self.stored else {
+        let Some(StoredTokens(store)) = &self.stored else {
             return Err(AuthError::BadToken);
         };
-        let t = cache
-            .token_by_digest(&hex(&presented))
+        match store
+            .lookup_token(&hex(&presented))
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?
-            .ok_or(AuthError::BadToken)?;
-        if let Some(why) = t.refusal(crate::state::now()) {
-            return Err(AuthError::Refused(why));
+        {
+            None => Err(AuthError::BadToken),
+            Some(StoredToken::Refused(why)) => Err(AuthError::Refused(why)),
+            Some(StoredToken::Usable(identity)) => Ok(identity),
         }
-        Ok(Identity {
-            client_id: t.name,
-            method: "token",
-            max_ports: t.max_ports,
-            max_names: t.max_names,
-            transports: t.transports,
-        })
     }
 }
 

@@ -10,9 +10,12 @@
 //!   [`live_sessions`]: the live sessions, their claims and stream budgets, and the targets
 //!   that route visitors to them.
 //! - [`proto`]: the transport-independent control protocol (hello, welcome, stream header).
-//! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities.
-//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning;
-//!   [`ca_sign`]: the CA signing a tunnel's CSR for the names it owns.
+//! - [`clock`]: Unix seconds and RFC 3339 dates.
+//! - [`auth`]: tokens (constant-time, optionally stored as `sha256:` hashes) and identities;
+//!   [`auth::TokenStore`], the stored tokens the authenticator also checks (the persistent
+//!   state, in the tunneld-state crate, implements it).
+//! - [`tls`]: certificates, the self-signed default CA, rustls configs, pinning (the CA
+//!   signing tunnels' CSRs is tunneld-state's `ca_sign`).
 //! - [`limits`]: connection and handshake caps per address, and the data-path limits;
 //!   [`idle`]: idle deadlines for visitor connections; [`stream_budget`]: stream
 //!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
@@ -26,13 +29,13 @@
 //!   stream; [`http2`]: HTTP/2 settings ([`http2::H2Tuning`]) and error names;
 //!   [`reverse_http`]: the hook through which a frontend gets tunneld's end of a reversed HTTP
 //!   link (the https frontend's 2ptth upstream) from the h2-reverse crate.
-//! - [`state`]: the persistent store (tokens, provisioned tunnels, certificates, rendezvous
-//!   ids) behind the [`state::StateStore`] trait, on SQLite.
-//! - [`rendezvous`]: node-rendezvous ids, TOTP, parked hidden-server connections, Digest.
+//! - [`parking`]: the [`parking::Parking`] hook through which the `connect` transport parks
+//!   hidden servers' connections in the `rendezvous` frontend's registry; [`totp`]: RFC 6238
+//!   codes and base32 secrets (rendezvous ids, tunnelc's parking).
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod ca_sign;
+pub mod clock;
 pub mod dial;
 pub mod duration;
 pub mod frontend;
@@ -46,19 +49,19 @@ pub mod io;
 pub mod limits;
 pub mod live_sessions;
 pub mod metrics;
+pub mod parking;
 pub mod proto;
 pub mod proxy_protocol;
-pub mod rendezvous;
 pub mod reverse_http;
 pub mod session;
 pub mod sni;
 pub mod splice;
-pub mod state;
 pub mod stream_budget;
 pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod tls_listener;
+pub mod totp;
 pub mod transport;
 
 pub use io::BoxIo;

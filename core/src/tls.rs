@@ -148,6 +148,11 @@ pub struct LocalCa {
 }
 
 impl LocalCa {
+    /// The CA's certificate and key, to sign with.
+    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// Loads the CA from `dir`, creating it when missing.
     pub fn open(dir: &Path) -> Result<Self, TlsError> {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;

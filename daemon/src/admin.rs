@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::sha256;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::StateStore;
+use tunneld_state::StateStore;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -16,5 +16,6 @@ pub mod control;
 pub mod http_serve;
 pub mod mappings;
 pub mod metrics;
+pub mod rendezvous_ids;
 pub mod server;
 pub mod state_cli;

@@ -4,6 +4,7 @@ use crate::admin;
 use crate::components;
 use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
 use crate::mappings::AdminMappings;
+use crate::rendezvous_ids::{self as rendezvous_store, IdStore};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,11 +17,10 @@ use tunneld_core::auth::{token_digest, Authenticator, StoredTokens, TokenEntry};
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::rendezvous::registry::{Registry, RegistryConfig};
-use tunneld_core::rendezvous::store::{self as rendezvous_store, IdStore};
-use tunneld_core::state::cache::StateCache;
-use tunneld_core::state::{self, sqlite::SqliteStore, StateStore};
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
+use tunneld_frontend_rendezvous::registry::{Registry, RegistryConfig};
+use tunneld_state::cache::StateCache;
+use tunneld_state::{self as state, sqlite::SqliteStore, StateStore};
 
 /// A running tunneld.
 pub struct Running {
@@ -294,7 +294,7 @@ impl Base {
             cfg.limits.auth_failure_window,
         ));
         let registry = Registry::new(
-            IdStore::new(store.clone(), cache.clone()),
+            Arc::new(IdStore::new(store.clone(), cache.clone())),
             RegistryConfig {
                 max_parked_per_id: cfg.rendezvous.max_parked_per_id,
                 max_failures: cfg.rendezvous.max_failures,

@@ -3,12 +3,12 @@
 //! tokens and ids at each use).
 
 use crate::config::server::ServerConfig;
+use crate::rendezvous_ids as rdv;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::path::PathBuf;
 use tunneld_core::auth::{hex, random_bytes, sha256};
-use tunneld_core::rendezvous::store as rdv;
-use tunneld_core::state::{self, rfc3339, StateStore, TokenRecord};
+use tunneld_state::{self as state, rfc3339, StateStore, TokenRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCmd {

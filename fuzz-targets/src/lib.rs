@@ -244,11 +244,11 @@ pub fn hostglob(data: &[u8]) {
     }
 }
 
-/// `core/src/rendezvous/visitor_auth.rs`: the bytes as an `Authorization` value (Digest
+/// `frontends/rendezvous/src/visitor_auth.rs`: the bytes as an `Authorization` value (Digest
 /// parameters or Basic), and a Digest nonce through the nonce checks. A nonce of `-` is
 /// replaced by a fresh genuine one, so the nonce-count path is reached too.
 pub fn visitor_auth(data: &[u8]) {
-    use tunneld_core::rendezvous::visitor_auth::{parse_authorization, Credentials, Nonces};
+    use tunneld_frontend_rendezvous::visitor_auth::{parse_authorization, Credentials, Nonces};
     let text = String::from_utf8_lossy(data);
     let Ok(creds) = parse_authorization(&text) else {
         return;
@@ -280,10 +280,10 @@ pub fn visitor_auth(data: &[u8]) {
     }
 }
 
-/// `core/src/rendezvous/totp.rs`: the first line as a base32 secret, the second as a code
+/// `core/src/totp.rs`: the first line as a base32 secret, the second as a code
 /// checked against it (or the RFC 6238 secret when the first does not decode).
 pub fn totp(data: &[u8]) {
-    use tunneld_core::rendezvous::totp;
+    use tunneld_core::totp;
     let text = String::from_utf8_lossy(data);
     let (secret, code) = text.split_once('\n').unwrap_or((&text, ""));
     let secret = match totp::decode_secret(secret) {
@@ -376,17 +376,17 @@ pub fn threshold_head(data: &[u8]) {
 }
 
 /// `frontends/rendezvous/src/connect_access.rs`: the `host:port` of a CONNECT target, and
-/// `core/src/rendezvous/park.rs`'s `uuid:<ID>?response=` target, from the bytes as a target
+/// `frontends/rendezvous/src/park.rs`'s `uuid:<ID>?response=` target, from the bytes as a target
 /// and from the target of the request head they parse as.
 pub fn connect_target(data: &[u8]) {
     use tunneld_frontend_rendezvous::connect_access::authority;
     let text = String::from_utf8_lossy(data);
     let _ = authority(&text);
     // The hidden server's `CONNECT uuid:<ID>?response=<CODE>` target.
-    let _ = tunneld_core::rendezvous::park::parse_target(&text);
+    let _ = tunneld_frontend_rendezvous::park::parse_target(&text);
     if let Ok(Some((head, _))) = http1::parse(data) {
         let _ = authority(&head.target);
-        let _ = tunneld_core::rendezvous::park::parse_target(&head.target);
+        let _ = tunneld_frontend_rendezvous::park::parse_target(&head.target);
     }
 }
 

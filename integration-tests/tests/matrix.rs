@@ -106,7 +106,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
 
     // connect (tunnelc parking for a rendezvous id) -> rendezvous (a Basic visitor).
-    tunneld_core::rendezvous::store::add(
+    tunneld_daemon::rendezvous_ids::add(
         &*server.running.store,
         Some("matrix-id"),
         30,
@@ -291,7 +291,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     server
         .running
         .store
-        .add_token(&tunneld_core::state::TokenRecord {
+        .add_token(&tunneld_state::TokenRecord {
             name: "matrix-user".into(),
             digest: tunneld_core::auth::hex(&tunneld_core::auth::sha256(token.as_bytes())),
             max_ports: Some(1),

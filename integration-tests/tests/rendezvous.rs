@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunneld_client::client::ClientEvent;
-use tunneld_core::rendezvous::totp;
+use tunneld_core::totp;
 use tunneld_integration_tests::process::{self, curl, Proc};
 use tunneld_integration_tests::{
     services, sha256_hex, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,

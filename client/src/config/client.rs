@@ -318,7 +318,7 @@ impl ClientConfig {
     /// Each rendezvous id served (transport: connect).
     fn check_rendezvous(&self, errors: &mut Vec<String>) {
         for (id, r) in &self.rendezvous {
-            if !tunneld_core::rendezvous::store::valid_id(id) {
+            if !tunneld_core::parking::valid_id(id) {
                 errors.push(format!(
                     "rendezvous.{id}: invalid id (1-128 letters, digits, `-`, `_`, `.`)"
                 ));
@@ -336,7 +336,7 @@ impl ClientConfig {
                 errors.push(format!("rendezvous.{id}.step: must be 5-300 seconds"));
             }
             if let Some(s) = &r.secret {
-                if let Err(e) = tunneld_core::rendezvous::totp::decode_secret(&s.0) {
+                if let Err(e) = tunneld_core::totp::decode_secret(&s.0) {
                     errors.push(format!("rendezvous.{id}.secret: {e}"));
                 }
             }

@@ -6,7 +6,7 @@ use super::files::{cert_not_after, TunnelDir, CA, CERT, CONFIG};
 use crate::config::client::ClientConfig;
 use crate::provision_api::TunnelInfo;
 use http::Method;
-use tunneld_core::state::{now, rfc3339};
+use tunneld_core::clock::{now, rfc3339};
 
 fn until(t: u64) -> String {
     let n = now();

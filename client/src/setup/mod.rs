@@ -117,7 +117,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     say!(
         "certificate for {} until {}: {}",
         signed.names.join(", "),
-        tunneld_core::state::rfc3339(signed.not_after),
+        tunneld_core::clock::rfc3339(signed.not_after),
         tdir.join(CERT).display()
     );
     say!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());

@@ -61,7 +61,7 @@ fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
         Command::Token(c) => state_cli::token(cfg, &*store, c),
         Command::Rendezvous(c) => state_cli::rendezvous(&*store, c),
         Command::State(c) => {
-            state_cli::state_cmd(&*store, &cfg.state_dir.join(tunneld_core::state::FILE), c)
+            state_cli::state_cmd(&*store, &cfg.state_dir.join(tunneld_state::FILE), c)
         }
     }
 }

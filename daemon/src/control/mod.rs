@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tunneld_core::auth::Authenticator;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::StateStore;
 use tunneld_core::tls::LocalCa;
+use tunneld_state::StateStore;
 
 /// What the transport `tunnelc setup` configures looks like from outside.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct Control {
     pub cfg: ControlConfig,
     pub store: Arc<dyn StateStore>,
     /// The store's tunnels, tokens and ids in memory, for the web port's lookups.
-    pub cache: Arc<tunneld_core::state::cache::StateCache>,
+    pub cache: Arc<tunneld_state::cache::StateCache>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub ca: LocalCa,

@@ -9,7 +9,8 @@ use tunneld_core::auth::Identity;
 use tunneld_core::frontend::ClaimError;
 use tunneld_core::hub::LeaseRequest;
 use tunneld_core::proto::TunnelKind;
-use tunneld_core::state::{self, names::readable_name, CertRecord, TokenRecord, TunnelRecord};
+use tunneld_state::ca_sign::CaSign;
+use tunneld_state::{self as state, names::readable_name, CertRecord, TokenRecord, TunnelRecord};
 
 /// A refusal: the status and the message shown to the client.
 pub type Refusal = (StatusCode, String);
@@ -335,8 +336,8 @@ impl Control {
             Err(e) => {
                 self.count_certificate("refused");
                 let status = match e {
-                    tunneld_core::ca_sign::CsrError::NotOwned(_) => StatusCode::FORBIDDEN,
-                    tunneld_core::ca_sign::CsrError::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    tunneld_state::ca_sign::CsrError::NotOwned(_) => StatusCode::FORBIDDEN,
+                    tunneld_state::ca_sign::CsrError::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 return Err((status, e.to_string()));

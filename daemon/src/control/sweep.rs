@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::hub::Hub;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::state::cache::StateCache;
-use tunneld_core::state::{self, TokenRecord};
+use tunneld_state::cache::StateCache;
+use tunneld_state::{self as state, TokenRecord};
 
 /// How often the sweep runs.
 pub const INTERVAL: Duration = Duration::from_secs(1);

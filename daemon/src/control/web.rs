@@ -45,7 +45,7 @@ fn label_of(c: &Control, req: &Request<Incoming>) -> Option<String> {
 
 type Found = Option<(
     String,
-    Result<Option<tunneld_core::state::TunnelRecord>, tunneld_core::state::StateError>,
+    Result<Option<tunneld_state::TunnelRecord>, tunneld_state::StateError>,
 )>;
 
 fn answer(c: &Control, req: &Request<Incoming>, found: Found) -> (&'static str, Resp) {

@@ -3,6 +3,9 @@
 
 use crate::config::Config;
 use crate::names::Names;
+use crate::park::{self, Parker};
+use crate::registry::Registry;
+use crate::visitor_auth::Nonces;
 use crate::{connect_access, visitor};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -19,9 +22,6 @@ use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::TunnelKind;
-use tunneld_core::rendezvous::park::{self, Parker};
-use tunneld_core::rendezvous::registry::Registry;
-use tunneld_core::rendezvous::visitor_auth::Nonces;
 use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
 
 /// What every connection of this frontend shares.

@@ -7,6 +7,12 @@
 //! - hidden servers' `CONNECT uuid:<ID>` parking, as node-rendezvous's single port did
 //!   (`parking: true`).
 //!
+//! The node-rendezvous machinery the frontend and the `connect` transport share lives here
+//! too: rendezvous ids ([`ids`], found through the [`ids::IdSource`] the daemon provides),
+//! hidden servers parking TLS connections with `CONNECT uuid:` ([`park`], [`registry`]; the
+//! registry is the transport's [`tunneld_core::parking::Parking`]), and the visitor
+//! credentials that pick an id ([`visitor_auth`]).
+//!
 //! Layout: [`config`], [`frontend`] (the plug-in), [`respond`] (answers).
 #![forbid(unsafe_code)]
 
@@ -14,9 +20,13 @@ pub mod config;
 #[doc(hidden)]
 pub mod connect_access;
 mod frontend;
+pub mod ids;
 mod names;
+pub mod park;
+pub mod registry;
 mod respond;
 mod visitor;
+pub mod visitor_auth;
 
 pub use config::Config;
 pub use frontend::RendezvousFrontend;

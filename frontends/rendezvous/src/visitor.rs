@@ -5,12 +5,12 @@
 
 use crate::frontend::Inner;
 use crate::respond::{response, send, skip_body};
+use crate::visitor_auth::{parse_authorization, Credentials, NonceError};
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tunneld_core::http1::{Framing, RequestHead};
 use tunneld_core::idle::splice_until_idle;
 use tunneld_core::io::BoxIo;
-use tunneld_core::rendezvous::visitor_auth::{parse_authorization, Credentials, NonceError};
 use tunneld_core::splice::SpliceCounters;
 
 /// Largest body skipped to keep a connection open after a refusal.

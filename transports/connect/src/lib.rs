@@ -1,7 +1,8 @@
 //! Transport `connect`: the hidden-server side of node-rendezvous. A hidden server (tunnelc,
 //! or the original Node program) opens TLS and sends `CONNECT uuid:<ID>?response=<TOTP>`;
 //! tunneld answers and parks the socket until a visitor of the `rendezvous` frontend names
-//! that id. The wire rules live in [`tunneld_core::rendezvous::park`].
+//! that id. The parking itself is the [`tunneld_core::parking::Parking`] the daemon hands
+//! the transport (the `rendezvous` frontend's registry, where the wire rules live).
 //!
 //! Layout: [`config`], [`server`] (tunneld side), [`client`] (tunnelc side: one park).
 #![forbid(unsafe_code)]

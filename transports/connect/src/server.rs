@@ -8,8 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
 use tunneld_core::auth::Authenticator;
 use tunneld_core::http1;
-use tunneld_core::rendezvous::park::{self, Parker};
-use tunneld_core::rendezvous::registry::Registry;
+use tunneld_core::parking::{error_answer, Parker, Parking};
 use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
@@ -17,7 +16,7 @@ pub struct ConnectTransport {
     cfg: Config,
     listener: BoundListener,
     tls: TlsAcceptor,
-    registry: Arc<Registry>,
+    parking: Arc<dyn Parking>,
     auth: Arc<Authenticator>,
 }
 
@@ -25,7 +24,7 @@ impl ConnectTransport {
     pub async fn bind(
         cfg: Config,
         tls: Arc<rustls::ServerConfig>,
-        registry: Arc<Registry>,
+        parking: Arc<dyn Parking>,
         auth: Arc<Authenticator>,
     ) -> Result<Self, TransportError> {
         let listener =
@@ -39,7 +38,7 @@ impl ConnectTransport {
             cfg,
             listener,
             tls: TlsAcceptor::from(tls),
-            registry,
+            parking,
             auth,
         })
     }
@@ -102,7 +101,7 @@ impl ConnectTransport {
                         .inc();
                     if !matches!(e, http1::HeadError::Closed | http1::HeadError::Io(_)) {
                         let _ = io
-                            .write_all(&park::error_answer(e.status(), &e.to_string()))
+                            .write_all(&error_answer(e.status(), &e.to_string()))
                             .await;
                         let _ = io.shutdown().await;
                     }
@@ -125,22 +124,23 @@ impl ConnectTransport {
                 "this listener takes only CONNECT uuid:<ID>, not {}",
                 head.method
             );
-            let _ = io.write_all(&park::error_answer(403, &msg)).await;
+            let _ = io.write_all(&error_answer(403, &msg)).await;
             let _ = io.shutdown().await;
             return;
         }
-        park::serve(
-            self.registry.clone(),
-            &self.auth,
-            io,
-            head,
-            buf,
-            Parker {
-                peer: peer.ip(),
-                cert_cn,
-            },
-            cx.shutdown.clone(),
-        )
-        .await;
+        self.parking
+            .clone()
+            .serve_parking(
+                &self.auth,
+                io,
+                head,
+                buf,
+                Parker {
+                    peer: peer.ip(),
+                    cert_cn,
+                },
+                cx.shutdown.clone(),
+            )
+            .await;
     }
 }

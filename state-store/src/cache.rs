@@ -14,13 +14,13 @@
 //! fails the lookups that waited on it: callers refuse (fail closed) rather than answer from
 //! an old snapshot.
 
-use super::records::{RendezvousRecord, TokenRecord, TunnelRecord};
-use super::{StateError, StateStore, Versions};
-use crate::metrics::Metrics;
+use crate::records::{RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::{StateError, StateStore, Versions};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
+use tunneld_core::metrics::Metrics;
 
 /// How long a lookup waits for the check it needs before failing.
 pub const CHECK_WAIT: Duration = Duration::from_secs(5);
@@ -110,7 +110,7 @@ impl StateCache {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
-        crate::sync::read(&self.shared.data)
+        tunneld_core::sync::read(&self.shared.data)
     }
 
     /// Waits for a check that began after this call.
@@ -154,7 +154,7 @@ impl Drop for StateCache {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
-        crate::sync::lock(&self.tickets)
+        tunneld_core::sync::lock(&self.tickets)
     }
 
     /// The checking thread: one check per batch of waiting tickets.
@@ -185,7 +185,7 @@ impl Shared {
                 .with_label_values(&[o])
                 .inc()
         };
-        let known = crate::sync::read(&self.data).versions;
+        let known = tunneld_core::sync::read(&self.data).versions;
         let changes = match self.store.cached_changes(known) {
             Ok(c) => c,
             Err(e) => {
@@ -197,7 +197,7 @@ impl Shared {
             outcome("current");
             return Ok(());
         }
-        let mut data = crate::sync::write(&self.data);
+        let mut data = tunneld_core::sync::write(&self.data);
         if let Some(all) = changes.tokens {
             data.tokens = all.into_iter().map(|t| (t.digest.clone(), t)).collect();
         }

@@ -41,7 +41,7 @@ impl Credentials {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthorizationError {
     #[error(transparent)]
-    Basic(#[from] crate::auth::CredentialsError),
+    Basic(#[from] tunneld_core::auth::CredentialsError),
     #[error("authorization scheme `{0}` is not Digest or Basic")]
     Scheme(String),
     #[error("Digest credentials have no username")]
@@ -63,7 +63,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, AuthorizationErro
     let value = value.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("basic") {
-        let (username, _) = crate::auth::basic_credentials(rest)?;
+        let (username, _) = tunneld_core::auth::basic_credentials(rest)?;
         return Ok(Credentials::Basic { username });
     }
     if !scheme.eq_ignore_ascii_case("digest") {
@@ -194,8 +194,8 @@ fn unix_now() -> u64 {
 
 impl Nonces {
     pub fn new(ttl: Duration) -> Self {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &crate::auth::random_bytes::<32>());
-        let opaque = crate::auth::hex(&crate::auth::random_bytes::<16>());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &tunneld_core::auth::random_bytes::<32>());
+        let opaque = tunneld_core::auth::hex(&tunneld_core::auth::random_bytes::<16>());
         Self {
             key,
             opaque,
@@ -207,7 +207,7 @@ impl Nonces {
     fn mint(&self, issued: u64) -> String {
         let mut raw = Vec::with_capacity(8 + 8 + 16);
         raw.extend_from_slice(&issued.to_be_bytes());
-        raw.extend_from_slice(&crate::auth::random_bytes::<8>());
+        raw.extend_from_slice(&tunneld_core::auth::random_bytes::<8>());
         let tag = hmac::sign(&self.key, &raw);
         raw.extend_from_slice(&tag.as_ref()[..16]);
         data_encoding::BASE64URL_NOPAD.encode(&raw)
@@ -253,7 +253,7 @@ impl Nonces {
             return Err(NonceError::Stale);
         }
         let count = nc.unwrap_or(0);
-        let mut seen = crate::sync::lock(&self.seen);
+        let mut seen = tunneld_core::sync::lock(&self.seen);
         if seen.len() >= MAX_TRACKED {
             let ttl = self.ttl.as_secs();
             seen.retain(|_, (t, _)| now.saturating_sub(*t) <= ttl);

@@ -1,8 +1,8 @@
 //! [`StateStore`] on SQLite (rusqlite with the bundled library): one file, WAL journal,
 //! `synchronous=FULL`, a busy timeout so the CLI and a running tunneld share it.
 
-use super::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
-use super::{Changes, StateError, StateStore, Versions};
+use crate::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::{Changes, StateError, StateStore, Versions};
 use rows::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use schema::{version_triggers, SCHEMA};
@@ -76,7 +76,7 @@ impl SqliteStore {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        crate::sync::lock(&self.conn)
+        tunneld_core::sync::lock(&self.conn)
     }
 }
 
@@ -336,7 +336,7 @@ impl StateStore for SqliteStore {
     }
 
     fn cached_changes(&self, known: Option<Versions>) -> Result<Changes, StateError> {
-        let c = crate::sync::lock(&self.probe);
+        let c = tunneld_core::sync::lock(&self.probe);
         cache_read::changes(&c, known)
     }
 
@@ -372,14 +372,14 @@ mod tests {
     fn temp() -> PathBuf {
         std::env::temp_dir().join(format!(
             "tunneld-state-{}",
-            crate::auth::hex(&crate::auth::random_bytes::<6>())
+            tunneld_core::auth::hex(&tunneld_core::auth::random_bytes::<6>())
         ))
     }
 
     fn token(name: &str) -> TokenRecord {
         TokenRecord {
             name: name.into(),
-            digest: crate::auth::hex(&crate::auth::sha256(name.as_bytes())),
+            digest: tunneld_core::auth::hex(&tunneld_core::auth::sha256(name.as_bytes())),
             max_ports: Some(2),
             max_names: None,
             expires_at: Some(100),
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn round_trips_and_survives_reopen() {
         let dir = temp();
-        let path = dir.join(super::super::FILE);
+        let path = dir.join(crate::FILE);
         let s = SqliteStore::open(&path).expect("open");
         let a = token("alice");
         s.add_token(&a).expect("add");

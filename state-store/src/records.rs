@@ -31,14 +31,14 @@ impl TokenRecord {
             return Some(format!(
                 "token `{}` was revoked at {}",
                 self.name,
-                super::rfc3339(at)
+                crate::rfc3339(at)
             ));
         }
         match self.expires_at {
             Some(at) if at <= now => Some(format!(
                 "token `{}` expired at {} (lifespan)",
                 self.name,
-                super::rfc3339(at)
+                crate::rfc3339(at)
             )),
             _ => None,
         }

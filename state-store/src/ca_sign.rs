@@ -1,13 +1,14 @@
 //! tunneld's CA signing certificate requests for tunnels: only DNS names the caller owns,
-//! with a bounded lifetime, as end-entity server certificates.
+//! with a bounded lifetime, as end-entity server certificates ([`CaSign`], for core's
+//! [`LocalCa`]).
 
-use crate::auth::{hex, random_bytes};
-use crate::tls::LocalCa;
 use rcgen::{
     CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::time::Duration;
+use tunneld_core::auth::{hex, random_bytes};
+use tunneld_core::tls::LocalCa;
 
 /// Most DNS names one request may carry.
 pub const MAX_NAMES: usize = 16;
@@ -41,10 +42,20 @@ pub struct Signed {
     pub not_after: u64,
 }
 
-impl LocalCa {
+/// Signing tunnels' certificate requests with a CA.
+pub trait CaSign {
     /// Signs `csr_pem` when every name in it satisfies `owned` (names are lower-cased), for
     /// `lifetime` from now. The subject is replaced by the first name.
-    pub fn sign_csr(
+    fn sign_csr(
+        &self,
+        csr_pem: &str,
+        owned: impl Fn(&str) -> bool,
+        lifetime: Duration,
+    ) -> Result<Signed, CsrError>;
+}
+
+impl CaSign for LocalCa {
+    fn sign_csr(
         &self,
         csr_pem: &str,
         owned: impl Fn(&str) -> bool,
@@ -91,7 +102,7 @@ impl LocalCa {
             now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
         p.not_after = not_after;
         let cert = csr
-            .signed_by(&self.issuer)
+            .signed_by(self.issuer())
             .map_err(|e| CsrError::Sign(e.to_string()))?;
         Ok(Signed {
             pem: cert.pem(),

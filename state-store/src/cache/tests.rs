@@ -1,21 +1,21 @@
 use super::*;
-use crate::state::sqlite::SqliteStore;
+use crate::sqlite::SqliteStore;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn temp_db() -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "tunneld-cache-{}",
-        crate::auth::hex(&crate::auth::random_bytes::<6>())
+        tunneld_core::auth::hex(&tunneld_core::auth::random_bytes::<6>())
     ));
-    let path = dir.join(crate::state::FILE);
+    let path = dir.join(crate::FILE);
     (dir, path)
 }
 
 fn token(name: &str) -> TokenRecord {
     TokenRecord {
         name: name.into(),
-        digest: crate::auth::hex(&crate::auth::sha256(name.as_bytes())),
+        digest: tunneld_core::auth::hex(&tunneld_core::auth::sha256(name.as_bytes())),
         max_ports: None,
         max_names: None,
         expires_at: None,
@@ -107,7 +107,7 @@ async fn concurrent_lookups_share_checks() {
     for i in 0..4000u32 {
         let cache = cache.clone();
         all.spawn(async move {
-            let digest = crate::auth::hex(&crate::auth::sha256(&i.to_be_bytes()));
+            let digest = tunneld_core::auth::hex(&tunneld_core::auth::sha256(&i.to_be_bytes()));
             cache.token_by_digest(&digest).await
         });
     }

@@ -13,20 +13,20 @@
 //! it successfully within [`TRUSTED_FOR`]: strangers cannot lock out the id's own hidden
 //! servers.
 //!
-//! A parked connection is owned by its own task (see [`super::park`]), which watches the
+//! A parked connection is owned by its own task (see [`crate::park`]), which watches the
 //! socket so a dead one leaves the queue at once. The queue holds a handoff channel per
 //! connection: a visitor pops one, asks for the socket, and gets it back through the channel.
 
-use super::store::{IdEntry, IdStore};
-use super::totp;
-use crate::io::BoxIo;
-use crate::metrics::Metrics;
+use crate::ids::{IdEntry, IdSource};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
+use tunneld_core::io::BoxIo;
+use tunneld_core::metrics::Metrics;
+use tunneld_core::totp;
 
 /// How long a successful park keeps an address exempt from its id's lockout.
 pub const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -119,10 +119,10 @@ struct State {
 }
 
 pub struct Registry {
-    pub ids: IdStore,
+    pub ids: Arc<dyn IdSource>,
     /// Failed authentications per address, shared with the hub (Bearer tokens when parking,
     /// CONNECT visitors' credentials).
-    pub throttle: Arc<crate::throttle::FailureThrottle>,
+    pub throttle: Arc<tunneld_core::throttle::FailureThrottle>,
     cfg: RegistryConfig,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -162,10 +162,10 @@ fn unix_now() -> u64 {
 
 impl Registry {
     pub fn new(
-        ids: IdStore,
+        ids: Arc<dyn IdSource>,
         cfg: RegistryConfig,
         metrics: Arc<Metrics>,
-        throttle: Arc<crate::throttle::FailureThrottle>,
+        throttle: Arc<tunneld_core::throttle::FailureThrottle>,
     ) -> Arc<Self> {
         Arc::new(Self {
             ids,
@@ -182,7 +182,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+        tunneld_core::sync::lock(&self.state)
     }
 
     fn locked_for(&self, w: Option<&Window>) -> Option<Duration> {
@@ -224,7 +224,7 @@ impl Registry {
         r
     }
 
-    /// Loads the codes used before a restart (see [`IdStore::used_codes`]); their addresses
+    /// Loads the codes used before a restart (see [`IdSource::used_codes`]); their addresses
     /// parked successfully, so they stay exempt from their id's lockout.
     pub fn load_used(&self, used: Vec<(String, u64, IpAddr)>) {
         let mut st = self.lock();
@@ -241,7 +241,7 @@ impl Registry {
     }
 
     /// Checks a TOTP code for `id` from `addr`. `Ok(Some(counter))` for a code used for the
-    /// first time (the caller records it with [`IdStore::remember_code`]), `Ok(None)` for
+    /// first time (the caller records it with [`IdSource::remember_code`]), `Ok(None)` for
     /// the same address using it again.
     pub fn check_code(
         &self,

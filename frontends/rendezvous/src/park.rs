@@ -12,16 +12,17 @@
 //! certificate) for an id whose `client` is its own: TOTP codes are single-use, which would
 //! allow only a few parked connections per step.
 
-use super::registry::{CodeRefusal, Handoff, Registry, Ticket};
-use super::store::IdEntry;
-use crate::auth::Authenticator;
-use crate::http1::RequestHead;
-use crate::io::BoxIo;
-use std::net::IpAddr;
+use crate::ids::IdEntry;
+use crate::registry::{CodeRefusal, Handoff, Registry, Ticket};
+use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tunneld_core::auth::Authenticator;
+use tunneld_core::http1::RequestHead;
+use tunneld_core::io::BoxIo;
+pub use tunneld_core::parking::{error_answer, Parker, Parking};
 
 /// How long a connection parked with a TOTP code waits after the `200` before a visitor may
 /// take it (see [`serve`]).
@@ -33,13 +34,6 @@ pub const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The success answer, byte for byte.
 pub const PARKED: &[u8] = b"HTTP/1.1 200\r\n\r\n";
 
-/// The error answer, byte for byte.
-pub fn error_answer(code: u16, diagnostic: &str) -> Vec<u8> {
-    let text = serde_json::Value::String(diagnostic.to_string());
-    format!("HTTP/1.1 {code}\r\n\r\n{{\"error\":{{\"permanent\":false,\"diagnostic\":{text}}}}}")
-        .into_bytes()
-}
-
 /// Splits `uuid:<ID>?response=<CODE>` into the id and the code.
 pub fn parse_target(target: &str) -> Option<(&str, Option<&str>)> {
     // The original matched `uuid:` in any case.
@@ -50,13 +44,6 @@ pub fn parse_target(target: &str) -> Option<(&str, Option<&str>)> {
     let (id, query) = rest.split_once('?').unwrap_or((rest, ""));
     let code = query.split('&').find_map(|kv| kv.strip_prefix("response="));
     Some((id, code))
-}
-
-/// Who is parking.
-pub struct Parker {
-    pub peer: IpAddr,
-    /// The common name of a verified client certificate.
-    pub cert_cn: Option<String>,
 }
 
 async fn refuse(reg: &Registry, io: &mut BoxIo, code: u16, outcome: &str, diagnostic: &str) {
@@ -110,7 +97,7 @@ pub async fn serve(
     };
     let bearer = head
         .header("proxy-authorization")
-        .and_then(|v| crate::auth::scheme_param(v, "Bearer"));
+        .and_then(|v| tunneld_core::auth::scheme_param(v, "Bearer"));
     let by_client = bearer.is_some() || (code.is_none() && who.cert_cn.is_some());
     let allowed = if by_client {
         authorize_client(&reg, auth, id, entry.as_ref(), bearer, &who).await
@@ -166,7 +153,7 @@ async fn authorize_client(
     who: &Parker,
 ) -> Result<(), Refusal> {
     if let Err(wait) = reg.throttle.check(who.peer) {
-        let msg = crate::hub::throttled_reason(who.peer, wait);
+        let msg = tunneld_core::hub::throttled_reason(who.peer, wait);
         return Err(Refusal(429, "throttled", msg));
     }
     let identity = match auth
@@ -174,7 +161,7 @@ async fn authorize_client(
         .await
     {
         Ok(i) => i,
-        Err(e @ crate::auth::AuthError::Unavailable(_)) => {
+        Err(e @ tunneld_core::auth::AuthError::Unavailable(_)) => {
             return Err(Refusal(503, "store_error", e.to_string()));
         }
         Err(e) => {
@@ -315,6 +302,22 @@ async fn hold(
         reg.metrics_dropped(reason);
     }
     tracing::debug!(%id, reason, "parked connection dropped");
+}
+
+/// The registry as the `connect` transport sees it.
+#[async_trait]
+impl Parking for Registry {
+    async fn serve_parking(
+        self: Arc<Self>,
+        auth: &Arc<Authenticator>,
+        io: BoxIo,
+        head: RequestHead,
+        surplus: Vec<u8>,
+        who: Parker,
+        shutdown: CancellationToken,
+    ) {
+        serve(self, auth, io, head, surplus, who, shutdown).await
+    }
 }
 
 impl Registry {

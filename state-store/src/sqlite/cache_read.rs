@@ -2,7 +2,7 @@
 //! read in one transaction on the read-only connection.
 
 use super::rows::{all_rendezvous, all_tokens, db, tunnels_of};
-use crate::state::{Changes, StateError, Versions};
+use crate::{Changes, StateError, Versions};
 use rusqlite::Connection;
 
 pub(super) fn changes(c: &Connection, known: Option<Versions>) -> Result<Changes, StateError> {

@@ -33,7 +33,7 @@ const ANIMALS: [&str; 64] = [
 pub const COMBINATIONS: usize = MOODS.len() * COLORS.len() * ANIMALS.len();
 
 fn draw() -> String {
-    let b = crate::auth::random_bytes::<6>();
+    let b = tunneld_core::auth::random_bytes::<6>();
     let pick = |hi: u8, lo: u8, n: usize| (usize::from(hi) << 8 | usize::from(lo)) % n;
     format!(
         "{}-{}-{}",

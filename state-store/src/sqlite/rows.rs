@@ -1,7 +1,7 @@
 //! Rows to records and back.
 
-use super::super::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
-use super::super::StateError;
+use crate::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::StateError;
 use rusqlite::{Connection, Row};
 
 pub(super) fn db(e: rusqlite::Error) -> StateError {
