@@ -135,66 +135,7 @@ pub(crate) async fn start_transports(
             base.metrics.clone(),
         );
     for (name, t) in &cfg.transports {
-        let built: Arc<dyn Transport> = match t {
-            TransportConfig::Yamux(c) => {
-                let tls_cfg = tls::server_config(
-                    &base.identity,
-                    &base.client_auth,
-                    &[tunneld_transport_yamux::ALPN],
-                )?;
-                Arc::new(
-                    tunneld_transport_yamux::YamuxTransport::bind(
-                        c.clone(),
-                        Arc::new(tls_cfg),
-                        &base.metrics,
-                    )
-                    .await
-                    .with_context(|| format!("transports.{name}"))?,
-                )
-            }
-            TransportConfig::Connect(c) => {
-                let tls_cfg = tls::server_config(
-                    &base.identity,
-                    &base.client_auth,
-                    &[tunneld_transport_connect::ALPN],
-                )?;
-                Arc::new(
-                    tunneld_transport_connect::ConnectTransport::bind(
-                        c.clone(),
-                        Arc::new(tls_cfg),
-                        base.registry.clone(),
-                        base.auth.clone(),
-                    )
-                    .await
-                    .with_context(|| format!("transports.{name}"))?,
-                )
-            }
-            TransportConfig::H2Reverse(_) => match h2_transports.get(name) {
-                Some(t) => t.clone(),
-                None => anyhow::bail!("transports.{name}: not bound"),
-            },
-            TransportConfig::Websocket(c) => {
-                let tls_cfg = match (&c.cert, &c.key) {
-                    (Some(cert), Some(key)) => {
-                        let id = tls::ServerIdentity::load(cert, key)
-                            .with_context(|| format!("transports.{name}.cert"))?;
-                        Some(Arc::new(tls::server_config(
-                            &id,
-                            &ClientAuth::None,
-                            &[b"http/1.1"],
-                        )?))
-                    }
-                    _ => None,
-                };
-                tunneld_transport_websocket::WebsocketTransport::bind(
-                    c.clone(),
-                    tls_cfg,
-                    &base.metrics,
-                )
-                .await
-                .with_context(|| format!("transports.{name}"))?
-            }
-        };
+        let built = bind_transport(name, t, base, h2_transports).await?;
         if let Some(addr) = built.local_addr() {
             transports.insert(name.clone(), addr);
         }
@@ -218,4 +159,70 @@ pub(crate) async fn start_transports(
         });
     }
     Ok(transports)
+}
+
+/// Binds one configured transport (h2-reverse ones are bound already, before the frontends
+/// that share their port).
+async fn bind_transport(
+    name: &str,
+    t: &TransportConfig,
+    base: &Base,
+    h2_transports: &H2Transports,
+) -> anyhow::Result<Arc<dyn Transport>> {
+    Ok(match t {
+        TransportConfig::Yamux(c) => {
+            let tls_cfg = tls::server_config(
+                &base.identity,
+                &base.client_auth,
+                &[tunneld_transport_yamux::ALPN],
+            )?;
+            Arc::new(
+                tunneld_transport_yamux::YamuxTransport::bind(
+                    c.clone(),
+                    Arc::new(tls_cfg),
+                    &base.metrics,
+                )
+                .await
+                .with_context(|| format!("transports.{name}"))?,
+            )
+        }
+        TransportConfig::Connect(c) => {
+            let tls_cfg = tls::server_config(
+                &base.identity,
+                &base.client_auth,
+                &[tunneld_transport_connect::ALPN],
+            )?;
+            Arc::new(
+                tunneld_transport_connect::ConnectTransport::bind(
+                    c.clone(),
+                    Arc::new(tls_cfg),
+                    base.registry.clone(),
+                    base.auth.clone(),
+                )
+                .await
+                .with_context(|| format!("transports.{name}"))?,
+            )
+        }
+        TransportConfig::H2Reverse(_) => match h2_transports.get(name) {
+            Some(t) => t.clone(),
+            None => anyhow::bail!("transports.{name}: not bound"),
+        },
+        TransportConfig::Websocket(c) => {
+            let tls_cfg = match (&c.cert, &c.key) {
+                (Some(cert), Some(key)) => {
+                    let id = tls::ServerIdentity::load(cert, key)
+                        .with_context(|| format!("transports.{name}.cert"))?;
+                    Some(Arc::new(tls::server_config(
+                        &id,
+                        &ClientAuth::None,
+                        &[b"http/1.1"],
+                    )?))
+                }
+                _ => None,
+            };
+            tunneld_transport_websocket::WebsocketTransport::bind(c.clone(), tls_cfg, &base.metrics)
+                .await
+                .with_context(|| format!("transports.{name}"))?
+        }
+    })
 }
