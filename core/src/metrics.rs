@@ -68,18 +68,8 @@ crate::metric_series! {
         "Public ports currently bound for tunnels";
     counter claims_refused_total: "tunneld_claims_refused_total", ["frontend", "reason"],
         "Tunnel requests refused by a frontend, by reason";
-    gauge rendezvous_parked: "tunneld_rendezvous_parked", ["id"],
-        "Hidden-server connections parked and waiting for a visitor, by rendezvous id";
     counter rendezvous_park_requests_total: "tunneld_rendezvous_park_requests_total", ["outcome"],
         "Hidden-server CONNECT uuid: requests, by outcome (ok, or the refusal)";
-    counter rendezvous_parked_dropped_total: "tunneld_rendezvous_parked_dropped_total", ["reason"],
-        "Parked connections dropped without a visitor (closed by the peer, evicted by a newer one, early data, shutdown)";
-    counter rendezvous_totp_failures_total: "tunneld_rendezvous_totp_failures_total", ["reason"],
-        "TOTP codes refused, by reason (wrong_code, malformed_code, replayed_code, unknown_id, locked_out)";
-    counter rendezvous_visitors_total: "tunneld_rendezvous_visitors_total", ["frontend", "outcome"],
-        "Visitor requests on rendezvous frontends, by outcome (matched, challenged, nothing_parked, ...)";
-    counter connect_requests_total: "tunneld_connect_requests_total", ["frontend", "outcome"],
-        "CONNECT <tunnel>:<port> requests on rendezvous frontends, by outcome";
     counter streams_refused_total: "tunneld_streams_refused_total", ["transport", "reason"],
         "Visitor streams refused by a stream cap (per tunnel or per visitor address)";
     counter streams_stalled_total: "tunneld_streams_stalled_total", ["frontend"],
@@ -88,10 +78,6 @@ crate::metric_series! {
         "Claims asked for by a second session of a client while another session held them, by outcome (refused: the holder answered its probe; replaced: it did not, or it was the same tunnelc)";
     counter visitors_idle_closed_total: "tunneld_visitors_idle_closed_total", ["frontend"],
         "Visitor connections closed for idling: no request (HTTP, limits.http_idle_timeout; before the first request the frontend's header_timeout) or no byte either way (spliced, limits.idle_timeout)";
-    counter state_lookups_total: "tunneld_state_lookups_total", ["table"],
-        "Lookups the data path made in the in-memory state (tokens, rendezvous, tunnels)";
-    counter state_checks_total: "tunneld_state_checks_total", ["outcome"],
-        "Checks of the in-memory state against the state store, by outcome (current, reloaded, failed); concurrent lookups share one";
     }
 }
 

@@ -302,7 +302,8 @@ impl Base {
             },
             metrics.clone(),
             throttle.clone(),
-        );
+        )
+        .context("metrics registry")?;
         // Codes used before a restart stay used (startup: a blocking read is fine here).
         registry.load_used(registry.ids.used_codes());
         Ok(Self {

@@ -14,6 +14,7 @@
 //! fails the lookups that waited on it: callers refuse (fail closed) rather than answer from
 //! an old snapshot.
 
+use crate::metrics::StateMetrics;
 use crate::records::{RendezvousRecord, TokenRecord, TunnelRecord};
 use crate::{StateError, StateStore, Versions};
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ struct Shared {
     data: RwLock<Snapshot>,
     tickets: Mutex<Tickets>,
     wake: Condvar,
-    metrics: Arc<Metrics>,
+    metrics: Arc<StateMetrics>,
 }
 
 /// What a finished check covered: tickets up to `upto`, and whether it failed.
@@ -68,6 +69,9 @@ impl StateCache {
     /// Loads every cached table (blocking: call it at startup) and starts the checking
     /// thread.
     pub fn start(store: Arc<dyn StateStore>, metrics: Arc<Metrics>) -> Result<Self, StateError> {
+        let metrics = metrics
+            .plugin::<StateMetrics>()
+            .map_err(|e| StateError::Invalid(format!("metrics registry: {e}")))?;
         let shared = Arc::new(Shared {
             store,
             data: RwLock::new(Snapshot::default()),

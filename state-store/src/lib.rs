@@ -16,6 +16,7 @@
 
 pub mod ca_sign;
 pub mod cache;
+pub mod metrics;
 pub mod names;
 pub mod records;
 pub mod sqlite;

@@ -20,7 +20,8 @@ use tunneld_core::splice::SpliceCounters;
 
 fn outcome(inner: &Inner, o: &str) {
     inner
-        .metrics
+        .registry
+        .own
         .connect_requests_total
         .with_label_values(&[&inner.name, o])
         .inc();

@@ -45,7 +45,8 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn visitor_outcome(&self, outcome: &str) {
-        self.metrics
+        self.registry
+            .own
             .rendezvous_visitors_total
             .with_label_values(&[&self.name, outcome])
             .inc();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connect_access;
 mod frontend;
 pub mod ids;
+pub mod metrics;
 mod names;
 pub mod park;
 pub mod registry;

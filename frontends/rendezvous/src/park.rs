@@ -329,7 +329,7 @@ impl Registry {
     }
 
     pub(crate) fn metrics_dropped(&self, reason: &str) {
-        self.metrics()
+        self.own
             .rendezvous_parked_dropped_total
             .with_label_values(&[reason])
             .inc();

@@ -18,6 +18,7 @@
 //! connection: a visitor pops one, asks for the socket, and gets it back through the channel.
 
 use crate::ids::{IdEntry, IdSource};
+use crate::metrics::RendezvousMetrics;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +126,8 @@ pub struct Registry {
     pub throttle: Arc<tunneld_core::throttle::FailureThrottle>,
     cfg: RegistryConfig,
     metrics: Arc<Metrics>,
+    /// This frontend's own series.
+    pub(crate) own: Arc<RendezvousMetrics>,
     state: Mutex<State>,
     next: AtomicU64,
 }
@@ -144,7 +147,7 @@ impl Drop for Ticket {
             q.parked.retain(|p| p.n != self.n);
             if q.parked.len() != before {
                 self.registry
-                    .metrics
+                    .own
                     .rendezvous_parked
                     .with_label_values(&[&self.id])
                     .set(q.parked.len() as i64);
@@ -166,15 +169,17 @@ impl Registry {
         cfg: RegistryConfig,
         metrics: Arc<Metrics>,
         throttle: Arc<tunneld_core::throttle::FailureThrottle>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, tunneld_core::metrics::MetricsError> {
+        let own = metrics.plugin::<RendezvousMetrics>()?;
+        Ok(Arc::new(Self {
             ids,
             throttle,
             cfg,
             metrics,
+            own,
             state: Mutex::default(),
             next: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -217,7 +222,7 @@ impl Registry {
     }
 
     fn refuse(&self, r: CodeRefusal) -> CodeRefusal {
-        self.metrics
+        self.own
             .rendezvous_totp_failures_total
             .with_label_values(&[r.reason()])
             .inc();
@@ -374,7 +379,7 @@ impl Registry {
         let max = self.max_parked();
         while q.parked.len() >= max {
             q.parked.pop_front();
-            self.metrics
+            self.own
                 .rendezvous_parked_dropped_total
                 .with_label_values(&["evicted"])
                 .inc();
@@ -385,7 +390,7 @@ impl Registry {
             addr,
             tx,
         });
-        self.metrics
+        self.own
             .rendezvous_parked
             .with_label_values(&[id])
             .set(q.parked.len() as i64);
@@ -422,13 +427,13 @@ impl Registry {
                 got = Some(p.tx);
                 break;
             }
-            self.metrics
+            self.own
                 .rendezvous_parked_dropped_total
                 .with_label_values(&["revoked"])
                 .inc();
         }
         if q.parked.len() != before {
-            self.metrics
+            self.own
                 .rendezvous_parked
                 .with_label_values(&[id])
                 .set(q.parked.len() as i64);

@@ -28,6 +28,9 @@ fn token(name: &str) -> TokenRecord {
 }
 
 fn count(m: &Metrics, name: &str, label: &str) -> u64 {
+    let m = m
+        .plugin::<crate::metrics::StateMetrics>()
+        .expect("registered");
     let v = match name {
         "checks" => &m.state_checks_total,
         _ => &m.state_lookups_total,
