@@ -6,7 +6,8 @@
 //! - The port can be shared with the `h2-reverse` transport (ALPN `tunneld-h2`) and with
 //!   original 2ptth initiators (ALPN `2ptth`, opt-in).
 //!
-//! Layout: [`config`], `frontend` (claims, routes), `names` (owners, grace, pools), `certs`
+//! Layout: [`config`], `frontend` (claims, routes), `names` (names asked for or random,
+//! pools; owners and grace in core's claim table), `certs`
 //! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
 //! `framing_guard` (refuses ambiguous HTTP/1.1 framing under the visitor server), `pages`
 //! (tunneld's own answers).
