@@ -109,7 +109,9 @@ impl Names {
         let owner = pool_owner(pool, &name, req)?;
         check_holder(&t, &name, &owner, req, now)?;
         if pool.is_none() {
-            check_names_quota(&t, &name, req, now)?;
+            // The client's `max_names`: the live names it owns besides `name`.
+            let held = t.claims.owned(&req.owner, now).filter(|(n, _)| **n != name);
+            check_quota(held.count(), req.max_names, "max_names", "names")?;
         }
         let gen = join(&mut t, &name, &owner, req);
         t.remembered.insert(key, name.clone());
@@ -204,8 +206,8 @@ impl Names {
         frontend: &str,
         endpoint: impl Fn(&str) -> String,
     ) -> Vec<RouteInfo> {
-        let now = Instant::now();
         let t = self.lock();
+        let now = Instant::now();
         t.claims
             .name_routes(frontend, now, endpoint, |m| Some(m.owner.as_str()))
     }
@@ -257,21 +259,6 @@ fn check_holder(
         });
     }
     Ok(())
-}
-
-/// Refuses a claim over the client's `max_names`: the live names it owns besides `name`.
-fn check_names_quota(
-    t: &Table,
-    name: &str,
-    req: &ClaimRequest,
-    now: Instant,
-) -> Result<(), ClaimError> {
-    let held = t
-        .claims
-        .owned(&req.owner, now)
-        .filter(|(n, _)| *n != name)
-        .count();
-    check_quota(held, req.max_names, "max_names", "names")
 }
 
 /// Adds the claiming tunnel as a member of `name` (made, or taken over by `owner` when it

@@ -113,7 +113,7 @@ impl Names {
         frontend: &str,
         endpoint: impl Fn(&str) -> String,
     ) -> Vec<RouteInfo> {
-        let now = Instant::now();
-        self.lock().name_routes(frontend, now, endpoint, |_| None)
+        self.lock()
+            .name_routes(frontend, Instant::now(), endpoint, |_| None)
     }
 }
