@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`io`]: the one stream type ([`io::BoxIo`]) and [`splice`], the two-way copier.
 //! - [`session`]: [`session::OpenStream`], [`session::StreamHeader`], [`session::Session`].
-//! - [`transport`] / [`frontend`]: the plug-in traits, used as trait objects.
+//! - [`transport`] / [`frontend`]: the plug-in traits, used as trait objects;
+//!   [`claim_table`]: the frontends' one owner/grace table (who holds which port or name).
 //! - [`hub`]: admission, claims and leases, and the [`hub::ServerMappings`] hook through which
 //!   the daemon's admin mappings (server-defined ports, pools) join sessions' tunnel lists;
 //!   [`live_sessions`]: the live sessions, their claims and stream budgets, and the targets
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod claim_table;
 pub mod clock;
 pub mod dial;
 pub mod duration;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tunneld_core::frontend::{
-    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, NameMember, NameRoute, RouteInfo,
+    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, NameRoute, RouteInfo,
 };
 use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::TunnelKind;
@@ -213,21 +213,6 @@ impl Frontend for HttpsFrontend {
     }
 
     fn route_name(&self, rest: &str) -> NameRoute {
-        match self.names.lookup_host(rest, true).1 {
-            Lookup::Active { kind, members } => NameRoute::Active {
-                kind,
-                members: members
-                    .into_iter()
-                    .map(|m| NameMember {
-                        owner: m.owner,
-                        tunnel: m.tunnel,
-                        target: m.target,
-                        proxy_protocol: m.proxy_protocol,
-                    })
-                    .collect(),
-            },
-            Lookup::Reserved => NameRoute::Reserved,
-            Lookup::Unknown => NameRoute::Unknown,
-        }
+        self.names.lookup_host(rest, true).1
     }
 }

@@ -7,7 +7,8 @@
 //!   original 2ptth initiators (ALPN `2ptth`, opt-in), whose links come from core's
 //!   `ReverseHttpLinks` (the daemon passes the h2-reverse crate's).
 //!
-//! Layout: [`config`], `frontend` (claims, routes), `names` (owners, grace, pools), `certs`
+//! Layout: [`config`], `frontend` (claims, routes), `names` (names asked for or random,
+//! pools; owners and grace in core's claim table), `certs`
 //! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
 //! `framing_guard` (refuses ambiguous HTTP/1.1 framing under the visitor server), `pages`
 //! (tunneld's own answers).

@@ -6,52 +6,31 @@
 use crate::config::valid_label;
 use prometheus::IntGauge;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tunneld_core::auth::random_bytes;
+use tunneld_core::claim_table::{check_quota, ClaimTable, Refusal, ReleaseGuard, Releases, Status};
 use tunneld_core::frontend::{Claim, ClaimError, ClaimRequest, RouteInfo};
-use tunneld_core::hub::Target;
 use tunneld_core::proto::TunnelKind;
-use tunneld_core::proxy_protocol;
 
 /// One client serving a name.
-#[derive(Clone)]
-pub(crate) struct Member {
-    pub owner: String,
-    pub tunnel: String,
-    pub target: Arc<dyn Target>,
-    pub proxy_protocol: Option<proxy_protocol::Version>,
-    gen: u64,
-}
-
+pub(crate) use tunneld_core::frontend::NameMember as Member;
 /// What a name resolves to.
-pub(crate) enum Lookup {
-    /// Members in the order to try (round-robin start first).
-    Active {
-        kind: TunnelKind,
-        members: Vec<Member>,
-    },
-    /// The owner is offline; the name is kept for it.
-    Reserved,
-    Unknown,
-}
+pub(crate) use tunneld_core::frontend::NameRoute as Lookup;
 
-struct Entry {
-    /// The owning client, or `pool:<name>` for pools.
-    owner: String,
+/// What a name keeps while it is reserved.
+struct NameData {
     kind: TunnelKind,
-    members: Vec<Member>,
-    /// Set when the last member left.
-    reserved_until: Option<Instant>,
+    /// The round-robin position among the members.
     next: usize,
 }
 
 #[derive(Default)]
 struct Table {
-    entries: HashMap<String, Entry>,
+    /// Each name's owner (the client, or `pool:<name>` for pools) and members.
+    claims: ClaimTable<String, NameData, Member>,
     /// The name each (owner, tunnel) last had, so a random name survives a reconnect.
     remembered: HashMap<(String, String), String>,
-    next_gen: u64,
 }
 
 pub(crate) struct Names {
@@ -62,18 +41,16 @@ pub(crate) struct Names {
     active: IntGauge,
 }
 
-struct Release {
-    names: Weak<Names>,
-    name: String,
-    gen: u64,
-    reserve: bool,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if let Some(names) = self.names.upgrade() {
-            names.release(&self.name, self.gen, self.reserve);
-        }
+impl Releases<String> for Names {
+    fn release(&self, name: &String, gen: u64, reserve: bool) {
+        let mut t = self.lock();
+        let pool = t
+            .claims
+            .get(name)
+            .is_some_and(|e| e.owner.starts_with("pool:"));
+        let grace = (reserve && !pool).then_some(self.grace);
+        t.claims.release(name, gen, grace, Instant::now());
+        self.update_gauge(&t);
     }
 }
 
@@ -105,28 +82,12 @@ impl Names {
     }
 
     fn update_gauge(&self, t: &Table) {
-        self.active
-            .set(t.entries.values().filter(|e| !e.members.is_empty()).count() as i64);
+        let active = t.claims.iter().filter(|(_, e)| e.is_active()).count();
+        self.active.set(active as i64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         tunneld_core::sync::lock(&self.table)
-    }
-
-    fn release(&self, name: &str, gen: u64, reserve: bool) {
-        let mut t = self.lock();
-        let Some(e) = t.entries.get_mut(name) else {
-            return;
-        };
-        e.members.retain(|m| m.gen != gen);
-        if e.members.is_empty() {
-            if reserve && !e.owner.starts_with("pool:") {
-                e.reserved_until = Some(Instant::now() + self.grace);
-            } else {
-                t.entries.remove(name);
-            }
-        }
-        self.update_gauge(&t);
     }
 
     /// Claims a name for a tunnel; `endpoint` renders the public URL of a name.
@@ -148,25 +109,23 @@ impl Names {
         let owner = pool_owner(pool, &name, req)?;
         check_holder(&t, &name, &owner, req, now)?;
         if pool.is_none() {
-            check_quota(&t, &name, req, now)?;
+            // The client's `max_names`: the live names it owns besides `name`.
+            let held = t.claims.owned(&req.owner, now).filter(|(n, _)| **n != name);
+            check_quota(held.count(), req.max_names, "max_names", "names")?;
         }
-        let gen = join(&mut t, &name, owner, req);
+        let gen = join(&mut t, &name, &owner, req);
         t.remembered.insert(key, name.clone());
         if t.remembered.len() > 100_000 {
             t.remembered.clear();
         }
         self.update_gauge(&t);
-        Ok(Claim {
-            endpoint: endpoint(&name),
-            port: None,
-            name: Some(name.clone()),
-            release: Box::new(Release {
-                names: Arc::downgrade(self),
-                name,
-                gen,
-                reserve: req.reserve_on_release,
-            }),
-        })
+        Ok(ReleaseGuard::name_claim(
+            Arc::downgrade(self),
+            endpoint(&name),
+            name,
+            gen,
+            req.reserve_on_release,
+        ))
     }
 
     /// The name a claim asks for: its subdomain (checked, lower-cased), else the name the
@@ -188,10 +147,10 @@ impl Names {
                 s
             }
             None => match t.remembered.get(key) {
-                Some(n) if t.entries.get(n).is_some_and(|e| e.owner == req.owner) => n.clone(),
+                Some(n) if t.claims.get(n).is_some_and(|e| e.owner == req.owner) => n.clone(),
                 _ => loop {
                     let n = random_name();
-                    if !t.entries.contains_key(&n) && !self.pools.contains_key(&n) {
+                    if t.claims.get(&n).is_none() && !self.pools.contains_key(&n) {
                         break n;
                     }
                 },
@@ -202,23 +161,22 @@ impl Names {
     fn lookup_inner(&self, name: &str, advance: bool) -> Lookup {
         let now = Instant::now();
         let mut t = self.lock();
-        let Some(e) = t.entries.get_mut(name) else {
+        let Some(e) = t.claims.get_mut(name) else {
             return Lookup::Unknown;
         };
-        if e.members.is_empty() {
-            return match e.reserved_until {
-                Some(u) if u > now => Lookup::Reserved,
-                _ => Lookup::Unknown,
-            };
+        match e.status(now) {
+            Status::Active => {}
+            Status::Reserved => return Lookup::Reserved,
+            Status::Expired => return Lookup::Unknown,
         }
-        let start = e.next % e.members.len();
+        let mut members: Vec<Member> = e.holders().cloned().collect();
+        let start = e.data.next % members.len();
         if advance {
-            e.next = e.next.wrapping_add(1);
+            e.data.next = e.data.next.wrapping_add(1);
         }
-        let mut members = e.members.clone();
         members.rotate_left(start);
         Lookup::Active {
-            kind: e.kind,
+            kind: e.data.kind,
             members,
         }
     }
@@ -248,34 +206,10 @@ impl Names {
         frontend: &str,
         endpoint: impl Fn(&str) -> String,
     ) -> Vec<RouteInfo> {
-        let now = Instant::now();
         let t = self.lock();
-        let mut v = Vec::new();
-        for (name, e) in &t.entries {
-            if e.members.is_empty() {
-                if e.reserved_until.is_some_and(|u| u > now) {
-                    v.push(RouteInfo {
-                        frontend: frontend.to_string(),
-                        owner: e.owner.clone(),
-                        tunnel: name.clone(),
-                        endpoint: endpoint(name),
-                        state: "reserved",
-                    });
-                }
-                continue;
-            }
-            for m in &e.members {
-                v.push(RouteInfo {
-                    frontend: frontend.to_string(),
-                    owner: m.owner.clone(),
-                    tunnel: name.clone(),
-                    endpoint: endpoint(name),
-                    state: "active",
-                });
-            }
-        }
-        v.sort_by(|a, b| (&a.tunnel, &a.owner).cmp(&(&b.tunnel, &b.owner)));
-        v
+        let now = Instant::now();
+        t.claims
+            .name_routes(frontend, now, endpoint, |m| Some(m.owner.as_str()))
     }
 }
 
@@ -304,22 +238,21 @@ fn check_holder(
     req: &ClaimRequest,
     now: Instant,
 ) -> Result<(), ClaimError> {
-    let Some(e) = t.entries.get(name) else {
-        return Ok(());
-    };
-    let live = !e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now);
-    if live && e.owner != owner {
+    if t.claims.check(name, owner, now) == Err(Refusal::OtherOwner) {
         return Err(ClaimError::NameHeld(name.to_string()));
     }
-    if live && e.kind != req.kind {
+    let Some(e) = t.claims.get(name).filter(|e| e.is_live(now)) else {
+        return Ok(());
+    };
+    if e.data.kind != req.kind {
         return Err(ClaimError::Invalid(format!(
             "name `{name}` already serves `{}` tunnels",
-            e.kind
+            e.data.kind
         )));
     }
     // One membership per client and name: a second live one (another tunnel, or
     // another session of the client) is refused; the hub names its holder.
-    if e.members.iter().any(|m| m.owner == req.owner) {
+    if e.holders().any(|m| m.owner == req.owner) {
         return Err(ClaimError::HeldBySession {
             port: None,
             name: Some(name.to_string()),
@@ -328,56 +261,20 @@ fn check_holder(
     Ok(())
 }
 
-/// Refuses a claim over the client's `max_names`: the live names it owns besides `name`.
-fn check_quota(t: &Table, name: &str, req: &ClaimRequest, now: Instant) -> Result<(), ClaimError> {
-    let Some(max) = req.max_names else {
-        return Ok(());
-    };
-    let held = t
-        .entries
-        .iter()
-        .filter(|(n, e)| {
-            n.as_str() != name
-                && e.owner == req.owner
-                && (!e.members.is_empty() || e.reserved_until.is_some_and(|u| u > now))
-        })
-        .count();
-    if held >= max as usize {
-        return Err(ClaimError::Quota {
-            limit: "max_names",
-            what: "names",
-            max,
-        });
-    }
-    Ok(())
-}
-
-/// Adds the claiming tunnel as a member of `name`'s entry (made, or taken over by `owner`
-/// when it has no member left); the new member's generation.
-fn join(t: &mut Table, name: &str, owner: String, req: &ClaimRequest) -> u64 {
-    t.next_gen += 1;
-    let gen = t.next_gen;
+/// Adds the claiming tunnel as a member of `name` (made, or taken over by `owner` when it
+/// has no member left); the new member's generation.
+fn join(t: &mut Table, name: &str, owner: &str, req: &ClaimRequest) -> u64 {
     let member = Member {
         owner: req.owner.clone(),
         tunnel: req.tunnel.clone(),
         target: req.target.clone(),
         proxy_protocol: req.proxy_protocol,
-        gen,
     };
-    let entry = t.entries.entry(name.to_string()).or_insert_with(|| Entry {
-        owner: owner.clone(),
-        kind: req.kind,
-        members: Vec::new(),
-        reserved_until: None,
-        next: 0,
-    });
-    if entry.members.is_empty() {
-        entry.owner = owner;
-        entry.kind = req.kind;
-    }
-    entry.reserved_until = None;
-    entry.members.push(member);
-    gen
+    t.claims
+        .join(name.to_string(), owner, member, |old| NameData {
+            kind: req.kind,
+            next: old.map_or(0, |d| d.next),
+        })
 }
 
 #[cfg(test)]

@@ -1,56 +1,39 @@
-//! Who holds which port. A port is `Active` (bound, a listener task serving it) or `Reserved`
-//! (released by a client tunnel; only the same client may take it back until the grace period
-//! ends). Releasing is synchronous, in the claim guard's `Drop`, so a replacing session of the
+//! Who holds which port, in core's claim table. A port is active (bound, a listener task
+//! serving it) or reserved (released by a client tunnel; only the same client may take it back
+//! until the grace period ends). Releasing is synchronous, in the claim guard's `Drop`, so a replacing session of the
 //! same client always finds its ports free for it.
 
 use crate::config::Config;
 use crate::listener::{self, Listening};
 use async_trait::async_trait;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tunneld_core::claim_table::{check_quota, ClaimTable, Refusal, ReleaseGuard, Releases, Status};
 use tunneld_core::frontend::{
     Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
 };
 use tunneld_core::proto::TunnelKind;
 
-enum State {
-    /// Being bound, or bound and served.
-    Active {
-        cancel: CancellationToken,
-        task: Option<JoinHandle<()>>,
-    },
-    /// Released; the old listener task is still winding down until `task` finishes.
-    Reserved {
-        until: Instant,
-        task: Option<JoinHandle<()>>,
-    },
-}
-
-struct Entry {
-    owner: String,
+/// A port's listener: being bound, or bound and served; after release, still winding down
+/// until `task` finishes.
+struct PortData {
     tunnel: String,
-    gen: u64,
     bind: IpAddr,
-    state: State,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
 }
 
-impl Entry {
-    /// A reservation whose grace period is over: anyone may take the port.
-    fn free(&self, now: Instant) -> bool {
-        matches!(self.state, State::Reserved { until, .. } if until <= now)
-    }
-
+impl PortData {
     fn task_finished(&self) -> bool {
-        match &self.state {
-            State::Reserved { task, .. } => task.as_ref().is_none_or(|t| t.is_finished()),
-            State::Active { .. } => false,
-        }
+        self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 }
+
+/// Ports with their owners; one holder (the claim) per active port.
+type Table = ClaimTable<u16, PortData, ()>;
 
 /// A port marked active for a claim that is about to bind it.
 struct Slot {
@@ -63,12 +46,6 @@ struct Slot {
     candidates: Vec<u16>,
 }
 
-#[derive(Default)]
-struct Table {
-    entries: HashMap<u16, Entry>,
-    next_gen: u64,
-}
-
 pub struct PortsFrontend {
     name: String,
     cfg: Config,
@@ -79,22 +56,6 @@ pub struct PortsFrontend {
 
 fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
     tunneld_core::sync::lock(t)
-}
-
-/// Releases a port when dropped.
-struct Release {
-    frontend: Weak<PortsFrontend>,
-    port: u16,
-    gen: u64,
-    reserve: bool,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if let Some(f) = self.frontend.upgrade() {
-            f.release(self.port, self.gen, self.reserve);
-        }
-    }
 }
 
 impl PortsFrontend {
@@ -112,40 +73,6 @@ impl PortsFrontend {
         &self.cfg
     }
 
-    fn release(&self, port: u16, gen: u64, reserve: bool) {
-        let mut t = lock(&self.table);
-        let Some(entry) = t.entries.get_mut(&port) else {
-            return;
-        };
-        if entry.gen != gen {
-            return;
-        }
-        let task = match &mut entry.state {
-            State::Active { cancel, task } => {
-                cancel.cancel();
-                task.take()
-            }
-            State::Reserved { .. } => return,
-        };
-        self.cx
-            .metrics
-            .ports_allocated
-            .with_label_values(&[&self.name])
-            .dec();
-        // An expired reservation, rather than no entry, keeps the old listener's task so the
-        // next claim of this port waits for the socket to close before binding it again.
-        let grace = if reserve {
-            self.cfg.reclaim_grace
-        } else {
-            Duration::ZERO
-        };
-        entry.state = State::Reserved {
-            until: Instant::now() + grace,
-            task,
-        };
-        tracing::info!(frontend = %self.name, port, owner = %entry.owner, ?grace, "port released");
-    }
-
     /// Picks the port for a request and marks it active, under the lock. Returns the port, the
     /// generation, the bind address and an old listener task to wait for.
     fn reserve_slot(&self, req: &ClaimRequest) -> Result<Slot, ClaimError> {
@@ -153,21 +80,12 @@ impl PortsFrontend {
         let now = Instant::now();
         // Expired reservations whose listener has closed are forgotten; the others stay
         // until a claim takes the port over and waits for their task.
-        t.entries.retain(|_, e| !e.free(now) || !e.task_finished());
+        t.retain(|_, e| e.status(now) != Status::Expired || !e.data.task_finished());
         let active_of_owner = t
-            .entries
-            .values()
-            .filter(|e| e.owner == req.owner && matches!(e.state, State::Active { .. }))
+            .owned(&req.owner, now)
+            .filter(|(_, e)| e.is_active())
             .count();
-        if let Some(max) = req.max_ports {
-            if active_of_owner >= max as usize {
-                return Err(ClaimError::Quota {
-                    limit: "max_ports",
-                    what: "ports",
-                    max,
-                });
-            }
-        }
+        check_quota(active_of_owner, req.max_ports, "max_ports", "ports")?;
         let bind = req.bind.unwrap_or(self.cfg.bind);
         let mut candidates = Vec::new();
         let port = match req.port {
@@ -179,27 +97,22 @@ impl PortsFrontend {
                         frontend: self.name.clone(),
                     });
                 }
-                match t.entries.get(&p) {
-                    Some(e) if e.free(now) => p,
-                    Some(e) if e.owner != req.owner => return Err(ClaimError::HeldByOther(p)),
-                    Some(Entry {
-                        state: State::Active { .. },
-                        ..
-                    }) => {
+                match t.check(&p, &req.owner, now) {
+                    Err(Refusal::OtherOwner) => return Err(ClaimError::HeldByOther(p)),
+                    Err(Refusal::Active) => {
                         return Err(ClaimError::HeldBySession {
                             port: Some(p),
                             name: None,
                         })
                     }
-                    _ => p,
+                    Ok(()) => p,
                 }
             }
             None => {
-                let reserved = t.entries.iter().find(|(_, e)| {
+                let reserved = t.iter().find(|(_, e)| {
                     e.owner == req.owner
-                        && e.tunnel == req.tunnel
-                        && !e.free(now)
-                        && matches!(e.state, State::Reserved { .. })
+                        && e.data.tunnel == req.tunnel
+                        && e.status(now) == Status::Reserved
                 });
                 match reserved {
                     Some((p, _)) => *p,
@@ -207,10 +120,10 @@ impl PortsFrontend {
                         // Free ports, starting at a varying offset so ports are not all reused
                         // in the same order; the caller binds the first that works.
                         let len = self.cfg.range.len();
-                        let start = (t.next_gen as usize).wrapping_mul(7919) % len;
+                        let start = (t.generation() as usize).wrapping_mul(7919) % len;
                         candidates = (0..len)
                             .map(|i| self.cfg.range.first + ((start + i) % len) as u16)
-                            .filter(|p| t.entries.get(p).is_none_or(|e| e.free(now)))
+                            .filter(|p| t.get(p).is_none_or(|e| e.status(now) == Status::Expired))
                             .take(64)
                             .collect();
                         match candidates.first() {
@@ -221,25 +134,16 @@ impl PortsFrontend {
                 }
             }
         };
-        t.next_gen += 1;
-        let gen = t.next_gen;
-        let old = t.entries.insert(
-            port,
-            Entry {
-                owner: req.owner.clone(),
+        let mut old_task = None;
+        let gen = t.join(port, &req.owner, (), |old| {
+            old_task = old.and_then(|d| d.task);
+            PortData {
                 tunnel: req.tunnel.clone(),
-                gen,
                 bind,
-                state: State::Active {
-                    cancel: CancellationToken::new(),
-                    task: None,
-                },
-            },
-        );
-        let old_task = match old.map(|e| e.state) {
-            Some(State::Reserved { task, .. }) => task,
-            _ => None,
-        };
+                cancel: CancellationToken::new(),
+                task: None,
+            }
+        });
         Ok(Slot {
             port,
             gen,
@@ -250,10 +154,7 @@ impl PortsFrontend {
     }
 
     fn forget(&self, port: u16, gen: u64) {
-        let mut t = lock(&self.table);
-        if t.entries.get(&port).is_some_and(|e| e.gen == gen) {
-            t.entries.remove(&port);
-        }
+        lock(&self.table).forget(&port, gen);
     }
 
     async fn bind_claimed(
@@ -362,13 +263,11 @@ impl Frontend for PortsFrontend {
         };
         {
             let mut t = lock(&self.table);
-            match t.entries.get_mut(&port) {
-                Some(e) if e.gen == gen => {
+            match t.get_mut(&port).filter(|e| e.is_held_by(gen)) {
+                Some(e) => {
                     let task = tokio::spawn(listener::run(tcp, serving, cancel.clone()));
-                    e.state = State::Active {
-                        cancel,
-                        task: Some(task),
-                    };
+                    e.data.cancel = cancel;
+                    e.data.task = Some(task);
                 }
                 // Released while binding (the session ended meanwhile).
                 _ => {
@@ -397,12 +296,12 @@ impl Frontend for PortsFrontend {
             endpoint: format!("tcp://{host}:{port}"),
             port: Some(port),
             name: None,
-            release: Box::new(Release {
-                frontend: self.me.clone(),
+            release: Box::new(ReleaseGuard::new(
+                self.me.clone(),
                 port,
                 gen,
-                reserve: req.reserve_on_release,
-            }),
+                req.reserve_on_release,
+            )),
         })
     }
 
@@ -410,21 +309,43 @@ impl Frontend for PortsFrontend {
         let t = lock(&self.table);
         let now = Instant::now();
         let mut v: Vec<RouteInfo> = t
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.free(now))
+            .live(now)
             .map(|(port, e)| RouteInfo {
                 frontend: self.name.clone(),
                 owner: e.owner.clone(),
-                tunnel: e.tunnel.clone(),
-                endpoint: format!("tcp://{}", SocketAddr::new(e.bind, *port)),
-                state: match e.state {
-                    State::Active { .. } => "active",
-                    State::Reserved { .. } => "reserved",
-                },
+                tunnel: e.data.tunnel.clone(),
+                endpoint: format!("tcp://{}", SocketAddr::new(e.data.bind, *port)),
+                state: e.state(),
             })
             .collect();
         v.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         v
+    }
+}
+
+impl Releases<u16> for PortsFrontend {
+    fn release(&self, port: &u16, gen: u64, reserve: bool) {
+        let port = *port;
+        let mut t = lock(&self.table);
+        // An expired reservation, rather than no entry, keeps the old listener's task so the
+        // next claim of this port waits for the socket to close before binding it again.
+        let grace = if reserve {
+            self.cfg.reclaim_grace
+        } else {
+            Duration::ZERO
+        };
+        if t.release(&port, gen, Some(grace), Instant::now()).is_none() {
+            return;
+        }
+        let Some(entry) = t.get(&port) else {
+            return;
+        };
+        entry.data.cancel.cancel();
+        self.cx
+            .metrics
+            .ports_allocated
+            .with_label_values(&[&self.name])
+            .dec();
+        tracing::info!(frontend = %self.name, port, owner = %entry.owner, ?grace, "port released");
     }
 }

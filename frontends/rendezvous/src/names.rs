@@ -2,9 +2,9 @@
 //! bound to its owner: another client asking for it is refused, and after the owner's session
 //! ends the name stays reserved for it during the grace period.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tunneld_core::claim_table::{ClaimTable, Refusal, ReleaseGuard, Releases, Status};
 use tunneld_core::frontend::{Claim, ClaimError, ClaimRequest, RouteInfo};
 use tunneld_core::hub::Target;
 use tunneld_core::proxy_protocol;
@@ -17,52 +17,18 @@ pub(crate) struct Route {
     pub proxy_protocol: Option<proxy_protocol::Version>,
 }
 
-enum State {
-    Active(Route),
-    Reserved { until: Instant },
-}
-
-struct Entry {
-    owner: String,
-    gen: u64,
-    state: State,
-}
-
-#[derive(Default)]
-struct Table {
-    entries: HashMap<String, Entry>,
-    next_gen: u64,
-}
+/// Names, their owners, and each active name's route.
+type Table = ClaimTable<String, (), Route>;
 
 pub(crate) struct Names {
     table: Mutex<Table>,
     grace: Duration,
 }
 
-struct Release {
-    names: Weak<Names>,
-    name: String,
-    gen: u64,
-    reserve: bool,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let Some(names) = self.names.upgrade() else {
-            return;
-        };
-        let mut t = names.lock();
-        if t.entries.get(&self.name).is_some_and(|e| e.gen == self.gen) {
-            if self.reserve {
-                if let Some(e) = t.entries.get_mut(&self.name) {
-                    e.state = State::Reserved {
-                        until: Instant::now() + names.grace,
-                    };
-                }
-            } else {
-                t.entries.remove(&self.name);
-            }
-        }
+impl Releases<String> for Names {
+    fn release(&self, name: &String, gen: u64, reserve: bool) {
+        let grace = reserve.then_some(self.grace);
+        self.lock().release(name, gen, grace, Instant::now());
     }
 }
 
@@ -102,65 +68,44 @@ impl Names {
                 "a rendezvous frontend routes by tunnel name: remove remote_port".into(),
             ));
         }
-        let now = Instant::now();
         let mut t = self.lock();
-        if let Some(e) = t.entries.get(&name) {
-            let held = match e.state {
-                State::Active(_) => true,
-                State::Reserved { until } => until > now,
-            };
-            if held && e.owner != req.owner {
-                return Err(ClaimError::NameHeld(name));
-            }
-            if matches!(e.state, State::Active(_)) {
+        match t.check(&name, &req.owner, Instant::now()) {
+            Err(Refusal::OtherOwner) => return Err(ClaimError::NameHeld(name)),
+            Err(Refusal::Active) => {
                 return Err(ClaimError::HeldBySession {
                     port: None,
                     name: Some(name),
-                });
+                })
             }
+            Ok(()) => {}
         }
-        t.next_gen += 1;
-        let gen = t.next_gen;
-        t.entries.insert(
-            name.clone(),
-            Entry {
-                owner: req.owner.clone(),
-                gen,
-                state: State::Active(Route {
-                    tunnel: req.tunnel.clone(),
-                    target: req.target.clone(),
-                    proxy_protocol: req.proxy_protocol,
-                }),
-            },
-        );
-        Ok(Claim {
+        let route = Route {
+            tunnel: req.tunnel.clone(),
+            target: req.target.clone(),
+            proxy_protocol: req.proxy_protocol,
+        };
+        let gen = t.join(name.clone(), &req.owner, route, |_| ());
+        Ok(ReleaseGuard::name_claim(
+            Arc::downgrade(self),
             endpoint,
-            port: None,
-            name: Some(name.clone()),
-            release: Box::new(Release {
-                names: Arc::downgrade(self),
-                name,
-                gen,
-                reserve: req.reserve_on_release,
-            }),
-        })
+            name,
+            gen,
+            req.reserve_on_release,
+        ))
     }
 
     /// The route of an active name.
     pub(crate) fn lookup(&self, name: &str) -> Option<Route> {
-        match &self.lock().entries.get(&name.to_ascii_lowercase())?.state {
-            State::Active(r) => Some(r.clone()),
-            State::Reserved { .. } => None,
-        }
+        let name = name.to_ascii_lowercase();
+        self.lock().get(&name)?.holders().next().cloned()
     }
 
     /// Whether the name is reserved for an owner whose session is gone.
     pub(crate) fn reserved(&self, name: &str) -> bool {
         let now = Instant::now();
-        matches!(
-            self.lock().entries.get(&name.to_ascii_lowercase()).map(|e| &e.state),
-            Some(State::Reserved { until }) if *until > now
-        )
+        let t = self.lock();
+        t.get(&name.to_ascii_lowercase())
+            .is_some_and(|e| e.status(now) == Status::Reserved)
     }
 
     pub(crate) fn routes(
@@ -168,27 +113,7 @@ impl Names {
         frontend: &str,
         endpoint: impl Fn(&str) -> String,
     ) -> Vec<RouteInfo> {
-        let now = Instant::now();
-        let mut v: Vec<RouteInfo> = self
-            .lock()
-            .entries
-            .iter()
-            .filter_map(|(name, e)| {
-                let state = match e.state {
-                    State::Active(_) => "active",
-                    State::Reserved { until } if until > now => "reserved",
-                    State::Reserved { .. } => return None,
-                };
-                Some(RouteInfo {
-                    frontend: frontend.to_string(),
-                    owner: e.owner.clone(),
-                    tunnel: name.clone(),
-                    endpoint: endpoint(name),
-                    state,
-                })
-            })
-            .collect();
-        v.sort_by(|a, b| a.tunnel.cmp(&b.tunnel));
-        v
+        self.lock()
+            .name_routes(frontend, Instant::now(), endpoint, |_| None)
     }
 }
