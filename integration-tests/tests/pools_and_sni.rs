@@ -203,9 +203,9 @@ struct Visit {
     result: anyhow::Result<String>,
 }
 
-/// Runs `total` visits with `workers` in parallel. `mark` flips when the caller changes
-/// something; each visit records whether it started after that and after alice's session
-/// was gone.
+/// Runs `total` visits (more if the mark comes late) with `workers` in parallel. `mark`
+/// flips when the caller changes something; each visit records whether it started after that
+/// and after alice's session was gone.
 async fn visitors(
     server: &TestServer,
     port: u16,
@@ -219,10 +219,14 @@ async fn visitors(
     for _ in 0..workers {
         let (hub, started, mark) = (hub.clone(), started.clone(), mark.clone());
         tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out: Vec<Visit> = Vec::new();
             loop {
                 let i = started.fetch_add(1, Ordering::SeqCst);
-                if i >= total {
+                // Past `total`, a worker goes on until it made a visit after the mark (a
+                // change that is slow under load must still see visitors after it), up to
+                // ten times `total` in all.
+                let saw_mark = out.iter().any(|v| v.after_mark);
+                if i >= total && (saw_mark || i >= total * 10) {
                     return out;
                 }
                 let after_mark = mark.load(Ordering::SeqCst);
