@@ -24,3 +24,27 @@ pub fn init(level: Option<&str>, format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Sets up logging, then runs `main` on a multi-threaded runtime; on an error (or a runtime
+/// that cannot start) prints it prefixed by `program` and exits with status 1. Both
+/// binaries' `main` end here.
+pub fn run_main<F>(program: &str, level: Option<&str>, format: LogFormat, main: F)
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init(level, format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(main) {
+        eprintln!("{program}: {e:#}");
+        std::process::exit(1);
+    }
+}

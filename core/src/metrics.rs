@@ -108,6 +108,17 @@ pub fn undocumented<'a>(names: &[&'a str], doc: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// For each crate's test of its set: `doc` (docs/metrics.md's text) names every series of
+/// `S`, and `S` registers on a fresh registry. Panics, naming what is wrong, otherwise.
+pub fn check_set<S: SeriesSet>(doc: &str) {
+    let missing = undocumented(S::NAMES, doc);
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    let m = Metrics::new().expect("a registry");
+    if let Err(e) = m.plugin::<S>() {
+        panic!("the series do not register: {e}");
+    }
+}
+
 /// Makes and registers one labelled counter (used by [`metric_series!`](crate::metric_series)).
 pub fn counter(
     r: &Registry,

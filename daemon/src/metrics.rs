@@ -33,17 +33,11 @@ pub fn of(m: &Metrics) -> Option<Arc<DaemonMetrics>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use tunneld_core::metrics::{undocumented, SeriesSet};
-
     /// docs/metrics.md documents each series, and the set registers.
     #[test]
     fn documented_and_registers() {
-        let doc =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
-                .expect("docs/metrics.md");
-        assert_eq!(undocumented(DaemonMetrics::NAMES, &doc), Vec::<&str>::new());
-        let m = Metrics::new().expect("registry");
-        assert!(of(&m).is_some());
+        tunneld_core::metrics::check_set::<super::DaemonMetrics>(include_str!(
+            "../../docs/metrics.md"
+        ));
     }
 }

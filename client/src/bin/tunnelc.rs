@@ -391,24 +391,13 @@ fn main() {
         );
         return;
     }
-    logging::init(
-        cli.log_level.as_deref().or(cfg.log.level.as_deref()),
+    let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
+    logging::run_main(
+        "tunnelc",
+        level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
+        run(cfg, http_mode),
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tunnelc: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = rt.block_on(run(cfg, http_mode)) {
-        eprintln!("tunnelc: {e:#}");
-        std::process::exit(1);
-    }
 }
 
 fn print_tunnels(tunnels: &[TunnelStatus]) {

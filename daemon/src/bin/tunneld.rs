@@ -93,24 +93,13 @@ fn main() {
         );
         return;
     }
-    logging::init(
-        cli.log_level.as_deref().or(cfg.log.level.as_deref()),
+    let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
+    logging::run_main(
+        "tunneld",
+        level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
+        run(cfg),
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tunneld: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = rt.block_on(run(cfg)) {
-        eprintln!("tunneld: {e:#}");
-        std::process::exit(1);
-    }
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {

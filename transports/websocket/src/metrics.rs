@@ -14,19 +14,11 @@ tunneld_core::metric_series! {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use tunneld_core::metrics::{undocumented, Metrics, SeriesSet};
-
     /// docs/metrics.md documents each series, and the set registers.
     #[test]
     fn documented_and_registers() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/metrics.md"
-        ))
-        .expect("docs/metrics.md");
-        assert_eq!(undocumented(WsMetrics::NAMES, &doc), Vec::<&str>::new());
-        let m = Metrics::new().expect("registry");
-        assert!(m.plugin::<WsMetrics>().is_ok());
+        tunneld_core::metrics::check_set::<super::WsMetrics>(include_str!(
+            "../../../docs/metrics.md"
+        ));
     }
 }

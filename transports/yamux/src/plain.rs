@@ -10,33 +10,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunneld_core::limits::Permit;
-use tunneld_core::tls_listener::{accept_loop, Tasks};
 use tunneld_core::transport::TransportContext;
 
 impl YamuxTransport {
-    /// Accepts threshold / koding clients over plain TCP until the drain ends.
-    pub(crate) async fn serve_plain(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        cx: TransportContext,
-    ) {
-        accept_loop(
-            &listener,
-            &cx.shutdown,
-            &cx.name,
-            Tasks::Tracked(&cx.tasks),
-            |peer| Self::admit(&cx, peer),
-            |tcp, peer, permit| {
-                let (me, cx2) = (self.clone(), cx.clone());
-                async move { me.handle_plain(tcp, peer, permit, cx2).await }
-            },
-        )
-        .await;
-    }
-
-    /// A plain-TCP threshold client: the CONNECT head (identity from the header), then the
-    /// same session as over TLS.
-    async fn handle_plain(
+    /// A plain-TCP threshold client (`threshold.plain_listen`): the CONNECT head (identity
+    /// from the header), then the same session as over TLS.
+    pub(crate) async fn handle_plain(
         self: Arc<Self>,
         mut tcp: TcpStream,
         peer: SocketAddr,

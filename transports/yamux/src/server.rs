@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -122,9 +122,30 @@ impl Transport for YamuxTransport {
         if let Some(plain) = self.plain.as_ref().and_then(BoundListener::take) {
             tracing::warn!(transport = %cx.name, addr = %self.plain_addr().map(|a| a.to_string()).unwrap_or_default(), "plain-TCP threshold listener (no TLS: trusted networks only)");
             let (me, cx2) = (self.clone(), cx.clone());
-            tokio::spawn(me.serve_plain(plain, cx2));
+            tokio::spawn(async move { me.accept_on(plain, Listener::Plain, cx2).await });
         }
-        // An address over its failed-authentication budget costs no TLS handshake.
+        self.accept_on(listener, Listener::Tls, cx).await;
+        Ok(())
+    }
+}
+
+/// Which of the transport's listeners a connection came in on.
+#[derive(Clone, Copy)]
+enum Listener {
+    Tls,
+    /// threshold's plain-TCP listener.
+    Plain,
+}
+
+impl YamuxTransport {
+    /// Accepts on one listener until the drain ends. An address over its
+    /// failed-authentication budget costs no handshake.
+    async fn accept_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        which: Listener,
+        cx: TransportContext,
+    ) {
         accept_loop(
             &listener,
             &cx.shutdown,
@@ -133,11 +154,15 @@ impl Transport for YamuxTransport {
             |peer| Self::admit(&cx, peer),
             |tcp, peer, permit| {
                 let (me, cx2) = (self.clone(), cx.clone());
-                async move { me.handle(tcp, peer, permit, cx2).await }
+                async move {
+                    match which {
+                        Listener::Tls => me.handle(tcp, peer, permit, cx2).await,
+                        Listener::Plain => me.handle_plain(tcp, peer, permit, cx2).await,
+                    }
+                }
             },
         )
         .await;
-        Ok(())
     }
 }
 
