@@ -6,8 +6,17 @@ use ring::hmac;
 /// Digits of every code.
 pub const DIGITS: u32 = 6;
 
+/// Why a TOTP secret was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the secret is not base32: {0}")]
+    NotBase32(data_encoding::DecodeError),
+    #[error("the secret is {0} bytes; at least 10 (16 base32 characters) are needed")]
+    TooShort(usize),
+}
+
 /// Decodes a base32 secret (RFC 4648; case, spaces and padding are ignored).
-pub fn decode_secret(s: &str) -> Result<Vec<u8>, String> {
+pub fn decode_secret(s: &str) -> Result<Vec<u8>, SecretError> {
     let clean: String = s
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '=')
@@ -15,12 +24,9 @@ pub fn decode_secret(s: &str) -> Result<Vec<u8>, String> {
         .collect();
     let bytes = data_encoding::BASE32_NOPAD
         .decode(clean.as_bytes())
-        .map_err(|e| format!("the secret is not base32: {e}"))?;
+        .map_err(SecretError::NotBase32)?;
     if bytes.len() < 10 {
-        return Err(format!(
-            "the secret is {} bytes; at least 10 (16 base32 characters) are needed",
-            bytes.len()
-        ));
+        return Err(SecretError::TooShort(bytes.len()));
     }
     Ok(bytes)
 }

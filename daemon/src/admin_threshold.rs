@@ -19,17 +19,20 @@ pub enum Shape {
     Threshold,
 }
 
+/// A `?shape=` the API does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shape `{0}` is unknown: use `tunneld` or `threshold`")]
+pub struct UnknownShape(pub String);
+
 impl Shape {
     /// `?shape=threshold|tunneld` overrides the configured default.
-    pub fn from_query(query: Option<&str>, default: Shape) -> Result<Shape, String> {
+    pub fn from_query(query: Option<&str>, default: Shape) -> Result<Shape, UnknownShape> {
         for pair in query.unwrap_or("").split('&') {
             if let Some(v) = pair.strip_prefix("shape=") {
                 return match v {
                     "threshold" => Ok(Shape::Threshold),
                     "tunneld" => Ok(Shape::Tunneld),
-                    other => Err(format!(
-                        "shape `{other}` is unknown: use `tunneld` or `threshold`"
-                    )),
+                    other => Err(UnknownShape(other.to_string())),
                 };
             }
         }

@@ -209,8 +209,13 @@ struct HttpArgs {
     trust: TrustArgs,
 }
 
+/// A `tunnelc http` target that is none of the forms it takes.
+#[derive(Debug, thiserror::Error)]
+#[error("target `{0}`: give a port, host:port or http://host:port")]
+struct BadTarget(String);
+
 /// `port`, `host:port` or `http://host:port` -> (address to connect, Host to send).
-fn http_target(t: &str) -> Result<(String, String), String> {
+fn http_target(t: &str) -> Result<(String, String), BadTarget> {
     let t = t.trim().trim_end_matches('/');
     let t = t.strip_prefix("http://").unwrap_or(t);
     if let Ok(port) = t.parse::<u16>() {
@@ -218,16 +223,14 @@ fn http_target(t: &str) -> Result<(String, String), String> {
     }
     match tunneld_client::config::client::split_host_port(t) {
         Some(_) => Ok((t.to_string(), t.to_string())),
-        None => Err(format!(
-            "target `{t}`: give a port, host:port or http://host:port"
-        )),
+        None => Err(BadTarget(t.to_string())),
     }
 }
 
 fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
     let file = tunneld_client::config::user::path();
     let d = tunneld_client::config::user::load(file.as_deref()).map_err(|e| vec![e])?;
-    let (local, host) = http_target(&a.target).map_err(|e| vec![e])?;
+    let (local, host) = http_target(&a.target).map_err(|e| vec![e.to_string()])?;
     let Some(server) = a.server.or(d.server) else {
         return Err(vec![format!(
             "server: give --server http(s)://host[:port] or set `server:` in {}",
