@@ -40,23 +40,71 @@ pub struct ClaimRequest {
     pub tunnel: String,
     /// What the tunnel carries.
     pub kind: TunnelKind,
-    /// The public name asked for (subdomain frontends); `None` for one picked by tunneld.
-    pub subdomain: Option<String>,
-    /// A specific port, or `None` for any free one.
-    pub port: Option<u16>,
-    /// Bind address override (admin mappings); `None` uses the frontend's own.
-    pub bind: Option<IpAddr>,
-    /// Local target chosen by tunneld (admin mappings).
-    pub target_override: Option<String>,
+    /// Where the tunnel asks to be reached.
+    pub ask: Ask,
     pub proxy_protocol: Option<proxy_protocol::Version>,
-    /// The owner's quota of ports (ports frontends).
-    pub max_ports: Option<u32>,
-    /// The owner's quota of names (subdomain frontends).
-    pub max_names: Option<u32>,
+    /// The owner's quotas; each frontend applies the one for what it hands out.
+    pub quota: Quota,
     /// Where visitor streams go.
     pub target: Arc<dyn Target>,
     /// Admin mappings are not reserved after release; client tunnels are, for a grace period.
     pub reserve_on_release: bool,
+}
+
+/// What a tunnel asks a frontend for. A frontend that cannot give it refuses the claim
+/// (a name frontend asked for a port); a ports frontend asked for a name picks a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Whatever the frontend picks: a free port, or the tunnel's remembered or a random name.
+    Any,
+    /// A public name (subdomain frontends), as the client wrote it.
+    Name(String),
+    /// A port, on the frontend's own bind address or on `bind` (admin mappings).
+    Port { port: u16, bind: Option<IpAddr> },
+}
+
+impl Ask {
+    /// What a tunnel request names: its port if any, else its name if any, else anything.
+    pub fn of(name: Option<String>, port: Option<u16>) -> Self {
+        match (port, name) {
+            (Some(port), _) => Ask::Port { port, bind: None },
+            (None, Some(name)) => Ask::Name(name),
+            (None, None) => Ask::Any,
+        }
+    }
+
+    /// The port asked for.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Ask::Port { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// The bind address asked for.
+    pub fn bind(&self) -> Option<IpAddr> {
+        match self {
+            Ask::Port { bind, .. } => *bind,
+            _ => None,
+        }
+    }
+
+    /// The name asked for.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Ask::Name(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// An owner's quotas (`None`: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Ports on ports frontends.
+    pub ports: Option<u32>,
+    /// Names on subdomain frontends.
+    pub names: Option<u32>,
 }
 
 /// A refusal, in words tunnelc shows to its user.

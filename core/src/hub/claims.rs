@@ -3,6 +3,7 @@
 //! holder keeps it when it answers, is replaced when it does not).
 
 use super::*;
+use crate::frontend::{Ask, Quota};
 
 impl Hub {
     /// Probes `holder`; replaces it when it does not answer. True when it answered.
@@ -147,13 +148,12 @@ impl Hub {
             owner: owner.to_string(),
             tunnel: t.name.clone(),
             kind: t.kind,
-            subdomain: t.subdomain.clone(),
-            port: t.remote_port,
-            bind: None,
-            target_override: None,
+            ask: Ask::of(t.subdomain.clone(), t.remote_port),
             proxy_protocol: t.proxy_protocol,
-            max_ports: who.max_ports,
-            max_names: who.max_names,
+            quota: Quota {
+                ports: who.max_ports,
+                names: who.max_names,
+            },
             target: Arc::new(SessionTarget(Via::Session(Arc::downgrade(session)))),
             reserve_on_release: true,
         };

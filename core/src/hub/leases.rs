@@ -2,6 +2,7 @@
 //! connected, taken over by a hello that names the tunnel.
 
 use super::*;
+use crate::frontend::{Ask, Quota};
 
 /// A route a provisioned tunnel holds (see [`Hub::lease`]).
 pub struct LeaseRequest {
@@ -72,13 +73,9 @@ impl Hub {
                 owner: r.owner.clone(),
                 tunnel: r.tunnel.clone(),
                 kind: r.kind,
-                subdomain: r.subdomain,
-                port: r.port,
-                bind: None,
-                target_override: None,
+                ask: Ask::of(r.subdomain, r.port),
                 proxy_protocol: None,
-                max_ports: None,
-                max_names: None,
+                quota: Quota::default(),
                 target: Arc::new(SessionTarget(Via::Lease {
                     sessions: Arc::downgrade(&self.sessions),
                     client_id: r.owner.clone(),

@@ -4,6 +4,7 @@
 use super::*;
 use async_trait::async_trait;
 use std::sync::Mutex;
+use tunneld_core::frontend::{Ask, Quota};
 use tunneld_core::frontend::{ClaimError, ClaimRequest};
 
 #[async_trait]
@@ -241,13 +242,12 @@ async fn open_port(
             owner,
             tunnel: format!("mapping-{}", key.2),
             kind: TunnelKind::Tcp,
-            subdomain: None,
-            port: Some(key.2),
-            bind: key.1,
-            target_override: None,
+            ask: Ask::Port {
+                port: key.2,
+                bind: key.1,
+            },
             proxy_protocol: None,
-            max_ports: None,
-            max_names: None,
+            quota: Quota::default(),
             target: table.clone(),
             reserve_on_release: false,
         })

@@ -189,12 +189,7 @@ impl Frontend for HttpsFrontend {
     }
 
     async fn claim(self: Arc<Self>, req: ClaimRequest) -> Result<Claim, ClaimError> {
-        if req
-            .subdomain
-            .as_deref()
-            .is_some_and(|s| s.starts_with("*."))
-            && req.kind != TunnelKind::Tls
-        {
+        if req.ask.name().is_some_and(|s| s.starts_with("*.")) && req.kind != TunnelKind::Tls {
             return Err(ClaimError::Invalid(
                 "a wildcard subdomain (`*.name`) is only for `tls` (passthrough) tunnels".into(),
             ));

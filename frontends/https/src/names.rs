@@ -96,7 +96,7 @@ impl Names {
         req: &ClaimRequest,
         endpoint: impl Fn(&str) -> String,
     ) -> Result<Claim, ClaimError> {
-        if req.port.is_some() {
+        if req.ask.port().is_some() {
             return Err(ClaimError::Invalid(
                 "an https-subdomain frontend routes by name: remove remote_port".into(),
             ));
@@ -111,7 +111,7 @@ impl Names {
         if pool.is_none() {
             // The client's `max_names`: the live names it owns besides `name`.
             let held = t.claims.owned(&req.owner, now).filter(|(n, _)| **n != name);
-            check_quota(held.count(), req.max_names, "max_names", "names")?;
+            check_quota(held.count(), req.quota.names, "max_names", "names")?;
         }
         let gen = join(&mut t, &name, &owner, req);
         t.remembered.insert(key, name.clone());
@@ -136,7 +136,7 @@ impl Names {
         req: &ClaimRequest,
         key: &(String, String),
     ) -> Result<String, ClaimError> {
-        Ok(match &req.subdomain {
+        Ok(match req.ask.name() {
             Some(s) => {
                 let s = s.to_ascii_lowercase();
                 if !valid_label(s.strip_prefix("*.").unwrap_or(&s)) {

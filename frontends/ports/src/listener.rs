@@ -30,7 +30,6 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) struct Listening {
     pub frontend: String,
     pub tunnel: String,
-    pub target_override: Option<String>,
     pub proxy_protocol: Option<proxy_protocol::Version>,
     pub target: Arc<dyn Target>,
     pub open_timeout: Duration,
@@ -70,7 +69,7 @@ async fn serve_visitor(
     let started = Instant::now();
     let header = StreamHeader {
         tunnel: l.tunnel.clone(),
-        target: l.target_override.clone(),
+        target: None,
         visitor: peer,
         public,
         proxy_protocol: l.proxy_protocol,

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::claim_table::{check_quota, ClaimTable, Refusal, ReleaseGuard, Releases, Status};
 use tunneld_core::frontend::{
-    Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
+    Ask, Claim, ClaimError, ClaimRequest, Frontend, FrontendContext, RouteInfo,
 };
 use tunneld_core::proto::TunnelKind;
 
@@ -85,10 +85,10 @@ impl PortsFrontend {
             .owned(&req.owner, now)
             .filter(|(_, e)| e.is_active())
             .count();
-        check_quota(active_of_owner, req.max_ports, "max_ports", "ports")?;
-        let bind = req.bind.unwrap_or(self.cfg.bind);
+        check_quota(active_of_owner, req.quota.ports, "max_ports", "ports")?;
+        let bind = req.ask.bind().unwrap_or(self.cfg.bind);
         let mut candidates = Vec::new();
-        let port = match req.port {
+        let port = match req.ask.port() {
             Some(p) => {
                 if !self.cfg.range.contains(p) {
                     return Err(ClaimError::OutOfRange {
@@ -173,12 +173,12 @@ impl PortsFrontend {
         }
         match bind_retrying(
             SocketAddr::new(bind, port),
-            req.port.is_some() || candidates.is_empty(),
+            req.ask.port().is_some() || candidates.is_empty(),
         )
         .await
         {
             Ok(l) => return Ok((port, gen, l)),
-            Err(e) if req.port.is_some() || candidates.is_empty() => {
+            Err(e) if req.ask.port().is_some() || candidates.is_empty() => {
                 self.forget(port, gen);
                 let reason = e.to_string();
                 return Err(match e.kind() {
@@ -191,7 +191,10 @@ impl PortsFrontend {
         // An assigned port was taken by another program: try the next free ones.
         for p in candidates.into_iter().skip(1) {
             let mut one = req.clone();
-            one.port = Some(p);
+            one.ask = Ask::Port {
+                port: p,
+                bind: req.ask.bind(),
+            };
             let Ok(Slot {
                 port, gen, bind, ..
             }) = self.reserve_slot(&one)
@@ -254,7 +257,6 @@ impl Frontend for PortsFrontend {
         let serving = Listening {
             frontend: self.name.clone(),
             tunnel: req.tunnel.clone(),
-            target_override: req.target_override.clone(),
             proxy_protocol: req.proxy_protocol,
             target: req.target.clone(),
             open_timeout: self.cfg.open_timeout,

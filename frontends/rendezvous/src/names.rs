@@ -63,7 +63,7 @@ impl Names {
                 "`{name}` cannot be a tunnel name on a rendezvous frontend (it looks like an address)"
             )));
         }
-        if req.port.is_some() {
+        if req.ask.port().is_some() {
             return Err(ClaimError::Invalid(
                 "a rendezvous frontend routes by tunnel name: remove remote_port".into(),
             ));
