@@ -64,8 +64,6 @@ crate::metric_series! {
         "Visitor connections that could not be given a stream, by reason";
     counter bytes_total: "tunneld_bytes_total", ["frontend", "direction"],
         "Bytes relayed, by direction (in = visitor to tunnel client, out = back)";
-    gauge ports_allocated: "tunneld_ports_allocated", ["frontend"],
-        "Public ports currently bound for tunnels";
     counter claims_refused_total: "tunneld_claims_refused_total", ["frontend", "reason"],
         "Tunnel requests refused by a frontend, by reason";
     counter rendezvous_park_requests_total: "tunneld_rendezvous_park_requests_total", ["outcome"],

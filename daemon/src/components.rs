@@ -54,6 +54,7 @@ pub(crate) async fn build_frontends(
         let built: Arc<dyn Frontend> = match f {
             FrontendConfig::Ports(c) => {
                 tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), base.fcx.clone())
+                    .context("metrics registry")?
             }
             FrontendConfig::Rendezvous(c) => {
                 let tls_cfg =

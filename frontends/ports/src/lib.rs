@@ -7,6 +7,7 @@
 
 pub mod config;
 mod listener;
+pub mod metrics;
 mod table;
 
 pub use config::{Config, PortRange};

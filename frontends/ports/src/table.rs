@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::listener::{self, Listening};
+use crate::metrics::PortsMetrics;
 use async_trait::async_trait;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
@@ -50,6 +51,8 @@ pub struct PortsFrontend {
     name: String,
     cfg: Config,
     cx: FrontendContext,
+    /// This frontend's own series.
+    own: Arc<PortsMetrics>,
     table: Mutex<Table>,
     me: Weak<PortsFrontend>,
 }
@@ -59,14 +62,21 @@ fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 }
 
 impl PortsFrontend {
-    pub fn new(name: &str, cfg: Config, cx: FrontendContext) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+    /// Its series register on the context's metrics.
+    pub fn new(
+        name: &str,
+        cfg: Config,
+        cx: FrontendContext,
+    ) -> Result<Arc<Self>, tunneld_core::metrics::MetricsError> {
+        let own = cx.metrics.plugin::<PortsMetrics>()?;
+        Ok(Arc::new_cyclic(|me| Self {
             name: name.to_string(),
             cfg,
             cx,
+            own,
             table: Mutex::new(Table::default()),
             me: me.clone(),
-        })
+        }))
     }
 
     pub fn config(&self) -> &Config {
@@ -280,8 +290,7 @@ impl Frontend for PortsFrontend {
                 }
             }
         }
-        self.cx
-            .metrics
+        self.own
             .ports_allocated
             .with_label_values(&[&self.name])
             .inc();
@@ -343,8 +352,7 @@ impl Releases<u16> for PortsFrontend {
             return;
         };
         entry.data.cancel.cancel();
-        self.cx
-            .metrics
+        self.own
             .ports_allocated
             .with_label_values(&[&self.name])
             .dec();
