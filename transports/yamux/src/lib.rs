@@ -8,6 +8,7 @@
 //! [`threshold`] (the dialect of threshold / koding-tunnel clients, opt-in).
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod client;
 mod coalesce;
 pub mod config;

@@ -1,5 +1,6 @@
 //! tunneld side of the yamux transport.
 
+use crate::accept::Listener;
 use crate::config::Config;
 use crate::control;
 use crate::driver::{drive, driver_end, OpenReply};
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -25,7 +26,7 @@ use tunneld_core::proto::{
 };
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
-use tunneld_core::tls_listener::{accept_loop, BoundListener, Tasks};
+use tunneld_core::tls_listener::BoundListener;
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 use yamux::{Connection, ConnectionError, Mode};
 
@@ -129,43 +130,6 @@ impl Transport for YamuxTransport {
     }
 }
 
-/// Which of the transport's listeners a connection came in on.
-#[derive(Clone, Copy)]
-enum Listener {
-    Tls,
-    /// threshold's plain-TCP listener.
-    Plain,
-}
-
-impl YamuxTransport {
-    /// Accepts on one listener until the drain ends. An address over its
-    /// failed-authentication budget costs no handshake.
-    async fn accept_on(
-        self: Arc<Self>,
-        listener: TcpListener,
-        which: Listener,
-        cx: TransportContext,
-    ) {
-        accept_loop(
-            &listener,
-            &cx.shutdown,
-            &cx.name,
-            Tasks::Tracked(&cx.tasks),
-            |peer| Self::admit(&cx, peer),
-            |tcp, peer, permit| {
-                let (me, cx2) = (self.clone(), cx.clone());
-                async move {
-                    match which {
-                        Listener::Tls => me.handle(tcp, peer, permit, cx2).await,
-                        Listener::Plain => me.handle_plain(tcp, peer, permit, cx2).await,
-                    }
-                }
-            },
-        )
-        .await;
-    }
-}
-
 /// Which protocol the client speaks.
 enum Dialect {
     Native(Hello),
@@ -199,7 +163,7 @@ type Handshaken = (Tls, Option<String>, Dialect);
 
 impl YamuxTransport {
     /// Serves one accepted connection: the handshake, then the session of its dialect.
-    async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
