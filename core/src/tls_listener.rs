@@ -7,6 +7,7 @@
 use crate::io::BoxIo;
 use crate::limits::AddressLimiter;
 use crate::metrics::Metrics;
+use crate::transport::TransportError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,29 @@ impl BoundListener {
             listener: std::sync::Mutex::new(Some(listener)),
             local,
         })
+    }
+
+    /// Binds a transport's listener; the error names the address.
+    pub async fn for_transport(addr: SocketAddr) -> Result<Self, TransportError> {
+        Self::bind(addr)
+            .await
+            .map_err(|source| TransportError::Bind { addr, source })
+    }
+
+    /// [`Self::for_transport`] for an optional listener.
+    pub async fn for_transport_opt(
+        addr: Option<SocketAddr>,
+    ) -> Result<Option<Self>, TransportError> {
+        match addr {
+            Some(addr) => Self::for_transport(addr).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The listener for a transport's `serve`, which runs once.
+    pub fn take_for_serve(&self) -> Result<TcpListener, TransportError> {
+        self.take()
+            .ok_or_else(|| TransportError::Other("transport already serving".into()))
     }
 
     pub fn local_addr(&self) -> SocketAddr {

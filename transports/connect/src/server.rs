@@ -27,13 +27,7 @@ impl ConnectTransport {
         parking: Arc<dyn Parking>,
         auth: Arc<Authenticator>,
     ) -> Result<Self, TransportError> {
-        let listener =
-            BoundListener::bind(cfg.listen)
-                .await
-                .map_err(|source| TransportError::Bind {
-                    addr: cfg.listen,
-                    source,
-                })?;
+        let listener = BoundListener::for_transport(cfg.listen).await?;
         Ok(Self {
             cfg,
             listener,
@@ -55,10 +49,7 @@ impl Transport for ConnectTransport {
     }
 
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
-        let listener = self
-            .listener
-            .take()
-            .ok_or_else(|| TransportError::Other("serve called twice".into()))?;
+        let listener = self.listener.take_for_serve()?;
         let spec = ListenerSpec {
             component: cx.name.clone(),
             tls: Some(self.tls.clone()),

@@ -33,14 +33,7 @@ pub struct H2ReverseTransport {
 impl H2ReverseTransport {
     /// Binds the own listener (when configured) now, so port 0 works.
     pub async fn bind(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Result<Self, TransportError> {
-        let listener = match cfg.listen {
-            Some(addr) => Some(
-                BoundListener::bind(addr)
-                    .await
-                    .map_err(|source| TransportError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
+        let listener = BoundListener::for_transport_opt(cfg.listen).await?;
         Ok(Self {
             cfg,
             listener,

@@ -51,13 +51,7 @@ impl WebsocketTransport {
         metrics: &Metrics,
     ) -> Result<Arc<Self>, TransportError> {
         let own = metrics.plugin::<WsMetrics>()?;
-        let listener =
-            BoundListener::bind(cfg.listen)
-                .await
-                .map_err(|source| TransportError::Bind {
-                    addr: cfg.listen,
-                    source,
-                })?;
+        let listener = BoundListener::for_transport(cfg.listen).await?;
         let verifier = cfg
             .auth_key
             .as_ref()

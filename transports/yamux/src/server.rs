@@ -48,21 +48,10 @@ impl YamuxTransport {
         metrics: &Metrics,
     ) -> Result<Self, TransportError> {
         let own = metrics.plugin::<YamuxMetrics>()?;
-        let listener =
-            BoundListener::bind(cfg.listen)
-                .await
-                .map_err(|source| TransportError::Bind {
-                    addr: cfg.listen,
-                    source,
-                })?;
-        let plain = match cfg.threshold.as_ref().and_then(|t| t.plain_listen) {
-            Some(addr) => Some(
-                BoundListener::bind(addr)
-                    .await
-                    .map_err(|source| TransportError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
+        let listener = BoundListener::for_transport(cfg.listen).await?;
+        let plain =
+            BoundListener::for_transport_opt(cfg.threshold.as_ref().and_then(|t| t.plain_listen))
+                .await?;
         Ok(Self {
             cfg,
             listener,
@@ -115,10 +104,7 @@ impl Transport for YamuxTransport {
     }
 
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
-        let listener = self
-            .listener
-            .take()
-            .ok_or_else(|| TransportError::Other("transport already serving".into()))?;
+        let listener = self.listener.take_for_serve()?;
         tracing::info!(transport = %cx.name, addr = %self.listener.local_addr(), "yamux transport listening");
         if let Some(plain) = self.plain.as_ref().and_then(BoundListener::take) {
             tracing::warn!(transport = %cx.name, addr = %self.plain_addr().map(|a| a.to_string()).unwrap_or_default(), "plain-TCP threshold listener (no TLS: trusted networks only)");
