@@ -17,7 +17,7 @@ use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::{Hello, TunnelRequest, TunnelStatus, VERSION};
 use tunneld_core::proxy_protocol;
-use tunneld_core::session::{LocalConnector, LocalError, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, LocalError, StreamHeader};
 use tunneld_core::tls::{client_config, ClientTrust};
 use tunneld_transport_yamux::{dial, DialOptions};
 
@@ -91,12 +91,6 @@ enum Dialer {
     Websocket(tunneld_transport_websocket::DialOptions),
 }
 
-enum Session {
-    Yamux(Box<tunneld_transport_yamux::Connected>),
-    H2(Box<tunneld_transport_h2_reverse::Connected>),
-    Websocket(Box<tunneld_transport_websocket::Connected>),
-}
-
 impl Dialer {
     fn new(cfg: &ClientConfig) -> anyhow::Result<Self> {
         Ok(match cfg.transport {
@@ -128,39 +122,12 @@ impl Dialer {
         })
     }
 
-    async fn dial(&self, hello: &Hello) -> Result<Session, DialError> {
-        match self {
-            Dialer::Yamux(o) => dial(o, hello).await.map(|c| Session::Yamux(Box::new(c))),
-            Dialer::H2(o) => tunneld_transport_h2_reverse::dial(o, hello)
-                .await
-                .map(|c| Session::H2(Box::new(c))),
-            Dialer::Websocket(o) => tunneld_transport_websocket::dial(o, hello)
-                .await
-                .map(|c| Session::Websocket(Box::new(c))),
-        }
-    }
-}
-
-impl Session {
-    fn welcome(&self) -> (String, Vec<TunnelStatus>) {
-        match self {
-            Session::Yamux(c) => (c.client_id.clone(), c.tunnels.clone()),
-            Session::H2(c) => (c.client_id.clone(), c.tunnels.clone()),
-            Session::Websocket(c) => (c.client_id.clone(), c.tunnels.clone()),
-        }
-    }
-
-    async fn run(
-        self,
-        connector: Arc<dyn LocalConnector>,
-        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
-        stop: CancellationToken,
-    ) -> String {
-        match self {
-            Session::Yamux(c) => c.run(connector, updates, stop).await,
-            Session::H2(c) => c.run(connector, updates, stop).await,
-            Session::Websocket(c) => c.run(connector, updates, stop).await,
-        }
+    async fn dial(&self, hello: &Hello) -> Result<Box<dyn ClientSession>, DialError> {
+        Ok(match self {
+            Dialer::Yamux(o) => Box::new(dial(o, hello).await?),
+            Dialer::H2(o) => Box::new(tunneld_transport_h2_reverse::dial(o, hello).await?),
+            Dialer::Websocket(o) => Box::new(tunneld_transport_websocket::dial(o, hello).await?),
+        })
     }
 }
 

@@ -144,6 +144,21 @@ pub enum LocalError {
     },
 }
 
+/// tunnelc side: a session a transport's dial made and tunneld welcomed.
+#[async_trait]
+pub trait ClientSession: Send {
+    /// The client id and tunnel list of tunneld's welcome.
+    fn welcome(&self) -> (String, Vec<crate::proto::TunnelStatus>);
+    /// Serves tunneld's streams until the session ends or `stop` is cancelled; returns why
+    /// it ended. Tunnel list changes pushed by tunneld go to `updates`.
+    async fn run(
+        self: Box<Self>,
+        connector: std::sync::Arc<dyn LocalConnector>,
+        updates: tokio::sync::mpsc::UnboundedSender<Vec<crate::proto::TunnelStatus>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> String;
+}
+
 /// tunnelc side: turns a stream header into a connection to the local service (resolving the
 /// tunnel's target and writing a PROXY header when asked). The error is shown to tunneld.
 #[async_trait]

@@ -21,7 +21,7 @@ use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, coalesced, empty, full, http1_over, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
-use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
 /// How to reach tunneld. The link's HTTP/2 settings follow from what tunneld announces
@@ -31,7 +31,7 @@ pub struct DialOptions {
     pub target: DialTarget,
 }
 
-/// An accepted session, ready to [`Connected::run`].
+/// An accepted session, ready to run ([`ClientSession::run`]).
 pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
@@ -77,20 +77,24 @@ fn answer(status: StatusCode, error: Option<&str>) -> Response<Body> {
     r
 }
 
-impl Connected {
-    /// Serves tunneld's requests until the connection ends or `stop` is cancelled; returns
-    /// why it ended. Tunnel list changes pushed by tunneld go to `updates`.
-    pub async fn run(
-        self,
+#[async_trait::async_trait]
+impl ClientSession for Connected {
+    fn welcome(&self) -> (String, Vec<TunnelStatus>) {
+        (self.client_id.clone(), self.tunnels.clone())
+    }
+
+    async fn run(
+        self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
         updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
         stop: CancellationToken,
     ) -> String {
+        let this = *self;
         let streams = CancellationToken::new();
         let _streams_guard = streams.clone().drop_guard();
         let ctx = Arc::new(Ctx {
             connector,
-            limits: self.limits,
+            limits: this.limits,
             updates,
             streams,
         });
@@ -98,10 +102,10 @@ impl Connected {
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(handle(req, ctx).await) }
         });
-        let conn = self
+        let conn = this
             .tuning
-            .server(self.keepalive)
-            .serve_connection(TokioIo::new(self.io), svc);
+            .server(this.keepalive)
+            .serve_connection(TokioIo::new(this.io), svc);
         tokio::select! {
             r = conn => match r {
                 Ok(()) => "tunneld closed the connection".to_string(),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::DialError;
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::{Control, Hello, ServerHello, TunnelStatus};
-use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
 /// Conversations tunnelc accepts at once on one session.
@@ -103,7 +103,7 @@ pub struct DialOptions {
     pub timeout: Duration,
 }
 
-/// An accepted session, ready to [`Connected::run`].
+/// An accepted session, ready to run ([`ClientSession::run`]).
 pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
@@ -257,23 +257,28 @@ async fn exchange_hello(
     Ok(answer)
 }
 
-impl Connected {
-    /// Serves conversations until the session ends or `stop`; returns why it ended.
-    pub async fn run(
-        self,
+#[async_trait::async_trait]
+impl ClientSession for Connected {
+    fn welcome(&self) -> (String, Vec<TunnelStatus>) {
+        (self.client_id.clone(), self.tunnels.clone())
+    }
+
+    async fn run(
+        self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
         updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
         stop: CancellationToken,
     ) -> String {
+        let this = *self;
         let (mux, outbox) = Mux::new(true, MAX_CONVERSATIONS, Default::default());
         let m = mux.clone();
         // tunneld answers our pings; silence for three intervals means the path is dead.
-        let idle = self.keepalive * 3;
+        let idle = this.keepalive * 3;
         let ended = drive(
-            self.ws,
+            this.ws,
             mux,
             outbox,
-            Some(self.keepalive),
+            Some(this.keepalive),
             idle,
             stop,
             move |msg| match msg {

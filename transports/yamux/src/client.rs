@@ -13,7 +13,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
-use tunneld_core::session::{LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 use yamux::{Connection, Mode};
 
@@ -24,7 +24,7 @@ pub struct DialOptions {
     pub tuning: Tuning,
 }
 
-/// An accepted session, ready to [`Connected::run`].
+/// An accepted session, ready to run ([`ClientSession::run`]).
 pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
@@ -47,19 +47,23 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
     })
 }
 
-impl Connected {
-    /// Serves the session until it ends or `stop` is cancelled; returns why it ended.
-    /// Tunnel list changes pushed by tunneld go to `updates`.
-    pub async fn run(
-        self,
+#[async_trait::async_trait]
+impl ClientSession for Connected {
+    fn welcome(&self) -> (String, Vec<TunnelStatus>) {
+        (self.client_id.clone(), self.tunnels.clone())
+    }
+
+    async fn run(
+        self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
         updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
         stop: CancellationToken,
     ) -> String {
+        let this = *self;
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(4);
         let streams = CancellationToken::new();
         let streams_guard = streams.clone().drop_guard();
-        let driver = drive(self.conn, open_rx, move |stream| {
+        let driver = drive(this.conn, open_rx, move |stream| {
             let connector = connector.clone();
             let cancel = streams.clone();
             tokio::spawn(async move {
@@ -69,7 +73,7 @@ impl Connected {
                 }
             });
         });
-        let interval = self.keepalive;
+        let interval = this.keepalive;
         let control = async move {
             let (tx, rx) = oneshot::channel();
             if open_tx.send(tx).await.is_err() {
