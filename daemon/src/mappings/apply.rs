@@ -4,8 +4,7 @@
 use super::*;
 use async_trait::async_trait;
 use std::sync::Mutex;
-use tunneld_core::frontend::{Ask, Quota};
-use tunneld_core::frontend::{ClaimError, ClaimRequest};
+use tunneld_core::frontend::{Ask, ClaimError, ClaimRequest, Quota};
 
 #[async_trait]
 impl ServerMappings for AdminMappings {
