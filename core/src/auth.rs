@@ -112,6 +112,8 @@ pub struct TokenEntry {
     pub client_id: String,
     pub digest: [u8; 32],
     pub max_ports: Option<u32>,
+    /// Fingerprints (`SHA256:...`) of the SSH keys that authenticate as this client too.
+    pub ssh_keys: Vec<String>,
 }
 
 /// Who a session is.
@@ -178,6 +180,8 @@ pub enum AuthError {
     Missing,
     #[error("invalid token")]
     BadToken,
+    #[error("unknown SSH key")]
+    UnknownKey,
     #[error("client certificate has no usable common name")]
     BadCertificate,
     /// A known token that may not be used (expired, revoked).
@@ -192,6 +196,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_credentials",
             AuthError::BadToken => "bad_token",
+            AuthError::UnknownKey => "unknown_key",
             AuthError::BadCertificate => "bad_certificate",
             AuthError::Refused(_) => "token_refused",
             AuthError::Unavailable(_) => "store_error",
@@ -214,13 +219,15 @@ impl AuthError {
 }
 
 /// Checks credentials against the configured tokens and certificate policy.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Authenticator {
     pub tokens: Vec<TokenEntry>,
     /// Quota for clients identified by certificate.
     pub certificate_max_ports: Option<u32>,
     /// Tokens made with `tunneld token add`, checked after the configured ones.
     pub stored: Option<StoredTokens>,
+    /// SSH keys kept outside the config file, checked after the configured ones.
+    pub stored_keys: Option<std::sync::Arc<dyn crate::ssh_keys::SshKeyStore>>,
 }
 
 impl Authenticator {
@@ -288,6 +295,51 @@ impl Authenticator {
     }
 }
 
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens.len())
+            .field("certificate_max_ports", &self.certificate_max_ports)
+            .field("stored", &self.stored.is_some())
+            .field("stored_keys", &self.stored_keys.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// The grant of the SSH key whose fingerprint is `fingerprint` (a key the transport has
+    /// seen signed for): a configured token's key first, then the stored keys.
+    pub async fn authenticate_ssh_key(
+        &self,
+        fingerprint: &str,
+    ) -> Result<crate::ssh_keys::KeyGrant, AuthError> {
+        use crate::ssh_keys::{KeyGrant, StoredKey};
+        if let Some(e) = self
+            .tokens
+            .iter()
+            .find(|e| e.ssh_keys.iter().any(|k| k == fingerprint))
+        {
+            return Ok(KeyGrant::Client(Identity::new(
+                e.client_id.clone(),
+                "ssh-key",
+                e.max_ports,
+            )));
+        }
+        let Some(store) = &self.stored_keys else {
+            return Err(AuthError::UnknownKey);
+        };
+        match store
+            .lookup_ssh_key(fingerprint)
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?
+        {
+            None => Err(AuthError::UnknownKey),
+            Some(StoredKey::Refused(why)) => Err(AuthError::Refused(why)),
+            Some(StoredKey::Usable(grant)) => Ok(grant),
+        }
+    }
+}
+
 /// Random bytes from the operating system (for jitter and generated names).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
@@ -313,6 +365,7 @@ mod tests {
                     client_id: "alice".into(),
                     digest: token_digest("alice-secret-token-0001").expect("digest"),
                     max_ports: Some(2),
+                    ssh_keys: Vec::new(),
                 },
                 TokenEntry {
                     client_id: "bob".into(),
@@ -322,10 +375,12 @@ mod tests {
                     ))
                     .expect("digest"),
                     max_ports: None,
+                    ssh_keys: Vec::new(),
                 },
             ],
             certificate_max_ports: Some(5),
             stored: None,
+            stored_keys: None,
         }
     }
 

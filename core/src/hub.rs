@@ -29,12 +29,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod added;
 mod admit;
 mod claim_retry;
 mod claims;
 mod leases;
 
-pub use leases::{Claimed, LeaseRequest};
+pub use added::Added;
+pub use leases::{lease_name, Claimed, LeaseRequest};
 
 /// Maximum tunnels one hello may request.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;

@@ -58,6 +58,7 @@ pub mod reverse_http;
 pub mod session;
 pub mod sni;
 pub mod splice;
+pub mod ssh_keys;
 pub mod stream_budget;
 pub mod sync;
 pub mod throttle;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 /// A claim a session holds, with the frontend it is on.
 pub(crate) struct HeldClaim {
     pub(crate) frontend: String,
+    /// The session's tunnel the claim serves.
+    pub(crate) tunnel: String,
     pub(crate) claim: Claim,
 }
 

@@ -93,12 +93,23 @@ fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<
             digest: token_digest(&t.token.0)
                 .map_err(|e| anyhow::anyhow!("auth.tokens.{id}.token: {e}"))?,
             max_ports: t.max_ports,
+            ssh_keys: t
+                .ssh_keys
+                .iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    tunneld_core::ssh_keys::parse_line(line)
+                        .map(|k| k.fingerprint)
+                        .map_err(|e| anyhow::anyhow!("auth.tokens.{id}.ssh_keys[{i}]: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
         });
     }
     Ok(Authenticator {
         tokens,
         certificate_max_ports: cfg.auth.certificate_max_ports,
         stored: Some(StoredTokens(cache.clone())),
+        stored_keys: None,
     })
 }
 

@@ -84,7 +84,11 @@ impl Hub {
                         .frontend_for(t.kind, t.frontend.as_deref())
                         .map(|f| f.name().to_string())
                         .unwrap_or_default();
-                    lock(&session.claims).push(HeldClaim { frontend, claim });
+                    lock(&session.claims).push(HeldClaim {
+                        frontend,
+                        tunnel: t.name.clone(),
+                        claim,
+                    });
                     return Ok(out);
                 }
                 Err(ClaimError::HeldBySession { port, name }) if !tried_replacing => {

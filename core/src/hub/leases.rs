@@ -107,4 +107,36 @@ impl Hub {
             .get(&(owner.to_string(), tunnel.to_string()))
             .map(|l| l.claim.endpoint.clone())
     }
+
+    /// The port a lease holds, when it holds one.
+    pub fn lease_port(&self, owner: &str, tunnel: &str) -> Option<u16> {
+        lock(&self.leases)
+            .get(&(owner.to_string(), tunnel.to_string()))
+            .and_then(|l| l.claim.port)
+    }
+
+    /// The tunnel name of `owner`'s lease of `kind` that holds `port` or `name` (a client
+    /// that asks for a route by its public port or name, as SSH's `tcpip-forward` does).
+    pub fn lease_at(
+        &self,
+        owner: &str,
+        kind: TunnelKind,
+        port: Option<u16>,
+        name: Option<&str>,
+    ) -> Option<String> {
+        lock(&self.leases)
+            .iter()
+            .find(|((o, _), l)| {
+                o == owner
+                    && l.kind == kind
+                    && ((port.is_some() && l.claim.port == port)
+                        || (name.is_some() && l.claim.name.as_deref() == name))
+            })
+            .map(|((_, t), _)| t.clone())
+    }
+}
+
+/// The lease (hello tunnel) name of one protocol of a provisioned tunnel.
+pub fn lease_name(tunnel: &str, protocol: &str) -> String {
+    format!("{tunnel}-{protocol}")
 }

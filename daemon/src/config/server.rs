@@ -113,6 +113,10 @@ pub struct TokenConfig {
     pub token: Secret,
     #[serde(default)]
     pub max_ports: Option<u32>,
+    /// OpenSSH public key lines (`ssh-ed25519 AAAA... comment`) that authenticate as this
+    /// client on `ssh` transports.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

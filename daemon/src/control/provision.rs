@@ -29,7 +29,7 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 
 /// The hello tunnel name of one protocol of a tunnel.
 pub fn hello_name(name: &str, protocol: &str) -> String {
-    format!("{name}-{protocol}")
+    tunneld_core::hub::lease_name(name, protocol)
 }
 
 fn kind_of(protocol: &str) -> TunnelKind {
