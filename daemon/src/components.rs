@@ -225,5 +225,15 @@ async fn bind_transport(
                 .await
                 .with_context(|| format!("transports.{name}"))?
         }
+        TransportConfig::Ssh(c) => Arc::new(
+            tunneld_transport_ssh::SshTransport::bind(
+                c.clone(),
+                &base.state_dir,
+                base.auth.clone(),
+                &base.metrics,
+            )
+            .await
+            .with_context(|| format!("transports.{name}"))?,
+        ),
     })
 }

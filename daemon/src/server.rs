@@ -266,6 +266,8 @@ pub(crate) struct Base {
     /// Cancelled when the drain ends.
     pub(crate) closing: CancellationToken,
     pub(crate) visitors: TaskTracker,
+    /// Where components keep their own files (the ssh transport's host key).
+    pub(crate) state_dir: std::path::PathBuf,
 }
 
 impl Base {
@@ -318,6 +320,7 @@ impl Base {
         // Codes used before a restart stay used (startup: a blocking read is fine here).
         registry.load_used(registry.ids.used_codes());
         Ok(Self {
+            state_dir: cfg.state_dir.clone(),
             metrics,
             identity,
             client_auth,

@@ -56,6 +56,7 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         "transports.h2.listen=127.0.0.1:0".into(),
         "frontends.web.listen=127.0.0.1:0".into(),
         "transports.ws.listen=127.0.0.1:0".into(),
+        "transports.ssh.listen=127.0.0.1:0".into(),
         "control.listen=127.0.0.1:0".into(),
         "control.web_listen=127.0.0.1:0".into(),
         format!("frontends.tcp.range={a}-{b}"),

@@ -29,7 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "frontends",
     "control",
 ];
-pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket"];
+pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket", "ssh"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
 
 #[doc(hidden)]
@@ -284,6 +284,7 @@ pub enum TransportConfig {
     Connect(tunneld_transport_connect::Config),
     H2Reverse(tunneld_transport_h2_reverse::Config),
     Websocket(tunneld_transport_websocket::Config),
+    Ssh(tunneld_transport_ssh::Config),
 }
 
 /// A frontend, by `type:`.

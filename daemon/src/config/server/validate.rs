@@ -76,6 +76,14 @@ fn parse_transports(raw: &Raw, errors: &mut Vec<String>) -> Transports {
                     })?;
                     Ok(TransportConfig::Websocket(c))
                 }
+                "ssh" => {
+                    let c: tunneld_transport_ssh::Config =
+                        load::component("transports", name, value)?;
+                    c.validate().map_err(|(k, m)| {
+                        ConfigError::one(format!("transports.{name}.{k}: {m}"))
+                    })?;
+                    Ok(TransportConfig::Ssh(c))
+                }
                 _ => unreachable_type(&ty),
             },
         );

@@ -1,0 +1,509 @@
+//! One SSH connection: public-key authentication against tunneld's keys, then remote
+//! forwards as claims on the frontends. Everything else an SSH server usually offers
+//! (commands, shells, sftp, local forwards, agent and X11 forwarding) is refused; a shell or
+//! `-t` request gets the public URLs printed instead, and `-N` stays quiet.
+
+use crate::forwards::{wanted, Forward, Forwards, SshOpener, Wanted};
+use crate::metrics::SshMetrics;
+use russh::keys::HashAlg;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tunneld_core::auth::Authenticator;
+use tunneld_core::hub::{lease_name, SessionGuard};
+use tunneld_core::proto::{Hello, TunnelKind, TunnelRequest, VERSION};
+use tunneld_core::ssh_keys::KeyGrant;
+use tunneld_core::transport::TransportContext;
+
+/// Session channels (for printed URLs) one connection may open.
+const MAX_SESSION_CHANNELS: usize = 2;
+
+pub(crate) struct Conn {
+    pub(crate) cx: TransportContext,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) metrics: Arc<SshMetrics>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) max_forwards: usize,
+    pub(crate) opener: Arc<SshOpener>,
+    pub(crate) forwards: Arc<Forwards>,
+    /// Cancelled once the client is authenticated and admitted (ends the handshake deadline).
+    pub(crate) admitted: CancellationToken,
+    pub(crate) grant: Option<KeyGrant>,
+    pub(crate) guard: Option<SessionGuard>,
+    pub(crate) next_tunnel: u32,
+    pub(crate) session_channels: Vec<ChannelId>,
+    pub(crate) shells: Vec<ChannelId>,
+}
+
+impl Conn {
+    fn count_auth(&self, outcome: &str) {
+        self.metrics
+            .auth_total
+            .with_label_values(&[&self.cx.name, outcome])
+            .inc();
+    }
+
+    fn refuse(&self, request: &str) {
+        self.metrics
+            .refused_total
+            .with_label_values(&[&self.cx.name, request])
+            .inc();
+    }
+
+    async fn grant_of(&mut self, key: &russh::keys::PublicKey) -> Option<KeyGrant> {
+        if self.cx.hub.throttle.check(self.peer.ip()).is_err() {
+            self.count_auth("throttled");
+            return None;
+        }
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        match self.auth.authenticate_ssh_key(&fp).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.count_auth(e.reason());
+                if self.cx.hub.refusal_log.allow() {
+                    tracing::info!(transport = %self.cx.name, peer = %self.peer, fingerprint = %fp, "SSH key refused: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// The tunnel a forward request becomes, or why it is refused.
+    fn request_for(&mut self, w: &Wanted) -> Result<TunnelRequest, String> {
+        let grant = self.grant.as_ref().ok_or("not authenticated")?;
+        let owner = &grant.identity().client_id;
+        let (kind, port, name) = match w {
+            Wanted::Port(p) => (TunnelKind::Tcp, *p, None),
+            Wanted::Name { kind, name } => (*kind, None, name.clone()),
+        };
+        let lease = self.cx.hub.lease_at(owner, kind, port, name.as_deref());
+        if let KeyGrant::Tunnel { tunnel, .. } = grant {
+            let prefix = lease_name(tunnel, "");
+            return match lease {
+                Some(l) if l.starts_with(&prefix) => Ok(request(l, kind, port, name)),
+                _ => Err(format!(
+                    "this key may only forward the ports and names of tunnel `{tunnel}`"
+                )),
+            };
+        }
+        if let Some(l) = lease {
+            return Ok(request(l, kind, port, name));
+        }
+        self.next_tunnel += 1;
+        let tunnel = match (&name, port) {
+            (Some(n), _) => format!("{n}-{kind}"),
+            (None, Some(p)) => format!("tcp-{p}"),
+            (None, None) => format!("ssh-{kind}-{}", self.next_tunnel),
+        };
+        Ok(request(tunnel, kind, port, name))
+    }
+
+    /// Writes `text` to every shell channel the client opened.
+    fn tell(&self, session: &mut Session, text: &str) {
+        for id in &self.shells {
+            let _ = session.data(*id, text.replace('\n', "\r\n").into_bytes());
+        }
+    }
+
+    fn url_lines(&self) -> String {
+        let all = self.forwards.all();
+        if all.is_empty() {
+            return "tunneld: no forwards yet (ssh -R 0:localhost:PORT, -R NAME:80:localhost:PORT)\n"
+                .into();
+        }
+        all.iter()
+            .map(|f| format!("tunneld: {} -> {}:{}\n", f.endpoint, f.address, f.port))
+            .collect()
+    }
+}
+
+fn request(
+    name: String,
+    kind: TunnelKind,
+    port: Option<u16>,
+    sub: Option<String>,
+) -> TunnelRequest {
+    TunnelRequest {
+        name,
+        kind,
+        remote_port: port,
+        frontend: None,
+        proxy_protocol: None,
+        subdomain: sub,
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Unknown keys are refused before the client signs anything (no signature check
+        // spent on them); known ones are looked up again once verified.
+        Ok(match self.grant_of(offer.public_key).await {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.grant_of(key.public_key).await {
+            Some(g) => {
+                self.grant = Some(g);
+                Ok(Auth::Accept)
+            }
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(grant) = self.grant.clone() else {
+            return Err(russh::Error::NotAuthenticated);
+        };
+        let _ = self.opener.handle.set(session.handle());
+        let agent = String::from_utf8_lossy(session.remote_sshid()).into_owned();
+        let hello = Hello {
+            version: VERSION,
+            token: None,
+            tunnels: Vec::new(),
+            accept_server_mappings: false,
+            agent,
+            max_streams: None,
+            instance: None,
+        };
+        let admitted = self
+            .cx
+            .hub
+            .admit_identity(
+                grant.identity().clone(),
+                &hello,
+                &self.cx.name,
+                "ssh",
+                self.peer,
+                self.opener.clone(),
+            )
+            .await;
+        match admitted {
+            Ok((guard, _)) => {
+                self.count_auth("ok");
+                // The session ends when the hub ends it (token revoked, shutdown, replaced).
+                let (closed, handle) = (guard.session.closed.clone(), session.handle());
+                tokio::spawn(async move {
+                    closed.cancelled().await;
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "tunneld ended this session".into(),
+                            "en".into(),
+                        )
+                        .await;
+                });
+                self.guard = Some(guard);
+                self.admitted.cancel();
+                Ok(())
+            }
+            Err(rej) => {
+                tracing::warn!(transport = %self.cx.name, peer = %self.peer, outcome = rej.outcome, "SSH client rejected: {}", rej.reason);
+                let _ = session.disconnect(russh::Disconnect::ByApplication, &rej.reason, "en");
+                Err(russh::Error::Disconnect)
+            }
+        }
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let asked = *port;
+        let w = match wanted(address, asked) {
+            Ok(w) => w,
+            Err(e) => {
+                let why = e.to_string();
+                return Ok(self.forward_refused(session, (address, asked), "-", "invalid", &why));
+            }
+        };
+        let kind = match &w {
+            Wanted::Port(_) => TunnelKind::Tcp,
+            Wanted::Name { kind, .. } => *kind,
+        };
+        if self.forwards.len() >= self.max_forwards {
+            let why = format!("at most {} forwards per SSH session", self.max_forwards);
+            return Ok(self.forward_refused(
+                session,
+                (address, asked),
+                &kind.to_string(),
+                "too_many",
+                &why,
+            ));
+        }
+        let t = match self.request_for(&w) {
+            Ok(t) => t,
+            Err(why) => {
+                return Ok(self.forward_refused(
+                    session,
+                    (address, asked),
+                    &kind.to_string(),
+                    "not_leased",
+                    &why,
+                ));
+            }
+        };
+        let (Some(guard), Some(grant)) = (&self.guard, &self.grant) else {
+            return Ok(false);
+        };
+        match self.cx.hub.claim_added(guard, grant.identity(), &t).await {
+            Ok(added) => {
+                if asked == 0 {
+                    *port = u32::from(added.port.unwrap_or(0));
+                }
+                let client_port = if asked == 0 { *port } else { asked };
+                self.forwards.insert(
+                    t.name.clone(),
+                    Forward {
+                        address: address.to_string(),
+                        port: client_port,
+                        kind,
+                        endpoint: added.endpoint.clone(),
+                    },
+                );
+                self.metrics
+                    .forwards_total
+                    .with_label_values(&[&self.cx.name, &kind.to_string(), "ok"])
+                    .inc();
+                tracing::info!(transport = %self.cx.name, client = %grant.identity().client_id, tunnel = %t.name, endpoint = %added.endpoint, "SSH forward open");
+                self.tell(
+                    session,
+                    &format!("tunneld: {} -> {address}:{client_port}\n", added.endpoint),
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                let (reason, why) = (e.reason(), e.to_string());
+                Ok(
+                    self.forward_refused(
+                        session,
+                        (address, asked),
+                        &kind.to_string(),
+                        reason,
+                        &why,
+                    ),
+                )
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let (Some(tunnel), Some(guard)) =
+            (self.forwards.remove_by_request(address, port), &self.guard)
+        else {
+            return Ok(false);
+        };
+        self.cx.hub.release_added(&guard.session, &tunnel);
+        tracing::info!(transport = %self.cx.name, tunnel = %tunnel, "SSH forward cancelled");
+        Ok(true)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.session_channels.len() >= MAX_SESSION_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        // Requests and data on it come through the callbacks below; the channel's own queue
+        // is dropped so it never fills.
+        self.session_channels.push(channel.id());
+        drop(channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.session_channels.retain(|c| *c != channel);
+        self.shells.retain(|c| *c != channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col: u32,
+        _row: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.shells.push(channel);
+        let text = format!(
+            "{}tunneld: this session only forwards ports; Ctrl-C or q ends it.\n",
+            self.url_lines()
+        );
+        let _ = session.data(channel, text.replace('\n', "\r\n").into_bytes());
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.shells.contains(&channel) && data.iter().any(|b| matches!(b, 3 | 4 | b'q')) {
+            self.shells.retain(|c| *c != channel);
+            let _ = session.exit_status_request(channel, 0);
+            let _ = session.eof(channel);
+            let _ = session.close(channel);
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("exec");
+        let _ = session.extended_data(
+            channel,
+            1,
+            b"tunneld runs no commands: use ssh -N -R ...\r\n".to_vec(),
+        );
+        session.channel_failure(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("subsystem");
+        session.channel_failure(channel)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11");
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("agent");
+        Ok(false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _orig: &str,
+        _orig_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("direct-tcpip");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _orig: &str,
+        _orig_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        _path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("streamlocal");
+        Ok(false)
+    }
+}
+
+impl Conn {
+    /// Counts and logs a refused forward, tells the client's shell (if any), and answers no.
+    fn forward_refused(
+        &self,
+        session: &mut Session,
+        (address, port): (&str, u32),
+        kind: &str,
+        reason: &str,
+        why: &str,
+    ) -> bool {
+        self.metrics
+            .forwards_total
+            .with_label_values(&[&self.cx.name, kind, reason])
+            .inc();
+        if self.cx.hub.refusal_log.allow() {
+            tracing::warn!(transport = %self.cx.name, peer = %self.peer, %address, port, "SSH forward refused: {why}");
+        }
+        self.tell(
+            session,
+            &format!("tunneld: forward {address}:{port} refused: {why}\n"),
+        );
+        false
+    }
+}
