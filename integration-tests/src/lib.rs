@@ -10,6 +10,7 @@ pub mod neighbour;
 pub mod pki;
 pub mod process;
 pub mod services;
+pub mod ssh;
 
 pub use pki::{client_pki, server_pki};
 
