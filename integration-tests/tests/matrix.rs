@@ -11,6 +11,7 @@ use tunneld_integration_tests::process::go_threshold_client_or_skip;
 use tunneld_integration_tests::services::{
     http_echo, tagged_echo, tls_local, visit_tagged, visit_tagged_over,
 };
+use tunneld_integration_tests::ssh;
 use tunneld_integration_tests::{
     endpoint_of, port_block, server_pki, temp_dir, TestClient, TestServer, WAIT,
 };
@@ -195,8 +196,8 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     let h2_http = http_echo("http-via-h2").await;
     let h2_tcp = tagged_echo("via-h2").await;
     let pki = temp_dir("matrix-pki");
-    let (local_ca, cert, key) = server_pki(&pki, "sec", &["sec.localhost"]);
-    let h2_tls = tls_local(&cert, &key, "via-h2-passthrough").await;
+    let (local_ca, cert, key_pem) = server_pki(&pki, "sec", &["sec.localhost", "ssec.localhost"]);
+    let h2_tls = tls_local(&cert, &key_pem, "via-h2-passthrough").await;
     let yaml = format!(
         "server: {}\nserver_name: localhost\ntransport: h2-reverse\ntoken: demo-2-token-change-me-012345678\ntls: {{ ca: {} }}\ntunnels:\n  site:\n    type: http\n    local: {h2_http}\n    subdomain: site\n  sec:\n    type: tls\n    local: {h2_tls}\n    subdomain: sec\n  raw:\n    local: {h2_tcp}\n  h2-connect:\n    local: {h2_tcp}\n    frontend: rendezvous\n",
         server.running.transports["h2"],
@@ -286,6 +287,74 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
     client.shutdown().await.expect("stop");
 
+    // ssh (stock OpenSSH, the example's demo key) -> ports, https-subdomain (http and tls
+    // passthrough) and the websocket port by Host (the same names).
+    if ssh::peer_or_skip("ssh", "matrix ssh") {
+        let dir = temp_dir("matrix-ssh");
+        let key = dir.join("demo_ed25519");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ssh/demo_ed25519"),
+            &key,
+        )
+        .expect("copy the demo key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 600");
+        }
+        let ssh_http = http_echo("http-via-ssh").await;
+        let ssh_tcp = tagged_echo("via-ssh").await;
+        let ssh_tls = tls_local(&cert, &key_pem, "via-ssh-passthrough").await;
+        let mut args = ssh::base_args(server.running.transports["ssh"].port(), &key);
+        for spec in [
+            format!("0:{ssh_tcp}"),
+            format!("sweb:80:{ssh_http}"),
+            format!("ssec:443:{ssh_tls}"),
+        ] {
+            args.extend(["-R".to_string(), spec]);
+        }
+        args.extend(["-N", "-o", "ExitOnForwardFailure=yes", "demo@127.0.0.1"].map(String::from));
+        let mut sshc = ssh::Ssh::spawn("ssh", &args, &[]).expect("ssh");
+        let port = sshc.allocated_port().await.expect("a port for -R 0");
+        let raw = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(visit_tagged(raw, 4096, 12).await.expect("visit"), "via-ssh");
+        for (url, resolve, ca) in [
+            (
+                format!("https://sweb.localhost:{web}/"),
+                format!("sweb.localhost:{web}:127.0.0.1"),
+                ca.clone(),
+            ),
+            (
+                format!("http://sweb.localhost:{ws_port}/"),
+                format!("sweb.localhost:{ws_port}:127.0.0.1"),
+                ca.clone(),
+            ),
+            (
+                format!("https://ssec.localhost:{web}/"),
+                format!("ssec.localhost:{web}:127.0.0.1"),
+                local_ca.clone(),
+            ),
+        ] {
+            let out = ssh_get(&url, &resolve, &ca).await;
+            let want = if url.contains("ssec") {
+                "tls-local via-ssh-passthrough\n"
+            } else {
+                "tag=http-via-ssh\n"
+            };
+            assert!(out.starts_with(want), "{url}: {out}");
+        }
+        let m = server.metrics().await;
+        assert_eq!(
+            m.get("tunneld_sessions_active", &[("transport", "ssh")]),
+            1.0
+        );
+        assert_eq!(
+            m.get("tunneld_ssh_forwards_total", &[("outcome", "ok")]),
+            3.0
+        );
+        drop(sshc);
+    }
+
     // The control plane: a tunnel provisioned through the API (http + tcp leases), served by
     // a yamux tunnelc through https-subdomain and ports, and the web port's 302.
     let token = tunneld_daemon::state_cli::new_token();
@@ -366,4 +435,23 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         "{head}"
     );
     cpc.shutdown().await.expect("stop");
+}
+
+/// curl `url` until it answers 200 (a named forward is claimed a moment after ssh
+/// connects); the body.
+async fn ssh_get(url: &str, resolve: &str, ca: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, out) = curl(&["--cacert", ca, "--resolve", resolve, "-f", url])
+            .await
+            .expect("curl");
+        if status.success() {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered: {out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
