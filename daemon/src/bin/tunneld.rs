@@ -103,6 +103,7 @@ fn main() {
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let ssh_keys = ssh_host_keys(&cfg);
     let running = server::start(cfg).await?;
     for (name, addr) in &running.transports {
         println!("listening transport={name} addr={addr}");
@@ -121,6 +122,16 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     if let Some(ca) = &running.ca_file {
         println!("trust ca={} pin={}", ca.display(), running.fingerprint);
+    }
+    for (name, path) in ssh_keys {
+        // The transport made or loaded it at start: compare with ssh's first-contact prompt.
+        if let Ok(key) = tunneld_transport_ssh::host_key::load_or_create(&path, false) {
+            println!(
+                "trust ssh={name} host_key={} known_hosts_key=\"{}\"",
+                tunneld_transport_ssh::host_key::fingerprint(&key),
+                tunneld_transport_ssh::host_key::public_line(&key)
+            );
+        }
     }
     println!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -142,4 +153,22 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         _ = term.recv() => { tracing::warn!("second signal: exiting now"); std::process::exit(130) }
         _ = int.recv() => { tracing::warn!("second signal: exiting now"); std::process::exit(130) }
     }
+}
+
+/// The host key file of each ssh transport.
+fn ssh_host_keys(cfg: &ServerConfig) -> Vec<(String, std::path::PathBuf)> {
+    use tunneld_daemon::config::server::TransportConfig;
+    cfg.transports
+        .iter()
+        .filter_map(|(name, t)| match t {
+            TransportConfig::Ssh(c) => Some((
+                name.clone(),
+                c.host_key.clone().unwrap_or_else(|| {
+                    cfg.state_dir
+                        .join(tunneld_transport_ssh::host_key::DEFAULT_FILE)
+                }),
+            )),
+            _ => None,
+        })
+        .collect()
 }
