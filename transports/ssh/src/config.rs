@@ -28,6 +28,21 @@ pub struct Config {
     /// The SSH flow-control window of each channel (visitor connection), in bytes.
     #[serde(default = "window")]
     pub window_size: u32,
+    /// Bytes from the client one visitor may have waiting unread before it is cut (the SSH
+    /// library grants window as data arrives, so a visitor that stops reading is cut rather
+    /// than allowed to stall the client's other forwards).
+    #[serde(default = "backlog")]
+    pub max_backlog: usize,
+    /// The same for all visitors of one SSH session together.
+    #[serde(default = "session_backlog")]
+    pub max_session_backlog: usize,
+}
+
+fn backlog() -> usize {
+    8 << 20
+}
+fn session_backlog() -> usize {
+    64 << 20
 }
 
 fn d10s() -> Duration {
@@ -65,6 +80,18 @@ impl Config {
             return Err((
                 "window_size".into(),
                 "must be between 32768 and 16777216 bytes".into(),
+            ));
+        }
+        if self.max_backlog < 2 * self.window_size as usize {
+            return Err((
+                "max_backlog".into(),
+                "must be at least twice window_size".into(),
+            ));
+        }
+        if self.max_session_backlog < self.max_backlog {
+            return Err((
+                "max_session_backlog".into(),
+                "must be at least max_backlog".into(),
             ));
         }
         Ok(())

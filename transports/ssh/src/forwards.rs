@@ -3,6 +3,7 @@
 //! `forwarded-tcpip` channel naming the forward exactly as the client asked for it (OpenSSH
 //! matches the channel to its `-R` by that address and port).
 
+use crate::channel_io::{BacklogBudget, ChannelIo};
 use async_trait::async_trait;
 use russh::server::Handle;
 use std::collections::HashMap;
@@ -118,6 +119,7 @@ impl Forwards {
 pub(crate) struct SshOpener {
     pub(crate) handle: OnceLock<Handle>,
     pub(crate) forwards: Arc<Forwards>,
+    pub(crate) backlog: Arc<BacklogBudget>,
 }
 
 /// The address a probe channel names: no client forwards it, so a live client answers at
@@ -141,7 +143,11 @@ impl OpenStream for SshOpener {
             u32::from(header.visitor.port()),
         );
         match tokio::time::timeout(OPEN_REPLY_DEADLINE, open).await {
-            Ok(Ok(channel)) => Ok(Box::new(channel.into_stream())),
+            Ok(Ok(channel)) => Ok(Box::new(ChannelIo::start(
+                channel,
+                handle.clone(),
+                self.backlog.clone(),
+            ))),
             Ok(Err(russh::Error::ChannelOpenFailure(why))) => Err(OpenError::LocalRefused(
                 format!("the SSH client refused the channel ({why:?})"),
             )),

@@ -13,6 +13,7 @@
 //! [`metrics`].
 #![forbid(unsafe_code)]
 
+mod channel_io;
 pub mod config;
 pub mod forwards;
 mod handler;

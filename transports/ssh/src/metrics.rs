@@ -7,6 +7,8 @@ tunneld_core::metric_series! {
             "Remote forward (tcpip-forward) requests of SSH sessions, by tunnel kind (tcp, http, tls) and outcome (ok, or the refusal's reason)";
         counter refused_total: "tunneld_ssh_refused_total", ["transport", "request"],
             "SSH requests tunneld refuses by design, by request (exec, subsystem, direct-tcpip, x11, agent, streamlocal)";
+        counter backlog_cuts_total: "tunneld_ssh_backlog_cuts_total", ["transport", "cap"],
+            "Visitors cut because too much of what the SSH client sent them was waiting unread, by cap (visitor: max_backlog, session: max_session_backlog)";
         counter auth_total: "tunneld_ssh_auth_total", ["transport", "outcome"],
             "SSH public-key authentications, by outcome (ok, unknown_key, token_refused, store_error, throttled)";
     }

@@ -1,6 +1,7 @@
 //! tunneld side of the ssh transport: the listener, the per-connection handshake deadline,
 //! and the russh server configuration.
 
+use crate::channel_io::BacklogBudget;
 use crate::config::Config;
 use crate::forwards::{Forwards, SshOpener};
 use crate::handler::Conn;
@@ -140,6 +141,12 @@ impl SshTransport {
         let opener = Arc::new(SshOpener {
             handle: OnceLock::new(),
             forwards: forwards.clone(),
+            backlog: BacklogBudget::new(
+                self.cfg.max_backlog,
+                self.cfg.max_session_backlog,
+                self.metrics.backlog_cuts_total.clone(),
+                cx.name.clone(),
+            ),
         });
         let conn = Conn {
             cx: cx.clone(),
