@@ -144,12 +144,10 @@ impl ChannelIo {
             let mut open = true;
             while let Some(msg) = read.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => {
-                        if open && !pump.push(data) {
-                            open = false;
-                            // Cut: close it, and keep draining until russh lets go of it.
-                            let _ = closer.close(id).await;
-                        }
+                    // Cut: close it, and keep draining until russh lets go of it.
+                    ChannelMsg::Data { data } if open && !pump.push(data.clone()) => {
+                        open = false;
+                        let _ = closer.close(id).await;
                     }
                     ChannelMsg::Eof => pump.finish(),
                     ChannelMsg::Close => break,
