@@ -109,7 +109,7 @@ fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<
         tokens,
         certificate_max_ports: cfg.auth.certificate_max_ports,
         stored: Some(StoredTokens(cache.clone())),
-        stored_keys: None,
+        stored_keys: Some(cache.clone()),
     })
 }
 

@@ -10,7 +10,9 @@ use tunneld_core::frontend::ClaimError;
 use tunneld_core::hub::LeaseRequest;
 use tunneld_core::proto::TunnelKind;
 use tunneld_state::ca_sign::CaSign;
-use tunneld_state::{self as state, names::readable_name, CertRecord, TokenRecord, TunnelRecord};
+use tunneld_state::{
+    self as state, names::readable_name, CertRecord, TokenRecord, TunnelFlavour, TunnelRecord,
+};
 
 /// A refusal: the status and the message shown to the client.
 pub type Refusal = (StatusCode, String);
@@ -188,6 +190,8 @@ impl Control {
             ports: Default::default(),
             created_at: state::now(),
             expires_at: self.expires(token.as_ref()),
+            flavour: TunnelFlavour::Native,
+            id_digest: None,
         };
         if let Err(e) = self.lease_all(&mut rec).await {
             let status = match e {
