@@ -5,7 +5,8 @@
 //! Layout: [`config`] (YAML + env + flags), [`server`] (builds every transport and frontend
 //! from config and runs them: [`server::start`]), [`admin`] (the admin HTTP API),
 //! [`mappings`] (the admin API's server-defined ports and pools, hot repointing),
-//! [`control`] (the provisioning API, web port and sweep), [`state_cli`].
+//! [`control`] (the provisioning API, web port and sweep), [`state_cli`] and
+//! [`ssh_key_cli`] (the store-editing commands).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,4 +19,5 @@ pub mod mappings;
 pub mod metrics;
 pub mod rendezvous_ids;
 pub mod server;
+pub mod ssh_key_cli;
 pub mod state_cli;

@@ -109,7 +109,7 @@ fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<
         tokens,
         certificate_max_ports: cfg.auth.certificate_max_ports,
         stored: Some(StoredTokens(cache.clone())),
-        stored_keys: None,
+        stored_keys: Some(cache.clone()),
     })
 }
 
@@ -143,7 +143,14 @@ fn control(
     let ca = tls::LocalCa::open(&tls_dir)?;
     let ca_pem =
         std::fs::read_to_string(&ca.file).with_context(|| format!("{}", ca.file.display()))?;
+    let ssh_endpoint = crate::control::endpoint::ssh_endpoint(cfg, c, &domain, transports);
+    let ports_range = match c.ports_frontend.as_ref().and_then(|n| cfg.frontends.get(n)) {
+        Some(FrontendConfig::Ports(p)) => Some(p.range.to_string()),
+        _ => None,
+    };
     Ok(crate::control::Control {
+        ssh_endpoint,
+        ports_range,
         cfg: c.clone(),
         store: store.clone(),
         cache: cache.clone(),

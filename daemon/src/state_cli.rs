@@ -4,6 +4,7 @@
 
 use crate::config::server::ServerConfig;
 use crate::rendezvous_ids as rdv;
+use crate::ssh_key_cli as keys;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -31,11 +32,21 @@ pub enum TokenCmd {
         /// Transports (names or types) its sessions may use, comma-separated.
         #[arg(long, value_delimiter = ',')]
         transports: Option<Vec<String>>,
+        /// An SSH public key line that authenticates as this client on `ssh` transports
+        /// (repeatable).
+        #[arg(long = "ssh-key", value_name = "LINE")]
+        ssh_keys: Vec<String>,
+        /// A .pub or authorized_keys-style file of such keys (repeatable).
+        #[arg(long = "ssh-key-file", value_name = "PATH")]
+        ssh_key_files: Vec<PathBuf>,
     },
     /// List tokens (never the tokens themselves).
     List,
     /// Revoke a token: it is refused from now on and its live sessions are cut.
     Revoke { name: String },
+    /// SSH keys of stored tokens.
+    #[command(subcommand)]
+    SshKey(crate::ssh_key_cli::SshKeyCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,10 +106,15 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
             lifespan,
             single_use,
             transports,
+            ssh_keys,
+            ssh_key_files,
         } => {
             let now = state::now();
             let expires_at =
                 check_add(cfg, &name, lifespan.as_deref(), transports.as_deref(), now)?;
+            // Keys are checked before the token is written: a bad key adds nothing.
+            let keys = keys::collect(&ssh_keys, &ssh_key_files)?;
+            keys::check_free(cfg, store, &keys)?;
             let token = new_token();
             store.add_token(&TokenRecord {
                 name: name.clone(),
@@ -122,11 +138,13 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
                 "transports: {}",
                 transports.map_or("any".into(), |t| t.join(","))
             );
+            keys::store_keys(store, &name, &keys)?;
             eprintln!(
                 "Keep the token now: tunneld stores only its SHA-256 and cannot show it again."
             );
         }
         TokenCmd::List => list_tokens(store)?,
+        TokenCmd::SshKey(c) => keys::ssh_key(cfg, store, c)?,
         TokenCmd::Revoke { name } => {
             if !store.revoke_token(&name, state::now())? {
                 if cfg.auth.tokens.contains_key(&name) {
@@ -190,7 +208,9 @@ fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
         return Ok(());
     }
     let now = state::now();
-    println!("NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS");
+    println!(
+        "NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS\tSSH_KEYS"
+    );
     for t in all {
         let st = if t.revoked_at.is_some() {
             "revoked"
@@ -202,8 +222,9 @@ fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
             "active"
         };
         let tunnels = store.tunnels(Some(&t.name))?.len();
+        let keys = store.ssh_keys(Some(&t.name))?.len();
         println!(
-            "{}\t{st}\t{}\t{}\t{}\t{}\t{}\t{tunnels}",
+            "{}\t{st}\t{}\t{}\t{}\t{}\t{}\t{tunnels}\t{keys}",
             t.name,
             limit(t.max_ports),
             limit(t.max_names),

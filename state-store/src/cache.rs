@@ -15,7 +15,7 @@
 //! an old snapshot.
 
 use crate::metrics::StateMetrics;
-use crate::records::{RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::records::{RendezvousRecord, SshKeyRecord, TokenRecord, TunnelRecord};
 use crate::{StateError, StateStore, Versions};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -33,6 +33,22 @@ struct Snapshot {
     tokens: HashMap<String, TokenRecord>,
     rendezvous: HashMap<String, RendezvousRecord>,
     tunnels: HashMap<String, TunnelRecord>,
+    /// Token digests by name.
+    token_names: HashMap<String, String>,
+    /// Tunnel names by the digest of their secret id (pipe2me-shape tunnels).
+    tunnel_ids: HashMap<String, String>,
+    /// By fingerprint.
+    ssh_keys: HashMap<String, SshKeyRecord>,
+}
+
+/// An SSH key with what decides whether it is usable, from one snapshot.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    pub key: SshKeyRecord,
+    /// The stored token named by the key's client, if there is one.
+    pub token: Option<TokenRecord>,
+    /// The tunnel the key is bound to, if it is bound and the tunnel exists.
+    pub tunnel: Option<TunnelRecord>,
 }
 
 #[derive(Default)]
@@ -105,6 +121,41 @@ impl StateCache {
     pub async fn tunnel(&self, name: &str) -> Result<Option<TunnelRecord>, StateError> {
         self.current("tunnels").await?;
         Ok(self.read().tunnels.get(name).cloned())
+    }
+
+    /// A provisioned tunnel by the hex SHA-256 of its secret id, as the store has it now.
+    pub async fn tunnel_by_id_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<TunnelRecord>, StateError> {
+        self.current("tunnels").await?;
+        let data = self.read();
+        Ok(data
+            .tunnel_ids
+            .get(digest)
+            .and_then(|n| data.tunnels.get(n))
+            .cloned())
+    }
+
+    /// An SSH key by fingerprint with its client's token and its tunnel, as the store has
+    /// them now.
+    pub async fn ssh_key(&self, fingerprint: &str) -> Result<Option<KeyView>, StateError> {
+        self.current("ssh_keys").await?;
+        let data = self.read();
+        let Some(key) = data.ssh_keys.get(fingerprint).cloned() else {
+            return Ok(None);
+        };
+        let token = data
+            .token_names
+            .get(&key.client)
+            .and_then(|d| data.tokens.get(d))
+            .cloned();
+        let tunnel = key
+            .tunnel
+            .as_ref()
+            .and_then(|t| data.tunnels.get(t))
+            .cloned();
+        Ok(Some(KeyView { key, token, tunnel }))
     }
 
     /// Every stored token, as the store has them now.
@@ -203,13 +254,27 @@ impl Shared {
         }
         let mut data = tunneld_core::sync::write(&self.data);
         if let Some(all) = changes.tokens {
+            data.token_names = all
+                .iter()
+                .map(|t| (t.name.clone(), t.digest.clone()))
+                .collect();
             data.tokens = all.into_iter().map(|t| (t.digest.clone(), t)).collect();
         }
         if let Some(all) = changes.rendezvous {
             data.rendezvous = all.into_iter().map(|r| (r.id.clone(), r)).collect();
         }
         if let Some(all) = changes.tunnels {
+            data.tunnel_ids = all
+                .iter()
+                .filter_map(|t| Some((t.id_digest.clone()?, t.name.clone())))
+                .collect();
             data.tunnels = all.into_iter().map(|t| (t.name.clone(), t)).collect();
+        }
+        if let Some(all) = changes.ssh_keys {
+            data.ssh_keys = all
+                .into_iter()
+                .map(|k| (k.fingerprint.clone(), k))
+                .collect();
         }
         data.versions = Some(changes.versions);
         outcome("reloaded");

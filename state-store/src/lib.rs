@@ -20,9 +20,12 @@ pub mod metrics;
 pub mod names;
 pub mod records;
 pub mod sqlite;
+pub mod ssh_keys;
 pub mod tokens;
 
-pub use records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+pub use records::{
+    CertRecord, RendezvousRecord, SshKeyRecord, TokenRecord, TunnelFlavour, TunnelRecord,
+};
 
 use std::path::Path;
 
@@ -61,8 +64,16 @@ pub trait StateStore: Send + Sync + 'static {
     fn tunnel(&self, name: &str) -> Result<Option<TunnelRecord>, StateError>;
     /// Every tunnel, or those of one owner.
     fn tunnels(&self, owner: Option<&str>) -> Result<Vec<TunnelRecord>, StateError>;
-    /// Deletes a tunnel; false when there was none.
+    /// Deletes a tunnel and the SSH keys bound to it; false when there was none.
     fn delete_tunnel(&self, name: &str) -> Result<bool, StateError>;
+
+    /// Adds an SSH key; fails with [`StateError::Exists`] when its fingerprint is stored.
+    fn add_ssh_key(&self, k: &SshKeyRecord) -> Result<(), StateError>;
+    fn ssh_key(&self, fingerprint: &str) -> Result<Option<SshKeyRecord>, StateError>;
+    /// Every SSH key, or those of one client, by client then fingerprint.
+    fn ssh_keys(&self, client: Option<&str>) -> Result<Vec<SshKeyRecord>, StateError>;
+    /// Deletes an SSH key; false when there was none.
+    fn remove_ssh_key(&self, fingerprint: &str) -> Result<bool, StateError>;
 
     fn add_certificate(&self, c: &CertRecord) -> Result<(), StateError>;
     /// Certificates issued for one tunnel, newest first.
@@ -112,6 +123,7 @@ pub struct Versions {
     pub tokens: u64,
     pub rendezvous: u64,
     pub tunnels: u64,
+    pub ssh_keys: u64,
 }
 
 /// What [`StateStore::cached_changes`] found: the counters, and the tables that moved.
@@ -121,6 +133,7 @@ pub struct Changes {
     pub tokens: Option<Vec<TokenRecord>>,
     pub rendezvous: Option<Vec<RendezvousRecord>>,
     pub tunnels: Option<Vec<TunnelRecord>>,
+    pub ssh_keys: Option<Vec<SshKeyRecord>>,
 }
 
 pub use tunneld_core::clock::{now, rfc3339};

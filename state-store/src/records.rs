@@ -60,6 +60,67 @@ pub struct TunnelRecord {
     pub created_at: u64,
     /// When the leases lapse unless renewed.
     pub expires_at: Option<u64>,
+    /// How its protocols are served (the API shape that made it).
+    #[serde(default)]
+    pub flavour: TunnelFlavour,
+    /// Hex SHA-256 of the tunnel's secret id (pipe2me-shape tunnels: the `ID=` of `POST
+    /// /tunnels/<token>`, which the tunnel's routes take in place of a token).
+    #[serde(default)]
+    pub id_digest: Option<String>,
+}
+
+/// How a provisioned tunnel's protocols are leased.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelFlavour {
+    /// The native API: `http` and `https` as the name `<name>.<domain>` on the names
+    /// frontend, `tcp` as a port on the ports frontend.
+    #[default]
+    Native,
+    /// pipe2me's API: one port on the ports frontend per protocol (raw TCP), whatever the
+    /// protocol, each leased as a `tcp` tunnel named `<name>-<protocol>`.
+    Pipe2me,
+}
+
+impl TunnelFlavour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelFlavour::Native => "native",
+            TunnelFlavour::Pipe2me => "pipe2me",
+        }
+    }
+
+    /// The stored form (`None` for native, so older rows read as native).
+    pub fn parse(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("native") => Some(TunnelFlavour::Native),
+            Some("pipe2me") => Some(TunnelFlavour::Pipe2me),
+            Some(_) => None,
+        }
+    }
+}
+
+/// An SSH public key that authenticates sessions of the `ssh` transport: a client's key
+/// (`tunneld token add --ssh-key`) or a key uploaded for one provisioned tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshKeyRecord {
+    /// `SHA256:<base64>`, as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    /// `<algorithm> <base64 blob>`, without options or comment.
+    pub key: String,
+    pub comment: Option<String>,
+    /// The client id (a stored token's name) the key authenticates as.
+    pub client: String,
+    /// The provisioned tunnel the key is bound to: it may then bind only that tunnel's routes.
+    pub tunnel: Option<String>,
+    pub created_at: u64,
+}
+
+impl SshKeyRecord {
+    /// The key's algorithm (the first word of `key`).
+    pub fn algorithm(&self) -> &str {
+        self.key.split(' ').next().unwrap_or_default()
+    }
 }
 
 /// A certificate tunneld's CA signed for a tunnel.

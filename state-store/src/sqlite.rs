@@ -1,11 +1,11 @@
 //! [`StateStore`] on SQLite (rusqlite with the bundled library): one file, WAL journal,
 //! `synchronous=FULL`, a busy timeout so the CLI and a running tunneld share it.
 
-use crate::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::records::{CertRecord, RendezvousRecord, SshKeyRecord, TokenRecord, TunnelRecord};
 use crate::{Changes, StateError, StateStore, Versions};
 use rows::*;
 use rusqlite::{params, Connection, OptionalExtension};
-use schema::{version_triggers, SCHEMA};
+use schema::SCHEMA_VERSION;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 mod cache_read;
 mod rows;
 mod schema;
+mod ssh_keys;
 
 /// The SQLite state store.
 pub struct SqliteStore {
@@ -48,14 +49,12 @@ impl SqliteStore {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
-        if version > 1 {
+        if version > SCHEMA_VERSION {
             return Err(open_err(format!(
-                "written by a newer tunneld (schema {version}; this one knows 1)"
+                "written by a newer tunneld (schema {version}; this one knows {SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA)
-            .and_then(|()| conn.execute_batch(&version_triggers()))
-            .map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
+        schema::upgrade(&conn).map_err(|e| open_err(format!("not a tunneld state store: {e}")))?;
         // A second connection, read-only, for the state cache's checks and reloads: they
         // never queue behind a write on the first (WAL readers do not wait for writers).
         let probe = Connection::open_with_flags(
@@ -153,7 +152,7 @@ impl StateStore for SqliteStore {
     fn add_tunnel(&self, t: &TunnelRecord) -> Result<(), StateError> {
         self.conn()
             .execute(
-                &format!("INSERT INTO tunnels ({TUNNEL_COLS}) VALUES (?1,?2,?3,?4,?5,?6)"),
+                &format!("INSERT INTO tunnels ({TUNNEL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
                 params![
                     t.name,
                     t.owner,
@@ -161,6 +160,8 @@ impl StateStore for SqliteStore {
                     json(&t.ports),
                     opt(Some(t.created_at)),
                     opt(t.expires_at),
+                    flavour_col(t.flavour),
+                    t.id_digest,
                 ],
             )
             .map(|_| ())
@@ -197,10 +198,23 @@ impl StateStore for SqliteStore {
     }
 
     fn delete_tunnel(&self, name: &str) -> Result<bool, StateError> {
-        self.conn()
-            .execute("DELETE FROM tunnels WHERE name = ?1", [name])
-            .map(|n| n > 0)
-            .map_err(db)
+        ssh_keys::delete_tunnel(&self.conn(), name)
+    }
+
+    fn add_ssh_key(&self, k: &SshKeyRecord) -> Result<(), StateError> {
+        ssh_keys::add(&self.conn(), k)
+    }
+
+    fn ssh_key(&self, fingerprint: &str) -> Result<Option<SshKeyRecord>, StateError> {
+        ssh_keys::one(&self.conn(), fingerprint)
+    }
+
+    fn ssh_keys(&self, client: Option<&str>) -> Result<Vec<SshKeyRecord>, StateError> {
+        ssh_keys::of_client(&self.conn(), client)
+    }
+
+    fn remove_ssh_key(&self, fingerprint: &str) -> Result<bool, StateError> {
+        ssh_keys::remove(&self.conn(), fingerprint)
     }
 
     fn add_certificate(&self, c: &CertRecord) -> Result<(), StateError> {
@@ -366,102 +380,4 @@ impl StateStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp() -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "tunneld-state-{}",
-            tunneld_core::auth::hex(&tunneld_core::auth::random_bytes::<6>())
-        ))
-    }
-
-    fn token(name: &str) -> TokenRecord {
-        TokenRecord {
-            name: name.into(),
-            digest: tunneld_core::auth::hex(&tunneld_core::auth::sha256(name.as_bytes())),
-            max_ports: Some(2),
-            max_names: None,
-            expires_at: Some(100),
-            single_use: true,
-            used_at: None,
-            transports: Some(vec!["edge".into()]),
-            revoked_at: None,
-            created_at: 1,
-        }
-    }
-
-    #[test]
-    fn round_trips_and_survives_reopen() {
-        let dir = temp();
-        let path = dir.join(crate::FILE);
-        let s = SqliteStore::open(&path).expect("open");
-        let a = token("alice");
-        s.add_token(&a).expect("add");
-        assert!(matches!(s.add_token(&a), Err(StateError::Exists(_))));
-        assert_eq!(s.token_by_digest(&a.digest).expect("get"), Some(a.clone()));
-        assert!(s.use_token("alice", 5).expect("use"));
-        assert!(!s.use_token("alice", 6).expect("used"));
-        assert!(s.revoke_token("alice", 7).expect("revoke"));
-        assert!(!s.revoke_token("nobody", 7).expect("revoke"));
-        let t = TunnelRecord {
-            name: "calm-blue-otter".into(),
-            owner: "alice".into(),
-            protocols: vec!["https".into(), "tcp".into()],
-            ports: [("tcp".to_string(), 20001u16)].into(),
-            created_at: 3,
-            expires_at: None,
-        };
-        s.add_tunnel(&t).expect("tunnel");
-        assert!(matches!(s.add_tunnel(&t), Err(StateError::Exists(_))));
-        let mut t2 = t.clone();
-        t2.expires_at = Some(99);
-        s.update_tunnel(&t2).expect("update");
-        s.add_rendezvous(&RendezvousRecord {
-            id: "r1".into(),
-            secret: "ABC".into(),
-            step: 30,
-            client: None,
-            created: 4,
-        })
-        .expect("rdv");
-        let mut rotated = s.rendezvous("r1").expect("rdv").expect("r1");
-        rotated.secret = "DEF".into();
-        assert!(s.update_rendezvous(&rotated).expect("update"));
-        rotated.id = "nope".into();
-        assert!(!s.update_rendezvous(&rotated).expect("update"));
-        drop(s);
-        // The last connection to close (the writing one) checkpoints and removes the WAL.
-        let wal = path.with_extension("db-wal");
-        assert!(!wal.exists(), "{} left behind", wal.display());
-        let s = SqliteStore::open(&path).expect("reopen");
-        assert_eq!(
-            s.rendezvous("r1").expect("rdv").map(|r| r.secret),
-            Some("DEF".into())
-        );
-        let got = s.token("alice").expect("get").expect("some");
-        assert_eq!((got.used_at, got.revoked_at), (Some(5), Some(7)));
-        assert!(got.refusal(8).expect("refused").contains("revoked"));
-        assert_eq!(s.tunnels(Some("alice")).expect("list"), vec![t2]);
-        assert!(s.tunnels(Some("bob")).expect("list").is_empty());
-        assert_eq!(s.rendezvous("r1").expect("rdv").map(|r| r.step), Some(30));
-        assert_eq!(s.check().expect("check"), "ok");
-        let copy = dir.join("backup.db");
-        s.backup(&copy).expect("backup");
-        let b = SqliteStore::open(&copy).expect("open backup");
-        assert_eq!(b.tokens().expect("tokens").len(), 1);
-        assert!(s.delete_tunnel("calm-blue-otter").expect("delete"));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn garbage_file_is_refused_with_its_path() {
-        let dir = temp();
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("state.db");
-        std::fs::write(&path, vec![b'x'; 4096]).expect("write");
-        let e = SqliteStore::open(&path).err().expect("refused").to_string();
-        assert!(e.contains("state.db"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

@@ -24,6 +24,12 @@ pub struct ControlConfig {
     /// Host clients use to reach the transport; defaults to the host of the API URL they used.
     #[serde(default)]
     pub public_host: Option<String>,
+    /// `host:port` of the `ssh` transport as clients reach it, for the `TUNNEL=ssh://...`
+    /// line of pipe2me-shape answers. Default: the bound address of the first transport of
+    /// type `ssh` (its host replaced by `public_host`, else the names frontend's domain, when
+    /// bound to all addresses).
+    #[serde(default)]
+    pub ssh_endpoint: Option<String>,
     /// A tunnel's leases lapse unless renewed within this (never past its token's expiry).
     #[serde(default = "d30d", with = "serde_human")]
     pub lease: Duration,
@@ -71,6 +77,12 @@ impl ControlConfig {
         }
         if self.max_connections == 0 {
             return Err(("max_connections", "must be at least 1".into()));
+        }
+        if let Some(e) = &self.ssh_endpoint {
+            let port = e.rsplit_once(':').filter(|(h, _)| !h.is_empty());
+            if !port.is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+                return Err(("ssh_endpoint", format!("`{e}` is not host:port")));
+            }
         }
         if self.default_max_tunnels == 0 {
             return Err(("default_max_tunnels", "must be at least 1".into()));

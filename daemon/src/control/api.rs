@@ -10,7 +10,11 @@
 //! | `POST /v1/tunnels/<name>/renew` | extends its leases |
 //! | `DELETE /v1/tunnels/<name>` | releases it |
 //! | `POST /v1/tunnels/<name>/certificate` | signs a PEM CSR for its name |
+//! | `POST /v1/tunnels/<name>/ssh-key` | binds the public key line in the body to it |
+//!
+//! pipe2me's own API shape (`/tunnels/...`, `/config`) is served beside it ([`super::pipe2me`]).
 
+use super::tunnel_keys::Upload;
 use super::types::{CreateRequest, ServerInfo};
 use super::Control;
 use crate::http_serve::{bearer, error, json_resp, read_body, respond, Resp};
@@ -28,6 +32,12 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn handle(c: &Arc<Control>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(route) = super::pipe2me::route_of(&parts) {
+        let key = parts.get(1).copied().unwrap_or_default().to_string();
+        let resp = super::pipe2me::handle(c, req, route, &key, peer).await;
+        c.count(route, resp.status());
+        return resp;
+    }
     let route = match parts.as_slice() {
         ["cacert"] => "/cacert",
         ["v1", "config"] => "/v1/config",
@@ -35,6 +45,7 @@ pub async fn handle(c: &Arc<Control>, req: Request<Incoming>, peer: std::net::So
         ["v1", "tunnels", _] => "/v1/tunnels/{name}",
         ["v1", "tunnels", _, "renew"] => "/v1/tunnels/{name}/renew",
         ["v1", "tunnels", _, "certificate"] => "/v1/tunnels/{name}/certificate",
+        ["v1", "tunnels", _, "ssh-key"] => "/v1/tunnels/{name}/ssh-key",
         _ => "other",
     };
     let name = parts.get(2).map(|s| s.to_string()).unwrap_or_default();
@@ -142,12 +153,12 @@ async fn route_request(
     // Bodies are read here, on the runtime; what follows reads and writes the state store,
     // so it runs on a blocking thread (no runtime thread ever waits on SQLite).
     let body = match (route, &method) {
-        ("/v1/tunnels", &Method::POST) | ("/v1/tunnels/{name}/certificate", _) => {
-            match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            }
-        }
+        ("/v1/tunnels", &Method::POST)
+        | ("/v1/tunnels/{name}/certificate", _)
+        | ("/v1/tunnels/{name}/ssh-key", _) => match read_body(req, MAX_BODY, BODY_TIMEOUT).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        },
         _ => Default::default(),
     };
     let Ok(_working) = c.working.acquire().await else {
@@ -213,6 +224,20 @@ async fn authorized(
             Ok(info) => json_resp(StatusCode::OK, &serde_json::json!(info)),
             Err(r) => refused(r),
         },
+        ("/v1/tunnels/{name}/ssh-key", _) => {
+            let bound = match (c.owned(who, name), std::str::from_utf8(body)) {
+                (Err(r), _) => Err(r),
+                (_, Err(_)) => Err((StatusCode::BAD_REQUEST, "the key is not text".into())),
+                (Ok(t), Ok(line)) => c.bind_key(&t, line, Upload::Add).await,
+            };
+            match bound {
+                Ok(fingerprint) => json_resp(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "tunnel": name, "fingerprint": fingerprint }),
+                ),
+                Err(r) => refused(r),
+            }
+        }
         (_, _) => {
             let Ok(csr) = std::str::from_utf8(body) else {
                 return error(StatusCode::BAD_REQUEST, "the CSR is not PEM text");

@@ -3,8 +3,11 @@
 //! port ([`web`]).
 
 pub mod api;
+pub mod endpoint;
+pub mod pipe2me;
 pub mod provision;
 pub mod sweep;
+pub mod tunnel_keys;
 /// The API's JSON shapes, shared with `tunnelc setup` (`tunneld_client::provision_api`).
 pub use tunneld_client::provision_api as types;
 pub mod web;
@@ -44,6 +47,10 @@ pub struct Control {
     /// The names frontend's domain.
     pub domain: String,
     pub transport: SetupTransport,
+    /// `host:port` of the ssh transport for pipe2me-shape answers ([`endpoint`]).
+    pub ssh_endpoint: Option<String>,
+    /// The ports frontend's range (`20000-20999`), for pipe2me's `GET /config`.
+    pub ports_range: Option<String>,
     /// One provisioning change at a time, so quota checks and inserts do not interleave.
     pub changes: tokio::sync::Mutex<()>,
     /// Authenticated requests being served on blocking threads at once (the rest wait on

@@ -10,7 +10,9 @@ use tunneld_core::frontend::ClaimError;
 use tunneld_core::hub::LeaseRequest;
 use tunneld_core::proto::TunnelKind;
 use tunneld_state::ca_sign::CaSign;
-use tunneld_state::{self as state, names::readable_name, CertRecord, TokenRecord, TunnelRecord};
+use tunneld_state::{
+    self as state, names::readable_name, CertRecord, TokenRecord, TunnelFlavour, TunnelRecord,
+};
 
 /// A refusal: the status and the message shown to the client.
 pub type Refusal = (StatusCode, String);
@@ -19,7 +21,7 @@ pub const PROTOCOLS: &[&str] = &["http", "https", "tcp"];
 /// Longest name a client may ask for (the hello's tunnel names add `-https`).
 pub const MAX_NAME: usize = 50;
 
-fn internal(e: impl std::fmt::Display) -> Refusal {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Refusal {
     tracing::error!(error = %e, "state store failed");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -32,10 +34,12 @@ pub fn hello_name(name: &str, protocol: &str) -> String {
     tunneld_core::hub::lease_name(name, protocol)
 }
 
-fn kind_of(protocol: &str) -> TunnelKind {
-    match protocol {
-        "http" => TunnelKind::Http,
-        "tcp" => TunnelKind::Tcp,
+/// The tunnel kind a protocol of a tunnel is leased as: pipe2me-shape tunnels lease every
+/// protocol as a raw TCP port.
+pub fn kind_of(flavour: TunnelFlavour, protocol: &str) -> TunnelKind {
+    match (flavour, protocol) {
+        (TunnelFlavour::Pipe2me, _) | (_, "tcp") => TunnelKind::Tcp,
+        (_, "http") => TunnelKind::Http,
         _ => TunnelKind::Tls,
     }
 }
@@ -60,9 +64,9 @@ impl Control {
         })
     }
 
-    fn frontend_of(&self, protocol: &str) -> Option<String> {
-        match protocol {
-            "tcp" => self.cfg.ports_frontend.clone(),
+    fn frontend_of(&self, kind: TunnelKind) -> Option<String> {
+        match kind {
+            TunnelKind::Tcp => self.cfg.ports_frontend.clone(),
             _ => Some(self.cfg.names_frontend.clone()),
         }
     }
@@ -80,7 +84,7 @@ impl Control {
                         .hub
                         .lease_endpoint(&t.owner, &tunnel)
                         .unwrap_or_else(|| "unavailable".into()),
-                    kind: kind_of(p).to_string(),
+                    kind: kind_of(t.flavour, p).to_string(),
                     tunnel,
                 }
             })
@@ -119,14 +123,14 @@ impl Control {
         let mut taken = Vec::new();
         for p in t.protocols.clone() {
             let tunnel = hello_name(&t.name, &p);
-            let kind = kind_of(&p);
+            let kind = kind_of(t.flavour, &p);
             let got = self
                 .hub
                 .lease(LeaseRequest {
                     owner: t.owner.clone(),
                     tunnel: tunnel.clone(),
                     kind,
-                    frontend: self.frontend_of(&p),
+                    frontend: self.frontend_of(kind),
                     subdomain: (kind != TunnelKind::Tcp).then(|| t.name.clone()),
                     port: t.ports.get(&p).copied(),
                 })
@@ -176,10 +180,36 @@ impl Control {
     /// `POST /v1/tunnels`.
     pub async fn create(&self, who: &Identity, req: CreateRequest) -> Result<TunnelInfo, Refusal> {
         let protocols = checked_protocols(&req, self.cfg.ports_frontend.is_some())?;
+        let rec = self
+            .create_record(
+                who,
+                protocols,
+                req.name.as_deref(),
+                TunnelFlavour::Native,
+                None,
+            )
+            .await?;
+        Ok(self.info(&rec))
+    }
+
+    /// Checks quotas, leases the routes and stores a new tunnel (a readable name when none
+    /// is asked for).
+    pub async fn create_record(
+        &self,
+        who: &Identity,
+        protocols: Vec<String>,
+        name: Option<&str>,
+        flavour: TunnelFlavour,
+        id_digest: Option<String>,
+    ) -> Result<TunnelRecord, Refusal> {
         let _one = self.changes.lock().await;
         let token = self.token_record(who)?;
-        self.check_quota(who, token.as_ref(), &protocols)?;
-        let name = self.free_name(req.name.as_deref())?;
+        let ports = protocols
+            .iter()
+            .filter(|p| kind_of(flavour, p) == TunnelKind::Tcp)
+            .count();
+        self.check_quota(who, token.as_ref(), ports)?;
+        let name = self.free_name(name)?;
         let forbid = |m: String| Err((StatusCode::FORBIDDEN, m));
         let mut rec = TunnelRecord {
             name: name.clone(),
@@ -188,6 +218,8 @@ impl Control {
             ports: Default::default(),
             created_at: state::now(),
             expires_at: self.expires(token.as_ref()),
+            flavour,
+            id_digest,
         };
         if let Err(e) = self.lease_all(&mut rec).await {
             let status = match e {
@@ -221,9 +253,9 @@ impl Control {
                 e => internal(e),
             });
         }
-        tracing::info!(tunnel = %name, owner = %who.client_id, protocols = ?rec.protocols, "tunnel provisioned");
+        tracing::info!(tunnel = %name, owner = %who.client_id, protocols = ?rec.protocols, flavour = flavour.as_str(), "tunnel provisioned");
         self.update_gauge();
-        Ok(self.info(&rec))
+        Ok(rec)
     }
 
     /// A single-use token not used yet, and room in the client's name and port quotas.
@@ -231,7 +263,7 @@ impl Control {
         &self,
         who: &Identity,
         token: Option<&TokenRecord>,
-        protocols: &[String],
+        wanted: usize,
     ) -> Result<(), Refusal> {
         let forbid = |m: String| Err((StatusCode::FORBIDDEN, m));
         if let Some(t) = token.filter(|t| t.single_use) {
@@ -254,7 +286,6 @@ impl Control {
         }
         if let Some(max) = who.max_ports {
             let held: usize = mine.iter().map(|t| t.ports.len()).sum();
-            let wanted = protocols.iter().filter(|p| *p == "tcp").count();
             if held + wanted > max as usize {
                 return forbid(format!(
                     "quota exceeded (max_ports): `{}` may hold at most {max} ports, holds {held} and asked for {wanted} more",

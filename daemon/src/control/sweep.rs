@@ -70,7 +70,8 @@ impl Control {
 pub fn cut_sessions(hub: &Hub, tokens: &HashMap<String, TokenRecord>, metrics: &Metrics) {
     let now = state::now();
     for s in hub.sessions() {
-        if s.info.auth_method != "token" {
+        // Token sessions, and those of a stored token's SSH keys.
+        if s.info.auth_method != "token" && s.info.auth_method != tunneld_state::ssh_keys::METHOD {
             continue;
         }
         let Some(t) = tokens.get(&s.info.client_id) else {

@@ -1,5 +1,6 @@
 //! The plain web port: `GET /cacert`, and visitors at `<name>.<domain>` redirected (302) to
-//! the tunnel's HTTPS endpoint. It only ever redirects up to https, never down.
+//! the tunnel's HTTPS endpoint. It only ever redirects up to https, never down; a
+//! pipe2me-shape tunnel without an https port redirects to its http port, as pipe2me did.
 
 use super::provision::hello_name;
 use super::Control;
@@ -43,6 +44,18 @@ fn label_of(c: &Control, req: &Request<Incoming>) -> Option<String> {
     })
 }
 
+/// A native tunnel's https endpoint (of its `https` or `http` protocol, never plain http).
+fn native_target(c: &Control, t: &tunneld_state::TunnelRecord, label: &str) -> Option<String> {
+    ["https", "http"].iter().find_map(|p| {
+        t.protocols
+            .iter()
+            .any(|q| q == p)
+            .then(|| c.hub.lease_endpoint(&t.owner, &hello_name(label, p)))
+            .flatten()
+            .filter(|url| url.starts_with("https://"))
+    })
+}
+
 type Found = Option<(
     String,
     Result<Option<tunneld_state::TunnelRecord>, tunneld_state::StateError>,
@@ -60,15 +73,14 @@ fn answer(c: &Control, req: &Request<Incoming>, found: Found) -> (&'static str, 
             }
             Err(e) => return ("redirect", error(StatusCode::INTERNAL_SERVER_ERROR, e)),
         };
-        let target = ["https", "http"].iter().find_map(|p| {
-            tunnel
-                .protocols
-                .iter()
-                .any(|q| q == p)
-                .then(|| c.hub.lease_endpoint(&tunnel.owner, &hello_name(&label, p)))
-                .flatten()
-                .filter(|url| url.starts_with("https://"))
-        });
+        let target = match tunnel.flavour {
+            // pipe2me-shape: its https port, else its http port (pipe2me's redirect).
+            tunneld_state::TunnelFlavour::Pipe2me => ["https", "http"].iter().find_map(|p| {
+                let port = tunnel.ports.get(*p)?;
+                Some(format!("{p}://{label}.{}:{port}", c.domain))
+            }),
+            tunneld_state::TunnelFlavour::Native => native_target(c, &tunnel, &label),
+        };
         let Some(base) = target else {
             return (
                 "redirect",

@@ -81,6 +81,8 @@ async fn other_writers_are_seen_at_the_next_lookup() {
         ports: BTreeMap::new(),
         created_at: 1,
         expires_at: None,
+        flavour: Default::default(),
+        id_digest: None,
     };
     cli.add_tunnel(&t).expect("tunnel");
     assert_eq!(cache.tunnel("web").await.expect("tunnel"), Some(t));
@@ -181,5 +183,96 @@ async fn an_unreadable_store_fails_closed() {
     raw.execute_batch("COMMIT").expect("commit");
     let t = cache.token_by_digest(&a.digest).await.expect("lookup");
     assert_eq!(t.and_then(|t| t.revoked_at), Some(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stored SSH keys as core's `SshKeyStore`: client keys take their token's identity and
+/// refusal, tunnel keys their tunnel's life; changes by another writer are seen at once.
+#[tokio::test]
+async fn ssh_keys_grant_and_refuse() {
+    use crate::records::{SshKeyRecord, TunnelFlavour};
+    use tunneld_core::ssh_keys::{KeyGrant, SshKeyStore, StoredKey};
+    let (dir, path) = temp_db();
+    let daemon: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
+    let cache = StateCache::start(daemon, Arc::new(Metrics::new().expect("metrics"))).expect("c");
+    let cli = SqliteStore::open(&path).expect("second connection");
+    let mut alice = token("alice");
+    alice.max_ports = Some(3);
+    cli.add_token(&alice).expect("token");
+    let key = |fp: &str, client: &str, tunnel: Option<&str>| SshKeyRecord {
+        fingerprint: fp.into(),
+        key: "ssh-ed25519 AAAA".into(),
+        comment: None,
+        client: client.into(),
+        tunnel: tunnel.map(str::to_string),
+        created_at: 1,
+    };
+    let lookup = |fp: &'static str| {
+        let cache = &cache;
+        async move { cache.lookup_ssh_key(fp).await.expect("lookup") }
+    };
+    assert_eq!(lookup("SHA256:a").await, None);
+    cli.add_ssh_key(&key("SHA256:a", "alice", None))
+        .expect("add");
+    let Some(StoredKey::Usable(KeyGrant::Client(id))) = lookup("SHA256:a").await else {
+        panic!("alice's key is usable");
+    };
+    assert_eq!(
+        (id.client_id.as_str(), id.method, id.max_ports),
+        ("alice", "ssh-key", Some(3))
+    );
+
+    // Bound to a tunnel: usable while the tunnel lives.
+    cli.add_ssh_key(&key("SHA256:t", "alice", Some("web")))
+        .expect("add");
+    assert!(
+        matches!(lookup("SHA256:t").await, Some(StoredKey::Refused(why)) if why.contains("no longer exists"))
+    );
+    let mut t = TunnelRecord {
+        name: "web".into(),
+        owner: "alice".into(),
+        protocols: vec!["http".into()],
+        ports: [("http".to_string(), 20001u16)].into(),
+        created_at: 1,
+        expires_at: Some(crate::now() + 60),
+        flavour: TunnelFlavour::Pipe2me,
+        id_digest: Some("cd".repeat(32)),
+    };
+    cli.add_tunnel(&t).expect("tunnel");
+    assert_eq!(
+        cache
+            .tunnel_by_id_digest(&"cd".repeat(32))
+            .await
+            .expect("id"),
+        Some(t.clone())
+    );
+    let Some(StoredKey::Usable(KeyGrant::Tunnel { identity, tunnel })) = lookup("SHA256:t").await
+    else {
+        panic!("the tunnel's key is usable");
+    };
+    assert_eq!(
+        (identity.client_id.as_str(), tunnel.as_str()),
+        ("alice", "web")
+    );
+    t.expires_at = Some(5);
+    cli.update_tunnel(&t).expect("expire");
+    assert!(
+        matches!(lookup("SHA256:t").await, Some(StoredKey::Refused(why)) if why.contains("expired"))
+    );
+
+    // A key of a name that is no stored token is refused; a revoked token refuses its keys.
+    cli.add_ssh_key(&key("SHA256:n", "nobody", None))
+        .expect("add");
+    assert!(matches!(
+        lookup("SHA256:n").await,
+        Some(StoredKey::Refused(_))
+    ));
+    cli.revoke_token("alice", 7).expect("revoke");
+    assert!(
+        matches!(lookup("SHA256:a").await, Some(StoredKey::Refused(why)) if why.contains("revoked"))
+    );
+    assert!(cli.remove_ssh_key("SHA256:a").expect("remove"));
+    assert_eq!(lookup("SHA256:a").await, None);
+    drop(cache);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 //! What the state cache asks for: the change counters, and the tables whose counter moved,
 //! read in one transaction on the read-only connection.
 
-use super::rows::{all_rendezvous, all_tokens, db, tunnels_of};
+use super::rows::{all_rendezvous, all_tokens, db, ssh_keys_of, tunnels_of};
 use crate::{Changes, StateError, Versions};
 use rusqlite::Connection;
 
@@ -24,6 +24,10 @@ pub(super) fn changes(c: &Connection, known: Option<Versions>) -> Result<Changes
             true => Some(tunnels_of(&tx, None)?),
             false => None,
         },
+        ssh_keys: match moved(|v| v.ssh_keys) {
+            true => Some(ssh_keys_of(&tx, None)?),
+            false => None,
+        },
     };
     drop(tx);
     Ok(out)
@@ -44,6 +48,7 @@ fn counters(c: &Connection) -> Result<Versions, StateError> {
             "tokens" => v.tokens = n,
             "rendezvous" => v.rendezvous = n,
             "tunnels" => v.tunnels = n,
+            "ssh_keys" => v.ssh_keys = n,
             _ => {}
         }
     }

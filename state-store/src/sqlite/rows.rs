@@ -1,6 +1,8 @@
 //! Rows to records and back.
 
-use crate::records::{CertRecord, RendezvousRecord, TokenRecord, TunnelRecord};
+use crate::records::{
+    CertRecord, RendezvousRecord, SshKeyRecord, TokenRecord, TunnelFlavour, TunnelRecord,
+};
 use crate::StateError;
 use rusqlite::{Connection, Row};
 
@@ -57,10 +59,54 @@ pub(super) fn tunnel_row(row: &Row) -> rusqlite::Result<TunnelRecord> {
         ports: from_json(&row.get::<_, String>(3)?, "tunnels.ports")?,
         created_at: u64_col(row, 4)?.unwrap_or(0),
         expires_at: u64_col(row, 5)?,
+        flavour: {
+            let s = row.get::<_, Option<String>>(6)?;
+            TunnelFlavour::parse(s.as_deref()).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    rusqlite::types::Type::Text,
+                    format!("tunnels.flavour: unknown `{}`", s.unwrap_or_default()).into(),
+                )
+            })?
+        },
+        id_digest: row.get(7)?,
     })
 }
 
-pub(super) const TUNNEL_COLS: &str = "name, owner, protocols, ports, created_at, expires_at";
+pub(super) const TUNNEL_COLS: &str =
+    "name, owner, protocols, ports, created_at, expires_at, flavour, id_digest";
+
+/// The stored form of a flavour: NULL for native (as rows of schema 1 read).
+pub(super) fn flavour_col(f: TunnelFlavour) -> Option<&'static str> {
+    (f != TunnelFlavour::Native).then(|| f.as_str())
+}
+
+pub(super) fn ssh_key_row(row: &Row) -> rusqlite::Result<SshKeyRecord> {
+    Ok(SshKeyRecord {
+        fingerprint: row.get(0)?,
+        key: row.get(1)?,
+        comment: row.get(2)?,
+        client: row.get(3)?,
+        tunnel: row.get(4)?,
+        created_at: u64_col(row, 5)?.unwrap_or(0),
+    })
+}
+
+pub(super) const SSH_KEY_COLS: &str = "fingerprint, key, comment, client, tunnel, created_at";
+
+/// Every SSH key, or those of one client.
+pub(super) fn ssh_keys_of(
+    c: &Connection,
+    client: Option<&str>,
+) -> Result<Vec<SshKeyRecord>, StateError> {
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT {SSH_KEY_COLS} FROM ssh_keys WHERE ?1 IS NULL OR client = ?1 ORDER BY client, fingerprint"
+        ))
+        .map_err(db)?;
+    let rows = st.query_map([client], ssh_key_row).map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
 
 pub(super) fn cert_row(row: &Row) -> rusqlite::Result<CertRecord> {
     Ok(CertRecord {

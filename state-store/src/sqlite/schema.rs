@@ -1,4 +1,13 @@
 //! The store's tables, and the change counters the state cache watches.
+//!
+//! Schema 1 is [`SCHEMA`]; [`upgrade`] brings a store of any older schema to
+//! [`SCHEMA_VERSION`] in one transaction (2: `tunnels.flavour`, `tunnels.id_digest` and the
+//! `ssh_keys` table).
+
+use rusqlite::Connection;
+
+/// The schema this tunneld writes.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -54,14 +63,58 @@ CREATE TABLE IF NOT EXISTS versions (
     kind TEXT PRIMARY KEY,
     n INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
 ";
+
+/// Schema 2's additions to schema 1 (the columns are added by [`upgrade`]).
+const SCHEMA_2: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS tunnels_id_digest ON tunnels(id_digest);
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    fingerprint TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    comment TEXT,
+    client TEXT NOT NULL,
+    tunnel TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ssh_keys_client ON ssh_keys(client);
+CREATE INDEX IF NOT EXISTS ssh_keys_tunnel ON ssh_keys(tunnel);
+";
+
+/// Creates the tables a new store needs and upgrades an older one, in one write
+/// transaction (two processes opening an old store at once upgrade it once).
+pub(super) fn upgrade(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    match upgrade_steps(c) {
+        Ok(()) => c.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn upgrade_steps(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(SCHEMA)?;
+    let has = |col: &str| -> rusqlite::Result<bool> {
+        let mut st = c.prepare("SELECT 1 FROM pragma_table_info('tunnels') WHERE name = ?1")?;
+        st.exists([col])
+    };
+    if !has("flavour")? {
+        c.execute_batch("ALTER TABLE tunnels ADD COLUMN flavour TEXT")?;
+    }
+    if !has("id_digest")? {
+        c.execute_batch("ALTER TABLE tunnels ADD COLUMN id_digest TEXT")?;
+    }
+    c.execute_batch(SCHEMA_2)?;
+    c.execute_batch(&version_triggers())?;
+    c.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
 
 /// The tables [`StateStore::versions`] counts changes of; a trigger per table and change
 /// kind bumps its counter in the writer's own transaction, whichever process writes.
-pub(super) const VERSIONED: [&str; 3] = ["tokens", "rendezvous", "tunnels"];
+pub(super) const VERSIONED: [&str; 4] = ["tokens", "rendezvous", "tunnels", "ssh_keys"];
 
-pub(super) fn version_triggers() -> String {
+fn version_triggers() -> String {
     let mut sql = String::new();
     for table in VERSIONED {
         sql.push_str(&format!(

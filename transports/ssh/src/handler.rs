@@ -80,9 +80,12 @@ impl Conn {
         };
         let lease = self.cx.hub.lease_at(owner, kind, port, name.as_deref());
         if let KeyGrant::Tunnel { tunnel, .. } = grant {
+            // The tunnel's own leases only: `<tunnel>-<protocol>`, not another tunnel
+            // whose name starts the same.
             let prefix = lease_name(tunnel, "");
+            let own = |l: &str| l.strip_prefix(&prefix).is_some_and(|p| !p.contains('-'));
             return match lease {
-                Some(l) if l.starts_with(&prefix) => Ok(request(l, kind, port, name)),
+                Some(l) if own(&l) => Ok(request(l, kind, port, name)),
                 _ => Err(format!(
                     "this key may only forward the ports and names of tunnel `{tunnel}`"
                 )),
