@@ -180,3 +180,166 @@ async fn a_client_that_stops_answering_is_dropped_by_keepalives() {
         .args(["-CONT", &pid])
         .status();
 }
+
+/// pipe2me's whole shell workflow against tunneld: `curl -d protocols=... /tunnels/<token>`,
+/// `ssh-keygen -t rsa`, `curl --data-binary @id_rsa.pub /tunnels/<id>/id_rsa.pub`, then the
+/// autossh command with one `-R` per URL, reaching the host and port of the `TUNNEL=` line.
+/// The key binds only its tunnel's ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe2me_workflow_provisions_uploads_a_key_and_serves_through_autossh() {
+    if !peer_or_skip("autossh", "pipe2me workflow") || !peer_or_skip("curl", "pipe2me workflow") {
+        return;
+    }
+    let dir = temp_dir("pipe2me-flow");
+    let range = port_block();
+    let file = dir.join("server.yaml");
+    let plane = "  web:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\ncontrol:\n  listen: 127.0.0.1:0\n  names_frontend: web\n  ports_frontend: tcp\n  transport: edge\n";
+    std::fs::write(
+        &file,
+        tunneld_integration_tests::server_yaml(&dir.join("state"), range, plane),
+    )
+    .expect("config");
+    let cfg = file.to_str().expect("utf8");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(
+            tunneld_integration_tests::process::binary("tunneld").expect("binary"),
+        )
+        .args(["--config", cfg])
+        .args(args)
+        .output()
+        .expect("tunneld cli");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = run(&["token", "add", "gina", "--max-ports", "4"])
+        .lines()
+        .find_map(|l| l.strip_prefix("token: ").map(str::to_string))
+        .expect("token");
+    let sets = [
+        "--set",
+        "transports.ssh.type=ssh",
+        "--set",
+        "transports.ssh.listen=127.0.0.1:0",
+    ];
+    let mut args = vec!["--config", cfg];
+    args.extend(sets);
+    let mut daemon = Proc::spawn("tunneld", &args, dir.join("tunneld.err")).expect("tunneld");
+    let line = daemon
+        .line_starting("listening control")
+        .await
+        .expect("control");
+    let api = tunneld_integration_tests::process::field(&line, "addr").expect("addr");
+    daemon.line_starting("ready").await.expect("ready");
+    let ca = dir.join("state/tls/ca.pem").display().to_string();
+    let url = |path: &str| format!("https://{api}{path}");
+    let curl = |args: Vec<String>| async move {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        tunneld_integration_tests::process::curl(&a)
+            .await
+            .expect("curl")
+            .1
+    };
+
+    let body = curl(vec![
+        "--cacert".into(),
+        ca.clone(),
+        "-d".into(),
+        "protocols=http,tcp".into(),
+        url(&format!("/tunnels/{token}")),
+    ])
+    .await;
+    let lines: std::collections::BTreeMap<String, String> = body
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (id, tunnel) = (&lines["ID"], &lines["TUNNEL"]);
+    let port_of = |k: &str| -> u16 {
+        lines[k]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("url port")
+    };
+    let remote = [port_of("URLS_0"), port_of("URLS_1")];
+    // TUNNEL=ssh://<user>@<host>:<port>
+    let (user, hostport) = tunnel
+        .strip_prefix("ssh://")
+        .and_then(|t| t.split_once('@'))
+        .expect("TUNNEL line");
+    let (host, ssh_port) = hostport.rsplit_once(':').expect("host:port");
+
+    let (key, _) = keygen(&dir, "pipe2me.id_rsa", "rsa").expect("keygen");
+    let answer = curl(vec![
+        "--cacert".into(),
+        ca.clone(),
+        "--data-binary".into(),
+        format!("@{}.pub", key.display()),
+        url(&format!("/tunnels/{id}/id_rsa.pub")),
+    ])
+    .await;
+    assert_eq!(answer.trim(), "OK");
+
+    let (a, b) = (services::echo().await, services::echo().await);
+    let ssh_config = dir.join("pipe2me.ssh_config");
+    std::fs::write(&ssh_config, "ServerAliveInterval 5\nBatchMode yes\n").expect("ssh_config");
+    let d = |p: &std::path::Path| p.display().to_string();
+    let mut args: Vec<String> = [
+        "-M",
+        "0",
+        "-F",
+        &d(&ssh_config),
+        &format!("{user}@{host}"),
+        "-p",
+        ssh_port,
+    ]
+    .map(String::from)
+    .to_vec();
+    for (r, l) in remote.iter().zip([a, b]) {
+        args.extend(["-R".into(), format!("0.0.0.0:{r}:localhost:{}", l.port())]);
+    }
+    args.extend(
+        [
+            "-i",
+            &d(&key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            &format!("UserKnownHostsFile={}", d(&dir.join("pipe2me.known_hosts"))),
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+        ]
+        .map(String::from),
+    );
+    let _autossh = Ssh::spawn("autossh", &args, &[("AUTOSSH_GATETIME", "0")]).expect("autossh");
+    for r in remote {
+        wait_echo(SocketAddr::from(([127, 0, 0, 1], r))).await;
+    }
+
+    // The same key asking for a port its tunnel does not hold: the forward is refused.
+    let outside = (range.0..=range.1)
+        .find(|p| !remote.contains(p))
+        .expect("a free port");
+    let mut args = tunneld_integration_tests::ssh::base_args(ssh_port.parse().expect("port"), &key);
+    args.extend(
+        [
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("0.0.0.0:{outside}:localhost:9"),
+            &format!("{user}@{host}"),
+        ]
+        .map(String::from),
+    );
+    let mut stray = Ssh::spawn("ssh", &args, &[]).expect("ssh");
+    stray
+        .line_with("remote port forwarding failed")
+        .await
+        .expect("refused");
+    let (code, _) = stray.exit().await.expect("exits");
+    assert_eq!(code, Some(255));
+}
