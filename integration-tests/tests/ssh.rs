@@ -333,3 +333,50 @@ async fn wait_echo(ep: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_garbage_connections_are_closed_within_the_handshake_deadline() {
+    // No OpenSSH needed: raw TCP against the port (the harness's handshake_timeout is 2 s).
+    let s = server(&[], &[]).await.expect("server");
+    let addr = s.running.transports["ssh"];
+    let started = tokio::time::Instant::now();
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut banner = Vec::new();
+    let read = tokio::time::timeout(WAIT, silent.read_to_end(&mut banner)).await;
+    assert!(read.is_ok(), "a silent connection stayed open");
+    assert!(
+        banner.starts_with(b"SSH-2.0-tunneld_"),
+        "{:?}",
+        String::from_utf8_lossy(&banner)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    let mut garbage = TcpStream::connect(addr).await.expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, garbage.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "a garbage connection stayed open");
+
+    let m = s.metrics().await;
+    assert!(
+        m.get(
+            "tunneld_handshakes_total",
+            &[("transport", "ssh"), ("outcome", "timeout")]
+        ) >= 1.0
+    );
+    // The server still serves: a third connection gets the banner.
+    let mut again = TcpStream::connect(addr).await.expect("connect");
+    let mut first = [0u8; 8];
+    tokio::time::timeout(WAIT, again.read_exact(&mut first))
+        .await
+        .expect("banner in time")
+        .expect("banner");
+    assert_eq!(&first, b"SSH-2.0-");
+}
