@@ -464,3 +464,23 @@ pub fn config_loader(data: &[u8]) {
         }
     }
 }
+
+/// `ssh_requests`: the first line as an OpenSSH public key line (`ssh_keys::parse_line`; a
+/// parsed key's canonical form parses again to the same fingerprint), every further line as
+/// a remote forward request `<address> <port>` (`forwards::wanted`).
+pub fn ssh_requests(data: &[u8]) {
+    use tunneld_core::ssh_keys::parse_line;
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    if let Some(first) = lines.next() {
+        if let Ok(k) = parse_line(first) {
+            let again = parse_line(&k.canonical()).map(|k| k.fingerprint);
+            assert_eq!(again.as_deref(), Ok(k.fingerprint.as_str()));
+        }
+    }
+    for l in lines.take(64) {
+        let (address, port) = l.rsplit_once(' ').unwrap_or((l, "0"));
+        let port = port.trim().parse::<u32>().unwrap_or(u32::MAX);
+        let _ = tunneld_transport_ssh::forwards::wanted(address, port);
+    }
+}

@@ -23,6 +23,7 @@ fn target(name: &str) -> Option<fn(&[u8])> {
         "connect_target" => t::connect_target,
         "config_loader" => t::config_loader,
         "visitor_heads" => t::visitor_heads,
+        "ssh_requests" => t::ssh_requests,
         _ => return None,
     })
 }

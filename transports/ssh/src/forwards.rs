@@ -28,7 +28,7 @@ pub(crate) struct Forward {
 
 /// What a `tcpip-forward` request asks tunneld for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Wanted {
+pub enum Wanted {
     /// A port on a ports frontend (`None`: any free one).
     Port(Option<u16>),
     /// A name on the https frontend: `Http` terminates TLS (`-R name:80:...`), `Tls` passes it
@@ -46,7 +46,7 @@ fn is_bind_address(address: &str) -> bool {
 
 /// Why a forward request cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum WantedError {
+pub enum WantedError {
     #[error("port {0} is out of range")]
     Port(u32),
     #[error("a named forward (`-R {0}:PORT:...`) must use port 80 (HTTP, TLS ended by tunneld) or 443 (TLS passed through)")]
@@ -55,7 +55,7 @@ pub(crate) enum WantedError {
 
 /// Reads a forward request: a name only with port 80 or 443; port 80 or 443 without a name
 /// is a name tunneld picks; anything else is a port.
-pub(crate) fn wanted(address: &str, port: u32) -> Result<Wanted, WantedError> {
+pub fn wanted(address: &str, port: u32) -> Result<Wanted, WantedError> {
     let named = !is_bind_address(address);
     let kind = match port {
         80 => Some(TunnelKind::Http),
