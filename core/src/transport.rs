@@ -49,6 +49,28 @@ pub trait ManagementApi: Send + Sync {
 }
 
 impl TransportContext {
+    /// Admission of one accepted tunnel-client connection: the failed-authentication budget,
+    /// then the handshake limiter (a refusal is counted as a handshake outcome and logged
+    /// within the refusal budget). The permit is held until the handshake ends.
+    pub fn admit(&self, peer: SocketAddr) -> Option<crate::limits::Permit> {
+        if self.throttled(peer.ip()) {
+            return None;
+        }
+        match self.limiter.try_acquire(peer.ip()) {
+            Ok(p) => Some(p),
+            Err(refused) => {
+                self.metrics
+                    .handshakes_total
+                    .with_label_values(&[&self.name, refused.reason()])
+                    .inc();
+                if self.hub.refusal_log.allow() {
+                    tracing::warn!(transport = %self.name, %peer, reason = refused.reason(), "handshake refused");
+                }
+                None
+            }
+        }
+    }
+
     /// Whether `ip` is over its failed-authentication budget; counted as a `throttled`
     /// handshake when it is (such a peer gets no TLS handshake at all).
     pub fn throttled(&self, ip: std::net::IpAddr) -> bool {

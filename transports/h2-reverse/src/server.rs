@@ -66,18 +66,8 @@ impl Transport for H2ReverseTransport {
             let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
                 break;
             };
-            if cx.throttled(peer.ip()) {
+            let Some(permit) = cx.admit(peer) else {
                 continue;
-            }
-            let permit = match cx.limiter.try_acquire(peer.ip()) {
-                Ok(p) => p,
-                Err(refused) => {
-                    cx.metrics
-                        .handshakes_total
-                        .with_label_values(&[&cx.name, refused.reason()])
-                        .inc();
-                    continue;
-                }
             };
             let (me, acceptor) = (self.clone(), acceptor.clone());
             cx.tasks.spawn(async move {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::Authenticator;
 use tunneld_core::metrics::Metrics;
-use tunneld_core::tls_listener::{accept_next, set_keepalive, BoundListener};
+use tunneld_core::tls_listener::{accept_loop, set_keepalive, BoundListener, Tasks};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
 
 pub struct SshTransport {
@@ -98,28 +98,15 @@ impl Transport for SshTransport {
     async fn serve(self: Arc<Self>, cx: TransportContext) -> Result<(), TransportError> {
         let listener = self.listener.take_for_serve()?;
         tracing::info!(transport = %cx.name, addr = %self.listener.local_addr(), host_key = %self.fingerprint, "ssh transport listening");
-        loop {
-            let Some((tcp, peer)) = accept_next(&listener, &cx.shutdown, &cx.name).await else {
-                break;
-            };
-            if cx.throttled(peer.ip()) {
-                continue;
-            }
-            let permit = match cx.limiter.try_acquire(peer.ip()) {
-                Ok(p) => p,
-                Err(refused) => {
-                    cx.metrics
-                        .handshakes_total
-                        .with_label_values(&[&cx.name, refused.reason()])
-                        .inc();
-                    continue;
-                }
-            };
-            let (me, cx2) = (self.clone(), cx.clone());
-            cx.tasks.spawn(async move {
-                me.connection(tcp, peer, cx2, permit).await;
-            });
-        }
+        accept_loop(
+            &listener,
+            &cx.shutdown,
+            &cx.name,
+            Tasks::Tracked(&cx.tasks),
+            |peer| cx.admit(peer),
+            |tcp, peer, permit| self.clone().connection(tcp, peer, cx.clone(), permit),
+        )
+        .await;
         Ok(())
     }
 }

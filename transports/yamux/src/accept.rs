@@ -29,7 +29,7 @@ impl YamuxTransport {
             &cx.shutdown,
             &cx.name,
             Tasks::Tracked(&cx.tasks),
-            |peer| Self::admit(&cx, peer),
+            |peer| cx.admit(peer),
             |tcp, peer, permit| {
                 let (me, cx2) = (self.clone(), cx.clone());
                 async move {

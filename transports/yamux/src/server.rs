@@ -73,24 +73,6 @@ impl YamuxTransport {
             .with_label_values(&[&cx.name, outcome])
             .inc();
     }
-
-    /// Admission for one accepted connection: the failed-authentication budget, then the
-    /// handshake limiter.
-    pub(crate) fn admit(cx: &TransportContext, peer: SocketAddr) -> Option<Permit> {
-        if cx.throttled(peer.ip()) {
-            return None;
-        }
-        match cx.limiter.try_acquire(peer.ip()) {
-            Ok(p) => Some(p),
-            Err(refused) => {
-                Self::count_handshake(cx, refused.reason());
-                if cx.hub.refusal_log.allow() {
-                    tracing::warn!(transport = %cx.name, %peer, reason = refused.reason(), "handshake refused");
-                }
-                None
-            }
-        }
-    }
 }
 
 #[async_trait]
