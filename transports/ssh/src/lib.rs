@@ -15,6 +15,7 @@
 
 mod channel_io;
 pub mod config;
+mod forwarding;
 pub mod forwards;
 mod handler;
 pub mod host_key;
