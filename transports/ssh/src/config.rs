@@ -18,9 +18,9 @@ pub struct Config {
     /// Keepalive requests are sent after this long without a packet from the client...
     #[serde(default = "d10s", with = "serde_human")]
     pub keepalive_interval: Duration,
-    /// ...and the session ends after this many go unanswered (10 s x 3: a dead client is
-    /// noticed within 40 s, its routes held for the frontends' grace period).
-    #[serde(default = "three")]
+    /// ...and the session ends after this many go unanswered (10 s x 2: a dead client is
+    /// noticed within 30 s, its routes held for the frontends' grace period).
+    #[serde(default = "two")]
     pub keepalive_max: usize,
     /// Remote forwards (`-R`) one SSH session may hold at once.
     #[serde(default = "sixteen")]
@@ -48,8 +48,8 @@ fn session_backlog() -> usize {
 fn d10s() -> Duration {
     Duration::from_secs(10)
 }
-fn three() -> usize {
-    3
+fn two() -> usize {
+    2
 }
 fn sixteen() -> usize {
     16
