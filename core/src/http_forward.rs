@@ -65,6 +65,18 @@ impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
     }
 }
 
+/// A body whose data bytes are added to `counter` as they pass (a frontend's
+/// `tunneld_bytes_total` for a request or response body).
+pub fn counted(body: Body, counter: prometheus::IntCounter) -> Body {
+    body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            counter.inc_by(d.len() as u64);
+        }
+        f
+    })
+    .boxed()
+}
+
 /// Below this size a DATA chunk is worth merging with the next one.
 const COALESCE_BELOW: usize = 16 * 1024;
 /// Merged chunks stop growing here.

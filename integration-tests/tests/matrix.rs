@@ -278,6 +278,27 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
         ) >= 1.0
     );
     assert!(m.get("tunneld_streams_opened_total", &[("frontend", "tcp")]) >= 2.0);
+    // HTTP requests and websocket-port visitors count as streams and bytes too (the series
+    // Prometheus rates and quantiles come from).
+    for fe in ["web", "ws"] {
+        assert!(
+            m.get("tunneld_streams_opened_total", &[("frontend", fe)]) >= 1.0,
+            "{fe}"
+        );
+        assert!(
+            m.get("tunneld_stream_open_seconds_count", &[("frontend", fe)]) >= 1.0,
+            "{fe}"
+        );
+        for dir in ["in", "out"] {
+            assert!(
+                m.get(
+                    "tunneld_bytes_total",
+                    &[("frontend", fe), ("direction", dir)]
+                ) > 0.0,
+                "{fe} {dir}"
+            );
+        }
+    }
     assert_eq!(
         m.get(
             "tunneld_http_requests_total",

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::http2::h2_reason;
-use tunneld_core::http_forward::{is_upgrade, Body};
+use tunneld_core::http_forward::{counted, is_upgrade, Body};
 use tunneld_core::idle::{tracked_body, Activity, InFlight};
 use tunneld_core::io::BoxIo;
 use tunneld_core::session::StreamHeader;
@@ -257,11 +257,24 @@ impl Conn {
         let mut req = req;
         let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let req = self.forwarded(req, &raw_host, upgrade);
+        // Each forwarded request is one stream of the frontend: counted, timed to the
+        // service's answer, and its body bytes counted both ways (upgrades count their
+        // spliced bytes when they splice).
+        let m = &self.fe.metrics;
+        m.streams_opened_total
+            .with_label_values(&[&self.fe.name])
+            .inc();
+        let started = std::time::Instant::now();
+        let req = req.map(|b| counted(b, m.bytes_total.with_label_values(&[&self.fe.name, "in"])));
         let resp = match self.forward(&host, &route, req, upgrade).await {
             Ok(r) => r,
             Err(resp) => return *resp,
         };
-        self.answer(resp, upgrade, visitor_upgrade)
+        m.stream_open_seconds
+            .with_label_values(&[&self.fe.name])
+            .observe(started.elapsed().as_secs_f64());
+        let out = m.bytes_total.with_label_values(&[&self.fe.name, "out"]);
+        self.answer(resp.map(|b| counted(b, out)), upgrade, visitor_upgrade)
     }
 
     /// The host a request names (lower-cased, and raw) once its head passed the checks: not

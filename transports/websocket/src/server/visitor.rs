@@ -45,6 +45,7 @@ impl WebsocketTransport {
                 return answer(&mut io, code, &why).await;
             }
         };
+        let started = std::time::Instant::now();
         let conv = match self.open_member(members, rest, &origin, local).await {
             Ok(conv) => conv,
             Err((code, why)) => {
@@ -52,6 +53,16 @@ impl WebsocketTransport {
                 return answer(&mut io, code, &why).await;
             }
         };
+        // The port acts as a frontend: its stream and byte series carry the transport's
+        // name in their `frontend` label.
+        cx.metrics
+            .stream_open_seconds
+            .with_label_values(&[&cx.name])
+            .observe(started.elapsed().as_secs_f64());
+        cx.metrics
+            .streams_opened_total
+            .with_label_values(&[&cx.name])
+            .inc();
         self.splice_visitor(io, conv, raw, &cx).await;
     }
 
@@ -119,7 +130,14 @@ impl WebsocketTransport {
             self.count(cx, "visitor", 502);
             return answer(&mut io, 502, "the tunnel session ended").await;
         }
-        let counters = tunneld_core::splice::SpliceCounters::default();
+        cx.metrics
+            .bytes_total
+            .with_label_values(&[&cx.name, "in"])
+            .inc_by(raw.len() as u64);
+        let counters = tunneld_core::splice::SpliceCounters {
+            a_to_b: Some(cx.metrics.bytes_total.with_label_values(&[&cx.name, "in"])),
+            b_to_a: Some(cx.metrics.bytes_total.with_label_values(&[&cx.name, "out"])),
+        };
         // A visitor that stops reading frees its conversation after the stall timeout.
         let io = tunneld_core::stream_budget::StallGuard::new(
             io,
