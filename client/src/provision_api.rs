@@ -67,7 +67,7 @@ pub struct SignedCert {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub domain: String,
-    /// `yamux` or `h2-reverse`.
+    /// The transport `tunnelc setup` configures by default: `yamux`, `h2-reverse` or `ssh`.
     pub transport: String,
     pub transport_port: u16,
     /// Host for the transport, when it differs from the API's.
@@ -76,4 +76,11 @@ pub struct ServerInfo {
     pub transport_local_ca: bool,
     pub protocols: Vec<String>,
     pub version: String,
+    /// `host:port` of tunneld's `ssh` transport (stock OpenSSH clients), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_endpoint: Option<String>,
+    /// That transport's host key, `ssh-ed25519 AAAA...` (a `known_hosts` line without the
+    /// host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }

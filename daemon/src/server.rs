@@ -130,7 +130,8 @@ fn control(
     let kind = match cfg.transports.get(&c.transport) {
         Some(TransportConfig::Yamux(_)) => "yamux",
         Some(TransportConfig::H2Reverse(_)) => "h2-reverse",
-        _ => anyhow::bail!("control.transport: not a yamux or h2-reverse transport"),
+        Some(TransportConfig::Ssh(_)) => "ssh",
+        _ => anyhow::bail!("control.transport: not a yamux, h2-reverse or ssh transport"),
     };
     let port = match transports.get(&c.transport) {
         Some(a) => a.port(),
@@ -150,6 +151,7 @@ fn control(
     };
     Ok(crate::control::Control {
         ssh_endpoint,
+        ssh_host_key: crate::control::endpoint::ssh_host_key(cfg, c),
         ports_range,
         cfg: c.clone(),
         store: store.clone(),
@@ -163,7 +165,7 @@ fn control(
         transport: crate::control::SetupTransport {
             kind,
             port,
-            local_ca: cfg.tls.cert.is_none(),
+            local_ca: kind != "ssh" && cfg.tls.cert.is_none(),
         },
         changes: tokio::sync::Mutex::new(()),
         working: tokio::sync::Semaphore::new(crate::control::api::MAX_WORKING),

@@ -117,6 +117,11 @@ struct SetupCli {
     /// ~/.local/share/tunnelc).
     #[arg(long, env = "TUNNELC_DIR")]
     dir: Option<PathBuf>,
+    /// `ssh`: run the tunnel with stock OpenSSH (writes a key pair, known_hosts and an
+    /// ssh_config; no tunnelc needed); or tunneld's own transport (yamux, h2-reverse).
+    /// Default: the server's control.transport.
+    #[arg(long)]
+    transport: Option<String>,
     #[command(flatten)]
     trust: TrustArgs,
 }
@@ -160,6 +165,7 @@ fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
                 ca: a.trust.ca.clone(),
                 pin: a.trust.pin.clone(),
                 server_name: a.trust.server_name.clone(),
+                transport: a.transport.clone(),
             }))
             .map(|()| true)
         }),

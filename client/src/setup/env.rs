@@ -1,6 +1,7 @@
 //! `tunnelc env [NAME]`: `KEY=value` lines a POSIX shell can `eval` or `.`-source.
 
 use super::files::{TunnelDir, CA, CERT, CONFIG, KEY};
+use super::ssh;
 
 /// Single-quotes `v` for sh.
 pub fn sh_quote(v: &str) -> String {
@@ -30,10 +31,27 @@ pub fn lines(t: &TunnelDir, prefix: &str) -> Vec<String> {
             out.push(format!("{prefix}{p}_LOCAL_PORT={l}"));
         }
     }
-    for (k, f) in [("CERT", CERT), ("KEY", KEY), ("CA", CA), ("CONFIG", CONFIG)] {
+    let name = &r.tunnel.name;
+    let mut files: Vec<(&str, String)> = vec![
+        ("CERT", CERT.into()),
+        ("KEY", KEY.into()),
+        ("CA", CA.into()),
+    ];
+    match &r.ssh {
+        None => files.push(("CONFIG", CONFIG.into())),
+        Some(s) => {
+            out.push(format!("{prefix}SSH_ENDPOINT={}", sh_quote(&s.endpoint)));
+            files.extend([
+                ("SSH_CONFIG", ssh::config_file(name)),
+                ("SSH_KEY", ssh::key_file(name)),
+                ("SSH_KNOWN_HOSTS", ssh::known_hosts_file(name)),
+            ]);
+        }
+    }
+    for (k, f) in files {
         out.push(format!(
             "{prefix}{k}={}",
-            sh_quote(&t.file(f).display().to_string())
+            sh_quote(&t.file(&f).display().to_string())
         ));
     }
     out

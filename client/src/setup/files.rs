@@ -1,6 +1,7 @@
 //! What `tunnelc setup` writes: one directory per tunnel under the setup directory, with
 //! `client.yaml` (runs with `tunnelc --config`), `tunnel.json` (the API's answer and the local
-//! ports), `key.pem`, `cert.pem` and `ca.pem`.
+//! ports), `key.pem`, `cert.pem` and `ca.pem`; with `--transport ssh`, the OpenSSH files of
+//! [`super::ssh`] instead of `client.yaml`.
 
 use crate::provision_api::TunnelInfo;
 use anyhow::{bail, Context};
@@ -22,6 +23,9 @@ pub struct SetupRecord {
     pub tunnel: TunnelInfo,
     /// Local port per protocol.
     pub local: BTreeMap<String, u16>,
+    /// Set up for stock OpenSSH (`--transport ssh`): no `client.yaml`, the ssh files instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<super::ssh::SshRecord>,
 }
 
 /// One set-up tunnel on disk.

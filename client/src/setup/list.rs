@@ -3,8 +3,10 @@
 
 use super::api_client::ApiClient;
 use super::files::{cert_not_after, TunnelDir, CA, CERT, CONFIG};
+use super::ssh;
 use crate::config::client::ClientConfig;
 use crate::provision_api::TunnelInfo;
+use anyhow::Context;
 use http::Method;
 use tunneld_core::clock::{now, rfc3339};
 
@@ -17,16 +19,34 @@ fn until(t: u64) -> String {
     }
 }
 
-async fn remote(t: &TunnelDir) -> anyhow::Result<TunnelInfo> {
+/// The API client of a set-up tunnel: from its `client.yaml`, or for an ssh set-up from
+/// `tunnel.json` and the `token` file.
+fn api_of(t: &TunnelDir) -> anyhow::Result<ApiClient> {
+    if let Some(s) = &t.record.ssh {
+        let file = t.file(ssh::TOKEN);
+        let token =
+            std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+        let trust = crate::client::trust_of(Some(&t.file(CA)), s.pin.as_ref());
+        return ApiClient::new(
+            &t.record.server,
+            &trust,
+            s.server_name.as_deref(),
+            Some(token.trim().to_string()),
+        );
+    }
     let cfg = ClientConfig::load(Some(&t.file(CONFIG)), &[])
         .map_err(|e| anyhow::anyhow!("{}", e.lines.join("; ")))?;
     let trust = crate::client::trust_of(Some(&t.file(CA)), cfg.tls.pin.as_ref());
-    let api = ApiClient::new(
+    ApiClient::new(
         &t.record.server,
         &trust,
         cfg.server_name.as_deref(),
         cfg.token.map(|s| s.0),
-    )?;
+    )
+}
+
+async fn remote(t: &TunnelDir) -> anyhow::Result<TunnelInfo> {
+    let api = api_of(t)?;
     api.json(
         Method::GET,
         &format!("/v1/tunnels/{}", t.record.tunnel.name),
@@ -55,5 +75,10 @@ pub async fn run(tunnels: &[TunnelDir]) {
             say!("  lease expires {l}");
         }
         say!("  directory {}", t.path.display());
+        if let Some(s) = &r.ssh {
+            let cfg = t.file(&ssh::config_file(&r.tunnel.name));
+            say!("  ssh {} via {}", s.endpoint, cfg.display());
+            say!("  run ssh -F \"{}\" -N {}", cfg.display(), r.tunnel.name);
+        }
     }
 }

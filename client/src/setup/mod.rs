@@ -16,6 +16,7 @@ pub mod env;
 pub mod files;
 pub mod list;
 pub mod selftest;
+pub mod ssh;
 
 use crate::provision_api::{ServerInfo, SignedCert, TunnelInfo};
 use anyhow::{bail, Context};
@@ -38,6 +39,9 @@ pub struct SetupArgs {
     pub ca: Option<PathBuf>,
     pub pin: Option<String>,
     pub server_name: Option<String>,
+    /// `ssh` (stock OpenSSH, no tunnelc) or tunneld's own transport; default: the server's
+    /// `control.transport`.
+    pub transport: Option<String>,
 }
 
 /// The local port a protocol uses when `--ports` does not say.
@@ -68,6 +72,10 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         Some(args.token.clone()),
     )?;
     let info: ServerInfo = api.json(Method::GET, "/v1/config", None).await?;
+    let ssh = ssh::chosen(args.transport.as_deref(), &info)?;
+    if ssh.is_some() {
+        ssh::check_keygen()?;
+    }
     let created: TunnelInfo = api
         .json(
             Method::POST,
@@ -93,11 +101,25 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         .cloned()
         .zip(ports.iter().copied())
         .collect();
-    write_client_config(&args, &info, &api, &created, &local, &tdir)?;
+    let ssh_record = match &ssh {
+        Some(s) => {
+            ssh::install(s, &api, &created, &local, &tdir, &args.token).await?;
+            Some(ssh::SshRecord {
+                endpoint: format!("{}:{}", s.host, s.port),
+                pin: args.pin.clone(),
+                server_name: args.server_name.clone(),
+            })
+        }
+        None => {
+            write_client_config(&args, &info, &api, &created, &local, &tdir)?;
+            None
+        }
+    };
     let record = SetupRecord {
         server: args.server.clone(),
         tunnel: created.clone(),
         local: local.clone(),
+        ssh: ssh_record,
     };
     files::write(
         &tdir.join(RECORD),
@@ -120,8 +142,12 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         tunneld_core::clock::rfc3339(signed.not_after),
         tdir.join(CERT).display()
     );
-    say!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());
-    say!("check it: tunnelc test {name} --dir {}", dir.display());
+    if ssh.is_some() {
+        ssh::print_run(&tdir, &name);
+    } else {
+        say!("run it:   tunnelc --config {}", tdir.join(CONFIG).display());
+        say!("check it: tunnelc test {name} --dir {}", dir.display());
+    }
     Ok(())
 }
 

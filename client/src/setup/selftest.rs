@@ -41,6 +41,13 @@ fn line(ok: bool, e: &Endpoint, local: u16, detail: &str) {
 }
 
 async fn test_one(t: &TunnelDir) -> anyhow::Result<bool> {
+    if t.record.ssh.is_some() {
+        let name = &t.record.tunnel.name;
+        bail!(
+            "tunnel {name} is set up for OpenSSH (no client.yaml): run `ssh -F {} -N {name}` and reach its endpoints from outside",
+            t.file(&super::ssh::config_file(name)).display()
+        );
+    }
     let cfg = ClientConfig::load(Some(&t.file(CONFIG)), &[])
         .map_err(|e| anyhow!("{}: {}", t.file(CONFIG).display(), e.lines.join("; ")))?;
     let stop = CancellationToken::new();

@@ -19,7 +19,8 @@ pub struct ControlConfig {
     /// The ports frontend that serves `tcp` tunnels.
     #[serde(default)]
     pub ports_frontend: Option<String>,
-    /// The transport `tunnelc setup` configures (yamux or h2-reverse).
+    /// The transport `tunnelc setup` configures by default (yamux, h2-reverse or ssh; with
+    /// an ssh transport anywhere in the config, `tunnelc setup --transport ssh` works too).
     pub transport: String,
     /// Host clients use to reach the transport; defaults to the host of the API URL they used.
     #[serde(default)]

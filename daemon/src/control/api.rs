@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /cacert` | tunneld's CA (PEM), no token needed |
-//! | `GET /v1/config` | domain, transport, protocols ([`ServerInfo`]), no token needed |
+//! | `GET /v1/config` | domain, transport, protocols, ssh endpoint and host key ([`ServerInfo`]), no token needed |
 //! | `GET /v1/tunnels` | the caller's tunnels |
 //! | `POST /v1/tunnels` | creates one ([`CreateRequest`]) |
 //! | `GET /v1/tunnels/<name>` | one of the caller's tunnels |
@@ -119,6 +119,8 @@ async fn route_request(
                     .map(|p| p.to_string())
                     .collect(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                ssh_endpoint: c.ssh_endpoint.clone(),
+                ssh_host_key: c.ssh_host_key.clone(),
             };
             return json_resp(StatusCode::OK, &serde_json::json!(info));
         }

@@ -26,7 +26,7 @@ use tunneld_state::StateStore;
 /// What the transport `tunnelc setup` configures looks like from outside.
 #[derive(Debug, Clone)]
 pub struct SetupTransport {
-    /// `yamux` or `h2-reverse`.
+    /// `yamux`, `h2-reverse` or `ssh`.
     pub kind: &'static str,
     pub port: u16,
     /// Whether its certificate comes from tunneld's CA (clients then trust `/cacert`).
@@ -49,6 +49,8 @@ pub struct Control {
     pub transport: SetupTransport,
     /// `host:port` of the ssh transport for pipe2me-shape answers ([`endpoint`]).
     pub ssh_endpoint: Option<String>,
+    /// The ssh transport's host key line (`ssh-ed25519 AAAA...`), for clients' `known_hosts`.
+    pub ssh_host_key: Option<String>,
     /// The ports frontend's range (`20000-20999`), for pipe2me's `GET /config`.
     pub ports_range: Option<String>,
     /// One provisioning change at a time, so quota checks and inserts do not interleave.

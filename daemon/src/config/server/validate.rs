@@ -303,10 +303,12 @@ fn check_control(
         }
         if !matches!(
             transports.get(&c.transport),
-            Some(TransportConfig::Yamux(_) | TransportConfig::H2Reverse(_))
+            Some(
+                TransportConfig::Yamux(_) | TransportConfig::H2Reverse(_) | TransportConfig::Ssh(_)
+            )
         ) {
             errors.push(format!(
-                "control.transport: `{}` is not a yamux or h2-reverse transport of this config",
+                "control.transport: `{}` is not a yamux, h2-reverse or ssh transport of this config",
                 c.transport
             ));
         }
