@@ -1,10 +1,12 @@
-//! `tunneld-bench`: measures tunneld beside a direct connection, two plain relays, rathole
+//! `tunneld-bench`: measures tunneld (with tunnelc, and with stock OpenSSH on the `ssh`
+//! transport) beside a direct connection, two plain relays, rathole
 //! and bore, in one run on loopback, and prints a markdown table (also written with a JSON
 //! file). `scripts/bench` builds everything in release mode and runs it; see
 //! docs/benchmarks.md for the method.
 #![forbid(unsafe_code)]
 
 mod load;
+mod openssh;
 mod relay;
 mod report;
 mod service;
@@ -45,7 +47,7 @@ struct Cli {
     #[arg(long)]
     idle: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
-    /// tunneld-yamux).
+    /// tunneld-yamux, tunneld-ssh).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.md and results.json go.
@@ -191,6 +193,8 @@ async fn run(cli: Cli) -> Result<()> {
             ),
         )
     };
+    let ssh_missing = openssh::missing();
+    notes.extend(ssh_missing.clone());
     let svc = service::start().await?;
 
     let mut rows = Vec::new();
@@ -201,6 +205,7 @@ async fn run(cli: Cli) -> Result<()> {
         "rathole-tcp",
         "bore",
         "tunneld-yamux",
+        "tunneld-ssh",
     ];
     for kind in kinds {
         if !cli.only.is_empty() && !cli.only.iter().any(|o| o == kind) {
@@ -224,6 +229,8 @@ async fn run(cli: Cli) -> Result<()> {
                     Some(b) => Some((systems::bore(b, svc.addr, &dir).await?, false)),
                     None => None,
                 },
+                "tunneld-ssh" if ssh_missing.is_some() => None,
+                "tunneld-ssh" => Some((openssh::tunneld_ssh(&bins, svc.addr, &dir).await?, true)),
                 _ => Some((systems::tunneld_yamux(&bins, svc.addr, &dir).await?, true)),
             })
         }

@@ -1,5 +1,5 @@
 //! Starting each system under test in front of the local service: a direct connection, two
-//! plain relays, tunneld (per transport), rathole and bore. Each yields the visitor endpoint
+//! plain relays, tunneld (per transport; the ssh one in [`crate::openssh`]), rathole and bore. Each yields the visitor endpoint
 //! and the processes whose memory is measured.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-const START: Duration = Duration::from_secs(60);
+pub(crate) const START: Duration = Duration::from_secs(60);
 
 /// A spawned process, killed on drop.
 pub struct Proc {
@@ -57,6 +57,11 @@ impl Proc {
         .map_err(|_| anyhow!("{label}: no `{needle}` within {START:?}"))?
     }
 
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.id()?;
@@ -87,7 +92,7 @@ impl System {
     }
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
+pub(crate) fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
@@ -135,7 +140,7 @@ pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
     })
 }
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// tunneld + tunnelc over the yamux transport (TLS), one tunnel on the ports frontend.
 pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
