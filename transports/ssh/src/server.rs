@@ -80,6 +80,7 @@ fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
         inactivity_timeout: None,
         keepalive_interval: Some(cfg.keepalive_interval),
         keepalive_max: cfg.keepalive_max,
+        // Set on each accepted socket in `connection` (russh only sets it in its own loop).
         nodelay: true,
         ..RusshConfig::default()
     }
@@ -122,6 +123,9 @@ impl SshTransport {
         cx: TransportContext,
         permit: P,
     ) {
+        // russh applies its `nodelay` only on sockets it accepts itself: small packets
+        // (channel opens, confirmations, keepalive replies) must not wait for an ACK.
+        let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let admitted = CancellationToken::new();
         let forwards = Arc::new(Forwards::default());
