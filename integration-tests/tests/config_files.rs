@@ -154,3 +154,44 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn reading_commands_never_create_a_state_store_and_bare_tunnelc_prints_usage() {
+    let dir = tunneld_integration_tests::temp_dir("no-store");
+    let state = dir.join("state");
+    let example = repo().join("config.example.yaml");
+    for args in [
+        vec!["token", "list"],
+        vec!["token", "revoke", "nobody"],
+        vec!["token", "ssh-key", "list"],
+        vec!["rendezvous", "list"],
+        vec!["state", "check"],
+    ] {
+        let out = Command::new(binary("tunneld").expect("binary"))
+            .args(["--config", example.to_str().expect("utf8"), "--set"])
+            .arg(format!("state_dir={}", state.display()))
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("no state store at") && err.contains("nothing was created"),
+            "{args:?}: {err}"
+        );
+        assert!(!state.exists(), "{args:?} created {}", state.display());
+    }
+    // Bare tunnelc: usage and exit 2, no connection attempt.
+    let out = Command::new(binary("tunnelc").expect("binary"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("run tunnelc");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to do"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Usage"),
+        "{out:?}"
+    );
+}

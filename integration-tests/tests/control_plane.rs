@@ -323,7 +323,7 @@ async fn setup_then_test_env_list_openssl_and_redirect() {
         "{out}"
     );
 
-    // tunnelc env is sourceable by sh.
+    // tunnelc env is sourceable by sh, and exports: a child process sees the values.
     let (ok, env, err) = tunnelc(&["env", &name, "--dir", d]);
     assert!(ok, "{err}");
     let env_file = p.dir.join("tunnel.env");
@@ -331,7 +331,7 @@ async fn setup_then_test_env_list_openssl_and_redirect() {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            ". '{}' && printf '%s|%s|%s|%s' \"$TUNNEL_NAME\" \"$TUNNEL_HTTPS_URL\" \"$TUNNEL_TCP_LOCAL_PORT\" \"$TUNNEL_CERT\"",
+            ". '{}' && sh -c 'printf \"%s|%s|%s|%s\" \"$TUNNEL_NAME\" \"$TUNNEL_HTTPS_URL\" \"$TUNNEL_TCP_LOCAL_PORT\" \"$TUNNEL_CERT\"'",
             env_file.display()
         ))
         .output()

@@ -38,7 +38,7 @@ async fn echo_once(ep: SocketAddr) -> anyhow::Result<()> {
 /// The value of `KEY='v'` in `tunnelc env`'s output.
 fn env_value(env: &str, key: &str) -> String {
     env.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
         .map(|v| v.trim_matches('\'').to_string())
         .unwrap_or_else(|| panic!("no {key} in {env}"))
 }

@@ -368,6 +368,16 @@ fn fail_config(lines: &[String]) -> ! {
 }
 
 fn main() {
+    // Bare `tunnelc` (no argument, no TUNNELC_* setting) asks for nothing: usage, not a
+    // connection attempt on the embedded demo config.
+    let bare = std::env::args_os().len() == 1
+        && !std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("TUNNELC_"));
+    if bare {
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        eprintln!("\ntunnelc: nothing to do: give --config FILE, a quick mode (`tunnelc http 8080 ...`) or a command (`tunnelc setup ...`)");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     if let Some(result) = cli.quick.as_ref().and_then(workflow) {
         match result {

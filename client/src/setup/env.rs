@@ -1,4 +1,5 @@
-//! `tunnelc env [NAME]`: `KEY=value` lines a POSIX shell can `eval` or `.`-source.
+//! `tunnelc env [NAME]`: `export KEY=value` lines a POSIX shell can `eval` or `.`-source, so
+//! the programs it starts see them too.
 
 use super::files::{TunnelDir, CA, CERT, CONFIG, KEY};
 use super::ssh;
@@ -80,6 +81,7 @@ pub fn render(tunnels: &[TunnelDir]) -> String {
             format!("TUNNEL_{n}_")
         };
         for l in lines(t, &prefix) {
+            out.push_str("export ");
             out.push_str(&l);
             out.push('\n');
         }

@@ -55,7 +55,30 @@ enum Command {
     State(StateCmd),
 }
 
+/// Whether a command may create the state store: only those that add something. The others
+/// name the file they use and never create one (a `token list` in the wrong directory must
+/// not leave a `state/state.db` behind).
+fn creates_store(cmd: &Command) -> bool {
+    use tunneld_daemon::ssh_key_cli::SshKeyCmd;
+    matches!(
+        cmd,
+        Command::Token(TokenCmd::Add { .. })
+            | Command::Token(TokenCmd::SshKey(SshKeyCmd::Add { .. }))
+            | Command::Rendezvous(RendezvousCmd::Add { .. })
+    )
+}
+
 fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
+    let file = cfg.state_dir.join(tunneld_state::FILE);
+    if !creates_store(&cmd) {
+        if !file.exists() {
+            anyhow::bail!(
+                "no state store at {} (nothing was created): tunneld makes it at its first start, or `tunneld token add`; check --config and state_dir",
+                file.display()
+            );
+        }
+        eprintln!("state store: {}", file.display());
+    }
     let store = server::open_store(cfg)?;
     match cmd {
         Command::Token(c) => state_cli::token(cfg, &*store, c),
