@@ -293,7 +293,7 @@ pub async fn run(
             Err(e) => e.to_string(),
         };
         let wait = backoff.next();
-        tracing::warn!(server = %cfg.server, retry_in = ?wait, "disconnected: {reason}");
+        tracing::warn!(server = %cfg.server, "disconnected: {reason}; retrying in {:.1} s", wait.as_secs_f64());
         let _ = events.send(ClientEvent::Disconnected {
             reason,
             retry_in: wait,

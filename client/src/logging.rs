@@ -32,6 +32,20 @@ pub fn run_main<F>(program: &str, level: Option<&str>, format: LogFormat, main: 
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    run_main_exiting(program, level, format, main, 1)
+}
+
+/// [`run_main`], ending with `code` when `main` fails (tunnelc: 2, a failure retrying cannot
+/// fix; transient ones it retries itself).
+pub fn run_main_exiting<F>(
+    program: &str,
+    level: Option<&str>,
+    format: LogFormat,
+    main: F,
+    code: i32,
+) where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     init(level, format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,6 +59,6 @@ where
     };
     if let Err(e) = rt.block_on(main) {
         eprintln!("{program}: {e:#}");
-        std::process::exit(1);
+        std::process::exit(code);
     }
 }

@@ -32,6 +32,17 @@ pub enum DialError {
     Protocol(String),
     #[error("tunneld refused the session: {reason}")]
     Rejected { reason: String, permanent: bool },
+    /// The server's certificate is not trusted, or not for the name asked: retrying cannot
+    /// help.
+    #[error("{server}'s certificate is not trusted ({reason}): trust tunneld's CA with `tls: {{ ca: state/tls/ca.pem }}` (--ca), or pin it with `tls: {{ pin: SHA256:... }}` (the `pin=` tunneld prints at start); for a name mismatch set `server_name` to a name the certificate carries")]
+    Untrusted { server: String, reason: String },
+    /// The port does not speak this transport: retrying cannot help.
+    #[error("{server} does not speak this transport ({reason}): {fix}")]
+    WrongPort {
+        server: String,
+        reason: String,
+        fix: &'static str,
+    },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -44,8 +55,35 @@ impl DialError {
             DialError::Rejected {
                 permanent: true,
                 ..
-            }
+            } | DialError::Untrusted { .. }
+                | DialError::WrongPort { .. }
         )
+    }
+
+    /// The error of a failed TLS handshake with `server`, told apart: an untrusted
+    /// certificate, a port of another transport (no common ALPN id) or of no TLS at all, or
+    /// anything else (retried).
+    pub fn of_tls(server: &str, e: std::io::Error) -> Self {
+        use rustls::{AlertDescription, Error as E};
+        let reason = e.to_string();
+        let server = server.to_string();
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match inner {
+            Some(E::InvalidCertificate(_)) => DialError::Untrusted { server, reason },
+            Some(E::AlertReceived(AlertDescription::NoApplicationProtocol)) => {
+                DialError::WrongPort {
+                    server,
+                    reason,
+                    fix: "that port is another transport's (each of yamux, h2-reverse and connect has its own ALPN id; an https-subdomain port takes h2-reverse only when it shares its port with one): check `server:` and `transport:`",
+                }
+            }
+            Some(E::InvalidMessage(_) | E::InappropriateMessage { .. }) => DialError::WrongPort {
+                server,
+                reason,
+                fix: "that port does not answer in TLS: a websocket transport's plain-HTTP port wants `transport: websocket` and `server: http://HOST:PORT`; an ssh transport's port wants OpenSSH (`ssh -R`)",
+            },
+            _ => DialError::Tls { server, reason },
+        }
     }
 }
 
@@ -95,7 +133,7 @@ async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, Dial
     let mut tls = TlsConnector::from(target.tls.clone())
         .connect(target.server_name.clone(), tcp)
         .await
-        .map_err(tls_err)?;
+        .map_err(|e| DialError::of_tls(&server, e))?;
     let mut preamble = MAGIC.to_vec();
     preamble.extend(encode_frame(hello).map_err(|e| DialError::Protocol(e.to_string()))?);
     tls.write_all(&preamble).await.map_err(tls_err)?;

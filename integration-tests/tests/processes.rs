@@ -183,7 +183,7 @@ async fn refusals_are_explained_in_both_logs() {
     let mut c =
         Proc::spawn("tunnelc", &["--config", &cfg], d.dir.join("bad.err")).expect("tunnelc");
     let status = c.wait().await.expect("tunnelc exits");
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2));
     assert!(
         c.stderr()
             .contains("tunneld refused the session: invalid token"),
@@ -207,7 +207,7 @@ async fn refusals_are_explained_in_both_logs() {
         Proc::spawn("tunnelc", &["--config", &cfg], d.dir.join("range.err")).expect("tunnelc");
     // It was its only tunnel: tunnelc says so in one line and stops instead of looping.
     let status = c.wait().await.expect("tunnelc exits");
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2));
     let err = c.stderr();
     assert!(
         err.contains("tunneld refused every tunnel: svc: port 80 is outside the range"),
@@ -252,4 +252,63 @@ async fn quick_mode_exposes_one_port_without_a_config_file() {
             .expect("echo"),
         b"ping"
     );
+}
+
+/// tunnelc ends at once (exit 2, one line naming the fix) on what retrying cannot heal: a
+/// server certificate it does not trust, a port of another transport, a port that is not TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_dial_failures_end_tunnelc_with_the_fix() {
+    let d = daemon().await;
+    let write = |name: &str, yaml: String| {
+        let f = d.dir.join(name);
+        std::fs::write(&f, yaml).expect("write");
+        f.display().to_string()
+    };
+    let tunnels = "tunnels:\n  svc:\n    local: 127.0.0.1:9\n";
+    // A port that answers in plain HTTP, as a websocket transport's port does.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plain_addr = plain.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = plain.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let cases = [
+        (
+            "untrusted",
+            // No `tls: ca`: the system roots do not know tunneld's own CA.
+            format!("server: {}\nserver_name: localhost\ntoken: {ALICE_TOKEN}\n{tunnels}", d.transport),
+            "certificate is not trusted",
+            "--ca",
+        ),
+        (
+            "not-tls",
+            format!(
+                "server: {}\nserver_name: localhost\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\n{tunnels}",
+                plain_addr, d.ca
+            ),
+            "does not speak this transport",
+            "transport: websocket",
+        ),
+    ];
+    for (name, yaml, what, fix) in cases {
+        let cfg = write(&format!("{name}.yaml"), yaml);
+        let mut c = Proc::spawn(
+            "tunnelc",
+            &["--config", &cfg],
+            d.dir.join(format!("{name}.err")),
+        )
+        .expect("tunnelc");
+        let status = tokio::time::timeout(WAIT, c.wait())
+            .await
+            .expect("tunnelc ends instead of retrying")
+            .expect("exit");
+        let err = c.stderr();
+        assert_eq!(status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(what) && err.contains(fix), "{name}: {err}");
+    }
 }

@@ -411,11 +411,13 @@ fn main() {
         return;
     }
     let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
-    logging::run_main(
+    // Every error that reaches here is one retrying cannot fix (the rest are retried).
+    logging::run_main_exiting(
         "tunnelc",
         level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
         run(cfg, http_mode),
+        2,
     );
 }
 
@@ -436,6 +438,10 @@ async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = cfg.server.clone();
+    let both_on_terminal = {
+        use std::io::IsTerminal;
+        std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+    };
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             match ev {
@@ -461,9 +467,11 @@ async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
                 ClientEvent::Parked { id } => {
                     println!("rendezvous {id}: parked at {server}");
                 }
+                // On a terminal the log line (stderr) already says it: one line per event.
+                ClientEvent::Disconnected { .. } if both_on_terminal => {}
                 ClientEvent::Disconnected { reason, retry_in } => {
                     println!(
-                        "disconnected: {reason}; reconnecting in {:.1}s",
+                        "disconnected: {reason}; retrying in {:.1} s",
                         retry_in.as_secs_f64()
                     );
                 }

@@ -157,10 +157,7 @@ async fn connect(opts: &DialOptions) -> Result<BoxIo, DialError> {
             tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name.clone(), tcp)
                 .await
-                .map_err(|e| DialError::Tls {
-                    server: server.clone(),
-                    reason: e.to_string(),
-                })?,
+                .map_err(|e| DialError::of_tls(&server, e))?,
         ),
         None => Box::new(tcp),
     };
