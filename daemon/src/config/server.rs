@@ -13,6 +13,7 @@ use tunneld_core::duration::serde_human;
 /// The `log:` section, shared with tunnelc (`tunneld_client::config::log`).
 pub use tunneld_client::config::log::{LogConfig, LogFormat};
 
+mod listeners;
 mod validate;
 
 /// The example config, also tunneld's embedded default.

@@ -31,7 +31,12 @@ pub(super) fn validate(raw: Raw, file: Option<&Path>) -> Result<ServerConfig, Co
     if !errors.is_empty() {
         return Err(ConfigError { lines: errors });
     }
-    Ok(resolve(raw, file, transports, frontends))
+    let cfg = resolve(raw, file, transports, frontends);
+    let later = super::listeners::check(&cfg);
+    if !later.is_empty() {
+        return Err(ConfigError { lines: later });
+    }
+    Ok(cfg)
 }
 
 fn parse_transports(raw: &Raw, errors: &mut Vec<String>) -> Transports {
@@ -345,6 +350,12 @@ fn resolve(
                         TransportConfig::Websocket(tunneld_transport_websocket::Config {
                             cert: c.cert.as_ref().map(r),
                             key: c.key.as_ref().map(r),
+                            ..c
+                        })
+                    }
+                    TransportConfig::Ssh(c) => {
+                        TransportConfig::Ssh(tunneld_transport_ssh::Config {
+                            host_key: c.host_key.as_ref().map(r),
                             ..c
                         })
                     }
