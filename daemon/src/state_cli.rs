@@ -41,7 +41,11 @@ pub enum TokenCmd {
         ssh_key_files: Vec<PathBuf>,
     },
     /// List tokens (never the tokens themselves).
-    List,
+    List {
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a token: it is refused from now on and its live sessions are cut.
     Revoke { name: String },
     /// SSH keys of stored tokens.
@@ -68,7 +72,11 @@ pub enum RendezvousCmd {
         secret: Option<String>,
     },
     /// List the ids (never their secrets).
-    List,
+    List {
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete an id; connections parked for it stop serving (within seconds, on a running
     /// tunneld).
     Remove { id: String },
@@ -143,7 +151,7 @@ pub fn token(cfg: &ServerConfig, store: &dyn StateStore, cmd: TokenCmd) -> anyho
                 "Keep the token now: tunneld stores only its SHA-256 and cannot show it again."
             );
         }
-        TokenCmd::List => list_tokens(store)?,
+        TokenCmd::List { json } => list_tokens(store, json)?,
         TokenCmd::SshKey(c) => keys::ssh_key(cfg, store, c)?,
         TokenCmd::Revoke { name } => {
             if !store.revoke_token(&name, state::now())? {
@@ -201,8 +209,27 @@ fn check_add(
 }
 
 /// `token list`: every stored token with its state and how many tunnels it holds.
-fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
+fn list_tokens(store: &dyn StateStore, json: bool) -> anyhow::Result<()> {
     let all = store.tokens()?;
+    if json {
+        let now = state::now();
+        let mut rows = Vec::new();
+        for t in &all {
+            rows.push(serde_json::json!({
+                "name": t.name,
+                "state": token_state(t, now),
+                "max_ports": t.max_ports,
+                "max_names": t.max_names,
+                "expires_at": t.expires_at.map(rfc3339),
+                "single_use": t.single_use,
+                "transports": t.transports,
+                "tunnels": store.tunnels(Some(&t.name))?.len(),
+                "ssh_keys": store.ssh_keys(Some(&t.name))?.len(),
+            }));
+        }
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
     if all.is_empty() {
         println!("no tokens in the state store (tokens in the config file are not listed)");
         return Ok(());
@@ -212,15 +239,7 @@ fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
         "NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS\tSSH_KEYS"
     );
     for t in all {
-        let st = if t.revoked_at.is_some() {
-            "revoked"
-        } else if t.expires_at.is_some_and(|e| e <= now) {
-            "expired"
-        } else if t.single_use && t.used_at.is_some() {
-            "used"
-        } else {
-            "active"
-        };
+        let st = token_state(&t, now);
         let tunnels = store.tunnels(Some(&t.name))?.len();
         let keys = store.ssh_keys(Some(&t.name))?.len();
         println!(
@@ -234,6 +253,19 @@ fn list_tokens(store: &dyn StateStore) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `active`, `revoked`, `expired` or `used`.
+fn token_state(t: &state::TokenRecord, now: u64) -> &'static str {
+    if t.revoked_at.is_some() {
+        "revoked"
+    } else if t.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else if t.single_use && t.used_at.is_some() {
+        "used"
+    } else {
+        "active"
+    }
 }
 
 fn print_id(id: &str, e: &rdv::IdEntry) {
@@ -269,7 +301,18 @@ pub fn rendezvous(store: &dyn StateStore, cmd: RendezvousCmd) -> anyhow::Result<
             };
             print_id(&id, &e);
         }
-        RendezvousCmd::List => {
+        RendezvousCmd::List { json: true } => {
+            let rows: Vec<_> = rdv::list(store)?
+                .iter()
+                .map(|(id, e)| {
+                    serde_json::json!({
+                        "id": id, "step": e.step, "client": e.client, "created": e.created,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        RendezvousCmd::List { json: false } => {
             let ids = rdv::list(store)?;
             if ids.is_empty() {
                 println!("no rendezvous ids");

@@ -359,6 +359,12 @@ async fn setup_then_test_env_list_openssl_and_redirect() {
         out.contains("(in 89 days)") || out.contains("(in 90 days)"),
         "{out}"
     );
+    let (ok, out, err) = tunnelc(&["list", "--dir", d, "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
+    assert_eq!(v[0]["name"], name.as_str(), "{v}");
+    assert_eq!(v[0]["state"], "offline", "{v}");
+    assert!(v[0]["certificate_expires_at"].as_u64().is_some(), "{v}");
 
     // openssl verify accepts the issued certificate...
     let ca = p.ca();

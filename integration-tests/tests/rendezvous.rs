@@ -926,6 +926,17 @@ async fn rendezvous_cli_adds_lists_and_removes_ids() -> Result<()> {
         "{out}"
     );
     assert!(!out.contains(secret), "list never shows secrets: {out}");
+    let (ok, out) = run(vec!["list".into(), "--json".into()]).await?;
+    let json = out.lines().find(|l| l.starts_with('[')).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    assert!(
+        ok && v[0]["id"] == id.as_str() && v[0]["step"] == 60,
+        "{out}"
+    );
+    assert!(
+        !out.contains(secret),
+        "list --json never shows secrets: {out}"
+    );
     let (ok, out) = run(vec!["remove".into(), id.clone()]).await?;
     assert!(ok && out.contains(&format!("removed {id}")), "{out}");
     let (ok, out) = run(vec!["remove".into(), id.clone()]).await?;

@@ -115,6 +115,17 @@ fn token_ssh_key_commands() {
         .expect("carol");
     assert!(list.starts_with("NAME") && list.lines().next().expect("head").ends_with("SSH_KEYS"));
     assert!(carol.ends_with("\t0\t2"), "no tunnels, two keys: {carol}");
+    let json = ok(&config, &["token", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("token list --json");
+    let carol = v
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "carol"))
+        .expect("carol in the JSON");
+    assert_eq!(
+        (carol["ssh_keys"].as_u64(), carol["tunnels"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(carol["state"], "active");
 
     // A key held elsewhere is refused naming its holder, and nothing is written.
     let err = refused(&config, &["token", "add", "dave", "--ssh-key", &rsa]);

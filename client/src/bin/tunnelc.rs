@@ -78,6 +78,9 @@ enum Quick {
     List {
         #[arg(long, env = "TUNNELC_DIR")]
         dir: Option<PathBuf>,
+        /// One JSON array instead of the text.
+        #[arg(long)]
+        json: bool,
     },
     /// Sourceable KEY=value lines (endpoints, paths of cert, key, CA) for a set-up tunnel.
     Env {
@@ -169,9 +172,9 @@ fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
             }))
             .map(|()| true)
         }),
-        Quick::List { dir } => dir_or_default(dir)
+        Quick::List { dir, json } => dir_or_default(dir)
             .and_then(|d| files::load(&d, None))
-            .and_then(|t| rt().map(|rt| rt.block_on(setup::list::run(&t))))
+            .and_then(|t| rt().map(|rt| rt.block_on(setup::list::run(&t, *json))))
             .map(|()| true),
         Quick::Env { name, dir } => dir_or_default(dir)
             .and_then(|d| files::load(&d, name.as_deref()))

@@ -55,7 +55,46 @@ async fn remote(t: &TunnelDir) -> anyhow::Result<TunnelInfo> {
     .await
 }
 
-pub async fn run(tunnels: &[TunnelDir]) {
+/// One tunnel as `tunnelc list --json` shows it.
+async fn json_of(t: &TunnelDir) -> serde_json::Value {
+    let r = &t.record;
+    let (state, lease) = match remote(t).await {
+        Ok(info) => (info.state, info.expires_at),
+        Err(e) => (format!("unknown ({e:#})"), None),
+    };
+    let endpoints: Vec<_> = r
+        .tunnel
+        .endpoints
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "protocol": e.protocol,
+                "url": e.url,
+                "local_port": r.local.get(&e.protocol).copied(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": r.tunnel.name,
+        "fqdn": r.tunnel.fqdn,
+        "state": state,
+        "endpoints": endpoints,
+        "certificate_expires_at": cert_not_after(&t.file(CERT)).ok(),
+        "lease_expires_at": lease,
+        "directory": t.path,
+        "ssh_config": r.ssh.as_ref().map(|_| t.file(&ssh::config_file(&r.tunnel.name))),
+    })
+}
+
+pub async fn run(tunnels: &[TunnelDir], json: bool) {
+    if json {
+        let mut all = Vec::new();
+        for t in tunnels {
+            all.push(json_of(t).await);
+        }
+        say!("{}", serde_json::Value::Array(all));
+        return;
+    }
     for t in tunnels {
         let r = &t.record;
         let (state, lease) = match remote(t).await {
