@@ -312,3 +312,40 @@ async fn permanent_dial_failures_end_tunnelc_with_the_fix() {
         assert!(err.contains(what) && err.contains(fix), "{name}: {err}");
     }
 }
+
+/// A yamux tunnelc pointed at an h2-reverse port: the TLS alert `no_application_protocol`
+/// ends it with exit 2 and the line naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_of_another_transport_ends_tunnelc_with_the_fix() {
+    let s = tunneld_integration_tests::TestServer::start_web("")
+        .await
+        .expect("server");
+    let dir = temp_dir("wrong-transport");
+    let cfg = dir.join("client.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {}\nserver_name: localhost\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\ntunnels:\n  svc:\n    local: 127.0.0.1:9\n",
+            s.running.transports["h2"],
+            s.ca_file().display()
+        ),
+    )
+    .expect("write");
+    let mut c = Proc::spawn(
+        "tunnelc",
+        &["--config", cfg.to_str().expect("utf8")],
+        dir.join("tunnelc.err"),
+    )
+    .expect("tunnelc");
+    let status = tokio::time::timeout(WAIT, c.wait())
+        .await
+        .expect("tunnelc ends instead of retrying")
+        .expect("exit");
+    let err = c.stderr();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not speak this transport")
+            && err.contains("check `server:` and `transport:`"),
+        "{err}"
+    );
+}
