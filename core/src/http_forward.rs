@@ -66,11 +66,20 @@ impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
 }
 
 /// A body whose data bytes are added to `counter` as they pass (a frontend's
-/// `tunneld_bytes_total` for a request or response body).
-pub fn counted(body: Body, counter: prometheus::IntCounter) -> Body {
+/// `tunneld_bytes_total` for a request or response body), and to the per-tunnel series of
+/// `tunnel` (`inbound`: a request body), which stays active while the body lives.
+pub fn counted(
+    body: Body,
+    counter: prometheus::IntCounter,
+    tunnel: Option<std::sync::Arc<crate::tunnel_metrics::TunnelStream>>,
+    inbound: bool,
+) -> Body {
     body.map_frame(move |f| {
         if let Some(d) = f.data_ref() {
             counter.inc_by(d.len() as u64);
+            if let Some(t) = &tunnel {
+                t.counter(inbound).inc_by(d.len() as u64);
+            }
         }
         f
     })

@@ -66,6 +66,7 @@ pub mod tls;
 pub mod tls_listener;
 pub mod totp;
 pub mod transport;
+pub mod tunnel_metrics;
 
 pub use io::BoxIo;
 pub use splice::splice;

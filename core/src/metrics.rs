@@ -87,6 +87,8 @@ pub struct Metrics {
     pub series: Series,
     /// The plug-ins' series sets, by type, each registered once.
     plugins: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// Per-tunnel series, once enabled ([`Metrics::enable_tunnel_series`]).
+    tunnels: std::sync::OnceLock<crate::tunnel_metrics::TunnelSeries>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -167,7 +169,30 @@ impl Metrics {
             stream_open_seconds,
             registry: r,
             plugins: Mutex::new(HashMap::new()),
+            tunnels: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turns the per-tunnel series on, for at most `cap` tunnels at once (once; later calls
+    /// change nothing).
+    pub fn enable_tunnel_series(&self, cap: usize) -> Result<(), MetricsError> {
+        if self.tunnels.get().is_none() {
+            let set = crate::tunnel_metrics::TunnelSeries::register(&self.registry, cap)?;
+            let _ = self.tunnels.set(set);
+        }
+        Ok(())
+    }
+
+    /// A visitor stream of `tunnel` on `frontend` for the per-tunnel series, when they are
+    /// on: hold it while the stream lives.
+    pub fn tunnel_stream(
+        &self,
+        frontend: &str,
+        tunnel: &str,
+    ) -> Option<Arc<crate::tunnel_metrics::TunnelStream>> {
+        self.tunnels
+            .get()
+            .map(|t| Arc::new(t.stream(frontend, tunnel)))
     }
 
     /// A plug-in's series set, registered on this registry the first time any component
@@ -226,7 +251,8 @@ mod tests {
                 .expect("docs/metrics.md");
         let all = Series::NAMES
             .iter()
-            .chain(["tunneld_handshakes_pending", "tunneld_stream_open_seconds"].iter());
+            .chain(["tunneld_handshakes_pending", "tunneld_stream_open_seconds"].iter())
+            .chain(crate::tunnel_metrics::NAMES.iter());
         for name in all {
             assert!(
                 doc.contains(&format!("`{name}`")),

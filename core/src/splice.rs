@@ -21,10 +21,26 @@ pub struct Spliced {
 }
 
 /// Counters advanced as bytes move (not only at the end), so metrics follow long transfers.
+/// Where `a` is a visitor: `a_to_b` counts its bytes `in`, and `tunnel` (the per-tunnel
+/// series, when on) counts both directions too and stays active for the splice's life.
 #[derive(Clone, Default)]
 pub struct SpliceCounters {
     pub a_to_b: Option<IntCounter>,
     pub b_to_a: Option<IntCounter>,
+    pub tunnel: Option<std::sync::Arc<crate::tunnel_metrics::TunnelStream>>,
+}
+
+impl SpliceCounters {
+    /// Counts `n` bytes from the visitor that were sent before the splice (a replayed
+    /// ClientHello, a request head).
+    pub fn count_in(&self, n: u64) {
+        if let Some(c) = &self.a_to_b {
+            c.inc_by(n);
+        }
+        if let Some(t) = &self.tunnel {
+            t.count_in(n);
+        }
+    }
 }
 
 struct Direction {
@@ -35,11 +51,14 @@ struct Direction {
     shut_down: bool,
     total: u64,
     counter: Option<IntCounter>,
+    /// The per-tunnel counter of this direction.
+    tunnel: Option<IntCounter>,
 }
 
 impl Direction {
-    fn new(counter: Option<IntCounter>) -> Self {
+    fn new(counter: Option<IntCounter>, tunnel: Option<IntCounter>) -> Self {
         Self {
+            tunnel,
             buf: Vec::new(),
             pos: 0,
             filled: 0,
@@ -77,6 +96,9 @@ impl Direction {
                         } else {
                             self.filled = n;
                             if let Some(c) = &self.counter {
+                                c.inc_by(n as u64);
+                            }
+                            if let Some(c) = &self.tunnel {
                                 c.inc_by(n as u64);
                             }
                             if n == self.buf.len() && self.buf.len() < MAX_BUF {
@@ -124,8 +146,9 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut ab = Direction::new(counters.a_to_b);
-    let mut ba = Direction::new(counters.b_to_a);
+    let per_tunnel = |inbound| counters.tunnel.as_ref().map(|t| t.counter(inbound).clone());
+    let mut ab = Direction::new(counters.a_to_b.clone(), per_tunnel(true));
+    let mut ba = Direction::new(counters.b_to_a.clone(), per_tunnel(false));
     let mut ab_done = false;
     let mut ba_done = false;
     poll_fn(|cx| {
@@ -167,6 +190,7 @@ mod tests {
         let counters = SpliceCounters {
             a_to_b: Some(counter.clone()),
             b_to_a: None,
+            tunnel: None,
         };
         let task = tokio::spawn(async move { splice(&mut a_inner, &mut b_inner, counters).await });
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();

@@ -285,6 +285,11 @@ impl Base {
         metrics
             .plugin::<crate::metrics::DaemonMetrics>()
             .context("metrics registry")?;
+        if let Some(a) = cfg.admin.as_ref().filter(|a| a.per_tunnel_metrics) {
+            metrics
+                .enable_tunnel_series(a.max_tunnel_series)
+                .context("metrics registry")?;
+        }
         let identity = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
             _ => ServerIdentity::self_signed(&cfg.state_dir.join("tls"), &cfg.tls.names)?,

@@ -244,6 +244,16 @@ pub struct AdminConfig {
     /// (`?shape=`): `tunneld` (default) or `threshold`.
     #[serde(default)]
     pub shape: crate::admin_threshold::Shape,
+    /// Per-tunnel series (`tunneld_tunnel_*`, labelled by public name) on /metrics.
+    #[serde(default)]
+    pub per_tunnel_metrics: bool,
+    /// Tunnels with per-tunnel series at once; past it idle ones make room, then `_other`.
+    #[serde(default = "d500")]
+    pub max_tunnel_series: usize,
+}
+
+fn d500() -> usize {
+    500
 }
 
 /// Rendezvous ids (in `<state_dir>/rendezvous.json`) and the limits shared by the `connect`

@@ -283,13 +283,12 @@ async fn passthrough(
     let active = m.streams_active.with_label_values(&[&fe.name]);
     active.inc();
     if stream.write_all(&hello).await.is_ok() {
-        m.bytes_total
-            .with_label_values(&[&fe.name, "in"])
-            .inc_by(hello.len() as u64);
         let counters = SpliceCounters {
             a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
             b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
+            tunnel: m.tunnel_stream(&fe.name, sni.unwrap_or(&member.tunnel)),
         };
+        counters.count_in(hello.len() as u64);
         let activity = Activity::new();
         let mut visitor = Touching::new(visitor, activity.clone());
         let idle = fe.limits.idle_timeout;

@@ -264,8 +264,10 @@ impl Conn {
         m.streams_opened_total
             .with_label_values(&[&self.fe.name])
             .inc();
+        let tunnel = m.tunnel_stream(&self.fe.name, &host);
         let started = std::time::Instant::now();
-        let req = req.map(|b| counted(b, m.bytes_total.with_label_values(&[&self.fe.name, "in"])));
+        let bytes_in = m.bytes_total.with_label_values(&[&self.fe.name, "in"]);
+        let req = req.map(|b| counted(b, bytes_in, tunnel.clone(), true));
         let resp = match self.forward(&host, &route, req, upgrade).await {
             Ok(r) => r,
             Err(resp) => return *resp,
@@ -274,7 +276,8 @@ impl Conn {
             .with_label_values(&[&self.fe.name])
             .observe(started.elapsed().as_secs_f64());
         let out = m.bytes_total.with_label_values(&[&self.fe.name, "out"]);
-        self.answer(resp.map(|b| counted(b, out)), upgrade, visitor_upgrade)
+        let resp = resp.map(|b| counted(b, out, tunnel.clone(), false));
+        self.answer(resp, upgrade, visitor_upgrade, tunnel)
     }
 
     /// The host a request names (lower-cased, and raw) once its head passed the checks: not

@@ -129,20 +129,19 @@ async fn serve_visitor(
         .inc();
     let active = m.streams_active.with_label_values(&[&l.frontend]);
     active.inc();
+    let counters = SpliceCounters {
+        a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
+        b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),
+        tunnel: m.tunnel_stream(&l.frontend, &public.port().to_string()),
+    };
     if !peeked.is_empty() {
         if let Err(e) = stream.write_all(&peeked).await {
             tracing::debug!(frontend = %l.frontend, %peer, error = %e, "replaying the ClientHello failed");
             active.dec();
             return;
         }
-        m.bytes_total
-            .with_label_values(&[&l.frontend, "in"])
-            .inc_by(peeked.len() as u64);
+        counters.count_in(peeked.len() as u64);
     }
-    let counters = SpliceCounters {
-        a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
-        b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),
-    };
     // A visitor that stops reading frees its stream after the stall timeout.
     let mut visitor = tunneld_core::stream_budget::StallGuard::new(
         visitor,

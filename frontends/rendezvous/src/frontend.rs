@@ -247,8 +247,8 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
         match visitor::serve(&inner, &mut io, head, &mut buf, peer).await {
             visitor::Next::Request => continue,
             visitor::Next::Done => return,
-            visitor::Next::Splice(parked, prelude) => {
-                visitor::splice_to(&inner, io, parked, prelude).await;
+            visitor::Next::Splice(parked, prelude, id) => {
+                visitor::splice_to(&inner, io, parked, prelude, &id).await;
                 return;
             }
         }

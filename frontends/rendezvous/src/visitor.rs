@@ -27,7 +27,8 @@ pub(crate) enum Next {
     /// Answered; the connection is finished.
     Done,
     /// Matched: splice with this parked connection after writing the prelude.
-    Splice(BoxIo, Vec<u8>),
+    /// The parked connection, the request to replay to it, and the rendezvous id.
+    Splice(BoxIo, Vec<u8>, String),
 }
 
 /// The id in `?rendezvous=<ID>` of a WebSocket upgrade.
@@ -192,7 +193,7 @@ pub(crate) async fn serve(
     tracing::debug!(frontend = %inner.name, %id, %peer, "visitor matched a parked connection");
     let mut prelude = head.encode_without(&["authorization"]);
     prelude.append(buf);
-    Next::Splice(parked, prelude)
+    Next::Splice(parked, prelude, id.to_string())
 }
 
 /// Writes the visitor's request to the parked connection and splices the two.
@@ -201,6 +202,7 @@ pub(crate) async fn splice_to(
     mut visitor: BoxIo,
     mut parked: BoxIo,
     prelude: Vec<u8>,
+    id: &str,
 ) {
     let m = &inner.metrics;
     let active = m.streams_active.with_label_values(&[&inner.name]);
@@ -210,14 +212,13 @@ pub(crate) async fn splice_to(
     if parked.write_all(&prelude).await.is_err() {
         return;
     }
-    m.bytes_total
-        .with_label_values(&[&inner.name, "in"])
-        .inc_by(prelude.len() as u64);
-    active.inc();
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
+        tunnel: m.tunnel_stream(&inner.name, id),
     };
+    counters.count_in(prelude.len() as u64);
+    active.inc();
     let idled = m
         .visitors_idle_closed_total
         .with_label_values(&[&inner.name]);

@@ -223,6 +223,14 @@ fn check_tls(raw: &Raw, errors: &mut Vec<String>) {
         errors
             .push("tls.names: at least one name is needed for the self-issued certificate".into());
     }
+    if let Some(a) = &raw.admin {
+        if !(1..=100_000).contains(&a.max_tunnel_series) {
+            errors.push(format!(
+                "admin.max_tunnel_series: {} is out of range (1 to 100000)",
+                a.max_tunnel_series
+            ));
+        }
+    }
 }
 
 fn check_limits(raw: &Raw, errors: &mut Vec<String>) {

@@ -16,6 +16,7 @@ use tunneld_core::http_forward::{boxed, coalesced, http1_over, strip_hop_by_hop,
 use tunneld_core::idle::splice_until_idle;
 use tunneld_core::session::OpenError;
 use tunneld_core::splice::SpliceCounters;
+use tunneld_core::tunnel_metrics::TunnelStream;
 
 impl Conn {
     /// The request as the tunnel client sees it: absolute URI, Host, no hop-by-hop headers,
@@ -125,6 +126,7 @@ impl Conn {
         mut resp: Response<Body>,
         upgrade: bool,
         visitor_upgrade: Option<OnUpgrade>,
+        tunnel: Option<Arc<TunnelStream>>,
     ) -> Response<Body> {
         let fe = &self.fe;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -132,8 +134,11 @@ impl Conn {
         match (switching, visitor_upgrade) {
             (true, Some(visitor_up)) => {
                 let backend_up = hyper::upgrade::on(&mut resp);
-                self.visitors
-                    .spawn(splice_upgraded(fe.clone(), visitor_up, backend_up));
+                self.visitors.spawn(splice_upgraded(
+                    fe.clone(),
+                    (visitor_up, backend_up),
+                    tunnel,
+                ));
                 fe.count("upgraded");
             }
             (true, None) => {
@@ -188,7 +193,11 @@ impl Conn {
 
 /// Once both sides upgraded, splices the visitor and the service until either ends or the
 /// idle timeout passes, counted as an active stream.
-async fn splice_upgraded(fe: Arc<HttpsFrontend>, visitor_up: OnUpgrade, backend_up: OnUpgrade) {
+async fn splice_upgraded(
+    fe: Arc<HttpsFrontend>,
+    (visitor_up, backend_up): (OnUpgrade, OnUpgrade),
+    tunnel: Option<Arc<TunnelStream>>,
+) {
     let (Ok(v), Ok(b)) = tokio::join!(visitor_up, backend_up) else {
         return;
     };
@@ -196,6 +205,7 @@ async fn splice_upgraded(fe: Arc<HttpsFrontend>, visitor_up: OnUpgrade, backend_
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
+        tunnel,
     };
     let active = m.streams_active.with_label_values(&[&fe.name]);
     active.inc();

@@ -63,7 +63,7 @@ impl WebsocketTransport {
             .streams_opened_total
             .with_label_values(&[&cx.name])
             .inc();
-        self.splice_visitor(io, conv, raw, &cx).await;
+        self.splice_visitor(io, conv, raw, (&cx, rest)).await;
     }
 
     /// Opens the conversation on the first member that takes it (an offline one is skipped);
@@ -123,21 +123,19 @@ impl WebsocketTransport {
         mut io: BoxIo,
         conv: BoxIo,
         raw: Vec<u8>,
-        cx: &TransportContext,
+        (cx, name): (&TransportContext, &str),
     ) {
         let mut conv = FirstByte::new(conv);
         if conv.inner.write_all(&raw).await.is_err() {
             self.count(cx, "visitor", 502);
             return answer(&mut io, 502, "the tunnel session ended").await;
         }
-        cx.metrics
-            .bytes_total
-            .with_label_values(&[&cx.name, "in"])
-            .inc_by(raw.len() as u64);
         let counters = tunneld_core::splice::SpliceCounters {
             a_to_b: Some(cx.metrics.bytes_total.with_label_values(&[&cx.name, "in"])),
             b_to_a: Some(cx.metrics.bytes_total.with_label_values(&[&cx.name, "out"])),
+            tunnel: cx.metrics.tunnel_stream(&cx.name, name),
         };
+        counters.count_in(raw.len() as u64);
         // A visitor that stops reading frees its conversation after the stall timeout.
         let io = tunneld_core::stream_budget::StallGuard::new(
             io,
