@@ -372,6 +372,12 @@ fn resolve(
                         FrontendConfig::Https(tunneld_frontend_https::Config {
                             cert: c.cert.as_ref().map(r),
                             key: c.key.as_ref().map(r),
+                            acme: c.acme.as_ref().map(|a| {
+                                Box::new(tunneld_frontend_https::config::AcmeConfig {
+                                    ca: a.ca.as_ref().map(r),
+                                    ..(**a).clone()
+                                })
+                            }),
                             ..c
                         })
                     }
