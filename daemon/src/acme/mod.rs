@@ -25,6 +25,9 @@ use tunneld_frontend_https::{CertSource, Claimed};
 
 /// The longest wait after failures, and between two looks at what is due.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// One order at most, from the account to the stored certificate (a CA that stops
+/// answering frees its slot).
+const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 
 pub struct AcmeIssuer {
     frontend: String,
@@ -148,7 +151,9 @@ impl AcmeIssuer {
         let name = name.to_string();
         rt.spawn(async move {
             if let Ok(_slot) = me.slots.acquire().await {
-                let result = order::order(&me, &name).await;
+                let result = tokio::time::timeout(ORDER_DEADLINE, order::order(&me, &name))
+                    .await
+                    .unwrap_or(Err(order::OrderError::Timeout(ORDER_DEADLINE)));
                 me.finished(&name, result);
             }
             lock(&me.busy).remove(&name);

@@ -25,6 +25,8 @@ pub enum OrderError {
     Challenge { kind: &'static str, detail: String },
     #[error("the CA offered none of the enabled challenge types ({0})")]
     NoChallenge(String),
+    #[error("no answer from the CA within {0:?}")]
+    Timeout(Duration),
     #[error("the order ended {0:?} without saying why")]
     Unexpected(OrderStatus),
     #[error("key or CSR: {0}")]

@@ -28,6 +28,7 @@ pub(super) fn validate(raw: Raw, file: Option<&Path>) -> Result<ServerConfig, Co
     check_tls(&raw, &mut errors);
     check_limits(&raw, &mut errors);
     check_control(&raw, &transports, &frontends, &mut errors);
+    check_acme(&raw, &frontends, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigError { lines: errors });
     }
@@ -277,6 +278,22 @@ fn check_limits(raw: &Raw, errors: &mut Vec<String>) {
     }
     if raw.limits.keepalive < Duration::from_secs(1) {
         errors.push("limits.keepalive: must be at least 1s".into());
+    }
+}
+
+/// HTTP-01 is answered on the plain web port only: `acme.challenges: [http-01]` needs one.
+fn check_acme(raw: &Raw, frontends: &Frontends, errors: &mut Vec<String>) {
+    let web = raw.control.as_ref().is_some_and(|c| c.web_listen.is_some());
+    for (name, f) in frontends {
+        let FrontendConfig::Https(c) = f else {
+            continue;
+        };
+        let only_http = c.acme.as_ref().is_some_and(|a| {
+            a.challenges == [tunneld_frontend_https::config::ChallengeKind::Http01]
+        });
+        if only_http && !web {
+            errors.push(format!("frontends.{name}.acme.challenges: http-01 is answered on the plain web port; set control.web_listen or add tls-alpn-01"));
+        }
     }
 }
 
