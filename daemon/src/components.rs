@@ -84,6 +84,19 @@ pub(crate) async fn build_frontends(
                         c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
                     )?,
                 };
+                // With ACME: the CA's certificates, tunneld's CA's while none is issued.
+                let resolver = match &c.acme {
+                    Some(a) => resolver.with_source(crate::acme::AcmeIssuer::start(
+                        name,
+                        c,
+                        a,
+                        &cfg.state_dir,
+                        base.acme.clone(),
+                        crate::metrics::of(&base.metrics),
+                        base.closing.clone(),
+                    )),
+                    None => resolver,
+                };
                 let shared = c.transport.as_ref().and_then(|t| {
                     h2_transports
                         .get(t)

@@ -9,6 +9,7 @@
 //! [`ssh_key_cli`] (the store-editing commands).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod admin_threshold;
 mod components;

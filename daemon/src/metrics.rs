@@ -20,6 +20,10 @@ tunneld_core::metric_series! {
             "Tunnels made through the provisioning API whose leases tunneld holds";
         counter certificates_issued_total: "tunneld_certificates_issued_total", ["outcome"],
             "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)";
+        counter acme_orders_total: "tunneld_acme_orders_total", ["frontend", "result"],
+            "ACME orders of an https-subdomain frontend, by result (issued, failed)";
+        gauge acme_certificate_expiry_seconds: "tunneld_acme_certificate_expiry_seconds", ["frontend"],
+            "When the first of a frontend's ACME certificates expires (Unix time)";
         counter sessions_cut_total: "tunneld_sessions_cut_total", ["reason"],
             "Live sessions ended because their token expired or was revoked";
     }

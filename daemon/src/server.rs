@@ -118,9 +118,7 @@ fn control(
     cfg: &ServerConfig,
     c: &crate::config::control::ControlConfig,
     hub: &Arc<Hub>,
-    auth: &Arc<Authenticator>,
-    (store, cache): (&Arc<dyn StateStore>, &Arc<StateCache>),
-    metrics: &Arc<Metrics>,
+    base: &Base,
     transports: &BTreeMap<String, SocketAddr>,
 ) -> anyhow::Result<crate::control::Control> {
     let domain = match cfg.frontends.get(&c.names_frontend) {
@@ -154,13 +152,13 @@ fn control(
         ssh_host_key: crate::control::endpoint::ssh_host_key(cfg, c),
         ports_range,
         cfg: c.clone(),
-        store: store.clone(),
-        cache: cache.clone(),
+        store: base.store.clone(),
+        cache: base.cache.clone(),
         hub: hub.clone(),
-        auth: auth.clone(),
+        auth: base.auth.clone(),
         ca,
         ca_pem,
-        metrics: metrics.clone(),
+        metrics: base.metrics.clone(),
         domain,
         transport: crate::control::SetupTransport {
             kind,
@@ -169,6 +167,7 @@ fn control(
         },
         changes: tokio::sync::Mutex::new(()),
         working: tokio::sync::Semaphore::new(crate::control::api::MAX_WORKING),
+        acme: base.acme.clone(),
     })
 }
 
@@ -275,6 +274,8 @@ pub(crate) struct Base {
     /// Cancelled when the drain ends.
     pub(crate) closing: CancellationToken,
     pub(crate) visitors: TaskTracker,
+    /// Pending ACME validations: HTTP-01 answers for the web port, TLS-ALPN-01 for frontends.
+    pub(crate) acme: Arc<crate::acme::challenges::AcmeChallenges>,
     /// Where components keep their own files (the ssh transport's host key).
     pub(crate) state_dir: std::path::PathBuf,
 }
@@ -334,6 +335,7 @@ impl Base {
         // Codes used before a restart stay used (startup: a blocking read is fine here).
         registry.load_used(registry.ids.used_codes());
         Ok(Self {
+            acme: Arc::default(),
             state_dir: cfg.state_dir.clone(),
             metrics,
             identity,
@@ -373,15 +375,7 @@ async fn start_control(
     hub: &Arc<Hub>,
     transports: &BTreeMap<String, SocketAddr>,
 ) -> anyhow::Result<(Arc<crate::control::Control>, crate::control::Bound)> {
-    let built = Arc::new(control(
-        cfg,
-        c,
-        hub,
-        &base.auth,
-        (&base.store, &base.cache),
-        &base.metrics,
-        transports,
-    )?);
+    let built = Arc::new(control(cfg, c, hub, base, transports)?);
     let restored = built.restore().await?;
     if restored > 0 {
         tracing::info!(tunnels = restored, "restored provisioned tunnels");

@@ -7,6 +7,7 @@ pub mod attack;
 pub mod h2raw;
 pub mod metrics;
 pub mod neighbour;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod services;

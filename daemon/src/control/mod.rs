@@ -58,6 +58,8 @@ pub struct Control {
     /// Authenticated requests being served on blocking threads at once (the rest wait on
     /// the runtime), so a burst cannot take the blocking pool from token and id lookups.
     pub working: tokio::sync::Semaphore,
+    /// Pending ACME HTTP-01 validations, answered on the web port.
+    pub acme: Arc<crate::acme::challenges::AcmeChallenges>,
 }
 
 /// Bound addresses of the control listeners.

@@ -1,14 +1,28 @@
-//! The plain web port: `GET /cacert`, and visitors at `<name>.<domain>` redirected (302) to
+//! The plain web port: `GET /cacert`, ACME HTTP-01 answers
+//! (`/.well-known/acme-challenge/<token>`), and visitors at `<name>.<domain>` redirected (302) to
 //! the tunnel's HTTPS endpoint. It only ever redirects up to https, never down; a
 //! pipe2me-shape tunnel without an https port redirects to its http port, as pipe2me did.
 
 use super::provision::hello_name;
 use super::Control;
+use crate::acme::challenges::HTTP_PREFIX;
 use crate::http_serve::{error, respond, Resp};
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 pub async fn handle(c: &Control, req: Request<Incoming>) -> Resp {
+    // ACME HTTP-01 validations, whatever the Host (it is the name being validated).
+    if let Some(token) = req.uri().path().strip_prefix(HTTP_PREFIX) {
+        let (status, body) = match c.acme.http_answer(token) {
+            Some(answer) => (StatusCode::OK, answer),
+            None => (
+                StatusCode::NOT_FOUND,
+                "no such ACME challenge\n".to_string(),
+            ),
+        };
+        c.count("acme-challenge", status);
+        return respond(status, "application/octet-stream", body);
+    }
     // The tunnel named by Host, from the in-memory view of the store.
     let found = match label_of(c, &req) {
         Some(label) => {

@@ -10,6 +10,7 @@
 //! ([`Resolver::ready`], before the handshake) instead of signing on the runtime. Leaves live [`LEAF_LIFETIME`] and are renewed in the background once
 //! [`RENEW_AFTER`] has passed, while the current one keeps being served.
 
+use crate::cert_source::{CertSource, Claimed, ACME_TLS_ALPN};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::{HashMap, HashSet};
@@ -23,9 +24,6 @@ const MAX_CACHED: usize = 10_000;
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// When a leaf is replaced: 30 days before it expires.
 pub const RENEW_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
-
-/// Whether a label under the domain is claimed (or reserved) now.
-pub type Claimed = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 struct Cached {
     key: Arc<CertifiedKey>,
@@ -52,6 +50,11 @@ pub enum Resolver {
     Fixed(Arc<CertifiedKey>),
     /// A certificate per claimed name, issued from tunneld's CA.
     Issued(Arc<Issued>),
+    /// Certificates from a [`CertSource`] (ACME), and `fallback`'s for names it has none for.
+    Source {
+        source: Arc<dyn CertSource>,
+        fallback: Box<Resolver>,
+    },
 }
 
 impl std::fmt::Debug for Resolver {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Resolver {
         f.write_str(match self {
             Resolver::Fixed(_) => "Resolver::Fixed",
             Resolver::Issued(_) => "Resolver::Issued",
+            Resolver::Source { .. } => "Resolver::Source",
         })
     }
 }
@@ -97,17 +101,46 @@ impl Resolver {
         })))
     }
 
-    /// Tells the resolver which labels are claimed (set once, by the frontend).
-    pub(crate) fn set_claimed(&self, claimed: Claimed) {
-        if let Resolver::Issued(i) = self {
-            let _ = i.claimed.set(claimed);
+    /// Serves `source`'s certificates first, this resolver's for names it has none for.
+    pub fn with_source(self, source: Arc<dyn CertSource>) -> Self {
+        Resolver::Source {
+            source,
+            fallback: Box::new(self),
         }
     }
 
-    /// Mints the certificate of a newly claimed `host` on a blocking thread.
+    /// Whether TLS-ALPN-01 validations are answered.
+    pub(crate) fn answers_acme(&self) -> bool {
+        matches!(self, Resolver::Source { .. })
+    }
+
+    /// Tells the resolver which labels are claimed (set once, by the frontend).
+    pub(crate) fn set_claimed(&self, claimed: Claimed) {
+        match self {
+            Resolver::Fixed(_) => {}
+            Resolver::Issued(i) => {
+                let _ = i.claimed.set(claimed);
+            }
+            Resolver::Source { source, fallback } => {
+                source.set_claimed(claimed.clone());
+                fallback.set_claimed(claimed);
+            }
+        }
+    }
+
+    /// Mints the certificate of a newly claimed `host` on a blocking thread (and asks the
+    /// source for one).
     pub(crate) fn prepare(&self, host: &str) {
-        if let Resolver::Issued(i) = self {
-            i.mint_in_background(host.to_ascii_lowercase());
+        match self {
+            Resolver::Fixed(_) => {}
+            Resolver::Issued(i) => i.mint_in_background(host.to_ascii_lowercase()),
+            Resolver::Source { source, fallback } => {
+                let host = host.to_ascii_lowercase();
+                source.claimed(&host);
+                if source.certificate(&host).is_none() {
+                    fallback.prepare(&host);
+                }
+            }
         }
     }
 
@@ -116,10 +149,45 @@ impl Resolver {
     /// Callers bound the wait (the handshake timeout); on failure the handshake gets the
     /// domain's certificate.
     pub(crate) async fn ready(&self, sni: Option<&str>) {
-        let (Resolver::Issued(i), Some(name)) = (self, sni) else {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
             return;
         };
-        let name = name.to_ascii_lowercase();
+        match self {
+            Resolver::Fixed(_) => {}
+            Resolver::Issued(i) => i.ready(name).await,
+            Resolver::Source { source, fallback } => {
+                if source.certificate(&name).is_none() {
+                    if let Resolver::Issued(i) = &**fallback {
+                        i.ready(name).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a certificate this resolver serves for `sni` also covers `host` (so one
+    /// connection may carry requests for both).
+    pub(crate) fn covers(&self, sni: Option<&str>, host: &str) -> bool {
+        match self {
+            Resolver::Fixed(_) => true,
+            Resolver::Issued(_) | Resolver::Source { .. } => sni.is_none_or(|s| s == host),
+        }
+    }
+
+    /// Certificates in the cache (for tests).
+    pub fn cached(&self) -> usize {
+        match self {
+            Resolver::Fixed(_) => 0,
+            Resolver::Issued(i) => i.lock().len(),
+            Resolver::Source { fallback, .. } => fallback.cached(),
+        }
+    }
+}
+
+impl Issued {
+    /// See [`Resolver::ready`].
+    async fn ready(&self, name: String) {
+        let i = self;
         if !i.deserves(&name) {
             return;
         }
@@ -149,25 +217,6 @@ impl Resolver {
         }
     }
 
-    /// Whether a certificate this resolver serves for `sni` also covers `host` (so one
-    /// connection may carry requests for both).
-    pub(crate) fn covers(&self, sni: Option<&str>, host: &str) -> bool {
-        match self {
-            Resolver::Fixed(_) => true,
-            Resolver::Issued(_) => sni.is_none_or(|s| s == host),
-        }
-    }
-
-    /// Certificates in the cache (for tests).
-    pub fn cached(&self) -> usize {
-        match self {
-            Resolver::Fixed(_) => 0,
-            Resolver::Issued(i) => i.lock().len(),
-        }
-    }
-}
-
-impl Issued {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         tunneld_core::sync::lock(&self.cache)
     }
@@ -272,6 +321,20 @@ impl ResolvesServerCert for Resolver {
                 Some(n) => i.resolve_name(n.to_ascii_lowercase()),
                 None => i.fallback.clone(),
             }),
+            Resolver::Source { source, fallback } => {
+                let name = hello.server_name().map(str::to_ascii_lowercase);
+                let acme = hello
+                    .alpn()
+                    .is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN));
+                if acme {
+                    // A validation: its answer or nothing (the handshake then fails).
+                    return name.and_then(|n| source.challenge(&n));
+                }
+                match name.as_deref().and_then(|n| source.certificate(n)) {
+                    Some(k) => Some(k),
+                    None => fallback.resolve(hello),
+                }
+            }
         }
     }
 }

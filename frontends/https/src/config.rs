@@ -1,5 +1,8 @@
 //! Configuration of an `https-subdomain` frontend.
 
+mod acme;
+
+pub use acme::{AcmeConfig, ChallengeKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +28,10 @@ pub struct Config {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Certificates from an ACME CA (instead of tunneld's own CA) for the apex and each
+    /// claimed name; not with `cert`.
+    #[serde(default)]
+    pub acme: Option<Box<AcmeConfig>>,
     /// The `h2-reverse` transport that shares this port: connections offering its ALPN id go
     /// to it, all others are visitors.
     #[serde(default)]
@@ -115,6 +122,15 @@ impl Config {
             (Some(_), None) => return Err(("key".into(), "required when cert is set".into())),
             (None, Some(_)) => return Err(("cert".into(), "required when key is set".into())),
             _ => {}
+        }
+        if let Some(a) = &self.acme {
+            if self.cert.is_some() {
+                return Err((
+                    "acme".into(),
+                    "not with cert: a configured certificate already covers the names".into(),
+                ));
+            }
+            a.validate()?;
         }
         for (name, members) in &self.pools {
             if !valid_label(name) {

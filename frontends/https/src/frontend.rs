@@ -25,6 +25,8 @@ pub struct HttpsFrontend {
     pub(crate) names: Arc<Names>,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) visitor_tls: Arc<rustls::ServerConfig>,
+    /// TLS-ALPN-01 validations (ALPN `acme-tls/1`), with a certificate source.
+    pub(crate) acme_tls: Option<Arc<rustls::ServerConfig>>,
     /// 2ptth compat mode, when configured.
     pub(crate) compat_2ptth: Option<Compat2ptthLinks>,
     pub(crate) shared: Option<Arc<dyn SharedTransport>>,
@@ -103,6 +105,10 @@ impl HttpsFrontend {
                 })?;
         let resolver = Arc::new(resolver);
         let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
+        let acme_tls = match resolver.answers_acme() {
+            true => Some(tls_config(&resolver, &[crate::ACME_TLS_ALPN])?),
+            false => None,
+        };
         let compat_2ptth = match links_2ptth {
             Some(links) => Some(Compat2ptthLinks {
                 tls: tls_config(&resolver, &[links.alpn_2ptth()])?,
@@ -117,7 +123,7 @@ impl HttpsFrontend {
         );
         // Certificates only for names someone holds (claimed, reserved, or a pool).
         let held = names.clone();
-        resolver.set_claimed(Box::new(move |label| {
+        resolver.set_claimed(Arc::new(move |label| {
             !matches!(held.lookup_host(label, false).1, Lookup::Unknown)
         }));
         Ok(Arc::new(Self {
@@ -127,6 +133,7 @@ impl HttpsFrontend {
             names,
             resolver,
             visitor_tls,
+            acme_tls,
             compat_2ptth,
             shared,
             upstream_2ptth: Mutex::new(None),

@@ -9,11 +9,12 @@
 //!
 //! Layout: [`config`], `frontend` (claims, routes), `names` (names asked for or random,
 //! pools; owners and grace in core's claim table), `certs`
-//! (certificate resolver), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
+//! (certificate resolver), `cert_source` (certificates from outside: ACME, TLS-ALPN-01), `listener` (ClientHello dispatch), `visitor` (HTTP forwarding),
 //! `framing_guard` (refuses ambiguous HTTP/1.1 framing under the visitor server), `pages`
 //! (tunneld's own answers).
 #![forbid(unsafe_code)]
 
+mod cert_source;
 mod certs;
 pub mod config;
 mod framing_guard;
@@ -24,6 +25,7 @@ mod names;
 mod pages;
 mod visitor;
 
+pub use cert_source::{CertSource, Claimed, ACME_TLS_ALPN};
 pub use certs::Resolver;
 pub use config::Config;
 pub use frontend::{BindError, HttpsFrontend};

@@ -1,8 +1,9 @@
-//! One public port, four kinds of connection, told apart from the ClientHello:
+//! One public port, five kinds of connection, told apart from the ClientHello:
 //! 1. SNI names a `tls` tunnel: the raw TLS bytes are spliced to it (passthrough);
 //! 2. ALPN offers the shared transport's id: TLS with its config, then the transport;
 //! 3. ALPN offers `2ptth` (compat mode): the initiator becomes the 2ptth upstream;
-//! 4. anything else: a visitor, TLS terminated here, HTTP/1.1 or HTTP/2 by ALPN.
+//! 4. ALPN `acme-tls/1` (with ACME): a TLS-ALPN-01 validation, answered by the certificate;
+//! 5. anything else: a visitor, TLS terminated here, HTTP/1.1 or HTTP/2 by ALPN.
 
 use crate::frontend::HttpsFrontend;
 use crate::names::Lookup;
@@ -95,6 +96,10 @@ async fn connection(
                 .and_then(|c| c.first())
                 .and_then(|c| common_name(c));
             t.serve_shared(Box::new(tls), peer, cn).await;
+        }
+        Ok(Ok(Kind::AcmeValidation(mut tls))) => {
+            // The certificate was the answer; nothing more is said.
+            let _ = tls.shutdown().await;
         }
         Ok(Ok(Kind::Upstream2ptth(tls))) => upstream_2ptth(fe, Box::new(tls), peer).await,
         Ok(Ok(Kind::Visitor(tls))) => {
@@ -196,9 +201,13 @@ async fn handshake(
             .map(|i| i.map(<[u8]>::to_vec).collect())
             .unwrap_or_default();
         let has = |p: &[u8]| offered.iter().any(|o| o == p);
+        if let Some(acme) = fe.acme_tls.as_ref().filter(|_| has(crate::ACME_TLS_ALPN)) {
+            let tls = start.into_stream(acme.clone()).await?;
+            return Ok::<_, std::io::Error>(Kind::AcmeValidation(tls));
+        }
         if let Some(t) = fe.shared.as_ref().filter(|t| has(t.alpn())) {
             let tls = start.into_stream(t.tls_config()).await?;
-            return Ok::<_, std::io::Error>(Kind::Transport(t.clone(), tls));
+            return Ok(Kind::Transport(t.clone(), tls));
         }
         // A claimed name's certificate is minted off the runtime; wait for it here.
         fe.resolver.ready(start.client_hello().server_name()).await;
@@ -224,6 +233,8 @@ enum Kind {
     Transport(Arc<dyn tunneld_core::transport::SharedTransport>, Tls),
     Upstream2ptth(Tls),
     Visitor(Tls),
+    /// An ACME CA's TLS-ALPN-01 validation (ALPN `acme-tls/1`).
+    AcmeValidation(Tls),
 }
 
 async fn passthrough(

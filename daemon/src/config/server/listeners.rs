@@ -106,6 +106,9 @@ fn files(cfg: &ServerConfig) -> Vec<(String, PathBuf)> {
         if let FrontendConfig::Https(c) = f {
             push(format!("frontends.{name}.cert"), &c.cert);
             push(format!("frontends.{name}.key"), &c.key);
+            if let Some(a) = &c.acme {
+                push(format!("frontends.{name}.acme.ca"), &a.ca);
+            }
         }
     }
     out

@@ -28,6 +28,7 @@ pub(super) fn validate(raw: Raw, file: Option<&Path>) -> Result<ServerConfig, Co
     check_tls(&raw, &mut errors);
     check_limits(&raw, &mut errors);
     check_control(&raw, &transports, &frontends, &mut errors);
+    check_acme(&raw, &frontends, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigError { lines: errors });
     }
@@ -288,6 +289,22 @@ fn check_limits(raw: &Raw, errors: &mut Vec<String>) {
     }
 }
 
+/// HTTP-01 is answered on the plain web port only: `acme.challenges: [http-01]` needs one.
+fn check_acme(raw: &Raw, frontends: &Frontends, errors: &mut Vec<String>) {
+    let web = raw.control.as_ref().is_some_and(|c| c.web_listen.is_some());
+    for (name, f) in frontends {
+        let FrontendConfig::Https(c) = f else {
+            continue;
+        };
+        let only_http = c.acme.as_ref().is_some_and(|a| {
+            a.challenges == [tunneld_frontend_https::config::ChallengeKind::Http01]
+        });
+        if only_http && !web {
+            errors.push(format!("frontends.{name}.acme.challenges: http-01 is answered on the plain web port; set control.web_listen or add tls-alpn-01"));
+        }
+    }
+}
+
 fn check_control(
     raw: &Raw,
     transports: &Transports,
@@ -380,6 +397,12 @@ fn resolve(
                         FrontendConfig::Https(tunneld_frontend_https::Config {
                             cert: c.cert.as_ref().map(r),
                             key: c.key.as_ref().map(r),
+                            acme: c.acme.as_ref().map(|a| {
+                                Box::new(tunneld_frontend_https::config::AcmeConfig {
+                                    ca: a.ca.as_ref().map(r),
+                                    ..(**a).clone()
+                                })
+                            }),
                             ..c
                         })
                     }
