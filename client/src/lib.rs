@@ -7,9 +7,11 @@
 //! connector; [`client_connect`] for rendezvous ids over the connect transport),
 //! [`host_rewrite`] (per-request `Host` rewriting toward a local service), [`setup`] (the
 //! pipe2me-style `setup`/`list`/`env`/`test`), [`provision_api`] (the provisioning API's JSON
-//! shapes, shared with tunneld's control plane), [`logging`] (both programs' tracing set-up).
+//! shapes, shared with tunneld's control plane), [`logging`] (both programs' tracing set-up),
+//! [`cli_docs`] (both programs' `completions` and `man` commands).
 #![forbid(unsafe_code)]
 
+pub mod cli_docs;
 pub mod client;
 pub mod client_connect;
 pub mod config;

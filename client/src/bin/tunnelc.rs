@@ -8,7 +8,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -97,6 +97,8 @@ enum Quick {
         #[arg(long, env = "TUNNELC_DIR")]
         dir: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Docs(tunneld_client::cli_docs::DocsCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,7 +145,7 @@ struct TrustArgs {
     server_name: Option<String>,
 }
 
-/// `setup`, `list`, `env` and `test`, which need no client config; `None` for the others.
+/// `setup`, `list`, `env`, `test` and the docs, which need no client config; `None` otherwise.
 fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
     use tunneld_client::setup::{self, files};
     let dir_or_default = |d: &Option<PathBuf>| match d {
@@ -187,6 +189,7 @@ fn workflow(q: &Quick) -> Option<anyhow::Result<bool>> {
         Quick::Test { name, dir } => dir_or_default(dir)
             .and_then(|d| files::load(&d, name.as_deref()))
             .and_then(|t| rt().and_then(|rt| rt.block_on(setup::selftest::run(&t)))),
+        Quick::Docs(d) => d.run_and_exit(Cli::command()),
         _ => return None,
     };
     Some(r)
@@ -376,7 +379,6 @@ fn main() {
     let bare = std::env::args_os().len() == 1
         && !std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("TUNNELC_"));
     if bare {
-        use clap::CommandFactory;
         let _ = Cli::command().print_help();
         eprintln!("\ntunnelc: nothing to do: give --config FILE, a quick mode (`tunnelc http 8080 ...`) or a command (`tunnelc setup ...`)");
         std::process::exit(2);

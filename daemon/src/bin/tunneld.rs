@@ -11,6 +11,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tunneld_client::cli_docs::DocsCmd;
 use tunneld_client::logging;
 use tunneld_daemon::config::server::{LogFormat, ServerConfig};
 use tunneld_daemon::state_cli::{RendezvousCmd, StateCmd, TokenCmd};
@@ -53,6 +54,10 @@ enum Command {
     /// Check or back up the state store.
     #[command(subcommand)]
     State(StateCmd),
+    /// `completions SHELL` and `man`: generated from these definitions, before any
+    /// configuration is read.
+    #[command(flatten)]
+    Docs(DocsCmd),
 }
 
 /// Whether a command may create the state store: only those that add something. The others
@@ -86,11 +91,16 @@ fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
         Command::State(c) => {
             state_cli::state_cmd(&*store, &cfg.state_dir.join(tunneld_state::FILE), c)
         }
+        Command::Docs(_) => Ok(()), // answered in main, before the configuration is read
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Docs(d)) = &cli.command {
+        use clap::CommandFactory;
+        d.run_and_exit(Cli::command());
+    }
     let cfg = match ServerConfig::load(cli.config.as_deref(), &cli.sets) {
         Ok(c) => c,
         Err(e) => {
