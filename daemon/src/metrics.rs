@@ -21,7 +21,9 @@ tunneld_core::metric_series! {
         counter certificates_issued_total: "tunneld_certificates_issued_total", ["outcome"],
             "Certificates tunneld's CA signed for tunnels, by outcome (issued, refused)";
         counter sessions_cut_total: "tunneld_sessions_cut_total", ["reason"],
-            "Live sessions ended because their token expired or was revoked";
+            "Live sessions ended because their token expired, was revoked, or was removed or changed by a reload";
+        counter config_reloads_total: "tunneld_config_reloads_total", ["result"],
+            "Configuration reloads (SIGHUP, POST /reload) by result (ok, error)";
     }
 }
 
