@@ -132,6 +132,9 @@ fn main() {
 
 async fn run(cfg: ServerConfig, source: Option<Source>) -> anyhow::Result<()> {
     let ssh_keys = ssh_host_keys(&cfg);
+    // Installed first: a SIGHUP while starting must not end tunneld (its default action).
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     let running = server::start(cfg).await?;
     running.reloader.set_source(source);
     for (name, addr) in &running.transports {
@@ -167,8 +170,6 @@ async fn run(cfg: ServerConfig, source: Option<Source>) -> anyhow::Result<()> {
         .context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("SIGINT handler")?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

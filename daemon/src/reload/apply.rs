@@ -41,8 +41,13 @@ pub(super) async fn apply(
                 if let Some(a) = built.local_addr() {
                     s.listening.insert(format!("frontends.{name}"), a);
                 }
-                r.hub.add_frontend(name, built);
-                s.added.push(format!("frontends.{name}"));
+                if r.hub.add_frontend(name, built) {
+                    s.added.push(format!("frontends.{name}"));
+                } else {
+                    s.failed.push(format!(
+                        "frontends.{name}: a frontend of that name runs already"
+                    ));
+                }
             }
             Err(e) => {
                 s.failed.push(format!("frontends.{name}: {e:#}"));
