@@ -39,6 +39,10 @@ pub enum ClientEvent {
         reason: String,
         retry_in: Duration,
     },
+    /// A reload (SIGHUP) ended: `reloaded: ...` or `reload failed: ...`, one line.
+    Reloaded {
+        line: String,
+    },
 }
 
 /// A system CA bundle, used when neither `tls.ca` nor `tls.pin` is set.

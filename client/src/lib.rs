@@ -18,4 +18,5 @@ pub mod config;
 pub mod host_rewrite;
 pub mod logging;
 pub mod provision_api;
+pub mod reload;
 pub mod setup;

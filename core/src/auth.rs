@@ -116,6 +116,31 @@ pub struct TokenEntry {
     pub ssh_keys: Vec<String>,
 }
 
+/// The config file's tokens, shared by every clone of an [`Authenticator`] and replaced
+/// whole by a reload ([`ConfiguredTokens::replace`]): each check reads the current list.
+#[derive(Clone, Default)]
+pub struct ConfiguredTokens(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vec<TokenEntry>>>>);
+
+impl ConfiguredTokens {
+    /// The current list.
+    pub fn get(&self) -> std::sync::Arc<Vec<TokenEntry>> {
+        crate::sync::read(&self.0).clone()
+    }
+
+    /// Replaces the list for every holder at once.
+    pub fn replace(&self, tokens: Vec<TokenEntry>) {
+        *crate::sync::write(&self.0) = std::sync::Arc::new(tokens);
+    }
+}
+
+impl From<Vec<TokenEntry>> for ConfiguredTokens {
+    fn from(tokens: Vec<TokenEntry>) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(tokens),
+        )))
+    }
+}
+
 /// Who a session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -221,7 +246,8 @@ impl AuthError {
 /// Checks credentials against the configured tokens and certificate policy.
 #[derive(Clone, Default)]
 pub struct Authenticator {
-    pub tokens: Vec<TokenEntry>,
+    /// The config file's tokens (replaceable while tunneld runs).
+    pub tokens: ConfiguredTokens,
     /// Quota for clients identified by certificate.
     pub certificate_max_ports: Option<u32>,
     /// Tokens made with `tunneld token add`, checked after the configured ones.
@@ -257,8 +283,9 @@ impl Authenticator {
 impl Authenticator {
     /// A token of the config file (in memory, constant time over all of them).
     fn configured(&self, presented: &[u8; 32]) -> Option<Identity> {
+        let tokens = self.tokens.get();
         let mut found: Option<&TokenEntry> = None;
-        for entry in &self.tokens {
+        for entry in tokens.iter() {
             if ct_eq(presented, &entry.digest) && found.is_none() {
                 found = Some(entry);
             }
@@ -298,7 +325,7 @@ impl Authenticator {
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
-            .field("tokens", &self.tokens.len())
+            .field("tokens", &self.tokens.get().len())
             .field("certificate_max_ports", &self.certificate_max_ports)
             .field("stored", &self.stored.is_some())
             .field("stored_keys", &self.stored_keys.is_some())
@@ -316,6 +343,7 @@ impl Authenticator {
         use crate::ssh_keys::{KeyGrant, StoredKey};
         if let Some(e) = self
             .tokens
+            .get()
             .iter()
             .find(|e| e.ssh_keys.iter().any(|k| k == fingerprint))
         {
@@ -377,7 +405,8 @@ mod tests {
                     max_ports: None,
                     ssh_keys: Vec::new(),
                 },
-            ],
+            ]
+            .into(),
             certificate_max_ports: Some(5),
             stored: None,
             stored_keys: None,

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +126,8 @@ impl Drop for SessionGuard {
 pub struct Hub {
     auth: Arc<Authenticator>,
     leases: Mutex<HashMap<(String, String), leases::Lease>>,
-    pub(crate) frontends: BTreeMap<String, Arc<dyn Frontend>>,
+    /// Replaced whole when a reload adds a frontend ([`Hub::add_frontend`]).
+    frontends: RwLock<Arc<BTreeMap<String, Arc<dyn Frontend>>>>,
     pub(crate) sessions: Arc<Sessions>,
     /// Installed once by the daemon ([`Hub::set_server_mappings`]); none adds nothing.
     server_mappings: OnceLock<Arc<dyn ServerMappings>>,
@@ -184,7 +185,7 @@ impl Hub {
                 REFUSAL_WINDOW,
             )),
             leases: Mutex::default(),
-            frontends,
+            frontends: RwLock::new(Arc::new(frontends)),
             sessions: Arc::default(),
             server_mappings: OnceLock::new(),
             next_id: AtomicU64::new(1),
@@ -210,7 +211,24 @@ impl Hub {
 
     /// The frontend configured as `name`.
     pub fn frontend(&self, name: &str) -> Option<Arc<dyn Frontend>> {
-        self.frontends.get(name).cloned()
+        self.frontends().get(name).cloned()
+    }
+
+    /// Every frontend, by name (a snapshot: a reload may add one later).
+    pub fn frontends(&self) -> Arc<BTreeMap<String, Arc<dyn Frontend>>> {
+        crate::sync::read(&self.frontends).clone()
+    }
+
+    /// Adds a frontend built after start (a reload); false if `name` is taken.
+    pub fn add_frontend(&self, name: &str, frontend: Arc<dyn Frontend>) -> bool {
+        let mut all = crate::sync::write(&self.frontends);
+        if all.contains_key(name) {
+            return false;
+        }
+        let mut next = (**all).clone();
+        next.insert(name.to_string(), frontend);
+        *all = Arc::new(next);
+        true
     }
 
     /// The newest live session of `client_id` (admin mappings name clients, not sessions).
@@ -263,7 +281,7 @@ impl Hub {
 
     /// Every route of every frontend, for `GET /tunnels`.
     pub fn routes(&self) -> Vec<RouteInfo> {
-        self.frontends.values().flat_map(|f| f.routes()).collect()
+        self.frontends().values().flat_map(|f| f.routes()).collect()
     }
 
     /// Ends every session (shutdown).

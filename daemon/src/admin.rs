@@ -9,6 +9,7 @@
 //! | `GET /tunnels` | every route and the admin mappings (JSON) |
 //! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
 //! | `GET /ping` | `pong` (threshold's liveness route) |
+//! | `POST /reload` | reads the config file again and applies the difference (`reload`) |
 //!
 //! `/clients` and `/tunnels` also speak threshold's shapes (`admin_threshold`).
 
@@ -47,6 +48,16 @@ struct State {
     metrics: Arc<Metrics>,
     token_digest: Option<[u8; 32]>,
     draining: CancellationToken,
+    /// None on threshold's management API (no `/reload` there).
+    reloader: Option<Arc<crate::reload::Reloader>>,
+}
+
+/// What the admin API reaches of the running tunneld beyond the hub.
+pub struct Hooks {
+    /// Cancelled once shutdown begins (`/readyz` answers 503).
+    pub draining: CancellationToken,
+    /// `POST /reload`.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// Binds the admin listener and serves it in the background.
@@ -57,7 +68,7 @@ pub async fn start(
     store: Arc<dyn StateStore>,
     writes: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
-    draining: CancellationToken,
+    hooks: Hooks,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -69,7 +80,8 @@ pub async fn start(
         writes,
         metrics,
         token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
-        draining,
+        draining: hooks.draining,
+        reloader: Some(hooks.reloader),
     });
     tracing::info!(%addr, "admin API listening");
     let handler: Handler = Arc::new(move |req, peer| {
@@ -102,9 +114,8 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
 
 async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let route = match req.uri().path() {
-        p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping") => {
-            p.to_string()
-        }
+        p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping"
+        | "/reload") => p.to_string(),
         // threshold answered its liveness route with a trailing slash too.
         "/ping/" => "/ping".to_string(),
         _ => "other".to_string(),
@@ -172,12 +183,17 @@ async fn route_request(
             json_resp(StatusCode::OK, &body)
         }
         (Method::PUT, "/tunnels") => put_tunnels(state, req).await,
+        (Method::POST, "/reload") => reload(state).await,
         (_, "other") => error(
             StatusCode::NOT_FOUND,
             format!("no route {}", req.uri().path()),
         ),
         (m, r) => {
-            let allowed = if r == "/tunnels" { "GET, PUT" } else { "GET" };
+            let allowed = match r {
+                "/tunnels" => "GET, PUT",
+                "/reload" => "POST",
+                _ => "GET",
+            };
             let mut resp = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{m} is not allowed on {r}"),
@@ -187,6 +203,30 @@ async fn route_request(
             }
             resp
         }
+    }
+}
+
+/// `POST /reload`: 200 with what changed, 400 with the errors (nothing changed), 500 when
+/// part of a valid change could not be applied.
+async fn reload(state: &State) -> Resp {
+    use crate::reload::ReloadError;
+    let Some(reloader) = &state.reloader else {
+        return error(StatusCode::NOT_FOUND, "no route /reload");
+    };
+    match reloader.reload().await {
+        Ok(s) if s.failed.is_empty() => json_resp(StatusCode::OK, &json!({ "reloaded": s })),
+        Ok(s) => json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "error": "part of the change could not be applied", "reloaded": s }),
+        ),
+        Err(ReloadError::Invalid(lines)) => json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "invalid configuration; the running one is kept", "errors": lines }),
+        ),
+        Err(e) => json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": e.to_string(), "errors": [e.to_string()] }),
+        ),
     }
 }
 
@@ -334,6 +374,7 @@ impl ThresholdManagement {
                 metrics,
                 token_digest: None,
                 draining: CancellationToken::new(),
+                reloader: None,
             }),
         })
     }

@@ -4,16 +4,14 @@
 use crate::admin;
 use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
 use crate::server::Base;
+use crate::transport_set::TransportSet;
 use anyhow::Context;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_util::task::TaskTracker;
 use tunneld_core::frontend::Frontend;
 use tunneld_core::hub::Hub;
-use tunneld_core::limits::HandshakeLimiter;
 use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
-use tunneld_core::transport::{Transport, TransportContext};
+use tunneld_core::transport::Transport;
 use tunneld_transport_h2_reverse::H2ReverseTransport;
 
 pub(crate) type H2Transports = BTreeMap<String, Arc<H2ReverseTransport>>;
@@ -26,21 +24,27 @@ pub(crate) async fn bind_h2_transports(
     let mut h2_transports = BTreeMap::new();
     for (name, t) in &cfg.transports {
         if let TransportConfig::H2Reverse(c) = t {
-            let tls_cfg = tls::server_config(
-                &base.identity,
-                &base.client_auth,
-                &[tunneld_transport_h2_reverse::ALPN],
-            )?;
-            let built = tunneld_transport_h2_reverse::H2ReverseTransport::bind(
-                c.clone(),
-                Arc::new(tls_cfg),
-            )
-            .await
-            .with_context(|| format!("transports.{name}"))?;
-            h2_transports.insert(name.clone(), Arc::new(built));
+            h2_transports.insert(name.clone(), bind_h2(name, c, base).await?);
         }
     }
     Ok(h2_transports)
+}
+
+/// Binds one h2-reverse transport.
+pub(crate) async fn bind_h2(
+    name: &str,
+    c: &tunneld_transport_h2_reverse::Config,
+    base: &Base,
+) -> anyhow::Result<Arc<H2ReverseTransport>> {
+    let tls_cfg = tls::server_config(
+        &base.identity,
+        &base.client_auth,
+        &[tunneld_transport_h2_reverse::ALPN],
+    )?;
+    let built = H2ReverseTransport::bind(c.clone(), Arc::new(tls_cfg))
+        .await
+        .with_context(|| format!("transports.{name}"))?;
+    Ok(Arc::new(built))
 }
 
 /// Builds and binds every frontend.
@@ -51,81 +55,92 @@ pub(crate) async fn build_frontends(
 ) -> anyhow::Result<BTreeMap<String, Arc<dyn Frontend>>> {
     let mut frontends: BTreeMap<String, Arc<dyn Frontend>> = BTreeMap::new();
     for (name, f) in &cfg.frontends {
-        let built: Arc<dyn Frontend> = match f {
-            FrontendConfig::Ports(c) => {
-                tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), base.fcx.clone())
-                    .context("metrics registry")?
-            }
-            FrontendConfig::Rendezvous(c) => {
-                let tls_cfg =
-                    tls::server_config(&base.identity, &ClientAuth::None, &[b"http/1.1"])?;
-                tunneld_frontend_rendezvous::RendezvousFrontend::bind(
-                    name,
-                    c.clone(),
-                    Arc::new(tls_cfg),
-                    base.registry.clone(),
-                    base.auth.clone(),
-                    base.metrics.clone(),
-                    cfg.limits.handshake_timeout,
-                    cfg.limits.data(),
-                )
-                .await
-                .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
-            }
-            FrontendConfig::Https(c) => {
-                let resolver = match (&c.cert, &c.key) {
-                    (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
-                        &ServerIdentity::load(cert, key)
-                            .with_context(|| format!("frontends.{name}.cert"))?,
-                    )?,
-                    _ => tunneld_frontend_https::Resolver::issued(
-                        tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
-                        &c.domain,
-                        c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
-                    )?,
-                };
-                // With ACME: the CA's certificates, tunneld's CA's while none is issued.
-                let resolver = match &c.acme {
-                    Some(a) => resolver.with_source(crate::acme::AcmeIssuer::start(
-                        name,
-                        c,
-                        a,
-                        &cfg.state_dir,
-                        base.acme.clone(),
-                        crate::metrics::of(&base.metrics),
-                        base.closing.clone(),
-                    )),
-                    None => resolver,
-                };
-                let shared = c.transport.as_ref().and_then(|t| {
-                    h2_transports
-                        .get(t)
-                        .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
-                });
-                // 2ptth initiators' links are the h2-reverse transport's HTTP/2 client.
-                let reverse_links: Arc<dyn tunneld_core::reverse_http::ReverseHttpLinks> =
-                    Arc::new(tunneld_transport_h2_reverse::H2ReverseLinks);
-                tunneld_frontend_https::HttpsFrontend::bind(
-                    name,
-                    c.clone(),
-                    resolver,
-                    shared,
-                    Some(reverse_links),
-                    base.metrics.clone(),
-                    cfg.limits.handshake_timeout,
-                    cfg.limits.data(),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
-            }
-        };
-        frontends.insert(name.clone(), built);
+        frontends.insert(
+            name.clone(),
+            build_frontend(cfg, name, f, base, h2_transports).await?,
+        );
     }
     Ok(frontends)
 }
 
-/// Builds, binds and starts every transport; returns the bound address of each that has a
-/// listener of its own.
+/// Builds and binds one frontend.
+pub(crate) async fn build_frontend(
+    cfg: &ServerConfig,
+    name: &str,
+    f: &FrontendConfig,
+    base: &Base,
+    h2_transports: &H2Transports,
+) -> anyhow::Result<Arc<dyn Frontend>> {
+    Ok(match f {
+        FrontendConfig::Ports(c) => {
+            tunneld_frontend_ports::PortsFrontend::new(name, c.clone(), base.fcx.clone())
+                .context("metrics registry")?
+        }
+        FrontendConfig::Rendezvous(c) => {
+            let tls_cfg = tls::server_config(&base.identity, &ClientAuth::None, &[b"http/1.1"])?;
+            tunneld_frontend_rendezvous::RendezvousFrontend::bind(
+                name,
+                c.clone(),
+                Arc::new(tls_cfg),
+                base.registry.clone(),
+                base.auth.clone(),
+                base.metrics.clone(),
+                cfg.limits.handshake_timeout,
+                cfg.limits.data(),
+            )
+            .await
+            .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
+        }
+        FrontendConfig::Https(c) => {
+            let resolver = match (&c.cert, &c.key) {
+                (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
+                    &ServerIdentity::load(cert, key)
+                        .with_context(|| format!("frontends.{name}.cert"))?,
+                )?,
+                _ => tunneld_frontend_https::Resolver::issued(
+                    tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
+                    &c.domain,
+                    c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
+                )?,
+            };
+            // With ACME: the CA's certificates, tunneld's CA's while none is issued.
+            let resolver = match &c.acme {
+                Some(a) => resolver.with_source(crate::acme::AcmeIssuer::start(
+                    name,
+                    c,
+                    a,
+                    &cfg.state_dir,
+                    base.acme.clone(),
+                    crate::metrics::of(&base.metrics),
+                    base.closing.clone(),
+                )),
+                None => resolver,
+            };
+            let shared = c.transport.as_ref().and_then(|t| {
+                h2_transports
+                    .get(t)
+                    .map(|t| t.clone() as Arc<dyn tunneld_core::transport::SharedTransport>)
+            });
+            // 2ptth initiators' links are the h2-reverse transport's HTTP/2 client.
+            let reverse_links: Arc<dyn tunneld_core::reverse_http::ReverseHttpLinks> =
+                Arc::new(tunneld_transport_h2_reverse::H2ReverseLinks);
+            tunneld_frontend_https::HttpsFrontend::bind(
+                name,
+                c.clone(),
+                resolver,
+                shared,
+                Some(reverse_links),
+                base.metrics.clone(),
+                cfg.limits.handshake_timeout,
+                cfg.limits.data(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
+        }
+    })
+}
+
+/// Builds, binds and starts every transport.
 pub(crate) async fn start_transports(
     cfg: &ServerConfig,
     base: &Base,
@@ -133,12 +148,7 @@ pub(crate) async fn start_transports(
     h2_transports: &H2Transports,
     mappings: &Arc<crate::mappings::AdminMappings>,
     mapping_writes: Arc<tokio::sync::Mutex<()>>,
-) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
-    let limiter = HandshakeLimiter::new(
-        cfg.limits.max_pending_handshakes,
-        cfg.limits.max_pending_per_address,
-    );
-    let mut transports = BTreeMap::new();
+) -> anyhow::Result<TransportSet> {
     // threshold's management API, for yamux transports that enable it on their port.
     let management: Arc<dyn tunneld_core::transport::ManagementApi> =
         admin::ThresholdManagement::new(
@@ -148,36 +158,16 @@ pub(crate) async fn start_transports(
             mapping_writes,
             base.metrics.clone(),
         );
+    let mut set = TransportSet::new(cfg, management);
     for (name, t) in &cfg.transports {
-        let built = bind_transport(name, t, base, h2_transports).await?;
-        if let Some(addr) = built.local_addr() {
-            transports.insert(name.clone(), addr);
-        }
-        let tcx = TransportContext {
-            name: name.clone(),
-            hub: hub.clone(),
-            metrics: base.metrics.clone(),
-            limiter: limiter.clone(),
-            handshake_timeout: cfg.limits.handshake_timeout,
-            shutdown: base.closing.clone(),
-            draining: base.accepting.clone(),
-            tasks: TaskTracker::new(),
-            visitors: base.visitors.clone(),
-            management: Some(management.clone()),
-        };
-        let name = name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = built.serve(tcx).await {
-                tracing::error!(transport = %name, error = %e, "transport stopped");
-            }
-        });
+        set.start(name, t, (base, hub), h2_transports).await?;
     }
-    Ok(transports)
+    Ok(set)
 }
 
 /// Binds one configured transport (h2-reverse ones are bound already, before the frontends
 /// that share their port).
-async fn bind_transport(
+pub(crate) async fn bind_transport(
     name: &str,
     t: &TransportConfig,
     base: &Base,

@@ -25,7 +25,9 @@ tunneld_core::metric_series! {
         gauge acme_certificate_expiry_seconds: "tunneld_acme_certificate_expiry_seconds", ["frontend"],
             "When the first of a frontend's ACME certificates expires (Unix time)";
         counter sessions_cut_total: "tunneld_sessions_cut_total", ["reason"],
-            "Live sessions ended because their token expired or was revoked";
+            "Live sessions ended because their token expired, was revoked, or was removed or changed by a reload";
+        counter config_reloads_total: "tunneld_config_reloads_total", ["result"],
+            "Configuration reloads (SIGHUP, POST /reload) by result (ok, error)";
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Running {
     pub control: Option<crate::control::Bound>,
     /// Fingerprint of the server certificate, for `tls.pin`.
     pub fingerprint: String,
+    /// Reads the configuration file again and applies the difference (SIGHUP, `POST /reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
     /// Cancelled when the drain begins (visitors are turned away).
     accepting: CancellationToken,
     /// Cancelled when the drain ends (tunnel-client listeners close).
@@ -85,7 +87,8 @@ pub fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn StateStore>> {
     Ok(store)
 }
 
-fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<Authenticator> {
+/// The config file's tokens as the authenticator checks them.
+pub(crate) fn token_entries(cfg: &ServerConfig) -> anyhow::Result<Vec<TokenEntry>> {
     let mut tokens = Vec::new();
     for (id, t) in &cfg.auth.tokens {
         tokens.push(TokenEntry {
@@ -105,8 +108,12 @@ fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<
                 .collect::<anyhow::Result<_>>()?,
         });
     }
+    Ok(tokens)
+}
+
+fn authenticator(cfg: &ServerConfig, cache: &Arc<StateCache>) -> anyhow::Result<Authenticator> {
     Ok(Authenticator {
-        tokens,
+        tokens: token_entries(cfg)?.into(),
         certificate_max_ports: cfg.auth.certificate_max_ports,
         stored: Some(StoredTokens(cache.clone())),
         stored_keys: Some(cache.clone()),
@@ -173,7 +180,7 @@ fn control(
 
 /// Binds every listener (port 0 works), starts every component, and returns their addresses.
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
-    let base = Base::new(&cfg)?;
+    let base = Arc::new(Base::new(&cfg)?);
     // h2-reverse transports are bound first: a frontend may share its port with one.
     let h2 = components::bind_h2_transports(&cfg, &base).await?;
     let frontends = components::build_frontends(&cfg, &base, &h2).await?;
@@ -204,9 +211,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     }
     // Admin API and threshold's management API updates are applied one at a time.
     let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
-    let transports =
+    let transport_set =
         components::start_transports(&cfg, &base, &hub, &h2, &mappings, mapping_writes.clone())
             .await?;
+    let transports = transport_set.addrs();
     let control = match &cfg.control {
         Some(c) => Some(start_control(&cfg, c, &base, &hub, &transports).await?),
         None => None,
@@ -220,6 +228,15 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let draining = CancellationToken::new();
+    let reloader = crate::reload::Reloader::new(
+        crate::reload::Live {
+            cfg: cfg.clone(),
+            h2,
+            transports: transport_set,
+        },
+        base.clone(),
+        hub.clone(),
+    );
     let admin_addr = match &cfg.admin {
         Some(a) => Some(
             admin::start(
@@ -229,7 +246,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 base.store.clone(),
                 mapping_writes,
                 base.metrics.clone(),
-                draining.clone(),
+                admin::Hooks {
+                    draining: draining.clone(),
+                    reloader: reloader.clone(),
+                },
             )
             .await
             .with_context(|| format!("admin.listen {}", a.listen))?,
@@ -241,18 +261,19 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     Ok(Running {
         transports,
         frontends: frontend_addrs,
-        rendezvous: base.registry,
+        rendezvous: base.registry.clone(),
         admin: admin_addr,
         hub,
-        metrics: base.metrics,
+        metrics: base.metrics.clone(),
         ca_file: base.identity.ca_file.clone(),
-        store: base.store,
+        store: base.store.clone(),
         control: control.map(|(_, b)| b),
         fingerprint,
-        accepting: base.accepting,
-        closing: base.closing,
+        reloader,
+        accepting: base.accepting.clone(),
+        closing: base.closing.clone(),
         draining,
-        visitors: base.visitors,
+        visitors: base.visitors.clone(),
         drain_timeout: cfg.limits.drain_timeout,
     })
 }

@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tunneld_client::client::{self, ClientEvent};
+use tunneld_client::client::ClientEvent;
 use tunneld_client::config::client::{
     ClientConfig, ClientTls, Reconnect, TransportKind, TunnelConfig,
 };
 use tunneld_client::config::log::{LogConfig, LogFormat};
 use tunneld_client::logging;
+use tunneld_client::reload::Source;
 use tunneld_core::auth::Secret;
 use tunneld_core::proto::{TunnelKind, TunnelStatus};
 use tunneld_core::proxy_protocol;
@@ -395,6 +396,13 @@ fn main() {
         }
     }
     let http_mode = matches!(cli.quick, Some(Quick::Http(_)));
+    let source = match (&cli.quick, &cli.config) {
+        (None, Some(file)) => Some(Source {
+            file: file.clone(),
+            sets: cli.sets.clone(),
+        }),
+        _ => None,
+    };
     let cfg = match cli.quick {
         Some(q) => {
             let c = quick_config(q).unwrap_or_else(|lines| fail_config(&lines));
@@ -421,7 +429,7 @@ fn main() {
         "tunnelc",
         level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
-        run(cfg, http_mode),
+        run(cfg, http_mode, source),
         2,
     );
 }
@@ -439,7 +447,7 @@ fn print_tunnels(tunnels: &[TunnelStatus]) {
     }
 }
 
-async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
+async fn run(cfg: ClientConfig, http_mode: bool, source: Option<Source>) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = cfg.server.clone();
@@ -469,6 +477,7 @@ async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
                     println!("tunnels changed:");
                     print_tunnels(&tunnels);
                 }
+                ClientEvent::Reloaded { line } => println!("{line}"),
                 ClientEvent::Parked { id } => {
                     println!("rendezvous {id}: parked at {server}");
                 }
@@ -483,18 +492,8 @@ async fn run(cfg: ClientConfig, http_mode: bool) -> anyhow::Result<()> {
             }
         }
     });
-    let stopper = stop.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        stopper.cancel();
-    });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stopper = stop.clone();
-    tokio::spawn(async move {
-        term.recv().await;
-        stopper.cancel();
-    });
-    let result = client::run(cfg, tx, stop).await;
+    let reloads = tunneld_client::reload::signals(&stop)?;
+    let result = tunneld_client::reload::run(cfg, source, tx, stop, reloads).await;
     let _ = printer.await;
     result
 }

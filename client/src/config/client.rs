@@ -30,7 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "max_message",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// tunneld's transport address, `host:port`; for `transport: websocket` a URL,
@@ -72,7 +72,7 @@ pub struct ClientConfig {
 }
 
 /// One rendezvous id served over the `connect` transport.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RendezvousServe {
     /// The local service, host:port.
@@ -114,7 +114,7 @@ pub enum TransportKind {
     Websocket,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTls {
     /// PEM CA bundle to trust (tunneld's `state/tls/ca.pem`, or a system bundle).
@@ -130,7 +130,7 @@ pub struct ClientTls {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Reconnect {
     #[serde(default = "d500ms", with = "serde_human")]
@@ -158,7 +158,7 @@ fn d30s() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelConfig {
     #[serde(rename = "type", default = "tcp")]

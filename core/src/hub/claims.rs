@@ -26,12 +26,13 @@ impl Hub {
         &self,
         kind: TunnelKind,
         name: Option<&str>,
-    ) -> Result<&Arc<dyn Frontend>, ClaimError> {
+    ) -> Result<Arc<dyn Frontend>, ClaimError> {
+        let frontends = self.frontends();
         match name {
             Some(n) => {
-                let f = self
-                    .frontends
+                let f = frontends
                     .get(n)
+                    .cloned()
                     .ok_or_else(|| ClaimError::UnknownFrontend(n.into()))?;
                 if f.serves(kind) {
                     Ok(f)
@@ -41,10 +42,10 @@ impl Hub {
                     )))
                 }
             }
-            None => self
-                .frontends
+            None => frontends
                 .values()
                 .find(|f| f.is_default_for(kind))
+                .cloned()
                 .ok_or_else(|| ClaimError::NoFrontend(kind.to_string())),
         }
     }
@@ -145,7 +146,7 @@ impl Hub {
         who: &Identity,
         t: &TunnelRequest,
     ) -> Result<Claim, ClaimError> {
-        let frontend = self.frontend_for(t.kind, t.frontend.as_deref())?.clone();
+        let frontend = self.frontend_for(t.kind, t.frontend.as_deref())?;
         let name = frontend.name().to_string();
         let owner = &who.client_id;
         let req = ClaimRequest {

@@ -67,7 +67,7 @@ impl Hub {
         if let Some(l) = lock(&self.leases).get(&key) {
             return Ok(Claimed::of(&l.claim));
         }
-        let frontend = self.frontend_for(r.kind, r.frontend.as_deref())?.clone();
+        let frontend = self.frontend_for(r.kind, r.frontend.as_deref())?;
         let claim = frontend
             .claim(ClaimRequest {
                 owner: r.owner.clone(),

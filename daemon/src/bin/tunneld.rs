@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use tunneld_client::cli_docs::DocsCmd;
 use tunneld_client::logging;
 use tunneld_daemon::config::server::{LogFormat, ServerConfig};
+use tunneld_daemon::reload::Source;
 use tunneld_daemon::state_cli::{RendezvousCmd, StateCmd, TokenCmd};
 use tunneld_daemon::{server, state_cli};
 
@@ -127,17 +128,25 @@ fn main() {
         return;
     }
     let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
+    let source = cli.config.clone().map(|file| Source {
+        file,
+        sets: cli.sets.clone(),
+    });
     logging::run_main(
         "tunneld",
         level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
-        run(cfg),
+        run(cfg, source),
     );
 }
 
-async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+async fn run(cfg: ServerConfig, source: Option<Source>) -> anyhow::Result<()> {
     let ssh_keys = ssh_host_keys(&cfg);
+    // Installed first: a SIGHUP while starting must not end tunneld (its default action).
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     let running = server::start(cfg).await?;
+    running.reloader.set_source(source);
     for (name, addr) in &running.transports {
         println!("listening transport={name} addr={addr}");
     }
@@ -171,9 +180,12 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&running).await,
+        }
     }
     tracing::info!(
         "signal received: no new connections; draining open streams (signal again to exit now)"
@@ -185,6 +197,29 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
         _ = term.recv() => { tracing::warn!("second signal: exiting now"); std::process::exit(130) }
         _ = int.recv() => { tracing::warn!("second signal: exiting now"); std::process::exit(130) }
+    }
+}
+
+/// SIGHUP: reloads, and says how it went on stdout too (the log has each error).
+async fn reload(running: &server::Running) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    match running.reloader.reload().await {
+        Ok(s) => {
+            for (key, addr) in &s.listening {
+                let (kind, name) = key.split_once('.').unwrap_or(("", key));
+                println!(
+                    "listening {}={name} addr={addr}",
+                    kind.trim_end_matches('s')
+                );
+            }
+            let how = if s.failed.is_empty() {
+                "reloaded"
+            } else {
+                "reloaded in part"
+            };
+            println!("{how}: {}", s.line());
+        }
+        Err(e) => println!("reload failed: {e}"),
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tunneld_core::duration::serde_human;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// HTTPS listener (tunneld's own certificate): the provisioning API and `GET /cacert`.

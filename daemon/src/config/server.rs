@@ -63,7 +63,7 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain; without it tunneld issues its own from its CA.
@@ -107,7 +107,7 @@ pub struct AuthConfig {
     pub certificate_max_ports: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The token, or `sha256:<hex>` of it.
@@ -120,7 +120,7 @@ pub struct TokenConfig {
     pub ssh_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// One deadline for TLS, hello and authentication.
@@ -233,7 +233,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -258,7 +258,7 @@ fn d500() -> usize {
 
 /// Rendezvous ids (in `<state_dir>/rendezvous.json`) and the limits shared by the `connect`
 /// transport and the `rendezvous` frontend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RendezvousConfig {
     /// Parked hidden-server connections kept per id; a newer one evicts the oldest.
@@ -289,7 +289,7 @@ impl Default for RendezvousConfig {
 }
 
 /// A transport, by `type:`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TransportConfig {
     Yamux(tunneld_transport_yamux::Config),
     Connect(tunneld_transport_connect::Config),
@@ -299,7 +299,7 @@ pub enum TransportConfig {
 }
 
 /// A frontend, by `type:`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FrontendConfig {
     Ports(tunneld_frontend_ports::Config),
     Rendezvous(tunneld_frontend_rendezvous::Config),

@@ -83,14 +83,27 @@ pub fn cut_sessions(hub: &Hub, tokens: &HashMap<String, TokenRecord>, metrics: &
             } else {
                 "expired"
             };
-            if hub.cut(&s.info.client_id) {
-                if let Some(own) = crate::metrics::of(metrics) {
-                    own.sessions_cut_total.with_label_values(&[reason]).inc();
-                }
-                tracing::warn!(client = %s.info.client_id, "session cut: {why}");
-            }
+            cut_client(hub, metrics, &s.info.client_id, reason, &why);
         }
     }
+}
+
+/// Ends every live session of `client` (its token expired, was revoked, or was removed from
+/// or changed in the config file by a reload), counted under `reason`; returns how many
+/// sessions ended.
+pub fn cut_client(hub: &Hub, metrics: &Metrics, client: &str, reason: &str, why: &str) -> usize {
+    let n = hub
+        .sessions()
+        .iter()
+        .filter(|s| s.info.client_id == client)
+        .count();
+    if hub.cut(client) {
+        if let Some(own) = crate::metrics::of(metrics) {
+            own.sessions_cut_total.with_label_values(&[reason]).inc();
+        }
+        tracing::warn!(client = %client, "session cut: {why}");
+    }
+    n
 }
 
 /// Runs the sweep until `stop`. Tokens come from the state cache (memory, kept current);

@@ -42,6 +42,7 @@ impl Control {
         if self
             .auth
             .tokens
+            .get()
             .iter()
             .any(|e| e.ssh_keys.contains(&k.fingerprint))
         {

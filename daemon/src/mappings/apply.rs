@@ -229,8 +229,7 @@ async fn open_port(
     });
     let frontend = hub
         .frontend_for(TunnelKind::Tcp, key.0.as_deref())
-        .map_err(|e| merr(404, e.to_string()))?
-        .clone();
+        .map_err(|e| merr(404, e.to_string()))?;
     let owner = list
         .iter()
         .flat_map(|m| m.members())

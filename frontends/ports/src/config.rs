@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the tunnel ports are bound on.

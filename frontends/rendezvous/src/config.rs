@@ -7,7 +7,7 @@ use std::time::Duration;
 use tunneld_core::auth::{token_digest, Secret};
 use tunneld_core::duration::serde_human;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The HTTPS listener for visitors.
@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// Visitor credentials for `CONNECT <tunnel>:<port>`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectAccess {
     #[serde(default)]

@@ -7,7 +7,7 @@ pub const KIB: usize = 1024;
 /// yamux's initial per-stream window; every stream needs at least this much.
 pub const STREAM_WINDOW: usize = 256 * KIB;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where tunnelc connects (TCP + TLS).
@@ -21,7 +21,7 @@ pub struct Config {
 }
 
 /// yamux tuning. Defaults favour throughput with bounded memory per session.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
     /// Streams one session may have open at once (both directions together).

@@ -47,7 +47,7 @@ pub const CONTROL_PATH: &str = "/_controlPath/";
 pub const MAX_HEAD: usize = 8 * 1024;
 
 /// `threshold:` in a yamux transport's config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdConfig {
     /// Client certificates must name `<id>@<domain>` as their common name.

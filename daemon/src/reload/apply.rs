@@ -1,0 +1,150 @@
+//! Applying a reload's plan: tokens first (so a removed token can no longer start a session
+//! when its old ones are cut), then transports (stopped ones before new ones, so a port can
+//! pass from one to another), then new frontends.
+
+use super::diff::Plan;
+use super::{Live, Reloader, Summary};
+use crate::config::server::{ServerConfig, TransportConfig};
+
+pub(super) async fn apply(
+    r: &Reloader,
+    live: &mut Live,
+    plan: &Plan,
+    mut eff: ServerConfig,
+) -> Summary {
+    let mut s = Summary {
+        needs_restart: plan.needs_restart.clone(),
+        ..Summary::default()
+    };
+    tokens(r, live, plan, &mut eff, &mut s);
+    for name in &plan.transports_removed {
+        s.sessions_cut += live.transports.stop(name, &r.hub).await;
+        live.h2.remove(name);
+        tracing::info!(transport = %name, "transport removed");
+        s.removed.push(format!("transports.{name}"));
+    }
+    for name in &plan.transports_changed {
+        s.sessions_cut += live.transports.stop(name, &r.hub).await;
+        live.h2.remove(name);
+        start_transport(r, live, name, &mut eff, &mut s, "changed").await;
+    }
+    for name in &plan.transports_added {
+        start_transport(r, live, name, &mut eff, &mut s, "added").await;
+    }
+    for name in &plan.frontends_added {
+        let Some(f) = eff.frontends.get(name).cloned() else {
+            continue;
+        };
+        match crate::components::build_frontend(&eff, name, &f, &r.base, &live.h2).await {
+            Ok(built) => {
+                tokio::spawn(built.clone().serve(r.base.fcx.clone()));
+                if let Some(a) = built.local_addr() {
+                    s.listening.insert(format!("frontends.{name}"), a);
+                }
+                if r.hub.add_frontend(name, built) {
+                    s.added.push(format!("frontends.{name}"));
+                } else {
+                    s.failed.push(format!(
+                        "frontends.{name}: a frontend of that name runs already"
+                    ));
+                }
+            }
+            Err(e) => {
+                s.failed.push(format!("frontends.{name}: {e:#}"));
+                eff.frontends.remove(name);
+            }
+        }
+    }
+    live.cfg = eff;
+    s
+}
+
+/// Replaces the configured tokens and cuts the sessions of removed ones and of ones whose
+/// secret changed or lost an SSH key (as a revocation does); other sessions stay. A changed
+/// `max_ports` applies to claims made from now on.
+fn tokens(r: &Reloader, live: &Live, plan: &Plan, eff: &mut ServerConfig, s: &mut Summary) {
+    if plan.tokens_added.is_empty()
+        && plan.tokens_removed.is_empty()
+        && plan.tokens_changed.is_empty()
+    {
+        return;
+    }
+    match crate::server::token_entries(eff) {
+        Ok(entries) => r.base.auth.tokens.replace(entries),
+        Err(e) => {
+            s.failed.push(format!("{e:#}"));
+            eff.auth.tokens = live.cfg.auth.tokens.clone();
+            return;
+        }
+    }
+    let metrics = &r.base.metrics;
+    for id in &plan.tokens_added {
+        s.added.push(format!("auth.tokens.{id}"));
+    }
+    for id in &plan.tokens_removed {
+        s.removed.push(format!("auth.tokens.{id}"));
+        s.sessions_cut += crate::control::sweep::cut_client(
+            &r.hub,
+            metrics,
+            id,
+            "removed",
+            "its token was removed from the configuration",
+        );
+    }
+    for c in &plan.tokens_changed {
+        s.changed.push(format!("auth.tokens.{}", c.client));
+        if c.cut {
+            s.sessions_cut += crate::control::sweep::cut_client(
+                &r.hub,
+                metrics,
+                &c.client,
+                "changed",
+                "its token or SSH keys changed in the configuration",
+            );
+        }
+    }
+}
+
+/// Binds and starts transport `name` as `eff` has it; a failure leaves it out of what
+/// runs (the next reload tries again).
+async fn start_transport(
+    r: &Reloader,
+    live: &mut Live,
+    name: &str,
+    eff: &mut ServerConfig,
+    s: &mut Summary,
+    how: &str,
+) {
+    let Some(t) = eff.transports.get(name).cloned() else {
+        return;
+    };
+    let started = async {
+        if let TransportConfig::H2Reverse(c) = &t {
+            let built = crate::components::bind_h2(name, c, &r.base).await?;
+            live.h2.insert(name.to_string(), built);
+        }
+        live.transports
+            .start(name, &t, (&r.base, &r.hub), &live.h2)
+            .await
+    }
+    .await;
+    match started {
+        Ok(addr) => {
+            if let Some(a) = addr {
+                s.listening.insert(format!("transports.{name}"), a);
+            }
+            tracing::info!(transport = %name, kind = super::diff::transport_kind(&t), "transport {how}");
+            let key = format!("transports.{name}");
+            if how == "added" {
+                s.added.push(key);
+            } else {
+                s.changed.push(key);
+            }
+        }
+        Err(e) => {
+            live.h2.remove(name);
+            s.failed.push(format!("transports.{name}: {e:#}"));
+            eff.transports.remove(name);
+        }
+    }
+}

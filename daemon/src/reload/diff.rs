@@ -1,0 +1,296 @@
+//! What a reload changes: the difference between the running configuration and a new one,
+//! split into what can be applied live and what needs a restart. Pure: nothing is touched.
+
+use crate::config::server::{FrontendConfig, ServerConfig, TransportConfig};
+use std::collections::BTreeSet;
+
+/// How a configured token changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenChange {
+    pub client: String,
+    /// Its live sessions end: the secret changed, or an SSH key was taken away.
+    pub cut: bool,
+}
+
+/// The changes a reload applies, and the keys it leaves as they were.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub tokens_added: Vec<String>,
+    pub tokens_removed: Vec<String>,
+    pub tokens_changed: Vec<TokenChange>,
+    pub transports_added: Vec<String>,
+    pub transports_removed: Vec<String>,
+    pub transports_changed: Vec<String>,
+    pub frontends_added: Vec<String>,
+    /// Key paths that differ but apply only at the next start, with why when not obvious.
+    pub needs_restart: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the reload changes anything at all (needing a restart included).
+    pub fn is_empty(&self) -> bool {
+        self.tokens_added.is_empty()
+            && self.tokens_removed.is_empty()
+            && self.tokens_changed.is_empty()
+            && self.transports_added.is_empty()
+            && self.transports_removed.is_empty()
+            && self.transports_changed.is_empty()
+            && self.frontends_added.is_empty()
+            && self.needs_restart.is_empty()
+    }
+}
+
+/// Pushes `section.field` for each listed field that differs.
+macro_rules! fields {
+    ($out:expr, $section:literal, $old:expr, $new:expr, [$($f:ident),* $(,)?]) => {
+        $(if $old.$f != $new.$f {
+            $out.push(concat!($section, ".", stringify!($f)).to_string());
+        })*
+    };
+}
+
+/// Compares `old` (what runs) with `new` (validated). Returns the plan and the configuration
+/// that will run after it: `new`, with every key that needs a restart kept as in `old`, so
+/// the next reload compares against what really runs.
+pub fn plan(old: &ServerConfig, new: &ServerConfig) -> (Plan, ServerConfig) {
+    let mut p = Plan::default();
+    let mut eff = new.clone();
+    restart_only(old, new, &mut p.needs_restart);
+    // Sections that apply only at start run as they were.
+    eff.state_dir = old.state_dir.clone();
+    eff.log = old.log.clone();
+    eff.tls = old.tls.clone();
+    eff.auth.client_ca = old.auth.client_ca.clone();
+    eff.auth.require_client_cert = old.auth.require_client_cert;
+    eff.auth.certificate_max_ports = old.auth.certificate_max_ports;
+    eff.limits = old.limits.clone();
+    eff.admin = old.admin.clone();
+    eff.rendezvous = old.rendezvous.clone();
+    eff.control = old.control.clone();
+    tokens(old, new, &mut p);
+    frontends(old, new, &mut p, &mut eff);
+    transports(old, &mut p, &mut eff);
+    (p, eff)
+}
+
+fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
+    if old.state_dir != new.state_dir {
+        out.push("state_dir".into());
+    }
+    fields!(out, "log", old.log, new.log, [level, format]);
+    fields!(out, "tls", old.tls, new.tls, [cert, key, names]);
+    fields!(
+        out,
+        "auth",
+        old.auth,
+        new.auth,
+        [client_ca, require_client_cert, certificate_max_ports]
+    );
+    fields!(
+        out,
+        "limits",
+        old.limits,
+        new.limits,
+        [
+            handshake_timeout,
+            max_pending_handshakes,
+            max_pending_per_address,
+            keepalive,
+            drain_timeout,
+            max_request_head,
+            max_response_head,
+            max_streams_per_tunnel,
+            max_streams_per_address,
+            stream_stall_timeout,
+            max_connections_per_address,
+            idle_timeout,
+            http_idle_timeout,
+            max_auth_failures,
+            auth_failure_window,
+        ]
+    );
+    match (&old.admin, &new.admin) {
+        (Some(a), Some(b)) => {
+            fields!(
+                out,
+                "admin",
+                a,
+                b,
+                [listen, token, shape, per_tunnel_metrics, max_tunnel_series]
+            );
+        }
+        (a, b) if a != b => out.push("admin".into()),
+        _ => {}
+    }
+    fields!(
+        out,
+        "rendezvous",
+        old.rendezvous,
+        new.rendezvous,
+        [max_parked_per_id, max_failures, failure_window]
+    );
+    if old.control != new.control {
+        out.push("control".into());
+    }
+}
+
+fn tokens(old: &ServerConfig, new: &ServerConfig, p: &mut Plan) {
+    let (o, n) = (&old.auth.tokens, &new.auth.tokens);
+    p.tokens_added = n.keys().filter(|k| !o.contains_key(*k)).cloned().collect();
+    p.tokens_removed = o.keys().filter(|k| !n.contains_key(*k)).cloned().collect();
+    for (id, was) in o {
+        let Some(now) = n.get(id) else { continue };
+        if was == now {
+            continue;
+        }
+        let kept: BTreeSet<&String> = now.ssh_keys.iter().collect();
+        let cut = was.token != now.token || was.ssh_keys.iter().any(|k| !kept.contains(k));
+        p.tokens_changed.push(TokenChange {
+            client: id.clone(),
+            cut,
+        });
+    }
+}
+
+/// Frontends are added live; one removed or changed runs as it was until a restart (its
+/// claims, and the tunnels on them, live in it).
+fn frontends(old: &ServerConfig, new: &ServerConfig, p: &mut Plan, eff: &mut ServerConfig) {
+    for (name, f) in &new.frontends {
+        match old.frontends.get(name) {
+            None => p.frontends_added.push(name.clone()),
+            Some(was) if was != f => {
+                p.needs_restart.push(format!("frontends.{name}"));
+                eff.frontends.insert(name.clone(), was.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, was) in &old.frontends {
+        if !new.frontends.contains_key(name) {
+            p.needs_restart.push(format!(
+                "frontends.{name} (removed; it serves until a restart)"
+            ));
+            eff.frontends.insert(name.clone(), was.clone());
+        }
+    }
+}
+
+/// The frontend (as it will run) that shares `name`'s port, if any.
+fn sharer(eff: &ServerConfig, name: &str) -> Option<String> {
+    eff.frontends.iter().find_map(|(f, c)| match c {
+        FrontendConfig::Https(h) if h.transport.as_deref() == Some(name) => Some(f.clone()),
+        _ => None,
+    })
+}
+
+/// Transports are added, removed and rebuilt live, except one whose port a frontend shares
+/// or that the control plane's answers name (`control.transport`).
+fn transports(old: &ServerConfig, p: &mut Plan, eff: &mut ServerConfig) {
+    let control = eff.control.as_ref().map(|c| c.transport.clone());
+    let pinned = |eff: &ServerConfig, name: &str| -> Option<String> {
+        if let Some(f) = sharer(eff, name) {
+            return Some(format!("frontends.{f} shares its port"));
+        }
+        (control.as_deref() == Some(name)).then(|| "control.transport names it".to_string())
+    };
+    let new_names: Vec<String> = eff.transports.keys().cloned().collect();
+    for name in new_names {
+        let now = eff.transports[&name].clone();
+        match old.transports.get(&name) {
+            None => p.transports_added.push(name),
+            Some(was) if *was != now => match pinned(eff, &name) {
+                Some(why) => {
+                    p.needs_restart.push(format!("transports.{name} ({why})"));
+                    eff.transports.insert(name, was.clone());
+                }
+                None => p.transports_changed.push(name),
+            },
+            Some(_) => {}
+        }
+    }
+    for (name, was) in &old.transports {
+        if eff.transports.contains_key(name) {
+            continue;
+        }
+        match pinned(eff, name) {
+            Some(why) => {
+                p.needs_restart
+                    .push(format!("transports.{name} (removed; {why})"));
+                eff.transports.insert(name.clone(), was.clone());
+            }
+            None => p.transports_removed.push(name.clone()),
+        }
+    }
+}
+
+/// The `type:` of a transport, for log lines.
+pub fn transport_kind(t: &TransportConfig) -> &'static str {
+    match t {
+        TransportConfig::Yamux(_) => "yamux",
+        TransportConfig::Connect(_) => "connect",
+        TransportConfig::H2Reverse(_) => "h2-reverse",
+        TransportConfig::Websocket(_) => "websocket",
+        TransportConfig::Ssh(_) => "ssh",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ServerConfig {
+        let yaml = format!(
+            "state_dir: /tmp/x\nauth:\n  tokens:\n    alice: {{ token: alice-token-0123456789 }}\n    bob: {{ token: bob-token-0123456789ab }}\ntransports:\n  edge: {{ type: yamux, listen: 127.0.0.1:0 }}\nfrontends:\n  tcp: {{ type: ports, range: 20000-20010 }}\n{extra}"
+        );
+        let dir = std::env::temp_dir().join(format!("tunneld-diff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join(format!("c{}.yaml", yaml.len()));
+        std::fs::write(&file, yaml).expect("write");
+        ServerConfig::load(Some(&file), &[]).expect("valid")
+    }
+
+    #[test]
+    fn nothing_changed_is_empty() {
+        let (p, _) = plan(&cfg(""), &cfg(""));
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn tokens_transports_and_restart_keys() {
+        let old = cfg("");
+        let mut new = old.clone();
+        new.auth.tokens.remove("bob");
+        let mut carol = new.auth.tokens["alice"].clone();
+        carol.max_ports = Some(3);
+        new.auth.tokens.insert("carol".into(), carol.clone());
+        new.auth.tokens.insert("alice".into(), carol);
+        new.limits.max_streams_per_tunnel = 7;
+        new.transports
+            .insert("more".into(), old.transports["edge"].clone());
+        new.frontends.clear();
+        let (p, eff) = plan(&old, &new);
+        assert_eq!(p.tokens_added, ["carol"]);
+        assert_eq!(p.tokens_removed, ["bob"]);
+        // Only max_ports changed: sessions stay.
+        assert_eq!(
+            p.tokens_changed,
+            [TokenChange {
+                client: "alice".into(),
+                cut: false
+            }]
+        );
+        assert_eq!(p.transports_added, ["more"]);
+        assert!(p
+            .needs_restart
+            .contains(&"limits.max_streams_per_tunnel".to_string()));
+        assert!(p
+            .needs_restart
+            .iter()
+            .any(|k| k.starts_with("frontends.tcp")));
+        // What runs next: the old limits and the frontend that could not go.
+        assert_eq!(eff.limits.max_streams_per_tunnel, 1024);
+        assert!(eff.frontends.contains_key("tcp"));
+        let (again, _) = plan(&eff, &eff);
+        assert!(again.is_empty());
+    }
+}
