@@ -244,7 +244,10 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("tunneld-diff-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join(format!("c{}.yaml", yaml.len()));
+        // One file per test thread: tests run in parallel, and two configs may be as long.
+        let thread = format!("{:?}", std::thread::current().id());
+        let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+        let file = dir.join(format!("c{thread}-{}.yaml", yaml.len()));
         std::fs::write(&file, yaml).expect("write");
         ServerConfig::load(Some(&file), &[]).expect("valid")
     }
