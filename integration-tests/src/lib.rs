@@ -10,6 +10,7 @@ pub mod neighbour;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod services;
 pub mod ssh;
 
