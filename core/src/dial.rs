@@ -41,7 +41,7 @@ pub enum DialError {
     WrongPort {
         server: String,
         reason: String,
-        fix: &'static str,
+        fix: String,
     },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -74,15 +74,45 @@ impl DialError {
                 DialError::WrongPort {
                     server,
                     reason,
-                    fix: "that port is another transport's (each of yamux, h2-reverse and connect has its own ALPN id; an https-subdomain port takes h2-reverse only when it shares its port with one): check `server:` and `transport:`",
+                    fix: "that port is another transport's (each of yamux, h2-reverse and connect has its own ALPN id; an https-subdomain port takes h2-reverse only when it shares its port with one): check `server:` and `transport:`".into(),
                 }
             }
             Some(E::InvalidMessage(_) | E::InappropriateMessage { .. }) => DialError::WrongPort {
                 server,
                 reason,
-                fix: "that port does not answer in TLS: a websocket transport's plain-HTTP port wants `transport: websocket` and `server: http://HOST:PORT`; an ssh transport's port wants OpenSSH (`ssh -R`)",
+                fix: NOT_TLS.into(),
             },
             _ => DialError::Tls { server, reason },
+        }
+    }
+}
+
+/// The fix when a port answered a TLS client in something else, and the probe could not tell
+/// what.
+const NOT_TLS: &str = "that port does not answer in TLS: a websocket transport's plain-HTTP port wants `transport: websocket` and `server: http://HOST:PORT`; an ssh transport's port wants OpenSSH (`ssh -R`)";
+
+impl DialError {
+    /// [`DialError::of_tls`], and when the port answered in something other than TLS, which
+    /// protocol that was ([`crate::port_probe`]: one more short connection to `addr`).
+    pub async fn of_tls_probed<A: tokio::net::ToSocketAddrs>(
+        server: &str,
+        addr: A,
+        e: std::io::Error,
+    ) -> Self {
+        match Self::of_tls(server, e) {
+            DialError::WrongPort {
+                server,
+                reason,
+                fix,
+            } if fix == NOT_TLS => {
+                let fix = crate::port_probe::probe(addr).await.fix().unwrap_or(fix);
+                DialError::WrongPort {
+                    server,
+                    reason,
+                    fix,
+                }
+            }
+            other => other,
         }
     }
 }
@@ -130,10 +160,13 @@ async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, Dial
             reason: e.to_string(),
         })?;
     let _ = tcp.set_nodelay(true);
-    let mut tls = TlsConnector::from(target.tls.clone())
+    let mut tls = match TlsConnector::from(target.tls.clone())
         .connect(target.server_name.clone(), tcp)
         .await
-        .map_err(|e| DialError::of_tls(&server, e))?;
+    {
+        Ok(t) => t,
+        Err(e) => return Err(DialError::of_tls_probed(&server, server.as_str(), e).await),
+    };
     let mut preamble = MAGIC.to_vec();
     preamble.extend(encode_frame(hello).map_err(|e| DialError::Protocol(e.to_string()))?);
     tls.write_all(&preamble).await.map_err(tls_err)?;

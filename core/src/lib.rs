@@ -52,6 +52,7 @@ pub mod limits;
 pub mod live_sessions;
 pub mod metrics;
 pub mod parking;
+pub mod port_probe;
 pub mod proto;
 pub mod proxy_protocol;
 pub mod reverse_http;

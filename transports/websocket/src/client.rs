@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::DialError;
 use tunneld_core::io::BoxIo;
+use tunneld_core::port_probe::Speaks;
 use tunneld_core::proto::{Control, Hello, ServerHello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
@@ -153,12 +154,16 @@ async fn connect(opts: &DialOptions) -> Result<BoxIo, DialError> {
         })?;
     let _ = tcp.set_nodelay(true);
     let io: BoxIo = match &opts.tls {
-        Some((cfg, name)) => Box::new(
-            tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name.clone(), tcp)
-                .await
-                .map_err(|e| DialError::of_tls(&server, e))?,
-        ),
+        Some((cfg, name)) => match tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name.clone(), tcp)
+            .await
+        {
+            Ok(t) => Box::new(t),
+            Err(e) => {
+                let addr = (opts.url.host.as_str(), opts.url.port);
+                return Err(DialError::of_tls_probed(&server, addr, e).await);
+            }
+        },
         None => Box::new(tcp),
     };
     Ok(io)
@@ -183,24 +188,40 @@ async fn upgrade(opts: &DialOptions, io: BoxIo) -> Result<WebSocketStream<BoxIo>
             http::HeaderValue::from_str(&v).map_err(|e| DialError::Protocol(e.to_string()))?,
         );
     }
-    let (ws, resp) =
+    let upgraded =
         tokio_tungstenite::client_async_with_config(req, io, Some(ws_config(opts.max_message)))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(r) => {
-                    let code = r.status().as_u16();
-                    let body = r
-                        .body()
-                        .as_deref()
-                        .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                        .unwrap_or_default();
-                    DialError::Rejected {
-                        reason: format!("HTTP {code}: {body}"),
-                        permanent: matches!(code, 400 | 401 | 404 | 405 | 409 | 413 | 431),
-                    }
+            .await;
+    let (ws, resp) = match upgraded {
+        Ok(ok) => ok,
+        Err(WsError::Http(r)) => {
+            let code = r.status().as_u16();
+            let body = r
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default();
+            return Err(DialError::Rejected {
+                reason: format!("HTTP {code}: {body}"),
+                permanent: matches!(code, 400 | 401 | 404 | 405 | 409 | 413 | 431),
+            });
+        }
+        Err(other) => {
+            let reason = format!("WebSocket upgrade failed: {other}");
+            // A plain-HTTP client that got no HTTP answer: find out what the port speaks.
+            if !opts.url.tls {
+                let speaks =
+                    tunneld_core::port_probe::probe((opts.url.host.as_str(), opts.url.port)).await;
+                if let (Speaks::Tls | Speaks::Ssh(_), Some(fix)) = (&speaks, speaks.fix()) {
+                    return Err(DialError::WrongPort {
+                        server: opts.url.authority.clone(),
+                        reason,
+                        fix,
+                    });
                 }
-                other => DialError::Protocol(format!("WebSocket upgrade failed: {other}")),
-            })?;
+            }
+            return Err(DialError::Protocol(reason));
+        }
+    };
     if resp
         .headers()
         .get("sec-websocket-protocol")
