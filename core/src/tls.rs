@@ -274,6 +274,28 @@ pub fn server_config(
     client_auth: &ClientAuth,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
+    let mut cfg = verifier_stage(client_auth)?
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(format!("server certificate and key do not match: {e}")))?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A server config whose certificate `resolver` picks per connection (one that changes while
+/// tunneld runs, such as an ACME-renewed one).
+pub fn server_config_resolved(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_auth: &ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let mut cfg = verifier_stage(client_auth)?.with_cert_resolver(resolver);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+fn verifier_stage(
+    client_auth: &ClientAuth,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -288,11 +310,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(v.build().map_err(|e| file_err(ca, e))?)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| TlsError::Config(format!("server certificate and key do not match: {e}")))?;
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(cfg)
+    Ok(builder)
 }
 
 /// How tunnelc decides to trust tunneld.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tunneld_core::frontend::Frontend;
 use tunneld_core::hub::Hub;
-use tunneld_core::tls::{self, ClientAuth, ServerIdentity};
+use tunneld_core::tls::{self, ClientAuth};
 use tunneld_core::transport::Transport;
 use tunneld_transport_h2_reverse::H2ReverseTransport;
 
@@ -36,11 +36,7 @@ pub(crate) async fn bind_h2(
     c: &tunneld_transport_h2_reverse::Config,
     base: &Base,
 ) -> anyhow::Result<Arc<H2ReverseTransport>> {
-    let tls_cfg = tls::server_config(
-        &base.identity,
-        &base.client_auth,
-        &[tunneld_transport_h2_reverse::ALPN],
-    )?;
+    let tls_cfg = crate::https_certs::transport_tls(base, &[tunneld_transport_h2_reverse::ALPN])?;
     let built = H2ReverseTransport::bind(c.clone(), Arc::new(tls_cfg))
         .await
         .with_context(|| format!("transports.{name}"))?;
@@ -92,30 +88,7 @@ pub(crate) async fn build_frontend(
             .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
         }
         FrontendConfig::Https(c) => {
-            let resolver = match (&c.cert, &c.key) {
-                (Some(cert), Some(key)) => tunneld_frontend_https::Resolver::fixed(
-                    &ServerIdentity::load(cert, key)
-                        .with_context(|| format!("frontends.{name}.cert"))?,
-                )?,
-                _ => tunneld_frontend_https::Resolver::issued(
-                    tls::LocalCa::open(&cfg.state_dir.join("tls"))?,
-                    &c.domain,
-                    c.compat_2ptth.iter().map(|x| x.hostname.clone()).collect(),
-                )?,
-            };
-            // With ACME: the CA's certificates, tunneld's CA's while none is issued.
-            let resolver = match &c.acme {
-                Some(a) => resolver.with_source(crate::acme::AcmeIssuer::start(
-                    name,
-                    c,
-                    a,
-                    &cfg.state_dir,
-                    base.acme.clone(),
-                    crate::metrics::of(&base.metrics),
-                    base.closing.clone(),
-                )),
-                None => resolver,
-            };
+            let resolver = crate::https_certs::frontend_resolver(cfg, name, c, base)?;
             let shared = c.transport.as_ref().and_then(|t| {
                 h2_transports
                     .get(t)
@@ -175,11 +148,8 @@ pub(crate) async fn bind_transport(
 ) -> anyhow::Result<Arc<dyn Transport>> {
     Ok(match t {
         TransportConfig::Yamux(c) => {
-            let tls_cfg = tls::server_config(
-                &base.identity,
-                &base.client_auth,
-                &[tunneld_transport_yamux::ALPN],
-            )?;
+            let tls_cfg =
+                crate::https_certs::transport_tls(base, &[tunneld_transport_yamux::ALPN])?;
             Arc::new(
                 tunneld_transport_yamux::YamuxTransport::bind(
                     c.clone(),
@@ -191,11 +161,8 @@ pub(crate) async fn bind_transport(
             )
         }
         TransportConfig::Connect(c) => {
-            let tls_cfg = tls::server_config(
-                &base.identity,
-                &base.client_auth,
-                &[tunneld_transport_connect::ALPN],
-            )?;
+            let tls_cfg =
+                crate::https_certs::transport_tls(base, &[tunneld_transport_connect::ALPN])?;
             Arc::new(
                 tunneld_transport_connect::ConnectTransport::bind(
                     c.clone(),

@@ -16,6 +16,7 @@ mod components;
 pub mod config;
 pub mod control;
 pub mod http_serve;
+mod https_certs;
 pub mod mappings;
 pub mod metrics;
 pub mod reload;

@@ -299,6 +299,11 @@ pub(crate) struct Base {
     pub(crate) acme: Arc<crate::acme::challenges::AcmeChallenges>,
     /// Where components keep their own files (the ssh transport's host key).
     pub(crate) state_dir: std::path::PathBuf,
+    /// With `tls.acme_from`: that frontend's name and certificate resolver, which the
+    /// transports serve too.
+    pub(crate) transport_certs: Option<(String, Arc<tunneld_frontend_https::Resolver>)>,
+    /// That frontend's domain: the server name that gets its certificate.
+    pub(crate) transport_domain: Option<String>,
 }
 
 impl Base {
@@ -355,8 +360,21 @@ impl Base {
         .context("metrics registry")?;
         // Codes used before a restart stay used (startup: a blocking read is fine here).
         registry.load_used(registry.ids.used_codes());
+        let acme = Arc::default();
+        let transport_certs =
+            crate::https_certs::transport_resolver(cfg, &acme, &metrics, &closing)?;
+        let transport_domain =
+            cfg.tls
+                .acme_from
+                .as_ref()
+                .and_then(|f| match cfg.frontends.get(f) {
+                    Some(FrontendConfig::Https(c)) => Some(c.domain.clone()),
+                    _ => None,
+                });
         Ok(Self {
-            acme: Arc::default(),
+            acme,
+            transport_certs,
+            transport_domain,
             state_dir: cfg.state_dir.clone(),
             metrics,
             identity,

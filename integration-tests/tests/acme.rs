@@ -336,3 +336,47 @@ async fn a_failed_challenge_is_logged_and_counted_and_tunneld_keeps_serving() ->
     alice.shutdown().await?;
     Ok(())
 }
+
+/// `tls.acme_from: web`: the yamux transport serves the frontend's ACME certificate to a
+/// tunnelc whose `server_name` is the domain (it trusts pebble's root, not tunneld's CA), and
+/// tunneld's own certificate to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transports_serve_the_frontends_acme_certificate() -> Result<()> {
+    if !pebble_or_skip("acme for transports") {
+        return Ok(());
+    }
+    capture_logs();
+    let plan = PebblePlan::new()?;
+    let s = server(
+        "transport.test",
+        (&plan.directory, &plan.wfe_ca),
+        "tls:\n  acme_from: web\n",
+    )
+    .await?;
+    let pebble = plan.start(plain_web(&s).port(), web_port(&s), None).await?;
+    orders(&s, "issued", 1.0).await?;
+    let root = pebble.root().await?;
+
+    let file = s.dir.join("acme-client.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "server: {}\nserver_name: transport.test\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n  app:\n    local: 127.0.0.1:9\n",
+            s.transport(),
+            root.display()
+        ),
+    )?;
+    let cfg = tunneld_client::config::client::ClientConfig::load(Some(&file), &[])
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut alice = TestClient::spawn(cfg);
+    alice.connected().await?;
+    alice.shutdown().await?;
+
+    // Clients naming another server name (here `localhost`, trusting tunneld's CA) keep
+    // getting tunneld's own certificate.
+    let local = s.client_config(ALICE_TOKEN, "  b:\n    local: 127.0.0.1:9\n")?;
+    let mut own = TestClient::spawn(local);
+    own.connected().await?;
+    own.shutdown().await?;
+    Ok(())
+}

@@ -74,6 +74,10 @@ pub struct TlsConfig {
     /// Names for the self-issued certificate.
     #[serde(default = "default_names")]
     pub names: Vec<String>,
+    /// An `https-subdomain` frontend with `acme:` whose certificates the transports serve too
+    /// (its apex's, for clients whose `server_name` is the frontend's domain).
+    #[serde(default)]
+    pub acme_from: Option<String>,
 }
 
 impl Default for TlsConfig {
@@ -82,6 +86,7 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             names: default_names(),
+            acme_from: None,
         }
     }
 }

@@ -83,7 +83,7 @@ impl HttpsFrontend {
     pub async fn bind(
         name: &str,
         cfg: Config,
-        resolver: Resolver,
+        resolver: Arc<Resolver>,
         shared: Option<Arc<dyn SharedTransport>>,
         reverse_links: Option<Arc<dyn ReverseHttpLinks>>,
         metrics: Arc<Metrics>,
@@ -103,7 +103,6 @@ impl HttpsFrontend {
                     addr: cfg.listen,
                     source,
                 })?;
-        let resolver = Arc::new(resolver);
         let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
         let acme_tls = match resolver.answers_acme() {
             true => Some(tls_config(&resolver, &[crate::ACME_TLS_ALPN])?),

@@ -303,6 +303,20 @@ fn check_acme(raw: &Raw, frontends: &Frontends, errors: &mut Vec<String>) {
             errors.push(format!("frontends.{name}.acme.challenges: http-01 is answered on the plain web port; set control.web_listen or add tls-alpn-01"));
         }
     }
+    if let Some(from) = &raw.tls.acme_from {
+        match frontends.get(from) {
+            Some(FrontendConfig::Https(c)) if c.acme.is_some() => {}
+            Some(FrontendConfig::Https(_)) => errors.push(format!(
+                "tls.acme_from: frontend `{from}` has no `acme:` section"
+            )),
+            _ => errors.push(format!(
+                "tls.acme_from: `{from}` is not an https-subdomain frontend of this config"
+            )),
+        }
+        if raw.tls.cert.is_some() {
+            errors.push("tls.acme_from: set either tls.cert or tls.acme_from, not both".into());
+        }
+    }
 }
 
 fn check_control(
@@ -359,6 +373,7 @@ fn resolve(
             cert: raw.tls.cert.as_ref().map(r),
             key: raw.tls.key.as_ref().map(r),
             names: raw.tls.names,
+            acme_from: raw.tls.acme_from,
         },
         auth: AuthConfig {
             client_ca: raw.auth.client_ca.as_ref().map(r),
