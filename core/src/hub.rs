@@ -231,6 +231,31 @@ impl Hub {
         true
     }
 
+    /// Takes frontend `name` out of the routing table (a reload removed it): no claim reaches
+    /// it from now on. Answers it, if it was there.
+    pub fn remove_frontend(&self, name: &str) -> Option<Arc<dyn Frontend>> {
+        let mut all = crate::sync::write(&self.frontends);
+        let mut next = (**all).clone();
+        let gone = next.remove(name);
+        *all = Arc::new(next);
+        gone
+    }
+
+    /// Tells every session holding tunnels on frontend `name` that they are gone (`why`),
+    /// releasing those claims; other tunnels and sessions are untouched. Answers how many
+    /// sessions lost a tunnel.
+    pub async fn release_frontend(&self, name: &str, why: &str) -> usize {
+        let mut touched = 0;
+        for s in self.sessions() {
+            if let Some(mut tunnels) = s.drop_frontend(name, why) {
+                tunnels.extend(self.server_mapping_statuses(&s.info.client_id).await);
+                s.notify_tunnels(tunnels);
+                touched += 1;
+            }
+        }
+        touched
+    }
+
     /// The newest live session of `client_id` (admin mappings name clients, not sessions).
     pub fn client_session(&self, client_id: &str) -> Option<Arc<LiveSession>> {
         self.sessions.get(client_id)

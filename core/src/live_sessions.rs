@@ -109,6 +109,32 @@ impl LiveSession {
         lock(&self.leased).iter().any(|t| t == tunnel)
     }
 
+    /// Releases the session's claims on `frontend` (a reload removed it): those tunnels get
+    /// `why` as their error, the others stay. Answers the tunnel list after, or `None` when
+    /// the session held nothing there.
+    pub fn drop_frontend(&self, frontend: &str, why: &str) -> Option<Vec<TunnelStatus>> {
+        let gone: Vec<HeldClaim> = {
+            let mut claims = lock(&self.claims);
+            let (gone, keep) = std::mem::take(&mut *claims)
+                .into_iter()
+                .partition(|h| h.frontend == frontend);
+            *claims = keep;
+            gone
+        };
+        if gone.is_empty() {
+            return None;
+        }
+        let mut tunnels = lock(&self.tunnels);
+        for st in tunnels.iter_mut() {
+            if gone.iter().any(|h| h.tunnel == st.name) {
+                st.endpoint = None;
+                st.error = Some(why.to_string());
+                st.retrying = false;
+            }
+        }
+        Some(tunnels.clone())
+    }
+
     /// Ends the session and releases its claims now (not when its transport notices).
     pub(crate) fn replace(&self) {
         self.closed.cancel();

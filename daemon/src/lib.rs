@@ -15,6 +15,7 @@ pub mod admin_threshold;
 mod components;
 pub mod config;
 pub mod control;
+mod frontend_set;
 pub mod http_serve;
 mod https_certs;
 pub mod mappings;

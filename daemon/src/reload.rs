@@ -86,6 +86,7 @@ pub(crate) struct Live {
     pub(crate) cfg: ServerConfig,
     pub(crate) h2: H2Transports,
     pub(crate) transports: TransportSet,
+    pub(crate) frontends: crate::frontend_set::FrontendSet,
 }
 
 /// Reloads the running tunneld.

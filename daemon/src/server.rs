@@ -188,8 +188,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         .iter()
         .filter_map(|(n, f)| f.local_addr().map(|a| (n.clone(), a)))
         .collect();
-    for f in frontends.values() {
-        tokio::spawn(f.clone().serve(base.fcx.clone()));
+    let mut frontend_set = crate::frontend_set::FrontendSet::default();
+    for (name, f) in &frontends {
+        frontend_set.start(name, f.clone(), &base);
     }
     let hub = Hub::new(
         (*base.auth).clone(),
@@ -233,6 +234,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             cfg: cfg.clone(),
             h2,
             transports: transport_set,
+            frontends: frontend_set,
         },
         base.clone(),
         hub.clone(),

@@ -1,6 +1,6 @@
 //! Applying a reload's plan: tokens first (so a removed token can no longer start a session
 //! when its old ones are cut), then transports (stopped ones before new ones, so a port can
-//! pass from one to another), then new frontends.
+//! pass from one to another), then removed frontends, then new ones.
 
 use super::diff::Plan;
 use super::{Live, Reloader, Summary};
@@ -31,13 +31,19 @@ pub(super) async fn apply(
     for name in &plan.transports_added {
         start_transport(r, live, name, &mut eff, &mut s, "added").await;
     }
+    // Removed frontends before new ones, so a port can pass from one to another.
+    for name in &plan.frontends_removed {
+        let touched = live.frontends.stop(name, &r.hub).await;
+        tracing::info!(frontend = %name, sessions = touched, "frontend removed; its tunnels were released");
+        s.removed.push(format!("frontends.{name}"));
+    }
     for name in &plan.frontends_added {
         let Some(f) = eff.frontends.get(name).cloned() else {
             continue;
         };
         match crate::components::build_frontend(&eff, name, &f, &r.base, &live.h2).await {
             Ok(built) => {
-                tokio::spawn(built.clone().serve(r.base.fcx.clone()));
+                live.frontends.start(name, built.clone(), &r.base);
                 if let Some(a) = built.local_addr() {
                     s.listening.insert(format!("frontends.{name}"), a);
                 }

@@ -22,6 +22,7 @@ pub struct Plan {
     pub transports_removed: Vec<String>,
     pub transports_changed: Vec<String>,
     pub frontends_added: Vec<String>,
+    pub frontends_removed: Vec<String>,
     /// Key paths that differ but apply only at the next start, with why when not obvious.
     pub needs_restart: Vec<String>,
 }
@@ -36,6 +37,7 @@ impl Plan {
             && self.transports_removed.is_empty()
             && self.transports_changed.is_empty()
             && self.frontends_added.is_empty()
+            && self.frontends_removed.is_empty()
             && self.needs_restart.is_empty()
     }
 }
@@ -152,8 +154,9 @@ fn tokens(old: &ServerConfig, new: &ServerConfig, p: &mut Plan) {
     }
 }
 
-/// Frontends are added live; one removed or changed runs as it was until a restart (its
-/// claims, and the tunnels on them, live in it).
+/// Frontends are added and removed live (a removed one's tunnels are released and their
+/// tunnelc told); one changed runs as it was until a restart (its claims, and the tunnels on
+/// them, live in it), and so does a removed one that something else still names.
 fn frontends(old: &ServerConfig, new: &ServerConfig, p: &mut Plan, eff: &mut ServerConfig) {
     for (name, f) in &new.frontends {
         match old.frontends.get(name) {
@@ -166,13 +169,40 @@ fn frontends(old: &ServerConfig, new: &ServerConfig, p: &mut Plan, eff: &mut Ser
         }
     }
     for (name, was) in &old.frontends {
-        if !new.frontends.contains_key(name) {
-            p.needs_restart.push(format!(
-                "frontends.{name} (removed; it serves until a restart)"
-            ));
-            eff.frontends.insert(name.clone(), was.clone());
+        if new.frontends.contains_key(name) {
+            continue;
+        }
+        match kept_by(old, name, was) {
+            Some(why) => {
+                p.needs_restart.push(format!(
+                    "frontends.{name} (removed, but {why}; it serves until a restart)"
+                ));
+                eff.frontends.insert(name.clone(), was.clone());
+            }
+            None => p.frontends_removed.push(name.clone()),
         }
     }
+}
+
+/// Why frontend `name` (as it runs: `was`) cannot go live: a transport shares its port, or a
+/// section that applies only at start names it.
+fn kept_by(old: &ServerConfig, name: &str, was: &FrontendConfig) -> Option<String> {
+    if let FrontendConfig::Https(h) = was {
+        if let Some(t) = &h.transport {
+            return Some(format!("transport `{t}` shares its port"));
+        }
+    }
+    if old.tls.acme_from.as_deref() == Some(name) {
+        return Some("tls.acme_from names it".into());
+    }
+    let control = old.control.as_ref();
+    if control.is_some_and(|c| c.names_frontend == name) {
+        return Some("control.names_frontend names it".into());
+    }
+    if control.is_some_and(|c| c.ports_frontend.as_deref() == Some(name)) {
+        return Some("control.ports_frontend names it".into());
+    }
+    None
 }
 
 /// The frontend (as it will run) that shares `name`'s port, if any.
@@ -286,13 +316,10 @@ mod tests {
         assert!(p
             .needs_restart
             .contains(&"limits.max_streams_per_tunnel".to_string()));
-        assert!(p
-            .needs_restart
-            .iter()
-            .any(|k| k.starts_with("frontends.tcp")));
-        // What runs next: the old limits and the frontend that could not go.
+        assert_eq!(p.frontends_removed, ["tcp"]);
+        // What runs next: the old limits, without the removed frontend.
         assert_eq!(eff.limits.max_streams_per_tunnel, 1024);
-        assert!(eff.frontends.contains_key("tcp"));
+        assert!(!eff.frontends.contains_key("tcp"));
         let (again, _) = plan(&eff, &eff);
         assert!(again.is_empty());
     }

@@ -334,6 +334,16 @@ impl Frontend for PortsFrontend {
     }
 }
 
+/// A frontend that goes (a reload removed it) closes every port it still listens on: the
+/// claims' guards can no longer reach it to release them.
+impl Drop for PortsFrontend {
+    fn drop(&mut self) {
+        for (_, e) in lock(&self.table).iter() {
+            e.data.cancel.cancel();
+        }
+    }
+}
+
 impl Releases<u16> for PortsFrontend {
     fn release(&self, port: &u16, gen: u64, reserve: bool) {
         let port = *port;

@@ -1,0 +1,128 @@
+//! A reload that removes a frontend: its listener and the tunnels on it go, their tunnelc is
+//! told which and why, and the same client's tunnel on another frontend keeps its visitor.
+//! A reload that adds it back serves it again.
+
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tunneld_client::client::ClientEvent;
+use tunneld_daemon::reload::Source;
+use tunneld_integration_tests::{
+    endpoint_of, port_block, services, TestClient, TestServer, ALICE_TOKEN, WAIT,
+};
+
+async fn echo_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no echo in time"))??;
+    if buf != msg {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+/// Waits until connecting to `addr` is refused (the listener closed), bounded.
+async fn until_refused(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
+    let (c, d) = port_block();
+    let more = format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {c}-{d}\n  site:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\n");
+    let s = TestServer::start_with(&more).await.expect("server");
+    let file = s.dir.join("server.yaml");
+    let v1 = std::fs::read_to_string(&file).expect("config");
+    s.running.reloader.set_source(Some(Source {
+        file: file.clone(),
+        sets: Vec::new(),
+    }));
+
+    let local = services::echo().await;
+    let tunnels = format!(
+        "  a:\n    local: {local}\n    frontend: tcp\n  b:\n    local: {local}\n    frontend: more\n  c:\n    type: http\n    local: {local}\n    frontend: site\n    subdomain: c\n"
+    );
+    let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &tunnels).expect("cfg"));
+    let up = alice.connected().await.expect("alice connects");
+    let (a, b) = (
+        endpoint_of(&up, "a").expect("a"),
+        endpoint_of(&up, "b").expect("b"),
+    );
+    assert!((c..=d).contains(&b.port()), "{b}");
+    let site = s.running.frontends["site"];
+    assert!(
+        up.iter().any(|t| t.name == "c" && t.endpoint.is_some()),
+        "{up:?}"
+    );
+    let mut kept_a = TcpStream::connect(a).await.expect("visitor of a");
+    echo_on(&mut kept_a, b"before").await.expect("a before");
+    let mut kept_b = TcpStream::connect(b).await.expect("visitor of b");
+    echo_on(&mut kept_b, b"before").await.expect("b before");
+
+    // Remove `more`.
+    std::fs::write(&file, v1.replace(&more, "")).expect("write v2");
+    let sum = s.running.reloader.reload().await.expect("reload v2");
+    assert_eq!(sum.removed, ["frontends.more", "frontends.site"], "{sum:?}");
+    assert!(sum.needs_restart.is_empty(), "{sum:?}");
+    assert!(s.running.hub.frontend("more").is_none());
+    until_refused(b).await;
+    until_refused(site).await;
+    // alice's tunnelc hears that b went, and why; a is untouched.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let changed = loop {
+        let ev = tokio::time::timeout_at(deadline, alice.events.recv())
+            .await
+            .expect("a tunnels message in time")
+            .expect("client runs");
+        // One message per removed frontend: wait for the one after both.
+        if let ClientEvent::TunnelsChanged { tunnels } = ev {
+            if tunnels.iter().filter(|t| t.error.is_some()).count() == 2 {
+                break tunnels;
+            }
+        }
+    };
+    let c_now = changed.iter().find(|t| t.name == "c").expect("c listed");
+    assert!(
+        c_now
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("`site` was removed")),
+        "{c_now:?}"
+    );
+    let b_now = changed.iter().find(|t| t.name == "b").expect("b listed");
+    assert!(b_now.endpoint.is_none(), "{b_now:?}");
+    assert!(
+        b_now
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("frontend `more` was removed")),
+        "{b_now:?}"
+    );
+    let a_now = changed.iter().find(|t| t.name == "a").expect("a listed");
+    assert_eq!(
+        a_now.endpoint.as_deref(),
+        Some(format!("tcp://{a}").as_str())
+    );
+    echo_on(&mut kept_a, b"after")
+        .await
+        .expect("a's visitor stays through the reload");
+    let mut fresh = TcpStream::connect(a).await.expect("a takes new visitors");
+    echo_on(&mut fresh, b"new").await.expect("a new visitor");
+    assert_eq!(s.running.hub.sessions().len(), 1, "the session stays");
+
+    // Add it back: served again (tunnelc asks for b at its next connection).
+    std::fs::write(&file, &v1).expect("write v3");
+    let sum = s.running.reloader.reload().await.expect("reload v3");
+    assert_eq!(sum.added, ["frontends.more", "frontends.site"], "{sum:?}");
+    assert!(s.running.hub.frontend("more").is_some());
+    alice.shutdown().await.expect("alice stops");
+}
