@@ -99,7 +99,13 @@ impl DialError {
         addr: A,
         e: std::io::Error,
     ) -> Self {
-        match Self::of_tls(server, e) {
+        Self::of_tls(server, e).probed(addr).await
+    }
+
+    /// When this is a port that answered TLS in something else, which protocol that was
+    /// (one more short connection to `addr`); any other error as it is.
+    pub async fn probed<A: tokio::net::ToSocketAddrs>(self, addr: A) -> Self {
+        match self {
             DialError::WrongPort {
                 server,
                 reason,
@@ -142,9 +148,13 @@ pub fn announced_limits(
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
 pub async fn dial(target: &DialTarget, hello: &Hello) -> Result<Welcomed, DialError> {
-    tokio::time::timeout(target.timeout, dial_inner(target, hello))
-        .await
-        .map_err(|_| DialError::Timeout(target.timeout))?
+    match tokio::time::timeout(target.timeout, dial_inner(target, hello)).await {
+        Ok(Ok(w)) => Ok(w),
+        // The probe runs outside the deadline: a slow handshake must not turn a wrong port
+        // (permanent) into a timeout (retried).
+        Ok(Err(e)) => Err(e.probed(target.server.as_str()).await),
+        Err(_) => Err(DialError::Timeout(target.timeout)),
+    }
 }
 
 async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, DialError> {
@@ -165,7 +175,7 @@ async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, Dial
         .await
     {
         Ok(t) => t,
-        Err(e) => return Err(DialError::of_tls_probed(&server, server.as_str(), e).await),
+        Err(e) => return Err(DialError::of_tls(&server, e)),
     };
     let mut preamble = MAGIC.to_vec();
     preamble.extend(encode_frame(hello).map_err(|e| DialError::Protocol(e.to_string()))?);

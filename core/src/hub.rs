@@ -89,6 +89,8 @@ pub trait Target: Send + Sync + 'static {
 pub trait ServerMappings: Send + Sync {
     /// The statuses of the mapped ports that name `client`, with their endpoints.
     async fn statuses_for(&self, client: &str) -> Vec<TunnelStatus>;
+    /// Whether a mapped port is on frontend `frontend`.
+    async fn uses_frontend(&self, frontend: &str) -> bool;
 }
 
 /// Why a hello was refused.
@@ -254,6 +256,41 @@ impl Hub {
             }
         }
         touched
+    }
+
+    /// What besides sessions holds routes on frontend `name` (so a reload may not take it
+    /// away live): provisioned tunnels' leases, admin mappings.
+    pub async fn frontend_held_by(&self, name: &str) -> Option<&'static str> {
+        if crate::sync::lock(&self.leases)
+            .values()
+            .any(|l| l.frontend == name)
+        {
+            return Some("provisioned tunnels (leases) hold routes on it");
+        }
+        match self.server_mappings.get() {
+            Some(m) if m.uses_frontend(name).await => Some("admin mappings (PUT /tunnels) use it"),
+            _ => None,
+        }
+    }
+
+    /// Drops `session`'s claims on frontends no longer in the table; answers its tunnel list
+    /// when any went.
+    pub(crate) fn drop_claims_on_removed(
+        &self,
+        session: &LiveSession,
+    ) -> Option<Vec<TunnelStatus>> {
+        let present = self.frontends();
+        let gone: std::collections::BTreeSet<String> = crate::sync::lock(&session.claims)
+            .iter()
+            .filter(|h| !present.contains_key(&h.frontend))
+            .map(|h| h.frontend.clone())
+            .collect();
+        let mut out = None;
+        for f in gone {
+            let why = format!("frontend `{f}` was removed from tunneld's configuration");
+            out = session.drop_frontend(&f, &why).or(out);
+        }
+        out
     }
 
     /// The newest live session of `client_id` (admin mappings name clients, not sessions).

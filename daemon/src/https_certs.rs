@@ -77,7 +77,11 @@ pub(crate) fn transport_resolver(
 pub(crate) fn transport_tls(base: &Base, alpn: &[&[u8]]) -> anyhow::Result<rustls::ServerConfig> {
     Ok(match &base.transport_certs {
         Some((from, r)) => {
-            let domain = base.transport_domain.clone().unwrap_or_default();
+            let domain = base
+                .transport_domain
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let own = certified(&base.identity).with_context(|| format!("tls.acme_from {from}"))?;
             let both = Arc::new(TransportCerts {
                 acme: r.clone(),
@@ -98,8 +102,8 @@ fn certified(id: &ServerIdentity) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(CertifiedKey::new(id.chain.clone(), key)))
 }
 
-/// A transport's certificates with `tls.acme_from`: the frontend's (ACME's) for clients that
-/// name its domain, tunneld's own for every other client (so clients trusting tunneld's CA or
+/// A transport's certificates with `tls.acme_from`: the frontend's ACME one for clients that
+/// name its domain (none until it is issued), tunneld's own for every other client (so clients trusting tunneld's CA or
 /// pinning its certificate keep working).
 #[derive(Debug)]
 struct TransportCerts {
@@ -111,7 +115,12 @@ struct TransportCerts {
 impl ResolvesServerCert for TransportCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         match hello.server_name() {
-            Some(n) if n.eq_ignore_ascii_case(&self.domain) => self.acme.resolve(hello),
+            // Until the CA issued it: no certificate, so the client's handshake fails and it
+            // retries (tunneld's CA's for the domain would end a tunnelc trusting the public
+            // CA as untrusted, which is permanent).
+            Some(n) if n.eq_ignore_ascii_case(&self.domain) => {
+                self.acme.source_certificate(&self.domain)
+            }
             _ => Some(self.own.clone()),
         }
     }

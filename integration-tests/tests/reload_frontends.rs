@@ -51,7 +51,14 @@ async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
     let tunnels = format!(
         "  a:\n    local: {local}\n    frontend: tcp\n  b:\n    local: {local}\n    frontend: more\n  c:\n    type: http\n    local: {local}\n    frontend: site\n    subdomain: c\n"
     );
-    let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &tunnels).expect("cfg"));
+    let cfg = s
+        .client_config_with(
+            ALICE_TOKEN,
+            &tunnels,
+            &["accept_server_mappings=true".into()],
+        )
+        .expect("cfg");
+    let mut alice = TestClient::spawn(cfg);
     let up = alice.connected().await.expect("alice connects");
     let (a, b) = (
         endpoint_of(&up, "a").expect("a"),
@@ -68,14 +75,34 @@ async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
     let mut kept_b = TcpStream::connect(b).await.expect("visitor of b");
     echo_on(&mut kept_b, b"before").await.expect("b before");
 
-    // Remove `more`.
+    // An admin mapping on `more` keeps it through a reload that removes it (and `site`).
+    let mapping =
+        format!(r#"[{{"client":"alice","listen_port":{d},"target":"{local}","frontend":"more"}}]"#);
+    let (code, body) = s.admin_call("PUT", "/tunnels", Some(&mapping)).await;
+    assert_eq!(code, 200, "{body}");
     std::fs::write(&file, v1.replace(&more, "")).expect("write v2");
     let sum = s.running.reloader.reload().await.expect("reload v2");
-    assert_eq!(sum.removed, ["frontends.more", "frontends.site"], "{sum:?}");
+    assert_eq!(sum.removed, ["frontends.site"], "{sum:?}");
+    assert!(
+        sum.needs_restart
+            .iter()
+            .any(|k| k.starts_with("frontends.more (removed, but admin mappings")),
+        "{sum:?}"
+    );
+    assert!(s.running.hub.frontend("more").is_some());
+    until_refused(site).await;
+    echo_on(&mut kept_b, b"kept")
+        .await
+        .expect("b stays while kept");
+
+    // Without the mapping, the same file takes `more` away too.
+    let (code, body) = s.admin_call("PUT", "/tunnels", Some("[]")).await;
+    assert_eq!(code, 200, "{body}");
+    let sum = s.running.reloader.reload().await.expect("reload v2 again");
+    assert_eq!(sum.removed, ["frontends.more"], "{sum:?}");
     assert!(sum.needs_restart.is_empty(), "{sum:?}");
     assert!(s.running.hub.frontend("more").is_none());
     until_refused(b).await;
-    until_refused(site).await;
     // alice's tunnelc hears that b went, and why; a is untouched.
     let deadline = tokio::time::Instant::now() + WAIT;
     let changed = loop {

@@ -160,6 +160,9 @@ impl Hub {
         let (statuses, retry) = self.claim_hello(&session, &identity, hello).await;
         *lock(&session.tunnels) = statuses.clone();
         self.sessions.insert(session.clone());
+        // A frontend a reload removed while this hello claimed on it: those claims go now
+        // (the reload's release saw no session yet).
+        let statuses = self.drop_claims_on_removed(&session).unwrap_or(statuses);
         // From here on the guard ends the session however this future ends.
         let guard = SessionGuard {
             hub: self.clone(),

@@ -36,6 +36,8 @@ impl Claimed {
 
 pub(super) struct Lease {
     pub(super) kind: TunnelKind,
+    /// The frontend the route is on.
+    pub(super) frontend: String,
     pub(super) claim: Claim,
 }
 
@@ -68,6 +70,7 @@ impl Hub {
             return Ok(Claimed::of(&l.claim));
         }
         let frontend = self.frontend_for(r.kind, r.frontend.as_deref())?;
+        let frontend_name = frontend.name().to_string();
         let claim = frontend
             .claim(ClaimRequest {
                 owner: r.owner.clone(),
@@ -89,6 +92,7 @@ impl Hub {
             key,
             Lease {
                 kind: r.kind,
+                frontend: frontend_name,
                 claim,
             },
         );

@@ -45,7 +45,7 @@ pub struct AcmeIssuer {
     failures: Mutex<HashMap<String, (SystemTime, u32)>>,
     slots: tokio::sync::Semaphore,
     claimed: OnceLock<Claimed>,
-    wake: tokio::sync::Notify,
+    wake: Arc<tokio::sync::Notify>,
     metrics: Option<Arc<DaemonMetrics>>,
     me: Weak<AcmeIssuer>,
 }
@@ -87,13 +87,14 @@ impl AcmeIssuer {
             failures: Mutex::default(),
             slots: tokio::sync::Semaphore::new(acme.max_orders),
             claimed: OnceLock::new(),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::default(),
             metrics,
             me: me.clone(),
         });
         me.expiry_gauge();
-        let run = me.clone();
-        tokio::spawn(async move { run.renewals(stop).await });
+        // The task holds the issuer weakly: when its frontend goes (a reload removed it), so
+        // does the issuer, and the task ends.
+        tokio::spawn(Self::renewals(Arc::downgrade(&me), me.wake.clone(), stop));
         me
     }
 
@@ -206,33 +207,49 @@ impl AcmeIssuer {
 
     /// Orders what is due (the apex and extra names when missing, renewals), then sleeps
     /// until the next is due or an order ends.
-    async fn renewals(self: Arc<Self>, stop: CancellationToken) {
+    async fn renewals(me: Weak<Self>, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
         loop {
-            let mut names: Vec<String> = std::iter::once(self.domain.clone())
-                .chain(self.extra.iter().cloned())
-                .collect();
-            names.extend(lock(&self.certs).keys().cloned());
-            names.extend(lock(&self.failures).keys().cloned());
-            names.sort();
-            names.dedup();
-            let now = SystemTime::now();
-            let mut next = now + MAX_WAIT;
-            for n in &names {
-                self.request(n);
-                if let Some(at) = self.due_at(n).filter(|at| *at > now) {
-                    next = next.min(at);
-                }
-            }
-            let wait = next
-                .duration_since(now)
-                .unwrap_or_default()
-                .max(Duration::from_millis(100));
+            let Some(this) = me.upgrade() else {
+                tracing::debug!("ACME renewals stopped: the frontend is gone");
+                return;
+            };
+            let wait = this.round();
+            drop(this);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// Starts the orders that are due; answers how long to wait for the next.
+    fn round(&self) -> Duration {
+        let mut names: Vec<String> = std::iter::once(self.domain.clone())
+            .chain(self.extra.iter().cloned())
+            .collect();
+        names.extend(lock(&self.certs).keys().cloned());
+        names.extend(lock(&self.failures).keys().cloned());
+        names.sort();
+        names.dedup();
+        let now = SystemTime::now();
+        let mut next = now + MAX_WAIT;
+        for n in &names {
+            self.request(n);
+            if let Some(at) = self.due_at(n).filter(|at| *at > now) {
+                next = next.min(at);
+            }
+        }
+        next.duration_since(now)
+            .unwrap_or_default()
+            .max(Duration::from_millis(100))
+    }
+}
+
+/// The frontend went: its renewals task wakes to end.
+impl Drop for AcmeIssuer {
+    fn drop(&mut self) {
+        self.wake.notify_one();
     }
 }
 

@@ -28,6 +28,20 @@ impl ServerMappings for AdminMappings {
             })
             .collect()
     }
+
+    async fn uses_frontend(&self, frontend: &str) -> bool {
+        let default = self.hub.upgrade().and_then(|h| {
+            h.frontend_for(tunneld_core::proto::TunnelKind::Tcp, None)
+                .ok()
+                .map(|f| f.name().to_string())
+        });
+        self.state
+            .lock()
+            .await
+            .ports
+            .iter()
+            .any(|g| g.key.0.as_deref().or(default.as_deref()) == Some(frontend))
+    }
 }
 
 impl AdminMappings {

@@ -33,6 +33,15 @@ pub(super) async fn apply(
     }
     // Removed frontends before new ones, so a port can pass from one to another.
     for name in &plan.frontends_removed {
+        if let Some(why) = r.hub.frontend_held_by(name).await {
+            s.needs_restart.push(format!(
+                "frontends.{name} (removed, but {why}; it serves until a restart)"
+            ));
+            if let Some(was) = live.cfg.frontends.get(name) {
+                eff.frontends.insert(name.clone(), was.clone());
+            }
+            continue;
+        }
         let touched = live.frontends.stop(name, &r.hub).await;
         tracing::info!(frontend = %name, sessions = touched, "frontend removed; its tunnels were released");
         s.removed.push(format!("frontends.{name}"));

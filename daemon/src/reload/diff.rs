@@ -80,7 +80,7 @@ fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
         out.push("state_dir".into());
     }
     fields!(out, "log", old.log, new.log, [level, format]);
-    fields!(out, "tls", old.tls, new.tls, [cert, key, names]);
+    fields!(out, "tls", old.tls, new.tls, [cert, key, names, acme_from]);
     fields!(
         out,
         "auth",

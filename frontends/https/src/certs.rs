@@ -109,6 +109,15 @@ impl Resolver {
         }
     }
 
+    /// The source's (ACME's) certificate for `name` (lower case), without falling back to
+    /// this resolver's own: `None` until one is issued, or without a source.
+    pub fn source_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        match self {
+            Resolver::Source { source, .. } => source.certificate(name),
+            _ => None,
+        }
+    }
+
     /// Whether TLS-ALPN-01 validations are answered.
     pub(crate) fn answers_acme(&self) -> bool {
         matches!(self, Resolver::Source { .. })

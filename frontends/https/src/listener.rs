@@ -80,8 +80,12 @@ async fn connection(
             return;
         }
         let _visiting = cx.tasks.token();
-        if let (_, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
-            passthrough(fe, tcp, peeked.bytes, peer, local, sni.as_deref(), members).await;
+        if let (route, Lookup::Active { members, .. }) = fe.names.lookup_host(rest, true) {
+            // Per-tunnel series count under the claimed name (`*.foo` for a wildcard), never
+            // under a name the visitor made up.
+            let label = format!("{route}.{}", fe.cfg.domain);
+            let at = (sni.as_deref(), label.as_str());
+            passthrough(fe, tcp, peeked.bytes, peer, local, at, members).await;
             return;
         }
     }
@@ -243,7 +247,7 @@ async fn passthrough(
     hello: Vec<u8>,
     peer: SocketAddr,
     local: SocketAddr,
-    sni: Option<&str>,
+    (sni, label): (Option<&str>, &str),
     members: Vec<crate::names::Member>,
 ) {
     let m = &fe.metrics;
@@ -297,7 +301,7 @@ async fn passthrough(
         let counters = SpliceCounters {
             a_to_b: Some(m.bytes_total.with_label_values(&[&fe.name, "in"])),
             b_to_a: Some(m.bytes_total.with_label_values(&[&fe.name, "out"])),
-            tunnel: m.tunnel_stream(&fe.name, sni.unwrap_or(&member.tunnel)),
+            tunnel: m.tunnel_stream(&fe.name, label),
         };
         counters.count_in(hello.len() as u64);
         let activity = Activity::new();

@@ -334,7 +334,7 @@ async fn splice(
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
-        tunnel: m.tunnel_stream(&inner.name, host),
+        tunnel: m.tunnel_stream(&inner.name, &host.to_ascii_lowercase()),
     };
     let idled = m
         .visitors_idle_closed_total
