@@ -597,3 +597,17 @@ async fn read_head<R: AsyncRead + Unpin>(r: &mut R, head: &mut Vec<u8>) -> bool 
     }
     true
 }
+
+/// Writes `msg` on a kept connection to an echo service and reads it back (bounded).
+pub async fn echo_message(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(crate::WAIT, s.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("echo timed out"))??;
+    if back != msg {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}

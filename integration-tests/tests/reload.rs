@@ -131,18 +131,7 @@ async fn echo_once(addr: SocketAddr, n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `msg` on a kept connection and reads the echo back.
-async fn echo_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    s.write_all(msg).await?;
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut back))
-        .await
-        .map_err(|_| std::io::Error::other("echo timed out"))??;
-    if back != msg {
-        return Err(std::io::Error::other("echo differs"));
-    }
-    Ok(())
-}
+use tunneld_integration_tests::services::echo_message as echo_on;
 
 /// Round trips in a loop until `stop`: (done, failures as text).
 struct Load {

@@ -3,7 +3,6 @@
 //! A reload that adds it back serves it again.
 
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunneld_client::client::ClientEvent;
 use tunneld_daemon::reload::Source;
@@ -11,17 +10,7 @@ use tunneld_integration_tests::{
     endpoint_of, port_block, services, TestClient, TestServer, ALICE_TOKEN, WAIT,
 };
 
-async fn echo_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    s.write_all(msg).await?;
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("no echo in time"))??;
-    if buf != msg {
-        return Err(std::io::Error::other("wrong echo"));
-    }
-    Ok(())
-}
+use tunneld_integration_tests::services::echo_message as echo_on;
 
 /// Waits until connecting to `addr` is refused (the listener closed), bounded.
 async fn until_refused(addr: SocketAddr) {
