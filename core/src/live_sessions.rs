@@ -109,6 +109,11 @@ impl LiveSession {
         lock(&self.leased).iter().any(|t| t == tunnel)
     }
 
+    /// Whether the session holds a claim on `frontend`.
+    pub fn holds_on(&self, frontend: &str) -> bool {
+        lock(&self.claims).iter().any(|h| h.frontend == frontend)
+    }
+
     /// Releases the session's claims on `frontend` (a reload removed it): those tunnels get
     /// `why` as their error, the others stay. Answers the tunnel list after, or `None` when
     /// the session held nothing there.

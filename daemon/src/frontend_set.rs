@@ -46,12 +46,10 @@ impl FrontendSet {
         );
     }
 
-    /// Takes frontend `name` away: out of the routing table, its listener closed (visitors
-    /// already in flight finish), and every tunnel on it released and reported to its
-    /// tunnelc as removed. Answers how many sessions lost a tunnel.
-    pub(crate) async fn stop(&mut self, name: &str, hub: &Hub) -> usize {
-        // Kept until its tunnels are released: their guards release through it.
-        let frontend = hub.remove_frontend(name);
+    /// Takes frontend `name` out of the routing table and closes its listener, leaving its
+    /// claims to their sessions (which the caller ends).
+    pub(crate) async fn stop_quietly(&mut self, name: &str, hub: &Hub) {
+        hub.remove_frontend(name);
         if let Some(h) = self.running.remove(name) {
             h.shutdown.cancel();
             h.closing.cancel();
@@ -59,6 +57,15 @@ impl FrontendSet {
                 tracing::warn!(frontend = %name, "the frontend's listener did not close in time");
             }
         }
+    }
+
+    /// Takes frontend `name` away: out of the routing table, its listener closed (visitors
+    /// already in flight finish), and every tunnel on it released and reported to its
+    /// tunnelc as removed. Answers how many sessions lost a tunnel.
+    pub(crate) async fn stop(&mut self, name: &str, hub: &Hub) -> usize {
+        // Kept until its tunnels are released: their guards release through it.
+        let frontend = hub.frontend(name);
+        self.stop_quietly(name, hub).await;
         let why = format!("frontend `{name}` was removed from tunneld's configuration");
         let touched = hub.release_frontend(name, &why).await;
         drop(frontend);

@@ -142,3 +142,49 @@ async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
     assert!(s.running.hub.frontend("more").is_some());
     alice.shutdown().await.expect("alice stops");
 }
+
+/// A reload that changes a frontend rebuilds it: the sessions with tunnels on it end and
+/// their tunnelc claim on the new one; another client's visitor on another frontend stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_frontend_is_rebuilt_and_its_clients_claim_again() {
+    let (c, d) = port_block();
+    let more = |from: u16| {
+        format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {from}-{d}\n")
+    };
+    let s = TestServer::start_with(&more(c)).await.expect("server");
+    let file = s.dir.join("server.yaml");
+    let v1 = std::fs::read_to_string(&file).expect("config");
+    s.running.reloader.set_source(Some(Source {
+        file: file.clone(),
+        sets: Vec::new(),
+    }));
+    let local = services::echo().await;
+    let on = |f: &str| format!("  t:\n    local: {local}\n    frontend: {f}\n");
+    let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &on("more")).expect("cfg"));
+    let before = endpoint_of(&alice.connected().await.expect("alice"), "t").expect("t");
+    assert!(before.port() < c + 10, "{before}");
+    let mut bob = TestClient::spawn(
+        s.client_config(tunneld_integration_tests::BOB_TOKEN, &on("tcp"))
+            .expect("cfg"),
+    );
+    let bob_ep = endpoint_of(&bob.connected().await.expect("bob"), "t").expect("t");
+    let mut kept = TcpStream::connect(bob_ep).await.expect("bob's visitor");
+    echo_on(&mut kept, b"before").await.expect("before");
+
+    std::fs::write(&file, v1.replace(&more(c), &more(c + 10))).expect("write v2");
+    let sum = s.running.reloader.reload().await.expect("reload v2");
+    assert_eq!(sum.changed, ["frontends.more"], "{sum:?}");
+    assert_eq!(sum.sessions_cut, 1, "{sum:?}");
+    // alice reconnects and gets a port of the new range.
+    let after = endpoint_of(&alice.connected().await.expect("alice again"), "t").expect("t");
+    assert!(after.port() >= c + 10, "{after}");
+    let mut v = TcpStream::connect(after).await.expect("new port");
+    echo_on(&mut v, b"new")
+        .await
+        .expect("served by the new frontend");
+    echo_on(&mut kept, b"after")
+        .await
+        .expect("bob's visitor on another frontend stays");
+    alice.shutdown().await.expect("alice stops");
+    bob.shutdown().await.expect("bob stops");
+}

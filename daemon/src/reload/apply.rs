@@ -31,44 +31,35 @@ pub(super) async fn apply(
     for name in &plan.transports_added {
         start_transport(r, live, name, &mut eff, &mut s, "added").await;
     }
-    // Removed frontends before new ones, so a port can pass from one to another.
+    // Removed and changed frontends before new ones, so a port can pass from one to another.
     for name in &plan.frontends_removed {
-        if let Some(why) = r.hub.frontend_held_by(name).await {
-            s.needs_restart.push(format!(
-                "frontends.{name} (removed, but {why}; it serves until a restart)"
-            ));
-            if let Some(was) = live.cfg.frontends.get(name) {
-                eff.frontends.insert(name.clone(), was.clone());
-            }
+        if held(r, live, name, &mut eff, &mut s, "removed").await {
             continue;
         }
         let touched = live.frontends.stop(name, &r.hub).await;
         tracing::info!(frontend = %name, sessions = touched, "frontend removed; its tunnels were released");
         s.removed.push(format!("frontends.{name}"));
     }
-    for name in &plan.frontends_added {
-        let Some(f) = eff.frontends.get(name).cloned() else {
+    for name in &plan.frontends_changed {
+        if held(r, live, name, &mut eff, &mut s, "changed").await {
             continue;
-        };
-        match crate::components::build_frontend(&eff, name, &f, &r.base, &live.h2).await {
-            Ok(built) => {
-                live.frontends.start(name, built.clone(), &r.base);
-                if let Some(a) = built.local_addr() {
-                    s.listening.insert(format!("frontends.{name}"), a);
-                }
-                if r.hub.add_frontend(name, built) {
-                    s.added.push(format!("frontends.{name}"));
-                } else {
-                    s.failed.push(format!(
-                        "frontends.{name}: a frontend of that name runs already"
-                    ));
-                }
-            }
-            Err(e) => {
-                s.failed.push(format!("frontends.{name}: {e:#}"));
-                eff.frontends.remove(name);
-            }
         }
+        // Its sessions end once the new one serves: their tunnelc reconnect and claim on it.
+        let holders: Vec<_> = r
+            .hub
+            .sessions()
+            .into_iter()
+            .filter(|x| x.holds_on(name))
+            .collect();
+        live.frontends.stop_quietly(name, &r.hub).await;
+        start_frontend(r, live, name, &mut eff, &mut s, "changed").await;
+        for h in holders {
+            h.closed.cancel();
+            s.sessions_cut += 1;
+        }
+    }
+    for name in &plan.frontends_added {
+        start_frontend(r, live, name, &mut eff, &mut s, "added").await;
     }
     live.cfg = eff;
     s
@@ -160,6 +151,66 @@ async fn start_transport(
             live.h2.remove(name);
             s.failed.push(format!("transports.{name}: {e:#}"));
             eff.transports.remove(name);
+        }
+    }
+}
+
+/// Whether frontend `name` must stay as it runs (admin mappings or leases hold routes on it):
+/// then it is reported as needing a restart and kept.
+async fn held(
+    r: &Reloader,
+    live: &Live,
+    name: &str,
+    eff: &mut ServerConfig,
+    s: &mut Summary,
+    how: &str,
+) -> bool {
+    let Some(why) = r.hub.frontend_held_by(name).await else {
+        return false;
+    };
+    s.needs_restart.push(format!(
+        "frontends.{name} ({how}, but {why}; it serves as it was until a restart)"
+    ));
+    if let Some(was) = live.cfg.frontends.get(name) {
+        eff.frontends.insert(name.to_string(), was.clone());
+    }
+    true
+}
+
+/// Builds, binds and starts frontend `name` of `eff`.
+async fn start_frontend(
+    r: &Reloader,
+    live: &mut Live,
+    name: &str,
+    eff: &mut ServerConfig,
+    s: &mut Summary,
+    how: &str,
+) {
+    let Some(f) = eff.frontends.get(name).cloned() else {
+        return;
+    };
+    let key = format!("frontends.{name}");
+    match crate::components::build_frontend(eff, name, &f, &r.base, &live.h2).await {
+        Ok(built) => {
+            if !r.hub.add_frontend(name, built.clone()) {
+                s.failed
+                    .push(format!("{key}: a frontend of that name runs already"));
+                return;
+            }
+            live.frontends.start(name, built.clone(), &r.base);
+            if let Some(a) = built.local_addr() {
+                s.listening.insert(key.clone(), a);
+            }
+            tracing::info!(frontend = %name, "frontend {how}");
+            if how == "added" {
+                s.added.push(key);
+            } else {
+                s.changed.push(key);
+            }
+        }
+        Err(e) => {
+            s.failed.push(format!("{key}: {e:#}"));
+            eff.frontends.remove(name);
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct Plan {
     pub transports_changed: Vec<String>,
     pub frontends_added: Vec<String>,
     pub frontends_removed: Vec<String>,
+    pub frontends_changed: Vec<String>,
     /// Key paths that differ but apply only at the next start, with why when not obvious.
     pub needs_restart: Vec<String>,
 }
@@ -38,6 +39,7 @@ impl Plan {
             && self.transports_changed.is_empty()
             && self.frontends_added.is_empty()
             && self.frontends_removed.is_empty()
+            && self.frontends_changed.is_empty()
             && self.needs_restart.is_empty()
     }
 }
@@ -154,17 +156,21 @@ fn tokens(old: &ServerConfig, new: &ServerConfig, p: &mut Plan) {
     }
 }
 
-/// Frontends are added and removed live (a removed one's tunnels are released and their
-/// tunnelc told); one changed runs as it was until a restart (its claims, and the tunnels on
-/// them, live in it), and so does a removed one that something else still names.
+/// Frontends are added, removed and changed live (a removed one's tunnels are released and
+/// their tunnelc told; a changed one is rebuilt and the sessions with tunnels on it end, to
+/// claim on the new one), except one that something else still names.
 fn frontends(old: &ServerConfig, new: &ServerConfig, p: &mut Plan, eff: &mut ServerConfig) {
     for (name, f) in &new.frontends {
         match old.frontends.get(name) {
             None => p.frontends_added.push(name.clone()),
-            Some(was) if was != f => {
-                p.needs_restart.push(format!("frontends.{name}"));
-                eff.frontends.insert(name.clone(), was.clone());
-            }
+            Some(was) if was != f => match kept_by(old, name, was) {
+                Some(why) => {
+                    p.needs_restart
+                        .push(format!("frontends.{name} (changed, but {why})"));
+                    eff.frontends.insert(name.clone(), was.clone());
+                }
+                None => p.frontends_changed.push(name.clone()),
+            },
             Some(_) => {}
         }
     }
