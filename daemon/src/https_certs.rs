@@ -82,7 +82,9 @@ pub(crate) fn transport_tls(base: &Base, alpn: &[&[u8]]) -> anyhow::Result<rustl
                 .clone()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            let own = certified(&base.identity).with_context(|| format!("tls.acme_from {from}"))?;
+            let own =
+                tunneld_frontend_https::certified(base.identity.chain.clone(), &base.identity.key)
+                    .with_context(|| format!("tls.acme_from {from}"))?;
             let both = Arc::new(TransportCerts {
                 acme: r.clone(),
                 domain,
@@ -92,14 +94,6 @@ pub(crate) fn transport_tls(base: &Base, alpn: &[&[u8]]) -> anyhow::Result<rustl
         }
         None => tls::server_config(&base.identity, &base.client_auth, alpn)?,
     })
-}
-
-fn certified(id: &ServerIdentity) -> anyhow::Result<Arc<CertifiedKey>> {
-    let key = tls::provider()
-        .key_provider
-        .load_private_key(id.key.clone_key())
-        .map_err(|e| anyhow::anyhow!("unusable private key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(id.chain.clone(), key)))
 }
 
 /// A transport's certificates with `tls.acme_from`: the frontend's ACME one for clients that

@@ -130,14 +130,17 @@ impl TestServer {
     /// A server with the `web` frontend and the `h2` transport (its own listener too);
     /// `web_extra` holds more keys of `web` (indented four spaces).
     pub async fn start_web(web_extra: &str) -> Result<Self> {
-        Self::start_full(
-            &format!("{WEB_FRONTEND}{web_extra}"),
-            &[
-                "transports.h2.type=h2-reverse".into(),
-                "transports.h2.listen=127.0.0.1:0".into(),
-            ],
-        )
-        .await
+        Self::start_web_with(web_extra, &[]).await
+    }
+
+    /// [`TestServer::start_web`] with more `--set`-style overrides.
+    pub async fn start_web_with(web_extra: &str, sets: &[&str]) -> Result<Self> {
+        let mut all = vec![
+            "transports.h2.type=h2-reverse".to_string(),
+            "transports.h2.listen=127.0.0.1:0".to_string(),
+        ];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        Self::start_full(&format!("{WEB_FRONTEND}{web_extra}"), &all).await
     }
 
     /// The `web` frontend's address.

@@ -11,9 +11,7 @@ use tunneld_integration_tests::pebble::free_port;
 use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::prometheus::{prometheus_or_skip, Prometheus};
 use tunneld_integration_tests::services::{echo, http_echo};
-use tunneld_integration_tests::{
-    endpoint_of, TestClient, TestServer, ALICE_TOKEN, WAIT, WEB_FRONTEND,
-};
+use tunneld_integration_tests::{endpoint_of, TestClient, TestServer, ALICE_TOKEN, WAIT};
 
 fn repo_file(rel: &str) -> String {
     let path = format!("{}/../{rel}", env!("CARGO_MANIFEST_DIR"));
@@ -150,15 +148,7 @@ async fn every_dashboard_query_answers_from_a_live_scrape() -> Result<()> {
         return Ok(());
     }
     let dash: Value = serde_json::from_str(&repo_file("docs/grafana/tunneld.json"))?;
-    let s = TestServer::start_full(
-        WEB_FRONTEND,
-        &[
-            "transports.h2.type=h2-reverse".into(),
-            "transports.h2.listen=127.0.0.1:0".into(),
-            "admin.per_tunnel_metrics=true".into(),
-        ],
-    )
-    .await?;
+    let s = TestServer::start_web_with("", &["admin.per_tunnel_metrics=true"]).await?;
     let local = echo().await;
     let web_local = http_echo("served").await;
     let closed = free_port()?;

@@ -24,17 +24,23 @@ async fn until_refused(addr: SocketAddr) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
-    let (c, d) = port_block();
-    let more = format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {c}-{d}\n  site:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\n");
-    let s = TestServer::start_with(&more).await.expect("server");
+/// A server with `extra` frontends that reloads from its own file: (server, file, its text).
+async fn reloadable(extra: &str) -> (TestServer, std::path::PathBuf, String) {
+    let s = TestServer::start_with(extra).await.expect("server");
     let file = s.dir.join("server.yaml");
-    let v1 = std::fs::read_to_string(&file).expect("config");
+    let text = std::fs::read_to_string(&file).expect("config");
     s.running.reloader.set_source(Some(Source {
         file: file.clone(),
         sets: Vec::new(),
     }));
+    (s, file, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
+    let (c, d) = port_block();
+    let more = format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {c}-{d}\n  site:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\n");
+    let (s, file, v1) = reloadable(&more).await;
 
     let local = services::echo().await;
     let tunnels = format!(
@@ -151,13 +157,7 @@ async fn a_changed_frontend_is_rebuilt_and_its_clients_claim_again() {
     let more = |from: u16| {
         format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {from}-{d}\n")
     };
-    let s = TestServer::start_with(&more(c)).await.expect("server");
-    let file = s.dir.join("server.yaml");
-    let v1 = std::fs::read_to_string(&file).expect("config");
-    s.running.reloader.set_source(Some(Source {
-        file: file.clone(),
-        sets: Vec::new(),
-    }));
+    let (s, file, v1) = reloadable(&more(c)).await;
     let local = services::echo().await;
     let on = |f: &str| format!("  t:\n    local: {local}\n    frontend: {f}\n");
     let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &on("more")).expect("cfg"));

@@ -9,9 +9,7 @@ use tokio::net::TcpStream;
 use tunneld_integration_tests::metrics::{self, Samples};
 use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::services::{echo, http_echo};
-use tunneld_integration_tests::{
-    endpoint_of, TestClient, TestServer, ALICE_TOKEN, WAIT, WEB_FRONTEND,
-};
+use tunneld_integration_tests::{endpoint_of, TestClient, TestServer, ALICE_TOKEN, WAIT};
 
 /// `/metrics` through curl, as Prometheus scrapes it.
 async fn scrape(s: &TestServer) -> Result<(Samples, String)> {
@@ -92,14 +90,9 @@ fn tcp_tunnels(local: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_tunnel_series_count_cap_and_evict() -> Result<()> {
-    let s = TestServer::start_full(
-        WEB_FRONTEND,
-        &[
-            "transports.h2.type=h2-reverse".into(),
-            "transports.h2.listen=127.0.0.1:0".into(),
-            "admin.per_tunnel_metrics=true".into(),
-            "admin.max_tunnel_series=3".into(),
-        ],
+    let s = TestServer::start_web_with(
+        "",
+        &["admin.per_tunnel_metrics=true", "admin.max_tunnel_series=3"],
     )
     .await?;
     let local = echo().await;

@@ -67,7 +67,8 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
-fn certified(
+/// A certificate chain and its key, ready for rustls' resolvers.
+pub fn certified(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: &rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<CertifiedKey>, TlsError> {

@@ -26,7 +26,7 @@ mod pages;
 mod visitor;
 
 pub use cert_source::{CertSource, Claimed, ACME_TLS_ALPN};
-pub use certs::Resolver;
+pub use certs::{certified, Resolver};
 pub use config::Config;
 pub use frontend::{BindError, HttpsFrontend};
 
