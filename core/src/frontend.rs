@@ -27,8 +27,8 @@ pub struct FrontendContext {
     /// Visitors: the drain waits for everything tracked here (hold a `token()` per visitor
     /// connection; never track a tunnel client's connection here).
     pub tasks: TaskTracker,
-    /// Head sizes, stream caps and the stall timeout (`limits:`).
-    pub limits: crate::limits::DataLimits,
+    /// The server's limits (`limits:`), read per connection: a reload replaces them.
+    pub limits: crate::limits::LiveLimits,
 }
 
 /// A request to route visitors to a tunnel.

@@ -12,7 +12,7 @@
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::frontend::{Claim, ClaimError, ClaimRequest, Frontend, RouteInfo};
 use crate::io::BoxIo;
-use crate::limits::DataLimits;
+use crate::limits::LiveLimits;
 pub(crate) use crate::live_sessions::{lock, HeldClaim, Sessions, Via};
 pub use crate::live_sessions::{LiveSession, SessionTarget};
 use crate::metrics::Metrics;
@@ -135,10 +135,8 @@ pub struct Hub {
     server_mappings: OnceLock<Arc<dyn ServerMappings>>,
     next_id: AtomicU64,
     pub metrics: Arc<Metrics>,
-    /// Seconds between client keepalive pings.
-    pub keepalive_secs: u64,
-    /// Head sizes, stream caps and the stall timeout, for every transport and frontend.
-    pub limits: DataLimits,
+    /// The server's limits, for every transport and frontend (a reload replaces them).
+    pub limits: LiveLimits,
     /// Failed authentications per source address, shared by every component that checks
     /// credentials.
     pub throttle: Arc<FailureThrottle>,
@@ -174,8 +172,7 @@ impl Hub {
         auth: Authenticator,
         frontends: BTreeMap<String, Arc<dyn Frontend>>,
         metrics: Arc<Metrics>,
-        keepalive_secs: u64,
-        limits: DataLimits,
+        limits: LiveLimits,
         throttle: Arc<FailureThrottle>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -192,7 +189,6 @@ impl Hub {
             server_mappings: OnceLock::new(),
             next_id: AtomicU64::new(1),
             metrics,
-            keepalive_secs,
             limits,
         })
     }

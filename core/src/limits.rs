@@ -6,13 +6,19 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+mod live;
+pub use live::{DataLimits, LiveLimits, Setting, DEFAULT_MAX_HEAD};
+
 /// Slots (connections, or handshakes in progress) counted overall and per source address.
 #[derive(Debug)]
 pub struct AddressLimiter {
-    max_total: usize,
-    max_per_ip: usize,
+    max_total: Cap,
+    max_per_ip: Cap,
     state: Mutex<State>,
 }
+
+/// A connection cap: fixed, or one field of the live limits.
+pub type Cap = Setting<usize>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -75,6 +81,10 @@ impl Permit {
 
 impl AddressLimiter {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Self::with_caps(Setting::Fixed(max_total), Setting::Fixed(max_per_ip))
+    }
+
+    pub fn with_caps(max_total: Cap, max_per_ip: Cap) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_ip,
@@ -82,15 +92,34 @@ impl AddressLimiter {
         })
     }
 
+    /// The transports' handshake limiter: `limits.max_pending_handshakes` overall and
+    /// `limits.max_pending_per_address` per address, as they are at each handshake.
+    pub fn handshakes(limits: &LiveLimits) -> Arc<Self> {
+        Self::with_caps(
+            Setting::Live(limits.clone(), |l| l.max_pending_handshakes),
+            Setting::Live(limits.clone(), |l| l.max_pending_per_address),
+        )
+    }
+
+    /// A listener's visitor connections: `max_total` overall and
+    /// `limits.max_connections_per_address` per address, as it is at each accept.
+    pub fn visitors(max_total: usize, limits: &LiveLimits) -> Arc<Self> {
+        Self::with_caps(
+            Setting::Fixed(max_total),
+            Setting::Live(limits.clone(), |l| l.max_connections_per_address),
+        )
+    }
+
     /// Takes a slot for `ip` (counted by [`crate::throttle::address_key`]: IPv6 by /64).
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
         let ip = crate::throttle::address_key(ip);
+        let (max_total, max_per_ip) = (self.max_total.get(), self.max_per_ip.get());
         let mut s = crate::sync::lock(&self.state);
-        if s.total >= self.max_total {
+        if s.total >= max_total {
             return Err(Refused::Total);
         }
         let n = s.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= max_per_ip {
             return Err(Refused::PerAddress);
         }
         *n += 1;
@@ -151,58 +180,21 @@ mod tests {
         let _p4 = l.try_acquire(b).expect("a slot is free again");
         assert_eq!(l.pending(), 3);
     }
-}
 
-/// Limits on the data path that every frontend and transport applies the same way, from the
-/// server's `limits:` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataLimits {
-    /// Largest visitor request head (request line and headers), bytes: every frontend answers
-    /// `431` above it, and the links are sized to carry anything below it.
-    pub max_request_head: usize,
-    /// Largest response head a local service may answer with, bytes: above it the visitor
-    /// gets `502` and nothing else is touched.
-    pub max_response_head: usize,
-    /// Visitor streams open at once through one tunnel of one session.
-    pub max_streams_per_tunnel: usize,
-    /// Visitor streams open at once from one source address through one session.
-    pub max_streams_per_address: usize,
-    /// A stream whose writes make no progress for this long (a visitor that stopped reading,
-    /// or a service that did) is reset.
-    pub stream_stall_timeout: std::time::Duration,
-    /// Visitor connections open at once from one source address on one listener.
-    pub max_connections_per_address: usize,
-    /// A spliced visitor connection (TCP port, TLS passthrough, rendezvous, websocket
-    /// conversation) with no byte either way for this long is closed; zero: never.
-    pub idle_timeout: std::time::Duration,
-    /// An HTTP visitor connection with no request in progress for this long is closed.
-    pub http_idle_timeout: std::time::Duration,
-}
-
-/// The default head limit, 64 KiB (what trusted proxies accept: about 60 KiB).
-pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
-
-impl Default for DataLimits {
-    fn default() -> Self {
-        Self {
-            max_request_head: DEFAULT_MAX_HEAD,
-            max_response_head: DEFAULT_MAX_HEAD,
-            max_streams_per_tunnel: 1024,
-            max_streams_per_address: 1024,
-            stream_stall_timeout: std::time::Duration::from_secs(60),
-            max_connections_per_address: 1024,
-            idle_timeout: std::time::Duration::from_secs(600),
-            http_idle_timeout: std::time::Duration::from_secs(75),
-        }
-    }
-}
-
-impl DataLimits {
-    /// The header list size a link must accept to carry any head below the limits: the head
-    /// itself plus HTTP/2's 32 bytes of accounting per field (at most 100 fields) and the
-    /// stream header tunneld adds.
-    pub fn link_header_list(&self) -> u32 {
-        let head = self.max_request_head.max(self.max_response_head);
-        u32::try_from(head + 32 * 128 + 8 * 1024).unwrap_or(u32::MAX)
+    #[test]
+    fn live_caps_follow_a_reload() {
+        let live = LiveLimits::new(DataLimits {
+            max_connections_per_address: 1,
+            ..DataLimits::default()
+        });
+        let l = AddressLimiter::visitors(10, &live);
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let _p1 = l.try_acquire(a).expect("1");
+        assert_eq!(l.try_acquire(a).unwrap_err(), Refused::PerAddress);
+        live.set(DataLimits {
+            max_connections_per_address: 2,
+            ..DataLimits::default()
+        });
+        let _p2 = l.try_acquire(a).expect("the raised cap admits a second");
     }
 }

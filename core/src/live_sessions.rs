@@ -6,7 +6,7 @@ use crate::frontend::Claim;
 use crate::http_forward::Body;
 use crate::hub::Target;
 use crate::io::BoxIo;
-use crate::limits::DataLimits;
+use crate::limits::LiveLimits;
 use crate::proto::{Control, TunnelStatus};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
 use crate::stream_budget::{BudgetPermit, StallGuard, StreamBudget};
@@ -36,7 +36,7 @@ pub struct LiveSession {
     /// Provisioned tunnels (leases) this session serves.
     pub(crate) leased: Mutex<Vec<String>>,
     pub(crate) budget: Arc<StreamBudget>,
-    pub(crate) limits: DataLimits,
+    pub(crate) limits: LiveLimits,
     pub(crate) transport_name: String,
     pub(crate) refused: prometheus::IntCounterVec,
     pub(crate) stalled: prometheus::IntCounter,
@@ -77,7 +77,7 @@ impl LiveSession {
         Ok(Box::new(
             StallGuard::new(
                 io,
-                self.limits.stream_stall_timeout,
+                self.limits.get().stream_stall_timeout,
                 Some(self.stalled.clone()),
             )
             .holding(permit),

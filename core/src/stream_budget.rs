@@ -7,7 +7,7 @@
 //!   stopped reading (or a service that did) frees its stream instead of pinning it forever;
 //!   it also carries the stream's [`BudgetPermit`] for the stream's life.
 
-use crate::limits::DataLimits;
+use crate::limits::LiveLimits;
 use crate::session::OpenError;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -28,16 +28,15 @@ struct Counts {
 
 /// Open visitor streams of one session, per tunnel and per visitor address.
 pub struct StreamBudget {
-    max_per_tunnel: usize,
-    max_per_address: usize,
+    /// The caps are read at each acquire, so a reload reaches open sessions.
+    limits: LiveLimits,
     counts: Mutex<Counts>,
 }
 
 impl StreamBudget {
-    pub fn new(limits: &DataLimits) -> Arc<Self> {
+    pub fn new(limits: &LiveLimits) -> Arc<Self> {
         Arc::new(Self {
-            max_per_tunnel: limits.max_streams_per_tunnel.max(1),
-            max_per_address: limits.max_streams_per_address.max(1),
+            limits: limits.clone(),
             counts: Mutex::default(),
         })
     }
@@ -52,11 +51,12 @@ impl StreamBudget {
         tunnel: &str,
         addr: IpAddr,
     ) -> Result<BudgetPermit, OpenError> {
+        let l = self.limits.get();
         let mut c = self.lock();
-        if c.per_tunnel.get(tunnel).copied().unwrap_or(0) >= self.max_per_tunnel {
+        if c.per_tunnel.get(tunnel).copied().unwrap_or(0) >= l.max_streams_per_tunnel.max(1) {
             return Err(OpenError::Capped("for this tunnel"));
         }
-        if c.per_address.get(&addr).copied().unwrap_or(0) >= self.max_per_address {
+        if c.per_address.get(&addr).copied().unwrap_or(0) >= l.max_streams_per_address.max(1) {
             return Err(OpenError::Capped("from this visitor address"));
         }
         *c.per_tunnel.entry(tunnel.to_string()).or_insert(0) += 1;
@@ -217,11 +217,11 @@ mod tests {
 
     #[test]
     fn caps_per_tunnel_and_per_address() {
-        let limits = DataLimits {
+        let limits = LiveLimits::new(crate::limits::DataLimits {
             max_streams_per_tunnel: 2,
             max_streams_per_address: 3,
-            ..DataLimits::default()
-        };
+            ..Default::default()
+        });
         let b = StreamBudget::new(&limits);
         let a: IpAddr = [127, 0, 0, 1].into();
         let c: IpAddr = [127, 0, 0, 2].into();
@@ -234,6 +234,15 @@ mod tests {
         drop(p1);
         assert_eq!(b.open_for_tunnel("web"), 1);
         b.acquire("web", c).map(drop).expect("freed");
+        // A reload that raises the cap reaches the open session's budget.
+        let _p5 = b.acquire("web", c).expect("second web again");
+        assert!(b.acquire("web", a).is_err());
+        limits.set(crate::limits::DataLimits {
+            max_streams_per_tunnel: 3,
+            max_streams_per_address: 3,
+            ..Default::default()
+        });
+        let _p6 = b.acquire("web", c).expect("raised cap");
     }
 
     #[tokio::test]

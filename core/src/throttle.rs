@@ -27,10 +27,27 @@ struct Bucket {
 
 #[derive(Debug)]
 pub struct FailureThrottle {
+    table: Mutex<Table>,
+}
+
+#[derive(Debug)]
+struct Table {
     max: f64,
     /// Failures given back per second.
     rate: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+impl Table {
+    fn refilled(&self, b: Bucket, now: Instant) -> f64 {
+        (b.left + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.max)
+    }
+}
+
+/// `(max, rate)` of a budget of `max` failures refilled at `max` per `window`.
+fn budget(max: u32, window: Duration) -> (f64, f64) {
+    let max = f64::from(max.max(1));
+    (max, max / window.as_secs_f64().max(0.001))
 }
 
 /// The key of an address for every per-address budget: IPv4 as is (also when mapped into
@@ -60,34 +77,56 @@ fn key(ip: IpAddr) -> IpAddr {
 impl FailureThrottle {
     /// `max` failures at once from one address, refilled at `max` per `window`.
     pub fn new(max: u32, window: Duration) -> Self {
-        let max = f64::from(max.max(1));
+        let (max, rate) = budget(max, window);
         Self {
-            max,
-            rate: max / window.as_secs_f64().max(0.001),
-            buckets: Mutex::default(),
+            table: Mutex::new(Table {
+                max,
+                rate,
+                buckets: HashMap::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
-        crate::sync::lock(&self.buckets)
+    /// Changes the budget (a reload): addresses keep what they have left, capped at the new
+    /// `max`, and refill at the new rate from now on.
+    pub fn set_budget(&self, max: u32, window: Duration) {
+        let (max, rate) = budget(max, window);
+        let now = Instant::now();
+        let mut t = self.lock();
+        let refilled: Vec<(IpAddr, f64)> = t
+            .buckets
+            .iter()
+            .map(|(k, b)| (*k, t.refilled(*b, now)))
+            .collect();
+        for (k, left) in refilled {
+            t.buckets.insert(
+                k,
+                Bucket {
+                    left: left.min(max),
+                    at: now,
+                },
+            );
+        }
+        t.max = max;
+        t.rate = rate;
     }
 
-    fn refilled(&self, b: Bucket, now: Instant) -> f64 {
-        (b.left + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.max)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        crate::sync::lock(&self.table)
     }
 
     /// `Err(wait)` while `ip` has no failure left: how long until it has one.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let buckets = self.lock();
-        let Some(b) = buckets.get(&key(ip)) else {
+        let t = self.lock();
+        let Some(b) = t.buckets.get(&key(ip)) else {
             return Ok(());
         };
-        let left = self.refilled(*b, now);
+        let left = t.refilled(*b, now);
         if left >= 1.0 {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - left) / self.rate).max(Duration::from_secs(1)))
+            Err(Duration::from_secs_f64((1.0 - left) / t.rate).max(Duration::from_secs(1)))
         }
     }
 
@@ -95,12 +134,13 @@ impl FailureThrottle {
     pub fn failed(&self, ip: IpAddr) {
         let now = Instant::now();
         let k = key(ip);
-        let mut buckets = self.lock();
-        if !buckets.contains_key(&k) && buckets.len() >= MAX_TRACKED {
+        let mut t = self.lock();
+        let (max, rate) = (t.max, t.rate);
+        if !t.buckets.contains_key(&k) && t.buckets.len() >= MAX_TRACKED {
             // Full: forget addresses whose budget is whole again, and if that is not enough
             // the older half (one scan per half-table of new addresses), so every new
             // address is tracked and the scans stay rare.
-            let (max, rate) = (self.max, self.rate);
+            let buckets = &mut t.buckets;
             buckets.retain(|_, b| (b.left + now.duration_since(b.at).as_secs_f64() * rate) < max);
             if buckets.len() >= MAX_TRACKED {
                 let mut ages: Vec<Instant> = buckets.values().map(|b| b.at).collect();
@@ -110,8 +150,8 @@ impl FailureThrottle {
                 buckets.retain(|_, b| b.at > cutoff);
             }
         }
-        let left = buckets.get(&k).map_or(self.max, |b| self.refilled(*b, now));
-        buckets.insert(
+        let left = t.buckets.get(&k).map_or(max, |b| t.refilled(*b, now));
+        t.buckets.insert(
             k,
             Bucket {
                 left: (left - 1.0).max(0.0),
@@ -122,7 +162,7 @@ impl FailureThrottle {
 
     /// Addresses tracked now (for tests and the metrics).
     pub fn tracked(&self) -> usize {
-        self.lock().len()
+        self.lock().buckets.len()
     }
 }
 
@@ -199,6 +239,27 @@ mod tests {
         assert!(t.check(b).is_ok(), "another address is untouched");
         std::thread::sleep(Duration::from_millis(150));
         assert!(t.check(a).is_ok(), "a failure's worth came back");
+    }
+
+    #[test]
+    fn a_new_budget_applies_to_addresses_already_tracked() {
+        let t = FailureThrottle::new(1, Duration::from_secs(3600));
+        let a: IpAddr = "127.0.0.3".parse().expect("ip");
+        t.failed(a);
+        assert!(t.check(a).is_err(), "one failure spends a budget of one");
+        t.set_budget(3, Duration::from_secs(3600));
+        assert!(t.check(a).is_err(), "what was spent stays spent");
+        t.failed(a);
+        t.set_budget(1, Duration::from_millis(1));
+        // A millisecond window refills within a millisecond; poll, bounded.
+        let until = Instant::now() + Duration::from_secs(5);
+        let refilled = loop {
+            if t.check(a).is_ok() || Instant::now() > until {
+                break t.check(a).is_ok();
+            }
+            std::thread::yield_now();
+        };
+        assert!(refilled, "the new window's rate applies");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! without a FIN is found), and one deadline for the TLS handshake.
 
 use crate::io::BoxIo;
-use crate::limits::AddressLimiter;
+use crate::limits::{AddressLimiter, Setting};
 use crate::metrics::Metrics;
 use crate::transport::TransportError;
 use std::future::Future;
@@ -151,10 +151,10 @@ pub struct ListenerSpec {
     pub component: String,
     /// `None` for a plain TCP listener (a TLS-terminating proxy in front).
     pub tls: Option<TlsAcceptor>,
-    pub handshake_timeout: Duration,
+    pub handshake_timeout: Setting<Duration>,
     pub max_connections: usize,
     /// Open connections from one source address.
-    pub max_per_address: usize,
+    pub max_per_address: Setting<usize>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     /// The connection tasks (a handler that serves a visitor holds a token of the drain's
@@ -170,7 +170,10 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let open = AddressLimiter::new(spec.max_connections, spec.max_per_address);
+    let open = AddressLimiter::with_caps(
+        Setting::Fixed(spec.max_connections),
+        spec.max_per_address.clone(),
+    );
     let spec = Arc::new(spec);
     accept_loop(
         &listener,
@@ -209,7 +212,7 @@ async fn handshake<F, Fut>(
         .await;
         return;
     };
-    let failure = match tokio::time::timeout(spec.handshake_timeout, tls.accept(tcp)).await {
+    let failure = match tokio::time::timeout(spec.handshake_timeout.get(), tls.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let cert_cn = tls
                 .get_ref()

@@ -23,8 +23,6 @@ pub struct TransportContext {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<HandshakeLimiter>,
-    /// One deadline for TLS, hello and authentication together.
-    pub handshake_timeout: Duration,
     /// Cancelled when the drain ends: stop accepting tunnel clients. Sessions end through
     /// the hub (`close_all`), not through this token, so their streams drain first.
     pub shutdown: CancellationToken,
@@ -49,6 +47,12 @@ pub trait ManagementApi: Send + Sync {
 }
 
 impl TransportContext {
+    /// One deadline for TLS, hello and authentication together (`limits.handshake_timeout`
+    /// as it is when the handshake starts).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.hub.limits.get().handshake_timeout
+    }
+
     /// Admission of one accepted tunnel-client connection: the failed-authentication budget,
     /// then the handshake limiter (a refusal is counted as a handshake outcome and logged
     /// within the refusal budget). The permit is held until the handshake ends.

@@ -81,8 +81,7 @@ pub(crate) async fn build_frontend(
                 base.registry.clone(),
                 base.auth.clone(),
                 base.metrics.clone(),
-                cfg.limits.handshake_timeout,
-                cfg.limits.data(),
+                base.fcx.limits.clone(),
             )
             .await
             .with_context(|| format!("frontends.{name}.listen {}", c.listen))?
@@ -104,8 +103,7 @@ pub(crate) async fn build_frontend(
                 shared,
                 Some(reverse_links),
                 base.metrics.clone(),
-                cfg.limits.handshake_timeout,
-                cfg.limits.data(),
+                base.fcx.limits.clone(),
             )
             .await
             .map_err(|e| anyhow::anyhow!("frontends.{name}.listen: {e}"))?
@@ -131,7 +129,7 @@ pub(crate) async fn start_transports(
             mapping_writes,
             base.metrics.clone(),
         );
-    let mut set = TransportSet::new(cfg, management);
+    let mut set = TransportSet::new(&hub.limits, management);
     for (name, t) in &cfg.transports {
         set.start(name, t, (base, hub), h2_transports).await?;
     }

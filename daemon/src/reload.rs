@@ -1,7 +1,7 @@
 //! Hot reload (SIGHUP, admin `POST /reload`): the configuration file is read and validated
 //! again exactly as `--check` does; on any error the running configuration stays and every
 //! error is logged with its key path. Otherwise the difference is applied
-//! ([`diff::plan`], [`apply`]): tokens, transports and new frontends live, without touching
+//! ([`diff::plan`], [`apply`]): tokens, limits, transports and frontends live, without touching
 //! the sessions and visitors the change does not concern; keys that only apply at start are
 //! reported as needing a restart and left as they run.
 

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunneld_core::auth::{token_digest, Authenticator, StoredTokens, TokenEntry};
@@ -49,7 +48,6 @@ pub struct Running {
     closing: CancellationToken,
     draining: CancellationToken,
     visitors: TaskTracker,
-    drain_timeout: Duration,
 }
 
 impl Running {
@@ -62,11 +60,12 @@ impl Running {
         self.accepting.cancel();
         self.draining.cancel();
         self.visitors.close();
-        let drained = tokio::time::timeout(self.drain_timeout, self.visitors.wait())
+        let timeout = self.hub.limits.get().drain_timeout;
+        let drained = tokio::time::timeout(timeout, self.visitors.wait())
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; closing open streams");
+            tracing::warn!(?timeout, "drain timeout reached; closing open streams");
         }
         self.closing.cancel();
         self.hub.close_all();
@@ -196,8 +195,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         (*base.auth).clone(),
         frontends,
         base.metrics.clone(),
-        cfg.limits.keepalive.as_secs().max(1),
-        cfg.limits.data(),
+        base.fcx.limits.clone(),
         base.throttle.clone(),
     );
     summarize_refusals(&hub, base.accepting.clone());
@@ -276,8 +274,16 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         closing: base.closing.clone(),
         draining,
         visitors: base.visitors.clone(),
-        drain_timeout: cfg.limits.drain_timeout,
     })
+}
+
+/// The rendezvous registry's limits (`rendezvous:`).
+pub(crate) fn registry_config(cfg: &ServerConfig) -> RegistryConfig {
+    RegistryConfig {
+        max_parked_per_id: cfg.rendezvous.max_parked_per_id,
+        max_failures: cfg.rendezvous.max_failures,
+        failure_window: cfg.rendezvous.failure_window,
+    }
 }
 
 /// What every component is built from: metrics, the server's TLS identity, the state store
@@ -338,7 +344,7 @@ impl Base {
             shutdown: accepting.clone(),
             closing: closing.clone(),
             tasks: visitors.clone(),
-            limits: cfg.limits.data(),
+            limits: tunneld_core::limits::LiveLimits::new(cfg.limits.data()),
         };
         let store = open_store(cfg)?;
         // What the data path reads of the store, in memory and kept current.
@@ -351,11 +357,7 @@ impl Base {
         ));
         let registry = Registry::new(
             Arc::new(IdStore::new(store.clone(), cache.clone())),
-            RegistryConfig {
-                max_parked_per_id: cfg.rendezvous.max_parked_per_id,
-                max_failures: cfg.rendezvous.max_failures,
-                failure_window: cfg.rendezvous.failure_window,
-            },
+            registry_config(cfg),
             metrics.clone(),
             throttle.clone(),
         )

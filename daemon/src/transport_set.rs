@@ -2,7 +2,7 @@
 //! end), so a reload can add, stop or rebuild one without touching the others.
 
 use crate::components::{bind_transport, H2Transports};
-use crate::config::server::{ServerConfig, TransportConfig};
+use crate::config::server::TransportConfig;
 use crate::server::Base;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunneld_core::hub::Hub;
-use tunneld_core::limits::HandshakeLimiter;
+use tunneld_core::limits::{HandshakeLimiter, LiveLimits};
 use tunneld_core::transport::{ManagementApi, TransportContext};
 
 /// How long a stopped transport's accept loop may take to let its port go.
@@ -28,19 +28,14 @@ struct Handle {
 pub(crate) struct TransportSet {
     limiter: Arc<HandshakeLimiter>,
     management: Arc<dyn ManagementApi>,
-    handshake_timeout: Duration,
     running: BTreeMap<String, Handle>,
 }
 
 impl TransportSet {
-    pub(crate) fn new(cfg: &ServerConfig, management: Arc<dyn ManagementApi>) -> Self {
+    pub(crate) fn new(limits: &LiveLimits, management: Arc<dyn ManagementApi>) -> Self {
         Self {
-            limiter: HandshakeLimiter::new(
-                cfg.limits.max_pending_handshakes,
-                cfg.limits.max_pending_per_address,
-            ),
+            limiter: HandshakeLimiter::handshakes(limits),
             management,
-            handshake_timeout: cfg.limits.handshake_timeout,
             running: BTreeMap::new(),
         }
     }
@@ -62,7 +57,6 @@ impl TransportSet {
             hub: hub.clone(),
             metrics: base.metrics.clone(),
             limiter: self.limiter.clone(),
-            handshake_timeout: self.handshake_timeout,
             shutdown: stop.clone(),
             draining: base.accepting.clone(),
             tasks: TaskTracker::new(),

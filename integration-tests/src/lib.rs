@@ -113,6 +113,21 @@ impl TestServer {
         Self::start_full(extra, &[]).await
     }
 
+    /// A server with `extra` frontends that reloads from its own file: (server, file, its
+    /// text).
+    pub async fn reloadable(extra: &str) -> Result<(Self, PathBuf, String)> {
+        let s = Self::start_with(extra).await?;
+        let file = s.dir.join("server.yaml");
+        let text = std::fs::read_to_string(&file)?;
+        s.running
+            .reloader
+            .set_source(Some(tunneld_daemon::reload::Source {
+                file: file.clone(),
+                sets: Vec::new(),
+            }));
+        Ok((s, file, text))
+    }
+
     pub async fn start_full(extra: &str, sets: &[String]) -> Result<Self> {
         let dir = temp_dir("server");
         let range = port_block();

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tunneld_client::client::ClientEvent;
-use tunneld_daemon::reload::Source;
 use tunneld_integration_tests::{
     endpoint_of, port_block, services, TestClient, TestServer, ALICE_TOKEN, WAIT,
 };
@@ -24,16 +23,8 @@ async fn until_refused(addr: SocketAddr) {
     }
 }
 
-/// A server with `extra` frontends that reloads from its own file: (server, file, its text).
 async fn reloadable(extra: &str) -> (TestServer, std::path::PathBuf, String) {
-    let s = TestServer::start_with(extra).await.expect("server");
-    let file = s.dir.join("server.yaml");
-    let text = std::fs::read_to_string(&file).expect("config");
-    s.running.reloader.set_source(Some(Source {
-        file: file.clone(),
-        sets: Vec::new(),
-    }));
-    (s, file, text)
+    TestServer::reloadable(extra).await.expect("server")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,12 +127,13 @@ impl Hub {
         client_id: String,
         tunnels: Vec<TunnelStatus>,
     ) -> crate::proto::ServerHello {
+        let limits = self.limits.get();
         crate::proto::ServerHello::Welcome {
             client_id,
             tunnels,
-            keepalive_secs: self.keepalive_secs,
-            max_request_head: u32::try_from(self.limits.max_request_head).ok(),
-            max_response_head: u32::try_from(self.limits.max_response_head).ok(),
+            keepalive_secs: limits.keepalive_secs(),
+            max_request_head: u32::try_from(limits.max_request_head).ok(),
+            max_response_head: u32::try_from(limits.max_response_head).ok(),
         }
     }
 
@@ -310,7 +311,7 @@ impl Hub {
             claims: Mutex::new(Vec::new()),
             leased: Mutex::new(Vec::new()),
             budget: StreamBudget::new(&self.limits),
-            limits: self.limits,
+            limits: self.limits.clone(),
             transport_name: transport.to_string(),
             refused: self.metrics.streams_refused_total.clone(),
             stalled: self

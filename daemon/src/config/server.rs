@@ -175,7 +175,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The data-path part, as every component gets it.
+    /// What the components read (all but the failed-authentication budget).
     pub fn data(&self) -> tunneld_core::limits::DataLimits {
         tunneld_core::limits::DataLimits {
             max_request_head: self.max_request_head,
@@ -186,6 +186,11 @@ impl Limits {
             max_connections_per_address: self.max_connections_per_address,
             idle_timeout: self.idle_timeout,
             http_idle_timeout: self.http_idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            max_pending_handshakes: self.max_pending_handshakes,
+            max_pending_per_address: self.max_pending_per_address,
+            keepalive: self.keepalive,
+            drain_timeout: self.drain_timeout,
         }
     }
 }

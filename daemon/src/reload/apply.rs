@@ -1,5 +1,5 @@
 //! Applying a reload's plan: tokens first (so a removed token can no longer start a session
-//! when its old ones are cut), then transports (stopped ones before new ones, so a port can
+//! when its old ones are cut), then limits, then transports (stopped ones before new ones, so a port can
 //! pass from one to another), then removed frontends, then new ones.
 
 use super::diff::Plan;
@@ -17,6 +17,17 @@ pub(super) async fn apply(
         ..Summary::default()
     };
     tokens(r, live, plan, &mut eff, &mut s);
+    if !plan.limits_changed.is_empty() {
+        // Before the components: a transport or frontend started below reads the new ones.
+        r.hub.limits.set(eff.limits.data());
+        r.base
+            .throttle
+            .set_budget(eff.limits.max_auth_failures, eff.limits.auth_failure_window);
+        r.base
+            .registry
+            .set_config(crate::server::registry_config(&eff));
+        s.changed.extend(plan.limits_changed.iter().cloned());
+    }
     for name in &plan.transports_removed {
         s.sessions_cut += live.transports.stop(name, &r.hub).await;
         live.h2.remove(name);

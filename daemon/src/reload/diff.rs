@@ -24,6 +24,9 @@ pub struct Plan {
     pub frontends_added: Vec<String>,
     pub frontends_removed: Vec<String>,
     pub frontends_changed: Vec<String>,
+    /// `limits.<key>` and `rendezvous.<key>` paths that differ: applied live to what starts
+    /// from now on.
+    pub limits_changed: Vec<String>,
     /// Key paths that differ but apply only at the next start, with why when not obvious.
     pub needs_restart: Vec<String>,
 }
@@ -40,6 +43,7 @@ impl Plan {
             && self.frontends_added.is_empty()
             && self.frontends_removed.is_empty()
             && self.frontends_changed.is_empty()
+            && self.limits_changed.is_empty()
             && self.needs_restart.is_empty()
     }
 }
@@ -67,28 +71,25 @@ pub fn plan(old: &ServerConfig, new: &ServerConfig) -> (Plan, ServerConfig) {
     eff.auth.client_ca = old.auth.client_ca.clone();
     eff.auth.require_client_cert = old.auth.require_client_cert;
     eff.auth.certificate_max_ports = old.auth.certificate_max_ports;
-    eff.limits = old.limits.clone();
     eff.admin = old.admin.clone();
-    eff.rendezvous = old.rendezvous.clone();
     eff.control = old.control.clone();
+    limits(old, new, &mut p.limits_changed);
     tokens(old, new, &mut p);
     frontends(old, new, &mut p, &mut eff);
     transports(old, &mut p, &mut eff);
     (p, eff)
 }
 
-fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
-    if old.state_dir != new.state_dir {
-        out.push("state_dir".into());
-    }
-    fields!(out, "log", old.log, new.log, [level, format]);
-    fields!(out, "tls", old.tls, new.tls, [cert, key, names, acme_from]);
+/// Every key of `limits:` and `rendezvous:` applies live (connections, handshakes, streams
+/// and parkings that start after the reload get the new values; the stream caps also bind
+/// open sessions).
+fn limits(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
     fields!(
         out,
-        "auth",
-        old.auth,
-        new.auth,
-        [client_ca, require_client_cert, certificate_max_ports]
+        "rendezvous",
+        old.rendezvous,
+        new.rendezvous,
+        [max_parked_per_id, max_failures, failure_window]
     );
     fields!(
         out,
@@ -113,6 +114,21 @@ fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
             auth_failure_window,
         ]
     );
+}
+
+fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
+    if old.state_dir != new.state_dir {
+        out.push("state_dir".into());
+    }
+    fields!(out, "log", old.log, new.log, [level, format]);
+    fields!(out, "tls", old.tls, new.tls, [cert, key, names, acme_from]);
+    fields!(
+        out,
+        "auth",
+        old.auth,
+        new.auth,
+        [client_ca, require_client_cert, certificate_max_ports]
+    );
     match (&old.admin, &new.admin) {
         (Some(a), Some(b)) => {
             fields!(
@@ -126,13 +142,6 @@ fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
         (a, b) if a != b => out.push("admin".into()),
         _ => {}
     }
-    fields!(
-        out,
-        "rendezvous",
-        old.rendezvous,
-        new.rendezvous,
-        [max_parked_per_id, max_failures, failure_window]
-    );
     if old.control != new.control {
         out.push("control".into());
     }
@@ -304,6 +313,7 @@ mod tests {
         new.auth.tokens.insert("carol".into(), carol.clone());
         new.auth.tokens.insert("alice".into(), carol);
         new.limits.max_streams_per_tunnel = 7;
+        new.state_dir = old.state_dir.join("elsewhere");
         new.transports
             .insert("more".into(), old.transports["edge"].clone());
         new.frontends.clear();
@@ -319,12 +329,12 @@ mod tests {
             }]
         );
         assert_eq!(p.transports_added, ["more"]);
-        assert!(p
-            .needs_restart
-            .contains(&"limits.max_streams_per_tunnel".to_string()));
+        assert_eq!(p.limits_changed, ["limits.max_streams_per_tunnel"]);
+        assert_eq!(p.needs_restart, ["state_dir"]);
         assert_eq!(p.frontends_removed, ["tcp"]);
-        // What runs next: the old limits, without the removed frontend.
-        assert_eq!(eff.limits.max_streams_per_tunnel, 1024);
+        // What runs next: the new limits and the old state dir, without the removed frontend.
+        assert_eq!(eff.limits.max_streams_per_tunnel, 7);
+        assert_eq!(eff.state_dir, old.state_dir);
         assert!(!eff.frontends.contains_key("tcp"));
         let (again, _) = plan(&eff, &eff);
         assert!(again.is_empty());

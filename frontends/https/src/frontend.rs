@@ -35,10 +35,9 @@ pub struct HttpsFrontend {
     pub(crate) metrics: Arc<Metrics>,
     /// This frontend's own series.
     pub(crate) own: Arc<HttpsMetrics>,
-    /// Time for the TLS handshake (and the ClientHello before it).
-    pub(crate) handshake_timeout: std::time::Duration,
-    /// Head limits (431 above the request limit), stall timeout.
-    pub(crate) limits: tunneld_core::limits::DataLimits,
+    /// The server's limits, read per connection: handshake timeout (the ClientHello and the
+    /// TLS handshake), head limits (431 above the request limit), stall and idle timeouts.
+    pub(crate) limits: tunneld_core::limits::LiveLimits,
 }
 
 /// What 2ptth compat mode accepts initiators with: a TLS config offering their ALPN id, and
@@ -87,8 +86,7 @@ impl HttpsFrontend {
         shared: Option<Arc<dyn SharedTransport>>,
         reverse_links: Option<Arc<dyn ReverseHttpLinks>>,
         metrics: Arc<Metrics>,
-        handshake_timeout: std::time::Duration,
-        limits: tunneld_core::limits::DataLimits,
+        limits: tunneld_core::limits::LiveLimits,
     ) -> Result<Arc<Self>, BindError> {
         let own = metrics.plugin::<HttpsMetrics>()?;
         let links_2ptth = match (&cfg.compat_2ptth, reverse_links) {
@@ -138,7 +136,6 @@ impl HttpsFrontend {
             upstream_2ptth: Mutex::new(None),
             metrics,
             own,
-            handshake_timeout,
             limits,
         }))
     }

@@ -26,10 +26,7 @@ use tunneld_core::tls::common_name;
 use tunneld_core::tls_listener::{accept_loop, set_keepalive, Tasks};
 
 pub(crate) async fn run(fe: Arc<HttpsFrontend>, listener: TcpListener, cx: FrontendContext) {
-    let open = AddressLimiter::new(
-        fe.cfg.max_connections,
-        fe.limits.max_connections_per_address,
-    );
+    let open = AddressLimiter::visitors(fe.cfg.max_connections, &fe.limits);
     // Tunnel clients that share the port keep reaching it during the drain.
     let until = if fe.shared.is_some() || fe.compat_2ptth.is_some() {
         cx.closing.clone()
@@ -146,7 +143,12 @@ fn draining(fe: &HttpsFrontend, cx: &FrontendContext) -> bool {
 /// The ClientHello, read within the handshake timeout; a client that does not speak TLS is
 /// told so in plain HTTP, other failures are counted.
 async fn client_hello(fe: &HttpsFrontend, tcp: &mut TcpStream) -> Option<sni::Peeked> {
-    match tokio::time::timeout(fe.handshake_timeout, sni::read_client_hello(tcp)).await {
+    match tokio::time::timeout(
+        fe.limits.get().handshake_timeout,
+        sni::read_client_hello(tcp),
+    )
+    .await
+    {
         Ok(Ok(p)) => Some(p),
         Ok(Err(SniError::NotTls(_))) => {
             let _ = tcp.write_all(NOT_TLS).await;
@@ -197,7 +199,7 @@ async fn handshake(
     io: Prefixed<TcpStream>,
 ) -> Result<std::io::Result<Kind>, tokio::time::error::Elapsed> {
     let started = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    tokio::time::timeout(fe.handshake_timeout, async {
+    tokio::time::timeout(fe.limits.get().handshake_timeout, async {
         let start = started.await?;
         let offered: Vec<Vec<u8>> = start
             .client_hello()
@@ -306,7 +308,7 @@ async fn passthrough(
         counters.count_in(hello.len() as u64);
         let activity = Activity::new();
         let mut visitor = Touching::new(visitor, activity.clone());
-        let idle = fe.limits.idle_timeout;
+        let idle = fe.limits.get().idle_timeout;
         tokio::select! {
             r = splice(&mut visitor, &mut stream, counters) => if let Err(e) = r {
                 tracing::debug!(frontend = %fe.name, %peer, error = %e, "passthrough stream ended with an error");
@@ -338,7 +340,7 @@ async fn upstream_2ptth(fe: &Arc<HttpsFrontend>, io: tunneld_core::BoxIo, peer: 
         .connect_2ptth(
             io,
             &tunneld_core::http2::H2Tuning::default(),
-            &fe.limits,
+            &fe.limits.get(),
             Duration::from_secs(10),
         )
         .await

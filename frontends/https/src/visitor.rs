@@ -69,7 +69,7 @@ pub(crate) async fn serve(
     let io = stall_guarded(&fe, io);
     // Before its first request a connection has the header timeout (an HTTP/2 connection
     // that never sends its preface included); between requests, the idle timeout.
-    let idle = activity.idle(fe.cfg.header_timeout, fe.limits.http_idle_timeout);
+    let idle = activity.idle(fe.cfg.header_timeout, fe.limits.get().http_idle_timeout);
     let idle_closed = fe
         .metrics
         .visitors_idle_closed_total
@@ -98,7 +98,7 @@ pub(crate) async fn serve(
             }
         }};
     }
-    let max_head = fe.limits.max_request_head;
+    let max_head = fe.limits.get().max_request_head;
     let result = if h2 {
         let mut tuning = fe.cfg.h2;
         tuning.max_header_list_size = u32::try_from(max_head * 2).unwrap_or(u32::MAX);
@@ -150,7 +150,7 @@ fn respond(
 fn stall_guarded(fe: &HttpsFrontend, io: BoxIo) -> StallGuard<BoxIo> {
     StallGuard::new(
         io,
-        fe.limits.stream_stall_timeout,
+        fe.limits.get().stream_stall_timeout,
         Some(
             fe.metrics
                 .streams_stalled_total
@@ -289,7 +289,7 @@ impl Conn {
         let fe = &self.fe;
         // HTTP/2 heads: h2 itself refuses lists over twice the limit (with REFUSED_STREAM,
         // which clients retry); between the limit and that, a plain 431 here.
-        let max = fe.limits.max_request_head;
+        let max = fe.limits.get().max_request_head;
         if self.h2 && head_size(req) > max {
             fe.count("head_too_large");
             return Err(Box::new(pages::text(

@@ -39,7 +39,7 @@ pub(crate) struct Listening {
 
 pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: CancellationToken) {
     let l = Arc::new(l);
-    let open = AddressLimiter::new(l.max_conns, l.cx.limits.max_connections_per_address);
+    let open = AddressLimiter::visitors(l.max_conns, &l.cx.limits);
     accept_loop(
         &listener,
         &cancel,
@@ -145,13 +145,13 @@ async fn serve_visitor(
     // A visitor that stops reading frees its stream after the stall timeout.
     let mut visitor = tunneld_core::stream_budget::StallGuard::new(
         visitor,
-        l.cx.limits.stream_stall_timeout,
+        l.cx.limits.get().stream_stall_timeout,
         Some(m.streams_stalled_total.with_label_values(&[&l.frontend])),
     );
     let idled = m
         .visitors_idle_closed_total
         .with_label_values(&[&l.frontend]);
-    let idle = l.cx.limits.idle_timeout;
+    let idle = l.cx.limits.get().idle_timeout;
     if let Err(e) = splice_until_idle(&mut visitor, &mut stream, counters, idle, &idled).await {
         tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
     }

@@ -339,7 +339,7 @@ async fn splice(
     let idled = m
         .visitors_idle_closed_total
         .with_label_values(&[&inner.name]);
-    let idle = inner.limits.idle_timeout;
+    let idle = inner.limits.get().idle_timeout;
     if let Err(e) = splice_until_idle(io, stream, counters, idle, &idled).await {
         tracing::debug!(frontend = %inner.name, tunnel = %host, error = %e, "CONNECT stream ended with an error");
     }

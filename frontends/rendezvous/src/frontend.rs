@@ -19,7 +19,7 @@ use tunneld_core::frontend::{
 };
 use tunneld_core::http1::{self, HeadError};
 use tunneld_core::io::BoxIo;
-use tunneld_core::limits::Permit;
+use tunneld_core::limits::{Permit, Setting};
 use tunneld_core::metrics::Metrics;
 use tunneld_core::proto::TunnelKind;
 use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
@@ -37,10 +37,9 @@ pub(crate) struct Inner {
     pub users: HashMap<String, [u8; 32]>,
     /// `connect_access.tokens`, digested.
     pub tokens: HashMap<String, [u8; 32]>,
-    /// `limits.max_request_head`: heads above it are answered 431.
-    pub max_head: usize,
-    /// The data-path limits (idle timeout, connections per address).
-    pub limits: tunneld_core::limits::DataLimits,
+    /// The server's limits, read per connection: handshake and idle timeouts, connections
+    /// per address, `max_request_head` (heads above it are answered 431).
+    pub limits: tunneld_core::limits::LiveLimits,
 }
 
 impl Inner {
@@ -57,12 +56,11 @@ pub struct RendezvousFrontend {
     inner: Arc<Inner>,
     listener: BoundListener,
     tls: TlsAcceptor,
-    handshake_timeout: Duration,
 }
 
 impl RendezvousFrontend {
     /// Binds the listener (port 0 works). `tls` is tunneld's server identity for visitors;
-    /// heads over `max_head` bytes are answered 431.
+    /// heads over `limits.max_request_head` bytes are answered 431.
     #[allow(clippy::too_many_arguments)]
     pub async fn bind(
         name: &str,
@@ -71,8 +69,7 @@ impl RendezvousFrontend {
         registry: Arc<Registry>,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
-        handshake_timeout: Duration,
-        limits: tunneld_core::limits::DataLimits,
+        limits: tunneld_core::limits::LiveLimits,
     ) -> std::io::Result<Arc<Self>> {
         let listener = BoundListener::bind(cfg.listen).await?;
         let digest = |m: &std::collections::BTreeMap<String, tunneld_core::auth::Secret>| {
@@ -90,14 +87,12 @@ impl RendezvousFrontend {
             registry,
             auth,
             metrics,
-            max_head: limits.max_request_head,
             limits,
         };
         Ok(Arc::new(Self {
             inner: Arc::new(inner),
             listener,
             tls: TlsAcceptor::from(tls),
-            handshake_timeout,
         }))
     }
 
@@ -143,9 +138,11 @@ impl Frontend for RendezvousFrontend {
         let spec = ListenerSpec {
             component: self.inner.name.clone(),
             tls: Some(self.tls.clone()),
-            handshake_timeout: self.handshake_timeout,
+            handshake_timeout: Setting::Live(self.inner.limits.clone(), |l| l.handshake_timeout),
             max_connections: self.inner.cfg.max_connections,
-            max_per_address: self.inner.limits.max_connections_per_address,
+            max_per_address: Setting::Live(self.inner.limits.clone(), |l| {
+                l.max_connections_per_address
+            }),
             metrics: cx.metrics.clone(),
             // Hidden servers park here: the listener stays open for them during the drain.
             shutdown: cx.closing.clone(),
@@ -264,7 +261,7 @@ async fn read_request(
 ) -> Option<http1::RequestHead> {
     match tokio::time::timeout(
         inner.cfg.header_timeout,
-        http1::read_head_limited(io, buf, inner.max_head),
+        http1::read_head_limited(io, buf, inner.limits.get().max_request_head),
     )
     .await
     {

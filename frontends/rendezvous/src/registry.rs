@@ -124,7 +124,8 @@ pub struct Registry {
     /// Failed authentications per address, shared with the hub (Bearer tokens when parking,
     /// CONNECT visitors' credentials).
     pub throttle: Arc<tunneld_core::throttle::FailureThrottle>,
-    cfg: RegistryConfig,
+    /// Replaced by a reload ([`Registry::set_config`]).
+    cfg: std::sync::RwLock<RegistryConfig>,
     metrics: Arc<Metrics>,
     /// This frontend's own series.
     pub(crate) own: Arc<RendezvousMetrics>,
@@ -174,12 +175,23 @@ impl Registry {
         Ok(Arc::new(Self {
             ids,
             throttle,
-            cfg,
+            cfg: std::sync::RwLock::new(cfg),
             metrics,
             own,
             state: Mutex::default(),
             next: AtomicU64::new(1),
         }))
+    }
+
+    /// The limits as they are now.
+    fn cfg(&self) -> RegistryConfig {
+        tunneld_core::sync::read(&self.cfg).clone()
+    }
+
+    /// Replaces the limits (a reload): parking and TOTP failures from now on follow them;
+    /// a queue longer than a lowered `max_parked_per_id` sheds its oldest at its next park.
+    pub fn set_config(&self, cfg: RegistryConfig) {
+        *tunneld_core::sync::write(&self.cfg) = cfg;
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -193,12 +205,12 @@ impl Registry {
     fn locked_for(&self, w: Option<&Window>) -> Option<Duration> {
         let w = w?;
         let age = w.start.elapsed();
-        (age < self.cfg.failure_window && w.count >= self.cfg.max_failures)
-            .then(|| self.cfg.failure_window - age)
+        let cfg = self.cfg();
+        (age < cfg.failure_window && w.count >= cfg.max_failures).then(|| cfg.failure_window - age)
     }
 
     fn record_failure(&self, st: &mut State, id: Option<&str>, addr: IpAddr) {
-        let window = self.cfg.failure_window;
+        let window = self.cfg().failure_window;
         let bump = |w: &mut Window| {
             if w.start.elapsed() >= window {
                 *w = Window {
@@ -407,7 +419,7 @@ impl Registry {
 
     /// The most connections parked per id.
     pub fn max_parked(&self) -> usize {
-        self.cfg.max_parked_per_id.max(1)
+        self.cfg().max_parked_per_id.max(1)
     }
 
     /// Connections parked for `id` now.

@@ -222,7 +222,7 @@ pub(crate) async fn splice_to(
     let idled = m
         .visitors_idle_closed_total
         .with_label_values(&[&inner.name]);
-    let idle = inner.limits.idle_timeout;
+    let idle = inner.limits.get().idle_timeout;
     if let Err(e) = splice_until_idle(&mut visitor, &mut parked, counters, idle, &idled).await {
         tracing::debug!(frontend = %inner.name, error = %e, "rendezvous splice ended with an error");
     }

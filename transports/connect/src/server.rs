@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
 use tunneld_core::auth::Authenticator;
 use tunneld_core::http1;
+use tunneld_core::limits::Setting;
 use tunneld_core::parking::{error_answer, Parker, Parking};
 use tunneld_core::tls_listener::{self, Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
@@ -53,10 +54,10 @@ impl Transport for ConnectTransport {
         let spec = ListenerSpec {
             component: cx.name.clone(),
             tls: Some(self.tls.clone()),
-            handshake_timeout: cx.handshake_timeout,
+            handshake_timeout: Setting::Live(cx.hub.limits.clone(), |l| l.handshake_timeout),
             max_connections: self.cfg.max_connections,
             // Hidden servers park many connections from one address: the total cap only.
-            max_per_address: self.cfg.max_connections,
+            max_per_address: Setting::Fixed(self.cfg.max_connections),
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             tasks: cx.tasks.clone(),
@@ -81,7 +82,7 @@ impl ConnectTransport {
         } = a;
         let mut buf = Vec::new();
         let head =
-            match tokio::time::timeout(cx.handshake_timeout, http1::read_head(&mut io, &mut buf))
+            match tokio::time::timeout(cx.handshake_timeout(), http1::read_head(&mut io, &mut buf))
                 .await
             {
                 Ok(Ok(h)) => h,

@@ -93,7 +93,7 @@ async fn tls_accept(
 ) -> Option<(BoxIo, Option<String>)> {
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp);
-    match tokio::time::timeout(cx.handshake_timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(cx.handshake_timeout(), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let cn = tls
                 .get_ref()
@@ -217,7 +217,7 @@ impl H2ReverseTransport {
         cx: TransportContext,
     ) {
         cx.metrics.handshakes_pending.inc();
-        let hello = tokio::time::timeout(cx.handshake_timeout, async {
+        let hello = tokio::time::timeout(cx.handshake_timeout(), async {
             let mut magic = [0u8; 8];
             io.read_exact(&mut magic)
                 .await
@@ -278,15 +278,10 @@ impl H2ReverseTransport {
         else {
             return;
         };
-        let keepalive = Duration::from_secs(cx.hub.keepalive_secs.max(1));
-        let (opener, driver) = match link::connect(
-            io,
-            &self.cfg.h2,
-            &cx.hub.limits,
-            keepalive,
-            false,
-        )
-        .await
+        let limits = cx.hub.limits.get();
+        let keepalive = Duration::from_secs(limits.keepalive_secs());
+        let (opener, driver) = match link::connect(io, &self.cfg.h2, &limits, keepalive, false)
+            .await
         {
             Ok(x) => x,
             Err(e) => {

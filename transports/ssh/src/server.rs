@@ -154,7 +154,7 @@ impl SshTransport {
             session_channels: Vec::new(),
             shells: Vec::new(),
         };
-        let deadline = tokio::time::sleep(cx.handshake_timeout);
+        let deadline = tokio::time::sleep(cx.handshake_timeout());
         let started = tokio::select! {
             r = russh::server::run_stream(self.russh.clone(), tcp, conn) => r,
             _ = deadline => {
@@ -170,7 +170,7 @@ impl SshTransport {
             }
         };
         let handle = running.handle();
-        let remaining = tokio::time::sleep(cx.handshake_timeout);
+        let remaining = tokio::time::sleep(cx.handshake_timeout());
         tokio::pin!(remaining);
         tokio::select! {
             r = &mut running => {

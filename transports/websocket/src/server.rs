@@ -24,6 +24,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tunneld_core::http1::RequestHead;
+use tunneld_core::limits::Setting;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::tls_listener::{Accepted, BoundListener, ListenerSpec};
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
@@ -108,9 +109,11 @@ impl Transport for WebsocketTransport {
         let spec = ListenerSpec {
             component: cx.name.clone(),
             tls: self.tls.clone(),
-            handshake_timeout: self.cfg.header_timeout,
+            handshake_timeout: Setting::Fixed(self.cfg.header_timeout),
             max_connections: self.cfg.max_connections,
-            max_per_address: cx.hub.limits.max_connections_per_address,
+            max_per_address: Setting::Live(cx.hub.limits.clone(), |l| {
+                l.max_connections_per_address
+            }),
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             tasks: cx.tasks.clone(),
@@ -176,7 +179,7 @@ impl WebsocketTransport {
         } = a;
         let head = match tokio::time::timeout(
             self.cfg.header_timeout,
-            read_head(&mut io, cx.hub.limits.max_request_head),
+            read_head(&mut io, cx.hub.limits.get().max_request_head),
         )
         .await
         {

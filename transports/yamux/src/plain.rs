@@ -27,7 +27,7 @@ impl YamuxTransport {
         };
         let _ = tcp.set_nodelay(true);
         tunneld_core::tls_listener::set_keepalive(&tcp);
-        let hs = tokio::time::timeout(cx.handshake_timeout, async {
+        let hs = tokio::time::timeout(cx.handshake_timeout(), async {
             let mut first = [0u8; 8];
             tcp.read_exact(&mut first)
                 .await

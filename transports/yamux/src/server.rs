@@ -143,7 +143,7 @@ impl YamuxTransport {
         // (threshold clients have no tunneld-level ping).
         tunneld_core::tls_listener::set_keepalive(&tcp);
         cx.metrics.handshakes_pending.inc();
-        let hs = tokio::time::timeout(cx.handshake_timeout, self.handshake(tcp)).await;
+        let hs = tokio::time::timeout(cx.handshake_timeout(), self.handshake(tcp)).await;
         cx.metrics.handshakes_pending.dec();
         let Some((mut tls, cn, dialect)) = Self::handshake_outcome(hs, peer, &cx) else {
             return;
@@ -205,7 +205,7 @@ impl YamuxTransport {
             }
             Err(_) => {
                 Self::count_handshake(cx, "timeout");
-                tracing::warn!(transport = %cx.name, %peer, timeout = ?cx.handshake_timeout, "handshake timed out");
+                tracing::warn!(transport = %cx.name, %peer, timeout = ?cx.handshake_timeout(), "handshake timed out");
                 None
             }
         }
@@ -370,7 +370,7 @@ async fn run_session<T>(
                 .inc();
         }
     });
-    let interval = Duration::from_secs(cx.hub.keepalive_secs.max(1));
+    let interval = Duration::from_secs(cx.hub.limits.get().keepalive_secs());
     let control = async {
         let stream = match tokio::time::timeout(interval * 3, ctl_rx).await {
             Ok(Ok(s)) => s,

@@ -113,7 +113,7 @@ async fn answer<T>(tls: &mut T, peer: SocketAddr, cx: &TransportContext) -> bool
 where
     T: tokio::io::AsyncWrite + Unpin,
 {
-    let answered = tokio::time::timeout(cx.handshake_timeout, async {
+    let answered = tokio::time::timeout(cx.handshake_timeout(), async {
         tls.write_all(threshold::CONNECTED).await?;
         tls.flush().await
     })

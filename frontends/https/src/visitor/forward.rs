@@ -106,7 +106,7 @@ impl Conn {
                 if upgrade {
                     match with_timeout(timeout, target.open(h, None)).await {
                         Ok(io) => {
-                            let max = fe.limits.max_response_head;
+                            let max = fe.limits.get().max_response_head;
                             with_timeout(timeout, http1_over(io, req, max)).await
                         }
                         Err(e) => Err(e),
@@ -211,7 +211,7 @@ async fn splice_upgraded(
     active.inc();
     let (mut v, mut b) = (TokioIo::new(v), TokioIo::new(b));
     let idled = m.visitors_idle_closed_total.with_label_values(&[&fe.name]);
-    let idle = fe.limits.idle_timeout;
+    let idle = fe.limits.get().idle_timeout;
     let _ = splice_until_idle(&mut v, &mut b, counters, idle, &idled).await;
     active.dec();
 }

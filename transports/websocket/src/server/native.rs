@@ -265,7 +265,7 @@ where
 {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let first = tokio::time::timeout(cx.handshake_timeout, ws.next()).await;
+    let first = tokio::time::timeout(cx.handshake_timeout(), ws.next()).await;
     match first {
         Ok(Some(Ok(Message::Binary(b)))) => match wire::decode(b) {
             Ok(Msg::Control(json)) => serde_json::from_slice(&json).map_err(HelloError::Json),

@@ -139,7 +139,7 @@ impl WebsocketTransport {
         // A visitor that stops reading frees its conversation after the stall timeout.
         let io = tunneld_core::stream_budget::StallGuard::new(
             io,
-            cx.hub.limits.stream_stall_timeout,
+            cx.hub.limits.get().stream_stall_timeout,
             Some(
                 cx.metrics
                     .streams_stalled_total
@@ -149,7 +149,7 @@ impl WebsocketTransport {
         // A conversation with no byte either way for the idle timeout is closed.
         let activity = Activity::new();
         let mut io = Touching::new(io, activity.clone());
-        let idle = cx.hub.limits.idle_timeout;
+        let idle = cx.hub.limits.get().idle_timeout;
         let spliced = tokio::select! {
             r = tunneld_core::splice(&mut io, &mut conv, counters) => r.map(drop),
             _ = activity.idle(idle, idle) => {
