@@ -1,13 +1,14 @@
 //! docs/grafana/tunneld.json: a well-formed dashboard, and every query of it answers data from
 //! a real Prometheus that scraped a tunneld carrying traffic (tcp-ports, https-subdomain,
-//! a refused visitor, per-tunnel series, a reload).
+//! a refused visitor, a stream past its cap, per-tunnel series, a reload, an ACME certificate
+//! from pebble).
 
 use anyhow::{anyhow, Result};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tunneld_integration_tests::pebble::free_port;
+use tunneld_integration_tests::pebble::{free_port, pebble_or_skip, PebblePlan};
 use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::prometheus::{prometheus_or_skip, Prometheus};
 use tunneld_integration_tests::services::{echo, http_echo};
@@ -144,16 +145,34 @@ async fn refused_once(port: u16) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_answers_from_a_live_scrape() -> Result<()> {
-    if !prometheus_or_skip("every_dashboard_query_answers_from_a_live_scrape") {
+    let test = "every_dashboard_query_answers_from_a_live_scrape";
+    if !prometheus_or_skip(test) || !pebble_or_skip(test) {
         return Ok(());
     }
     let dash: Value = serde_json::from_str(&repo_file("docs/grafana/tunneld.json"))?;
-    let s = TestServer::start_web_with("", &["admin.per_tunnel_metrics=true"]).await?;
+    // A second https frontend whose apex certificate comes from pebble (TLS-ALPN-01).
+    let plan = PebblePlan::new()?;
+    let certs = format!(
+        "  certs:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: certs.test\n    acme:\n      directory: {}\n      ca: {}\n      challenges: [tls-alpn-01]\n      retry_after: 1s\n",
+        plan.directory,
+        plan.wfe_ca.display()
+    );
+    let s = TestServer::start_web_with(
+        &certs,
+        &[
+            "admin.per_tunnel_metrics=true",
+            "limits.max_streams_per_tunnel=1",
+        ],
+    )
+    .await?;
+    let _pebble = plan
+        .start(free_port()?, s.running.frontends["certs"].port(), None)
+        .await?;
     let local = echo().await;
     let web_local = http_echo("served").await;
     let closed = free_port()?;
     let tunnels = format!(
-        "  up:\n    local: \"{local}\"\n  down:\n    local: \"127.0.0.1:{closed}\"\n  app:\n    type: http\n    local: \"{web_local}\"\n    subdomain: app\n"
+        "  up:\n    local: \"{local}\"\n  down:\n    local: \"127.0.0.1:{closed}\"\n  app:\n    type: http\n    local: \"{web_local}\"\n    subdomain: app\n    frontend: web\n"
     );
     let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &tunnels)?);
     let up = alice.connected().await?;
@@ -161,6 +180,12 @@ async fn every_dashboard_query_answers_from_a_live_scrape() -> Result<()> {
     // Traffic before the first scrape, so each series is there in every sample.
     echo_once(endpoint_of(&up, "up")?.port()).await?;
     refused_once(endpoint_of(&up, "down")?.port()).await?;
+    // One stream open through `up` (its cap is one): the next visitor is refused.
+    let up_port = endpoint_of(&up, "up")?.port();
+    let mut held = TcpStream::connect(("127.0.0.1", up_port)).await?;
+    tunneld_integration_tests::services::echo_message(&mut held, b"held").await?;
+    refused_once(up_port).await?;
+    drop(held);
     let port = s.web().port();
     let ca = s.ca_file().display().to_string();
     let (st, body) = curl(&[
@@ -181,6 +206,15 @@ async fn every_dashboard_query_answers_from_a_live_scrape() -> Result<()> {
         1.0,
     )
     .await;
+    let issued = [("frontend", "certs"), ("result", "issued")];
+    let m = s
+        .metrics_when("tunneld_acme_orders_total", &issued, 1.0)
+        .await;
+    assert_eq!(
+        m.get("tunneld_acme_orders_total", &issued),
+        1.0,
+        "no certificate from pebble"
+    );
 
     let prom = Prometheus::start(s.admin()).await?;
     prom.scraped(3).await?;
