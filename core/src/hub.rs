@@ -34,6 +34,7 @@ mod admit;
 mod claim_retry;
 mod claims;
 mod leases;
+mod reclaim;
 
 pub use added::Added;
 pub use leases::{lease_name, Claimed, LeaseRequest};

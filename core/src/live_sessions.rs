@@ -2,12 +2,13 @@
 //! per-client registry of sessions, and the [`Target`] that resolves a route to a session at
 //! each visitor.
 
+use crate::auth::Identity;
 use crate::frontend::Claim;
 use crate::http_forward::Body;
 use crate::hub::Target;
 use crate::io::BoxIo;
 use crate::limits::LiveLimits;
-use crate::proto::{Control, TunnelStatus};
+use crate::proto::{Control, TunnelRequest, TunnelStatus};
 use crate::session::{OpenError, OpenStream, SessionInfo, StreamHeader};
 use crate::stream_budget::{BudgetPermit, StallGuard, StreamBudget};
 use async_trait::async_trait;
@@ -22,11 +23,15 @@ pub(crate) struct HeldClaim {
     /// The session's tunnel the claim serves.
     pub(crate) tunnel: String,
     pub(crate) claim: Claim,
+    /// What the tunnelc asked for, so the claim can be made again on a rebuilt frontend.
+    pub(crate) request: TunnelRequest,
 }
 
 /// A live session as the hub keeps it.
 pub struct LiveSession {
     pub info: SessionInfo,
+    /// Who the session authenticated as (its quotas when a claim is made again).
+    pub(crate) who: Identity,
     pub opener: Arc<dyn OpenStream>,
     /// Cancelled when the session must end (replaced, shutdown, expired).
     pub closed: CancellationToken,
@@ -118,14 +123,7 @@ impl LiveSession {
     /// `why` as their error, the others stay. Answers the tunnel list after, or `None` when
     /// the session held nothing there.
     pub fn drop_frontend(&self, frontend: &str, why: &str) -> Option<Vec<TunnelStatus>> {
-        let gone: Vec<HeldClaim> = {
-            let mut claims = lock(&self.claims);
-            let (gone, keep) = std::mem::take(&mut *claims)
-                .into_iter()
-                .partition(|h| h.frontend == frontend);
-            *claims = keep;
-            gone
-        };
+        let gone = self.take_claims_on(frontend);
         if gone.is_empty() {
             return None;
         }
@@ -138,6 +136,25 @@ impl LiveSession {
             }
         }
         Some(tunnels.clone())
+    }
+
+    /// Takes the session's claims on `frontend` out of its list (dropping them releases them).
+    pub(crate) fn take_claims_on(&self, frontend: &str) -> Vec<HeldClaim> {
+        let mut claims = lock(&self.claims);
+        let (gone, keep) = std::mem::take(&mut *claims)
+            .into_iter()
+            .partition(|h| h.frontend == frontend);
+        *claims = keep;
+        gone
+    }
+
+    /// Sets tunnel `status.name`'s entry in the session's list.
+    pub(crate) fn set_status(&self, status: TunnelStatus) {
+        let mut tunnels = lock(&self.tunnels);
+        match tunnels.iter_mut().find(|t| t.name == status.name) {
+            Some(t) => *t = status,
+            None => tunnels.push(status),
+        }
     }
 
     /// Ends the session and releases its claims now (not when its transport notices).

@@ -140,42 +140,134 @@ async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
     alice.shutdown().await.expect("alice stops");
 }
 
-/// A reload that changes a frontend rebuilds it: the sessions with tunnels on it end and
-/// their tunnelc claim on the new one; another client's visitor on another frontend stays.
+/// Waits for the tunnel list in which tunnel `t` has an endpoint other than `not`.
+async fn moved(c: &mut TestClient, not: &str) -> Vec<tunneld_core::proto::TunnelStatus> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, c.events.recv())
+            .await
+            .expect("a tunnels message in time")
+            .expect("client runs");
+        if let ClientEvent::TunnelsChanged { tunnels } = ev {
+            let t = tunnels.iter().find(|x| x.name == "t").expect("t listed");
+            if t.endpoint.as_deref().is_some_and(|e| e != not) {
+                return tunnels;
+            }
+        }
+    }
+}
+
+/// A reload that changes a frontend rebuilds it, and the sessions holding tunnels on it claim
+/// them again in place: the same port when the new range has it, a port of the new range
+/// when not. No session is cut: the same client's tunnel on another frontend and another
+/// client's visitor keep their connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_frontend_is_rebuilt_and_its_clients_claim_again() {
+async fn a_changed_frontend_is_rebuilt_and_its_tunnels_claimed_again_in_place() {
     let (c, d) = port_block();
-    let more = |from: u16| {
-        format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {from}-{d}\n")
+    let more = |from: u16, extra: &str| {
+        format!("  more:\n    type: ports\n    bind: 127.0.0.1\n    range: {from}-{d}\n{extra}")
     };
-    let (s, file, v1) = reloadable(&more(c)).await;
+    let (s, file, v1) = reloadable(&more(c, "")).await;
     let local = services::echo().await;
-    let on = |f: &str| format!("  t:\n    local: {local}\n    frontend: {f}\n");
-    let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &on("more")).expect("cfg"));
-    let before = endpoint_of(&alice.connected().await.expect("alice"), "t").expect("t");
+    let both = format!(
+        "  t:\n    local: {local}\n    frontend: more\n  u:\n    local: {local}\n    frontend: tcp\n"
+    );
+    let mut alice = TestClient::spawn(s.client_config(ALICE_TOKEN, &both).expect("cfg"));
+    let up = alice.connected().await.expect("alice");
+    let (before, u) = (
+        endpoint_of(&up, "t").expect("t"),
+        endpoint_of(&up, "u").expect("u"),
+    );
     assert!(before.port() < c + 10, "{before}");
+    let mut kept_u = TcpStream::connect(u).await.expect("alice's visitor of u");
+    echo_on(&mut kept_u, b"before").await.expect("u before");
+    let on_tcp = format!("  t:\n    local: {local}\n    frontend: tcp\n");
     let mut bob = TestClient::spawn(
-        s.client_config(tunneld_integration_tests::BOB_TOKEN, &on("tcp"))
+        s.client_config(tunneld_integration_tests::BOB_TOKEN, &on_tcp)
             .expect("cfg"),
     );
     let bob_ep = endpoint_of(&bob.connected().await.expect("bob"), "t").expect("t");
     let mut kept = TcpStream::connect(bob_ep).await.expect("bob's visitor");
     echo_on(&mut kept, b"before").await.expect("before");
+    let session = s
+        .running
+        .hub
+        .client_session("alice")
+        .expect("alice")
+        .info
+        .id;
 
-    std::fs::write(&file, v1.replace(&more(c), &more(c + 10))).expect("write v2");
+    // A new range without alice's port: t moves into it.
+    let v2 = v1.replace(&more(c, ""), &more(c + 10, ""));
+    std::fs::write(&file, &v2).expect("write v2");
     let sum = s.running.reloader.reload().await.expect("reload v2");
     assert_eq!(sum.changed, ["frontends.more"], "{sum:?}");
-    assert_eq!(sum.sessions_cut, 1, "{sum:?}");
-    // alice reconnects and gets a port of the new range.
-    let after = endpoint_of(&alice.connected().await.expect("alice again"), "t").expect("t");
+    assert_eq!(sum.sessions_cut, 0, "{sum:?}");
+    let old = format!("tcp://{before}");
+    let now = moved(&mut alice, &old).await;
+    let t = now.iter().find(|x| x.name == "t").expect("t");
+    let after: std::net::SocketAddr = t
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.strip_prefix("tcp://"))
+        .expect("tcp endpoint")
+        .parse()
+        .expect("addr");
     assert!(after.port() >= c + 10, "{after}");
     let mut v = TcpStream::connect(after).await.expect("new port");
     echo_on(&mut v, b"new")
         .await
         .expect("served by the new frontend");
+    echo_on(&mut kept_u, b"after")
+        .await
+        .expect("alice's visitor on another frontend stays");
     echo_on(&mut kept, b"after")
         .await
         .expect("bob's visitor on another frontend stays");
+
+    // A change that keeps the range: t keeps its port.
+    std::fs::write(
+        &file,
+        v2.replace(
+            &more(c + 10, ""),
+            &more(c + 10, "    max_connections_per_port: 64\n"),
+        ),
+    )
+    .expect("write v3");
+    let sum = s.running.reloader.reload().await.expect("reload v3");
+    assert_eq!(sum.changed, ["frontends.more"], "{sum:?}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, alice.events.recv())
+            .await
+            .expect("a tunnels message in time")
+            .expect("client runs");
+        if let ClientEvent::TunnelsChanged { tunnels } = ev {
+            let t = tunnels.iter().find(|x| x.name == "t").expect("t");
+            assert_eq!(
+                t.endpoint.as_deref(),
+                Some(format!("tcp://{after}").as_str())
+            );
+            break;
+        }
+    }
+    let mut again = TcpStream::connect(after).await.expect("the same port");
+    echo_on(&mut again, b"same")
+        .await
+        .expect("served on the same port");
+    echo_on(&mut kept_u, b"end")
+        .await
+        .expect("u kept to the end");
+    assert_eq!(
+        s.running
+            .hub
+            .client_session("alice")
+            .expect("alice")
+            .info
+            .id,
+        session,
+        "alice's session was never cut"
+    );
     alice.shutdown().await.expect("alice stops");
     bob.shutdown().await.expect("bob stops");
 }

@@ -294,6 +294,7 @@ impl Hub {
     ) -> (Arc<LiveSession>, mpsc::UnboundedReceiver<Control>) {
         let (notify, notifications) = mpsc::unbounded_channel();
         let session = Arc::new(LiveSession {
+            who: identity.clone(),
             info: SessionInfo {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 client_id: identity.client_id.clone(),

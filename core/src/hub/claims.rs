@@ -89,6 +89,7 @@ impl Hub {
                         frontend,
                         tunnel: t.name.clone(),
                         claim,
+                        request: t.clone(),
                     });
                     return Ok(out);
                 }

@@ -55,19 +55,11 @@ pub(super) async fn apply(
         if held(r, live, name, &mut eff, &mut s, "changed").await {
             continue;
         }
-        // Its sessions end once the new one serves: their tunnelc reconnect and claim on it.
-        let holders: Vec<_> = r
-            .hub
-            .sessions()
-            .into_iter()
-            .filter(|x| x.holds_on(name))
-            .collect();
+        // The sessions holding tunnels on it claim them again on the new one, in place.
         live.frontends.stop_quietly(name, &r.hub).await;
         start_frontend(r, live, name, &mut eff, &mut s, "changed").await;
-        for h in holders {
-            h.closed.cancel();
-            s.sessions_cut += 1;
-        }
+        let touched = r.hub.reclaim_frontend(name).await;
+        tracing::info!(frontend = %name, sessions = touched, "frontend rebuilt; its tunnels were claimed again on it");
     }
     for name in &plan.frontends_added {
         start_frontend(r, live, name, &mut eff, &mut s, "added").await;

@@ -166,8 +166,8 @@ fn tokens(old: &ServerConfig, new: &ServerConfig, p: &mut Plan) {
 }
 
 /// Frontends are added, removed and changed live (a removed one's tunnels are released and
-/// their tunnelc told; a changed one is rebuilt and the sessions with tunnels on it end, to
-/// claim on the new one), except one that something else still names.
+/// their tunnelc told; a changed one is rebuilt and the sessions' tunnels on it are claimed
+/// again on the new one, in place), except one that something else still names.
 fn frontends(old: &ServerConfig, new: &ServerConfig, p: &mut Plan, eff: &mut ServerConfig) {
     for (name, f) in &new.frontends {
         match old.frontends.get(name) {
