@@ -96,3 +96,50 @@ async fn tunnelc_names_what_a_wrong_port_speaks() {
     // One line per event: the error is said once.
     assert_eq!(err.matches("speaks TLS").count(), 1, "{err}");
 }
+
+/// A connect (hidden-server) tunnelc config parking id `demo` at `server`, trusting `ca`.
+fn connect_config(tag: &str, server: std::net::SocketAddr, ca: &Path) -> String {
+    let file = temp_dir(tag).join("client.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "server: {server}\nserver_name: localhost\ntransport: connect\ntoken: {DEMO_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\nrendezvous:\n  demo: {{ local: 127.0.0.1:9, parked: 2 }}\n",
+            ca.display()
+        ),
+    )
+    .expect("write");
+    file.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_server_parking_at_the_wrong_place_ends_with_the_fix() {
+    let s = example_server().await;
+    let edge = s.running.transports["edge"];
+    let hidden = s.running.transports["hidden"];
+
+    // The yamux transport's port: another ALPN id.
+    let cfg = connect_config("park-wrong-alpn", edge, &s.ca_file());
+    let (code, err) = tunnelc_ends("park-wrong-alpn", &["--config", &cfg]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("another transport's"), "{err}");
+
+    // The ssh transport's port: its banner.
+    let ssh = s.running.transports["ssh"];
+    let cfg = connect_config("park-wrong-ssh", ssh, &s.ca_file());
+    let (code, err) = tunnelc_ends("park-wrong-ssh", &["--config", &cfg]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("speaks SSH"), "{err}");
+
+    // The right port, but a CA that did not sign tunneld's certificate.
+    let other =
+        tunneld_integration_tests::server_pki(&temp_dir("park-other-ca"), "other", &["localhost"])
+            .0;
+    let cfg = connect_config("park-untrusted", hidden, &other);
+    let (code, err) = tunnelc_ends("park-untrusted", &["--config", &cfg]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("certificate is not trusted") && err.contains("--ca"),
+        "{err}"
+    );
+    assert_eq!(err.matches("not trusted").count(), 1, "one line: {err}");
+}

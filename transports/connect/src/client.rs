@@ -24,6 +24,10 @@ pub struct ParkOptions {
 pub enum ParkError {
     #[error("cannot reach {server}: {detail}")]
     Connect { server: String, detail: String },
+    /// The TLS handshake failed: told apart as the other transports do (an untrusted
+    /// certificate or a port that speaks something else is permanent).
+    #[error(transparent)]
+    Tls(tunneld_core::dial::DialError),
     #[error("tunneld refused to park ({status}): {diagnostic}")]
     Refused { status: u16, diagnostic: String },
     #[error("unexpected answer from tunneld: {0}")]
@@ -33,7 +37,14 @@ pub enum ParkError {
 impl ParkError {
     /// Retrying cannot help: the credentials or the id are wrong.
     pub fn is_permanent(&self, with_token: bool) -> bool {
-        matches!(self, ParkError::Refused { status: 401 | 403 | 407, .. } if with_token)
+        match self {
+            ParkError::Tls(e) => e.is_permanent(),
+            ParkError::Refused {
+                status: 401 | 403 | 407,
+                ..
+            } => with_token,
+            _ => false,
+        }
     }
 }
 
@@ -54,10 +65,16 @@ pub async fn park(opts: &ParkOptions, id: &str, code: Option<&str>) -> Result<Pa
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let mut tls = TlsConnector::from(opts.tls.clone())
+        let mut tls = match TlsConnector::from(opts.tls.clone())
             .connect(opts.server_name.clone(), tcp)
             .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                let e = tunneld_core::dial::DialError::of_tls_probed(&opts.server, &opts.server, e);
+                return Err(ParkError::Tls(e.await));
+            }
+        };
         let mut req = format!("CONNECT uuid:{id}");
         if let Some(c) = code {
             req.push_str(&format!("?response={c}"));
