@@ -378,16 +378,16 @@ impl LocalConnector for Connector {
         };
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(LocalError::Connect { target, source }),
+            Ok(Err(error)) => return Err(LocalError::Connect { target, error }),
             Err(_) => return Err(LocalError::Timeout(target)),
         };
         let _ = s.set_nodelay(true);
         if let Some(v) = proxy {
             s.write_all(&proxy_protocol::encode(v, h.visitor, h.public))
                 .await
-                .map_err(|source| LocalError::Proxy {
+                .map_err(|error| LocalError::Proxy {
                     target: target.clone(),
-                    source,
+                    error,
                 })?;
         }
         Ok(match host_header {

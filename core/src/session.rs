@@ -130,17 +130,17 @@ pub enum LocalError {
     NoService(String),
     #[error("this tunnelc does not accept server-defined targets")]
     TargetsRefused,
-    #[error("connect to {target}: {source}")]
+    #[error("connect to {target}: {error}")]
     Connect {
         target: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("connect to {0}: timed out")]
     Timeout(String),
-    #[error("PROXY header to {target}: {source}")]
+    #[error("PROXY header to {target}: {error}")]
     Proxy {
         target: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

@@ -38,7 +38,7 @@ impl BoundListener {
     pub async fn for_transport(addr: SocketAddr) -> Result<Self, TransportError> {
         Self::bind(addr)
             .await
-            .map_err(|source| TransportError::Bind { addr, source })
+            .map_err(|error| TransportError::Bind { addr, error })
     }
 
     /// [`Self::for_transport`] for an optional listener.

@@ -91,10 +91,10 @@ impl TransportContext {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot register its metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),

@@ -2,6 +2,7 @@
 //! at once (a tunnel at the cap refuses its next visitor while the same client's neighbour
 //! tunnel keeps answering), the visitors already open keep going, no session is cut, an
 //! invalid value changes nothing and names its key, and raising the cap again admits more.
+//! A component that cannot start is reported once, with its key and the OS error.
 
 use tokio::net::TcpStream;
 use tunneld_integration_tests::services::echo_message as echo_on;
@@ -113,4 +114,24 @@ async fn lowered_and_raised_limits_apply_to_the_open_session() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].info.id, session, "the session was never cut");
     alice.shutdown().await.expect("alice stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_that_cannot_listen_is_reported_once() {
+    let (s, file, v1) = TestServer::reloadable("").await.expect("server");
+    let taken = s.admin();
+    let edge = "transports:\n  edge:\n    type: yamux\n    listen: 127.0.0.1:0\n";
+    assert!(
+        v1.contains(edge),
+        "the test server's file has changed shape"
+    );
+    let busy = format!("{edge}  busy:\n    type: yamux\n    listen: {taken}\n");
+    std::fs::write(&file, v1.replace(edge, &busy)).expect("write");
+    let sum = s.running.reloader.reload().await.expect("valid");
+    assert_eq!(sum.failed.len(), 1, "{sum:?}");
+    let line = &sum.failed[0];
+    assert!(line.starts_with("transports.busy"), "{line}");
+    assert_eq!(line.matches("transports.busy").count(), 1, "{line}");
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+    assert!(line.contains(&taken.to_string()), "{line}");
 }

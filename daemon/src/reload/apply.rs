@@ -152,7 +152,7 @@ async fn start_transport(
         }
         Err(e) => {
             live.h2.remove(name);
-            s.failed.push(format!("transports.{name}: {e:#}"));
+            s.failed.push(keyed(&format!("transports.{name}"), &e));
             eff.transports.remove(name);
         }
     }
@@ -212,8 +212,18 @@ async fn start_frontend(
             }
         }
         Err(e) => {
-            s.failed.push(format!("{key}: {e:#}"));
+            s.failed.push(keyed(&key, &e));
             eff.frontends.remove(name);
         }
+    }
+}
+
+/// `e` with its chain, led by `key` once (the error may name it already).
+fn keyed(key: &str, e: &anyhow::Error) -> String {
+    let m = format!("{e:#}");
+    if m.starts_with(key) {
+        m
+    } else {
+        format!("{key}: {m}")
     }
 }

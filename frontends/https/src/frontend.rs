@@ -52,10 +52,10 @@ pub(crate) struct Compat2ptthLinks {
 pub enum BindError {
     #[error("compat_2ptth needs the reversed HTTP links of the h2-reverse transport")]
     NoReverseLinks,
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Tls(#[from] rustls::Error),
@@ -97,9 +97,9 @@ impl HttpsFrontend {
         let listener =
             BoundListener::bind(cfg.listen)
                 .await
-                .map_err(|source| BindError::Listen {
+                .map_err(|error| BindError::Listen {
                     addr: cfg.listen,
-                    source,
+                    error,
                 })?;
         let visitor_tls = tls_config(&resolver, &[b"h2", b"http/1.1"])?;
         let acme_tls = match resolver.answers_acme() {

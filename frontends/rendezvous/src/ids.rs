@@ -39,10 +39,10 @@ pub struct IdFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a rendezvous id file: {msg}")]
     Parse { path: PathBuf, msg: String },
@@ -80,9 +80,9 @@ pub fn otpauth_uri(id: &str, e: &IdEntry) -> String {
 
 /// Maps an I/O error on `path` to [`StoreError::Io`].
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

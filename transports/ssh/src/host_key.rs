@@ -13,19 +13,19 @@ pub const DEFAULT_FILE: &str = "ssh/host_ed25519_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
-    #[error("cannot read host key {path}: {source}")]
+    #[error("cannot read host key {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("host key {path} is not an OpenSSH private key: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("host key {path} is encrypted: give an unencrypted key")]
     Encrypted { path: PathBuf },
-    #[error("cannot write host key {path}: {source}")]
+    #[error("cannot write host key {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot encode the new host key: {0}")]
     Encode(String),
@@ -53,9 +53,9 @@ pub fn load_or_create(path: &Path, create: bool) -> Result<PrivateKey, HostKeyEr
             tracing::info!(path = %path.display(), fingerprint = %fingerprint(&key), "made a new SSH host key");
             Ok(key)
         }
-        Err(source) => Err(HostKeyError::Read {
+        Err(error) => Err(HostKeyError::Read {
             path: path.into(),
-            source,
+            error,
         }),
     }
 }
@@ -74,9 +74,9 @@ fn write_private(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| HostKeyError::Encode(e.to_string()))?;
-    let write_err = |source| HostKeyError::Write {
+    let write_err = |error| HostKeyError::Write {
         path: path.into(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(write_err)?;
