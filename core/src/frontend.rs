@@ -252,6 +252,10 @@ pub trait Frontend: Send + Sync + 'static {
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         None
     }
+    /// Ports frontends: the address a claimed port binds when the claim names none.
+    fn default_bind(&self) -> Option<std::net::IpAddr> {
+        None
+    }
     /// Binds shared listeners and runs until shutdown (ports frontends have none and just wait).
     async fn serve(self: Arc<Self>, cx: FrontendContext);
     /// Claims a route for a tunnel.

@@ -10,6 +10,7 @@
 //! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
 //! | `GET /ping` | `pong` (threshold's liveness route) |
 //! | `POST /reload` | reads the config file again and applies the difference (`reload`) |
+//! | `GET /openapi.yaml` | this API's OpenAPI document (docs/openapi/admin.yaml) |
 //!
 //! `/clients` and `/tunnels` also speak threshold's shapes (`admin_threshold`).
 
@@ -35,6 +36,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// This API's OpenAPI document, served at `GET /openapi.yaml` (no token needed).
+const OPENAPI: &str = include_str!("../../docs/openapi/admin.yaml");
 
 struct State {
     shape: Shape,
@@ -115,7 +118,7 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
 async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let route = match req.uri().path() {
         p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping"
-        | "/reload") => p.to_string(),
+        | "/reload" | "/openapi.yaml") => p.to_string(),
         // threshold answered its liveness route with a trailing slash too.
         "/ping/" => "/ping".to_string(),
         _ => "other".to_string(),
@@ -135,7 +138,7 @@ async fn route_request(
     route: &str,
     peer: std::net::SocketAddr,
 ) -> Resp {
-    let open = matches!(route, "/healthz" | "/readyz" | "/ping");
+    let open = matches!(route, "/healthz" | "/readyz" | "/ping" | "/openapi.yaml");
     if !open && state.token_digest.is_some() {
         // Wrong tokens count against the address, with the transports' failures.
         if let Err(wait) = state.hub.throttle.check(peer.ip()) {
@@ -165,6 +168,7 @@ async fn route_request(
         }
         (Method::GET, "/readyz") => respond(StatusCode::OK, "text/plain", "ready\n"),
         (Method::GET, "/ping") => respond(StatusCode::OK, "text/plain", "pong"),
+        (Method::GET, "/openapi.yaml") => respond(StatusCode::OK, "application/yaml", OPENAPI),
         (Method::GET, "/clients" | "/tunnels") => {
             let shape = match Shape::from_query(req.uri().query(), state.shape) {
                 Ok(s) => s,
@@ -268,8 +272,19 @@ async fn mappings_json(list: Vec<(Mapping, String)>) -> Value {
 }
 
 async fn tunnels(state: &State) -> Value {
+    let mut routes = state.hub.routes();
+    // An admin port's owner is whom its mappings name now (a repoint keeps the claim).
+    let owners = state.mappings.port_owners().await;
+    for r in routes
+        .iter_mut()
+        .filter(|r| r.tunnel.starts_with("mapping-"))
+    {
+        if let Some((_, o)) = owners.iter().find(|(e, _)| *e == r.endpoint) {
+            r.owner = o.clone();
+        }
+    }
     json!({
-        "routes": state.hub.routes(),
+        "routes": routes,
         "mappings": mappings_json(state.mappings.mappings().await).await,
     })
 }
@@ -284,7 +299,9 @@ async fn put_tunnels(state: &State, req: Request<Incoming>) -> Resp {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct.split(';').next().map(str::trim) != Some("application/json") {
+    // Media types compare without regard to case (RFC 9110 section 8.3.1).
+    let essence = ct.split(';').next().map(str::trim).unwrap_or("");
+    if !essence.eq_ignore_ascii_case("application/json") {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",

@@ -71,10 +71,6 @@ impl Mapping {
             .collect()
     }
 
-    fn port_key(&self) -> PortKey {
-        (self.frontend.clone(), self.listen_address, self.listen_port)
-    }
-
     fn glob(&self) -> Result<HostGlob, MappingError> {
         match self.hostname_glob.as_deref() {
             None | Some("") => Ok(HostGlob::Any),

@@ -198,6 +198,24 @@ pub fn go_threshold_client_or_skip(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Whether `program` runs here (`program arg`); when it does not, the test is skipped with a
+/// note, or fails under CI (`CI=true`), where scripts/test installs it (`install` says how).
+pub fn tool_or_skip(program: &str, arg: &str, install: &str, test: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{test}: `{program}` is not installed ({install}; scripts/test does)");
+        }
+        eprintln!("SKIPPED {test}: `{program}` is not installed ({install})");
+    }
+    found
+}
+
 /// The value of `key=` in a line like `listening transport=edge addr=127.0.0.1:7000`.
 pub fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()

@@ -11,19 +11,12 @@ use std::time::Duration;
 /// Whether `prometheus` is installed; when not, the test is skipped with a note, or fails
 /// under CI (`CI=true`), where scripts/test installs it.
 pub fn prometheus_or_skip(test: &str) -> bool {
-    let found = std::process::Command::new("prometheus")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: prometheus is not installed (apt-get install prometheus; scripts/test does)");
-        }
-        eprintln!("SKIPPED {test}: prometheus is not installed (apt-get install prometheus)");
-    }
-    found
+    crate::process::tool_or_skip(
+        "prometheus",
+        "--version",
+        "apt-get install prometheus",
+        test,
+    )
 }
 
 /// A running Prometheus (killed on drop).

@@ -14,21 +14,12 @@ use tokio::sync::mpsc;
 /// Whether `program` runs here; when it does not, a test is skipped with a note, or fails
 /// under CI (`CI=true`), where `.ci/run` installs it.
 pub fn peer_or_skip(program: &str, test: &str) -> bool {
-    let found = std::process::Command::new(program)
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: `{program}` is not installed (apt-get install openssh-client autossh; .ci/run does)");
-        }
-        eprintln!(
-            "SKIPPED {test}: `{program}` is not installed (apt-get install openssh-client autossh)"
-        );
-    }
-    found
+    crate::process::tool_or_skip(
+        program,
+        "-V",
+        "apt-get install openssh-client autossh",
+        test,
+    )
 }
 
 /// A key pair made by `ssh-keygen` in `dir`: (private key file, public key line).

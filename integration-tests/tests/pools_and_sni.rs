@@ -298,6 +298,17 @@ async fn pools_fail_over_when_a_member_dies_and_ports_repoint_without_closing() 
         late.iter().all(|t| *t == "bob-svc"),
         "after the PUT only bob serves"
     );
+    // `/tunnels` names the port's owner as it is now.
+    let (code, body) = server.admin_call("GET", "/tunnels", None).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let route = v["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["tunnel"] == format!("mapping-{p}"))
+        .expect("the admin port's route");
+    assert_eq!(route["owner"], "bob", "{body}");
 
     // A pool of both, then alice is killed in the middle of 500 visitor connections.
     let pool = format!(r#"[{{"clients":["alice","bob"],"listen_port":{p},"target":"svc"}}]"#);

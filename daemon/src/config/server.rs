@@ -247,7 +247,8 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    /// When set, every route but /healthz, /readyz, /ping and /openapi.yaml needs
+    /// `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Secret>,
     /// The shape of `GET /clients` and `GET /tunnels` when the request names none

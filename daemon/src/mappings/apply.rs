@@ -45,6 +45,18 @@ impl ServerMappings for AdminMappings {
 }
 
 impl AdminMappings {
+    /// Each admin port's endpoint with the clients its mappings name now (a repoint in place
+    /// changes them without a new claim).
+    pub async fn port_owners(&self) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .await
+            .ports
+            .iter()
+            .map(|g| (g.claim.endpoint.clone(), owners(&g.mappings)))
+            .collect()
+    }
+
     /// The current admin mappings with their public endpoints.
     pub async fn mappings(&self) -> Vec<(Mapping, String)> {
         self.state
@@ -128,7 +140,8 @@ fn group_desired(
     let mut groups: Vec<(PortKey, Vec<Mapping>)> = Vec::new();
     for m in desired {
         m.validate()?;
-        if !seen.insert((m.port_key(), m.glob()?)) {
+        let key = effective_key(hub, m)?;
+        if !seen.insert((key.clone(), m.glob()?)) {
             return Err(merr(
                 409,
                 format!(
@@ -137,20 +150,34 @@ fn group_desired(
                 ),
             ));
         }
-        if let Some(f) = &m.frontend {
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(m.clone()),
+            None => groups.push((key, vec![m.clone()])),
+        }
+    }
+    Ok(groups)
+}
+
+/// The public port `m` names, spelled one way: its frontend by name (the default one when
+/// it names none) and its address (the frontend's `bind` when it names none), so two
+/// spellings of one port are one port.
+fn effective_key(hub: &Hub, m: &Mapping) -> Result<PortKey, MappingError> {
+    let fe = match &m.frontend {
+        Some(f) => {
             let fe = hub
                 .frontend(f)
                 .ok_or_else(|| merr(404, format!("frontend `{f}` does not exist")))?;
             if !fe.serves(TunnelKind::Tcp) {
                 return Err(merr(400, format!("frontend `{f}` does not allocate ports")));
             }
+            fe
         }
-        match groups.iter_mut().find(|(k, _)| *k == m.port_key()) {
-            Some((_, list)) => list.push(m.clone()),
-            None => groups.push((m.port_key(), vec![m.clone()])),
-        }
-    }
-    Ok(groups)
+        None => hub
+            .frontend_for(TunnelKind::Tcp, None)
+            .map_err(|e| merr(404, e.to_string()))?,
+    };
+    let address = m.listen_address.or_else(|| fe.default_bind());
+    Ok((Some(fe.name().to_string()), address, m.listen_port))
 }
 
 /// Every client a mapping newly names must be connected and accept server mappings.
@@ -214,7 +241,14 @@ async fn restore_removed(
     let mut restored = kept;
     for list in removed_lists {
         let Some(first) = list.first() else { continue };
-        match open_port(hub, &first.port_key(), &list).await {
+        let key = match effective_key(hub, first) {
+            Ok(k) => k,
+            Err(re) => {
+                tracing::error!(port = first.listen_port, error = %re.message, "could not restore a port after a failed update");
+                continue;
+            }
+        };
+        match open_port(hub, &key, &list).await {
             Ok(g) => restored.push(g),
             Err(re) => {
                 tracing::error!(port = first.listen_port, error = %re.message, "could not restore a port after a failed update")
@@ -244,11 +278,7 @@ async fn open_port(
     let frontend = hub
         .frontend_for(TunnelKind::Tcp, key.0.as_deref())
         .map_err(|e| merr(404, e.to_string()))?;
-    let owner = list
-        .iter()
-        .flat_map(|m| m.members())
-        .collect::<Vec<_>>()
-        .join(",");
+    let owner = owners(list);
     let claim = frontend
         .claim(ClaimRequest {
             owner,
@@ -278,6 +308,17 @@ async fn open_port(
         table,
         claim,
     })
+}
+
+/// The clients a port's mappings name, each once, in order: the port's owner in `/tunnels`.
+pub(super) fn owners(list: &[Mapping]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for c in list.iter().flat_map(|m| m.members()) {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out.join(",")
 }
 
 /// The kept ports, each pointed at its new list of routes (in place: no rebind).

@@ -253,6 +253,10 @@ impl Frontend for PortsFrontend {
         kind == TunnelKind::Tcp
     }
 
+    fn default_bind(&self) -> Option<std::net::IpAddr> {
+        Some(self.cfg.bind)
+    }
+
     async fn serve(self: Arc<Self>, cx: FrontendContext) {
         cx.shutdown.cancelled().await;
     }
