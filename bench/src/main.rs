@@ -18,7 +18,7 @@ use report::{Report, Row};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use systems::System;
+use systems::{System, Transport};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks tunneld against a direct connection, two relays, rathole and bore")]
@@ -47,7 +47,7 @@ struct Cli {
     #[arg(long)]
     idle: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
-    /// tunneld-yamux, tunneld-ssh).
+    /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-ssh).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.md and results.json go.
@@ -205,6 +205,8 @@ async fn run(cli: Cli) -> Result<()> {
         "rathole-tcp",
         "bore",
         "tunneld-yamux",
+        "tunneld-h2",
+        "tunneld-ws",
         "tunneld-ssh",
     ];
     for kind in kinds {
@@ -231,7 +233,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 "tunneld-ssh" if ssh_missing.is_some() => None,
                 "tunneld-ssh" => Some((openssh::tunneld_ssh(&bins, svc.addr, &dir).await?, true)),
-                _ => Some((systems::tunneld_yamux(&bins, svc.addr, &dir).await?, true)),
+                _ => {
+                    let t = match kind {
+                        "tunneld-h2" => Transport::H2Reverse,
+                        "tunneld-ws" => Transport::Websocket,
+                        _ => Transport::Yamux,
+                    };
+                    Some((systems::tunneld(t, &bins, svc.addr, &dir).await?, t.tls()))
+                }
             })
         }
         .await;

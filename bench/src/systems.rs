@@ -142,13 +142,80 @@ pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
 
 pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 
-/// tunneld + tunnelc over the yamux transport (TLS), one tunnel on the ports frontend.
-pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
+/// The transport a tunneld row runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS, a yamux stream per visitor.
+    Yamux,
+    /// TLS, an HTTP/2 CONNECT stream per visitor (tunnelc serves HTTP/2).
+    H2Reverse,
+    /// Plain WebSocket (TLS belongs to a proxy in front), a conversation per visitor.
+    Websocket,
+}
+
+impl Transport {
+    pub fn row(self) -> &'static str {
+        match self {
+            Transport::Yamux => "tunneld yamux+tls",
+            Transport::H2Reverse => "tunneld h2-reverse+tls",
+            Transport::Websocket => "tunneld websocket",
+        }
+    }
+
+    /// Whether the row is compared with rathole's TLS transport (else its plain one).
+    pub fn tls(self) -> bool {
+        self != Transport::Websocket
+    }
+
+    /// tunneld's `edge` transport (and any frontend it needs).
+    fn server_side(self) -> (&'static str, &'static str) {
+        match self {
+            Transport::Yamux => (
+                "edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } }",
+                "",
+            ),
+            Transport::H2Reverse => (
+                "edge: { type: h2-reverse, listen: 127.0.0.1:0, h2: { max_concurrent_streams: 4096 } }",
+                "",
+            ),
+            Transport::Websocket => (
+                "edge: { type: websocket, listen: 127.0.0.1:0, domain: localhost, frontend: web, max_conversations: 4096 }",
+                ", web: { type: https-subdomain, listen: 127.0.0.1:0, domain: localhost }",
+            ),
+        }
+    }
+
+    /// tunnelc's lines that reach `edge`.
+    fn client_side(self, edge: &str, ca: &str) -> String {
+        match self {
+            Transport::Yamux => format!(
+                "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: 4096 }}\n"
+            ),
+            Transport::H2Reverse => format!(
+                "server: {edge}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\n"
+            ),
+            // The transport's own requests are told from visitors by Host: its domain.
+            Transport::Websocket => {
+                let port = edge.rsplit(':').next().unwrap_or_default();
+                format!("server: http://localhost:{port}\ntransport: websocket\n")
+            }
+        }
+    }
+}
+
+/// tunneld + tunnelc over `transport`, one tunnel on the ports frontend.
+pub async fn tunneld(
+    transport: Transport,
+    bins: &Path,
+    service: SocketAddr,
+    dir: &Path,
+) -> Result<System> {
     let server_yaml = dir.join("tunneld.yaml");
+    let (edge_yaml, more_frontends) = transport.server_side();
     std::fs::write(
         &server_yaml,
         format!(
-            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: 4096 }} }} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }} }}\n",
+            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ {edge_yaml} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }}{more_frontends} }}\n",
             state = dir.join("state").display()
         ),
     )?;
@@ -168,7 +235,8 @@ pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Resu
     std::fs::write(
         &client_yaml,
         format!(
-            "server: {edge}\nserver_name: localhost\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\nyamux: {{ max_streams: 4096 }}\ntunnels:\n  bench:\n    local: {service}\n"
+            "{}token: {TOKEN}\nlog: {{ level: warn }}\ntunnels:\n  bench:\n    local: {service}\n",
+            transport.client_side(&edge, &ca)
         ),
     )?;
     let conf = client_yaml.display().to_string();
@@ -184,7 +252,7 @@ pub async fn tunneld_yamux(bins: &Path, service: SocketAddr, dir: &Path) -> Resu
         .next()
         .ok_or_else(|| anyhow!("tunnelc printed {line}"))?;
     Ok(System {
-        name: "tunneld yamux+tls".into(),
+        name: transport.row().into(),
         endpoint: ep.trim().parse()?,
         server: Some(server),
         client: Some(client),

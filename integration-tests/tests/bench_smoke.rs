@@ -1,5 +1,5 @@
 //! The benchmark runner in smoke mode (tiny sizes), so it never rots: it must start every
-//! system it knows without peers, measure each, and write a table and a JSON file. The
+//! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports), measure each, and write a table and a JSON file. The
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
@@ -27,7 +27,13 @@ fn bench_runner_smoke_mode_measures_every_system() {
     .expect("json");
     let rows = json["rows"].as_array().expect("rows");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["system"].as_str()).collect();
-    let mut expected = vec!["direct", "two relays", "tunneld yamux+tls"];
+    let mut expected = vec![
+        "direct",
+        "two relays",
+        "tunneld yamux+tls",
+        "tunneld h2-reverse+tls",
+        "tunneld websocket",
+    ];
     if ssh {
         expected.push("tunneld ssh (OpenSSH -R)");
     } else {
