@@ -351,10 +351,13 @@ struct Connector {
     timeout: Duration,
 }
 
-#[async_trait]
-impl LocalConnector for Connector {
-    async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, LocalError> {
-        let (target, proxy, host_header) = match &h.target {
+impl Connector {
+    /// Where a stream goes: (local address, PROXY version, Host to write).
+    fn resolve(
+        &self,
+        h: &StreamHeader,
+    ) -> Result<(String, Option<proxy_protocol::Version>, Option<String>), LocalError> {
+        Ok(match &h.target {
             // A service name (no port): the local address of this tunnelc's tunnel of that
             // name, as threshold's service map did.
             Some(t) if self.accept_server_mappings && !t.contains(':') => {
@@ -375,7 +378,23 @@ impl LocalConnector for Connector {
                     .ok_or_else(|| LocalError::NoTunnel(h.tunnel.clone()))?;
                 (local.addr, local.proxy, local.host_header)
             }
-        };
+        })
+    }
+}
+
+#[async_trait]
+impl LocalConnector for Connector {
+    fn pool_key(&self, h: &StreamHeader) -> Option<String> {
+        let (target, proxy, host_header) = self.resolve(h).ok()?;
+        // A PROXY header names one visitor: such connections are never shared.
+        if proxy.is_some() {
+            return None;
+        }
+        Some(format!("{target} {}", host_header.unwrap_or_default()))
+    }
+
+    async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, LocalError> {
+        let (target, proxy, host_header) = self.resolve(h)?;
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(error)) => return Err(LocalError::Connect { target, error }),

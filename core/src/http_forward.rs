@@ -267,7 +267,21 @@ pub async fn http1_over(
     max_head: usize,
 ) -> Result<Response<Body>, OpenError> {
     to_origin_form(&mut req);
-    let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+    let mut send = http1_handshake(io, max_head).await?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| send_error(e, max_head))?;
+    Ok(resp.map(boxed))
+}
+
+/// An HTTP/1.1 client connection on `io` (its driver spawned, upgrades allowed) that
+/// accepts response heads up to `max_head` bytes.
+pub async fn http1_handshake(
+    io: BoxIo,
+    max_head: usize,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, OpenError> {
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
         // hyper refuses a head that fills its read buffer: one byte more than the limit.
         .max_buf_size((max_head + 1).max(8192))
         .handshake::<_, Body>(TokioIo::new(io))
@@ -278,18 +292,20 @@ pub async fn http1_over(
             tracing::debug!(error = %e, "forwarded HTTP/1.1 connection ended");
         }
     });
-    let resp = send.send_request(req).await.map_err(|e| {
-        if e.is_parse_too_large() {
-            OpenError::LocalRefused(format!(
-                "the local service answered with a response head over the limit ({max_head} bytes, 100 fields)"
-            ))
-        } else if e.is_incomplete_message() || e.is_closed() {
-            OpenError::LocalRefused(format!("the local service closed the connection: {e}"))
-        } else {
-            OpenError::Session(e.to_string())
-        }
-    })?;
-    Ok(resp.map(boxed))
+    Ok(send)
+}
+
+/// What a failed HTTP/1.1 exchange with a local service means for the visitor.
+pub fn send_error(e: hyper::Error, max_head: usize) -> OpenError {
+    if e.is_parse_too_large() {
+        OpenError::LocalRefused(format!(
+            "the local service answered with a response head over the limit ({max_head} bytes, 100 fields)"
+        ))
+    } else if e.is_incomplete_message() || e.is_closed() {
+        OpenError::LocalRefused(format!("the local service closed the connection: {e}"))
+    } else {
+        OpenError::Session(e.to_string())
+    }
 }
 
 #[cfg(test)]

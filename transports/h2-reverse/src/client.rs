@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::http2::H2Tuning;
-use tunneld_core::http_forward::{boxed, coalesced, empty, full, http1_over, Body};
+use tunneld_core::http_forward::{boxed, coalesced, empty, full, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
@@ -56,6 +56,8 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
 
 struct Ctx {
     connector: Arc<dyn LocalConnector>,
+    /// Kept-alive connections to local HTTP services (the session's own).
+    pool: Arc<tunneld_core::local_pool::LocalPool>,
     limits: DataLimits,
     updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
     streams: CancellationToken,
@@ -94,6 +96,7 @@ impl ClientSession for Connected {
         let _streams_guard = streams.clone().drop_guard();
         let ctx = Arc::new(Ctx {
             connector,
+            pool: tunneld_core::local_pool::LocalPool::new(),
             limits: this.limits,
             updates,
             streams,
@@ -132,15 +135,11 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
             )
         }
     };
-    let local = match ctx.connector.connect(&header).await {
-        Ok(l) => l,
-        Err(e) => {
-            let reason = e.to_string();
-            tracing::warn!(tunnel = %header.tunnel, visitor = %header.visitor, "cannot reach the local service: {reason}");
-            return answer(StatusCode::BAD_GATEWAY, Some(&reason));
-        }
-    };
     if req.method() == Method::CONNECT {
+        let local = match local_connection(&ctx, &header).await {
+            Ok(l) => l,
+            Err(refused) => return refused,
+        };
         let cancel = ctx.streams.clone();
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
@@ -163,11 +162,37 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
         });
         return answer(StatusCode::OK, None);
     }
-    let req = req.map(boxed);
-    match http1_over(local, req, ctx.limits.max_response_head).await {
+    // A request goes on a kept-alive connection to its service when one is idle.
+    let max = ctx.limits.max_response_head;
+    let key = ctx.connector.pool_key(&header);
+    let req = match &key {
+        Some(k) => match ctx.pool.send_pooled(k, req.map(boxed), max).await {
+            Ok(Ok(resp)) => return resp.map(coalesced),
+            Ok(Err(e)) => return answer(StatusCode::BAD_GATEWAY, Some(&e.to_string())),
+            Err(req) => req,
+        },
+        None => req.map(boxed),
+    };
+    let local = match local_connection(&ctx, &header).await {
+        Ok(l) => l,
+        Err(refused) => return refused,
+    };
+    match ctx.pool.send_new(key.as_deref(), local, req, max).await {
         Ok(resp) => resp.map(coalesced),
         Err(e) => answer(StatusCode::BAD_GATEWAY, Some(&e.to_string())),
     }
+}
+
+/// A new connection to the local service of `header`, or the 502 that says why not.
+async fn local_connection(
+    ctx: &Ctx,
+    header: &StreamHeader,
+) -> Result<tunneld_core::io::BoxIo, Response<Body>> {
+    ctx.connector.connect(header).await.map_err(|e| {
+        let reason = e.to_string();
+        tracing::warn!(tunnel = %header.tunnel, visitor = %header.visitor, "cannot reach the local service: {reason}");
+        answer(StatusCode::BAD_GATEWAY, Some(&reason))
+    })
 }
 
 async fn control(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {

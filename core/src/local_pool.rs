@@ -1,0 +1,218 @@
+//! tunnelc's keep-alive connections to local HTTP services: a visitor request that arrives as
+//! an HTTP request (the h2-reverse transport) is sent on an idle HTTP/1.1 connection to the
+//! same local service when one is left from an earlier request, instead of a new TCP
+//! connection per request (what nginx's upstream `keepalive` does).
+//!
+//! Bounded: at most [`MAX_IDLE_PER_SERVICE`] idle connections per service, each kept at most
+//! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
+//! closes one just as it is reused). A connection goes back only after its response body was
+//! read to the end; upgrades and CONNECT never come back. A request that a reused connection
+//! could not send (it had closed meanwhile) goes on the next one or a new one. Tunnels that
+//! write a PROXY header (one per visitor) are never pooled: the caller gives no key.
+
+use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
+use crate::session::OpenError;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::client::conn::http1::SendRequest;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Idle connections kept per local service.
+pub const MAX_IDLE_PER_SERVICE: usize = 32;
+/// How long an idle connection is kept.
+pub const IDLE_FOR: Duration = Duration::from_secs(4);
+/// How long a connection just given back may take to be ready for the next request.
+const READY_WAIT: Duration = Duration::from_millis(200);
+/// Services with idle connections at most (a key per local address and Host rewrite).
+const MAX_SERVICES: usize = 1024;
+
+struct Idle {
+    send: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Idle HTTP/1.1 connections to local services, by service key.
+#[derive(Default)]
+pub struct LocalPool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl LocalPool {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn take(&self, key: &str) -> Option<SendRequest<Body>> {
+        let mut idle = crate::sync::lock(&self.idle);
+        let list = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < IDLE_FOR && !i.send.is_closed() {
+                found = Some(i.send);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    fn put(&self, key: String, send: SendRequest<Body>) {
+        if send.is_closed() {
+            return;
+        }
+        let mut idle = crate::sync::lock(&self.idle);
+        if !idle.contains_key(&key) && idle.len() >= MAX_SERVICES {
+            idle.retain(|_, l| l.iter().any(|i| i.since.elapsed() < IDLE_FOR));
+            if idle.len() >= MAX_SERVICES {
+                return;
+            }
+        }
+        let list = idle.entry(key).or_default();
+        list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.send.is_closed());
+        if list.len() < MAX_IDLE_PER_SERVICE {
+            list.push(Idle {
+                send,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Idle connections kept now, all services together.
+    pub fn idle(&self) -> usize {
+        crate::sync::lock(&self.idle).values().map(Vec::len).sum()
+    }
+
+    /// Sends `req` on an idle connection of service `key`; gives the request back when none
+    /// could take it (the caller connects and calls [`LocalPool::send_new`]).
+    pub async fn send_pooled(
+        self: &Arc<Self>,
+        key: &str,
+        mut req: Request<Body>,
+        max_head: usize,
+    ) -> Result<Result<Response<Body>, OpenError>, Request<Body>> {
+        if !poolable(&req) {
+            return Err(req);
+        }
+        to_origin_form(&mut req);
+        while let Some(mut send) = self.take(key) {
+            if tokio::time::timeout(READY_WAIT, send.ready())
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            match send.try_send_request(req).await {
+                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), send, resp))),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection had closed. The next one, or a new one.
+                    Some(back) => req = back,
+                    None => return Ok(Err(send_error(e.into_error(), max_head))),
+                },
+            }
+        }
+        Err(req)
+    }
+
+    /// Sends `req` on a new connection `io` to service `key` (none: never kept), which
+    /// joins the pool once the response is read.
+    pub async fn send_new(
+        self: &Arc<Self>,
+        key: Option<&str>,
+        io: crate::io::BoxIo,
+        mut req: Request<Body>,
+        max_head: usize,
+    ) -> Result<Response<Body>, OpenError> {
+        let keep = key.filter(|_| poolable(&req)).map(str::to_string);
+        to_origin_form(&mut req);
+        let mut send = crate::http_forward::http1_handshake(io, max_head).await?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| send_error(e, max_head))?;
+        Ok(match keep {
+            Some(k) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                self.returning(k, send, resp)
+            }
+            _ => resp.map(boxed),
+        })
+    }
+
+    /// The response, whose body gives the connection back when read to the end.
+    fn returning(
+        self: &Arc<Self>,
+        key: String,
+        send: SendRequest<Body>,
+        resp: Response<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(boxed);
+        }
+        resp.map(|inner| {
+            boxed(Returning {
+                inner,
+                back: Some((self.clone(), key, send)),
+            })
+        })
+    }
+}
+
+/// Whether a request may use (and leave) a kept connection: not a tunnel or an upgrade.
+fn poolable<B>(req: &Request<B>) -> bool {
+    req.method() != Method::CONNECT && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// A response body that puts its connection back in the pool at its end.
+struct Returning {
+    inner: hyper::body::Incoming,
+    back: Option<(Arc<LocalPool>, String, SendRequest<Body>)>,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some((pool, key, send)) = self.back.take() {
+            pool.put(key, send);
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            // A failed body leaves the connection in an unknown state: it is dropped.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // An empty body may be dropped unpolled by the side that saw it end.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
+}
