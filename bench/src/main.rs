@@ -5,6 +5,7 @@
 //! docs/benchmarks.md for the method.
 #![forbid(unsafe_code)]
 
+mod https;
 mod load;
 mod openssh;
 mod relay;
@@ -116,13 +117,19 @@ fn peer(
             "installing {krate} into {} (cached afterwards)",
             dir.display()
         );
-        let st =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["install", "--locked", "--root"])
-                .arg(dir)
-                .arg(krate)
-                .status();
-        if !matches!(st, Ok(s) if s.success()) {
+        // `--locked` first (the versions its authors tested); rathole's lock file holds a
+        // `time` that no longer builds on current toolchains, so then without it.
+        let install = |locked: bool| {
+            let mut c = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            );
+            c.arg("install");
+            if locked {
+                c.arg("--locked");
+            }
+            matches!(c.arg("--root").arg(dir).arg(krate).status(), Ok(s) if s.success())
+        };
+        if !install(true) && !install(false) {
             notes.push(format!("{name}: `cargo install {krate}` failed; skipped"));
             return None;
         }
@@ -260,6 +267,11 @@ async fn run(cli: Cli) -> Result<()> {
         drop(system);
         rows.push(row);
     }
+    let https = if cli.only.is_empty() || cli.only.iter().any(|o| o == "https") {
+        https_rows(&bins, svc.addr, &work, &settings, &mut notes).await?
+    } else {
+        Vec::new()
+    };
     let report = Report {
         machine: machine(),
         settings: format!(
@@ -273,6 +285,7 @@ async fn run(cli: Cli) -> Result<()> {
             settings.idle
         ),
         rows,
+        https,
         notes,
     };
     let md = report.markdown();
@@ -284,6 +297,46 @@ async fn run(cli: Cli) -> Result<()> {
     )?;
     eprintln!("wrote {}/results.md and results.json", out.display());
     Ok(())
+}
+
+/// The HTTPS rows (h2load visitors): tunneld's https-subdomain frontend over h2-reverse and
+/// yamux, and nginx terminating TLS in front of the same service (1 and 2 workers).
+async fn https_rows(
+    bins: &Path,
+    service: std::net::SocketAddr,
+    work: &Path,
+    s: &Settings,
+    notes: &mut Vec<String>,
+) -> Result<Vec<https::HttpsRow>> {
+    if let Some(n) = https::h2load_missing() {
+        notes.push(n);
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for kind in ["https-h2", "https-yamux", "nginx-1", "nginx-2"] {
+        let dir = work.join(kind);
+        std::fs::create_dir_all(&dir)?;
+        let public = match kind {
+            "https-h2" => https::tunneld("h2-reverse", bins, service, &dir).await?,
+            "https-yamux" => https::tunneld("yamux", bins, service, &dir).await?,
+            _ => match https::nginx_path() {
+                Some(n) => {
+                    let workers = if kind == "nginx-1" { 1 } else { 2 };
+                    https::nginx(&n, workers, service, &dir).await?
+                }
+                None => {
+                    notes.push(format!("{kind}: nginx is not installed; skipped"));
+                    continue;
+                }
+            },
+        };
+        eprintln!("measuring {} ...", public.name);
+        let row = https::measure(&public, s.http_conns, s.http_secs, &dir)
+            .await
+            .with_context(|| format!("measuring {}", public.name))?;
+        out.push(row);
+    }
+    Ok(out)
 }
 
 fn kib_to_mib(v: Option<u64>) -> Option<f64> {

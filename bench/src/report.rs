@@ -36,6 +36,8 @@ pub struct Report {
     pub machine: String,
     pub settings: String,
     pub rows: Vec<Row>,
+    /// HTTPS visitors (h2load): tunneld's https-subdomain frontend beside nginx.
+    pub https: Vec<crate::https::HttpsRow>,
     pub notes: Vec<String>,
 }
 
@@ -87,6 +89,25 @@ impl Report {
                     .map(|v| format!("{v:.1}"))
                     .unwrap_or_else(|| "–".into()),
             ));
+        }
+        if !self.https.is_empty() {
+            let nginx = self
+                .https
+                .iter()
+                .find(|r| r.system.starts_with("nginx, 1 worker"));
+            out.push_str("\nHTTPS visitors (h2load, keep-alive; HTTP/2 with 10 streams per connection), same service:\n\n| system | HTTP/1.1 req/s | × nginx 1 worker | mean ms | HTTP/2 req/s | × nginx 1 worker | mean ms |\n|---|---|---|---|---|---|---|\n");
+            for r in &self.https {
+                out.push_str(&format!(
+                    "| {} | {:.0} | {} | {:.3} | {:.0} | {} | {:.3} |\n",
+                    r.system,
+                    r.h1_req_s,
+                    ratio(r.h1_req_s, nginx.map(|n| n.h1_req_s)),
+                    r.h1_mean_ms,
+                    r.h2_req_s,
+                    ratio(r.h2_req_s, nginx.map(|n| n.h2_req_s)),
+                    r.h2_mean_ms,
+                ));
+            }
         }
         for n in &self.notes {
             out.push_str(&format!("\n- {n}"));

@@ -3,7 +3,7 @@
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
-use tunneld_integration_tests::process::binary;
+use tunneld_integration_tests::process::{binary, tool_or_skip};
 use tunneld_integration_tests::ssh::peer_or_skip;
 use tunneld_integration_tests::temp_dir;
 
@@ -11,6 +11,12 @@ use tunneld_integration_tests::temp_dir;
 fn bench_runner_smoke_mode_measures_every_system() {
     let ssh = peer_or_skip("ssh", "bench_smoke's ssh row")
         && peer_or_skip("ssh-keygen", "bench_smoke's ssh row");
+    let h2load = tool_or_skip(
+        "h2load",
+        "--version",
+        "apt-get install nghttp2-client",
+        "bench_smoke's https rows",
+    );
     let out = temp_dir("bench");
     let run = std::process::Command::new(binary("tunneld-bench").expect("runner"))
         .args(["--smoke", "--no-peers", "--out"])
@@ -64,6 +70,32 @@ fn bench_runner_smoke_mode_measures_every_system() {
                 "{key} in {tunneld}"
             );
         }
+    }
+    // The HTTPS rows: tunneld's https-subdomain frontend over both transports beside nginx.
+    let https: Vec<&str> = json["https"]
+        .as_array()
+        .expect("https")
+        .iter()
+        .filter_map(|r| r["system"].as_str())
+        .collect();
+    if h2load {
+        assert_eq!(
+            https,
+            [
+                "tunneld https-subdomain over h2-reverse",
+                "tunneld https-subdomain over yamux",
+                "nginx, 1 worker (TLS + keep-alive proxy)",
+                "nginx, 2 workers (TLS + keep-alive proxy)",
+            ]
+        );
+        for r in json["https"].as_array().expect("https") {
+            for key in ["h1_req_s", "h2_req_s", "h1_mean_ms", "h2_mean_ms"] {
+                assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+            }
+        }
+        assert!(table.contains("× nginx 1 worker"), "{table}");
+    } else {
+        assert!(table.contains("h2load is not installed"), "{table}");
     }
     assert!(out.join("results.md").exists());
 }

@@ -1,0 +1,310 @@
+//! The HTTPS rows: visitors speak TLS to the public side, with HTTP/1.1 and with HTTP/2
+//! (`h2load` from Debian's nghttp2-client, keep-alive connections), and the public side
+//! reaches the same local service: tunneld's https-subdomain frontend over h2-reverse and
+//! over yamux, and the anchor, nginx terminating TLS with an upstream keep-alive pool (1
+//! and 2 workers).
+
+use crate::systems::{field, Proc, TOKEN};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The name visitors ask for (SNI and Host); `--connect-to` takes them to the public side.
+const HOST: &str = "bench.localhost";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpsRow {
+    pub system: String,
+    pub h1_req_s: f64,
+    pub h1_mean_ms: f64,
+    pub h2_req_s: f64,
+    pub h2_mean_ms: f64,
+}
+
+/// A public side under test: where visitors connect, and its processes (kept alive).
+pub struct Public {
+    pub name: String,
+    pub addr: SocketAddr,
+    _procs: Vec<Proc>,
+}
+
+pub fn h2load_missing() -> Option<String> {
+    let found = std::process::Command::new("h2load")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    (!found).then(|| {
+        "https rows: h2load is not installed (apt-get install nghttp2-client); skipped".into()
+    })
+}
+
+pub fn nginx_path() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// tunneld's https-subdomain frontend with one http tunnel `bench` over `transport`
+/// (`h2-reverse`, on the frontend's shared port, or `yamux`).
+pub async fn tunneld(
+    transport: &str,
+    bins: &Path,
+    service: SocketAddr,
+    dir: &Path,
+) -> Result<Public> {
+    let conf = dir.join("tunneld.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ h2: {{ type: h2-reverse }}, edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: 4096 }} }} }}\nfrontends: {{ web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }} }}\n",
+            state = dir.join("state").display()
+        ),
+    )?;
+    let c = conf.display().to_string();
+    let mut server = Proc::spawn(
+        &bins.join("tunneld"),
+        &["--config", &c],
+        &dir.join("tunneld.log"),
+        "tunneld",
+    )?;
+    let line = server.line_with("listening transport=edge").await?;
+    let edge = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
+    let line = server.line_with("listening frontend=web").await?;
+    let web = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
+    let trust = server.line_with("trust ").await?;
+    let ca = field(&trust, "ca").ok_or_else(|| anyhow!("tunneld printed {trust}"))?;
+    server.line_with("ready").await?;
+    let (to, kind) = match transport {
+        "h2-reverse" => (&web, "h2-reverse"),
+        _ => (&edge, "yamux"),
+    };
+    let client_conf = dir.join("tunnelc.yaml");
+    std::fs::write(
+        &client_conf,
+        format!(
+            "server: {to}\nserver_name: localhost\ntransport: {kind}\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n"
+        ),
+    )?;
+    let c = client_conf.display().to_string();
+    let mut client = Proc::spawn(
+        &bins.join("tunnelc"),
+        &["--config", &c],
+        &dir.join("tunnelc.log"),
+        "tunnelc",
+    )?;
+    client.line_with("tunnel bench:").await?;
+    Ok(Public {
+        name: format!("tunneld https-subdomain over {transport}"),
+        addr: web.parse()?,
+        _procs: vec![server, client],
+    })
+}
+
+/// nginx with `workers` worker processes terminating TLS for `bench.localhost` and
+/// proxying to `service` over a keep-alive upstream pool.
+pub async fn nginx(
+    nginx: &Path,
+    workers: usize,
+    service: SocketAddr,
+    dir: &Path,
+) -> Result<Public> {
+    let (cert, key) = pki(dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    for d in ["tmp", "logs"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  # As many requests per connection as tunneld allows (the default 1000 ends HTTP/2
+  # connections mid-run with GOAWAY).
+  keepalive_requests 10000000;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  upstream service {{ server {service}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    server_name {HOST};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://service;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"#,
+        d = dir.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf)?;
+    let (f, p) = (file.display().to_string(), dir.display().to_string());
+    let proc = Proc::spawn(
+        nginx,
+        &["-p", &p, "-c", &f],
+        &dir.join("nginx.stderr"),
+        "nginx",
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "nginx did not start: {}{}",
+                std::fs::read_to_string(dir.join("nginx.stderr")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Public {
+        name: format!(
+            "nginx, {workers} worker{} (TLS + keep-alive proxy)",
+            if workers == 1 { "" } else { "s" }
+        ),
+        addr,
+        _procs: vec![proc],
+    })
+}
+
+/// A certificate for `bench.localhost` (nginx's; h2load does not verify).
+fn pki(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![HOST.to_string()])?.self_signed(&key)?;
+    let (c, k) = (dir.join("nginx.pem"), dir.join("nginx.key"));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((c, k))
+}
+
+/// h2load against `public` for `secs` with `conns` keep-alive connections (HTTP/2: 10
+/// streams each): (requests per second, mean time per request in ms).
+pub async fn h2load(
+    public: &Public,
+    h2: bool,
+    conns: usize,
+    secs: f64,
+    dir: &Path,
+) -> Result<(f64, f64)> {
+    let url = format!("https://{HOST}:{}/", public.addr.port());
+    let connect = public.addr.to_string();
+    let (c, d) = (
+        conns.to_string(),
+        format!("{}", secs.max(1.0).ceil() as u64),
+    );
+    let mut args = vec!["-c", &c, "-D", &d, "-t", "1", "--connect-to", &connect];
+    if h2 {
+        args.extend(["-m", "10"]);
+    } else {
+        args.push("--h1");
+    }
+    args.push(&url);
+    let out = tokio::time::timeout(
+        Duration::from_secs_f64(secs + 60.0),
+        tokio::process::Command::new("h2load")
+            .args(&args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("h2load timed out")?
+    .context("h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    std::fs::write(
+        dir.join(format!("h2load-{}.txt", if h2 { "h2" } else { "h1" })),
+        &text,
+    )?;
+    parse_h2load(&text).ok_or_else(|| anyhow!("h2load said:\n{text}"))
+}
+
+/// (req/s, mean request time in ms) from h2load's summary, when every request succeeded.
+fn parse_h2load(text: &str) -> Option<(f64, f64)> {
+    let line = text.lines().find(|l| l.starts_with("requests:"))?;
+    let num = |key: &str| -> Option<u64> {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(key).map(str::trim))
+            .and_then(|n| n.split_whitespace().last()?.parse().ok())
+    };
+    let (done, ok) = (num("done")?, num("succeeded")?);
+    if done == 0 || ok != done {
+        return None;
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mean = text
+        .lines()
+        .find(|l| l.starts_with("time for request:"))?
+        .split_whitespace()
+        .nth(5)
+        .and_then(ms)?;
+    Some((rps, mean))
+}
+
+/// h2load's duration (`1.23ms`, `456us`, `1.2s`) in ms.
+fn ms(v: &str) -> Option<f64> {
+    if let Some(n) = v.strip_suffix("us") {
+        n.parse::<f64>().ok().map(|n| n / 1000.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        n.parse().ok()
+    } else if let Some(n) = v.strip_suffix('s') {
+        n.parse::<f64>().ok().map(|n| n * 1000.0)
+    } else {
+        None
+    }
+}
+
+/// Both kinds of visitors against `public`.
+pub async fn measure(public: &Public, conns: usize, secs: f64, dir: &Path) -> Result<HttpsRow> {
+    let (h1_req_s, h1_mean_ms) = h2load(public, false, conns, secs, dir).await?;
+    let (h2_req_s, h2_mean_ms) = h2load(public, true, conns, secs, dir).await?;
+    if h1_req_s <= 0.0 || h2_req_s <= 0.0 {
+        bail!("{}: no request succeeded", public.name);
+    }
+    Ok(HttpsRow {
+        system: public.name.clone(),
+        h1_req_s,
+        h1_mean_ms,
+        h2_req_s,
+        h2_mean_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_h2loads_summary() {
+        let text = "finished in 4.00s, 3712.25 req/s, 1.10MB/s\nrequests: 14849 total, 14849 started, 14849 done, 14849 succeeded, 0 failed, 0 errored, 0 timeout\n                     min         max         mean         sd        +/- sd\ntime for request:      295us     32.47ms      4.29ms      2.74ms    71.86%\n";
+        let (rps, mean) = parse_h2load(text).expect("parsed");
+        assert!((rps - 3712.25).abs() < 0.01);
+        assert!((mean - 4.29).abs() < 0.001);
+        let failed = text.replace("14849 succeeded, 0 failed", "14000 succeeded, 849 failed");
+        assert!(parse_h2load(&failed).is_none());
+    }
+}
