@@ -4,7 +4,7 @@
 //! over yamux, and the anchor, nginx terminating TLS with an upstream keep-alive pool (1
 //! and 2 workers).
 
-use crate::systems::{field, Proc, TOKEN};
+use crate::systems::{start_tunnelc, start_tunneld, Proc};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -57,47 +57,24 @@ pub async fn tunneld(
     service: SocketAddr,
     dir: &Path,
 ) -> Result<Public> {
-    let conf = dir.join("tunneld.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ h2: {{ type: h2-reverse }}, edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: 4096 }} }} }}\nfrontends: {{ web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }} }}\n",
-            state = dir.join("state").display()
-        ),
-    )?;
-    let c = conf.display().to_string();
-    let mut server = Proc::spawn(
-        &bins.join("tunneld"),
-        &["--config", &c],
-        &dir.join("tunneld.log"),
-        "tunneld",
-    )?;
-    let line = server.line_with("listening transport=edge").await?;
-    let edge = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
-    let line = server.line_with("listening frontend=web").await?;
-    let web = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
-    let trust = server.line_with("trust ").await?;
-    let ca = field(&trust, "ca").ok_or_else(|| anyhow!("tunneld printed {trust}"))?;
-    server.line_with("ready").await?;
+    let components = "transports: { h2: { type: h2-reverse }, edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } } }\nfrontends: { web: { type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 } }\n";
+    let (server, addrs, ca) = start_tunneld(
+        bins,
+        dir,
+        "",
+        components,
+        &["transport=edge", "frontend=web"],
+    )
+    .await?;
+    let (edge, web) = (&addrs[0], &addrs[1]);
     let (to, kind) = match transport {
-        "h2-reverse" => (&web, "h2-reverse"),
-        _ => (&edge, "yamux"),
+        "h2-reverse" => (web, "h2-reverse"),
+        _ => (edge, "yamux"),
     };
-    let client_conf = dir.join("tunnelc.yaml");
-    std::fs::write(
-        &client_conf,
-        format!(
-            "server: {to}\nserver_name: localhost\ntransport: {kind}\ntoken: {TOKEN}\ntls: {{ ca: {ca} }}\nlog: {{ level: warn }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n"
-        ),
-    )?;
-    let c = client_conf.display().to_string();
-    let mut client = Proc::spawn(
-        &bins.join("tunnelc"),
-        &["--config", &c],
-        &dir.join("tunnelc.log"),
-        "tunnelc",
-    )?;
-    client.line_with("tunnel bench:").await?;
+    let yaml = format!(
+        "server: {to}\nserver_name: localhost\ntransport: {kind}\ntls: {{ ca: {ca} }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n"
+    );
+    let (client, _) = start_tunnelc(bins, dir, &yaml).await?;
     Ok(Public {
         name: format!("tunneld https-subdomain over {transport}"),
         addr: web.parse()?,

@@ -1,7 +1,7 @@
 //! tunneld's `ssh` transport with the stock OpenSSH client as the private side:
 //! `ssh -N -R 0:<service>` with a key made by `ssh-keygen`, the forward on a ports frontend.
 
-use crate::systems::{field, Proc, System, START, TOKEN};
+use crate::systems::{start_tunneld, Proc, System, START};
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,26 +71,11 @@ async fn allocated_port(ssh: &mut Proc, log: &Path) -> Result<u16> {
 /// as the client (cipher left at OpenSSH's default, no keepalives from the client).
 pub async fn tunneld_ssh(bins: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
     let (key, public) = keygen(dir)?;
-    let server_yaml = dir.join("tunneld.yaml");
-    std::fs::write(
-        &server_yaml,
-        format!(
-            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN}, ssh_keys: [\"{public}\"] }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ edge: {{ type: ssh, listen: 127.0.0.1:0 }} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 13000-13999 }} }}\n",
-            state = dir.join("state").display()
-        ),
-    )?;
-    let conf = server_yaml.display().to_string();
-    let mut server = Proc::spawn(
-        &bins.join("tunneld"),
-        &["--config", &conf],
-        &dir.join("tunneld.log"),
-        "tunneld",
-    )?;
-    let line = server.line_with("listening transport=edge").await?;
-    let edge: SocketAddr = field(&line, "addr")
-        .ok_or_else(|| anyhow!("tunneld printed {line}"))?
-        .parse()?;
-    server.line_with("ready").await?;
+    let components = "transports: { edge: { type: ssh, listen: 127.0.0.1:0 } }\nfrontends: { tcp: { type: ports, bind: 127.0.0.1, range: 13000-13999 } }\n";
+    let ssh_keys = format!(", ssh_keys: [\"{public}\"]");
+    let (server, addrs, _) =
+        start_tunneld(bins, dir, &ssh_keys, components, &["transport=edge"]).await?;
+    let edge: SocketAddr = addrs[0].parse()?;
     let (port, key) = (edge.port().to_string(), key.display().to_string());
     let forward = format!("0:127.0.0.1:{}", service.port());
     let log = dir.join("ssh.log");

@@ -140,7 +140,7 @@ pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
     })
 }
 
-pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
+const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// The transport a tunneld row runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +203,64 @@ impl Transport {
     }
 }
 
+/// The `limits:` every tunneld row runs with: every benchmark visitor comes from 127.0.0.1.
+pub(crate) const OPEN_LIMITS: &str = "limits: { max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }";
+
+/// tunneld with token `bench` (`token_extra`: more keys of it) and `components` (its
+/// `transports:` and `frontends:` lines), once ready: the process, the address of each
+/// `listening <what>` line asked for (in the order tunneld prints them), and its CA file.
+pub(crate) async fn start_tunneld(
+    bins: &Path,
+    dir: &Path,
+    token_extra: &str,
+    components: &str,
+    listening: &[&str],
+) -> Result<(Proc, Vec<String>, String)> {
+    let conf = dir.join("tunneld.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN}{token_extra} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\n{OPEN_LIMITS}\n{components}",
+            state = dir.join("state").display()
+        ),
+    )?;
+    let c = conf.display().to_string();
+    let mut server = Proc::spawn(
+        &bins.join("tunneld"),
+        &["--config", &c],
+        &dir.join("tunneld.log"),
+        "tunneld",
+    )?;
+    let mut addrs = Vec::new();
+    for what in listening {
+        let line = server.line_with(&format!("listening {what}")).await?;
+        addrs.push(field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?);
+    }
+    let trust = server.line_with("trust ").await?;
+    let ca = field(&trust, "ca").ok_or_else(|| anyhow!("tunneld printed {trust}"))?;
+    server.line_with("ready").await?;
+    Ok((server, addrs, ca))
+}
+
+/// tunnelc with `yaml` (how to reach tunneld, and `tunnels:` with one named `bench`), once
+/// that tunnel is up: the process and the line that says where.
+pub(crate) async fn start_tunnelc(bins: &Path, dir: &Path, yaml: &str) -> Result<(Proc, String)> {
+    let conf = dir.join("tunnelc.yaml");
+    std::fs::write(
+        &conf,
+        format!("token: {TOKEN}\nlog: {{ level: warn }}\n{yaml}"),
+    )?;
+    let c = conf.display().to_string();
+    let mut client = Proc::spawn(
+        &bins.join("tunnelc"),
+        &["--config", &c],
+        &dir.join("tunnelc.log"),
+        "tunnelc",
+    )?;
+    let line = client.line_with("tunnel bench:").await?;
+    Ok((client, line))
+}
+
 /// tunneld + tunnelc over `transport`, one tunnel on the ports frontend.
 pub async fn tunneld(
     transport: Transport,
@@ -210,43 +268,15 @@ pub async fn tunneld(
     service: SocketAddr,
     dir: &Path,
 ) -> Result<System> {
-    let server_yaml = dir.join("tunneld.yaml");
     let (edge_yaml, more_frontends) = transport.server_side();
-    std::fs::write(
-        &server_yaml,
-        format!(
-            "state_dir: {state}\nlog: {{ level: warn }}\nauth: {{ tokens: {{ bench: {{ token: {TOKEN} }} }} }}\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }}\ntransports: {{ {edge_yaml} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }}{more_frontends} }}\n",
-            state = dir.join("state").display()
-        ),
-    )?;
-    let conf = server_yaml.display().to_string();
-    let mut server = Proc::spawn(
-        &bins.join("tunneld"),
-        &["--config", &conf],
-        &dir.join("tunneld.log"),
-        "tunneld",
-    )?;
-    let line = server.line_with("listening transport=edge").await?;
-    let edge = field(&line, "addr").ok_or_else(|| anyhow!("tunneld printed {line}"))?;
-    let trust = server.line_with("trust ").await?;
-    let ca = field(&trust, "ca").ok_or_else(|| anyhow!("tunneld printed {trust}"))?;
-    server.line_with("ready").await?;
-    let client_yaml = dir.join("tunnelc.yaml");
-    std::fs::write(
-        &client_yaml,
-        format!(
-            "{}token: {TOKEN}\nlog: {{ level: warn }}\ntunnels:\n  bench:\n    local: {service}\n",
-            transport.client_side(&edge, &ca)
-        ),
-    )?;
-    let conf = client_yaml.display().to_string();
-    let mut client = Proc::spawn(
-        &bins.join("tunnelc"),
-        &["--config", &conf],
-        &dir.join("tunnelc.log"),
-        "tunnelc",
-    )?;
-    let line = client.line_with("tunnel bench:").await?;
+    let components = format!("transports: {{ {edge_yaml} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }}{more_frontends} }}\n");
+    let (server, addrs, ca) =
+        start_tunneld(bins, dir, "", &components, &["transport=edge"]).await?;
+    let yaml = format!(
+        "{}tunnels:\n  bench:\n    local: {service}\n",
+        transport.client_side(&addrs[0], &ca)
+    );
+    let (client, line) = start_tunnelc(bins, dir, &yaml).await?;
     let ep = line
         .rsplit("tcp://")
         .next()

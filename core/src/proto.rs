@@ -220,6 +220,30 @@ pub struct TunnelStatus {
     pub retrying: bool,
 }
 
+impl TunnelStatus {
+    /// A tunnel that is up at `endpoint`.
+    pub fn up(name: &str, endpoint: String, subdomain: Option<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoint: Some(endpoint),
+            error: None,
+            subdomain,
+            retrying: false,
+        }
+    }
+
+    /// A tunnel tunneld refused, and why.
+    pub fn refused(name: &str, error: String, retrying: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoint: None,
+            error: Some(error),
+            subdomain: None,
+            retrying,
+        }
+    }
+}
+
 /// Answer to [`Hello`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]

@@ -59,13 +59,7 @@ impl Hub {
             .or_else(|| self.lease_port(&who.client_id, &t.name));
         let mut tunnels = lock(&session.tunnels);
         tunnels.retain(|s| s.name != t.name);
-        tunnels.push(TunnelStatus {
-            name: t.name.clone(),
-            endpoint: Some(endpoint.clone()),
-            error: None,
-            subdomain: name.clone(),
-            retrying: false,
-        });
+        tunnels.push(TunnelStatus::up(&t.name, endpoint.clone(), name.clone()));
         Ok(Added {
             endpoint,
             port,

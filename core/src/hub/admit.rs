@@ -340,13 +340,7 @@ impl Hub {
         for t in &hello.tunnels {
             match self.claim_for(session, identity, t).await {
                 Ok((endpoint, subdomain)) => {
-                    statuses.push(TunnelStatus {
-                        name: t.name.clone(),
-                        endpoint: Some(endpoint),
-                        error: None,
-                        subdomain,
-                        retrying: false,
-                    });
+                    statuses.push(TunnelStatus::up(&t.name, endpoint, subdomain));
                 }
                 Err(e) => {
                     let retrying = claim_retry::retriable(&e);
@@ -354,13 +348,11 @@ impl Hub {
                     if retrying {
                         retry.push(t.clone());
                     }
-                    statuses.push(TunnelStatus {
-                        name: t.name.clone(),
-                        endpoint: None,
-                        error: Some(e.to_string()),
-                        subdomain: None,
-                        retrying: retrying && tells_retrying,
-                    });
+                    statuses.push(TunnelStatus::refused(
+                        &t.name,
+                        e.to_string(),
+                        retrying && tells_retrying,
+                    ));
                 }
             }
         }

@@ -5,7 +5,7 @@
 //! giving up, and a `tunnels` message tells tunnelc when the port is served (or why it
 //! will not be).
 
-use super::{lock, Hub};
+use super::Hub;
 use crate::auth::Identity;
 use crate::frontend::ClaimError;
 use crate::live_sessions::LiveSession;
@@ -50,13 +50,7 @@ impl Hub {
                 let status = match result {
                     Ok((endpoint, subdomain)) => {
                         tracing::info!(client = %who.client_id, tunnel = %t.name, %endpoint, "tunnel claimed on a retry");
-                        TunnelStatus {
-                            name: t.name.clone(),
-                            endpoint: Some(endpoint),
-                            error: None,
-                            subdomain,
-                            retrying: false,
-                        }
+                        TunnelStatus::up(&t.name, endpoint, subdomain)
                     }
                     Err(e) if retriable(&e) => {
                         tracing::debug!(client = %who.client_id, tunnel = %t.name, error = %e, "tunnel still refused; retrying");
@@ -64,24 +58,11 @@ impl Hub {
                     }
                     Err(e) => {
                         tracing::warn!(client = %who.client_id, tunnel = %t.name, error = %e, "tunnel refused on a retry; not retrying");
-                        TunnelStatus {
-                            name: t.name.clone(),
-                            endpoint: None,
-                            error: Some(e.to_string()),
-                            subdomain: None,
-                            retrying: false,
-                        }
+                        TunnelStatus::refused(&t.name, e.to_string(), false)
                     }
                 };
-                let tunnels = {
-                    let mut all = lock(&session.tunnels);
-                    match all.iter_mut().find(|s| s.name == status.name) {
-                        Some(s) => *s = status,
-                        None => all.push(status),
-                    }
-                    all.clone()
-                };
-                let mut tunnels = tunnels;
+                session.set_status(status);
+                let mut tunnels = session.tunnels();
                 tunnels.extend(hub.server_mapping_statuses(&session.info.client_id).await);
                 session.notify_tunnels(tunnels);
                 return;

@@ -38,27 +38,20 @@ impl Hub {
                     r => r,
                 };
                 let status = match claimed {
-                    Ok((endpoint, subdomain)) => TunnelStatus {
-                        name: t.name.clone(),
-                        endpoint: Some(endpoint),
-                        error: None,
-                        subdomain,
-                        retrying: false,
-                    },
+                    Ok((endpoint, subdomain)) => TunnelStatus::up(&t.name, endpoint, subdomain),
                     Err(e) => {
                         tracing::warn!(client = %s.info.client_id, tunnel = %t.name, frontend = %name, error = %e, "tunnel refused by the rebuilt frontend");
-                        TunnelStatus {
-                            name: t.name.clone(),
-                            endpoint: None,
-                            error: Some(format!(
-                                "frontend `{name}` changed in tunneld's configuration: {e}"
-                            )),
-                            subdomain: None,
-                            retrying: false,
-                        }
+                        let why =
+                            format!("frontend `{name}` changed in tunneld's configuration: {e}");
+                        TunnelStatus::refused(&t.name, why, false)
                     }
                 };
                 s.set_status(status);
+            }
+            if s.closed.is_cancelled() {
+                // The session ended while its tunnels were claimed: give them back.
+                s.replace();
+                continue;
             }
             let mut tunnels = s.tunnels();
             tunnels.extend(self.server_mapping_statuses(&s.info.client_id).await);

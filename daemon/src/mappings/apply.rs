@@ -18,13 +18,7 @@ impl ServerMappings for AdminMappings {
                 g.mappings
                     .iter()
                     .filter(|m| m.members().iter().any(|c| c == client))
-                    .map(|m| TunnelStatus {
-                        name: m.route_name(),
-                        endpoint: Some(g.claim.endpoint.clone()),
-                        error: None,
-                        subdomain: None,
-                        retrying: false,
-                    })
+                    .map(|m| TunnelStatus::up(&m.route_name(), g.claim.endpoint.clone(), None))
             })
             .collect()
     }
