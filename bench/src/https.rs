@@ -27,7 +27,29 @@ pub struct HttpsRow {
 pub struct Public {
     pub name: String,
     pub addr: SocketAddr,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
+    /// nginx's master: stopped with SIGTERM so it takes its workers along (a SIGKILL
+    /// would leave them holding the port).
+    graceful: bool,
+}
+
+impl Drop for Public {
+    fn drop(&mut self) {
+        if !self.graceful {
+            return;
+        }
+        for p in &mut self.procs {
+            if let Some(pid) = p.pid() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !p.exited() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 pub fn h2load_missing() -> Option<String> {
@@ -50,9 +72,11 @@ pub fn nginx_path() -> Option<PathBuf> {
 }
 
 /// tunneld's https-subdomain frontend with one http tunnel `bench` over `transport`
-/// (`h2-reverse`, on the frontend's shared port, or `yamux`).
+/// (`h2-reverse`, on the frontend's shared port, or `yamux`); `reuse`: tunnelc's
+/// `reuse_connections` (kept-alive connections to the service, h2-reverse only).
 pub async fn tunneld(
     transport: &str,
+    reuse: bool,
     bins: &Path,
     service: SocketAddr,
     dir: &Path,
@@ -72,13 +96,21 @@ pub async fn tunneld(
         _ => (edge, "yamux"),
     };
     let yaml = format!(
-        "server: {to}\nserver_name: localhost\ntransport: {kind}\ntls: {{ ca: {ca} }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n"
+        "server: {to}\nserver_name: localhost\ntransport: {kind}\ntls: {{ ca: {ca} }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n    reuse_connections: {reuse}\n"
     );
     let (client, _) = start_tunnelc(bins, dir, &yaml).await?;
     Ok(Public {
-        name: format!("tunneld https-subdomain over {transport}"),
+        name: format!(
+            "tunneld https-subdomain over {transport}{}",
+            if reuse {
+                ""
+            } else {
+                ", reuse_connections: false"
+            }
+        ),
         addr: web.parse()?,
-        _procs: vec![server, client],
+        procs: vec![server, client],
+        graceful: false,
     })
 }
 
@@ -161,7 +193,8 @@ http {{
             if workers == 1 { "" } else { "s" }
         ),
         addr,
-        _procs: vec![proc],
+        procs: vec![proc],
+        graceful: true,
     })
 }
 

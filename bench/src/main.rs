@@ -313,16 +313,30 @@ async fn https_rows(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for kind in ["https-h2", "https-yamux", "nginx-1", "nginx-2"] {
+    for kind in [
+        "https-h2",
+        "https-h2-noreuse",
+        "https-yamux",
+        "nginx-1",
+        "nginx-2",
+    ] {
         let dir = work.join(kind);
         std::fs::create_dir_all(&dir)?;
         let public = match kind {
-            "https-h2" => https::tunneld("h2-reverse", bins, service, &dir).await?,
-            "https-yamux" => https::tunneld("yamux", bins, service, &dir).await?,
+            "https-h2" => https::tunneld("h2-reverse", true, bins, service, &dir).await?,
+            // The same without tunnelc's kept-alive connections: what they are worth.
+            "https-h2-noreuse" => https::tunneld("h2-reverse", false, bins, service, &dir).await?,
+            "https-yamux" => https::tunneld("yamux", true, bins, service, &dir).await?,
             _ => match https::nginx_path() {
                 Some(n) => {
                     let workers = if kind == "nginx-1" { 1 } else { 2 };
-                    https::nginx(&n, workers, service, &dir).await?
+                    match https::nginx(&n, workers, service, &dir).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            notes.push(format!("{kind}: could not start ({e:#}); skipped"));
+                            continue;
+                        }
+                    }
                 }
                 None => {
                     notes.push(format!("{kind}: nginx is not installed; skipped"));
@@ -331,10 +345,14 @@ async fn https_rows(
             },
         };
         eprintln!("measuring {} ...", public.name);
-        let row = https::measure(&public, s.http_conns, s.http_secs, &dir)
-            .await
-            .with_context(|| format!("measuring {}", public.name))?;
-        out.push(row);
+        match https::measure(&public, s.http_conns, s.http_secs, &dir).await {
+            Ok(row) => out.push(row),
+            // The tunneld rows must measure; a peer that fails is left out with a note.
+            Err(e) if kind.starts_with("nginx") => {
+                notes.push(format!("{}: {e:#}; skipped", public.name));
+            }
+            Err(e) => return Err(e.context(format!("measuring {}", public.name))),
+        }
     }
     Ok(out)
 }

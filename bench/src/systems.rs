@@ -57,6 +57,10 @@ impl Proc {
         .map_err(|_| anyhow!("{label}: no `{needle}` within {START:?}"))?
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Whether the process has ended.
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
@@ -175,7 +179,8 @@ impl Transport {
                 "",
             ),
             Transport::H2Reverse => (
-                "edge: { type: h2-reverse, listen: 127.0.0.1:0, h2: { max_concurrent_streams: 4096 } }",
+                // tunnelc is the HTTP/2 server: its own limit (1024 streams) caps the link.
+                "edge: { type: h2-reverse, listen: 127.0.0.1:0 }",
                 "",
             ),
             Transport::Websocket => (

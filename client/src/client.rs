@@ -235,6 +235,7 @@ pub async fn run(
                         addr: t.local.clone(),
                         proxy: t.proxy_protocol,
                         host_header: t.host_header.clone(),
+                        reuse: t.reuse_connections,
                     },
                 )
             })
@@ -342,6 +343,8 @@ struct LocalTarget {
     proxy: Option<proxy_protocol::Version>,
     /// Rewrite each request's `Host` to this.
     host_header: Option<String>,
+    /// Whether HTTP requests may share kept-alive connections (`reuse_connections`).
+    reuse: bool,
 }
 
 /// Connects tunneld's streams to local services.
@@ -385,6 +388,10 @@ impl Connector {
 #[async_trait]
 impl LocalConnector for Connector {
     fn pool_key(&self, h: &StreamHeader) -> Option<String> {
+        let own = h.target.is_none();
+        if own && !self.tunnels.get(&h.tunnel).is_some_and(|t| t.reuse) {
+            return None;
+        }
         let (target, proxy, host_header) = self.resolve(h).ok()?;
         // A PROXY header names one visitor: such connections are never shared.
         if proxy.is_some() {

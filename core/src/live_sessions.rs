@@ -32,6 +32,8 @@ pub struct LiveSession {
     pub info: SessionInfo,
     /// Who the session authenticated as (its quotas when a claim is made again).
     pub(crate) who: Identity,
+    /// Whether its tunnelc reads `retrying` in tunnel statuses ([`crate::proto::CAP_RETRYING`]).
+    pub(crate) tells_retrying: bool,
     pub opener: Arc<dyn OpenStream>,
     /// Cancelled when the session must end (replaced, shutdown, expired).
     pub closed: CancellationToken,

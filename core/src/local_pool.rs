@@ -5,7 +5,7 @@
 //!
 //! Bounded: at most [`MAX_IDLE_PER_SERVICE`] idle connections per service, each kept at most
 //! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
-//! closes one just as it is reused). A connection goes back only after its response body was
+//! closes one just as it is reused; a reaper closes expired ones while any is idle). A connection goes back only after its response body was
 //! read to the end; upgrades and CONNECT never come back. A request that a reused connection
 //! could not send (it had closed meanwhile) goes on the next one or a new one. Tunnels that
 //! write a PROXY header (one per visitor) are never pooled: the caller gives no key.
@@ -38,7 +38,14 @@ struct Idle {
 /// Idle HTTP/1.1 connections to local services, by service key.
 #[derive(Default)]
 pub struct LocalPool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    idle: HashMap<String, Vec<Idle>>,
+    /// Whether a reaper task runs (it ends when nothing is idle).
+    reaping: bool,
 }
 
 impl LocalPool {
@@ -46,8 +53,29 @@ impl LocalPool {
         Arc::default()
     }
 
+    /// Closes connections idle for [`IDLE_FOR`] (or closed by the service) every half of
+    /// it, until none is left; the task holds the pool weakly and ends with it.
+    fn reap(pool: std::sync::Weak<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_FOR / 2).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut st = crate::sync::lock(&pool.state);
+                st.idle.retain(|_, list| {
+                    list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.send.is_closed());
+                    !list.is_empty()
+                });
+                if st.idle.is_empty() {
+                    st.reaping = false;
+                    return;
+                }
+            }
+        });
+    }
+
     fn take(&self, key: &str) -> Option<SendRequest<Body>> {
-        let mut idle = crate::sync::lock(&self.idle);
+        let mut st = crate::sync::lock(&self.state);
+        let idle = &mut st.idle;
         let list = idle.get_mut(key)?;
         let mut found = None;
         while let Some(i) = list.pop() {
@@ -62,11 +90,17 @@ impl LocalPool {
         found
     }
 
-    fn put(&self, key: String, send: SendRequest<Body>) {
-        if send.is_closed() {
+    fn put(self: &Arc<Self>, key: String, send: SendRequest<Body>) {
+        // Only where a reaper can run (a body dropped outside the runtime closes it).
+        if send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let mut idle = crate::sync::lock(&self.idle);
+        let mut st = crate::sync::lock(&self.state);
+        if !st.reaping {
+            st.reaping = true;
+            Self::reap(Arc::downgrade(self));
+        }
+        let idle = &mut st.idle;
         if !idle.contains_key(&key) && idle.len() >= MAX_SERVICES {
             idle.retain(|_, l| l.iter().any(|i| i.since.elapsed() < IDLE_FOR));
             if idle.len() >= MAX_SERVICES {
@@ -85,7 +119,11 @@ impl LocalPool {
 
     /// Idle connections kept now, all services together.
     pub fn idle(&self) -> usize {
-        crate::sync::lock(&self.idle).values().map(Vec::len).sum()
+        crate::sync::lock(&self.state)
+            .idle
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Sends `req` on an idle connection of service `key`; gives the request back when none

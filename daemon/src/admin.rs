@@ -275,11 +275,12 @@ async fn tunnels(state: &State) -> Value {
     let mut routes = state.hub.routes();
     // An admin port's owner is whom its mappings name now (a repoint keeps the claim).
     let owners = state.mappings.port_owners().await;
-    for r in routes
-        .iter_mut()
-        .filter(|r| r.tunnel.starts_with("mapping-"))
-    {
-        if let Some((_, o)) = owners.iter().find(|(e, _)| *e == r.endpoint) {
+    for r in routes.iter_mut() {
+        let port = r.endpoint.rsplit(':').next().and_then(|p| p.parse().ok());
+        let found = owners.iter().find(|(f, p, _)| {
+            *f == r.frontend && Some(*p) == port && r.tunnel == format!("mapping-{p}")
+        });
+        if let Some((_, _, o)) = found {
             r.owner = o.clone();
         }
     }

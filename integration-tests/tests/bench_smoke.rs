@@ -83,6 +83,7 @@ fn bench_runner_smoke_mode_measures_every_system() {
             https,
             [
                 "tunneld https-subdomain over h2-reverse",
+                "tunneld https-subdomain over h2-reverse, reuse_connections: false",
                 "tunneld https-subdomain over yamux",
                 "nginx, 1 worker (TLS + keep-alive proxy)",
                 "nginx, 2 workers (TLS + keep-alive proxy)",

@@ -263,6 +263,7 @@ fn http_config(a: HttpArgs) -> Result<ClientConfig, Vec<String>> {
     tunnels.insert(
         "http".to_string(),
         TunnelConfig {
+            reuse_connections: true,
             kind: TunnelKind::Http,
             local,
             remote_port: None,
@@ -340,6 +341,7 @@ fn quick_config(q: Quick) -> Result<ClientConfig, Vec<String>> {
     tunnels.insert(
         name,
         TunnelConfig {
+            reuse_connections: true,
             kind: TunnelKind::Tcp,
             local,
             remote_port,

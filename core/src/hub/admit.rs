@@ -295,6 +295,7 @@ impl Hub {
         let (notify, notifications) = mpsc::unbounded_channel();
         let session = Arc::new(LiveSession {
             who: identity.clone(),
+            tells_retrying: hello.has_capability(crate::proto::CAP_RETRYING),
             info: SessionInfo {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 client_id: identity.client_id.clone(),

@@ -10,10 +10,17 @@ impl Hub {
     /// the same port or name when the new one still offers it, otherwise what the tunnel
     /// asked for at first.
     /// A claim the new frontend refuses (a port outside its new range, say) is reported to
-    /// that tunnelc as the tunnel's error. Answers how many sessions were touched.
-    pub async fn reclaim_frontend(&self, name: &str) -> usize {
+    /// that tunnelc as the tunnel's error; one refused for now (a port still held by the
+    /// old listener or another program) is retried as at admission. Sessions that are
+    /// ending are left alone (their claims go with them). Answers how many sessions were
+    /// touched.
+    pub async fn reclaim_frontend(self: &Arc<Self>, name: &str) -> usize {
         let mut touched = 0;
         for s in self.sessions() {
+            if s.closed.is_cancelled() {
+                drop(s.take_claims_on(name));
+                continue;
+            }
             let gone = s.take_claims_on(name);
             if gone.is_empty() {
                 continue;
@@ -33,12 +40,22 @@ impl Hub {
                 .collect();
             drop(gone);
             for (same, t) in &requests {
+                if s.closed.is_cancelled() {
+                    break;
+                }
                 let claimed = match self.claim_for(&s, &s.who, same).await {
-                    Err(_) if same != t => self.claim_for(&s, &s.who, t).await,
+                    Err(e) if same != t && !claim_retry::retriable(&e) => {
+                        self.claim_for(&s, &s.who, t).await
+                    }
                     r => r,
                 };
                 let status = match claimed {
                     Ok((endpoint, subdomain)) => TunnelStatus::up(&t.name, endpoint, subdomain),
+                    Err(e) if claim_retry::retriable(&e) => {
+                        tracing::warn!(client = %s.info.client_id, tunnel = %t.name, frontend = %name, error = %e, "tunnel refused for now by the rebuilt frontend; retrying");
+                        self.retry_claim(&s, &s.who, same.clone());
+                        TunnelStatus::refused(&t.name, e.to_string(), s.tells_retrying)
+                    }
                     Err(e) => {
                         tracing::warn!(client = %s.info.client_id, tunnel = %t.name, frontend = %name, error = %e, "tunnel refused by the rebuilt frontend");
                         let why =

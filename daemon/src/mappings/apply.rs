@@ -39,15 +39,21 @@ impl ServerMappings for AdminMappings {
 }
 
 impl AdminMappings {
-    /// Each admin port's endpoint with the clients its mappings name now (a repoint in place
-    /// changes them without a new claim).
-    pub async fn port_owners(&self) -> Vec<(String, String)> {
+    /// Each admin port (its frontend and port) with the clients its mappings name now (a
+    /// repoint in place changes them without a new claim).
+    pub async fn port_owners(&self) -> Vec<(String, u16, String)> {
         self.state
             .lock()
             .await
             .ports
             .iter()
-            .map(|g| (g.claim.endpoint.clone(), owners(&g.mappings)))
+            .map(|g| {
+                (
+                    g.key.0.clone().unwrap_or_default(),
+                    g.key.2,
+                    owners(&g.mappings),
+                )
+            })
             .collect()
     }
 

@@ -189,7 +189,8 @@ impl Registry {
     }
 
     /// Replaces the limits (a reload): parking and TOTP failures from now on follow them;
-    /// a queue longer than a lowered `max_parked_per_id` sheds its oldest at its next park.
+    /// a queue longer than a lowered `max_parked_per_id` shrinks as visitors take its
+    /// connections (a new parking from the queue's own address is refused while it is full).
     pub fn set_config(&self, cfg: RegistryConfig) {
         *tunneld_core::sync::write(&self.cfg) = cfg;
     }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tunneld_core::dial::DialError;
 
 /// How to reach tunneld's `connect` transport.
 #[derive(Clone)]
@@ -27,7 +28,7 @@ pub enum ParkError {
     /// The TLS handshake failed: told apart as the other transports do (an untrusted
     /// certificate or a port that speaks something else is permanent).
     #[error(transparent)]
-    Tls(tunneld_core::dial::DialError),
+    Tls(DialError),
     #[error("tunneld refused to park ({status}): {diagnostic}")]
     Refused { status: u16, diagnostic: String },
     #[error("unexpected answer from tunneld: {0}")]
@@ -70,10 +71,8 @@ pub async fn park(opts: &ParkOptions, id: &str, code: Option<&str>) -> Result<Pa
             .await
         {
             Ok(tls) => tls,
-            Err(e) => {
-                let e = tunneld_core::dial::DialError::of_tls_probed(&opts.server, &opts.server, e);
-                return Err(ParkError::Tls(e.await));
-            }
+            // Told apart (and the port probed) after the deadline, as `dial` does.
+            Err(e) => return Err(ParkError::Tls(DialError::of_tls(&opts.server, e))),
         };
         let mut req = format!("CONNECT uuid:{id}");
         if let Some(c) = code {
@@ -90,9 +89,12 @@ pub async fn park(opts: &ParkOptions, id: &str, code: Option<&str>) -> Result<Pa
         tls.flush().await.map_err(|e| connect_err(e.to_string()))?;
         Ok::<_, ParkError>(tls)
     };
-    let mut tls = tokio::time::timeout(opts.timeout, attempt)
-        .await
-        .map_err(|_| connect_err("timed out".into()))??;
+    let mut tls = match tokio::time::timeout(opts.timeout, attempt).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(ParkError::Tls(e))) => return Err(ParkError::Tls(e.probed(&opts.server).await)),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(connect_err("timed out".into())),
+    };
     // The answer: up to the blank line (bounded); what follows a 200 is a visitor's.
     let mut buf = Vec::new();
     let end = loop {
