@@ -44,6 +44,9 @@ pub struct LiveSession {
     pub(crate) leased: Mutex<Vec<String>>,
     pub(crate) budget: Arc<StreamBudget>,
     pub(crate) limits: LiveLimits,
+    /// The limits as they were when the session was admitted: what its welcome announced
+    /// (keepalive, head sizes), so its transport pings and sizes its link by the same.
+    pub announced: crate::limits::DataLimits,
     pub(crate) transport_name: String,
     pub(crate) refused: prometheus::IntCounterVec,
     pub(crate) stalled: prometheus::IntCounter,

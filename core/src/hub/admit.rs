@@ -88,7 +88,7 @@ impl Hub {
             .await
         {
             Ok((guard, tunnels)) => {
-                let welcome = self.welcome(guard.session.info.client_id.clone(), tunnels);
+                let welcome = self.welcome(&guard.session, tunnels);
                 let written = tokio::time::timeout(ANSWER_WAIT, write_frame(io, &welcome))
                     .await
                     .unwrap_or_else(|_| {
@@ -124,12 +124,12 @@ impl Hub {
     /// The welcome for an admitted session.
     pub fn welcome(
         &self,
-        client_id: String,
+        session: &LiveSession,
         tunnels: Vec<TunnelStatus>,
     ) -> crate::proto::ServerHello {
-        let limits = self.limits.get();
+        let limits = session.announced;
         crate::proto::ServerHello::Welcome {
-            client_id,
+            client_id: session.info.client_id.clone(),
             tunnels,
             keepalive_secs: limits.keepalive_secs(),
             max_request_head: u32::try_from(limits.max_request_head).ok(),
@@ -314,6 +314,7 @@ impl Hub {
             leased: Mutex::new(Vec::new()),
             budget: StreamBudget::new(&self.limits),
             limits: self.limits.clone(),
+            announced: self.limits.get(),
             transport_name: transport.to_string(),
             refused: self.metrics.streams_refused_total.clone(),
             stalled: self

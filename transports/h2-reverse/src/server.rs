@@ -278,7 +278,8 @@ impl H2ReverseTransport {
         else {
             return;
         };
-        let limits = cx.hub.limits.get();
+        // What its welcome announced: the link is sized and pinged by the same.
+        let limits = guard.session.announced;
         let keepalive = Duration::from_secs(limits.keepalive_secs());
         let (opener, driver) = match link::connect(io, &self.cfg.h2, &limits, keepalive, false)
             .await

@@ -370,7 +370,8 @@ async fn run_session<T>(
                 .inc();
         }
     });
-    let interval = Duration::from_secs(cx.hub.limits.get().keepalive_secs());
+    // The interval its welcome announced (a reload since then does not split the two).
+    let interval = Duration::from_secs(guard.session.announced.keepalive_secs());
     let control = async {
         let stream = match tokio::time::timeout(interval * 3, ctl_rx).await {
             Ok(Ok(s)) => s,

@@ -95,9 +95,7 @@ impl WebsocketTransport {
             }
             Ok((guard, mut tunnels)) => {
                 self.show_endpoints(&hello, &mut tunnels, &public_base);
-                let welcome = cx
-                    .hub
-                    .welcome(guard.session.info.client_id.clone(), tunnels);
+                let welcome = cx.hub.welcome(&guard.session, tunnels);
                 let Ok(json) = serde_json::to_vec(&welcome) else {
                     return;
                 };
