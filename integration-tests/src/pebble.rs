@@ -63,7 +63,11 @@ impl PebblePlan {
     pub fn new() -> Result<Self> {
         let dir = temp_dir("pebble");
         let (wfe_ca, cert, key) = server_pki(&dir, "pebble-wfe", &["localhost", "127.0.0.1"]);
-        let ports = (free_port()?, free_port()?, free_port()?, free_port()?);
+        // From a private block below the ephemeral range: a port picked with port 0 and
+        // released may be taken by any connection or listener before pebble binds it (a
+        // CI run lost pebble's listener that way).
+        let (a, _) = crate::port_block();
+        let ports = (a, a + 1, a + 2, a + 3);
         Ok(Self {
             directory: format!("https://127.0.0.1:{}/dir", ports.0),
             wfe_ca,
@@ -144,6 +148,7 @@ impl PebblePlan {
 }
 
 impl Pebble {
+    /// Waits until pebble answers on both ports (bounded).
     async fn wait_up(&self, port: u16) -> Result<()> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -157,7 +162,11 @@ impl Pebble {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("pebble did not start: {}", self.log());
+                bail!(
+                    "pebble did not start: {}{}",
+                    self.log(),
+                    std::fs::read_to_string(self.dir.join("pebble.err")).unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
