@@ -140,8 +140,8 @@ async fn a_removed_frontend_releases_its_tunnels_and_spares_the_others() {
     alice.shutdown().await.expect("alice stops");
 }
 
-/// Waits for the tunnel list in which tunnel `t` has an endpoint other than `not`.
-async fn moved(c: &mut TestClient, not: &str) -> Vec<tunneld_core::proto::TunnelStatus> {
+/// The next tunnel list tunneld sends `c` (bounded).
+async fn next_tunnels(c: &mut TestClient) -> Vec<tunneld_core::proto::TunnelStatus> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let ev = tokio::time::timeout_at(deadline, c.events.recv())
@@ -149,10 +149,18 @@ async fn moved(c: &mut TestClient, not: &str) -> Vec<tunneld_core::proto::Tunnel
             .expect("a tunnels message in time")
             .expect("client runs");
         if let ClientEvent::TunnelsChanged { tunnels } = ev {
-            let t = tunnels.iter().find(|x| x.name == "t").expect("t listed");
-            if t.endpoint.as_deref().is_some_and(|e| e != not) {
-                return tunnels;
-            }
+            return tunnels;
+        }
+    }
+}
+
+/// Waits for the tunnel list in which tunnel `t` has an endpoint other than `not`.
+async fn moved(c: &mut TestClient, not: &str) -> Vec<tunneld_core::proto::TunnelStatus> {
+    loop {
+        let tunnels = next_tunnels(c).await;
+        let t = tunnels.iter().find(|x| x.name == "t").expect("t listed");
+        if t.endpoint.as_deref().is_some_and(|e| e != not) {
+            return tunnels;
         }
     }
 }
@@ -236,21 +244,12 @@ async fn a_changed_frontend_is_rebuilt_and_its_tunnels_claimed_again_in_place() 
     .expect("write v3");
     let sum = s.running.reloader.reload().await.expect("reload v3");
     assert_eq!(sum.changed, ["frontends.more"], "{sum:?}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, alice.events.recv())
-            .await
-            .expect("a tunnels message in time")
-            .expect("client runs");
-        if let ClientEvent::TunnelsChanged { tunnels } = ev {
-            let t = tunnels.iter().find(|x| x.name == "t").expect("t");
-            assert_eq!(
-                t.endpoint.as_deref(),
-                Some(format!("tcp://{after}").as_str())
-            );
-            break;
-        }
-    }
+    let tunnels = next_tunnels(&mut alice).await;
+    let t = tunnels.iter().find(|x| x.name == "t").expect("t");
+    assert_eq!(
+        t.endpoint.as_deref(),
+        Some(format!("tcp://{after}").as_str())
+    );
     let mut again = TcpStream::connect(after).await.expect("the same port");
     echo_on(&mut again, b"same")
         .await
