@@ -50,7 +50,6 @@ pub mod idle;
 pub mod io;
 pub mod limits;
 pub mod live_sessions;
-pub mod local_pool;
 pub mod metrics;
 pub mod parking;
 pub mod port_probe;

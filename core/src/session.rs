@@ -165,8 +165,8 @@ pub trait ClientSession: Send {
 pub trait LocalConnector: Send + Sync + 'static {
     async fn connect(&self, header: &StreamHeader) -> Result<BoxIo, LocalError>;
     /// The local service `header` goes to, when its HTTP requests may share kept-alive
-    /// connections ([`crate::local_pool`]); `None` (the default) when every stream needs a
-    /// connection of its own (a PROXY header per visitor).
+    /// connections (the h2-reverse transport's `local_pool`); `None` (the default) when
+    /// every stream needs a connection of its own (a PROXY header per visitor).
     fn pool_key(&self, header: &StreamHeader) -> Option<String> {
         let _ = header;
         None

@@ -57,7 +57,7 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
 struct Ctx {
     connector: Arc<dyn LocalConnector>,
     /// Kept-alive connections to local HTTP services (the session's own).
-    pool: Arc<tunneld_core::local_pool::LocalPool>,
+    pool: Arc<crate::local_pool::LocalPool>,
     limits: DataLimits,
     updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
     streams: CancellationToken,
@@ -96,7 +96,7 @@ impl ClientSession for Connected {
         let _streams_guard = streams.clone().drop_guard();
         let ctx = Arc::new(Ctx {
             connector,
-            pool: tunneld_core::local_pool::LocalPool::new(),
+            pool: crate::local_pool::LocalPool::new(),
             limits: this.limits,
             updates,
             streams,

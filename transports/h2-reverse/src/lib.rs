@@ -13,6 +13,7 @@
 pub mod client;
 pub mod config;
 pub mod link;
+pub mod local_pool;
 pub mod server;
 
 pub use client::{dial, Connected, DialError, DialOptions};

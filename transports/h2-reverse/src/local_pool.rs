@@ -10,8 +10,6 @@
 //! could not send (it had closed meanwhile) goes on the next one or a new one. Tunnels that
 //! write a PROXY header (one per visitor) are never pooled: the caller gives no key.
 
-use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
-use crate::session::OpenError;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
@@ -20,6 +18,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tunneld_core::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
+use tunneld_core::session::OpenError;
 
 /// Idle connections kept per local service.
 pub const MAX_IDLE_PER_SERVICE: usize = 32;
@@ -60,7 +60,7 @@ impl LocalPool {
             loop {
                 tokio::time::sleep(IDLE_FOR / 2).await;
                 let Some(pool) = pool.upgrade() else { return };
-                let mut st = crate::sync::lock(&pool.state);
+                let mut st = tunneld_core::sync::lock(&pool.state);
                 st.idle.retain(|_, list| {
                     list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.send.is_closed());
                     !list.is_empty()
@@ -74,7 +74,7 @@ impl LocalPool {
     }
 
     fn take(&self, key: &str) -> Option<SendRequest<Body>> {
-        let mut st = crate::sync::lock(&self.state);
+        let mut st = tunneld_core::sync::lock(&self.state);
         let idle = &mut st.idle;
         let list = idle.get_mut(key)?;
         let mut found = None;
@@ -95,7 +95,7 @@ impl LocalPool {
         if send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let mut st = crate::sync::lock(&self.state);
+        let mut st = tunneld_core::sync::lock(&self.state);
         if !st.reaping {
             st.reaping = true;
             Self::reap(Arc::downgrade(self));
@@ -119,7 +119,7 @@ impl LocalPool {
 
     /// Idle connections kept now, all services together.
     pub fn idle(&self) -> usize {
-        crate::sync::lock(&self.state)
+        tunneld_core::sync::lock(&self.state)
             .idle
             .values()
             .map(Vec::len)
@@ -162,13 +162,13 @@ impl LocalPool {
     pub async fn send_new(
         self: &Arc<Self>,
         key: Option<&str>,
-        io: crate::io::BoxIo,
+        io: tunneld_core::io::BoxIo,
         mut req: Request<Body>,
         max_head: usize,
     ) -> Result<Response<Body>, OpenError> {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
-        let mut send = crate::http_forward::http1_handshake(io, max_head).await?;
+        let mut send = tunneld_core::http_forward::http1_handshake(io, max_head).await?;
         let resp = send
             .send_request(req)
             .await
