@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attack;
+pub mod browser;
 pub mod h2raw;
 pub mod metrics;
 pub mod neighbour;
