@@ -2,6 +2,7 @@
 //! exponential backoff, and connects each stream tunneld opens to the local service.
 
 use crate::config::client::{ClientConfig, TransportKind};
+use crate::inspect::Inspector;
 use anyhow::Context;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tunneld_core::auth::random_bytes;
 use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
-use tunneld_core::proto::{Hello, TunnelRequest, TunnelStatus, VERSION};
+use tunneld_core::proto::{Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::{ClientSession, LocalConnector, LocalError, StreamHeader};
 use tunneld_core::tls::{client_config, ClientTrust};
@@ -219,6 +220,16 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_inspected(cfg, None, events, stop).await
+}
+
+/// [`run`], with `inspector` recording the requests of the `http` tunnels.
+pub async fn run_inspected(
+    cfg: ClientConfig,
+    inspector: Option<Arc<Inspector>>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     if cfg.transport == TransportKind::Connect {
         return crate::client_connect::run(cfg, events, stop).await;
     }
@@ -236,12 +247,14 @@ pub async fn run(
                         proxy: t.proxy_protocol,
                         host_header: t.host_header.clone(),
                         reuse: t.reuse_connections,
+                        http: t.kind == TunnelKind::Http,
                     },
                 )
             })
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
         timeout: cfg.connect_timeout,
+        inspector,
     });
     let mut backoff = Backoff {
         initial: cfg.reconnect.initial,
@@ -345,6 +358,8 @@ struct LocalTarget {
     host_header: Option<String>,
     /// Whether HTTP requests may share kept-alive connections (`reuse_connections`).
     reuse: bool,
+    /// A `type: http` tunnel: its connections are inspected when the inspector runs.
+    http: bool,
 }
 
 /// Connects tunneld's streams to local services.
@@ -352,6 +367,7 @@ struct Connector {
     tunnels: BTreeMap<String, LocalTarget>,
     accept_server_mappings: bool,
     timeout: Duration,
+    inspector: Option<Arc<Inspector>>,
 }
 
 impl Connector {
@@ -402,23 +418,30 @@ impl LocalConnector for Connector {
 
     async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, LocalError> {
         let (target, proxy, host_header) = self.resolve(h)?;
+        let inspected = h.target.is_none() && self.tunnels.get(&h.tunnel).is_some_and(|t| t.http);
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(error)) => return Err(LocalError::Connect { target, error }),
             Err(_) => return Err(LocalError::Timeout(target)),
         };
         let _ = s.set_nodelay(true);
-        if let Some(v) = proxy {
-            s.write_all(&proxy_protocol::encode(v, h.visitor, h.public))
+        let proxy_header = proxy.map(|v| proxy_protocol::encode(v, h.visitor, h.public));
+        if let Some(header) = &proxy_header {
+            s.write_all(header)
                 .await
                 .map_err(|error| LocalError::Proxy {
                     target: target.clone(),
                     error,
                 })?;
         }
+        // The inspector sees what the service sees: inside the Host rewrite.
+        let io: BoxIo = match &self.inspector {
+            Some(i) if inspected => Box::new(i.tap(s, &h.tunnel, &target, proxy_header)),
+            _ => Box::new(s),
+        };
         Ok(match host_header {
-            Some(host) => Box::new(crate::host_rewrite::HostRewrite::new(s, host)),
-            None => Box::new(s),
+            Some(host) => Box::new(crate::host_rewrite::HostRewrite::new(io, host)),
+            None => io,
         })
     }
 }

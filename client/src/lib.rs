@@ -5,7 +5,8 @@
 //! Layout: [`config`] (tunnelc's YAML + env + flags, per-user defaults; the layered loader
 //! and the `log:` section tunneld shares), [`client`] (the reconnecting runner and local
 //! connector; [`client_connect`] for rendezvous ids over the connect transport),
-//! [`host_rewrite`] (per-request `Host` rewriting toward a local service), [`setup`] (the
+//! [`host_rewrite`] (per-request `Host` rewriting toward a local service), [`inspect`] (the
+//! request inspector: recording, pages, replay), [`setup`] (the
 //! pipe2me-style `setup`/`list`/`env`/`test`), [`provision_api`] (the provisioning API's JSON
 //! shapes, shared with tunneld's control plane), [`logging`] (both programs' tracing set-up),
 //! [`cli_docs`] (both programs' `completions` and `man` commands).
@@ -16,6 +17,7 @@ pub mod client;
 pub mod client_connect;
 pub mod config;
 pub mod host_rewrite;
+pub mod inspect;
 pub mod logging;
 pub mod provision_api;
 pub mod reload;

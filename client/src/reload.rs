@@ -8,8 +8,10 @@
 
 use crate::client::{self, ClientEvent};
 use crate::config::client::{ClientConfig, TransportKind};
+use crate::inspect::Inspector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,8 @@ struct Runner {
     events: mpsc::UnboundedSender<ClientEvent>,
     done: mpsc::UnboundedSender<(u64, anyhow::Result<()>)>,
     stop: CancellationToken,
+    /// Started once, kept across reloads (`inspect:` changes need a restart).
+    inspector: Option<Arc<Inspector>>,
 }
 
 impl Runner {
@@ -42,8 +46,9 @@ impl Runner {
         let (id, stop) = (self.next, self.stop.child_token());
         self.next += 1;
         let (events, done, s) = (self.events.clone(), self.done.clone(), stop.clone());
+        let inspector = self.inspector.clone();
         tokio::spawn(async move {
-            let r = client::run(cfg, events, s).await;
+            let r = client::run_inspected(cfg, inspector, events, s).await;
             let _ = done.send((id, r));
         });
         self.groups.insert(id, Group { tunnels, stop });
@@ -60,8 +65,10 @@ impl Runner {
         let mut conn_old = self.cfg.clone();
         let mut conn_new = new.clone();
         (conn_old.tunnels, conn_new.tunnels) = (BTreeMap::new(), BTreeMap::new());
-        // Log settings apply at start only.
+        // Log and inspector settings apply at start only.
         conn_new.log = conn_old.log.clone();
+        let inspect_changed = conn_new.inspect != conn_old.inspect;
+        conn_new.inspect = conn_old.inspect.clone();
         let old = std::mem::replace(&mut self.cfg, new);
         if conn_old != conn_new || self.cfg.transport == TransportKind::Connect {
             if old == self.cfg {
@@ -127,6 +134,9 @@ impl Runner {
                 parts.push(format!("{what}: {}", list.join(", ")));
             }
         }
+        if inspect_changed {
+            parts.push("inspect: needs a restart (kept as it was)".into());
+        }
         if parts.is_empty() {
             "nothing changed".into()
         } else {
@@ -135,12 +145,14 @@ impl Runner {
     }
 }
 
-/// Runs tunnelc like [`client::run`], reading `source` again at each message on `reloads`.
+/// Runs tunnelc like [`client::run_inspected`], reading `source` again at each message on
+/// `reloads`.
 /// Ends when `stop` is cancelled, or with the error of the last session that stopped for
 /// good (a session refused for good while others run is logged and dropped).
 pub async fn run(
     cfg: ClientConfig,
     source: Option<Source>,
+    inspector: Option<Arc<Inspector>>,
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: CancellationToken,
     mut reloads: mpsc::UnboundedReceiver<()>,
@@ -153,6 +165,7 @@ pub async fn run(
         events,
         done,
         stop: stop.clone(),
+        inspector,
     };
     r.start(r.cfg.tunnels.keys().cloned().collect());
     loop {

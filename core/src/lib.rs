@@ -45,6 +45,7 @@ pub mod hostglob;
 pub mod http1;
 pub mod http2;
 pub mod http_forward;
+pub mod http_serve;
 pub mod hub;
 pub mod idle;
 pub mod io;

@@ -26,20 +26,30 @@ pub async fn echo() -> SocketAddr {
 /// A minimal HTTP/1.1 server: answers `hello <path> host=<Host> body=<len>` to every
 /// request, with keep-alive. Counts nothing, trusts nothing.
 pub async fn http() -> SocketAddr {
-    http_server(false).await
+    http_server(false, None).await
+}
+
+/// Requests a [`http_logged`] service received: `METHOD target` lines, in order.
+pub type RequestLog = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`http_inspect`], answering JSON (`{"text": ...}`), that also logs each request line.
+pub async fn http_logged() -> (SocketAddr, RequestLog) {
+    let log = RequestLog::default();
+    (http_server(true, Some(log.clone())).await, log)
 }
 
 /// [`http`], and each answer also tells the body's SHA-256 and whether an `Authorization`
 /// header arrived: `... sha256=<hex> authorization=<yes|no>`.
 pub async fn http_inspect() -> SocketAddr {
-    http_server(true).await
+    http_server(true, None).await
 }
 
-async fn http_server(detail: bool) -> SocketAddr {
+async fn http_server(detail: bool, log: Option<RequestLog>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            let log = log.clone();
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
@@ -47,6 +57,10 @@ async fn http_server(detail: bool) -> SocketAddr {
                     let mut request_line = String::new();
                     if r.read_line(&mut request_line).await.unwrap_or(0) == 0 {
                         return;
+                    }
+                    if let Some(log) = &log {
+                        let line: Vec<&str> = request_line.split_whitespace().take(2).collect();
+                        log.lock().expect("request log").push(line.join(" "));
                     }
                     let path = request_line
                         .split_whitespace()
@@ -89,8 +103,15 @@ async fn http_server(detail: bool) -> SocketAddr {
                     } else {
                         format!("hello {path} host={host} body={}\n", body.len())
                     };
+                    let (kind, text) = match log {
+                        Some(_) => (
+                            "application/json",
+                            serde_json::json!({ "text": text }).to_string(),
+                        ),
+                        None => ("text/plain", text),
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{text}",
                         text.len()
                     );
                     if w.write_all(resp.as_bytes()).await.is_err() {

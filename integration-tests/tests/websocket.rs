@@ -481,6 +481,25 @@ async fn tunnelc_http_quick_mode() {
     .await
     .expect("visit");
     assert_eq!(code, 200, "{body}");
+    // Quick mode serves the request inspector on its own (4040, or the next free port):
+    // it recorded the visit as the local service received it (Host rewritten).
+    let inspector = p.line_starting("inspector: ").await.expect("inspector line");
+    let api = format!("{}/api/requests", inspector.trim_start_matches("inspector: "));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, list) = curl(&[&api]).await.expect("curl");
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
+        let tls = list["requests"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["target"] == "/tls"));
+        if let Some(r) = tls {
+            let headers = r["request_headers"].to_string();
+            assert!(headers.contains(&local.to_string()), "Host rewritten: {headers}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {list}");
+        tokio::task::yield_now().await;
+    }
     // A second client cannot take the name: the error names it.
     let mut other = Proc::spawn(
         "tunnelc",

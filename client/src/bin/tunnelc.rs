@@ -18,6 +18,7 @@ use tunneld_client::config::client::{
     ClientConfig, ClientTls, Reconnect, TransportKind, TunnelConfig,
 };
 use tunneld_client::config::log::{LogConfig, LogFormat};
+use tunneld_client::inspect::start;
 use tunneld_client::logging;
 use tunneld_client::reload::Source;
 use tunneld_core::auth::Secret;
@@ -41,6 +42,11 @@ struct Cli {
     log_level: Option<String>,
     #[arg(long, value_enum, global = true)]
     log_format: Option<LogFormat>,
+    /// Serve the request inspector of the http tunnels at this loopback address (over
+    /// `inspect.address`); `off` for none. `tunnelc http` serves one at 127.0.0.1:4040
+    /// (or the next free port up to 4049) unless told.
+    #[arg(long, value_name = "ADDR|off", global = true)]
+    inspect: Option<String>,
     #[command(subcommand)]
     quick: Option<Quick>,
 }
@@ -313,6 +319,7 @@ fn quick_base(
         log: LogConfig::default(),
         tunnels,
         rendezvous: BTreeMap::new(),
+        inspect: Default::default(),
     }
 }
 
@@ -425,13 +432,15 @@ fn main() {
         );
         return;
     }
+    let inspect = start::plan(cli.inspect.as_deref(), &cfg, http_mode)
+        .unwrap_or_else(|line| fail_config(&[line]));
     let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
     // Every error that reaches here is one retrying cannot fix (the rest are retried).
     logging::run_main_exiting(
         "tunnelc",
         level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
-        run(cfg, http_mode, source),
+        run(cfg, http_mode, source, inspect),
         2,
     );
 }
@@ -449,8 +458,21 @@ fn print_tunnels(tunnels: &[TunnelStatus]) {
     }
 }
 
-async fn run(cfg: ClientConfig, http_mode: bool, source: Option<Source>) -> anyhow::Result<()> {
+async fn run(
+    cfg: ClientConfig,
+    http_mode: bool,
+    source: Option<Source>,
+    inspect: Option<start::Plan>,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
+    let inspector = match inspect {
+        Some(plan) => start::start(plan).await?,
+        None => None,
+    };
+    let inspect_url = inspector.as_ref().map(|(_, a)| format!("http://{a}"));
+    if let Some(url) = &inspect_url {
+        tracing::info!("request inspector at {url}");
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = cfg.server.clone();
     let both_on_terminal = {
@@ -470,10 +492,16 @@ async fn run(cfg: ClientConfig, http_mode: bool, source: Option<Source>) -> anyh
                             (None, None) => println!("no endpoint"),
                         }
                     }
+                    if let Some(url) = &inspect_url {
+                        println!("inspector: {url}");
+                    }
                 }
                 ClientEvent::Connected { client_id, tunnels } => {
                     println!("connected to {server} as {client_id}");
                     print_tunnels(&tunnels);
+                    if let Some(url) = &inspect_url {
+                        println!("inspector: {url}");
+                    }
                 }
                 ClientEvent::TunnelsChanged { tunnels } => {
                     println!("tunnels changed:");
@@ -495,7 +523,8 @@ async fn run(cfg: ClientConfig, http_mode: bool, source: Option<Source>) -> anyh
         }
     });
     let reloads = tunneld_client::reload::signals(&stop)?;
-    let result = tunneld_client::reload::run(cfg, source, tx, stop, reloads).await;
+    let inspector = inspector.map(|(i, _)| i);
+    let result = tunneld_client::reload::run(cfg, source, inspector, tx, stop, reloads).await;
     let _ = printer.await;
     result
 }

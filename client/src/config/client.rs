@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "rendezvous",
     "auth_key",
     "max_message",
+    "inspect",
 ];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -69,6 +70,9 @@ pub struct ClientConfig {
     /// `transport: connect`: rendezvous id -> the local service its visitors reach.
     #[serde(default)]
     pub rendezvous: BTreeMap<String, RendezvousServe>,
+    /// The request inspector of the `http` tunnels.
+    #[serde(default)]
+    pub inspect: super::inspect::InspectConfig,
 }
 
 /// One rendezvous id served over the `connect` transport.
@@ -224,6 +228,7 @@ impl ClientConfig {
         self.check_link(&mut errors);
         self.check_rendezvous(&mut errors);
         self.check_tunnels(&mut errors);
+        self.inspect.check(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
