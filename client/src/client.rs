@@ -371,6 +371,13 @@ struct Connector {
 }
 
 impl Connector {
+    /// Whether the inspector records this stream's connection (its own `http` tunnel).
+    fn inspected(&self, h: &StreamHeader) -> bool {
+        self.inspector.is_some()
+            && h.target.is_none()
+            && self.tunnels.get(&h.tunnel).is_some_and(|t| t.http)
+    }
+
     /// Where a stream goes: (local address, PROXY version, Host to write).
     fn resolve(
         &self,
@@ -413,12 +420,17 @@ impl LocalConnector for Connector {
         if proxy.is_some() {
             return None;
         }
-        Some(format!("{target} {}", host_header.unwrap_or_default()))
+        let host = host_header.unwrap_or_default();
+        // An inspected connection records under its tunnel's name: shared by that tunnel only.
+        Some(match self.inspected(h) {
+            true => format!("{target} {host} inspected:{}", h.tunnel),
+            false => format!("{target} {host}"),
+        })
     }
 
     async fn connect(&self, h: &StreamHeader) -> Result<BoxIo, LocalError> {
         let (target, proxy, host_header) = self.resolve(h)?;
-        let inspected = h.target.is_none() && self.tunnels.get(&h.tunnel).is_some_and(|t| t.http);
+        let inspected = self.inspected(h);
         let mut s = match tokio::time::timeout(self.timeout, TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(error)) => return Err(LocalError::Connect { target, error }),

@@ -61,18 +61,22 @@ impl Runner {
     }
 
     /// Applies `new`; returns the summary line.
-    fn apply(&mut self, new: ClientConfig) -> String {
+    fn apply(&mut self, mut new: ClientConfig) -> String {
+        // The inspector's settings apply at start only: the running ones stay.
+        let inspect_changed = new.inspect != self.cfg.inspect;
+        new.inspect = self.cfg.inspect.clone();
         let mut conn_old = self.cfg.clone();
         let mut conn_new = new.clone();
         (conn_old.tunnels, conn_new.tunnels) = (BTreeMap::new(), BTreeMap::new());
-        // Log and inspector settings apply at start only.
+        // Log settings apply at start only.
         conn_new.log = conn_old.log.clone();
-        let inspect_changed = conn_new.inspect != conn_old.inspect;
-        conn_new.inspect = conn_old.inspect.clone();
         let old = std::mem::replace(&mut self.cfg, new);
         if conn_old != conn_new || self.cfg.transport == TransportKind::Connect {
             if old == self.cfg {
-                return "nothing changed".into();
+                return match inspect_changed {
+                    true => "inspect: needs a restart (kept as it was)".into(),
+                    false => "nothing changed".into(),
+                };
             }
             self.stop_all();
             self.start(self.cfg.tunnels.keys().cloned().collect());

@@ -40,6 +40,7 @@ pub mod claim_table;
 pub mod clock;
 pub mod dial;
 pub mod duration;
+pub mod form;
 pub mod frontend;
 pub mod hostglob;
 pub mod http1;

@@ -483,8 +483,14 @@ async fn tunnelc_http_quick_mode() {
     assert_eq!(code, 200, "{body}");
     // Quick mode serves the request inspector on its own (4040, or the next free port):
     // it recorded the visit as the local service received it (Host rewritten).
-    let inspector = p.line_starting("inspector: ").await.expect("inspector line");
-    let api = format!("{}/api/requests", inspector.trim_start_matches("inspector: "));
+    let inspector = p
+        .line_starting("inspector: ")
+        .await
+        .expect("inspector line");
+    let api = format!(
+        "{}/api/requests",
+        inspector.trim_start_matches("inspector: ")
+    );
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, list) = curl(&[&api]).await.expect("curl");
@@ -494,7 +500,10 @@ async fn tunnelc_http_quick_mode() {
             .and_then(|l| l.iter().find(|r| r["target"] == "/tls"));
         if let Some(r) = tls {
             let headers = r["request_headers"].to_string();
-            assert!(headers.contains(&local.to_string()), "Host rewritten: {headers}");
+            assert!(
+                headers.contains(&local.to_string()),
+                "Host rewritten: {headers}"
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{status} {list}");

@@ -472,6 +472,9 @@ async fn run(
     let inspect_url = inspector.as_ref().map(|(_, a)| format!("http://{a}"));
     if let Some(url) = &inspect_url {
         tracing::info!("request inspector at {url}");
+        if !cfg.tunnels.values().any(|t| t.kind == TunnelKind::Http) {
+            tracing::warn!("the request inspector records `type: http` tunnels, and this configuration has none");
+        }
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = cfg.server.clone();

@@ -4,6 +4,7 @@
 
 use super::store::{Body, Exchange, Outcome, Response};
 use super::view::{clock, esc, is_secret, masked, show};
+use std::sync::Arc;
 
 fn page(title: &str, stats: &str, main: &str) -> String {
     format!(
@@ -58,7 +59,7 @@ fn duration(e: &Exchange) -> String {
 }
 
 /// The rows of the list, newest first.
-pub fn rows(list: &[Exchange]) -> String {
+pub fn rows(list: &[Arc<Exchange>]) -> String {
     let mut out = String::new();
     for e in list.iter().rev() {
         let status = e
@@ -99,7 +100,7 @@ pub fn rows(list: &[Exchange]) -> String {
     out
 }
 
-pub fn list(list: &[Exchange], stats: &str, csrf: &str) -> String {
+pub fn list(list: &[Arc<Exchange>], stats: &str, csrf: &str) -> String {
     let main = format!(
         r#"<h1>Requests</h1>
 <div class="toolbar">
@@ -207,12 +208,25 @@ pub fn detail(
         (Some(o), None) => format!(r#"<p>Replay of #{o} (no longer kept).</p>"#),
         _ => String::new(),
     };
-    let body_text = String::from_utf8_lossy(&super::view::payload(&e.request_body)).into_owned();
+    let payload = super::view::payload(&e.request_body);
+    let b = &e.request_body;
+    let body_field = match std::str::from_utf8(&payload) {
+        _ if b.truncated || !b.complete => r#"<p class="note">The original body did not arrive whole (cut at inspect.max_body, or its connection ended): type the body to send.</p><label for="e-body">Body</label><textarea id="e-body" name="body" rows="8"></textarea>"#.to_string(),
+        Ok(text) => format!(
+            r#"<label for="e-body">Body</label><textarea id="e-body" name="body" rows="8">{}</textarea><input type="hidden" name="eol" value="{}">"#,
+            esc(text),
+            if text.contains("\r\n") { "crlf" } else { "lf" }
+        ),
+        Err(_) => format!(
+            r#"<p class="note">The body is binary ({} bytes): the edited request sends it unchanged.</p><input type="hidden" name="keep_body" value="1">"#,
+            payload.len()
+        ),
+    };
     let main = format!(
         r#"<p><a href="/">← All requests</a></p>
 {flash}<h1><span class="method">{method}</span> <code id="target">{target}</code></h1>
 <dl class="summary">
-<dt>Status</dt><dd id="status">{status}</dd>
+<dt>Status</dt><dd id="status" data-request="{id}">{status}</dd>
 <dt>Tunnel</dt><dd>{tunnel} → {local}</dd>
 <dt>Time (UTC)</dt><dd>{time}</dd>
 <dt>Duration</dt><dd>{dur}</dd>
@@ -231,7 +245,7 @@ pub fn detail(
 <label for="e-method">Method</label><input id="e-method" name="method" value="{method}">
 <label for="e-target">Path</label><input id="e-target" name="target" value="{target}">
 <label for="e-headers">Headers (Content-Length is set from the body)</label><textarea id="e-headers" name="headers" rows="8">{raw}</textarea>
-<label for="e-body">Body</label><textarea id="e-body" name="body" rows="8">{body_text}</textarea>
+{body_field}
 <button type="submit" id="replay-edited">Send edited</button>
 </form></details></section>"#,
         method = esc(&req.method),
@@ -247,7 +261,6 @@ pub fn detail(
         resp = response("response", e),
         id = e.id,
         raw = esc(&raw_headers(&req.headers)),
-        body_text = esc(&body_text),
     );
     page(&format!("#{} {}", e.id, req.target), stats, &main)
 }

@@ -20,13 +20,16 @@ pub struct Edit {
     pub target: String,
     /// `Name: value` lines.
     pub headers: String,
-    pub body: String,
+    /// `None`: the original body, byte for byte (a binary one cannot be edited as text).
+    pub body: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("the request body was cut at {0} bytes (inspect.max_body), and a replay needs all of it: edit the request to send a body")]
     Truncated(usize),
+    #[error("the request body never arrived whole (the connection ended, or the request is still arriving): edit the request to send a body")]
+    Incomplete,
     #[error("an upgrade (WebSocket) or CONNECT request cannot be replayed")]
     Upgrade,
     #[error("method {0:?} is not an HTTP method token")]
@@ -79,6 +82,9 @@ fn as_it_was(original: &Exchange) -> Result<Vec<u8>, ReplayError> {
     if original.request_body.truncated {
         return Err(ReplayError::Truncated(original.request_body.bytes.len()));
     }
+    if !original.request_body.complete {
+        return Err(ReplayError::Incomplete);
+    }
     let mut out = closing(req);
     out.extend_from_slice(&original.request_body.bytes);
     Ok(out)
@@ -94,7 +100,7 @@ fn closing(head: &RequestHead) -> Vec<u8> {
 
 /// The bytes of an edited request: framing fields are tunnelc's (Content-Length from the
 /// body), every other field as typed.
-fn edited(e: &Edit) -> Result<Vec<u8>, ReplayError> {
+fn edited(e: &Edit, original: &Exchange) -> Result<Vec<u8>, ReplayError> {
     let method = e.method.trim();
     if !token(method) {
         return Err(ReplayError::Method(method.to_string()));
@@ -127,7 +133,18 @@ fn edited(e: &Edit) -> Result<Vec<u8>, ReplayError> {
             headers.push((name.to_string(), value.as_bytes().to_vec()));
         }
     }
-    let body = e.body.as_bytes();
+    let kept;
+    let body = match &e.body {
+        Some(text) => text.as_bytes(),
+        None if original.request_body.truncated => {
+            return Err(ReplayError::Truncated(original.request_body.bytes.len()))
+        }
+        None if !original.request_body.complete => return Err(ReplayError::Incomplete),
+        None => {
+            kept = super::view::payload(&original.request_body);
+            &kept
+        }
+    };
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
         headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
     }
@@ -150,7 +167,7 @@ pub async fn replay(
 ) -> Result<u64, ReplayError> {
     let bytes = match edit {
         None => as_it_was(original)?,
-        Some(e) => edited(e)?,
+        Some(e) => edited(e, original)?,
     };
     let local = original.local.clone();
     let work = async {
@@ -196,30 +213,87 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::store::{Body, Caps, Store};
+    use std::sync::Arc;
+
+    /// A recorded POST with `body` (complete or not).
+    fn original(body: &[u8], complete: bool) -> Arc<Exchange> {
+        let s = Store::new(Caps {
+            max_requests: 4,
+            max_body: 1024,
+            max_memory: 1 << 20,
+        });
+        let head = RequestHead {
+            method: "POST".into(),
+            target: "/in".into(),
+            minor: 1,
+            headers: vec![
+                ("Host".into(), b"app".to_vec()),
+                ("Content-Length".into(), body.len().to_string().into_bytes()),
+                ("Connection".into(), b"keep-alive".to_vec()),
+            ],
+        };
+        let id = s.begin("web", "127.0.0.1:1", None, head, None);
+        let body = Body {
+            bytes: body.to_vec(),
+            wire_len: body.len() as u64,
+            complete,
+            ..Body::default()
+        };
+        s.update(id, |e| e.request_body = body);
+        s.get(id).expect("kept")
+    }
 
     #[test]
     fn an_edit_gets_its_own_framing_and_bad_lines_are_named() {
+        let orig = original(b"\x00\x01", true);
         let e = Edit {
             method: "POST".into(),
             target: "/hook?x=1".into(),
             headers: "Host: app\nContent-Length: 99\nX-Trace: a b\n".into(),
-            body: "{}".into(),
+            body: Some("{}\r\n".into()),
         };
-        let out = String::from_utf8(edited(&e).expect("valid")).expect("text");
+        let out = String::from_utf8(edited(&e, &orig).expect("valid")).expect("text");
         assert_eq!(
             out,
-            "POST /hook?x=1 HTTP/1.1\r\nHost: app\r\nX-Trace: a b\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+            "POST /hook?x=1 HTTP/1.1\r\nHost: app\r\nX-Trace: a b\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{}\r\n"
         );
+        // No body field: the original bytes, binary as they were.
+        let keep = Edit { body: None, ..e };
+        assert!(edited(&keep, &orig)
+            .expect("valid")
+            .ends_with(b"Content-Length: 2\r\nConnection: close\r\n\r\n\x00\x01"));
         let bad = Edit {
             headers: "Host app".into(),
-            ..e
+            ..keep
         };
-        assert!(matches!(edited(&bad), Err(ReplayError::Header(l)) if l == "Host app"));
+        assert!(matches!(edited(&bad, &orig), Err(ReplayError::Header(l)) if l == "Host app"));
         let bad = Edit {
             method: "GE T".into(),
             target: "/".into(),
             ..Edit::default()
         };
-        assert!(matches!(edited(&bad), Err(ReplayError::Method(_))));
+        assert!(matches!(edited(&bad, &orig), Err(ReplayError::Method(_))));
+    }
+
+    #[test]
+    fn a_body_that_never_arrived_whole_is_not_replayed_as_it_was() {
+        let whole = original(b"abc", true);
+        let sent = as_it_was(&whole).expect("whole");
+        assert!(
+            sent.ends_with(b"Content-Length: 3\r\nConnection: close\r\n\r\nabc"),
+            "{sent:?}"
+        );
+        let partial = original(b"ab", false);
+        assert!(matches!(as_it_was(&partial), Err(ReplayError::Incomplete)));
+        let keep = Edit {
+            method: "POST".into(),
+            target: "/".into(),
+            ..Edit::default()
+        };
+        assert!(matches!(
+            edited(&keep, &partial),
+            Err(ReplayError::Incomplete)
+        ));
     }
 }

@@ -2,7 +2,8 @@
 //! and by bytes (heads and captured bodies), the oldest dropped first.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tunneld_core::http1::RequestHead;
@@ -18,6 +19,9 @@ pub struct Body {
     /// Whether `bytes` stops before the body did.
     pub truncated: bool,
     pub chunked: bool,
+    /// Whether the body was followed to its end (a request still arriving, or one whose
+    /// connection ended first, is not).
+    pub complete: bool,
 }
 
 /// A response as tunnelc read it from the local service.
@@ -63,8 +67,9 @@ pub struct Exchange {
 impl Exchange {
     /// Bytes it holds, for the memory cap.
     fn weight(&self) -> usize {
+        // A field's strings, their two allocations and the pair.
         let head = |h: &[(String, Vec<u8>)]| -> usize {
-            h.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+            h.iter().map(|(n, v)| n.len() + v.len() + 64).sum()
         };
         let req: usize = head(&self.request.headers) + self.request.target.len();
         let resp = self
@@ -85,7 +90,8 @@ pub struct Caps {
 }
 
 struct Inner {
-    list: VecDeque<Exchange>,
+    /// Shared with readers: a page copies pointers under the lock, not bodies.
+    list: VecDeque<Arc<Exchange>>,
     next_id: u64,
     weight: usize,
     dropped: u64,
@@ -95,6 +101,8 @@ struct Inner {
 pub struct Store {
     caps: Caps,
     inner: Mutex<Inner>,
+    /// Body bytes captured by connections and not stored yet, bounded by `max_memory`.
+    in_transit: AtomicUsize,
     generation: watch::Sender<u64>,
 }
 
@@ -108,6 +116,7 @@ impl Store {
                 weight: 0,
                 dropped: 0,
             }),
+            in_transit: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
         }
     }
@@ -153,7 +162,7 @@ impl Store {
                 proxy_header,
             };
             g.weight += e.weight();
-            g.list.push_back(e);
+            g.list.push_back(Arc::new(e));
             self.evict(&mut g);
             id
         };
@@ -168,9 +177,10 @@ impl Store {
             let Some(pos) = g.list.iter().position(|e| e.id == id) else {
                 return;
             };
-            let before = g.list[pos].weight();
-            change(&mut g.list[pos]);
-            let after = g.list[pos].weight();
+            let e = Arc::make_mut(&mut g.list[pos]);
+            let before = e.weight();
+            change(e);
+            let after = e.weight();
             g.weight = g.weight + after - before;
             self.evict(&mut g);
         }
@@ -209,12 +219,31 @@ impl Store {
         }
     }
 
+    /// Reserves `n` bytes for a body capture in transit; false when that would pass
+    /// `max_memory` (the capture stops there, marked cut).
+    pub fn reserve(&self, n: usize) -> bool {
+        self.in_transit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| *t <= self.caps.max_memory)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` reserved bytes (the capture was stored, or dropped).
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .in_transit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
     /// Every exchange kept, oldest first.
-    pub fn all(&self) -> Vec<Exchange> {
+    pub fn all(&self) -> Vec<Arc<Exchange>> {
         lock(&self.inner).list.iter().cloned().collect()
     }
 
-    pub fn get(&self, id: u64) -> Option<Exchange> {
+    pub fn get(&self, id: u64) -> Option<Arc<Exchange>> {
         lock(&self.inner).list.iter().find(|e| e.id == id).cloned()
     }
 
@@ -259,7 +288,11 @@ mod tests {
         for i in 0..5 {
             s.begin("web", "127.0.0.1:1", None, head(&format!("/{i}")), None);
         }
-        let kept: Vec<String> = s.all().into_iter().map(|e| e.request.target).collect();
+        let kept: Vec<String> = s
+            .all()
+            .into_iter()
+            .map(|e| e.request.target.clone())
+            .collect();
         assert_eq!(kept, ["/2", "/3", "/4"]);
         assert_eq!(s.stats().2, 2);
 
@@ -296,7 +329,10 @@ mod tests {
             },
         );
         s.fail(id, "closed");
-        assert_eq!(s.get(id).map(|e| e.outcome), Some(Outcome::Complete));
+        assert_eq!(
+            s.get(id).map(|e| e.outcome.clone()),
+            Some(Outcome::Complete)
+        );
         assert!(*w.borrow() >= 2);
     }
 }

@@ -58,9 +58,16 @@ pub struct Recorder {
     completed: u64,
 }
 
-fn capture(body: &mut Body, bytes: &[u8], max: usize) {
+/// Keeps the first bytes of a body, up to `max_body` and within the store's memory budget
+/// for captures in transit (reserved here, given back when the body is stored or dropped).
+fn capture(store: &Store, body: &mut Body, bytes: &[u8]) {
     body.wire_len += bytes.len() as u64;
-    let take = bytes.len().min(max.saturating_sub(body.bytes.len()));
+    let mut take = bytes
+        .len()
+        .min(store.caps().max_body.saturating_sub(body.bytes.len()));
+    if take > 0 && (body.truncated || !store.reserve(take)) {
+        take = 0;
+    }
     body.bytes.extend_from_slice(&bytes[..take]);
     if take < bytes.len() {
         body.truncated = true;
@@ -106,11 +113,31 @@ impl Recorder {
         self.completed
     }
 
-    /// Stops recording: every unfinished exchange fails with `why`.
+    /// Stores a request body (whole, or as far as it came) and gives back its reservation.
+    fn store_request_body(&self, id: u64, body: Body) {
+        let n = body.bytes.len();
+        self.store.update(id, |e| e.request_body = body);
+        self.store.release(n);
+    }
+
+    /// Stops following requests (what came so far stays paired with its responses).
+    fn stop_requests(&mut self, why: &str) {
+        tracing::debug!(tunnel = %self.tunnel, "inspector stops following requests: {why}");
+        if let ReqState::Body { id, body, .. } = std::mem::replace(&mut self.req, ReqState::Done) {
+            self.store_request_body(id, body);
+        }
+    }
+
+    /// Stops recording: every unfinished exchange fails with `why`, with what it captured.
     fn stop(&mut self, why: &str) {
-        tracing::debug!(tunnel = %self.tunnel, "inspector stops following a connection: {why}");
-        self.req = ReqState::Done;
-        self.resp = RespState::Done;
+        self.stop_requests(why);
+        if let RespState::Body { id, response, .. } =
+            std::mem::replace(&mut self.resp, RespState::Done)
+        {
+            let n = response.body.bytes.len();
+            self.store.update(id, |e| e.response = Some(response));
+            self.store.release(n);
+        }
         for (id, _) in self.pending.drain(..) {
             self.store.fail(id, why);
         }
@@ -118,7 +145,6 @@ impl Recorder {
 
     /// Bytes written toward the local service.
     pub fn on_write(&mut self, mut input: &[u8]) {
-        let max = self.store.caps().max_body;
         while !input.is_empty() {
             match &mut self.req {
                 ReqState::Done => return,
@@ -127,11 +153,12 @@ impl Recorder {
                     fill_head(buf, input);
                     match http1::parse(buf) {
                         Ok(None) if buf.len() >= MAX_HEAD => {
-                            return self.stop(&format!("request head over {MAX_HEAD} bytes"))
+                            return self
+                                .stop_requests(&format!("request head over {MAX_HEAD} bytes"))
                         }
                         // The buffer is not full: it took every byte.
                         Ok(None) => return,
-                        Err(e) => return self.stop(&e.to_string()),
+                        Err(e) => return self.stop_requests(&e.to_string()),
                         Ok(Some((head, len))) => {
                             input = &input[len - old..];
                             self.request_head(head);
@@ -140,15 +167,16 @@ impl Recorder {
                 }
                 ReqState::Body { id, follow, body } => match follow.feed(input) {
                     Ok((n, done)) => {
-                        capture(body, &input[..n], max);
+                        capture(&self.store, body, &input[..n]);
                         input = &input[n..];
                         if done {
-                            let (id, body) = (*id, std::mem::take(body));
-                            self.store.update(id, |e| e.request_body = body);
+                            let (id, mut body) = (*id, std::mem::take(body));
+                            body.complete = true;
+                            self.store_request_body(id, body);
                             self.req = ReqState::Head(Vec::new());
                         }
                     }
-                    Err(e) => return self.stop(&format!("request body: {e}")),
+                    Err(e) => return self.stop_requests(&format!("request body: {e}")),
                 },
             }
         }
@@ -158,6 +186,7 @@ impl Recorder {
         let after = after_request_head(&head);
         let chunked = matches!(head.framing(), Ok(Framing::Chunked));
         let method = head.method.clone();
+        let no_body = matches!(after, Ok(AfterHead::Head | AfterHead::Raw));
         let id = self.store.begin(
             &self.tunnel,
             &self.local,
@@ -165,6 +194,9 @@ impl Recorder {
             head,
             self.replay_of.take(),
         );
+        if no_body {
+            self.store.update(id, |e| e.request_body.complete = true);
+        }
         self.first_id.get_or_insert(id);
         self.pending.push_back((id, method));
         self.req = match after {
@@ -178,7 +210,7 @@ impl Recorder {
                 },
             },
             Ok(AfterHead::Raw) => ReqState::Done,
-            Err(e) => return self.stop(&format!("request framing: {e}")),
+            Err(e) => return self.stop_requests(&format!("request framing: {e}")),
         };
     }
 
@@ -187,7 +219,6 @@ impl Recorder {
         if input.is_empty() {
             return self.on_eof();
         }
-        let max = self.store.caps().max_body;
         while !input.is_empty() {
             match &mut self.resp {
                 RespState::Done => return,
@@ -217,7 +248,7 @@ impl Recorder {
                             Err(e) => return self.stop(&format!("response body: {e}")),
                         },
                     };
-                    capture(&mut response.body, &input[..n], max);
+                    capture(&self.store, &mut response.body, &input[..n]);
                     input = &input[n..];
                     if done {
                         let ended = std::mem::replace(&mut self.resp, RespState::Head(Vec::new()));
@@ -230,10 +261,14 @@ impl Recorder {
         }
     }
 
-    fn finish(&mut self, id: u64, response: Response) {
+    /// Stores a response that ended, and gives back its body's reservation.
+    fn finish(&mut self, id: u64, mut response: Response) {
         self.pending.pop_front();
         self.completed += 1;
+        response.body.complete = true;
+        let n = response.body.bytes.len();
         self.store.finish(id, response);
+        self.store.release(n);
     }
 
     fn response_head(&mut self, response: Response, minor: u8) {
@@ -302,7 +337,9 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if !self.pending.is_empty() {
+        let mid_body = matches!(self.req, ReqState::Body { .. })
+            || matches!(self.resp, RespState::Body { .. });
+        if mid_body || !self.pending.is_empty() {
             self.stop("the connection ended before the response did");
         }
     }

@@ -139,3 +139,48 @@ async fn the_tap_passes_every_byte_unchanged() {
     );
     assert_eq!(tap.recorder().completed(), 1);
 }
+
+#[test]
+fn a_body_cut_short_is_kept_as_far_as_it_came_and_marked_incomplete() {
+    let s = store(64);
+    let mut rec = Recorder::new(s.clone(), "web", "l", None, None);
+    rec.on_write(b"POST /up HTTP/1.1\r\nContent-Length: 1000\r\n\r\n0123456789");
+    rec.on_read(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n");
+    drop(rec);
+    let e = &s.all()[0];
+    assert_eq!(e.request_body.bytes, b"0123456789");
+    assert!(!e.request_body.complete);
+    assert_eq!(e.response.as_ref().map(|r| r.status), Some(413));
+    assert_eq!(e.outcome, Outcome::Complete);
+}
+
+#[test]
+fn captures_in_transit_stay_within_the_memory_cap() {
+    let s = Arc::new(Store::new(Caps {
+        max_requests: 100,
+        max_body: 1000,
+        max_memory: 64 << 10,
+    }));
+    // 100 uploads stall after 1000 bytes each: at most 64 KiB of them is held.
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        let mut rec = Recorder::new(s.clone(), "web", "l", None, None);
+        rec.on_write(b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n");
+        rec.on_write(&[b'x'; 1000]);
+        open.push(rec);
+    }
+    assert!(!s.reserve(1000), "the budget is spent");
+    drop(open);
+    assert!(s.reserve(64 << 10), "every reservation is given back");
+}
+
+#[test]
+fn a_malformed_request_stops_requests_and_earlier_exchanges_still_complete() {
+    let s = store(64);
+    let mut rec = Recorder::new(s.clone(), "web", "l", None, None);
+    rec.on_write(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP\x00/1.1\r\n\r\n");
+    rec.on_read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let all = s.all();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].outcome, Outcome::Complete);
+}

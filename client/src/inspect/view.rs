@@ -178,6 +178,7 @@ mod tests {
             wire_len: bytes.len() as u64,
             truncated: false,
             chunked,
+            complete: true,
         }
     }
 

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tunneld_core::http_serve::{self, form_fields, read_body, respond, Limits, Resp};
+use tunneld_core::form::Form;
+use tunneld_core::http_serve::{self, read_body, respond, Limits, Resp};
 
 const CSS: &str = include_str!("assets/inspect.css");
 const JS: &str = include_str!("assets/inspect.js");
@@ -107,6 +108,27 @@ impl Web {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Resp {
+        let mut r = self.answer(req).await;
+        r.headers_mut().insert(
+            "x-content-type-options",
+            header::HeaderValue::from_static("nosniff"),
+        );
+        r
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Resp {
+        // A page of another site may send requests here (no-cors); browsers say so.
+        let cross_site = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if cross_site {
+            return respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "the inspector answers its own pages only\n",
+            );
+        }
         if !self.host_ok(&req) {
             return respond(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -136,7 +158,7 @@ impl Web {
                 None => self.gone(id),
             },
             (Method::GET, ["api", "requests"]) => {
-                let list: Vec<Value> = store.all().iter().rev().map(summary).collect();
+                let list: Vec<Value> = store.all().iter().rev().map(|e| summary(e)).collect();
                 let (kept, bytes, dropped) = store.stats();
                 http_serve::json_resp(
                     StatusCode::OK,
@@ -191,7 +213,7 @@ impl Web {
             StatusCode::OK,
             pages::detail(
                 e,
-                original.as_ref(),
+                original.as_deref(),
                 &self.stats(),
                 self.inspector.csrf(),
                 flash,
@@ -200,7 +222,7 @@ impl Web {
     }
 
     /// A posted form, after the cross-site checks: its fields.
-    async fn form(&self, req: Request<Incoming>) -> Result<Vec<(String, String)>, Resp> {
+    async fn form(&self, req: Request<Incoming>) -> Result<Form, Resp> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -211,7 +233,8 @@ impl Web {
             .headers()
             .get(header::ORIGIN)
             .and_then(|h| h.to_str().ok());
-        if origin.is_some_and(|o| o != "null" && o != format!("http://{host}")) {
+        let own = format!("http://{host}");
+        if origin.is_some_and(|o| !o.eq_ignore_ascii_case(&own)) {
             return Err(self.message(
                 StatusCode::FORBIDDEN,
                 "Refused",
@@ -222,12 +245,11 @@ impl Web {
             Ok(b) => b,
             Err(r) => return Err(r),
         };
-        let fields = form_fields(&body);
-        let token = fields
-            .iter()
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.as_str());
-        if token != Some(self.inspector.csrf()) {
+        let fields = match Form::parse(&body) {
+            Ok(f) => f,
+            Err(e) => return Err(self.message(StatusCode::BAD_REQUEST, "Refused", &e)),
+        };
+        if fields.get("csrf") != Some(self.inspector.csrf()) {
             return Err(self.message(
                 StatusCode::FORBIDDEN,
                 "Refused",
@@ -237,23 +259,23 @@ impl Web {
         Ok(fields)
     }
 
-    async fn replay(&self, id: &str, fields: &[(String, String)]) -> Resp {
+    async fn replay(&self, id: &str, fields: &Form) -> Resp {
         let store = &self.inspector.store;
         let Some(original) = id.parse().ok().and_then(|i| store.get(i)) else {
             return self.gone(id);
         };
-        let field = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.replace("\r\n", "\n"))
-                .unwrap_or_default()
+        let raw = |k: &str| fields.get(k).unwrap_or_default().to_string();
+        let field = |k: &str| raw(k).replace("\r\n", "\n");
+        // Browsers send a textarea's lines with CRLF: back to LF when the original had LF.
+        let body = match raw("eol").as_str() {
+            "crlf" => raw("body"),
+            _ => field("body"),
         };
         let edit = (field("edited") == "1").then(|| Edit {
             method: field("method"),
             target: field("target"),
             headers: field("headers"),
-            body: field("body"),
+            body: (field("keep_body") != "1").then_some(body),
         });
         match replay(&self.inspector, &original, edit.as_ref()).await {
             Ok(new) => see_other(&format!("/requests/{new}")),

@@ -5,7 +5,9 @@
   const rows = document.getElementById("rows");
   const filter = document.getElementById("filter");
   const stats = document.getElementById("stats");
-  const pending = document.querySelector(".status.pending");
+  // A request page whose response has not come yet.
+  const status = document.querySelector("#status[data-request]");
+  const pending = status && status.querySelector(".status.pending") ? status.dataset.request : null;
 
   function applyFilter() {
     if (!rows || !filter) return;
@@ -28,8 +30,9 @@
         if (stats) stats.textContent = n + " requests kept";
       }
     } else if (pending) {
-      // A request waiting for its response: show the response when it comes.
-      location.reload();
+      // Reload once this request has its answer (not at every other request's change).
+      const r = await fetch("/api/requests/" + pending, { cache: "no-store" });
+      if (r.ok && (await r.json()).outcome !== "pending") location.reload();
     }
   }
 
@@ -37,7 +40,10 @@
     const events = new EventSource("/events");
     let first = true;
     events.onmessage = function () {
-      if (first) { first = false; return; }
+      // The first event says where the store is; a pending request may have ended since
+      // the page was made, so look once.
+      if (first && rows) { first = false; return; }
+      first = false;
       refresh().catch(function () {});
     };
   }
