@@ -176,6 +176,51 @@ pub fn host_rewrite(data: &[u8]) {
     }
 }
 
+/// `client/src/inspect/tap.rs`: the inspector's recorder. The bytes up to the first `|`
+/// go toward the service (requests), the rest come back (responses), interleaved in small
+/// pieces, then the end of stream; every recorded exchange is shown as the pages show it.
+/// The store's caps must hold.
+pub fn inspect_tap(data: &[u8]) {
+    use std::sync::Arc;
+    use tunneld_client::inspect::store::{Caps, Store};
+    use tunneld_client::inspect::tap::Recorder;
+    use tunneld_client::inspect::view;
+    let (requests, responses) = match data.iter().position(|b| *b == b'|') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let caps = Caps {
+        max_requests: 8,
+        max_body: 64,
+        max_memory: 8 << 10,
+    };
+    let store = Arc::new(Store::new(caps));
+    {
+        let mut rec = Recorder::new(store.clone(), "fuzz", "127.0.0.1:1", None, None);
+        let step = split_of(data);
+        let (mut w, mut r) = (requests.chunks(step), responses.chunks(step));
+        loop {
+            let (a, b) = (w.next(), r.next());
+            if a.is_none() && b.is_none() {
+                break;
+            }
+            a.into_iter().for_each(|p| rec.on_write(p));
+            b.into_iter().for_each(|p| rec.on_read(p));
+        }
+        rec.on_read(b"");
+    }
+    let (kept, _, _) = store.stats();
+    assert!(kept <= caps.max_requests, "{kept} exchanges kept");
+    for e in store.all() {
+        assert!(e.request_body.bytes.len() <= caps.max_body);
+        let _ = view::show(&e.request.headers, &e.request_body);
+        if let Some(r) = &e.response {
+            assert!(r.body.bytes.len() <= caps.max_body);
+            let _ = view::show(&r.headers, &r.body);
+        }
+    }
+}
+
 /// `core/src/sni.rs`: `parse_client_hello` on the bytes as a message body, and
 /// `read_client_hello` on them as a connection's first bytes (one read, then small reads).
 pub fn sni_client_hello(data: &[u8]) {

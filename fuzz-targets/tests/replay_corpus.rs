@@ -13,6 +13,7 @@ fn target(name: &str) -> Option<fn(&[u8])> {
         "http1_head" => t::http1_head,
         "framing_guard" => t::framing_guard,
         "host_rewrite" => t::host_rewrite,
+        "inspect_tap" => t::inspect_tap,
         "sni_client_hello" => t::sni_client_hello,
         "proxy_protocol" => t::proxy_protocol,
         "hostglob" => t::hostglob,
