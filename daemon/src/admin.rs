@@ -11,6 +11,7 @@
 //! | `GET /ping` | `pong` (threshold's liveness route) |
 //! | `POST /reload` | reads the config file again and applies the difference (`reload`) |
 //! | `GET /openapi.yaml` | this API's OpenAPI document (docs/openapi/admin.yaml) |
+//! | `/ui`, `/ui/...` | the web dashboard (`dashboard`, docs/dashboard.md) |
 //!
 //! `/clients` and `/tunnels` also speak threshold's shapes (`admin_threshold`).
 
@@ -53,6 +54,8 @@ struct State {
     draining: CancellationToken,
     /// None on threshold's management API (no `/reload` there).
     reloader: Option<Arc<crate::reload::Reloader>>,
+    /// The web dashboard under `/ui` (not on threshold's management API).
+    dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 /// What the admin API reaches of the running tunneld beyond the hub.
@@ -75,6 +78,18 @@ pub async fn start(
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
+    let token_digest = cfg.token.as_ref().map(|t| sha256(t.0.as_bytes()));
+    let dashboard = crate::dashboard::Dashboard::start(crate::dashboard::Parts {
+        hub: hub.clone(),
+        mappings: mappings.clone(),
+        store: store.clone(),
+        writes: writes.clone(),
+        metrics: metrics.clone(),
+        token_digest,
+        draining: hooks.draining.clone(),
+        // The admin listener speaks plain HTTP (no TLS below), so the cookie is not `Secure`.
+        secure: false,
+    });
     let state = Arc::new(State {
         shape: cfg.shape,
         hub,
@@ -82,9 +97,10 @@ pub async fn start(
         store,
         writes,
         metrics,
-        token_digest: cfg.token.as_ref().map(|t| sha256(t.0.as_bytes())),
+        token_digest,
         draining: hooks.draining,
         reloader: Some(hooks.reloader),
+        dashboard: Some(dashboard),
     });
     tracing::info!(%addr, "admin API listening");
     let handler: Handler = Arc::new(move |req, peer| {
@@ -116,14 +132,20 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
 }
 
 async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
+    let ui =
+        (state.dashboard.as_ref()).filter(|_| crate::dashboard::Dashboard::owns(req.uri().path()));
     let route = match req.uri().path() {
         p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping"
         | "/reload" | "/openapi.yaml") => p.to_string(),
         // threshold answered its liveness route with a trailing slash too.
         "/ping/" => "/ping".to_string(),
+        _ if ui.is_some() => "/ui".to_string(),
         _ => "other".to_string(),
     };
-    let resp = route_request(state, req, &route, peer).await;
+    let resp = match ui {
+        Some(d) => d.handle(req, peer).await,
+        None => route_request(state, req, &route, peer).await,
+    };
     if let Some(own) = crate::metrics::of(&state.metrics) {
         own.admin_requests_total
             .with_label_values(&[&route, resp.status().as_str()])
@@ -272,20 +294,8 @@ async fn mappings_json(list: Vec<(Mapping, String)>) -> Value {
 }
 
 async fn tunnels(state: &State) -> Value {
-    let mut routes = state.hub.routes();
-    // An admin port's owner is whom its mappings name now (a repoint keeps the claim).
-    let owners = state.mappings.port_owners().await;
-    for r in routes.iter_mut() {
-        let port = r.endpoint.rsplit(':').next().and_then(|p| p.parse().ok());
-        let found = owners.iter().find(|(f, p, _)| {
-            *f == r.frontend && Some(*p) == port && r.tunnel == format!("mapping-{p}")
-        });
-        if let Some((_, _, o)) = found {
-            r.owner = o.clone();
-        }
-    }
     json!({
-        "routes": routes,
+        "routes": state.mappings.routes_with_owners(&state.hub).await,
         "mappings": mappings_json(state.mappings.mappings().await).await,
     })
 }
@@ -354,16 +364,9 @@ async fn apply(
     state: &State,
     desired: Vec<Mapping>,
 ) -> Result<Vec<(Mapping, String)>, MappingError> {
-    let json = serde_json::to_string(&desired).unwrap_or_else(|_| "[]".into());
-    let _one = state.writes.lock().await;
-    let list = state.mappings.apply(desired).await?;
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.set_admin_mappings(&json)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "admin mappings applied but not stored"),
-        Err(e) => tracing::error!(error = %e, "admin mappings applied but not stored"),
-    }
-    Ok(list)
+    (state.mappings)
+        .apply_and_store(&state.store, &state.writes, desired)
+        .await
 }
 
 /// threshold's management API on a `yamux` transport's port (`threshold.management_api`):
@@ -393,6 +396,7 @@ impl ThresholdManagement {
                 token_digest: None,
                 draining: CancellationToken::new(),
                 reloader: None,
+                dashboard: None,
             }),
         })
     }

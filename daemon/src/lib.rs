@@ -15,8 +15,10 @@ pub mod admin_threshold;
 mod components;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 mod frontend_set;
-pub mod http_serve;
+/// The small HTTP servers' accept loop and reply helpers (shared with tunnelc, in core).
+pub use tunneld_core::http_serve;
 mod https_certs;
 pub mod mappings;
 pub mod metrics;

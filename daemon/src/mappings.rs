@@ -24,6 +24,7 @@ use tunneld_core::proxy_protocol;
 
 mod apply;
 mod route_table;
+mod stored;
 
 pub use route_table::RouteTable;
 

@@ -1,5 +1,5 @@
 //! The daemon's own series: the admin and provisioning APIs, admin pools, provisioned
-//! tunnels and certificates, sessions cut by the sweep. Registered on core's registry when
+//! tunnels and certificates, sessions cut by the sweep, the dashboard. Registered on core's registry when
 //! tunneld starts ([`of`] from then on finds them).
 
 use std::sync::Arc;
@@ -28,6 +28,10 @@ tunneld_core::metric_series! {
             "Live sessions ended because their token expired, was revoked, or was removed or changed by a reload";
         counter config_reloads_total: "tunneld_config_reloads_total", ["result"],
             "Configuration reloads (SIGHUP, POST /reload) by result (ok, error)";
+        counter dashboard_logins_total: "tunneld_dashboard_logins_total", ["result"],
+            "Dashboard logins (POST /ui/login) by result (ok, refused)";
+        gauge dashboard_event_streams: "tunneld_dashboard_event_streams", [],
+            "Open dashboard event streams (GET /ui/events)";
     }
 }
 

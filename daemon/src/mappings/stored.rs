@@ -1,0 +1,48 @@
+//! What the admin API and the dashboard share of the admin mappings: applying a list and
+//! storing it (one update at a time), and the routes as `GET /tunnels` lists them.
+
+use super::{AdminMappings, Mapping, MappingError};
+use std::sync::Arc;
+use tunneld_core::frontend::RouteInfo;
+use tunneld_core::hub::Hub;
+use tunneld_state::StateStore;
+
+impl AdminMappings {
+    /// Applies a mapping list and, once applied, stores it (on a blocking thread) so a
+    /// restart re-applies it; `writes` keeps updates one at a time. A store failure is
+    /// logged: the live mappings stand.
+    pub async fn apply_and_store(
+        &self,
+        store: &Arc<dyn StateStore>,
+        writes: &tokio::sync::Mutex<()>,
+        desired: Vec<Mapping>,
+    ) -> Result<Vec<(Mapping, String)>, MappingError> {
+        let json = serde_json::to_string(&desired).unwrap_or_else(|_| "[]".into());
+        let _one = writes.lock().await;
+        let list = self.apply(desired).await?;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.set_admin_mappings(&json)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "admin mappings applied but not stored"),
+            Err(e) => tracing::error!(error = %e, "admin mappings applied but not stored"),
+        }
+        Ok(list)
+    }
+
+    /// Every route of `hub`, an admin port owned by whom its mappings name now (a repoint
+    /// keeps the claim, so the frontend still names the first owner).
+    pub async fn routes_with_owners(&self, hub: &Hub) -> Vec<RouteInfo> {
+        let mut routes = hub.routes();
+        let owners = self.port_owners().await;
+        for r in routes.iter_mut() {
+            let port = r.endpoint.rsplit(':').next().and_then(|p| p.parse().ok());
+            let found = owners.iter().find(|(f, p, _)| {
+                *f == r.frontend && Some(*p) == port && r.tunnel == format!("mapping-{p}")
+            });
+            if let Some((_, _, o)) = found {
+                r.owner = o.clone();
+            }
+        }
+        routes
+    }
+}
