@@ -33,8 +33,8 @@ impl Form {
     }
 }
 
-/// Decodes one component (`+` is a space, `%XX` a byte).
-fn decode(s: &str) -> Result<String, String> {
+/// Decodes one component (`+` is a space, `%XX` a byte); the error names the bad part.
+pub fn decode(s: &str) -> Result<String, String> {
     let bad = || {
         format!(
             "bad %-encoding in the form near `{}`",

@@ -43,6 +43,7 @@ pub mod duration;
 pub mod form;
 pub mod frontend;
 pub mod hostglob;
+pub mod html;
 pub mod http1;
 pub mod http2;
 pub mod http_forward;

@@ -217,7 +217,7 @@ fn list_tokens(store: &dyn StateStore, json: bool) -> anyhow::Result<()> {
         for t in &all {
             rows.push(serde_json::json!({
                 "name": t.name,
-                "state": token_state(t, now),
+                "state": t.state(now),
                 "max_ports": t.max_ports,
                 "max_names": t.max_names,
                 "expires_at": t.expires_at.map(rfc3339),
@@ -239,7 +239,7 @@ fn list_tokens(store: &dyn StateStore, json: bool) -> anyhow::Result<()> {
         "NAME\tSTATE\tMAX_PORTS\tMAX_NAMES\tEXPIRES\tSINGLE_USE\tTRANSPORTS\tTUNNELS\tSSH_KEYS"
     );
     for t in all {
-        let st = token_state(&t, now);
+        let st = t.state(now);
         let tunnels = store.tunnels(Some(&t.name))?.len();
         let keys = store.ssh_keys(Some(&t.name))?.len();
         println!(
@@ -253,19 +253,6 @@ fn list_tokens(store: &dyn StateStore, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `active`, `revoked`, `expired` or `used`.
-fn token_state(t: &state::TokenRecord, now: u64) -> &'static str {
-    if t.revoked_at.is_some() {
-        "revoked"
-    } else if t.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else if t.single_use && t.used_at.is_some() {
-        "used"
-    } else {
-        "active"
-    }
 }
 
 fn print_id(id: &str, e: &rdv::IdEntry) {

@@ -12,6 +12,7 @@ pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod raw_http;
 pub mod services;
 pub mod ssh;
 

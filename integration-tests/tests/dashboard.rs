@@ -80,21 +80,7 @@ async fn echo_once(addr: SocketAddr, payload: &[u8]) -> Result<()> {
 
 /// A raw HTTP/1.1 exchange with the admin listener: (status, head, body).
 async fn raw(addr: SocketAddr, req: String) -> Result<(u16, String, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
-        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
-    };
-    let text = tokio::time::timeout(WAIT, exchange).await??;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
-    Ok((status, head.to_string(), body.to_string()))
+    tunneld_integration_tests::raw_http::exchange(addr, &req).await
 }
 
 fn post(addr: SocketAddr, path: &str, cookie: &str, extra: &str, body: &str) -> String {

@@ -9,8 +9,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tunneld_integration_tests::browser::{Browser, ENTER, TAB};
 use tunneld_integration_tests::process::{curl, Proc};
@@ -96,7 +94,6 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String, String)> {
-    let mut s = TcpStream::connect(addr).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -112,17 +109,7 @@ async fn call(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("a response head")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("a status")?;
-    Ok((status, head.to_string(), body.to_string()))
+    tunneld_integration_tests::raw_http::exchange(addr, &req).await
 }
 
 async fn api(addr: SocketAddr, path: &str) -> Result<Value> {
@@ -331,6 +318,19 @@ async fn the_caps_keep_the_newest_requests() {
     assert_eq!(v["dropped"], 2);
 }
 
+/// Checks that the page is no wider than the 390 px viewport, and saves a screenshot.
+async fn fits_and_shot(b: &Browser, name: &str) {
+    let wide = b
+        .exec("return document.documentElement.scrollWidth", vec![])
+        .await
+        .expect("width");
+    assert!(
+        wide.as_u64().is_some_and(|w| w <= 390),
+        "{name}: scrollWidth {wide} at 390 px"
+    );
+    b.screenshot(name).await.expect("screenshot");
+}
+
 /// Presses Tab until the focused element's text is `text` (at most 30 times).
 async fn tab_to(b: &Browser, text: &str) -> Result<()> {
     for _ in 0..30 {
@@ -439,28 +439,8 @@ async fn the_pages_work_in_a_browser() {
     let url = b.current_url().await.expect("url");
     b.goto(&url).await.expect("reload");
     b.wait_for("#replayed-status", WAIT).await.expect("page");
-    let wide = b
-        .exec("return document.documentElement.scrollWidth", vec![])
-        .await
-        .expect("width");
-    assert!(
-        wide.as_u64().is_some_and(|w| w <= 390),
-        "scrollWidth {wide} at 390 px"
-    );
-    b.screenshot("inspector-replay-390")
-        .await
-        .expect("screenshot");
+    fits_and_shot(&b, "inspector-replay-390").await;
     b.goto(&format!("{base}/")).await.expect("list");
     b.wait_for("#rows a", WAIT).await.expect("rows");
-    let wide = b
-        .exec("return document.documentElement.scrollWidth", vec![])
-        .await
-        .expect("width");
-    assert!(
-        wide.as_u64().is_some_and(|w| w <= 390),
-        "list scrollWidth {wide} at 390 px"
-    );
-    b.screenshot("inspector-list-390")
-        .await
-        .expect("screenshot");
+    fits_and_shot(&b, "inspector-list-390").await;
 }

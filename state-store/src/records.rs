@@ -25,6 +25,19 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// `active`, `revoked`, `expired` or `used` (a spent single-use token) at `now`.
+    pub fn state(&self, now: u64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else if self.single_use && self.used_at.is_some() {
+            "used"
+        } else {
+            "active"
+        }
+    }
+
     /// Why the token cannot be used at `now`, if it cannot.
     pub fn refusal(&self, now: u64) -> Option<String> {
         if let Some(at) = self.revoked_at {

@@ -25,21 +25,7 @@ pub fn masked(name: &str, value: &[u8]) -> String {
     }
 }
 
-/// `text` safe inside HTML text and quoted attributes.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use tunneld_core::html::esc;
 
 /// The payload of a chunked body (as much as the captured bytes hold); the bytes unchanged
 /// when they are not chunked.

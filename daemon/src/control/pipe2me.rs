@@ -184,29 +184,7 @@ fn protocols_of(query: Option<&str>, body: &[u8]) -> Result<Vec<String>, Refusal
 
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space).
 fn percent_decode(s: &str) -> Result<String, Refusal> {
-    let bad = || {
-        (
-            StatusCode::BAD_REQUEST,
-            "protocols: bad %-encoding".to_string(),
-        )
-    };
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'+' => b' ',
-            b'%' => {
-                let h: String = [bytes.next(), bytes.next()]
-                    .iter()
-                    .map(|b| b.map(char::from))
-                    .collect::<Option<_>>()
-                    .ok_or_else(bad)?;
-                u8::from_str_radix(&h, 16).map_err(|_| bad())?
-            }
-            b => b,
-        });
-    }
-    String::from_utf8(out).map_err(|_| bad())
+    tunneld_core::form::decode(s).map_err(|e| (StatusCode::BAD_REQUEST, format!("protocols: {e}")))
 }
 
 /// Runs store work on a blocking thread (no runtime thread waits on SQLite).

@@ -46,6 +46,14 @@ impl Dashboard {
             Ok(f) => f,
             Err(e) => return reply::text(StatusCode::BAD_REQUEST, &e),
         };
+        // A form from another site is refused whoever the caller is (a proxy may add the
+        // bearer token to every request it passes).
+        if let (Who::Bearer, Some(o)) = (&who, origin.as_deref()) {
+            if let Err(e) = csrf::check_origin(o, host.as_deref()) {
+                self.recent.push("dashboard form refused", e.clone(), 1);
+                return reply::text(StatusCode::FORBIDDEN, &e);
+            }
+        }
         if let Who::Session(s) = &who {
             if let Err(e) = csrf::check(
                 &s.csrf,
@@ -112,7 +120,9 @@ impl Dashboard {
         ))
     }
 
-    /// Revokes a stored token, then cuts its live sessions at once.
+    /// Revokes an active stored token, then cuts the live sessions it authenticated (token
+    /// or its SSH keys, as the sweep does; a client of that name that authenticated another
+    /// way keeps its sessions).
     async fn revoke(&self, name: Option<&str>) -> Outcome {
         let name = name.unwrap_or("").to_string();
         if name.is_empty() {
@@ -120,34 +130,52 @@ impl Dashboard {
         }
         let store = self.store.clone();
         let n = name.clone();
-        let done =
-            tokio::task::spawn_blocking(move || store.revoke_token(&n, tunneld_state::now()))
-                .await
-                .map_err(|e| {
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("revoking failed: {e}"),
-                    )
-                })?
-                .map_err(|e| {
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("revoking failed: {e}"),
-                    )
-                })?;
+        let done = tokio::task::spawn_blocking(move || {
+            let now = tunneld_state::now();
+            let active = store
+                .tokens()?
+                .into_iter()
+                .any(|t| t.name == n && t.refusal(now).is_none());
+            if !active {
+                return Ok(false);
+            }
+            store.revoke_token(&n, now)
+        })
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("revoking failed: {e}"),
+            )
+        })?
+        .map_err(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("revoking failed: {e}"),
+            )
+        })?;
         if !done {
             return Err((
                 StatusCode::NOT_FOUND,
-                format!("no active stored token `{name}` (unknown, or revoked already)"),
+                format!(
+                    "no active stored token `{name}` (unknown, revoked already, expired or used)"
+                ),
             ));
         }
-        let cut = crate::control::sweep::cut_client(
-            &self.hub,
-            &self.metrics,
-            &name,
-            "revoked",
-            &format!("token `{name}` was revoked from the dashboard"),
-        );
+        let mut cut = 0;
+        for s in self.hub.sessions() {
+            let by_token = s.info.auth_method == "token"
+                || s.info.auth_method == tunneld_state::ssh_keys::METHOD;
+            if s.info.client_id == name && by_token {
+                s.closed.cancel();
+                cut += 1;
+            }
+        }
+        if let (Some(own), true) = (crate::metrics::of(&self.metrics), cut > 0) {
+            own.sessions_cut_total
+                .with_label_values(&["revoked"])
+                .inc_by(cut as u64);
+        }
         tracing::warn!(token = %name, sessions = cut, "token revoked from the dashboard");
         Ok(format!("Revoked token {name}; {cut} live session(s) cut."))
     }

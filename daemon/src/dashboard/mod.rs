@@ -115,10 +115,7 @@ impl Dashboard {
                 return reply::asset("text/javascript; charset=utf-8", JS)
             }
             (&Method::GET, "/ui/login") => {
-                return match (
-                    &self.token_digest,
-                    Self::cookie(&req).and_then(|c| self.sessions.touch(c)),
-                ) {
+                return match (&self.token_digest, self.session(&req, peer.ip())) {
                     (None, _) | (_, Some(_)) => reply::see_other("/ui"),
                     _ => reply::html(StatusCode::OK, pages::login(None)),
                 };

@@ -4,6 +4,7 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tunneld_core::auth::sha256;
@@ -18,6 +19,9 @@ pub const COOKIE: &str = "tunneld_session";
 struct Entry {
     csrf: String,
     last_used: Instant,
+    /// The address that logged in: the cookie works from there only (a cookie that leaked,
+    /// say to a tenant's port on the same host, is useless elsewhere).
+    ip: IpAddr,
     /// The outcome of the last action, shown once on the next page.
     flash: Option<String>,
 }
@@ -60,8 +64,9 @@ impl Sessions {
         }
     }
 
-    /// Starts a session: answers its cookie value (the only copy; the map keeps its digest).
-    pub fn create(&self) -> Result<String, String> {
+    /// Starts a session for a browser at `ip`: answers its cookie value (the only copy; the
+    /// map keeps its digest).
+    pub fn create(&self, ip: IpAddr) -> Result<String, String> {
         let cookie = random_token(&self.rng).map_err(|_| "no random bytes for a session")?;
         let csrf = random_token(&self.rng).map_err(|_| "no random bytes for a CSRF token")?;
         let now = Instant::now();
@@ -79,18 +84,22 @@ impl Sessions {
             Entry {
                 csrf,
                 last_used: now,
+                ip,
                 flash: None,
             },
         );
         Ok(cookie)
     }
 
-    /// The live session of `cookie`, marked as used now.
-    pub fn touch(&self, cookie: &str) -> Option<Found> {
+    /// The live session of `cookie` presented from `ip`, marked as used now.
+    pub fn touch(&self, cookie: &str, ip: IpAddr) -> Option<Found> {
         let key = sha256(cookie.as_bytes());
         let now = Instant::now();
         let mut map = tunneld_core::sync::lock(&self.map);
         let e = map.get_mut(&key)?;
+        if e.ip != ip {
+            return None;
+        }
         if now.duration_since(e.last_used) >= self.idle {
             map.remove(&key);
             return None;
@@ -140,9 +149,10 @@ impl Sessions {
     }
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
+/// Every value of cookie `name` in a `Cookie` header (another site on the same host may
+/// have set one of the same name).
+pub fn cookie_values<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    header.split(';').filter_map(move |pair| {
         let (k, v) = pair.trim().split_once('=')?;
         (k == name).then_some(v.trim())
     })
@@ -161,54 +171,66 @@ pub fn same(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn create_touch_end() {
         let s = Sessions::default();
-        let c = s.create().expect("random");
+        let c = s.create(IP).expect("random");
         assert_eq!(c.len(), 43, "32 bytes base64url");
-        let found = s.touch(&c).expect("live");
+        let found = s.touch(&c, IP).expect("live");
         assert_eq!(found.csrf.len(), 43);
         assert_ne!(found.csrf, c);
-        assert!(s.touch("not-a-session").is_none());
+        assert!(s.touch("not-a-session", IP).is_none());
+        let elsewhere = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        assert!(
+            s.touch(&c, elsewhere).is_none(),
+            "a cookie works from its own address only"
+        );
         assert!(s.alive(&found.key));
         s.set_flash(&found.key, "done".into());
         assert_eq!(s.take_flash(&found.key).as_deref(), Some("done"));
         assert_eq!(s.take_flash(&found.key), None);
         s.end(&found.key);
-        assert!(s.touch(&c).is_none());
+        assert!(s.touch(&c, IP).is_none());
         assert!(!s.alive(&found.key));
     }
 
     #[test]
     fn bounded_oldest_evicted() {
         let s = Sessions::new(3, IDLE_EXPIRY);
-        let first = s.create().expect("random");
-        let second = s.create().expect("random");
-        let third = s.create().expect("random");
+        let first = s.create(IP).expect("random");
+        let second = s.create(IP).expect("random");
+        let third = s.create(IP).expect("random");
         // `first` is used again, so `second` is now the least recently used.
-        assert!(s.touch(&first).is_some());
-        let fourth = s.create().expect("random");
+        assert!(s.touch(&first, IP).is_some());
+        let fourth = s.create(IP).expect("random");
         assert_eq!(s.len(), 3);
-        assert!(s.touch(&second).is_none());
+        assert!(s.touch(&second, IP).is_none());
         for c in [&first, &third, &fourth] {
-            assert!(s.touch(c).is_some());
+            assert!(s.touch(c, IP).is_some());
         }
     }
 
     #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new(8, Duration::ZERO);
-        let c = s.create().expect("random");
-        assert!(s.touch(&c).is_none());
+        let c = s.create(IP).expect("random");
+        assert!(s.touch(&c, IP).is_none());
         assert!(s.is_empty());
     }
 
     #[test]
     fn cookies_and_comparison() {
         let h = "a=1; tunneld_session=abc ; b=2";
-        assert_eq!(cookie_value(h, COOKIE), Some("abc"));
-        assert_eq!(cookie_value(h, "b"), Some("2"));
-        assert_eq!(cookie_value("tunneld_sessionx=1", COOKIE), None);
+        assert_eq!(cookie_values(h, COOKIE).collect::<Vec<_>>(), ["abc"]);
+        assert_eq!(cookie_values(h, "b").collect::<Vec<_>>(), ["2"]);
+        assert_eq!(cookie_values("tunneld_sessionx=1", COOKIE).count(), 0);
+        let two = "tunneld_session=bogus; tunneld_session=real";
+        assert_eq!(
+            cookie_values(two, COOKIE).collect::<Vec<_>>(),
+            ["bogus", "real"]
+        );
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "ab"));

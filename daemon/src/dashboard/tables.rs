@@ -200,18 +200,6 @@ async fn pools(d: &Dashboard) -> String {
     )
 }
 
-fn token_state(t: &TokenRecord, now: u64) -> &'static str {
-    if t.revoked_at.is_some() {
-        "revoked"
-    } else if t.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else if t.single_use && t.used_at.is_some() {
-        "used"
-    } else {
-        "active"
-    }
-}
-
 fn token_table(tokens: Result<Vec<TokenRecord>, String>, csrf: &str) -> String {
     let now = tunneld_state::now();
     let opt = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "—".into());
@@ -223,7 +211,7 @@ fn token_table(tokens: Result<Vec<TokenRecord>, String>, csrf: &str) -> String {
         Ok(list) => list
             .iter()
             .map(|t| {
-                let state = token_state(t, now);
+                let state = t.state(now);
                 let action = if state == "active" {
                     format!(
                         r#"<form method="post" action="/ui/tokens/revoke">{}<input type="hidden" name="token" value="{n}"><button type="submit" class="danger" aria-label="Revoke token {n}">Revoke</button></form>"#,
