@@ -1,9 +1,7 @@
-//! tunnelc's request inspector (`--inspect`): a real tunnelc process carries an http tunnel
-//! (over yamux and over h2-reverse) from tunneld's https frontend to a local service; curl is
-//! the visitor. The inspector records what the service received and answered, replays it
-//! (as it was and edited) so the service receives it again, refuses cross-site forms and
-//! foreign Host names, and a headless Chromium drives its pages (keyboard, live list,
-//! replay, 390 px wide).
+//! tunnelc's request inspector (`--inspect`): a real tunnelc (yamux, h2-reverse) and curl
+//! visitors through tunneld's https frontend. It records, replays (as it was and edited),
+//! refuses cross-site forms and foreign Hosts, keeps a flooded tunnel's neighbour apart, and
+//! headless Chromium drives its pages (keyboard, live list, replay, 390 px wide).
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -26,8 +24,7 @@ struct Setup {
     inspector: SocketAddr,
 }
 
-/// tunneld with the https frontend, a logged local service, and tunnelc over `transport`
-/// with the inspector on a private port; `extra` adds client YAML.
+/// tunneld (https frontend), a logged service, tunnelc over `transport` plus `extra` YAML.
 async fn setup(transport: &str, extra: &str) -> Result<Setup> {
     let server = TestServer::start_web("").await?;
     let (local, log) = services::http_logged().await;
@@ -37,7 +34,8 @@ async fn setup(transport: &str, extra: &str) -> Result<Setup> {
     };
     let yaml = format!(
         "server: {server_addr}\nserver_name: localhost\ntransport: {transport}\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n  site: {{ type: http, local: \"{local}\", subdomain: insp }}\n{extra}",
-        server.ca_file().display()
+        server.ca_file().display(),
+        extra = extra.replace("{local}", &local.to_string()),
     );
     let dir = temp_dir("inspector");
     let file = dir.join("client.yaml");
@@ -67,10 +65,15 @@ async fn setup(transport: &str, extra: &str) -> Result<Setup> {
 impl Setup {
     /// A visitor's request through the public URL with curl; its body.
     async fn visit(&self, path: &str, args: &[&str]) -> Result<String> {
+        self.visit_name("insp", path, args).await
+    }
+
+    /// [`Setup::visit`] to the tunnel with subdomain `name`.
+    async fn visit_name(&self, name: &str, path: &str, args: &[&str]) -> Result<String> {
         let port = self.url.rsplit(':').next().context("port")?;
-        let resolve = format!("insp.localhost:{port}:127.0.0.1");
+        let resolve = format!("{name}.localhost:{port}:127.0.0.1");
         let ca = self.server.ca_file().to_string_lossy().into_owned();
-        let url = format!("{}{path}", self.url);
+        let url = format!("https://{name}.localhost:{port}{path}");
         let mut all = vec!["--cacert", &ca, "--resolve", &resolve, "--fail"];
         all.extend_from_slice(args);
         all.push(&url);
@@ -136,10 +139,6 @@ async fn requests_when(addr: SocketAddr, ok: impl Fn(&[Value]) -> bool) -> Resul
     }
 }
 
-fn complete(e: &Value) -> bool {
-    e["outcome"] == "complete"
-}
-
 /// The inspector's form token, from its list page.
 async fn csrf(addr: SocketAddr) -> Result<String> {
     let (_, _, page) = call(addr, "GET", "/", &[], "").await?;
@@ -152,10 +151,7 @@ async fn csrf(addr: SocketAddr) -> Result<String> {
 
 fn location(head: &str) -> Option<String> {
     head.lines()
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
-        })
+        .find_map(|l| l.strip_prefix("location: "))
         .map(str::to_string)
 }
 
@@ -175,7 +171,10 @@ async fn records_and_replays(transport: &str) -> Result<()> {
         )
         .await?;
     assert!(body.contains("hello /hook?x=1"), "{body}");
-    let list = requests_when(s.inspector, |l| l.len() == 1 && complete(&l[0])).await?;
+    let list = requests_when(s.inspector, |l| {
+        l.len() == 1 && l[0]["outcome"] == "complete"
+    })
+    .await?;
     let first = &list[0];
     assert_eq!(
         (first["method"].as_str(), first["target"].as_str()),
@@ -276,7 +275,7 @@ async fn records_and_replays(transport: &str) -> Result<()> {
     assert!(body.contains(&format!("sha256={sha}")), "{body}");
     let list = requests_when(s.inspector, |l| {
         l.first()
-            .is_some_and(|e| e["target"] == "/big" && complete(e))
+            .is_some_and(|e| e["target"] == "/big" && e["outcome"] == "complete")
     })
     .await?;
     let whole = api(s.inspector, &format!("/api/requests/{}", list[0]["id"])).await?;
@@ -295,6 +294,61 @@ async fn records_and_replays_over_h2_reverse() {
     records_and_replays("h2-reverse").await.expect("h2-reverse");
 }
 
+/// A flooded tunnel's neighbour on the same tunnelc and local service (one h2-reverse pool)
+/// keeps answering; each request records under its own tunnel, within the memory cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_tunnel_leaves_its_neighbour_answering_and_recorded_apart() {
+    const MAX_MEMORY: u64 = 262_144;
+    let extra = "  other: { type: http, local: \"{local}\", subdomain: other }\ninspect: { max_requests: 1000, max_body: 4096, max_memory: 262144 }\n";
+    let s = setup("h2-reverse", extra).await.expect("setup");
+    let big = temp_dir("inspector-flood").join("body");
+    std::fs::write(&big, tunneld_integration_tests::pattern(64 << 10, 3)).expect("body");
+    let at = format!("@{}", big.display());
+    // 300 uploads of 64 KiB to `site`, 50 at a time, in one curl.
+    let flood_args = ["--parallel", "--parallel-max", "50", "--data-binary", &at];
+    let flood = s.visit("/flood[1-300]", &flood_args);
+    let neighbour = async {
+        for i in 0..20 {
+            let body = s.visit_name("other", &format!("/n{i}"), &[]).await?;
+            anyhow::ensure!(body.contains(&format!("hello /n{i}")), "{body}");
+        }
+        anyhow::Ok(())
+    };
+    let (flood, neighbour) = tokio::join!(flood, neighbour);
+    flood.expect("the flooded tunnel answers too");
+    neighbour.expect("the neighbour keeps answering");
+    let received = s.received();
+    assert_eq!(
+        received
+            .iter()
+            .filter(|r| r.starts_with("POST /flood"))
+            .count(),
+        300
+    );
+    assert_eq!(
+        received.iter().filter(|r| r.starts_with("GET /n")).count(),
+        20
+    );
+    let v = api(s.inspector, "/api/requests").await.expect("api");
+    let list = v["requests"].as_array().cloned().unwrap_or_default();
+    for e in &list {
+        let target = e["target"].as_str().unwrap_or_default();
+        let want = if target.starts_with("/n") {
+            "other"
+        } else {
+            "site"
+        };
+        assert_eq!(e["tunnel"], want, "{e}");
+    }
+    assert!(
+        v["bytes"].as_u64().is_some_and(|b| b <= MAX_MEMORY),
+        "{}",
+        v["bytes"]
+    );
+    let seen = v["kept"].as_u64().unwrap_or(0) + v["dropped"].as_u64().unwrap_or(0);
+    assert_eq!(seen, 320, "every request recorded once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caps_keep_the_newest_requests() {
     let s = setup(
@@ -308,7 +362,7 @@ async fn the_caps_keep_the_newest_requests() {
     }
     let list = requests_when(s.inspector, |l| {
         l.first()
-            .is_some_and(|e| e["target"] == "/n4" && complete(e))
+            .is_some_and(|e| e["target"] == "/n4" && e["outcome"] == "complete")
     })
     .await
     .expect("list");
