@@ -1,8 +1,10 @@
 //! tunnelc: connects to tunneld, keeps the session alive, reconnects with jittered
-//! exponential backoff, and connects each stream tunneld opens to the local service.
+//! exponential backoff (round robin over `server` and `servers`), and connects each stream
+//! tunneld opens to the local service.
 
 use crate::config::client::{ClientConfig, TransportKind};
 use crate::inspect::Inspector;
+use crate::rotation::ServerRotation;
 use anyhow::Context;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ use tunneld_transport_yamux::{dial, DialOptions};
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     Connected {
+        /// The tunneld address this session runs to (`server` or one of `servers`).
+        server: String,
         client_id: String,
         tunnels: Vec<TunnelStatus>,
     },
@@ -194,26 +198,6 @@ fn all_refused(cfg: &ClientConfig, tunnels: &[TunnelStatus]) -> Option<String> {
     ))
 }
 
-/// Backoff: doubles from `initial` up to `max`; each wait is drawn from [d/2, d].
-pub(crate) struct Backoff {
-    pub(crate) initial: Duration,
-    pub(crate) max: Duration,
-    pub(crate) attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn next(&mut self) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let r = u64::from_le_bytes(random_bytes::<8>());
-        let half = base / 2;
-        half + Duration::from_nanos(r % (half.as_nanos().max(1) as u64))
-    }
-}
-
 /// Runs tunnelc until `stop` is cancelled, or until tunneld refuses it for good (an error).
 pub async fn run(
     cfg: ClientConfig,
@@ -233,7 +217,13 @@ pub async fn run_inspected(
     if cfg.transport == TransportKind::Connect {
         return crate::client_connect::run(cfg, events, stop).await;
     }
-    let dialer = Dialer::new(&cfg)?;
+    // One dialer per tunneld address (each checks its own host's name by default), tried
+    // round robin; one hello, so the instance id stays the same on every server.
+    let dialers = cfg
+        .server_list()
+        .into_iter()
+        .map(|s| Ok((Dialer::new(&cfg.for_server(&s))?, s)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut hello = hello(&cfg, new_instance());
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
         tunnels: cfg
@@ -256,26 +246,29 @@ pub async fn run_inspected(
         timeout: cfg.connect_timeout,
         inspector,
     });
-    let mut backoff = Backoff {
-        initial: cfg.reconnect.initial,
-        max: cfg.reconnect.max,
-        attempt: 0,
-    };
+    let mut rotation = ServerRotation::new(dialers.len(), cfg.reconnect.initial, cfg.reconnect.max);
     loop {
+        let (dialer, server) = &dialers[rotation.current()];
+        tracing::debug!(server = %server, "connecting");
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = dialer.dial(&hello) => r,
         };
-        let reason = match attempt {
+        let (reason, (next, wait)) = match attempt {
             Ok(connected) => {
                 let started = Instant::now();
                 let (client_id, tunnels) = connected.welcome();
+                tracing::info!(server = %server, client_id = %client_id, "connected");
                 if let Some(why) = all_refused(&cfg, &tunnels) {
                     return Err(anyhow::anyhow!("{why}"));
                 }
                 keep_names(&mut hello, &tunnels);
                 drop_conflicts(&mut hello, &tunnels);
-                let _ = events.send(ClientEvent::Connected { client_id, tunnels });
+                let _ = events.send(ClientEvent::Connected {
+                    server: server.clone(),
+                    client_id,
+                    tunnels,
+                });
                 let (utx, mut urx) = mpsc::unbounded_channel::<Vec<TunnelStatus>>();
                 let ev = events.clone();
                 // A tunnel tunneld was retrying may end refused for good: when then every
@@ -302,16 +295,21 @@ pub async fn run_inspected(
                 if let Some(why) = tunneld_core::sync::lock(&refused).take() {
                     return Err(anyhow::anyhow!("{why}"));
                 }
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff.attempt = 0;
-                }
-                reason
+                // A session that lasted waits about `reconnect.initial`, on the next server.
+                (reason, rotation.after_session(started.elapsed()))
             }
             Err(e) if e.is_permanent() => return Err(anyhow::anyhow!("{e}")),
-            Err(e) => e.to_string(),
+            Err(e) => (e.to_string(), rotation.next_after_failure()),
         };
-        let wait = backoff.next();
-        tracing::warn!(server = %cfg.server, "disconnected: {reason}; retrying in {:.1} s", wait.as_secs_f64());
+        let secs = wait.as_secs_f64();
+        match &dialers[next].1 {
+            next if next == server => {
+                tracing::warn!(server = %server, "disconnected: {reason}; retrying in {secs:.1} s")
+            }
+            next => {
+                tracing::warn!(server = %server, next = %next, "disconnected: {reason}; trying {next} in {secs:.1} s")
+            }
+        }
         let _ = events.send(ClientEvent::Disconnected {
             reason,
             retry_in: wait,
@@ -455,30 +453,5 @@ impl LocalConnector for Connector {
             Some(host) => Box::new(crate::host_rewrite::HostRewrite::new(io, host)),
             None => io,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-            attempt: 0,
-        };
-        let first = b.next();
-        assert!(
-            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-            "{first:?}"
-        );
-        for _ in 0..30 {
-            let d = b.next();
-            assert!(d <= Duration::from_secs(2), "{d:?}");
-        }
-        let late = b.next();
-        assert!(late >= Duration::from_secs(1), "{late:?}");
     }
 }

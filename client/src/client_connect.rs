@@ -1,9 +1,11 @@
 //! tunnelc over the `connect` transport: for each rendezvous id, keep `parked` connections
 //! waiting at tunneld; when a visitor takes one, hand it to the local service and park the
-//! next at once. Errors back off with jitter; refusals that retrying cannot fix end tunnelc.
+//! next at once. Errors back off with jitter and move that connection on to the next of
+//! `server` and `servers` (round robin); refusals that retrying cannot fix end tunnelc.
 
-use crate::client::{tls_client, Backoff, ClientEvent};
+use crate::client::{tls_client, ClientEvent};
 use crate::config::client::ClientConfig;
+use crate::rotation::ServerRotation;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,7 +51,8 @@ impl CodeSource {
 }
 
 struct Worker {
-    opts: ParkOptions,
+    /// One per tunneld address (`server`, then `servers`), tried round robin.
+    targets: Arc<Vec<ParkOptions>>,
     id: String,
     local: String,
     codes: Option<Arc<CodeSource>>,
@@ -66,14 +69,22 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (tls, server_name) = tls_client(&cfg, &[tunneld_transport_connect::ALPN])?;
-    let opts = ParkOptions {
-        server: cfg.server.clone(),
-        server_name,
-        tls,
-        token: cfg.token.as_ref().map(|t| t.0.clone()),
-        timeout: cfg.connect_timeout,
-    };
+    let targets = cfg
+        .server_list()
+        .into_iter()
+        .map(|server| {
+            let (tls, server_name) =
+                tls_client(&cfg.for_server(&server), &[tunneld_transport_connect::ALPN])?;
+            Ok(ParkOptions {
+                server,
+                server_name,
+                tls,
+                token: cfg.token.as_ref().map(|t| t.0.clone()),
+                timeout: cfg.connect_timeout,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let with_token = Arc::new(targets);
     let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
     let workers = CancellationToken::new();
     for (id, r) in &cfg.rendezvous {
@@ -88,14 +99,22 @@ pub async fn run(
             })),
             None => None,
         };
-        let mut opts = opts.clone();
-        if codes.is_some() {
-            opts.token = None;
-        }
+        let targets = match codes {
+            Some(_) => Arc::new(
+                with_token
+                    .iter()
+                    .map(|o| ParkOptions {
+                        token: None,
+                        ..o.clone()
+                    })
+                    .collect(),
+            ),
+            None => with_token.clone(),
+        };
         let announced = Arc::new(AtomicBool::new(false));
         for _ in 0..r.parked {
             let w = Worker {
-                opts: opts.clone(),
+                targets: targets.clone(),
                 id: id.clone(),
                 local: r.local.clone(),
                 codes: codes.clone(),
@@ -120,12 +139,13 @@ pub async fn run(
 
 impl Worker {
     async fn run(self) {
-        let mut backoff = Backoff {
-            initial: self.reconnect.0,
-            max: self.reconnect.1,
-            attempt: 0,
-        };
+        let mut rotation =
+            ServerRotation::new(self.targets.len(), self.reconnect.0, self.reconnect.1);
+        // The server this connection last parked at, logged when it changes.
+        let mut parked_at: Option<usize> = None;
         loop {
+            let current = rotation.current();
+            let opts = &self.targets[current];
             let code = match &self.codes {
                 Some(c) => tokio::select! {
                     _ = self.stop.cancelled() => return,
@@ -135,12 +155,12 @@ impl Worker {
             };
             let attempt = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = park(&self.opts, &self.id, code.as_deref()) => r,
+                r = park(opts, &self.id, code.as_deref()) => r,
             };
             let parked = match attempt {
                 Ok(p) => p,
                 Err(e) => {
-                    if e.is_permanent(self.opts.token.is_some()) {
+                    if e.is_permanent(opts.token.is_some()) {
                         let _ = self
                             .fatal
                             .try_send(anyhow::anyhow!("rendezvous {}: {e}", self.id));
@@ -148,7 +168,8 @@ impl Worker {
                     }
                     // A 503 means more connections are wanted than tunneld keeps per id (or
                     // old ones of this host are not reaped yet): wait the longest backoff
-                    // instead of evicting siblings.
+                    // instead of evicting siblings (at the same server). Any other error moves
+                    // on to the next server.
                     let full = matches!(
                         e,
                         tunneld_transport_connect::ParkError::Refused { status: 503, .. }
@@ -156,9 +177,9 @@ impl Worker {
                     let wait = if full {
                         self.reconnect.1
                     } else {
-                        backoff.next()
+                        rotation.next_after_failure().1
                     };
-                    tracing::warn!(id = %self.id, retry_in = ?wait, "cannot park: {e}");
+                    tracing::warn!(id = %self.id, server = %opts.server, retry_in = ?wait, "cannot park: {e}");
                     let _ = self.events.send(ClientEvent::Disconnected {
                         reason: format!("rendezvous {}: {e}", self.id),
                         retry_in: wait,
@@ -169,12 +190,16 @@ impl Worker {
                     }
                 }
             };
+            if self.targets.len() > 1 && parked_at != Some(current) {
+                tracing::info!(id = %self.id, server = %opts.server, "parked");
+                parked_at = Some(current);
+            }
             if !self.announced.swap(true, Ordering::Relaxed) {
                 let _ = self.events.send(ClientEvent::Parked {
                     id: self.id.clone(),
                 });
             }
-            let parked_at = Instant::now();
+            let since = Instant::now();
             let mut stream = parked.stream;
             let mut first = parked.surplus;
             if first.is_empty() {
@@ -189,9 +214,10 @@ impl Worker {
                         first = b;
                     }
                     _ => {
-                        // tunneld closed it (shutdown, or a newer connection evicted it).
-                        if parked_at.elapsed() < Duration::from_secs(1) {
-                            let wait = backoff.next();
+                        // tunneld closed it (shutdown, or a newer connection evicted it). Soon
+                        // after parking: a failure of this server, so the next one, after a wait.
+                        if since.elapsed() < Duration::from_secs(1) {
+                            let wait = rotation.next_after_failure().1;
                             tokio::select! {
                                 _ = self.stop.cancelled() => return,
                                 _ = tokio::time::sleep(wait) => {}
@@ -201,7 +227,7 @@ impl Worker {
                     }
                 }
             }
-            backoff.attempt = 0;
+            rotation.succeeded();
             let (local, timeout, id) = (self.local.clone(), self.timeout, self.id.clone());
             tokio::spawn(async move {
                 serve_visitor(Box::new(stream), first, &local, timeout, &id).await;

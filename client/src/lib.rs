@@ -4,7 +4,8 @@
 //!
 //! Layout: [`config`] (tunnelc's YAML + env + flags, per-user defaults; the layered loader
 //! and the `log:` section tunneld shares), [`client`] (the reconnecting runner and local
-//! connector; [`client_connect`] for rendezvous ids over the connect transport),
+//! connector; [`client_connect`] for rendezvous ids over the connect transport; `rotation`
+//! for the round robin over `server` and `servers` and the backoff),
 //! [`host_rewrite`] (per-request `Host` rewriting toward a local service), [`inspect`] (the
 //! request inspector: recording, pages, replay), [`setup`] (the
 //! pipe2me-style `setup`/`list`/`env`/`test`), [`provision_api`] (the provisioning API's JSON
@@ -21,4 +22,5 @@ pub mod inspect;
 pub mod logging;
 pub mod provision_api;
 pub mod reload;
+mod rotation;
 pub mod setup;

@@ -301,6 +301,7 @@ fn quick_base(
 ) -> ClientConfig {
     ClientConfig {
         server,
+        servers: Vec::new(),
         server_name,
         transport,
         token: None,
@@ -428,7 +429,7 @@ fn main() {
             "configuration ok: {} tunnel(s), {} rendezvous id(s) to {}",
             cfg.tunnels.len(),
             cfg.rendezvous.len(),
-            cfg.server
+            cfg.server_list().join(", ")
         );
         return;
     }
@@ -477,7 +478,11 @@ async fn run(
         }
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let server = cfg.server.clone();
+    // Where rendezvous connections park: each moves on to the next server on errors.
+    let parked_where = match cfg.server_list().as_slice() {
+        [one] => one.clone(),
+        all => format!("one of {}", all.join(", ")),
+    };
     let both_on_terminal = {
         use std::io::IsTerminal;
         std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
@@ -499,7 +504,11 @@ async fn run(
                         println!("inspector: {url}");
                     }
                 }
-                ClientEvent::Connected { client_id, tunnels } => {
+                ClientEvent::Connected {
+                    server,
+                    client_id,
+                    tunnels,
+                } => {
                     println!("connected to {server} as {client_id}");
                     print_tunnels(&tunnels);
                     if let Some(url) = &inspect_url {
@@ -512,7 +521,7 @@ async fn run(
                 }
                 ClientEvent::Reloaded { line } => println!("{line}"),
                 ClientEvent::Parked { id } => {
-                    println!("rendezvous {id}: parked at {server}");
+                    println!("rendezvous {id}: parked at {parked_where}");
                 }
                 // On a terminal the log line (stderr) already says it: one line per event.
                 ClientEvent::Disconnected { .. } if both_on_terminal => {}

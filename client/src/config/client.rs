@@ -15,6 +15,7 @@ use tunneld_core::proxy_protocol;
 pub const EMBEDDED: &str = include_str!("../../../client.example.yaml");
 const TOP_KEYS: &[&str] = &[
     "server",
+    "servers",
     "server_name",
     "transport",
     "token",
@@ -37,7 +38,12 @@ pub struct ClientConfig {
     /// tunneld's transport address, `host:port`; for `transport: websocket` a URL,
     /// `http://host[:port]` or `https://host[:port]` (the server's own domain).
     pub server: String,
-    /// Name checked in tunneld's certificate; defaults to the host part of `server`.
+    /// Further tunneld transport addresses (the same tunneld cluster behind several
+    /// addresses), in `server`'s format; tunnelc moves to the next one, round robin, when a
+    /// dial fails or a session ends. See [`ClientConfig::server_list`].
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Name checked in tunneld's certificate; defaults to the host part of each server.
     #[serde(default)]
     pub server_name: Option<String>,
     #[serde(default)]
@@ -236,15 +242,13 @@ impl ClientConfig {
         }
     }
 
-    /// `server` (and the websocket-only keys) for the transport.
+    /// `server`, `servers` (and the websocket-only keys) for the transport.
     fn check_server(&self, errors: &mut Vec<String>) {
+        self.check_address("server", &self.server, errors);
+        for (i, s) in self.servers.iter().enumerate() {
+            self.check_address(&format!("servers[{i}]"), s, errors);
+        }
         if self.transport == TransportKind::Websocket {
-            if let Err(e) = self
-                .server
-                .parse::<tunneld_transport_websocket::client::ServerUrl>()
-            {
-                errors.push(format!("server: {e}"));
-            }
             if self.auth_key.is_some() {
                 let http = self.tunnels.values().filter(|t| t.kind == TunnelKind::Http);
                 if self.token.is_none() && (self.tunnels.len() != 1 || http.count() != 1) {
@@ -254,13 +258,19 @@ impl ClientConfig {
             if !(1024..=16 << 20).contains(&self.max_message) {
                 errors.push("max_message: must be between 1024 and 16777216 bytes".into());
             }
-        } else {
-            if split_host_port(&self.server).is_none() {
-                errors.push(format!("server: `{}` is not host:port", self.server));
+        } else if self.auth_key.is_some() {
+            errors.push("auth_key: only for transport: websocket".into());
+        }
+    }
+
+    /// One tunneld address (`key` names it): a URL for websocket, else host:port.
+    fn check_address(&self, key: &str, addr: &str, errors: &mut Vec<String>) {
+        if self.transport == TransportKind::Websocket {
+            if let Err(e) = addr.parse::<tunneld_transport_websocket::client::ServerUrl>() {
+                errors.push(format!("{key}: {e}"));
             }
-            if self.auth_key.is_some() {
-                errors.push("auth_key: only for transport: websocket".into());
-            }
+        } else if split_host_port(addr).is_none() {
+            errors.push(format!("{key}: `{addr}` is not host:port"));
         }
     }
 
@@ -396,7 +406,29 @@ impl ClientConfig {
         }
     }
 
-    /// The name to check in tunneld's certificate.
+    /// Every tunneld address, in the order tunnelc tries them: `server`, then `servers`,
+    /// each once (a repeated address is dropped).
+    pub fn server_list(&self) -> Vec<String> {
+        let mut list: Vec<String> = Vec::with_capacity(1 + self.servers.len());
+        for s in std::iter::once(&self.server).chain(&self.servers) {
+            if !list.contains(s) {
+                list.push(s.clone());
+            }
+        }
+        list
+    }
+
+    /// This configuration for one of its servers: `server` is `addr`, `servers` is empty,
+    /// and [`ClientConfig::server_name`] defaults to `addr`'s host.
+    pub fn for_server(&self, addr: &str) -> ClientConfig {
+        ClientConfig {
+            server: addr.to_string(),
+            servers: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The name to check in tunneld's certificate: `server_name`, else `server`'s host.
     pub fn server_name(&self) -> String {
         if let Some(n) = &self.server_name {
             return n.clone();
@@ -424,3 +456,7 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
         .unwrap_or(host);
     (!host.is_empty()).then_some((host, port))
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
