@@ -153,6 +153,10 @@ pub enum ClaimError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// Cluster mode: the shared routing table (Redis) cannot be reached to register the
+    /// claim; tried again in the background like a busy port.
+    #[error("the cluster's shared state cannot be reached ({0}); retrying")]
+    ClusterDown(String),
 }
 
 impl ClaimError {
@@ -171,6 +175,7 @@ impl ClaimError {
             ClaimError::UnknownFrontend(_) => "unknown_frontend",
             ClaimError::HeldBySession { .. } | ClaimError::Conflict(_) => "held_by_session",
             ClaimError::Invalid(_) => "invalid",
+            ClaimError::ClusterDown(_) => "cluster_down",
         }
     }
 

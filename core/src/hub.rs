@@ -134,6 +134,8 @@ pub struct Hub {
     pub(crate) sessions: Arc<Sessions>,
     /// Installed once by the daemon ([`Hub::set_server_mappings`]); none adds nothing.
     server_mappings: OnceLock<Arc<dyn ServerMappings>>,
+    /// Installed once by the daemon in cluster mode ([`Hub::set_cluster`]).
+    pub(crate) cluster: OnceLock<Arc<dyn crate::cluster_hook::ClusterRoutes>>,
     next_id: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// The server's limits, for every transport and frontend (a reload replaces them).
@@ -188,6 +190,7 @@ impl Hub {
             frontends: RwLock::new(Arc::new(frontends)),
             sessions: Arc::default(),
             server_mappings: OnceLock::new(),
+            cluster: OnceLock::new(),
             next_id: AtomicU64::new(1),
             metrics,
             limits,
@@ -198,6 +201,12 @@ impl Hub {
     /// Only the first one installed counts: false if one was already.
     pub fn set_server_mappings(&self, mappings: Arc<dyn ServerMappings>) -> bool {
         self.server_mappings.set(mappings).is_ok()
+    }
+
+    /// Installs the cluster's routing table: every client tunnel claimed from now on is
+    /// registered cluster-wide too. Only the first one counts: false if one was already.
+    pub fn set_cluster(&self, cluster: Arc<dyn crate::cluster_hook::ClusterRoutes>) -> bool {
+        self.cluster.set(cluster).is_ok()
     }
 
     /// The statuses the server mappings add for `client` (none when none are installed).

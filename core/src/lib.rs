@@ -38,6 +38,7 @@
 pub mod auth;
 pub mod claim_table;
 pub mod clock;
+pub mod cluster_hook;
 pub mod dial;
 pub mod duration;
 pub mod form;

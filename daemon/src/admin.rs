@@ -10,6 +10,7 @@
 //! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
 //! | `GET /ping` | `pong` (threshold's liveness route) |
 //! | `POST /reload` | reads the config file again and applies the difference (`reload`) |
+//! | `GET /cluster` | cluster mode: nodes, their load, who holds what (404 without `cluster:`) |
 //! | `GET /openapi.yaml` | this API's OpenAPI document (docs/openapi/admin.yaml) |
 //! | `/ui`, `/ui/...` | the web dashboard (`dashboard`, docs/dashboard.md) |
 //!
@@ -56,6 +57,8 @@ struct State {
     reloader: Option<Arc<crate::reload::Reloader>>,
     /// The web dashboard under `/ui` (not on threshold's management API).
     dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    /// Cluster mode (`GET /cluster`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What the admin API reaches of the running tunneld beyond the hub.
@@ -64,6 +67,8 @@ pub struct Hooks {
     pub draining: CancellationToken,
     /// `POST /reload`.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Cluster mode's state, for `GET /cluster`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Binds the admin listener and serves it in the background.
@@ -101,6 +106,7 @@ pub async fn start(
         draining: hooks.draining,
         reloader: Some(hooks.reloader),
         dashboard: Some(dashboard),
+        cluster: hooks.cluster,
     });
     tracing::info!(%addr, "admin API listening");
     let handler: Handler = Arc::new(move |req, peer| {
@@ -136,7 +142,7 @@ async fn handle(state: &State, req: Request<Incoming>, peer: std::net::SocketAdd
         (state.dashboard.as_ref()).filter(|_| crate::dashboard::Dashboard::owns(req.uri().path()));
     let route = match req.uri().path() {
         p @ ("/metrics" | "/healthz" | "/readyz" | "/clients" | "/tunnels" | "/ping"
-        | "/reload" | "/openapi.yaml") => p.to_string(),
+        | "/reload" | "/openapi.yaml" | "/cluster") => p.to_string(),
         // threshold answered its liveness route with a trailing slash too.
         "/ping/" => "/ping".to_string(),
         _ if ui.is_some() => "/ui".to_string(),
@@ -209,6 +215,13 @@ async fn route_request(
             json_resp(StatusCode::OK, &body)
         }
         (Method::PUT, "/tunnels") => put_tunnels(state, req).await,
+        (Method::GET, "/cluster") => match &state.cluster {
+            Some(c) => json_resp(StatusCode::OK, &c.status()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "cluster mode is off (no `cluster:` in the configuration)",
+            ),
+        },
         (Method::POST, "/reload") => reload(state).await,
         (_, "other") => error(
             StatusCode::NOT_FOUND,
@@ -397,6 +410,7 @@ impl ThresholdManagement {
                 draining: CancellationToken::new(),
                 reloader: None,
                 dashboard: None,
+                cluster: None,
             }),
         })
     }

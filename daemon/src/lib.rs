@@ -12,6 +12,7 @@
 pub mod acme;
 pub mod admin;
 pub mod admin_threshold;
+pub mod cluster;
 mod components;
 pub mod config;
 pub mod control;

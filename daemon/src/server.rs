@@ -42,6 +42,8 @@ pub struct Running {
     pub fingerprint: String,
     /// Reads the configuration file again and applies the difference (SIGHUP, `POST /reload`).
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Cluster mode's state, with `cluster:`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Cancelled when the drain begins (visitors are turned away).
     accepting: CancellationToken,
     /// Cancelled when the drain ends (tunnel-client listeners close).
@@ -69,6 +71,9 @@ impl Running {
         }
         self.closing.cancel();
         self.hub.close_all();
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
         self.hub.refusal_log.summarize();
         drained
     }
@@ -199,6 +204,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         base.throttle.clone(),
     );
     summarize_refusals(&hub, base.accepting.clone());
+    // Cluster mode: the shared routing table is installed before any session can claim.
+    let cluster = match &cfg.cluster {
+        Some(c) => {
+            Some(crate::cluster::start(c.clone(), &hub, &base.metrics, base.closing.clone()).await?)
+        }
+        None => None,
+    };
 
     // The admin mappings, installed and restored as stored before any transport (and its
     // management API) accepts.
@@ -249,6 +261,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 admin::Hooks {
                     draining: draining.clone(),
                     reloader: reloader.clone(),
+                    cluster: cluster.clone(),
                 },
             )
             .await
@@ -270,6 +283,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         control: control.map(|(_, b)| b),
         fingerprint,
         reloader,
+        cluster,
         accepting: base.accepting.clone(),
         closing: base.closing.clone(),
         draining,

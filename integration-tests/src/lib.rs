@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod browser;
+pub mod cluster;
 pub mod h2raw;
 pub mod metrics;
 pub mod neighbour;

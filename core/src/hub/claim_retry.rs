@@ -21,7 +21,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Whether a refusal may go away on its own (the port is in use now), so the claim is tried
 /// again. Other bind errors (no permission, an address the host lacks) never clear.
 pub(super) fn retriable(e: &ClaimError) -> bool {
-    matches!(e, ClaimError::Busy { .. })
+    matches!(e, ClaimError::Busy { .. } | ClaimError::ClusterDown(_))
 }
 
 impl Hub {

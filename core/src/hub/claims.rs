@@ -163,11 +163,57 @@ impl Hub {
             target: Arc::new(SessionTarget(Via::Session(Arc::downgrade(session)))),
             reserve_on_release: true,
         };
-        frontend.claim(req).await.inspect_err(|e| {
+        let claimed = match self.cluster.get() {
+            None => frontend.claim(req).await,
+            Some(cluster) => {
+                self.claim_in_cluster(cluster, frontend, &name, req, session)
+                    .await
+            }
+        };
+        claimed.inspect_err(|e| {
             self.metrics
                 .claims_refused_total
                 .with_label_values(&[&name, e.reason()])
                 .inc();
         })
+    }
+
+    /// A claim in cluster mode: the local frontend's, registered cluster-wide. A port the
+    /// frontend picked that another node registered first is kept aside (so the frontend
+    /// picks another) and tried again a few times.
+    async fn claim_in_cluster(
+        &self,
+        cluster: &Arc<dyn crate::cluster_hook::ClusterRoutes>,
+        frontend: Arc<dyn Frontend>,
+        name: &str,
+        mut req: ClaimRequest,
+        session: &Arc<LiveSession>,
+    ) -> Result<Claim, ClaimError> {
+        let who = crate::cluster_hook::ClaimingSession {
+            id: session.info.id,
+            instance: session.info.instance.as_deref(),
+            closed: session.closed.clone(),
+        };
+        cluster.prepare(name, &mut req, &who).await?;
+        let mut taken_elsewhere = Vec::new();
+        loop {
+            let mut claim = frontend.clone().claim(req.clone()).await?;
+            match cluster.register(name, &claim, &req, &who).await {
+                Ok(lease) => {
+                    let local = std::mem::replace(&mut claim.release, Box::new(()));
+                    claim.release = Box::new((lease, local));
+                    return Ok(claim);
+                }
+                Err(e)
+                    if req.ask == Ask::Any
+                        && taken_elsewhere.len() < 8
+                        && !matches!(e, ClaimError::ClusterDown(_)) =>
+                {
+                    tracing::debug!(frontend = %name, error = %e, "picked a route another node holds; picking again");
+                    taken_elsewhere.push(claim);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

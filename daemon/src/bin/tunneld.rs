@@ -156,6 +156,9 @@ async fn run(cfg: ServerConfig, source: Option<Source>) -> anyhow::Result<()> {
     if let Some(a) = running.admin {
         println!("listening admin addr={a}");
     }
+    if let Some(c) = &running.cluster {
+        println!("listening cluster node={} addr={}", c.cfg.node, c.link_addr);
+    }
     if let Some(c) = running.control {
         println!("listening control addr={}", c.api);
         if let Some(w) = c.web {

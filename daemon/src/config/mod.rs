@@ -5,6 +5,7 @@
 //! (`tunneld_client::config::{load, yaml}`, which does not depend on the daemon) and are
 //! re-exported here under their old paths.
 
+pub mod cluster;
 pub mod control;
 pub mod server;
 

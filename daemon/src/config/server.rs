@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "transports",
     "frontends",
     "control",
+    "cluster",
 ];
 pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket", "ssh"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
@@ -57,6 +58,8 @@ pub struct Raw {
     frontends: BTreeMap<String, Value>,
     #[serde(default)]
     control: Option<super::control::ControlConfig>,
+    #[serde(default)]
+    cluster: Option<super::cluster::ClusterConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -330,6 +333,8 @@ pub struct ServerConfig {
     pub transports: BTreeMap<String, TransportConfig>,
     pub frontends: BTreeMap<String, FrontendConfig>,
     pub control: Option<super::control::ControlConfig>,
+    /// Cluster mode (`cluster:`); none for a single tunneld.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl ServerConfig {

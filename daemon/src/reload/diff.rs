@@ -73,6 +73,7 @@ pub fn plan(old: &ServerConfig, new: &ServerConfig) -> (Plan, ServerConfig) {
     eff.auth.certificate_max_ports = old.auth.certificate_max_ports;
     eff.admin = old.admin.clone();
     eff.control = old.control.clone();
+    eff.cluster = old.cluster.clone();
     limits(old, new, &mut p.limits_changed);
     tokens(old, new, &mut p);
     frontends(old, new, &mut p, &mut eff);
@@ -144,6 +145,9 @@ fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
     }
     if old.control != new.control {
         out.push("control".into());
+    }
+    if old.cluster != new.cluster {
+        out.push("cluster".into());
     }
 }
 

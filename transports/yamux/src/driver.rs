@@ -8,11 +8,11 @@ use std::task::Poll;
 use tokio::sync::{mpsc, oneshot};
 use yamux::{Connection, ConnectionError, Stream};
 
-pub(crate) type OpenReply = oneshot::Sender<Result<Stream, ConnectionError>>;
+pub type OpenReply = oneshot::Sender<Result<Stream, ConnectionError>>;
 
 /// Drives `conn` until it closes. Outbound stream requests come from `open_rx`; inbound
 /// streams go to `on_inbound`.
-pub(crate) async fn drive<T, F>(
+pub async fn drive<T, F>(
     mut conn: Connection<T>,
     mut open_rx: mpsc::Receiver<OpenReply>,
     mut on_inbound: F,

@@ -13,7 +13,7 @@ pub mod client;
 mod coalesce;
 pub mod config;
 mod control;
-mod driver;
+pub mod driver;
 mod limit;
 pub mod metrics;
 mod plain;

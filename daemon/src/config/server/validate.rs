@@ -29,6 +29,9 @@ pub(super) fn validate(raw: Raw, file: Option<&Path>) -> Result<ServerConfig, Co
     check_limits(&raw, &mut errors);
     check_control(&raw, &transports, &frontends, &mut errors);
     check_acme(&raw, &frontends, &mut errors);
+    if let Some(c) = &raw.cluster {
+        c.check(&mut errors);
+    }
     if !errors.is_empty() {
         return Err(ConfigError { lines: errors });
     }
@@ -427,5 +430,8 @@ fn resolve(
             })
             .collect(),
         control: raw.control,
+        cluster: raw
+            .cluster
+            .map(|c| super::super::cluster::ClusterConfig { ca: r(&c.ca), ..c }),
     }
 }

@@ -1,0 +1,53 @@
+//! `GET /cluster` on the admin API: the nodes, their load, and who holds what.
+
+use super::Cluster;
+use serde_json::{json, Value};
+
+impl Cluster {
+    /// The cluster as this node last read it.
+    pub fn status(&self) -> Value {
+        let view = self.view();
+        let linked = self.links.connected();
+        let redis_up = tunneld_core::sync::lock(&self.redis_up_since).is_some();
+        let nodes: Vec<Value> = view
+            .nodes
+            .values()
+            .map(|n| {
+                json!({
+                    "node": n.node,
+                    "link": n.link.to_string(),
+                    "sessions": n.sessions,
+                    "routes": n.routes,
+                    "started": n.started,
+                    "updated": n.updated,
+                    "self": n.node == self.cfg.node,
+                    "linked": linked.contains(&n.node),
+                })
+            })
+            .collect();
+        let routes: Vec<Value> = view
+            .routes
+            .values()
+            .map(|r| {
+                json!({
+                    "frontend": r.frontend,
+                    "port": r.port(),
+                    "name": r.name(),
+                    "node": r.node,
+                    "owner": r.owner,
+                    "tunnel": r.tunnel,
+                    "kind": r.kind,
+                    "state": if r.session == 0 { "released" } else if view.nodes.contains_key(&r.node) { "live" } else { "node_gone" },
+                    "since": r.since,
+                })
+            })
+            .collect();
+        json!({
+            "node": self.cfg.node,
+            "redis": if redis_up { "up" } else { "down" },
+            "read_at": view.read_at,
+            "nodes": nodes,
+            "routes": routes,
+        })
+    }
+}

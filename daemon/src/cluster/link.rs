@@ -1,0 +1,320 @@
+//! The inter-node link: one TLS connection (mutual, the cluster's CA) per pair of nodes and
+//! direction, multiplexed with yamux, reused by every visitor that crosses. The asking node
+//! opens a stream per visitor; the holding node opens the tunnel stream to its session and
+//! splices the two.
+
+use super::link_wire::{read_line, write_line, LinkReply, LinkRequest};
+use super::metrics::ClusterMetrics;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+use tunneld_core::hub::Target;
+use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
+use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::BoxIo;
+use tunneld_transport_yamux::driver::{drive, OpenReply};
+use yamux::{Connection, Mode};
+
+/// Deadline for dialling a node (TCP and TLS) and for a stream's request line.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Link connections one node takes at once.
+const MAX_LINK_CONNECTIONS: usize = 256;
+
+/// What the link server asks of the cluster: the local target of a route this node holds.
+pub trait LocalRoutes: Send + Sync + 'static {
+    fn target(&self, route: &str) -> Option<Arc<dyn Target>>;
+}
+
+fn yamux_config() -> yamux::Config {
+    tunneld_transport_yamux::config::Tuning {
+        max_streams: 4096,
+        ..Default::default()
+    }
+    .yamux()
+}
+
+/// Accepts links from other nodes until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    routes: Arc<dyn LocalRoutes>,
+    metrics: Arc<ClusterMetrics>,
+    stop: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_LINK_CONNECTIONS));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster link: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "cluster link: too many link connections; refused");
+            continue;
+        };
+        let (acceptor, routes, metrics, stop) = (
+            acceptor.clone(),
+            routes.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(DIAL_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "cluster link: TLS refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "cluster link: TLS handshake timed out");
+                    return;
+                }
+            };
+            let node = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tunneld_core::tls::common_name(c))
+                .unwrap_or_else(|| "?".into());
+            tracing::info!(%peer, %node, "cluster link from node");
+            let conn = Connection::new(tls.compat(), yamux_config(), Mode::Server);
+            let (_open_tx, open_rx) = mpsc::channel::<OpenReply>(1);
+            let streams = CancellationToken::new();
+            let guard = streams.clone().drop_guard();
+            let ended = drive(conn, open_rx, |stream| {
+                let (routes, metrics, node, streams) = (
+                    routes.clone(),
+                    metrics.clone(),
+                    node.clone(),
+                    streams.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve_stream(stream.compat(), &*routes, &metrics, &node) => {}
+                        _ = streams.cancelled() => {}
+                    }
+                });
+            });
+            tokio::select! {
+                r = ended => tracing::info!(%node, result = ?r.err(), "cluster link closed"),
+                _ = stop.cancelled() => {}
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// One visitor stream from node `from`.
+async fn serve_stream<S>(mut s: S, routes: &dyn LocalRoutes, metrics: &ClusterMetrics, from: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let req: LinkRequest = match tokio::time::timeout(DIAL_TIMEOUT, read_line(&mut s)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            metrics.stream(from, "in", "bad_request");
+            tracing::warn!(node = %from, error = %e, "cluster link: bad stream request");
+            return;
+        }
+        Err(_) => {
+            metrics.stream(from, "in", "timeout");
+            return;
+        }
+    };
+    let opened = match routes.target(&req.route) {
+        None => Err(OpenError::Offline),
+        Some(t) => {
+            match tokio::time::timeout(
+                OPEN_REPLY_DEADLINE,
+                t.open(req.header, req.server_name.as_deref()),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(OpenError::Timeout),
+            }
+        }
+    };
+    match opened {
+        Ok(mut io) => {
+            metrics.stream(from, "in", "ok");
+            if write_line(&mut s, &LinkReply::ok()).await.is_ok() {
+                let _ = splice(&mut s, &mut io, SpliceCounters::default()).await;
+            }
+        }
+        Err(e) => {
+            metrics.stream(from, "in", e.reason());
+            let _ = write_line(&mut s, &LinkReply::of(&e)).await;
+        }
+    }
+}
+
+struct LinkConn {
+    addr: SocketAddr,
+    open_tx: mpsc::Sender<OpenReply>,
+    closed: CancellationToken,
+}
+
+/// This node's links to the others, dialled when first needed and again after they drop.
+pub struct Links {
+    tls: tokio_rustls::TlsConnector,
+    conns: Mutex<HashMap<String, Arc<LinkConn>>>,
+    /// One dial at a time per node.
+    dialing: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<ClusterMetrics>,
+    stop: CancellationToken,
+}
+
+impl Links {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<ClusterMetrics>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            tls: tokio_rustls::TlsConnector::from(tls),
+            conns: Mutex::default(),
+            dialing: tokio::sync::Mutex::default(),
+            metrics,
+            stop,
+        }
+    }
+
+    /// Node names with a live link now.
+    pub fn connected(&self) -> Vec<String> {
+        tunneld_core::sync::lock(&self.conns)
+            .iter()
+            .filter(|(_, c)| !c.closed.is_cancelled())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn live(&self, node: &str, addr: SocketAddr) -> Option<Arc<LinkConn>> {
+        tunneld_core::sync::lock(&self.conns)
+            .get(node)
+            .filter(|c| !c.closed.is_cancelled() && c.addr == addr)
+            .cloned()
+    }
+
+    async fn conn(&self, node: &str, addr: SocketAddr) -> Result<Arc<LinkConn>, String> {
+        if let Some(c) = self.live(node, addr) {
+            return Ok(c);
+        }
+        let lock = self
+            .dialing
+            .lock()
+            .await
+            .entry(node.to_string())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
+        if let Some(c) = self.live(node, addr) {
+            return Ok(c);
+        }
+        let c = Arc::new(self.dial(node, addr).await?);
+        tunneld_core::sync::lock(&self.conns).insert(node.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn dial(&self, node: &str, addr: SocketAddr) -> Result<LinkConn, String> {
+        let name = rustls::pki_types::ServerName::try_from(node.to_string())
+            .map_err(|e| format!("node name `{node}`: {e}"))?;
+        let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect {addr}: timed out"))?
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        tunneld_core::tls_listener::set_keepalive(&tcp);
+        let tls = tokio::time::timeout(DIAL_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| format!("TLS to {addr}: timed out"))?
+            .map_err(|e| format!("TLS to {addr}: {e}"))?;
+        let conn = Connection::new(tls.compat(), yamux_config(), Mode::Client);
+        let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
+        let closed = CancellationToken::new();
+        let (ended, stop, node_name) = (closed.clone(), self.stop.clone(), node.to_string());
+        tokio::spawn(async move {
+            tokio::select! {
+                r = drive(conn, open_rx, drop) => tracing::info!(node = %node_name, result = ?r.err(), "cluster link to node closed"),
+                _ = stop.cancelled() => {}
+            }
+            ended.cancel();
+        });
+        tracing::info!(%node, %addr, "cluster link to node");
+        Ok(LinkConn {
+            addr,
+            open_tx,
+            closed,
+        })
+    }
+
+    /// Opens a stream to the session holding `req.route` on `node` (its link at `addr`).
+    pub async fn open(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        req: &LinkRequest,
+    ) -> Result<BoxIo, OpenError> {
+        let r = self.open_inner(node, addr, req).await;
+        self.metrics.stream(
+            node,
+            "out",
+            match &r {
+                Ok(_) => "ok",
+                Err(e) => e.reason(),
+            },
+        );
+        r
+    }
+
+    async fn open_inner(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        req: &LinkRequest,
+    ) -> Result<BoxIo, OpenError> {
+        let link = |e: String| OpenError::Session(format!("link to node `{node}`: {e}"));
+        let conn = self.conn(node, addr).await.map_err(link)?;
+        let (tx, rx) = oneshot::channel();
+        conn.open_tx
+            .send(tx)
+            .await
+            .map_err(|_| link("closed".into()))?;
+        let stream = tokio::time::timeout(DIAL_TIMEOUT, rx)
+            .await
+            .map_err(|_| link("no stream in time".into()))?
+            .map_err(|_| link("closed".into()))?
+            .map_err(|e| match e {
+                yamux::ConnectionError::TooManyStreams => {
+                    OpenError::Capped("on the link between nodes")
+                }
+                e => link(e.to_string()),
+            })?;
+        let mut io = stream.compat();
+        write_line(&mut io, req)
+            .await
+            .map_err(|e| link(e.to_string()))?;
+        let reply: LinkReply =
+            tokio::time::timeout(OPEN_REPLY_DEADLINE + DIAL_TIMEOUT, read_line(&mut io))
+                .await
+                .map_err(|_| OpenError::Timeout)?
+                .map_err(|e| link(e.to_string()))?;
+        reply.into_result()?;
+        Ok(Box::new(io))
+    }
+}

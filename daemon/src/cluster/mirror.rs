@@ -1,0 +1,155 @@
+//! Mirrors: the routes other nodes hold, claimed on this node's frontends with a target that
+//! crosses the link, so a visitor at any node reaches the tunnel.
+
+use super::link_wire::LinkRequest;
+use super::{Cluster, Mirror};
+use async_trait::async_trait;
+use std::sync::{Arc, Weak};
+use tunneld_core::frontend::{Ask, ClaimRequest, Quota};
+use tunneld_core::hub::Target;
+use tunneld_core::session::{OpenError, StreamHeader};
+use tunneld_core::BoxIo;
+
+impl Cluster {
+    /// Brings the mirrors in line with the view: drops those of routes that went (only once
+    /// Redis has answered for a whole TTL: a restarted Redis is not an empty table), and
+    /// claims the new ones.
+    pub(super) async fn reconcile(&self) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let view = self.view();
+        let settled = tunneld_core::sync::lock(&self.redis_up_since)
+            .is_some_and(|t| t.elapsed() >= self.cfg.lease_ttl);
+        let dropped: Vec<Mirror> = {
+            let mut mirrors = tunneld_core::sync::lock(&self.mirrors);
+            let gone: Vec<String> = mirrors
+                .iter()
+                .filter(|(key, m)| match view.routes.get(*key) {
+                    Some(e) => {
+                        e.node == self.cfg.node
+                            || e.owner != m.entry.owner
+                            || e.kind != m.entry.kind
+                    }
+                    None => settled,
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            gone.iter().filter_map(|k| mirrors.remove(k)).collect()
+        };
+        // Released outside the lock (a port's listener closes on drop).
+        drop(dropped);
+        let wanted: Vec<(String, super::store::RouteEntry)> = {
+            let mirrors = tunneld_core::sync::lock(&self.mirrors);
+            let local = tunneld_core::sync::lock(&self.local);
+            view.routes
+                .iter()
+                .filter(|(k, e)| {
+                    e.node != self.cfg.node && !mirrors.contains_key(*k) && !local.contains_key(*k)
+                })
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect()
+        };
+        for (key, e) in wanted {
+            let Some(frontend) = hub.frontend(&e.frontend).filter(|f| f.serves(e.kind)) else {
+                continue;
+            };
+            let ask = match (e.port(), e.name()) {
+                (Some(port), _) => Ask::Port { port, bind: None },
+                (_, Some(n)) => Ask::Name(n.to_string()),
+                _ => continue,
+            };
+            let req = ClaimRequest {
+                owner: e.owner.clone(),
+                tunnel: e.tunnel.clone(),
+                kind: e.kind,
+                ask,
+                proxy_protocol: e.proxy_protocol,
+                quota: Quota::default(),
+                target: Arc::new(RemoteTarget {
+                    cluster: self.this.clone(),
+                    route: key.clone(),
+                }),
+                reserve_on_release: false,
+            };
+            match frontend.claim(req).await {
+                Ok(claim) => {
+                    tunneld_core::sync::lock(&self.refused).remove(&key);
+                    tunneld_core::sync::lock(&self.mirrors).insert(
+                        key,
+                        Mirror {
+                            entry: e,
+                            _claim: claim,
+                        },
+                    );
+                }
+                Err(err) => {
+                    self.metrics
+                        .cluster_mirror_refusals_total
+                        .with_label_values(&[&e.frontend])
+                        .inc();
+                    if tunneld_core::sync::lock(&self.refused).insert(key.clone()) {
+                        tracing::warn!(route = %key, node = %e.node, error = %err, "cluster: cannot mirror another node's route here");
+                    }
+                }
+            }
+        }
+        let (local, remote) = (
+            tunneld_core::sync::lock(&self.local).len(),
+            tunneld_core::sync::lock(&self.mirrors).len(),
+        );
+        let g = &self.metrics.cluster_routes;
+        g.with_label_values(&["local"])
+            .set(i64::try_from(local).unwrap_or(i64::MAX));
+        g.with_label_values(&["remote"])
+            .set(i64::try_from(remote).unwrap_or(i64::MAX));
+        let alive = view.nodes.len().max(1);
+        self.metrics
+            .cluster_nodes
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(alive).unwrap_or(i64::MAX));
+    }
+}
+
+/// Where a mirror sends its visitors: the node the view says holds the route, over the link.
+struct RemoteTarget {
+    cluster: Weak<Cluster>,
+    route: String,
+}
+
+impl RemoteTarget {
+    /// The holding node and its link address, when it is live.
+    fn holder(&self, c: &Cluster) -> Option<(String, std::net::SocketAddr)> {
+        let view = c.view();
+        let e = view.routes.get(&self.route)?;
+        if e.node == c.cfg.node || e.session == 0 {
+            return None;
+        }
+        let node = view.nodes.get(&e.node)?;
+        Some((e.node.clone(), node.link))
+    }
+}
+
+#[async_trait]
+impl Target for RemoteTarget {
+    async fn open(
+        &self,
+        header: StreamHeader,
+        server_name: Option<&str>,
+    ) -> Result<BoxIo, OpenError> {
+        let c = self.cluster.upgrade().ok_or(OpenError::Offline)?;
+        let (node, addr) = self.holder(&c).ok_or(OpenError::Offline)?;
+        let req = LinkRequest {
+            route: self.route.clone(),
+            header,
+            server_name: server_name.map(str::to_string),
+        };
+        c.links.open(&node, addr, &req).await
+    }
+
+    fn online(&self) -> bool {
+        self.cluster
+            .upgrade()
+            .is_some_and(|c| self.holder(&c).is_some())
+    }
+}

@@ -1,0 +1,207 @@
+//! The hub's side of the cluster ([`ClusterRoutes`]): before a claim, free a mirror this
+//! session may take over; after it, register the route in the shared table.
+
+use super::store::{now_ms, Claimed, RouteEntry};
+use super::{Cluster, LocalRoute};
+use async_trait::async_trait;
+use std::sync::Weak;
+use tunneld_core::cluster_hook::{ClaimingSession, ClusterRoutes};
+use tunneld_core::frontend::{Ask, Claim, ClaimError, ClaimRequest};
+
+/// The table's spelling of a port or name: `port:20080`, `name:web`.
+pub fn what_of(port: Option<u16>, name: Option<&str>) -> Option<String> {
+    match (port, name) {
+        (Some(p), _) => Some(format!("port:{p}")),
+        (None, Some(n)) => Some(format!("name:{}", n.to_ascii_lowercase())),
+        (None, None) => None,
+    }
+}
+
+fn subject(e: &RouteEntry) -> String {
+    match (e.port(), e.name()) {
+        (Some(p), _) => format!("port {p}"),
+        (_, Some(n)) => format!("name `{n}`"),
+        _ => "the route".into(),
+    }
+}
+
+/// The refusal for a route `holder` keeps.
+fn refusal(holder: &RouteEntry, owner: &str) -> ClaimError {
+    if holder.owner != owner {
+        return match (holder.port(), holder.name()) {
+            (Some(p), _) => ClaimError::HeldByOther(p),
+            (_, Some(n)) => ClaimError::NameHeld(n.to_string()),
+            _ => ClaimError::Invalid("held by another client".into()),
+        };
+    }
+    ClaimError::Conflict(format!(
+        "{} is held by another session of client `{}` on node `{}`; stop that tunnelc, or use another port or name",
+        subject(holder),
+        holder.owner,
+        holder.node
+    ))
+}
+
+#[async_trait]
+impl ClusterRoutes for Cluster {
+    async fn prepare(
+        &self,
+        frontend: &str,
+        req: &mut ClaimRequest,
+        session: &ClaimingSession<'_>,
+    ) -> Result<(), ClaimError> {
+        let asked_any = req.ask == Ask::Any;
+        let what = match &req.ask {
+            Ask::Port { port, .. } => what_of(Some(*port), None),
+            Ask::Name(n) => what_of(None, Some(n)),
+            // The port or name the cluster holds for this owner's tunnel, if any.
+            Ask::Any => {
+                let view = self.view();
+                let found = view.routes.values().find(|r| {
+                    r.frontend == frontend
+                        && r.owner == req.owner
+                        && r.tunnel == req.tunnel
+                        && r.node != self.cfg.node
+                });
+                match found {
+                    Some(r) => {
+                        req.ask = match (r.port(), r.name()) {
+                            (Some(port), _) => Ask::Port { port, bind: None },
+                            (_, Some(n)) => Ask::Name(n.to_string()),
+                            _ => Ask::Any,
+                        };
+                        Some(r.what.clone())
+                    }
+                    None => None,
+                }
+            }
+        };
+        let Some(what) = what else { return Ok(()) };
+        let key = self.store.route_key(frontend, &what);
+        if !tunneld_core::sync::lock(&self.mirrors).contains_key(&key) {
+            return Ok(());
+        }
+        // A mirror of a route held elsewhere: may this session take it over?
+        let r = self.store.route(frontend, &what).await;
+        self.redis_result("route", &r);
+        let current = r.map_err(|e| ClaimError::ClusterDown(e.to_string()))?;
+        let take = match &current {
+            None => true,
+            Some(c) if c.node == self.cfg.node => true,
+            // Another owner's: the mirror stays and the frontend refuses the claim.
+            Some(c) if c.owner != req.owner => false,
+            Some(c) => {
+                let same_tunnelc = !c.instance.is_empty() && session.instance == Some(&c.instance);
+                let holder_live = c.session != 0 && {
+                    let alive = self.store.node_alive(&c.node).await;
+                    self.redis_result("node", &alive);
+                    alive.map_err(|e| ClaimError::ClusterDown(e.to_string()))?
+                };
+                if !same_tunnelc && holder_live {
+                    if asked_any {
+                        // Another tunnelc of this client serves it: this one gets its own.
+                        req.ask = Ask::Any;
+                        return Ok(());
+                    }
+                    return Err(refusal(c, &req.owner));
+                }
+                true
+            }
+        };
+        if take {
+            let gone = tunneld_core::sync::lock(&self.mirrors).remove(&key);
+            if gone.is_some() {
+                tracing::info!(route = %key, client = %req.owner, "cluster: a session here takes over a route another node held");
+            }
+        }
+        Ok(())
+    }
+
+    async fn register(
+        &self,
+        frontend: &str,
+        claim: &Claim,
+        req: &ClaimRequest,
+        session: &ClaimingSession<'_>,
+    ) -> Result<Box<dyn Send + Sync>, ClaimError> {
+        let Some(what) = what_of(claim.port, claim.name.as_deref()) else {
+            return Ok(Box::new(()));
+        };
+        let entry = RouteEntry {
+            frontend: frontend.to_string(),
+            what,
+            node: self.cfg.node.clone(),
+            owner: req.owner.clone(),
+            tunnel: req.tunnel.clone(),
+            kind: req.kind,
+            instance: session.instance.unwrap_or_default().to_string(),
+            session: session.id,
+            proxy_protocol: req.proxy_protocol,
+            since: now_ms(),
+        };
+        let r = self.store.claim(&entry, self.cfg.lease_ttl).await;
+        self.redis_result("claim", &r);
+        match r.map_err(|e| ClaimError::ClusterDown(e.to_string()))? {
+            Claimed::HeldBy(holder) => Err(refusal(&holder, &req.owner)),
+            Claimed::Taken => {
+                let key = self.store.route_key(&entry.frontend, &entry.what);
+                tunneld_core::sync::lock(&self.local).insert(
+                    key.clone(),
+                    LocalRoute {
+                        entry: entry.clone(),
+                        target: req.target.clone(),
+                        closed: session.closed.clone(),
+                    },
+                );
+                Ok(Box::new(Lease {
+                    cluster: self.this.clone(),
+                    key,
+                    entry,
+                    reserve: req.reserve_on_release,
+                }))
+            }
+        }
+    }
+}
+
+/// Held with a registered claim: dropping it gives the route up (kept reserved for its
+/// owner until it expires, when the claim asked for that).
+struct Lease {
+    cluster: Weak<Cluster>,
+    key: String,
+    entry: RouteEntry,
+    reserve: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(cluster) = self.cluster.upgrade() else {
+            return;
+        };
+        let mine = {
+            let mut local = tunneld_core::sync::lock(&cluster.local);
+            match local.get(&self.key) {
+                Some(r) if r.entry == self.entry => local.remove(&self.key).is_some(),
+                _ => false,
+            }
+        };
+        if !mine {
+            return;
+        }
+        let (entry, reserve) = (self.entry.clone(), self.reserve);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let released = RouteEntry {
+                session: 0,
+                ..entry.clone()
+            };
+            let r = cluster
+                .store
+                .release(&entry, reserve.then_some(&released))
+                .await;
+            cluster.redis_result("release", &r);
+        });
+    }
+}

@@ -1,0 +1,292 @@
+//! Cluster mode with real parts: `redis-server`, three tunneld processes on loopback (ports
+//! frontends on 127.0.0.1-3 with one range, so "the same port" is the same number), tunnelc
+//! over yamux and h2-reverse spread over them, and visitors at every node.
+
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tunneld_client::config::client::ClientConfig;
+use tunneld_integration_tests::cluster::{cluster_dir, Node, Redis};
+use tunneld_integration_tests::process::{curl, tool_or_skip};
+use tunneld_integration_tests::{
+    endpoint_of, pattern, port_block, services, sha256_hex, temp_dir, TestClient, ALICE_TOKEN,
+    BOB_TOKEN, WAIT,
+};
+
+fn peers(test: &str) -> bool {
+    tool_or_skip(
+        "redis-server",
+        "--version",
+        "apt-get install redis-server",
+        test,
+    ) && tool_or_skip("openssl", "version", "apt-get install openssl", test)
+}
+
+async fn cluster(dir: &Path) -> Result<(Redis, Vec<Node>, (u16, u16))> {
+    let redis = Redis::start(dir).await?;
+    let range = port_block();
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        nodes.push(Node::start(dir, n, &redis.url(), range).await?);
+    }
+    Ok((redis, nodes, range))
+}
+
+/// A tunnelc config: `transport`, its servers in order, `tunnels` YAML.
+fn client(
+    dir: &Path,
+    token: &str,
+    transport: &str,
+    servers: &[SocketAddr],
+    tunnels: &str,
+) -> Result<ClientConfig> {
+    let list: Vec<String> = servers[1..].iter().map(|s| format!("\"{s}\"")).collect();
+    let yaml = format!(
+        "server: \"{}\"\nservers: [{}]\nserver_name: localhost\ntransport: {transport}\ntoken: {token}\ntls: {{ ca: {}/ca/ca.pem }}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n{tunnels}",
+        servers[0],
+        list.join(", "),
+        dir.display()
+    );
+    let file = temp_dir("cluster-client").join("client.yaml");
+    std::fs::write(&file, yaml)?;
+    ClientConfig::load(Some(&file), &[]).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Echoes `msg` through `addr`, retrying until it works (a mirror appears within a sync).
+async fn echo_until(addr: SocketAddr, msg: &[u8]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(msg).await?;
+            let mut back = vec![0u8; msg.len()];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await??;
+            anyhow::ensure!(back == msg, "echo differs");
+            anyhow::Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => bail!("echo through {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// GETs `https://<name>.localhost/path` at a node's web frontend until the answer has `want`.
+async fn https_until(node: &Node, name: &str, want: &str) -> Result<String> {
+    let host = format!("{name}.localhost");
+    let resolve = format!("{host}:{}:127.0.0.1", node.web.port());
+    let url = format!("https://{host}:{}/visit", node.web.port());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, out) = curl(&["-k", "--resolve", &resolve, &url]).await?;
+        if out.contains(want) {
+            return Ok(out);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{url} at {}: {out}", node.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `len` bytes through an echo tunnel at `addr`, reading them back at once; answers
+/// the SHA-256 of what came back.
+async fn echo_bulk(addr: SocketAddr, len: usize) -> Result<String> {
+    let data = pattern(len, 7);
+    let s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::with_capacity(len);
+    tokio::time::timeout(WAIT, r.read_to_end(&mut back))
+        .await
+        .context("bulk echo timed out")??;
+    writer.await??;
+    Ok(sha256_hex(&back))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visitors_at_every_node_reach_every_tunnel_and_names_are_cluster_wide() -> Result<()> {
+    if !peers("cluster visitors") {
+        return Ok(());
+    }
+    let dir = cluster_dir()?;
+    let (_redis, nodes, range) = cluster(&dir).await?;
+    let (echo, http_a, http_b) = (
+        services::echo().await,
+        services::http_echo("from-alice").await,
+        services::http_echo("from-bob").await,
+    );
+    let (p_alice, p_bob) = (range.0 + 3, range.0 + 4);
+    // alice over yamux to n1, bob over h2-reverse to n2.
+    let yamux: Vec<SocketAddr> = nodes.iter().map(|n| n.yamux).collect();
+    let h2: Vec<SocketAddr> = [1, 2, 0].iter().map(|&i| nodes[i].h2).collect();
+    let mut alice = TestClient::spawn(client(&dir, ALICE_TOKEN, "yamux", &yamux, &format!(
+        "  svc: {{ local: \"{echo}\", remote_port: {p_alice} }}\n  app: {{ type: http, local: \"{http_a}\", subdomain: app }}\n"
+    ))?);
+    let up = alice.connected().await?;
+    assert_eq!(endpoint_of(&up, "svc")?.port(), p_alice, "{up:?}");
+    let mut bob = TestClient::spawn(client(&dir, BOB_TOKEN, "h2-reverse", &h2, &format!(
+        "  db: {{ local: \"{echo}\", remote_port: {p_bob} }}\n  api: {{ type: http, local: \"{http_b}\", subdomain: api }}\n"
+    ))?);
+    let up = bob.connected().await?;
+    assert_eq!(endpoint_of(&up, "db")?.port(), p_bob, "{up:?}");
+
+    // Every node serves every tunnel: ports and https-subdomain.
+    for n in &nodes {
+        echo_until(SocketAddr::new(n.ip, p_alice), b"to alice").await?;
+        echo_until(SocketAddr::new(n.ip, p_bob), b"to bob").await?;
+        https_until(n, "app", "from-alice").await?;
+        https_until(n, "api", "from-bob").await?;
+    }
+    // 64 MiB from a visitor at n3 to alice's service behind n1, and back.
+    let len = 64 << 20;
+    let got = echo_bulk(SocketAddr::new(nodes[2].ip, p_alice), len).await?;
+    assert_eq!(
+        got,
+        sha256_hex(&pattern(len, 7)),
+        "64 MiB crossed n3 -> n1 intact"
+    );
+
+    // Names and ports are unique across the cluster: carol's claims at n3 are refused while
+    // alice's and bob's are live elsewhere; her free tunnel is served.
+    let mut carol = TestClient::spawn(client(&dir, BOB_TOKEN, "yamux", &[nodes[2].yamux], &format!(
+        "  steal: {{ local: \"{echo}\", remote_port: {p_alice} }}\n  name: {{ type: http, local: \"{http_b}\", subdomain: app }}\n  mine: {{ local: \"{echo}\" }}\n"
+    ))?);
+    let up = carol.connected().await?;
+    let status = |name: &str| up.iter().find(|t| t.name == name).cloned();
+    let steal = status("steal").context("steal")?;
+    assert!(
+        steal
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("held by another client")),
+        "{steal:?}"
+    );
+    let name = status("name").context("name")?;
+    assert!(
+        name.error
+            .as_deref()
+            .is_some_and(|e| e.contains("held by another client")),
+        "{name:?}"
+    );
+    assert!(endpoint_of(&up, "mine").is_ok(), "{up:?}");
+
+    // The admin API and the metrics show who holds what and what crossed.
+    let view = nodes[2]
+        .cluster_until("three nodes and five routes", |v| {
+            v["nodes"].as_array().is_some_and(|n| n.len() == 3)
+                && v["routes"].as_array().is_some_and(|r| r.len() == 5)
+        })
+        .await?;
+    let held_by = |port: u16| {
+        view["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["port"] == port))
+            .map(|r| r["node"].clone())
+    };
+    assert_eq!(held_by(p_alice), Some("n1".into()), "{view}");
+    assert_eq!(held_by(p_bob), Some("n2".into()), "{view}");
+    let metrics = |n: &Node| {
+        let url = format!("http://{}/metrics", n.admin);
+        async move { curl(&[&url]).await.map(|(_, b)| b) }
+    };
+    let m3 = metrics(&nodes[2]).await?;
+    assert!(
+        m3.lines().any(|l| l.starts_with(
+            "tunneld_cluster_link_streams_total{direction=\"out\",node=\"n1\",result=\"ok\"}"
+        )),
+        "{m3}"
+    );
+    let m1 = metrics(&nodes[0]).await?;
+    assert!(
+        m1.lines().any(|l| l.starts_with(
+            "tunneld_cluster_link_streams_total{direction=\"in\",node=\"n3\",result=\"ok\"}"
+        )),
+        "{m1}"
+    );
+    for c in [alice, bob, carol] {
+        c.shutdown().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_moves_the_tunnel_and_a_redis_restart_keeps_visitors() -> Result<()> {
+    if !peers("cluster failover") {
+        return Ok(());
+    }
+    let dir = cluster_dir()?;
+    let (mut redis, mut nodes, range) = cluster(&dir).await?;
+    let (echo, http_a) = (
+        services::echo().await,
+        services::http_echo("from-alice").await,
+    );
+    let port = range.0 + 5;
+    let yamux: Vec<SocketAddr> = nodes.iter().map(|n| n.yamux).collect();
+    let mut alice = TestClient::spawn(client(&dir, ALICE_TOKEN, "yamux", &yamux, &format!(
+        "  svc: {{ local: \"{echo}\", remote_port: {port} }}\n  app: {{ type: http, local: \"{http_a}\", subdomain: app }}\n"
+    ))?);
+    alice.connected().await?;
+    let at_n3 = SocketAddr::new(nodes[2].ip, port);
+    echo_until(at_n3, b"first").await?;
+
+    // Redis restarts (empty): a visitor connected through n3 keeps going, new visitors
+    // still get through, and the nodes put their routes back.
+    let mut kept = TcpStream::connect(at_n3).await?;
+    let roundtrip = async |s: &mut TcpStream, msg: &[u8]| -> Result<()> {
+        s.write_all(msg).await?;
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await??;
+        anyhow::ensure!(back == msg);
+        Ok(())
+    };
+    roundtrip(&mut kept, b"before").await?;
+    redis.restart().await?;
+    roundtrip(&mut kept, b"during").await?;
+    echo_until(at_n3, b"new visitor while the table is empty").await?;
+    nodes[2]
+        .cluster_until("redis back with n1's routes", |v| {
+            v["redis"] == "up"
+                && v["routes"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["port"] == port && r["node"] == "n1"))
+        })
+        .await?;
+    roundtrip(&mut kept, b"after").await?;
+    drop(kept);
+
+    // kill -9 of the node holding alice: she is back through another node with the same
+    // port and name, and visitors at the surviving nodes reach her within 5 s.
+    let killed = Instant::now();
+    nodes[0].proc.signal("KILL")?;
+    let up = alice.connected().await?;
+    assert_eq!(
+        endpoint_of(&up, "svc")?.port(),
+        port,
+        "same port after failover: {up:?}"
+    );
+    assert!(
+        up.iter()
+            .any(|t| t.name == "app" && t.subdomain.as_deref() == Some("app")),
+        "{up:?}"
+    );
+    echo_until(at_n3, b"after failover").await?;
+    let back_in = killed.elapsed();
+    assert!(
+        back_in < Duration::from_secs(5),
+        "the tunnel took {back_in:?} to come back"
+    );
+    echo_until(SocketAddr::new(nodes[1].ip, port), b"at n2").await?;
+    https_until(&nodes[2], "app", "from-alice").await?;
+    let _ = nodes.remove(0);
+    alice.shutdown().await?;
+    Ok(())
+}
