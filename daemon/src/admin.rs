@@ -215,13 +215,7 @@ async fn route_request(
             json_resp(StatusCode::OK, &body)
         }
         (Method::PUT, "/tunnels") => put_tunnels(state, req).await,
-        (Method::GET, "/cluster") => match &state.cluster {
-            Some(c) => json_resp(StatusCode::OK, &c.status()),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "cluster mode is off (no `cluster:` in the configuration)",
-            ),
-        },
+        (Method::GET, "/cluster") => crate::cluster::api::respond(state.cluster.as_deref()),
         (Method::POST, "/reload") => reload(state).await,
         (_, "other") => error(
             StatusCode::NOT_FOUND,

@@ -204,14 +204,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         base.throttle.clone(),
     );
     summarize_refusals(&hub, base.accepting.clone());
-    // Cluster mode: the shared routing table is installed before any session can claim.
-    let cluster = match &cfg.cluster {
-        Some(c) => {
-            Some(crate::cluster::start(c.clone(), &hub, &base.metrics, base.closing.clone()).await?)
-        }
-        None => None,
-    };
-
+    let cluster = start_cluster(&cfg, &hub, &base).await?;
     // The admin mappings, installed and restored as stored before any transport (and its
     // management API) accepts.
     let mappings = AdminMappings::install(&hub)?;
@@ -422,6 +415,22 @@ fn summarize_refusals(hub: &Hub, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Joins the cluster, with `cluster:`: the shared routing table is installed in the hub
+/// before any session can claim.
+async fn start_cluster(
+    cfg: &ServerConfig,
+    hub: &Arc<Hub>,
+    base: &Base,
+) -> anyhow::Result<Option<Arc<crate::cluster::Cluster>>> {
+    let Some(c) = &cfg.cluster else {
+        return Ok(None);
+    };
+    let (parking, closing) = (&base.registry, base.closing.clone());
+    Ok(Some(
+        crate::cluster::start(c.clone(), hub, parking, &base.metrics, closing).await?,
+    ))
 }
 
 /// The provisioning API and the plain web port, after the stored tunnels are leased again.

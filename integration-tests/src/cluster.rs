@@ -165,7 +165,13 @@ pub struct Node {
     pub ip: std::net::IpAddr,
     pub yamux: SocketAddr,
     pub h2: SocketAddr,
+    /// The `connect` transport (hidden servers park here).
+    pub hidden: SocketAddr,
     pub web: SocketAddr,
+    /// The `rendezvous` frontend.
+    pub rdv: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
     pub admin: SocketAddr,
     pub link: SocketAddr,
 }
@@ -178,16 +184,18 @@ log: {{ level: info }}
 tls: {{ cert: {dir}/server.pem, key: {dir}/server.key }}
 auth:
   tokens:
-    alice: {{ token: {ALICE_TOKEN} }}
+    alice: {{ token: {ALICE_TOKEN}, max_ports: 2 }}
     bob: {{ token: {BOB_TOKEN} }}
 limits: {{ handshake_timeout: 2s, keepalive: 1s, drain_timeout: 2s }}
 admin: {{ listen: 127.0.0.1:0 }}
 transports:
   edge: {{ type: yamux, listen: 127.0.0.1:0 }}
   h2: {{ type: h2-reverse, listen: 127.0.0.1:0 }}
+  hidden: {{ type: connect, listen: 127.0.0.1:0 }}
 frontends:
   tcp: {{ type: ports, bind: 127.0.0.{n}, range: {a}-{b} }}
   web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }}
+  rdv: {{ type: rendezvous, listen: 127.0.0.1:0, visitor_wait: 2s, connect_access: {{ auth: basic, users: {{ visitor: visitor-password-0123 }} }} }}
 cluster:
   node: n{n}
   redis: "{redis}"
@@ -212,6 +220,7 @@ impl Node {
             dir.join(format!("n{n}.err")),
         )?;
         let (mut yamux, mut h2, mut web, mut admin, mut link) = (None, None, None, None, None);
+        let (mut hidden, mut rdv) = (None, None);
         loop {
             let line = proc.next_line().await?;
             let addr = || -> Result<SocketAddr> {
@@ -224,6 +233,8 @@ impl Node {
                 Some("transport=edge") => yamux = Some(addr()?),
                 Some("transport=h2") => h2 = Some(addr()?),
                 Some("frontend=web") => web = Some(addr()?),
+                Some("transport=hidden") => hidden = Some(addr()?),
+                Some("frontend=rdv") => rdv = Some(addr()?),
                 Some("admin") => admin = Some(addr()?),
                 Some("cluster") => link = Some(addr()?),
                 _ => {}
@@ -239,10 +250,28 @@ impl Node {
             ip: std::net::IpAddr::from([127, 0, 0, n]),
             yamux: yamux.ok_or_else(missing)?,
             h2: h2.ok_or_else(missing)?,
+            hidden: hidden.ok_or_else(missing)?,
             web: web.ok_or_else(missing)?,
+            rdv: rdv.ok_or_else(missing)?,
+            config: file,
             admin: admin.ok_or_else(missing)?,
             link: link.ok_or_else(missing)?,
         })
+    }
+
+    /// `tunneld --config <this node's file> ARGS`: its stdout; an error on a non-zero exit.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(crate::process::binary("tunneld")?)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tunneld {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `GET /cluster` as JSON.

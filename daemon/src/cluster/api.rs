@@ -1,7 +1,20 @@
 //! `GET /cluster` on the admin API: the nodes, their load, and who holds what.
 
 use super::Cluster;
+use crate::http_serve::{error, json_resp, Resp};
+use http::StatusCode;
 use serde_json::{json, Value};
+
+/// The answer to `GET /cluster` (404 when cluster mode is off).
+pub fn respond(cluster: Option<&Cluster>) -> Resp {
+    match cluster {
+        Some(c) => json_resp(StatusCode::OK, &c.status()),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "cluster mode is off (no `cluster:` in the configuration)",
+        ),
+    }
+}
 
 impl Cluster {
     /// The cluster as this node last read it.

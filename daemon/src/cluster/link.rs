@@ -13,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
-use tunneld_core::hub::Target;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::BoxIo;
@@ -25,9 +24,11 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Link connections one node takes at once.
 const MAX_LINK_CONNECTIONS: usize = 256;
 
-/// What the link server asks of the cluster: the local target of a route this node holds.
+/// What the link server asks of the cluster: a stream to what `req` names here (a route
+/// this node's session holds, or a connection parked here).
+#[async_trait::async_trait]
 pub trait LocalRoutes: Send + Sync + 'static {
-    fn target(&self, route: &str) -> Option<Arc<dyn Target>>;
+    async fn open(&self, req: LinkRequest) -> Result<BoxIo, OpenError>;
 }
 
 fn yamux_config() -> yamux::Config {
@@ -136,19 +137,9 @@ where
             return;
         }
     };
-    let opened = match routes.target(&req.route) {
-        None => Err(OpenError::Offline),
-        Some(t) => {
-            match tokio::time::timeout(
-                OPEN_REPLY_DEADLINE,
-                t.open(req.header, req.server_name.as_deref()),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(OpenError::Timeout),
-            }
-        }
+    let opened = match tokio::time::timeout(OPEN_REPLY_DEADLINE, routes.open(req)).await {
+        Ok(r) => r,
+        Err(_) => Err(OpenError::Timeout),
     };
     match opened {
         Ok(mut io) => {

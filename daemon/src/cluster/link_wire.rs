@@ -11,9 +11,12 @@ pub const MAX_LINE: usize = 8 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
-    /// The route's key in the shared table.
+    /// The route's key in the shared table, or `park:<id>` for a connection parked for a
+    /// rendezvous id.
     pub route: String,
-    pub header: StreamHeader,
+    /// The visitor's stream header (routes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<StreamHeader>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
 }

@@ -141,7 +141,7 @@ impl Target for RemoteTarget {
         let (node, addr) = self.holder(&c).ok_or(OpenError::Offline)?;
         let req = LinkRequest {
             route: self.route.clone(),
-            header,
+            header: Some(header),
             server_name: server_name.map(str::to_string),
         };
         c.links.open(&node, addr, &req).await

@@ -20,6 +20,7 @@ mod link_tls;
 mod link_wire;
 pub mod metrics;
 mod mirror;
+mod parking;
 mod routes;
 pub mod store;
 
@@ -36,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::Claim;
 use tunneld_core::hub::{Hub, Target};
 use tunneld_core::metrics::Metrics;
+use tunneld_core::session::OpenError;
+use tunneld_frontend_rendezvous::registry::Registry;
 
 /// The table as this node last read it.
 #[derive(Default)]
@@ -64,6 +67,8 @@ pub struct Cluster {
     this: Weak<Cluster>,
     store: Store,
     hub: Weak<Hub>,
+    /// Rendezvous parking: this node's parked connections, offered to the others.
+    registry: Arc<Registry>,
     metrics: Arc<ClusterMetrics>,
     links: link::Links,
     view: RwLock<Arc<View>>,
@@ -84,6 +89,7 @@ pub struct Cluster {
 pub async fn start(
     cfg: ClusterConfig,
     hub: &Arc<Hub>,
+    parking: &Arc<Registry>,
     registry: &Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<Cluster>> {
@@ -117,6 +123,7 @@ pub async fn start(
         this: this.clone(),
         store,
         hub: Arc::downgrade(hub),
+        registry: parking.clone(),
         links: link::Links::new(tls.client.clone(), metrics.clone(), stop.clone()),
         metrics: metrics.clone(),
         view: RwLock::default(),
@@ -129,7 +136,7 @@ pub async fn start(
         link_addr,
         cfg,
     });
-    if !hub.set_cluster(cluster.clone()) {
+    if !hub.set_cluster(cluster.clone()) || !parking.set_remote(cluster.clone()) {
         anyhow::bail!("cluster: a routing table was installed already");
     }
     tokio::spawn(link::serve(
@@ -140,6 +147,7 @@ pub async fn start(
         stop.clone(),
     ));
     cluster.announce().await;
+    tokio::spawn(cluster.clone().announce_loop(stop.clone()));
     tokio::spawn(cluster.clone().renew_loop(stop.clone()));
     tokio::spawn(cluster.clone().sync_loop(stop.clone()));
     tokio::spawn(cluster.clone().listen_loop(stop));
@@ -147,11 +155,20 @@ pub async fn start(
     Ok(cluster)
 }
 
+#[async_trait::async_trait]
 impl link::LocalRoutes for Cluster {
-    fn target(&self, route: &str) -> Option<Arc<dyn Target>> {
-        tunneld_core::sync::lock(&self.local)
-            .get(route)
+    async fn open(&self, req: link_wire::LinkRequest) -> Result<tunneld_core::BoxIo, OpenError> {
+        if let Some(id) = req.route.strip_prefix("park:") {
+            return self.take_parked_here(id).await;
+        }
+        let target = tunneld_core::sync::lock(&self.local)
+            .get(&req.route)
             .map(|r| r.target.clone())
+            .ok_or(OpenError::Offline)?;
+        let header = req
+            .header
+            .ok_or_else(|| OpenError::Session("a route stream without a header".into()))?;
+        target.open(header, req.server_name.as_deref()).await
     }
 }
 
@@ -185,6 +202,7 @@ impl Cluster {
             link: self.cfg.advertised(),
             sessions: hub.as_ref().map(|h| h.sessions().len()).unwrap_or(0),
             routes: tunneld_core::sync::lock(&self.local).len(),
+            parked: self.registry.parked_ids(),
             started: self.started,
             updated: store::now_ms(),
         };
@@ -192,8 +210,21 @@ impl Cluster {
         self.redis_result("announce", &r);
     }
 
-    /// Every third of the TTL: announces the node and renews its routes; a route someone
-    /// else holds now ends its session.
+    /// Every `sync_interval` (at most a third of the TTL): announces the node, with its load
+    /// and parked rendezvous ids.
+    async fn announce_loop(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.cfg.sync_interval.min(self.cfg.lease_ttl / 3);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            self.announce().await;
+        }
+    }
+
+    /// Every third of the TTL: renews this node's routes; a route someone else holds now
+    /// ends its session.
     async fn renew_loop(self: Arc<Self>, stop: CancellationToken) {
         let every = self.cfg.lease_ttl / 3;
         loop {
@@ -201,7 +232,6 @@ impl Cluster {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            self.announce().await;
             let held: Vec<(String, RouteEntry)> = tunneld_core::sync::lock(&self.local)
                 .iter()
                 .map(|(k, r)| (k.clone(), r.entry.clone()))

@@ -65,6 +65,9 @@ pub struct NodeEntry {
     pub sessions: usize,
     /// Routes its sessions hold.
     pub routes: usize,
+    /// Rendezvous ids with hidden-server connections parked here, and how many each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parked: BTreeMap<String, usize>,
     /// Unix ms.
     pub started: u64,
     pub updated: u64,

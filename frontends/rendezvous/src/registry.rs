@@ -119,8 +119,18 @@ struct State {
     fail_addr: HashMap<IpAddr, Window>,
 }
 
+/// Where connections parked at other tunneld nodes are found (cluster mode): the daemon's
+/// cluster installs one ([`Registry::set_remote`]).
+#[async_trait::async_trait]
+pub trait RemoteParking: Send + Sync + 'static {
+    /// A connection parked for `id` at another node, as a stream to it.
+    async fn take(&self, id: &str) -> Option<BoxIo>;
+}
+
 pub struct Registry {
     pub ids: Arc<dyn IdSource>,
+    /// Parked connections at other nodes (cluster mode).
+    remote: std::sync::OnceLock<Arc<dyn RemoteParking>>,
     /// Failed authentications per address, shared with the hub (Bearer tokens when parking,
     /// CONNECT visitors' credentials).
     pub throttle: Arc<tunneld_core::throttle::FailureThrottle>,
@@ -174,6 +184,7 @@ impl Registry {
         let own = metrics.plugin::<RendezvousMetrics>()?;
         Ok(Arc::new(Self {
             ids,
+            remote: std::sync::OnceLock::new(),
             throttle,
             cfg: std::sync::RwLock::new(cfg),
             metrics,
@@ -454,9 +465,39 @@ impl Registry {
         got
     }
 
-    /// Takes a connection parked for `id` under its `current` entry, waiting up to `wait`
-    /// for one to arrive.
+    /// Installs where other nodes' parked connections are found; false if one was already.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteParking>) -> bool {
+        self.remote.set(remote).is_ok()
+    }
+
+    /// Ids with connections parked here now, and how many each.
+    pub fn parked_ids(&self) -> std::collections::BTreeMap<String, usize> {
+        self.lock()
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.parked.is_empty())
+            .map(|(id, q)| (id.clone(), q.parked.len()))
+            .collect()
+    }
+
+    /// Takes a connection parked for `id` under its `current` entry: one parked here, else
+    /// (cluster mode) one parked at another node, else the first to park here within `wait`.
     pub async fn take(&self, id: &str, current: &IdEntry, wait: Duration) -> Option<BoxIo> {
+        let Some(remote) = self.remote.get() else {
+            return self.take_local(id, current, wait).await;
+        };
+        if let Some(io) = self.take_local(id, current, Duration::ZERO).await {
+            return Some(io);
+        }
+        if let Some(io) = remote.take(id).await {
+            return Some(io);
+        }
+        self.take_local(id, current, wait).await
+    }
+
+    /// Takes a connection parked here for `id` under its `current` entry, waiting up to
+    /// `wait` for one to arrive.
+    pub async fn take_local(&self, id: &str, current: &IdEntry, wait: Duration) -> Option<BoxIo> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notify_for(id);
         loop {
