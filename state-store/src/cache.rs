@@ -6,9 +6,10 @@
 //! *after the lookup began*, so a token revoked or an id added a moment earlier by
 //! `tunneld token revoke` / `tunneld rendezvous add` (another process) is seen at once.
 //! One thread ("tunneld-state") does the checking: each check reads the store's change
-//! counters and any table whose count moved, in one read transaction on a connection of its
-//! own ([`StateStore::cached_changes`]). Lookups that arrive while a check runs share the next one, so however many
-//! lookups come at once, the store sees one small read at a time.
+//! counters and any table whose count moved, in one consistent read
+//! ([`StateStore::cached_changes`]: SQLite's is a read transaction on a connection of its
+//! own, Redis's one script). Lookups that arrive while a check runs share the next one, so
+//! however many lookups come at once, the store sees one small read at a time.
 //!
 //! A check that fails (the store cannot be read) or does not finish within [`CHECK_WAIT`]
 //! fails the lookups that waited on it: callers refuse (fail closed) rather than answer from
@@ -283,4 +284,4 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

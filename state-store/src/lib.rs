@@ -1,24 +1,40 @@
 //! tunneld's persistent state: tokens, provisioned tunnels (their name and port leases),
 //! issued certificates and rendezvous ids, behind the [`StateStore`] trait.
 //!
-//! The one implementation is [`sqlite::SqliteStore`], a single file (`state.db`) in the state
-//! directory. Every write is one SQLite transaction in WAL mode with `synchronous=FULL`, so a
-//! write that returned survives a crash or `kill -9`, and a torn write is rolled back on the
-//! next open. Several processes may open it at once (`tunneld token add` while tunneld runs).
-//! A networked store for several tunneld nodes would be a second implementation of the trait.
+//! Two implementations:
 //!
-//! Layout: [`records`] (what is stored), [`sqlite`] (the store), [`cache`] (the in-memory
-//! view the data path reads; it is core's [`tunneld_core::auth::TokenStore`], see
-//! [`tokens`]), [`names`] (readable tunnel names), [`ca_sign`] (the CA signing tunnels'
-//! certificate requests).
+//! - [`sqlite::SqliteStore`], a single file (`state.db`) in the state directory. Every write
+//!   is one SQLite transaction in WAL mode with `synchronous=FULL`, so a write that returned
+//!   survives a crash or `kill -9`, and a torn write is rolled back on the next open.
+//!   Several processes may open it at once (`tunneld token add` while tunneld runs).
+//! - [`redis_store::RedisStore`], for cluster mode: several tunneld nodes (and their CLI)
+//!   share one Redis. Every key is under `<prefix>:state:`: a hash per table of JSON records
+//!   (`tokens`, `tunnels`, `ssh_keys`, `rendezvous`, `used_codes`), unique indexes
+//!   (`token_digests`, `tunnel_ids`, `certificate_serials`), a list per tunnel
+//!   (`certificates:<tunnel>`), `used_codes_at` (a sorted set), `admin_mappings` (a string)
+//!   and the `versions` hash of change counters. Each write is one Lua script that checks,
+//!   writes the record with its index entries and HINCRBYs its table's counter atomically
+//!   (the admin mappings: one SET); [`StateStore::cached_changes`] is one script too.
+//!   `backup` writes a SQLite file.
+//!
+//! Both pass the same tests (`conformance`, run against each). SQLite's behaviour is the
+//! definition: the Redis store matches it method by method.
+//!
+//! Layout: [`records`] (what is stored), [`sqlite`] and [`redis_store`] (the stores),
+//! [`cache`] (the in-memory view the data path reads; it is core's
+//! [`tunneld_core::auth::TokenStore`], see [`tokens`]), [`names`] (readable tunnel names),
+//! [`ca_sign`] (the CA signing tunnels' certificate requests).
 
 #![forbid(unsafe_code)]
 
 pub mod ca_sign;
 pub mod cache;
+#[cfg(test)]
+mod conformance;
 pub mod metrics;
 pub mod names;
 pub mod records;
+pub mod redis_store;
 pub mod sqlite;
 pub mod ssh_keys;
 pub mod tokens;

@@ -77,6 +77,26 @@ impl SqliteStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         tunneld_core::sync::lock(&self.conn)
     }
+
+    /// Runs `f` in one write transaction, committed when it returns `Ok` (a bulk copy: one
+    /// sync to disk instead of one per write). `f` must not call [`StateStore::delete_tunnel`]
+    /// (a transaction of its own).
+    pub(crate) fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.conn().execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        match f(self) {
+            Ok(v) => {
+                self.conn().execute_batch("COMMIT").map_err(db)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn().execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
 }
 
 impl StateStore for SqliteStore {

@@ -44,9 +44,16 @@ fn count(m: &Metrics, name: &str, label: &str) -> u64 {
 async fn other_writers_are_seen_at_the_next_lookup() {
     let (dir, path) = temp_db();
     let daemon: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
+    let cli = SqliteStore::open(&path).expect("second connection");
+    other_writers_are_seen(daemon, &cli).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`other_writers_are_seen_at_the_next_lookup`] for any store: `daemon` and `cli` are two
+/// handles on one store.
+pub(crate) async fn other_writers_are_seen(daemon: Arc<dyn StateStore>, cli: &dyn StateStore) {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let cache = StateCache::start(daemon, metrics.clone()).expect("cache");
-    let cli = SqliteStore::open(&path).expect("second connection");
     let a = token("alice-token");
 
     assert_eq!(
@@ -97,7 +104,6 @@ async fn other_writers_are_seen_at_the_next_lookup() {
     assert_eq!(count(&metrics, "checks", "reloaded"), reloads);
     assert!(count(&metrics, "checks", "current") >= 1);
     drop(cache);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A flood of lookups (unknown tokens) shares checks instead of querying once each.
@@ -190,12 +196,22 @@ async fn an_unreadable_store_fails_closed() {
 /// refusal, tunnel keys their tunnel's life; changes by another writer are seen at once.
 #[tokio::test]
 async fn ssh_keys_grant_and_refuse() {
-    use crate::records::{SshKeyRecord, TunnelFlavour};
-    use tunneld_core::ssh_keys::{KeyGrant, SshKeyStore, StoredKey};
     let (dir, path) = temp_db();
     let daemon: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).expect("open"));
-    let cache = StateCache::start(daemon, Arc::new(Metrics::new().expect("metrics"))).expect("c");
     let cli = SqliteStore::open(&path).expect("second connection");
+    ssh_keys_grant_and_refuse_in(daemon, &cli).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`ssh_keys_grant_and_refuse`] for any store: `daemon` and `cli` are two handles on one
+/// store.
+pub(crate) async fn ssh_keys_grant_and_refuse_in(
+    daemon: Arc<dyn StateStore>,
+    cli: &dyn StateStore,
+) {
+    use crate::records::{SshKeyRecord, TunnelFlavour};
+    use tunneld_core::ssh_keys::{KeyGrant, SshKeyStore, StoredKey};
+    let cache = StateCache::start(daemon, Arc::new(Metrics::new().expect("metrics"))).expect("c");
     let mut alice = token("alice");
     alice.max_ports = Some(3);
     cli.add_token(&alice).expect("token");
@@ -274,5 +290,4 @@ async fn ssh_keys_grant_and_refuse() {
     assert!(cli.remove_ssh_key("SHA256:a").expect("remove"));
     assert_eq!(lookup("SHA256:a").await, None);
     drop(cache);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -188,3 +188,20 @@ fn a_schema_1_store_is_upgraded() {
     assert!(e.contains("newer tunneld"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The behaviour every store shares (`crate::conformance`), on SQLite.
+#[test]
+fn conformance_every_method_and_backup() {
+    let dir = temp();
+    let s = SqliteStore::open(&dir.join(crate::FILE)).expect("open");
+    crate::conformance::every_method_and_backup(&s, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn conformance_counters_move_with_writes() {
+    let dir = temp();
+    let s = SqliteStore::open(&dir.join(crate::FILE)).expect("open");
+    crate::conformance::counters_move_with_writes(&s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
