@@ -1,10 +1,11 @@
-//! `tunneld-bench`: measures tunneld (with tunnelc, and with stock OpenSSH on the `ssh`
-//! transport) beside a direct connection, two plain relays, rathole
+//! `tunneld-bench`: measures tunneld (with tunnelc, also across a two-node cluster, and with
+//! stock OpenSSH on the `ssh` transport) beside a direct connection, two plain relays, rathole
 //! and bore, in one run on loopback, and prints a markdown table (also written with a JSON
 //! file). `scripts/bench` builds everything in release mode and runs it; see
 //! docs/benchmarks.md for the method.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod https;
 mod load;
 mod openssh;
@@ -48,7 +49,7 @@ struct Cli {
     #[arg(long)]
     idle: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
-    /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-ssh).
+    /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-yamux-cluster, tunneld-ssh).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.md and results.json go.
@@ -214,6 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
         "tunneld-yamux",
         "tunneld-h2",
         "tunneld-ws",
+        "tunneld-yamux-cluster",
         "tunneld-ssh",
     ];
     for kind in kinds {
@@ -237,6 +239,13 @@ async fn run(cli: Cli) -> Result<()> {
                 "bore" => match &bore {
                     Some(b) => Some((systems::bore(b, svc.addr, &dir).await?, false)),
                     None => None,
+                },
+                "tunneld-yamux-cluster" => match cluster::missing() {
+                    Some(why) => {
+                        notes.push(why);
+                        None
+                    }
+                    None => Some((cluster::tunneld_cluster(&bins, svc.addr, &dir).await?, true)),
                 },
                 "tunneld-ssh" if ssh_missing.is_some() => None,
                 "tunneld-ssh" => Some((openssh::tunneld_ssh(&bins, svc.addr, &dir).await?, true)),

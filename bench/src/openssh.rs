@@ -94,5 +94,7 @@ pub async fn tunneld_ssh(bins: &Path, service: SocketAddr, dir: &Path) -> Result
         endpoint: SocketAddr::from(([127, 0, 0, 1], public_port)),
         server: Some(server),
         client: Some(client),
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     })
 }

@@ -85,14 +85,25 @@ pub struct System {
     pub server: Option<Proc>,
     /// The private side (tunnelc, rathole client, bore local, second relay).
     pub client: Option<Proc>,
+    /// More processes of the public side, their memory added to `server`'s (a cluster's
+    /// other nodes).
+    pub server_more: Vec<Proc>,
+    /// Processes the system needs that are not measured (a cluster's Redis), held only so
+    /// they live (and are killed) with it.
+    pub _helpers: Vec<Proc>,
 }
 
 impl System {
+    /// Resident memory of the public side (every process of it, summed) and of the private
+    /// side, in KiB.
     pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
-        (
-            self.server.as_ref().and_then(Proc::rss_kib),
-            self.client.as_ref().and_then(Proc::rss_kib),
-        )
+        let server = self
+            .server
+            .iter()
+            .chain(&self.server_more)
+            .filter_map(Proc::rss_kib)
+            .reduce(|a, b| a + b);
+        (server, self.client.as_ref().and_then(Proc::rss_kib))
     }
 }
 
@@ -113,6 +124,8 @@ pub fn direct(service: SocketAddr) -> System {
         endpoint: service,
         server: None,
         client: None,
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     }
 }
 
@@ -141,10 +154,12 @@ pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
         endpoint: b.parse()?,
         server: Some(first),
         client: Some(second),
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     })
 }
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// The transport a tunneld row runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +206,7 @@ impl Transport {
     }
 
     /// tunnelc's lines that reach `edge`.
-    fn client_side(self, edge: &str, ca: &str) -> String {
+    pub(crate) fn client_side(self, edge: &str, ca: &str) -> String {
         match self {
             Transport::Yamux => format!(
                 "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: 4096 }}\n"
@@ -291,6 +306,8 @@ pub async fn tunneld(
         endpoint: ep.trim().parse()?,
         server: Some(server),
         client: Some(client),
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     })
 }
 
@@ -391,6 +408,8 @@ pub async fn rathole(bin: &Path, tls: bool, service: SocketAddr, dir: &Path) -> 
         endpoint,
         server: Some(server),
         client: Some(client),
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     })
 }
 
@@ -448,5 +467,7 @@ pub async fn bore(bin: &Path, service: SocketAddr, dir: &Path) -> Result<System>
         endpoint,
         server: Some(server),
         client: Some(client),
+        server_more: Vec::new(),
+        _helpers: Vec::new(),
     })
 }

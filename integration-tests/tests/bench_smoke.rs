@@ -40,6 +40,16 @@ fn bench_runner_smoke_mode_measures_every_system() {
         "tunneld h2-reverse+tls",
         "tunneld websocket",
     ];
+    // The cluster row (two nodes sharing a redis-server) when Redis is installed.
+    let redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if redis {
+        expected.push("tunneld yamux+tls, 2-node cluster (visitor at n2)");
+    } else {
+        assert!(table.contains("`redis-server` is not installed"), "{table}");
+    }
     if ssh {
         expected.push("tunneld ssh (OpenSSH -R)");
     } else {
