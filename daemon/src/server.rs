@@ -85,7 +85,14 @@ impl Running {
 }
 
 /// Opens the state store in the state directory (and imports an older `rendezvous.json`).
+/// In cluster mode the store is the cluster's Redis, shared by every node (tokens,
+/// provisioned tunnels, rendezvous ids and used codes, admin mappings).
 pub fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn StateStore>> {
+    if let Some(c) = &cfg.cluster {
+        let store = tunneld_state::redis_store::RedisStore::open(&c.redis, &c.prefix)
+            .context("cluster.redis: the state store")?;
+        return Ok(Arc::new(store));
+    }
     let store = Arc::new(SqliteStore::open(&cfg.state_dir.join(state::FILE))?);
     rendezvous_store::import_legacy(&cfg.state_dir, &*store)?;
     Ok(store)

@@ -195,9 +195,15 @@ impl Hub {
             closed: session.closed.clone(),
         };
         cluster.prepare(name, &mut req, &who).await?;
+        // The cluster keeps a released route for its owner (until the lease expires); the
+        // frontend keeps nothing, so a claim refused or set aside here blocks no one.
+        let local = ClaimRequest {
+            reserve_on_release: false,
+            ..req.clone()
+        };
         let mut taken_elsewhere = Vec::new();
         loop {
-            let mut claim = frontend.clone().claim(req.clone()).await?;
+            let mut claim = frontend.clone().claim(local.clone()).await?;
             match cluster.register(name, &claim, &req, &who).await {
                 Ok(lease) => {
                     let local = std::mem::replace(&mut claim.release, Box::new(()));

@@ -76,7 +76,11 @@ fn creates_store(cmd: &Command) -> bool {
 
 fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
     let file = cfg.state_dir.join(tunneld_state::FILE);
-    if !creates_store(&cmd) {
+    if let Some(c) = &cfg.cluster {
+        // Cluster mode: the store is the cluster's Redis (it is there or the open fails).
+        let redis = tunneld_daemon::config::cluster::redact(&c.redis);
+        eprintln!("state store: {redis} (prefix {})", c.prefix);
+    } else if !creates_store(&cmd) {
         if !file.exists() {
             anyhow::bail!(
                 "no state store at {} (nothing was created): tunneld makes it at its first start, or `tunneld token add`; check --config and state_dir",
@@ -90,7 +94,13 @@ fn command(cfg: &ServerConfig, cmd: Command) -> anyhow::Result<()> {
         Command::Token(c) => state_cli::token(cfg, &*store, c),
         Command::Rendezvous(c) => state_cli::rendezvous(&*store, c),
         Command::State(c) => {
-            state_cli::state_cmd(&*store, &cfg.state_dir.join(tunneld_state::FILE), c)
+            let shown = match &cfg.cluster {
+                Some(c) => {
+                    std::path::PathBuf::from(tunneld_daemon::config::cluster::redact(&c.redis))
+                }
+                None => file,
+            };
+            state_cli::state_cmd(&*store, &shown, c)
         }
         Command::Docs(_) => Ok(()), // answered in main, before the configuration is read
     }

@@ -31,9 +31,18 @@ pub trait LocalRoutes: Send + Sync + 'static {
     async fn open(&self, req: LinkRequest) -> Result<BoxIo, OpenError>;
 }
 
-fn yamux_config() -> yamux::Config {
+/// Visitor streams one link carries at once. The dialling side stops here (its visitors
+/// are refused as capped); the accepting side allows twice as many, so yamux's own ceiling,
+/// which ends the whole connection, is never reached first.
+const LINK_STREAMS: usize = 2048;
+
+fn yamux_config(mode: Mode) -> yamux::Config {
+    let max_streams = match mode {
+        Mode::Client => LINK_STREAMS,
+        Mode::Server => LINK_STREAMS * 2,
+    };
     tunneld_transport_yamux::config::Tuning {
-        max_streams: 4096,
+        max_streams,
         ..Default::default()
     }
     .yamux()
@@ -93,7 +102,7 @@ pub async fn serve(
                 .and_then(|c| tunneld_core::tls::common_name(c))
                 .unwrap_or_else(|| "?".into());
             tracing::info!(%peer, %node, "cluster link from node");
-            let conn = Connection::new(tls.compat(), yamux_config(), Mode::Server);
+            let conn = Connection::new(tls.compat(), yamux_config(Mode::Server), Mode::Server);
             let (_open_tx, open_rx) = mpsc::channel::<OpenReply>(1);
             let streams = CancellationToken::new();
             let guard = streams.clone().drop_guard();
@@ -235,7 +244,7 @@ impl Links {
             .await
             .map_err(|_| format!("TLS to {addr}: timed out"))?
             .map_err(|e| format!("TLS to {addr}: {e}"))?;
-        let conn = Connection::new(tls.compat(), yamux_config(), Mode::Client);
+        let conn = Connection::new(tls.compat(), yamux_config(Mode::Client), Mode::Client);
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let closed = CancellationToken::new();
         let (ended, stop, node_name) = (closed.clone(), self.stop.clone(), node.to_string());

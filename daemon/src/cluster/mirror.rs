@@ -25,13 +25,21 @@ impl Cluster {
             let mut mirrors = tunneld_core::sync::lock(&self.mirrors);
             let gone: Vec<String> = mirrors
                 .iter()
-                .filter(|(key, m)| match view.routes.get(*key) {
-                    Some(e) => {
-                        e.node == self.cfg.node
-                            || e.owner != m.entry.owner
-                            || e.kind != m.entry.kind
-                    }
-                    None => settled,
+                .filter(|(key, m)| {
+                    let rebuilt = hub
+                        .frontend(&m.entry.frontend)
+                        .is_none_or(|f| !same(&f, &m.frontend));
+                    rebuilt
+                        || match view.routes.get(*key) {
+                            Some(e) => {
+                                e.node == self.cfg.node
+                                    || e.owner != m.entry.owner
+                                    || e.kind != m.entry.kind
+                                    || e.tunnel != m.entry.tunnel
+                                    || e.proxy_protocol != m.entry.proxy_protocol
+                            }
+                            None => settled,
+                        }
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -72,13 +80,14 @@ impl Cluster {
                 }),
                 reserve_on_release: false,
             };
-            match frontend.claim(req).await {
+            match frontend.clone().claim(req).await {
                 Ok(claim) => {
                     tunneld_core::sync::lock(&self.refused).remove(&key);
                     tunneld_core::sync::lock(&self.mirrors).insert(
                         key,
                         Mirror {
                             entry: e,
+                            frontend,
                             _claim: claim,
                         },
                     );
@@ -94,6 +103,8 @@ impl Cluster {
                 }
             }
         }
+        // Refusals of routes that went are forgotten.
+        tunneld_core::sync::lock(&self.refused).retain(|k| view.routes.contains_key(k));
         let (local, remote) = (
             tunneld_core::sync::lock(&self.local).len(),
             tunneld_core::sync::lock(&self.mirrors).len(),
@@ -109,6 +120,14 @@ impl Cluster {
             .with_label_values::<&str>(&[])
             .set(i64::try_from(alive).unwrap_or(i64::MAX));
     }
+}
+
+/// Whether two handles are the same frontend (by address: a rebuilt one is a new value).
+fn same(
+    a: &Arc<dyn tunneld_core::frontend::Frontend>,
+    b: &Arc<dyn tunneld_core::frontend::Frontend>,
+) -> bool {
+    std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
 }
 
 /// Where a mirror sends its visitors: the node the view says holds the route, over the link.

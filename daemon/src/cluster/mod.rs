@@ -59,6 +59,8 @@ struct LocalRoute {
 /// A route of another node, claimed on a local frontend.
 struct Mirror {
     entry: RouteEntry,
+    /// The frontend it is claimed on (a reload may rebuild it: then the mirror is redone).
+    frontend: Arc<dyn tunneld_core::frontend::Frontend>,
     _claim: Claim,
 }
 
@@ -74,8 +76,11 @@ pub struct Cluster {
     view: RwLock<Arc<View>>,
     local: Mutex<HashMap<String, LocalRoute>>,
     mirrors: Mutex<HashMap<String, Mirror>>,
-    /// Since when Redis has answered without a failure (none: it is failing).
+    /// Since when Redis has answered without a failure (none: it is failing), or since it
+    /// was found emptied.
     redis_up_since: Mutex<Option<Instant>>,
+    /// The table's epoch as last read.
+    epoch: Mutex<Option<String>>,
     /// Routes a frontend refused to mirror, logged once each.
     refused: Mutex<std::collections::HashSet<String>>,
     resync: Notify,
@@ -130,6 +135,7 @@ pub async fn start(
         local: Mutex::default(),
         mirrors: Mutex::default(),
         redis_up_since: Mutex::new(None),
+        epoch: Mutex::new(None),
         refused: Mutex::default(),
         resync: Notify::new(),
         started: store::now_ms(),
@@ -161,13 +167,16 @@ impl link::LocalRoutes for Cluster {
         if let Some(id) = req.route.strip_prefix("park:") {
             return self.take_parked_here(id).await;
         }
-        let target = tunneld_core::sync::lock(&self.local)
+        let (target, entry) = tunneld_core::sync::lock(&self.local)
             .get(&req.route)
-            .map(|r| r.target.clone())
+            .map(|r| (r.target.clone(), r.entry.clone()))
             .ok_or(OpenError::Offline)?;
-        let header = req
+        let mut header = req
             .header
             .ok_or_else(|| OpenError::Session("a route stream without a header".into()))?;
+        // The route as this node holds it now, whatever the asking node's mirror says.
+        header.tunnel = entry.tunnel;
+        header.proxy_protocol = entry.proxy_protocol;
         target.open(header, req.server_name.as_deref()).await
     }
 }
@@ -274,6 +283,7 @@ impl Cluster {
     /// Reads the table every `sync_interval`, or at once when told, and mirrors it.
     async fn sync_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
+            self.check_epoch().await;
             let r = self.store.snapshot().await;
             self.redis_result("snapshot", &r);
             if let Ok(s) = r {
@@ -289,6 +299,19 @@ impl Cluster {
                 _ = tokio::time::sleep(self.cfg.sync_interval) => {}
                 _ = self.resync.notified() => {}
             }
+        }
+    }
+
+    /// Notices a Redis that was emptied (restarted without persistence): the routes of every
+    /// node come back within a renewal, so mirrors are kept for a whole TTL from now.
+    async fn check_epoch(&self) {
+        let r = self.store.epoch().await;
+        self.redis_result("epoch", &r);
+        let Ok(now) = r else { return };
+        let before = tunneld_core::sync::lock(&self.epoch).replace(now.clone());
+        if before.is_some_and(|b| b != now) {
+            tracing::warn!("cluster: Redis was emptied (restarted?); routes are written again, mirrors kept meanwhile");
+            *tunneld_core::sync::lock(&self.redis_up_since) = Some(Instant::now());
         }
     }
 

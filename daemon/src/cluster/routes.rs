@@ -54,14 +54,17 @@ impl ClusterRoutes for Cluster {
         let what = match &req.ask {
             Ask::Port { port, .. } => what_of(Some(*port), None),
             Ask::Name(n) => what_of(None, Some(n)),
-            // The port or name the cluster holds for this owner's tunnel, if any.
+            // The port or name the cluster keeps for this owner's tunnel, when this session
+            // may have it back: released, this same tunnelc's, or its node is gone.
             Ask::Any => {
                 let view = self.view();
                 let found = view.routes.values().find(|r| {
                     r.frontend == frontend
                         && r.owner == req.owner
                         && r.tunnel == req.tunnel
-                        && r.node != self.cfg.node
+                        && (r.session == 0
+                            || (!r.instance.is_empty() && session.instance == Some(&r.instance))
+                            || !view.nodes.contains_key(&r.node))
                 });
                 match found {
                     Some(r) => {
@@ -78,15 +81,20 @@ impl ClusterRoutes for Cluster {
         };
         let Some(what) = what else { return Ok(()) };
         let key = self.store.route_key(frontend, &what);
-        if !tunneld_core::sync::lock(&self.mirrors).contains_key(&key) {
+        let mirrored_for = tunneld_core::sync::lock(&self.mirrors)
+            .get(&key)
+            .map(|m| m.entry.owner.clone());
+        let Some(mirrored_for) = mirrored_for else {
             return Ok(());
-        }
+        };
         // A mirror of a route held elsewhere: may this session take it over?
         let r = self.store.route(frontend, &what).await;
         self.redis_result("route", &r);
         let current = r.map_err(|e| ClaimError::ClusterDown(e.to_string()))?;
         let take = match &current {
-            None => true,
+            // Gone from the table (expired, or Redis was emptied): only its owner may take
+            // what the mirror still holds; another client waits for the mirror to go.
+            None => mirrored_for == req.owner,
             Some(c) if c.node == self.cfg.node => true,
             // Another owner's: the mirror stays and the frontend refuses the claim.
             Some(c) if c.owner != req.owner => false,
@@ -136,6 +144,7 @@ impl ClusterRoutes for Cluster {
             kind: req.kind,
             instance: session.instance.unwrap_or_default().to_string(),
             session: session.id,
+            boot: self.started,
             proxy_protocol: req.proxy_protocol,
             since: now_ms(),
         };

@@ -38,6 +38,10 @@ pub struct RouteEntry {
     /// The session's id on its node; 0 once that session ended (the route stays reserved
     /// for its owner until the entry expires).
     pub session: u64,
+    /// When the holding node started (Unix ms): session ids start again at each start, so
+    /// a session is (node, boot, session).
+    #[serde(default)]
+    pub boot: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<proxy_protocol::Version>,
     /// When the holder took it (Unix ms).
@@ -80,7 +84,8 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   local c = cjson.decode(cur)
   local n = cjson.decode(ARGV[1])
-  if not (c.node == n.node and c.session == n.session) then
+  if not (c.node == n.node and c.boot == n.boot and c.session == n.session
+          and c.owner == n.owner) then
     if c.owner ~= n.owner then return cur end
     local same_tunnelc = c.instance ~= '' and c.instance == n.instance
     local holder_live = c.session ~= 0 and c.node ~= n.node
@@ -91,6 +96,14 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], 'routes')
 return 'ok'
+"#;
+
+/// The table's epoch: a random value set once; a different one means Redis was emptied
+/// (restarted without persistence) since the node last looked.
+const EPOCH: &str = r#"
+local e = redis.call('GET', KEYS[1])
+if not e then redis.call('SET', KEYS[1], ARGV[1]) e = ARGV[1] end
+return e
 "#;
 
 /// Renews a route this node holds: 1 renewed, 2 set again (it was gone: Redis restarted),
@@ -137,6 +150,7 @@ pub struct Store {
     claim: Script,
     renew: Script,
     release: Script,
+    epoch: Script,
 }
 
 impl Store {
@@ -148,6 +162,7 @@ impl Store {
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
+            epoch: Script::new(EPOCH),
         })
     }
 
@@ -244,6 +259,14 @@ impl Store {
         }
         let key = self.route_key(&entry.frontend, &entry.what);
         parse(&key, &answer).map(Claimed::HeldBy)
+    }
+
+    /// The table's epoch (set now when there is none).
+    pub async fn epoch(&self) -> Result<String, StoreError> {
+        let key = &format!("{}:epoch", self.prefix);
+        let fresh = &data_encoding::HEXLOWER.encode(&tunneld_core::auth::random_bytes::<16>());
+        self.call(|mut c| async move { self.epoch.key(key).arg(fresh).invoke_async(&mut c).await })
+            .await
     }
 
     /// Renews (or sets again) `entry`; false when someone else holds its key now.

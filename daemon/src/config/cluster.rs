@@ -103,9 +103,14 @@ impl ClusterConfig {
 
 /// `url` with its password hidden, for errors and logs.
 pub fn redact(url: &str) -> String {
+    // A query may carry credentials too (`redis+unix:///sock?pass=...`).
+    let url = match url.split_once('?') {
+        Some((base, _)) => format!("{base}?***"),
+        None => url.to_string(),
+    };
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+        _ => url,
     }
 }
 
@@ -143,5 +148,6 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("redis+unix:///s?pass=x"), "redis+unix:///s?***");
     }
 }
