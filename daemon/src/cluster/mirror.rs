@@ -59,52 +59,61 @@ impl Cluster {
                 .collect()
         };
         for (key, e) in wanted {
-            let Some(frontend) = hub.frontend(&e.frontend).filter(|f| f.serves(e.kind)) else {
-                continue;
-            };
-            let ask = match (e.port(), e.name()) {
-                (Some(port), _) => Ask::Port { port, bind: None },
-                (_, Some(n)) => Ask::Name(n.to_string()),
-                _ => continue,
-            };
-            let req = ClaimRequest {
-                owner: e.owner.clone(),
-                tunnel: e.tunnel.clone(),
-                kind: e.kind,
-                ask,
-                proxy_protocol: e.proxy_protocol,
-                quota: Quota::default(),
-                target: Arc::new(RemoteTarget {
-                    cluster: self.this.clone(),
-                    route: key.clone(),
-                }),
-                reserve_on_release: false,
-            };
-            match frontend.clone().claim(req).await {
-                Ok(claim) => {
-                    tunneld_core::sync::lock(&self.refused).remove(&key);
-                    tunneld_core::sync::lock(&self.mirrors).insert(
-                        key,
-                        Mirror {
-                            entry: e,
-                            frontend,
-                            _claim: claim,
-                        },
-                    );
-                }
-                Err(err) => {
-                    self.metrics
-                        .cluster_mirror_refusals_total
-                        .with_label_values(&[&e.frontend])
-                        .inc();
-                    if tunneld_core::sync::lock(&self.refused).insert(key.clone()) {
-                        tracing::warn!(route = %key, node = %e.node, error = %err, "cluster: cannot mirror another node's route here");
-                    }
-                }
-            }
+            self.mirror(&hub, key, e).await;
         }
         // Refusals of routes that went are forgotten.
         tunneld_core::sync::lock(&self.refused).retain(|k| view.routes.contains_key(k));
+        self.set_gauges(&view);
+    }
+
+    /// Claims route `key` of another node on the local frontend, as a mirror.
+    async fn mirror(&self, hub: &tunneld_core::hub::Hub, key: String, e: super::store::RouteEntry) {
+        let Some(frontend) = hub.frontend(&e.frontend).filter(|f| f.serves(e.kind)) else {
+            return;
+        };
+        let ask = match (e.port(), e.name()) {
+            (Some(port), _) => Ask::Port { port, bind: None },
+            (_, Some(n)) => Ask::Name(n.to_string()),
+            _ => return,
+        };
+        let req = ClaimRequest {
+            owner: e.owner.clone(),
+            tunnel: e.tunnel.clone(),
+            kind: e.kind,
+            ask,
+            proxy_protocol: e.proxy_protocol,
+            quota: Quota::default(),
+            target: Arc::new(RemoteTarget {
+                cluster: self.this.clone(),
+                route: key.clone(),
+            }),
+            reserve_on_release: false,
+        };
+        match frontend.clone().claim(req).await {
+            Ok(claim) => {
+                tunneld_core::sync::lock(&self.refused).remove(&key);
+                tunneld_core::sync::lock(&self.mirrors).insert(
+                    key,
+                    Mirror {
+                        entry: e,
+                        frontend,
+                        _claim: claim,
+                    },
+                );
+            }
+            Err(err) => {
+                self.metrics
+                    .cluster_mirror_refusals_total
+                    .with_label_values(&[&e.frontend])
+                    .inc();
+                if tunneld_core::sync::lock(&self.refused).insert(key.clone()) {
+                    tracing::warn!(route = %key, node = %e.node, error = %err, "cluster: cannot mirror another node's route here");
+                }
+            }
+        }
+    }
+
+    fn set_gauges(&self, view: &super::View) {
         let (local, remote) = (
             tunneld_core::sync::lock(&self.local).len(),
             tunneld_core::sync::lock(&self.mirrors).len(),

@@ -29,6 +29,9 @@ use tunneld_core::io::BoxIo;
 use tunneld_core::metrics::Metrics;
 use tunneld_core::totp;
 
+mod remote;
+pub use remote::RemoteParking;
+
 /// How long a successful park keeps an address exempt from its id's lockout.
 pub const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Addresses remembered per id as having parked successfully (the oldest is forgotten).
@@ -117,14 +120,6 @@ struct State {
     secret_of: HashMap<String, String>,
     fail_id: HashMap<String, Window>,
     fail_addr: HashMap<IpAddr, Window>,
-}
-
-/// Where connections parked at other tunneld nodes are found (cluster mode): the daemon's
-/// cluster installs one ([`Registry::set_remote`]).
-#[async_trait::async_trait]
-pub trait RemoteParking: Send + Sync + 'static {
-    /// A connection parked for `id` at another node, as a stream to it.
-    async fn take(&self, id: &str) -> Option<BoxIo>;
 }
 
 pub struct Registry {
@@ -463,36 +458,6 @@ impl Registry {
                 .set(q.parked.len() as i64);
         }
         got
-    }
-
-    /// Installs where other nodes' parked connections are found; false if one was already.
-    pub fn set_remote(&self, remote: Arc<dyn RemoteParking>) -> bool {
-        self.remote.set(remote).is_ok()
-    }
-
-    /// Ids with connections parked here now, and how many each.
-    pub fn parked_ids(&self) -> std::collections::BTreeMap<String, usize> {
-        self.lock()
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.parked.is_empty())
-            .map(|(id, q)| (id.clone(), q.parked.len()))
-            .collect()
-    }
-
-    /// Takes a connection parked for `id` under its `current` entry: one parked here, else
-    /// (cluster mode) one parked at another node, else the first to park here within `wait`.
-    pub async fn take(&self, id: &str, current: &IdEntry, wait: Duration) -> Option<BoxIo> {
-        let Some(remote) = self.remote.get() else {
-            return self.take_local(id, current, wait).await;
-        };
-        if let Some(io) = self.take_local(id, current, Duration::ZERO).await {
-            return Some(io);
-        }
-        if let Some(io) = remote.take(id).await {
-            return Some(io);
-        }
-        self.take_local(id, current, wait).await
     }
 
     /// Takes a connection parked here for `id` under its `current` entry, waiting up to
