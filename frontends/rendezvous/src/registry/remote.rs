@@ -45,5 +45,4 @@ impl Registry {
         }
         self.take_local(id, current, wait).await
     }
-
 }
