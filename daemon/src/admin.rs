@@ -10,7 +10,7 @@
 //! | `PUT /tunnels` | replaces the admin mappings (JSON array); see docs/admin-api.md |
 //! | `GET /ping` | `pong` (threshold's liveness route) |
 //! | `POST /reload` | reads the config file again and applies the difference (`reload`) |
-//! | `GET /cluster` | cluster mode: nodes, their load, who holds what (404 without `cluster:`) |
+//! | `GET /cluster` | cluster mode: nodes, their load, who holds what (`enabled: false` without) |
 //! | `GET /openapi.yaml` | this API's OpenAPI document (docs/openapi/admin.yaml) |
 //! | `/ui`, `/ui/...` | the web dashboard (`dashboard`, docs/dashboard.md) |
 //!
