@@ -20,7 +20,7 @@ use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
 use tunneld_core::proto::{Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
 use tunneld_core::proxy_protocol;
-use tunneld_core::session::{ClientSession, LocalConnector, LocalError, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, LocalError, SessionNews, StreamHeader};
 use tunneld_core::tls::{client_config, ClientTrust};
 use tunneld_transport_yamux::{dial, DialOptions};
 
@@ -159,9 +159,10 @@ fn hello(cfg: &ClientConfig, instance: String) -> Hello {
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
         agent: format!(
-            "tunnelc {} {}",
+            "tunnelc {} {} {}",
             env!("CARGO_PKG_VERSION"),
-            tunneld_core::proto::CAP_RETRYING
+            tunneld_core::proto::CAP_RETRYING,
+            tunneld_core::proto::CAP_HANDOVER
         ),
         max_streams: Some(cfg.yamux.max_streams as u32),
         instance: Some(instance),
@@ -269,34 +270,19 @@ pub async fn run_inspected(
                     client_id,
                     tunnels,
                 });
-                let (utx, mut urx) = mpsc::unbounded_channel::<Vec<TunnelStatus>>();
-                let ev = events.clone();
-                // A tunnel tunneld was retrying may end refused for good: when then every
-                // tunnel is refused, stop as at the welcome.
-                let session_stop = stop.child_token();
-                let refused = Arc::new(std::sync::Mutex::new(None::<String>));
-                let (ended, cfg_fwd, why) = (session_stop.clone(), cfg.clone(), refused.clone());
-                let fwd = tokio::spawn(async move {
-                    while let Some(tunnels) = urx.recv().await {
-                        let all = all_refused(&cfg_fwd, &tunnels);
-                        let _ = ev.send(ClientEvent::TunnelsChanged { tunnels });
-                        if let Some(all) = all {
-                            *tunneld_core::sync::lock(&why) = Some(all);
-                            ended.cancel();
-                            return;
-                        }
+                match serve_session(connected, &connector, &cfg, &events, &stop).await {
+                    SessionEnd::Stopped => return Ok(()),
+                    SessionEnd::Refused(why) => return Err(anyhow::anyhow!("{why}")),
+                    SessionEnd::HandedOver(why) => {
+                        let next = rotation.handed_over();
+                        tracing::info!(server = %server, next = %dialers[next].1, "{why}: connecting to {} now; the old session finishes its open streams", dialers[next].1);
+                        continue;
                     }
-                });
-                let reason = connected.run(connector.clone(), utx, session_stop).await;
-                fwd.abort();
-                if stop.is_cancelled() {
-                    return Ok(());
+                    // A session that lasted waits about `reconnect.initial`, on the next server.
+                    SessionEnd::Ended(reason) => {
+                        (reason, rotation.after_session(started.elapsed()))
+                    }
                 }
-                if let Some(why) = tunneld_core::sync::lock(&refused).take() {
-                    return Err(anyhow::anyhow!("{why}"));
-                }
-                // A session that lasted waits about `reconnect.initial`, on the next server.
-                (reason, rotation.after_session(started.elapsed()))
             }
             Err(e) if e.is_permanent() => return Err(anyhow::anyhow!("{e}")),
             Err(e) => (e.to_string(), rotation.next_after_failure()),
@@ -319,6 +305,79 @@ pub async fn run_inspected(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// tunnelc is stopping.
+    Stopped,
+    /// tunneld refused every tunnel for good.
+    Refused(String),
+    /// tunneld's node is leaving: the session keeps running in the background until that
+    /// node closes it, and tunnelc opens a new one elsewhere now.
+    HandedOver(String),
+    /// The connection ended (why).
+    Ended(String),
+}
+
+/// Runs one welcomed session: forwards its news as events, and ends it when tunnelc stops,
+/// the session ends, every tunnel is refused for good, or tunneld hands it over.
+async fn serve_session(
+    connected: Box<dyn ClientSession>,
+    connector: &Arc<dyn LocalConnector>,
+    cfg: &ClientConfig,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    stop: &CancellationToken,
+) -> SessionEnd {
+    let (utx, mut urx) = mpsc::unbounded_channel::<SessionNews>();
+    let (handover_tx, handover) = tokio::sync::oneshot::channel::<String>();
+    // A tunnel tunneld was retrying may end refused for good: when then every tunnel is
+    // refused, stop as at the welcome.
+    let session_stop = stop.child_token();
+    let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (ended, cfg_fwd, why, ev) = (
+        session_stop.clone(),
+        cfg.clone(),
+        refused.clone(),
+        events.clone(),
+    );
+    let fwd = tokio::spawn(async move {
+        let mut handover_tx = Some(handover_tx);
+        while let Some(news) = urx.recv().await {
+            let tunnels = match news {
+                SessionNews::Tunnels(t) => t,
+                SessionNews::Handover(reason) => {
+                    if let Some(tx) = handover_tx.take() {
+                        let _ = tx.send(reason);
+                    }
+                    continue;
+                }
+            };
+            let all = all_refused(&cfg_fwd, &tunnels);
+            let _ = ev.send(ClientEvent::TunnelsChanged { tunnels });
+            if let Some(all) = all {
+                *tunneld_core::sync::lock(&why) = Some(all);
+                ended.cancel();
+                return;
+            }
+        }
+    });
+    let mut run = tokio::spawn(connected.run(connector.clone(), utx, session_stop));
+    let end = tokio::select! {
+        r = &mut run => SessionEnd::Ended(r.unwrap_or_else(|e| format!("session task failed: {e}"))),
+        Ok(why) = handover => {
+            // `run` goes on by itself (stopped with tunnelc); its news are no longer read.
+            SessionEnd::HandedOver(format!("tunneld hands this session over ({why})"))
+        }
+    };
+    fwd.abort();
+    if stop.is_cancelled() {
+        return SessionEnd::Stopped;
+    }
+    if let Some(why) = tunneld_core::sync::lock(&refused).take() {
+        return SessionEnd::Refused(why);
+    }
+    end
 }
 
 /// Stops asking for tunnels another live session of this client holds: after a reconnect

@@ -85,6 +85,14 @@ impl ServerRotation {
         self.next_after_failure()
     }
 
+    /// The current server hands its sessions over (its node is leaving): the next server,
+    /// tried at once.
+    pub(crate) fn handed_over(&mut self) -> usize {
+        self.succeeded();
+        self.current = (self.current + 1) % self.count;
+        self.current
+    }
+
     /// The current server works (a visitor came through a parked connection): the next
     /// failure waits about `initial` again.
     pub(crate) fn succeeded(&mut self) {
@@ -203,5 +211,21 @@ mod tests {
     fn zero_servers_is_one() {
         let mut r = ServerRotation::new(0, 100 * MS, Duration::from_secs(1));
         assert_eq!(r.next_after_failure().0, 0);
+    }
+
+    #[test]
+    fn a_handover_moves_on_at_once_and_resets_the_backoff() {
+        let mut r = ServerRotation::new(3, 100 * MS, 10_000 * MS);
+        for _ in 0..6 {
+            r.next_after_failure();
+        }
+        assert_eq!(r.current(), 0);
+        assert_eq!(r.handed_over(), 1);
+        assert_eq!(r.current(), 1);
+        // The backoff starts over: the next failure waits about `initial`.
+        let (_, wait) = r.next_after_failure();
+        assert!(about(wait, 100 * MS), "{wait:?}");
+        let mut one = ServerRotation::new(1, 100 * MS, 10_000 * MS);
+        assert_eq!(one.handed_over(), 0);
     }
 }

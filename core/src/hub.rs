@@ -145,6 +145,9 @@ pub struct Hub {
     pub throttle: Arc<FailureThrottle>,
     /// Log lines of refused clients.
     pub refusal_log: Arc<LogBudget>,
+    /// Set when the node leaves (a cluster node's drain): new sessions are refused with
+    /// this reason, retriable, so tunnelc tries its next server.
+    leaving: OnceLock<String>,
 }
 
 /// Refusal lines logged per [`REFUSAL_WINDOW`]; the rest are summarized.
@@ -190,6 +193,7 @@ impl Hub {
             frontends: RwLock::new(Arc::new(frontends)),
             sessions: Arc::default(),
             server_mappings: OnceLock::new(),
+            leaving: OnceLock::new(),
             cluster: OnceLock::new(),
             next_id: AtomicU64::new(1),
             metrics,
@@ -207,6 +211,19 @@ impl Hub {
     /// registered cluster-wide too. Only the first one counts: false if one was already.
     pub fn set_cluster(&self, cluster: Arc<dyn crate::cluster_hook::ClusterRoutes>) -> bool {
         self.cluster.set(cluster).is_ok()
+    }
+
+    /// The node is leaving: new sessions are refused (retriable) with `reason`, and every
+    /// live session whose tunnelc reads it is told to open a session elsewhere now. Answers
+    /// the ids of the sessions told.
+    pub fn hand_over_all(&self, reason: &str) -> Vec<u64> {
+        let _ = self.leaving.set(reason.to_string());
+        self.sessions
+            .every()
+            .iter()
+            .filter(|s| s.hand_over(reason))
+            .map(|s| s.info.id)
+            .collect()
     }
 
     /// The statuses the server mappings add for `client` (none when none are installed).

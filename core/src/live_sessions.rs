@@ -34,6 +34,8 @@ pub struct LiveSession {
     pub(crate) who: Identity,
     /// Whether its tunnelc reads `retrying` in tunnel statuses ([`crate::proto::CAP_RETRYING`]).
     pub(crate) tells_retrying: bool,
+    /// Whether its tunnelc reads a handover ([`crate::proto::CAP_HANDOVER`]).
+    pub(crate) takes_handover: bool,
     pub opener: Arc<dyn OpenStream>,
     /// Cancelled when the session must end (replaced, shutdown, expired).
     pub closed: CancellationToken,
@@ -63,6 +65,19 @@ impl LiveSession {
     /// session whose transport has ended drops it.
     pub fn notify_tunnels(&self, tunnels: Vec<TunnelStatus>) {
         let _ = self.notify.send(Control::Tunnels { tunnels });
+    }
+
+    /// Tells the session's tunnelc to open a session elsewhere now (a `handover` control
+    /// message), when it reads one; answers whether it was told.
+    pub fn hand_over(&self, reason: &str) -> bool {
+        self.takes_handover
+            && !self.closed.is_cancelled()
+            && self
+                .notify
+                .send(Control::Handover {
+                    reason: reason.to_string(),
+                })
+                .is_ok()
     }
 
     pub(crate) fn permit(&self, header: &StreamHeader) -> Result<BudgetPermit, OpenError> {

@@ -179,6 +179,10 @@ pub struct Hello {
 /// rejected unknown fields in a status, so it is only sent to clients that say so).
 pub const CAP_RETRYING: &str = "+retrying";
 
+/// The capability word of a client that reads [`Control::Handover`] (older tunnelc end the
+/// session on a control message they do not know).
+pub const CAP_HANDOVER: &str = "+handover";
+
 impl Hello {
     /// Whether the client named capability `cap` (a `+word`) in its agent text.
     pub fn has_capability(&self, cap: &str) -> bool {
@@ -278,6 +282,12 @@ pub enum Control {
     /// Server to client: the set of tunnels changed (admin mappings added or removed).
     Tunnels {
         tunnels: Vec<TunnelStatus>,
+    },
+    /// Server to client, only to a tunnelc that named [`CAP_HANDOVER`]: this node is
+    /// leaving (a cluster node drained with SIGTERM). The client opens a session to another
+    /// server now; this one keeps carrying its open streams until the node closes it.
+    Handover {
+        reason: String,
     },
     /// Either way: the session is ending on purpose.
     Bye {

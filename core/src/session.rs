@@ -144,17 +144,26 @@ pub enum LocalError {
     },
 }
 
+/// tunnelc side: what tunneld tells a running session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionNews {
+    /// The tunnel list changed (a `tunnels` control message).
+    Tunnels(Vec<crate::proto::TunnelStatus>),
+    /// The node is leaving: open a session elsewhere now (a `handover` control message).
+    Handover(String),
+}
+
 /// tunnelc side: a session a transport's dial made and tunneld welcomed.
 #[async_trait]
 pub trait ClientSession: Send {
     /// The client id and tunnel list of tunneld's welcome.
     fn welcome(&self) -> (String, Vec<crate::proto::TunnelStatus>);
     /// Serves tunneld's streams until the session ends or `stop` is cancelled; returns why
-    /// it ended. Tunnel list changes pushed by tunneld go to `updates`.
+    /// it ended. Tunnel list changes and handovers pushed by tunneld go to `updates`.
     async fn run(
         self: Box<Self>,
         connector: std::sync::Arc<dyn LocalConnector>,
-        updates: tokio::sync::mpsc::UnboundedSender<Vec<crate::proto::TunnelStatus>>,
+        updates: tokio::sync::mpsc::UnboundedSender<SessionNews>,
         stop: tokio_util::sync::CancellationToken,
     ) -> String;
 }

@@ -57,13 +57,21 @@ impl Running {
     /// ends every session. Returns whether everything drained in time.
     /// Tunnel clients stay connected (and may reconnect) during the drain, since their
     /// sessions carry the streams that are draining; after it, the listeners close first and
-    /// then every session ends, so clients reconnect to the next tunneld.
+    /// then every session ends, so clients reconnect to the next tunneld. A cluster node
+    /// first hands its clients over ([`crate::cluster::Cluster::hand_over`]): they open
+    /// sessions at other nodes at once and take their routes with them.
     pub async fn stop(&self) -> bool {
         self.accepting.cancel();
         self.draining.cancel();
         self.visitors.close();
         let timeout = self.hub.limits.get().drain_timeout;
-        let drained = tokio::time::timeout(timeout, self.visitors.wait())
+        let started = std::time::Instant::now();
+        if let Some(c) = &self.cluster {
+            // Clients move to other nodes first; their old sessions carry what is open.
+            c.hand_over(timeout.min(c.cfg.lease_ttl)).await;
+        }
+        let rest = timeout.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(rest, self.visitors.wait())
             .await
             .is_ok();
         if !drained {
@@ -435,8 +443,9 @@ async fn start_cluster(
         return Ok(None);
     };
     let (parking, closing) = (&base.registry, base.closing.clone());
+    let visitors = base.visitors.clone();
     Ok(Some(
-        crate::cluster::start(c.clone(), hub, parking, &base.metrics, closing).await?,
+        crate::cluster::start(c.clone(), hub, parking, (&base.metrics, visitors), closing).await?,
     ))
 }
 

@@ -186,7 +186,7 @@ auth:
   tokens:
     alice: {{ token: {ALICE_TOKEN}, max_ports: 2 }}
     bob: {{ token: {BOB_TOKEN} }}
-limits: {{ handshake_timeout: 2s, keepalive: 1s, drain_timeout: 2s }}
+limits: {{ handshake_timeout: 2s, keepalive: 1s, drain_timeout: 10s }}
 admin: {{ listen: 127.0.0.1:0 }}
 transports:
   edge: {{ type: yamux, listen: 127.0.0.1:0 }}

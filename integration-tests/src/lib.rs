@@ -348,14 +348,24 @@ impl TestClient {
 
     /// Waits for the next `Connected` event and returns the tunnels' endpoints by name.
     pub async fn connected(&mut self) -> Result<Vec<tunneld_core::proto::TunnelStatus>> {
+        Ok(self.connected_via().await?.1)
+    }
+
+    /// Waits for the next `Connected` event: the server it connected to, and the tunnels.
+    pub async fn connected_via(
+        &mut self,
+    ) -> Result<(String, Vec<tunneld_core::proto::TunnelStatus>)> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
                 .context("timed out waiting for the client to connect")?
                 .ok_or_else(|| anyhow!("client stopped before connecting"))?;
-            if let ClientEvent::Connected { tunnels, .. } = ev {
-                return Ok(tunnels);
+            if let ClientEvent::Connected {
+                server, tunnels, ..
+            } = ev
+            {
+                return Ok((server, tunnels));
             }
         }
     }

@@ -463,3 +463,164 @@ async fn a_flooded_tunnel_leaves_its_neighbour_answering_across_nodes() -> Resul
     alice.shutdown().await?;
     Ok(())
 }
+
+/// One echo round trip on an open visitor connection.
+async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await??;
+    anyhow::ensure!(back == msg, "echo differs");
+    Ok(())
+}
+
+/// Fresh visitors at `addr`, one after another, until `stop`: the errors of those that
+/// failed, and how many got their echo.
+async fn visit_until(
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<String>, usize) {
+    let (mut failed, mut ok) = (Vec::new(), 0);
+    while !stop.is_cancelled() {
+        let r = async {
+            let mut s = TcpStream::connect(addr).await?;
+            roundtrip(&mut s, b"probe").await
+        }
+        .await;
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (failed, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hands_clients_over_before_the_node_stops() -> Result<()> {
+    if !peers("cluster handover") {
+        return Ok(());
+    }
+    let dir = cluster_dir()?;
+    let (_redis, mut nodes, range) = cluster(&dir).await?;
+    let echo = services::echo().await;
+    let yamux: Vec<SocketAddr> = nodes.iter().map(|n| n.yamux).collect();
+    let h2: Vec<SocketAddr> = nodes.iter().map(|n| n.h2).collect();
+    let plan = [
+        (ALICE_TOKEN, "yamux", range.0 + 7, yamux),
+        (BOB_TOKEN, "h2-reverse", range.0 + 8, h2),
+    ];
+    let mut clients = Vec::new();
+    let mut kept = Vec::new();
+    for (token, transport, port, servers) in &plan {
+        let mut c = TestClient::spawn(client(
+            &dir,
+            token,
+            transport,
+            servers,
+            &format!("  svc: {{ local: \"{echo}\", remote_port: {port} }}\n"),
+        )?);
+        let (server, _) = c.connected_via().await?;
+        assert_eq!(server, servers[0].to_string(), "{transport} starts at n1");
+        clients.push(c);
+        // A visitor at n3, open through n1's session, that the drain must not cut.
+        let at_n3 = SocketAddr::new(nodes[2].ip, *port);
+        echo_until(at_n3, b"up").await?;
+        let mut s = TcpStream::connect(at_n3).await?;
+        roundtrip(&mut s, b"before").await?;
+        kept.push(s);
+    }
+    // Fresh visitors at n3 through the whole handover: none may fail.
+    let stop_probes = tokio_util::sync::CancellationToken::new();
+    let probes: Vec<_> = plan
+        .iter()
+        .map(|(_, _, port, _)| {
+            tokio::spawn(visit_until(
+                SocketAddr::new(nodes[2].ip, *port),
+                stop_probes.clone(),
+            ))
+        })
+        .collect();
+
+    let term = Instant::now();
+    nodes[0].proc.signal("TERM")?;
+    for (c, (_, transport, port, servers)) in clients.iter_mut().zip(&plan) {
+        let (server, up) = c.connected_via().await?;
+        assert_eq!(server, servers[1].to_string(), "{transport} moves to n2");
+        assert_eq!(endpoint_of(&up, "svc")?.port(), *port, "same port: {up:?}");
+    }
+    let moved_in = term.elapsed();
+    nodes[2]
+        .cluster_until("n2 holds both routes", |v| {
+            plan.iter().all(|(_, _, port, _)| {
+                v["routes"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["port"] == *port && r["node"] == "n2"))
+            })
+        })
+        .await?;
+    // n1 is still draining once its handover is done: the visitors open through it keep
+    // echoing on the old sessions.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !nodes[0].proc.stderr().contains("handover done") {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "n1 never finished its handover: {}",
+            nodes[0].proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &mut kept {
+        roundtrip(s, b"during the drain").await?;
+    }
+    assert!(
+        nodes[0].proc.child.try_wait()?.is_none(),
+        "n1 stopped before its visitors finished"
+    );
+    // A leaving node refuses new sessions, retriable, saying why.
+    let mut late = TestClient::spawn(client(
+        &dir,
+        BOB_TOKEN,
+        "yamux",
+        &[nodes[0].yamux],
+        &format!("  late: {{ local: \"{echo}\" }}\n"),
+    )?);
+    let refused = loop {
+        let ev = tokio::time::timeout(WAIT, late.events.recv())
+            .await
+            .context("no answer from the leaving node")?
+            .context("tunnelc ended")?;
+        match ev {
+            tunneld_client::client::ClientEvent::Disconnected { reason, .. } => break reason,
+            tunneld_client::client::ClientEvent::Connected { .. } => {
+                bail!("a leaving node took a new session")
+            }
+            _ => {}
+        }
+    };
+    assert!(refused.contains("is leaving the cluster"), "{refused}");
+    late.shutdown().await?;
+    stop_probes.cancel();
+    for p in probes {
+        let (failed, ok) = p.await?;
+        assert!(
+            failed.is_empty(),
+            "visitors at n3 failed during the handover ({ok} got through): {failed:?}"
+        );
+        assert!(ok > 0, "no probe went through");
+    }
+    // Once they close, n1 ends its drain and exits cleanly.
+    drop(kept);
+    let status = nodes[0].proc.wait().await?;
+    assert!(status.success(), "n1 exited with {status}");
+    let log = nodes[0].proc.stderr();
+    assert!(log.contains("handover done"), "{log}");
+    assert!(log.contains("drained=true"), "{log}");
+    assert!(
+        moved_in < Duration::from_secs(2),
+        "the clients took {moved_in:?} to move"
+    );
+    for c in clients {
+        c.shutdown().await?;
+    }
+    Ok(())
+}

@@ -45,6 +45,9 @@ impl Hub {
                 true,
             ));
         }
+        if let Some(why) = self.leaving.get() {
+            return Err(self.refuse(transport, "leaving", why.clone(), false));
+        }
         if let Err(wait) = self.throttle.check(remote.ip()) {
             return Err(self.refuse(
                 transport,
@@ -296,6 +299,7 @@ impl Hub {
         let session = Arc::new(LiveSession {
             who: identity.clone(),
             tells_retrying: hello.has_capability(crate::proto::CAP_RETRYING),
+            takes_handover: hello.has_capability(crate::proto::CAP_HANDOVER),
             info: SessionInfo {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 client_id: identity.client_id.clone(),

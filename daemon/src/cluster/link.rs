@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::BoxIo;
@@ -48,12 +49,13 @@ fn yamux_config(mode: Mode) -> yamux::Config {
     .yamux()
 }
 
-/// Accepts links from other nodes until `stop`.
+/// Accepts links from other nodes until `stop`. Each visitor stream is a task of `visitors`
+/// (the node's drain waits for them as for its own visitors).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     routes: Arc<dyn LocalRoutes>,
-    metrics: Arc<ClusterMetrics>,
+    (metrics, visitors): (Arc<ClusterMetrics>, TaskTracker),
     stop: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -74,11 +76,12 @@ pub async fn serve(
             tracing::warn!(%peer, "cluster link: too many link connections; refused");
             continue;
         };
-        let (acceptor, routes, metrics, stop) = (
+        let (acceptor, routes, metrics, stop, visitors) = (
             acceptor.clone(),
             routes.clone(),
             metrics.clone(),
             stop.clone(),
+            visitors.clone(),
         );
         tokio::spawn(async move {
             let _slot = slot;
@@ -113,7 +116,7 @@ pub async fn serve(
                     node.clone(),
                     streams.clone(),
                 );
-                tokio::spawn(async move {
+                visitors.spawn(async move {
                     tokio::select! {
                         _ = serve_stream(stream.compat(), &*routes, &metrics, &node) => {}
                         _ = streams.cancelled() => {}

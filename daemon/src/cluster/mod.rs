@@ -15,6 +15,7 @@
 //!   when it is back.
 
 pub mod api;
+mod handover;
 mod link;
 mod link_tls;
 mod link_wire;
@@ -75,6 +76,11 @@ pub struct Cluster {
     links: link::Links,
     view: RwLock<Arc<View>>,
     local: Mutex<HashMap<String, LocalRoute>>,
+    /// Routes this leaving node's sessions held until their tunnelc took them over
+    /// elsewhere: streams still arriving over a link for them go to the old session.
+    handed: Mutex<HashMap<String, LocalRoute>>,
+    /// Set when the node drains ([`Cluster::hand_over`]).
+    leaving: std::sync::atomic::AtomicBool,
     mirrors: Mutex<HashMap<String, Mirror>>,
     /// Since when Redis has answered without a failure (none: it is failing), or since it
     /// was found emptied.
@@ -95,7 +101,7 @@ pub async fn start(
     cfg: ClusterConfig,
     hub: &Arc<Hub>,
     parking: &Arc<Registry>,
-    registry: &Metrics,
+    (registry, visitors): (&Metrics, tokio_util::task::TaskTracker),
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<Cluster>> {
     let metrics = registry
@@ -133,6 +139,8 @@ pub async fn start(
         metrics: metrics.clone(),
         view: RwLock::default(),
         local: Mutex::default(),
+        handed: Mutex::default(),
+        leaving: Default::default(),
         mirrors: Mutex::default(),
         redis_up_since: Mutex::new(None),
         epoch: Mutex::new(None),
@@ -149,7 +157,7 @@ pub async fn start(
         listener,
         tls.server,
         cluster.clone(),
-        metrics,
+        (metrics, visitors),
         stop.clone(),
     ));
     cluster.announce().await;
@@ -167,9 +175,13 @@ impl link::LocalRoutes for Cluster {
         if let Some(id) = req.route.strip_prefix("park:") {
             return self.take_parked_here(id).await;
         }
-        let (target, entry) = tunneld_core::sync::lock(&self.local)
-            .get(&req.route)
-            .map(|r| (r.target.clone(), r.entry.clone()))
+        let held = |m: &Mutex<HashMap<String, LocalRoute>>| {
+            tunneld_core::sync::lock(m)
+                .get(&req.route)
+                .map(|r| (r.target.clone(), r.entry.clone()))
+        };
+        let (target, entry) = held(&self.local)
+            .or_else(|| held(&self.handed))
             .ok_or(OpenError::Offline)?;
         let mut header = req
             .header
@@ -271,6 +283,13 @@ impl Cluster {
             }
         };
         if let Some(r) = gone {
+            if self.is_leaving() {
+                // Its tunnelc took it over elsewhere, as this node asked: the old session
+                // keeps carrying its open streams until the drain ends.
+                tracing::info!(route = %key, client = %entry.owner, "cluster: route handed over");
+                tunneld_core::sync::lock(&self.handed).insert(key.to_string(), r);
+                return;
+            }
             self.metrics
                 .cluster_routes_lost_total
                 .with_label_values::<&str>(&[])
@@ -292,7 +311,10 @@ impl Cluster {
                     routes: s.routes,
                     read_at: store::now_ms(),
                 });
-                self.reconcile().await;
+                // A leaving node mirrors nothing new: its frontends take no visitors.
+                if !self.is_leaving() {
+                    self.reconcile().await;
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -21,7 +21,7 @@ use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, coalesced, empty, full, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
-use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
 /// How to reach tunneld. The link's HTTP/2 settings follow from what tunneld announces
@@ -59,7 +59,7 @@ struct Ctx {
     /// Kept-alive connections to local HTTP services (the session's own).
     pool: Arc<crate::local_pool::LocalPool>,
     limits: DataLimits,
-    updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+    updates: mpsc::UnboundedSender<SessionNews>,
     streams: CancellationToken,
 }
 
@@ -88,7 +88,7 @@ impl ClientSession for Connected {
     async fn run(
         self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
-        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+        updates: mpsc::UnboundedSender<SessionNews>,
         stop: CancellationToken,
     ) -> String {
         let this = *self;
@@ -207,7 +207,11 @@ async fn control(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
     };
     match serde_json::from_slice::<Control>(&body) {
         Ok(Control::Tunnels { tunnels }) => {
-            let _ = ctx.updates.send(tunnels);
+            let _ = ctx.updates.send(SessionNews::Tunnels(tunnels));
+            answer(StatusCode::NO_CONTENT, None)
+        }
+        Ok(Control::Handover { reason }) => {
+            let _ = ctx.updates.send(SessionNews::Handover(reason));
             answer(StatusCode::NO_CONTENT, None)
         }
         Ok(_) => answer(StatusCode::NO_CONTENT, None),

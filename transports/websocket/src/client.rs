@@ -20,7 +20,7 @@ pub use tunneld_core::dial::DialError;
 use tunneld_core::io::BoxIo;
 use tunneld_core::port_probe::Speaks;
 use tunneld_core::proto::{Control, Hello, ServerHello, TunnelStatus};
-use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
 /// Conversations tunnelc accepts at once on one session.
@@ -284,7 +284,7 @@ impl ClientSession for Connected {
     async fn run(
         self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
-        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+        updates: mpsc::UnboundedSender<SessionNews>,
         stop: CancellationToken,
     ) -> String {
         let this = *self;
@@ -334,7 +334,11 @@ impl ClientSession for Connected {
                 }
                 Msg::Control(json) => match serde_json::from_slice::<Control>(&json) {
                     Ok(Control::Tunnels { tunnels }) => {
-                        let _ = updates.send(tunnels);
+                        let _ = updates.send(SessionNews::Tunnels(tunnels));
+                        Ok(())
+                    }
+                    Ok(Control::Handover { reason }) => {
+                        let _ = updates.send(SessionNews::Handover(reason));
                         Ok(())
                     }
                     Ok(Control::Bye { reason }) => Err((1000, format!("tunneld said bye: {reason}"))),

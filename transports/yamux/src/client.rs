@@ -13,7 +13,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
-use tunneld_core::session::{ClientSession, LocalConnector, StreamHeader};
+use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 use yamux::{Connection, Mode};
 
@@ -56,7 +56,7 @@ impl ClientSession for Connected {
     async fn run(
         self: Box<Self>,
         connector: Arc<dyn LocalConnector>,
-        updates: mpsc::UnboundedSender<Vec<TunnelStatus>>,
+        updates: mpsc::UnboundedSender<SessionNews>,
         stop: CancellationToken,
     ) -> String {
         let this = *self;
@@ -88,9 +88,12 @@ impl ClientSession for Connected {
             let (inbox, mut inbox_rx) = mpsc::channel(16);
             let forward = async move {
                 while let Some(msg) = inbox_rx.recv().await {
-                    if let Control::Tunnels { tunnels } = msg {
-                        let _ = updates.send(tunnels);
-                    }
+                    let news = match msg {
+                        Control::Tunnels { tunnels } => SessionNews::Tunnels(tunnels),
+                        Control::Handover { reason } => SessionNews::Handover(reason),
+                        _ => continue,
+                    };
+                    let _ = updates.send(news);
                 }
                 std::future::pending::<()>().await;
             };
