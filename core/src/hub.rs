@@ -207,6 +207,11 @@ impl Hub {
         self.server_mappings.set(mappings).is_ok()
     }
 
+    /// Whether a cluster's routing table is installed (cluster mode).
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
     /// Installs the cluster's routing table: every client tunnel claimed from now on is
     /// registered cluster-wide too. Only the first one counts: false if one was already.
     pub fn set_cluster(&self, cluster: Arc<dyn crate::cluster_hook::ClusterRoutes>) -> bool {

@@ -27,6 +27,13 @@ pub(crate) struct HeldClaim {
     pub(crate) request: TunnelRequest,
 }
 
+/// A provisioned tunnel (lease) a session serves.
+pub(crate) struct LeaseUse {
+    pub(crate) tunnel: String,
+    /// Cluster mode: the route registered for it (given up when dropped).
+    pub(crate) route: Option<Box<dyn Send + Sync>>,
+}
+
 /// A live session as the hub keeps it.
 pub struct LiveSession {
     pub info: SessionInfo,
@@ -43,7 +50,7 @@ pub struct LiveSession {
     pub(crate) tunnels: Mutex<Vec<TunnelStatus>>,
     pub(crate) claims: Mutex<Vec<HeldClaim>>,
     /// Provisioned tunnels (leases) this session serves.
-    pub(crate) leased: Mutex<Vec<String>>,
+    pub(crate) leased: Mutex<Vec<LeaseUse>>,
     pub(crate) budget: Arc<StreamBudget>,
     pub(crate) limits: LiveLimits,
     /// The limits as they were when the session was admitted: what its welcome announced
@@ -131,7 +138,7 @@ impl LiveSession {
     }
 
     pub(crate) fn uses_lease(&self, tunnel: &str) -> bool {
-        lock(&self.leased).iter().any(|t| t == tunnel)
+        lock(&self.leased).iter().any(|u| u.tunnel == tunnel)
     }
 
     /// Whether the session holds a claim on `frontend`.

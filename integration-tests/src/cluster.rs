@@ -174,6 +174,8 @@ pub struct Node {
     pub config: PathBuf,
     pub admin: SocketAddr,
     pub link: SocketAddr,
+    /// The provisioning API (`control:`).
+    pub control: SocketAddr,
 }
 
 /// The YAML of node `n` (1-based).
@@ -196,6 +198,7 @@ frontends:
   tcp: {{ type: ports, bind: 127.0.0.{n}, range: {a}-{b} }}
   web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }}
   rdv: {{ type: rendezvous, listen: 127.0.0.1:0, visitor_wait: 2s, connect_access: {{ auth: basic, users: {{ visitor: visitor-password-0123 }} }} }}
+control: {{ listen: 127.0.0.1:0, names_frontend: web, ports_frontend: tcp, transport: edge }}
 cluster:
   node: n{n}
   redis: "{redis}"
@@ -220,7 +223,7 @@ impl Node {
             dir.join(format!("n{n}.err")),
         )?;
         let (mut yamux, mut h2, mut web, mut admin, mut link) = (None, None, None, None, None);
-        let (mut hidden, mut rdv) = (None, None);
+        let (mut hidden, mut rdv, mut control) = (None, None, None);
         loop {
             let line = proc.next_line().await?;
             let addr = || -> Result<SocketAddr> {
@@ -237,6 +240,7 @@ impl Node {
                 Some("frontend=rdv") => rdv = Some(addr()?),
                 Some("admin") => admin = Some(addr()?),
                 Some("cluster") => link = Some(addr()?),
+                Some("control") => control = Some(addr()?),
                 _ => {}
             }
             if line == "ready" {
@@ -256,6 +260,7 @@ impl Node {
             config: file,
             admin: admin.ok_or_else(missing)?,
             link: link.ok_or_else(missing)?,
+            control: control.ok_or_else(missing)?,
         })
     }
 

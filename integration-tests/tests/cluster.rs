@@ -624,3 +624,145 @@ async fn sigterm_hands_clients_over_before_the_node_stops() -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits until a TCP connection to `addr` is refused (a route that went).
+async fn refused_until(addr: SocketAddr) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let served = async {
+            let mut s = TcpStream::connect(addr).await?;
+            roundtrip(&mut s, b"still there?").await
+        }
+        .await;
+        if served.is_err() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{addr} is still served");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `POST|DELETE /v1/...` on a node's provisioning API as `token`: the body.
+async fn control_call(
+    node: &Node,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String> {
+    let port = node.control.port();
+    let (_, out) = curl(&[
+        "-sk",
+        "-X",
+        method,
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        &format!("https://localhost:{port}{path}"),
+    ])
+    .await?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_provisioned_at_one_node_is_served_at_every_node() -> Result<()> {
+    if !peers("cluster provisioned tunnels") {
+        return Ok(());
+    }
+    let dir = cluster_dir()?;
+    let (_redis, mut nodes, _) = cluster(&dir).await?;
+    let out = nodes[0].cli(&["token", "add", "gina"])?;
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .context("token line")?
+        .to_string();
+    // Provisioned at n1: a leased port, held for gina whether or not she is connected.
+    let made = control_call(
+        &nodes[0],
+        &token,
+        "POST",
+        "/v1/tunnels",
+        r#"{"protocols":["tcp"]}"#,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&made).with_context(|| made.clone())?;
+    let name = v["name"].as_str().context("name")?.to_string();
+    let port: u16 = v["endpoints"][0]["url"]
+        .as_str()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {v}"))?;
+    // Every other node leases it too, on the same port, within the sweep.
+    for n in &nodes[1..] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !n
+            .proc
+            .stderr()
+            .contains("leased a tunnel provisioned at another node")
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} never leased {name}",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // gina's tunnelc at n2: the lease's port; visitors at every node reach her.
+    let echo = services::echo().await;
+    let servers = [nodes[1].yamux, nodes[2].yamux];
+    let mut gina = TestClient::spawn(client(
+        &dir,
+        &token,
+        "yamux",
+        &servers,
+        &format!("  {name}-tcp: {{ local: \"{echo}\" }}\n"),
+    )?);
+    let up = gina.connected().await?;
+    assert_eq!(
+        endpoint_of(&up, &format!("{name}-tcp"))?.port(),
+        port,
+        "{up:?}"
+    );
+    for n in &nodes {
+        echo_until(
+            SocketAddr::new(n.ip, port),
+            format!("via {}", n.name).as_bytes(),
+        )
+        .await?;
+    }
+    // n2 dies: at n3 gina's tunnelc gets the same lease; n1 and n3 reach her there.
+    nodes[1].proc.signal("KILL")?;
+    let up = gina.connected().await?;
+    assert_eq!(
+        endpoint_of(&up, &format!("{name}-tcp"))?.port(),
+        port,
+        "{up:?}"
+    );
+    for n in [&nodes[0], &nodes[2]] {
+        echo_until(SocketAddr::new(n.ip, port), b"after n2 died").await?;
+    }
+    // Deleted at n1: the port goes at every node, mirrors included.
+    control_call(
+        &nodes[0],
+        &token,
+        "DELETE",
+        &format!("/v1/tunnels/{name}"),
+        "",
+    )
+    .await?;
+    for n in [&nodes[0], &nodes[2]] {
+        refused_until(SocketAddr::new(n.ip, port)).await?;
+    }
+    let _ = nodes.remove(1);
+    gina.shutdown().await?;
+    Ok(())
+}

@@ -82,7 +82,7 @@ impl Hub {
         {
             let mut leased = lock(&session.leased);
             let before = leased.len();
-            leased.retain(|t| t != tunnel);
+            leased.retain(|u| u.tunnel != tunnel);
             found |= leased.len() != before;
         }
         lock(&session.tunnels).retain(|s| s.name != tunnel);

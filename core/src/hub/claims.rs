@@ -73,7 +73,11 @@ impl Hub {
                     return Err(self.conflict(format!("provisioned tunnel `{}`", t.name), &holder));
                 }
             }
-            lock(&session.leased).push(t.name.clone());
+            let route = self.register_lease_use(session, t).await;
+            lock(&session.leased).push(crate::live_sessions::LeaseUse {
+                tunnel: t.name.clone(),
+                route,
+            });
             return Ok(found);
         }
         let mut tried_replacing = false;

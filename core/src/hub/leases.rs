@@ -39,6 +39,8 @@ pub(super) struct Lease {
     /// The frontend the route is on.
     pub(super) frontend: String,
     pub(super) claim: Claim,
+    /// Cluster mode: keeps the route from being mirrored here while the lease holds it.
+    _cluster: Option<Box<dyn Send + Sync>>,
 }
 
 impl Hub {
@@ -71,6 +73,23 @@ impl Hub {
         }
         let frontend = self.frontend_for(r.kind, r.frontend.as_deref())?;
         let frontend_name = frontend.name().to_string();
+        // In a cluster the route is marked as held here first (a mirror of it is dropped and
+        // no new one made), when its port or name is known before the claim.
+        let early = self.cluster.get().and_then(|c| {
+            let name = (r.kind != TunnelKind::Tcp)
+                .then_some(r.subdomain.as_deref())
+                .flatten();
+            (r.port.is_some() || name.is_some())
+                .then(|| c.held_here(&frontend_name, (r.port, name), &r.owner))
+        });
+        let target = Arc::new(crate::cluster_hook::OrRemote {
+            local: Arc::new(SessionTarget(Via::Lease {
+                sessions: Arc::downgrade(&self.sessions),
+                client_id: r.owner.clone(),
+                tunnel: r.tunnel.clone(),
+            })),
+            remote: std::sync::OnceLock::new(),
+        });
         let claim = frontend
             .claim(ClaimRequest {
                 owner: r.owner.clone(),
@@ -79,14 +98,24 @@ impl Hub {
                 ask: Ask::of(r.subdomain, r.port),
                 proxy_protocol: None,
                 quota: Quota::default(),
-                target: Arc::new(SessionTarget(Via::Lease {
-                    sessions: Arc::downgrade(&self.sessions),
-                    client_id: r.owner.clone(),
-                    tunnel: r.tunnel.clone(),
-                })),
+                target: target.clone(),
                 reserve_on_release: false,
             })
             .await?;
+        // In a cluster the session serving the lease may be at another node: visitors here
+        // then reach it there, and the route is not mirrored over this claim.
+        let held = early.or_else(|| {
+            let c = self.cluster.get()?;
+            Some(c.held_here(
+                &frontend_name,
+                (claim.port, claim.name.as_deref()),
+                &r.owner,
+            ))
+        });
+        let cluster = held.map(|(remote, guard)| {
+            let _ = target.remote.set(remote);
+            guard
+        });
         let out = Claimed::of(&claim);
         lock(&self.leases).insert(
             key,
@@ -94,6 +123,7 @@ impl Hub {
                 kind: r.kind,
                 frontend: frontend_name,
                 claim,
+                _cluster: cluster,
             },
         );
         Ok(out)
@@ -102,7 +132,68 @@ impl Hub {
     /// Gives up a lease's route; false when there was none.
     pub fn release_lease(&self, owner: &str, tunnel: &str) -> bool {
         let removed = lock(&self.leases).remove(&(owner.to_string(), tunnel.to_string()));
+        // Cluster mode: the route a session registered for it goes too (else the other nodes
+        // would go on mirroring a tunnel that no longer exists).
+        for s in self.sessions.all(owner) {
+            for u in lock(&s.leased).iter_mut().filter(|u| u.tunnel == tunnel) {
+                u.route = None;
+            }
+        }
         removed.is_some()
+    }
+
+    /// The frontend and the port and name of `owner`'s lease of `tunnel`.
+    pub(super) fn lease_route(
+        &self,
+        owner: &str,
+        tunnel: &str,
+    ) -> Option<(String, Option<u16>, Option<String>)> {
+        lock(&self.leases)
+            .get(&(owner.to_string(), tunnel.to_string()))
+            .map(|l| (l.frontend.clone(), l.claim.port, l.claim.name.clone()))
+    }
+
+    /// In cluster mode, registers `session`'s use of the lease `t` as a route held here, so
+    /// visitors at other nodes reach it; held as long as the session uses the lease. A route
+    /// another node holds is logged and left: visitors here still reach this session.
+    pub(super) async fn register_lease_use(
+        &self,
+        session: &Arc<LiveSession>,
+        t: &TunnelRequest,
+    ) -> Option<Box<dyn Send + Sync>> {
+        let cluster = self.cluster.get()?;
+        let owner = &session.info.client_id;
+        let (frontend, port, name) = self.lease_route(owner, &t.name)?;
+        let req = ClaimRequest {
+            owner: owner.clone(),
+            tunnel: t.name.clone(),
+            kind: t.kind,
+            ask: Ask::of(name.clone(), port),
+            proxy_protocol: None,
+            quota: Quota::default(),
+            target: Arc::new(SessionTarget(Via::Session(Arc::downgrade(session)))),
+            reserve_on_release: false,
+        };
+        let who = crate::cluster_hook::ClaimingSession {
+            id: session.info.id,
+            instance: session.info.instance.as_deref(),
+            closed: session.closed.clone(),
+        };
+        match cluster
+            .register_route(&frontend, (port, name.as_deref()), &req, &who)
+            .await
+        {
+            Ok(held) => Some(held),
+            Err(e) => {
+                tracing::warn!(client = %owner, tunnel = %t.name, error = %e, "cluster: the provisioned tunnel's route is not registered; visitors reach it at this node only");
+                None
+            }
+        }
+    }
+
+    /// Every lease held: (owner, tunnel).
+    pub fn lease_keys(&self) -> Vec<(String, String)> {
+        lock(&self.leases).keys().cloned().collect()
     }
 
     /// The endpoint of a lease.

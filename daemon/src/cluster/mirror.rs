@@ -50,10 +50,14 @@ impl Cluster {
         let wanted: Vec<(String, super::store::RouteEntry)> = {
             let mirrors = tunneld_core::sync::lock(&self.mirrors);
             let local = tunneld_core::sync::lock(&self.local);
+            let held = tunneld_core::sync::lock(&self.held_here);
             view.routes
                 .iter()
                 .filter(|(k, e)| {
-                    e.node != self.cfg.node && !mirrors.contains_key(*k) && !local.contains_key(*k)
+                    e.node != self.cfg.node
+                        && !mirrors.contains_key(*k)
+                        && !local.contains_key(*k)
+                        && !held.contains_key(*k)
                 })
                 .map(|(k, e)| (k.clone(), e.clone()))
                 .collect()
@@ -83,10 +87,7 @@ impl Cluster {
             ask,
             proxy_protocol: e.proxy_protocol,
             quota: Quota::default(),
-            target: Arc::new(RemoteTarget {
-                cluster: self.this.clone(),
-                route: key.clone(),
-            }),
+            target: Arc::new(RemoteTarget::new(self.this.clone(), key.clone())),
             reserve_on_release: false,
         };
         match frontend.clone().claim(req).await {
@@ -140,17 +141,37 @@ fn same(
 }
 
 /// Where a mirror sends its visitors: the node the view says holds the route, over the link.
-struct RemoteTarget {
+pub(super) struct RemoteTarget {
     cluster: Weak<Cluster>,
     route: String,
+    /// Only a route of this owner (a lease's target); a mirror follows whoever holds it.
+    owner: Option<String>,
 }
 
 impl RemoteTarget {
+    pub(super) fn new(cluster: Weak<Cluster>, route: String) -> Self {
+        Self {
+            cluster,
+            route,
+            owner: None,
+        }
+    }
+
+    pub(super) fn for_owner(self, owner: &str) -> Self {
+        Self {
+            owner: Some(owner.to_string()),
+            ..self
+        }
+    }
+
     /// The holding node and its link address, when it is live.
     fn holder(&self, c: &Cluster) -> Option<(String, std::net::SocketAddr)> {
         let view = c.view();
         let e = view.routes.get(&self.route)?;
         if e.node == c.cfg.node || e.session == 0 {
+            return None;
+        }
+        if self.owner.as_ref().is_some_and(|o| *o != e.owner) {
             return None;
         }
         let node = view.nodes.get(&e.node)?;

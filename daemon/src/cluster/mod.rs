@@ -82,6 +82,9 @@ pub struct Cluster {
     /// Set when the node drains ([`Cluster::hand_over`]).
     leaving: std::sync::atomic::AtomicBool,
     mirrors: Mutex<HashMap<String, Mirror>>,
+    /// Routes claimed here whoever serves them (provisioned tunnels' leases), with how many
+    /// holds: never mirrored here.
+    held_here: Mutex<HashMap<String, usize>>,
     /// Since when Redis has answered without a failure (none: it is failing), or since it
     /// was found emptied.
     redis_up_since: Mutex<Option<Instant>>,
@@ -142,6 +145,7 @@ pub async fn start(
         handed: Mutex::default(),
         leaving: Default::default(),
         mirrors: Mutex::default(),
+        held_here: Mutex::default(),
         redis_up_since: Mutex::new(None),
         epoch: Mutex::new(None),
         refused: Mutex::default(),

@@ -4,9 +4,10 @@
 use super::store::{now_ms, Claimed, RouteEntry};
 use super::{Cluster, LocalRoute};
 use async_trait::async_trait;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use tunneld_core::cluster_hook::{ClaimingSession, ClusterRoutes};
-use tunneld_core::frontend::{Ask, Claim, ClaimError, ClaimRequest};
+use tunneld_core::frontend::{Ask, ClaimError, ClaimRequest};
+use tunneld_core::hub::Target;
 
 /// The table's spelling of a port or name: `port:20080`, `name:web`.
 pub fn what_of(port: Option<u16>, name: Option<&str>) -> Option<String> {
@@ -125,14 +126,14 @@ impl ClusterRoutes for Cluster {
         Ok(())
     }
 
-    async fn register(
+    async fn register_route(
         &self,
         frontend: &str,
-        claim: &Claim,
+        (port, name): (Option<u16>, Option<&str>),
         req: &ClaimRequest,
         session: &ClaimingSession<'_>,
     ) -> Result<Box<dyn Send + Sync>, ClaimError> {
-        let Some(what) = what_of(claim.port, claim.name.as_deref()) else {
+        let Some(what) = what_of(port, name) else {
             return Ok(Box::new(()));
         };
         let entry = RouteEntry {
@@ -168,6 +169,62 @@ impl ClusterRoutes for Cluster {
                     entry,
                     reserve: req.reserve_on_release,
                 }))
+            }
+        }
+    }
+
+    fn held_here(
+        &self,
+        frontend: &str,
+        (port, name): (Option<u16>, Option<&str>),
+        owner: &str,
+    ) -> (Arc<dyn Target>, Box<dyn Send + Sync>) {
+        let key = what_of(port, name)
+            .map(|w| self.store.route_key(frontend, &w))
+            .unwrap_or_default();
+        *tunneld_core::sync::lock(&self.held_here)
+            .entry(key.clone())
+            .or_default() += 1;
+        // A mirror of the owner's route (its session is at another node) makes way for the
+        // lease's claim, which reaches that node the same way; released outside the lock.
+        let mirror = {
+            let mut mirrors = tunneld_core::sync::lock(&self.mirrors);
+            match mirrors.get(&key) {
+                Some(m) if m.entry.owner == owner => mirrors.remove(&key),
+                _ => None,
+            }
+        };
+        drop(mirror);
+        // Only a route of the lease's owner: another client may hold the same port elsewhere
+        // (a lease is not registered until a session takes it up).
+        let remote =
+            super::mirror::RemoteTarget::new(self.this.clone(), key.clone()).for_owner(owner);
+        (
+            Arc::new(remote),
+            Box::new(HeldHere {
+                cluster: self.this.clone(),
+                key,
+            }),
+        )
+    }
+}
+
+/// Held with a claim this node makes whoever serves it (a lease): while held, the route is
+/// not mirrored here.
+struct HeldHere {
+    cluster: Weak<Cluster>,
+    key: String,
+}
+
+impl Drop for HeldHere {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            let mut held = tunneld_core::sync::lock(&c.held_here);
+            if let Some(n) = held.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.key);
+                }
             }
         }
     }

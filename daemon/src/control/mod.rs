@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod endpoint;
+mod lease_sync;
 pub mod pipe2me;
 pub mod provision;
 pub mod sweep;

@@ -134,6 +134,9 @@ pub fn spawn(
             if let Some(c) = control.clone() {
                 let _ = tokio::task::spawn_blocking(move || c.lapse_tunnels(&tokens)).await;
             }
+            if let Some(c) = control.clone().filter(|_| hub.in_cluster()) {
+                c.sync_leases().await;
+            }
         }
     });
 }
