@@ -73,6 +73,10 @@ pub trait ClusterRoutes: Send + Sync {
         at: (Option<u16>, Option<&str>),
         owner: &str,
     ) -> (Arc<dyn Target>, Box<dyn Send + Sync>);
+
+    /// A target reaching the sessions of `client` at another node (for routes that follow a
+    /// client rather than a session: admin mappings), when the cluster knows a live one.
+    fn client_remote(&self, client: &str) -> Option<Arc<dyn Target>>;
 }
 
 /// A target that prefers the local one and, when it has no session here, reaches the route

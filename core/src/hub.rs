@@ -207,6 +207,12 @@ impl Hub {
         self.server_mappings.set(mappings).is_ok()
     }
 
+    /// Cluster mode: a target reaching `client`'s sessions at another node, when it has one
+    /// there (none when it has none, or outside cluster mode).
+    pub fn remote_client(&self, client: &str) -> Option<Arc<dyn Target>> {
+        self.cluster.get()?.client_remote(client)
+    }
+
     /// Whether a cluster's routing table is installed (cluster mode).
     pub fn in_cluster(&self) -> bool {
         self.cluster.get().is_some()

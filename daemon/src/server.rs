@@ -230,6 +230,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     }
     // Admin API and threshold's management API updates are applied one at a time.
     let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
+    if cluster.is_some() {
+        mappings.follow_store(
+            base.store.clone(),
+            mapping_writes.clone(),
+            base.closing.clone(),
+        );
+    }
     let transport_set =
         components::start_transports(&cfg, &base, &hub, &h2, &mappings, mapping_writes.clone())
             .await?;

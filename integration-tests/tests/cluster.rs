@@ -766,3 +766,75 @@ async fn a_tunnel_provisioned_at_one_node_is_served_at_every_node() -> Result<()
     gina.shutdown().await?;
     Ok(())
 }
+
+/// `PUT /tunnels` (the admin mappings) at a node: (status, body).
+async fn put_mappings(node: &Node, body: &str) -> Result<(u16, String)> {
+    let url = format!("http://{}/tunnels", node.admin);
+    let (_, out) = curl(&[
+        "-s",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ])
+    .await?;
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_mapping_put_at_one_node_serves_at_every_node() -> Result<()> {
+    if !peers("cluster admin mappings") {
+        return Ok(());
+    }
+    let dir = cluster_dir()?;
+    let (_redis, nodes, range) = cluster(&dir).await?;
+    let echo = services::echo().await;
+    let mut cfg = client(
+        &dir,
+        BOB_TOKEN,
+        "yamux",
+        &[nodes[1].yamux],
+        &format!("  svc: {{ local: \"{echo}\" }}\n"),
+    )?;
+    cfg.accept_server_mappings = true;
+    let mut bob = TestClient::spawn(cfg);
+    bob.connected().await?;
+    // Put at n1, where bob is not connected: n1 knows him through the cluster (n2 stands
+    // for him within a sync).
+    let port = range.0 + 11;
+    let list = format!(r#"[{{"client":"bob","listen_port":{port},"target":"{echo}"}}]"#);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = put_mappings(&nodes[0], &list).await?;
+        if code == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "PUT /tunnels at n1: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every node opens the port and sends its visitors to bob's tunnelc at n2.
+    for n in &nodes {
+        echo_until(
+            SocketAddr::new(n.ip, port),
+            format!("via {}", n.name).as_bytes(),
+        )
+        .await?;
+    }
+    // An empty list put at n3 closes it at every node.
+    let (code, body) = put_mappings(&nodes[2], "[]").await?;
+    assert_eq!(code, 200, "{body}");
+    for n in &nodes {
+        refused_until(SocketAddr::new(n.ip, port)).await?;
+    }
+    bob.shutdown().await?;
+    Ok(())
+}

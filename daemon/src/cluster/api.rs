@@ -46,6 +46,7 @@ impl Cluster {
         let routes: Vec<Value> = view
             .routes
             .values()
+            .filter(|r| r.frontend != super::presence::PRESENCE)
             .map(|r| {
                 json!({
                     "frontend": r.frontend,

@@ -40,6 +40,10 @@ impl Cluster {
             self.cfg.node
         );
         let told: HashSet<u64> = hub.hand_over_all(&reason).into_iter().collect();
+        // The clients' presence moves with them.
+        drop(std::mem::take(&mut *tunneld_core::sync::lock(
+            &self.presence,
+        )));
         drop(hub);
         tracing::info!(node = %self.cfg.node, sessions = told.len(), "cluster: handing the sessions over to other nodes");
         let waiting = || {

@@ -55,6 +55,7 @@ impl Cluster {
                 .iter()
                 .filter(|(k, e)| {
                     e.node != self.cfg.node
+                        && e.frontend != super::presence::PRESENCE
                         && !mirrors.contains_key(*k)
                         && !local.contains_key(*k)
                         && !held.contains_key(*k)

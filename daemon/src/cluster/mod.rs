@@ -22,6 +22,7 @@ mod link_wire;
 pub mod metrics;
 mod mirror;
 mod parking;
+pub mod presence;
 mod routes;
 pub mod store;
 
@@ -85,6 +86,8 @@ pub struct Cluster {
     /// Routes claimed here whoever serves them (provisioned tunnels' leases), with how many
     /// holds: never mirrored here.
     held_here: Mutex<HashMap<String, usize>>,
+    /// Presence routes this node holds ([`presence`]).
+    presence: Mutex<presence::Held>,
     /// Since when Redis has answered without a failure (none: it is failing), or since it
     /// was found emptied.
     redis_up_since: Mutex<Option<Instant>>,
@@ -146,6 +149,7 @@ pub async fn start(
         leaving: Default::default(),
         mirrors: Mutex::default(),
         held_here: Mutex::default(),
+        presence: Mutex::default(),
         redis_up_since: Mutex::new(None),
         epoch: Mutex::new(None),
         refused: Mutex::default(),
@@ -190,9 +194,12 @@ impl link::LocalRoutes for Cluster {
         let mut header = req
             .header
             .ok_or_else(|| OpenError::Session("a route stream without a header".into()))?;
-        // The route as this node holds it now, whatever the asking node's mirror says.
-        header.tunnel = entry.tunnel;
-        header.proxy_protocol = entry.proxy_protocol;
+        // The route as this node holds it now, whatever the asking node's mirror says; a
+        // presence route carries the asking node's route (an admin mapping's) as it is.
+        if entry.frontend != presence::PRESENCE {
+            header.tunnel = entry.tunnel;
+            header.proxy_protocol = entry.proxy_protocol;
+        }
         target.open(header, req.server_name.as_deref()).await
     }
 }
@@ -318,6 +325,7 @@ impl Cluster {
                 // A leaving node mirrors nothing new: its frontends take no visitors.
                 if !self.is_leaving() {
                     self.reconcile().await;
+                    self.sync_presence().await;
                 }
             }
             tokio::select! {

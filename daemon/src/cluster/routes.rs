@@ -173,6 +173,10 @@ impl ClusterRoutes for Cluster {
         }
     }
 
+    fn client_remote(&self, client: &str) -> Option<Arc<dyn Target>> {
+        self.presence_target(client)
+    }
+
     fn held_here(
         &self,
         frontend: &str,

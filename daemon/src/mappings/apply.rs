@@ -196,6 +196,8 @@ fn check_clients_of(
             continue;
         }
         match hub.client_session(&client) {
+                // Cluster mode: connected at another node (which applies the list too).
+                None if hub.remote_client(&client).is_some() => {}
                 None => {
                     return Err(merr(
                         404,

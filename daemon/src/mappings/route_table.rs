@@ -54,17 +54,30 @@ impl Target for RouteTable {
         let mut last = OpenError::Offline;
         for i in 0..n {
             let member = &route.members[(start + i) % n];
-            let Some(session) = hub.client_session(member) else {
-                if n > 1 {
-                    self.metrics
-                        .pool_failovers_total
-                        .with_label_values(&[&route.name, "offline"])
-                        .inc();
+            // A member connected here, else (cluster mode) at another node.
+            let attempt = match hub.client_session(member) {
+                Some(session) => {
+                    let h = header.clone();
+                    Box::pin(async move { session.open(h).await })
+                        as futures::future::BoxFuture<'_, Result<BoxIo, OpenError>>
                 }
-                continue;
+                None => match hub.remote_client(member) {
+                    Some(remote) => {
+                        let h = header.clone();
+                        Box::pin(async move { remote.open(h, None).await })
+                    }
+                    None => {
+                        if n > 1 {
+                            self.metrics
+                                .pool_failovers_total
+                                .with_label_values(&[&route.name, "offline"])
+                                .inc();
+                        }
+                        continue;
+                    }
+                },
             };
             // In a pool one member may not hold the whole visitor's wait.
-            let attempt = session.open(header.clone());
             let opened = if n > 1 {
                 tokio::time::timeout(POOL_MEMBER_TIMEOUT, attempt)
                     .await

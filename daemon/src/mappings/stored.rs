@@ -3,6 +3,8 @@
 
 use super::{AdminMappings, Mapping, MappingError};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::RouteInfo;
 use tunneld_core::hub::Hub;
 use tunneld_state::StateStore;
@@ -27,6 +29,65 @@ impl AdminMappings {
             Err(e) => tracing::error!(error = %e, "admin mappings applied but not stored"),
         }
         Ok(list)
+    }
+
+    /// Cluster mode: every second, applies the list another node stored (one `PUT /tunnels`
+    /// opens the same ports at every node). A list that cannot be applied here is logged and
+    /// tried again when the stored list changes.
+    pub fn follow_store(
+        self: &Arc<Self>,
+        store: Arc<dyn StateStore>,
+        writes: Arc<tokio::sync::Mutex<()>>,
+        stop: CancellationToken,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut seen: Option<String> = None;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let s = store.clone();
+                let json = match tokio::task::spawn_blocking(move || s.admin_mappings()).await {
+                    Ok(Ok(j)) => j.unwrap_or_else(|| "[]".into()),
+                    _ => continue,
+                };
+                if seen.as_deref() == Some(json.as_str()) {
+                    continue;
+                }
+                let _one = writes.lock().await;
+                match serde_json::from_str::<Vec<Mapping>>(&json) {
+                    Ok(desired) => me.follow(desired).await,
+                    Err(e) => tracing::warn!(error = %e, "stored admin mappings are unreadable"),
+                }
+                seen = Some(json);
+            }
+        });
+    }
+
+    async fn follow(&self, desired: Vec<Mapping>) {
+        let mut current: Vec<Mapping> = self.mappings().await.into_iter().map(|(m, _)| m).collect();
+        let mut sorted = desired.clone();
+        let order = |v: &mut Vec<Mapping>| {
+            v.sort_by_key(|m| serde_json::to_string(m).unwrap_or_default());
+        };
+        order(&mut current);
+        order(&mut sorted);
+        if current == sorted {
+            return;
+        }
+        match self.restore(desired).await {
+            Ok(list) => {
+                tracing::info!(
+                    mappings = list.len(),
+                    "cluster: applied the admin mappings another node stored"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cluster: cannot apply the admin mappings another node stored")
+            }
+        }
     }
 
     /// Every route of `hub`, an admin port owned by whom its mappings name now (a repoint
