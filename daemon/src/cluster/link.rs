@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tunneld_core::limits::AddressLimiter;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::BoxIo;
@@ -22,8 +23,13 @@ use yamux::{Connection, Mode};
 
 /// Deadline for dialling a node (TCP and TLS) and for a stream's request line.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Link connections one node takes at once.
+/// Link connections one node keeps at once (after their TLS handshake).
 const MAX_LINK_CONNECTIONS: usize = 256;
+/// TLS handshakes on the link port in progress at once, overall and per source address: a
+/// peer that connects and says nothing holds one for [`DIAL_TIMEOUT`] at most, and one
+/// address cannot hold the slots other nodes need.
+const MAX_PENDING: usize = 64;
+const MAX_PENDING_PER_ADDRESS: usize = 8;
 
 /// What the link server asks of the cluster: a stream to what `req` names here (a route
 /// this node's session holds, or a connection parked here).
@@ -60,6 +66,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_LINK_CONNECTIONS));
+    let pending = AddressLimiter::new(MAX_PENDING, MAX_PENDING_PER_ADDRESS);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -72,10 +79,15 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "cluster link: too many link connections; refused");
-            continue;
+        let handshake = match pending.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                metrics.connection(why.reason());
+                tracing::debug!(%peer, reason = why.reason(), "cluster link: handshake refused");
+                continue;
+            }
         };
+        let slots = slots.clone();
         let (acceptor, routes, metrics, stop, visitors) = (
             acceptor.clone(),
             routes.clone(),
@@ -84,19 +96,27 @@ pub async fn serve(
             visitors.clone(),
         );
         tokio::spawn(async move {
-            let _slot = slot;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(DIAL_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "cluster link: TLS refused");
+                    metrics.connection("tls_error");
+                    tracing::debug!(%peer, error = %e, "cluster link: TLS refused");
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, "cluster link: TLS handshake timed out");
+                    metrics.connection("timeout");
+                    tracing::debug!(%peer, "cluster link: TLS handshake timed out");
                     return;
                 }
             };
+            drop(handshake);
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                metrics.connection("too_many_connections");
+                tracing::warn!(%peer, "cluster link: too many link connections; refused");
+                return;
+            };
+            metrics.connection("ok");
             let node = tls
                 .get_ref()
                 .1

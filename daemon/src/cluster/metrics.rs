@@ -9,6 +9,8 @@ tunneld_core::metric_series! {
             "Routes of the shared table on this node: held by its own sessions (local) or mirrored for another node (remote)";
         counter cluster_link_streams_total: "tunneld_cluster_link_streams_total", ["node", "direction", "result"],
             "Visitor streams over the links between nodes, by the other node, direction (out: to the node holding the tunnel; in: from a node a visitor reached) and result";
+        counter cluster_link_connections_total: "tunneld_cluster_link_connections_total", ["result"],
+            "Connections to this node's link port, by result: ok (a node's TLS handshake), tls_error, timeout, too_many_pending, too_many_pending_from_address, too_many_connections";
         counter cluster_redis_errors_total: "tunneld_cluster_redis_errors_total", ["op"],
             "Failed calls to the cluster's Redis, by operation";
         gauge cluster_redis_up: "tunneld_cluster_redis_up", [],
@@ -21,6 +23,13 @@ tunneld_core::metric_series! {
 }
 
 impl ClusterMetrics {
+    /// Counts one connection to the link port.
+    pub fn connection(&self, result: &str) {
+        self.cluster_link_connections_total
+            .with_label_values(&[result])
+            .inc();
+    }
+
     /// Counts one link stream.
     pub fn stream(&self, node: &str, direction: &str, result: &str) {
         self.cluster_link_streams_total
