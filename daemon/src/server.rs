@@ -220,23 +220,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
     summarize_refusals(&hub, base.accepting.clone());
     let cluster = start_cluster(&cfg, &hub, &base).await?;
-    // The admin mappings, installed and restored as stored before any transport (and its
-    // management API) accepts.
-    let mappings = AdminMappings::install(&hub)?;
-    match admin::restore(&mappings, &base.store).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
-        Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
-    }
-    // Admin API and threshold's management API updates are applied one at a time.
-    let mapping_writes = Arc::new(tokio::sync::Mutex::new(()));
-    if cluster.is_some() {
-        mappings.follow_store(
-            base.store.clone(),
-            mapping_writes.clone(),
-            base.closing.clone(),
-        );
-    }
+    let (mappings, mapping_writes) = start_mappings(&hub, &base, cluster.is_some()).await?;
     let transport_set =
         components::start_transports(&cfg, &base, &hub, &h2, &mappings, mapping_writes.clone())
             .await?;
@@ -437,6 +421,27 @@ fn summarize_refusals(hub: &Hub, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// The admin mappings, installed and restored as stored before any transport (and its
+/// management API) accepts; in cluster mode they follow the list any node stores. With the
+/// lock that keeps updates (admin API, threshold's management API) one at a time.
+async fn start_mappings(
+    hub: &Arc<Hub>,
+    base: &Base,
+    in_cluster: bool,
+) -> anyhow::Result<(Arc<AdminMappings>, Arc<tokio::sync::Mutex<()>>)> {
+    let mappings = AdminMappings::install(hub)?;
+    match admin::restore(&mappings, &base.store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(mappings = n, "restored the admin mappings"),
+        Err(e) => tracing::warn!(error = %e, "cannot restore the admin mappings"),
+    }
+    let writes = Arc::new(tokio::sync::Mutex::new(()));
+    if in_cluster {
+        mappings.follow_store(base.store.clone(), writes.clone(), base.closing.clone());
+    }
+    Ok((mappings, writes))
 }
 
 /// Joins the cluster, with `cluster:`: the shared routing table is installed in the hub

@@ -10,6 +10,9 @@ use tunneld_core::hub::Target;
 use tunneld_core::session::{OpenError, StreamHeader};
 use tunneld_core::BoxIo;
 
+/// Mirrors claimed at once by one reconcile.
+const MIRRORS_AT_ONCE: usize = 16;
+
 impl Cluster {
     /// Brings the mirrors in line with the view: drops those of routes that went (only once
     /// Redis has answered for a whole TTL: a restarted Redis is not an empty table), and
@@ -63,9 +66,11 @@ impl Cluster {
                 .map(|(k, e)| (k.clone(), e.clone()))
                 .collect()
         };
-        for (key, e) in wanted {
-            self.mirror(&hub, key, e).await;
-        }
+        // Several at once: a port that takes its time to bind does not hold up the others.
+        use futures::StreamExt;
+        futures::stream::iter(wanted)
+            .for_each_concurrent(MIRRORS_AT_ONCE, |(key, e)| self.mirror(&hub, key, e))
+            .await;
         // Refusals of routes that went are forgotten.
         tunneld_core::sync::lock(&self.refused).retain(|k| view.routes.contains_key(k));
         self.set_gauges(&view);
