@@ -3,7 +3,7 @@
 //! opens a stream per visitor; the holding node opens the tunnel stream to its session and
 //! splices the two.
 
-use super::link_wire::{read_line, write_line, LinkReply, LinkRequest};
+use super::link_wire::{read_line, write_line, LinkReply, LinkRequest, HTTP_ERROR_HEADER};
 use super::metrics::ClusterMetrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +36,17 @@ const MAX_PENDING_PER_ADDRESS: usize = 8;
 #[async_trait::async_trait]
 pub trait LocalRoutes: Send + Sync + 'static {
     async fn open(&self, req: LinkRequest) -> Result<BoxIo, OpenError>;
+    /// For an HTTP-mode stream: the route's target and the header its requests go with.
+    fn http_target(
+        &self,
+        req: &LinkRequest,
+    ) -> Result<
+        (
+            Arc<dyn tunneld_core::hub::Target>,
+            tunneld_core::session::StreamHeader,
+        ),
+        OpenError,
+    >;
 }
 
 /// Visitor streams one link carries at once. The dialling side stops here (its visitors
@@ -169,6 +180,9 @@ where
             return;
         }
     };
+    if req.http {
+        return serve_http(s, routes.http_target(&req), metrics, from).await;
+    }
     let opened = match tokio::time::timeout(OPEN_REPLY_DEADLINE, routes.open(req)).await {
         Ok(r) => r,
         Err(_) => Err(OpenError::Timeout),
@@ -185,6 +199,85 @@ where
             let _ = write_line(&mut s, &LinkReply::of(&e)).await;
         }
     }
+}
+
+/// An HTTP-mode stream: the reply line, then HTTP/1.1 requests, each forwarded through the
+/// route's target; a refusal comes back as a 502 with [`HTTP_ERROR_HEADER`].
+async fn serve_http<S>(
+    mut s: S,
+    target: Result<
+        (
+            Arc<dyn tunneld_core::hub::Target>,
+            tunneld_core::session::StreamHeader,
+        ),
+        OpenError,
+    >,
+    metrics: &ClusterMetrics,
+    from: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (target, header) = match target {
+        Ok(t) => t,
+        Err(e) => {
+            metrics.stream(from, "in", e.reason());
+            let _ = write_line(&mut s, &LinkReply::of(&e)).await;
+            return;
+        }
+    };
+    metrics.stream(from, "in", "ok");
+    if write_line(&mut s, &LinkReply::ok()).await.is_err() {
+        return;
+    }
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (target, header) = (target.clone(), header.clone());
+        async move {
+            let resp = match target.request(header, absolute(req)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let line = serde_json::to_string(&LinkReply::of(&e)).unwrap_or_default();
+                    let mut r =
+                        http::Response::new(tunneld_core::http_forward::full(e.to_string()));
+                    *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                    if let Ok(v) = http::HeaderValue::from_str(&line) {
+                        r.headers_mut().insert(HTTP_ERROR_HEADER, v);
+                    }
+                    r
+                }
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(node = %from, error = %e, "cluster link: HTTP stream ended");
+    }
+}
+
+/// A request as the asking node's frontend made it (absolute URI from its Host, as an
+/// HTTP/2 upstream needs), from the origin form it crossed the link in.
+fn absolute(
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Request<tunneld_core::http_forward::Body> {
+    let (mut parts, body) = req.into_parts();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(host) = host {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        if let Ok(u) = format!("https://{host}{pq}").parse() {
+            parts.uri = u;
+        }
+    }
+    http::Request::from_parts(parts, tunneld_core::http_forward::boxed(body))
 }
 
 struct LinkConn {

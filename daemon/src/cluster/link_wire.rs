@@ -19,7 +19,16 @@ pub struct LinkRequest {
     pub header: Option<StreamHeader>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// HTTP mode: after the reply the stream carries HTTP/1.1 requests, each forwarded by the
+    /// holding node with its target's `request` (an HTTP-only session, such as a 2ptth
+    /// upstream, has no byte streams to splice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
 }
+
+/// The response header of an HTTP-mode stream that carries the holding node's refusal (a
+/// [`LinkReply`] as JSON) instead of the service's answer.
+pub const HTTP_ERROR_HEADER: &str = "tunneld-link-error";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

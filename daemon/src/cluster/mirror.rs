@@ -1,11 +1,12 @@
 //! Mirrors: the routes other nodes hold, claimed on this node's frontends with a target that
 //! crosses the link, so a visitor at any node reaches the tunnel.
 
-use super::link_wire::LinkRequest;
+use super::link_wire::{LinkReply, LinkRequest, HTTP_ERROR_HEADER};
 use super::{Cluster, Mirror};
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
 use tunneld_core::frontend::{Ask, ClaimRequest, Quota};
+use tunneld_core::http_forward::Body;
 use tunneld_core::hub::Target;
 use tunneld_core::session::{OpenError, StreamHeader};
 use tunneld_core::BoxIo;
@@ -198,8 +199,44 @@ impl Target for RemoteTarget {
             route: self.route.clone(),
             header: Some(header),
             server_name: server_name.map(str::to_string),
+            http: false,
         };
         c.links.open(&node, addr, &req).await
+    }
+
+    /// One visitor request, forwarded by the holding node with its own target's `request`
+    /// (HTTP mode: an HTTP-only session, as a 2ptth upstream, is reached this way too).
+    async fn request(
+        &self,
+        header: StreamHeader,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, OpenError> {
+        let c = self.cluster.upgrade().ok_or(OpenError::Offline)?;
+        let (node, addr) = self.holder(&c).ok_or(OpenError::Offline)?;
+        let link = LinkRequest {
+            route: self.route.clone(),
+            header: Some(header),
+            server_name: None,
+            http: true,
+        };
+        let io = c.links.open(&node, addr, &link).await?;
+        let max_head = c
+            .hub
+            .upgrade()
+            .map(|h| h.limits.get().max_response_head)
+            .unwrap_or(tunneld_core::limits::DEFAULT_MAX_HEAD);
+        let resp = tunneld_core::http_forward::http1_over(io, req, max_head).await?;
+        match resp.headers().get(HTTP_ERROR_HEADER) {
+            Some(v) => {
+                let reply: LinkReply = serde_json::from_slice(v.as_bytes())
+                    .map_err(|e| OpenError::Session(format!("node `{node}`: {e}")))?;
+                reply.into_result()?;
+                Err(OpenError::Session(format!(
+                    "node `{node}`: a refusal without a reason"
+                )))
+            }
+            None => Ok(resp),
+        }
     }
 
     fn online(&self) -> bool {

@@ -183,6 +183,14 @@ impl link::LocalRoutes for Cluster {
         if let Some(id) = req.route.strip_prefix("park:") {
             return self.take_parked_here(id).await;
         }
+        let (target, header) = self.http_target(&req)?;
+        target.open(header, req.server_name.as_deref()).await
+    }
+
+    fn http_target(
+        &self,
+        req: &link_wire::LinkRequest,
+    ) -> Result<(Arc<dyn Target>, tunneld_core::session::StreamHeader), OpenError> {
         let held = |m: &Mutex<HashMap<String, LocalRoute>>| {
             tunneld_core::sync::lock(m)
                 .get(&req.route)
@@ -193,6 +201,7 @@ impl link::LocalRoutes for Cluster {
             .ok_or(OpenError::Offline)?;
         let mut header = req
             .header
+            .clone()
             .ok_or_else(|| OpenError::Session("a route stream without a header".into()))?;
         // The route as this node holds it now, whatever the asking node's mirror says; a
         // presence route carries the asking node's route (an admin mapping's) as it is.
@@ -200,7 +209,7 @@ impl link::LocalRoutes for Cluster {
             header.tunnel = entry.tunnel;
             header.proxy_protocol = entry.proxy_protocol;
         }
-        target.open(header, req.server_name.as_deref()).await
+        Ok((target, header))
     }
 }
 

@@ -28,6 +28,7 @@ impl RemoteParking for Cluster {
                 route: format!("park:{id}"),
                 header: None,
                 server_name: None,
+                http: false,
             };
             match self.links.open(&n.node, n.link, &req).await {
                 Ok(io) => return Some(io),
