@@ -158,15 +158,27 @@ fn hello(cfg: &ClientConfig, instance: String) -> Hello {
             })
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
-        agent: format!(
-            "tunnelc {} {} {}",
-            env!("CARGO_PKG_VERSION"),
-            tunneld_core::proto::CAP_RETRYING,
-            tunneld_core::proto::CAP_HANDOVER
-        ),
+        agent: agent(cfg),
         max_streams: Some(cfg.yamux.max_streams as u32),
         instance: Some(instance),
     }
+}
+
+/// The hello's agent text: version and capabilities. Every stream this tunnelc accepts is
+/// spliced to one local connection, so tunneld may keep streams alive between HTTP requests
+/// (`+keepalive`), except for tunnels that want a connection per request or per visitor.
+fn agent(cfg: &ClientConfig) -> String {
+    use tunneld_core::proto::{CAP_HANDOVER, CAP_KEEPALIVE, CAP_RETRYING, NO_KEEPALIVE};
+    let mut agent = format!(
+        "tunnelc {} {CAP_RETRYING} {CAP_HANDOVER} {CAP_KEEPALIVE}",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, t) in &cfg.tunnels {
+        if !t.reuse_connections || t.proxy_protocol.is_some() {
+            agent.push_str(&format!(" {NO_KEEPALIVE}{name}"));
+        }
+    }
+    agent
 }
 
 /// A fresh instance id: 16 random bytes in hex.

@@ -52,6 +52,8 @@ pub mod http_serve;
 pub mod hub;
 pub mod idle;
 pub mod io;
+pub mod keepalive_pool;
+pub mod kept_streams;
 pub mod limits;
 pub mod live_sessions;
 pub mod metrics;

@@ -44,6 +44,8 @@ pub struct LiveSession {
     /// Whether its tunnelc reads a handover ([`crate::proto::CAP_HANDOVER`]).
     pub(crate) takes_handover: bool,
     pub opener: Arc<dyn OpenStream>,
+    /// Idle HTTP/1.1 streams kept for the next request, when its tunnelc keeps them alive.
+    pub(crate) kept: Option<crate::kept_streams::KeptStreams>,
     /// Cancelled when the session must end (replaced, shutdown, expired).
     pub closed: CancellationToken,
     pub accept_server_mappings: bool,
@@ -105,26 +107,41 @@ impl LiveSession {
     /// writes when they make no progress for `limits.stream_stall_timeout`.
     pub async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let permit = self.permit(&header)?;
+        let io = self.guarded(header).await?;
+        Ok(Box::new(io.holding(permit)))
+    }
+
+    /// A new stream whose writes fail when they make no progress for
+    /// `limits.stream_stall_timeout`.
+    async fn guarded(&self, header: StreamHeader) -> Result<StallGuard<BoxIo>, OpenError> {
         let io = self.opener.open(header).await?;
-        Ok(Box::new(
-            StallGuard::new(
-                io,
-                self.limits.get().stream_stall_timeout,
-                Some(self.stalled.clone()),
-            )
-            .holding(permit),
+        Ok(StallGuard::new(
+            io,
+            self.limits.get().stream_stall_timeout,
+            Some(self.stalled.clone()),
         ))
     }
 
-    /// Forwards one visitor request within the budget; the permit lives as long as the
-    /// response body.
+    /// Forwards one visitor request within the budget (on a kept-alive stream when the
+    /// session keeps them); the permit lives as long as the response body.
     pub async fn request(
         &self,
         header: StreamHeader,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, OpenError> {
         let permit = self.permit(&header)?;
-        let resp = self.opener.request(header, req).await?;
+        let kept = self.kept.as_ref().and_then(|k| Some((k, k.key(&header)?)));
+        let resp = match kept {
+            Some((kept, key)) => {
+                let max_head = self.limits.get().max_response_head;
+                let open = async {
+                    let io: BoxIo = Box::new(self.guarded(header).await?);
+                    Ok(io)
+                };
+                kept.request(&key, req, max_head, open).await?
+            }
+            None => self.opener.request(header, req).await?,
+        };
         Ok(resp.map(|b| crate::http_forward::holding(b, permit)))
     }
 

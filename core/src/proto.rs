@@ -183,10 +183,30 @@ pub const CAP_RETRYING: &str = "+retrying";
 /// session on a control message they do not know).
 pub const CAP_HANDOVER: &str = "+handover";
 
+/// The capability word of a tunnelc that splices each stream to one local connection for as
+/// long as both ends keep it open: tunneld may send several HTTP/1.1 requests, one after the
+/// other, on one stream of an `http` tunnel (kept-alive streams), except for the tunnels it
+/// names in [`NO_KEEPALIVE`] words (`reuse_connections: false`, a PROXY header).
+pub const CAP_KEEPALIVE: &str = "+keepalive";
+
+/// `+no-keepalive:<tunnel>`: a tunnel whose streams each carry one visitor request.
+pub const NO_KEEPALIVE: &str = "+no-keepalive:";
+
 impl Hello {
     /// Whether the client named capability `cap` (a `+word`) in its agent text.
     pub fn has_capability(&self, cap: &str) -> bool {
         self.agent.split_whitespace().any(|w| w == cap)
+    }
+
+    /// With [`CAP_KEEPALIVE`]: the tunnels whose streams must not be kept alive.
+    pub fn keepalive_off(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.has_capability(CAP_KEEPALIVE).then(|| {
+            self.agent
+                .split_whitespace()
+                .filter_map(|w| w.strip_prefix(NO_KEEPALIVE))
+                .map(str::to_string)
+                .collect()
+        })
     }
 }
 

@@ -72,6 +72,12 @@ impl OpenError {
 pub trait OpenStream: Send + Sync + 'static {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
 
+    /// Whether [`OpenStream::request`] sends HTTP requests as requests of the transport's
+    /// own (h2-reverse); the others' streams may then be kept alive between requests.
+    fn carries_http(&self) -> bool {
+        false
+    }
+
     /// Forwards one visitor HTTP request. Transports that carry HTTP natively (h2-reverse)
     /// send it as a request of their own; the others open a stream and speak HTTP/1.1 on it.
     async fn request(
@@ -174,7 +180,7 @@ pub trait ClientSession: Send {
 pub trait LocalConnector: Send + Sync + 'static {
     async fn connect(&self, header: &StreamHeader) -> Result<BoxIo, LocalError>;
     /// The local service `header` goes to, when its HTTP requests may share kept-alive
-    /// connections (the h2-reverse transport's `local_pool`); `None` (the default) when
+    /// connections (`keepalive_pool`); `None` (the default) when
     /// every stream needs a connection of its own (a PROXY header per visitor).
     fn pool_key(&self, header: &StreamHeader) -> Option<String> {
         let _ = header;

@@ -192,9 +192,10 @@ pub struct TunnelConfig {
     /// local service with name-based virtual hosts), following keep-alive boundaries.
     #[serde(default)]
     pub host_header: Option<String>,
-    /// `http` tunnels over h2-reverse: visitors' requests share kept-alive connections to
-    /// the local service (default); `false` opens one per request, for services that tie
-    /// state to a connection (NTLM or Negotiate authentication, say).
+    /// `http` tunnels: visitors' requests share kept-alive connections to the local service
+    /// (default; over yamux and websocket tunneld keeps the streams, each spliced to one
+    /// local connection); `false` opens one per request, for services that tie state to a
+    /// connection (NTLM or Negotiate authentication, say).
     #[serde(default = "yes")]
     pub reuse_connections: bool,
 }

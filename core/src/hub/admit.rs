@@ -296,6 +296,18 @@ impl Hub {
         opener: Arc<dyn OpenStream>,
     ) -> (Arc<LiveSession>, mpsc::UnboundedReceiver<Control>) {
         let (notify, notifications) = mpsc::unbounded_channel();
+        let kept = if opener.carries_http() {
+            None
+        } else {
+            let c = &self.metrics.kept_streams_total;
+            crate::kept_streams::KeptStreams::for_hello(
+                hello,
+                (
+                    c.with_label_values(&[transport, "reused"]),
+                    c.with_label_values(&[transport, "opened"]),
+                ),
+            )
+        };
         let session = Arc::new(LiveSession {
             who: identity.clone(),
             tells_retrying: hello.has_capability(crate::proto::CAP_RETRYING),
@@ -311,6 +323,7 @@ impl Hub {
                 instance: hello.instance.clone(),
             },
             opener,
+            kept,
             closed: CancellationToken::new(),
             accept_server_mappings: hello.accept_server_mappings,
             tunnels: Mutex::new(Vec::new()),

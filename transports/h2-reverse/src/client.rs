@@ -57,7 +57,7 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
 struct Ctx {
     connector: Arc<dyn LocalConnector>,
     /// Kept-alive connections to local HTTP services (the session's own).
-    pool: Arc<crate::local_pool::LocalPool>,
+    pool: Arc<tunneld_core::keepalive_pool::LocalPool>,
     limits: DataLimits,
     updates: mpsc::UnboundedSender<SessionNews>,
     streams: CancellationToken,
@@ -96,7 +96,7 @@ impl ClientSession for Connected {
         let _streams_guard = streams.clone().drop_guard();
         let ctx = Arc::new(Ctx {
             connector,
-            pool: crate::local_pool::LocalPool::new(),
+            pool: tunneld_core::keepalive_pool::LocalPool::new(),
             limits: this.limits,
             updates,
             streams,

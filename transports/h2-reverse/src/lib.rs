@@ -13,7 +13,6 @@
 pub mod client;
 pub mod config;
 pub mod link;
-pub mod local_pool;
 pub mod server;
 
 pub use client::{dial, Connected, DialError, DialOptions};

@@ -199,6 +199,10 @@ impl OpenStream for LinkSlot {
         self.get().await?.open(header).await
     }
 
+    fn carries_http(&self) -> bool {
+        true
+    }
+
     async fn request(
         &self,
         header: StreamHeader,

@@ -1,15 +1,20 @@
-//! tunnelc's keep-alive connections to local HTTP services: a visitor request that arrives as
-//! an HTTP request (the h2-reverse transport) is sent on an idle HTTP/1.1 connection to the
-//! same local service when one is left from an earlier request, instead of a new TCP
-//! connection per request (what nginx's upstream `keepalive` does).
+//! Keep-alive HTTP/1.1 connections, as nginx's upstream `keepalive`: a request goes on an
+//! idle connection to the same place when one is left from an earlier request, instead of a
+//! new connection per request. Two users: tunnelc, for its connections to local services
+//! (requests that arrive as HTTP requests over the h2-reverse transport), and tunneld, for
+//! tunnel streams that carry HTTP/1.1 to a tunnelc that keeps each one spliced to one local
+//! connection (yamux and websocket sessions of a tunnelc that says `+keepalive`).
 //!
-//! Bounded: at most [`MAX_IDLE_PER_SERVICE`] idle connections per service, each kept at most
+//! Bounded ([`Caps`]): idle connections per key, keys, and in all; each kept at most
 //! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
-//! closes one just as it is reused; a reaper closes expired ones while any is idle). A connection goes back only after its response body was
-//! read to the end; upgrades and CONNECT never come back. A request that a reused connection
-//! could not send (it had closed meanwhile) goes on the next one or a new one. Tunnels that
-//! write a PROXY header (one per visitor) are never pooled: the caller gives no key.
+//! closes one just as it is reused; a reaper closes expired ones while any is idle). A
+//! connection goes back only after its response body was read to the end; upgrades and
+//! CONNECT never come back. A request that a reused connection could not send (it had closed
+//! meanwhile) goes on the next one or a new one. Connections that carry a PROXY header (one
+//! per visitor) are never pooled: the caller gives no key.
 
+use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
+use crate::session::OpenError;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
@@ -18,39 +23,89 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tunneld_core::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
-use tunneld_core::session::OpenError;
 
-/// Idle connections kept per local service.
+/// Idle connections kept per local service (tunnelc's pool).
 pub const MAX_IDLE_PER_SERVICE: usize = 32;
 /// How long an idle connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
 /// How long a connection just given back may take to be ready for the next request.
 const READY_WAIT: Duration = Duration::from_millis(200);
-/// Services with idle connections at most (a key per local address and Host rewrite).
+/// Services with idle connections at most in tunnelc's pool (a key per local address and
+/// Host rewrite).
 const MAX_SERVICES: usize = 1024;
+
+/// How much a pool keeps idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Idle connections per key.
+    pub per_key: usize,
+    /// Keys with idle connections.
+    pub keys: usize,
+    /// Idle connections in all.
+    pub total: usize,
+}
+
+impl Default for Caps {
+    /// tunnelc's: [`MAX_IDLE_PER_SERVICE`] per service, [`MAX_SERVICES`] services.
+    fn default() -> Self {
+        Caps {
+            per_key: MAX_IDLE_PER_SERVICE,
+            keys: MAX_SERVICES,
+            total: MAX_IDLE_PER_SERVICE * MAX_SERVICES,
+        }
+    }
+}
 
 struct Idle {
     send: SendRequest<Body>,
     since: Instant,
 }
 
-/// Idle HTTP/1.1 connections to local services, by service key.
+impl Idle {
+    /// Not expired, not closed by the other end.
+    fn fresh(&self) -> bool {
+        self.since.elapsed() < IDLE_FOR && !self.send.is_closed()
+    }
+}
+
+impl State {
+    /// Drops expired and closed connections.
+    fn expire(&mut self) {
+        self.idle.retain(|_, list| {
+            list.retain(Idle::fresh);
+            !list.is_empty()
+        });
+        self.count = self.idle.values().map(Vec::len).sum();
+    }
+}
+
+/// Idle HTTP/1.1 connections, by key (a local service, or a tunnel).
 #[derive(Default)]
 pub struct LocalPool {
+    caps: Caps,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     idle: HashMap<String, Vec<Idle>>,
+    /// Idle connections in all.
+    count: usize,
     /// Whether a reaper task runs (it ends when nothing is idle).
     reaping: bool,
 }
 
 impl LocalPool {
+    /// A pool with tunnelc's caps.
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    pub fn with_caps(caps: Caps) -> Arc<Self> {
+        Arc::new(Self {
+            caps,
+            state: Mutex::default(),
+        })
     }
 
     /// Closes connections idle for [`IDLE_FOR`] (or closed by the service) every half of
@@ -60,11 +115,8 @@ impl LocalPool {
             loop {
                 tokio::time::sleep(IDLE_FOR / 2).await;
                 let Some(pool) = pool.upgrade() else { return };
-                let mut st = tunneld_core::sync::lock(&pool.state);
-                st.idle.retain(|_, list| {
-                    list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.send.is_closed());
-                    !list.is_empty()
-                });
+                let mut st = crate::sync::lock(&pool.state);
+                st.expire();
                 if st.idle.is_empty() {
                     st.reaping = false;
                     return;
@@ -74,19 +126,21 @@ impl LocalPool {
     }
 
     fn take(&self, key: &str) -> Option<SendRequest<Body>> {
-        let mut st = tunneld_core::sync::lock(&self.state);
-        let idle = &mut st.idle;
-        let list = idle.get_mut(key)?;
+        let mut st = crate::sync::lock(&self.state);
+        let list = st.idle.get_mut(key)?;
+        let before = list.len();
         let mut found = None;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < IDLE_FOR && !i.send.is_closed() {
+            if i.fresh() {
                 found = Some(i.send);
                 break;
             }
         }
-        if list.is_empty() {
-            idle.remove(key);
+        let (after, empty) = (list.len(), list.is_empty());
+        if empty {
+            st.idle.remove(key);
         }
+        st.count -= before - after;
         found
     }
 
@@ -95,35 +149,32 @@ impl LocalPool {
         if send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let mut st = tunneld_core::sync::lock(&self.state);
+        let mut st = crate::sync::lock(&self.state);
         if !st.reaping {
             st.reaping = true;
             Self::reap(Arc::downgrade(self));
         }
-        let idle = &mut st.idle;
-        if !idle.contains_key(&key) && idle.len() >= MAX_SERVICES {
-            idle.retain(|_, l| l.iter().any(|i| i.since.elapsed() < IDLE_FOR));
-            if idle.len() >= MAX_SERVICES {
+        let full = |st: &State| {
+            st.count >= self.caps.total
+                || (!st.idle.contains_key(&key) && st.idle.len() >= self.caps.keys)
+                || st.idle.get(&key).map_or(0, Vec::len) >= self.caps.per_key
+        };
+        if full(&st) {
+            st.expire();
+            if full(&st) {
                 return;
             }
         }
-        let list = idle.entry(key).or_default();
-        list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.send.is_closed());
-        if list.len() < MAX_IDLE_PER_SERVICE {
-            list.push(Idle {
-                send,
-                since: Instant::now(),
-            });
-        }
+        st.idle.entry(key).or_default().push(Idle {
+            send,
+            since: Instant::now(),
+        });
+        st.count += 1;
     }
 
-    /// Idle connections kept now, all services together.
+    /// Idle connections kept now, all keys together.
     pub fn idle(&self) -> usize {
-        tunneld_core::sync::lock(&self.state)
-            .idle
-            .values()
-            .map(Vec::len)
-            .sum()
+        crate::sync::lock(&self.state).count
     }
 
     /// Sends `req` on an idle connection of service `key`; gives the request back when none
@@ -162,13 +213,13 @@ impl LocalPool {
     pub async fn send_new(
         self: &Arc<Self>,
         key: Option<&str>,
-        io: tunneld_core::io::BoxIo,
+        io: crate::io::BoxIo,
         mut req: Request<Body>,
         max_head: usize,
     ) -> Result<Response<Body>, OpenError> {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
-        let mut send = tunneld_core::http_forward::http1_handshake(io, max_head).await?;
+        let mut send = crate::http_forward::http1_handshake(io, max_head).await?;
         let resp = send
             .send_request(req)
             .await

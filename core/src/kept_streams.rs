@@ -1,0 +1,96 @@
+//! tunneld's kept-alive tunnel streams: on a session whose transport carries byte streams
+//! (yamux, websocket) and whose tunnelc splices each stream to one local connection (it says
+//! [`crate::proto::CAP_KEEPALIVE`]), a visitor HTTP request of an `http` tunnel goes on an
+//! idle HTTP/1.1 stream left by an earlier request of the same tunnel, so neither a stream nor
+//! a local connection is opened per request (nginx's upstream `keepalive`, across the tunnel).
+//!
+//! Bounded per session: [`PER_TUNNEL`] idle streams per tunnel, [`PER_SESSION`] in all, each
+//! for [`crate::keepalive_pool::IDLE_FOR`]. Idle streams hold no visitor's stream permit:
+//! each request takes one of its own (the per-tunnel and per-address caps count requests in
+//! flight, as before). Never kept: tunnels whose tunnelc said `+no-keepalive:<name>`
+//! (`reuse_connections: false`), streams with a PROXY header (it names one visitor), upgrades.
+
+use crate::http_forward::Body;
+use crate::io::BoxIo;
+use crate::keepalive_pool::{Caps, LocalPool};
+use crate::proto::Hello;
+use crate::session::{OpenError, StreamHeader};
+use prometheus::IntCounter;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Idle kept streams per tunnel of a session.
+pub const PER_TUNNEL: usize = 16;
+/// Idle kept streams per session, all tunnels together.
+pub const PER_SESSION: usize = 64;
+
+/// A session's idle HTTP/1.1 streams, by tunnel.
+pub struct KeptStreams {
+    pool: Arc<LocalPool>,
+    /// Tunnels whose streams carry one request each.
+    off: BTreeSet<String>,
+    reused: IntCounter,
+    opened: IntCounter,
+}
+
+impl KeptStreams {
+    /// For a session whose tunnelc keeps streams alive; `counters` is the
+    /// `tunneld_kept_streams_total` series for (`reused`, `opened`).
+    pub fn for_hello(hello: &Hello, counters: (IntCounter, IntCounter)) -> Option<Self> {
+        let off = hello.keepalive_off()?;
+        Some(Self {
+            pool: LocalPool::with_caps(Caps {
+                per_key: PER_TUNNEL,
+                keys: PER_SESSION,
+                total: PER_SESSION,
+            }),
+            off,
+            reused: counters.0,
+            opened: counters.1,
+        })
+    }
+
+    /// The pool key of a request's stream, when it may be kept: the tunnel (and the admin
+    /// mapping's local target).
+    pub fn key(&self, h: &StreamHeader) -> Option<String> {
+        if h.proxy_protocol.is_some() {
+            return None;
+        }
+        match &h.target {
+            None if self.off.contains(&h.tunnel) => None,
+            None => Some(h.tunnel.clone()),
+            Some(t) => Some(format!("{}\n{t}", h.tunnel)),
+        }
+    }
+
+    /// Sends `req` on an idle stream of `key`, or on the stream `open` gives, which is kept
+    /// once its response was read to the end.
+    pub async fn request<F>(
+        &self,
+        key: &str,
+        req: http::Request<Body>,
+        max_head: usize,
+        open: F,
+    ) -> Result<http::Response<Body>, OpenError>
+    where
+        F: Future<Output = Result<BoxIo, OpenError>>,
+    {
+        match self.pool.send_pooled(key, req, max_head).await {
+            Ok(answered) => {
+                self.reused.inc();
+                answered
+            }
+            Err(req) => {
+                let io = open.await?;
+                self.opened.inc();
+                self.pool.send_new(Some(key), io, req, max_head).await
+            }
+        }
+    }
+
+    /// Idle streams kept now.
+    pub fn idle(&self) -> usize {
+        self.pool.idle()
+    }
+}
