@@ -81,22 +81,36 @@ pub async fn tunneld(
     service: SocketAddr,
     dir: &Path,
 ) -> Result<Public> {
-    let components = "transports: { h2: { type: h2-reverse }, edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } } }\nfrontends: { web: { type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 } }\n";
+    // The edge transport: yamux, or websocket (plain, its own port; visitors still come
+    // through the https frontend).
+    let edge = match transport {
+        "websocket" => "edge: { type: websocket, listen: 127.0.0.1:0, domain: localhost, frontend: web, max_conversations: 4096 }",
+        _ => "edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } }",
+    };
+    let components = format!("transports: {{ h2: {{ type: h2-reverse }}, {edge} }}\nfrontends: {{ web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }} }}\n");
     let (server, addrs, ca) = start_tunneld(
         bins,
         dir,
         "",
-        components,
+        &components,
         &["transport=edge", "frontend=web"],
     )
     .await?;
     let (edge, web) = (&addrs[0], &addrs[1]);
-    let (to, kind) = match transport {
-        "h2-reverse" => (web, "h2-reverse"),
-        _ => (edge, "yamux"),
+    let server_lines = match transport {
+        "h2-reverse" => format!(
+            "server: {web}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\n"
+        ),
+        "websocket" => {
+            let port = edge.rsplit(':').next().unwrap_or_default();
+            format!("server: http://localhost:{port}\ntransport: websocket\n")
+        }
+        _ => format!(
+            "server: {edge}\nserver_name: localhost\ntransport: yamux\ntls: {{ ca: {ca} }}\n"
+        ),
     };
     let yaml = format!(
-        "server: {to}\nserver_name: localhost\ntransport: {kind}\ntls: {{ ca: {ca} }}\ntunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n    reuse_connections: {reuse}\n"
+        "{server_lines}tunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n    reuse_connections: {reuse}\n"
     );
     let (client, _) = start_tunnelc(bins, dir, &yaml).await?;
     Ok(Public {

@@ -308,8 +308,9 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The HTTPS rows (h2load visitors): tunneld's https-subdomain frontend over h2-reverse and
-/// yamux, and nginx terminating TLS in front of the same service (1 and 2 workers).
+/// The HTTPS rows (h2load visitors): tunneld's https-subdomain frontend over h2-reverse,
+/// yamux and websocket (with and without kept-alive connections), and nginx terminating TLS
+/// in front of the same service (1 and 2 workers).
 async fn https_rows(
     bins: &Path,
     service: std::net::SocketAddr,
@@ -326,6 +327,8 @@ async fn https_rows(
         "https-h2",
         "https-h2-noreuse",
         "https-yamux",
+        "https-yamux-noreuse",
+        "https-websocket",
         "nginx-1",
         "nginx-2",
     ] {
@@ -336,6 +339,9 @@ async fn https_rows(
             // The same without tunnelc's kept-alive connections: what they are worth.
             "https-h2-noreuse" => https::tunneld("h2-reverse", false, bins, service, &dir).await?,
             "https-yamux" => https::tunneld("yamux", true, bins, service, &dir).await?,
+            // Without tunneld's kept-alive streams: a stream and a local connection a request.
+            "https-yamux-noreuse" => https::tunneld("yamux", false, bins, service, &dir).await?,
+            "https-websocket" => https::tunneld("websocket", true, bins, service, &dir).await?,
             _ => match https::nginx_path() {
                 Some(n) => {
                     let workers = if kind == "nginx-1" { 1 } else { 2 };

@@ -81,7 +81,8 @@ fn bench_runner_smoke_mode_measures_every_system() {
             );
         }
     }
-    // The HTTPS rows: tunneld's https-subdomain frontend over both transports beside nginx.
+    // The HTTPS rows: tunneld's https-subdomain frontend over every transport that carries
+    // http tunnels, beside nginx.
     let https: Vec<&str> = json["https"]
         .as_array()
         .expect("https")
@@ -95,6 +96,8 @@ fn bench_runner_smoke_mode_measures_every_system() {
                 "tunneld https-subdomain over h2-reverse",
                 "tunneld https-subdomain over h2-reverse, reuse_connections: false",
                 "tunneld https-subdomain over yamux",
+                "tunneld https-subdomain over yamux, reuse_connections: false",
+                "tunneld https-subdomain over websocket",
                 "nginx, 1 worker (TLS + keep-alive proxy)",
                 "nginx, 2 workers (TLS + keep-alive proxy)",
             ]
