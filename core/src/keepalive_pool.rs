@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Idle connections kept per local service (tunnelc's pool).
-pub const MAX_IDLE_PER_SERVICE: usize = 32;
+pub const MAX_IDLE_PER_SERVICE: usize = 64;
 /// How long an idle connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
 /// How long a connection just given back may take to be ready for the next request.

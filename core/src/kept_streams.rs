@@ -21,9 +21,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// Idle kept streams per tunnel of a session.
-pub const PER_TUNNEL: usize = 16;
+pub const PER_TUNNEL: usize = 64;
 /// Idle kept streams per session, all tunnels together.
-pub const PER_SESSION: usize = 64;
+pub const PER_SESSION: usize = 128;
 
 /// A session's idle HTTP/1.1 streams, by tunnel.
 pub struct KeptStreams {
