@@ -1,6 +1,9 @@
 //! tunnelc's side of the handshake every native transport shares: TCP, TLS, the `TUNNELD1`
 //! preamble with the hello frame, and tunneld's answer, under one deadline.
 
+mod connect_any;
+pub use connect_any::{connect_any, PER_ADDRESS};
+
 use crate::proto::{encode_frame, read_frame, FrameError, Hello, ServerHello, TunnelStatus, MAGIC};
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +166,7 @@ async fn dial_inner(target: &DialTarget, hello: &Hello) -> Result<Welcomed, Dial
         server: server.clone(),
         reason: e.to_string(),
     };
-    let tcp = TcpStream::connect(&target.server)
+    let tcp = connect_any(target.server.as_str())
         .await
         .map_err(|e| DialError::Connect {
             server: server.clone(),

@@ -62,7 +62,7 @@ pub async fn park(opts: &ParkOptions, id: &str, code: Option<&str>) -> Result<Pa
         detail,
     };
     let attempt = async {
-        let tcp = TcpStream::connect(&opts.server)
+        let tcp = tunneld_core::dial::connect_any(opts.server.as_str())
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -146,7 +145,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
 /// TCP, then TLS for `https`/`wss` URLs.
 async fn connect(opts: &DialOptions) -> Result<BoxIo, DialError> {
     let server = opts.url.authority.clone();
-    let tcp = TcpStream::connect((opts.url.host.as_str(), opts.url.port))
+    let tcp = tunneld_core::dial::connect_any((opts.url.host.as_str(), opts.url.port))
         .await
         .map_err(|e| DialError::Connect {
             server: server.clone(),
