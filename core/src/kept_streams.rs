@@ -4,8 +4,9 @@
 //! idle HTTP/1.1 stream left by an earlier request of the same tunnel, so neither a stream nor
 //! a local connection is opened per request (nginx's upstream `keepalive`, across the tunnel).
 //!
-//! Bounded per session: [`PER_TUNNEL`] idle streams per tunnel, [`PER_SESSION`] in all, each
-//! for [`crate::keepalive_pool::IDLE_FOR`]. Idle streams hold no visitor's stream permit:
+//! Bounded per session: [`PER_TUNNEL`] idle streams per tunnel, [`PER_SESSION`] in all (and
+//! at most a quarter of the session's stream cap), each for
+//! [`crate::keepalive_pool::IDLE_FOR`]. Idle streams hold no visitor's stream permit:
 //! each request takes one of its own (the per-tunnel and per-address caps count requests in
 //! flight, as before). Never kept: tunnels whose tunnelc said `+no-keepalive:<name>`
 //! (`reuse_connections: false`), streams with a PROXY header (it names one visitor), upgrades.
@@ -37,13 +38,23 @@ pub struct KeptStreams {
 impl KeptStreams {
     /// For a session whose tunnelc keeps streams alive; `counters` is the
     /// `tunneld_kept_streams_total` series for (`reused`, `opened`).
-    pub fn for_hello(hello: &Hello, counters: (IntCounter, IntCounter)) -> Option<Self> {
+    /// `stream_cap`: the session's own cap on open streams, of which idle kept streams take
+    /// at most a quarter (so they never keep a neighbour tunnel's visitor out).
+    pub fn for_hello(
+        hello: &Hello,
+        stream_cap: Option<usize>,
+        counters: (IntCounter, IntCounter),
+    ) -> Option<Self> {
         let off = hello.keepalive_off()?;
+        let total = stream_cap.map_or(PER_SESSION, |c| (c / 4).min(PER_SESSION));
+        if total == 0 {
+            return None;
+        }
         Some(Self {
             pool: LocalPool::with_caps(Caps {
-                per_key: PER_TUNNEL,
-                keys: PER_SESSION,
-                total: PER_SESSION,
+                per_key: PER_TUNNEL.min(total),
+                keys: total,
+                total,
             }),
             off,
             reused: counters.0,

@@ -78,6 +78,12 @@ pub trait OpenStream: Send + Sync + 'static {
         false
     }
 
+    /// The most streams the session may have open at once, when the transport caps them
+    /// (kept-alive streams then take at most a quarter of it).
+    fn stream_cap(&self) -> Option<usize> {
+        None
+    }
+
     /// Forwards one visitor HTTP request. Transports that carry HTTP natively (h2-reverse)
     /// send it as a request of their own; the others open a stream and speak HTTP/1.1 on it.
     async fn request(

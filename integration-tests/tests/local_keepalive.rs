@@ -312,3 +312,72 @@ async fn flooded_neighbour(via: Via) {
 async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_streams() {
     flooded_neighbour(Via::Yamux).await
 }
+
+/// One echo visitor of `ep` that got its stream (tried again, for at most 1 s, while the
+/// session's slots are all taken): the connection, held open.
+async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::TcpStream> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let mut c = tokio::net::TcpStream::connect(ep).await?;
+        let tried = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            attack::echo_on(&mut c, seed),
+        )
+        .await;
+        match tried {
+            Ok(Ok(())) => return Ok(c),
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => anyhow::bail!("no echo within 500 ms"),
+        }
+    }
+}
+
+/// Idle kept streams take at most a quarter of a session's stream cap: right after eight
+/// visitors at once of an http tunnel on a session capped at 8 streams (its idle streams are
+/// kept for 4 s), six visitors of a tcp neighbour of the same tunnelc are all served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_streams_leave_a_neighbour_room_in_the_session() {
+    let s = attack::server(false, &[]).await.expect("server");
+    let web = services::slow_http(std::time::Duration::from_millis(100)).await;
+    let echo = services::echo().await;
+    let tunnels = format!(
+        "{}{}",
+        attack::http_tunnel("web", web),
+        attack::tcp_tunnel("echo", echo)
+    );
+    let cfg = s
+        .client_config_with(
+            tunneld_integration_tests::ALICE_TOKEN,
+            &tunnels,
+            &["yamux.max_streams=8".to_string()],
+        )
+        .expect("cfg");
+    let mut alice = TestClient::spawn(cfg);
+    let got = alice.connected().await.expect("alice");
+    let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
+    let visits: Vec<_> = (0..8).map(|_| visit(&s, "web")).collect();
+    for body in futures::future::join_all(visits).await {
+        assert_eq!(body, "ok");
+    }
+    let mut held = Vec::new();
+    for seed in 0..6 {
+        let c = echo_visitor(ep, seed)
+            .await
+            .unwrap_or_else(|e| panic!("echo visitor {seed} with {} held: {e:#}", held.len()));
+        held.push(c);
+    }
+    let m = s.metrics().await;
+    let kept = m.get(
+        "tunneld_kept_streams_total",
+        &[("transport", "edge"), ("result", "opened")],
+    );
+    assert!(
+        kept >= 1.0,
+        "the http visitors went on kept streams: {kept}"
+    );
+    drop(held);
+    alice.shutdown().await.expect("alice stops");
+}

@@ -302,6 +302,7 @@ impl Hub {
             let c = &self.metrics.kept_streams_total;
             crate::kept_streams::KeptStreams::for_hello(
                 hello,
+                opener.stream_cap(),
                 (
                     c.with_label_values(&[transport, "reused"]),
                     c.with_label_values(&[transport, "opened"]),

@@ -199,6 +199,11 @@ pub enum OpenRefused {
 }
 
 impl Mux {
+    /// The most conversations open at once.
+    pub fn max_conversations(&self) -> usize {
+        self.shared.max
+    }
+
     /// `native`: the `tunneld.1` extensions were negotiated.
     pub fn new(native: bool, max_conversations: usize, metrics: MuxMetrics) -> (Self, Outbox) {
         let max = max_conversations.max(1);

@@ -261,16 +261,16 @@ impl YamuxTransport {
     ) -> Option<(SessionGuard, mpsc::Receiver<OpenReply>, control::ProbeLink)> {
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let (probes, probe_link) = control::Probes::new();
+        // Never more than the client accepts: past its yamux ceiling it would end the
+        // session.
+        let cap = hello.max_streams.map_or(self.cfg.yamux.max_streams, |m| {
+            (m as usize).clamp(1, self.cfg.yamux.max_streams)
+        });
         let opener = Arc::new(YamuxOpener {
             tx: open_tx,
             probes,
-            // Never more than the client accepts: past its yamux ceiling it would end the
-            // session.
-            slots: Arc::new(Semaphore::new(
-                hello.max_streams.map_or(self.cfg.yamux.max_streams, |m| {
-                    (m as usize).clamp(1, self.cfg.yamux.max_streams)
-                }),
-            )),
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
         });
         let guard = cx
             .hub
@@ -405,12 +405,18 @@ struct YamuxOpener {
     probes: control::Probes,
     /// Visitor streams this session may have open (`yamux.max_streams`).
     slots: Arc<Semaphore>,
+    /// The number of `slots`.
+    cap: usize,
 }
 
 #[async_trait]
 impl OpenStream for YamuxOpener {
     async fn probe(&self, deadline: Duration) -> bool {
         self.probes.probe(deadline).await
+    }
+
+    fn stream_cap(&self) -> Option<usize> {
+        Some(self.cap)
     }
 
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {

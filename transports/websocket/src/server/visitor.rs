@@ -194,6 +194,10 @@ impl OpenStream for WsOpener {
         self.mux.probe(deadline).await
     }
 
+    fn stream_cap(&self) -> Option<usize> {
+        Some(self.mux.max_conversations())
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let refused = |e: OpenRefused| match e {
             OpenRefused::TooMany => OpenError::TooManyStreams,
