@@ -236,6 +236,18 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Makes the request's URI the absolute `https://{host}{path}` an HTTP/2 upstream needs
+/// (the path and query kept; `/` when it has none).
+pub fn set_absolute_uri(uri: &mut Uri, host: &str) {
+    let pq = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(u) = format!("https://{host}{pq}").parse() {
+        *uri = u;
+    }
+}
+
 /// Turns an absolute-form request into the origin form HTTP/1.1 servers expect, with a
 /// `Host` header taken from the URI when the request has none.
 pub fn to_origin_form<B>(req: &mut Request<B>) {

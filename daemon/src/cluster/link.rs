@@ -268,14 +268,7 @@ fn absolute(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(host) = host {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        if let Ok(u) = format!("https://{host}{pq}").parse() {
-            parts.uri = u;
-        }
+        tunneld_core::http_forward::set_absolute_uri(&mut parts.uri, &host);
     }
     http::Request::from_parts(parts, tunneld_core::http_forward::boxed(body))
 }

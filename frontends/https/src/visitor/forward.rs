@@ -50,14 +50,7 @@ impl Conn {
             parts.headers.insert("x-forwarded-host", v.clone());
             parts.headers.insert(header::HOST, v);
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        if let Ok(u) = format!("https://{raw_host}{pq}").parse() {
-            parts.uri = u;
-        }
+        tunneld_core::http_forward::set_absolute_uri(&mut parts.uri, raw_host);
         Request::from_parts(parts, coalesced(boxed(body)))
     }
 
