@@ -480,8 +480,14 @@ impl Connector {
 #[async_trait]
 impl LocalConnector for Connector {
     fn pool_key(&self, h: &StreamHeader) -> Option<String> {
-        let own = h.target.is_none();
-        if own && !self.tunnels.get(&h.tunnel).is_some_and(|t| t.reuse) {
+        // The tunnel whose local service the stream reaches: its own, or the one a
+        // service-name mapping names; that tunnel's `reuse_connections` holds.
+        let service = match &h.target {
+            None => Some(&h.tunnel),
+            Some(t) if !t.contains(':') => Some(t),
+            Some(_) => None,
+        };
+        if service.is_some_and(|t| !self.tunnels.get(t).is_some_and(|t| t.reuse)) {
             return None;
         }
         let (target, proxy, host_header) = self.resolve(h).ok()?;

@@ -20,6 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -196,12 +197,17 @@ impl LocalPool {
             {
                 continue;
             }
-            match send.try_send_request(req).await {
-                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), send, resp))),
-                Err(mut e) => match e.take_message() {
+            // A kept connection the service closes just as the request goes out: a request
+            // that is safe to send again (no body, idempotent) goes on the next one.
+            let again = replayable(&req);
+            let (tracked, sent) = track_body(req);
+            match send.try_send_request(tracked).await {
+                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), send, resp, sent))),
+                Err(mut e) => match (e.take_message(), again) {
                     // Not sent: the connection had closed. The next one, or a new one.
-                    Some(back) => req = back,
-                    None => return Ok(Err(send_error(e.into_error(), max_head))),
+                    (Some(back), _) => req = back,
+                    (None, Some(copy)) if closed_early(e.error()) => req = copy,
+                    (None, _) => return Ok(Err(send_error(e.into_error(), max_head))),
                 },
             }
         }
@@ -220,52 +226,144 @@ impl LocalPool {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
         let mut send = crate::http_forward::http1_handshake(io, max_head).await?;
+        let (req, sent) = track_body(req);
         let resp = send
             .send_request(req)
             .await
             .map_err(|e| send_error(e, max_head))?;
         Ok(match keep {
             Some(k) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
-                self.returning(k, send, resp)
+                self.returning(k, send, resp, sent)
             }
             _ => resp.map(boxed),
         })
     }
 
     /// The response, whose body gives the connection back when read to the end.
+    /// `sent` says whether the request body went out whole: a connection whose response
+    /// ended before its upload did (an early 413, say) is not kept.
     fn returning(
         self: &Arc<Self>,
         key: String,
         send: SendRequest<Body>,
         resp: Response<hyper::body::Incoming>,
+        sent: Arc<AtomicBool>,
     ) -> Response<Body> {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS || connection_auth(&resp) {
             return resp.map(boxed);
         }
         resp.map(|inner| {
             boxed(Returning {
                 inner,
                 back: Some((self.clone(), key, send)),
+                sent,
             })
         })
     }
 }
 
-/// Whether a request may use (and leave) a kept connection: not a tunnel or an upgrade.
+/// Whether a request may use (and leave) a kept connection: not a tunnel or an upgrade, and
+/// not a connection-bound login (NTLM, Negotiate), which must never pass to another visitor.
 fn poolable<B>(req: &Request<B>) -> bool {
-    req.method() != Method::CONNECT && !req.headers().contains_key(http::header::UPGRADE)
+    req.method() != Method::CONNECT
+        && !req.headers().contains_key(http::header::UPGRADE)
+        && !req
+            .headers()
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .any(connection_scheme)
+}
+
+/// Whether a response starts a connection-bound login (`WWW-Authenticate: NTLM` or
+/// `Negotiate`): its connection is not kept.
+fn connection_auth<B>(resp: &Response<B>) -> bool {
+    resp.headers()
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .any(connection_scheme)
+}
+
+fn connection_scheme(v: &http::HeaderValue) -> bool {
+    let v = v.as_bytes();
+    let starts = |p: &[u8]| v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"ntlm") || starts(b"negotiate")
+}
+
+/// A copy of a request that may be sent again: no body, and a method that is safe to repeat.
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !hyper::body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut copy = Request::new(crate::http_forward::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether a send failed because the connection closed before any answer (the service
+/// closed its idle connection as the request went out).
+fn closed_early(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_closed() || e.is_canceled()
+}
+
+/// The request with a body that sets the flag once it ended (at once for an empty one).
+fn track_body(req: Request<Body>) -> (Request<Body>, Arc<AtomicBool>) {
+    let (parts, inner) = req.into_parts();
+    let sent = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(&inner)));
+    let body = Tracked {
+        inner,
+        sent: sent.clone(),
+    };
+    (Request::from_parts(parts, boxed(body)), sent)
+}
+
+/// A request body that says when it was sent whole.
+struct Tracked {
+    inner: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that puts its connection back in the pool at its end.
 struct Returning {
     inner: hyper::body::Incoming,
     back: Option<(Arc<LocalPool>, String, SendRequest<Body>)>,
+    /// The request body went out whole.
+    sent: Arc<AtomicBool>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
         if let Some((pool, key, send)) = self.back.take() {
-            pool.put(key, send);
+            if self.sent.load(Ordering::Acquire) {
+                pool.put(key, send);
+            }
         }
     }
 }

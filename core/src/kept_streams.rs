@@ -52,7 +52,8 @@ impl KeptStreams {
         }
         Some(Self {
             pool: LocalPool::with_caps(Caps {
-                per_key: PER_TUNNEL.min(total),
+                // Half at most for one tunnel, so a busy one leaves its neighbours room.
+                per_key: PER_TUNNEL.min(total / 2).max(1),
                 keys: total,
                 total,
             }),
@@ -71,6 +72,8 @@ impl KeptStreams {
         match &h.target {
             None if self.off.contains(&h.tunnel) => None,
             None => Some(h.tunnel.clone()),
+            // A service name (no port) is that tunnel's local service: its opt-out holds.
+            Some(t) if !t.contains(':') && self.off.contains(t) => None,
             Some(t) => Some(format!("{}\n{t}", h.tunnel)),
         }
     }

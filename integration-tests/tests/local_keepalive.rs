@@ -381,3 +381,63 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     drop(held);
     alice.shutdown().await.expect("alice stops");
 }
+
+/// One visitor request to `name.localhost` with an `Authorization` header: the body.
+async fn visit_authorized(s: &TestServer, name: &str, authorization: &str) -> String {
+    let port = s.web().port();
+    let host = format!("{name}.localhost");
+    let ca = s.ca_file().display().to_string();
+    let (st, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Authorization: {authorization}"),
+        "--resolve",
+        &format!("{host}:{port}:127.0.0.1"),
+        &format!("https://{host}:{port}/"),
+    ])
+    .await
+    .expect("curl");
+    assert!(st.success(), "{name}: {st} {body}");
+    body
+}
+
+/// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests
+/// that carry one are not sent on kept connections, nor leave theirs behind, over every
+/// transport; plain requests of the same tunnel still share theirs.
+async fn logins_are_not_shared(via: Via) {
+    let s = attack::server(via == Via::Websocket, &[])
+        .await
+        .expect("server");
+    let (svc, n) = counting("svc", false).await;
+    let tunnels = attack::http_tunnel("svc", svc);
+    let mut alice = TestClient::spawn(attack::client_config(&s, via, &tunnels).expect("cfg"));
+    alice.connected().await.expect("alice");
+    for auth in [
+        "NTLM TlRMTVNTUAABAAAA",
+        "Negotiate YIIFzwYGKwYBBQUCoIIF",
+        "ntlm abc",
+    ] {
+        assert_eq!(visit_authorized(&s, "svc", auth).await, "svc");
+    }
+    assert_eq!(
+        n.accepted.load(Ordering::SeqCst),
+        3,
+        "{via:?}: each login took a connection of its own"
+    );
+    for _ in 0..5 {
+        assert_eq!(visit(&s, "svc").await, "svc");
+    }
+    assert!(
+        n.accepted.load(Ordering::SeqCst) <= 5,
+        "{via:?}: plain visitors did not share their connections"
+    );
+    alice.shutdown().await.expect("alice stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_bound_logins_are_never_shared() {
+    for via in [Via::H2Reverse, Via::Yamux, Via::Websocket] {
+        logins_are_not_shared(via).await;
+    }
+}

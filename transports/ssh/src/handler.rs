@@ -106,7 +106,13 @@ impl russh::server::Handler for Conn {
             return Err(russh::Error::NotAuthenticated);
         };
         let _ = self.opener.handle.set(session.handle());
-        let agent = String::from_utf8_lossy(session.remote_sshid()).into_owned();
+        // The client's version text, for logs; words that would read as tunnelc's
+        // capabilities (`+keepalive`, ...) are dropped: an SSH client has none of them.
+        let agent = String::from_utf8_lossy(session.remote_sshid())
+            .split_whitespace()
+            .filter(|w| !w.starts_with('+'))
+            .collect::<Vec<_>>()
+            .join(" ");
         let hello = Hello {
             version: VERSION,
             token: None,
