@@ -68,18 +68,20 @@ async fn counting(tag: &'static str, close: bool) -> (SocketAddr, Arc<Counts>) {
 
 /// One visitor request to `name.localhost` through the web frontend: the body.
 async fn visit(s: &TestServer, name: &str) -> String {
+    visit_with(s, name, &[]).await
+}
+
+/// [`visit`] with more curl arguments (headers).
+async fn visit_with(s: &TestServer, name: &str, extra: &[&str]) -> String {
     let port = s.web().port();
     let host = format!("{name}.localhost");
     let ca = s.ca_file().display().to_string();
-    let (st, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &format!("{host}:{port}:127.0.0.1"),
-        &format!("https://{host}:{port}/"),
-    ])
-    .await
-    .expect("curl");
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}/");
+    let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (st, body) = curl(&args).await.expect("curl");
     assert!(st.success(), "{name}: {st} {body}");
     body
 }
@@ -382,26 +384,6 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     alice.shutdown().await.expect("alice stops");
 }
 
-/// One visitor request to `name.localhost` with an `Authorization` header: the body.
-async fn visit_authorized(s: &TestServer, name: &str, authorization: &str) -> String {
-    let port = s.web().port();
-    let host = format!("{name}.localhost");
-    let ca = s.ca_file().display().to_string();
-    let (st, body) = curl(&[
-        "--cacert",
-        &ca,
-        "-H",
-        &format!("Authorization: {authorization}"),
-        "--resolve",
-        &format!("{host}:{port}:127.0.0.1"),
-        &format!("https://{host}:{port}/"),
-    ])
-    .await
-    .expect("curl");
-    assert!(st.success(), "{name}: {st} {body}");
-    body
-}
-
 /// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests
 /// that carry one are not sent on kept connections, nor leave theirs behind, over every
 /// transport; plain requests of the same tunnel still share theirs.
@@ -418,7 +400,8 @@ async fn logins_are_not_shared(via: Via) {
         "Negotiate YIIFzwYGKwYBBQUCoIIF",
         "ntlm abc",
     ] {
-        assert_eq!(visit_authorized(&s, "svc", auth).await, "svc");
+        let header = format!("Authorization: {auth}");
+        assert_eq!(visit_with(&s, "svc", &["-H", &header]).await, "svc");
     }
     assert_eq!(
         n.accepted.load(Ordering::SeqCst),
