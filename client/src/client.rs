@@ -15,10 +15,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tunneld_core::auth::random_bytes;
 use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::io::BoxIo;
-use tunneld_core::proto::{Hello, TunnelKind, TunnelRequest, TunnelStatus, VERSION};
+use tunneld_core::proto::{Hello, TunnelKind, TunnelStatus};
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::{ClientSession, LocalConnector, LocalError, SessionNews, StreamHeader};
 use tunneld_core::tls::{client_config, ClientTrust};
@@ -140,55 +139,6 @@ impl Dialer {
     }
 }
 
-/// The hello of this tunnelc; `instance` names the process across its reconnects.
-fn hello(cfg: &ClientConfig, instance: String) -> Hello {
-    Hello {
-        version: VERSION,
-        token: cfg.token.as_ref().map(|t| t.0.clone()),
-        tunnels: cfg
-            .tunnels
-            .iter()
-            .map(|(name, t)| TunnelRequest {
-                name: name.clone(),
-                kind: t.kind,
-                remote_port: t.remote_port,
-                frontend: t.frontend.clone(),
-                proxy_protocol: t.proxy_protocol,
-                subdomain: t.subdomain.clone(),
-            })
-            .collect(),
-        accept_server_mappings: cfg.accept_server_mappings,
-        agent: agent(cfg),
-        max_streams: Some(cfg.yamux.max_streams as u32),
-        instance: Some(instance),
-    }
-}
-
-/// The hello's agent text: version and capabilities. Every stream this tunnelc accepts is
-/// spliced to one local connection, so tunneld may keep streams alive between HTTP requests
-/// (`+keepalive`), except for tunnels that want a connection per request or per visitor.
-fn agent(cfg: &ClientConfig) -> String {
-    use tunneld_core::proto::{CAP_HANDOVER, CAP_KEEPALIVE, CAP_RETRYING, NO_KEEPALIVE};
-    let mut agent = format!(
-        "tunnelc {} {CAP_RETRYING} {CAP_HANDOVER} {CAP_KEEPALIVE}",
-        env!("CARGO_PKG_VERSION")
-    );
-    for (name, t) in &cfg.tunnels {
-        if !t.reuse_connections || t.proxy_protocol.is_some() {
-            agent.push_str(&format!(" {NO_KEEPALIVE}{name}"));
-        }
-    }
-    agent
-}
-
-/// A fresh instance id: 16 random bytes in hex.
-fn new_instance() -> String {
-    random_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// When tunneld refused every tunnel this tunnelc asked for, the one line that says why:
 /// retrying would get the same answer (a conflict with a live session, a quota, a bad
 /// request), so tunnelc stops instead of looping.
@@ -237,7 +187,7 @@ pub async fn run_inspected(
         .into_iter()
         .map(|s| Ok((Dialer::new(&cfg.for_server(&s))?, s)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut hello = hello(&cfg, new_instance());
+    let mut hello = crate::hello::hello(&cfg, crate::hello::new_instance());
     let connector: Arc<dyn LocalConnector> = Arc::new(Connector {
         tunnels: cfg
             .tunnels

@@ -17,6 +17,7 @@ pub mod cli_docs;
 pub mod client;
 pub mod client_connect;
 pub mod config;
+mod hello;
 pub mod host_rewrite;
 pub mod inspect;
 pub mod logging;
