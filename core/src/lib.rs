@@ -43,6 +43,7 @@ pub mod dial;
 pub mod duration;
 pub mod form;
 pub mod frontend;
+pub mod futures_io;
 pub mod hostglob;
 pub mod html;
 pub mod http1;

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::limits::AddressLimiter;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
@@ -149,7 +150,7 @@ pub async fn serve(
                 );
                 visitors.spawn(async move {
                     tokio::select! {
-                        _ = serve_stream(stream.compat(), &*routes, &metrics, &node) => {}
+                        _ = serve_stream(stream.tokio_io(), &*routes, &metrics, &node) => {}
                         _ = streams.cancelled() => {}
                     }
                 });
@@ -414,7 +415,7 @@ impl Links {
                 }
                 e => link(e.to_string()),
             })?;
-        let mut io = stream.compat();
+        let mut io = stream.tokio_io();
         write_line(&mut io, req)
             .await
             .map_err(|e| link(e.to_string()))?;

@@ -271,8 +271,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                 // End of input: the server finishes what it has and shuts down.
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut chunk);
+            // Uninitialised: TLS streams copy into it, so no 16 KiB memset per read.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
             let got = rb.filled();
             if got.is_empty() {

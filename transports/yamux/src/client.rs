@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
+use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
@@ -68,7 +69,7 @@ impl ClientSession for Connected {
             let cancel = streams.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = serve_stream(stream.compat(), connector) => {}
+                    _ = serve_stream(stream.tokio_io(), connector) => {}
                     _ = cancel.cancelled() => {}
                 }
             });
@@ -98,7 +99,7 @@ impl ClientSession for Connected {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                end = control::run(stream.compat(), interval, true, outbox, None, Some(inbox)) => end.to_string(),
+                end = control::run(stream.tokio_io(), interval, true, outbox, None, Some(inbox)) => end.to_string(),
                 _ = forward => unreachable_end(),
             }
         };

@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
@@ -380,7 +381,7 @@ async fn run_session<T>(
         // tunneld acts on no message of tunnelc's but ping, pong and bye: others are
         // dropped as they arrive, never queued.
         control::run(
-            stream.compat(),
+            stream.tokio_io(),
             interval,
             false,
             notifications,
@@ -431,7 +432,7 @@ impl OpenStream for YamuxOpener {
                 ConnectionError::Closed => OpenError::Offline,
                 e => OpenError::Session(e.to_string()),
             })?;
-        let mut io = stream.compat();
+        let mut io = stream.tokio_io();
         write_frame(&mut io, &header)
             .await
             .map_err(|e| OpenError::Session(e.to_string()))?;

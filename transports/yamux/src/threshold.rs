@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tunneld_core::auth::Identity;
 use tunneld_core::duration::serde_human;
+use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::io::BoxIo;
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
@@ -433,7 +433,7 @@ impl OpenStream for ThresholdOpener {
         }
         // The session's watchdog bounds this wait; the frontend bounds it too.
         let stream = rx.await.map_err(|_| OpenError::Offline)?;
-        let mut io = stream.compat();
+        let mut io = stream.tokio_io();
         if let Some(v) = header.proxy_protocol {
             // The original server wrote the PROXY line itself; the client passes it on.
             io.write_all(&proxy_protocol::encode(v, header.visitor, header.public))

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tunneld_core::auth::Identity;
+use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{Hello, VERSION};
@@ -157,7 +158,7 @@ async fn serve<C>(
     });
     let control = async {
         match tokio::time::timeout(Duration::from_secs(10), ctl_rx).await {
-            Ok(Ok(s)) => threshold::run_control(s.compat(), line_rx).await,
+            Ok(Ok(s)) => threshold::run_control(s.tokio_io(), line_rx).await,
             _ => "no control stream opened".to_string(),
         }
     };
