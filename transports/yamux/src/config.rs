@@ -6,6 +6,12 @@ use std::net::SocketAddr;
 pub const KIB: usize = 1024;
 /// yamux's initial per-stream window; every stream needs at least this much.
 pub const STREAM_WINDOW: usize = 256 * KIB;
+/// By default a session's window has this much above every stream's own 256 KiB: yamux
+/// grows the window of a stream whose sender uses it up within two round trips (towards the
+/// bandwidth-delay product), out of this shared part only. Without it every stream stays at
+/// 256 KiB, which held one visitor to 4.3-4.9 Gbit/s on loopback while neither process was
+/// busy; with it 6-7 (docs/benchmarks.md).
+pub const GROWTH_WINDOW: usize = 16 * 1024 * KIB;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -27,8 +33,9 @@ pub struct Tuning {
     /// Streams one session may have open at once (both directions together).
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
-    /// Upper bound, in KiB, of what one session may buffer unread across all its streams.
-    /// Raised to 256 KiB × `max_streams` when smaller (each stream needs its window).
+    /// Upper bound, in KiB, of what one session may buffer unread across all its streams
+    /// (default: 256 KiB × the yamux ceiling, plus [`GROWTH_WINDOW`]). Raised to 256 KiB ×
+    /// the ceiling when smaller (each stream needs its window).
     #[serde(default)]
     pub max_receive_window_kib: Option<usize>,
     /// Largest data frame sent, in KiB (at most 1024, the largest a yamux peer accepts).
@@ -71,6 +78,14 @@ impl Tuning {
         Ok(())
     }
 
+    /// The session's receive window for a yamux stream ceiling of `ceiling`.
+    fn receive_window(&self, ceiling: usize) -> usize {
+        self.max_receive_window_kib
+            .map(|k| k * KIB)
+            .unwrap_or(ceiling * STREAM_WINDOW + GROWTH_WINDOW)
+            .max(ceiling * STREAM_WINDOW)
+    }
+
     /// The yamux config. Call [`Tuning::validate`] first.
     pub fn yamux(&self) -> yamux::Config {
         let mut c = yamux::Config::default();
@@ -78,11 +93,7 @@ impl Tuning {
         // yamux ends the whole session when a stream would exceed its ceiling, so the
         // ceiling is twice our own cap (`limit.rs`), plus the control stream.
         let ceiling = streams * 2 + 1;
-        let window = self
-            .max_receive_window_kib
-            .map(|k| k * KIB)
-            .unwrap_or(streams * STREAM_WINDOW + 768 * KIB)
-            .max(ceiling * STREAM_WINDOW);
+        let window = self.receive_window(ceiling);
         // Order matters: each setter asserts window >= streams x 256 KiB.
         c.set_max_connection_receive_window(Some(window.max(512 * STREAM_WINDOW)));
         c.set_max_num_streams(ceiling);
@@ -100,6 +111,23 @@ mod tests {
     fn validation_and_no_panics() {
         assert!(Tuning::default().validate().is_ok());
         let _ = Tuning::default().yamux();
+        // The default leaves room above every stream's own window for yamux to grow busy
+        // streams' windows (the example config spells the same number out).
+        let ceiling = 2 * default_max_streams() + 1;
+        assert_eq!(
+            Tuning::default().receive_window(ceiling),
+            ceiling * STREAM_WINDOW + GROWTH_WINDOW
+        );
+        let small = Tuning {
+            max_receive_window_kib: Some(1024),
+            ..Tuning::default()
+        };
+        assert_eq!(small.receive_window(ceiling), ceiling * STREAM_WINDOW);
+        assert_eq!(
+            (ceiling * STREAM_WINDOW + GROWTH_WINDOW) / KIB,
+            1_065_216,
+            "config.example.yaml's yamux.max_receive_window_kib"
+        );
         let t = Tuning {
             max_streams: 2048,
             max_receive_window_kib: None,
