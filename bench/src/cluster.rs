@@ -189,8 +189,8 @@ pub async fn tunneld_cluster(bins: &Path, service: SocketAddr, dir: &Path) -> Re
         .trim()
         .parse()
         .with_context(|| format!("tunnelc printed {line}"))?;
-    let endpoint = SocketAddr::from(([127, 0, 0, 2], at_n1.port()));
-    crate::load::wait_ready(endpoint, MIRROR_WAIT)
+    let endpoint = crate::endpoint::Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 2], at_n1.port())));
+    crate::load::wait_ready(&endpoint, MIRROR_WAIT)
         .await
         .with_context(|| format!("n2's mirror of {at_n1}"))?;
     Ok(System {

@@ -19,8 +19,9 @@ pub struct HttpsRow {
     pub system: String,
     pub h1_req_s: f64,
     pub h1_mean_ms: f64,
-    pub h2_req_s: f64,
-    pub h2_mean_ms: f64,
+    /// `None` where the public side speaks HTTP/1.1 only.
+    pub h2_req_s: Option<f64>,
+    pub h2_mean_ms: Option<f64>,
 }
 
 /// A public side under test: where visitors connect, and its processes (kept alive).
@@ -31,6 +32,46 @@ pub struct Public {
     /// nginx's master: stopped with SIGTERM so it takes its workers along (a SIGKILL
     /// would leave them holding the port).
     graceful: bool,
+    /// `https`, or `http` for a plain port.
+    scheme: &'static str,
+    /// A header every request carries (the rendezvous visitors' credentials).
+    header: Option<String>,
+    /// Whether HTTP/2 visitors are measured too (TLS with ALPN h2).
+    h2: bool,
+    /// The websocket transport's own (plain HTTP) port, where visitors also come by Host.
+    ws_port: Option<SocketAddr>,
+}
+
+impl Public {
+    /// tunneld and tunnelc behind an HTTPS port that speaks HTTP/1.1 and HTTP/2.
+    pub fn new(name: &str, addr: SocketAddr, procs: Vec<Proc>) -> Self {
+        Self {
+            name: name.to_string(),
+            addr,
+            procs,
+            graceful: false,
+            scheme: "https",
+            header: None,
+            h2: true,
+            ws_port: None,
+        }
+    }
+
+    /// HTTP/1.1 visitors only, each request with `header`.
+    pub fn h1_with(mut self, header: String) -> Self {
+        self.header = Some(header);
+        self.h2 = false;
+        self
+    }
+
+    /// The same processes, visited by Host on the websocket transport's plain HTTP port.
+    pub fn websocket_by_host(mut self) -> Result<Self> {
+        self.addr = self.ws_port.context("not a websocket row")?;
+        self.name = "tunneld websocket, its own port by Host (plain HTTP)".into();
+        self.scheme = "http";
+        self.h2 = false;
+        Ok(self)
+    }
 }
 
 impl Drop for Public {
@@ -49,6 +90,19 @@ impl Drop for Public {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+impl Public {
+    /// tunneld's rows: tunneld as "server", tunnelc as "client" (empty for nginx).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        if self.graceful {
+            return Vec::new();
+        }
+        ["server", "client"]
+            .into_iter()
+            .zip(self.procs.iter().filter_map(Proc::pid))
+            .collect()
     }
 }
 
@@ -113,19 +167,19 @@ pub async fn tunneld(
         "{server_lines}tunnels:\n  bench:\n    type: http\n    local: {service}\n    subdomain: bench\n    reuse_connections: {reuse}\n"
     );
     let (client, _) = start_tunnelc(bins, dir, &yaml).await?;
-    Ok(Public {
-        name: format!(
-            "tunneld https-subdomain over {transport}{}",
-            if reuse {
-                ""
-            } else {
-                ", reuse_connections: false"
-            }
-        ),
-        addr: web.parse()?,
-        procs: vec![server, client],
-        graceful: false,
-    })
+    let name = format!(
+        "tunneld https-subdomain over {transport}{}",
+        if reuse {
+            ""
+        } else {
+            ", reuse_connections: false"
+        }
+    );
+    let mut public = Public::new(&name, web.parse()?, vec![server, client]);
+    if transport == "websocket" {
+        public.ws_port = Some(edge.parse()?);
+    }
+    Ok(public)
 }
 
 /// nginx with `workers` worker processes terminating TLS for `bench.localhost` and
@@ -201,15 +255,13 @@ http {{
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Public {
-        name: format!(
-            "nginx, {workers} worker{} (TLS + keep-alive proxy)",
-            if workers == 1 { "" } else { "s" }
-        ),
-        addr,
-        procs: vec![proc],
-        graceful: true,
-    })
+    let name = format!(
+        "nginx, {workers} worker{} (TLS + keep-alive proxy)",
+        if workers == 1 { "" } else { "s" }
+    );
+    let mut public = Public::new(&name, addr, vec![proc]);
+    public.graceful = true;
+    Ok(public)
 }
 
 /// A certificate for `bench.localhost` (nginx's; h2load does not verify).
@@ -231,7 +283,7 @@ pub async fn h2load(
     secs: f64,
     dir: &Path,
 ) -> Result<(f64, f64)> {
-    let url = format!("https://{HOST}:{}/", public.addr.port());
+    let url = format!("{}://{HOST}:{}/", public.scheme, public.addr.port());
     let connect = public.addr.to_string();
     let (c, d) = (
         conns.to_string(),
@@ -242,6 +294,9 @@ pub async fn h2load(
         args.extend(["-m", "10"]);
     } else {
         args.push("--h1");
+    }
+    if let Some(h) = &public.header {
+        args.extend(["-H", h]);
     }
     args.push(&url);
     let out = tokio::time::timeout(
@@ -305,8 +360,13 @@ fn ms(v: &str) -> Option<f64> {
 /// Both kinds of visitors against `public`.
 pub async fn measure(public: &Public, conns: usize, secs: f64, dir: &Path) -> Result<HttpsRow> {
     let (h1_req_s, h1_mean_ms) = h2load(public, false, conns, secs, dir).await?;
-    let (h2_req_s, h2_mean_ms) = h2load(public, true, conns, secs, dir).await?;
-    if h1_req_s <= 0.0 || h2_req_s <= 0.0 {
+    let (h2_req_s, h2_mean_ms) = if public.h2 {
+        let (r, m) = h2load(public, true, conns, secs, dir).await?;
+        (Some(r), Some(m))
+    } else {
+        (None, None)
+    };
+    if h1_req_s <= 0.0 || h2_req_s.is_some_and(|r| r <= 0.0) {
         bail!("{}: no request succeeded", public.name);
     }
     Ok(HttpsRow {

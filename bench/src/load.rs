@@ -1,26 +1,17 @@
 //! The measurements, run against any endpoint that reaches [`crate::service`].
 
+use crate::endpoint::{Endpoint, Io};
 use crate::service::{HTTP_REQUEST, HTTP_RESPONSE};
 use anyhow::{bail, Context, Result};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .context("connect timed out")??;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
 /// One visitor sends `bytes` to the sink; Gbit/s from connect to the sink's answer.
-pub async fn throughput(addr: SocketAddr, bytes: u64) -> Result<f64> {
+pub async fn throughput(addr: &Endpoint, bytes: u64) -> Result<f64> {
     let started = Instant::now();
-    let mut s = connect(addr).await?;
+    let mut s = addr.connect().await?;
     let fut = async {
         s.write_all(b"S").await?;
         s.write_u64(bytes).await?;
@@ -31,6 +22,8 @@ pub async fn throughput(addr: SocketAddr, bytes: u64) -> Result<f64> {
             s.write_all(&chunk[..n]).await?;
             left -= n as u64;
         }
+        // A TLS visitor (the rendezvous rows) may hold the last record until flushed.
+        s.flush().await?;
         let mut ack = [0u8; 1];
         s.read_exact(&mut ack).await?;
         Ok::<_, std::io::Error>(ack[0])
@@ -45,12 +38,13 @@ pub async fn throughput(addr: SocketAddr, bytes: u64) -> Result<f64> {
 }
 
 /// Time to first byte of `n` fresh connections, one after another, in microseconds.
-pub async fn setup_latency(addr: SocketAddr, n: usize) -> Result<Vec<u64>> {
+pub async fn setup_latency(addr: &Endpoint, n: usize) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let mut s = connect(addr).await?;
+        let mut s = addr.connect().await?;
         s.write_all(b"L").await?;
+        s.flush().await?;
         let mut b = [0u8; 1];
         tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut b))
             .await
@@ -62,7 +56,7 @@ pub async fn setup_latency(addr: SocketAddr, n: usize) -> Result<Vec<u64>> {
 
 /// Waits until `addr` serves a fresh connection end to end (tunnels that start listening
 /// before their client is connected drop visitors meanwhile).
-pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<()> {
+pub async fn wait_ready(addr: &Endpoint, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let probe = tokio::time::timeout(Duration::from_secs(2), setup_latency(addr, 1)).await;
@@ -78,18 +72,20 @@ pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<()> {
 
 /// HTTP/1.1 keep-alive load: `conns` connections for `duration`. Returns (requests per
 /// second, latencies in microseconds).
-pub async fn http(addr: SocketAddr, conns: usize, duration: Duration) -> Result<(f64, Vec<u64>)> {
+pub async fn http(addr: &Endpoint, conns: usize, duration: Duration) -> Result<(f64, Vec<u64>)> {
     let mut tasks = Vec::with_capacity(conns);
     let started = Instant::now();
     let end = started + duration;
     for _ in 0..conns {
+        let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = connect(addr).await?;
+            let mut s = addr.connect().await?;
             let mut lat = Vec::with_capacity(4096);
             let mut resp = vec![0u8; HTTP_RESPONSE.len()];
             while Instant::now() < end {
                 let t = Instant::now();
                 s.write_all(HTTP_REQUEST).await?;
+                s.flush().await?;
                 tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut resp))
                     .await
                     .context("response timed out")??;
@@ -111,15 +107,16 @@ pub async fn http(addr: SocketAddr, conns: usize, duration: Duration) -> Result<
 
 /// Opens `n` idle connections and waits until the service holds all of them.
 pub async fn open_idle(
-    addr: SocketAddr,
+    addr: &Endpoint,
     n: usize,
     held: &std::sync::atomic::AtomicUsize,
-) -> Result<Vec<TcpStream>> {
+) -> Result<Vec<Box<dyn Io>>> {
     let base = held.load(std::sync::atomic::Ordering::SeqCst);
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut s = connect(addr).await?;
+        let mut s = addr.connect().await?;
         s.write_all(b"I").await?;
+        s.flush().await?;
         v.push(s);
     }
     let deadline = Instant::now() + IO_TIMEOUT;

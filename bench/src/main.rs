@@ -6,20 +6,24 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod endpoint;
 mod https;
 mod load;
+mod measure;
 mod openssh;
+mod process;
+mod profile;
 mod relay;
+mod rendezvous;
 mod report;
 mod service;
 mod systems;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use report::{Report, Row};
+use report::Report;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use systems::{System, Transport};
 
 #[derive(Parser)]
@@ -49,12 +53,18 @@ struct Cli {
     #[arg(long)]
     idle: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
-    /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-yamux-cluster, tunneld-ssh).
+    /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-connect-named, tunneld-connect-parked,
+    /// tunneld-yamux-cluster, tunneld-ssh, https).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.md and results.json go.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also profile each tunneld row (one extra, uncounted HTTP run under Linux perf): flame
+    /// graphs, folded stacks and the hottest functions of tunneld and tunnelc in
+    /// `<out>/profiles/` (installs inferno into the peers directory when missing).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +211,11 @@ async fn run(cli: Cli) -> Result<()> {
             ),
         )
     };
+    let profiler = if cli.profile {
+        Some(profile::Profiler::new(&peers_dir, &out)?)
+    } else {
+        None
+    };
     let ssh_missing = openssh::missing();
     notes.extend(ssh_missing.clone());
     let svc = service::start().await?;
@@ -215,6 +230,8 @@ async fn run(cli: Cli) -> Result<()> {
         "tunneld-yamux",
         "tunneld-h2",
         "tunneld-ws",
+        "tunneld-connect-named",
+        "tunneld-connect-parked",
         "tunneld-yamux-cluster",
         "tunneld-ssh",
     ];
@@ -247,6 +264,15 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     None => Some((cluster::tunneld_cluster(&bins, svc.addr, &dir).await?, true)),
                 },
+                "tunneld-connect-named" | "tunneld-connect-parked" => {
+                    let via = if kind.ends_with("named") {
+                        rendezvous::Via::Named
+                    } else {
+                        rendezvous::Via::Parked
+                    };
+                    let sys = rendezvous::tunneld_connect(via, &bins, svc.addr, &dir).await?;
+                    Some((sys, true))
+                }
                 "tunneld-ssh" if ssh_missing.is_some() => None,
                 "tunneld-ssh" => Some((openssh::tunneld_ssh(&bins, svc.addr, &dir).await?, true)),
                 _ => {
@@ -270,14 +296,23 @@ async fn run(cli: Cli) -> Result<()> {
             Err(e) => return Err(e.context(format!("starting {kind}"))),
         };
         eprintln!("measuring {} ...", system.name);
-        let row = measure(&system, tls, &svc, &settings)
+        let prof = profiler.as_ref().filter(|_| kind.starts_with("tunneld"));
+        let row = measure::measure(&system, tls, &svc, &settings, prof.map(|p| (p, kind)))
             .await
             .with_context(|| format!("measuring {}", system.name))?;
         drop(system);
         rows.push(row);
     }
     let https = if cli.only.is_empty() || cli.only.iter().any(|o| o == "https") {
-        https_rows(&bins, svc.addr, &work, &settings, &mut notes).await?
+        https_rows(
+            &bins,
+            svc.addr,
+            &work,
+            &settings,
+            profiler.as_ref(),
+            &mut notes,
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -316,6 +351,7 @@ async fn https_rows(
     service: std::net::SocketAddr,
     work: &Path,
     s: &Settings,
+    profiler: Option<&profile::Profiler>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<https::HttpsRow>> {
     if let Some(n) = https::h2load_missing() {
@@ -329,6 +365,8 @@ async fn https_rows(
         "https-yamux",
         "https-yamux-noreuse",
         "https-websocket",
+        "websocket-host",
+        "rendezvous-visitors",
         "nginx-1",
         "nginx-2",
     ] {
@@ -342,6 +380,14 @@ async fn https_rows(
             // Without tunneld's kept-alive streams: a stream and a local connection a request.
             "https-yamux-noreuse" => https::tunneld("yamux", false, bins, service, &dir).await?,
             "https-websocket" => https::tunneld("websocket", true, bins, service, &dir).await?,
+            // The same processes, visitors by Host on the transport's own plain HTTP port.
+            "websocket-host" => https::tunneld("websocket", true, bins, service, &dir)
+                .await?
+                .websocket_by_host()?,
+            "rendezvous-visitors" => {
+                let (public, header) = rendezvous::visitors(bins, service, &dir).await?;
+                public.h1_with(header)
+            }
             _ => match https::nginx_path() {
                 Some(n) => {
                     let workers = if kind == "nginx-1" { 1 } else { 2 };
@@ -368,106 +414,10 @@ async fn https_rows(
             }
             Err(e) => return Err(e.context(format!("measuring {}", public.name))),
         }
+        if let (Some(p), false) = (profiler, kind.starts_with("nginx")) {
+            let load = https::h2load(&public, false, s.http_conns, s.http_secs, &dir);
+            p.record(kind, &public.pids(), load).await?;
+        }
     }
     Ok(out)
-}
-
-fn kib_to_mib(v: Option<u64>) -> Option<f64> {
-    v.map(|k| k as f64 / 1024.0)
-}
-
-fn both(v: (Option<u64>, Option<u64>)) -> Option<u64> {
-    match v {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-    }
-}
-
-/// Both sides' resident memory once it stops falling: sampled every 250 ms until it has
-/// not dropped for 2 s (at most 30 s), so what the allocator returns late still counts.
-async fn settled_rss(sys: &System) -> (Option<u64>, Option<u64>) {
-    let mut last = sys.rss_kib();
-    let mut unchanged = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while unchanged < 8 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = sys.rss_kib();
-        if both(now) < both(last) {
-            unchanged = 0;
-        } else {
-            unchanged += 1;
-        }
-        last = now;
-    }
-    last
-}
-
-async fn measure(sys: &System, tls: bool, svc: &service::Service, s: &Settings) -> Result<Row> {
-    load::wait_ready(sys.endpoint, Duration::from_secs(60)).await?;
-    let idle = sys.rss_kib();
-
-    let mut tput = Vec::new();
-    for _ in 0..s.reps {
-        tput.push(load::throughput(sys.endpoint, s.bytes).await?);
-    }
-
-    let mut rps = Vec::new();
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
-    let mut peak: Option<u64> = None;
-    for _ in 0..s.reps {
-        let http = load::http(
-            sys.endpoint,
-            s.http_conns,
-            Duration::from_secs_f64(s.http_secs),
-        );
-        tokio::pin!(http);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let (r, mut lat) = loop {
-            tokio::select! {
-                r = &mut http => break r?,
-                _ = tick.tick() => {
-                    if let Some(now) = both(sys.rss_kib()) {
-                        peak = Some(peak.map_or(now, |p| p.max(now)));
-                    }
-                }
-            }
-        };
-        rps.push(r);
-        p50.push(load::percentile(&mut lat, 50.0) as f64 / 1000.0);
-        p99.push(load::percentile(&mut lat, 99.0) as f64 / 1000.0);
-    }
-
-    let mut setup = load::setup_latency(sys.endpoint, s.setups).await?;
-
-    let before = both(sys.rss_kib());
-    let conns = load::open_idle(sys.endpoint, s.idle, &svc.idle).await?;
-    // Let both sides settle (buffers shrink after the handshake bursts).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let held = sys.rss_kib();
-    let with_conns = both(held);
-    drop(conns);
-    let closed = settled_rss(sys).await;
-    let per_conn = match (before, with_conns) {
-        (Some(b), Some(w)) => Some((w as f64 - b as f64) / s.idle as f64),
-        _ => None,
-    };
-    Ok(Row {
-        system: sys.name.clone(),
-        tls,
-        throughput_gbit_s: load::median(tput),
-        http_req_s: load::median(rps),
-        http_p50_ms: load::median(p50),
-        http_p99_ms: load::median(p99),
-        setup_p50_ms: load::percentile(&mut setup, 50.0) as f64 / 1000.0,
-        setup_p99_ms: load::percentile(&mut setup, 99.0) as f64 / 1000.0,
-        rss_idle_server_mib: kib_to_mib(idle.0),
-        rss_idle_client_mib: kib_to_mib(idle.1),
-        rss_loaded_mib: kib_to_mib(peak),
-        rss_conns_server_mib: kib_to_mib(held.0),
-        rss_conns_client_mib: kib_to_mib(held.1),
-        rss_closed_server_mib: kib_to_mib(closed.0),
-        rss_closed_client_mib: kib_to_mib(closed.1),
-        idle_conns: s.idle,
-        per_conn_kib: per_conn,
-    })
 }

@@ -91,7 +91,7 @@ pub async fn tunneld_ssh(bins: &Path, service: SocketAddr, dir: &Path) -> Result
     let public_port = allocated_port(&mut client, &log).await?;
     Ok(System {
         name: NAME.into(),
-        endpoint: SocketAddr::from(([127, 0, 0, 1], public_port)),
+        endpoint: crate::endpoint::Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], public_port))),
         server: Some(server),
         client: Some(client),
         server_more: Vec::new(),

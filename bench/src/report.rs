@@ -16,6 +16,10 @@ pub struct Row {
     /// Resident memory of the public side / the private side, idle, in MiB.
     pub rss_idle_server_mib: Option<f64>,
     pub rss_idle_client_mib: Option<f64>,
+    /// The anonymous part of the idle figures (heap and stacks, without file-mapped pages
+    /// of the program itself).
+    pub anon_idle_server_mib: Option<f64>,
+    pub anon_idle_client_mib: Option<f64>,
     /// Both sides together at the peak of the HTTP load, in MiB.
     pub rss_loaded_mib: Option<f64>,
     /// The public side / the private side holding `idle_conns` idle visitor connections,
@@ -60,13 +64,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let direct = self.find("direct");
         let mut out = format!(
-            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | HTTP req/s | × direct | × rathole | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | RSS after they close MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | HTTP req/s | × direct | × rathole | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | of it anon server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | RSS after they close MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             self.machine, self.settings
         );
         for r in &self.rows {
             let peer = self.find(if r.tls { "rathole tls" } else { "rathole tcp" });
             out.push_str(&format!(
-                "| {} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} / {} | {} / {} | {} |\n",
+                "| {} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} / {} | {} | {} / {} | {} / {} | {} |\n",
                 r.system,
                 r.throughput_gbit_s,
                 ratio(r.throughput_gbit_s, direct.map(|d| d.throughput_gbit_s)),
@@ -80,6 +84,8 @@ impl Report {
                 r.setup_p99_ms,
                 mib(r.rss_idle_server_mib),
                 mib(r.rss_idle_client_mib),
+                mib(r.anon_idle_server_mib),
+                mib(r.anon_idle_client_mib),
                 mib(r.rss_loaded_mib),
                 mib(r.rss_conns_server_mib),
                 mib(r.rss_conns_client_mib),
@@ -97,15 +103,20 @@ impl Report {
                 .find(|r| r.system.starts_with("nginx, 1 worker"));
             out.push_str("\nHTTPS visitors (h2load, keep-alive; HTTP/2 with 10 streams per connection), same service:\n\n| system | HTTP/1.1 req/s | × nginx 1 worker | mean ms | HTTP/2 req/s | × nginx 1 worker | mean ms |\n|---|---|---|---|---|---|---|\n");
             for r in &self.https {
+                // Rows that speak HTTP/1.1 only show a dash for HTTP/2.
+                let h2 = match (r.h2_req_s, r.h2_mean_ms) {
+                    (Some(req), Some(mean)) => format!(
+                        "{req:.0} | {} | {mean:.3}",
+                        ratio(req, nginx.and_then(|n| n.h2_req_s))
+                    ),
+                    _ => "– | – | –".into(),
+                };
                 out.push_str(&format!(
-                    "| {} | {:.0} | {} | {:.3} | {:.0} | {} | {:.3} |\n",
+                    "| {} | {:.0} | {} | {:.3} | {h2} |\n",
                     r.system,
                     r.h1_req_s,
                     ratio(r.h1_req_s, nginx.map(|n| n.h1_req_s)),
                     r.h1_mean_ms,
-                    r.h2_req_s,
-                    ratio(r.h2_req_s, nginx.map(|n| n.h2_req_s)),
-                    r.h2_mean_ms,
                 ));
             }
         }

@@ -5,82 +5,16 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 
 pub(crate) const START: Duration = Duration::from_secs(60);
 
-/// A spawned process, killed on drop.
-pub struct Proc {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    label: String,
-}
-
-impl Proc {
-    pub fn spawn(program: &Path, args: &[&str], log: &Path, label: &str) -> Result<Self> {
-        let err = std::fs::File::create(log)?;
-        let mut child = Command::new(program)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {}", program.display()))?;
-        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        Ok(Self {
-            child,
-            lines: BufReader::new(out).lines(),
-            label: label.to_string(),
-        })
-    }
-
-    /// Reads stdout until a line contains `needle`.
-    pub async fn line_with(&mut self, needle: &str) -> Result<String> {
-        let label = self.label.clone();
-        tokio::time::timeout(START, async {
-            while let Some(l) = self.lines.next_line().await? {
-                if l.contains(needle) {
-                    return Ok(l);
-                }
-            }
-            bail!("{label} exited before printing `{needle}`")
-        })
-        .await
-        .map_err(|_| anyhow!("{label}: no `{needle}` within {START:?}"))?
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// Whether the process has ended.
-    pub fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Resident memory in KiB, from /proc.
-    pub fn rss_kib(&self) -> Option<u64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-}
+pub use crate::process::Proc;
 
 /// One system in front of the service.
 pub struct System {
     pub name: String,
-    pub endpoint: SocketAddr,
+    pub endpoint: crate::endpoint::Endpoint,
     /// The public side (tunneld, rathole server, bore server, first relay).
     pub server: Option<Proc>,
     /// The private side (tunnelc, rathole client, bore local, second relay).
@@ -94,6 +28,32 @@ pub struct System {
 }
 
 impl System {
+    /// The processes to profile: the public side as "server", the private as "client".
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let server = self
+            .server
+            .as_ref()
+            .and_then(Proc::pid)
+            .map(|p| ("server", p));
+        let client = self
+            .client
+            .as_ref()
+            .and_then(Proc::pid)
+            .map(|p| ("client", p));
+        server.into_iter().chain(client).collect()
+    }
+
+    /// The anonymous part of [`System::rss_kib`].
+    pub fn anon_kib(&self) -> (Option<u64>, Option<u64>) {
+        let server = self
+            .server
+            .iter()
+            .chain(&self.server_more)
+            .filter_map(Proc::anon_kib)
+            .reduce(|a, b| a + b);
+        (server, self.client.as_ref().and_then(Proc::anon_kib))
+    }
+
     /// Resident memory of the public side (every process of it, summed) and of the private
     /// side, in KiB.
     pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
@@ -121,7 +81,7 @@ fn free_port() -> Result<u16> {
 pub fn direct(service: SocketAddr) -> System {
     System {
         name: "direct".into(),
-        endpoint: service,
+        endpoint: crate::endpoint::Endpoint::Tcp(service),
         server: None,
         client: None,
         server_more: Vec::new(),
@@ -151,7 +111,7 @@ pub async fn relays(service: SocketAddr, dir: &Path) -> Result<System> {
     let b = field(&b, "addr").ok_or_else(|| anyhow!("relay printed {b}"))?;
     Ok(System {
         name: "two relays".into(),
-        endpoint: b.parse()?,
+        endpoint: crate::endpoint::Endpoint::Tcp(b.parse()?),
         server: Some(first),
         client: Some(second),
         server_more: Vec::new(),
@@ -265,6 +225,16 @@ pub(crate) async fn start_tunneld(
 /// tunnelc with `yaml` (how to reach tunneld, and `tunnels:` with one named `bench`), once
 /// that tunnel is up: the process and the line that says where.
 pub(crate) async fn start_tunnelc(bins: &Path, dir: &Path, yaml: &str) -> Result<(Proc, String)> {
+    start_tunnelc_until(bins, dir, yaml, "tunnel bench:").await
+}
+
+/// tunnelc with `yaml`, once it printed a line with `needle`.
+pub(crate) async fn start_tunnelc_until(
+    bins: &Path,
+    dir: &Path,
+    yaml: &str,
+    needle: &str,
+) -> Result<(Proc, String)> {
     let conf = dir.join("tunnelc.yaml");
     std::fs::write(
         &conf,
@@ -277,7 +247,7 @@ pub(crate) async fn start_tunnelc(bins: &Path, dir: &Path, yaml: &str) -> Result
         &dir.join("tunnelc.log"),
         "tunnelc",
     )?;
-    let line = client.line_with("tunnel bench:").await?;
+    let line = client.line_with(needle).await?;
     Ok((client, line))
 }
 
@@ -303,7 +273,7 @@ pub async fn tunneld(
         .ok_or_else(|| anyhow!("tunnelc printed {line}"))?;
     Ok(System {
         name: transport.row().into(),
-        endpoint: ep.trim().parse()?,
+        endpoint: crate::endpoint::Endpoint::Tcp(ep.trim().parse()?),
         server: Some(server),
         client: Some(client),
         server_more: Vec::new(),
@@ -401,8 +371,8 @@ pub async fn rathole(bin: &Path, tls: bool, service: SocketAddr, dir: &Path) -> 
         &dir.join("rathole-client.log"),
         "rathole client",
     )?;
-    let endpoint: SocketAddr = format!("127.0.0.1:{public}").parse()?;
-    crate::load::wait_ready(endpoint, START).await?;
+    let endpoint = crate::endpoint::Endpoint::Tcp(format!("127.0.0.1:{public}").parse()?);
+    crate::load::wait_ready(&endpoint, START).await?;
     Ok(System {
         name: format!("rathole {}", if tls { "tls" } else { "tcp" }),
         endpoint,
@@ -460,8 +430,8 @@ pub async fn bore(bin: &Path, service: SocketAddr, dir: &Path) -> Result<System>
         &dir.join("bore-local.log"),
         "bore local",
     )?;
-    let endpoint: SocketAddr = format!("127.0.0.1:{public}").parse()?;
-    crate::load::wait_ready(endpoint, START).await?;
+    let endpoint = crate::endpoint::Endpoint::Tcp(format!("127.0.0.1:{public}").parse()?);
+    crate::load::wait_ready(&endpoint, START).await?;
     Ok(System {
         name: "bore".into(),
         endpoint,

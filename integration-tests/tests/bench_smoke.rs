@@ -1,5 +1,7 @@
 //! The benchmark runner in smoke mode (tiny sizes), so it never rots: it must start every
-//! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports), measure each, and write a table and a JSON file. The
+//! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports,
+//! CONNECT through the rendezvous frontend to a named tunnel and to a parked connection),
+//! measure each, and write a table and a JSON file. The
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
@@ -39,6 +41,8 @@ fn bench_runner_smoke_mode_measures_every_system() {
         "tunneld yamux+tls",
         "tunneld h2-reverse+tls",
         "tunneld websocket",
+        "tunneld rendezvous CONNECT <tunnel> (yamux+tls)",
+        "tunneld rendezvous CONNECT <id> (connect, parked)",
     ];
     // The cluster row (two nodes sharing a redis-server) when Redis is installed.
     let redis = std::process::Command::new("redis-server")
@@ -98,13 +102,25 @@ fn bench_runner_smoke_mode_measures_every_system() {
                 "tunneld https-subdomain over yamux",
                 "tunneld https-subdomain over yamux, reuse_connections: false",
                 "tunneld https-subdomain over websocket",
+                "tunneld websocket, its own port by Host (plain HTTP)",
+                "tunneld rendezvous, node-rendezvous visitors (connect, parked)",
                 "nginx, 1 worker (TLS + keep-alive proxy)",
                 "nginx, 2 workers (TLS + keep-alive proxy)",
             ]
         );
         for r in json["https"].as_array().expect("https") {
-            for key in ["h1_req_s", "h2_req_s", "h1_mean_ms", "h2_mean_ms"] {
-                assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+            // The websocket port by Host and the rendezvous frontend speak HTTP/1.1 only.
+            let h1_only = r["system"]
+                .as_str()
+                .is_some_and(|s| s.contains("by Host") || s.contains("rendezvous"));
+            let keys: &[&str] = if h1_only {
+                assert!(r["h2_req_s"].is_null(), "{r}");
+                &["h1_req_s", "h1_mean_ms"]
+            } else {
+                &["h1_req_s", "h2_req_s", "h1_mean_ms", "h2_mean_ms"]
+            };
+            for key in keys {
+                assert!(r[*key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
             }
         }
         assert!(table.contains("× nginx 1 worker"), "{table}");
