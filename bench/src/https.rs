@@ -64,7 +64,7 @@ impl Public {
         self
     }
 
-    /// The same processes, visited by Host on the websocket transport's plain HTTP port.
+    /// Visited by Host on the websocket transport's own plain HTTP port instead.
     pub fn websocket_by_host(mut self) -> Result<Self> {
         self.addr = self.ws_port.context("not a websocket row")?;
         self.name = "tunneld websocket, its own port by Host (plain HTTP)".into();

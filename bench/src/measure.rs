@@ -79,16 +79,6 @@ pub async fn measure(
         p99.push(load::percentile(&mut lat, 99.0) as f64 / 1000.0);
     }
 
-    if let Some((p, label)) = profile {
-        let pids = sys.pids();
-        let load = load::http(
-            &sys.endpoint,
-            s.http_conns,
-            Duration::from_secs_f64(s.http_secs),
-        );
-        p.record(label, &pids, load).await?;
-    }
-
     let mut setup = load::setup_latency(&sys.endpoint, s.setups).await?;
 
     let before = both(sys.rss_kib());
@@ -99,6 +89,18 @@ pub async fn measure(
     let with_conns = both(held);
     drop(conns);
     let closed = settled_rss(sys).await;
+    // Last, so the profiled (uncounted) run disturbs none of the figures above.
+    if let Some((p, label)) = profile {
+        let pids = sys.pids();
+        let load = load::http(
+            &sys.endpoint,
+            s.http_conns,
+            Duration::from_secs_f64(s.http_secs),
+        );
+        if let Err(e) = p.record(label, &pids, load).await {
+            eprintln!("profiling {label} failed (the row's figures stand): {e:#}");
+        }
+    }
     let per_conn = match (before, with_conns) {
         (Some(b), Some(w)) => Some((w as f64 - b as f64) / s.idle as f64),
         _ => None,

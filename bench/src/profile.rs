@@ -70,19 +70,22 @@ impl Profiler {
     ) -> Result<T> {
         let mut perfs = Vec::new();
         for (name, pid) in pids {
-            let data = self.out.join(format!("{label}-{name}.perf.data"));
+            let stem = format!("{label}-{name}");
+            let data = self.out.join(format!("{stem}.perf.data"));
+            // perf's own messages (attach failures, lost samples) stay next to the graphs.
+            let log = std::fs::File::create(self.out.join(format!("{stem}.perf.log")))?;
             let child = tokio::process::Command::new("perf")
                 .args(["record", "-q", "-e", "cpu-clock", "-F", "499"])
                 .args(["--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
                 .arg(&data)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
                 .context("perf record")?;
-            perfs.push((name.to_string(), data, child));
+            perfs.push((stem, data, child));
         }
-        // perf needs a moment to attach before the load starts; its first samples say so.
+        // perf needs a moment to attach before the load starts; its output file says so.
         for (_, data, _) in &perfs {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while !data.exists() && tokio::time::Instant::now() < deadline {
@@ -90,18 +93,33 @@ impl Profiler {
             }
         }
         let result = load.await;
-        for (name, data, mut child) in perfs {
+        // Every perf is stopped and every data file removed, whatever fails on the way; the
+        // first failure is reported.
+        let mut failed = None;
+        for (stem, data, mut child) in perfs {
             if let Some(id) = child.id() {
                 let _ = std::process::Command::new("kill")
                     .args(["-INT", &id.to_string()])
                     .status();
             }
-            tokio::time::timeout(Duration::from_secs(60), child.wait())
-                .await
-                .context("perf record did not stop")??;
-            self.render(&format!("{label}-{name}"), &data)
-                .with_context(|| format!("rendering {label}-{name}"))?;
+            let stopped = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+            let rendered = match stopped {
+                Ok(Ok(_)) if data.exists() => self
+                    .render(&stem, &data)
+                    .with_context(|| format!("rendering {stem}")),
+                Ok(Ok(status)) => Err(anyhow::anyhow!(
+                    "perf record for {stem} wrote nothing ({status}; see {stem}.perf.log)"
+                )),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("perf record")),
+                Err(_) => Err(anyhow::anyhow!("perf record for {stem} did not stop")),
+            };
             let _ = std::fs::remove_file(&data);
+            if let (Err(e), None) = (rendered, &failed) {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         eprintln!("profiles of {label} in {}", self.out.display());
         result

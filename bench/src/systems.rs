@@ -40,7 +40,14 @@ impl System {
             .as_ref()
             .and_then(Proc::pid)
             .map(|p| ("client", p));
-        server.into_iter().chain(client).collect()
+        // A cluster's other nodes: the visitors' node is the first of them.
+        let more = self
+            .server_more
+            .iter()
+            .filter_map(Proc::pid)
+            .zip(["server-n2", "server-n3", "server-n4"])
+            .map(|(p, n)| (n, p));
+        server.into_iter().chain(more).chain(client).collect()
     }
 
     /// The anonymous part of [`System::rss_kib`].

@@ -9,7 +9,7 @@ pub const STREAM_WINDOW: usize = 256 * KIB;
 /// By default a session's window has this much above every stream's own 256 KiB: yamux
 /// grows the window of a stream whose sender uses it up within two round trips (towards the
 /// bandwidth-delay product), out of this shared part only. Without it every stream stays at
-/// 256 KiB, which held one visitor to 4.3-4.9 Gbit/s on loopback while neither process was
+/// 256 KiB, which held one visitor to 4.1-4.9 Gbit/s on loopback while neither process was
 /// busy; with it 6-7 (docs/benchmarks.md).
 pub const GROWTH_WINDOW: usize = 16 * 1024 * KIB;
 
