@@ -52,25 +52,24 @@ impl System {
 
     /// The anonymous part of [`System::rss_kib`].
     pub fn anon_kib(&self) -> (Option<u64>, Option<u64>) {
-        let server = self
-            .server
-            .iter()
-            .chain(&self.server_more)
-            .filter_map(Proc::anon_kib)
-            .reduce(|a, b| a + b);
-        (server, self.client.as_ref().and_then(Proc::anon_kib))
+        self.sides(Proc::anon_kib)
     }
 
     /// Resident memory of the public side (every process of it, summed) and of the private
     /// side, in KiB.
     pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
+        self.sides(Proc::rss_kib)
+    }
+
+    /// `figure` of the public side (its processes summed) and of the private side.
+    fn sides(&self, figure: fn(&Proc) -> Option<u64>) -> (Option<u64>, Option<u64>) {
         let server = self
             .server
             .iter()
             .chain(&self.server_more)
-            .filter_map(Proc::rss_kib)
+            .filter_map(figure)
             .reduce(|a, b| a + b);
-        (server, self.client.as_ref().and_then(Proc::rss_kib))
+        (server, self.client.as_ref().and_then(figure))
     }
 }
 
