@@ -120,6 +120,7 @@ impl Dialer {
                     tls,
                     auth_key: cfg.auth_key.as_ref().map(|k| k.0.clone()),
                     max_message: cfg.max_message,
+                    max_conversations: cfg.max_conversations,
                     timeout: cfg.connect_timeout,
                 })
             }

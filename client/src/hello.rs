@@ -1,7 +1,7 @@
 //! The hello tunnelc sends at every connect: its tunnels, its capabilities and the instance
 //! id that names the process across reconnects.
 
-use crate::config::client::ClientConfig;
+use crate::config::client::{ClientConfig, TransportKind};
 use tunneld_core::auth::{hex, random_bytes};
 use tunneld_core::proto::{Hello, TunnelRequest, VERSION};
 
@@ -24,7 +24,10 @@ pub(crate) fn hello(cfg: &ClientConfig, instance: String) -> Hello {
             .collect(),
         accept_server_mappings: cfg.accept_server_mappings,
         agent: agent(cfg),
-        max_streams: Some(cfg.yamux.max_streams as u32),
+        max_streams: Some(match cfg.transport {
+            TransportKind::Websocket => cfg.max_conversations as u32,
+            _ => cfg.yamux.max_streams as u32,
+        }),
         instance: Some(instance),
     }
 }

@@ -307,6 +307,7 @@ fn quick_base(
         token: None,
         auth_key: None,
         max_message: 1 << 20,
+        max_conversations: 4096,
         tls: ClientTls {
             ca,
             pin,

@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "rendezvous",
     "auth_key",
     "max_message",
+    "max_conversations",
     "inspect",
 ];
 
@@ -57,6 +58,11 @@ pub struct ClientConfig {
     /// `transport: websocket`: the largest WebSocket message accepted from tunneld.
     #[serde(default = "d1mib")]
     pub max_message: usize,
+    /// `transport: websocket`: the most conversations (visitors) tunnelc takes at once on
+    /// its session; sent in the hello, so tunneld opens no more (it refuses the next visitor
+    /// itself).
+    #[serde(default = "d4096")]
+    pub max_conversations: usize,
     #[serde(default)]
     pub tls: ClientTls,
     #[serde(default)]
@@ -105,6 +111,9 @@ fn d4() -> usize {
 }
 fn d1mib() -> usize {
     1 << 20
+}
+fn d4096() -> usize {
+    4096
 }
 fn d30() -> u64 {
     30
@@ -258,6 +267,12 @@ impl ClientConfig {
             }
             if !(1024..=16 << 20).contains(&self.max_message) {
                 errors.push("max_message: must be between 1024 and 16777216 bytes".into());
+            }
+            if !(1..=65535).contains(&self.max_conversations) {
+                errors.push(format!(
+                    "max_conversations: {} is outside 1..=65535",
+                    self.max_conversations
+                ));
             }
         } else if self.auth_key.is_some() {
             errors.push("auth_key: only for transport: websocket".into());

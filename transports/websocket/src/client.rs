@@ -22,9 +22,6 @@ use tunneld_core::proto::{Control, Hello, ServerHello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
 
-/// Conversations tunnelc accepts at once on one session.
-const MAX_CONVERSATIONS: usize = 1024;
-
 /// A server URL: `http://`, `https://`, `ws://` or `wss://`, host and optional port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
@@ -99,6 +96,8 @@ pub struct DialOptions {
     /// A TPoT key, sent as `Authorization: TPoT-1` (instead of a token in the hello).
     pub auth_key: Option<String>,
     pub max_message: usize,
+    /// Conversations accepted at once on the session (the hello tells tunneld).
+    pub max_conversations: usize,
     /// Deadline for TCP, TLS, the upgrade and the hello exchange together.
     pub timeout: Duration,
 }
@@ -108,6 +107,7 @@ pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
     pub keepalive: Duration,
+    max_conversations: usize,
     ws: WebSocketStream<BoxIo>,
 }
 
@@ -137,6 +137,7 @@ async fn dial_inner(opts: &DialOptions, hello: &Hello) -> Result<Connected, Dial
             client_id,
             tunnels,
             keepalive: Duration::from_secs(keepalive_secs.clamp(1, 3600)),
+            max_conversations: opts.max_conversations,
             ws,
         }),
     }
@@ -287,7 +288,7 @@ impl ClientSession for Connected {
         stop: CancellationToken,
     ) -> String {
         let this = *self;
-        let (mux, outbox) = Mux::new(true, MAX_CONVERSATIONS, Default::default());
+        let (mux, outbox) = Mux::new(true, this.max_conversations, Default::default());
         let m = mux.clone();
         // tunneld answers our pings; silence for three intervals means the path is dead.
         let idle = this.keepalive * 3;

@@ -119,6 +119,8 @@ struct Shared {
     table: Mutex<Table>,
     native: bool,
     max: usize,
+    /// The most conversations the peer takes at once, as its hello said (we open no more).
+    peer_max: std::sync::atomic::AtomicUsize,
     metrics: MuxMetrics,
     /// Bumped at each WebSocket pong the peer sends.
     pongs: tokio::sync::watch::Sender<u64>,
@@ -199,9 +201,21 @@ pub enum OpenRefused {
 }
 
 impl Mux {
-    /// The most conversations open at once.
+    /// The most conversations open at once (ours, or the peer's when smaller).
     pub fn max_conversations(&self) -> usize {
-        self.shared.max
+        let peer_max = self
+            .shared
+            .peer_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.shared.max.min(peer_max)
+    }
+
+    /// Opens no more than `n` conversations at once from now on: the peer's own cap (the
+    /// hello's `max_streams`), so a visitor past it is refused here, not reset by the peer.
+    pub fn peer_accepts(&self, n: usize) {
+        self.shared
+            .peer_max
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `native`: the `tunneld.1` extensions were negotiated.
@@ -221,6 +235,7 @@ impl Mux {
                     }),
                     native,
                     max,
+                    peer_max: std::sync::atomic::AtomicUsize::new(usize::MAX),
                     metrics,
                     pongs: tokio::sync::watch::channel(0).0,
                 }),
@@ -304,7 +319,11 @@ impl Mux {
         } else {
             i16::MAX as u16
         };
-        if t.map.len() >= self.shared.max.min(usize::from(top)) {
+        let peer_max = self
+            .shared
+            .peer_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if t.map.len() >= self.shared.max.min(peer_max).min(usize::from(top)) {
             return Err(OpenRefused::TooMany);
         }
         // While the WebSocket is not being written (a slow link), openings and closings pile
@@ -583,6 +602,29 @@ mod tests {
         drop(s2);
         drop(s_conv);
         drop(c_conv);
+    }
+
+    #[tokio::test]
+    async fn the_peers_cap_from_its_hello_bounds_our_openings() {
+        let (m, _out) = Mux::new(true, 8, MuxMetrics::default());
+        let open = |m: &Mux| {
+            m.open(
+                |id| Msg::HttpOpen {
+                    id,
+                    visitor: "1.2.3.4:5".parse().expect("addr"),
+                },
+                false,
+            )
+        };
+        m.peer_accepts(2);
+        assert_eq!(m.max_conversations(), 2);
+        let a = open(&m).expect("a");
+        let _b = open(&m).expect("b");
+        assert_eq!(open(&m).err(), Some(OpenRefused::TooMany));
+        drop(a);
+        assert!(open(&m).is_ok(), "a closed conversation frees a place");
+        m.peer_accepts(100);
+        assert_eq!(m.max_conversations(), 8, "never past our own cap");
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ impl WebsocketTransport {
                 return;
             }
         };
+        // tunnelc's own cap: a visitor past it is refused here (counted), not reset there.
+        if let Some(m) = hello.max_streams {
+            opener.mux.peer_accepts(m as usize);
+        }
         let admitted = self
             .admit_native(
                 &mut hello,

@@ -1,0 +1,112 @@
+//! tunnelc's `max_conversations` over the websocket transport: its hello tells tunneld, which
+//! refuses the visitor past it (counted as `too_many_streams`) while the held ones keep
+//! answering, and takes the next visitor as soon as one closes. (tunnelc used to accept 1024
+//! conversations, a constant tunneld did not know, and reset the 1025th.)
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tunneld_integration_tests::process::Proc;
+use tunneld_integration_tests::services::echo;
+use tunneld_integration_tests::{temp_dir, TestServer, ALICE_TOKEN, WAIT};
+
+/// A visitor whose byte came back through the tunnel, or why not.
+async fn visitor(addr: SocketAddr) -> Result<TcpStream, String> {
+    let go = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        s.write_all(b"v").await.map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    tokio::time::timeout(WAIT, go)
+        .await
+        .map_err(|_| "no echo in time".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
+    let s = TestServer::start_full(
+        tunneld_integration_tests::WEB_FRONTEND,
+        &[
+            "transports.h2.type=h2-reverse".into(),
+            "transports.h2.listen=127.0.0.1:0".into(),
+            "transports.ws.frontend=web".into(),
+            "transports.ws.type=websocket".into(),
+            "transports.ws.listen=127.0.0.1:0".into(),
+            "transports.ws.domain=localhost".into(),
+            "transports.ws.max_conversations=50".into(),
+        ],
+    )
+    .await
+    .expect("tunneld");
+    let service = echo().await;
+    let dir = temp_dir("ws-cap");
+    let cfg = dir.join("client.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: http://localhost:{}\ntransport: websocket\ntoken: {ALICE_TOKEN}\nmax_conversations: 3\ntunnels:\n  svc:\n    local: {service}\n",
+            s.running.transports["ws"].port()
+        ),
+    )
+    .expect("write");
+    let mut c = Proc::spawn(
+        "tunnelc",
+        &["--config", cfg.to_str().expect("utf8")],
+        dir.join("tunnelc.err"),
+    )
+    .expect("tunnelc");
+    let line = c.line_starting("tunnel svc:").await.expect("tunnel up");
+    let addr: SocketAddr = line
+        .rsplit("tcp://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("endpoint in {line:?}"));
+
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(
+            visitor(addr)
+                .await
+                .unwrap_or_else(|e| panic!("visitor {i}: {e}")),
+        );
+    }
+    assert!(
+        visitor(addr).await.is_err(),
+        "a fourth visitor is past tunnelc's cap"
+    );
+    s.metrics_when(
+        "tunneld_stream_open_failures_total",
+        &[("reason", "too_many_streams")],
+        1.0,
+    )
+    .await;
+    // The held visitors still answer (the session lived through the refusal).
+    for (i, v) in held.iter_mut().enumerate() {
+        v.write_all(b"again").await.expect("write");
+        let mut back = [0u8; 5];
+        tokio::time::timeout(WAIT, v.read_exact(&mut back))
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("held visitor {i}: {e}"));
+        assert_eq!(&back, b"again");
+    }
+    // One closes: its place goes to the next visitor (once tunneld saw the close).
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match visitor(addr).await {
+            Ok(v) => {
+                held.push(v);
+                break;
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("the freed place was not given again: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(held.len(), 3);
+}
