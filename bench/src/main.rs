@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod crowd;
 mod endpoint;
 mod https;
 mod load;
@@ -52,9 +53,14 @@ struct Cli {
     /// Idle visitor connections for the memory figures (default 1000; 20 in smoke mode).
     #[arg(long)]
     idle: Option<usize>,
+    /// Idle visitors held at once through one tunnelc in the crowd rows (default 10000; 50
+    /// in smoke mode). The runner holds one descriptor per visitor: raise `ulimit -n` above
+    /// it (scripts/bench raises the soft limit to the hard one).
+    #[arg(long)]
+    crowd: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
     /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-connect-named, tunneld-connect-parked,
-    /// tunneld-yamux-cluster, tunneld-ssh, https).
+    /// tunneld-yamux-cluster, tunneld-ssh, https, crowd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.md and results.json go.
@@ -74,6 +80,8 @@ enum Cmd {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// A service that echoes each connection's first byte and holds it (the crowd rows).
+    Sink,
 }
 
 struct Settings {
@@ -83,6 +91,7 @@ struct Settings {
     http_secs: f64,
     setups: usize,
     idle: usize,
+    crowd: usize,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +102,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.cmd {
         Some(Cmd::Relay { to }) => rt.block_on(relay::run(to)),
+        Some(Cmd::Sink) => rt.block_on(crowd::sink()),
         None => rt.block_on(run(cli)),
     }
 }
@@ -165,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             http_secs: 0.3,
             setups: 10,
             idle: cli.idle.unwrap_or(20),
+            crowd: cli.crowd.unwrap_or(50),
         }
     } else {
         Settings {
@@ -174,6 +185,7 @@ async fn run(cli: Cli) -> Result<()> {
             http_secs: 4.0,
             setups: 200,
             idle: cli.idle.unwrap_or(1000),
+            crowd: cli.crowd.unwrap_or(10_000),
         }
     };
     let exe = std::env::current_exe()?;
@@ -316,6 +328,11 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         Vec::new()
     };
+    let crowd = if cli.only.is_empty() || cli.only.iter().any(|o| o == "crowd") {
+        crowd::rows(&bins, &work, settings.crowd).await?
+    } else {
+        Vec::new()
+    };
     let report = Report {
         machine: machine(),
         settings: format!(
@@ -330,6 +347,7 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         rows,
         https,
+        crowd,
         notes,
     };
     let md = report.markdown();

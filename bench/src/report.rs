@@ -42,6 +42,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// HTTPS visitors (h2load): tunneld's https-subdomain frontend beside nginx.
     pub https: Vec<crate::https::HttpsRow>,
+    /// Many idle visitors through one tunnelc, per transport.
+    pub crowd: Vec<crate::crowd::CrowdRow>,
     pub notes: Vec<String>,
 }
 
@@ -119,6 +121,9 @@ impl Report {
                     r.h1_mean_ms,
                 ));
             }
+        }
+        if !self.crowd.is_empty() {
+            out.push_str(&crate::crowd::markdown(&self.crowd));
         }
         for n in &self.notes {
             out.push_str(&format!("\n- {n}"));

@@ -147,25 +147,35 @@ impl Transport {
         }
     }
 
+    /// The transport's `type:`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Transport::Yamux => "yamux",
+            Transport::H2Reverse => "h2-reverse",
+            Transport::Websocket => "websocket",
+        }
+    }
+
     /// Whether the row is compared with rathole's TLS transport (else its plain one).
     pub fn tls(self) -> bool {
         self != Transport::Websocket
     }
 
-    /// tunneld's `edge` transport (and any frontend it needs).
-    fn server_side(self) -> (&'static str, &'static str) {
+    /// tunneld's `edge` transport (and any frontend it needs), for `room` visitors at once
+    /// (within the transport's own ceiling).
+    fn server_side(self, room: usize) -> (String, &'static str) {
         match self {
             Transport::Yamux => (
-                "edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } }",
+                format!("edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: {} }} }}", room.min(YAMUX_CEILING)),
                 "",
             ),
             Transport::H2Reverse => (
                 // tunnelc is the HTTP/2 server: its own limit (1024 streams) caps the link.
-                "edge: { type: h2-reverse, listen: 127.0.0.1:0 }",
+                "edge: { type: h2-reverse, listen: 127.0.0.1:0 }".into(),
                 "",
             ),
             Transport::Websocket => (
-                "edge: { type: websocket, listen: 127.0.0.1:0, domain: localhost, frontend: web, max_conversations: 4096 }",
+                format!("edge: {{ type: websocket, listen: 127.0.0.1:0, domain: localhost, frontend: web, max_conversations: {room} }}"),
                 ", web: { type: https-subdomain, listen: 127.0.0.1:0, domain: localhost }",
             ),
         }
@@ -173,9 +183,14 @@ impl Transport {
 
     /// tunnelc's lines that reach `edge`.
     pub(crate) fn client_side(self, edge: &str, ca: &str) -> String {
+        self.client_sized(edge, ca, YAMUX_CEILING)
+    }
+
+    /// [`Transport::client_side`], taking `room` visitors at once (websocket).
+    fn client_sized(self, edge: &str, ca: &str, room: usize) -> String {
         match self {
             Transport::Yamux => format!(
-                "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: 4096 }}\n"
+                "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: {YAMUX_CEILING} }}\n"
             ),
             Transport::H2Reverse => format!(
                 "server: {edge}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\n"
@@ -183,11 +198,14 @@ impl Transport {
             // The transport's own requests are told from visitors by Host: its domain.
             Transport::Websocket => {
                 let port = edge.rsplit(':').next().unwrap_or_default();
-                format!("server: http://localhost:{port}\ntransport: websocket\n")
+                format!("server: http://localhost:{port}\ntransport: websocket\nmax_conversations: {room}\n")
             }
         }
     }
 }
+
+/// The most visitor streams one yamux session carries (`yamux.max_streams`' ceiling).
+pub(crate) const YAMUX_CEILING: usize = 4096;
 
 /// The `limits:` every tunneld row runs with: every benchmark visitor comes from 127.0.0.1.
 pub(crate) const OPEN_LIMITS: &str = "limits: { max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }";
@@ -264,13 +282,24 @@ pub async fn tunneld(
     service: SocketAddr,
     dir: &Path,
 ) -> Result<System> {
-    let (edge_yaml, more_frontends) = transport.server_side();
-    let components = format!("transports: {{ {edge_yaml} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999 }}{more_frontends} }}\n");
+    tunneld_sized(transport, 4096, bins, service, dir).await
+}
+
+/// [`tunneld`] with room for `room` visitors at once (the port's and the transport's caps).
+pub async fn tunneld_sized(
+    transport: Transport,
+    room: usize,
+    bins: &Path,
+    service: SocketAddr,
+    dir: &Path,
+) -> Result<System> {
+    let (edge_yaml, more_frontends) = transport.server_side(room);
+    let components = format!("transports: {{ {edge_yaml} }}\nfrontends: {{ tcp: {{ type: ports, bind: 127.0.0.1, range: 12000-12999, max_connections_per_port: {room} }}{more_frontends} }}\n");
     let (server, addrs, ca) =
         start_tunneld(bins, dir, "", &components, &["transport=edge"]).await?;
     let yaml = format!(
         "{}tunnels:\n  bench:\n    local: {service}\n",
-        transport.client_side(&addrs[0], &ca)
+        transport.client_sized(&addrs[0], &ca, room)
     );
     let (client, line) = start_tunnelc(bins, dir, &yaml).await?;
     let ep = line

@@ -1,7 +1,8 @@
 //! The benchmark runner in smoke mode (tiny sizes), so it never rots: it must start every
 //! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports,
 //! CONNECT through the rendezvous frontend to a named tunnel and to a parked connection),
-//! measure each, and write a table and a JSON file. The
+//! measure each, hold a crowd of idle visitors through one tunnelc per multiplexing
+//! transport, and write a table and a JSON file. The
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
@@ -127,5 +128,16 @@ fn bench_runner_smoke_mode_measures_every_system() {
     } else {
         assert!(table.contains("h2load is not installed"), "{table}");
     }
+    // Idle visitors held at once through one tunnelc (50 in smoke mode), each proven by an
+    // echo, and one more visitor's echo beside them.
+    let crowd = json["crowd"].as_array().expect("crowd");
+    let names: Vec<&str> = crowd.iter().filter_map(|r| r["system"].as_str()).collect();
+    assert_eq!(names, ["tunneld websocket", "tunneld yamux+tls"]);
+    for r in crowd {
+        assert_eq!(r["held"], r["visitors"], "{r}");
+        assert!(r["stopped_by"].is_null(), "{r}");
+        assert!(r["fresh_echo_ms"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    }
+    assert!(table.contains("Idle visitors held at once"), "{table}");
     assert!(out.join("results.md").exists());
 }
