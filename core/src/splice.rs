@@ -1,16 +1,19 @@
 //! Copies bytes both ways between two streams, with half-close and live byte counting.
 //!
 //! Reads go to a buffer that starts at 4 KiB and doubles, up to 128 KiB, each time a read fills
-//! it, so a bulk transfer gets large reads and writes. The buffer is given back whenever a
-//! direction has nothing to read and nothing left to write (reads go to uninitialised memory,
-//! so taking it again costs an allocation, no zeroing): an idle connection holds no buffer.
+//! it, so a bulk transfer gets large reads and writes. A direction that has nothing to read and
+//! nothing left to write gives its buffer back while it is still the first, small one, so an
+//! idle connection (or one that only ever carried small messages) holds no buffer between
+//! them; a grown buffer is kept, zeroed once, so a bulk transfer's reads cost no allocation and
+//! no zeroing (TLS and yamux streams initialise what they are offered). Every buffer goes back
+//! once its direction has ended.
 
 use prometheus::IntCounter;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const INITIAL_BUF: usize = 4 * 1024;
 const MAX_BUF: usize = 128 * 1024;
@@ -46,11 +49,11 @@ impl SpliceCounters {
 }
 
 struct Direction {
-    /// Bytes read and not yet written are `buf[pos..]`; empty (no allocation) while idle.
+    /// Zeroed once; bytes read and not yet written are `buf[pos..filled]`. Empty (no
+    /// allocation) while a direction that never grew it is idle.
     buf: Vec<u8>,
     pos: usize,
-    /// The size of the next buffer: doubled each time a read fills the buffer.
-    level: usize,
+    filled: usize,
     read_done: bool,
     shut_down: bool,
     total: u64,
@@ -65,7 +68,7 @@ impl Direction {
             tunnel,
             buf: Vec::new(),
             pos: 0,
-            level: INITIAL_BUF,
+            filled: 0,
             read_done: false,
             shut_down: false,
             total: 0,
@@ -85,35 +88,50 @@ impl Direction {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.pos == self.buf.len() && !self.read_done {
+            if self.pos == self.filled && !self.read_done {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; INITIAL_BUF];
+                }
                 self.pos = 0;
-                self.buf.clear();
-                self.buf.reserve_exact(self.level);
-                match tokio_util::io::poll_read_buf(r.as_mut(), cx, &mut self.buf) {
-                    Poll::Ready(Ok(0)) => self.read_done = true,
-                    Poll::Ready(Ok(n)) => {
-                        if let Some(c) = &self.counter {
-                            c.inc_by(n as u64);
-                        }
-                        if let Some(c) = &self.tunnel {
-                            c.inc_by(n as u64);
-                        }
-                        if n >= self.level && self.level < MAX_BUF {
-                            self.level *= 2;
+                self.filled = 0;
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                            // Ended: nothing more will be read into it.
+                            self.buf = Vec::new();
+                        } else {
+                            self.filled = n;
+                            if let Some(c) = &self.counter {
+                                c.inc_by(n as u64);
+                            }
+                            if let Some(c) = &self.tunnel {
+                                c.inc_by(n as u64);
+                            }
+                            if n == self.buf.len() && self.buf.len() < MAX_BUF {
+                                // Grown on the next empty buffer; the data stays where it is.
+                                let grow = self.buf.len() * 2;
+                                self.buf.resize(grow, 0);
+                            }
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        // Idle: hold no memory until the next bytes arrive.
-                        self.buf = Vec::new();
+                        if self.buf.len() <= INITIAL_BUF {
+                            // Idle, and never busy enough to grow it: hold no memory until
+                            // the next bytes arrive.
+                            self.buf = Vec::new();
+                        }
                         // Nothing to read: make sure what was written reaches the peer.
                         ready!(w.as_mut().poll_flush(cx))?;
                         return Poll::Pending;
                     }
                 }
             }
-            while self.pos < self.buf.len() {
-                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..]))?;
+            while self.pos < self.filled {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.filled]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -214,7 +232,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_direction_holds_no_buffer_and_a_busy_one_grows() {
+    async fn an_idle_direction_holds_no_buffer_and_a_busy_one_keeps_its_grown_one() {
         let (mut from, mut r) = tokio::io::duplex(1 << 20);
         let (mut w, mut to) = tokio::io::duplex(1 << 20);
         let mut d = Direction::new(None, None);
@@ -229,21 +247,23 @@ mod tests {
             0,
             "drained and idle: the buffer was given back"
         );
-        assert_eq!(d.level, INITIAL_BUF);
         let mut one = [0u8; 1];
         to.read_exact(&mut one).await.expect("read");
         assert_eq!(&one, b"I");
-        let bulk = vec![7u8; 512 * 1024];
+        let bulk: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
         from.write_all(&bulk).await.expect("write bulk");
         assert!(poll(&mut d).is_pending());
         assert_eq!(
-            d.level, MAX_BUF,
-            "full reads doubled the next buffer up to the cap"
+            d.buf.len(),
+            MAX_BUF,
+            "full reads doubled the buffer up to the cap, and it is kept for the next burst"
         );
-        assert_eq!(d.buf.capacity(), 0);
         let mut got = vec![0u8; bulk.len()];
         to.read_exact(&mut got).await.expect("read bulk");
         assert_eq!(got, bulk);
+        drop(from);
+        assert!(poll(&mut d).is_ready(), "the end is passed on");
+        assert_eq!(d.buf.capacity(), 0, "an ended direction holds no buffer");
         assert_eq!(d.total, 1 + bulk.len() as u64);
     }
 }
