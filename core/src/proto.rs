@@ -189,6 +189,11 @@ pub const CAP_HANDOVER: &str = "+handover";
 /// names in [`NO_KEEPALIVE`] words (`reuse_connections: false`, a PROXY header).
 pub const CAP_KEEPALIVE: &str = "+keepalive";
 
+/// The capability word of a tunnelc whose hello `max_streams` is the cap of the transport it
+/// runs (tunnelc's `max_conversations` over websocket); before it, tunnelc sent yamux's cap
+/// whatever the transport, so websocket sessions ignore the number without this word.
+pub const CAP_MAX_STREAMS: &str = "+max-streams";
+
 /// `+no-keepalive:<tunnel>`: a tunnel whose streams each carry one visitor request.
 pub const NO_KEEPALIVE: &str = "+no-keepalive:";
 

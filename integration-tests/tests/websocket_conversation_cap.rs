@@ -77,12 +77,29 @@ async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
         visitor(addr).await.is_err(),
         "a fourth visitor is past tunnelc's cap"
     );
-    s.metrics_when(
-        "tunneld_stream_open_failures_total",
-        &[("reason", "too_many_streams")],
+    let m = s
+        .metrics_when(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "too_many_streams")],
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "too_many_streams")]
+        ),
         1.0,
-    )
-    .await;
+        "tunneld refused the fourth visitor itself"
+    );
+    assert_eq!(
+        m.get(
+            "tunneld_stream_open_failures_total",
+            &[("reason", "local_refused")]
+        ),
+        0.0,
+        "tunnelc was never asked for a fourth conversation"
+    );
     // The held visitors still answer (the session lived through the refusal).
     for (i, v) in held.iter_mut().enumerate() {
         v.write_all(b"again").await.expect("write");

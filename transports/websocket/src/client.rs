@@ -288,7 +288,14 @@ impl ClientSession for Connected {
         stop: CancellationToken,
     ) -> String {
         let this = *self;
-        let (mux, outbox) = Mux::new(true, this.max_conversations, Default::default());
+        // tunneld opens no more than `max_conversations` (the hello said so), but it frees an
+        // id when its own `F` is queued behind data while a new `O` goes ahead of data: up to
+        // a data queue's worth of openings may arrive before the closings they replace.
+        let (mux, outbox) = Mux::new(
+            true,
+            (this.max_conversations + crate::mux::DATA_QUEUE).min(usize::from(u16::MAX)),
+            Default::default(),
+        );
         let m = mux.clone();
         // tunneld answers our pings; silence for three intervals means the path is dead.
         let idle = this.keepalive * 3;

@@ -63,7 +63,12 @@ impl WebsocketTransport {
             }
         };
         // tunnelc's own cap: a visitor past it is refused here (counted), not reset there.
-        if let Some(m) = hello.max_streams {
+        // (Older tunnelc sent yamux's cap whatever the transport: only the word says it is
+        // this transport's.)
+        if let (Some(m), true) = (
+            hello.max_streams,
+            hello.has_capability(tunneld_core::proto::CAP_MAX_STREAMS),
+        ) {
             opener.mux.peer_accepts(m as usize);
         }
         let admitted = self
