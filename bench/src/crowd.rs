@@ -31,7 +31,8 @@ pub struct CrowdRow {
     pub rss_client_mib: Option<f64>,
     /// Both sides' RSS growth per held visitor.
     pub per_visitor_kib: Option<f64>,
-    /// One more visitor's round trip while the crowd is held.
+    /// One more visitor's round trip while the crowd is held (one of it closed first when
+    /// the opening stopped at a cap).
     pub fresh_echo_ms: Option<f64>,
     /// Why the next visitor failed, when fewer than asked were held.
     pub stopped_by: Option<String>,
@@ -42,7 +43,15 @@ pub async fn sink() -> Result<()> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening addr={}", l.local_addr()?);
     loop {
-        let (mut s, _) = l.accept().await?;
+        let mut s = match l.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: say so and go on with the ones held.
+                eprintln!("sink: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let mut b = [0u8; 1];
             if s.read_exact(&mut b).await.is_ok() && s.write_all(&b).await.is_ok() {
@@ -106,6 +115,45 @@ async fn open(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Option<String>) {
     (held, failed)
 }
 
+/// The visitors still open (none read EOF or an error), and what stopped the crowd, with
+/// a note when some were lost while held.
+fn still_open(
+    held: Vec<TcpStream>,
+    stopped_by: Option<String>,
+) -> (Vec<TcpStream>, Option<String>) {
+    let n = held.len();
+    let mut scratch = [0u8; 1];
+    let alive: Vec<TcpStream> = held
+        .into_iter()
+        .filter(|s| {
+            matches!(s.try_read(&mut scratch), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .collect();
+    let lost = n - alive.len();
+    let stopped_by = match (lost, stopped_by) {
+        (0, s) => s,
+        (l, Some(s)) => Some(format!("{s}; and {l} held visitors were closed")),
+        (l, None) => Some(format!("{l} held visitors were closed")),
+    };
+    (alive, stopped_by)
+}
+
+/// One more visitor's echo time beside the crowd (tried for a few seconds, since a place
+/// made at a cap frees once tunneld sees the close).
+async fn fresh_echo(addr: SocketAddr) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let fresh = Instant::now();
+        match visit(addr).await {
+            Ok(_) => return Some(fresh.elapsed().as_secs_f64() * 1000.0),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// The crowd rows: websocket (conversations per session up to 65535) and yamux (streams per
 /// session up to 4096) to the ports frontend.
 pub async fn rows(bins: &Path, work: &Path, n: usize) -> Result<Vec<CrowdRow>> {
@@ -133,12 +181,20 @@ pub async fn rows(bins: &Path, work: &Path, n: usize) -> Result<Vec<CrowdRow>> {
         // Let both sides settle (buffers given back after the echoes).
         tokio::time::sleep(Duration::from_millis(300)).await;
         let with = sys.rss_kib();
-        let fresh = Instant::now();
-        let fresh_echo_ms = match visit(addr).await {
-            Ok(_) => Some(fresh.elapsed().as_secs_f64() * 1000.0),
-            Err(_) => None,
+        let (mut held, stopped_by) = still_open(held, stopped_by);
+        let held_count = held.len();
+        let stopped_by = match stopped_by {
+            Some(s) if t == Transport::Yamux && held_count >= systems::YAMUX_CEILING => Some(
+                format!("{s} (every one of yamux's {held_count} streams a session in use)"),
+            ),
+            s => s,
         };
-        let per_visitor_kib = match (before, with, held.len()) {
+        if stopped_by.is_some() {
+            // At a cap: one place is made for the fresh visitor.
+            held.pop();
+        }
+        let fresh_echo_ms = fresh_echo(addr).await;
+        let per_visitor_kib = match (before, with, held_count) {
             ((Some(bs), Some(bc)), (Some(ws), Some(wc)), h) if h > 0 => {
                 Some(((ws + wc) as f64 - (bs + bc) as f64) / h as f64)
             }
@@ -148,7 +204,7 @@ pub async fn rows(bins: &Path, work: &Path, n: usize) -> Result<Vec<CrowdRow>> {
         out.push(CrowdRow {
             system: sys.name.clone(),
             visitors: n,
-            held: held.len(),
+            held: held_count,
             open_secs,
             rss_server_mib: mib(with.0),
             rss_client_mib: mib(with.1),
