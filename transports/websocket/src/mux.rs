@@ -604,18 +604,20 @@ mod tests {
         drop(c_conv);
     }
 
+    /// Opens a conversation for an HTTP visitor (TPoT's `H`).
+    fn open(m: &Mux) -> Result<(Conversation, Option<Ack>), OpenRefused> {
+        m.open(
+            |id| Msg::HttpOpen {
+                id,
+                visitor: "1.2.3.4:5".parse().expect("addr"),
+            },
+            false,
+        )
+    }
+
     #[tokio::test]
     async fn the_peers_cap_from_its_hello_bounds_our_openings() {
         let (m, _out) = Mux::new(true, 8, MuxMetrics::default());
-        let open = |m: &Mux| {
-            m.open(
-                |id| Msg::HttpOpen {
-                    id,
-                    visitor: "1.2.3.4:5".parse().expect("addr"),
-                },
-                false,
-            )
-        };
         m.peer_accepts(2);
         assert_eq!(m.max_conversations(), 2);
         let a = open(&m).expect("a");
@@ -630,15 +632,6 @@ mod tests {
     #[tokio::test]
     async fn ids_wrap_skip_live_and_cap() {
         let (m, _out) = Mux::new(false, 2, MuxMetrics::default());
-        let open = |m: &Mux| {
-            m.open(
-                |id| Msg::HttpOpen {
-                    id,
-                    visitor: "1.2.3.4:5".parse().expect("addr"),
-                },
-                false,
-            )
-        };
         let (a, _) = open(&m).expect("a");
         let (b, _) = open(&m).expect("b");
         assert_eq!((a.id(), b.id()), (1, 2));
