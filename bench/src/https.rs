@@ -214,7 +214,8 @@ http {{
   fastcgi_temp_path {d}/tmp/fastcgi;
   uwsgi_temp_path {d}/tmp/uwsgi;
   scgi_temp_path {d}/tmp/scgi;
-  upstream service {{ server {service}; keepalive 64; }}
+  # Idle upstream connections kept: tunneld's own per-tunnel pool (kept_streams::PER_TUNNEL).
+  upstream service {{ server {service}; keepalive 512; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
     server_name {HOST};

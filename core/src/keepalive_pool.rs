@@ -25,8 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Idle connections kept per local service (tunnelc's pool).
-pub const MAX_IDLE_PER_SERVICE: usize = 64;
+/// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
+/// streams per tunnel ([`crate::kept_streams::PER_TUNNEL`]), so HTTP/2 visitors with many
+/// requests in flight find a connection left instead of opening one per request.
+pub const MAX_IDLE_PER_SERVICE: usize = 512;
+/// Idle connections kept in all (tunnelc's pool, every service together).
+const MAX_IDLE_IN_ALL: usize = 2048;
 /// How long an idle connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
 /// How long a connection just given back may take to be ready for the next request.
@@ -47,12 +51,13 @@ pub struct Caps {
 }
 
 impl Default for Caps {
-    /// tunnelc's: [`MAX_IDLE_PER_SERVICE`] per service, [`MAX_SERVICES`] services.
+    /// tunnelc's: [`MAX_IDLE_PER_SERVICE`] per service, [`MAX_SERVICES`] services,
+    /// [`MAX_IDLE_IN_ALL`] in all.
     fn default() -> Self {
         Caps {
             per_key: MAX_IDLE_PER_SERVICE,
             keys: MAX_SERVICES,
-            total: MAX_IDLE_PER_SERVICE * MAX_SERVICES,
+            total: MAX_IDLE_IN_ALL,
         }
     }
 }
