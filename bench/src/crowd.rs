@@ -154,12 +154,12 @@ async fn fresh_echo(addr: SocketAddr) -> Option<f64> {
     }
 }
 
-/// The crowd rows: websocket (conversations per session up to 65535) and yamux (streams per
-/// session up to 4096) to the ports frontend.
+/// The crowd rows: websocket (conversations per session up to 65535), h2-reverse (streams per
+/// link up to 65535) and yamux (streams per session up to 4096) to the ports frontend.
 pub async fn rows(bins: &Path, work: &Path, n: usize) -> Result<Vec<CrowdRow>> {
     let me = std::env::current_exe()?;
     let mut out = Vec::new();
-    for t in [Transport::Websocket, Transport::Yamux] {
+    for t in [Transport::Websocket, Transport::H2Reverse, Transport::Yamux] {
         let dir = work.join(format!("crowd-{}", t.kind()));
         std::fs::create_dir_all(&dir)?;
         let mut sink = Proc::spawn(&me, &["sink"], &dir.join("sink.log"), "sink")?;

@@ -169,9 +169,14 @@ impl Transport {
                 format!("edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: {} }} }}", room.min(YAMUX_CEILING)),
                 "",
             ),
+            // Streams at once on the link (tunnelc says the same in its hello), with stream
+            // windows small enough that the connection window (stream window x (streams + 1),
+            // capped at 2^31 - 1) covers every one.
             Transport::H2Reverse => (
-                // tunnelc is the HTTP/2 server: its own limit (1024 streams) caps the link.
-                "edge: { type: h2-reverse, listen: 127.0.0.1:0 }".into(),
+                format!(
+                    "edge: {{ type: h2-reverse, listen: 127.0.0.1:0, h2: {{ max_concurrent_streams: {room}, stream_window: {} }} }}",
+                    (i32::MAX as usize / (room + 1)).min(256 << 10)
+                ),
                 "",
             ),
             Transport::Websocket => (
@@ -186,14 +191,14 @@ impl Transport {
         self.client_sized(edge, ca, YAMUX_CEILING)
     }
 
-    /// [`Transport::client_side`], taking `room` visitors at once (websocket).
+    /// [`Transport::client_side`], taking `room` visitors at once (websocket, h2-reverse).
     fn client_sized(self, edge: &str, ca: &str, room: usize) -> String {
         match self {
             Transport::Yamux => format!(
                 "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: {YAMUX_CEILING} }}\n"
             ),
             Transport::H2Reverse => format!(
-                "server: {edge}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\n"
+                "server: {edge}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\nh2: {{ max_streams: {room} }}\n"
             ),
             // The transport's own requests are told from visitors by Host: its domain.
             Transport::Websocket => {

@@ -104,6 +104,7 @@ impl Dialer {
         Ok(match cfg.transport {
             TransportKind::H2Reverse => Dialer::H2(tunneld_transport_h2_reverse::DialOptions {
                 target: dial_target(cfg, tunneld_transport_h2_reverse::ALPN)?,
+                max_streams: cfg.h2.max_streams,
             }),
             TransportKind::Websocket => {
                 let url: tunneld_transport_websocket::client::ServerUrl = cfg

@@ -26,6 +26,7 @@ pub(crate) fn hello(cfg: &ClientConfig, instance: String) -> Hello {
         agent: agent(cfg),
         max_streams: Some(match cfg.transport {
             TransportKind::Websocket => cfg.max_conversations as u32,
+            TransportKind::H2Reverse => cfg.h2.max_streams,
             _ => cfg.yamux.max_streams as u32,
         }),
         instance: Some(instance),

@@ -64,9 +64,13 @@ impl Default for H2Tuning {
 impl H2Tuning {
     /// tunnelc's side of a link: it trusts its own tunneld, which forwards every visitor's
     /// cancellation, so bursts of resets must never end the connection (h2's rapid-reset
-    /// guard is for strangers); heads up to `max_head` pass.
-    pub fn tunnelc(limits: &crate::limits::DataLimits) -> Self {
+    /// guard is for strangers); heads up to `max_head` pass; `max_streams` visitor streams at
+    /// once and one more for tunneld's control requests (probes, mapping changes), which
+    /// must never queue behind visitors (the connection window grows with them, see
+    /// [`H2Tuning::for_link`]).
+    pub fn tunnelc(limits: &crate::limits::DataLimits, max_streams: u32) -> Self {
         Self {
+            max_concurrent_streams: max_streams.max(1).saturating_add(1),
             max_pending_reset_streams: 1 << 16,
             max_local_error_resets: 1 << 16,
             ..Self::default()

@@ -132,7 +132,14 @@ fn bench_runner_smoke_mode_measures_every_system() {
     // echo, and one more visitor's echo beside them.
     let crowd = json["crowd"].as_array().expect("crowd");
     let names: Vec<&str> = crowd.iter().filter_map(|r| r["system"].as_str()).collect();
-    assert_eq!(names, ["tunneld websocket", "tunneld yamux+tls"]);
+    assert_eq!(
+        names,
+        [
+            "tunneld websocket",
+            "tunneld h2-reverse+tls",
+            "tunneld yamux+tls"
+        ]
+    );
     for r in crowd {
         assert_eq!(r["held"], r["visitors"], "{r}");
         assert!(r["stopped_by"].is_null(), "{r}");

@@ -316,6 +316,7 @@ fn quick_base(
         },
         reconnect: Reconnect::default(),
         yamux: Default::default(),
+        h2: Default::default(),
         accept_server_mappings: false,
         connect_timeout: std::time::Duration::from_secs(10),
         log: LogConfig::default(),

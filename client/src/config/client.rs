@@ -30,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "auth_key",
     "max_message",
     "max_conversations",
+    "h2",
     "inspect",
 ];
 
@@ -69,6 +70,9 @@ pub struct ClientConfig {
     pub reconnect: Reconnect,
     #[serde(default)]
     pub yamux: tunneld_transport_yamux::config::Tuning,
+    /// `transport: h2-reverse`: tunnelc's HTTP/2 server.
+    #[serde(default)]
+    pub h2: H2Serve,
     /// Allow tunneld's admin API to add mappings whose local target tunneld chooses.
     #[serde(default)]
     pub accept_server_mappings: bool,
@@ -85,6 +89,28 @@ pub struct ClientConfig {
     /// The request inspector of the `http` tunnels.
     #[serde(default)]
     pub inspect: super::inspect::InspectConfig,
+}
+
+/// tunnelc's HTTP/2 server on an h2-reverse link (`h2:`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct H2Serve {
+    /// Streams (visitors) tunnelc serves at once (its SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// sent in the hello, so tunneld opens no more (it refuses the next visitor itself).
+    #[serde(default = "d4096u32")]
+    pub max_streams: u32,
+}
+
+impl Default for H2Serve {
+    fn default() -> Self {
+        Self {
+            max_streams: d4096u32(),
+        }
+    }
+}
+
+fn d4096u32() -> u32 {
+    4096
 }
 
 /// One rendezvous id served over the `connect` transport.
@@ -276,6 +302,12 @@ impl ClientConfig {
             }
         } else if self.auth_key.is_some() {
             errors.push("auth_key: only for transport: websocket".into());
+        }
+        if !(1..=65535).contains(&self.h2.max_streams) {
+            errors.push(format!(
+                "h2.max_streams: {} is outside 1..=65535",
+                self.h2.max_streams
+            ));
         }
     }
 

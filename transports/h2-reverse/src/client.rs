@@ -29,6 +29,8 @@ use tunneld_core::splice::{splice, SpliceCounters};
 #[derive(Clone)]
 pub struct DialOptions {
     pub target: DialTarget,
+    /// Streams served at once (SETTINGS_MAX_CONCURRENT_STREAMS; the hello says the same).
+    pub max_streams: u32,
 }
 
 /// An accepted session, ready to run ([`ClientSession::run`]).
@@ -49,7 +51,7 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
         tunnels: w.tunnels,
         keepalive: w.keepalive,
         io: w.io,
-        tuning: H2Tuning::tunnelc(&w.limits),
+        tuning: H2Tuning::tunnelc(&w.limits, opts.max_streams),
         limits: w.limits,
     })
 }

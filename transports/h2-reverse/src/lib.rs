@@ -7,13 +7,15 @@
 //!
 //! Layout: [`config`], [`server`] (tunneld side: hello, admission, the session), [`link`]
 //! (tunneld's end of a reversed HTTP/2 connection: the HTTP/2 client, its headers and
-//! paths), [`client`] (tunnelc side).
+//! paths), [`stream_cap`] (the streams tunneld may open on one link), [`client`] (tunnelc
+//! side).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
 pub mod link;
 pub mod server;
+pub mod stream_cap;
 
 pub use client::{dial, Connected, DialError, DialOptions};
 pub use config::Config;

@@ -19,6 +19,8 @@ use tunneld_core::limits::DataLimits;
 use tunneld_core::reverse_http::{HttpUpstream, ReverseHttpLinks};
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 
+use crate::stream_cap::{Held, HeldBody, StreamCap};
+
 pub use tunneld_core::reverse_http::LinkDriver;
 
 /// ALPN id of tunneld's own reversed-HTTP/2 transport.
@@ -40,23 +42,39 @@ pub struct H2Opener {
     send: SendRequest<Body>,
     /// A 2ptth initiator: plain requests only, no tunneld headers.
     legacy: bool,
+    /// Visitor streams open now, against the most allowed ([`crate::stream_cap`]).
+    streams: Arc<StreamCap>,
 }
 
 /// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange),
-/// with `tuning` made fit for a link ([`H2Tuning::for_link`]).
+/// with `tuning` made fit for a link ([`H2Tuning::for_link`]). tunneld opens at most
+/// `tuning.max_concurrent_streams` visitor streams at once (the window is sized for them),
+/// or `peer_max` when the peer said it serves fewer.
 pub async fn connect(
     io: BoxIo,
     tuning: &H2Tuning,
     limits: &DataLimits,
     keepalive: Duration,
     legacy: bool,
+    peer_max: Option<u32>,
 ) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
     let (send, conn) = tuning
         .for_link(limits)
         .client(keepalive)
         .handshake::<_, Body>(TokioIo::new(io))
         .await?;
-    Ok((Arc::new(H2Opener { send, legacy }), Box::pin(conn)))
+    let cap = peer_max.map_or(tuning.max_concurrent_streams, |p| {
+        p.min(tuning.max_concurrent_streams)
+    });
+    let streams = StreamCap::new(cap as usize);
+    Ok((
+        Arc::new(H2Opener {
+            send,
+            legacy,
+            streams,
+        }),
+        Box::pin(conn),
+    ))
 }
 
 fn send_error(e: hyper::Error) -> OpenError {
@@ -78,6 +96,11 @@ fn refused<B>(resp: &Response<B>) -> OpenError {
 }
 
 impl H2Opener {
+    /// The most visitor streams open at once.
+    pub fn stream_cap(&self) -> usize {
+        self.streams.cap()
+    }
+
     /// Whether the connection can still carry requests.
     pub fn is_closed(&self) -> bool {
         self.send.is_closed()
@@ -140,6 +163,7 @@ impl OpenStream for H2Opener {
                 "a 2ptth upstream carries HTTP requests only".into(),
             ));
         }
+        let slot = self.streams.take()?;
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(CONNECT_AUTHORITY)
@@ -158,7 +182,10 @@ impl OpenStream for H2Opener {
             .await
             .map_err(|_| OpenError::Timeout)?
             .map_err(|e| OpenError::Session(format!("CONNECT stream: {e}")))?;
-        Ok(Box::new(TokioIo::new(up)))
+        Ok(Box::new(Held {
+            io: TokioIo::new(up),
+            _slot: slot,
+        }))
     }
 
     async fn request(
@@ -166,6 +193,7 @@ impl OpenStream for H2Opener {
         header: StreamHeader,
         req: Request<Body>,
     ) -> Result<Response<Body>, OpenError> {
+        let slot = self.streams.take()?;
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(http::header::HOST);
         parts.version = http::Version::HTTP_2;
@@ -183,7 +211,16 @@ impl OpenStream for H2Opener {
         if !self.legacy && resp.headers().contains_key(ERROR_HEADER) {
             return Err(refused(&resp));
         }
-        Ok(resp.map(boxed))
+        Ok(resp.map(|body| {
+            boxed(HeldBody {
+                body: boxed(body),
+                slot: Some(slot),
+            })
+        }))
+    }
+
+    fn stream_cap(&self) -> Option<usize> {
+        Some(self.streams.cap())
     }
 }
 
@@ -211,7 +248,7 @@ impl ReverseHttpLinks for H2ReverseLinks {
         limits: &DataLimits,
         keepalive: Duration,
     ) -> Result<(Arc<dyn HttpUpstream>, LinkDriver), hyper::Error> {
-        let (opener, driver) = connect(io, tuning, limits, keepalive, true).await?;
+        let (opener, driver) = connect(io, tuning, limits, keepalive, true, None).await?;
         Ok((opener, driver))
     }
 }

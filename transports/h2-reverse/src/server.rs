@@ -285,8 +285,19 @@ impl H2ReverseTransport {
         // What its welcome announced: the link is sized and pinged by the same.
         let limits = guard.session.announced;
         let keepalive = Duration::from_secs(limits.keepalive_secs());
-        let (opener, driver) = match link::connect(io, &self.cfg.h2, &limits, keepalive, false)
-            .await
+        // tunnelc's own cap, when its hello says the number is that (older ones sent yamux's).
+        let peer_max = hello
+            .max_streams
+            .filter(|_| hello.has_capability(tunneld_core::proto::CAP_MAX_STREAMS));
+        let (opener, driver) = match link::connect(
+            io,
+            &self.cfg.h2,
+            &limits,
+            keepalive,
+            false,
+            peer_max,
+        )
+        .await
         {
             Ok(x) => x,
             Err(e) => {

@@ -1,7 +1,9 @@
-//! tunnelc's `max_conversations` over the websocket transport: its hello tells tunneld, which
-//! refuses the visitor past it (counted as `too_many_streams`) while the held ones keep
-//! answering, and takes the next visitor as soon as one closes. (tunnelc used to accept 1024
-//! conversations, a constant tunneld did not know, and reset the 1025th.)
+//! tunnelc's own cap on the visitors it serves at once (`max_conversations` over websocket,
+//! `h2.max_streams` over h2-reverse): its hello tells tunneld, which refuses the visitor past
+//! it at once (counted as `too_many_streams`) while the held ones keep answering, and takes
+//! the next visitor as soon as one closes. (tunnelc used to accept 1024 conversations, a
+//! constant tunneld did not know, and reset the 1025th; over h2-reverse the visitor past it
+//! waited in hyper's queue for a stream to close.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,8 +27,23 @@ async fn visitor(addr: SocketAddr) -> Result<TcpStream, String> {
         .map_err(|_| "no echo in time".to_string())?
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Websocket,
+    H2Reverse,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
+    cap_is_kept(Via::Websocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnelcs_h2_stream_cap_is_kept_by_tunneld() {
+    cap_is_kept(Via::H2Reverse).await;
+}
+
+async fn cap_is_kept(via: Via) {
     let s = TestServer::start_full(
         tunneld_integration_tests::WEB_FRONTEND,
         &[
@@ -42,14 +59,22 @@ async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
     .await
     .expect("tunneld");
     let service = echo().await;
-    let dir = temp_dir("ws-cap");
+    let dir = temp_dir(&format!("{via:?}-cap"));
     let cfg = dir.join("client.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server: http://localhost:{}\ntransport: websocket\ntoken: {ALICE_TOKEN}\nmax_conversations: 3\ntunnels:\n  svc:\n    local: {service}\n",
+    let head = match via {
+        Via::Websocket => format!(
+            "server: http://localhost:{}\ntransport: websocket\nmax_conversations: 3\n",
             s.running.transports["ws"].port()
         ),
+        Via::H2Reverse => format!(
+            "server: {}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {} }}\nh2: {{ max_streams: 3 }}\n",
+            s.running.transports["h2"],
+            s.ca_file().display()
+        ),
+    };
+    std::fs::write(
+        &cfg,
+        format!("{head}token: {ALICE_TOKEN}\ntunnels:\n  svc:\n    local: {service}\n"),
     )
     .expect("write");
     let mut c = Proc::spawn(
@@ -73,9 +98,13 @@ async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
                 .unwrap_or_else(|e| panic!("visitor {i}: {e}")),
         );
     }
+    // Refused at once, not after waiting for a place (WAIT is far longer than this).
+    let refused = tokio::time::timeout(Duration::from_secs(5), visitor(addr))
+        .await
+        .unwrap_or_else(|_| panic!("{via:?}: the fourth visitor waited instead of being refused"));
     assert!(
-        visitor(addr).await.is_err(),
-        "a fourth visitor is past tunnelc's cap"
+        refused.is_err(),
+        "{via:?}: a fourth visitor is past tunnelc's cap"
     );
     let m = s
         .metrics_when(
@@ -90,7 +119,7 @@ async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
             &[("reason", "too_many_streams")]
         ),
         1.0,
-        "tunneld refused the fourth visitor itself"
+        "{via:?}: tunneld refused the fourth visitor itself"
     );
     assert_eq!(
         m.get(
@@ -98,7 +127,7 @@ async fn tunnelcs_conversation_cap_is_kept_by_tunneld() {
             &[("reason", "local_refused")]
         ),
         0.0,
-        "tunnelc was never asked for a fourth conversation"
+        "{via:?}: tunnelc was never asked for a fourth stream"
     );
     // The held visitors still answer (the session lived through the refusal).
     for (i, v) in held.iter_mut().enumerate() {
