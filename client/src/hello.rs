@@ -38,10 +38,11 @@ pub(crate) fn hello(cfg: &ClientConfig, instance: String) -> Hello {
 /// (`+keepalive`), except for tunnels that want a connection per request or per visitor.
 fn agent(cfg: &ClientConfig) -> String {
     use tunneld_core::proto::{
-        CAP_HANDOVER, CAP_KEEPALIVE, CAP_MAX_STREAMS, CAP_RETRYING, NO_KEEPALIVE,
+        CAP_H2_MAX_STREAMS, CAP_HANDOVER, CAP_KEEPALIVE, CAP_MAX_STREAMS, CAP_RETRYING,
+        NO_KEEPALIVE,
     };
     let mut agent = format!(
-        "tunnelc {} {CAP_RETRYING} {CAP_HANDOVER} {CAP_KEEPALIVE} {CAP_MAX_STREAMS}",
+        "tunnelc {} {CAP_RETRYING} {CAP_HANDOVER} {CAP_KEEPALIVE} {CAP_MAX_STREAMS} {CAP_H2_MAX_STREAMS}",
         env!("CARGO_PKG_VERSION")
     );
     for (name, t) in &cfg.tunnels {

@@ -61,16 +61,23 @@ impl Default for H2Tuning {
     }
 }
 
+/// Streams tunnelc's HTTP/2 server takes above the `max_streams` its hello announces.
+pub fn h2_headroom(max_streams: u32) -> u32 {
+    (max_streams / 64).max(16)
+}
+
 impl H2Tuning {
     /// tunnelc's side of a link: it trusts its own tunneld, which forwards every visitor's
     /// cancellation, so bursts of resets must never end the connection (h2's rapid-reset
     /// guard is for strangers); heads up to `max_head` pass; `max_streams` visitor streams at
-    /// once and one more for tunneld's control requests (probes, mapping changes), which
-    /// must never queue behind visitors (the connection window grows with them, see
+    /// once and [`h2_headroom`] more: tunneld's control requests (probes, mapping changes)
+    /// must never queue behind visitors, and a stream tunneld has counted as ended may still
+    /// be open a moment (its reset on the way). The connection window grows with them (see
     /// [`H2Tuning::for_link`]).
     pub fn tunnelc(limits: &crate::limits::DataLimits, max_streams: u32) -> Self {
+        let n = max_streams.max(1);
         Self {
-            max_concurrent_streams: max_streams.max(1).saturating_add(1),
+            max_concurrent_streams: n.saturating_add(h2_headroom(n)),
             max_pending_reset_streams: 1 << 16,
             max_local_error_resets: 1 << 16,
             ..Self::default()

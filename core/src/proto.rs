@@ -194,6 +194,12 @@ pub const CAP_KEEPALIVE: &str = "+keepalive";
 /// whatever the transport, so websocket sessions ignore the number without this word.
 pub const CAP_MAX_STREAMS: &str = "+max-streams";
 
+/// The capability word of a tunnelc whose hello `max_streams`, over h2-reverse, is the
+/// visitor streams its HTTP/2 server takes at once (`h2.max_streams`; it allows a few more
+/// for tunneld's control requests). tunnelc with only [`CAP_MAX_STREAMS`] sent yamux's cap
+/// there while serving 1024 streams, so h2-reverse links trust the number with this word only.
+pub const CAP_H2_MAX_STREAMS: &str = "+h2-max-streams";
+
 /// `+no-keepalive:<tunnel>`: a tunnel whose streams each carry one visitor request.
 pub const NO_KEEPALIVE: &str = "+no-keepalive:";
 

@@ -193,8 +193,14 @@ impl OpenStream for H2Opener {
         header: StreamHeader,
         req: Request<Body>,
     ) -> Result<Response<Body>, OpenError> {
-        let slot = self.streams.take()?;
+        // Held by the request body and the response body both: the stream lives until
+        // hyper has sent the one and the caller has read or dropped the other.
+        let slot = Arc::new(self.streams.take()?);
         let (mut parts, body) = req.into_parts();
+        let body = boxed(HeldBody {
+            body,
+            slot: Some(slot.clone()),
+        });
         parts.headers.remove(http::header::HOST);
         parts.version = http::Version::HTTP_2;
         if !self.legacy {

@@ -285,10 +285,11 @@ impl H2ReverseTransport {
         // What its welcome announced: the link is sized and pinged by the same.
         let limits = guard.session.announced;
         let keepalive = Duration::from_secs(limits.keepalive_secs());
-        // tunnelc's own cap, when its hello says the number is that (older ones sent yamux's).
+        // tunnelc's own cap, when its hello says the number is that (tunnelc before the word
+        // sent yamux's, whatever the transport).
         let peer_max = hello
             .max_streams
-            .filter(|_| hello.has_capability(tunneld_core::proto::CAP_MAX_STREAMS));
+            .filter(|_| hello.has_capability(tunneld_core::proto::CAP_H2_MAX_STREAMS));
         let (opener, driver) = match link::connect(
             io,
             &self.cfg.h2,

@@ -1,7 +1,7 @@
 //! The streams tunneld has open on one link, against the most it may open: its own
 //! `h2.max_concurrent_streams` (the link's connection window is sized for that many) or
 //! tunnelc's announced cap when smaller (the hello's `max_streams`, trusted with the agent
-//! word `+max-streams`). Past it a visitor is refused at once ([`OpenError::TooManyStreams`])
+//! word `+h2-max-streams`). Past it a visitor is refused at once ([`OpenError::TooManyStreams`])
 //! instead of waiting in hyper's queue for a stream of the peer to close, where it would
 //! also delay every neighbour tunnel's visitors behind it.
 
@@ -91,11 +91,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Held<T> {
     }
 }
 
-/// A response body that holds its request's [`Slot`] until it ends or is dropped (the
-/// HTTP/2 stream lives as long).
+/// A request or response body that holds its stream's [`Slot`] (shared by both) until it
+/// ends or is dropped: the HTTP/2 stream lives until both are done.
 pub struct HeldBody {
     pub body: Body,
-    pub slot: Option<Slot>,
+    pub slot: Option<Arc<Slot>>,
 }
 
 impl HttpBody for HeldBody {
@@ -140,13 +140,22 @@ mod tests {
     async fn a_body_gives_its_slot_back_at_its_end() {
         use http_body_util::BodyExt;
         let cap = StreamCap::new(1);
-        let slot = cap.take().expect("first");
-        let mut body = HeldBody {
-            body: tunneld_core::http_forward::full("hi"),
+        let slot = Arc::new(cap.take().expect("first"));
+        let mut request = HeldBody {
+            body: tunneld_core::http_forward::full("up"),
+            slot: Some(slot.clone()),
+        };
+        let mut response = HeldBody {
+            body: tunneld_core::http_forward::full("down"),
             slot: Some(slot),
         };
-        assert!(cap.take().is_err(), "held while the body is unread");
-        while body.frame().await.is_some() {}
-        assert!(cap.take().is_ok(), "given back once the body ended");
+        assert!(cap.take().is_err(), "held while both bodies are unread");
+        while response.frame().await.is_some() {}
+        assert!(
+            cap.take().is_err(),
+            "held while the request body is still sent"
+        );
+        while request.frame().await.is_some() {}
+        assert!(cap.take().is_ok(), "given back once both ended");
     }
 }
