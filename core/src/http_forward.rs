@@ -293,18 +293,36 @@ pub async fn http1_handshake(
     io: BoxIo,
     max_head: usize,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, OpenError> {
+    Ok(http1_handshake_watched(io, max_head).await?.0)
+}
+
+/// [`http1_handshake`], also giving a receiver that resolves once the connection ended and
+/// `io` was dropped (a stream slot it held is free again).
+pub async fn http1_handshake_watched(
+    io: BoxIo,
+    max_head: usize,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Body>,
+        tokio::sync::oneshot::Receiver<()>,
+    ),
+    OpenError,
+> {
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         // hyper refuses a head that fills its read buffer: one byte more than the limit.
         .max_buf_size((max_head + 1).max(8192))
         .handshake::<_, Body>(TokioIo::new(io))
         .await
         .map_err(|e| OpenError::Session(e.to_string()))?;
+    let (ended, watch) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "forwarded HTTP/1.1 connection ended");
         }
+        // The connection (and its io) is gone by now.
+        drop(ended);
     });
-    Ok(send)
+    Ok((send, watch))
 }
 
 /// What a failed HTTP/1.1 exchange with a local service means for the visitor.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
 /// streams per tunnel ([`crate::kept_streams::PER_TUNNEL`]), so HTTP/2 visitors with many
@@ -62,15 +63,21 @@ impl Default for Caps {
     }
 }
 
-struct Idle {
+/// A kept connection: its sender, and what resolves once the connection and its io are gone.
+struct Conn {
     send: SendRequest<Body>,
+    ended: oneshot::Receiver<()>,
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
 impl Idle {
     /// Not expired, not closed by the other end.
     fn fresh(&self) -> bool {
-        self.since.elapsed() < IDLE_FOR && !self.send.is_closed()
+        self.since.elapsed() < IDLE_FOR && !self.conn.send.is_closed()
     }
 }
 
@@ -131,14 +138,14 @@ impl LocalPool {
         });
     }
 
-    fn take(&self, key: &str) -> Option<SendRequest<Body>> {
+    fn take(&self, key: &str) -> Option<Conn> {
         let mut st = crate::sync::lock(&self.state);
         let list = st.idle.get_mut(key)?;
         let before = list.len();
         let mut found = None;
         while let Some(i) = list.pop() {
             if i.fresh() {
-                found = Some(i.send);
+                found = Some(i.conn);
                 break;
             }
         }
@@ -150,9 +157,9 @@ impl LocalPool {
         found
     }
 
-    fn put(self: &Arc<Self>, key: String, send: SendRequest<Body>) {
+    fn put(self: &Arc<Self>, key: String, conn: Conn) {
         // Only where a reaper can run (a body dropped outside the runtime closes it).
-        if send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
+        if conn.send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let mut st = crate::sync::lock(&self.state);
@@ -172,10 +179,34 @@ impl LocalPool {
             }
         }
         st.idle.entry(key).or_default().push(Idle {
-            send,
+            conn,
             since: Instant::now(),
         });
         st.count += 1;
+    }
+
+    /// Closes the connection idle longest, of any key, to free what it holds (a tunnel
+    /// stream a visitor is waiting for); resolves once it is gone. `None`: nothing is idle.
+    pub fn evict_oldest(&self) -> Option<impl std::future::Future<Output = ()>> {
+        let mut st = crate::sync::lock(&self.state);
+        let key = st
+            .idle
+            .iter()
+            .filter_map(|(k, list)| Some((k, list.first()?.since)))
+            .min_by_key(|(_, since)| *since)
+            .map(|(k, _)| k.clone())?;
+        let list = st.idle.get_mut(&key)?;
+        let oldest = list.remove(0);
+        if list.is_empty() {
+            st.idle.remove(&key);
+        }
+        st.count -= 1;
+        drop(st);
+        let Conn { send, ended } = oldest.conn;
+        drop(send);
+        Some(async move {
+            let _ = ended.await;
+        })
     }
 
     /// Idle connections kept now, all keys together.
@@ -195,8 +226,8 @@ impl LocalPool {
             return Err(req);
         }
         to_origin_form(&mut req);
-        while let Some(mut send) = self.take(key) {
-            if tokio::time::timeout(READY_WAIT, send.ready())
+        while let Some(mut conn) = self.take(key) {
+            if tokio::time::timeout(READY_WAIT, conn.send.ready())
                 .await
                 .is_err()
             {
@@ -206,8 +237,8 @@ impl LocalPool {
             // that is safe to send again (no body, idempotent) goes on the next one.
             let again = replayable(&req);
             let (tracked, sent) = track_body(req);
-            match send.try_send_request(tracked).await {
-                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), send, resp, sent))),
+            match conn.send.try_send_request(tracked).await {
+                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), conn, resp, sent))),
                 Err(mut e) => match (e.take_message(), again) {
                     // Not sent: the connection had closed. The next one, or a new one.
                     (Some(back), _) => req = back,
@@ -230,15 +261,17 @@ impl LocalPool {
     ) -> Result<Response<Body>, OpenError> {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
-        let mut send = crate::http_forward::http1_handshake(io, max_head).await?;
+        let (send, ended) = crate::http_forward::http1_handshake_watched(io, max_head).await?;
+        let mut conn = Conn { send, ended };
         let (req, sent) = track_body(req);
-        let resp = send
+        let resp = conn
+            .send
             .send_request(req)
             .await
             .map_err(|e| send_error(e, max_head))?;
         Ok(match keep {
             Some(k) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
-                self.returning(k, send, resp, sent)
+                self.returning(k, conn, resp, sent)
             }
             _ => resp.map(boxed),
         })
@@ -250,7 +283,7 @@ impl LocalPool {
     fn returning(
         self: &Arc<Self>,
         key: String,
-        send: SendRequest<Body>,
+        conn: Conn,
         resp: Response<hyper::body::Incoming>,
         sent: Arc<AtomicBool>,
     ) -> Response<Body> {
@@ -260,7 +293,7 @@ impl LocalPool {
         resp.map(|inner| {
             boxed(Returning {
                 inner,
-                back: Some((self.clone(), key, send)),
+                back: Some((self.clone(), key, conn)),
                 sent,
             })
         })
@@ -358,16 +391,16 @@ impl hyper::body::Body for Tracked {
 /// A response body that puts its connection back in the pool at its end.
 struct Returning {
     inner: hyper::body::Incoming,
-    back: Option<(Arc<LocalPool>, String, SendRequest<Body>)>,
+    back: Option<(Arc<LocalPool>, String, Conn)>,
     /// The request body went out whole.
     sent: Arc<AtomicBool>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((pool, key, send)) = self.back.take() {
+        if let Some((pool, key, conn)) = self.back.take() {
             if self.sent.load(Ordering::Acquire) {
-                pool.put(key, send);
+                pool.put(key, conn);
             }
         }
     }

@@ -8,7 +8,9 @@
 //! at most a quarter of the session's stream cap), each for
 //! [`crate::keepalive_pool::IDLE_FOR`]. Idle streams hold no visitor's stream permit:
 //! each request takes one of its own (the per-tunnel and per-address caps count requests in
-//! flight, as before). Never kept: tunnels whose tunnelc said `+no-keepalive:<name>`
+//! flight, as before); a visitor refused because the session's streams are all in use
+//! takes the place of the stream idle longest instead. Never kept: tunnels whose tunnelc
+//! said `+no-keepalive:<name>`
 //! (`reuse_connections: false`), streams with a PROXY header (it names one visitor), upgrades.
 
 use crate::http_forward::Body;
@@ -36,17 +38,18 @@ pub struct KeptStreams {
     off: BTreeSet<String>,
     reused: IntCounter,
     opened: IntCounter,
+    evicted: IntCounter,
 }
 
 impl KeptStreams {
     /// For a session whose tunnelc keeps streams alive; `counters` is the
-    /// `tunneld_kept_streams_total` series for (`reused`, `opened`).
+    /// `tunneld_kept_streams_total` series for (`reused`, `opened`, `evicted`).
     /// `stream_cap`: the session's own cap on open streams, of which idle kept streams take
     /// at most a quarter (so they never keep a neighbour tunnel's visitor out).
     pub fn for_hello(
         hello: &Hello,
         stream_cap: Option<usize>,
-        counters: (IntCounter, IntCounter),
+        counters: (IntCounter, IntCounter, IntCounter),
     ) -> Option<Self> {
         let off = hello.keepalive_off()?;
         let total = stream_cap.map_or(PER_SESSION, |c| (c / 4).min(PER_SESSION));
@@ -63,6 +66,7 @@ impl KeptStreams {
             off,
             reused: counters.0,
             opened: counters.1,
+            evicted: counters.2,
         })
     }
 
@@ -109,5 +113,13 @@ impl KeptStreams {
     /// Idle streams kept now.
     pub fn idle(&self) -> usize {
         self.pool.idle()
+    }
+
+    /// Closes the stream idle longest, of any tunnel, so a visitor refused for want of a
+    /// stream gets its place; resolves once the stream is closed. `None`: none is idle.
+    pub fn evict_oldest(&self) -> Option<impl Future<Output = ()>> {
+        let closed = self.pool.evict_oldest()?;
+        self.evicted.inc();
+        Some(closed)
     }
 }

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long a visitor waits for an idle kept stream it evicted to close (a moment: its
+/// connection task only has to notice).
+const EVICT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A claim a session holds, with the frontend it is on.
 pub(crate) struct HeldClaim {
     pub(crate) frontend: String,
@@ -114,7 +118,25 @@ impl LiveSession {
     /// A new stream whose writes fail when they make no progress for
     /// `limits.stream_stall_timeout`.
     async fn guarded(&self, header: StreamHeader) -> Result<StallGuard<BoxIo>, OpenError> {
-        let io = self.opener.open(header).await?;
+        let retry = self
+            .kept
+            .as_ref()
+            .filter(|k| k.idle() > 0)
+            .map(|_| header.clone());
+        let io = match (self.opener.open(header).await, retry) {
+            // Every stream of the session in use, some idle in the keep-alive pool: the one
+            // idle longest gives its place to this visitor.
+            (Err(OpenError::TooManyStreams), Some(header)) => {
+                match self.kept.as_ref().and_then(|k| k.evict_oldest()) {
+                    Some(closed) => {
+                        let _ = tokio::time::timeout(EVICT_WAIT, closed).await;
+                        self.opener.open(header).await?
+                    }
+                    None => return Err(OpenError::TooManyStreams),
+                }
+            }
+            (r, _) => r?,
+        };
         Ok(StallGuard::new(
             io,
             self.limits.get().stream_stall_timeout,

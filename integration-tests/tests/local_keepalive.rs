@@ -337,9 +337,11 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
     }
 }
 
-/// Idle kept streams take at most a quarter of a session's stream cap: right after eight
-/// visitors at once of an http tunnel on a session capped at 8 streams (its idle streams are
-/// kept for 4 s), six visitors of a tcp neighbour of the same tunnelc are all served at once.
+/// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
+/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most a
+/// quarter of the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
+/// same tunnelc are all served at once, the last in the place of an idle kept stream, which
+/// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     let s = attack::server(false, &[]).await.expect("server");
@@ -365,7 +367,7 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
         assert_eq!(body, "ok");
     }
     let mut held = Vec::new();
-    for seed in 0..6 {
+    for seed in 0..8 {
         let c = echo_visitor(ep, seed)
             .await
             .unwrap_or_else(|e| panic!("echo visitor {seed} with {} held: {e:#}", held.len()));
@@ -379,6 +381,14 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     assert!(
         kept >= 1.0,
         "the http visitors went on kept streams: {kept}"
+    );
+    let evicted = m.get(
+        "tunneld_kept_streams_total",
+        &[("transport", "edge"), ("result", "evicted")],
+    );
+    assert!(
+        evicted >= 1.0,
+        "the last neighbour took the place of an idle kept stream: {evicted}"
     );
     drop(held);
     alice.shutdown().await.expect("alice stops");

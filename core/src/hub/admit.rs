@@ -306,6 +306,7 @@ impl Hub {
                 (
                     c.with_label_values(&[transport, "reused"]),
                     c.with_label_values(&[transport, "opened"]),
+                    c.with_label_values(&[transport, "evicted"]),
                 ),
             )
         };
