@@ -19,7 +19,8 @@
 //!   signing tunnels' CSRs is tunneld-state's `ca_sign`).
 //! - [`limits`]: connection and handshake caps per address, and the data-path limits;
 //!   [`idle`]: idle deadlines for visitor connections; [`stream_budget`]: stream
-//!   caps per tunnel and visitor address, and the stall guard; [`proxy_protocol`]: PROXY v1/v2 headers.
+//!   caps per tunnel and visitor address, and the stall guard; [`stream_slots`]: a session's
+//!   cap on open streams; [`proxy_protocol`]: PROXY v1/v2 headers.
 //! - [`throttle`]: failed authentications per address, and log-line budgets.
 //! - [`metrics`]: every Prometheus metric tunneld exports.
 //! - [`hostglob`] / [`sni`]: name patterns and ClientHello peeking for routing by name.
@@ -68,6 +69,7 @@ pub mod sni;
 pub mod splice;
 pub mod ssh_keys;
 pub mod stream_budget;
+pub mod stream_slots;
 pub mod sync;
 pub mod throttle;
 pub mod tls;

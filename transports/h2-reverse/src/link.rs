@@ -19,7 +19,9 @@ use tunneld_core::limits::DataLimits;
 use tunneld_core::reverse_http::{HttpUpstream, ReverseHttpLinks};
 use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 
-use crate::stream_cap::{Held, HeldBody, StreamCap};
+use crate::stream_cap::HeldBody;
+use tokio::sync::Semaphore;
+use tunneld_core::stream_slots::{acquire, Counted};
 
 pub use tunneld_core::reverse_http::LinkDriver;
 
@@ -42,8 +44,9 @@ pub struct H2Opener {
     send: SendRequest<Body>,
     /// A 2ptth initiator: plain requests only, no tunneld headers.
     legacy: bool,
-    /// Visitor streams open now, against the most allowed ([`crate::stream_cap`]).
-    streams: Arc<StreamCap>,
+    /// A permit per visitor stream open now, of the most allowed ([`crate::stream_cap`]).
+    streams: Arc<Semaphore>,
+    cap: usize,
 }
 
 /// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange),
@@ -66,12 +69,13 @@ pub async fn connect(
     let cap = peer_max.map_or(tuning.max_concurrent_streams, |p| {
         p.min(tuning.max_concurrent_streams)
     });
-    let streams = StreamCap::new(cap as usize);
+    let cap = (cap as usize).clamp(1, Semaphore::MAX_PERMITS);
     Ok((
         Arc::new(H2Opener {
             send,
             legacy,
-            streams,
+            streams: Arc::new(Semaphore::new(cap)),
+            cap,
         }),
         Box::pin(conn),
     ))
@@ -98,7 +102,7 @@ fn refused<B>(resp: &Response<B>) -> OpenError {
 impl H2Opener {
     /// The most visitor streams open at once.
     pub fn stream_cap(&self) -> usize {
-        self.streams.cap()
+        self.cap
     }
 
     /// Whether the connection can still carry requests.
@@ -163,7 +167,7 @@ impl OpenStream for H2Opener {
                 "a 2ptth upstream carries HTTP requests only".into(),
             ));
         }
-        let slot = self.streams.take()?;
+        let slot = acquire(&self.streams)?;
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(CONNECT_AUTHORITY)
@@ -182,10 +186,7 @@ impl OpenStream for H2Opener {
             .await
             .map_err(|_| OpenError::Timeout)?
             .map_err(|e| OpenError::Session(format!("CONNECT stream: {e}")))?;
-        Ok(Box::new(Held {
-            io: TokioIo::new(up),
-            _slot: slot,
-        }))
+        Ok(Box::new(Counted::new(TokioIo::new(up), slot)))
     }
 
     async fn request(
@@ -195,7 +196,7 @@ impl OpenStream for H2Opener {
     ) -> Result<Response<Body>, OpenError> {
         // Held by the request body and the response body both: the stream lives until
         // hyper has sent the one and the caller has read or dropped the other.
-        let slot = Arc::new(self.streams.take()?);
+        let slot = Arc::new(acquire(&self.streams)?);
         let (mut parts, body) = req.into_parts();
         let body = boxed(HeldBody {
             body,
@@ -226,7 +227,7 @@ impl OpenStream for H2Opener {
     }
 
     fn stream_cap(&self) -> Option<usize> {
-        Some(self.streams.cap())
+        Some(self.cap)
     }
 }
 
