@@ -296,33 +296,42 @@ pub async fn http1_handshake(
     Ok(http1_handshake_watched(io, max_head).await?.0)
 }
 
-/// [`http1_handshake`], also giving a receiver that resolves once the connection ended and
-/// `io` was dropped (a stream slot it held is free again).
+/// [`http1_handshake`], also giving the connection's [`ConnWatch`].
 pub async fn http1_handshake_watched(
     io: BoxIo,
     max_head: usize,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<Body>,
-        tokio::sync::oneshot::Receiver<()>,
-    ),
-    OpenError,
-> {
+) -> Result<(hyper::client::conn::http1::SendRequest<Body>, ConnWatch), OpenError> {
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         // hyper refuses a head that fills its read buffer: one byte more than the limit.
         .max_buf_size((max_head + 1).max(8192))
         .handshake::<_, Body>(TokioIo::new(io))
         .await
         .map_err(|e| OpenError::Session(e.to_string()))?;
-    let (ended, watch) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "forwarded HTTP/1.1 connection ended");
+        tokio::select! {
+            r = conn.with_upgrades() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "forwarded HTTP/1.1 connection ended");
+                }
+            }
+            // Killed: the connection and its io are dropped as they are, with no graceful
+            // shutdown to wait for. (A dropped `kill` disables this branch.)
+            Ok(()) = killed => {}
         }
         // The connection (and its io) is gone by now.
-        drop(ended);
+        drop(ended_tx);
     });
-    Ok((send, watch))
+    Ok((send, ConnWatch { ended, kill }))
+}
+
+/// The task of an HTTP/1.1 client connection from [`http1_handshake_watched`]: `ended`
+/// resolves once the connection and its io are dropped (a stream slot it held is free
+/// again); sending on `kill` drops them at once.
+pub struct ConnWatch {
+    pub ended: tokio::sync::oneshot::Receiver<()>,
+    pub kill: tokio::sync::oneshot::Sender<()>,
 }
 
 /// What a failed HTTP/1.1 exchange with a local service means for the visitor.

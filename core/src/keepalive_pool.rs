@@ -13,7 +13,7 @@
 //! meanwhile) goes on the next one or a new one. Connections that carry a PROXY header (one
 //! per visitor) are never pooled: the caller gives no key.
 
-use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError};
+use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError, ConnWatch};
 use crate::session::OpenError;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
 /// streams per tunnel ([`crate::kept_streams::PER_TUNNEL`]), so HTTP/2 visitors with many
@@ -63,10 +62,10 @@ impl Default for Caps {
     }
 }
 
-/// A kept connection: its sender, and what resolves once the connection and its io are gone.
+/// A kept connection: its sender, and its task's watch.
 struct Conn {
     send: SendRequest<Body>,
-    ended: oneshot::Receiver<()>,
+    watch: ConnWatch,
 }
 
 struct Idle {
@@ -185,10 +184,16 @@ impl LocalPool {
         st.count += 1;
     }
 
-    /// Closes the connection idle longest, of any key, to free what it holds (a tunnel
-    /// stream a visitor is waiting for); resolves once it is gone. `None`: nothing is idle.
+    /// Closes the connection idle longest, of any key, at once (no graceful shutdown) to
+    /// free what it holds (a tunnel stream a visitor is waiting for); resolves once it is
+    /// gone. `None`: nothing live is idle (closed ones, which hold nothing, are dropped).
     pub fn evict_oldest(&self) -> Option<impl std::future::Future<Output = ()>> {
         let mut st = crate::sync::lock(&self.state);
+        st.idle.retain(|_, list| {
+            list.retain(|i| !i.conn.send.is_closed());
+            !list.is_empty()
+        });
+        st.count = st.idle.values().map(Vec::len).sum();
         let key = st
             .idle
             .iter()
@@ -202,8 +207,10 @@ impl LocalPool {
         }
         st.count -= 1;
         drop(st);
-        let Conn { send, ended } = oldest.conn;
+        let Conn { send, watch } = oldest.conn;
         drop(send);
+        let _ = watch.kill.send(());
+        let ended = watch.ended;
         Some(async move {
             let _ = ended.await;
         })
@@ -261,8 +268,8 @@ impl LocalPool {
     ) -> Result<Response<Body>, OpenError> {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
-        let (send, ended) = crate::http_forward::http1_handshake_watched(io, max_head).await?;
-        let mut conn = Conn { send, ended };
+        let (send, watch) = crate::http_forward::http1_handshake_watched(io, max_head).await?;
+        let mut conn = Conn { send, watch };
         let (req, sent) = track_body(req);
         let resp = conn
             .send
