@@ -59,15 +59,7 @@ async fn an_unread_control_queue_ends_the_session_instead_of_growing() {
 async fn pause_resume_and_clean_close_both_ways() {
     let (server, mut s_out) = Mux::new(true, 8, MuxMetrics::default());
     let (client, mut c_out) = Mux::new(true, 8, MuxMetrics::default());
-    let (mut s_conv, _) = server
-        .open(
-            |id| Msg::Open {
-                id,
-                header: Bytes::new(),
-            },
-            false,
-        )
-        .expect("open");
+    let (mut s_conv, _) = open_stream(&server).expect("open");
     let seen = deliver(&mut s_out, &client);
     let Some(Msg::Open { id, .. }) = seen.first().cloned() else {
         panic!("no open: {seen:?}")
@@ -102,15 +94,7 @@ async fn pause_resume_and_clean_close_both_ways() {
     deliver(&mut c_out, &server);
     assert!(server.is_empty() && client.is_empty());
     // Closing first from either side frees both ends.
-    let (s2, _) = server
-        .open(
-            |id| Msg::Open {
-                id,
-                header: Bytes::new(),
-            },
-            false,
-        )
-        .expect("open");
+    let (s2, _) = open_stream(&server).expect("open");
     let c2 = client.accept(s2.id()).expect("accept");
     drop(c2);
     deliver(&mut c_out, &server);
@@ -126,6 +110,17 @@ fn open(m: &Mux) -> Result<(Conversation, Option<Ack>), OpenRefused> {
         |id| Msg::HttpOpen {
             id,
             visitor: "1.2.3.4:5".parse().expect("addr"),
+        },
+        false,
+    )
+}
+
+/// Opens a byte-stream conversation (`tunneld.1`'s `O`, no header).
+fn open_stream(m: &Mux) -> Result<(Conversation, Option<Ack>), OpenRefused> {
+    m.open(
+        |id| Msg::Open {
+            id,
+            header: Bytes::new(),
         },
         false,
     )
@@ -168,19 +163,10 @@ async fn ids_wrap_skip_live_and_cap() {
 
     // tunneld.1 clients take the whole 16-bit range.
     let (n, _out) = Mux::new(true, 4, MuxMetrics::default());
-    let open_native = |m: &Mux| {
-        m.open(
-            |id| Msg::Open {
-                id,
-                header: Bytes::new(),
-            },
-            false,
-        )
-    };
     n.shared.table().next = 32767;
-    let (e, _) = open_native(&n).expect("e");
+    let (e, _) = open_stream(&n).expect("e");
     assert_eq!(e.id(), 32768);
     n.shared.table().next = 65535;
-    let (f, _) = open_native(&n).expect("f");
+    let (f, _) = open_stream(&n).expect("f");
     assert_eq!(f.id(), 1, "wraps past 65535 to 1");
 }
