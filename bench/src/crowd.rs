@@ -155,7 +155,7 @@ async fn fresh_echo(addr: SocketAddr) -> Option<f64> {
 }
 
 /// The crowd rows: websocket (conversations per session up to 65535), h2-reverse (streams per
-/// link up to 65535) and yamux (streams per session up to 4096) to the ports frontend.
+/// link up to 65535) and yamux (streams per session up to 16384) to the ports frontend.
 pub async fn rows(bins: &Path, work: &Path, n: usize) -> Result<Vec<CrowdRow>> {
     let me = std::env::current_exe()?;
     let mut out = Vec::new();

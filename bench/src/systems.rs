@@ -188,14 +188,15 @@ impl Transport {
 
     /// tunnelc's lines that reach `edge`.
     pub(crate) fn client_side(self, edge: &str, ca: &str) -> String {
-        self.client_sized(edge, ca, YAMUX_CEILING)
+        self.client_sized(edge, ca, ROW_STREAMS)
     }
 
-    /// [`Transport::client_side`], taking `room` visitors at once (websocket, h2-reverse).
+    /// [`Transport::client_side`], taking `room` visitors at once (within yamux's ceiling).
     fn client_sized(self, edge: &str, ca: &str, room: usize) -> String {
         match self {
             Transport::Yamux => format!(
-                "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: {YAMUX_CEILING} }}\n"
+                "server: {edge}\nserver_name: localhost\ntls: {{ ca: {ca} }}\nyamux: {{ max_streams: {} }}\n",
+                room.min(YAMUX_CEILING)
             ),
             Transport::H2Reverse => format!(
                 "server: {edge}\nserver_name: localhost\ntransport: h2-reverse\ntls: {{ ca: {ca} }}\nh2: {{ max_streams: {room} }}\n"
@@ -209,8 +210,12 @@ impl Transport {
     }
 }
 
-/// The most visitor streams one yamux session carries (`yamux.max_streams`' ceiling).
-pub(crate) const YAMUX_CEILING: usize = 4096;
+/// The most visitor streams one yamux session carries (`yamux.max_streams`' ceiling on
+/// 64-bit builds).
+pub(crate) const YAMUX_CEILING: usize = 16384;
+
+/// Visitor streams at once the rows other than the crowd make room for.
+const ROW_STREAMS: usize = 4096;
 
 /// The `limits:` every tunneld row runs with: every benchmark visitor comes from 127.0.0.1.
 pub(crate) const OPEN_LIMITS: &str = "limits: { max_connections_per_address: 65536, max_streams_per_tunnel: 65536, max_streams_per_address: 65536 }";
@@ -287,7 +292,7 @@ pub async fn tunneld(
     service: SocketAddr,
     dir: &Path,
 ) -> Result<System> {
-    tunneld_sized(transport, 4096, bins, service, dir).await
+    tunneld_sized(transport, ROW_STREAMS, bins, service, dir).await
 }
 
 /// [`tunneld`] with room for `room` visitors at once (the port's and the transport's caps).

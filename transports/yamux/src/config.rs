@@ -12,6 +12,10 @@ pub const STREAM_WINDOW: usize = 256 * KIB;
 /// 256 KiB, which held one visitor to 4.1-4.9 Gbit/s on loopback while neither process was
 /// busy; with it 6-7 (docs/benchmarks.md).
 pub const GROWTH_WINDOW: usize = 16 * 1024 * KIB;
+/// The most visitor streams `max_streams` allows a session. yamux's own ceiling is twice it
+/// plus one, and its receive-window bound (at least 256 KiB a stream of that ceiling) is a
+/// `usize`: 8 GiB at 16384 on 64-bit targets; a 32-bit build keeps 4096 (2 GiB).
+pub const MAX_STREAMS: usize = if usize::BITS >= 64 { 16384 } else { 4096 };
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -63,10 +67,10 @@ impl Default for Tuning {
 impl Tuning {
     /// Checks the values yamux would otherwise panic on. The error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=4096).contains(&self.max_streams) {
+        if !(1..=MAX_STREAMS).contains(&self.max_streams) {
             return Err((
                 "max_streams",
-                format!("{} is outside 1..=4096", self.max_streams),
+                format!("{} is outside 1..={MAX_STREAMS}", self.max_streams),
             ));
         }
         if !(16..=1024).contains(&self.split_send_size_kib) {
@@ -89,7 +93,7 @@ impl Tuning {
     /// The yamux config. Call [`Tuning::validate`] first.
     pub fn yamux(&self) -> yamux::Config {
         let mut c = yamux::Config::default();
-        let streams = self.max_streams.clamp(1, 4096);
+        let streams = self.max_streams.clamp(1, MAX_STREAMS);
         // yamux ends the whole session when a stream would exceed its ceiling, so the
         // ceiling is twice our own cap (`limit.rs`), plus the control stream.
         let ceiling = streams * 2 + 1;
@@ -146,5 +150,21 @@ mod tests {
             ..Tuning::default()
         };
         assert_eq!(bad.validate().unwrap_err().0, "max_streams");
+        // The largest cap builds a yamux config (its window asserts hold) and one more is
+        // refused, naming the range.
+        let most = Tuning {
+            max_streams: MAX_STREAMS,
+            ..Tuning::default()
+        };
+        assert!(most.validate().is_ok());
+        let _ = most.yamux();
+        let over = Tuning {
+            max_streams: MAX_STREAMS + 1,
+            ..Tuning::default()
+        };
+        assert_eq!(
+            over.validate().unwrap_err().1,
+            format!("{} is outside 1..={MAX_STREAMS}", MAX_STREAMS + 1)
+        );
     }
 }
