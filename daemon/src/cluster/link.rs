@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunneld_core::futures_io::FuturesIoExt;
@@ -19,8 +18,8 @@ use tunneld_core::limits::AddressLimiter;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
 use tunneld_core::BoxIo;
-use tunneld_transport_yamux::driver::{drive, OpenReply};
-use yamux::{Connection, Mode};
+use tunneld_transport_yamux::driver::{drive, Driven, OpenReply};
+use yamux::Mode;
 
 /// Deadline for dialling a node (TCP and TLS) and for a stream's request line.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,7 +136,7 @@ pub async fn serve(
                 .and_then(|c| tunneld_core::tls::common_name(c))
                 .unwrap_or_else(|| "?".into());
             tracing::info!(%peer, %node, "cluster link from node");
-            let conn = Connection::new(tls.compat(), yamux_config(Mode::Server), Mode::Server);
+            let conn = Driven::new(tls, yamux_config(Mode::Server), Mode::Server);
             let (_open_tx, open_rx) = mpsc::channel::<OpenReply>(1);
             let streams = CancellationToken::new();
             let guard = streams.clone().drop_guard();
@@ -354,7 +353,7 @@ impl Links {
             .await
             .map_err(|_| format!("TLS to {addr}: timed out"))?
             .map_err(|e| format!("TLS to {addr}: {e}"))?;
-        let conn = Connection::new(tls.compat(), yamux_config(Mode::Client), Mode::Client);
+        let conn = Driven::new(tls, yamux_config(Mode::Client), Mode::Client);
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let closed = CancellationToken::new();
         let (ended, stop, node_name) = (closed.clone(), self.stop.clone(), node.to_string());

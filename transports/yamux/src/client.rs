@@ -3,20 +3,19 @@
 
 use crate::config::Tuning;
 use crate::control;
-use crate::driver::{drive, OpenReply};
+use crate::driver::{drive, Driven, OpenReply};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
 use tunneld_core::splice::{splice, SpliceCounters};
-use yamux::{Connection, Mode};
+use yamux::Mode;
 
 /// How to reach tunneld.
 #[derive(Clone)]
@@ -30,7 +29,7 @@ pub struct Connected {
     pub client_id: String,
     pub tunnels: Vec<TunnelStatus>,
     pub keepalive: Duration,
-    conn: Connection<Compat<crate::coalesce::Coalesce<TlsStream<TcpStream>>>>,
+    conn: Driven<TlsStream<TcpStream>>,
 }
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
@@ -40,11 +39,7 @@ pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialEr
         client_id: w.client_id,
         tunnels: w.tunnels,
         keepalive: w.keepalive,
-        conn: Connection::new(
-            crate::coalesce::Coalesce::new(w.io).compat(),
-            opts.tuning.yamux(),
-            Mode::Client,
-        ),
+        conn: Driven::new(w.io, opts.tuning.yamux(), Mode::Client),
     })
 }
 

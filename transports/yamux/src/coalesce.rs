@@ -5,26 +5,63 @@
 //! syscalls per frame, which dominates small-message workloads (HTTP requests). This buffer
 //! takes small writes up to one TLS record's worth and hands them to TLS together at the next
 //! flush; large bodies pass straight through, so bulk transfers are not copied.
+//!
+//! yamux also flushes after every frame it sends, so a flush alone would still make one TLS
+//! record and one syscall a frame when many streams answer at once. The first flush of a poll
+//! of the connection's driver task is put off instead: the task wakes itself and the buffer
+//! goes out at the start of its next poll, after the other tasks that were ready (the visitors'
+//! splices) have queued their frames too. One scheduler turn of delay, never a timer.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One TLS record's plaintext.
 const CAP: usize = 16 * 1024;
 
+/// Flushes a put-off buffer may absorb in one poll (about one a frame) before it goes out
+/// anyway: a driver kept busy by other threads' streams does not hold small frames for long.
+const MAX_HELD: u32 = 64;
+
+/// Counts the polls of the one task that polls a yamux connection (`driver::drive`).
+#[derive(Clone, Default)]
+pub(crate) struct PollEpoch(Arc<AtomicU64>);
+
+impl PollEpoch {
+    /// Called by the driver at the start of every poll.
+    pub(crate) fn advance(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) struct Coalesce<T> {
     inner: T,
     buf: Vec<u8>,
     written: usize,
+    epoch: PollEpoch,
+    /// The driver poll in which a flush was put off (the task woke itself then).
+    deferred: Option<u64>,
+    /// Flushes answered from the buffer since it was last written.
+    held: u32,
 }
 
 impl<T> Coalesce<T> {
-    pub(crate) fn new(inner: T) -> Self {
+    /// `epoch` must be advanced by the task that polls this writer at each of its polls;
+    /// a put-off flush goes out at the first poll after the one that put it off.
+    pub(crate) fn new(inner: T, epoch: PollEpoch) -> Self {
         Self {
             inner,
             buf: Vec::new(),
             written: 0,
+            epoch,
+            deferred: None,
+            held: 0,
         }
     }
 }
@@ -40,6 +77,8 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         }
         self.buf.clear();
         self.written = 0;
+        self.deferred = None;
+        self.held = 0;
         if self.buf.capacity() > CAP {
             self.buf.shrink_to(CAP);
         }
@@ -77,8 +116,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if this.written < this.buf.len() {
+            let now = this.epoch.now();
+            match this.deferred {
+                // Put off in this poll already: the wake-up is on its way.
+                Some(at) if at == now && this.held < MAX_HELD => {
+                    this.held += 1;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(_) => {}
+                None => {
+                    this.deferred = Some(now);
+                    cx.waker().wake_by_ref();
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -90,32 +146,76 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::task::ArcWake;
+    use futures::FutureExt;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+    impl ArcWake for Wakes {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     #[tokio::test]
-    async fn small_writes_wait_for_flush_and_large_ones_pass() {
+    async fn small_writes_wait_for_the_next_poll_and_large_ones_pass() {
         let (a, mut b) = tokio::io::duplex(1 << 20);
-        let mut c = Coalesce::new(a);
+        let epoch = PollEpoch::default();
+        let mut c = Coalesce::new(a, epoch.clone());
         c.write_all(b"header-12by").await.expect("write");
         c.write_all(b"body").await.expect("write");
+        // The first flush of a poll is put off, and the task woken for the next one.
+        let wakes = Arc::new(Wakes::default());
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(matches!(
+                Pin::new(&mut c).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        }
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "one wake-up a poll");
         let mut probe = [0u8; 1];
         assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe))
-                .await
-                .is_err(),
-            "nothing before the flush"
+            b.read(&mut probe).now_or_never().is_none(),
+            "nothing before the next poll"
         );
+        epoch.advance();
         c.flush().await.expect("flush");
         let mut got = [0u8; 15];
         b.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"header-12bybody");
+        // A poll that goes on flushing (a driver kept busy) writes after MAX_HELD of them.
+        c.write_all(b"more").await.expect("write");
+        for _ in 0..=MAX_HELD {
+            assert!(matches!(
+                Pin::new(&mut c).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        }
+        assert!(b.read(&mut probe).now_or_never().is_none(), "still held");
+        assert!(matches!(
+            Pin::new(&mut c).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        let mut more = [0u8; 4];
+        b.read_exact(&mut more).await.expect("read");
+        assert_eq!(&more, b"more");
+        // A write that does not fit goes out at once, with what was buffered before it.
         let big = vec![7u8; 100_000];
         c.write_all(b"h").await.expect("write");
         c.write_all(&big).await.expect("write");
-        c.flush().await.expect("flush");
         let mut back = vec![0u8; 100_001];
         b.read_exact(&mut back).await.expect("read");
         assert_eq!(back[0], b'h');
         assert!(back[1..].iter().all(|x| *x == 7));
+        // Shutting down writes what is buffered whatever the poll.
+        c.write_all(b"bye").await.expect("write");
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"bye");
     }
 }

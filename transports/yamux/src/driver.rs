@@ -2,18 +2,37 @@
 //! this task polls the connection, so it never blocks; other tasks ask it for outbound
 //! streams over a channel.
 
-use futures::io::{AsyncRead, AsyncWrite};
+use crate::coalesce::{Coalesce, PollEpoch};
 use std::future::poll_fn;
 use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use yamux::{Connection, ConnectionError, Stream};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use yamux::{Connection, ConnectionError, Mode, Stream};
 
 pub type OpenReply = oneshot::Sender<Result<Stream, ConnectionError>>;
 
-/// Drives `conn` until it closes. Outbound stream requests come from `open_rx`; inbound
-/// streams go to `on_inbound`.
+/// A yamux connection whose socket writes are coalesced ([`Coalesce`]), flushed by the polls
+/// of the task that [`drive`]s it.
+pub struct Driven<T> {
+    conn: Connection<Compat<Coalesce<T>>>,
+    epoch: PollEpoch,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driven<T> {
+    pub fn new(io: T, config: yamux::Config, mode: Mode) -> Self {
+        let epoch = PollEpoch::default();
+        Self {
+            conn: Connection::new(Coalesce::new(io, epoch.clone()).compat(), config, mode),
+            epoch,
+        }
+    }
+}
+
+/// Drives the connection until it closes. Outbound stream requests come from `open_rx`;
+/// inbound streams go to `on_inbound`.
 pub async fn drive<T, F>(
-    mut conn: Connection<T>,
+    driven: Driven<T>,
     mut open_rx: mpsc::Receiver<OpenReply>,
     mut on_inbound: F,
 ) -> Result<(), ConnectionError>
@@ -21,9 +40,13 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Stream),
 {
+    let Driven { mut conn, epoch } = driven;
     let mut pending: Option<OpenReply> = None;
     let mut openers_gone = false;
-    poll_fn(|cx| loop {
+    poll_fn(|cx| {
+        // Writes put off in the last poll go out now (`Coalesce`).
+        epoch.advance();
+        loop {
         if pending.is_none() && !openers_gone {
             match open_rx.poll_recv(cx) {
                 Poll::Ready(Some(reply)) => pending = Some(reply),
@@ -54,6 +77,7 @@ where
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),
             Poll::Pending => return Poll::Pending,
+        }
         }
     })
     .await

@@ -3,7 +3,7 @@
 use crate::accept::Listener;
 use crate::config::Config;
 use crate::control;
-use crate::driver::{drive, driver_end, OpenReply};
+use crate::driver::{drive, driver_end, Driven, OpenReply};
 use crate::limit::{self, Counted};
 use crate::metrics::YamuxMetrics;
 use crate::threshold::{self};
@@ -16,7 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
@@ -29,7 +28,7 @@ use tunneld_core::session::{OpenError, OpenStream, StreamHeader};
 use tunneld_core::tls::common_name;
 use tunneld_core::tls_listener::BoundListener;
 use tunneld_core::transport::{Transport, TransportContext, TransportError};
-use yamux::{Connection, ConnectionError, Mode};
+use yamux::{ConnectionError, Mode};
 
 pub struct YamuxTransport {
     pub(crate) cfg: Config,
@@ -177,11 +176,7 @@ impl YamuxTransport {
             return;
         };
         drop(permit);
-        let conn = Connection::new(
-            crate::coalesce::Coalesce::new(tls).compat(),
-            self.cfg.yamux.yamux(),
-            Mode::Server,
-        );
+        let conn = Driven::new(tls, self.cfg.yamux.yamux(), Mode::Server);
         run_session(conn, open_rx, probe_link, guard, cx).await;
     }
 
@@ -344,13 +339,13 @@ async fn threshold_caller(
 }
 
 async fn run_session<T>(
-    conn: Connection<T>,
+    conn: Driven<T>,
     open_rx: mpsc::Receiver<OpenReply>,
     probe_link: control::ProbeLink,
     mut guard: SessionGuard,
     cx: TransportContext,
 ) where
-    T: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let client = guard.session.info.client_id.clone();
     let closed = guard.session.closed.clone();

@@ -2,21 +2,20 @@
 //! plain listener): admission by the hub, the `Connected to Tunnel` answer, the yamux server
 //! and the FIFO-paired control stream.
 
-use crate::driver::{drive, driver_end, OpenReply};
+use crate::driver::{drive, driver_end, Driven, OpenReply};
 use crate::threshold::{self, Pairs, ThresholdConfig, ThresholdOpener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tunneld_core::auth::Identity;
 use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::limits::Permit;
 use tunneld_core::proto::{Hello, VERSION};
 use tunneld_core::transport::TransportContext;
-use yamux::{Connection, Mode};
+use yamux::Mode;
 
 /// Runs a threshold-dialect session: admission, the `200 Connected to Tunnel` answer, then
 /// yamux with tunneld as the server and FIFO pairing of client-opened streams.
@@ -53,11 +52,7 @@ pub(crate) async fn run_threshold<T>(
         return;
     }
     drop(permit);
-    let conn = Connection::new(
-        crate::coalesce::Coalesce::new(tls).compat(),
-        cfg.yamux.yamux(),
-        Mode::Server,
-    );
+    let conn = Driven::new(tls, cfg.yamux.yamux(), Mode::Server);
     let timeouts = yt
         .metrics
         .threshold_pair_timeouts_total
@@ -129,7 +124,7 @@ where
 /// The yamux session: client-opened streams go to the control stream first, then to the
 /// FIFO pairs, until the connection, control, pairing watchdog or hub ends it.
 async fn serve<C>(
-    conn: Connection<C>,
+    conn: Driven<C>,
     guard: SessionGuard,
     pairs: Arc<Pairs>,
     line_rx: mpsc::Receiver<Vec<u8>>,
@@ -137,7 +132,7 @@ async fn serve<C>(
     timeouts: prometheus::IntCounter,
     cx: &TransportContext,
 ) where
-    C: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let client = guard.session.info.client_id.clone();
     let closed = guard.session.closed.clone();
