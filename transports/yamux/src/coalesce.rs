@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// One TLS record's plaintext.
 const CAP: usize = 16 * 1024;
 
-/// Flushes a put-off buffer may absorb in one poll (about one a frame) before it goes out
-/// anyway: a driver kept busy by other threads' streams does not hold small frames for long.
+/// Flushes a put-off buffer may absorb in one poll (yamux flushes once a frame sent and once a
+/// frame received) before it goes out anyway: a driver kept busy by other threads' streams
+/// does not hold small frames for long.
 const MAX_HELD: u32 = 64;
 
 /// Counts the polls of the one task that polls a yamux connection (`driver::drive`).

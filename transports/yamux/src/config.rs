@@ -85,7 +85,7 @@ impl Tuning {
     /// The session's receive window for a yamux stream ceiling of `ceiling`.
     fn receive_window(&self, ceiling: usize) -> usize {
         self.max_receive_window_kib
-            .map(|k| k * KIB)
+            .map(|k| k.saturating_mul(KIB))
             .unwrap_or(ceiling * STREAM_WINDOW + GROWTH_WINDOW)
             .max(ceiling * STREAM_WINDOW)
     }
