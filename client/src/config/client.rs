@@ -1,5 +1,6 @@
 //! tunnelc's configuration.
 
+pub use super::h2_serve::H2Serve;
 use super::load::{self, ConfigError, Layers};
 use super::log::LogConfig;
 use serde::Deserialize;
@@ -89,28 +90,6 @@ pub struct ClientConfig {
     /// The request inspector of the `http` tunnels.
     #[serde(default)]
     pub inspect: super::inspect::InspectConfig,
-}
-
-/// tunnelc's HTTP/2 server on an h2-reverse link (`h2:`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct H2Serve {
-    /// Streams (visitors) tunnelc serves at once (its SETTINGS_MAX_CONCURRENT_STREAMS);
-    /// sent in the hello, so tunneld opens no more (it refuses the next visitor itself).
-    #[serde(default = "d4096u32")]
-    pub max_streams: u32,
-}
-
-impl Default for H2Serve {
-    fn default() -> Self {
-        Self {
-            max_streams: d4096u32(),
-        }
-    }
-}
-
-fn d4096u32() -> u32 {
-    4096
 }
 
 /// One rendezvous id served over the `connect` transport.
@@ -303,11 +282,8 @@ impl ClientConfig {
         } else if self.auth_key.is_some() {
             errors.push("auth_key: only for transport: websocket".into());
         }
-        if !(1..=65535).contains(&self.h2.max_streams) {
-            errors.push(format!(
-                "h2.max_streams: {} is outside 1..=65535",
-                self.h2.max_streams
-            ));
+        if let Err(e) = self.h2.validate() {
+            errors.push(format!("h2.{e}"));
         }
     }
 

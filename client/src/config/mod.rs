@@ -5,6 +5,7 @@
 //! them from here.
 
 pub mod client;
+pub mod h2_serve;
 pub mod inspect;
 #[doc(hidden)]
 pub mod load;

@@ -47,37 +47,37 @@ where
         // Writes put off in the last poll go out now (`Coalesce`).
         epoch.advance();
         loop {
-        if pending.is_none() && !openers_gone {
-            match open_rx.poll_recv(cx) {
-                Poll::Ready(Some(reply)) => pending = Some(reply),
-                Poll::Ready(None) => openers_gone = true,
-                Poll::Pending => {}
-            }
-        }
-        if let Some(reply) = pending.take() {
-            if reply.is_closed() {
-                continue; // the visitor gave up meanwhile
-            }
-            match conn.poll_new_outbound(cx) {
-                Poll::Ready(result) => {
-                    let fatal =
-                        matches!(&result, Err(e) if !matches!(e, ConnectionError::TooManyStreams));
-                    let _ = reply.send(result);
-                    if fatal {
-                        // The connection is gone; poll_next_inbound reports how it ended.
-                    } else {
-                        continue;
-                    }
+            if pending.is_none() && !openers_gone {
+                match open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => pending = Some(reply),
+                    Poll::Ready(None) => openers_gone = true,
+                    Poll::Pending => {}
                 }
-                Poll::Pending => pending = Some(reply),
             }
-        }
-        match conn.poll_next_inbound(cx) {
-            Poll::Ready(Some(Ok(stream))) => on_inbound(stream),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return Poll::Pending,
-        }
+            if let Some(reply) = pending.take() {
+                if reply.is_closed() {
+                    continue; // the visitor gave up meanwhile
+                }
+                match conn.poll_new_outbound(cx) {
+                    Poll::Ready(result) => {
+                        let fatal =
+                            matches!(&result, Err(e) if !matches!(e, ConnectionError::TooManyStreams));
+                        let _ = reply.send(result);
+                        if fatal {
+                            // The connection is gone; poll_next_inbound reports how it ended.
+                        } else {
+                            continue;
+                        }
+                    }
+                    Poll::Pending => pending = Some(reply),
+                }
+            }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => on_inbound(stream),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     })
     .await
