@@ -4,6 +4,7 @@
 //! over yamux, and the anchor, nginx terminating TLS with an upstream keep-alive pool (1
 //! and 2 workers).
 
+use crate::process::TICKS_PER_SEC;
 use crate::systems::{start_tunnelc, start_tunneld, Proc};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -19,9 +20,21 @@ pub struct HttpsRow {
     pub system: String,
     pub h1_req_s: f64,
     pub h1_mean_ms: f64,
+    /// CPU time of the public side's processes (tunneld and tunnelc; nginx's master and
+    /// workers) per request, in µs.
+    pub h1_cpu_us: Option<f64>,
     /// `None` where the public side speaks HTTP/1.1 only.
     pub h2_req_s: Option<f64>,
     pub h2_mean_ms: Option<f64>,
+    pub h2_cpu_us: Option<f64>,
+}
+
+/// One h2load run's figures: requests per second, mean time per request in ms, and the
+/// public side's CPU time per request in µs.
+pub struct Run {
+    pub req_s: f64,
+    pub mean_ms: f64,
+    pub cpu_us: Option<f64>,
 }
 
 /// A public side under test: where visitors connect, and its processes (kept alive).
@@ -94,6 +107,14 @@ impl Drop for Public {
 }
 
 impl Public {
+    /// CPU time its processes (and their children) used so far, in clock ticks.
+    fn cpu_ticks(&self) -> Option<u64> {
+        self.procs
+            .iter()
+            .filter_map(Proc::cpu_ticks)
+            .reduce(|a, b| a + b)
+    }
+
     /// tunneld's rows: tunneld as "server", tunnelc as "client" (empty for nginx).
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         if self.graceful {
@@ -276,14 +297,8 @@ fn pki(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// h2load against `public` for `secs` with `conns` keep-alive connections (HTTP/2: 10
-/// streams each): (requests per second, mean time per request in ms).
-pub async fn h2load(
-    public: &Public,
-    h2: bool,
-    conns: usize,
-    secs: f64,
-    dir: &Path,
-) -> Result<(f64, f64)> {
+/// streams each): requests per second, mean time per request, and the CPU time per request.
+pub async fn h2load(public: &Public, h2: bool, conns: usize, secs: f64, dir: &Path) -> Result<Run> {
     let url = format!("{}://{HOST}:{}/", public.scheme, public.addr.port());
     let connect = public.addr.to_string();
     let (c, d) = (
@@ -300,6 +315,7 @@ pub async fn h2load(
         args.extend(["-H", h]);
     }
     args.push(&url);
+    let cpu = public.cpu_ticks();
     let out = tokio::time::timeout(
         Duration::from_secs_f64(secs + 60.0),
         tokio::process::Command::new("h2load")
@@ -310,16 +326,26 @@ pub async fn h2load(
     .await
     .context("h2load timed out")?
     .context("h2load")?;
+    let spent = cpu
+        .zip(public.cpu_ticks())
+        .map(|(a, b)| b.saturating_sub(a));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(
         dir.join(format!("h2load-{}.txt", if h2 { "h2" } else { "h1" })),
         &text,
     )?;
-    parse_h2load(&text).ok_or_else(|| anyhow!("h2load said:\n{text}"))
+    let (req_s, mean_ms, done) =
+        parse_h2load(&text).ok_or_else(|| anyhow!("h2load said:\n{text}"))?;
+    Ok(Run {
+        req_s,
+        mean_ms,
+        cpu_us: spent.map(|t| t as f64 * 1e6 / TICKS_PER_SEC / done as f64),
+    })
 }
 
-/// (req/s, mean request time in ms) from h2load's summary, when every request succeeded.
-fn parse_h2load(text: &str) -> Option<(f64, f64)> {
+/// (req/s, mean request time in ms, requests done) from h2load's summary, when every
+/// request succeeded.
+fn parse_h2load(text: &str) -> Option<(f64, f64, u64)> {
     let line = text.lines().find(|l| l.starts_with("requests:"))?;
     let num = |key: &str| -> Option<u64> {
         line.split(',')
@@ -342,7 +368,7 @@ fn parse_h2load(text: &str) -> Option<(f64, f64)> {
         .split_whitespace()
         .nth(5)
         .and_then(ms)?;
-    Some((rps, mean))
+    Some((rps, mean, done))
 }
 
 /// h2load's duration (`1.23ms`, `456us`, `1.2s`) in ms.
@@ -360,22 +386,23 @@ fn ms(v: &str) -> Option<f64> {
 
 /// Both kinds of visitors against `public`.
 pub async fn measure(public: &Public, conns: usize, secs: f64, dir: &Path) -> Result<HttpsRow> {
-    let (h1_req_s, h1_mean_ms) = h2load(public, false, conns, secs, dir).await?;
-    let (h2_req_s, h2_mean_ms) = if public.h2 {
-        let (r, m) = h2load(public, true, conns, secs, dir).await?;
-        (Some(r), Some(m))
+    let h1 = h2load(public, false, conns, secs, dir).await?;
+    let h2 = if public.h2 {
+        Some(h2load(public, true, conns, secs, dir).await?)
     } else {
-        (None, None)
+        None
     };
-    if h1_req_s <= 0.0 || h2_req_s.is_some_and(|r| r <= 0.0) {
+    if h1.req_s <= 0.0 || h2.as_ref().is_some_and(|r| r.req_s <= 0.0) {
         bail!("{}: no request succeeded", public.name);
     }
     Ok(HttpsRow {
         system: public.name.clone(),
-        h1_req_s,
-        h1_mean_ms,
-        h2_req_s,
-        h2_mean_ms,
+        h1_req_s: h1.req_s,
+        h1_mean_ms: h1.mean_ms,
+        h1_cpu_us: h1.cpu_us,
+        h2_req_s: h2.as_ref().map(|r| r.req_s),
+        h2_mean_ms: h2.as_ref().map(|r| r.mean_ms),
+        h2_cpu_us: h2.and_then(|r| r.cpu_us),
     })
 }
 
@@ -386,7 +413,8 @@ mod tests {
     #[test]
     fn reads_h2loads_summary() {
         let text = "finished in 4.00s, 3712.25 req/s, 1.10MB/s\nrequests: 14849 total, 14849 started, 14849 done, 14849 succeeded, 0 failed, 0 errored, 0 timeout\n                     min         max         mean         sd        +/- sd\ntime for request:      295us     32.47ms      4.29ms      2.74ms    71.86%\n";
-        let (rps, mean) = parse_h2load(text).expect("parsed");
+        let (rps, mean, done) = parse_h2load(text).expect("parsed");
+        assert_eq!(done, 14849);
         assert!((rps - 3712.25).abs() < 0.01);
         assert!((mean - 4.29).abs() < 0.001);
         let failed = text.replace("14849 succeeded, 0 failed", "14000 succeeded, 849 failed");

@@ -1,6 +1,7 @@
 //! The figures of one row of the main table: throughput, HTTP load, setup latency and
 //! memory (idle, under load, with idle visitor connections, after they close).
 
+use crate::process::TICKS_PER_SEC;
 use crate::report::Row;
 use crate::systems::System;
 use crate::{load, profile, service, Settings};
@@ -16,6 +17,13 @@ fn both(v: (Option<u64>, Option<u64>)) -> Option<u64> {
         (None, None) => None,
         (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
     }
+}
+
+/// CPU milliseconds both sides spent per unit of work between two readings of their CPU
+/// time (`None` for a system without processes, or no work).
+fn cpu_ms_per(before: Option<u64>, after: Option<u64>, units: f64) -> Option<f64> {
+    let spent = after?.checked_sub(before?)? as f64 * 1000.0 / TICKS_PER_SEC;
+    (units > 0.0).then(|| spent / units)
 }
 
 /// Both sides' resident memory once it stops falling: sampled every 250 ms until it has
@@ -49,13 +57,18 @@ pub async fn measure(
     let anon = sys.anon_kib();
 
     let mut tput = Vec::new();
+    let cpu = both(sys.cpu_ticks());
     for _ in 0..s.reps {
         tput.push(load::throughput(&sys.endpoint, s.bytes).await?);
     }
+    let gib = (s.reps as u64 * s.bytes) as f64 / (1u64 << 30) as f64;
+    let cpu_ms_per_gib = cpu_ms_per(cpu, both(sys.cpu_ticks()), gib);
 
     let mut rps = Vec::new();
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
     let mut peak: Option<u64> = None;
+    let cpu = both(sys.cpu_ticks());
+    let mut requests = 0;
     for _ in 0..s.reps {
         let http = load::http(
             &sys.endpoint,
@@ -75,9 +88,13 @@ pub async fn measure(
             }
         };
         rps.push(r);
+        requests += lat.len();
         p50.push(load::percentile(&mut lat, 50.0) as f64 / 1000.0);
         p99.push(load::percentile(&mut lat, 99.0) as f64 / 1000.0);
     }
+
+    // Microseconds a request: milliseconds per thousand.
+    let cpu_us_per_req = cpu_ms_per(cpu, both(sys.cpu_ticks()), requests as f64 / 1000.0);
 
     let mut setup = load::setup_latency(&sys.endpoint, s.setups).await?;
 
@@ -109,7 +126,9 @@ pub async fn measure(
         system: sys.name.clone(),
         tls,
         throughput_gbit_s: load::median(tput),
+        cpu_ms_per_gib,
         http_req_s: load::median(rps),
+        cpu_us_per_req,
         http_p50_ms: load::median(p50),
         http_p99_ms: load::median(p99),
         setup_p50_ms: load::percentile(&mut setup, 50.0) as f64 / 1000.0,

@@ -61,6 +61,12 @@ impl System {
         self.sides(Proc::rss_kib)
     }
 
+    /// CPU time used so far by the public side (its processes summed) and by the private
+    /// side, in clock ticks.
+    pub fn cpu_ticks(&self) -> (Option<u64>, Option<u64>) {
+        self.sides(Proc::cpu_ticks)
+    }
+
     /// `figure` of the public side (its processes summed) and of the private side.
     fn sides(&self, figure: fn(&Proc) -> Option<u64>) -> (Option<u64>, Option<u64>) {
         let server = self

@@ -74,6 +74,20 @@ fn bench_runner_smoke_mode_measures_every_system() {
             assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
         }
     }
+    // What each figure cost, both sides' CPU time: none for the direct row. (The smoke
+    // mode's 4 MiB may cost less than one clock tick, so only the HTTP figure must be
+    // above zero.)
+    assert!(rows[0]["cpu_ms_per_gib"].is_null(), "{}", rows[0]);
+    for r in &rows[1..] {
+        assert!(
+            r["cpu_ms_per_gib"].as_f64().is_some_and(|v| v >= 0.0),
+            "cpu_ms_per_gib in {r}"
+        );
+        assert!(
+            r["cpu_us_per_req"].as_f64().is_some_and(|v| v > 0.0),
+            "cpu_us_per_req in {r}"
+        );
+    }
     for tunneld in &rows[2..] {
         for key in [
             "rss_idle_server_mib",
@@ -123,6 +137,10 @@ fn bench_runner_smoke_mode_measures_every_system() {
             for key in keys {
                 assert!(r[*key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
             }
+            assert!(
+                r["h1_cpu_us"].as_f64().is_some_and(|v| v >= 0.0),
+                "h1_cpu_us in {r}"
+            );
         }
         assert!(table.contains("× nginx 1 worker"), "{table}");
     } else {
