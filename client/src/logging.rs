@@ -25,32 +25,35 @@ pub fn init(level: Option<&str>, format: LogFormat) {
     };
 }
 
-/// Sets up logging, then runs `main` on a multi-threaded runtime; on an error (or a runtime
-/// that cannot start) prints it prefixed by `program` and exits with status 1. Both
-/// binaries' `main` end here.
+/// Sets up logging, then runs `main` on a multi-threaded runtime (a worker thread per
+/// core); on an error (or a runtime that cannot start) prints it prefixed by `program` and
+/// exits with status 1. Both binaries' `main` end here.
 pub fn run_main<F>(program: &str, level: Option<&str>, format: LogFormat, main: F)
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    run_main_exiting(program, level, format, main, 1)
+    run_main_exiting(program, level, format, None, main, 1)
 }
 
-/// [`run_main`], ending with `code` when `main` fails (tunnelc: 2, a failure retrying cannot
-/// fix; transient ones it retries itself).
+/// [`run_main`] with `threads` worker threads (`None`: one per core), ending with `code`
+/// when `main` fails (tunnelc: 2, a failure retrying cannot fix; transient ones it retries
+/// itself).
 pub fn run_main_exiting<F>(
     program: &str,
     level: Option<&str>,
     format: LogFormat,
+    threads: Option<usize>,
     main: F,
     code: i32,
 ) where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     init(level, format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{program}: cannot start the runtime: {e}");

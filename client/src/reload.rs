@@ -38,6 +38,11 @@ struct Runner {
     inspector: Option<Arc<Inspector>>,
 }
 
+/// The summary's part for changed settings that apply at start only.
+fn needs_restart(kept: &[&str]) -> String {
+    format!("{} needs a restart (kept as it was)", kept.join(" and "))
+}
+
 impl Runner {
     /// Starts one session for `tunnels` (all of `cfg`'s rendezvous ids too).
     fn start(&mut self, tunnels: BTreeSet<String>) {
@@ -62,20 +67,28 @@ impl Runner {
 
     /// Applies `new`; returns the summary line.
     fn apply(&mut self, mut new: ClientConfig) -> String {
-        // The inspector's settings apply at start only: the running ones stay.
-        let inspect_changed = new.inspect != self.cfg.inspect;
+        // Settings that apply at start only, changed: the running ones stay.
+        let mut kept = Vec::new();
+        if new.inspect != self.cfg.inspect {
+            kept.push("inspect:");
+        }
         new.inspect = self.cfg.inspect.clone();
         let mut conn_old = self.cfg.clone();
         let mut conn_new = new.clone();
         (conn_old.tunnels, conn_new.tunnels) = (BTreeMap::new(), BTreeMap::new());
-        // Log settings apply at start only.
+        // Log settings and the runtime's threads apply at start only.
         conn_new.log = conn_old.log.clone();
+        if new.worker_threads != self.cfg.worker_threads {
+            kept.push("worker_threads");
+            new.worker_threads = self.cfg.worker_threads;
+        }
+        conn_new.worker_threads = conn_old.worker_threads;
         let old = std::mem::replace(&mut self.cfg, new);
         if conn_old != conn_new || self.cfg.transport == TransportKind::Connect {
             if old == self.cfg {
-                return match inspect_changed {
-                    true => "inspect: needs a restart (kept as it was)".into(),
-                    false => "nothing changed".into(),
+                return match kept.is_empty() {
+                    false => needs_restart(&kept),
+                    true => "nothing changed".into(),
                 };
             }
             self.stop_all();
@@ -138,8 +151,8 @@ impl Runner {
                 parts.push(format!("{what}: {}", list.join(", ")));
             }
         }
-        if inspect_changed {
-            parts.push("inspect: needs a restart (kept as it was)".into());
+        if !kept.is_empty() {
+            parts.push(needs_restart(&kept));
         }
         if parts.is_empty() {
             "nothing changed".into()

@@ -404,6 +404,21 @@ async fn tunnelc_sighup_adds_a_tunnel_beside_a_running_one() {
     echo_on(&mut kept, b"again")
         .await
         .expect("a is untouched by b's removal");
+
+    // The runtime's threads are set at start: a change is reported and kept as it was,
+    // and the running tunnel is left alone.
+    let mut text = std::fs::read_to_string(&f).expect("read client config");
+    text.push_str("worker_threads: 4\n");
+    std::fs::write(&f, text).expect("write client config");
+    c.signal("HUP").expect("SIGHUP tunnelc");
+    let line = c.line_starting("reloaded").await.expect("reloaded line");
+    assert!(
+        line.contains("worker_threads needs a restart (kept as it was)"),
+        "{line}"
+    );
+    echo_on(&mut kept, b"threads")
+        .await
+        .expect("a is untouched by a start-only change");
 }
 
 /// In-process: without a file a reload changes nothing; with one, a transport and a frontend
