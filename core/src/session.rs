@@ -79,7 +79,7 @@ pub trait OpenStream: Send + Sync + 'static {
     }
 
     /// The most streams the session may have open at once, when the transport caps them
-    /// (kept-alive streams then take at most a quarter of it).
+    /// (kept-alive streams then take at most half of it).
     fn stream_cap(&self) -> Option<usize> {
         None
     }

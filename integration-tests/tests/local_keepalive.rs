@@ -338,8 +338,8 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
 }
 
 /// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
-/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most a
-/// quarter of the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
+/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most
+/// half the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
 /// same tunnelc are all served at once, the last in the place of an idle kept stream, which
 /// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
