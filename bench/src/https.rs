@@ -328,7 +328,7 @@ pub async fn h2load(public: &Public, h2: bool, conns: usize, secs: f64, dir: &Pa
     .context("h2load")?;
     let spent = cpu
         .zip(public.cpu_ticks())
-        .map(|(a, b)| b.saturating_sub(a));
+        .and_then(|(a, b)| b.checked_sub(a));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(
         dir.join(format!("h2load-{}.txt", if h2 { "h2" } else { "h1" })),

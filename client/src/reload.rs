@@ -40,7 +40,8 @@ struct Runner {
 
 /// The summary's part for changed settings that apply at start only.
 fn needs_restart(kept: &[&str]) -> String {
-    format!("{} needs a restart (kept as it was)", kept.join(" and "))
+    let verb = if kept.len() == 1 { "needs" } else { "need" };
+    format!("{} {verb} a restart (kept as it was)", kept.join(" and "))
 }
 
 impl Runner {
@@ -70,7 +71,7 @@ impl Runner {
         // Settings that apply at start only, changed: the running ones stay.
         let mut kept = Vec::new();
         if new.inspect != self.cfg.inspect {
-            kept.push("inspect:");
+            kept.push("inspect");
         }
         new.inspect = self.cfg.inspect.clone();
         let mut conn_old = self.cfg.clone();
@@ -93,7 +94,11 @@ impl Runner {
             }
             self.stop_all();
             self.start(self.cfg.tunnels.keys().cloned().collect());
-            return "reconnected every tunnel (server, credentials or settings changed)".into();
+            let all = "reconnected every tunnel (server, credentials or settings changed)";
+            return match kept.is_empty() {
+                true => all.into(),
+                false => format!("{all}; {}", needs_restart(&kept)),
+            };
         }
         let removed: Vec<String> = old
             .tunnels

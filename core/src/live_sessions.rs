@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// How long a visitor waits for an idle kept stream it evicted to close (a moment: its
 /// connection task only has to notice).
 const EVICT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Idle kept streams one refused visitor may close for a place before it is refused.
+const EVICT_ROUNDS: usize = 4;
 
 /// A claim a session holds, with the frontend it is on.
 pub(crate) struct HeldClaim {
@@ -123,20 +125,23 @@ impl LiveSession {
             .as_ref()
             .filter(|k| k.idle() > 0)
             .map(|_| header.clone());
-        let io = match (self.opener.open(header).await, retry) {
-            // Every stream of the session in use, some idle in the keep-alive pool: the one
-            // idle longest gives its place to this visitor.
-            (Err(OpenError::TooManyStreams), Some(header)) => {
-                match self.kept.as_ref().and_then(|k| k.evict_oldest()) {
-                    Some(closed) => {
-                        let _ = tokio::time::timeout(EVICT_WAIT, closed).await;
-                        self.opener.open(header).await?
-                    }
-                    None => return Err(OpenError::TooManyStreams),
+        let mut opened = self.opener.open(header).await;
+        // Every stream of the session in use, some idle in the keep-alive pool: the one idle
+        // longest gives its place to this visitor. The freed place is nobody's in
+        // particular (a concurrent opening may take it first), so a few rounds.
+        if let Some(header) = retry {
+            for _ in 0..EVICT_ROUNDS {
+                if !matches!(opened, Err(OpenError::TooManyStreams)) {
+                    break;
                 }
+                let Some(closed) = self.kept.as_ref().and_then(|k| k.evict_oldest()) else {
+                    break;
+                };
+                let _ = tokio::time::timeout(EVICT_WAIT, closed).await;
+                opened = self.opener.open(header.clone()).await;
             }
-            (r, _) => r?,
-        };
+        }
+        let io = opened?;
         Ok(StallGuard::new(
             io,
             self.limits.get().stream_stall_timeout,

@@ -320,7 +320,7 @@ fn quick_base(
         accept_server_mappings: false,
         connect_timeout: std::time::Duration::from_secs(10),
         log: LogConfig::default(),
-        worker_threads: 1,
+        worker_threads: None,
         tunnels,
         rendezvous: BTreeMap::new(),
         inspect: Default::default(),
@@ -439,13 +439,16 @@ fn main() {
     let inspect = start::plan(cli.inspect.as_deref(), &cfg, http_mode)
         .unwrap_or_else(|line| fail_config(&[line]));
     let level = cli.log_level.clone().or_else(|| cfg.log.level.clone());
-    let (format, threads) = (cli.log_format.unwrap_or(cfg.log.format), cfg.worker_threads);
+    let (format, threads) = (
+        cli.log_format.unwrap_or(cfg.log.format),
+        cfg.runtime_threads(),
+    );
     // Every error that reaches here is one retrying cannot fix (the rest are retried).
     logging::run_main_exiting(
         "tunnelc",
         level.as_deref(),
         format,
-        Some(threads),
+        threads,
         run(cfg, http_mode, source, inspect),
         2,
     );

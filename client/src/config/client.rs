@@ -85,11 +85,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     #[serde(default)]
     pub log: LogConfig,
-    /// Threads of tunnelc's runtime, at start. One by default: a session's link (its
-    /// multiplexer and TLS) is one task whatever the count, and on one thread no visitor's
-    /// bytes change threads on the way (bench: 7 % less CPU a GiB, 10 % a request).
-    #[serde(default = "d1")]
-    pub worker_threads: usize,
+    /// Threads of tunnelc's runtime, at start; see [`ClientConfig::runtime_threads`].
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     #[serde(default)]
     pub tunnels: BTreeMap<String, TunnelConfig>,
     /// `transport: connect`: rendezvous id -> the local service its visitors reach.
@@ -121,9 +119,6 @@ pub struct RendezvousServe {
 
 fn d4() -> usize {
     4
-}
-fn d1() -> usize {
-    1
 }
 fn d1mib() -> usize {
     1 << 20
@@ -237,6 +232,23 @@ fn tcp() -> TunnelKind {
 pub const MAX_TOKEN: usize = 4096;
 
 impl ClientConfig {
+    /// The runtime's worker threads (`None`: tokio's choice, one per core or
+    /// `TOKIO_WORKER_THREADS`). Unset, one over yamux, h2-reverse and websocket: a session's
+    /// link (its multiplexer and TLS) is one task whatever the count, and on one thread no
+    /// visitor's bytes change threads on the way (bench: 7 % less CPU a GiB, 10 % a
+    /// request); one per core over connect, where every parked visitor has its own TLS.
+    pub fn runtime_threads(&self) -> Option<usize> {
+        match self.worker_threads {
+            Some(n) => Some(n),
+            None if self.transport == TransportKind::Connect
+                || std::env::var_os("TOKIO_WORKER_THREADS").is_some() =>
+            {
+                None
+            }
+            None => Some(1),
+        }
+    }
+
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
         let mut cfg: ClientConfig = load::load(&Layers {
             file,
@@ -352,10 +364,12 @@ impl ClientConfig {
         if let Err((k, m)) = self.yamux.validate() {
             errors.push(format!("yamux.{k}: {m}"));
         }
-        if !(1..=MAX_WORKER_THREADS).contains(&self.worker_threads) {
+        if let Some(n) = self
+            .worker_threads
+            .filter(|n| !(1..=MAX_WORKER_THREADS).contains(n))
+        {
             errors.push(format!(
-                "worker_threads: {} is outside 1..={MAX_WORKER_THREADS}",
-                self.worker_threads
+                "worker_threads: {n} is outside 1..={MAX_WORKER_THREADS}"
             ));
         }
         if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
