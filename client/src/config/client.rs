@@ -14,8 +14,6 @@ use tunneld_core::proxy_protocol;
 
 /// The client example, used when `tunnelc` runs without `--config`.
 pub const EMBEDDED: &str = include_str!("../../../client.example.yaml");
-/// The most runtime threads `worker_threads` allows.
-pub const MAX_WORKER_THREADS: usize = 256;
 const TOP_KEYS: &[&str] = &[
     "server",
     "servers",
@@ -85,7 +83,7 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     #[serde(default)]
     pub log: LogConfig,
-    /// Threads of tunnelc's runtime, at start; see [`ClientConfig::runtime_threads`].
+    /// Threads of tunnelc's runtime, at start; see [`ClientConfig::runtime_threads`] ([`super::runtime`]).
     #[serde(default)]
     pub worker_threads: Option<usize>,
     #[serde(default)]
@@ -232,23 +230,6 @@ fn tcp() -> TunnelKind {
 pub const MAX_TOKEN: usize = 4096;
 
 impl ClientConfig {
-    /// The runtime's worker threads (`None`: tokio's choice, one per core or
-    /// `TOKIO_WORKER_THREADS`). Unset, one over yamux, h2-reverse and websocket: a session's
-    /// link (its multiplexer and TLS) is one task whatever the count, and on one thread no
-    /// visitor's bytes change threads on the way (bench: 7 % less CPU a GiB, 10 % a
-    /// request); one per core over connect, where every parked visitor has its own TLS.
-    pub fn runtime_threads(&self) -> Option<usize> {
-        match self.worker_threads {
-            Some(n) => Some(n),
-            None if self.transport == TransportKind::Connect
-                || std::env::var_os("TOKIO_WORKER_THREADS").is_some() =>
-            {
-                None
-            }
-            None => Some(1),
-        }
-    }
-
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
         let mut cfg: ClientConfig = load::load(&Layers {
             file,
@@ -364,14 +345,7 @@ impl ClientConfig {
         if let Err((k, m)) = self.yamux.validate() {
             errors.push(format!("yamux.{k}: {m}"));
         }
-        if let Some(n) = self
-            .worker_threads
-            .filter(|n| !(1..=MAX_WORKER_THREADS).contains(n))
-        {
-            errors.push(format!(
-                "worker_threads: {n} is outside 1..={MAX_WORKER_THREADS}"
-            ));
-        }
+        self.check_worker_threads(errors);
         if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
             errors.push("reconnect: initial must be above 0 and at most max".into());
         }

@@ -10,6 +10,7 @@ pub mod inspect;
 #[doc(hidden)]
 pub mod load;
 pub mod log;
+pub mod runtime;
 pub mod user;
 #[doc(hidden)]
 pub mod yaml;
