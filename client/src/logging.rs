@@ -49,6 +49,11 @@ pub fn run_main_exiting<F>(
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     init(level, format);
+    // Before any socket: each visitor, session and local connection holds a descriptor.
+    match tunneld_core::fd_limit::report(program, tunneld_core::fd_limit::raise()) {
+        Ok(line) => tracing::info!("{line}"),
+        Err(line) => tracing::warn!("{line}"),
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         builder.worker_threads(n.max(1));

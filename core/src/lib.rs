@@ -42,6 +42,7 @@ pub mod clock;
 pub mod cluster_hook;
 pub mod dial;
 pub mod duration;
+pub mod fd_limit;
 pub mod form;
 pub mod frontend;
 pub mod futures_io;

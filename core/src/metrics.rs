@@ -165,6 +165,7 @@ impl Metrics {
             &["frontend"],
         )?;
         r.register(Box::new(stream_open_seconds.clone()))?;
+        r.register(Box::new(crate::fd_limit::FdCollector::new()?))?;
         Ok(Self {
             series: Series::register(&r)?,
             handshakes_pending,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tunneld_integration_tests::process::{field, Proc};
+use tunneld_integration_tests::process::{binary, curl, field, Proc};
 use tunneld_integration_tests::{port_block, server_yaml, services, temp_dir, ALICE_TOKEN, WAIT};
 
 struct Daemon {
@@ -347,5 +347,115 @@ async fn a_port_of_another_transport_ends_tunnelc_with_the_fix() {
         err.contains("does not speak this transport")
             && err.contains("check `server:` and `transport:`"),
         "{err}"
+    );
+}
+
+/// The soft and hard open-file limits of process `pid` (from `/proc/<pid>/limits`).
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// Started with a soft open-file limit of 128 (below one listener's connection cap), tunneld
+/// and tunnelc each raise it to the hard limit, say so in their logs, and tunneld reports
+/// the limit and the descriptors it holds on /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_open_file_limit_is_raised_at_start_and_reported() {
+    let (_, hard) = open_file_limits(std::process::id());
+    assert!(
+        hard > 128,
+        "the hard open-file limit ({hard}) leaves nothing to raise"
+    );
+    let low = "ulimit -Sn 128 && exec \"$0\" \"$@\"";
+    let dir = temp_dir("fdlimit");
+    let file = dir.join("server.yaml");
+    std::fs::write(&file, server_yaml(&dir.join("state"), port_block(), "")).expect("write");
+    let tunneld = binary("tunneld").expect("tunneld");
+    let mut d = Proc::spawn_program(
+        std::path::Path::new("bash"),
+        &[
+            "-c",
+            low,
+            tunneld.to_str().expect("utf8"),
+            "--config",
+            file.to_str().expect("utf8"),
+        ],
+        dir.join("tunneld.err"),
+    )
+    .expect("spawn tunneld");
+    let transport = field(
+        &d.line_starting("listening transport=edge")
+            .await
+            .expect("edge"),
+        "addr",
+    )
+    .expect("addr");
+    let admin = field(
+        &d.line_starting("listening admin").await.expect("admin"),
+        "addr",
+    )
+    .expect("admin addr");
+    let ca = field(&d.line_starting("trust ").await.expect("trust"), "ca").expect("ca");
+    d.line_starting("ready").await.expect("ready");
+    let pid = d.child.id().expect("running");
+    let (soft, hard) = open_file_limits(pid);
+    assert_eq!(soft, hard.min(1 << 20), "tunneld's soft limit is raised");
+    assert!(
+        d.stderr()
+            .contains(&format!("open-file limit raised from 128 to {soft}")),
+        "tunneld says so: {}",
+        d.stderr()
+    );
+    let (st, body) = curl(&[&format!("http://{admin}/metrics")])
+        .await
+        .expect("curl");
+    assert!(st.success(), "metrics: {body}");
+    let m = tunneld_integration_tests::metrics::parse(&body).expect("metrics parse");
+    assert_eq!(m.get("process_max_fds", &[]), soft as f64);
+    let open = m.get("process_open_fds", &[]);
+    assert!(
+        (4.0..soft as f64).contains(&open),
+        "listeners and log files at least, below the limit: {open}"
+    );
+
+    let local = services::echo().await;
+    let tunnelc = binary("tunnelc").expect("tunnelc");
+    let local = local.to_string();
+    let mut c = Proc::spawn_program(
+        std::path::Path::new("bash"),
+        &[
+            "-c",
+            low,
+            tunnelc.to_str().expect("utf8"),
+            "tcp",
+            &local,
+            "--server",
+            &transport,
+            "--token",
+            ALICE_TOKEN,
+            "--ca",
+            &ca,
+            "--server-name",
+            "localhost",
+        ],
+        dir.join("tunnelc.err"),
+    )
+    .expect("spawn tunnelc");
+    c.line_starting("tunnel tcp:").await.expect("up");
+    let (soft, hard) = open_file_limits(c.child.id().expect("running"));
+    assert_eq!(soft, hard.min(1 << 20), "tunnelc's soft limit is raised");
+    assert!(
+        c.stderr()
+            .contains(&format!("open-file limit raised from 128 to {soft}")),
+        "tunnelc says so: {}",
+        c.stderr()
     );
 }
