@@ -12,6 +12,7 @@ mod https;
 mod load;
 mod measure;
 mod openssh;
+mod pairs;
 mod process;
 mod profile;
 mod relay;
@@ -60,9 +61,13 @@ struct Cli {
     crowd: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
     /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-connect-named, tunneld-connect-parked,
-    /// tunneld-yamux-cluster, tunneld-ssh, https, crowd).
+    /// tunneld-yamux-cluster, tunneld-ssh, https, crowd, pairs).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Rounds of the alternated pairs (tunneld yamux+tls and rathole tls, HTTPS over yamux
+    /// and nginx with one worker, measured by turns; default 5, 1 in smoke mode; 0: none).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Where results.md and results.json go.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -333,6 +338,17 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         Vec::new()
     };
+    let pairs = match cli.rounds.unwrap_or(if cli.smoke { 1 } else { 5 }) {
+        0 => Vec::new(),
+        _ if !cli.only.is_empty() && !cli.only.iter().any(|o| o == "pairs") => Vec::new(),
+        rounds => {
+            let rathole = rathole.as_deref();
+            pairs::rows(
+                &bins, rathole, svc.addr, &work, &settings, rounds, &mut notes,
+            )
+            .await?
+        }
+    };
     let report = Report {
         machine: machine(),
         settings: format!(
@@ -348,6 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
         rows,
         https,
         crowd,
+        pairs,
         notes,
     };
     let md = report.markdown();

@@ -50,6 +50,8 @@ pub struct Report {
     pub https: Vec<crate::https::HttpsRow>,
     /// Many idle visitors through one tunnelc, per transport.
     pub crowd: Vec<crate::crowd::CrowdRow>,
+    /// The targeted ratios, measured by turns.
+    pub pairs: Vec<crate::pairs::PairRow>,
     pub notes: Vec<String>,
 }
 
@@ -138,6 +140,9 @@ impl Report {
         }
         if !self.crowd.is_empty() {
             out.push_str(&crate::crowd::markdown(&self.crowd));
+        }
+        if !self.pairs.is_empty() {
+            out.push_str(&crate::pairs::markdown(&self.pairs));
         }
         for n in &self.notes {
             out.push_str(&format!("\n- {n}"));

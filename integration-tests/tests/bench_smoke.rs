@@ -2,7 +2,8 @@
 //! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports,
 //! CONNECT through the rendezvous frontend to a named tunnel and to a parked connection),
 //! measure each, hold a crowd of idle visitors through one tunnelc per multiplexing
-//! transport, and write a table and a JSON file. The
+//! transport, measure the targeted ratios by turns (alternated pairs), and write a table and
+//! a JSON file. The
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
@@ -164,5 +165,36 @@ fn bench_runner_smoke_mode_measures_every_system() {
         assert!(r["fresh_echo_ms"].as_f64().is_some_and(|v| v > 0.0), "{r}");
     }
     assert!(table.contains("Idle visitors held at once"), "{table}");
+    // The targeted ratios measured by turns (one round in smoke mode): against two plain
+    // relays here (--no-peers), and HTTPS over yamux against nginx with one worker.
+    let pairs = json["pairs"].as_array().expect("pairs");
+    let figures: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|p| Some((p["baseline"].as_str()?, p["figure"].as_str()?)))
+        .collect();
+    let mut expected = vec![
+        ("two relays", "throughput"),
+        ("two relays", "HTTP req/s"),
+        ("two relays", "HTTP p99 latency (lower is better)"),
+    ];
+    if h2load {
+        let nginx = "nginx, 1 worker (TLS + keep-alive proxy)";
+        expected.extend([
+            (nginx, "HTTPS HTTP/1.1 req/s"),
+            (nginx, "HTTPS HTTP/2 req/s"),
+            (nginx, "HTTPS HTTP/1.1 CPU a request (lower is better)"),
+            (nginx, "HTTPS HTTP/2 CPU a request (lower is better)"),
+        ]);
+    }
+    assert_eq!(figures, expected, "{table}");
+    // The rates and latency (a one-second smoke run may count no CPU clock tick, which
+    // leaves the CPU pairs without a round).
+    for p in &pairs[..if h2load { 5 } else { 3 }] {
+        assert!(p["subject"].as_str().is_some(), "{p}");
+        let ratios = p["ratios"].as_array().expect("ratios");
+        assert_eq!(ratios.len(), 1, "one round: {p}");
+        assert!(p["median"].as_f64().is_some_and(|v| v > 0.0), "{p}");
+    }
+    assert!(table.contains("Alternated pairs"), "{table}");
     assert!(out.join("results.md").exists());
 }
