@@ -25,19 +25,11 @@ pub fn init(level: Option<&str>, format: LogFormat) {
     };
 }
 
-/// Sets up logging, then runs `main` on a multi-threaded runtime (a worker thread per
-/// core); on an error (or a runtime that cannot start) prints it prefixed by `program` and
-/// exits with status 1. Both binaries' `main` end here.
-pub fn run_main<F>(program: &str, level: Option<&str>, format: LogFormat, main: F)
-where
-    F: std::future::Future<Output = anyhow::Result<()>>,
-{
-    run_main_exiting(program, level, format, None, main, 1)
-}
-
-/// [`run_main`] with `threads` worker threads (`None`: one per core), ending with `code`
-/// when `main` fails (tunnelc: 2, a failure retrying cannot fix; transient ones it retries
-/// itself).
+/// Sets up logging (and the open-file limit), then runs `main` on a multi-threaded runtime
+/// with `threads` worker threads (`None`: one per core, or `TOKIO_WORKER_THREADS`); on an
+/// error (or a runtime that cannot start) prints it prefixed by `program` and exits with
+/// `code` (tunneld: 1; tunnelc: 2, a failure retrying cannot fix; transient ones it retries
+/// itself). Both binaries' `main` end here.
 pub fn run_main_exiting<F>(
     program: &str,
     level: Option<&str>,
@@ -65,6 +57,7 @@ pub fn run_main_exiting<F>(
             std::process::exit(1);
         }
     };
+    tracing::info!("runtime worker threads: {}", rt.metrics().num_workers());
     if let Err(e) = rt.block_on(main) {
         eprintln!("{program}: {e:#}");
         std::process::exit(code);

@@ -459,3 +459,39 @@ async fn a_low_open_file_limit_is_raised_at_start_and_reported() {
         c.stderr()
     );
 }
+
+/// `worker_threads` sets tunneld's runtime threads (one per core unset); out of range, the
+/// configuration is refused with the key named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunneld_runs_the_worker_threads_it_is_given() {
+    let dir = temp_dir("threads");
+    let file = dir.join("server.yaml");
+    std::fs::write(&file, server_yaml(&dir.join("state"), port_block(), "")).expect("write");
+    let file = file.to_str().expect("utf8");
+    for n in [1usize, 3] {
+        let set = format!("worker_threads={n}");
+        let mut d = Proc::spawn(
+            "tunneld",
+            &["--config", file, "--set", &set],
+            dir.join(format!("tunneld-{n}.err")),
+        )
+        .expect("spawn tunneld");
+        d.line_starting("ready").await.expect("ready");
+        assert!(
+            d.stderr()
+                .contains(&format!("runtime worker threads: {n}\n")),
+            "{set}: {}",
+            d.stderr()
+        );
+    }
+    let out = std::process::Command::new(binary("tunneld").expect("tunneld"))
+        .args(["--check", "--config", file, "--set", "worker_threads=0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker_threads: 0 is outside 1..=256"),
+        "{err}"
+    );
+}

@@ -142,11 +142,14 @@ fn main() {
         file,
         sets: cli.sets.clone(),
     });
-    logging::run_main(
+    let threads = cfg.worker_threads;
+    logging::run_main_exiting(
         "tunneld",
         level.as_deref(),
         cli.log_format.unwrap_or(cfg.log.format),
+        threads,
         run(cfg, source),
+        1,
     );
 }
 

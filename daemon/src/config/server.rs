@@ -30,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "frontends",
     "control",
     "cluster",
+    "worker_threads",
 ];
 pub const TRANSPORT_TYPES: &[&str] = &["yamux", "connect", "h2-reverse", "websocket", "ssh"];
 pub const FRONTEND_TYPES: &[&str] = &["ports", "rendezvous", "https-subdomain"];
@@ -60,6 +61,8 @@ pub struct Raw {
     control: Option<super::control::ControlConfig>,
     #[serde(default)]
     cluster: Option<super::cluster::ClusterConfig>,
+    #[serde(default)]
+    worker_threads: Option<usize>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -335,6 +338,9 @@ pub struct ServerConfig {
     pub control: Option<super::control::ControlConfig>,
     /// Cluster mode (`cluster:`); none for a single tunneld.
     pub cluster: Option<super::cluster::ClusterConfig>,
+    /// The runtime's worker threads, read at start (`None`: one per core, or
+    /// `TOKIO_WORKER_THREADS`).
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerConfig {

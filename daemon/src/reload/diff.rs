@@ -74,6 +74,7 @@ pub fn plan(old: &ServerConfig, new: &ServerConfig) -> (Plan, ServerConfig) {
     eff.admin = old.admin.clone();
     eff.control = old.control.clone();
     eff.cluster = old.cluster.clone();
+    eff.worker_threads = old.worker_threads;
     limits(old, new, &mut p.limits_changed);
     tokens(old, new, &mut p);
     frontends(old, new, &mut p, &mut eff);
@@ -120,6 +121,9 @@ fn limits(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
 fn restart_only(old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
     if old.state_dir != new.state_dir {
         out.push("state_dir".into());
+    }
+    if old.worker_threads != new.worker_threads {
+        out.push("worker_threads".into());
     }
     fields!(out, "log", old.log, new.log, [level, format]);
     fields!(out, "tls", old.tls, new.tls, [cert, key, names, acme_from]);
@@ -318,6 +322,7 @@ mod tests {
         new.auth.tokens.insert("alice".into(), carol);
         new.limits.max_streams_per_tunnel = 7;
         new.state_dir = old.state_dir.join("elsewhere");
+        new.worker_threads = Some(1);
         new.transports
             .insert("more".into(), old.transports["edge"].clone());
         new.frontends.clear();
@@ -334,11 +339,12 @@ mod tests {
         );
         assert_eq!(p.transports_added, ["more"]);
         assert_eq!(p.limits_changed, ["limits.max_streams_per_tunnel"]);
-        assert_eq!(p.needs_restart, ["state_dir"]);
+        assert_eq!(p.needs_restart, ["state_dir", "worker_threads"]);
         assert_eq!(p.frontends_removed, ["tcp"]);
         // What runs next: the new limits and the old state dir, without the removed frontend.
         assert_eq!(eff.limits.max_streams_per_tunnel, 7);
         assert_eq!(eff.state_dir, old.state_dir);
+        assert_eq!(eff.worker_threads, None);
         assert!(!eff.frontends.contains_key("tcp"));
         let (again, _) = plan(&eff, &eff);
         assert!(again.is_empty());

@@ -32,6 +32,10 @@ pub(super) fn validate(raw: Raw, file: Option<&Path>) -> Result<ServerConfig, Co
     if let Some(c) = &raw.cluster {
         c.check(&mut errors);
     }
+    let max = tunneld_client::config::runtime::MAX_WORKER_THREADS;
+    if let Some(n) = raw.worker_threads.filter(|n| !(1..=max).contains(n)) {
+        errors.push(format!("worker_threads: {n} is outside 1..={max}"));
+    }
     if !errors.is_empty() {
         return Err(ConfigError { lines: errors });
     }
@@ -433,5 +437,6 @@ fn resolve(
         cluster: raw
             .cluster
             .map(|c| super::super::cluster::ClusterConfig { ca: r(&c.ca), ..c }),
+        worker_threads: raw.worker_threads,
     }
 }
