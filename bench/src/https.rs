@@ -147,8 +147,9 @@ pub fn nginx_path() -> Option<PathBuf> {
 }
 
 /// tunneld's https-subdomain frontend with one http tunnel `bench` over `transport`
-/// (`h2-reverse`, on the frontend's shared port, or `yamux`); `reuse`: tunnelc's
-/// `reuse_connections` (kept-alive connections to the service, h2-reverse only).
+/// (`h2-reverse`, on the frontend's shared port, `yamux` or `websocket`); `reuse`: the
+/// tunnel's `reuse_connections` (kept-alive connections to the service, and over yamux and
+/// websocket tunneld's kept-alive tunnel streams).
 pub async fn tunneld(
     transport: &str,
     reuse: bool,

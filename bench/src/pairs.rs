@@ -57,24 +57,18 @@ pub async fn rows(
         std::fs::create_dir_all(dir.join(sub))?;
     }
     let subject = systems::tunneld(Transport::Yamux, bins, service, &dir.join("tunneld")).await?;
-    let rathole = match rathole {
-        Some(b) => match systems::rathole(b, true, service, &dir.join("rathole")).await {
-            Ok(sys) => Some(sys),
-            Err(e) => {
-                notes.push(format!(
-                    "alternated pairs: rathole tls could not start ({e:#})"
-                ));
-                None
-            }
-        },
-        None => None,
+    let started = match rathole {
+        Some(b) => systems::rathole(b, true, service, &dir.join("rathole"))
+            .await
+            .map_err(|e| format!("could not start ({e:#})")),
+        None => Err("is not installed (or --no-peers)".to_string()),
     };
-    let baseline = match rathole {
-        Some(sys) => sys,
-        None => {
-            notes.push(
-                "alternated pairs: without rathole tls (not installed, --no-peers or not starting), two plain relays stand in".into(),
-            );
+    let baseline = match started {
+        Ok(sys) => sys,
+        Err(why) => {
+            notes.push(format!(
+                "alternated pairs: rathole tls {why}; two plain relays stand in"
+            ));
             systems::relays(service, &dir.join("relays")).await?
         }
     };

@@ -25,8 +25,8 @@ pub struct Raised {
     pub now: u64,
 }
 
-/// Raises the soft open-file limit to the hard one (to [`UNLIMITED_SOFT`] when that is
-/// unlimited); never lowers it.
+/// Raises the soft open-file limit to the hard one (when that is unlimited, to
+/// [`UNLIMITED_SOFT`] or the kernel's `fs.nr_open` if lower); never lowers it.
 pub fn raise() -> Result<Raised, nix::Error> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = if hard == RLIM_INFINITY {
@@ -35,7 +35,15 @@ pub fn raise() -> Result<Raised, nix::Error> {
         hard
     };
     if soft != RLIM_INFINITY && soft < target {
-        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            // An unlimited hard limit above a lowered `fs.nr_open`: as far as the kernel goes.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|n| hard == RLIM_INFINITY && *n > soft && *n < target)
+                .ok_or(e)?;
+            setrlimit(Resource::RLIMIT_NOFILE, nr_open, hard)?;
+        }
     }
     let (now, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
     Ok(Raised { before: soft, now })
@@ -58,9 +66,15 @@ pub fn report(program: &str, r: Result<Raised, nix::Error>) -> Result<String, St
     }
 }
 
-/// Descriptors open now: the entries of `/proc/self/fd` (`/dev/fd` elsewhere), less the one
-/// the listing itself holds.
+/// Descriptors open now. Linux 6.2 and later give the count as the size of `/proc/self/fd`
+/// (one `stat`, however many are open); before, and elsewhere (`/dev/fd`), its entries are
+/// counted, less the one the listing itself holds.
 pub fn open_now() -> std::io::Result<u64> {
+    if let Ok(m) = std::fs::metadata("/proc/self/fd") {
+        if m.len() > 0 {
+            return Ok(m.len());
+        }
+    }
     let dir = std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd"))?;
     Ok((dir.count() as u64).saturating_sub(1))
 }
@@ -89,15 +103,18 @@ impl Collector for FdCollector {
         self.descs.iter().collect()
     }
 
+    /// A figure that cannot be read now (out of descriptors, say) is left out of the scrape
+    /// rather than given stale.
     fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
         if let Ok(n) = open_now() {
             self.open.set(i64::try_from(n).unwrap_or(i64::MAX));
+            out.extend(self.open.collect());
         }
         if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
             self.max.set(i64::try_from(soft).unwrap_or(i64::MAX));
+            out.extend(self.max.collect());
         }
-        let mut out = self.open.collect();
-        out.extend(self.max.collect());
         out
     }
 }
@@ -142,6 +159,18 @@ mod tests {
             raised.as_deref(),
             Ok("open-file limit raised from 1024 to 524288")
         );
+    }
+
+    #[test]
+    fn the_count_follows_open_descriptors() {
+        let before = open_now().expect("count");
+        let files: Vec<std::fs::File> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/stat").expect("open"))
+            .collect();
+        let during = open_now().expect("count");
+        drop(files);
+        // Other tests of this binary open and close a few files meanwhile.
+        assert!(during + 16 >= before + 64, "{before} -> {during}");
     }
 
     #[test]

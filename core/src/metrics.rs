@@ -254,7 +254,15 @@ mod tests {
                 .expect("docs/metrics.md");
         let all = Series::NAMES
             .iter()
-            .chain(["tunneld_handshakes_pending", "tunneld_stream_open_seconds"].iter())
+            .chain(
+                [
+                    "tunneld_handshakes_pending",
+                    "tunneld_stream_open_seconds",
+                    "process_open_fds",
+                    "process_max_fds",
+                ]
+                .iter(),
+            )
             .chain(crate::tunnel_metrics::NAMES.iter());
         for name in all {
             assert!(
