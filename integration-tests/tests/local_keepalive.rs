@@ -394,6 +394,66 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     alice.shutdown().await.expect("alice stops");
 }
 
+/// The same with the neighbour's eight visitors arriving at once: those refused for want of
+/// a stream race each other for the places idle kept streams leave, and every one is
+/// served (each within a second, tries included); once they leave, the http tunnel answers
+/// again on the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_neighbours_all_get_places_of_kept_streams() {
+    let s = attack::server(false, &[]).await.expect("server");
+    let web = services::slow_http(std::time::Duration::from_millis(100)).await;
+    let echo = services::echo().await;
+    let tunnels = format!(
+        "{}{}",
+        attack::http_tunnel("web", web),
+        attack::tcp_tunnel("echo", echo)
+    );
+    let cfg = s
+        .client_config_with(
+            tunneld_integration_tests::ALICE_TOKEN,
+            &tunnels,
+            &["yamux.max_streams=8".to_string()],
+        )
+        .expect("cfg");
+    let mut alice = TestClient::spawn(cfg);
+    let got = alice.connected().await.expect("alice");
+    let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
+    let visits: Vec<_> = (0..8).map(|_| visit(&s, "web")).collect();
+    for body in futures::future::join_all(visits).await {
+        assert_eq!(body, "ok");
+    }
+    let neighbours: Vec<_> = (0..8).map(|seed| echo_visitor(ep, seed)).collect();
+    let held: Vec<_> = futures::future::join_all(neighbours)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(seed, c)| c.unwrap_or_else(|e| panic!("echo visitor {seed}: {e:#}")))
+        .collect();
+    let m = s.metrics().await;
+    let evicted = m.get(
+        "tunneld_kept_streams_total",
+        &[("transport", "edge"), ("result", "evicted")],
+    );
+    assert!(
+        evicted >= 1.0,
+        "refused neighbours took the places of idle kept streams: {evicted}"
+    );
+    drop(held);
+    // Their streams close as tunneld sees each visitor go: until then the session is full.
+    let deadline = tokio::time::Instant::now() + tunneld_integration_tests::WAIT;
+    loop {
+        let body = visit(&s, "web").await;
+        if body == "ok" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the http tunnel answers again: {body}"
+        );
+    }
+    alice.shutdown().await.expect("alice stops");
+}
+
 /// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests
 /// that carry one are not sent on kept connections, nor leave theirs behind, over every
 /// transport; plain requests of the same tunnel still share theirs.
