@@ -260,22 +260,18 @@ impl Conn {
         // Each forwarded request is one stream of the frontend: counted, timed to the
         // service's answer, and its body bytes counted both ways (upgrades count their
         // spliced bytes when they splice).
-        let m = &self.fe.metrics;
-        m.streams_opened_total
-            .with_label_values(&[&self.fe.name])
-            .inc();
-        let tunnel = m.tunnel_stream(&self.fe.name, &host);
+        let series = &self.fe.per_request;
+        series.opened.inc();
+        let tunnel = self.fe.metrics.tunnel_stream(&self.fe.name, &host);
         let started = std::time::Instant::now();
-        let bytes_in = m.bytes_total.with_label_values(&[&self.fe.name, "in"]);
+        let bytes_in = series.bytes_in.clone();
         let req = req.map(|b| counted(b, bytes_in, tunnel.clone(), true));
         let resp = match self.forward(&host, &route, req, upgrade).await {
             Ok(r) => r,
             Err(resp) => return *resp,
         };
-        m.stream_open_seconds
-            .with_label_values(&[&self.fe.name])
-            .observe(started.elapsed().as_secs_f64());
-        let out = m.bytes_total.with_label_values(&[&self.fe.name, "out"]);
+        series.open_seconds.observe(started.elapsed().as_secs_f64());
+        let out = series.bytes_out.clone();
         let resp = resp.map(|b| counted(b, out, tunnel.clone(), false));
         self.answer(resp, upgrade, visitor_upgrade, tunnel)
     }
