@@ -337,13 +337,10 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
     }
 }
 
-/// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
-/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most
-/// half the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
-/// same tunnelc are all served at once, the last in the place of an idle kept stream, which
-/// closes for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kept_streams_leave_a_neighbour_room_in_the_session() {
+/// A session capped at 8 streams whose http tunnel `web` just served eight visitors at once
+/// (leaving idle kept streams), beside a tcp tunnel `echo`: the server, the client and the
+/// echo tunnel's endpoint.
+async fn kept_streams_left() -> (TestServer, TestClient, SocketAddr) {
     let s = attack::server(false, &[]).await.expect("server");
     let web = services::slow_http(std::time::Duration::from_millis(100)).await;
     let echo = services::echo().await;
@@ -366,6 +363,17 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
     for body in futures::future::join_all(visits).await {
         assert_eq!(body, "ok");
     }
+    (s, alice, ep)
+}
+
+/// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
+/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most
+/// half the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
+/// same tunnelc are all served at once, the last in the place of an idle kept stream, which
+/// closes for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_streams_leave_a_neighbour_room_in_the_session() {
+    let (s, alice, ep) = kept_streams_left().await;
     let mut held = Vec::new();
     for seed in 0..8 {
         let c = echo_visitor(ep, seed)
@@ -400,28 +408,7 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
 /// again on the same session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_neighbours_all_get_places_of_kept_streams() {
-    let s = attack::server(false, &[]).await.expect("server");
-    let web = services::slow_http(std::time::Duration::from_millis(100)).await;
-    let echo = services::echo().await;
-    let tunnels = format!(
-        "{}{}",
-        attack::http_tunnel("web", web),
-        attack::tcp_tunnel("echo", echo)
-    );
-    let cfg = s
-        .client_config_with(
-            tunneld_integration_tests::ALICE_TOKEN,
-            &tunnels,
-            &["yamux.max_streams=8".to_string()],
-        )
-        .expect("cfg");
-    let mut alice = TestClient::spawn(cfg);
-    let got = alice.connected().await.expect("alice");
-    let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
-    let visits: Vec<_> = (0..8).map(|_| visit(&s, "web")).collect();
-    for body in futures::future::join_all(visits).await {
-        assert_eq!(body, "ok");
-    }
+    let (s, alice, ep) = kept_streams_left().await;
     let neighbours: Vec<_> = (0..8).map(|seed| echo_visitor(ep, seed)).collect();
     let held: Vec<_> = futures::future::join_all(neighbours)
         .await
