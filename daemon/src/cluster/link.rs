@@ -17,6 +17,7 @@ use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::limits::AddressLimiter;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::tls::LINK_TLS_BUFFER;
 use tunneld_core::BoxIo;
 use tunneld_transport_yamux::driver::{drive, Driven, OpenReply};
 use yamux::Mode;
@@ -136,6 +137,8 @@ pub async fn serve(
                 .and_then(|c| tunneld_core::tls::common_name(c))
                 .unwrap_or_else(|| "?".into());
             tracing::info!(%peer, %node, "cluster link from node");
+            let mut tls = tls;
+            tls.get_mut().1.set_buffer_limit(Some(LINK_TLS_BUFFER));
             let conn = Driven::new(tls, yamux_config(Mode::Server), Mode::Server);
             let (_open_tx, open_rx) = mpsc::channel::<OpenReply>(1);
             let streams = CancellationToken::new();
@@ -353,6 +356,8 @@ impl Links {
             .await
             .map_err(|_| format!("TLS to {addr}: timed out"))?
             .map_err(|e| format!("TLS to {addr}: {e}"))?;
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(LINK_TLS_BUFFER));
         let conn = Driven::new(tls, yamux_config(Mode::Client), Mode::Client);
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let closed = CancellationToken::new();

@@ -34,7 +34,10 @@ pub struct Connected {
 
 /// Connects, sends `hello`, and waits for tunneld's answer.
 pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
-    let w = tunneld_core::dial::dial(&opts.target, hello).await?;
+    let mut w = tunneld_core::dial::dial(&opts.target, hello).await?;
+    w.io.get_mut()
+        .1
+        .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
     Ok(Connected {
         client_id: w.client_id,
         tunnels: w.tunnels,

@@ -12,6 +12,7 @@
 //! goes out at the start of its next poll, after the other tasks that were ready (the visitors'
 //! splices) have queued their frames too. One scheduler turn of delay, never a timer.
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +77,38 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             self.written += n;
         }
+        self.reset();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is buffered and the start of `data` in one call (one run of TLS records,
+    /// one syscall): a large body no longer goes out after a record of its own 12-byte
+    /// header. Returns how much of `data` was taken, after all of the buffer.
+    fn poll_write_after_buffer(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        while self.written < self.buf.len() {
+            let held = self.buf.len() - self.written;
+            let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(
+                cx,
+                &[IoSlice::new(&self.buf[self.written..]), IoSlice::new(data)]
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            if n > held {
+                self.reset();
+                return Poll::Ready(Ok(n - held));
+            }
+            self.written += n;
+        }
+        self.reset();
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn reset(&mut self) {
         self.buf.clear();
         self.written = 0;
         self.deferred = None;
@@ -83,7 +116,6 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         if self.buf.capacity() > CAP {
             self.buf.shrink_to(CAP);
         }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -108,12 +140,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
             this.buf.extend_from_slice(data);
             return Poll::Ready(Ok(data.len()));
         }
-        ready!(this.poll_drain(cx))?;
         if data.len() <= CAP {
+            ready!(this.poll_drain(cx))?;
             this.buf.extend_from_slice(data);
             return Poll::Ready(Ok(data.len()));
         }
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        this.poll_write_after_buffer(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -158,6 +190,82 @@ mod tests {
         fn wake_by_ref(me: &Arc<Self>) {
             me.0.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Takes at most `limit` bytes a call, vectored or not, and records each call.
+    struct Calls {
+        got: Vec<u8>,
+        calls: Vec<usize>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Calls {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(data)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.limit - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.calls.push(n);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_out_in_the_same_call_as_its_buffered_header() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        for (limit, want_calls) in [(1 << 20, vec![100_012]), (65_536, vec![65_536, 34_476])] {
+            let inner = Calls {
+                got: Vec::new(),
+                calls: Vec::new(),
+                limit,
+            };
+            let mut c = Coalesce::new(inner, PollEpoch::default());
+            c.write_all(b"header-12byt").await.expect("header");
+            c.write_all(&body).await.expect("body");
+            assert_eq!(c.inner.calls, want_calls, "limit {limit}");
+            assert_eq!(&c.inner.got[..12], b"header-12byt");
+            assert_eq!(&c.inner.got[12..], &body[..]);
+        }
+        // A writer that takes less than the buffer each call still gets every byte in order.
+        let inner = Calls {
+            got: Vec::new(),
+            calls: Vec::new(),
+            limit: 5,
+        };
+        let mut c = Coalesce::new(inner, PollEpoch::default());
+        c.write_all(b"header-12byt").await.expect("header");
+        c.write_all(&body).await.expect("body");
+        // The body's last 16 KiB or less waits in the buffer, as any small write does.
+        c.shutdown().await.expect("shutdown");
+        assert_eq!(c.inner.got.len(), 100_012);
+        assert_eq!(&c.inner.got[..12], b"header-12byt");
+        assert_eq!(&c.inner.got[12..], &body[..]);
     }
 
     #[tokio::test]

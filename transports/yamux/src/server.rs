@@ -148,6 +148,9 @@ impl YamuxTransport {
         let Some((mut tls, cn, dialect)) = Self::handshake_outcome(hs, peer, &cx) else {
             return;
         };
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
 
         let hello = match dialect {
             Dialect::Native(h) => h,
