@@ -84,6 +84,9 @@ async fn bulk(addr: SocketAddr, seed: usize) -> Result<()> {
         }
         at += n;
     }
+    // Nothing more than was sent: the echo ends where the visitor's writes ended.
+    let n = r.read(&mut got).await.context("read the echo's end")?;
+    ensure!(n == 0, "{n} bytes came back beyond the {EACH} sent");
     writer.await.context("writer task")?.context("write")?;
     Ok(())
 }

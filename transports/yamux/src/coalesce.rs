@@ -90,7 +90,7 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         while self.written < self.buf.len() {
-            let held = self.buf.len() - self.written;
+            let left = self.buf.len() - self.written;
             let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(
                 cx,
                 &[IoSlice::new(&self.buf[self.written..]), IoSlice::new(data)]
@@ -98,9 +98,13 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            if n > held {
+            if n > left {
+                debug_assert!(
+                    n - left <= data.len(),
+                    "the writer took more than it was given"
+                );
                 self.reset();
-                return Poll::Ready(Ok(n - held));
+                return Poll::Ready(Ok(n - left));
             }
             self.written += n;
         }
@@ -192,11 +196,26 @@ mod tests {
         }
     }
 
-    /// Takes at most `limit` bytes a call, vectored or not, and records each call.
+    /// Takes at most `limit` bytes a call, vectored or not, and records each call; with
+    /// `stalls`, every other call is `Pending` (the task woken) and takes nothing.
     struct Calls {
         got: Vec<u8>,
         calls: Vec<usize>,
         limit: usize,
+        stalls: bool,
+        stalled: bool,
+    }
+
+    impl Calls {
+        fn new(limit: usize, stalls: bool) -> Self {
+            Self {
+                got: Vec::new(),
+                calls: Vec::new(),
+                limit,
+                stalls,
+                stalled: false,
+            }
+        }
     }
 
     impl AsyncWrite for Calls {
@@ -210,9 +229,16 @@ mod tests {
 
         fn poll_write_vectored(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
+            if self.stalls {
+                self.stalled = !self.stalled;
+                if self.stalled {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
             let mut n = 0;
             for b in bufs {
                 let take = b.len().min(self.limit - n);
@@ -240,11 +266,7 @@ mod tests {
     async fn a_large_body_goes_out_in_the_same_call_as_its_buffered_header() {
         let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         for (limit, want_calls) in [(1 << 20, vec![100_012]), (65_536, vec![65_536, 34_476])] {
-            let inner = Calls {
-                got: Vec::new(),
-                calls: Vec::new(),
-                limit,
-            };
+            let inner = Calls::new(limit, false);
             let mut c = Coalesce::new(inner, PollEpoch::default());
             c.write_all(b"header-12byt").await.expect("header");
             c.write_all(&body).await.expect("body");
@@ -252,20 +274,26 @@ mod tests {
             assert_eq!(&c.inner.got[..12], b"header-12byt");
             assert_eq!(&c.inner.got[12..], &body[..]);
         }
-        // A writer that takes less than the buffer each call still gets every byte in order.
-        let inner = Calls {
-            got: Vec::new(),
-            calls: Vec::new(),
-            limit: 5,
-        };
-        let mut c = Coalesce::new(inner, PollEpoch::default());
-        c.write_all(b"header-12byt").await.expect("header");
-        c.write_all(&body).await.expect("body");
-        // The body's last 16 KiB or less waits in the buffer, as any small write does.
-        c.shutdown().await.expect("shutdown");
-        assert_eq!(c.inner.got.len(), 100_012);
-        assert_eq!(&c.inner.got[..12], b"header-12byt");
-        assert_eq!(&c.inner.got[12..], &body[..]);
+        // A writer that takes less than the buffer each call, and one that also answers
+        // every other call with Pending, still get every byte once and in order.
+        for stalls in [false, true] {
+            for limit in [5, 7, 20_000] {
+                let mut c = Coalesce::new(Calls::new(limit, stalls), PollEpoch::default());
+                c.write_all(b"header-12byt").await.expect("header");
+                c.write_all(&body).await.expect("body");
+                c.write_all(b"next-header!").await.expect("header");
+                c.write_all(&body[..40_000]).await.expect("body");
+                // What is left of the last body (16 KiB or less) waits in the buffer, as any
+                // small write does.
+                c.shutdown().await.expect("shutdown");
+                let got = &c.inner.got;
+                assert_eq!(got.len(), 12 + 100_000 + 12 + 40_000, "limit {limit}");
+                assert_eq!(&got[..12], b"header-12byt");
+                assert_eq!(&got[12..100_012], &body[..]);
+                assert_eq!(&got[100_012..100_024], b"next-header!");
+                assert_eq!(&got[100_024..], &body[..40_000]);
+            }
+        }
     }
 
     #[tokio::test]

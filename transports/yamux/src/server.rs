@@ -126,6 +126,14 @@ impl From<FrameError> for HandshakeFailure {
 /// The TLS stream of an accepted connection.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// A yamux session's TLS may hold a whole frame and its header unsent (the management API's
+/// HTTP keeps rustls's default).
+fn link_buffer(tls: &mut Tls) {
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
+}
+
 /// A finished handshake: the stream, the client certificate's common name, the dialect.
 type Handshaken = (Tls, Option<String>, Dialect);
 
@@ -148,15 +156,13 @@ impl YamuxTransport {
         let Some((mut tls, cn, dialect)) = Self::handshake_outcome(hs, peer, &cx) else {
             return;
         };
-        tls.get_mut()
-            .1
-            .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
 
         let hello = match dialect {
             Dialect::Native(h) => h,
             Dialect::Threshold(caller) => {
                 let t = self.cfg.threshold.clone();
                 if let Some(t) = t {
+                    link_buffer(&mut tls);
                     run_threshold(tls, peer, caller, permit, &t, &self, cx).await;
                 }
                 return;
@@ -179,6 +185,7 @@ impl YamuxTransport {
             return;
         };
         drop(permit);
+        link_buffer(&mut tls);
         let conn = Driven::new(tls, self.cfg.yamux.yamux(), Mode::Server);
         run_session(conn, open_rx, probe_link, guard, cx).await;
     }
