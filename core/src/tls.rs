@@ -37,16 +37,6 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Encrypted bytes a yamux link's TLS (tunnelc's session, a cluster link) may hold unsent
-/// (`set_buffer_limit`; rustls's default is 64 KiB): a frame of the default
-/// `yamux.split_send_size` (256 KiB) with its 12-byte header, and some room. A visitor's read
-/// of 128 KiB becomes one yamux frame, and with its header it goes to TLS in one write (the
-/// transport's coalescing writer); under the default limit each such frame took three
-/// writes, its last 12 bytes a record, a syscall and a loopback packet of their own. Per
-/// session, not per visitor, and only while the socket is backed up. (HTTP/2 links measured
-/// no different with it: left at the default.)
-pub const LINK_TLS_BUFFER: usize = (256 + 8) * 1024;
-
 /// The one crypto provider used everywhere.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

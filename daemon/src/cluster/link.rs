@@ -17,9 +17,8 @@ use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::limits::AddressLimiter;
 use tunneld_core::session::{OpenError, OPEN_REPLY_DEADLINE};
 use tunneld_core::splice::{splice, SpliceCounters};
-use tunneld_core::tls::LINK_TLS_BUFFER;
 use tunneld_core::BoxIo;
-use tunneld_transport_yamux::driver::{drive, Driven, OpenReply};
+use tunneld_transport_yamux::driver::{drive, widen_tls_buffer, Driven, OpenReply};
 use yamux::Mode;
 
 /// Deadline for dialling a node (TCP and TLS) and for a stream's request line.
@@ -109,7 +108,7 @@ pub async fn serve(
         );
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(DIAL_TIMEOUT, acceptor.accept(tcp)).await {
+            let mut tls = match tokio::time::timeout(DIAL_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     metrics.connection("tls_error");
@@ -137,8 +136,7 @@ pub async fn serve(
                 .and_then(|c| tunneld_core::tls::common_name(c))
                 .unwrap_or_else(|| "?".into());
             tracing::info!(%peer, %node, "cluster link from node");
-            let mut tls = tls;
-            tls.get_mut().1.set_buffer_limit(Some(LINK_TLS_BUFFER));
+            widen_tls_buffer(tls.get_mut().1);
             let conn = Driven::new(tls, yamux_config(Mode::Server), Mode::Server);
             let (_open_tx, open_rx) = mpsc::channel::<OpenReply>(1);
             let streams = CancellationToken::new();
@@ -352,12 +350,11 @@ impl Links {
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
         tunneld_core::tls_listener::set_keepalive(&tcp);
-        let tls = tokio::time::timeout(DIAL_TIMEOUT, self.tls.connect(name, tcp))
+        let mut tls = tokio::time::timeout(DIAL_TIMEOUT, self.tls.connect(name, tcp))
             .await
             .map_err(|_| format!("TLS to {addr}: timed out"))?
             .map_err(|e| format!("TLS to {addr}: {e}"))?;
-        let mut tls = tls;
-        tls.get_mut().1.set_buffer_limit(Some(LINK_TLS_BUFFER));
+        widen_tls_buffer(tls.get_mut().1);
         let conn = Driven::new(tls, yamux_config(Mode::Client), Mode::Client);
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
         let closed = CancellationToken::new();

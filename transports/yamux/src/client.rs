@@ -35,9 +35,7 @@ pub struct Connected {
 /// Connects, sends `hello`, and waits for tunneld's answer.
 pub async fn dial(opts: &DialOptions, hello: &Hello) -> Result<Connected, DialError> {
     let mut w = tunneld_core::dial::dial(&opts.target, hello).await?;
-    w.io.get_mut()
-        .1
-        .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
+    crate::driver::widen_tls_buffer(w.io.get_mut().1);
     Ok(Connected {
         client_id: w.client_id,
         tunnels: w.tunnels,

@@ -3,7 +3,7 @@
 use crate::accept::Listener;
 use crate::config::Config;
 use crate::control;
-use crate::driver::{drive, driver_end, Driven, OpenReply};
+use crate::driver::{drive, driver_end, widen_tls_buffer, Driven, OpenReply};
 use crate::limit::{self, Counted};
 use crate::metrics::YamuxMetrics;
 use crate::threshold::{self};
@@ -126,14 +126,6 @@ impl From<FrameError> for HandshakeFailure {
 /// The TLS stream of an accepted connection.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// A yamux session's TLS may hold a whole frame and its header unsent (the management API's
-/// HTTP keeps rustls's default).
-fn link_buffer(tls: &mut Tls) {
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(tunneld_core::tls::LINK_TLS_BUFFER));
-}
-
 /// A finished handshake: the stream, the client certificate's common name, the dialect.
 type Handshaken = (Tls, Option<String>, Dialect);
 
@@ -162,7 +154,8 @@ impl YamuxTransport {
             Dialect::Threshold(caller) => {
                 let t = self.cfg.threshold.clone();
                 if let Some(t) = t {
-                    link_buffer(&mut tls);
+                    // Yamux sessions only: the management API's HTTP keeps rustls's default.
+                    widen_tls_buffer(tls.get_mut().1);
                     run_threshold(tls, peer, caller, permit, &t, &self, cx).await;
                 }
                 return;
@@ -185,7 +178,7 @@ impl YamuxTransport {
             return;
         };
         drop(permit);
-        link_buffer(&mut tls);
+        widen_tls_buffer(tls.get_mut().1);
         let conn = Driven::new(tls, self.cfg.yamux.yamux(), Mode::Server);
         run_session(conn, open_rx, probe_link, guard, cx).await;
     }
