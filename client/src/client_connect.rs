@@ -9,7 +9,7 @@ use crate::rotation::ServerRotation;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -203,14 +203,16 @@ impl Worker {
             let mut stream = parked.stream;
             let mut first = parked.surplus;
             if first.is_empty() {
-                let mut b = vec![0u8; 16 * 1024];
+                // The visitor's first bytes, straight from TLS's own buffer: a read buffer of
+                // ours would be held by every parked connection while it waits (16 KiB each
+                // before, docs/benchmarks.md, "Buffers off the connection tasks").
                 let read = tokio::select! {
                     _ = self.stop.cancelled() => return,
-                    r = stream.read(&mut b) => r,
+                    r = stream.fill_buf() => r.map(<[u8]>::to_vec),
                 };
                 match read {
-                    Ok(n) if n > 0 => {
-                        b.truncate(n);
+                    Ok(b) if !b.is_empty() => {
+                        stream.consume(b.len());
                         first = b;
                     }
                     _ => {

@@ -136,6 +136,10 @@ async fn fill_head<R: AsyncRead + Unpin + ?Sized>(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> Result<(RequestHead, usize), HeadError> {
+    // On the heap, and only once a read is needed: a buffer held across an await is part of
+    // the future, and a connection's task is as large as its largest state for as long as
+    // the connection lives (docs/benchmarks.md, "Buffers off the connection tasks").
+    let mut chunk = Vec::new();
     loop {
         if let Some((head, len)) = parse(buf)? {
             return Ok((head, len));
@@ -143,7 +147,9 @@ async fn fill_head<R: AsyncRead + Unpin + ?Sized>(
         if buf.len() >= max {
             return Err(HeadError::TooLarge(max));
         }
-        let mut chunk = [0u8; 4096];
+        if chunk.is_empty() {
+            chunk = vec![0u8; 4096];
+        }
         let want = chunk.len().min(max - buf.len());
         let n = r.read(&mut chunk[..want]).await?;
         if n == 0 {
@@ -347,5 +353,18 @@ mod tests {
             .0
             .expect("parses");
         assert_eq!(h.framing(), Ok(Framing::Chunked));
+    }
+
+    #[test]
+    fn the_head_readers_future_holds_no_read_buffer() {
+        // It is part of every connection task that reads a head, for the task's whole life.
+        let mut r: &[u8] = b"";
+        let mut buf = Vec::new();
+        let f = fill_head(&mut r, &mut buf, 8192);
+        assert!(
+            std::mem::size_of_val(&f) < 512,
+            "{} bytes",
+            std::mem::size_of_val(&f)
+        );
     }
 }

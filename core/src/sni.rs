@@ -93,8 +93,13 @@ async fn fill<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     want: usize,
 ) -> Result<(), SniError> {
+    // On the heap: an array held across the await would make every visitor's task (whose
+    // future holds this one's state) 4 KiB larger for the connection's whole life.
+    let mut chunk = Vec::new();
     while buf.len() < want {
-        let mut chunk = [0u8; 4096];
+        if chunk.is_empty() {
+            chunk = vec![0u8; 4096];
+        }
         let n = io.read(&mut chunk).await?;
         if n == 0 {
             return Err(SniError::Closed);
@@ -253,5 +258,18 @@ mod tests {
         for n in 0..body.len() {
             let _ = parse_client_hello(&body[..n]);
         }
+    }
+
+    #[test]
+    fn the_peeks_future_holds_no_read_buffer() {
+        // It is part of every ports visitor's task, for the task's whole life.
+        let mut r: &[u8] = b"";
+        let mut buf = Vec::new();
+        let f = fill(&mut r, &mut buf, 5);
+        assert!(
+            std::mem::size_of_val(&f) < 512,
+            "{} bytes",
+            std::mem::size_of_val(&f)
+        );
     }
 }
