@@ -1,5 +1,5 @@
-//! tunneld's kept-alive tunnel streams: on a session whose transport carries byte streams
-//! (yamux, websocket) and whose tunnelc splices each stream to one local connection (it says
+//! tunneld's kept-alive tunnel streams: on a session whose tunnelc splices each stream to one
+//! local connection (yamux streams, websocket conversations, h2-reverse `CONNECT` streams; it says
 //! [`crate::proto::CAP_KEEPALIVE`]), a visitor HTTP request of an `http` tunnel goes on an
 //! idle HTTP/1.1 stream left by an earlier request of the same tunnel, so neither a stream nor
 //! a local connection is opened per request (nginx's upstream `keepalive`, across the tunnel).

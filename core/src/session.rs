@@ -72,20 +72,15 @@ impl OpenError {
 pub trait OpenStream: Send + Sync + 'static {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
 
-    /// Whether [`OpenStream::request`] sends HTTP requests as requests of the transport's
-    /// own (h2-reverse); the others' streams may then be kept alive between requests.
-    fn carries_http(&self) -> bool {
-        false
-    }
-
     /// The most streams the session may have open at once, when the transport caps them
     /// (kept-alive streams then take at most half of it).
     fn stream_cap(&self) -> Option<usize> {
         None
     }
 
-    /// Forwards one visitor HTTP request. Transports that carry HTTP natively (h2-reverse)
-    /// send it as a request of their own; the others open a stream and speak HTTP/1.1 on it.
+    /// Forwards one visitor HTTP request that does not go on a kept-alive stream
+    /// ([`crate::kept_streams`]). Transports that carry HTTP natively (h2-reverse) send it as
+    /// a request of their own; the others open a stream and speak HTTP/1.1 on it.
     async fn request(
         &self,
         header: StreamHeader,

@@ -1,7 +1,6 @@
 //! Visitor requests share kept-alive connections to local HTTP services, over every
-//! transport: on h2-reverse tunnelc keeps its connections to the service; on yamux and
-//! websocket tunneld keeps the tunnel streams (each spliced by tunnelc to one local
-//! connection). Twenty visitors one after another reach the service over one connection; a
+//! transport: tunneld keeps the tunnel streams (yamux streams, websocket conversations,
+//! h2-reverse `CONNECT` streams), each spliced by tunnelc to one local connection. Twenty visitors one after another reach the service over one connection; a
 //! tunnel that writes a PROXY header, or sets `reuse_connections: false`, gets a connection
 //! per visitor; a service that closes after each answer still serves every visitor; each
 //! tunnel keeps its own; idle kept connections are closed after a few seconds. A service that
@@ -127,15 +126,13 @@ async fn kept_connections(via: Via) {
     // The first tunnel's kept connection still serves it, untouched by its neighbours.
     assert_eq!(visit(&s, "kept").await, "kept");
     assert!(kept_n.accepted.load(Ordering::SeqCst) <= 2);
-    if via != Via::H2Reverse {
-        // tunneld kept the streams: the counter says so.
-        let m = s.metrics().await;
-        let reused = m.get(
-            "tunneld_kept_streams_total",
-            &[("transport", via.label()), ("result", "reused")],
-        );
-        assert!(reused >= 15.0, "{via:?}: {reused} requests on kept streams");
-    }
+    // tunneld kept the streams: the counter says so.
+    let m = s.metrics().await;
+    let reused = m.get(
+        "tunneld_kept_streams_total",
+        &[("transport", via.label()), ("result", "reused")],
+    );
+    assert!(reused >= 15.0, "{via:?}: {reused} requests on kept streams");
     // Idle, it is closed a few seconds later (idle connections are kept 4 s).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     while kept_n.closed.load(Ordering::SeqCst) < kept_n.accepted.load(Ordering::SeqCst) {
@@ -149,7 +146,7 @@ async fn kept_connections(via: Via) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn visitors_share_kept_connections_to_the_local_service() {
+async fn visitors_share_kept_streams_over_h2_reverse() {
     kept_connections(Via::H2Reverse).await
 }
 
@@ -206,14 +203,20 @@ async fn smuggling() -> SocketAddr {
 }
 
 /// A service that writes an extra answer after its first must not hand it to the next
-/// visitor of a kept stream: every visitor gets an answer of its own.
+/// visitor of a kept stream: every visitor gets an answer of its own, over yamux and
+/// h2-reverse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unasked_for_answer_poisons_no_later_visitor() {
+    for via in [Via::Yamux, Via::H2Reverse] {
+        unasked_for_answer(via).await;
+    }
+}
+
+async fn unasked_for_answer(via: Via) {
     let s = attack::server(false, &[]).await.expect("server");
     let liar = smuggling().await;
     let tunnels = attack::http_tunnel("liar", liar);
-    let mut alice =
-        TestClient::spawn(attack::client_config(&s, Via::Yamux, &tunnels).expect("cfg"));
+    let mut alice = TestClient::spawn(attack::client_config(&s, via, &tunnels).expect("cfg"));
     alice.connected().await.expect("alice");
     let mut bodies = Vec::new();
     for _ in 0..10 {
@@ -221,14 +224,14 @@ async fn an_unasked_for_answer_poisons_no_later_visitor() {
     }
     assert!(
         bodies.iter().all(|b| b.starts_with("ok-")),
-        "a visitor got an answer it did not ask for: {bodies:?}"
+        "{via:?}: a visitor got an answer it did not ask for: {bodies:?}"
     );
     // The poisoned connection was dropped; the next one was kept and reused.
     assert!(
         bodies
             .iter()
             .any(|b| b.starts_with("ok-2-") && b != "ok-2-1"),
-        "no later visitor reused a kept stream: {bodies:?}"
+        "{via:?}: no later visitor reused a kept stream: {bodies:?}"
     );
     alice.shutdown().await.expect("alice stops");
 }
@@ -313,6 +316,11 @@ async fn flooded_neighbour(via: Via) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_streams() {
     flooded_neighbour(Via::Yamux).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_h2_streams() {
+    flooded_neighbour(Via::H2Reverse).await
 }
 
 /// One echo visitor of `ep` that got its stream (tried again, for at most 1 s, while the

@@ -296,20 +296,16 @@ impl Hub {
         opener: Arc<dyn OpenStream>,
     ) -> (Arc<LiveSession>, mpsc::UnboundedReceiver<Control>) {
         let (notify, notifications) = mpsc::unbounded_channel();
-        let kept = if opener.carries_http() {
-            None
-        } else {
-            let c = &self.metrics.kept_streams_total;
-            crate::kept_streams::KeptStreams::for_hello(
-                hello,
-                opener.stream_cap(),
-                (
-                    c.with_label_values(&[transport, "reused"]),
-                    c.with_label_values(&[transport, "opened"]),
-                    c.with_label_values(&[transport, "evicted"]),
-                ),
-            )
-        };
+        let c = &self.metrics.kept_streams_total;
+        let kept = crate::kept_streams::KeptStreams::for_hello(
+            hello,
+            opener.stream_cap(),
+            (
+                c.with_label_values(&[transport, "reused"]),
+                c.with_label_values(&[transport, "opened"]),
+                c.with_label_values(&[transport, "evicted"]),
+            ),
+        );
         let session = Arc::new(LiveSession {
             who: identity.clone(),
             tells_retrying: hello.has_capability(crate::proto::CAP_RETRYING),

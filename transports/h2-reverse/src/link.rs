@@ -66,10 +66,7 @@ pub async fn connect(
         .client(keepalive)
         .handshake::<_, Body>(TokioIo::new(io))
         .await?;
-    let cap = peer_max.map_or(tuning.max_concurrent_streams, |p| {
-        p.min(tuning.max_concurrent_streams)
-    });
-    let cap = (cap as usize).clamp(1, Semaphore::MAX_PERMITS);
+    let cap = stream_cap(tuning, peer_max);
     Ok((
         Arc::new(H2Opener {
             send,
@@ -79,6 +76,15 @@ pub async fn connect(
         }),
         Box::pin(conn),
     ))
+}
+
+/// The most visitor streams tunneld opens at once on a link: `tuning.max_concurrent_streams`,
+/// or `peer_max` when the peer said it serves fewer.
+pub fn stream_cap(tuning: &H2Tuning, peer_max: Option<u32>) -> usize {
+    let cap = peer_max.map_or(tuning.max_concurrent_streams, |p| {
+        p.min(tuning.max_concurrent_streams)
+    });
+    (cap as usize).clamp(1, Semaphore::MAX_PERMITS)
 }
 
 fn send_error(e: hyper::Error) -> OpenError {

@@ -149,7 +149,12 @@ impl SharedTransport for H2ReverseTransport {
 /// The session's opener, once the reversed HTTP/2 handshake after the welcome is done.
 /// Visitors that arrive between the welcome and the end of that handshake (tunnelc
 /// announces its tunnels at the welcome) wait for it instead of being refused.
-struct LinkSlot(tokio::sync::watch::Sender<Link>);
+/// Its stream cap is the link's, known before the link is: idle kept-alive streams
+/// ([`tunneld_core::kept_streams`]) take at most half of it.
+struct LinkSlot {
+    link: tokio::sync::watch::Sender<Link>,
+    cap: usize,
+}
 
 #[derive(Clone)]
 enum Link {
@@ -161,19 +166,20 @@ enum Link {
 /// How long a visitor waits for the handshake after the welcome.
 const LINK_WAIT: Duration = Duration::from_secs(10);
 
-impl Default for LinkSlot {
-    fn default() -> Self {
-        Self(tokio::sync::watch::channel(Link::Pending).0)
-    }
-}
-
 impl LinkSlot {
+    fn new(cap: usize) -> Self {
+        Self {
+            link: tokio::sync::watch::channel(Link::Pending).0,
+            cap,
+        }
+    }
+
     fn set(&self, link: Link) {
-        self.0.send_replace(link);
+        self.link.send_replace(link);
     }
 
     async fn get(&self) -> Result<Arc<H2Opener>, OpenError> {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.link.subscribe();
         let ready =
             tokio::time::timeout(LINK_WAIT, rx.wait_for(|l| !matches!(l, Link::Pending))).await;
         match ready {
@@ -199,8 +205,8 @@ impl OpenStream for LinkSlot {
         self.get().await?.open(header).await
     }
 
-    fn carries_http(&self) -> bool {
-        true
+    fn stream_cap(&self) -> Option<usize> {
+        Some(self.cap)
     }
 
     async fn request(
@@ -266,7 +272,12 @@ impl H2ReverseTransport {
                 return;
             }
         };
-        let slot = Arc::new(LinkSlot::default());
+        // tunnelc's own cap, when its hello says the number is that (tunnelc before the word
+        // sent yamux's, whatever the transport).
+        let peer_max = hello
+            .max_streams
+            .filter(|_| hello.has_capability(tunneld_core::proto::CAP_H2_MAX_STREAMS));
+        let slot = Arc::new(LinkSlot::new(link::stream_cap(&self.cfg.h2, peer_max)));
         let Some(guard) = cx
             .hub
             .admit_answering(
@@ -285,11 +296,6 @@ impl H2ReverseTransport {
         // What its welcome announced: the link is sized and pinged by the same.
         let limits = guard.session.announced;
         let keepalive = Duration::from_secs(limits.keepalive_secs());
-        // tunnelc's own cap, when its hello says the number is that (tunnelc before the word
-        // sent yamux's, whatever the transport).
-        let peer_max = hello
-            .max_streams
-            .filter(|_| hello.has_capability(tunneld_core::proto::CAP_H2_MAX_STREAMS));
         let (opener, driver) = match link::connect(
             io,
             &self.cfg.h2,
