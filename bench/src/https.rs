@@ -163,7 +163,11 @@ pub async fn tunneld(
         "websocket" => "edge: { type: websocket, listen: 127.0.0.1:0, domain: localhost, frontend: web, max_conversations: 4096 }",
         _ => "edge: { type: yamux, listen: 127.0.0.1:0, yamux: { max_streams: 4096 } }",
     };
-    let components = format!("transports: {{ h2: {{ type: h2-reverse }}, {edge} }}\nfrontends: {{ web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }} }}\n");
+    // h2-reverse takes as many streams at once as yamux: idle kept-alive streams get half
+    // the link's cap and one tunnel half of that, and HTTP/2 visitors keep 640 requests in
+    // flight (with the default 1024, 256 kept streams: the others opened a stream and a
+    // local connection for one request each).
+    let components = format!("transports: {{ h2: {{ type: h2-reverse, h2: {{ max_concurrent_streams: 4096 }} }}, {edge} }}\nfrontends: {{ web: {{ type: https-subdomain, listen: 127.0.0.1:0, domain: localhost, transport: h2 }} }}\n");
     let (server, addrs, ca) = start_tunneld(
         bins,
         dir,
