@@ -1,9 +1,10 @@
 //! Keep-alive HTTP/1.1 connections, as nginx's upstream `keepalive`: a request goes on an
 //! idle connection to the same place when one is left from an earlier request, instead of a
-//! new connection per request. Two users: tunnelc, for its connections to local services
-//! (requests that arrive as HTTP requests over the h2-reverse transport), and tunneld, for
-//! tunnel streams that carry HTTP/1.1 to a tunnelc that keeps each one spliced to one local
-//! connection (yamux and websocket sessions of a tunnelc that says `+keepalive`).
+//! new connection per request. Two users: tunneld, for tunnel streams that carry HTTP/1.1 to
+//! a tunnelc that keeps each one spliced to one local connection (yamux, websocket and
+//! h2-reverse sessions of a tunnelc that says `+keepalive`), and tunnelc, for its connections
+//! to local services when a request arrives as an HTTP/2 request over h2-reverse (from a
+//! tunneld that keeps no streams for that session).
 //!
 //! Bounded ([`Caps`]): idle connections per key, keys, and in all; each kept at most
 //! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 
 /// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
 /// streams per tunnel ([`crate::kept_streams::PER_TUNNEL`]), so HTTP/2 visitors with many
-/// requests in flight find a connection left instead of opening one per request.
+/// requests in flight find a connection left instead of opening one per request (when
+/// tunneld sends requests as HTTP/2 requests over h2-reverse, as before 2026-12-05).
 pub const MAX_IDLE_PER_SERVICE: usize = 512;
 /// Idle connections kept in all (tunnelc's pool, every service together).
 const MAX_IDLE_IN_ALL: usize = 2048;

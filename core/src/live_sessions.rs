@@ -149,6 +149,23 @@ impl LiveSession {
         ))
     }
 
+    /// Every stream of the session in use and some idle in the keep-alive pool: the one idle
+    /// longest is closed, so a request that may not go on a kept stream (which `request`
+    /// consumes, and cannot try again) gets its place, as a new stream does in
+    /// [`Self::guarded`].
+    async fn make_room(&self) {
+        let Some(kept) = &self.kept else { return };
+        for _ in 0..EVICT_ROUNDS {
+            if !self.opener.is_full() {
+                return;
+            }
+            let Some(closed) = kept.evict_oldest() else {
+                return;
+            };
+            let _ = tokio::time::timeout(EVICT_WAIT, closed).await;
+        }
+    }
+
     /// Forwards one visitor request within the budget (on a kept-alive stream when the
     /// session keeps them); the permit lives as long as the response body.
     pub async fn request(
@@ -167,7 +184,10 @@ impl LiveSession {
                 };
                 kept.request(&key, req, max_head, open).await?
             }
-            None => self.opener.request(header, req).await?,
+            None => {
+                self.make_room().await;
+                self.opener.request(header, req).await?
+            }
         };
         Ok(resp.map(|b| crate::http_forward::holding(b, permit)))
     }

@@ -72,6 +72,12 @@ impl OpenError {
 pub trait OpenStream: Send + Sync + 'static {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
 
+    /// Whether a stream opened now would be refused for want of a place
+    /// ([`OpenError::TooManyStreams`]), when the transport can tell (false when it cannot).
+    fn is_full(&self) -> bool {
+        false
+    }
+
     /// The most streams the session may have open at once, when the transport caps them
     /// (kept-alive streams then take at most half of it).
     fn stream_cap(&self) -> Option<usize> {

@@ -168,6 +168,16 @@ impl TestServer {
 
     /// Client config for transport `h2-reverse` through the `web` frontend's shared port.
     pub fn h2_client_config(&self, token: &str, tunnels: &str) -> Result<ClientConfig> {
+        self.h2_client_config_with(token, tunnels, &[])
+    }
+
+    /// [`Self::h2_client_config`] with `--set`-style overrides.
+    pub fn h2_client_config_with(
+        &self,
+        token: &str,
+        tunnels: &str,
+        sets: &[String],
+    ) -> Result<ClientConfig> {
         let yaml = format!(
             "server: {}\nserver_name: localhost\ntransport: h2-reverse\ntoken: {token}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n{tunnels}",
             self.web(),
@@ -175,7 +185,7 @@ impl TestServer {
         );
         let file = temp_dir("client").join("client.yaml");
         std::fs::write(&file, yaml)?;
-        ClientConfig::load(Some(&file), &[]).map_err(|e| anyhow!("{e}"))
+        ClientConfig::load(Some(&file), sets).map_err(|e| anyhow!("{e}"))
     }
 
     pub fn transport(&self) -> SocketAddr {

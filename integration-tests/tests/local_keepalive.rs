@@ -345,25 +345,27 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
     }
 }
 
-/// A session capped at 8 streams whose http tunnel `web` just served eight visitors at once
-/// (leaving idle kept streams), beside a tcp tunnel `echo`: the server, the client and the
-/// echo tunnel's endpoint.
-async fn kept_streams_left() -> (TestServer, TestClient, SocketAddr) {
+/// A session over `via` capped at 8 streams whose http tunnel `web` just served eight
+/// visitors at once (leaving idle kept streams), beside a tcp tunnel `echo` and an http
+/// tunnel `own` that keeps no stream (`reuse_connections: false`): the server, the client
+/// and the echo tunnel's endpoint.
+async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
     let s = attack::server(false, &[]).await.expect("server");
     let web = services::slow_http(std::time::Duration::from_millis(100)).await;
     let echo = services::echo().await;
+    let (own, _) = counting("own", false).await;
     let tunnels = format!(
-        "{}{}",
+        "{}{}{}    reuse_connections: false\n",
         attack::http_tunnel("web", web),
-        attack::tcp_tunnel("echo", echo)
+        attack::tcp_tunnel("echo", echo),
+        attack::http_tunnel("own", own),
     );
-    let cfg = s
-        .client_config_with(
-            tunneld_integration_tests::ALICE_TOKEN,
-            &tunnels,
-            &["yamux.max_streams=8".to_string()],
-        )
-        .expect("cfg");
+    let token = tunneld_integration_tests::ALICE_TOKEN;
+    let cfg = match via {
+        Via::H2Reverse => s.h2_client_config_with(token, &tunnels, &["h2.max_streams=8".into()]),
+        _ => s.client_config_with(token, &tunnels, &["yamux.max_streams=8".into()]),
+    }
+    .expect("cfg");
     let mut alice = TestClient::spawn(cfg);
     let got = alice.connected().await.expect("alice");
     let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
@@ -381,30 +383,39 @@ async fn kept_streams_left() -> (TestServer, TestClient, SocketAddr) {
 /// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_streams_leave_a_neighbour_room_in_the_session() {
-    let (s, alice, ep) = kept_streams_left().await;
+    for via in [Via::Yamux, Via::H2Reverse] {
+        neighbour_room(via).await;
+    }
+}
+
+async fn neighbour_room(via: Via) {
+    let (s, alice, ep) = kept_streams_left(via).await;
     let mut held = Vec::new();
     for seed in 0..8 {
-        let c = echo_visitor(ep, seed)
-            .await
-            .unwrap_or_else(|e| panic!("echo visitor {seed} with {} held: {e:#}", held.len()));
+        let c = echo_visitor(ep, seed).await.unwrap_or_else(|e| {
+            panic!(
+                "{via:?}: echo visitor {seed} with {} held: {e:#}",
+                held.len()
+            )
+        });
         held.push(c);
     }
     let m = s.metrics().await;
     let kept = m.get(
         "tunneld_kept_streams_total",
-        &[("transport", "edge"), ("result", "opened")],
+        &[("transport", via.label()), ("result", "opened")],
     );
     assert!(
         kept >= 1.0,
-        "the http visitors went on kept streams: {kept}"
+        "{via:?}: the http visitors went on kept streams: {kept}"
     );
     let evicted = m.get(
         "tunneld_kept_streams_total",
-        &[("transport", "edge"), ("result", "evicted")],
+        &[("transport", via.label()), ("result", "evicted")],
     );
     assert!(
         evicted >= 1.0,
-        "the last neighbour took the place of an idle kept stream: {evicted}"
+        "{via:?}: the last neighbour took the place of an idle kept stream: {evicted}"
     );
     drop(held);
     alice.shutdown().await.expect("alice stops");
@@ -416,22 +427,28 @@ async fn kept_streams_leave_a_neighbour_room_in_the_session() {
 /// again on the same session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_neighbours_all_get_places_of_kept_streams() {
-    let (s, alice, ep) = kept_streams_left().await;
+    for via in [Via::Yamux, Via::H2Reverse] {
+        concurrent_neighbours(via).await;
+    }
+}
+
+async fn concurrent_neighbours(via: Via) {
+    let (s, alice, ep) = kept_streams_left(via).await;
     let neighbours: Vec<_> = (0..8).map(|seed| echo_visitor(ep, seed)).collect();
     let held: Vec<_> = futures::future::join_all(neighbours)
         .await
         .into_iter()
         .enumerate()
-        .map(|(seed, c)| c.unwrap_or_else(|e| panic!("echo visitor {seed}: {e:#}")))
+        .map(|(seed, c)| c.unwrap_or_else(|e| panic!("{via:?}: echo visitor {seed}: {e:#}")))
         .collect();
     let m = s.metrics().await;
     let evicted = m.get(
         "tunneld_kept_streams_total",
-        &[("transport", "edge"), ("result", "evicted")],
+        &[("transport", via.label()), ("result", "evicted")],
     );
     assert!(
         evicted >= 1.0,
-        "refused neighbours took the places of idle kept streams: {evicted}"
+        "{via:?}: refused neighbours took the places of idle kept streams: {evicted}"
     );
     drop(held);
     // Their streams close as tunneld sees each visitor go: until then the session is full.
@@ -443,10 +460,38 @@ async fn concurrent_neighbours_all_get_places_of_kept_streams() {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the http tunnel answers again: {body}"
+            "{via:?}: the http tunnel answers again: {body}"
         );
     }
     alice.shutdown().await.expect("alice stops");
+}
+
+/// A request that may not go on a kept stream (its tunnel says `reuse_connections: false`)
+/// takes the place of an idle kept stream too: with six echo visitors held and the idle kept
+/// streams, every stream of the session is in use, and the request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_kept_nowhere_takes_the_place_of_an_idle_stream() {
+    for via in [Via::Yamux, Via::H2Reverse] {
+        let (s, alice, ep) = kept_streams_left(via).await;
+        let mut held = Vec::new();
+        for seed in 0..6 {
+            let c = echo_visitor(ep, seed)
+                .await
+                .unwrap_or_else(|e| panic!("{via:?}: echo visitor {seed}: {e:#}"));
+            held.push(c);
+        }
+        assert_eq!(visit(&s, "own").await, "own", "{via:?}");
+        let evicted = s.metrics().await.get(
+            "tunneld_kept_streams_total",
+            &[("transport", via.label()), ("result", "evicted")],
+        );
+        assert!(
+            evicted >= 1.0,
+            "{via:?}: an idle kept stream gave its place: {evicted}"
+        );
+        drop(held);
+        alice.shutdown().await.expect("alice stops");
+    }
 }
 
 /// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests

@@ -211,8 +211,8 @@ pub struct TunnelConfig {
     #[serde(default)]
     pub host_header: Option<String>,
     /// `http` tunnels: visitors' requests share kept-alive connections to the local service
-    /// (default; over yamux and websocket tunneld keeps the streams, each spliced to one
-    /// local connection); `false` opens one per request, for services that tie state to a
+    /// (default; tunneld keeps the tunnel streams, each spliced to one local connection);
+    /// `false` opens one per request, for services that tie state to a
     /// connection (NTLM or Negotiate authentication, say).
     #[serde(default = "yes")]
     pub reuse_connections: bool,

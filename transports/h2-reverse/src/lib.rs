@@ -1,7 +1,9 @@
 //! Transport `h2-reverse`: tunnelc opens TLS to tunneld (ALPN `tunneld-h2`), sends the hello
 //! frame, reads the welcome, and then serves HTTP/2 on that connection while tunneld is the
-//! HTTP/2 client. Visitor HTTP requests travel as HTTP/2 requests; raw byte streams (ports,
-//! SNI passthrough, WebSocket upgrades) as `CONNECT` streams. The 2ptth dialect (no hello, ALPN
+//! HTTP/2 client. Raw byte streams (ports, SNI passthrough, WebSocket upgrades) travel as
+//! `CONNECT` streams, and so do visitor HTTP requests, as HTTP/1.1 on streams tunneld keeps
+//! alive between requests (`tunneld_core::kept_streams`); a request that may not be kept
+//! goes as an HTTP/2 request of its own. The 2ptth dialect (no hello, ALPN
 //! `2ptth`) is served by the `https-subdomain` frontend through [`H2ReverseLinks`] (core's
 //! [`tunneld_core::reverse_http::ReverseHttpLinks`], passed in by the daemon).
 //!

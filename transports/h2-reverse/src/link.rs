@@ -1,6 +1,7 @@
 //! The tunneld end of a reversed HTTP/2 connection: tunnelc (or a 2ptth initiator) dialled
-//! and runs the HTTP/2 server; tunneld is the HTTP/2 client and sends visitor requests as
-//! HTTP/2 requests and raw byte streams as `CONNECT` streams.
+//! and runs the HTTP/2 server; tunneld is the HTTP/2 client and opens `CONNECT` streams for
+//! raw bytes and for visitor requests on kept-alive streams, and sends a visitor request that
+//! may not be kept (and every request of a 2ptth initiator) as an HTTP/2 request.
 //!
 //! Used by this transport's sessions and, through [`H2ReverseLinks`] (core's
 //! [`ReverseHttpLinks`], which the daemon passes in), by the `https-subdomain` frontend's
@@ -234,6 +235,10 @@ impl OpenStream for H2Opener {
 
     fn stream_cap(&self) -> Option<usize> {
         Some(self.cap)
+    }
+
+    fn is_full(&self) -> bool {
+        self.streams.available_permits() == 0
     }
 }
 

@@ -209,6 +209,13 @@ impl OpenStream for LinkSlot {
         Some(self.cap)
     }
 
+    fn is_full(&self) -> bool {
+        match &*self.link.borrow() {
+            Link::Ready(o) => o.is_full(),
+            _ => false,
+        }
+    }
+
     async fn request(
         &self,
         header: StreamHeader,

@@ -418,6 +418,10 @@ impl OpenStream for YamuxOpener {
         Some(self.cap)
     }
 
+    fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let slot = limit::acquire(&self.slots)?;
         let (tx, rx) = oneshot::channel();
