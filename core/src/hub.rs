@@ -71,6 +71,12 @@ pub trait Target: Send + Sync + 'static {
         crate::http_forward::http1_over(io, req, crate::limits::DEFAULT_MAX_HEAD).await
     }
 
+    /// Where the relay of a visitor this target serves runs best: the home of the session
+    /// that carries its stream ([`crate::home`]), when it has one.
+    fn home(&self) -> Option<crate::home::Home> {
+        None
+    }
+
     /// Whether visitors must be routed by the name they ask for: the frontend then peeks the
     /// TLS ClientHello and replays it.
     fn routes_by_name(&self) -> bool {

@@ -273,6 +273,33 @@ where
     }
 }
 
+/// [`splice_until_idle`], stopping (`Ok(true)`) once bulk data flows, at a point where every
+/// byte read was written ([`crate::splice::splice_until_bulk`]): the caller goes on with
+/// [`splice_until_idle`] of the same streams, on a task of its own.
+pub async fn splice_until_idle_or_bulk<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: &crate::splice::SpliceCounters,
+    idle: Duration,
+    idled: &prometheus::IntCounter,
+) -> io::Result<bool>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let activity = Activity::new();
+    let mut a = Touching::new(a, activity.clone());
+    tokio::select! {
+        r = crate::splice::splice_until_bulk(&mut a, b, counters) => {
+            r.map(|until| until == crate::splice::Until::Bulk)
+        }
+        _ = activity.idle(idle, idle) => {
+            idled.inc();
+            Ok(false)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

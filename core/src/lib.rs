@@ -46,6 +46,7 @@ pub mod fd_limit;
 pub mod form;
 pub mod frontend;
 pub mod futures_io;
+pub mod home;
 pub mod hostglob;
 pub mod html;
 pub mod http1;

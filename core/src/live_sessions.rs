@@ -413,6 +413,10 @@ impl Target for SessionTarget {
         self.live()?.request(header, req).await
     }
 
+    fn home(&self) -> Option<crate::home::Home> {
+        self.live().ok()?.opener.home()
+    }
+
     fn online(&self) -> bool {
         self.live().is_ok()
     }

@@ -223,6 +223,23 @@ impl Metrics {
     }
 }
 
+/// A gauge raised by one while this lives (a visitor's place in `streams_active`, say),
+/// lowered when it is dropped, wherever the task that holds it ends.
+pub struct Up(IntGauge);
+
+impl Up {
+    pub fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,12 @@ impl OpenError {
 pub trait OpenStream: Send + Sync + 'static {
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError>;
 
+    /// Where the relays of this session's visitors run ([`crate::home`]), when the transport
+    /// runs them on the session's own task.
+    fn home(&self) -> Option<crate::home::Home> {
+        None
+    }
+
     /// Whether a stream opened now would be refused for want of a place
     /// ([`OpenError::TooManyStreams`]), when the transport can tell (false when it cannot).
     fn is_full(&self) -> bool {

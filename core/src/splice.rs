@@ -160,12 +160,59 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    match splice_inner(a, b, &counters, false).await? {
+        Until::Ended(s) => Ok(s),
+        // Never asked for.
+        Until::Bulk => Ok(Spliced::default()),
+    }
+}
+
+/// How [`splice_until_bulk`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Both directions ended.
+    Ended(Spliced),
+    /// Bulk data started to flow (at least [`BULK`] bytes in one wake-up); every byte read
+    /// was written, and neither direction has ended: a [`splice`] of the same two streams
+    /// goes on where this one stopped.
+    Bulk,
+}
+
+/// Bytes moved in one wake-up that make a splice's traffic bulk.
+pub const BULK: u64 = MAX_BUF as u64;
+
+/// [`splice`], stopping once bulk data flows, at the first point after it where no byte is
+/// held (so the caller can move the rest of the splice to a task of its own).
+pub async fn splice_until_bulk<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: &SpliceCounters,
+) -> io::Result<Until>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    splice_inner(a, b, counters, true).await
+}
+
+async fn splice_inner<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: &SpliceCounters,
+    stop_on_bulk: bool,
+) -> io::Result<Until>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let per_tunnel = |inbound| counters.tunnel.as_ref().map(|t| t.counter(inbound).clone());
     let mut ab = Direction::new(counters.a_to_b.clone(), per_tunnel(true));
     let mut ba = Direction::new(counters.b_to_a.clone(), per_tunnel(false));
     let mut ab_done = false;
     let mut ba_done = false;
+    let mut bulk = false;
     poll_fn(|cx| {
+        let before = ab.total + ba.total;
         if !ab_done {
             if let Poll::Ready(r) = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
                 r?;
@@ -179,22 +226,69 @@ where
             }
         }
         if ab_done && ba_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok(Until::Ended(Spliced {
+                a_to_b: ab.total,
+                b_to_a: ba.total,
+            })));
         }
+        bulk |= stop_on_bulk && ab.total + ba.total - before >= BULK;
+        let held = ab.pos < ab.filled || ba.pos < ba.filled;
+        if bulk && !held && !ab.read_done && !ba.read_done {
+            return Poll::Ready(Ok(Until::Bulk));
+        }
+        Poll::Pending
     })
     .await
-    .map(|()| Spliced {
-        a_to_b: ab.total,
-        b_to_a: ba.total,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A splice stopped for bulk data held no byte: the splice that goes on from there
+    /// delivers every byte, in order; small exchanges never stop it.
+    #[tokio::test]
+    async fn a_splice_stopped_for_bulk_loses_no_byte() {
+        // Pipes as deep as loopback sockets, so one wake-up can move more than BULK.
+        let (mut visitor, mut a) = tokio::io::duplex(1 << 20);
+        let (mut b, mut service) = tokio::io::duplex(1 << 20);
+        let total: usize = 4 << 20;
+        let sender = tokio::spawn(async move {
+            // A small exchange first, then bulk.
+            visitor.write_all(b"ping").await.expect("ping");
+            let mut pong = [0u8; 4];
+            visitor.read_exact(&mut pong).await.expect("pong");
+            assert_eq!(&pong, b"pong");
+            let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            visitor.write_all(&data).await.expect("bulk");
+            visitor.shutdown().await.expect("shutdown");
+            visitor
+        });
+        let receiver = tokio::spawn(async move {
+            let mut ping = [0u8; 4];
+            service.read_exact(&mut ping).await.expect("ping");
+            service.write_all(b"pong").await.expect("pong");
+            let mut got = Vec::new();
+            service.read_to_end(&mut got).await.expect("bulk");
+            got
+        });
+        let counters = SpliceCounters::default();
+        let work = async {
+            let until = splice_until_bulk(&mut a, &mut b, &counters).await?;
+            assert_eq!(until, Until::Bulk, "4 MiB in a row is bulk");
+            splice(&mut a, &mut b, counters.clone()).await
+        };
+        let spliced = tokio::time::timeout(std::time::Duration::from_secs(10), work)
+            .await
+            .expect("in time")
+            .expect("spliced");
+        let got = receiver.await.expect("receiver");
+        drop(sender.await.expect("sender"));
+        assert_eq!(got.len(), total);
+        assert!(got.iter().enumerate().all(|(i, &v)| v == (i % 251) as u8));
+        assert!(spliced.a_to_b > 0);
+    }
 
     #[tokio::test]
     async fn copies_both_ways_with_half_close() {

@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tunneld_core::frontend::FrontendContext;
 use tunneld_core::hub::Target;
-use tunneld_core::idle::splice_until_idle;
+use tunneld_core::idle::{splice_until_idle, splice_until_idle_or_bulk};
 use tunneld_core::limits::AddressLimiter;
 use tunneld_core::proxy_protocol;
 use tunneld_core::session::StreamHeader;
@@ -50,19 +50,20 @@ pub(crate) async fn run(listener: TcpListener, l: Listening, cancel: Cancellatio
             let l2 = l.clone();
             let public = listener.local_addr().unwrap_or(peer);
             async move {
-                serve_visitor(&l2, visitor, peer, public).await;
-                drop(permit);
+                serve_visitor(l2, visitor, peer, public, permit).await;
             }
         },
     )
     .await;
 }
 
-async fn serve_visitor(
-    l: &Listening,
+/// `held` (the visitor's place in the listener's caps) is held until the visitor leaves.
+async fn serve_visitor<H: Send + 'static>(
+    l: Arc<Listening>,
     mut visitor: TcpStream,
     peer: SocketAddr,
     public: SocketAddr,
+    held: H,
 ) {
     let m = &l.cx.metrics;
     let _ = visitor.set_nodelay(true);
@@ -99,6 +100,9 @@ async fn serve_visitor(
             }
         }
     }
+    // The session's task runs the relay when the stream comes from the session that was
+    // live before and after the opening ([`tunneld_core::home`]).
+    let home = l.target.home();
     let opened = tokio::time::timeout(
         l.open_timeout,
         l.target.open(header, server_name.as_deref()),
@@ -127,8 +131,7 @@ async fn serve_visitor(
     m.streams_opened_total
         .with_label_values(&[&l.frontend])
         .inc();
-    let active = m.streams_active.with_label_values(&[&l.frontend]);
-    active.inc();
+    let active = tunneld_core::metrics::Up::new(m.streams_active.with_label_values(&[&l.frontend]));
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&l.frontend, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&l.frontend, "out"])),
@@ -137,11 +140,35 @@ async fn serve_visitor(
     if !peeked.is_empty() {
         if let Err(e) = stream.write_all(&peeked).await {
             tracing::debug!(frontend = %l.frontend, %peer, error = %e, "replaying the ClientHello failed");
-            active.dec();
             return;
         }
         counters.count_in(peeked.len() as u64);
     }
+    let held = (active, held);
+    match home.filter(|h| l.target.home().is_some_and(|now| now.same(h))) {
+        Some(h) => {
+            let relay = relay(l.clone(), visitor, stream, counters, peer, held, true);
+            if let Err(relay) = h.run(Box::pin(l.cx.tasks.track_future(relay))) {
+                relay.await;
+            }
+        }
+        None => relay(l.clone(), visitor, stream, counters, peer, held, false).await,
+    }
+}
+
+/// Splices the visitor and its stream until either ends or the visitor idles out; `held`
+/// lives as long. `at_home`: on the session's task ([`tunneld_core::home`]), which it leaves
+/// for a task of its own once bulk data flows.
+async fn relay<H: Send + 'static>(
+    l: Arc<Listening>,
+    visitor: TcpStream,
+    mut stream: tunneld_core::io::BoxIo,
+    counters: SpliceCounters,
+    peer: SocketAddr,
+    held: H,
+    at_home: bool,
+) {
+    let m = &l.cx.metrics;
     // A visitor that stops reading frees its stream after the stall timeout.
     let mut visitor = tunneld_core::stream_budget::StallGuard::new(
         visitor,
@@ -152,8 +179,30 @@ async fn serve_visitor(
         .visitors_idle_closed_total
         .with_label_values(&[&l.frontend]);
     let idle = l.cx.limits.get().idle_timeout;
-    if let Err(e) = splice_until_idle(&mut visitor, &mut stream, counters, idle, &idled).await {
+    if at_home {
+        match splice_until_idle_or_bulk(&mut visitor, &mut stream, &counters, idle, &idled).await {
+            Ok(true) => {
+                // Bulk data: the rest on a task of its own, so the copies get a core of
+                // their own beside the session's (every byte read so far was written).
+                let l2 = l.clone();
+                l.cx.tasks.spawn(async move {
+                    let r = splice_until_idle(&mut visitor, &mut stream, counters, idle, &idled);
+                    if let Err(e) = r.await {
+                        tracing::debug!(frontend = %l2.frontend, tunnel = %l2.tunnel, %peer, error = %e, "visitor stream ended with an error");
+                    }
+                    drop(held);
+                });
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
+            }
+        }
+    } else if let Err(e) =
+        splice_until_idle(&mut visitor, &mut stream, counters, idle, &idled).await
+    {
         tracing::debug!(frontend = %l.frontend, tunnel = %l.tunnel, %peer, error = %e, "visitor stream ended with an error");
     }
-    active.dec();
+    drop(held);
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tunneld_core::futures_io::FuturesIoExt;
+use tunneld_core::home::{Hearth, Home};
 use tunneld_core::hub::SessionGuard;
 use tunneld_core::io::BoxIo;
 use tunneld_core::limits::Permit;
@@ -171,7 +172,7 @@ impl YamuxTransport {
                 return;
             }
         };
-        let Some((guard, open_rx, probe_link)) = self
+        let Some((guard, open_rx, probe_link, hearth)) = self
             .admit_native(&mut tls, &hello, cn.as_deref(), peer, &cx)
             .await
         else {
@@ -180,7 +181,7 @@ impl YamuxTransport {
         drop(permit);
         widen_tls_buffer(tls.get_mut().1);
         let conn = Driven::new(tls, self.cfg.yamux.yamux(), Mode::Server);
-        run_session(conn, open_rx, probe_link, guard, cx).await;
+        run_session(conn, open_rx, probe_link, guard, hearth, cx).await;
     }
 
     /// Counts and logs a failed or timed-out handshake; the finished one otherwise.
@@ -257,8 +258,14 @@ impl YamuxTransport {
         cn: Option<&str>,
         peer: SocketAddr,
         cx: &TransportContext,
-    ) -> Option<(SessionGuard, mpsc::Receiver<OpenReply>, control::ProbeLink)> {
+    ) -> Option<(
+        SessionGuard,
+        mpsc::Receiver<OpenReply>,
+        control::ProbeLink,
+        Hearth,
+    )> {
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(64);
+        let (home, hearth) = tunneld_core::home::home();
         let (probes, probe_link) = control::Probes::new();
         // Never more than the client accepts: past its yamux ceiling it would end the
         // session.
@@ -270,12 +277,13 @@ impl YamuxTransport {
             probes,
             slots: Arc::new(Semaphore::new(cap)),
             cap,
+            home,
         });
         let guard = cx
             .hub
             .admit_answering(tls, hello, cn, &cx.name, "yamux", peer, opener)
             .await?;
-        Some((guard, open_rx, probe_link))
+        Some((guard, open_rx, probe_link, hearth))
     }
 }
 
@@ -346,6 +354,7 @@ async fn run_session<T>(
     open_rx: mpsc::Receiver<OpenReply>,
     probe_link: control::ProbeLink,
     mut guard: SessionGuard,
+    mut hearth: Hearth,
     cx: TransportContext,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -389,8 +398,16 @@ async fn run_session<T>(
         .await
         .to_string()
     };
+    // In this order: the relays of visitors whose data the connection just delivered run
+    // in the same poll, not in one more. The relays spend no part of the task's I/O budget
+    // (tokio's coop), nor it theirs: with one budget, the connection's reads used it up
+    // first and a download's relay got to write to its visitor only once the session's
+    // windows were full (6.9 -> 5.6 Gbit/s).
     let reason = tokio::select! {
+        biased;
         r = driver => driver_end(r, &cx),
+        // The visitors' relays run on this task too (never ends).
+        _ = tokio::task::unconstrained(hearth.run()) => "the visitors' relays ended".to_string(),
         r = control => r,
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
     };
@@ -406,6 +423,8 @@ struct YamuxOpener {
     slots: Arc<Semaphore>,
     /// The number of `slots`.
     cap: usize,
+    /// The session task, where its visitors' relays run.
+    home: Home,
 }
 
 #[async_trait]
@@ -420,6 +439,10 @@ impl OpenStream for YamuxOpener {
 
     fn is_full(&self) -> bool {
         self.slots.available_permits() == 0
+    }
+
+    fn home(&self) -> Option<Home> {
+        Some(self.home.clone())
     }
 
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {

@@ -1,0 +1,143 @@
+//! A session's home: the task that drives a session's multiplexer also runs the relays of
+//! its visitors while they carry small exchanges (requests and answers), so a visitor's bytes
+//! and the session's frames never cross threads between the two. With a task per visitor,
+//! tokio's scheduler spreads visitor tasks over its worker threads and every request woke the
+//! session's task on another thread (ports over yamux on 2 cores: 0.25 context switches a
+//! request against 0.12, and 1-1.5 µs more of tunneld's CPU a request, docs/benchmarks.md).
+//! Sessions of different clients still spread over every thread: each is a task of its own.
+//! A relay that starts moving bulk data leaves for a task of its own (the ports frontend,
+//! [`crate::splice::splice_until_bulk`]), so one download or upload still gets a second
+//! core for its copies.
+//!
+//! A relay sent [`Home::run`] lives as long as the session's task: when the session ends,
+//! its relays are dropped with it (their streams ended with the session anyway).
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// One visitor's relay, run to its end at home.
+pub type Relay = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a session's visitors' relays run: cloned into the session's opener.
+#[derive(Clone, Debug)]
+pub struct Home {
+    tx: mpsc::UnboundedSender<Relay>,
+}
+
+/// The relays of one [`Home`], polled by the session's own task ([`Hearth::run`]).
+pub struct Hearth {
+    rx: mpsc::UnboundedReceiver<Relay>,
+    relays: FuturesUnordered<Relay>,
+}
+
+/// A home and its hearth (the half the session's task polls).
+pub fn home() -> (Home, Hearth) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Home { tx },
+        Hearth {
+            rx,
+            relays: FuturesUnordered::new(),
+        },
+    )
+}
+
+impl Home {
+    /// Runs `relay` on the session's task; gives it back when the session is gone.
+    pub fn run(&self, relay: Relay) -> Result<(), Relay> {
+        self.tx.send(relay).map_err(|e| e.0)
+    }
+
+    /// Whether both are the home of one session.
+    pub fn same(&self, other: &Home) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
+
+impl Hearth {
+    /// Relays running now.
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Whether no relay runs.
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+
+    /// Takes the relays sent home and polls those that are ready.
+    pub fn poll_relays(&mut self, cx: &mut Context<'_>) {
+        while let Poll::Ready(Some(relay)) = self.rx.poll_recv(cx) {
+            self.relays.push(relay);
+        }
+        // Pending once none is ready (FuturesUnordered also yields after a round of every
+        // relay, waking the task again), Ready(None) when none is left.
+        while let Poll::Ready(Some(())) = self.relays.poll_next_unpin(cx) {}
+    }
+
+    /// Runs the relays for as long as the caller polls it: for a branch of the session
+    /// task's `select!`, never ready.
+    pub async fn run(&mut self) {
+        std::future::poll_fn(|cx| {
+            self.poll_relays(cx);
+            Poll::<()>::Pending
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn relays_run_on_the_task_that_polls_the_hearth_and_end_with_it() {
+        let (home, mut hearth) = home();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let d = done.clone();
+        assert!(home
+            .run(Box::pin(async move {
+                let _ = go_rx.await;
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
+        let d = done.clone();
+        assert!(home
+            .run(Box::pin(async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
+        // One poll takes both, finishes the ready one and keeps the waiting one.
+        std::future::poll_fn(|cx| {
+            hearth.poll_relays(cx);
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(hearth.len(), 1);
+        let _ = go_tx.send(());
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::select! {
+                _ = hearth.run() => unreachable!("the hearth never ends"),
+                _ = async {
+                    while done.load(Ordering::SeqCst) < 2 {
+                        tokio::task::yield_now().await;
+                    }
+                } => {}
+            }
+        })
+        .await;
+        assert!(finished.is_ok(), "the waiting relay ran once woken");
+        assert!(hearth.is_empty());
+        // The session ends: a relay sent now comes back to its sender.
+        assert!(home.same(&home.clone()));
+        drop(hearth);
+        assert!(home.run(Box::pin(async {})).is_err());
+    }
+}
