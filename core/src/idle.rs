@@ -262,15 +262,9 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let activity = Activity::new();
-    let mut a = Touching::new(a, activity.clone());
-    tokio::select! {
-        r = crate::splice::splice(&mut a, b, counters) => r.map(drop),
-        _ = activity.idle(idle, idle) => {
-            idled.inc();
-            Ok(())
-        }
-    }
+    until_idle(a, b, &counters, idle, idled, false)
+        .await
+        .map(drop)
 }
 
 /// [`splice_until_idle`], stopping (`Ok(true)`) once bulk data flows, at a point where every
@@ -287,10 +281,25 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    until_idle(a, b, counters, idle, idled, true).await
+}
+
+async fn until_idle<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: &crate::splice::SpliceCounters,
+    idle: Duration,
+    idled: &prometheus::IntCounter,
+    stop_on_bulk: bool,
+) -> io::Result<bool>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let activity = Activity::new();
     let mut a = Touching::new(a, activity.clone());
     tokio::select! {
-        r = crate::splice::splice_until_bulk(&mut a, b, counters) => {
+        r = crate::splice::splice_inner(&mut a, b, counters, stop_on_bulk) => {
             r.map(|until| until == crate::splice::Until::Bulk)
         }
         _ = activity.idle(idle, idle) => {

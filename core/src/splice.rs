@@ -195,7 +195,7 @@ where
     splice_inner(a, b, counters, true).await
 }
 
-async fn splice_inner<A, B>(
+pub(crate) async fn splice_inner<A, B>(
     a: &mut A,
     b: &mut B,
     counters: &SpliceCounters,
