@@ -1,18 +1,19 @@
-//! A session's home: the task that drives a session's multiplexer also runs the relays of
-//! its visitors while they carry small exchanges (requests and answers), so a visitor's bytes
-//! and the session's frames never cross threads between the two. With a task per visitor,
-//! tokio's scheduler spreads visitor tasks over its worker threads and every request woke the
-//! session's task on another thread (ports over yamux on 2 cores: 0.25 context switches a
-//! request against 0.12, and 1-1.5 µs more of tunneld's CPU a request, docs/benchmarks.md).
+//! A session's home: the task that drives a session's multiplexer (native yamux sessions)
+//! also runs the relays of its ports visitors while they carry small exchanges (requests and
+//! answers), so a request no longer hands work between a visitor's task and the session's.
+//! With a task per visitor, tokio's scheduler spreads visitor tasks over its worker threads
+//! and every request woke the session's task on another thread (ports over yamux on 2 cores:
+//! 8.8-9.0 against 7.4-7.8 µs of tunneld's CPU a request, docs/benchmarks.md).
 //! Sessions of different clients still spread over every thread: each is a task of its own.
 //! A relay that starts moving bulk data leaves for a task of its own (the ports frontend,
 //! [`crate::splice::splice_until_bulk`]), so one download or upload still gets a second
-//! core for its copies.
+//! core for its copies; one whose other direction has ended (a half-closed connection) stays.
 //!
 //! A relay sent [`Home::run`] lives as long as the session's task: when the session ends,
 //! its relays are dropped with it (their streams ended with the session anyway).
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -68,10 +69,15 @@ impl Hearth {
         self.relays.is_empty()
     }
 
-    /// Takes the relays sent home and polls those that are ready.
+    /// Takes the relays sent home and polls those that are ready. A relay that panics ends
+    /// alone, as it would on a task of its own, not the session's task with every visitor.
     pub fn poll_relays(&mut self, cx: &mut Context<'_>) {
         while let Poll::Ready(Some(relay)) = self.rx.poll_recv(cx) {
-            self.relays.push(relay);
+            self.relays.push(Box::pin(
+                std::panic::AssertUnwindSafe(relay)
+                    .catch_unwind()
+                    .map(|_| ()),
+            ));
         }
         // Pending once none is ready (FuturesUnordered also yields after a round of every
         // relay, waking the task again), Ready(None) when none is left.
@@ -94,6 +100,32 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_relay_that_panics_ends_alone() {
+        let (home, mut hearth) = home();
+        let done = Arc::new(AtomicUsize::new(0));
+        assert!(home
+            .run(Box::pin(async { panic!("a relay's bug") }))
+            .is_ok());
+        let d = done.clone();
+        assert!(home
+            .run(Box::pin(async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
+        std::future::poll_fn(|cx| {
+            hearth.poll_relays(cx);
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(done.load(Ordering::SeqCst), 1, "the other relay ran");
+        assert!(hearth.is_empty(), "the panicked relay is gone");
+        assert!(
+            home.run(Box::pin(async {})).is_ok(),
+            "the home still takes relays"
+        );
+    }
 
     #[tokio::test]
     async fn relays_run_on_the_task_that_polls_the_hearth_and_end_with_it() {
