@@ -101,6 +101,25 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    /// Polls the hearth once.
+    async fn poll_once(hearth: &mut Hearth) {
+        std::future::poll_fn(|cx| {
+            hearth.poll_relays(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Sends home a relay that counts itself done.
+    fn counting(home: &Home, done: &Arc<AtomicUsize>) {
+        let d = done.clone();
+        assert!(home
+            .run(Box::pin(async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
+    }
+
     #[tokio::test]
     async fn a_relay_that_panics_ends_alone() {
         let (home, mut hearth) = home();
@@ -108,17 +127,8 @@ mod tests {
         assert!(home
             .run(Box::pin(async { panic!("a relay's bug") }))
             .is_ok());
-        let d = done.clone();
-        assert!(home
-            .run(Box::pin(async move {
-                d.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_ok());
-        std::future::poll_fn(|cx| {
-            hearth.poll_relays(cx);
-            Poll::Ready(())
-        })
-        .await;
+        counting(&home, &done);
+        poll_once(&mut hearth).await;
         assert_eq!(done.load(Ordering::SeqCst), 1, "the other relay ran");
         assert!(hearth.is_empty(), "the panicked relay is gone");
         assert!(
@@ -139,18 +149,9 @@ mod tests {
                 d.fetch_add(1, Ordering::SeqCst);
             }))
             .is_ok());
-        let d = done.clone();
-        assert!(home
-            .run(Box::pin(async move {
-                d.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_ok());
+        counting(&home, &done);
         // One poll takes both, finishes the ready one and keeps the waiting one.
-        std::future::poll_fn(|cx| {
-            hearth.poll_relays(cx);
-            Poll::Ready(())
-        })
-        .await;
+        poll_once(&mut hearth).await;
         assert_eq!(done.load(Ordering::SeqCst), 1);
         assert_eq!(hearth.len(), 1);
         let _ = go_tx.send(());

@@ -7,6 +7,7 @@ pub mod attack;
 pub mod browser;
 pub mod cluster;
 pub mod h2raw;
+pub mod kept;
 pub mod metrics;
 pub mod neighbour;
 pub mod pebble;

@@ -1,89 +1,21 @@
 //! Visitor requests share kept-alive connections to local HTTP services, over every
 //! transport: tunneld keeps the tunnel streams (yamux streams, websocket conversations,
-//! h2-reverse `CONNECT` streams), each spliced by tunnelc to one local connection. Twenty visitors one after another reach the service over one connection; a
-//! tunnel that writes a PROXY header, or sets `reuse_connections: false`, gets a connection
+//! h2-reverse `CONNECT` streams), each spliced by tunnelc to one local connection. Twenty
+//! visitors one after another reach the service over one connection; a tunnel that writes a PROXY header, or sets `reuse_connections: false`, gets a connection
 //! per visitor; a service that closes after each answer still serves every visitor; each
 //! tunnel keeps its own; idle kept connections are closed after a few seconds. A service that
 //! writes an answer nobody asked for poisons no later visitor, and a flood of one tunnel
-//! leaves a neighbour's kept streams answering.
+//! leaves a neighbour's kept streams answering. (Idle kept streams giving their places:
+//! `kept_stream_eviction.rs`.)
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tunneld_integration_tests::attack::{self, Via};
+use tunneld_integration_tests::kept::{counting, visit, visit_with};
 use tunneld_integration_tests::neighbour::{Neighbour, Probe};
-use tunneld_integration_tests::process::curl;
 use tunneld_integration_tests::{services, TestClient, TestServer};
-
-/// Connections a [`counting`] service accepted, and those its client closed.
-#[derive(Default)]
-struct Counts {
-    accepted: AtomicUsize,
-    closed: AtomicUsize,
-}
-
-/// An HTTP/1.1 service answering `tag` to every GET, counting connections; with `close`, it
-/// answers `Connection: close` and closes after each answer.
-async fn counting(tag: &'static str, close: bool) -> (SocketAddr, Arc<Counts>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let counts = Arc::new(Counts::default());
-    let n = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            n.accepted.fetch_add(1, Ordering::SeqCst);
-            let n = n.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                n.closed.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-                    buf.drain(..end);
-                    let conn = if close { "close" } else { "keep-alive" };
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{tag}",
-                        tag.len()
-                    );
-                    if s.write_all(answer.as_bytes()).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, counts)
-}
-
-/// One visitor request to `name.localhost` through the web frontend: the body.
-async fn visit(s: &TestServer, name: &str) -> String {
-    visit_with(s, name, &[]).await
-}
-
-/// [`visit`] with more curl arguments (headers).
-async fn visit_with(s: &TestServer, name: &str, extra: &[&str]) -> String {
-    let port = s.web().port();
-    let host = format!("{name}.localhost");
-    let ca = s.ca_file().display().to_string();
-    let resolve = format!("{host}:{port}:127.0.0.1");
-    let url = format!("https://{host}:{port}/");
-    let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    let (st, body) = curl(&args).await.expect("curl");
-    assert!(st.success(), "{name}: {st} {body}");
-    body
-}
 
 /// The scenario of the module's doc over `via`.
 async fn kept_connections(via: Via) {
@@ -321,177 +253,6 @@ async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_h2_streams() {
     flooded_neighbour(Via::H2Reverse).await
-}
-
-/// One echo visitor of `ep` that got its stream (tried again, for at most 1 s, while the
-/// session's slots are all taken): the connection, held open.
-async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::TcpStream> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        let mut c = tokio::net::TcpStream::connect(ep).await?;
-        let tried = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            attack::echo_on(&mut c, seed),
-        )
-        .await;
-        match tried {
-            Ok(Ok(())) => return Ok(c),
-            _ if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => anyhow::bail!("no echo within 500 ms"),
-        }
-    }
-}
-
-/// A session over `via` capped at 8 streams whose http tunnel `web` just served eight
-/// visitors at once (leaving idle kept streams), beside a tcp tunnel `echo` and an http
-/// tunnel `own` that keeps no stream (`reuse_connections: false`): the server, the client
-/// and the echo tunnel's endpoint.
-async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
-    let s = attack::server(false, &[]).await.expect("server");
-    let web = services::slow_http(std::time::Duration::from_millis(100)).await;
-    let echo = services::echo().await;
-    let (own, _) = counting("own", false).await;
-    let tunnels = format!(
-        "{}{}{}    reuse_connections: false\n",
-        attack::http_tunnel("web", web),
-        attack::tcp_tunnel("echo", echo),
-        attack::http_tunnel("own", own),
-    );
-    let token = tunneld_integration_tests::ALICE_TOKEN;
-    let cfg = match via {
-        Via::H2Reverse => s.h2_client_config_with(token, &tunnels, &["h2.max_streams=8".into()]),
-        _ => s.client_config_with(token, &tunnels, &["yamux.max_streams=8".into()]),
-    }
-    .expect("cfg");
-    let mut alice = TestClient::spawn(cfg);
-    let got = alice.connected().await.expect("alice");
-    let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
-    let visits: Vec<_> = (0..8).map(|_| visit(&s, "web")).collect();
-    for body in futures::future::join_all(visits).await {
-        assert_eq!(body, "ok");
-    }
-    (s, alice, ep)
-}
-
-/// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
-/// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most
-/// half the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
-/// same tunnelc are all served at once, the last in the place of an idle kept stream, which
-/// closes for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kept_streams_leave_a_neighbour_room_in_the_session() {
-    for via in [Via::Yamux, Via::H2Reverse] {
-        neighbour_room(via).await;
-    }
-}
-
-async fn neighbour_room(via: Via) {
-    let (s, alice, ep) = kept_streams_left(via).await;
-    let mut held = Vec::new();
-    for seed in 0..8 {
-        let c = echo_visitor(ep, seed).await.unwrap_or_else(|e| {
-            panic!(
-                "{via:?}: echo visitor {seed} with {} held: {e:#}",
-                held.len()
-            )
-        });
-        held.push(c);
-    }
-    let m = s.metrics().await;
-    let kept = m.get(
-        "tunneld_kept_streams_total",
-        &[("transport", via.label()), ("result", "opened")],
-    );
-    assert!(
-        kept >= 1.0,
-        "{via:?}: the http visitors went on kept streams: {kept}"
-    );
-    let evicted = m.get(
-        "tunneld_kept_streams_total",
-        &[("transport", via.label()), ("result", "evicted")],
-    );
-    assert!(
-        evicted >= 1.0,
-        "{via:?}: the last neighbour took the place of an idle kept stream: {evicted}"
-    );
-    drop(held);
-    alice.shutdown().await.expect("alice stops");
-}
-
-/// The same with the neighbour's eight visitors arriving at once: those refused for want of
-/// a stream race each other for the places idle kept streams leave, and every one is
-/// served (each within a second, tries included); once they leave, the http tunnel answers
-/// again on the same session.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_neighbours_all_get_places_of_kept_streams() {
-    for via in [Via::Yamux, Via::H2Reverse] {
-        concurrent_neighbours(via).await;
-    }
-}
-
-async fn concurrent_neighbours(via: Via) {
-    let (s, alice, ep) = kept_streams_left(via).await;
-    let neighbours: Vec<_> = (0..8).map(|seed| echo_visitor(ep, seed)).collect();
-    let held: Vec<_> = futures::future::join_all(neighbours)
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(seed, c)| c.unwrap_or_else(|e| panic!("{via:?}: echo visitor {seed}: {e:#}")))
-        .collect();
-    let m = s.metrics().await;
-    let evicted = m.get(
-        "tunneld_kept_streams_total",
-        &[("transport", via.label()), ("result", "evicted")],
-    );
-    assert!(
-        evicted >= 1.0,
-        "{via:?}: refused neighbours took the places of idle kept streams: {evicted}"
-    );
-    drop(held);
-    // Their streams close as tunneld sees each visitor go: until then the session is full.
-    let deadline = tokio::time::Instant::now() + tunneld_integration_tests::WAIT;
-    loop {
-        let body = visit(&s, "web").await;
-        if body == "ok" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{via:?}: the http tunnel answers again: {body}"
-        );
-    }
-    alice.shutdown().await.expect("alice stops");
-}
-
-/// A request that may not go on a kept stream (its tunnel says `reuse_connections: false`)
-/// takes the place of an idle kept stream too: with six echo visitors held and the idle kept
-/// streams, every stream of the session is in use, and the request is still answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_kept_nowhere_takes_the_place_of_an_idle_stream() {
-    for via in [Via::Yamux, Via::H2Reverse] {
-        let (s, alice, ep) = kept_streams_left(via).await;
-        let mut held = Vec::new();
-        for seed in 0..6 {
-            let c = echo_visitor(ep, seed)
-                .await
-                .unwrap_or_else(|e| panic!("{via:?}: echo visitor {seed}: {e:#}"));
-            held.push(c);
-        }
-        assert_eq!(visit(&s, "own").await, "own", "{via:?}");
-        let evicted = s.metrics().await.get(
-            "tunneld_kept_streams_total",
-            &[("transport", via.label()), ("result", "evicted")],
-        );
-        assert!(
-            evicted >= 1.0,
-            "{via:?}: an idle kept stream gave its place: {evicted}"
-        );
-        drop(held);
-        alice.shutdown().await.expect("alice stops");
-    }
 }
 
 /// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests
