@@ -14,7 +14,7 @@ pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::{splice, splice_until_bulk, SpliceCounters, Until};
 use yamux::Mode;
 
 /// How to reach tunneld.
@@ -58,17 +58,17 @@ impl ClientSession for Connected {
     ) -> String {
         let this = *self;
         let (open_tx, open_rx) = mpsc::channel::<OpenReply>(4);
+        // Streams run on this task while they carry small exchanges (their home, as at
+        // tunneld: no hop between tasks per request); one that starts moving bulk data goes
+        // on a task of its own, cancelled with the session.
+        let (home, mut hearth) = tunneld_core::home::home();
         let streams = CancellationToken::new();
         let streams_guard = streams.clone().drop_guard();
         let driver = drive(this.conn, open_rx, move |stream| {
-            let connector = connector.clone();
-            let cancel = streams.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = serve_stream(stream.tokio_io(), connector) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            });
+            let relay = serve_stream(stream.tokio_io(), connector.clone(), streams.clone());
+            if let Err(relay) = home.run(Box::pin(relay)) {
+                tokio::spawn(relay);
+            }
         });
         let interval = this.keepalive;
         let control = async move {
@@ -99,13 +99,18 @@ impl ClientSession for Connected {
                 _ = forward => unreachable_end(),
             }
         };
+        // In this order, as at tunneld (`run_session`): the control stream before the
+        // connection, the streams the connection just fed after it in the same poll, with a
+        // budget of their own.
         let reason = tokio::select! {
+            biased;
+            _ = stop.cancelled() => "stopped".to_string(),
+            r = control => r,
             r = driver => match r {
                 Ok(()) => "tunneld closed the connection".to_string(),
                 Err(e) => format!("connection failed: {e}"),
             },
-            r = control => r,
-            _ = stop.cancelled() => "stopped".to_string(),
+            _ = tokio::task::unconstrained(hearth.run()) => "the streams' relays ended".to_string(),
         };
         drop(streams_guard);
         reason
@@ -116,10 +121,11 @@ fn unreachable_end() -> String {
     "control forwarding ended".to_string()
 }
 
-/// One stream from tunneld: header, connect to the local service, answer, splice.
-async fn serve_stream<S>(mut io: S, connector: Arc<dyn LocalConnector>)
+/// One stream from tunneld: header, connect to the local service, answer, splice; at the
+/// session's home until bulk data flows, then on a task of its own until `cancel`.
+async fn serve_stream<S>(mut io: S, connector: Arc<dyn LocalConnector>, cancel: CancellationToken)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header: StreamHeader =
         match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut io)).await {
@@ -141,8 +147,23 @@ where
             {
                 return;
             }
-            if let Err(e) = splice(&mut io, &mut local, SpliceCounters::default()).await {
-                tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
+            let counters = SpliceCounters::default();
+            match splice_until_bulk(&mut io, &mut local, &counters).await {
+                Ok(Until::Ended(_)) => {}
+                Ok(Until::Bulk) => {
+                    // Every byte read so far was written: the rest goes on elsewhere.
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            r = splice(&mut io, &mut local, counters) => if let Err(e) = r {
+                                tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
+                            },
+                            _ = cancel.cancelled() => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
+                }
             }
         }
         Err(e) => {
