@@ -37,6 +37,35 @@ pub async fn throughput(addr: &Endpoint, bytes: u64) -> Result<f64> {
     Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
+/// One visitor reads `bytes` from the source (a download); Gbit/s from connect to the last
+/// byte.
+pub async fn download(addr: &Endpoint, bytes: u64) -> Result<f64> {
+    let started = Instant::now();
+    let mut s = addr.connect().await?;
+    let fut = async {
+        s.write_all(b"D").await?;
+        s.write_u64(bytes).await?;
+        s.flush().await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok::<_, std::io::Error>(got)
+    };
+    let got = tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .context("download run timed out")??;
+    if got != bytes {
+        bail!("the download ended after {got} of {bytes} bytes");
+    }
+    Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
+}
+
 /// Time to first byte of `n` fresh connections, one after another, in microseconds.
 pub async fn setup_latency(addr: &Endpoint, n: usize) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(n);

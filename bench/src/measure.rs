@@ -1,4 +1,5 @@
-//! The figures of one row of the main table: throughput, HTTP load, setup latency and
+//! The figures of one row of the main table: throughput (upload, then download), HTTP load,
+//! setup latency and
 //! memory (idle, under load, with idle visitor connections, after they close).
 
 use crate::process::TICKS_PER_SEC;
@@ -63,6 +64,12 @@ pub async fn measure(
     }
     let gib = (s.reps as u64 * s.bytes) as f64 / (1u64 << 30) as f64;
     let cpu_ms_per_gib = cpu_ms_per(cpu, both(sys.cpu_ticks()), gib);
+    let mut down = Vec::new();
+    let cpu = both(sys.cpu_ticks());
+    for _ in 0..s.reps {
+        down.push(load::download(&sys.endpoint, s.bytes).await?);
+    }
+    let download_cpu_ms_per_gib = cpu_ms_per(cpu, both(sys.cpu_ticks()), gib);
 
     let mut rps = Vec::new();
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
@@ -127,6 +134,8 @@ pub async fn measure(
         tls,
         throughput_gbit_s: load::median(tput),
         cpu_ms_per_gib,
+        download_gbit_s: load::median(down),
+        download_cpu_ms_per_gib,
         http_req_s: load::median(rps),
         cpu_us_per_req,
         http_p50_ms: load::median(p50),

@@ -90,7 +90,8 @@ pub async fn rows(
     Ok(out)
 }
 
-/// Throughput, HTTP req/s and HTTP p99 of `subject` over `baseline`, by turns.
+/// Throughput (upload and download), HTTP req/s and HTTP p99 of `subject` over `baseline`,
+/// by turns.
 async fn ports(
     subject: &System,
     baseline: &System,
@@ -101,7 +102,7 @@ async fn ports(
         load::wait_ready(&sys.endpoint, Duration::from_secs(60)).await?;
     }
     let secs = Duration::from_secs_f64(s.http_secs);
-    let (mut tput, mut rps, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tput, mut down, mut rps, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // Whoever went second last round goes first now.
         let order = if round % 2 == 0 {
@@ -116,6 +117,11 @@ async fn ports(
             let i = usize::from(!std::ptr::eq(sys, subject));
             t[i] = load::throughput(&sys.endpoint, s.bytes).await?;
         }
+        let mut d = [0.0; 2];
+        for sys in order {
+            let i = usize::from(!std::ptr::eq(sys, subject));
+            d[i] = load::download(&sys.endpoint, s.bytes).await?;
+        }
         for sys in order {
             let i = usize::from(!std::ptr::eq(sys, subject));
             let (req_s, mut lat) = load::http(&sys.endpoint, s.http_conns, secs).await?;
@@ -123,12 +129,14 @@ async fn ports(
             p[i] = load::percentile(&mut lat, 99.0) as f64;
         }
         tput.extend(over(t[0], t[1]));
+        down.extend(over(d[0], d[1]));
         rps.extend(over(r[0], r[1]));
         p99.extend(over(p[0], p[1]));
     }
     let (a, b) = (&subject.name, &baseline.name);
     Ok(vec![
         row(a, b, "throughput", tput),
+        row(a, b, "download throughput", down),
         row(a, b, "HTTP req/s", rps),
         row(a, b, "HTTP p99 latency (lower is better)", p99),
     ])

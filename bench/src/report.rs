@@ -12,6 +12,10 @@ pub struct Row {
     /// (`None` for the direct row): what a figure costs, which a shared machine's noise
     /// moves far less than the rate itself.
     pub cpu_ms_per_gib: Option<f64>,
+    /// The same bytes the other way: the visitor reads them from the service.
+    pub download_gbit_s: f64,
+    /// CPU time of both sides together per GiB of the download runs, in ms.
+    pub download_cpu_ms_per_gib: Option<f64>,
     pub http_req_s: f64,
     /// CPU time of both sides together per HTTP request of the load runs, in µs.
     pub cpu_us_per_req: Option<f64>,
@@ -80,18 +84,21 @@ impl Report {
     pub fn markdown(&self) -> String {
         let direct = self.find("direct");
         let mut out = format!(
-            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | CPU ms/GiB | HTTP req/s | × direct | × rathole | CPU µs/req | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | of it anon server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | RSS after they close MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "Machine: {}\n\nSettings: {}\n\n| system | throughput Gbit/s | × direct | × rathole | CPU ms/GiB | download Gbit/s | × rathole | CPU ms/GiB | HTTP req/s | × direct | × rathole | CPU µs/req | p50 ms | p99 ms | setup p50 ms | setup p99 ms | RSS idle server / client MiB | of it anon server / client MiB | RSS under load MiB | RSS with idle conns server / client MiB | RSS after they close MiB | KiB per idle conn |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             self.machine, self.settings
         );
         for r in &self.rows {
             let peer = self.find(if r.tls { "rathole tls" } else { "rathole tcp" });
             out.push_str(&format!(
-                "| {} | {:.2} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} / {} | {} | {} / {} | {} / {} | {} |\n",
+                "| {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {:.0} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} / {} | {} | {} / {} | {} / {} | {} |\n",
                 r.system,
                 r.throughput_gbit_s,
                 ratio(r.throughput_gbit_s, direct.map(|d| d.throughput_gbit_s)),
                 ratio(r.throughput_gbit_s, peer.map(|p| p.throughput_gbit_s)),
                 figure(r.cpu_ms_per_gib, 0),
+                r.download_gbit_s,
+                ratio(r.download_gbit_s, peer.map(|p| p.download_gbit_s)),
+                figure(r.download_cpu_ms_per_gib, 0),
                 r.http_req_s,
                 ratio(r.http_req_s, direct.map(|d| d.http_req_s)),
                 ratio(r.http_req_s, peer.map(|p| p.http_req_s)),

@@ -2,6 +2,8 @@
 //! mode, so one tunnel carries every measurement:
 //!
 //! - `S` + u64 BE length + that many bytes: a sink; answers one byte `K` when all arrived.
+//! - `D` + u64 BE length: a source; sends that many bytes, then waits for the visitor to
+//!   close (a download).
 //! - `L`: answers one byte `l` at once (time to first byte of a fresh connection).
 //! - `I`: holds the connection open and idle, counted in `idle`, until the visitor closes.
 //! - `G` (an HTTP request line): a keep-alive HTTP/1.1 server answering every request with
@@ -55,6 +57,20 @@ async fn serve(mut s: TcpStream, idle: &AtomicUsize) -> std::io::Result<()> {
                 left = left.saturating_sub(n as u64);
             }
             s.write_all(b"K").await
+        }
+        b'D' => {
+            let len = s.read_u64().await?;
+            let chunk = vec![0xa5u8; 256 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                s.write_all(&chunk[..n]).await?;
+                left -= n as u64;
+            }
+            // The visitor closes once it has every byte; closing first could reset them.
+            let mut rest = [0u8; 64];
+            while s.read(&mut rest).await? > 0 {}
+            Ok(())
         }
         b'L' => s.write_all(b"l").await,
         b'I' => {

@@ -68,6 +68,7 @@ fn bench_runner_smoke_mode_measures_every_system() {
     for r in rows {
         for key in [
             "throughput_gbit_s",
+            "download_gbit_s",
             "http_req_s",
             "http_p50_ms",
             "setup_p50_ms",
@@ -79,11 +80,11 @@ fn bench_runner_smoke_mode_measures_every_system() {
     // mode's 4 MiB may cost less than one clock tick, so only the HTTP figure must be
     // above zero.)
     assert!(rows[0]["cpu_ms_per_gib"].is_null(), "{}", rows[0]);
+    assert!(rows[0]["download_cpu_ms_per_gib"].is_null(), "{}", rows[0]);
     for r in &rows[1..] {
-        assert!(
-            r["cpu_ms_per_gib"].as_f64().is_some_and(|v| v >= 0.0),
-            "cpu_ms_per_gib in {r}"
-        );
+        for key in ["cpu_ms_per_gib", "download_cpu_ms_per_gib"] {
+            assert!(r[key].as_f64().is_some_and(|v| v >= 0.0), "{key} in {r}");
+        }
         assert!(
             r["cpu_us_per_req"].as_f64().is_some_and(|v| v > 0.0),
             "cpu_us_per_req in {r}"
@@ -174,6 +175,7 @@ fn bench_runner_smoke_mode_measures_every_system() {
         .collect();
     let mut expected = vec![
         ("two relays", "throughput"),
+        ("two relays", "download throughput"),
         ("two relays", "HTTP req/s"),
         ("two relays", "HTTP p99 latency (lower is better)"),
     ];
@@ -189,7 +191,7 @@ fn bench_runner_smoke_mode_measures_every_system() {
     assert_eq!(figures, expected, "{table}");
     // The rates and latency (a one-second smoke run may count no CPU clock tick, which
     // leaves the CPU pairs without a round).
-    for p in &pairs[..if h2load { 5 } else { 3 }] {
+    for p in &pairs[..if h2load { 6 } else { 4 }] {
         assert!(p["subject"].as_str().is_some(), "{p}");
         let ratios = p["ratios"].as_array().expect("ratios");
         assert_eq!(ratios.len(), 1, "one round: {p}");
