@@ -1,6 +1,8 @@
-//! A session's home: the task that drives a session's multiplexer (native yamux sessions)
-//! also runs the relays of its ports visitors while they carry small exchanges (requests and
-//! answers), so a request no longer hands work between a visitor's task and the session's.
+//! A session's home: the task that drives a session's multiplexer (native yamux and
+//! h2-reverse sessions at tunneld, yamux sessions at tunnelc) also runs the relays of its
+//! visitors while they carry small exchanges (requests and answers), so a request no longer
+//! hands work between a visitor's task and the session's. On h2-reverse, hyper's own task
+//! for the HTTP/2 connection runs there too ([`HomeExecutor`]).
 //! With a task per visitor, tokio's scheduler spreads visitor tasks over its worker threads
 //! and every request woke the session's task on another thread (ports over yamux on 2 cores:
 //! 8.8-9.0 against 7.4-7.8 µs of tunneld's CPU a request, docs/benchmarks.md).
@@ -10,7 +12,9 @@
 //! core for its copies; one whose other direction has ended (a half-closed connection) stays.
 //!
 //! A relay sent [`Home::run`] lives as long as the session's task: when the session ends,
-//! its relays are dropped with it (their streams ended with the session anyway).
+//! its relays are dropped with it (their streams ended with the session anyway), unless the
+//! session hands its hearth to [`Hearth::finish`] (h2-reverse, whose connection may outlive
+//! the session's own work).
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -58,6 +62,29 @@ impl Home {
     }
 }
 
+/// hyper's executor for a connection whose tasks run at a session's home (a visitor's
+/// request body, an HTTP/2 connection's own task), or on tasks of their own without one.
+#[derive(Clone, Debug, Default)]
+pub struct HomeExecutor {
+    pub home: Option<Home>,
+}
+
+impl<F> hyper::rt::Executor<F> for HomeExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let fut = match &self.home {
+            Some(h) => match h.run(Box::pin(fut)) {
+                Ok(()) => return,
+                Err(fut) => fut,
+            },
+            None => Box::pin(fut),
+        };
+        tokio::spawn(fut);
+    }
+}
+
 impl Hearth {
     /// Relays running now.
     pub fn len(&self) -> usize {
@@ -82,6 +109,25 @@ impl Hearth {
         // Pending once none is ready (FuturesUnordered also yields after a round of every
         // relay, waking the task again), Ready(None) when none is left.
         while let Poll::Ready(Some(())) = self.relays.poll_next_unpin(cx) {}
+    }
+
+    /// Runs the relays already home to their ends, then closes the home (relays sent later
+    /// run on tasks of their own): for a session whose task ended while its connection may
+    /// still carry streams (an HTTP/2 link replaced by a newer session).
+    pub async fn finish(mut self) {
+        std::future::poll_fn(|cx| {
+            self.poll_relays(cx);
+            if self.relays.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        self.rx.close();
+        while let Ok(relay) = self.rx.try_recv() {
+            tokio::spawn(relay);
+        }
     }
 
     /// Runs the relays for as long as the caller polls it: for a branch of the session
@@ -172,5 +218,39 @@ mod tests {
         assert!(home.same(&home.clone()));
         drop(hearth);
         assert!(home.run(Box::pin(async {})).is_err());
+    }
+
+    /// A finished session's hearth runs what it holds to the end; afterwards hyper's tasks
+    /// sent through [`HomeExecutor`] run on tasks of their own.
+    #[tokio::test]
+    async fn a_finishing_hearth_ends_its_relays_then_sends_later_ones_elsewhere() {
+        let (home, hearth) = home();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let d = done.clone();
+        let exec = HomeExecutor {
+            home: Some(home.clone()),
+        };
+        hyper::rt::Executor::execute(&exec, async move {
+            let _ = go_rx.await;
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let finishing = tokio::spawn(hearth.finish());
+        let _ = go_tx.send(());
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), finishing).await;
+        assert!(matches!(ended, Ok(Ok(()))), "the hearth finished");
+        assert_eq!(done.load(Ordering::SeqCst), 1, "its relay ran to the end");
+        assert!(home.run(Box::pin(async {})).is_err(), "the home is closed");
+        let d = done.clone();
+        hyper::rt::Executor::execute(&exec, async move {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let ran = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while done.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(ran.is_ok(), "a task sent after the end ran on its own");
     }
 }

@@ -127,7 +127,16 @@ impl H2Tuning {
         &self,
         keepalive: Duration,
     ) -> hyper::client::conn::http2::Builder<TokioExecutor> {
-        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        self.client_on(TokioExecutor::new(), keepalive)
+    }
+
+    /// [`Self::client`] whose connection runs its tasks on `exec`.
+    pub fn client_on<E: Clone>(
+        &self,
+        exec: E,
+        keepalive: Duration,
+    ) -> hyper::client::conn::http2::Builder<E> {
+        let mut b = hyper::client::conn::http2::Builder::new(exec);
         b.timer(TokioTimer::new())
             .initial_stream_window_size(self.stream_window)
             .initial_connection_window_size(self.connection_window)

@@ -2,7 +2,8 @@
 //! writes and reading them back. Over yamux each such read becomes one large frame whose
 //! 12-byte header goes to TLS in the same write as the body, with small frames of other
 //! streams gathered around it (`transports/yamux/src/coalesce.rs`); every byte must come back
-//! in order, and a neighbour tunnel of the same client must keep its pace meanwhile.
+//! in order, and a neighbour tunnel of the same client must keep its pace meanwhile. The same
+//! over h2-reverse, whose HTTP/2 connection runs on the session's task.
 
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
@@ -143,4 +144,11 @@ async fn bulk_visitors(via: Via) -> Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_visitors_over_yamux_arrive_intact_and_spare_the_neighbour() -> Result<()> {
     verdict(bulk_visitors(Via::Yamux).await?)
+}
+
+/// Over h2-reverse the link's HTTP/2 connection runs on the session's task with the relays
+/// of small exchanges; bulk relays leave it, and every byte must still arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_visitors_over_h2_reverse_arrive_intact_and_spare_the_neighbour() -> Result<()> {
+    verdict(bulk_visitors(Via::H2Reverse).await?)
 }

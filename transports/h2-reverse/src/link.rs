@@ -13,6 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
+use tunneld_core::home::{Home, HomeExecutor};
 use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, empty, Body};
 use tunneld_core::io::BoxIo;
@@ -53,18 +54,19 @@ pub struct H2Opener {
 /// Runs the HTTP/2 client handshake over `io` (the TLS stream after any hello exchange),
 /// with `tuning` made fit for a link ([`H2Tuning::for_link`]). tunneld opens at most
 /// `tuning.max_concurrent_streams` visitor streams at once (the window is sized for them),
-/// or `peer_max` when the peer said it serves fewer.
+/// or `peer_max` when the peer said it serves fewer. The connection's tasks run at `home`
+/// when given ([`tunneld_core::home`]).
 pub async fn connect(
     io: BoxIo,
     tuning: &H2Tuning,
     limits: &DataLimits,
     keepalive: Duration,
-    legacy: bool,
+    (legacy, home): (bool, Option<Home>),
     peer_max: Option<u32>,
 ) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
     let (send, conn) = tuning
         .for_link(limits)
-        .client(keepalive)
+        .client_on(HomeExecutor { home }, keepalive)
         .handshake::<_, Body>(TokioIo::new(io))
         .await?;
     let cap = stream_cap(tuning, peer_max);
@@ -266,7 +268,7 @@ impl ReverseHttpLinks for H2ReverseLinks {
         limits: &DataLimits,
         keepalive: Duration,
     ) -> Result<(Arc<dyn HttpUpstream>, LinkDriver), hyper::Error> {
-        let (opener, driver) = connect(io, tuning, limits, keepalive, true, None).await?;
+        let (opener, driver) = connect(io, tuning, limits, keepalive, (true, None), None).await?;
         Ok((opener, driver))
     }
 }

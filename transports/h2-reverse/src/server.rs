@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
+use tunneld_core::home::{Hearth, Home};
 use tunneld_core::http2::h2_reason;
 use tunneld_core::http_forward::Body;
 use tunneld_core::hub::SessionGuard;
@@ -154,6 +155,9 @@ impl SharedTransport for H2ReverseTransport {
 struct LinkSlot {
     link: tokio::sync::watch::Sender<Link>,
     cap: usize,
+    /// Where the link's HTTP/2 connection and its ports visitors' relays run: the session's
+    /// task ([`tunneld_core::home`]).
+    home: Home,
 }
 
 #[derive(Clone)]
@@ -167,10 +171,11 @@ enum Link {
 const LINK_WAIT: Duration = Duration::from_secs(10);
 
 impl LinkSlot {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, home: Home) -> Self {
         Self {
             link: tokio::sync::watch::channel(Link::Pending).0,
             cap,
+            home,
         }
     }
 
@@ -207,6 +212,10 @@ impl OpenStream for LinkSlot {
 
     fn stream_cap(&self) -> Option<usize> {
         Some(self.cap)
+    }
+
+    fn home(&self) -> Option<Home> {
+        Some(self.home.clone())
     }
 
     fn is_full(&self) -> bool {
@@ -284,7 +293,11 @@ impl H2ReverseTransport {
         let peer_max = hello
             .max_streams
             .filter(|_| hello.has_capability(tunneld_core::proto::CAP_H2_MAX_STREAMS));
-        let slot = Arc::new(LinkSlot::new(link::stream_cap(&self.cfg.h2, peer_max)));
+        let (home, hearth) = tunneld_core::home::home();
+        let slot = Arc::new(LinkSlot::new(
+            link::stream_cap(&self.cfg.h2, peer_max),
+            home.clone(),
+        ));
         let Some(guard) = cx
             .hub
             .admit_answering(
@@ -308,7 +321,7 @@ impl H2ReverseTransport {
             &self.cfg.h2,
             &limits,
             keepalive,
-            false,
+            (false, Some(home)),
             peer_max,
         )
         .await
@@ -321,7 +334,7 @@ impl H2ReverseTransport {
             }
         };
         slot.set(Link::Ready(opener.clone()));
-        run_session(driver, opener, guard, cx).await;
+        run_session(driver, opener, guard, hearth, cx).await;
     }
 }
 
@@ -329,6 +342,7 @@ async fn run_session(
     driver: link::LinkDriver,
     opener: Arc<H2Opener>,
     mut guard: SessionGuard,
+    mut hearth: Hearth,
     cx: TransportContext,
 ) {
     let client = guard.session.info.client_id.clone();
@@ -350,7 +364,13 @@ async fn run_session(
         }
         std::future::pending::<String>().await
     };
+    // As on yamux sessions (`run_session` there): the HTTP/2 connection's own task (hyper
+    // runs it apart from `driver`, which takes the requests) and the relays of ports
+    // visitors run here too, with an I/O budget of their own.
     let reason = tokio::select! {
+        biased;
+        _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
+        r = notify => r,
         r = driver => match r {
             Ok(()) => "connection closed".to_string(),
             Err(e) => {
@@ -363,9 +383,11 @@ async fn run_session(
                 format!("HTTP/2 connection failed: {e}")
             }
         },
-        r = notify => r,
-        _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
+        _ = tokio::task::unconstrained(hearth.run()) => "the relays ended".to_string(),
     };
     tracing::info!(transport = %cx.name, client = %client, "session closing: {reason}");
     drop(guard);
+    // The connection's task goes on while streams remain (a replaced session's visitors
+    // finish on it), as it did on a task of its own.
+    tokio::spawn(hearth.finish());
 }
