@@ -125,7 +125,8 @@ impl Hearth {
         })
         .await;
         self.rx.close();
-        while let Ok(relay) = self.rx.try_recv() {
+        // `recv`, not `try_recv`: it also waits for a send already under way.
+        while let Some(relay) = self.rx.recv().await {
             tokio::spawn(relay);
         }
     }

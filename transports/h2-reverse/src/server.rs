@@ -365,8 +365,10 @@ async fn run_session(
         std::future::pending::<String>().await
     };
     // As on yamux sessions (`run_session` there): the HTTP/2 connection's own task (hyper
-    // runs it apart from `driver`, which takes the requests) and the relays of ports
-    // visitors run here too, with an I/O budget of their own.
+    // runs it apart from `driver`, which takes the requests; the socket's I/O happens
+    // there), hyper's CONNECT upgrade pipes and the relays of ports visitors run here too,
+    // outside tokio's I/O budget (as there; unlike there, that includes the socket's reads:
+    // one poll may read all the socket holds before the relays get their turn).
     let reason = tokio::select! {
         biased;
         _ = closed.cancelled() => "replaced or closed by tunneld".to_string(),
