@@ -15,13 +15,7 @@ pub async fn throughput(addr: &Endpoint, bytes: u64) -> Result<f64> {
     let fut = async {
         s.write_all(b"S").await?;
         s.write_u64(bytes).await?;
-        let chunk = vec![0x5au8; 256 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            s.write_all(&chunk[..n]).await?;
-            left -= n as u64;
-        }
+        crate::service::send_bytes(&mut s, bytes, 0x5a).await?;
         // A TLS visitor (the rendezvous rows) may hold the last record until flushed.
         s.flush().await?;
         let mut ack = [0u8; 1];

@@ -60,13 +60,7 @@ async fn serve(mut s: TcpStream, idle: &AtomicUsize) -> std::io::Result<()> {
         }
         b'D' => {
             let len = s.read_u64().await?;
-            let chunk = vec![0xa5u8; 256 * 1024];
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                s.write_all(&chunk[..n]).await?;
-                left -= n as u64;
-            }
+            send_bytes(&mut s, len, 0xa5).await?;
             // The visitor closes once it has every byte; closing first could reset them.
             let mut rest = [0u8; 64];
             while s.read(&mut rest).await? > 0 {}
@@ -107,6 +101,21 @@ async fn serve(mut s: TcpStream, idle: &AtomicUsize) -> std::io::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Writes `bytes` bytes of `fill` in 256 KiB writes (a throughput run's data, either way).
+pub async fn send_bytes<W>(w: &mut W, bytes: u64, fill: u8) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let chunk = vec![fill; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
