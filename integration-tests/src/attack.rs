@@ -92,9 +92,19 @@ pub fn ws_port(s: &TestServer) -> u16 {
 
 /// alice's tunnelc config over `via`; `tunnels` is the YAML of the `tunnels:` map.
 pub fn client_config(s: &TestServer, via: Via, tunnels: &str) -> Result<ClientConfig> {
+    client_config_with(s, via, tunnels, &[])
+}
+
+/// [`client_config`] with `--set` overrides.
+pub fn client_config_with(
+    s: &TestServer,
+    via: Via,
+    tunnels: &str,
+    sets: &[String],
+) -> Result<ClientConfig> {
     match via {
-        Via::H2Reverse => s.h2_client_config(ALICE_TOKEN, tunnels),
-        Via::Yamux => s.client_config(ALICE_TOKEN, tunnels),
+        Via::H2Reverse => s.h2_client_config_with(ALICE_TOKEN, tunnels, sets),
+        Via::Yamux => s.client_config_with(ALICE_TOKEN, tunnels, sets),
         Via::Websocket => {
             let yaml = format!(
                 "server: http://localhost:{}\ntransport: websocket\ntoken: {ALICE_TOKEN}\nreconnect: {{ initial: 50ms, max: 500ms }}\ntunnels:\n{tunnels}",
@@ -102,7 +112,7 @@ pub fn client_config(s: &TestServer, via: Via, tunnels: &str) -> Result<ClientCo
             );
             let file = temp_dir("client").join("client.yaml");
             std::fs::write(&file, yaml)?;
-            ClientConfig::load(Some(&file), &[]).map_err(|e| anyhow!("{e}"))
+            ClientConfig::load(Some(&file), sets).map_err(|e| anyhow!("{e}"))
         }
     }
 }

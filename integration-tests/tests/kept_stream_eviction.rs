@@ -1,7 +1,7 @@
 //! Idle kept-alive streams never keep anyone out of a session: on a session capped at 8
 //! streams whose http tunnel left idle kept streams, visitors of a tcp neighbour and requests
 //! that may not be kept (`reuse_connections: false`) take the places of idle streams, over
-//! yamux and h2-reverse.
+//! yamux, h2-reverse and websocket.
 
 use std::net::SocketAddr;
 use tunneld_integration_tests::attack::{self, Via};
@@ -35,7 +35,9 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
 /// tunnel `own` that keeps no stream (`reuse_connections: false`): the server, the client
 /// and the echo tunnel's endpoint.
 async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
-    let s = attack::server(false, &[]).await.expect("server");
+    let s = attack::server(via == Via::Websocket, &[])
+        .await
+        .expect("server");
     let web = services::slow_http(std::time::Duration::from_millis(100)).await;
     let echo = services::echo().await;
     let (own, _) = counting("own", false).await;
@@ -45,12 +47,12 @@ async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
         attack::tcp_tunnel("echo", echo),
         attack::http_tunnel("own", own),
     );
-    let token = tunneld_integration_tests::ALICE_TOKEN;
-    let cfg = match via {
-        Via::H2Reverse => s.h2_client_config_with(token, &tunnels, &["h2.max_streams=8".into()]),
-        _ => s.client_config_with(token, &tunnels, &["yamux.max_streams=8".into()]),
-    }
-    .expect("cfg");
+    let cap = match via {
+        Via::H2Reverse => "h2.max_streams=8",
+        Via::Yamux => "yamux.max_streams=8",
+        Via::Websocket => "max_conversations=8",
+    };
+    let cfg = attack::client_config_with(&s, via, &tunnels, &[cap.into()]).expect("cfg");
     let mut alice = TestClient::spawn(cfg);
     let got = alice.connected().await.expect("alice");
     let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
@@ -68,7 +70,7 @@ async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
 /// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_streams_leave_a_neighbour_room_in_the_session() {
-    for via in [Via::Yamux, Via::H2Reverse] {
+    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
         neighbour_room(via).await;
     }
 }
@@ -112,7 +114,7 @@ async fn neighbour_room(via: Via) {
 /// again on the same session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_neighbours_all_get_places_of_kept_streams() {
-    for via in [Via::Yamux, Via::H2Reverse] {
+    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
         concurrent_neighbours(via).await;
     }
 }
@@ -156,7 +158,7 @@ async fn concurrent_neighbours(via: Via) {
 /// streams, every stream of the session is in use, and the request is still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_kept_nowhere_takes_the_place_of_an_idle_stream() {
-    for via in [Via::Yamux, Via::H2Reverse] {
+    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
         let (s, alice, ep) = kept_streams_left(via).await;
         let mut held = Vec::new();
         for seed in 0..6 {

@@ -284,6 +284,17 @@ impl Mux {
         self.shared.stalled.cancelled().await
     }
 
+    /// Whether every place for a conversation is taken ([`Mux::open`] would refuse one for
+    /// the cap).
+    pub fn is_full(&self) -> bool {
+        let top = if self.shared.native {
+            usize::from(u16::MAX)
+        } else {
+            i16::MAX as usize
+        };
+        self.len() >= self.max_conversations().min(top)
+    }
+
     /// Live conversations.
     pub fn len(&self) -> usize {
         self.shared.table().map.len()

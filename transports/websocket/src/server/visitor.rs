@@ -198,6 +198,10 @@ impl OpenStream for WsOpener {
         Some(self.mux.max_conversations())
     }
 
+    fn is_full(&self) -> bool {
+        self.mux.is_full()
+    }
+
     async fn open(&self, header: StreamHeader) -> Result<BoxIo, OpenError> {
         let refused = |e: OpenRefused| match e {
             OpenRefused::TooMany => OpenError::TooManyStreams,
