@@ -2,7 +2,7 @@
 //! h2-reverse sessions at tunneld, yamux sessions at tunnelc) also runs the relays of its
 //! visitors while they carry small exchanges (requests and answers), so a request no longer
 //! hands work between a visitor's task and the session's. On h2-reverse, hyper's own task
-//! for the HTTP/2 connection runs there too ([`HomeExecutor`]).
+//! for the HTTP/2 connection runs there too (the link's executor sends it [`Home::run`]).
 //! With a task per visitor, tokio's scheduler spreads visitor tasks over its worker threads
 //! and every request woke the session's task on another thread (ports over yamux on 2 cores:
 //! 8.8-9.0 against 7.4-7.8 µs of tunneld's CPU a request, docs/benchmarks.md).
@@ -59,29 +59,6 @@ impl Home {
     /// Whether both are the home of one session.
     pub fn same(&self, other: &Home) -> bool {
         self.tx.same_channel(&other.tx)
-    }
-}
-
-/// hyper's executor for a connection whose tasks run at a session's home (a visitor's
-/// request body, an HTTP/2 connection's own task), or on tasks of their own without one.
-#[derive(Clone, Debug, Default)]
-pub struct HomeExecutor {
-    pub home: Option<Home>,
-}
-
-impl<F> hyper::rt::Executor<F> for HomeExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        let fut = match &self.home {
-            Some(h) => match h.run(Box::pin(fut)) {
-                Ok(()) => return,
-                Err(fut) => fut,
-            },
-            None => Box::pin(fut),
-        };
-        tokio::spawn(fut);
     }
 }
 
@@ -221,37 +198,24 @@ mod tests {
         assert!(home.run(Box::pin(async {})).is_err());
     }
 
-    /// A finished session's hearth runs what it holds to the end; afterwards hyper's tasks
-    /// sent through [`HomeExecutor`] run on tasks of their own.
+    /// A finished session's hearth runs what it holds to the end, then takes no more.
     #[tokio::test]
-    async fn a_finishing_hearth_ends_its_relays_then_sends_later_ones_elsewhere() {
+    async fn a_finishing_hearth_ends_its_relays_then_closes_the_home() {
         let (home, hearth) = home();
         let done = Arc::new(AtomicUsize::new(0));
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let d = done.clone();
-        let exec = HomeExecutor {
-            home: Some(home.clone()),
-        };
-        hyper::rt::Executor::execute(&exec, async move {
-            let _ = go_rx.await;
-            d.fetch_add(1, Ordering::SeqCst);
-        });
+        assert!(home
+            .run(Box::pin(async move {
+                let _ = go_rx.await;
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
         let finishing = tokio::spawn(hearth.finish());
         let _ = go_tx.send(());
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), finishing).await;
         assert!(matches!(ended, Ok(Ok(()))), "the hearth finished");
         assert_eq!(done.load(Ordering::SeqCst), 1, "its relay ran to the end");
         assert!(home.run(Box::pin(async {})).is_err(), "the home is closed");
-        let d = done.clone();
-        hyper::rt::Executor::execute(&exec, async move {
-            d.fetch_add(1, Ordering::SeqCst);
-        });
-        let ran = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while done.load(Ordering::SeqCst) < 2 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        assert!(ran.is_ok(), "a task sent after the end ran on its own");
     }
 }

@@ -8,6 +8,9 @@ use tunneld_integration_tests::attack::{self, Via};
 use tunneld_integration_tests::kept::{counting, visit};
 use tunneld_integration_tests::{services, TestClient, TestServer};
 
+/// The transports whose sessions keep streams, each test runs over.
+const EVERY: [Via; 3] = [Via::Yamux, Via::H2Reverse, Via::Websocket];
+
 /// One echo visitor of `ep` that got its stream (tried again, for at most 1 s, while the
 /// session's slots are all taken): the connection, held open.
 async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::TcpStream> {
@@ -70,7 +73,7 @@ async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
 /// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_streams_leave_a_neighbour_room_in_the_session() {
-    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
+    for via in EVERY {
         neighbour_room(via).await;
     }
 }
@@ -114,7 +117,7 @@ async fn neighbour_room(via: Via) {
 /// again on the same session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_neighbours_all_get_places_of_kept_streams() {
-    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
+    for via in EVERY {
         concurrent_neighbours(via).await;
     }
 }
@@ -158,7 +161,7 @@ async fn concurrent_neighbours(via: Via) {
 /// streams, every stream of the session is in use, and the request is still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_kept_nowhere_takes_the_place_of_an_idle_stream() {
-    for via in [Via::Yamux, Via::H2Reverse, Via::Websocket] {
+    for via in EVERY {
         let (s, alice, ep) = kept_streams_left(via).await;
         let mut held = Vec::new();
         for seed in 0..6 {

@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tunneld_core::home::{Home, HomeExecutor};
+use tunneld_core::home::Home;
 use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, empty, Body};
 use tunneld_core::io::BoxIo;
@@ -41,6 +41,31 @@ pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
 /// `:authority` of CONNECT streams: the real target travels in [`STREAM_HEADER`].
 pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
 
+/// hyper's executor for a link: its tasks (the HTTP/2 connection's own, CONNECT upgrade
+/// pipes, request bodies) run at the session's home when it has one
+/// ([`tunneld_core::home`]; once the home is closed, and for 2ptth links, on tasks of their
+/// own).
+#[derive(Clone, Debug, Default)]
+pub struct LinkExecutor {
+    pub home: Option<Home>,
+}
+
+impl<F> hyper::rt::Executor<F> for LinkExecutor
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let fut = match &self.home {
+            Some(h) => match h.run(Box::pin(fut)) {
+                Ok(()) => return,
+                Err(fut) => fut,
+            },
+            None => Box::pin(fut),
+        };
+        tokio::spawn(fut);
+    }
+}
+
 /// Opens streams on a reversed HTTP/2 connection.
 pub struct H2Opener {
     send: SendRequest<Body>,
@@ -66,7 +91,7 @@ pub async fn connect(
 ) -> Result<(Arc<H2Opener>, LinkDriver), hyper::Error> {
     let (send, conn) = tuning
         .for_link(limits)
-        .client_on(HomeExecutor { home }, keepalive)
+        .client_on(LinkExecutor { home }, keepalive)
         .handshake::<_, Body>(TokioIo::new(io))
         .await?;
     let cap = stream_cap(tuning, peer_max);
@@ -270,5 +295,41 @@ impl ReverseHttpLinks for H2ReverseLinks {
     ) -> Result<(Arc<dyn HttpUpstream>, LinkDriver), hyper::Error> {
         let (opener, driver) = connect(io, tuning, limits, keepalive, (true, None), None).await?;
         Ok((opener, driver))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// hyper's tasks go home while the home takes them, and run on tasks of their own once
+    /// the session's home is gone.
+    #[tokio::test]
+    async fn the_link_executor_runs_tasks_at_home_then_on_their_own() {
+        let (home, hearth) = tunneld_core::home::home();
+        let exec = LinkExecutor {
+            home: Some(home.clone()),
+        };
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        hyper::rt::Executor::execute(&exec, async move {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let finished =
+            tokio::time::timeout(Duration::from_secs(5), tokio::spawn(hearth.finish())).await;
+        assert!(matches!(finished, Ok(Ok(()))), "the hearth finished");
+        assert_eq!(done.load(Ordering::SeqCst), 1, "the task ran at home");
+        let d = done.clone();
+        hyper::rt::Executor::execute(&exec, async move {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let ran = tokio::time::timeout(Duration::from_secs(5), async {
+            while done.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(ran.is_ok(), "a task sent after the end ran on its own");
     }
 }

@@ -287,12 +287,22 @@ impl Mux {
     /// Whether every place for a conversation is taken ([`Mux::open`] would refuse one for
     /// the cap).
     pub fn is_full(&self) -> bool {
-        let top = if self.shared.native {
-            usize::from(u16::MAX)
+        self.len() >= self.places()
+    }
+
+    /// The highest conversation id: 65535, or 32767 for original TPoT clients (they read
+    /// ids as signed 16-bit numbers).
+    fn top_id(&self) -> u16 {
+        if self.shared.native {
+            u16::MAX
         } else {
-            i16::MAX as usize
-        };
-        self.len() >= self.max_conversations().min(top)
+            i16::MAX as u16
+        }
+    }
+
+    /// Conversations that may be open at once: the cap, within the ids there are.
+    fn places(&self) -> usize {
+        self.max_conversations().min(usize::from(self.top_id()))
     }
 
     /// Live conversations.
@@ -325,12 +335,8 @@ impl Mux {
             return Err(OpenRefused::Closed);
         }
         let mut t = self.shared.table();
-        let top: u16 = if self.shared.native {
-            u16::MAX
-        } else {
-            i16::MAX as u16
-        };
-        if t.map.len() >= self.max_conversations().min(usize::from(top)) {
+        let top = self.top_id();
+        if t.map.len() >= self.places() {
             return Err(OpenRefused::TooMany);
         }
         // While the WebSocket is not being written (a slow link), openings and closings pile
