@@ -67,8 +67,13 @@ async fn allocated_port(ssh: &mut Proc, log: &Path) -> Result<u16> {
     }
 }
 
+/// The `Ciphers` line `tunnelc setup --transport ssh` writes on a CPU with AES instructions
+/// (`AES_FIRST_CIPHERS` in client/src/setup/ssh.rs): OpenSSH's own list, AES-GCM first.
+const CIPHERS: &str = "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+
 /// tunneld with an `ssh` transport and a ports frontend; OpenSSH's `ssh -N -R 0:<service>`
-/// as the client (cipher left at OpenSSH's default, no keepalives from the client).
+/// as the client, with the ciphers `tunnelc setup --transport ssh` writes (everything else at
+/// OpenSSH's defaults, no keepalives from the client).
 pub async fn tunneld_ssh(bins: &Path, service: SocketAddr, dir: &Path) -> Result<System> {
     let (key, public) = keygen(dir)?;
     let components = "transports: { edge: { type: ssh, listen: 127.0.0.1:0 } }\nfrontends: { tcp: { type: ports, bind: 127.0.0.1, range: 13000-13999 } }\n";
@@ -84,7 +89,7 @@ pub async fn tunneld_ssh(bins: &Path, service: SocketAddr, dir: &Path) -> Result
         "-F", "/dev/null", "-N", "-p", &port, "-i", &key,
         "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes", "-o", "ServerAliveInterval=0",
+        "-o", "BatchMode=yes", "-o", "ServerAliveInterval=0", "-o", CIPHERS,
         "-o", "ExitOnForwardFailure=yes", "-R", &forward, "bench@127.0.0.1",
     ];
     let mut client = Proc::spawn(Path::new("ssh"), &args, &log, "ssh")?;

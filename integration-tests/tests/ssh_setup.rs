@@ -217,6 +217,11 @@ async fn setup_transport_ssh_writes_openssh_files_that_serve_the_tunnel() {
         text.contains(&format!("RemoteForward shop:80 localhost:{}", http.port())),
         "{text}"
     );
+    // AES-GCM first where this CPU has AES instructions; OpenSSH's own order elsewhere.
+    match tunneld_client::setup::ssh::ciphers_here() {
+        Some(list) => assert!(text.contains(&format!("    Ciphers {list}\n")), "{text}"),
+        None => assert!(!text.contains("Ciphers"), "{text}"),
+    }
 
     // The real OpenSSH client with only the written files.
     let cfg_arg = ssh_config.display().to_string();

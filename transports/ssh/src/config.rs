@@ -36,6 +36,29 @@ pub struct Config {
     /// The same for all visitors of one SSH session together.
     #[serde(default = "session_backlog")]
     pub max_session_backlog: usize,
+    /// The ciphers offered to clients. The client picks the first of its own list that is
+    /// here: stock OpenSSH, by default, `chacha20-poly1305@openssh.com` whenever it is
+    /// offered, so listing only the AES-GCM ones makes unchanged OpenSSH command lines take
+    /// AES-GCM (about 1.9x the throughput on CPUs with AES instructions; see
+    /// docs/transports.md) at the price of clients without AES-GCM (Dropbear's default
+    /// build, paramiko).
+    #[serde(default = "default_ciphers")]
+    pub ciphers: Vec<String>,
+}
+
+/// The ciphers `ciphers` may name: the AEAD ones and AES-CTR (with an encrypt-then-MAC HMAC).
+pub const KNOWN_CIPHERS: [&str; 6] = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+];
+
+/// Every known cipher, AES-GCM first: any client finds one it speaks.
+fn default_ciphers() -> Vec<String> {
+    KNOWN_CIPHERS.iter().map(|c| c.to_string()).collect()
 }
 
 fn backlog() -> usize {
@@ -94,6 +117,66 @@ impl Config {
                 "must be at least max_backlog".into(),
             ));
         }
+        if self.ciphers.is_empty() {
+            return Err(("ciphers".into(), "must name at least one cipher".into()));
+        }
+        for (i, c) in self.ciphers.iter().enumerate() {
+            if !KNOWN_CIPHERS.contains(&c.as_str()) {
+                return Err((
+                    format!("ciphers[{i}]"),
+                    format!("unknown cipher `{c}`; known: {}", KNOWN_CIPHERS.join(", ")),
+                ));
+            }
+            if self.ciphers[..i].contains(c) {
+                return Err((format!("ciphers[{i}]"), format!("`{c}` is listed twice")));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ciphers(ciphers: &[&str]) -> Config {
+        Config {
+            listen: ([127, 0, 0, 1], 2222).into(),
+            host_key: None,
+            keepalive_interval: d10s(),
+            keepalive_max: two(),
+            max_forwards: sixteen(),
+            window_size: window(),
+            max_backlog: backlog(),
+            max_session_backlog: session_backlog(),
+            ciphers: ciphers.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_known_cipher_is_russh_s() {
+        for c in KNOWN_CIPHERS {
+            assert!(russh::cipher::Name::try_from(c).is_ok(), "{c}");
+        }
+        assert_eq!(with_ciphers(&KNOWN_CIPHERS).validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_cipher_lists_are_refused_by_key() {
+        let err = |c: &[&str]| with_ciphers(c).validate().err();
+        assert_eq!(
+            err(&[]).map(|e| e.0),
+            Some("ciphers".to_string()),
+            "an empty list"
+        );
+        let (key, msg) = err(&["aes128-gcm@openssh.com", "none"]).unwrap_or_default();
+        assert_eq!(key, "ciphers[1]");
+        assert!(msg.contains("unknown cipher `none`"), "{msg}");
+        let (key, msg) = err(&["aes128-ctr", "3des-cbc"]).unwrap_or_default();
+        assert_eq!(key, "ciphers[1]");
+        assert!(msg.contains("known: aes128-gcm@openssh.com"), "{msg}");
+        let (key, msg) = err(&["aes128-ctr", "aes128-ctr"]).unwrap_or_default();
+        assert_eq!(key, "ciphers[1]");
+        assert!(msg.contains("twice"), "{msg}");
     }
 }

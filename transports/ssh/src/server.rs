@@ -82,6 +82,16 @@ fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
         keepalive_max: cfg.keepalive_max,
         // Set on each accepted socket in `connection` (russh only sets it in its own loop).
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: cfg
+                .ciphers
+                .iter()
+                // Validated against KNOWN_CIPHERS, all of which russh (with ring) has.
+                .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
+                .collect::<Vec<_>>()
+                .into(),
+            ..russh::Preferred::DEFAULT
+        },
         ..RusshConfig::default()
     }
 }
