@@ -18,7 +18,9 @@ async fn negotiated(
     extra: &[&str],
     echo: SocketAddr,
 ) -> String {
-    let mut args = base_args(s.running.transports["ssh"].port(), key);
+    // No system or user ssh_config: a distribution's crypto policy reorders the ciphers.
+    let mut args = vec!["-F".to_string(), "/dev/null".to_string()];
+    args.extend(base_args(s.running.transports["ssh"].port(), key));
     args.extend(extra.iter().map(|a| a.to_string()));
     let forward = format!("0:{echo}");
     args.extend(["-v", "-N", "-R", &forward, "alice@127.0.0.1"].map(String::from));
@@ -90,7 +92,8 @@ async fn openssh_takes_the_cipher_tunneld_offers_and_says_so_when_none_fits() {
         "aes256-gcm@openssh.com"
     );
     // A client with none of them is refused, and OpenSSH names the reason.
-    let mut args = base_args(s.running.transports["ssh"].port(), &key);
+    let mut args = vec!["-F".to_string(), "/dev/null".to_string()];
+    args.extend(base_args(s.running.transports["ssh"].port(), &key));
     args.extend(
         [
             "-o",
@@ -107,4 +110,14 @@ async fn openssh_takes_the_cipher_tunneld_offers_and_says_so_when_none_fits() {
         .expect("ssh ends");
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("no matching cipher found"), "{out}");
+}
+
+/// The bench's ssh row asks for what `tunnelc setup --transport ssh` writes.
+#[test]
+fn the_bench_asks_for_the_setup_s_ciphers() {
+    let bench = include_str!("../../bench/src/openssh.rs");
+    assert!(
+        bench.contains(&format!("\"Ciphers={AES_FIRST_CIPHERS}\"")),
+        "bench/src/openssh.rs no longer passes AES_FIRST_CIPHERS"
+    );
 }

@@ -64,6 +64,21 @@ impl SshTransport {
     }
 }
 
+/// `ciphers` as russh's names: validated against `KNOWN_CIPHERS`, all of which russh (with
+/// ring) has (a unit test says so). Never empty: russh's own list if nothing is left.
+fn offered_ciphers(cfg: &Config) -> Vec<russh::cipher::Name> {
+    let names: Vec<_> = cfg
+        .ciphers
+        .iter()
+        .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
+        .collect();
+    debug_assert_eq!(names.len(), cfg.ciphers.len(), "an unvalidated cipher list");
+    if names.is_empty() {
+        return russh::Preferred::DEFAULT.cipher.to_vec();
+    }
+    names
+}
+
 fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
     RusshConfig {
         server_id: russh::SshId::Standard(
@@ -83,13 +98,7 @@ fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
         // Set on each accepted socket in `connection` (russh only sets it in its own loop).
         nodelay: true,
         preferred: russh::Preferred {
-            cipher: cfg
-                .ciphers
-                .iter()
-                // Validated against KNOWN_CIPHERS, all of which russh (with ring) has.
-                .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
-                .collect::<Vec<_>>()
-                .into(),
+            cipher: offered_ciphers(cfg).into(),
             ..russh::Preferred::DEFAULT
         },
         ..RusshConfig::default()
