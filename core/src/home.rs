@@ -1,5 +1,5 @@
 //! A session's home: the task that drives a session's multiplexer (native yamux and
-//! h2-reverse sessions at tunneld, yamux sessions at tunnelc) also runs the relays of its
+//! h2-reverse sessions at tunneld and at tunnelc) also runs the relays of its
 //! visitors while they carry small exchanges (requests and answers), so a request no longer
 //! hands work between a visitor's task and the session's. On h2-reverse, hyper's own task
 //! for the HTTP/2 connection runs there too (the link's executor sends it [`Home::run`]).

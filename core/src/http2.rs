@@ -159,7 +159,16 @@ impl H2Tuning {
         &self,
         keepalive: Duration,
     ) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        self.server_on(TokioExecutor::new(), keepalive)
+    }
+
+    /// [`Self::server`] whose connection runs its tasks (each stream's service) on `exec`.
+    pub fn server_on<E>(
+        &self,
+        exec: E,
+        keepalive: Duration,
+    ) -> hyper::server::conn::http2::Builder<E> {
+        let mut b = hyper::server::conn::http2::Builder::new(exec);
         b.timer(TokioTimer::new())
             .initial_stream_window_size(self.stream_window)
             .initial_connection_window_size(self.connection_window)

@@ -17,12 +17,13 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
+use tunneld_core::home::Home;
 use tunneld_core::http2::H2Tuning;
 use tunneld_core::http_forward::{boxed, coalesced, empty, full, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
-use tunneld_core::splice::{splice, SpliceCounters};
+use tunneld_core::splice::{splice, splice_until_bulk, SpliceCounters, Until};
 
 /// How to reach tunneld. The link's HTTP/2 settings follow from what tunneld announces
 /// ([`H2Tuning::tunnelc`]).
@@ -63,6 +64,8 @@ struct Ctx {
     limits: DataLimits,
     updates: mpsc::UnboundedSender<SessionNews>,
     streams: CancellationToken,
+    /// The session's task, where its streams run while they carry small exchanges.
+    home: Home,
 }
 
 fn answer(status: StatusCode, error: Option<&str>) -> Response<Body> {
@@ -96,12 +99,20 @@ impl ClientSession for Connected {
         let this = *self;
         let streams = CancellationToken::new();
         let _streams_guard = streams.clone().drop_guard();
+        // The connection, each stream's service (hyper's executor) and each CONNECT stream's
+        // relay run on this task, as over yamux: no hop between tasks per request. A relay
+        // that starts moving bulk data goes on a task of its own.
+        let (home, mut hearth) = tunneld_core::home::home();
+        let exec = crate::link::LinkExecutor {
+            home: Some(home.clone()),
+        };
         let ctx = Arc::new(Ctx {
             connector,
             pool: tunneld_core::keepalive_pool::LocalPool::new(),
             limits: this.limits,
             updates,
             streams,
+            home,
         });
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
@@ -109,14 +120,18 @@ impl ClientSession for Connected {
         });
         let conn = this
             .tuning
-            .server(this.keepalive)
+            .server_on(exec, this.keepalive)
             .serve_connection(TokioIo::new(this.io), svc);
+        // In this order: the connection, then the streams it just fed, in the same poll and
+        // with a budget of their own (as at tunneld).
         tokio::select! {
+            biased;
+            _ = stop.cancelled() => "stopped".to_string(),
             r = conn => match r {
                 Ok(()) => "tunneld closed the connection".to_string(),
                 Err(e) => format!("connection failed: {e}"),
             },
-            _ = stop.cancelled() => "stopped".to_string(),
+            _ = tokio::task::unconstrained(hearth.run()) => "the streams' relays ended".to_string(),
         }
     }
 }
@@ -142,26 +157,10 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
             Ok(l) => l,
             Err(refused) => return refused,
         };
-        let cancel = ctx.streams.clone();
-        tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "CONNECT stream never opened");
-                    return;
-                }
-            };
-            let mut tunnel = TokioIo::new(upgraded);
-            let mut local = local;
-            tokio::select! {
-                r = splice(&mut tunnel, &mut local, SpliceCounters::default()) => {
-                    if let Err(e) = r {
-                        tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error");
-                    }
-                }
-                _ = cancel.cancelled() => {}
-            }
-        });
+        let relay = relay(req, local, header, ctx.streams.clone());
+        if let Err(relay) = ctx.home.run(Box::pin(relay)) {
+            tokio::spawn(relay);
+        }
         return answer(StatusCode::OK, None);
     }
     // A request goes on a kept-alive connection to its service when one is idle.
@@ -182,6 +181,46 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     match ctx.pool.send_new(key.as_deref(), local, req, max).await {
         Ok(resp) => resp.map(coalesced),
         Err(e) => answer(StatusCode::BAD_GATEWAY, Some(&e.to_string())),
+    }
+}
+
+/// A CONNECT stream's bytes to and from `local`: at the session's home until bulk data flows,
+/// then on a task of its own until `cancel`.
+async fn relay(
+    req: Request<Incoming>,
+    mut local: tunneld_core::io::BoxIo,
+    header: StreamHeader,
+    cancel: CancellationToken,
+) {
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT stream never opened");
+            return;
+        }
+    };
+    let mut tunnel = TokioIo::new(upgraded);
+    let counters = SpliceCounters::default();
+    let ended = tokio::select! {
+        r = splice_until_bulk(&mut tunnel, &mut local, &counters) => r,
+        _ = cancel.cancelled() => return,
+    };
+    match ended {
+        Ok(Until::Ended(_)) => {}
+        Ok(Until::Bulk) => {
+            // Every byte read so far was written: the rest goes on elsewhere.
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = splice(&mut tunnel, &mut local, counters) => if let Err(e) = r {
+                        tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error");
+                    },
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+        Err(e) => {
+            tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error")
+        }
     }
 }
 
