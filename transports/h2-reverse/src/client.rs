@@ -99,9 +99,10 @@ impl ClientSession for Connected {
         let this = *self;
         let streams = CancellationToken::new();
         let _streams_guard = streams.clone().drop_guard();
-        // The connection, each stream's service (hyper's executor) and each CONNECT stream's
-        // relay run on this task, as over yamux: no hop between tasks per request. A relay
-        // that starts moving bulk data goes on a task of its own.
+        // The connection, each stream's service and CONNECT send pipe (hyper's executor) and
+        // each CONNECT stream's relay run on this task, as over yamux: no hop between tasks
+        // per request. A relay that starts moving bulk data goes on a task of its own; what
+        // it sends towards tunneld still passes through hyper's send pipe here.
         let (home, mut hearth) = tunneld_core::home::home();
         let exec = crate::link::LinkExecutor {
             home: Some(home.clone()),

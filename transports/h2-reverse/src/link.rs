@@ -42,8 +42,8 @@ pub const CONTROL_PATH: &str = "/.well-known/tunneld/control";
 pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
 
 /// hyper's executor for a link: its tasks (at tunneld the HTTP/2 connection's own, CONNECT
-/// upgrade pipes, request bodies; at tunnelc each stream's service) run at the session's
-/// home when it has one ([`tunneld_core::home`]; once the home is closed, and for 2ptth
+/// upgrade pipes, request bodies; at tunnelc each stream's service and each CONNECT
+/// stream's send pipe) run at the session's home when it has one ([`tunneld_core::home`]; once the home is closed, and for 2ptth
 /// links, on tasks of their own).
 #[derive(Clone, Debug, Default)]
 pub struct LinkExecutor {
