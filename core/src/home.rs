@@ -144,6 +144,19 @@ mod tests {
             .is_ok());
     }
 
+    /// A relay that counts once `go` is sent (or dropped).
+    fn waiting(home: &Home, done: &Arc<AtomicUsize>) -> tokio::sync::oneshot::Sender<()> {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let d = done.clone();
+        assert!(home
+            .run(Box::pin(async move {
+                let _ = wait.await;
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .is_ok());
+        go
+    }
+
     #[tokio::test]
     async fn a_relay_that_panics_ends_alone() {
         let (home, mut hearth) = home();
@@ -165,14 +178,7 @@ mod tests {
     async fn relays_run_on_the_task_that_polls_the_hearth_and_end_with_it() {
         let (home, mut hearth) = home();
         let done = Arc::new(AtomicUsize::new(0));
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let d = done.clone();
-        assert!(home
-            .run(Box::pin(async move {
-                let _ = go_rx.await;
-                d.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_ok());
+        let go_tx = waiting(&home, &done);
         counting(&home, &done);
         // One poll takes both, finishes the ready one and keeps the waiting one.
         poll_once(&mut hearth).await;
@@ -203,14 +209,7 @@ mod tests {
     async fn a_finishing_hearth_ends_its_relays_then_closes_the_home() {
         let (home, hearth) = home();
         let done = Arc::new(AtomicUsize::new(0));
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let d = done.clone();
-        assert!(home
-            .run(Box::pin(async move {
-                let _ = go_rx.await;
-                d.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_ok());
+        let go_tx = waiting(&home, &done);
         let finishing = tokio::spawn(hearth.finish());
         let _ = go_tx.send(());
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), finishing).await;

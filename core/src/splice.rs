@@ -167,6 +167,41 @@ where
     }
 }
 
+/// Splices `a` and `b` on the calling task (a session's home) while they carry small
+/// exchanges; once bulk data flows, the rest goes on a task of its own until `cancel`
+/// (tunnelc's streams over yamux and h2-reverse). `on_error` hears of an error either way.
+pub async fn splice_at_home<A, B, E>(
+    mut a: A,
+    mut b: B,
+    cancel: tokio_util::sync::CancellationToken,
+    on_error: E,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: FnOnce(io::Error) + Send + 'static,
+{
+    let counters = SpliceCounters::default();
+    let until = tokio::select! {
+        r = splice_until_bulk(&mut a, &mut b, &counters) => r,
+        _ = cancel.cancelled() => return,
+    };
+    match until {
+        Ok(Until::Ended(_)) => {}
+        // Every byte read so far was written: the rest goes on elsewhere.
+        Ok(Until::Bulk) => {
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = splice(&mut a, &mut b, counters) => if let Err(e) = r {
+                        on_error(e);
+                    },
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+        Err(e) => on_error(e),
+    }
+}
+
 /// How [`splice_until_bulk`] stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {

@@ -23,7 +23,7 @@ use tunneld_core::http_forward::{boxed, coalesced, empty, full, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
-use tunneld_core::splice::{splice, splice_until_bulk, SpliceCounters, Until};
+use tunneld_core::splice::splice_at_home;
 
 /// How to reach tunneld. The link's HTTP/2 settings follow from what tunneld announces
 /// ([`H2Tuning::tunnelc`]).
@@ -189,7 +189,7 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
 /// then on a task of its own until `cancel`.
 async fn relay(
     req: Request<Incoming>,
-    mut local: tunneld_core::io::BoxIo,
+    local: tunneld_core::io::BoxIo,
     header: StreamHeader,
     cancel: CancellationToken,
 ) {
@@ -200,29 +200,10 @@ async fn relay(
             return;
         }
     };
-    let mut tunnel = TokioIo::new(upgraded);
-    let counters = SpliceCounters::default();
-    let ended = tokio::select! {
-        r = splice_until_bulk(&mut tunnel, &mut local, &counters) => r,
-        _ = cancel.cancelled() => return,
-    };
-    match ended {
-        Ok(Until::Ended(_)) => {}
-        Ok(Until::Bulk) => {
-            // Every byte read so far was written: the rest goes on elsewhere.
-            tokio::spawn(async move {
-                tokio::select! {
-                    r = splice(&mut tunnel, &mut local, counters) => if let Err(e) = r {
-                        tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error");
-                    },
-                    _ = cancel.cancelled() => {}
-                }
-            });
-        }
-        Err(e) => {
-            tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error")
-        }
-    }
+    splice_at_home(TokioIo::new(upgraded), local, cancel, move |e| {
+        tracing::debug!(tunnel = %header.tunnel, error = %e, "stream ended with an error");
+    })
+    .await;
 }
 
 /// A new connection to the local service of `header`, or the 502 that says why not.

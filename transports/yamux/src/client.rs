@@ -14,7 +14,7 @@ pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::futures_io::FuturesIoExt;
 use tunneld_core::proto::{read_frame, write_frame, Control, Hello, StreamReply, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
-use tunneld_core::splice::{splice, splice_until_bulk, SpliceCounters, Until};
+use tunneld_core::splice::splice_at_home;
 use yamux::Mode;
 
 /// How to reach tunneld.
@@ -140,31 +140,17 @@ where
             }
         };
     match connector.connect(&header).await {
-        Ok(mut local) => {
+        Ok(local) => {
             if write_frame(&mut io, &StreamReply { error: None })
                 .await
                 .is_err()
             {
                 return;
             }
-            let counters = SpliceCounters::default();
-            match splice_until_bulk(&mut io, &mut local, &counters).await {
-                Ok(Until::Ended(_)) => {}
-                Ok(Until::Bulk) => {
-                    // Every byte read so far was written: the rest goes on elsewhere.
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            r = splice(&mut io, &mut local, counters) => if let Err(e) = r {
-                                tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
-                            },
-                            _ = cancel.cancelled() => {}
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
-                }
-            }
+            splice_at_home(io, local, cancel, move |e| {
+                tracing::debug!(tunnel = %header.tunnel, visitor = %header.visitor, error = %e, "stream ended with an error");
+            })
+            .await;
         }
         Err(e) => {
             let reason = e.to_string();
