@@ -3,16 +3,23 @@
 //! russh refills a channel's SSH window as soon as data arrives, not when it is read, and
 //! hands the data to a bounded queue per channel; a visitor that stops reading would fill its
 //! queue and then block the connection's whole reader, freezing every other forward of the
-//! same client. So each channel's data is drained at once by a pump into a backlog of its
-//! own, and a visitor whose backlog passes `max_backlog` (or whose session's backlogs
-//! together pass `max_session_backlog`) is cut instead: its neighbours keep flowing.
+//! same client. So each channel's queue is drained at once into a backlog of its own, and a
+//! visitor whose backlog passes `max_backlog` (or whose session's backlogs together pass
+//! `max_session_backlog`) is cut instead: its neighbours keep flowing.
+//!
+//! The session's own task drains the queues: russh calls the handler after each message it
+//! queues for a channel (data, EOF, close, window adjust, requests), and the handler drains
+//! that channel's queue there and then ([`Pumps::drain`]). No task of its own per channel
+//! sits between the session and the visitor's relay: one wake-up less for each chunk of a
+//! response.
 
 use bytes::Bytes;
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelId, ChannelMsg};
-use std::collections::VecDeque;
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -51,6 +58,83 @@ impl BacklogBudget {
     }
 }
 
+/// What draining a channel's queue found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Still open.
+    Open,
+    /// The visitor was cut just now: close its channel.
+    Cut,
+    /// The channel is closed (or its session gone): nothing more will come.
+    Closed,
+}
+
+/// The forwarded channels of one SSH session, by id, with the session's backlog budget.
+pub(crate) struct Pumps {
+    pub(crate) budget: Arc<BacklogBudget>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<ChannelId, Arc<Backlog>>,
+    /// The session is over: channels opened from now on end at once.
+    ended: bool,
+}
+
+impl Pumps {
+    pub(crate) fn new(budget: Arc<BacklogBudget>) -> Arc<Self> {
+        Arc::new(Self {
+            budget,
+            table: Mutex::new(Table::default()),
+        })
+    }
+
+    /// Drains channel `id`'s queue into its backlog (called by the session's handler after
+    /// russh queued something for it); ids that are not forwarded channels are ignored.
+    pub(crate) fn drain(&self, id: ChannelId) -> Drained {
+        let Some(b) = lock(&self.table).by_id.get(&id).cloned() else {
+            return Drained::Open;
+        };
+        let d = b.drain();
+        if d == Drained::Closed {
+            self.forget(id);
+        }
+        d
+    }
+
+    /// The session ended: every channel's reader sees its end.
+    pub(crate) fn end(&self) {
+        let all = {
+            let mut t = lock(&self.table);
+            t.ended = true;
+            std::mem::take(&mut t.by_id)
+        };
+        for b in all.values() {
+            b.end();
+        }
+    }
+
+    fn forget(&self, id: ChannelId) {
+        lock(&self.table).by_id.remove(&id);
+    }
+
+    /// Takes a channel in: from now on the session's handler drains it; what came before
+    /// is drained here.
+    fn register(&self, id: ChannelId, b: &Arc<Backlog>) -> Drained {
+        {
+            let mut t = lock(&self.table);
+            if t.ended {
+                drop(t);
+                b.end();
+                return Drained::Closed;
+            }
+            t.by_id.insert(id, b.clone());
+        }
+        self.drain(id)
+    }
+}
+
 #[derive(Default)]
 struct State {
     chunks: VecDeque<Bytes>,
@@ -59,6 +143,8 @@ struct State {
     /// Why the channel was cut (its reader gets this error).
     cut: Option<&'static str>,
     waker: Option<Waker>,
+    /// russh's queue for the channel, until it closes.
+    queue: Option<ChannelReadHalf>,
 }
 
 struct Backlog {
@@ -66,10 +152,48 @@ struct Backlog {
     budget: Arc<BacklogBudget>,
 }
 
+/// The next message already in `queue`, without waiting: `Ready(None)` once it is closed.
+fn next_now(queue: &mut ChannelReadHalf) -> Poll<Option<ChannelMsg>> {
+    // Unconstrained: the session's task may have spent its cooperative budget, and a
+    // message left behind here would wait for the channel's next one.
+    let next = pin!(tokio::task::unconstrained(queue.wait()));
+    next.poll(&mut Context::from_waker(Waker::noop()))
+}
+
 impl Backlog {
-    /// Takes one chunk; false when the channel is (now) cut.
-    fn push(&self, data: Bytes) -> bool {
+    /// Moves every message waiting in the channel's queue into the backlog.
+    fn drain(&self) -> Drained {
         let mut s = lock(&self.state);
+        let mut cut = false;
+        loop {
+            let Some(queue) = s.queue.as_mut() else {
+                return Drained::Closed;
+            };
+            match next_now(queue) {
+                Poll::Pending => break,
+                Poll::Ready(Some(ChannelMsg::Data { data })) => {
+                    if s.cut.is_none() && !self.push(&mut s, data) {
+                        cut = true;
+                    }
+                }
+                Poll::Ready(Some(ChannelMsg::Eof)) => finish(&mut s),
+                Poll::Ready(Some(ChannelMsg::Close)) | Poll::Ready(None) => {
+                    s.queue = None;
+                    finish(&mut s);
+                    return Drained::Closed;
+                }
+                Poll::Ready(Some(_)) => {}
+            }
+        }
+        if cut {
+            Drained::Cut
+        } else {
+            Drained::Open
+        }
+    }
+
+    /// Takes one chunk; false when the channel is (now) cut.
+    fn push(&self, s: &mut State, data: Bytes) -> bool {
         if s.cut.is_some() {
             return false;
         }
@@ -89,21 +213,22 @@ impl Backlog {
                 .with_label_values(&[&self.budget.transport, why])
                 .inc();
             s.cut = Some(why);
-            self.release(&mut s);
-            wake(&mut s);
+            self.release(s);
+            wake(s);
             return false;
         }
         s.bytes += len;
         self.budget.held.fetch_add(len, Ordering::Relaxed);
         s.chunks.push_back(data);
-        wake(&mut s);
+        wake(s);
         true
     }
 
-    fn finish(&self) {
+    /// No more will come: the reader sees EOF once the backlog is read.
+    fn end(&self) {
         let mut s = lock(&self.state);
-        s.eof = true;
-        wake(&mut s);
+        s.queue = None;
+        finish(&mut s);
     }
 
     /// Gives the held bytes back to the session's budget and drops them.
@@ -112,6 +237,11 @@ impl Backlog {
         s.bytes = 0;
         s.chunks.clear();
     }
+}
+
+fn finish(s: &mut State) {
+    s.eof = true;
+    wake(s);
 }
 
 fn wake(s: &mut State) {
@@ -124,44 +254,43 @@ fn wake(s: &mut State) {
 /// shutdown), and closes the channel when dropped.
 pub(crate) struct ChannelIo {
     backlog: Arc<Backlog>,
+    pumps: Arc<Pumps>,
     writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     handle: Handle,
     id: ChannelId,
 }
 
 impl ChannelIo {
-    /// Splits `channel` and starts its pump.
-    pub(crate) fn start(channel: Channel<Msg>, handle: Handle, budget: Arc<BacklogBudget>) -> Self {
+    /// Splits `channel` and hands its queue to the session's pumps.
+    pub(crate) fn start(channel: Channel<Msg>, handle: Handle, pumps: Arc<Pumps>) -> Self {
         let id = channel.id();
-        let (mut read, write) = channel.split();
+        let (queue, write) = channel.split();
         let backlog = Arc::new(Backlog {
-            state: Mutex::new(State::default()),
-            budget,
+            state: Mutex::new(State {
+                queue: Some(queue),
+                ..State::default()
+            }),
+            budget: pumps.budget.clone(),
         });
-        let pump = backlog.clone();
-        let closer = handle.clone();
-        tokio::spawn(async move {
-            let mut open = true;
-            while let Some(msg) = read.wait().await {
-                match msg {
-                    // Cut: close it, and keep draining until russh lets go of it.
-                    ChannelMsg::Data { data } if open && !pump.push(data.clone()) => {
-                        open = false;
-                        let _ = closer.close(id).await;
-                    }
-                    ChannelMsg::Eof => pump.finish(),
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            pump.finish();
-        });
+        if pumps.register(id, &backlog) == Drained::Cut {
+            close_later(handle.clone(), id);
+        }
         Self {
             backlog,
+            pumps,
             writer: Box::pin(write.make_writer()),
             handle,
             id,
         }
+    }
+}
+
+/// Closes channel `id` from a task of its own (a drop or a cut cannot wait for the session).
+fn close_later(handle: Handle, id: ChannelId) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = handle.close(id).await;
+        });
     }
 }
 
@@ -171,13 +300,11 @@ impl Drop for ChannelIo {
             let mut s = lock(&self.backlog.state);
             self.backlog.release(&mut s);
             s.eof = true;
+            // russh's sends to a dropped queue fail at once instead of filling it.
+            s.queue = None;
         }
-        let (handle, id) = (self.handle.clone(), self.id);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = handle.close(id).await;
-            });
-        }
+        self.pumps.forget(self.id);
+        close_later(self.handle.clone(), self.id);
     }
 }
 
@@ -253,16 +380,22 @@ mod tests {
         }
     }
 
+    impl Backlog {
+        fn take(&self, data: Bytes) -> bool {
+            self.push(&mut lock(&self.state), data)
+        }
+    }
+
     #[test]
     fn a_visitor_over_its_cap_is_cut_and_gives_its_bytes_back() {
         let b = budget(100, 1000);
         let v = backlog(&b);
-        assert!(v.push(Bytes::from(vec![0u8; 60])));
+        assert!(v.take(Bytes::from(vec![0u8; 60])));
         assert_eq!(b.held(), 60);
-        assert!(!v.push(Bytes::from(vec![0u8; 60])), "over 100: cut");
+        assert!(!v.take(Bytes::from(vec![0u8; 60])), "over 100: cut");
         assert_eq!(b.held(), 0);
         assert_eq!(lock(&v.state).cut, Some("visitor"));
-        assert!(!v.push(Bytes::from_static(b"x")), "stays cut");
+        assert!(!v.take(Bytes::from_static(b"x")), "stays cut");
         assert_eq!(b.cuts.with_label_values(&["t", "visitor"]).get(), 1);
     }
 
@@ -270,12 +403,12 @@ mod tests {
     fn the_session_cap_cuts_the_visitor_holding_much_but_not_a_small_one() {
         let b = budget(100, 150);
         let (big, small) = (backlog(&b), backlog(&b));
-        assert!(big.push(Bytes::from(vec![0u8; 90])));
-        assert!(small.push(Bytes::from(vec![0u8; 5])));
-        assert!(big.push(Bytes::from(vec![0u8; 5])));
+        assert!(big.take(Bytes::from(vec![0u8; 90])));
+        assert!(small.take(Bytes::from(vec![0u8; 5])));
+        assert!(big.take(Bytes::from(vec![0u8; 5])));
         // 100 held: small's next chunk passes the session cap, but it holds little.
-        assert!(small.push(Bytes::from(vec![0u8; 50])));
-        assert!(!big.push(Bytes::from(vec![0u8; 4])), "the big one is cut");
+        assert!(small.take(Bytes::from(vec![0u8; 50])));
+        assert!(!big.take(Bytes::from(vec![0u8; 4])), "the big one is cut");
         assert_eq!(lock(&big.state).cut, Some("session"));
         assert_eq!(b.held(), 55);
     }

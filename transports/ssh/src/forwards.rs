@@ -3,7 +3,7 @@
 //! `forwarded-tcpip` channel naming the forward exactly as the client asked for it (OpenSSH
 //! matches the channel to its `-R` by that address and port).
 
-use crate::channel_io::{BacklogBudget, ChannelIo};
+use crate::channel_io::{ChannelIo, Pumps};
 use async_trait::async_trait;
 use russh::server::Handle;
 use std::collections::HashMap;
@@ -119,7 +119,7 @@ impl Forwards {
 pub(crate) struct SshOpener {
     pub(crate) handle: OnceLock<Handle>,
     pub(crate) forwards: Arc<Forwards>,
-    pub(crate) backlog: Arc<BacklogBudget>,
+    pub(crate) pumps: Arc<Pumps>,
 }
 
 /// The address a probe channel names: no client forwards it, so a live client answers at
@@ -146,7 +146,7 @@ impl OpenStream for SshOpener {
             Ok(Ok(channel)) => Ok(Box::new(ChannelIo::start(
                 channel,
                 handle.clone(),
-                self.backlog.clone(),
+                self.pumps.clone(),
             ))),
             Ok(Err(russh::Error::ChannelOpenFailure(why))) => Err(OpenError::LocalRefused(
                 format!("the SSH client refused the channel ({why:?})"),

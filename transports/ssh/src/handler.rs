@@ -3,11 +3,12 @@
 //! (commands, shells, sftp, local forwards, agent and X11 forwarding) is refused; a shell or
 //! `-t` request gets the public URLs printed instead, and `-N` stays quiet.
 
+use crate::channel_io::{Drained, Pumps};
 use crate::forwards::{Forwards, SshOpener};
 use crate::metrics::SshMetrics;
 use russh::keys::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Sig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,8 @@ pub(crate) struct Conn {
     pub(crate) max_forwards: usize,
     pub(crate) opener: Arc<SshOpener>,
     pub(crate) forwards: Arc<Forwards>,
+    /// The forwarded channels' queues, drained by the callbacks below.
+    pub(crate) pumps: Arc<Pumps>,
     /// Cancelled once the client is authenticated and admitted (ends the handshake deadline).
     pub(crate) admitted: CancellationToken,
     pub(crate) grant: Option<KeyGrant>,
@@ -37,7 +40,21 @@ pub(crate) struct Conn {
     pub(crate) shells: Vec<ChannelId>,
 }
 
+impl Drop for Conn {
+    /// The session is over: each visitor's reader sees the end of its channel.
+    fn drop(&mut self) {
+        self.pumps.end();
+    }
+}
+
 impl Conn {
+    /// Drains a forwarded channel's queue: russh has just queued something for it.
+    fn pump(&self, channel: ChannelId, session: &mut Session) {
+        if self.pumps.drain(channel) == Drained::Cut {
+            let _ = session.close(channel);
+        }
+    }
+
     fn count_auth(&self, outcome: &str) {
         self.metrics
             .auth_total
@@ -207,8 +224,9 @@ impl russh::server::Handler for Conn {
     async fn channel_close(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         self.session_channels.retain(|c| *c != channel);
         self.shells.retain(|c| *c != channel);
         Ok(())
@@ -226,6 +244,7 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         session.channel_success(channel)
     }
 
@@ -234,6 +253,7 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         session.channel_success(channel)?;
         self.shells.push(channel);
         let text = format!(
@@ -250,6 +270,7 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         if self.shells.contains(&channel) && data.iter().any(|b| matches!(b, 3 | 4 | b'q')) {
             self.shells.retain(|c| *c != channel);
             let _ = session.exit_status_request(channel, 0);
@@ -265,6 +286,7 @@ impl russh::server::Handler for Conn {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         self.refuse("exec");
         let _ = session.extended_data(
             channel,
@@ -280,6 +302,7 @@ impl russh::server::Handler for Conn {
         _name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         self.refuse("subsystem");
         session.channel_failure(channel)
     }
@@ -294,17 +317,83 @@ impl russh::server::Handler for Conn {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
         self.refuse("x11");
         session.channel_failure(channel)
     }
 
     async fn agent_request(
         &mut self,
-        _channel: ChannelId,
-        _session: &mut Session,
+        channel: ChannelId,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        self.pump(channel, session);
         self.refuse("agent");
         Ok(false)
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
+    }
+
+    async fn window_adjusted(
+        &mut self,
+        channel: ChannelId,
+        _new_size: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col: u32,
+        _row: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pump(channel, session);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,7 @@
 //! tunneld side of the ssh transport: the listener, the per-connection handshake deadline,
 //! and the russh server configuration.
 
-use crate::channel_io::BacklogBudget;
+use crate::channel_io::{BacklogBudget, Pumps};
 use crate::config::Config;
 use crate::forwards::{Forwards, SshOpener};
 use crate::handler::Conn;
@@ -148,15 +148,16 @@ impl SshTransport {
         set_keepalive(&tcp);
         let admitted = CancellationToken::new();
         let forwards = Arc::new(Forwards::default());
+        let pumps = Pumps::new(BacklogBudget::new(
+            self.cfg.max_backlog,
+            self.cfg.max_session_backlog,
+            self.metrics.backlog_cuts_total.clone(),
+            cx.name.clone(),
+        ));
         let opener = Arc::new(SshOpener {
             handle: OnceLock::new(),
             forwards: forwards.clone(),
-            backlog: BacklogBudget::new(
-                self.cfg.max_backlog,
-                self.cfg.max_session_backlog,
-                self.metrics.backlog_cuts_total.clone(),
-                cx.name.clone(),
-            ),
+            pumps: pumps.clone(),
         });
         let conn = Conn {
             cx: cx.clone(),
@@ -166,6 +167,7 @@ impl SshTransport {
             max_forwards: self.cfg.max_forwards,
             opener,
             forwards,
+            pumps,
             admitted: admitted.clone(),
             grant: None,
             guard: None,
