@@ -98,7 +98,7 @@ impl Pumps {
         };
         let d = b.drain();
         if d == Drained::Closed {
-            self.forget(id);
+            self.forget(id, &b);
         }
         d
     }
@@ -115,8 +115,12 @@ impl Pumps {
         }
     }
 
-    fn forget(&self, id: ChannelId) {
-        lock(&self.table).by_id.remove(&id);
+    /// Drops channel `id`'s entry, if it is still `b`'s (ids are reused after they wrap).
+    fn forget(&self, id: ChannelId, b: &Arc<Backlog>) {
+        let mut t = lock(&self.table);
+        if t.by_id.get(&id).is_some_and(|held| Arc::ptr_eq(held, b)) {
+            t.by_id.remove(&id);
+        }
     }
 
     /// Takes a channel in: from now on the session's handler drains it; what came before
@@ -224,8 +228,10 @@ impl Backlog {
         true
     }
 
-    /// No more will come: the reader sees EOF once the backlog is read.
+    /// No more will come: what is already queued is taken, then the reader sees EOF once
+    /// the backlog is read.
     fn end(&self) {
+        let _ = self.drain();
         let mut s = lock(&self.state);
         s.queue = None;
         finish(&mut s);
@@ -303,7 +309,7 @@ impl Drop for ChannelIo {
             // russh's sends to a dropped queue fail at once instead of filling it.
             s.queue = None;
         }
-        self.pumps.forget(self.id);
+        self.pumps.forget(self.id, &self.backlog);
         close_later(self.handle.clone(), self.id);
     }
 }

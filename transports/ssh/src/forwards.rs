@@ -165,7 +165,10 @@ impl OpenStream for SshOpener {
         let open = handle.channel_open_forwarded_tcpip(PROBE_ADDRESS, 1, "127.0.0.1", 1);
         match tokio::time::timeout(deadline, open).await {
             Ok(Ok(channel)) => {
-                let _ = channel.close().await;
+                // Its queue is dropped first: nothing the client sends on it can fill it.
+                let (queue, write) = channel.split();
+                drop(queue);
+                let _ = write.close().await;
                 true
             }
             Ok(Err(russh::Error::ChannelOpenFailure(_))) => true,
