@@ -20,6 +20,7 @@ mod rendezvous;
 mod report;
 mod service;
 mod systems;
+mod transport_turns;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -61,11 +62,12 @@ struct Cli {
     crowd: Option<usize>,
     /// Only these systems (comma-separated: direct, relays, rathole-tls, rathole-tcp, bore,
     /// tunneld-yamux, tunneld-h2, tunneld-ws, tunneld-connect-named, tunneld-connect-parked,
-    /// tunneld-yamux-cluster, tunneld-ssh, https, crowd, pairs).
+    /// tunneld-yamux-cluster, tunneld-ssh, https, crowd, pairs, transport-turns).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds of the alternated pairs (tunneld yamux+tls and rathole tls, HTTPS over yamux
-    /// and nginx with one worker, measured by turns; default 5, 1 in smoke mode; 0: none).
+    /// and nginx with one worker, and the transports to ports against each other, measured
+    /// by turns; default 5, 1 in smoke mode; 0: none).
     #[arg(long)]
     rounds: Option<usize>,
     /// Where results.md and results.json go.
@@ -338,9 +340,11 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         Vec::new()
     };
-    let pairs = match cli.rounds.unwrap_or(if cli.smoke { 1 } else { 5 }) {
+    let rounds = cli.rounds.unwrap_or(if cli.smoke { 1 } else { 5 });
+    let wanted = |kind: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == kind);
+    let mut pairs = match rounds {
         0 => Vec::new(),
-        _ if !cli.only.is_empty() && !cli.only.iter().any(|o| o == "pairs") => Vec::new(),
+        _ if !wanted("pairs") => Vec::new(),
         rounds => {
             let rathole = rathole.as_deref();
             pairs::rows(
@@ -349,6 +353,10 @@ async fn run(cli: Cli) -> Result<()> {
             .await?
         }
     };
+    if rounds > 0 && wanted("transport-turns") {
+        let ssh = ssh_missing.is_none();
+        pairs.extend(transport_turns::rows(&bins, svc.addr, &work, &settings, rounds, ssh).await?);
+    }
     let report = Report {
         machine: machine(),
         settings: format!(

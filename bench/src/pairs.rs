@@ -25,7 +25,7 @@ pub struct PairRow {
     pub median: f64,
 }
 
-fn row(subject: &str, baseline: &str, figure: &str, ratios: Vec<f64>) -> PairRow {
+pub(crate) fn row(subject: &str, baseline: &str, figure: &str, ratios: Vec<f64>) -> PairRow {
     PairRow {
         subject: subject.into(),
         baseline: baseline.into(),
@@ -36,7 +36,7 @@ fn row(subject: &str, baseline: &str, figure: &str, ratios: Vec<f64>) -> PairRow
 }
 
 /// `a / b`, when both were measured.
-fn over(a: f64, b: f64) -> Option<f64> {
+pub(crate) fn over(a: f64, b: f64) -> Option<f64> {
     (a > 0.0 && b > 0.0).then(|| a / b)
 }
 

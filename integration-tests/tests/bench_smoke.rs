@@ -2,8 +2,8 @@
 //! system it knows without peers (tunneld over yamux, h2-reverse and websocket to ports,
 //! CONNECT through the rendezvous frontend to a named tunnel and to a parked connection),
 //! measure each, hold a crowd of idle visitors through one tunnelc per multiplexing
-//! transport, measure the targeted ratios by turns (alternated pairs), and write a table and
-//! a JSON file. The
+//! transport, measure the targeted ratios by turns (alternated pairs, and the transports to
+//! ports against each other), and write a table and a JSON file. The
 //! `tunneld ssh (OpenSSH -R)` row needs the OpenSSH client: without it the runner leaves the
 //! row out with a note (and under CI, which installs it, the test fails).
 
@@ -188,10 +188,28 @@ fn bench_runner_smoke_mode_measures_every_system() {
             (nginx, "HTTPS HTTP/2 CPU a request (lower is better)"),
         ]);
     }
+    // The transports to ports by turns: each over yamux+tls, then the spread.
+    let turns = |figure: &'static str| {
+        let mut rows = vec![("tunneld yamux+tls", figure), ("tunneld yamux+tls", figure)];
+        if ssh {
+            rows.push(("tunneld yamux+tls", figure));
+        }
+        rows
+    };
+    for (figure, spread) in [
+        ("throughput", "throughput (target ≤ 1.5)"),
+        ("download throughput", "download throughput (target ≤ 1.5)"),
+        ("HTTP req/s", "HTTP req/s (target ≤ 1.5)"),
+    ] {
+        expected.extend(turns(figure));
+        expected.push(("the worst transport", spread));
+    }
     assert_eq!(figures, expected, "{table}");
     // The rates and latency (a one-second smoke run may count no CPU clock tick, which
     // leaves the CPU pairs without a round).
-    for p in &pairs[..if h2load { 6 } else { 4 }] {
+    let https = if h2load { 4 } else { 0 };
+    let rates = (0..4 + https / 2).chain(4 + https..pairs.len());
+    for p in rates.map(|i| &pairs[i]) {
         assert!(p["subject"].as_str().is_some(), "{p}");
         let ratios = p["ratios"].as_array().expect("ratios");
         assert_eq!(ratios.len(), 1, "one round: {p}");
