@@ -1,8 +1,8 @@
 //! Transport `ssh` driven by the real OpenSSH client: `ssh -R 0:...` (a free port),
 //! `ssh -R PORT:...`, `ssh -R name:80:...` through the https frontend (HTTP/1.1 and HTTP/2 with
 //! curl), `-R name:443:...` passed through by SNI, 64 MiB each way, 200 concurrent visitors,
-//! a killed ssh reclaiming its port, and the refusals: unknown keys, commands, local forwards,
-//! a forward outside the client's ports.
+//! a killed ssh reclaiming its port, a service that speaks first to 200 visitors, and
+//! the refusals: unknown keys, commands, local forwards, a forward outside the client's ports.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -379,4 +379,68 @@ async fn silent_and_garbage_connections_are_closed_within_the_handshake_deadline
         .expect("banner in time")
         .expect("banner");
     assert_eq!(&first, b"SSH-2.0-");
+}
+
+/// A service that speaks first (a banner, then it waits for the visitor), as SMTP or SSH
+/// servers do: OpenSSH sends the banner right after it confirms the channel, so it can reach
+/// tunneld before tunneld has taken the new channel's queue in, and nothing else comes on
+/// that channel until the visitor answers. Every one of 200 visitors at once gets the whole
+/// banner before it writes anything, then its answer's reply and the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_speaks_first_reaches_each_visitor_before_it_writes() {
+    if !peer_or_skip("ssh", "ssh speaks first") {
+        return;
+    }
+    const BANNER: usize = 20_000;
+    let banner = pattern(BANNER, 11);
+    let service = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let local = service.local_addr().expect("addr");
+    let served = banner.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = service.accept().await {
+            let banner = served.clone();
+            tokio::spawn(async move {
+                let mut bye = [0u8; 3];
+                if c.write_all(&banner).await.is_ok() && c.read_exact(&mut bye).await.is_ok() {
+                    let _ = c.write_all(b"ok").await;
+                }
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    let dir = temp_dir("ssh-first");
+    let (key, public) = keygen(&dir, "alice", "ed25519").expect("keygen");
+    let s = server(&[&public], &[]).await.expect("server");
+    let mut ssh = forward(&s, &key, &format!("0:{local}"));
+    let ep = SocketAddr::from(([127, 0, 0, 1], ssh.allocated_port().await.expect("port")));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        tasks.spawn(async move {
+            let mut got = vec![0u8; BANNER];
+            let mut c = TcpStream::connect(ep).await?;
+            tokio::time::timeout(WAIT, c.read_exact(&mut got)).await??;
+            c.write_all(b"bye").await?;
+            let mut end = Vec::new();
+            tokio::time::timeout(WAIT, c.read_to_end(&mut end)).await??;
+            anyhow::ensure!(end == b"ok", "after the banner: {end:?}");
+            anyhow::Ok(got)
+        });
+    }
+    let mut bad = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(got) if got == banner => {}
+            Ok(_) => bad.push("the banner differs".into()),
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of 200 visitors: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    drop(ssh);
 }
