@@ -96,9 +96,14 @@ impl Pumps {
         let Some(b) = lock(&self.table).by_id.get(&id).cloned() else {
             return Drained::Open;
         };
+        self.drain_held(id, &b)
+    }
+
+    /// Drains `b`, channel `id`'s backlog, and forgets it once the channel closed.
+    fn drain_held(&self, id: ChannelId, b: &Arc<Backlog>) -> Drained {
         let d = b.drain();
         if d == Drained::Closed {
-            self.forget(id, &b);
+            self.forget(id, b);
         }
         d
     }
@@ -135,7 +140,7 @@ impl Pumps {
             }
             t.by_id.insert(id, b.clone());
         }
-        self.drain(id)
+        self.drain_held(id, b)
     }
 }
 
