@@ -246,7 +246,9 @@ async fn serve_visitor(
     timeout: Duration,
     id: &str,
 ) {
-    let mut service = match tokio::time::timeout(timeout, TcpStream::connect(local)).await {
+    // Boxed, only while it runs: inline, it would size this visitor's task for its life.
+    let connecting = Box::pin(tokio::time::timeout(timeout, TcpStream::connect(local)));
+    let mut service = match connecting.await {
         Ok(Ok(s)) => s,
         failed => {
             let detail = match failed {
@@ -269,6 +271,8 @@ async fn serve_visitor(
     if service.write_all(&first).await.is_err() {
         return;
     }
+    // Not held while the visitor is spliced.
+    drop(first);
     if let Err(e) = splice(&mut visitor, &mut service, SpliceCounters::default()).await {
         tracing::debug!(%id, error = %e, "rendezvous visitor ended with an error");
     }

@@ -212,7 +212,13 @@ async fn handshake<F, Fut>(
         .await;
         return;
     };
-    let failure = match tokio::time::timeout(spec.handshake_timeout.get(), tls.accept(tcp)).await {
+    // Boxed, only while it runs: inline, the handshake (rustls's connection and the socket)
+    // would size the connection's task for its life, besides the handler's own state.
+    let accepting = Box::pin(tokio::time::timeout(
+        spec.handshake_timeout.get(),
+        tls.accept(tcp),
+    ));
+    let failure = match accepting.await {
         Ok(Ok(tls)) => {
             let cert_cn = tls
                 .get_ref()

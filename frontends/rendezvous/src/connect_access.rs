@@ -112,17 +112,20 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
-    let Some(host) = target(inner, &mut io, &head).await else {
+    // The steps before the splice run boxed, each only while it runs: inline, the largest
+    // of them would size this visitor's task for as long as it is spliced.
+    let Some(host) = Box::pin(target(inner, &mut io, &head)).await else {
         return;
     };
-    if !authorize(inner, &mut io, &head, &host, peer).await {
+    if !Box::pin(authorize(inner, &mut io, &head, &host, peer)).await {
         return;
     }
+    drop(head);
     let started = Instant::now();
-    let Some(mut stream) = route(inner, &mut io, &host, peer, local).await else {
+    let Some(mut stream) = Box::pin(route(inner, &mut io, &host, peer, local)).await else {
         return;
     };
-    splice(inner, &mut io, &mut stream, &surplus, &host, started).await;
+    splice(inner, &mut io, &mut stream, surplus, &host, started).await;
 }
 
 /// The tunnel name of the CONNECT target, or `None` once the target is refused.
@@ -306,7 +309,7 @@ async fn splice(
     inner: &Inner,
     io: &mut BoxIo,
     stream: &mut BoxIo,
-    surplus: &[u8],
+    surplus: Vec<u8>,
     host: &str,
     started: Instant,
 ) {
@@ -326,9 +329,11 @@ async fn splice(
         return;
     }
     outcome(inner, "ok");
-    if !surplus.is_empty() && stream.write_all(surplus).await.is_err() {
+    if !surplus.is_empty() && stream.write_all(&surplus).await.is_err() {
         return;
     }
+    // Not held while the visitor is spliced.
+    drop(surplus);
     let active = m.streams_active.with_label_values(&[&inner.name]);
     active.inc();
     let counters = SpliceCounters {

@@ -203,15 +203,18 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
     // Held from the first visitor request on: the drain waits for visitors, not for
     // parked hidden servers.
     let mut visiting = None;
+    // Every step but the splice runs boxed, each only while it runs: a connection's task is
+    // as large as its largest step, for as long as the connection lives, and a visitor is
+    // spliced for the rest of its life.
     loop {
-        let Some(head) = read_request(&inner, &mut io, &mut buf).await else {
+        let Some(head) = Box::pin(read_request(&inner, &mut io, &mut buf)).await else {
             return;
         };
         let parking = head.method.eq_ignore_ascii_case("CONNECT")
             && park::parse_target(&head.target).is_some();
         if !parking && visiting.is_none() {
             if cx.shutdown.is_cancelled() {
-                refuse_draining(&inner, &mut io).await;
+                Box::pin(refuse_draining(&inner, &mut io)).await;
                 return;
             }
             visiting = Some(cx.tasks.token());
@@ -226,14 +229,14 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
                         peer: peer.ip(),
                         cert_cn,
                     };
-                    park(&inner, io, head, buf, who, &mut permit, &cx).await;
+                    Box::pin(park(&inner, io, head, buf, who, &mut permit, &cx)).await;
                 } else {
                     inner.visitor_outcome("parking_disabled");
-                    crate::respond::send(
+                    Box::pin(crate::respond::send(
                         &mut io,
                         &park::error_answer(403, "this listener does not accept parking"),
                         true,
-                    )
+                    ))
                     .await;
                 }
             } else {
@@ -241,10 +244,12 @@ async fn serve_connection(inner: Arc<Inner>, a: Accepted, cx: FrontendContext) {
             }
             return;
         }
-        match visitor::serve(&inner, &mut io, head, &mut buf, peer).await {
+        match Box::pin(visitor::serve(&inner, &mut io, head, &mut buf, peer)).await {
             visitor::Next::Request => continue,
             visitor::Next::Done => return,
             visitor::Next::Splice(parked, prelude, id) => {
+                // Its bytes went into the prelude; its room is not held while spliced.
+                drop(buf);
                 visitor::splice_to(&inner, io, parked, prelude, &id).await;
                 return;
             }

@@ -212,12 +212,15 @@ pub(crate) async fn splice_to(
     if parked.write_all(&prelude).await.is_err() {
         return;
     }
+    let prelude_len = prelude.len() as u64;
+    // Not held while the visitor is spliced.
+    drop(prelude);
     let counters = SpliceCounters {
         a_to_b: Some(m.bytes_total.with_label_values(&[&inner.name, "in"])),
         b_to_a: Some(m.bytes_total.with_label_values(&[&inner.name, "out"])),
         tunnel: m.tunnel_stream(&inner.name, id),
     };
-    counters.count_in(prelude.len() as u64);
+    counters.count_in(prelude_len);
     active.inc();
     let idled = m
         .visitors_idle_closed_total
