@@ -13,6 +13,13 @@
 //! CONNECT never come back. A request that a reused connection could not send (it had closed
 //! meanwhile) goes on the next one or a new one. Connections that carry a PROXY header (one
 //! per visitor) are never pooled: the caller gives no key.
+//!
+//! A request without a body is written and answered by its own task ([`raw`]); hyper's
+//! client connection (a task per connection) carries the others.
+
+mod raw;
+#[cfg(test)]
+mod tests;
 
 use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError, ConnWatch};
 use crate::session::OpenError;
@@ -64,10 +71,27 @@ impl Default for Caps {
     }
 }
 
-/// A kept connection: its sender, and its task's watch.
-struct Conn {
+/// A kept connection.
+enum Conn {
+    /// Spoken to by the task of each request ([`raw`]).
+    Raw(raw::RawConn),
+    /// hyper's client connection: its sender, and its task's watch.
+    Hyper(HyperConn),
+}
+
+struct HyperConn {
     send: SendRequest<Body>,
     watch: ConnWatch,
+}
+
+impl Conn {
+    /// Closed by the other end (or sent something unasked).
+    fn closed(&mut self) -> bool {
+        match self {
+            Conn::Raw(r) => !r.alive(),
+            Conn::Hyper(h) => h.send.is_closed(),
+        }
+    }
 }
 
 struct Idle {
@@ -77,8 +101,8 @@ struct Idle {
 
 impl Idle {
     /// Not expired, not closed by the other end.
-    fn fresh(&self) -> bool {
-        self.since.elapsed() < IDLE_FOR && !self.conn.send.is_closed()
+    fn fresh(&mut self) -> bool {
+        self.since.elapsed() < IDLE_FOR && !self.conn.closed()
     }
 }
 
@@ -86,7 +110,7 @@ impl State {
     /// Drops expired and closed connections.
     fn expire(&mut self) {
         self.idle.retain(|_, list| {
-            list.retain(Idle::fresh);
+            list.retain_mut(Idle::fresh);
             !list.is_empty()
         });
         self.count = self.idle.values().map(Vec::len).sum();
@@ -144,7 +168,7 @@ impl LocalPool {
         let list = st.idle.get_mut(key)?;
         let before = list.len();
         let mut found = None;
-        while let Some(i) = list.pop() {
+        while let Some(mut i) = list.pop() {
             if i.fresh() {
                 found = Some(i.conn);
                 break;
@@ -158,9 +182,9 @@ impl LocalPool {
         found
     }
 
-    fn put(self: &Arc<Self>, key: String, conn: Conn) {
+    fn put(self: &Arc<Self>, key: String, mut conn: Conn) {
         // Only where a reaper can run (a body dropped outside the runtime closes it).
-        if conn.send.is_closed() || tokio::runtime::Handle::try_current().is_err() {
+        if conn.closed() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let mut st = crate::sync::lock(&self.state);
@@ -192,7 +216,7 @@ impl LocalPool {
     pub fn evict_oldest(&self) -> Option<impl std::future::Future<Output = ()>> {
         let mut st = crate::sync::lock(&self.state);
         st.idle.retain(|_, list| {
-            list.retain(|i| !i.conn.send.is_closed());
+            list.retain_mut(|i| !i.conn.closed());
             !list.is_empty()
         });
         st.count = st.idle.values().map(Vec::len).sum();
@@ -209,12 +233,22 @@ impl LocalPool {
         }
         st.count -= 1;
         drop(st);
-        let Conn { send, watch } = oldest.conn;
-        drop(send);
-        let _ = watch.kill.send(());
-        let ended = watch.ended;
+        // A raw connection is gone once dropped; hyper's once its task ended.
+        let ended = match oldest.conn {
+            Conn::Raw(r) => {
+                drop(r);
+                None
+            }
+            Conn::Hyper(HyperConn { send, watch }) => {
+                drop(send);
+                let _ = watch.kill.send(());
+                Some(watch.ended)
+            }
+        };
         Some(async move {
-            let _ = ended.await;
+            if let Some(ended) = ended {
+                let _ = ended.await;
+            }
         })
     }
 
@@ -235,7 +269,29 @@ impl LocalPool {
             return Err(req);
         }
         to_origin_form(&mut req);
-        while let Some(mut conn) = self.take(key) {
+        let raw = raw::eligible(&req).then(|| raw::prepare(&req));
+        while let Some(conn) = self.take(key) {
+            let mut conn = match (conn, &raw) {
+                (Conn::Raw(c), Some(prepared)) => {
+                    let back = Some((self.clone(), key.to_string()));
+                    match raw::send(c, prepared, max_head, back).await {
+                        Ok(resp) => return Ok(Ok(resp)),
+                        // Closed as the request went out: one safe to repeat goes on the
+                        // next connection, or a new one.
+                        Err(raw::Failed::Unanswered(_)) if safe_to_repeat(&req) => continue,
+                        Err(e) => return Ok(Err(e.into_open_error())),
+                    }
+                }
+                // A request with a body: hyper's client takes the connection over.
+                (Conn::Raw(c), None) => {
+                    match crate::http_forward::http1_handshake_watched(c.into_io(), max_head).await
+                    {
+                        Ok((send, watch)) => HyperConn { send, watch },
+                        Err(_) => continue,
+                    }
+                }
+                (Conn::Hyper(h), _) => h,
+            };
             if tokio::time::timeout(READY_WAIT, conn.send.ready())
                 .await
                 .is_err()
@@ -270,8 +326,14 @@ impl LocalPool {
     ) -> Result<Response<Body>, OpenError> {
         let keep = key.filter(|_| poolable(&req)).map(str::to_string);
         to_origin_form(&mut req);
+        if raw::eligible(&req) {
+            let back = keep.map(|k| (self.clone(), k));
+            return raw::send(raw::RawConn::new(io), &raw::prepare(&req), max_head, back)
+                .await
+                .map_err(raw::Failed::into_open_error);
+        }
         let (send, watch) = crate::http_forward::http1_handshake_watched(io, max_head).await?;
-        let mut conn = Conn { send, watch };
+        let mut conn = HyperConn { send, watch };
         let (req, sent) = track_body(req);
         let resp = conn
             .send
@@ -292,7 +354,7 @@ impl LocalPool {
     fn returning(
         self: &Arc<Self>,
         key: String,
-        conn: Conn,
+        conn: HyperConn,
         resp: Response<hyper::body::Incoming>,
         sent: Arc<AtomicBool>,
     ) -> Response<Body> {
@@ -336,10 +398,15 @@ fn connection_scheme(v: &http::HeaderValue) -> bool {
     starts(b"ntlm") || starts(b"negotiate")
 }
 
-/// A copy of a request that may be sent again: no body, and a method that is safe to repeat.
+/// Whether a request may be sent again: no body, and a method that is safe to repeat.
+fn safe_to_repeat(req: &Request<Body>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && hyper::body::Body::is_end_stream(req.body())
+}
+
+/// A copy of a request that may be sent again ([`safe_to_repeat`]).
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !safe || !hyper::body::Body::is_end_stream(req.body()) {
+    if !safe_to_repeat(req) {
         return None;
     }
     let mut copy = Request::new(crate::http_forward::empty());
@@ -400,7 +467,7 @@ impl hyper::body::Body for Tracked {
 /// A response body that puts its connection back in the pool at its end.
 struct Returning {
     inner: hyper::body::Incoming,
-    back: Option<(Arc<LocalPool>, String, Conn)>,
+    back: Option<(Arc<LocalPool>, String, HyperConn)>,
     /// The request body went out whole.
     sent: Arc<AtomicBool>,
 }
@@ -409,7 +476,7 @@ impl Returning {
     fn give_back(&mut self) {
         if let Some((pool, key, conn)) = self.back.take() {
             if self.sent.load(Ordering::Acquire) {
-                pool.put(key, conn);
+                pool.put(key, Conn::Hyper(conn));
             }
         }
     }

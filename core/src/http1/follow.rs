@@ -49,6 +49,8 @@ pub enum BodyError {
     ChunkSize(String),
     #[error("chunk data not followed by CRLF")]
     NoCrlfAfterData,
+    #[error("more than {MAX_TRAILERS} trailer fields")]
+    TooManyTrailers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,8 @@ enum State {
     /// The CRLF after a chunk's data: how many of its bytes are still due.
     ChunkEnd(u8),
     Trailers,
+    /// Every byte, until the connection closes (a response without framing).
+    UntilClose,
 }
 
 /// Follows one message body.
@@ -68,6 +72,22 @@ pub struct BodyFollower {
     state: State,
     /// An incomplete chunk-size or trailer line.
     line: Vec<u8>,
+    /// The trailer lines seen (without their CRLF), when kept ([`Self::keep_trailers`]).
+    trailers: Option<Vec<Vec<u8>>>,
+}
+
+/// Most trailer lines a body may carry when they are kept.
+pub const MAX_TRAILERS: usize = 100;
+
+/// One step of [`BodyFollower::decode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// Bytes of the input that belong to the body (framing included).
+    pub used: usize,
+    /// Where in the input the payload bytes of this step are (none: framing only).
+    pub data: Option<std::ops::Range<usize>>,
+    /// The body ended at `used`.
+    pub ended: bool,
 }
 
 impl BodyFollower {
@@ -81,31 +101,98 @@ impl BodyFollower {
         Some(Self {
             state,
             line: Vec::new(),
+            trailers: None,
         })
+    }
+
+    /// A follower for a response body that lasts until the connection closes.
+    pub fn until_close() -> Self {
+        Self {
+            state: State::UntilClose,
+            line: Vec::new(),
+            trailers: None,
+        }
+    }
+
+    /// Whether the body lasts until the connection closes.
+    pub fn is_until_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// Keeps the trailer lines of a chunked body ([`Self::take_trailers`]), at most
+    /// [`MAX_TRAILERS`] of them.
+    pub fn keep_trailers(mut self) -> Self {
+        self.trailers = Some(Vec::new());
+        self
+    }
+
+    /// The trailer lines kept, without their CRLF.
+    pub fn take_trailers(&mut self) -> Vec<Vec<u8>> {
+        self.trailers.take().unwrap_or_default()
+    }
+
+    /// The payload bytes still due of a body framed by length (`None` when chunked).
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Decodes the body from `input` up to its first run of payload bytes: how much of
+    /// the input was used, where that payload is in it, and whether the body ended.
+    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, BodyError> {
+        self.step(input, true)
+            .map(|(used, data, ended)| Decoded { used, data, ended })
     }
 
     /// Follows the body through `input`: how many of its bytes belong to the body, and
     /// whether the body ended there (the rest is the next message).
     pub fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), BodyError> {
+        self.step(input, false)
+            .map(|(used, _, ended)| (used, ended))
+    }
+
+    /// Follows the body through `input`; with `stop_at_data`, only up to the end of the
+    /// first run of payload bytes, which it names.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &mut self,
+        input: &[u8],
+        stop_at_data: bool,
+    ) -> Result<(usize, Option<std::ops::Range<usize>>, bool), BodyError> {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
             match self.state {
                 State::Length(n) => {
                     let take = (rest.len() as u64).min(n);
+                    let data = Some(pos..pos + take as usize).filter(|_| stop_at_data);
                     pos += take as usize;
                     if n == take {
-                        return Ok((pos, true));
+                        self.state = State::Length(0);
+                        return Ok((pos, data, true));
                     }
                     self.state = State::Length(n - take);
+                    if data.is_some() {
+                        return Ok((pos, data, false));
+                    }
+                }
+                State::UntilClose => {
+                    let data = Some(pos..input.len()).filter(|_| stop_at_data);
+                    return Ok((input.len(), data, false));
                 }
                 State::ChunkData(n) => {
                     let take = (rest.len() as u64).min(n);
+                    let data = pos..pos + take as usize;
                     pos += take as usize;
                     self.state = match n - take {
                         0 => State::ChunkEnd(2),
                         left => State::ChunkData(left),
                     };
+                    if stop_at_data {
+                        return Ok((pos, Some(data), false));
+                    }
                 }
                 State::ChunkEnd(due) => {
                     let take = rest.len().min(usize::from(due));
@@ -122,18 +209,18 @@ impl BodyFollower {
                 State::ChunkSize | State::Trailers => {
                     let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
                         self.collect(rest)?;
-                        return Ok((input.len(), false));
+                        return Ok((input.len(), None, false));
                     };
                     self.collect(&rest[..=nl])?;
                     pos += nl + 1;
                     let line = std::mem::take(&mut self.line);
                     if self.end_line(&line)? {
-                        return Ok((pos, true));
+                        return Ok((pos, None, true));
                     }
                 }
             }
         }
-        Ok((pos, false))
+        Ok((pos, None, false))
     }
 
     fn collect(&mut self, bytes: &[u8]) -> Result<(), BodyError> {
@@ -156,6 +243,12 @@ impl BodyFollower {
         }
         let text = String::from_utf8_lossy(&line[..line.len() - 2]);
         if self.state == State::Trailers {
+            if let (Some(kept), false) = (&mut self.trailers, text.is_empty()) {
+                if kept.len() >= MAX_TRAILERS {
+                    return Err(BodyError::TooManyTrailers);
+                }
+                kept.push(line[..line.len() - 2].to_vec());
+            }
             return Ok(text.is_empty());
         }
         let size = text.split(';').next().unwrap_or("").trim();
@@ -209,6 +302,53 @@ mod tests {
         assert_eq!(follow(Framing::Length(9), b"abc", 2), Ok((3, false)));
         assert!(BodyFollower::new(Framing::Length(0)).is_none());
         assert!(BodyFollower::new(Framing::None).is_none());
+    }
+
+    /// Decodes `input` fed in pieces of `split`: the payload, the trailers, whether it ended.
+    fn decode_all(framing: Framing, input: &[u8], split: usize) -> (Vec<u8>, Vec<Vec<u8>>, bool) {
+        let mut f = BodyFollower::new(framing).expect("a body").keep_trailers();
+        let (mut payload, mut pending) = (Vec::new(), Vec::new());
+        for piece in input.chunks(split) {
+            pending.extend_from_slice(piece);
+            while !pending.is_empty() {
+                let d = f.decode(&pending).expect("decodes");
+                if let Some(r) = d.data.clone() {
+                    payload.extend_from_slice(&pending[r]);
+                }
+                pending.drain(..d.used);
+                if d.ended {
+                    return (payload, f.take_trailers(), true);
+                }
+                if d.data.is_none() {
+                    break;
+                }
+            }
+        }
+        (payload, f.take_trailers(), false)
+    }
+
+    #[test]
+    fn decoding_gives_the_payload_and_the_trailers_at_any_split() {
+        let chunked = b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n";
+        for split in [1, 2, 3, 7, 64, 4096] {
+            let (payload, trailers, ended) = decode_all(Framing::Chunked, chunked, split);
+            assert_eq!(payload, b"abc0123456789abcdef", "split {split}");
+            assert_eq!(trailers, vec![b"X-T: 1".to_vec(), b"Y: 2".to_vec()]);
+            assert!(ended);
+            let (payload, _, ended) = decode_all(Framing::Length(5), b"hello", split);
+            assert_eq!((payload.as_slice(), ended), (&b"hello"[..], true));
+        }
+        let mut f = BodyFollower::new(Framing::Length(5)).expect("a body");
+        let d = f.decode(b"helloNEXT").expect("decodes");
+        assert_eq!((d.used, d.data, d.ended), (5, Some(0..5), true));
+        let mut f = BodyFollower::new(Framing::Length(9)).expect("a body");
+        assert_eq!(f.decode(b"abc").map(|d| d.ended), Ok(false));
+        assert_eq!(f.remaining(), Some(6));
+        let many = format!("0\r\n{}\r\n", "X: 1\r\n".repeat(MAX_TRAILERS + 1));
+        let mut f = BodyFollower::new(Framing::Chunked)
+            .expect("a body")
+            .keep_trailers();
+        assert_eq!(f.decode(many.as_bytes()), Err(BodyError::TooManyTrailers));
     }
 
     #[test]
