@@ -85,10 +85,18 @@ struct HyperConn {
 }
 
 impl Conn {
-    /// Closed by the other end (or sent something unasked).
+    /// Closed by the other end (or sent something unasked); a raw connection is polled.
     fn closed(&mut self) -> bool {
         match self {
             Conn::Raw(r) => !r.alive(),
+            Conn::Hyper(h) => h.send.is_closed(),
+        }
+    }
+
+    /// Known to be closed without polling it (hyper's task saw it close).
+    fn seen_closed(&self) -> bool {
+        match self {
+            Conn::Raw(_) => false,
             Conn::Hyper(h) => h.send.is_closed(),
         }
     }
@@ -100,9 +108,15 @@ struct Idle {
 }
 
 impl Idle {
-    /// Not expired, not closed by the other end.
-    fn fresh(&mut self) -> bool {
-        self.since.elapsed() < IDLE_FOR && !self.conn.closed()
+    /// Not expired, and not seen closed: what the reaper and a full pool keep, without
+    /// polling every connection.
+    fn fresh(&self) -> bool {
+        self.since.elapsed() < IDLE_FOR && !self.conn.seen_closed()
+    }
+
+    /// Fresh, and not closed by the other end: what a request may take.
+    fn usable(&mut self) -> bool {
+        self.fresh() && !self.conn.closed()
     }
 }
 
@@ -110,7 +124,7 @@ impl State {
     /// Drops expired and closed connections.
     fn expire(&mut self) {
         self.idle.retain(|_, list| {
-            list.retain_mut(Idle::fresh);
+            list.retain(Idle::fresh);
             !list.is_empty()
         });
         self.count = self.idle.values().map(Vec::len).sum();
@@ -169,7 +183,7 @@ impl LocalPool {
         let before = list.len();
         let mut found = None;
         while let Some(mut i) = list.pop() {
-            if i.fresh() {
+            if i.usable() {
                 found = Some(i.conn);
                 break;
             }

@@ -51,6 +51,8 @@ pub enum BodyError {
     NoCrlfAfterData,
     #[error("more than {MAX_TRAILERS} trailer fields")]
     TooManyTrailers,
+    #[error("chunk extensions and trailers over {MAX_EXTRAS} bytes")]
+    TooMuchExtra,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +76,15 @@ pub struct BodyFollower {
     line: Vec<u8>,
     /// The trailer lines seen (without their CRLF), when kept ([`Self::keep_trailers`]).
     trailers: Option<Vec<Vec<u8>>>,
+    /// Bytes of chunk extensions and trailers still allowed, when trailers are kept.
+    extras_left: usize,
 }
 
 /// Most trailer lines a body may carry when they are kept.
 pub const MAX_TRAILERS: usize = 100;
+/// Most bytes of chunk extensions and trailers together a body may carry when its trailers
+/// are kept (hyper's client allows 16 KiB of each).
+pub const MAX_EXTRAS: usize = 16 * 1024;
 
 /// One step of [`BodyFollower::decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +109,7 @@ impl BodyFollower {
             state,
             line: Vec::new(),
             trailers: None,
+            extras_left: MAX_EXTRAS,
         })
     }
 
@@ -111,6 +119,7 @@ impl BodyFollower {
             state: State::UntilClose,
             line: Vec::new(),
             trailers: None,
+            extras_left: MAX_EXTRAS,
         }
     }
 
@@ -120,7 +129,7 @@ impl BodyFollower {
     }
 
     /// Keeps the trailer lines of a chunked body ([`Self::take_trailers`]), at most
-    /// [`MAX_TRAILERS`] of them.
+    /// [`MAX_TRAILERS`] of them and [`MAX_EXTRAS`] bytes with the chunk extensions.
     pub fn keep_trailers(mut self) -> Self {
         self.trailers = Some(Vec::new());
         self
@@ -247,11 +256,18 @@ impl BodyFollower {
                 if kept.len() >= MAX_TRAILERS {
                     return Err(BodyError::TooManyTrailers);
                 }
+                self.extras_left =
+                    (self.extras_left.checked_sub(line.len())).ok_or(BodyError::TooMuchExtra)?;
                 kept.push(line[..line.len() - 2].to_vec());
             }
             return Ok(text.is_empty());
         }
         let size = text.split(';').next().unwrap_or("").trim();
+        if self.trailers.is_some() {
+            let extension = text.len() - text.split(';').next().unwrap_or("").len();
+            self.extras_left =
+                (self.extras_left.checked_sub(extension)).ok_or(BodyError::TooMuchExtra)?;
+        }
         let valid =
             !size.is_empty() && size.len() <= 16 && size.bytes().all(|c| c.is_ascii_hexdigit());
         self.state = match u64::from_str_radix(size, 16) {
@@ -349,6 +365,19 @@ mod tests {
             .expect("a body")
             .keep_trailers();
         assert_eq!(f.decode(many.as_bytes()), Err(BodyError::TooManyTrailers));
+        let extended = format!("1;{}\r\nx\r\n", "e".repeat(4000)).repeat(5);
+        let mut f = BodyFollower::new(Framing::Chunked)
+            .expect("a body")
+            .keep_trailers();
+        let mut input = extended.as_bytes();
+        let err = loop {
+            match f.decode(input) {
+                Ok(d) if d.used > 0 => input = &input[d.used..],
+                Ok(_) => panic!("extensions accepted"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, BodyError::TooMuchExtra);
     }
 
     #[test]

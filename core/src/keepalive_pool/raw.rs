@@ -52,17 +52,19 @@ impl RawConn {
 
     /// Whether an idle connection can take a request: the other end neither closed it nor
     /// sent anything unasked. Polled once, with a waker that wakes nobody (whoever reads
-    /// next registers its own).
+    /// next registers its own), outside tokio's per-task budget (a task that spent it would
+    /// see every connection as alive).
     pub(super) fn alive(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut byte = [0u8; 1];
         let mut rb = tokio::io::ReadBuf::new(&mut byte);
+        let io = &mut self.io;
+        let read = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut rb));
+        let mut once = std::pin::pin!(tokio::task::unconstrained(read));
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        Pin::new(&mut self.io)
-            .poll_read(&mut cx, &mut rb)
-            .is_pending()
+        std::future::Future::poll(once.as_mut(), &mut cx).is_pending()
     }
 
     /// The stream, for hyper's client (a request with a body).
@@ -92,10 +94,17 @@ impl Failed {
 }
 
 /// Whether a request goes as raw bytes: no body (so nothing is sent beside the head, and
-/// the task that wrote it can read the answer) and no framing header of its own.
+/// the task that wrote it can read the answer), no framing header of its own, and not a
+/// tunnel or an upgrade (hyper's client hands those over as connections).
 pub(super) fn eligible(req: &Request<Body>) -> bool {
     hyper::body::Body::is_end_stream(req.body())
+        && *req.method() != Method::CONNECT
+        && !req.headers().contains_key(header::UPGRADE)
         && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 /// A request ready to go as bytes.
@@ -116,7 +125,8 @@ pub(super) fn prepare(req: &Request<Body>) -> Prepared {
     }
 }
 
-/// The request head as HTTP/1.1 bytes.
+/// The request head as HTTP/1.1 bytes, its fields as they are (hyper's client adds none to
+/// a request without a body either).
 fn encode_head(req: &Request<Body>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -129,14 +139,6 @@ fn encode_head(req: &Request<Body>) -> Vec<u8> {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
-    // A method whose requests usually carry a body says it has none (as hyper does).
-    let bodyless = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-    );
-    if !bodyless && !req.headers().contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -152,6 +154,8 @@ pub(super) async fn send(
     back: Option<(Arc<LocalPool>, String)>,
 ) -> Result<Response<Body>, Failed> {
     let unanswered = |e: std::io::Error| Failed::Unanswered(e.to_string());
+    // As hyper's client: a head fills a buffer of at least 8 KiB before it is refused.
+    let max_head = max_head.max(8191);
     conn.io.write_all(&req.head).await.map_err(unanswered)?;
     conn.io.flush().await.map_err(unanswered)?;
     let mut informational = false;
@@ -193,6 +197,9 @@ pub(super) async fn send(
     *resp.status_mut() = parts.status;
     *resp.version_mut() = parts.version;
     *resp.headers_mut() = parts.headers;
+    if let Some(reason) = parts.reason {
+        resp.extensions_mut().insert(reason);
+    }
     keep &= !connection_auth(&resp);
     let back = back.filter(|_| keep);
     let Some(follower) = kind else {
@@ -213,6 +220,8 @@ pub(super) async fn send(
 /// A parsed response head.
 struct Parts {
     status: StatusCode,
+    /// A reason phrase other than the status code's own, passed on as hyper does.
+    reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
     headers: HeaderMap,
 }
@@ -243,6 +252,10 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Parts, usize)>, Ope
     };
     let code = resp.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| malformed(format!("status {code}")))?;
+    let reason = resp
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let version = match resp.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -258,6 +271,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Parts, usize)>, Ope
     Ok(Some((
         Parts {
             status,
+            reason,
             version,
             headers,
         },
@@ -290,13 +304,13 @@ fn framing(method: &Method, parts: &mut Parts) -> Result<(Option<BodyFollower>, 
         return Ok((None, keep));
     }
     if h.contains_key(header::TRANSFER_ENCODING) {
+        // The last coding of the last line; a line that is not text is not chunked.
         let chunked_last = h
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty())
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').map(str::trim).rfind(|c| !c.is_empty()))
             .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         if h.remove(header::CONTENT_LENGTH).is_some() {
             keep = false;
@@ -324,7 +338,11 @@ fn framing(method: &Method, parts: &mut Parts) -> Result<(Option<BodyFollower>, 
         }
     }
     match length {
-        Some(n) => Ok((BodyFollower::new(Framing::Length(n)), keep)),
+        Some(n) => {
+            // One field, as the visitor's side accepts it.
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Ok((BodyFollower::new(Framing::Length(n)), keep))
+        }
         None => Ok((Some(BodyFollower::until_close()), false)),
     }
 }

@@ -13,9 +13,9 @@ const KEY: &str = "svc";
 
 /// A service that answers the requests of each connection with `answers` in turn (one
 /// list per connection, in the order connections arrive) and reports every request head
-/// as (connection number, "method target"). Once a connection's answers run out it is
-/// closed, or when `hold` says so for its number, held open (answering nothing) until
-/// the other end closes it.
+/// as (connection number, "method target"). An empty answer closes the connection
+/// without answering. Once a connection's answers run out it is closed, or when `hold`
+/// says so for its number, held open (answering nothing) until the other end closes it.
 async fn service(
     answers: Vec<Vec<&'static [u8]>>,
     hold: fn(usize) -> bool,
@@ -52,7 +52,7 @@ async fn service(
                     }
                     buf.drain(..len);
                     let _ = tx.send((n, format!("{} {}", head.method, head.target)));
-                    if s.write_all(answer).await.is_err() {
+                    if answer.is_empty() || s.write_all(answer).await.is_err() {
                         return;
                     }
                 }
@@ -285,6 +285,146 @@ async fn a_request_with_a_body_goes_on_a_kept_connection_through_hyper() {
         assert_eq!(read(resp).await.0, b"c");
         let conns: Vec<usize> = std::iter::from_fn(|| seen.try_recv().ok().map(|h| h.0)).collect();
         assert_eq!(conns, [0, 0, 0]);
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_that_closes_unanswered_is_repeated_only_when_safe() {
+    within(async {
+        // Each kept connection answers once, then reads the next request and closes.
+        let (addr, mut seen) = service(
+            vec![
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", b""],
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", b""],
+            ],
+            |_| false,
+        )
+        .await;
+        let pool = LocalPool::new();
+        let resp = send(&pool, addr, get("/a")).await.expect("answer");
+        assert_eq!(read(resp).await.0, b"a");
+        // A GET goes out on the kept connection, finds it closing, and goes on a new one.
+        let resp = send(&pool, addr, get("/b")).await.expect("answer");
+        assert_eq!(read(resp).await.0, b"b");
+        // A DELETE may have been acted on: it is not sent again.
+        let mut delete = get("/c");
+        *delete.method_mut() = Method::DELETE;
+        match send(&pool, addr, delete).await {
+            Err(OpenError::LocalRefused(why)) => assert!(why.contains("closed"), "{why}"),
+            other => panic!(
+                "a DELETE repeated or answered: {:?}",
+                other.map(|r| r.status())
+            ),
+        }
+        let heads: Vec<(usize, String)> = std::iter::from_fn(|| seen.try_recv().ok()).collect();
+        let want = [
+            (0, "GET /a"),
+            (0, "GET /b"),
+            (1, "GET /b"),
+            (1, "DELETE /c"),
+        ];
+        assert_eq!(heads, want.map(|(n, h)| (n, h.to_string())));
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn framing_follows_rfc_9112_when_headers_disagree() {
+    within(async {
+        let (addr, mut seen) = service(
+            vec![
+                // Both framings: chunked counts, Content-Length goes, the connection is not kept.
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"],
+                // A coding after chunked: read until close, the coding left for the visitor.
+                vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw bytes"],
+                // Chunked in HTTP/1.0 means nothing: until close.
+                vec![b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n"],
+                // 304 has no body whatever it says, and equal lengths are one; both kept.
+                vec![
+                    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
+                    b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok",
+                ],
+            ],
+            |n| n == 3,
+        )
+        .await;
+        let pool = LocalPool::new();
+        let resp = send(&pool, addr, get("/both")).await.expect("answer");
+        assert!(!resp.headers().contains_key("content-length"));
+        assert_eq!(read(resp).await.0, b"ab");
+        let resp = send(&pool, addr, get("/gzip")).await.expect("answer");
+        assert!(resp.headers().contains_key("transfer-encoding"));
+        assert_eq!(read(resp).await.0, b"raw bytes");
+        let resp = send(&pool, addr, get("/old")).await.expect("answer");
+        assert_eq!(read(resp).await.0, b"2\r\nab\r\n");
+        let resp = send(&pool, addr, get("/cached")).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert!(read(resp).await.0.is_empty());
+        let resp = send(&pool, addr, get("/twice")).await.expect("answer");
+        let lengths: Vec<_> = resp.headers().get_all("content-length").iter().collect();
+        assert_eq!(lengths, [&"2"]);
+        let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));
+        assert_eq!(
+            hyper::body::Body::size_hint(resp.body()).exact(),
+            Some(2),
+            "the visitor's side learns the length"
+        );
+        assert_eq!(read(resp).await.0, b"ok");
+        let conns: Vec<usize> = std::iter::from_fn(|| seen.try_recv().ok().map(|h| h.0)).collect();
+        assert_eq!(conns, [0, 1, 2, 3, 3]);
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn the_request_goes_as_it_is_and_only_plain_ones_go_raw() {
+    within(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                let n = tokio::io::AsyncReadExt::read(&mut s, &mut byte)
+                    .await
+                    .expect("read");
+                assert!(n == 1, "closed early");
+                got.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .expect("answer");
+            got
+        });
+        let mut post = get("/p?q=1");
+        *post.method_mut() = Method::POST;
+        post.headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("1"));
+        assert!(raw::eligible(&post));
+        let resp = send(&LocalPool::new(), addr, post).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let got = service.await.expect("service");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: svc.test\r\n\r\n"
+        );
+        let mut connect = get("/");
+        *connect.method_mut() = Method::CONNECT;
+        let mut upgrade = get("/");
+        upgrade
+            .headers_mut()
+            .insert("upgrade", http::HeaderValue::from_static("websocket"));
+        let mut with_body = get("/");
+        *with_body.body_mut() = full("x");
+        for req in [connect, upgrade, with_body] {
+            assert!(!raw::eligible(&req), "{} {:?}", req.method(), req.headers());
+        }
     })
     .await
     .expect("in time");
