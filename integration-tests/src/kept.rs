@@ -76,3 +76,70 @@ pub async fn visit_with(s: &TestServer, name: &str, extra: &[&str]) -> String {
     assert!(st.success(), "{name}: {st} {body}");
     body
 }
+
+/// An HTTP/1.1 service that answers by path, most of them badly: `/ext` a chunked body of
+/// one-byte chunks with 4000-byte extensions, without end; `/head` a head that never ends;
+/// `/bad` a malformed chunk size; `/trickle` a chunk every 10 ms, without end; anything else
+/// `ok` with its length, on a connection that stays open for the next request.
+pub async fn hostile() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    match path.as_str() {
+                        "/ext" => {
+                            let _ = s.write_all(chunked).await;
+                            let piece = format!("1;{}\r\nx\r\n", "e".repeat(4000));
+                            return endless(&mut s, piece.as_bytes(), 0).await;
+                        }
+                        "/head" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                            return endless(&mut s, b"X-Again: and again\r\n", 0).await;
+                        }
+                        "/bad" => {
+                            let _ = s.write_all(chunked).await;
+                            let _ = s.write_all(b"zz\r\nxx\r\n").await;
+                        }
+                        "/trickle" => {
+                            let _ = s.write_all(chunked).await;
+                            return endless(&mut s, b"1\r\nx\r\n", 10).await;
+                        }
+                        _ => {
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `piece` again and again, `pause_ms` apart, until the other end goes.
+async fn endless(s: &mut tokio::net::TcpStream, piece: &[u8], pause_ms: u64) {
+    while s.write_all(piece).await.is_ok() {
+        if pause_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! per visitor; a service that closes after each answer still serves every visitor; each
 //! tunnel keeps its own; idle kept connections are closed after a few seconds. A service that
 //! writes an answer nobody asked for poisons no later visitor, and a flood of one tunnel
-//! leaves a neighbour's kept streams answering. (Idle kept streams giving their places:
+//! leaves a neighbour's kept streams answering, and so does a service whose answers are
+//! hostile (endless heads, chunk extensions, bodies). (Idle kept streams giving their places:
 //! `kept_stream_eviction.rs`.)
 
 use std::net::SocketAddr;
@@ -253,6 +254,78 @@ async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_tunnel_leaves_its_neighbour_answering_on_kept_h2_streams() {
     flooded_neighbour(Via::H2Reverse).await
+}
+
+/// One visitor of `hostile.localhost{path}` from 127.0.0.2: the status line, or why none came.
+async fn hostile_visit(s: &TestServer, path: &str) -> anyhow::Result<String> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind("127.0.0.2:0".parse()?)?;
+    let tcp = sock.connect(s.web()).await?;
+    let tls = attack::tls_to(s, "hostile.localhost", b"http/1.1", tcp).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: hostile.localhost:{}\r\nConnection: close\r\n\r\n",
+        s.web().port()
+    );
+    attack::status_line(tls, req.into_bytes(), FLOOD_WAIT).await
+}
+
+/// A service that answers with endless chunk extensions, a head without end, malformed
+/// chunks and a body that never ends, to 16 visitors at a time for 5 s: tunneld refuses or
+/// cuts those answers (bounded work for each), a neighbour tunnel of the same tunnelc keeps
+/// answering on its kept streams, and the hostile tunnel still answers a plain request.
+async fn hostile_service(via: Via) {
+    let s = std::sync::Arc::new(attack::server(false, &[]).await.expect("server"));
+    let bad = tunneld_integration_tests::kept::hostile().await;
+    let nb = services::http_body(attack::NB_BODY).await;
+    let tunnels = attack::http_tunnels(&[("hostile", bad), ("nb", nb)]);
+    let (mut alice, _) = attack::alice(&s, via, &tunnels).await.expect("alice");
+    let probe = Neighbour::start(Probe::https(&s, "nb", Some(attack::NB_BODY)));
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut attackers = tokio::task::JoinSet::new();
+    for path in ["/ext", "/head", "/bad", "/trickle"].repeat(4) {
+        let s = s.clone();
+        attackers.spawn(async move {
+            let mut lines = Vec::new();
+            while tokio::time::Instant::now() < until {
+                lines.push(hostile_visit(&s, path).await.map_err(|e| e.to_string()));
+            }
+            (path, lines)
+        });
+    }
+    let mut refused_heads = 0;
+    while let Some(r) = attackers.join_next().await {
+        let (path, lines) = r.expect("attacker");
+        assert!(!lines.is_empty(), "{via:?}: no visit of {path} ended");
+        if path == "/head" {
+            refused_heads += lines
+                .iter()
+                .filter(|l| matches!(l, Ok(l) if l.contains(" 502 ")))
+                .count();
+        }
+    }
+    assert!(
+        refused_heads > 0,
+        "{via:?}: no endless head was refused with a 502"
+    );
+    let report = probe.finish().await;
+    report
+        .assert_healthy(&format!("neighbour of a hostile service over {via:?}"))
+        .expect("neighbour");
+    let line = hostile_visit(&s, "/plain").await.expect("a plain request");
+    assert!(
+        line.contains(" 200 "),
+        "{via:?}: the hostile tunnel after: {line}"
+    );
+    eprintln!("{via:?}: neighbour {report}; {refused_heads} endless heads refused");
+    attack::assert_no_reconnect(&mut alice).expect("one session throughout");
+    alice.shutdown().await.expect("alice stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_service_leaves_its_neighbour_answering() {
+    for via in [Via::Yamux, Via::H2Reverse] {
+        hostile_service(via).await;
+    }
 }
 
 /// A connection-bound login (NTLM, Negotiate) must never pass to another visitor: requests
