@@ -5,8 +5,9 @@
 //! nothing left to write gives its buffer back while it is still the first, small one, so an
 //! idle connection (or one that only ever carried small messages) holds no buffer between
 //! them; a grown buffer is kept, zeroed once, so a bulk transfer's reads cost no allocation and
-//! no zeroing (TLS and yamux streams initialise what they are offered). Every buffer goes back
-//! once its direction has ended.
+//! no zeroing (TLS and yamux streams initialise what they are offered). The first, small
+//! buffer is read into without zeroing it first (it was zeroed for every message a
+//! connection carried). Every buffer goes back once its direction has ended.
 
 use prometheus::IntCounter;
 use std::future::poll_fn;
@@ -49,9 +50,13 @@ impl SpliceCounters {
 }
 
 struct Direction {
-    /// Zeroed once; bytes read and not yet written are `buf[pos..filled]`. Empty (no
-    /// allocation) while a direction that never grew it is idle.
+    /// Bytes read and not yet written are `buf[pos..filled]`. The first buffer (capacity
+    /// [`INITIAL_BUF`]) is filled from its spare capacity, never zeroed: its length is what
+    /// was read. A grown one is zeroed once and as long as its capacity. No allocation
+    /// while a direction that never grew it is idle.
     buf: Vec<u8>,
+    /// The size of the next buffer, once a read filled the present one.
+    grow_to: Option<usize>,
     pos: usize,
     filled: usize,
     read_done: bool,
@@ -67,6 +72,7 @@ impl Direction {
         Self {
             tunnel,
             buf: Vec::new(),
+            grow_to: None,
             pos: 0,
             filled: 0,
             read_done: false,
@@ -89,15 +95,32 @@ impl Direction {
     {
         loop {
             if self.pos == self.filled && !self.read_done {
-                if self.buf.is_empty() {
-                    self.buf = vec![0; INITIAL_BUF];
+                if let Some(size) = self.grow_to.take() {
+                    self.buf = vec![0; size];
+                } else if self.buf.capacity() == 0 {
+                    self.buf = Vec::with_capacity(INITIAL_BUF);
                 }
                 self.pos = 0;
                 self.filled = 0;
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match r.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
+                let grown = !self.buf.is_empty() && self.buf.len() > INITIAL_BUF;
+                let size = if grown {
+                    self.buf.len()
+                } else {
+                    self.buf.capacity()
+                };
+                let read = if grown {
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    r.as_mut()
+                        .poll_read(cx, &mut rb)
+                        .map_ok(|()| rb.filled().len())
+                } else {
+                    // Into the spare capacity, at most `size` bytes: no zeroing.
+                    self.buf.clear();
+                    let mut room = bytes::BufMut::limit(&mut self.buf, size);
+                    tokio_util::io::poll_read_buf(r.as_mut(), cx, &mut room)
+                };
+                match read {
+                    Poll::Ready(Ok(n)) => {
                         if n == 0 {
                             self.read_done = true;
                             // Ended: nothing more will be read into it.
@@ -110,16 +133,15 @@ impl Direction {
                             if let Some(c) = &self.tunnel {
                                 c.inc_by(n as u64);
                             }
-                            if n == self.buf.len() && self.buf.len() < MAX_BUF {
+                            if n >= size && size < MAX_BUF {
                                 // Grown on the next empty buffer; the data stays where it is.
-                                let grow = self.buf.len() * 2;
-                                self.buf.resize(grow, 0);
+                                self.grow_to = Some((size * 2).min(MAX_BUF));
                             }
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        if self.buf.len() <= INITIAL_BUF {
+                        if !grown && self.grow_to.is_none() {
                             // Idle, and never busy enough to grow it: hold no memory until
                             // the next bytes arrive.
                             self.buf = Vec::new();
