@@ -270,7 +270,7 @@ async fn hostile_visit(s: &TestServer, path: &str) -> anyhow::Result<String> {
 }
 
 /// A service that answers with endless chunk extensions, a head without end, malformed
-/// chunks and a body that never ends, to 16 visitors at a time for 5 s: tunneld refuses or
+/// chunks and a body that never ends, to 16 visitors at a time for 7 s: tunneld refuses or
 /// cuts those answers (bounded work for each), a neighbour tunnel of the same tunnelc keeps
 /// answering on its kept streams, and the hostile tunnel still answers a plain request.
 async fn hostile_service(via: Via) {
@@ -280,7 +280,8 @@ async fn hostile_service(via: Via) {
     let tunnels = attack::http_tunnels(&[("hostile", bad), ("nb", nb)]);
     let (mut alice, _) = attack::alice(&s, via, &tunnels).await.expect("alice");
     let probe = Neighbour::start(Probe::https(&s, "nb", Some(attack::NB_BODY)));
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Long enough for the probe's 100 requests (one each 50 ms) with room to spare.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(7);
     let mut attackers = tokio::task::JoinSet::new();
     for path in ["/ext", "/head", "/bad", "/trickle"].repeat(4) {
         let s = s.clone();
