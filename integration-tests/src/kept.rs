@@ -29,19 +29,11 @@ pub async fn counting(tag: &'static str, close: bool) -> (SocketAddr, Arc<Counts
             let n = n.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                n.closed.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
+                    if next_head(&mut s, &mut buf).await.is_none() {
+                        n.closed.fetch_add(1, Ordering::SeqCst);
+                        return;
                     }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-                    buf.drain(..end);
                     let conn = if close { "close" } else { "keep-alive" };
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{tag}",
@@ -88,17 +80,7 @@ pub async fn hostile() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
+                while let Some(head) = next_head(&mut s, &mut buf).await {
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
                     match path.as_str() {
@@ -140,6 +122,23 @@ async fn endless(s: &mut tokio::net::TcpStream, piece: &[u8], pause_ms: u64) {
     while s.write_all(piece).await.is_ok() {
         if pause_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        }
+    }
+}
+
+/// Reads the next request head of a connection (bytes after it stay in `buf`): its text, or
+/// `None` once the connection ends.
+pub async fn next_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at + 4]).into_owned();
+            buf.drain(..at + 4);
+            return Some(head);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
         }
     }
 }

@@ -11,10 +11,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tunneld_integration_tests::attack::{self, Via};
-use tunneld_integration_tests::kept::{counting, visit, visit_with};
+use tunneld_integration_tests::kept::{counting, next_head, visit, visit_with};
 use tunneld_integration_tests::neighbour::{Neighbour, Probe};
 use tunneld_integration_tests::{services, TestClient, TestServer};
 
@@ -105,17 +105,8 @@ async fn smuggling() -> SocketAddr {
             let first = n;
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 let mut answered = 0;
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-                    buf.drain(..end);
+                while next_head(&mut s, &mut buf).await.is_some() {
                     answered += 1;
                     let tag = format!("ok-{first}-{answered}");
                     let mut answer = format!(
