@@ -17,20 +17,20 @@
 //! A request without a body is written and answered by its own task ([`raw`]); hyper's
 //! client connection (a task per connection) carries the others.
 
+mod hyper_bodies;
 mod raw;
+mod response_head;
 #[cfg(test)]
 mod tests;
 
-use crate::http_forward::{boxed, send_error, to_origin_form, Body, BoxError, ConnWatch};
+use crate::http_forward::{boxed, send_error, to_origin_form, Body, ConnWatch};
 use crate::session::OpenError;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
+use hyper_bodies::{track_body, Returning};
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
@@ -435,99 +435,4 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
 /// closed its idle connection as the request went out).
 fn closed_early(e: &hyper::Error) -> bool {
     e.is_incomplete_message() || e.is_closed() || e.is_canceled()
-}
-
-/// The request with a body that sets the flag once it ended (at once for an empty one).
-fn track_body(req: Request<Body>) -> (Request<Body>, Arc<AtomicBool>) {
-    let (parts, inner) = req.into_parts();
-    let sent = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(&inner)));
-    let body = Tracked {
-        inner,
-        sent: sent.clone(),
-    };
-    (Request::from_parts(parts, boxed(body)), sent)
-}
-
-/// A request body that says when it was sent whole.
-struct Tracked {
-    inner: Body,
-    sent: Arc<AtomicBool>,
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.sent.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that puts its connection back in the pool at its end.
-struct Returning {
-    inner: hyper::body::Incoming,
-    back: Option<(Arc<LocalPool>, String, HyperConn)>,
-    /// The request body went out whole.
-    sent: Arc<AtomicBool>,
-}
-
-impl Returning {
-    fn give_back(&mut self) {
-        if let Some((pool, key, conn)) = self.back.take() {
-            if self.sent.load(Ordering::Acquire) {
-                pool.put(key, Conn::Hyper(conn));
-            }
-        }
-    }
-}
-
-impl hyper::body::Body for Returning {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            // A failed body leaves the connection in an unknown state: it is dropped.
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Returning {
-    fn drop(&mut self) {
-        // An empty body may be dropped unpolled by the side that saw it end.
-        if hyper::body::Body::is_end_stream(&self.inner) {
-            self.give_back();
-        }
-    }
 }
