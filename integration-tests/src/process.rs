@@ -28,10 +28,29 @@ pub fn binary(name: &str) -> Result<PathBuf> {
             return Ok(());
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--all-targets"])
-            .status()
-            .map_err(|e| e.to_string())?;
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--workspace", "--all-targets"]);
+        // What cargo sets for a test run is not the caller's environment: ring's build script
+        // watches CARGO_MANIFEST_DIR, so passing it on rebuilt most of the tree (twice: the next
+        // plain build changed it back).
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if key == "OUT_DIR"
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+                || matches!(
+                    key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                build.env_remove(key);
+            }
+        }
+        let status = build.status().map_err(|e| e.to_string())?;
         if status.success() {
             Ok(())
         } else {
