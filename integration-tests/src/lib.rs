@@ -330,10 +330,20 @@ impl TestServer {
         labels: &[(&str, &str)],
         at_least: f64,
     ) -> metrics::Samples {
+        self.metrics_until(|m| m.get(name, labels) >= at_least)
+            .await
+    }
+
+    /// Waits (bounded by [`WAIT`]) until `done` holds for the metrics, and returns them then
+    /// (the last ones read when the wait ran out).
+    pub async fn metrics_until(
+        &self,
+        done: impl Fn(&metrics::Samples) -> bool,
+    ) -> metrics::Samples {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let m = self.metrics().await;
-            if m.get(name, labels) >= at_least || tokio::time::Instant::now() >= deadline {
+            if done(&m) || tokio::time::Instant::now() >= deadline {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

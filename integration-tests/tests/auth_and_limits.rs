@@ -5,7 +5,7 @@ use tokio::net::TcpStream;
 use tunneld_client::client::ClientEvent;
 use tunneld_core::proto::{encode_frame, Hello, ServerHello, MAGIC, VERSION};
 use tunneld_integration_tests::{
-    client_pki, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
+    client_pki, metrics, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
 };
 
 async fn next_disconnect(client: &mut TestClient) -> String {
@@ -105,12 +105,15 @@ async fn client_certificates_identify_clients_and_foreign_ones_are_refused() {
         "{reason}"
     );
     mallory.shutdown().await.expect("stop");
-    let m = server.metrics().await;
-    let refused = m.get(
-        "tunneld_handshakes_total",
-        &[("outcome", "bad_certificate")],
-    ) + m.get("tunneld_handshakes_total", &[("outcome", "tls_error")]);
-    assert!(refused >= 1.0, "refusal not counted");
+    // The client sees the alert before the server has counted the refusal.
+    let refused = |m: &metrics::Samples| {
+        m.get(
+            "tunneld_handshakes_total",
+            &[("outcome", "bad_certificate")],
+        ) + m.get("tunneld_handshakes_total", &[("outcome", "tls_error")])
+    };
+    let m = server.metrics_until(|m| refused(m) >= 1.0).await;
+    assert!(refused(&m) >= 1.0, "refusal not counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
