@@ -146,7 +146,24 @@ async fn garbage_and_oversized_frames_before_auth_are_rejected() {
     s.write_all(b"{nope").await.expect("write");
     closed_by_server(&mut s).await;
 
-    let m = server.metrics().await;
+    // Each refusal is counted after the connection is dropped.
+    let m = server
+        .metrics_until(|m| {
+            let outcome = |o| m.get("tunneld_handshakes_total", &[("outcome", o)]);
+            [
+                "tls_error",
+                "bad_magic",
+                "frame_too_large",
+                "malformed_frame",
+            ]
+            .iter()
+            .all(|o| outcome(o) >= 1.0)
+                && m.get(
+                    "tunneld_protocol_errors_total",
+                    &[("reason", "frame_too_large")],
+                ) >= 1.0
+        })
+        .await;
     let outcome = |o| m.get("tunneld_handshakes_total", &[("outcome", o)]);
     assert_eq!(outcome("tls_error"), 1.0);
     assert_eq!(outcome("bad_magic"), 1.0);

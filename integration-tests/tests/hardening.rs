@@ -100,7 +100,16 @@ async fn unknown_http2_error_codes_share_one_metric_series() -> Result<()> {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_)
         ) {}
     }
-    let text = tunneld_integration_tests::metrics::parse(&s.running.metrics.render())?;
+    // Each connection's error is counted after it was dropped: wait for all four.
+    let errors = |m: &tunneld_integration_tests::metrics::Samples| {
+        m.get("tunneld_protocol_errors_total", &[("transport", "web")])
+    };
+    let text = s.metrics_until(|m| errors(m) >= 4.0).await;
+    ensure!(
+        errors(&text) >= 4.0,
+        "four visitors' errors, counted: {}",
+        errors(&text)
+    );
     let odd: Vec<_> = text
         .0
         .iter()

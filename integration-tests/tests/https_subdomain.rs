@@ -13,7 +13,8 @@ use tunneld_integration_tests::h2raw::{self, frame};
 use tunneld_integration_tests::process::{curl, Proc};
 use tunneld_integration_tests::services::{http_echo, tls_local, websocket_echo};
 use tunneld_integration_tests::{
-    pattern, server_pki, sha256_hex, temp_dir, TestClient, TestServer, ALICE_TOKEN, BOB_TOKEN, WAIT,
+    metrics, pattern, server_pki, sha256_hex, temp_dir, TestClient, TestServer, ALICE_TOKEN,
+    BOB_TOKEN, WAIT,
 };
 
 fn http_tunnel(name: &str, local: SocketAddr, subdomain: Option<&str>) -> String {
@@ -737,7 +738,16 @@ async fn floods_end_in_goaway_while_other_tunnels_keep_working() -> Result<()> {
     // The well-behaved tunnel never noticed.
     let (code, body, _) = visit(&s, "steady.localhost", "/", &["--http2"]).await?;
     assert_eq!((code, body.lines().next()), (200, Some("tag=steady")));
-    let m = s.metrics().await;
+    // Counted after each connection's GOAWAY.
+    let calm = |m: &metrics::Samples, transport: &str| {
+        m.get(
+            "tunneld_protocol_errors_total",
+            &[("transport", transport), ("reason", "h2_enhance_your_calm")],
+        )
+    };
+    let m = s
+        .metrics_until(|m| calm(m, "h2") >= 2.0 && calm(m, "web") >= 2.0)
+        .await;
     assert!(
         m.get(
             "tunneld_protocol_errors_total",

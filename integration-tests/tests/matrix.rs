@@ -270,7 +270,14 @@ async fn every_transport_reaches_every_frontend_in_one_tunneld_from_the_example(
     );
     wsc.shutdown().await.expect("stop");
 
-    let m = server.metrics().await;
+    // A visitor is counted when its conversation has ended.
+    let m = server
+        .metrics_when(
+            "tunneld_ws_requests_total",
+            &[("transport", "ws"), ("route", "visitor"), ("code", "200")],
+            1.0,
+        )
+        .await;
     assert!(
         m.get(
             "tunneld_ws_requests_total",

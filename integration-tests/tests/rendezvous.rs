@@ -620,8 +620,15 @@ async fn connect_reaches_named_tunnels_over_every_transport_and_nothing_else() -
     wait_parked(&s, "parked-id", 3).await?;
     drop(raw);
     wait_parked(&s, "parked-id", 2).await?;
+    // Counted just after the ticket leaves the queue.
     assert!(
-        s.metrics().await.get(
+        s.metrics_when(
+            "tunneld_rendezvous_parked_dropped_total",
+            &[("reason", "closed")],
+            1.0
+        )
+        .await
+        .get(
             "tunneld_rendezvous_parked_dropped_total",
             &[("reason", "closed")]
         ) >= 1.0

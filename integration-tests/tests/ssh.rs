@@ -364,7 +364,14 @@ async fn silent_and_garbage_connections_are_closed_within_the_handshake_deadline
     let read = tokio::time::timeout(WAIT, garbage.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "a garbage connection stayed open");
 
-    let m = s.metrics().await;
+    // Counted after the connection is dropped.
+    let m = s
+        .metrics_when(
+            "tunneld_handshakes_total",
+            &[("transport", "ssh"), ("outcome", "timeout")],
+            1.0,
+        )
+        .await;
     assert!(
         m.get(
             "tunneld_handshakes_total",

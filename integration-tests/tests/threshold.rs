@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunneld_integration_tests::process::go_threshold_client_or_skip;
 use tunneld_integration_tests::services::{recorder, tagged_echo, visit_tagged};
-use tunneld_integration_tests::{client_pki, temp_dir, TestServer, WAIT};
+use tunneld_integration_tests::{client_pki, metrics, temp_dir, TestServer, WAIT};
+
+/// `tunneld_handshakes_total{outcome}`.
+fn hs(m: &metrics::Samples, outcome: &str) -> f64 {
+    m.get("tunneld_handshakes_total", &[("outcome", outcome)])
+}
 
 fn threshold_sets(header_identity: bool) -> Vec<String> {
     vec![
@@ -267,7 +272,10 @@ async fn threshold_identity_comes_from_the_client_certificate() {
         let err = bad.stderr();
         assert!(err.contains("refused") && err.contains(words), "{err}");
     }
-    let m = server.metrics().await;
+    // Counted after the answer was written and the connection dropped.
+    let m = server
+        .metrics_until(|m| hs(m, "bad_certificate") >= 1.0 && hs(m, "missing_credentials") >= 1.0)
+        .await;
     assert!(
         m.get(
             "tunneld_handshakes_total",
@@ -358,11 +366,11 @@ async fn hostile_threshold_handshakes_get_a_status_and_a_metric() {
     }
     assert!(server.running.hub.sessions().is_empty());
     let m = server
-        .metrics_when(
-            "tunneld_handshakes_total",
-            &[("outcome", "head_too_large")],
-            1.0,
-        )
+        .metrics_until(|m| {
+            hs(m, "head_too_large") >= 1.0
+                && hs(m, "missing_credentials") >= 1.0
+                && hs(m, "bad_request") >= 3.0
+        })
         .await;
     assert!(m.get("tunneld_handshakes_total", &[("outcome", "head_too_large")]) >= 1.0);
     assert!(

@@ -220,7 +220,14 @@ async fn tpot_framing_byte_for_byte() {
         }
     };
     assert_eq!(code, 4180);
-    let m = s.metrics().await;
+    // Counted when the session ends, after its Close frame was sent.
+    let m = s
+        .metrics_when(
+            "tunneld_protocol_errors_total",
+            &[("transport", "ws"), ("reason", "unknown_message")],
+            1.0,
+        )
+        .await;
     assert!(
         m.get(
             "tunneld_protocol_errors_total",
