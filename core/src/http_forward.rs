@@ -224,6 +224,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Joins repeated `Cookie` fields into one, separated by `"; "`. HTTP/2 clients send each
+/// cookie as a field of its own (browsers do, for header compression), and a request passed
+/// on as HTTP/1.1 must carry them in one (RFC 9113 §8.2.3): services that join repeated
+/// fields with commas (WSGI servers do) would read `a=1, b=2` as one cookie. Fields that are
+/// not valid together stay as they are.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let cookies = headers.get_all(header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in cookies.iter().filter(|v| !v.is_empty()) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Whether a request asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
@@ -378,6 +400,28 @@ mod tests {
             h.get("connection").map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
         );
+    }
+
+    #[test]
+    fn repeated_cookies_become_one_field() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static(""));
+        h.append("cookie", HeaderValue::from_static("b=2; c=3"));
+        h.append("x-other", HeaderValue::from_static("kept"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(all, vec![&b"a=1; b=2; c=3"[..]]);
+        assert!(h.contains_key("x-other"));
+
+        // One field, or none: unchanged.
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get("cookie").map(|v| v.as_bytes()), Some(&b"a=1"[..]));
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

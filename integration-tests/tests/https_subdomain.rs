@@ -104,6 +104,11 @@ async fn curl_reaches_http_tunnels_over_h2_reverse_and_yamux() -> Result<()> {
                     "X-Forwarded-For: 6.6.6.6",
                     "-H",
                     "X-End-To-End: kept",
+                    // Over HTTP/2, two fields (as browsers split their cookies).
+                    "-H",
+                    "Cookie: a=1",
+                    "-H",
+                    "Cookie: b=2; c=3",
                 ],
             )
             .await?;
@@ -120,6 +125,9 @@ async fn curl_reaches_http_tunnels_over_h2_reverse_and_yamux() -> Result<()> {
             );
             assert!(lower.contains("x-end-to-end: kept"), "{body}");
             assert!(!lower.contains("6.6.6.6"), "{body}");
+            // The service gets one Cookie line (RFC 9113 §8.2.3).
+            let cookies: Vec<_> = lower.lines().filter(|l| l.starts_with("cookie:")).collect();
+            assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{body}");
             if version == "1.1" {
                 // Named by Connection, so hop-by-hop (HTTP/2 has no Connection header).
                 assert!(!lower.contains("x-secret"), "{body}");

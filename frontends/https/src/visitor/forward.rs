@@ -12,7 +12,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tunneld_core::http_forward::{boxed, coalesced, http1_over, strip_hop_by_hop, Body};
+use tunneld_core::http_forward::{
+    boxed, coalesced, http1_over, join_cookies, strip_hop_by_hop, Body,
+};
 use tunneld_core::idle::splice_until_idle;
 use tunneld_core::session::OpenError;
 use tunneld_core::splice::SpliceCounters;
@@ -29,6 +31,7 @@ impl Conn {
     ) -> Request<Body> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        join_cookies(&mut parts.headers);
         for h in [
             "forwarded",
             "x-forwarded-for",
