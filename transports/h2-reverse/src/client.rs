@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use tunneld_core::dial::{DialError, DialTarget};
 use tunneld_core::home::Home;
 use tunneld_core::http2::H2Tuning;
-use tunneld_core::http_forward::{boxed, coalesced, empty, full, Body};
+use tunneld_core::http_forward::{boxed, coalesced, empty, full, join_cookies, Body};
 use tunneld_core::limits::DataLimits;
 use tunneld_core::proto::{Control, Hello, TunnelStatus};
 use tunneld_core::session::{ClientSession, LocalConnector, SessionNews, StreamHeader};
@@ -164,6 +164,8 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
         }
         return answer(StatusCode::OK, None);
     }
+    // It leaves HTTP/2 here: one Cookie line (RFC 9113 §8.2.3; tunneld joins them already).
+    join_cookies(req.headers_mut());
     // A request goes on a kept-alive connection to its service when one is idle.
     let max = ctx.limits.max_response_head;
     let key = ctx.connector.pool_key(&header);
