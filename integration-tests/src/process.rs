@@ -30,6 +30,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build.args(["build", "--workspace", "--all-targets"]);
+        // Into the directory this test runs from: the same profile, target and target
+        // directory (`cargo test --release` must not find stale release binaries beside a
+        // fresh debug build).
+        build.args(build_location(dir));
         // What cargo sets for a test run is not the caller's environment: ring's build script
         // watches CARGO_MANIFEST_DIR, so passing it on rebuilt most of the tree (twice: the next
         // plain build changed it back).
@@ -62,6 +66,34 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         bail!("{} is missing after building", path.display());
     }
     Ok(path)
+}
+
+/// The `cargo build` arguments that put binaries in `dir` (`<target-dir>[/<triple>]/<profile>`,
+/// the target directory being the one with cargo's `CACHEDIR.TAG`).
+fn build_location(dir: &std::path::Path) -> Vec<String> {
+    let name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut args = match name(dir).as_str() {
+        "debug" => Vec::new(),
+        "release" => vec!["--release".to_string()],
+        profile => vec!["--profile".to_string(), profile.to_string()],
+    };
+    let Some(up) = dir.parent() else {
+        return args;
+    };
+    let root = if up.join("CACHEDIR.TAG").exists() {
+        up
+    } else if let Some(root) = up.parent().filter(|r| r.join("CACHEDIR.TAG").exists()) {
+        args.extend(["--target".to_string(), name(up)]);
+        root
+    } else {
+        return args;
+    };
+    args.extend(["--target-dir".to_string(), root.display().to_string()]);
+    args
 }
 
 /// A spawned binary whose stdout is read line by line. Killed on drop.
@@ -257,4 +289,41 @@ pub async fn curl(args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_location;
+
+    #[test]
+    fn the_fallback_build_goes_where_the_tests_run() {
+        let root = crate::temp_dir("build-location");
+        std::fs::write(
+            root.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .expect("tag");
+        let at = |rel: &str| {
+            let d = root.join(rel);
+            std::fs::create_dir_all(&d).expect("dir");
+            build_location(&d)
+        };
+        let r = root.display().to_string();
+        assert_eq!(at("debug"), ["--target-dir", &r]);
+        assert_eq!(at("release"), ["--release", "--target-dir", &r]);
+        assert_eq!(
+            at("x86_64-unknown-linux-gnu/release"),
+            [
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+                &r
+            ]
+        );
+        assert_eq!(
+            at("profiling"),
+            ["--profile", "profiling", "--target-dir", &r]
+        );
+    }
 }
