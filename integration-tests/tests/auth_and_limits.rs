@@ -216,18 +216,11 @@ async fn garbage_and_oversized_frames_after_auth_end_only_that_session() {
         // The socket closes as the session's connection is dropped, a moment before the
         // session counts why it ended.
         let want = (i + 1) as f64;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let count = loop {
-            let m = server.metrics().await;
-            let n = m.get(
-                "tunneld_protocol_errors_total",
-                &[("reason", "bad_yamux_frame")],
-            );
-            if n >= want || tokio::time::Instant::now() > deadline {
-                break n;
-            }
-            tokio::task::yield_now().await;
-        };
+        let bad = [("reason", "bad_yamux_frame")];
+        let count = server
+            .metrics_when("tunneld_protocol_errors_total", &bad, want)
+            .await
+            .get("tunneld_protocol_errors_total", &bad);
         assert_eq!(count, want);
     }
     // tunneld is fine: a proper client still connects.

@@ -158,17 +158,14 @@ async fn metric_reaches(
     labels: &[(&str, &str)],
     want: f64,
 ) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = s.metrics().await.get(name, labels);
-        if v == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{name}{labels:?} is {v}, want {want}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let v = s
+        .metrics_until(|m| m.get(name, labels) == want)
+        .await
+        .get(name, labels);
+    if v != want {
+        bail!("{name}{labels:?} is {v}, want {want}");
     }
+    Ok(())
 }
 
 /// Echo round trips until one succeeds (streams are given back as their visitors' closes
