@@ -1,7 +1,8 @@
 //! Lays out tunnelc's code that runs from start-up to idle together (`symbol-order.txt`,
-//! written by `scripts/symbol-order`; see `scripts/link_order.rs`).
-include!("../scripts/link_order.rs");
+//! written by `scripts/symbol-order`) and packs its relocations (see `scripts/link_args.rs`).
+include!("../scripts/link_args.rs");
 
 fn main() {
     link_order();
+    packed_relocations();
 }
