@@ -38,7 +38,21 @@ pub(crate) struct Conn {
     pub(crate) next_tunnel: u32,
     pub(crate) session_channels: Vec<ChannelId>,
     pub(crate) shells: Vec<ChannelId>,
+    /// Bytes of data handled since the session's task last let other tasks run.
+    pub(crate) data_since_yield: usize,
 }
+
+/// Bytes of data the session's task handles before it lets the visitors' relays run.
+///
+/// russh reads every packet already in the socket before its task yields (up to a channel
+/// window's worth, 64 packets of 32 KiB), and it allocates a zero-filled buffer for each
+/// packet's data. The relays free those buffers only once they run, so the allocator's
+/// per-thread cache (20 blocks of each size from 16 KiB up) overflowed at every burst and
+/// the next burst took its blocks from the arena, where jemalloc zero-fills a reused block
+/// by handing its pages back to the kernel: most of a download's pages faulted in anew.
+/// Yielding after 8 full packets lets the relays free each buffer while the cache still has
+/// room for it; small messages (requests, answers) seldom add up to a yield.
+const DATA_BEFORE_YIELD: usize = 8 * 32 * 1024;
 
 impl Drop for Conn {
     /// The session is over: each visitor's reader sees the end of its channel.
@@ -271,6 +285,11 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.pump(channel, session);
+        self.data_since_yield += data.len();
+        if self.data_since_yield >= DATA_BEFORE_YIELD {
+            self.data_since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         if self.shells.contains(&channel) && data.iter().any(|b| matches!(b, 3 | 4 | b'q')) {
             self.shells.retain(|c| *c != channel);
             let _ = session.exit_status_request(channel, 0);

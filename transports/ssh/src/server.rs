@@ -173,6 +173,7 @@ impl SshTransport {
             guard: None,
             next_tunnel: 0,
             session_channels: Vec::new(),
+            data_since_yield: 0,
             shells: Vec::new(),
         };
         let deadline = tokio::time::sleep(cx.handshake_timeout());
