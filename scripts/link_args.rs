@@ -16,15 +16,7 @@
 /// Emits the symbol-order arguments for this package's binaries, when the linker takes them.
 fn link_order() {
     println!("cargo:rerun-if-env-changed=TUNNELD_NO_SYMBOL_ORDER");
-    // What decides the linker (cargo reruns this script when they change).
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
-    ] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
+    rerun_if_linker_changes();
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
     let Some(order) = dir.map(|d| d.join("symbol-order.txt")) else {
         return;
@@ -49,16 +41,37 @@ fn link_order() {
     }
 }
 
+/// Asks cargo to rerun the build script when what decides the linker and its flags changes.
+fn rerun_if_linker_changes() {
+    let target = std::env::var("TARGET")
+        .unwrap_or_default()
+        .to_uppercase()
+        .replace('-', "_");
+    for var in [
+        "RUSTFLAGS".to_string(),
+        "CARGO_BUILD_RUSTFLAGS".to_string(),
+        format!("CARGO_TARGET_{target}_RUSTFLAGS"),
+        format!("CARGO_TARGET_{target}_LINKER"),
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+}
+
 /// Packed relative relocations (`-z pack-relative-relocs`, ELF's DT_RELR): a position-
 /// independent binary lists every pointer the loader must move by the load address, 24 bytes
-/// each (tunneld: 20,000 of them, 483 KiB, all read at every start and so all resident); packed,
+/// each (tunneld: 20,147 of them, 472 KiB, all read at every start and so all resident); packed,
 /// a bitmap covers 63 neighbouring pointers in 8 bytes. The binary stays position-independent.
 /// It then needs a loader that reads DT_RELR (glibc 2.36 and later), so the probe program
 /// must not only link but run here; with `TUNNELD_NO_PACKED_RELOCS` set (to anything), or
 /// when the probe fails, the relocations stay as they were.
 fn packed_relocations() {
     println!("cargo:rerun-if-env-changed=TUNNELD_NO_PACKED_RELOCS");
+    rerun_if_linker_changes();
     if std::env::var_os("TUNNELD_NO_PACKED_RELOCS").is_some() {
+        return;
+    }
+    // An ELF flag: other linkers (link.exe, ld64) would warn at every link and do nothing.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return;
     }
     // A cross build cannot run its probe here.
@@ -81,7 +94,7 @@ fn linker_takes(args: &[String], run: bool) -> bool {
     };
     let source = out.join("link_args_probe.rs");
     // A pointer in a static, so the probe has a relative relocation to pack.
-    let program = "static HELLO: &str = \"probe\";\nfn main() { assert_eq!(HELLO.len(), 5); }\n";
+    let program = "static HELLO: &str = \"probe\";\nfn main() { assert_eq!(std::hint::black_box(HELLO), \"probe\"); }\n";
     if std::fs::write(&source, program).is_err() {
         return false;
     }

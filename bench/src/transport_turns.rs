@@ -11,7 +11,7 @@
 use crate::pairs::{over, row, PairRow};
 use crate::systems::{self, System, Transport};
 use crate::{load, openssh, Settings};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -58,7 +58,9 @@ pub async fn rows(
         for (f, figure) in figures.iter_mut().enumerate() {
             let mut got = vec![0.0; systems.len()];
             for &i in &order {
-                got[i] = measure(&systems[i], f, s).await?;
+                got[i] = measure(&systems[i], f, s)
+                    .await
+                    .with_context(|| format!("{}, {}", systems[i].name, FIGURES[f]))?;
             }
             figure.push(got);
         }
