@@ -23,7 +23,10 @@ pub const WORST: &str = "the worst transport";
 /// The figures compared, in the order each round measures them.
 const FIGURES: [&str; 3] = ["throughput", "download throughput", "HTTP req/s"];
 
-/// Starts the transports and measures them by turns (`ssh`: whether OpenSSH is there).
+/// Starts the transports and measures them by turns (`ssh`: whether OpenSSH is there). A
+/// measurement that fails ends the run when `strict` (smoke mode); otherwise `notes` says
+/// which, and its round is left out of that figure's ratios.
+#[allow(clippy::too_many_arguments)]
 pub async fn rows(
     bins: &Path,
     service: SocketAddr,
@@ -31,6 +34,8 @@ pub async fn rows(
     s: &Settings,
     rounds: usize,
     ssh: bool,
+    strict: bool,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<PairRow>> {
     let dir = work.join("transport-turns");
     let mut systems = Vec::new();
@@ -58,9 +63,23 @@ pub async fn rows(
         for (f, figure) in figures.iter_mut().enumerate() {
             let mut got = vec![0.0; systems.len()];
             for &i in &order {
-                got[i] = measure(&systems[i], f, s)
-                    .await
-                    .with_context(|| format!("{}, {}", systems[i].name, FIGURES[f]))?;
+                let what = || {
+                    format!(
+                        "by turns, round {}: {}, {}",
+                        round + 1,
+                        systems[i].name,
+                        FIGURES[f]
+                    )
+                };
+                got[i] = match measure(&systems[i], f, s).await.with_context(what) {
+                    Ok(v) => v,
+                    Err(e) if !strict => {
+                        eprintln!("{e:#}");
+                        notes.push(format!("{e:#}: the round is left out of its ratios"));
+                        0.0
+                    }
+                    Err(e) => return Err(e),
+                };
             }
             figure.push(got);
         }
