@@ -266,6 +266,14 @@ pub(crate) async fn digest_visit(s: &TestServer, id: &str, path: &str) -> Result
     Ok(out)
 }
 
+/// A Basic visitor (`user:password`) with curl; returns the whole answer, head included,
+/// whatever its status.
+pub(crate) async fn basic_visit(s: &TestServer, user: &str, path: &str) -> Result<String> {
+    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
+    let (_, out) = curl(&["-i", "--resolve", &res, "--cacert", &ca, "-u", user, &u]).await?;
+    Ok(out)
+}
+
 /// `tunneld rendezvous <args>` with the real binary on the server's config; stdout.
 pub(crate) async fn rendezvous_cli(s: &TestServer, args: &[&str]) -> Result<String> {
     let conf = s.dir.join("server.yaml").display().to_string();

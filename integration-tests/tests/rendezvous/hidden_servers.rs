@@ -134,22 +134,7 @@ async fn hidden_server_wire_answers_and_totp_rules() -> Result<()> {
     assert_eq!(got, err_answer(401, "client `bob` may not park for id `wire` (the id is unknown or belongs to another client)"));
 
     // Nothing parked for a known id: the visitor waits `visitor_wait` (2 s here), then 404.
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/late"),
-    );
-    let (_, out) = curl(&[
-        "-i",
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "-u",
-        "wire:pw",
-        &u,
-    ])
-    .await?;
+    let out = basic_visit(&s, "wire:pw", "/late").await?;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     assert!(out.ends_with("\"UUID not registered\"}}"), "{out}");
 
@@ -216,18 +201,7 @@ async fn the_original_node_hidden_server_works_unchanged() -> Result<()> {
         s.dir.join("node.err"),
     )?;
     node.line_starting("parked").await?;
-    let (res, u) = (resolve(&s), url(&s, "/via-node"));
-    let (_, out) = curl(&[
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "--digest",
-        "-u",
-        "node-hidden:pw",
-        &u,
-    ])
-    .await?;
+    let out = digest_visit(&s, "node-hidden", "/via-node").await?;
     assert_eq!(out, "node saw GET /via-node HTTP/1.1 authorization=no\n");
     assert!(node.wait().await?.success(), "{}", node.stderr());
     Ok(())
@@ -371,23 +345,8 @@ async fn tunnelc_parks_with_an_ids_own_secret_and_says_when_it_wants_too_many() 
         &format!("  foreign: {{ local: \"{local}\", parked: 2, secret: {secret} }}\n"),
     )?;
     wait_parked(&s, "foreign", 2).await?;
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/f"),
-    );
-    let (st, out) = curl(&[
-        "-i",
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "-u",
-        "foreign:pw",
-        &u,
-    ])
-    .await?;
-    anyhow::ensure!(st.success() && out.starts_with("HTTP/1.1 200"), "{out}");
+    let out = basic_visit(&s, "foreign:pw", "/f").await?;
+    anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "{out}");
     c.stop.cancel();
 
     // 12 parked wanted, tunneld keeps 8 per id: 8 park, the 4 others stop with a message,

@@ -113,22 +113,7 @@ async fn removed_rotated_and_re_added_ids_never_serve_old_parked_connections() -
         .ok_or_else(|| anyhow!("{out}"))?
         .to_string();
     assert_ne!(new_secret, imported);
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/stale"),
-    );
-    let (_, out) = curl(&[
-        "-i",
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "-u",
-        "moved:pw",
-        &u,
-    ])
-    .await?;
+    let out = basic_visit(&s, "moved:pw", "/stale").await?;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     assert!(
         read_all(&mut old).await.is_empty(),
@@ -166,17 +151,7 @@ async fn removed_rotated_and_re_added_ids_never_serve_old_parked_connections() -
     assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
     rendezvous_cli(&s, &["remove", "moved"]).await?;
     rendezvous_cli(&s, &["add", "moved"]).await?;
-    let (_, out) = curl(&[
-        "-i",
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "-u",
-        "moved:pw",
-        &u,
-    ])
-    .await?;
+    let out = basic_visit(&s, "moved:pw", "/stale").await?;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     assert!(read_all(&mut before).await.is_empty());
     let m = s.metrics().await;

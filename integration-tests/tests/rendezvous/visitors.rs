@@ -356,22 +356,7 @@ async fn answers_never_name_a_local_service_and_uuid_is_any_case() -> Result<()>
     // The same through a hidden service served by tunnelc: its own 502 names nothing.
     add_id(&s, "dark", Some("alice")).await?;
     let _hidden = park_client(&s, "dark", down, 1).await?;
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/x"),
-    );
-    let (_, out) = curl(&[
-        "-i",
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "-u",
-        "dark:pw",
-        &u,
-    ])
-    .await?;
+    let out = basic_visit(&s, "dark:pw", "/x").await?;
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");
     assert!(out.contains("the hidden service is not reachable"), "{out}");
     assert!(!out.contains(&down.port().to_string()), "{out}");
