@@ -72,16 +72,8 @@ pub(crate) async fn park_client(
     local: SocketAddr,
     parked: usize,
 ) -> Result<TestClient> {
-    let yaml = format!(
-        "server: {}\nserver_name: localhost\ntransport: connect\ntoken: {ALICE_TOKEN}\ntls: {{ ca: {} }}\nreconnect: {{ initial: 50ms, max: 500ms }}\nrendezvous:\n  {id}: {{ local: \"{local}\", parked: {parked} }}\n",
-        hidden(s),
-        s.ca_file().display()
-    );
-    let file = temp_dir("client").join("client.yaml");
-    std::fs::write(&file, yaml)?;
-    let cfg = tunneld_client::config::client::ClientConfig::load(Some(&file), &[])
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut c = TestClient::spawn(cfg);
+    let entry = format!("  {id}: {{ local: \"{local}\", parked: {parked} }}\n");
+    let mut c = rendezvous_client(s, &entry)?;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let ev = tokio::time::timeout_at(deadline, c.events.recv())
