@@ -1,11 +1,16 @@
 //! A visitor's `forwarded-tcpip` channel as one stream, with its own bounded backlog.
 //!
-//! russh refills a channel's SSH window as soon as data arrives, not when it is read, and
-//! hands the data to a bounded queue per channel; a visitor that stops reading would fill its
-//! queue and then block the connection's whole reader, freezing every other forward of the
-//! same client. So each channel's queue is drained at once into a backlog of its own, and a
-//! visitor whose backlog passes `max_backlog` (or whose session's backlogs together pass
-//! `max_session_backlog`) is cut instead: its neighbours keep flowing.
+//! russh hands each channel's data to a bounded queue per channel; a visitor that stops
+//! reading would fill its queue and then block the connection's whole reader, freezing every
+//! other forward of the same client. So each channel's queue is drained at once into a
+//! backlog of its own, and the channel's SSH window follows what the visitor reads: russh
+//! (patched, vendor/README.md) grants a forwarded channel no window as data arrives, and
+//! the reader grants what it has taken, once that is half a window. The window the client
+//! may still use, the bytes waiting unread and those read but not yet granted always add
+//! up to `window_size`, so a slow visitor slows only its own channel at the client. One
+//! whose backlog passes `max_backlog` anyway (a client that ignores its window), or whose
+//! session's backlogs together pass `max_session_backlog`, is cut: its neighbours keep
+//! flowing.
 //!
 //! The session's own task drains the queues: russh calls the handler after each message it
 //! queues for a channel (data, EOF, close, window adjust, requests), and the handler drains
@@ -28,6 +33,9 @@ use tunneld_core::sync::lock;
 
 /// The backlog caps of one SSH session.
 pub(crate) struct BacklogBudget {
+    /// Each channel's SSH window (`window_size`): its unread backlog and what the client
+    /// may still send it stay within this.
+    pub(crate) window: u32,
     pub(crate) per_visitor: usize,
     pub(crate) per_session: usize,
     held: AtomicUsize,
@@ -37,12 +45,14 @@ pub(crate) struct BacklogBudget {
 
 impl BacklogBudget {
     pub(crate) fn new(
+        window: u32,
         per_visitor: usize,
         per_session: usize,
         cuts: prometheus::IntCounterVec,
         transport: String,
     ) -> Arc<Self> {
         Arc::new(Self {
+            window,
             per_visitor,
             per_session,
             held: AtomicUsize::new(0),
@@ -269,6 +279,8 @@ pub(crate) struct ChannelIo {
     writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     handle: Handle,
     id: ChannelId,
+    /// Bytes read since the last window grant.
+    ungranted: usize,
 }
 
 impl ChannelIo {
@@ -292,6 +304,7 @@ impl ChannelIo {
             writer: Box::pin(write.make_writer()),
             handle,
             id,
+            ungranted: 0,
         }
     }
 }
@@ -325,7 +338,8 @@ impl AsyncRead for ChannelIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut s = lock(&self.backlog.state);
+        let this = self.get_mut();
+        let mut s = lock(&this.backlog.state);
         if let Some(front) = s.chunks.front_mut() {
             let n = front.len().min(buf.remaining());
             buf.put_slice(&front[..n]);
@@ -336,7 +350,17 @@ impl AsyncRead for ChannelIo {
                 *front = rest;
             }
             s.bytes -= n;
-            self.backlog.budget.held.fetch_sub(n, Ordering::Relaxed);
+            drop(s);
+            let budget = &this.backlog.budget;
+            budget.held.fetch_sub(n, Ordering::Relaxed);
+            this.ungranted += n;
+            if this.ungranted >= budget.window as usize / 2 {
+                // Taken: the client may send that much more (a session that is gone has
+                // nothing left to grant).
+                let amount = u32::try_from(this.ungranted).unwrap_or(u32::MAX);
+                let _ = this.handle.grant_window(this.id, amount);
+                this.ungranted = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         if let Some(why) = s.cut {
@@ -381,7 +405,7 @@ mod tests {
             &["transport", "cap"],
         )
         .expect("counter");
-        BacklogBudget::new(per_visitor, per_session, cuts, "t".into())
+        BacklogBudget::new(1 << 16, per_visitor, per_session, cuts, "t".into())
     }
 
     fn backlog(b: &Arc<BacklogBudget>) -> Backlog {

@@ -25,12 +25,13 @@ pub struct Config {
     /// Remote forwards (`-R`) one SSH session may hold at once.
     #[serde(default = "sixteen")]
     pub max_forwards: usize,
-    /// The SSH flow-control window of each channel (visitor connection), in bytes.
+    /// The SSH flow-control window of each channel (visitor connection), in bytes: what the
+    /// client may still send a visitor and what waits unread for it stay within this (the
+    /// visitor's reader grants the window as it reads).
     #[serde(default = "window")]
     pub window_size: u32,
-    /// Bytes from the client one visitor may have waiting unread before it is cut (the SSH
-    /// library grants window as data arrives, so a visitor that stops reading is cut rather
-    /// than allowed to stall the client's other forwards).
+    /// Bytes from the client one visitor may have waiting unread before it is cut: only a
+    /// client that ignores its window sends more than `window_size` ahead.
     #[serde(default = "backlog")]
     pub max_backlog: usize,
     /// The same for all visitors of one SSH session together.

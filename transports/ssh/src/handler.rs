@@ -371,6 +371,16 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    /// A forwarded channel's window follows what its visitor reads: its reader grants it
+    /// (channel_io.rs). Session channels (printed URLs) keep russh's refill on arrival.
+    fn channel_window_target(&mut self, channel: ChannelId, _received: usize, target: u32) -> u32 {
+        if self.session_channels.contains(&channel) {
+            target
+        } else {
+            0
+        }
+    }
+
     async fn window_adjusted(
         &mut self,
         channel: ChannelId,

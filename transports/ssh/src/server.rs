@@ -149,6 +149,7 @@ impl SshTransport {
         let admitted = CancellationToken::new();
         let forwards = Arc::new(Forwards::default());
         let pumps = Pumps::new(BacklogBudget::new(
+            self.cfg.window_size,
             self.cfg.max_backlog,
             self.cfg.max_session_backlog,
             self.metrics.backlog_cuts_total.clone(),

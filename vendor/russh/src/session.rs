@@ -335,6 +335,24 @@ impl Encrypted {
         Ok(false)
     }
 
+    /// (tunneld patch) Grants `amount` more bytes of `channel`'s window, up
+    /// to the largest window SSH can express; an unknown channel (closed
+    /// since) is skipped.
+    pub fn grant_window(&mut self, channel: ChannelId, amount: u32) -> Result<(), crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            let amount = amount.min(u32::MAX - channel.sender_window_size);
+            if amount > 0 {
+                push_packet!(self.write, {
+                    self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                    channel.recipient_channel.encode(&mut self.write)?;
+                    amount.encode(&mut self.write)?;
+                });
+                channel.sender_window_size += amount;
+            }
+        }
+        Ok(())
+    }
+
     fn flush_channel(
         write: &mut Vec<u8>,
         channel: &mut ChannelParams,

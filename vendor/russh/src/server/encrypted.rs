@@ -1487,7 +1487,12 @@ impl Session {
                 trace!("handler.data {ext:?} {channel_num:?}");
                 let data = map_err!(Bytes::decode(r))?;
                 map_err!(ensure_end(r))?;
-                let target = self.target_window_size;
+                // (tunneld patch) The handler may leave the window to the channel's reader.
+                let target = handler.channel_window_target(
+                    channel_num,
+                    data.len(),
+                    self.target_window_size,
+                );
 
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {

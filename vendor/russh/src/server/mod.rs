@@ -543,6 +543,18 @@ pub trait Handler: Sized {
         current
     }
 
+    /// (tunneld patch) Called for each data message on `channel`, before the
+    /// window is refilled: returns the window the client may have outstanding
+    /// once this message of `received` bytes is counted (refilled up to that
+    /// when it is below half of it). The default, `target` (the session's
+    /// target window), refills the window as data arrives; a handler whose
+    /// reader grants the window itself as it takes the data
+    /// ([`Handle::grant_window`]) returns 0.
+    #[allow(unused_variables)]
+    fn channel_window_target(&mut self, channel: ChannelId, received: usize, target: u32) -> u32 {
+        target
+    }
+
     /// The client requests a pseudo-terminal with the given
     /// specifications.
     ///

@@ -84,6 +84,12 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// (tunneld patch) Grant channel `id` `amount` more bytes of window
+    /// ([`Handle::grant_window`]).
+    WindowGrant {
+        id: ChannelId,
+        amount: u32,
+    },
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -116,6 +122,16 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// (tunneld patch) Grants the client `amount` more bytes of channel
+    /// `id`'s window (an SSH_MSG_CHANNEL_WINDOW_ADJUST), without waiting: for
+    /// a handler whose [`Handler::channel_window_target`](super::Handler::channel_window_target)
+    /// leaves the window to the channel's reader. Fails once the session is gone.
+    pub fn grant_window(&self, id: ChannelId, amount: u32) -> Result<(), ()> {
+        self.priority_sender
+            .send(Msg::WindowGrant { id, amount })
+            .map_err(|_| ())
+    }
+
     /// Send data to the session referenced by this handler.
     pub async fn data(
         &self,
@@ -534,6 +550,12 @@ impl Session {
             }
             Msg::Channel(id, ChannelMsg::WindowAdjusted { new_size }) => {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
+            }
+            // (tunneld patch)
+            Msg::WindowGrant { id, amount } => {
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.grant_window(id, amount)?;
+                }
             }
             Msg::ChannelOpenAgent { channel_ref } => {
                 let id = self.channel_open_agent()?;
