@@ -4,13 +4,15 @@
 //! reading would fill its queue and then block the connection's whole reader, freezing every
 //! other forward of the same client. So each channel's queue is drained at once into a
 //! backlog of its own, and the channel's SSH window follows what the visitor reads: russh
-//! (patched, vendor/README.md) grants a forwarded channel no window as data arrives, and
-//! the reader grants what it has taken, once that is half a window. The window the client
-//! may still use, the bytes waiting unread and those read but not yet granted always add
-//! up to `window_size`, so a slow visitor slows only its own channel at the client. One
-//! whose backlog passes `max_backlog` anyway (a client that ignores its window), or whose
-//! session's backlogs together pass `max_session_backlog`, is cut: its neighbours keep
-//! flowing.
+//! (patched, vendor/README.md) grants a forwarded channel no window as data arrives; the
+//! reader grants it as it takes the data. A channel's *commitment* is what the client may
+//! still send it plus what waits unread for it, so a slow visitor slows only its own
+//! channel at the client. Each channel opens with [`FLOOR`] committed and may grow to
+//! `window_size` out of its session's budget (`max_session_backlog`, all commitments
+//! together); below [`FLOOR`] it is always refilled, so a session's many slow visitors
+//! share the budget instead of any being cut, and each keeps moving. A visitor sent more
+//! than it was granted (a client that ignores its window), or whose backlog passes
+//! `max_backlog`, is cut: its neighbours keep flowing.
 //!
 //! The session's own task drains the queues: russh calls the handler after each message it
 //! queues for a channel (data, EOF, close, window adjust, requests), and the handler drains
@@ -31,14 +33,26 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tunneld_core::sync::lock;
 
-/// The backlog caps of one SSH session.
+/// The window every forwarded channel opens with (russh's `window_size`), and keeps
+/// whatever its session's budget: two SSH packets.
+pub(crate) const FLOOR: u32 = 64 * 1024;
+
+/// The window budget and backlog cap of one SSH session.
 pub(crate) struct BacklogBudget {
-    /// Each channel's SSH window (`window_size`): its unread backlog and what the client
-    /// may still send it stay within this.
-    pub(crate) window: u32,
+    /// The most one channel may have committed (`window_size`).
+    pub(crate) window: usize,
+    /// The least: what it opens with, refilled whatever the budget (`FLOOR`, or `window`
+    /// when that is smaller).
+    floor: usize,
+    /// A visitor whose backlog passes this is cut (`max_backlog`).
     pub(crate) per_visitor: usize,
+    /// All the session's channels' commitments together stay within this, beyond each
+    /// one's floor (`max_session_backlog`).
     pub(crate) per_session: usize,
-    held: AtomicUsize,
+    /// The session's channels' commitments now.
+    committed: AtomicUsize,
+    /// The session's forwarded channels open now.
+    open: AtomicUsize,
     pub(crate) cuts: prometheus::IntCounterVec,
     pub(crate) transport: String,
 }
@@ -51,20 +65,47 @@ impl BacklogBudget {
         cuts: prometheus::IntCounterVec,
         transport: String,
     ) -> Arc<Self> {
+        let window = window as usize;
         Arc::new(Self {
             window,
+            floor: window.min(FLOOR as usize),
             per_visitor,
             per_session,
-            held: AtomicUsize::new(0),
+            committed: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             cuts,
             transport,
         })
     }
 
-    /// Bytes held in the session's backlogs now.
+    /// The session's channels' commitments now.
     #[cfg(test)]
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+    pub(crate) fn committed(&self) -> usize {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// How much more window to grant a channel with `committed` bytes committed: up to its
+    /// share of the session's budget (the budget over the channels open, within the floor
+    /// and `window`) out of what is free, and at least back up to the floor; nothing while
+    /// the channel still has over half its share, or when the grant would be smaller than
+    /// half the floor (too small to be worth a message). Counted as committed.
+    fn grant(&self, committed: usize) -> usize {
+        let open = self.open.load(Ordering::Relaxed).max(1);
+        let share = (self.per_session / open).clamp(self.floor, self.window);
+        if committed > share / 2 {
+            return 0;
+        }
+        let free = self
+            .per_session
+            .saturating_sub(self.committed.load(Ordering::Relaxed));
+        let amount = (share - committed)
+            .min(free)
+            .max(self.floor.saturating_sub(committed));
+        if amount < self.floor / 2 {
+            return 0;
+        }
+        self.committed.fetch_add(amount, Ordering::Relaxed);
+        amount
     }
 }
 
@@ -158,6 +199,8 @@ impl Pumps {
 struct State {
     chunks: VecDeque<Bytes>,
     bytes: usize,
+    /// What the client may still send plus `bytes`: counted in the session's budget.
+    committed: usize,
     eof: bool,
     /// Why the channel was cut (its reader gets this error).
     cut: Option<&'static str>,
@@ -180,6 +223,23 @@ fn next_now(queue: &mut ChannelReadHalf) -> Poll<Option<ChannelMsg>> {
 }
 
 impl Backlog {
+    /// Grants the client more of the channel's window if it is due (a session that is gone
+    /// has nothing left to grant).
+    fn grant(&self, handle: &Handle, id: ChannelId) {
+        let amount = {
+            let mut s = lock(&self.state);
+            if s.cut.is_some() || s.queue.is_none() {
+                return;
+            }
+            let amount = self.budget.grant(s.committed);
+            s.committed += amount;
+            amount
+        };
+        if amount > 0 {
+            let _ = handle.grant_window(id, u32::try_from(amount).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Moves every message waiting in the channel's queue into the backlog.
     fn drain(&self) -> Drained {
         let mut s = lock(&self.state);
@@ -217,12 +277,10 @@ impl Backlog {
             return false;
         }
         let len = data.len();
-        let session = self.budget.held.load(Ordering::Relaxed);
         let why = if s.bytes + len > self.budget.per_visitor {
             Some("visitor")
-        } else if session + len > self.budget.per_session && s.bytes >= self.budget.per_visitor / 8
-        {
-            Some("session")
+        } else if s.bytes + len > s.committed {
+            Some("window")
         } else {
             None
         };
@@ -237,7 +295,6 @@ impl Backlog {
             return false;
         }
         s.bytes += len;
-        self.budget.held.fetch_add(len, Ordering::Relaxed);
         s.chunks.push_back(data);
         wake(s);
         true
@@ -252,9 +309,12 @@ impl Backlog {
         finish(&mut s);
     }
 
-    /// Gives the held bytes back to the session's budget and drops them.
+    /// Gives the channel's commitment back to the session's budget and drops what it held.
     fn release(&self, s: &mut State) {
-        self.budget.held.fetch_sub(s.bytes, Ordering::Relaxed);
+        self.budget
+            .committed
+            .fetch_sub(s.committed, Ordering::Relaxed);
+        s.committed = 0;
         s.bytes = 0;
         s.chunks.clear();
     }
@@ -279,8 +339,6 @@ pub(crate) struct ChannelIo {
     writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     handle: Handle,
     id: ChannelId,
-    /// Bytes read since the last window grant.
-    ungranted: usize,
 }
 
 impl ChannelIo {
@@ -288,15 +346,23 @@ impl ChannelIo {
     pub(crate) fn start(channel: Channel<Msg>, handle: Handle, pumps: Arc<Pumps>) -> Self {
         let id = channel.id();
         let (queue, write) = channel.split();
+        let budget = pumps.budget.clone();
+        // The channel opened with the floor as its window (russh's `window_size`).
+        budget.committed.fetch_add(budget.floor, Ordering::Relaxed);
+        budget.open.fetch_add(1, Ordering::Relaxed);
         let backlog = Arc::new(Backlog {
             state: Mutex::new(State {
                 queue: Some(queue),
+                committed: budget.floor,
                 ..State::default()
             }),
-            budget: pumps.budget.clone(),
+            budget,
         });
         if pumps.register(id, &backlog) == Drained::Cut {
             close_later(handle.clone(), id);
+        } else {
+            // The rest of its window at once, so a bulk answer never waits on the floor.
+            backlog.grant(&handle, id);
         }
         Self {
             backlog,
@@ -304,7 +370,6 @@ impl ChannelIo {
             writer: Box::pin(write.make_writer()),
             handle,
             id,
-            ungranted: 0,
         }
     }
 }
@@ -323,6 +388,7 @@ impl Drop for ChannelIo {
         {
             let mut s = lock(&self.backlog.state);
             self.backlog.release(&mut s);
+            self.backlog.budget.open.fetch_sub(1, Ordering::Relaxed);
             s.eof = true;
             // russh's sends to a dropped queue fail at once instead of filling it.
             s.queue = None;
@@ -350,17 +416,13 @@ impl AsyncRead for ChannelIo {
                 *front = rest;
             }
             s.bytes -= n;
+            s.committed -= n;
             drop(s);
-            let budget = &this.backlog.budget;
-            budget.held.fetch_sub(n, Ordering::Relaxed);
-            this.ungranted += n;
-            if this.ungranted >= budget.window as usize / 2 {
-                // Taken: the client may send that much more (a session that is gone has
-                // nothing left to grant).
-                let amount = u32::try_from(this.ungranted).unwrap_or(u32::MAX);
-                let _ = this.handle.grant_window(this.id, amount);
-                this.ungranted = 0;
-            }
+            this.backlog
+                .budget
+                .committed
+                .fetch_sub(n, Ordering::Relaxed);
+            this.backlog.grant(&this.handle, this.id);
             return Poll::Ready(Ok(()));
         }
         if let Some(why) = s.cut {
@@ -399,18 +461,26 @@ impl AsyncWrite for ChannelIo {
 mod tests {
     use super::*;
 
+    const W: usize = 1 << 20;
+    const F: usize = FLOOR as usize;
+
     fn budget(per_visitor: usize, per_session: usize) -> Arc<BacklogBudget> {
         let cuts = prometheus::IntCounterVec::new(
             prometheus::Opts::new("cuts", "test"),
             &["transport", "cap"],
         )
         .expect("counter");
-        BacklogBudget::new(1 << 16, per_visitor, per_session, cuts, "t".into())
+        BacklogBudget::new(W as u32, per_visitor, per_session, cuts, "t".into())
     }
 
-    fn backlog(b: &Arc<BacklogBudget>) -> Backlog {
+    /// A channel with `committed` bytes of window committed (counted in `b`).
+    fn backlog(b: &Arc<BacklogBudget>, committed: usize) -> Backlog {
+        b.committed.fetch_add(committed, Ordering::Relaxed);
         Backlog {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                committed,
+                ..State::default()
+            }),
             budget: b.clone(),
         }
     }
@@ -422,29 +492,69 @@ mod tests {
     }
 
     #[test]
-    fn a_visitor_over_its_cap_is_cut_and_gives_its_bytes_back() {
+    fn a_visitor_over_its_cap_is_cut_and_gives_its_window_back() {
         let b = budget(100, 1000);
-        let v = backlog(&b);
+        let v = backlog(&b, 500);
         assert!(v.take(Bytes::from(vec![0u8; 60])));
-        assert_eq!(b.held(), 60);
+        assert_eq!(lock(&v.state).bytes, 60);
         assert!(!v.take(Bytes::from(vec![0u8; 60])), "over 100: cut");
-        assert_eq!(b.held(), 0);
+        assert_eq!(b.committed(), 0);
         assert_eq!(lock(&v.state).cut, Some("visitor"));
         assert!(!v.take(Bytes::from_static(b"x")), "stays cut");
         assert_eq!(b.cuts.with_label_values(&["t", "visitor"]).get(), 1);
     }
 
     #[test]
-    fn the_session_cap_cuts_the_visitor_holding_much_but_not_a_small_one() {
-        let b = budget(100, 150);
-        let (big, small) = (backlog(&b), backlog(&b));
-        assert!(big.take(Bytes::from(vec![0u8; 90])));
-        assert!(small.take(Bytes::from(vec![0u8; 5])));
-        assert!(big.take(Bytes::from(vec![0u8; 5])));
-        // 100 held: small's next chunk passes the session cap, but it holds little.
-        assert!(small.take(Bytes::from(vec![0u8; 50])));
-        assert!(!big.take(Bytes::from(vec![0u8; 4])), "the big one is cut");
-        assert_eq!(lock(&big.state).cut, Some("session"));
-        assert_eq!(b.held(), 55);
+    fn a_client_sending_past_the_window_it_was_granted_is_cut() {
+        let b = budget(W * 4, W * 8);
+        let v = backlog(&b, 100);
+        assert!(v.take(Bytes::from(vec![0u8; 100])), "exactly its window");
+        assert!(!v.take(Bytes::from_static(b"x")), "one byte past it");
+        assert_eq!(lock(&v.state).cut, Some("window"));
+        assert_eq!(b.committed(), 0);
+    }
+
+    #[test]
+    fn grants_fill_a_window_from_the_session_budget_and_never_fall_below_the_floor() {
+        // Room for the floor of three channels and 1.5 windows besides.
+        let b = budget(W * 2, 3 * F + W + W / 2);
+        let (one, two, three) = (backlog(&b, F), backlog(&b, F), backlog(&b, F));
+        assert_eq!(b.grant(F), W - F, "the first gets a whole window");
+        lock(&one.state).committed += W - F;
+        assert_eq!(b.grant(W / 2 + 1), 0, "over half a window: not yet");
+        assert_eq!(b.grant(F), W / 2 + F, "the second, what is left");
+        lock(&two.state).committed += W / 2 + F;
+        assert_eq!(
+            b.grant(F),
+            0,
+            "the budget is spent: the third keeps its floor"
+        );
+        assert_eq!(b.grant(F / 4), F - F / 4, "but is refilled up to it");
+        lock(&three.state).committed = F;
+        assert_eq!(b.grant(F / 2 + 1), 0, "a refill under half the floor waits");
+        assert_eq!(
+            b.committed(),
+            3 * F + W + W / 2 + (F - F / 4),
+            "the floor's overdraft"
+        );
+        // The first channel closes: its window goes back to the budget.
+        one.release(&mut lock(&one.state));
+        assert_eq!(b.grant(F), W - F, "a whole window again");
+    }
+
+    #[test]
+    fn many_open_channels_share_the_budget_instead_of_the_first_ones_taking_it() {
+        let b = budget(W * 2, 16 * 2 * F);
+        b.open.store(16, Ordering::Relaxed);
+        assert_eq!(b.grant(F), F, "a sixteenth of the budget each: two floors");
+        assert_eq!(b.grant(F + 1), 0, "over half of that: not yet");
+        b.open.store(1000, Ordering::Relaxed);
+        assert_eq!(b.grant(F / 2), F / 2, "never less than the floor");
+        b.open.store(1, Ordering::Relaxed);
+        assert_eq!(
+            b.grant(F),
+            W - F,
+            "alone: a whole window (the budget allowing)"
+        );
     }
 }

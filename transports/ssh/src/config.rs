@@ -25,16 +25,17 @@ pub struct Config {
     /// Remote forwards (`-R`) one SSH session may hold at once.
     #[serde(default = "sixteen")]
     pub max_forwards: usize,
-    /// The SSH flow-control window of each channel (visitor connection), in bytes: what the
-    /// client may still send a visitor and what waits unread for it stay within this (the
-    /// visitor's reader grants the window as it reads).
+    /// The largest SSH flow-control window of a channel (visitor connection), in bytes: what
+    /// the client may still send a visitor and what waits unread for it stay within this
+    /// (the visitor's reader grants the window as it reads, out of the session's budget).
     #[serde(default = "window")]
     pub window_size: u32,
     /// Bytes from the client one visitor may have waiting unread before it is cut: only a
     /// client that ignores its window sends more than `window_size` ahead.
     #[serde(default = "backlog")]
     pub max_backlog: usize,
-    /// The same for all visitors of one SSH session together.
+    /// The window budget all visitors of one SSH session share: each channel opens with
+    /// 64 KiB (`channel_io::FLOOR`) and grows toward `window_size` out of it.
     #[serde(default = "session_backlog")]
     pub max_session_backlog: usize,
     /// The ciphers offered to clients. The client picks the first of its own list that is

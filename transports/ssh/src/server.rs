@@ -89,7 +89,9 @@ fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
         // OpenSSH's first probe ("none") is answered at once.
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![key],
-        window_size: cfg.window_size,
+        // Every channel opens with the floor; a forwarded one's reader grants it the rest of
+        // `window_size` out of its session's budget (channel_io.rs).
+        window_size: cfg.window_size.min(crate::channel_io::FLOOR),
         max_auth_attempts: 6,
         // Keepalives, not inactivity, decide when a quiet `ssh -N` session is dead.
         inactivity_timeout: None,
