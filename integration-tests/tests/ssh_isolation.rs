@@ -99,16 +99,16 @@ async fn visitors_that_never_read_do_not_freeze_the_same_ssh_clients_other_forwa
     Ok(())
 }
 
-/// Downloads `size` bytes from the `services::download` forward at `port`, reading 4 KiB at
-/// most every 2 ms (about 1-2 MB/s, a small fraction of what ssh sends on loopback), and
-/// checks every byte; the body's length.
-async fn slow_download(port: u16, size: usize) -> Result<usize> {
+/// Downloads `size` bytes from the `services::download` forward at `port`, when `slow`
+/// reading 4 KiB at most every 2 ms (about 1-2 MB/s, a small fraction of what ssh sends on
+/// loopback), and checks every byte; the body's length.
+async fn download(port: u16, size: usize, slow: bool) -> Result<usize> {
     let mut visitor = stalled_tcp(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     visitor
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await?;
     let mut got = Vec::with_capacity(size + 512);
-    let mut buf = vec![0u8; 4 << 10];
+    let mut buf = vec![0u8; if slow { 4 << 10 } else { 64 << 10 }];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let n = tokio::time::timeout_at(deadline, visitor.read(&mut buf))
@@ -119,7 +119,9 @@ async fn slow_download(port: u16, size: usize) -> Result<usize> {
             break;
         }
         got.extend_from_slice(&buf[..n]);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        if slow {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     let body_at = got
         .windows(4)
@@ -143,12 +145,11 @@ async fn slow_download(port: u16, size: usize) -> Result<usize> {
 /// Visitors reading far slower than the SSH client sends (a fast local service, slow
 /// visitors) get their whole downloads: each channel's SSH window follows what its visitor
 /// reads, and the session's window budget is shared among them, so the client waits
-/// instead of tunneld holding the difference. The caps are the least allowed (a visitor's
-/// backlog twice its window, the session's budget that again) and eight visitors need four
-/// times the budget's full windows: had tunneld refilled the windows as data arrived, or cut
-/// the biggest visitor once the session held too much, visitors would have been cut within
-/// the first few hundred KiB. The neighbour forward of the same ssh process keeps answering
-/// meanwhile.
+/// instead of tunneld holding the difference. A visitor's backlog cap is the least allowed
+/// (twice its window), and eight visitors' full windows are twice the session's budget: had
+/// tunneld refilled the windows as data arrived, or cut the biggest visitor once the session
+/// held too much, visitors would have been cut part way. The neighbour forward of the same
+/// ssh process keeps answering meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_slower_than_the_ssh_client_get_every_byte_uncut() -> Result<()> {
     if !peer_or_skip("ssh", "ssh slow visitors") {
@@ -166,15 +167,15 @@ async fn visitors_slower_than_the_ssh_client_get_every_byte_uncut() -> Result<()
         &[
             format!("transports.ssh.window_size={WINDOW}"),
             format!("transports.ssh.max_backlog={}", 2 * WINDOW),
-            format!("transports.ssh.max_session_backlog={}", 2 * WINDOW),
+            format!("transports.ssh.max_session_backlog={}", 4 * WINDOW),
         ],
     )
     .await?;
-    let (download, _) = services::download(SIZE as u64).await;
-    let (ssh, nb, vport) = two_forwards(&s, &key, download).await?;
+    let (service, _) = services::download(SIZE as u64).await;
+    let (ssh, nb, vport) = two_forwards(&s, &key, service).await?;
     let start = tokio::time::Instant::now();
     let probe = Neighbour::start(Probe::Echo(nb));
-    let downloads = futures::future::join_all((0..VISITORS).map(|_| slow_download(vport, SIZE)));
+    let downloads = futures::future::join_all((0..VISITORS).map(|_| download(vport, SIZE, true)));
     let results = downloads.await;
     // The probe needs 5 s of requests to judge; the downloads may end sooner.
     tokio::time::sleep_until(start + Duration::from_secs(6)).await;
@@ -193,6 +194,94 @@ async fn visitors_slower_than_the_ssh_client_get_every_byte_uncut() -> Result<()
     }
     anyhow::ensure!(cuts == 0.0, "{cuts} visitors were cut");
     report.assert_healthy("neighbour echo forward of the same ssh client")?;
+    drop(ssh);
+    Ok(())
+}
+
+/// Keys exchanged anew in the middle of bulk downloads (tunneld starts it after
+/// `rekey_limit` bytes, here 1 MiB): the client may still send everything its channels'
+/// windows allow until it sees tunneld's KEXINIT, and the session survives each exchange
+/// (russh's own bound, twice its configured window, would have ended it: its window is
+/// only the channels' opening 64 KiB, the rest granted by tunneld).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_downloads_survive_key_exchanges_tunneld_starts() -> Result<()> {
+    if !peer_or_skip("ssh", "ssh rekey") {
+        return Ok(());
+    }
+    const SIZE: usize = 24 << 20;
+    let dir = temp_dir("ssh-rekey");
+    let (key, public) = keygen(&dir, "alice", "ed25519")?;
+    let s = server(&[&public], &["transports.ssh.rekey_limit=1048576".into()]).await?;
+    let (service, _) = services::download(SIZE as u64).await;
+    let (ssh, nb, vport) = two_forwards(&s, &key, service).await?;
+    let results = futures::future::join_all((0..3).map(|_| download(vport, SIZE, false))).await;
+    for r in results {
+        r.context("a download through the rekeying session")?;
+    }
+    services::echo_message(&mut TcpStream::connect(nb).await?, b"still there")
+        .await
+        .context("the session after the downloads")?;
+    drop(ssh);
+    Ok(())
+}
+
+/// What one SSH session's visitors can leave unread at tunneld is bounded however many
+/// come: a new visitor is refused while the session's channels' windows, with the new
+/// one's opening window, would pass twice its window budget; once one leaves, the next is
+/// taken. (Here each channel's window is 32 KiB and the budget 64 KiB: four at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_visitors_while_its_window_budget_lasts() -> Result<()> {
+    if !peer_or_skip("ssh", "ssh window budget") {
+        return Ok(());
+    }
+    let dir = temp_dir("ssh-budget");
+    let (key, public) = keygen(&dir, "alice", "ed25519")?;
+    let s = server(
+        &[&public],
+        &[
+            "transports.ssh.window_size=32768".into(),
+            "transports.ssh.max_backlog=65536".into(),
+            "transports.ssh.max_session_backlog=65536".into(),
+        ],
+    )
+    .await?;
+    let (ssh, echo, _) = two_forwards(&s, &key, services::echo().await).await?;
+    let visit = || async move {
+        let mut c = TcpStream::connect(echo).await?;
+        services::echo_message(&mut c, b"hello").await?;
+        anyhow::Ok(c)
+    };
+    // The readiness checks' channels close on their own: wait until four fit again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut held = Vec::new();
+    while held.len() < 4 {
+        match visit().await {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "only {} visitors held: {e:#}",
+                    held.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    anyhow::ensure!(visit().await.is_err(), "a fifth visitor was taken");
+    let refused = s.metrics().await.get(
+        "tunneld_stream_open_failures_total",
+        &[("reason", "stream_cap")],
+    );
+    anyhow::ensure!(refused >= 1.0, "no refusal counted: {refused}");
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = visit().await {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no visitor taken after one left: {e:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(ssh);
     Ok(())
 }

@@ -95,17 +95,29 @@ impl BacklogBudget {
         if committed > share / 2 {
             return 0;
         }
-        let free = self
-            .per_session
-            .saturating_sub(self.committed.load(Ordering::Relaxed));
-        let amount = (share - committed)
-            .min(free)
-            .max(self.floor.saturating_sub(committed));
-        if amount < self.floor / 2 {
-            return 0;
+        let mut amount = 0;
+        // Readers on both threads may grant at once: each takes what is free when it adds.
+        let taken = self
+            .committed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                let free = self.per_session.saturating_sub(total);
+                amount = (share - committed)
+                    .min(free)
+                    .max(self.floor.saturating_sub(committed));
+                (amount >= self.floor / 2).then_some(total + amount)
+            });
+        if taken.is_ok() {
+            amount
+        } else {
+            0
         }
-        self.committed.fetch_add(amount, Ordering::Relaxed);
-        amount
+    }
+
+    /// Whether the session may take one more visitor: its channels' commitments, with the
+    /// floor each is refilled to whatever the budget, stay within twice the budget (so what
+    /// a session's visitors can leave unread at tunneld is bounded however many come).
+    pub(crate) fn admits(&self) -> bool {
+        self.committed.load(Ordering::Relaxed) + self.floor <= 2 * self.per_session
     }
 }
 
@@ -261,6 +273,14 @@ impl Backlog {
                     finish(&mut s);
                     return Drained::Closed;
                 }
+                Poll::Ready(Some(ChannelMsg::ExtendedData { .. })) => {
+                    // A forwarded channel has no second stream (OpenSSH never sends one);
+                    // what it took of the window would never be granted back.
+                    if s.cut.is_none() {
+                        self.cut(&mut s, "extended_data");
+                        cut = true;
+                    }
+                }
                 Poll::Ready(Some(_)) => {}
             }
         }
@@ -285,19 +305,24 @@ impl Backlog {
             None
         };
         if let Some(why) = why {
-            self.budget
-                .cuts
-                .with_label_values(&[&self.budget.transport, why])
-                .inc();
-            s.cut = Some(why);
-            self.release(s);
-            wake(s);
+            self.cut(s, why);
             return false;
         }
         s.bytes += len;
         s.chunks.push_back(data);
         wake(s);
         true
+    }
+
+    /// Cuts the visitor (its reader gets an error) and counts it by `why`.
+    fn cut(&self, s: &mut State, why: &'static str) {
+        self.budget
+            .cuts
+            .with_label_values(&[&self.budget.transport, why])
+            .inc();
+        s.cut = Some(why);
+        self.release(s);
+        wake(s);
     }
 
     /// No more will come: what is already queued is taken, then the reader sees EOF once
@@ -428,7 +453,7 @@ impl AsyncRead for ChannelIo {
         if let Some(why) = s.cut {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
-                format!("the visitor fell too far behind (its {why} backlog cap): cut"),
+                format!("the SSH client broke this visitor's flow control ({why}): cut"),
             )));
         }
         if s.eof {
@@ -556,5 +581,19 @@ mod tests {
             W - F,
             "alone: a whole window (the budget allowing)"
         );
+    }
+
+    #[test]
+    fn visitors_are_admitted_while_commitments_stay_within_twice_the_budget() {
+        let b = budget(W * 2, 4 * F);
+        let held: Vec<_> = (0..7).map(|_| backlog(&b, F)).collect();
+        assert!(
+            b.admits(),
+            "seven floors and one more: eight, twice the budget"
+        );
+        held[0].release(&mut lock(&held[0].state));
+        let _eighth = backlog(&b, F);
+        let _ninth = backlog(&b, F);
+        assert!(!b.admits(), "eight floors: no room for a ninth");
     }
 }

@@ -46,7 +46,14 @@ pub struct Config {
     /// build, paramiko).
     #[serde(default = "default_ciphers")]
     pub ciphers: Vec<String>,
+    /// Keys are exchanged anew after this many bytes either way (and after an hour), like
+    /// OpenSSH's `RekeyLimit`: 1 MiB to 1 GiB.
+    #[serde(default = "rekey_limit")]
+    pub rekey_limit: usize,
 }
+
+/// The most `rekey_limit` may be: russh's bound, RFC 4253's advice for the ciphers here.
+pub const MAX_REKEY_LIMIT: usize = 1 << 30;
 
 /// The ciphers `ciphers` may name: the AEAD ones and AES-CTR (with an SHA-2 HMAC, russh's
 /// default MACs).
@@ -65,6 +72,9 @@ fn default_ciphers() -> Vec<String> {
     KNOWN_CIPHERS.iter().map(|c| c.to_string()).collect()
 }
 
+fn rekey_limit() -> usize {
+    MAX_REKEY_LIMIT
+}
 fn backlog() -> usize {
     8 << 20
 }
@@ -121,6 +131,12 @@ impl Config {
                 "must be at least max_backlog".into(),
             ));
         }
+        if !((1 << 20)..=MAX_REKEY_LIMIT).contains(&self.rekey_limit) {
+            return Err((
+                "rekey_limit".into(),
+                "must be between 1048576 and 1073741824 bytes".into(),
+            ));
+        }
         if self.ciphers.is_empty() {
             return Err(("ciphers".into(), "must name at least one cipher".into()));
         }
@@ -154,6 +170,7 @@ mod tests {
             max_backlog: backlog(),
             max_session_backlog: session_backlog(),
             ciphers: ciphers.iter().map(|c| c.to_string()).collect(),
+            rekey_limit: rekey_limit(),
         }
     }
 

@@ -136,6 +136,9 @@ impl OpenStream for SshOpener {
             )));
         };
         let handle = self.handle.get().ok_or(OpenError::Offline)?;
+        if !self.pumps.budget.admits() {
+            return Err(OpenError::Capped("for the SSH session's window budget"));
+        }
         let open = handle.channel_open_forwarded_tcpip(
             f.address,
             f.port,

@@ -8,7 +8,7 @@ tunneld_core::metric_series! {
         counter refused_total: "tunneld_ssh_refused_total", ["transport", "request"],
             "SSH requests tunneld refuses by design, by request (exec, subsystem, direct-tcpip, x11, agent, streamlocal)";
         counter backlog_cuts_total: "tunneld_ssh_backlog_cuts_total", ["transport", "cap"],
-            "Visitors cut because the SSH client sent them more than allowed, by cap (window: past the window granted, visitor: past max_backlog)";
+            "Visitors cut because the SSH client sent them more than allowed, by cap (window: past the window granted, visitor: past max_backlog, extended_data: a second stream)";
         counter auth_total: "tunneld_ssh_auth_total", ["transport", "outcome"],
             "SSH public-key authentications, by outcome (ok, unknown_key, token_refused, store_error, throttled)";
     }

@@ -97,6 +97,11 @@ fn russh_config(cfg: &Config, key: PrivateKey) -> RusshConfig {
         inactivity_timeout: None,
         keepalive_interval: Some(cfg.keepalive_interval),
         keepalive_max: cfg.keepalive_max,
+        limits: russh::Limits {
+            rekey_write_limit: cfg.rekey_limit,
+            rekey_read_limit: cfg.rekey_limit,
+            ..russh::Limits::default()
+        },
         // Set on each accepted socket in `connection` (russh only sets it in its own loop).
         nodelay: true,
         preferred: russh::Preferred {

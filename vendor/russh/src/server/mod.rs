@@ -1135,6 +1135,7 @@ where
         sender: handle.clone(),
         pending_reads: Vec::new(),
         pending_len: 0,
+        pending_limit: 0, // (tunneld patch)
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
         kex: SessionKexState::Idle,
@@ -1240,8 +1241,8 @@ async fn reply<H: Handler + Send>(
                     return Err(crate::Error::Inconsistent.into());
                 }
                 session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                if u64::from(session.pending_len) > 2 * u64::from(session.common.config.window_size)
-                {
+                // (tunneld patch) The limit counts the windows granted (`begin_rekey`).
+                if u64::from(session.pending_len) > session.pending_limit {
                     return Err(crate::Error::Pending.into());
                 }
             }
