@@ -113,11 +113,22 @@ impl BacklogBudget {
         }
     }
 
-    /// Whether the session may take one more visitor: its channels' commitments, with the
-    /// floor each is refilled to whatever the budget, stay within twice the budget (so what
-    /// a session's visitors can leave unread at tunneld is bounded however many come).
-    pub(crate) fn admits(&self) -> bool {
-        self.committed.load(Ordering::Relaxed) + self.floor <= 2 * self.per_session
+    /// Takes one more visitor's opening window, if the session's channels' commitments (with
+    /// the floor each is refilled to whatever the budget) stay within twice the budget, so
+    /// what a session's visitors can leave unread at tunneld is bounded however many come.
+    /// [`ChannelIo::start`] takes the reservation over; [`Self::unreserve`] gives it back
+    /// when the channel does not open.
+    pub(crate) fn reserve(&self) -> bool {
+        self.committed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                (total + self.floor <= 2 * self.per_session).then_some(total + self.floor)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a reservation whose channel did not open.
+    pub(crate) fn unreserve(&self) {
+        self.committed.fetch_sub(self.floor, Ordering::Relaxed);
     }
 }
 
@@ -367,13 +378,14 @@ pub(crate) struct ChannelIo {
 }
 
 impl ChannelIo {
-    /// Splits `channel` and hands its queue to the session's pumps.
+    /// Splits `channel` and hands its queue to the session's pumps; its opening window was
+    /// reserved ([`BacklogBudget::reserve`]).
     pub(crate) fn start(channel: Channel<Msg>, handle: Handle, pumps: Arc<Pumps>) -> Self {
         let id = channel.id();
         let (queue, write) = channel.split();
         let budget = pumps.budget.clone();
-        // The channel opened with the floor as its window (russh's `window_size`).
-        budget.committed.fetch_add(budget.floor, Ordering::Relaxed);
+        // The channel opened with the floor as its window (russh's `window_size`), counted
+        // when it was reserved.
         budget.open.fetch_add(1, Ordering::Relaxed);
         let backlog = Arc::new(Backlog {
             state: Mutex::new(State {
@@ -584,16 +596,22 @@ mod tests {
     }
 
     #[test]
-    fn visitors_are_admitted_while_commitments_stay_within_twice_the_budget() {
+    fn visitors_are_taken_while_commitments_stay_within_twice_the_budget() {
         let b = budget(W * 2, 4 * F);
         let held: Vec<_> = (0..7).map(|_| backlog(&b, F)).collect();
         assert!(
-            b.admits(),
+            b.reserve(),
             "seven floors and one more: eight, twice the budget"
         );
+        assert!(!b.reserve(), "no room for a ninth");
+        b.unreserve();
+        assert!(
+            b.reserve(),
+            "the eighth's reservation given back: room again"
+        );
         held[0].release(&mut lock(&held[0].state));
-        let _eighth = backlog(&b, F);
-        let _ninth = backlog(&b, F);
-        assert!(!b.admits(), "eight floors: no room for a ninth");
+        assert!(b.reserve(), "a visitor gone: room for another");
+        assert!(!b.reserve());
+        assert_eq!(b.committed(), 8 * F);
     }
 }

@@ -136,7 +136,8 @@ impl OpenStream for SshOpener {
             )));
         };
         let handle = self.handle.get().ok_or(OpenError::Offline)?;
-        if !self.pumps.budget.admits() {
+        let budget = &self.pumps.budget;
+        if !budget.reserve() {
             return Err(OpenError::Capped("for the SSH session's window budget"));
         }
         let open = handle.channel_open_forwarded_tcpip(
@@ -145,7 +146,11 @@ impl OpenStream for SshOpener {
             header.visitor.ip().to_string(),
             u32::from(header.visitor.port()),
         );
-        match tokio::time::timeout(OPEN_REPLY_DEADLINE, open).await {
+        let opened = tokio::time::timeout(OPEN_REPLY_DEADLINE, open).await;
+        if !matches!(opened, Ok(Ok(_))) {
+            budget.unreserve();
+        }
+        match opened {
             Ok(Ok(channel)) => Ok(Box::new(ChannelIo::start(
                 channel,
                 handle.clone(),

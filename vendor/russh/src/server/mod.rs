@@ -1135,7 +1135,6 @@ where
         sender: handle.clone(),
         pending_reads: Vec::new(),
         pending_len: 0,
-        pending_limit: 0, // (tunneld patch)
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
         kex: SessionKexState::Idle,
@@ -1240,9 +1239,14 @@ async fn reply<H: Handler + Send>(
                 if kex.peer_kexinit_received() {
                     return Err(crate::Error::Inconsistent.into());
                 }
-                session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                // (tunneld patch) The limit counts the windows granted (`begin_rekey`).
-                if u64::from(session.pending_len) > session.pending_limit {
+                // (tunneld patch) Channel data is bounded by the channels' windows, which a
+                // handler may grant far past `window_size` (and a closed channel's data is
+                // dropped): only the other messages count against the bound.
+                if !matches!(msg_type, msg::CHANNEL_DATA | msg::CHANNEL_EXTENDED_DATA) {
+                    session.pending_len =
+                        session.pending_len.saturating_add(pkt.buffer.len() as u32);
+                }
+                if u64::from(session.pending_len) > 2 * u64::from(session.common.config.window_size) {
                     return Err(crate::Error::Pending.into());
                 }
             }

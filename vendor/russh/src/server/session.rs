@@ -26,9 +26,6 @@ pub struct Session {
     pub(crate) target_window_size: u32,
     pub(crate) pending_reads: Vec<Vec<u8>>,
     pub(crate) pending_len: u32,
-    /// (tunneld patch) What the client may legitimately send between our KEXINIT and
-    /// its own: its channels' windows when the rekey began, besides twice `window_size`.
-    pub(crate) pending_limit: u64,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
@@ -1582,15 +1579,6 @@ impl Session {
     pub(crate) fn begin_rekey(&mut self) -> Result<(), Error> {
         debug!("beginning re-key");
         self.pending_len = 0;
-        // (tunneld patch) A handler that grants windows itself may have granted much more
-        // than `window_size`, all of which the client may send before it sees our KEXINIT.
-        self.pending_limit = 2 * u64::from(self.common.config.window_size)
-            + self.common.encrypted.as_ref().map_or(0, |enc| {
-                enc.channels
-                    .values()
-                    .map(|c| u64::from(c.sender_window_size))
-                    .sum::<u64>()
-            });
         let mut kex = ServerKex::new(
             self.common.config.clone(),
             &self.common.remote_sshid,
@@ -1703,7 +1691,6 @@ mod tests {
             target_window_size: config.window_size,
             pending_reads: Vec::new(),
             pending_len: 0,
-            pending_limit: 0, // (tunneld patch)
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
