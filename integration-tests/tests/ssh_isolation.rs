@@ -21,6 +21,16 @@ async fn stalled_tcp(addr: SocketAddr) -> Result<TcpStream> {
     socket.connect(addr).await.context("connect")
 }
 
+/// A test server (`sets` on top of `ssh::server`'s) that knows alice's new ed25519 key, made
+/// in a directory named for `test`: the server and the key's path.
+async fn server_for_alice(
+    test: &str,
+    sets: &[String],
+) -> Result<(tunneld_integration_tests::TestServer, std::path::PathBuf)> {
+    let (key, public) = keygen(&temp_dir(test), "alice", "ed25519")?;
+    Ok((server(&[&public], sets).await?, key))
+}
+
 /// `ssh -R` of `victim` to port `vport` and of an echo service to `nport` (both allocated
 /// from the server's range), once both answer: the ssh process and the echo forward's
 /// address.
@@ -66,9 +76,7 @@ async fn visitors_that_never_read_do_not_freeze_the_same_ssh_clients_other_forwa
     if !peer_or_skip("ssh", "ssh neighbour") {
         return Ok(());
     }
-    let dir = temp_dir("ssh-neighbour");
-    let (key, public) = keygen(&dir, "alice", "ed25519")?;
-    let s = server(&[&public], &[]).await?;
+    let (s, key) = server_for_alice("ssh-neighbour", &[]).await?;
     let (victim, written) = services::endless().await;
     let (ssh, nb, vport) = two_forwards(&s, &key, victim).await?;
     let probe = Neighbour::start(Probe::Echo(nb));
@@ -160,10 +168,8 @@ async fn visitors_slower_than_the_ssh_client_get_every_byte_uncut() -> Result<()
     const SIZE: usize = 8 << 20;
     const VISITORS: usize = 8;
     const WINDOW: usize = 256 << 10;
-    let dir = temp_dir("ssh-slow-visitors");
-    let (key, public) = keygen(&dir, "alice", "ed25519")?;
-    let s = server(
-        &[&public],
+    let (s, key) = server_for_alice(
+        "ssh-slow-visitors",
         &[
             format!("transports.ssh.window_size={WINDOW}"),
             format!("transports.ssh.max_backlog={}", 2 * WINDOW),
@@ -209,9 +215,8 @@ async fn bulk_downloads_survive_key_exchanges_tunneld_starts() -> Result<()> {
         return Ok(());
     }
     const SIZE: usize = 24 << 20;
-    let dir = temp_dir("ssh-rekey");
-    let (key, public) = keygen(&dir, "alice", "ed25519")?;
-    let s = server(&[&public], &["transports.ssh.rekey_limit=1048576".into()]).await?;
+    let (s, key) =
+        server_for_alice("ssh-rekey", &["transports.ssh.rekey_limit=1048576".into()]).await?;
     let (service, _) = services::download(SIZE as u64).await;
     let (ssh, nb, vport) = two_forwards(&s, &key, service).await?;
     let results = futures::future::join_all((0..3).map(|_| download(vport, SIZE, false))).await;
@@ -234,10 +239,8 @@ async fn a_session_takes_visitors_while_its_window_budget_lasts() -> Result<()> 
     if !peer_or_skip("ssh", "ssh window budget") {
         return Ok(());
     }
-    let dir = temp_dir("ssh-budget");
-    let (key, public) = keygen(&dir, "alice", "ed25519")?;
-    let s = server(
-        &[&public],
+    let (s, key) = server_for_alice(
+        "ssh-budget",
         &[
             "transports.ssh.window_size=32768".into(),
             "transports.ssh.max_backlog=65536".into(),
