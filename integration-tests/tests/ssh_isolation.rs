@@ -93,16 +93,32 @@ async fn visitors_that_never_read_do_not_freeze_the_same_ssh_clients_other_forwa
     let wrote = written.load(Ordering::Relaxed);
     let m = s.metrics().await;
     eprintln!(
-        "ssh: echo neighbour {report}; the victim service wrote {wrote} bytes to {} stalled visitors; backlog cuts {}",
+        "ssh: echo neighbour {report}; the victim service wrote {wrote} bytes to {} stalled visitors; backlog cuts {}, waiting {}",
         stalled.len(),
-        m.get("tunneld_ssh_backlog_cuts_total", &[])
+        m.get("tunneld_ssh_backlog_cuts_total", &[]),
+        m.get("tunneld_ssh_backlog_bytes", &[])
     );
     anyhow::ensure!(
         wrote >= 6 * (64 << 10),
         "the attack never engaged: {wrote} bytes"
     );
     report.assert_healthy("neighbour echo forward of the same ssh client")?;
+    // What the stalled visitors hold shows, within the session's bound (twice the default
+    // 64 MiB budget), and goes once they leave.
+    let waiting = m.get("tunneld_ssh_backlog_bytes", &[]);
+    anyhow::ensure!(
+        (f64::from(64 << 10)..=f64::from(128 << 20)).contains(&waiting),
+        "tunneld_ssh_backlog_bytes {waiting} while 30 visitors stall"
+    );
     drop(stalled);
+    let after = s
+        .metrics_until(|m| m.get("tunneld_ssh_backlog_bytes", &[]) == 0.0)
+        .await
+        .get("tunneld_ssh_backlog_bytes", &[]);
+    anyhow::ensure!(
+        after == 0.0,
+        "{after} bytes still waiting after the visitors left"
+    );
     drop(ssh);
     Ok(())
 }

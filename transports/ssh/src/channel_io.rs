@@ -53,6 +53,8 @@ pub(crate) struct BacklogBudget {
     committed: AtomicUsize,
     /// The session's forwarded channels open now.
     open: AtomicUsize,
+    /// Bytes waiting unread in every session's backlogs (`tunneld_ssh_backlog_bytes`).
+    waiting: prometheus::IntGauge,
     pub(crate) cuts: prometheus::IntCounterVec,
     pub(crate) transport: String,
 }
@@ -63,6 +65,7 @@ impl BacklogBudget {
         per_visitor: usize,
         per_session: usize,
         cuts: prometheus::IntCounterVec,
+        waiting: prometheus::IntGauge,
         transport: String,
     ) -> Arc<Self> {
         let window = window as usize;
@@ -73,6 +76,7 @@ impl BacklogBudget {
             per_session,
             committed: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            waiting,
             cuts,
             transport,
         })
@@ -320,6 +324,7 @@ impl Backlog {
             return false;
         }
         s.bytes += len;
+        self.budget.waiting.add(len as i64);
         s.chunks.push_back(data);
         wake(s);
         true
@@ -351,6 +356,7 @@ impl Backlog {
             .committed
             .fetch_sub(s.committed, Ordering::Relaxed);
         s.committed = 0;
+        self.budget.waiting.sub(s.bytes as i64);
         s.bytes = 0;
         s.chunks.clear();
     }
@@ -455,10 +461,9 @@ impl AsyncRead for ChannelIo {
             s.bytes -= n;
             s.committed -= n;
             drop(s);
-            this.backlog
-                .budget
-                .committed
-                .fetch_sub(n, Ordering::Relaxed);
+            let budget = &this.backlog.budget;
+            budget.committed.fetch_sub(n, Ordering::Relaxed);
+            budget.waiting.sub(n as i64);
             this.backlog.grant(&this.handle, this.id);
             return Poll::Ready(Ok(()));
         }
@@ -507,7 +512,15 @@ mod tests {
             &["transport", "cap"],
         )
         .expect("counter");
-        BacklogBudget::new(W as u32, per_visitor, per_session, cuts, "t".into())
+        let waiting = prometheus::IntGauge::new("waiting", "test").expect("gauge");
+        BacklogBudget::new(
+            W as u32,
+            per_visitor,
+            per_session,
+            cuts,
+            waiting,
+            "t".into(),
+        )
     }
 
     /// A channel with `committed` bytes of window committed (counted in `b`).
@@ -534,8 +547,10 @@ mod tests {
         let v = backlog(&b, 500);
         assert!(v.take(Bytes::from(vec![0u8; 60])));
         assert_eq!(lock(&v.state).bytes, 60);
+        assert_eq!(b.waiting.get(), 60);
         assert!(!v.take(Bytes::from(vec![0u8; 60])), "over 100: cut");
         assert_eq!(b.committed(), 0);
+        assert_eq!(b.waiting.get(), 0, "what it held is dropped");
         assert_eq!(lock(&v.state).cut, Some("visitor"));
         assert!(!v.take(Bytes::from_static(b"x")), "stays cut");
         assert_eq!(b.cuts.with_label_values(&["t", "visitor"]).get(), 1);

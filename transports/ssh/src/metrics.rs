@@ -9,6 +9,8 @@ tunneld_core::metric_series! {
             "SSH requests tunneld refuses by design, by request (exec, subsystem, direct-tcpip, x11, agent, streamlocal)";
         counter backlog_cuts_total: "tunneld_ssh_backlog_cuts_total", ["transport", "cap"],
             "Visitors cut because the SSH client sent them more than allowed, by cap (window: past the window granted, visitor: past max_backlog, extended_data: a second stream)";
+        gauge backlog_bytes: "tunneld_ssh_backlog_bytes", ["transport"],
+            "Bytes SSH clients sent visitors that wait unread at tunneld (each visitor's within its window, a session's within twice max_session_backlog)";
         counter auth_total: "tunneld_ssh_auth_total", ["transport", "outcome"],
             "SSH public-key authentications, by outcome (ok, unknown_key, token_refused, store_error, throttled)";
     }

@@ -160,6 +160,9 @@ impl SshTransport {
             self.cfg.max_backlog,
             self.cfg.max_session_backlog,
             self.metrics.backlog_cuts_total.clone(),
+            self.metrics
+                .backlog_bytes
+                .with_label_values(&[cx.name.as_str()]),
             cx.name.clone(),
         ));
         let opener = Arc::new(SshOpener {
