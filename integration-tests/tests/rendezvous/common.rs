@@ -239,21 +239,52 @@ pub(crate) fn original_hidden_server(
     )
 }
 
+/// curl to `path` at the rendezvous frontend (resolved to it, trusting its CA), `args`
+/// before the URL: its exit status and output.
+pub(crate) async fn curl_visit(
+    s: &TestServer,
+    path: &str,
+    args: &[&str],
+) -> Result<(std::process::ExitStatus, String)> {
+    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
+    let mut all = vec!["--resolve", &res, "--cacert", &ca];
+    all.extend_from_slice(args);
+    all.push(&u);
+    curl(&all).await
+}
+
+/// [`curl_visit`] on a task of its own, for a visitor that waits on what the test does next.
+pub(crate) fn spawn_curl_visit(
+    s: &TestServer,
+    path: &str,
+    args: &[&str],
+) -> tokio::task::JoinHandle<Result<(std::process::ExitStatus, String)>> {
+    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::spawn(async move {
+        let mut all = vec!["--resolve", &res, "--cacert", &ca];
+        all.extend(args.iter().map(String::as_str));
+        all.push(&u);
+        curl(&all).await
+    })
+}
+
+/// Reads from a parked connection until a whole request head came (bounded by `WAIT`).
+pub(crate) async fn read_head<R: tokio::io::AsyncRead + Unpin>(parked: &mut R) -> Result<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, parked.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "parked connection closed");
+        head.extend_from_slice(&b[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).to_string())
+}
+
 /// A Digest visitor for `id` with curl; returns the body.
 pub(crate) async fn digest_visit(s: &TestServer, id: &str, path: &str) -> Result<String> {
-    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
     let user = format!("{id}:pw");
-    let (st, out) = curl(&[
-        "--resolve",
-        &res,
-        "--cacert",
-        &ca,
-        "--digest",
-        "-u",
-        &user,
-        &u,
-    ])
-    .await?;
+    let (st, out) = curl_visit(s, path, &["--digest", "-u", &user]).await?;
     anyhow::ensure!(st.success(), "curl {path}: {st} {out}");
     Ok(out)
 }
@@ -261,8 +292,7 @@ pub(crate) async fn digest_visit(s: &TestServer, id: &str, path: &str) -> Result
 /// A Basic visitor (`user:password`) with curl; returns the whole answer, head included,
 /// whatever its status.
 pub(crate) async fn basic_visit(s: &TestServer, user: &str, path: &str) -> Result<String> {
-    let (res, ca, u) = (resolve(s), s.ca_file().display().to_string(), url(s, path));
-    let (_, out) = curl(&["-i", "--resolve", &res, "--cacert", &ca, "-u", user, &u]).await?;
+    let (_, out) = curl_visit(s, path, &["-i", "-u", user]).await?;
     Ok(out)
 }
 

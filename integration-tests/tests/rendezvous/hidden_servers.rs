@@ -35,34 +35,12 @@ async fn hidden_server_wire_answers_and_totp_rules() -> Result<()> {
     )
     .await;
     assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/from-visitor"),
+    let visitor = spawn_curl_visit(
+        &s,
+        "/from-visitor",
+        &["--digest", "-u", "wire:pw", "-H", "X-Extra: 1"],
     );
-    let visitor = tokio::spawn(async move {
-        curl(&[
-            "--resolve",
-            &res,
-            "--cacert",
-            &ca,
-            "--digest",
-            "-u",
-            "wire:pw",
-            "-H",
-            "X-Extra: 1",
-            &u,
-        ])
-        .await
-    });
-    let mut head = Vec::new();
-    let mut b = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, parked.read(&mut b)).await??;
-        anyhow::ensure!(n > 0, "parked connection closed");
-        head.extend_from_slice(&b[..n]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
+    let head = read_head(&mut parked).await?;
     assert!(head.starts_with("GET /from-visitor HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("X-Extra: 1\r\n"), "{head}");
     assert!(
@@ -234,26 +212,7 @@ async fn the_original_hidden_server_loop_reparks_with_the_current_code() -> Resu
     // again (or before it parked at all) and waits (`visitor_wait`). The hidden server gets
     // the `200` alone and the request later, in a `data` event, as the original needs.
     let secret = add_id(&s, "loop1", None).await?;
-    let early = {
-        let (res, ca, u) = (
-            resolve(&s),
-            s.ca_file().display().to_string(),
-            url(&s, "/early"),
-        );
-        tokio::spawn(async move {
-            curl(&[
-                "--resolve",
-                &res,
-                "--cacert",
-                &ca,
-                "--digest",
-                "-u",
-                "loop1:pw",
-                &u,
-            ])
-            .await
-        })
-    };
+    let early = spawn_curl_visit(&s, "/early", &["--digest", "-u", "loop1:pw"]);
     // Node starts far slower than curl's two round trips: the visitor is already waiting.
     let mut one = original_hidden_server(&s, "loop1", &secret, 1)?;
     let (st, out) = early.await??;

@@ -123,23 +123,8 @@ async fn removed_rotated_and_re_added_ids_never_serve_old_parked_connections() -
     let key = totp::decode_secret(&new_secret).map_err(|e| anyhow!(e))?;
     let (got, mut fresh) = raw_park(&s, &park(&key)).await;
     assert_eq!(got, b"HTTP/1.1 200\r\n\r\n");
-    let visitor = {
-        let (res, ca, u) = (
-            resolve(&s),
-            s.ca_file().display().to_string(),
-            url(&s, "/new"),
-        );
-        tokio::spawn(async move {
-            curl(&["--resolve", &res, "--cacert", &ca, "-u", "moved:pw", &u]).await
-        })
-    };
-    let mut head = Vec::new();
-    let mut b = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, fresh.read(&mut b)).await??;
-        anyhow::ensure!(n > 0, "parked connection closed");
-        head.extend_from_slice(&b[..n]);
-    }
+    let visitor = spawn_curl_visit(&s, "/new", &["-u", "moved:pw"]);
+    read_head(&mut fresh).await?;
     fresh
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nnew")
         .await?;

@@ -409,23 +409,7 @@ async fn parked_hidden_servers_do_not_count_against_the_visitor_cap_of_their_add
     }
     wait_parked(&s, "many-parked", 6).await?;
     // A visitor from the same address still gets in (and takes one of them).
-    let (res, ca, u) = (
-        resolve(&s),
-        s.ca_file().display().to_string(),
-        url(&s, "/v"),
-    );
-    let visitor = tokio::spawn(async move {
-        curl(&[
-            "--resolve",
-            &res,
-            "--cacert",
-            &ca,
-            "-u",
-            "many-parked:pw",
-            &u,
-        ])
-        .await
-    });
+    let visitor = spawn_curl_visit(&s, "/v", &["-u", "many-parked:pw"]);
     let mut served = false;
     for tls in parked.iter_mut() {
         let mut b = [0u8; 1];
