@@ -183,6 +183,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rekey_limit_out_of_range_is_refused_by_key() {
+        for bad in [0, (1 << 20) - 1, MAX_REKEY_LIMIT + 1] {
+            let c = Config {
+                rekey_limit: bad,
+                ..with_ciphers(&KNOWN_CIPHERS)
+            };
+            let (key, msg) = c.validate().err().unwrap_or_default();
+            assert_eq!(key, "rekey_limit", "{bad}");
+            assert!(msg.contains("between 1048576 and 1073741824"), "{msg}");
+        }
+    }
+
+    #[test]
     fn bad_cipher_lists_are_refused_by_key() {
         let err = |c: &[&str]| with_ciphers(c).validate().err();
         assert_eq!(

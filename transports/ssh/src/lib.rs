@@ -8,7 +8,8 @@
 //! periods, limits and metrics are the hub's, as for every transport.
 //!
 //! Layout: [`config`], [`host_key`] (made on first start, fingerprint logged),
-//! [`forwards`] (forward requests, the stream opener), [`handler`] (one connection's
+//! [`forwards`] (forward requests, the stream opener), `channel_io` (each visitor's
+//! backlog and SSH window) with `window_budget` (a session's window budget), [`handler`] (one connection's
 //! authentication, forwards and refusals), [`server`] (listener and handshake deadline),
 //! [`metrics`].
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod handler;
 pub mod host_key;
 pub mod metrics;
 pub mod server;
+mod window_budget;
 
 pub use config::Config;
 pub use server::SshTransport;
