@@ -62,6 +62,30 @@ impl Home {
     }
 }
 
+/// hyper's executor for a connection whose tasks (a reversed link's connection and pipes,
+/// the services of an HTTP/2 connection's streams) run at a home while it takes them, and on
+/// tasks of their own once it is closed or when there is none.
+#[derive(Clone, Debug, Default)]
+pub struct HomeExecutor {
+    pub home: Option<Home>,
+}
+
+impl<F> hyper::rt::Executor<F> for HomeExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let fut = match &self.home {
+            Some(h) => match h.run(Box::pin(fut)) {
+                Ok(()) => return,
+                Err(fut) => fut,
+            },
+            None => Box::pin(fut),
+        };
+        tokio::spawn(fut);
+    }
+}
+
 impl Hearth {
     /// Relays running now.
     pub fn len(&self) -> usize {
@@ -105,6 +129,18 @@ impl Hearth {
         // `recv`, not `try_recv`: it also waits for a send already under way.
         while let Some(relay) = self.rx.recv().await {
             tokio::spawn(relay);
+        }
+    }
+
+    /// Runs `work` on the caller's task with the relays beside it (the relays with an I/O
+    /// budget of their own, after `work` in each poll); `work`'s output once it is ready.
+    /// Relays still running then stay with the hearth.
+    pub async fn beside<F: Future>(&mut self, work: F) -> F::Output {
+        let work = std::pin::pin!(work);
+        let relays = std::pin::pin!(tokio::task::unconstrained(self.run()));
+        match futures::future::select(work, relays).await {
+            futures::future::Either::Left((out, _)) => out,
+            futures::future::Either::Right(((), work)) => work.await,
         }
     }
 
@@ -172,6 +208,34 @@ mod tests {
             home.run(Box::pin(async {})).is_ok(),
             "the home still takes relays"
         );
+    }
+
+    #[tokio::test]
+    async fn work_beside_the_hearth_gets_its_relays_run_and_keeps_the_unfinished() {
+        let (home, mut hearth) = home();
+        let done = Arc::new(AtomicUsize::new(0));
+        let go = waiting(&home, &done);
+        // The work sends a relay home and waits for it: it finishes only if the relays
+        // run beside it, on this task.
+        let (sent, ran) = tokio::sync::oneshot::channel::<u32>();
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            hearth.beside(async {
+                assert!(home
+                    .run(Box::pin(async move {
+                        let _ = sent.send(7);
+                    }))
+                    .is_ok());
+                ran.await.unwrap_or(0) + 1
+            }),
+        )
+        .await;
+        assert_eq!(out.ok(), Some(8), "the relay ran beside the work");
+        assert_eq!(hearth.len(), 1, "the waiting relay stays with the hearth");
+        drop(go);
+        poll_once(&mut hearth).await;
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert!(hearth.is_empty());
     }
 
     #[tokio::test]

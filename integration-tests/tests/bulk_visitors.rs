@@ -3,7 +3,9 @@
 //! 12-byte header goes to TLS in the same write as the body, with small frames of other
 //! streams gathered around it (`transports/yamux/src/coalesce.rs`); every byte must come back
 //! in order, and a neighbour tunnel of the same client must keep its pace meanwhile. The same
-//! over h2-reverse, whose HTTP/2 connection runs on the session's task.
+//! over h2-reverse, whose HTTP/2 connection runs on the session's task. And an HTTP/2
+//! visitor of the https frontend, whose streams run on its connection's task: a download on
+//! one stream and a stream whose service never answers hold none of the others.
 
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
@@ -15,9 +17,9 @@ use tokio::time::Instant;
 use tunneld_integration_tests::attack::{
     self, healthy, server, tagged, tcp_tunnel, verdict, SessionMark, Via, ATTACK,
 };
-use tunneld_integration_tests::endpoint_of;
 use tunneld_integration_tests::neighbour::{Neighbour, Probe};
 use tunneld_integration_tests::services;
+use tunneld_integration_tests::{endpoint_of, WAIT};
 
 /// Visitors of the bulk tunnel at once.
 const BULK: usize = 4;
@@ -151,4 +153,187 @@ async fn bulk_visitors_over_yamux_arrive_intact_and_spare_the_neighbour() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_visitors_over_h2_reverse_arrive_intact_and_spare_the_neighbour() -> Result<()> {
     verdict(bulk_visitors(Via::H2Reverse).await?)
+}
+
+/// Bytes of the HTTP/2 visitor's download.
+const DOWNLOAD: usize = 64 << 20;
+/// The HTTP/2 visitor asks the neighbour tunnel once every this many bytes of the download.
+const ASK_EVERY: usize = 4 << 20;
+
+/// A request of an HTTP/2 visitor answered in full: its status and body.
+async fn h2_get(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    url: String,
+) -> Result<(http::StatusCode, Vec<u8>)> {
+    let mut send = send.clone().ready().await?;
+    let (resp, _) = send.send_request(http::Request::get(url).body(())?, true)?;
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .context("no answer")??;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, body.data())
+        .await
+        .context("body")?
+    {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        got.extend_from_slice(&chunk);
+    }
+    Ok((status, got))
+}
+
+/// An HTTP/1.1 service with three paths: `/big` answers [`DOWNLOAD`] bytes of
+/// `pattern(.., 1)`, `/never` never answers, anything else 1000 bytes.
+async fn three_paths() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let big = std::sync::Arc::new(tunneld_integration_tests::pattern(DOWNLOAD, 1));
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let big = big.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = c.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                loop {
+                    let mut line = String::new();
+                    let mut head_line = String::new();
+                    if tokio::io::AsyncBufReadExt::read_line(&mut r, &mut head_line)
+                        .await
+                        .unwrap_or(0)
+                        == 0
+                    {
+                        return;
+                    }
+                    // The rest of the head (no request here has a body).
+                    while line != "\r\n" {
+                        line.clear();
+                        if tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
+                            .await
+                            .unwrap_or(0)
+                            == 0
+                        {
+                            return;
+                        }
+                    }
+                    let body: &[u8] = match head_line.split(' ').nth(1) {
+                        Some("/never") => return std::future::pending().await,
+                        Some("/big") => &big,
+                        _ => &big[..1000],
+                    };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if w.write_all(head.as_bytes()).await.is_err()
+                        || w.write_all(body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 visitor's streams run on its connection's task at tunneld (frontends/https): on
+/// one connection, a 64 MiB download in progress and a request whose service never answers
+/// leave the connection's other requests answered, one every 4 MiB of the download, and
+/// another visitor's connection to a neighbour tunnel too; every byte of the download arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_visitors_streams_share_its_connection_without_holding_each_other() -> Result<()> {
+    let s = server(false, &[]).await?;
+    let site = three_paths().await;
+    let nb = services::http_body(1000).await;
+    let tunnels = attack::http_tunnels(&[("site", site), ("nb", nb)]);
+    let (mut alice, _) = attack::alice(&s, Via::Yamux, &tunnels).await?;
+    let mark = SessionMark::take(&s, Via::Yamux).await?;
+    let port = s.web().port();
+    let url = move |name: &str, path: &str| format!("https://{name}.localhost:{port}{path}");
+    let visitor = |sni: &'static str| {
+        let s = &s;
+        async move {
+            let tcp = TcpStream::connect(s.web()).await?;
+            let tls = attack::tls_to(s, sni, b"h2", tcp).await?;
+            // Streams keep HTTP/2's default window; the connection's is as large as a
+            // browser's, so a download the visitor reads no further (it awaits another
+            // answer first) holds its own stream only.
+            let (send, conn) = h2::client::Builder::new()
+                .initial_connection_window_size(16 << 20)
+                .handshake(tls)
+                .await?;
+            Ok::<_, anyhow::Error>((send, tokio::spawn(conn)))
+        }
+    };
+    let (send, conn) = visitor("site.localhost").await?;
+
+    let mut ready = send.clone().ready().await?;
+    let (waiting, _) =
+        ready.send_request(http::Request::get(url("site", "/never")).body(())?, true)?;
+    let mut waiting = std::pin::pin!(waiting);
+    let (download, _) =
+        ready.send_request(http::Request::get(url("site", "/big")).body(())?, true)?;
+    let download = tokio::time::timeout(WAIT, download)
+        .await
+        .context("the download's head")??;
+    ensure!(download.status() == 200, "download: {}", download.status());
+    let mut body = download.into_body();
+    let want = tunneld_integration_tests::pattern(DOWNLOAD, 1);
+    let (mut at, mut asked) = (0usize, 0usize);
+    while at < DOWNLOAD {
+        let chunk = tokio::time::timeout(BULK_WAIT, body.data())
+            .await
+            .with_context(|| format!("the download stalled at byte {at}"))?
+            .with_context(|| format!("the download ended at byte {at} of {DOWNLOAD}"))??;
+        ensure!(
+            at + chunk.len() <= DOWNLOAD && chunk[..] == want[at..at + chunk.len()],
+            "the download differs within bytes {at}..{}",
+            at + chunk.len()
+        );
+        body.flow_control().release_capacity(chunk.len())?;
+        at += chunk.len();
+        // Mid-download (its window just reopened, more of it on the way): another request
+        // on the same connection.
+        if at < DOWNLOAD && at / ASK_EVERY > asked {
+            asked += 1;
+            let (status, got) = h2_get(&send, url("site", "/small"))
+                .await
+                .with_context(|| format!("request {asked} beside the download, at byte {at}"))?;
+            ensure!(
+                status == 200 && got[..] == want[..1000],
+                "request {asked} beside the download: {status}, {} bytes",
+                got.len()
+            );
+        }
+    }
+    ensure!(
+        asked >= DOWNLOAD / ASK_EVERY - 1,
+        "only {asked} requests went out beside the download"
+    );
+    ensure!(
+        body.data().await.is_none(),
+        "the download went on past {DOWNLOAD} bytes"
+    );
+
+    // Another visitor's connection to the neighbour tunnel is answered meanwhile, and the
+    // request that waits on a silent service still waits: neither answered nor reset.
+    let (other, other_conn) = visitor("nb.localhost").await?;
+    let (status, got) = h2_get(&other, url("nb", "/"))
+        .await
+        .context("another visitor")?;
+    ensure!(
+        status == 200 && got.len() == 1000,
+        "another visitor: {status}"
+    );
+    ensure!(
+        futures::poll!(waiting.as_mut()).is_pending(),
+        "the request to the silent service was ended"
+    );
+    drop((send, other));
+    conn.abort();
+    other_conn.abort();
+    let problems = mark.problems(&s, &mut alice).await?;
+    alice.shutdown().await.ok();
+    verdict(problems)
 }

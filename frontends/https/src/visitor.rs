@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tunneld_core::frontend::FrontendContext;
+use tunneld_core::home::{self, HomeExecutor};
 use tunneld_core::http2::h2_reason;
 use tunneld_core::http_forward::{counted, is_upgrade, Body};
 use tunneld_core::idle::{tracked_body, Activity, InFlight};
@@ -102,9 +103,18 @@ pub(crate) async fn serve(
     let result = if h2 {
         let mut tuning = fe.cfg.h2;
         tuning.max_header_list_size = u32::try_from(max_head * 2).unwrap_or(u32::MAX);
-        drive!(tuning
-            .server(Duration::from_secs(20))
-            .serve_connection(TokioIo::new(io), svc))
+        // Each stream's service runs on this connection's task, not a task of its own: a
+        // request then wakes no other task, and no other thread, to be answered. The
+        // streams are one visitor's, so they share what the visitor's connection has.
+        let (home, mut hearth) = home::home();
+        let exec = HomeExecutor { home: Some(home) };
+        hearth
+            .beside(async {
+                drive!(tuning
+                    .server_on(exec, Duration::from_secs(20))
+                    .serve_connection(TokioIo::new(io), svc))
+            })
+            .await
     } else {
         let guarded = framing_guarded(&fe, io, max_head, peer);
         drive!(hyper::server::conn::http1::Builder::new()

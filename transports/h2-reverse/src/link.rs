@@ -45,26 +45,7 @@ pub const CONNECT_AUTHORITY: &str = "tunnel.invalid:443";
 /// upgrade pipes, request bodies; at tunnelc each stream's service and each CONNECT
 /// stream's send pipe) run at the session's home when it has one ([`tunneld_core::home`]; once the home is closed, and for 2ptth
 /// links, on tasks of their own).
-#[derive(Clone, Debug, Default)]
-pub struct LinkExecutor {
-    pub home: Option<Home>,
-}
-
-impl<F> hyper::rt::Executor<F> for LinkExecutor
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        let fut = match &self.home {
-            Some(h) => match h.run(Box::pin(fut)) {
-                Ok(()) => return,
-                Err(fut) => fut,
-            },
-            None => Box::pin(fut),
-        };
-        tokio::spawn(fut);
-    }
-}
+pub use tunneld_core::home::HomeExecutor as LinkExecutor;
 
 /// Opens streams on a reversed HTTP/2 connection.
 pub struct H2Opener {
