@@ -2,7 +2,7 @@
 //! accepts: the links of the `h2-reverse` transport (both ends) and the visitors' own
 //! connections on the `https-subdomain` frontend.
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -122,15 +122,8 @@ impl H2Tuning {
         Ok(())
     }
 
-    /// A client builder with these settings (tunneld's side of a reversed connection).
-    pub fn client(
-        &self,
-        keepalive: Duration,
-    ) -> hyper::client::conn::http2::Builder<TokioExecutor> {
-        self.client_on(TokioExecutor::new(), keepalive)
-    }
-
-    /// [`Self::client`] whose connection runs its tasks on `exec`.
+    /// A client builder with these settings (tunneld's side of a reversed connection) whose
+    /// connection runs its tasks on `exec`.
     pub fn client_on<E: Clone>(
         &self,
         exec: E,
@@ -154,15 +147,8 @@ impl H2Tuning {
         b
     }
 
-    /// A server builder with these settings (tunnelc's side, and the public listener).
-    pub fn server(
-        &self,
-        keepalive: Duration,
-    ) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-        self.server_on(TokioExecutor::new(), keepalive)
-    }
-
-    /// [`Self::server`] whose connection runs its tasks (each stream's service) on `exec`.
+    /// A server builder with these settings (tunnelc's side, and the public listener) whose
+    /// connection runs its tasks (each stream's service) on `exec`.
     pub fn server_on<E>(
         &self,
         exec: E,
