@@ -132,9 +132,10 @@ impl Hearth {
         }
     }
 
-    /// Runs `work` on the caller's task with the relays beside it (the relays with an I/O
-    /// budget of their own, after `work` in each poll); `work`'s output once it is ready.
-    /// Relays still running then stay with the hearth.
+    /// Runs `work` on the caller's task with the relays beside it; `work`'s output once it
+    /// is ready. In each poll the relays run after `work` and outside tokio's cooperative
+    /// budget, so `work`'s reads cannot use it up before they run (FuturesUnordered still
+    /// yields after one round of them). Relays still running then stay with the hearth.
     pub async fn beside<F: Future>(&mut self, work: F) -> F::Output {
         let work = std::pin::pin!(work);
         let relays = std::pin::pin!(tokio::task::unconstrained(self.run()));

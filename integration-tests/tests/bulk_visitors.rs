@@ -184,6 +184,30 @@ async fn h2_get(
     Ok((status, got))
 }
 
+/// Reads a whole download of `want.len()` bytes (its answer's head within [`WAIT`], then
+/// no read stalled for [`BULK_WAIT`]) and compares it with `want`.
+async fn read_all(resp: h2::client::ResponseFuture, want: std::sync::Arc<Vec<u8>>) -> Result<()> {
+    let resp = tokio::time::timeout(WAIT, resp).await.context("head")??;
+    ensure!(resp.status() == 200, "{}", resp.status());
+    let mut body = resp.into_body();
+    let mut at = 0usize;
+    while let Some(chunk) = tokio::time::timeout(BULK_WAIT, body.data())
+        .await
+        .with_context(|| format!("stalled at byte {at}"))?
+    {
+        let chunk = chunk?;
+        ensure!(
+            at + chunk.len() <= want.len() && chunk[..] == want[at..at + chunk.len()],
+            "differs within bytes {at}..{}",
+            at + chunk.len()
+        );
+        body.flow_control().release_capacity(chunk.len())?;
+        at += chunk.len();
+    }
+    ensure!(at == want.len(), "ended at byte {at} of {}", want.len());
+    Ok(())
+}
+
 /// An HTTP/1.1 service with three paths: `/big` answers [`DOWNLOAD`] bytes of
 /// `pattern(.., 1)`, `/never` never answers, anything else 1000 bytes.
 async fn three_paths() -> SocketAddr {
@@ -239,8 +263,9 @@ async fn three_paths() -> SocketAddr {
 
 /// An HTTP/2 visitor's streams run on its connection's task at tunneld (frontends/https): on
 /// one connection, a 64 MiB download in progress and a request whose service never answers
-/// leave the connection's other requests answered, one every 4 MiB of the download, and
-/// another visitor's connection to a neighbour tunnel too; every byte of the download arrives.
+/// leave the connection's other requests answered (one every 4 MiB of a download the visitor
+/// reads in step with them; then back to back beside a download read as fast as it comes,
+/// with another visitor's connection to a neighbour tunnel); every byte of both arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_visitors_streams_share_its_connection_without_holding_each_other() -> Result<()> {
     let s = server(false, &[]).await?;
@@ -311,21 +336,47 @@ async fn an_http2_visitors_streams_share_its_connection_without_holding_each_oth
         asked >= DOWNLOAD / ASK_EVERY - 1,
         "only {asked} requests went out beside the download"
     );
-    ensure!(
-        body.data().await.is_none(),
-        "the download went on past {DOWNLOAD} bytes"
-    );
-
-    // Another visitor's connection to the neighbour tunnel is answered meanwhile, and the
-    // request that waits on a silent service still waits: neither answered nor reset.
-    let (other, other_conn) = visitor("nb.localhost").await?;
-    let (status, got) = h2_get(&other, url("nb", "/"))
+    let end = tokio::time::timeout(WAIT, body.data())
         .await
-        .context("another visitor")?;
-    ensure!(
-        status == 200 && got.len() == 1000,
-        "another visitor: {status}"
-    );
+        .context("the download's end")?;
+    ensure!(end.is_none(), "the download went on past {DOWNLOAD} bytes");
+
+    // A second download, read as fast as it comes on a task of its own: requests on the
+    // same connection, and on another visitor's connection to the neighbour tunnel, are
+    // answered one after another until it ends.
+    let (other, other_conn) = visitor("nb.localhost").await?;
+    let mut ready = send.clone().ready().await?;
+    let (second, _) =
+        ready.send_request(http::Request::get(url("site", "/big")).body(())?, true)?;
+    let want = std::sync::Arc::new(want);
+    let reader = tokio::spawn(read_all(second, want.clone()));
+    let mut beside = 0u32;
+    while !reader.is_finished() {
+        let (status, got) = h2_get(&send, url("site", "/small"))
+            .await
+            .context("a request beside the second download")?;
+        ensure!(
+            status == 200 && got[..] == want[..1000],
+            "a request beside the second download: {status}, {} bytes",
+            got.len()
+        );
+        let (status, got) = h2_get(&other, url("nb", "/"))
+            .await
+            .context("another visitor beside the second download")?;
+        ensure!(
+            status == 200 && got.len() == 1000,
+            "another visitor: {status}, {} bytes",
+            got.len()
+        );
+        beside += 1;
+    }
+    tokio::time::timeout(BULK_WAIT, reader)
+        .await
+        .context("the second download")?
+        .context("reader task")??;
+    eprintln!("{beside} pairs of requests answered beside the second download");
+
+    // The request that waits on a silent service still waits: neither answered nor reset.
     ensure!(
         futures::poll!(waiting.as_mut()).is_pending(),
         "the request to the silent service was ended"
