@@ -223,27 +223,20 @@ async fn three_paths() -> SocketAddr {
                 let (r, mut w) = c.into_split();
                 let mut r = tokio::io::BufReader::new(r);
                 loop {
-                    let mut line = String::new();
-                    let mut head_line = String::new();
-                    if tokio::io::AsyncBufReadExt::read_line(&mut r, &mut head_line)
-                        .await
-                        .unwrap_or(0)
-                        == 0
-                    {
-                        return;
-                    }
-                    // The rest of the head (no request here has a body).
-                    while line != "\r\n" {
-                        line.clear();
-                        if tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
-                            .await
-                            .unwrap_or(0)
-                            == 0
-                        {
+                    // The request's head, line by line (no request here has a body).
+                    let mut lines = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        let read = tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line);
+                        if read.await.unwrap_or(0) == 0 {
                             return;
                         }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        lines.push(line);
                     }
-                    let body: &[u8] = match head_line.split(' ').nth(1) {
+                    let body: &[u8] = match lines.first().and_then(|l| l.split(' ').nth(1)) {
                         Some("/never") => return std::future::pending().await,
                         Some("/big") => &big,
                         _ => &big[..1000],
