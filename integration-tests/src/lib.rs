@@ -17,6 +17,7 @@ pub mod prometheus;
 pub mod raw_http;
 pub mod services;
 pub mod ssh;
+pub mod trickle;
 
 pub use pki::{client_pki, server_pki};
 

@@ -1,0 +1,240 @@
+//! TLS whose records arrive in pieces. tunneld's rustls gives back a connection's buffers
+//! whenever a read finds nothing (vendor/rustls, "(tunneld patch)"), so every quiet moment
+//! frees them and the next bytes allocate them again; a buffer holding part of a record
+//! must be kept. First rustls alone (an echo over loopback), then tunneld's https frontend:
+//! visitors of one tunnel write their handshakes and requests a few bytes at a time, others
+//! stay quiet and then ask, while a neighbour tunnel of the same client keeps answering.
+
+use anyhow::{ensure, Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tunneld_core::tls::{client_config, server_config, ClientAuth, ClientTrust, ServerIdentity};
+use tunneld_integration_tests::attack::{
+    self, healthy, http_tunnels, server, tagged, tls_connector, verdict, SessionMark, Via, ATTACK,
+};
+use tunneld_integration_tests::neighbour::{read_response, Neighbour, Probe};
+use tunneld_integration_tests::trickle::Trickle;
+use tunneld_integration_tests::{pattern, services, sha256_hex, temp_dir, TestServer};
+
+/// Visitors writing in pieces, and quiet visitors, of the `pieces` tunnel.
+const VISITORS: usize = 12;
+const QUIET: usize = 24;
+/// Bound of one handshake or one answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+const HOST: &str = "pieces.localhost";
+
+fn message(len: usize, seed: usize) -> Vec<u8> {
+    pattern(len, seed as u64)
+}
+
+/// Echoes every byte until the peer ends, then ends too: the number of bytes.
+async fn echo(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) -> std::io::Result<u64> {
+    let mut tls = acceptor.accept(tcp).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            tls.shutdown().await?;
+            return Ok(total);
+        }
+        tls.write_all(&buf[..n]).await?;
+        tls.flush().await?;
+        total += n as u64;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_pieces_and_quiet_reads_between_them_lose_nothing() -> Result<()> {
+    let dir = temp_dir("tls-pieces");
+    let id = ServerIdentity::self_signed(&dir, &["localhost".to_string()])?;
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&id, &ClientAuth::None, &[])?));
+    let connector = TlsConnector::from(Arc::new(client_config(
+        &ClientTrust::CaFile(dir.join("ca.pem")),
+        None,
+        &[],
+    )?));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+
+    // (bytes a write, the largest message): one byte at a time through the handshake and
+    // records around the 4 KiB read size; then a few bytes; then bulk in larger pieces.
+    let cases: [(usize, usize); 3] = [(1, 4097), (7, 20_000), (1000, 300_000)];
+    let sizes = [
+        1usize, 5, 4095, 4096, 4097, 16_384, 16_385, 20_000, 100_000, 300_000,
+    ];
+    let run = async {
+        for (case, (piece, largest)) in cases.into_iter().enumerate() {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let (accepted, _) = listener.accept().await?;
+            let served = tokio::spawn(echo(acceptor.clone(), accepted));
+            let mut tls = connector
+                .connect("localhost".try_into()?, Trickle::new(tcp, piece))
+                .await
+                .with_context(|| format!("handshake in pieces of {piece}"))?;
+            let mut sent = 0u64;
+            for (i, len) in sizes.into_iter().filter(|&l| l <= largest).enumerate() {
+                let out = message(len, case * 100 + i);
+                tls.write_all(&out).await?;
+                tls.flush().await?;
+                let mut back = vec![0u8; len];
+                tls.read_exact(&mut back).await.context("echo")?;
+                ensure!(
+                    back == out,
+                    "message {i} ({len} bytes in pieces of {piece}) came back changed"
+                );
+                sent += len as u64;
+            }
+            tls.shutdown().await?;
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest)
+                .await
+                .context("the server's end")?;
+            ensure!(rest.is_empty(), "nothing more after the echoes");
+            let echoed = served.await??;
+            ensure!(
+                echoed == sent,
+                "the server echoed {echoed} of {sent} bytes (pieces of {piece})"
+            );
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .context("within two minutes")??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One request with a body of `len` bytes and its answer from [`services::http_echo`],
+/// which must carry the body's digest.
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut S,
+    len: usize,
+    seed: usize,
+) -> Result<()> {
+    let body = message(len, seed);
+    let mut req = format!("POST /{seed} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len}\r\n\r\n")
+        .into_bytes();
+    req.extend_from_slice(&body);
+    tls.write_all(&req).await.context("write")?;
+    tls.flush().await.context("flush")?;
+    let (status, answer) = tokio::time::timeout(ANSWER_WAIT, read_response(tls))
+        .await
+        .with_context(|| format!("no answer within {ANSWER_WAIT:?}"))??;
+    ensure!(status == 200, "status {status}");
+    let want = format!("sha256={} body={len}", sha256_hex(&body));
+    ensure!(
+        String::from_utf8_lossy(&answer).contains(&want),
+        "the answer does not carry {want}"
+    );
+    Ok(())
+}
+
+/// TLS to the `web` frontend for [`HOST`], its writes in pieces of `piece` bytes.
+async fn visit(
+    connector: &TlsConnector,
+    web: SocketAddr,
+    piece: usize,
+) -> Result<tokio_rustls::client::TlsStream<Trickle<TcpStream>>> {
+    let tcp = TcpStream::connect(web).await.context("connect")?;
+    tcp.set_nodelay(true)?;
+    let hs = connector.connect(HOST.try_into()?, Trickle::new(tcp, piece));
+    tokio::time::timeout(ANSWER_WAIT, hs)
+        .await
+        .context("handshake in time")?
+        .context("handshake in pieces")
+}
+
+/// One visitor until `until`: requests with bodies of 0 to 6,000 bytes, each written a few
+/// bytes at a time and answered before the next. The number answered.
+async fn in_pieces(
+    connector: TlsConnector,
+    web: SocketAddr,
+    seed: usize,
+    until: Instant,
+) -> Result<u64> {
+    let mut tls = visit(&connector, web, 1 + seed % 7).await?;
+    let mut answered = 0u64;
+    while Instant::now() < until {
+        let n = answered as usize;
+        let len = (seed * 131 + n * 977) % 6000;
+        ask(&mut tls, len, seed * 10_000 + n)
+            .await
+            .with_context(|| format!("request {n} ({len} bytes)"))?;
+        answered += 1;
+    }
+    Ok(answered)
+}
+
+async fn pieces_beside_a_neighbour(via: Via) -> Result<Vec<String>> {
+    let s: TestServer = server(via == Via::Websocket, &[]).await?;
+    let pieces = services::http_echo("pieces").await;
+    let nb = services::http_body(4096).await;
+    let (mut alice, _) =
+        attack::alice(&s, via, &http_tunnels(&[("pieces", pieces), ("nb", nb)])).await?;
+    let connector = tls_connector(s.ca_file(), b"http/1.1")?;
+    let web = s.web();
+    let mut problems = Vec::new();
+
+    // Quiet visitors: a handshake, one request, then nothing until the attack is over.
+    let mut quiet = Vec::new();
+    for q in 0..QUIET {
+        let mut tls = visit(&connector, web, 64).await?;
+        ask(&mut tls, 100 + q, 50_000 + q)
+            .await
+            .with_context(|| format!("quiet visitor {q}'s first request"))?;
+        quiet.push(tls);
+    }
+    let mark = SessionMark::take(&s, via).await?;
+    let probe = Neighbour::start(Probe::https(&s, "nb", Some(4096)));
+    let until = Instant::now() + ATTACK;
+    let mut visitors = JoinSet::new();
+    for seed in 0..VISITORS {
+        visitors.spawn(in_pieces(connector.clone(), web, seed, until));
+    }
+    let mut answered = 0u64;
+    while let Some(done) = visitors.join_next().await {
+        match done {
+            Ok(Ok(n)) if n > 0 => answered += n,
+            Ok(Ok(_)) => problems.push("a visitor in pieces got no answer".into()),
+            Ok(Err(e)) => problems.push(format!("visitor in pieces: {e:#}")),
+            Err(e) => problems.push(format!("visitor task: {e}")),
+        }
+    }
+    let report = probe.finish().await;
+    healthy(
+        &report,
+        &format!("neighbour https tunnel over {via:?} beside {VISITORS} visitors in pieces"),
+        &mut problems,
+    );
+    // After their quiet, each quiet visitor asks again on the same connection.
+    for (q, tls) in quiet.iter_mut().enumerate() {
+        if let Err(e) = ask(tls, 5000 + q, 60_000 + q).await {
+            problems.push(format!("quiet visitor {q} after the attack: {e:#}"));
+        }
+    }
+    problems.extend(mark.problems(&s, &mut alice).await?);
+    eprintln!("{via:?}: {answered} requests in pieces answered; neighbour {report}");
+    alice.shutdown().await.ok();
+    Ok(tagged(via, problems))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_visitors_in_pieces_over_yamux_lose_nothing_and_spare_the_neighbour() -> Result<()> {
+    verdict(pieces_beside_a_neighbour(Via::Yamux).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_visitors_in_pieces_over_h2_reverse_lose_nothing_and_spare_the_neighbour(
+) -> Result<()> {
+    verdict(pieces_beside_a_neighbour(Via::H2Reverse).await?)
+}
