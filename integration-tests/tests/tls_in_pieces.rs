@@ -36,10 +36,6 @@ const QUIET: usize = 24;
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 const HOST: &str = "pieces.localhost";
 
-fn message(len: usize, seed: usize) -> Vec<u8> {
-    pattern(len, seed as u64)
-}
-
 /// A reader of `wire` that answers `WouldBlock` before every byte and then gives that one
 /// byte: each read of a TLS connection finds nothing, then one byte more.
 struct ByteAfterBlock<'a> {
@@ -144,7 +140,7 @@ fn every_byte_read_after_a_would_block_loses_nothing() -> Result<()> {
             .into_iter()
             .enumerate()
         {
-            let out = message(len, 200 + i);
+            let out = pattern(len, 200 + i as u64);
             c.writer().write_all(&out)?;
             let got = transfer(&mut c, &mut s)?;
             ensure!(
@@ -211,7 +207,7 @@ async fn records_in_pieces_and_quiet_reads_between_them_lose_nothing() -> Result
                 .with_context(|| format!("handshake in pieces of {piece}"))?;
             let mut sent = 0u64;
             for (i, len) in sizes.into_iter().filter(|&l| l <= largest).enumerate() {
-                let out = message(len, case * 100 + i);
+                let out = pattern(len, (case * 100 + i) as u64);
                 let mut back = vec![0u8; len];
                 // Written and read at once: the echo need not fit the sockets' buffers.
                 let (mut r, mut w) = tokio::io::split(tls);
@@ -259,7 +255,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
     len: usize,
     seed: usize,
 ) -> Result<()> {
-    let body = message(len, seed);
+    let body = pattern(len, seed as u64);
     let mut req = format!("POST /{seed} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len}\r\n\r\n")
         .into_bytes();
     req.extend_from_slice(&body);
