@@ -1,5 +1,5 @@
 //! tunnelc as a library, so tests run it in-process; the `tunnelc` binary is
-//! `src/bin/tunnelc.rs`. This crate names no frontend and does not depend on the daemon: it
+//! `src/bin/tunnelc/`. This crate names no frontend and does not depend on the daemon: it
 //! links tunneld-core and the client sides of the transports only.
 //!
 //! Layout: [`config`] (tunnelc's YAML + env + flags, per-user defaults; the layered loader
