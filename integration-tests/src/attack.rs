@@ -1,4 +1,4 @@
-//! Shared pieces of the isolation tests (`isolation.rs`, `isolation_caps/`): a tunneld with
+//! Shared pieces of the isolation tests (`isolation/`, `isolation_caps/`): a tunneld with
 //! every transport alice may use, her tunnelc over one of them, the visitors that attack one
 //! of her tunnels (TLS to `<name>.localhost`, HTTP/1.1 status lines, echo round trips), and
 //! the checks that her session came through (same session, no reconnect) with the problems
