@@ -266,17 +266,7 @@ impl Node {
 
     /// `tunneld --config <this node's file> ARGS`: its stdout; an error on a non-zero exit.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(crate::process::binary("tunneld")?)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "tunneld {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::process::tunneld_cli(&self.config, args)
     }
 
     /// `GET /cluster` as JSON.

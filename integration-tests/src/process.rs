@@ -7,6 +7,22 @@ use std::sync::OnceLock;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+/// Runs `tunneld --config <config> ARGS` to its end: its stdout; on a non-zero exit, an error
+/// naming the arguments with tunneld's stderr.
+pub fn tunneld_cli(config: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(binary("tunneld")?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tunneld {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The path of a workspace binary, building the binaries once if they are missing or older
 /// than this test executable (plain `cargo test` builds only libraries for this crate). The
 /// build selects the same targets as `cargo test --workspace`, so features unify the same way

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tunneld_integration_tests::process::{binary, field, Proc};
+use tunneld_integration_tests::process::{field, tunneld_cli, Proc};
 use tunneld_integration_tests::{port_block, server_yaml, temp_dir};
 
 const PLANE: &str = "  web:\n    type: https-subdomain\n    listen: 127.0.0.1:0\n    domain: localhost\ncontrol:\n  listen: 127.0.0.1:0\n  names_frontend: web\n  ports_frontend: tcp\n  transport: edge\n  ssh_endpoint: ssh.localhost:2222\n";
@@ -43,13 +43,7 @@ impl Plane {
     }
 
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(binary("tunneld")?)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "tunneld {args:?}: {out:?}");
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        tunneld_cli(&self.config, args)
     }
 
     /// curl against the API: (status, body).

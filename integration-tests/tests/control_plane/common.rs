@@ -92,17 +92,7 @@ impl Plane {
 
     /// Runs `tunneld --config <config> ARGS` and returns stdout; fails on a non-zero exit.
     pub(crate) fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(binary("tunneld")?)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "tunneld {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        tunneld_integration_tests::process::tunneld_cli(&self.config, args)
     }
 
     pub(crate) fn api(&self, token: &str) -> Result<ApiClient> {
