@@ -8,7 +8,8 @@
 # The image's own /etc/tunneld/server.yaml is packaging/etc/server.yaml (tunnels.example.com):
 # mount yours over it.
 
-# --- build: both binaries, release profile, exactly the locked dependencies ---
+# --- build: both binaries, release profile, exactly the locked dependencies; static on
+# glibc (.cargo/config.toml), in target/<host tuple>/release ---
 FROM rust:1-slim-bookworm AS build
 # make: jemalloc's build (the binaries' allocator); gcc comes with the image (ring, SQLite).
 RUN apt-get update \
@@ -19,7 +20,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p tunneld-daemon -p tunneld-client --bins \
- && install -D -m 0755 -t /out/usr/local/bin target/release/tunneld target/release/tunnelc \
+ && install -D -m 0755 -t /out/usr/local/bin \
+      "target/$(rustc --print host-tuple)/release/tunneld" "target/$(rustc --print host-tuple)/release/tunnelc" \
  && install -d -m 0700 /out/var/lib/tunneld
 
 # --- runtime: glibc, libgcc and CA certificates, no shell, user nonroot (65532) ---

@@ -200,7 +200,14 @@ async fn run(cli: Cli) -> Result<()> {
         Some(d) => d,
         None => exe.parent().context("program directory")?.to_path_buf(),
     };
-    let target = bins.parent().unwrap_or(&bins).to_path_buf();
+    // Cargo's target directory: the binaries' parent, or its parent when that is tagged as
+    // one too (`target/<host tuple>/release` -> `target`; cargo tags both).
+    let up = bins.parent().unwrap_or(&bins);
+    let target = up
+        .parent()
+        .filter(|t| t.join("CACHEDIR.TAG").exists())
+        .unwrap_or(up)
+        .to_path_buf();
     let peers_dir = cli.peers_dir.unwrap_or_else(|| target.join("bench-peers"));
     let out = cli.out.unwrap_or_else(|| target.join("bench"));
     std::fs::create_dir_all(&out)?;

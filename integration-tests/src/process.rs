@@ -85,7 +85,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 }
 
 /// The `cargo build` arguments that put binaries in `dir` (`<target-dir>[/<triple>]/<profile>`,
-/// the target directory being the one with cargo's `CACHEDIR.TAG`).
+/// the target directory being the outermost with cargo's `CACHEDIR.TAG`: cargo tags a
+/// `<triple>` directory as well).
 fn build_location(dir: &std::path::Path) -> Vec<String> {
     let name = |p: &std::path::Path| {
         p.file_name()
@@ -100,11 +101,11 @@ fn build_location(dir: &std::path::Path) -> Vec<String> {
     let Some(up) = dir.parent() else {
         return args;
     };
-    let root = if up.join("CACHEDIR.TAG").exists() {
-        up
-    } else if let Some(root) = up.parent().filter(|r| r.join("CACHEDIR.TAG").exists()) {
+    let root = if let Some(root) = up.parent().filter(|r| r.join("CACHEDIR.TAG").exists()) {
         args.extend(["--target".to_string(), name(up)]);
         root
+    } else if up.join("CACHEDIR.TAG").exists() {
+        up
     } else {
         return args;
     };
@@ -326,6 +327,13 @@ mod tests {
         };
         let r = root.display().to_string();
         assert_eq!(at("debug"), ["--target-dir", &r]);
+        // Cargo tags the directory of a named target too.
+        std::fs::create_dir_all(root.join("x86_64-unknown-linux-gnu")).expect("dir");
+        std::fs::write(
+            root.join("x86_64-unknown-linux-gnu/CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .expect("tag");
         assert_eq!(at("release"), ["--release", "--target-dir", &r]);
         assert_eq!(
             at("x86_64-unknown-linux-gnu/release"),

@@ -142,7 +142,7 @@ fn dockerfile_runs_the_built_binaries_as_non_root_with_the_ports_exposed() {
     }
     for b in ["tunneld", "tunnelc"] {
         assert!(
-            cargo.contains(&format!("target/release/{b}")),
+            cargo.contains(&format!("target/$(rustc --print host-tuple)/release/{b}")),
             "the build stage keeps no {b}"
         );
         assert!(
