@@ -175,13 +175,11 @@ impl Transport {
                 format!("edge: {{ type: yamux, listen: 127.0.0.1:0, yamux: {{ max_streams: {} }} }}", room.min(YAMUX_CEILING)),
                 "",
             ),
-            // Streams at once on the link (tunnelc says the same in its hello), with stream
-            // windows small enough that the connection window (stream window x (streams + 1),
-            // capped at 2^31 - 1) covers every one.
+            // Streams at once on the link (tunnelc says the same in its hello); tunneld lowers
+            // the stream windows if needed so the connection window covers every one.
             Transport::H2Reverse => (
                 format!(
-                    "edge: {{ type: h2-reverse, listen: 127.0.0.1:0, h2: {{ max_concurrent_streams: {room}, stream_window: {} }} }}",
-                    (i32::MAX as usize / (room + 1)).min(256 << 10)
+                    "edge: {{ type: h2-reverse, listen: 127.0.0.1:0, h2: {{ max_concurrent_streams: {room} }} }}"
                 ),
                 "",
             ),

@@ -20,15 +20,17 @@ pub enum H2TuningError {
 }
 
 /// HTTP/2 settings of a connection (a reversed link, or a visitor's own). Every limit is
-/// finite. Windows are per stream first: the connection window is never smaller than `stream_window` times
-/// `max_concurrent_streams`, so streams whose visitors stopped reading can hold at most their
-/// own windows and never freeze the rest of the connection.
+/// finite. Windows are per stream first: on a link the connection window is never smaller than
+/// `stream_window` times `max_concurrent_streams` (the stream window is lowered to fit below
+/// 2^31), so streams whose visitors stopped reading can hold at most their own windows and
+/// never freeze the rest of the connection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct H2Tuning {
-    /// Receive window per stream, bytes.
+    /// Receive window per stream, bytes. On a link, lowered to (2^31 - 1) / (streams + 1)
+    /// when larger (not below 65535), so the connection window can cover every stream.
     pub stream_window: u32,
-    /// Receive window of the whole connection, bytes; raised to at least
+    /// Receive window of the whole connection, bytes; on a link raised to at least
     /// `stream_window * (max_concurrent_streams + 1)` (capped at 2^31 - 1).
     pub connection_window: u32,
     /// Largest DATA frame payload accepted, bytes (16 KiB to 16 MiB).
@@ -49,6 +51,12 @@ pub struct H2Tuning {
 impl Default for H2Tuning {
     fn default() -> Self {
         Self {
+            // A link's stream takes this much before it waits for a window update, and
+            // each new stream may be sent this much at once. Larger windows carried one
+            // download faster (4.1 Gbit/s at 256 KiB, 5.1 at 1 MiB), but they are also what a
+            // tenant's many cancelled or slow downloads put on the link all at once, ahead of
+            // its neighbours: the neighbour's p99 in tests/isolation/cancelled.rs went from
+            // 150-185 ms to 180-230 at 512 KiB and 260-310 at 1 MiB (docs/benchmarks.md).
             stream_window: 256 << 10,
             connection_window: 256 << 20,
             max_frame_size: 256 << 10,
@@ -85,16 +93,20 @@ impl H2Tuning {
         .for_link(limits)
     }
 
-    /// These settings for a tunnel link, which carries many visitors at once: the connection
-    /// window raised to `stream_window * (max_concurrent_streams + 1)` (capped at 2^31 - 1),
-    /// so the streams of visitors that stopped reading can never exhaust it, and the header
-    /// list raised to carry any head within `limits`. (A visitor's own HTTP/2 connection keeps
-    /// its configured window: it only hurts itself.)
+    /// These settings for a tunnel link, which carries many visitors at once: the stream
+    /// window lowered to (2^31 - 1) / (max_concurrent_streams + 1) when larger (not below
+    /// 65535) and the connection window raised to `stream_window * (max_concurrent_streams +
+    /// 1)` (capped at 2^31 - 1), so the streams of visitors that stopped reading can never
+    /// exhaust it, and the header list raised to carry any head within `limits`. (A visitor's
+    /// own HTTP/2 connection keeps its configured window: it only hurts itself.)
     pub fn for_link(self, limits: &crate::limits::DataLimits) -> Self {
-        let fair = u64::from(self.stream_window) * (u64::from(self.max_concurrent_streams) + 1);
-        let w = u64::from(self.connection_window).max(fair);
+        const MAX_WINDOW: u64 = i32::MAX as u64;
+        let slots = u64::from(self.max_concurrent_streams) + 1;
+        let stream = u64::from(self.stream_window).min((MAX_WINDOW / slots).max(65_535));
+        let w = u64::from(self.connection_window).max(stream * slots);
         Self {
-            connection_window: u32::try_from(w.min(i32::MAX as u64)).unwrap_or(i32::MAX as u32),
+            stream_window: u32::try_from(stream).unwrap_or(self.stream_window),
+            connection_window: u32::try_from(w.min(MAX_WINDOW)).unwrap_or(i32::MAX as u32),
             max_header_list_size: self.max_header_list_size.max(limits.link_header_list()),
             // Every visitor that gives up cancels its stream while the other end may still be
             // sending on it; the frames that cross the cancellation are answered with resets
@@ -219,5 +231,58 @@ mod reason_tests {
         assert_eq!(super::reason_name(h2::Reason::NO_ERROR), "no_error");
         assert_eq!(super::reason_name(h2::Reason::from(0xdead_beef)), "unknown");
         assert_eq!(super::reason_name(h2::Reason::from(14)), "unknown");
+    }
+}
+
+#[cfg(test)]
+mod link_window_tests {
+    use super::H2Tuning;
+    use crate::limits::DataLimits;
+
+    #[test]
+    fn a_link_window_covers_every_stream() {
+        let limits = DataLimits::default();
+        // The default: 256 KiB a stream, and a connection window for all 1024 and one more.
+        let t = H2Tuning::default().for_link(&limits);
+        assert_eq!(t.stream_window, 256 << 10);
+        assert_eq!(t.connection_window, (256 << 10) * 1025);
+        // tunnelc's default 4096 streams and headroom fit as they are.
+        let t = H2Tuning::tunnelc(&limits, 4096);
+        assert_eq!(t.stream_window, 256 << 10);
+        assert_eq!(t.connection_window, (256 << 10) * (4096 + 64 + 1));
+        // 16384 streams and headroom: the stream window shrinks to fit below 2^31.
+        let t = H2Tuning::tunnelc(&limits, 16384);
+        let slots = u64::from(t.max_concurrent_streams) + 1;
+        assert_eq!(t.max_concurrent_streams, 16384 + 256);
+        assert!(u64::from(t.stream_window) * slots <= i32::MAX as u64);
+        assert!((u64::from(t.stream_window) + 1) * slots > i32::MAX as u64);
+        assert_eq!(
+            u64::from(t.connection_window),
+            u64::from(t.stream_window) * slots
+        );
+        // Too many streams for 64 KiB each: the window keeps HTTP/2's minimum.
+        let t = H2Tuning {
+            max_concurrent_streams: 1 << 16,
+            ..H2Tuning::default()
+        }
+        .for_link(&limits);
+        assert_eq!(t.stream_window, 65_535);
+        assert_eq!(t.connection_window, i32::MAX as u32);
+        assert!(t.validate().is_ok());
+        // A window that fits stays as configured, and so does a larger connection window.
+        let t = H2Tuning {
+            stream_window: 65_535,
+            ..H2Tuning::default()
+        }
+        .for_link(&limits);
+        assert_eq!(t.stream_window, 65_535);
+        assert_eq!(t.connection_window, 256 << 20);
+        let t = H2Tuning {
+            stream_window: 1 << 20,
+            ..H2Tuning::default()
+        }
+        .for_link(&limits);
+        assert_eq!(t.stream_window, 1 << 20);
+        assert_eq!(t.connection_window, (1 << 20) * 1025);
     }
 }
