@@ -55,8 +55,9 @@ impl Default for H2Tuning {
             // each new stream may be sent this much at once. Larger windows carried one
             // download faster (4.1 Gbit/s at 256 KiB, 5.1 at 1 MiB), but they are also what a
             // tenant's many cancelled or slow downloads put on the link all at once, ahead of
-            // its neighbours: the neighbour's p99 in tests/isolation/cancelled.rs went from
-            // 150-185 ms to 180-230 at 512 KiB and 260-310 at 1 MiB (docs/benchmarks.md).
+            // its neighbours: the neighbour's p99 in the test
+            // integration-tests/tests/isolation/cancelled.rs went from 150-185 ms to 180-230
+            // at 512 KiB and 260-310 at 1 MiB (docs/benchmarks.md).
             stream_window: 256 << 10,
             connection_window: 256 << 20,
             max_frame_size: 256 << 10,
