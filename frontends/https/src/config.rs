@@ -86,6 +86,10 @@ fn d4096() -> usize {
 pub fn visitor_h2() -> H2Tuning {
     H2Tuning {
         stream_window: 1 << 20,
+        // A visitor's own streams never grow (frontends/https/src/visitor.rs sets it
+        // whatever the configuration says).
+        stream_window_max: 0,
+        window_growth_budget: 0,
         connection_window: 4 << 20,
         max_frame_size: 16 << 10,
         max_concurrent_streams: 128,

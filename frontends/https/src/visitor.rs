@@ -103,6 +103,9 @@ pub(crate) async fn serve(
     let result = if h2 {
         let mut tuning = fe.cfg.h2;
         tuning.max_header_list_size = u32::try_from(max_head * 2).unwrap_or(u32::MAX);
+        // A visitor's own streams never grow their windows (those are for tunnel links):
+        // its windows are all it may make tunneld hold.
+        tuning.stream_window_max = 0;
         // Each stream's service runs on this connection's task, not a task of its own: a
         // request then wakes no other task, and no other thread, to be answered. The
         // streams are one visitor's, so they share what the visitor's connection has.

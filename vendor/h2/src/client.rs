@@ -348,6 +348,9 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// (tunneld patch) Growth of the receive windows of streams whose reader keeps up.
+    window_growth: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -669,6 +672,7 @@ impl Builder {
             stream_id: 1.into(),
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            window_growth: None,
         }
     }
 
@@ -1175,6 +1179,17 @@ impl Builder {
         self
     }
 
+    /// (tunneld patch) Lets the receive window of a stream whose reader keeps up grow past
+    /// the initial window, doubling each time the peer has used half of it while nothing
+    /// waited unread, to at most `max_window` bytes; all streams together grow by at most
+    /// `budget` bytes at once (a stream's growth returns to the budget when it ends). The
+    /// connection window should leave room for the budget. Off by default: every stream keeps
+    /// the initial window.
+    pub fn stream_window_growth(&mut self, max_window: u32, budget: u32) -> &mut Self {
+        self.window_growth = Some((max_window.min(proto::MAX_WINDOW_SIZE), budget));
+        self
+    }
+
     /// Sets the first stream ID to something other than 1.
     #[cfg(feature = "unstable")]
     pub fn initial_stream_id(&mut self, stream_id: u32) -> &mut Self {
@@ -1366,6 +1381,7 @@ where
                 local_error_reset_streams_max: builder.local_max_error_reset_streams,
                 settings: builder.settings,
                 data_frame_budget: builder.data_frame_budget,
+                window_growth: builder.window_growth,
             },
         );
         let send_request = SendRequest {

@@ -263,6 +263,9 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// (tunneld patch) Growth of the receive windows of streams whose reader keeps up.
+    window_growth: Option<(u32, u32)>,
 }
 
 /// Send a response back to the client
@@ -663,6 +666,7 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            window_growth: None,
         }
     }
 
@@ -1066,6 +1070,17 @@ impl Builder {
     /// updates the permitted framing overhead.
     pub fn data_frame_budget(&mut self, budget: usize) -> &mut Self {
         self.data_frame_budget = proto::DataFrameBudget::Configured(budget);
+        self
+    }
+
+    /// (tunneld patch) Lets the receive window of a stream whose reader keeps up grow past
+    /// the initial window, doubling each time the peer has used half of it while nothing
+    /// waited unread, to at most `max_window` bytes; all streams together grow by at most
+    /// `budget` bytes at once (a stream's growth returns to the budget when it ends). The
+    /// connection window should leave room for the budget. Off by default: every stream keeps
+    /// the initial window.
+    pub fn stream_window_growth(&mut self, max_window: u32, budget: u32) -> &mut Self {
+        self.window_growth = Some((max_window.min(proto::MAX_WINDOW_SIZE), budget));
         self
     }
 
@@ -1535,6 +1550,7 @@ where
                                 .local_max_error_reset_streams,
                             settings: self.builder.settings.clone(),
                             data_frame_budget: self.builder.data_frame_budget,
+                            window_growth: self.builder.window_growth,
                         },
                     );
 

@@ -87,6 +87,9 @@ pub(crate) struct Config {
     pub local_error_reset_streams_max: Option<usize>,
     pub settings: frame::Settings,
     pub data_frame_budget: DataFrameBudget,
+    /// (tunneld patch) Receive windows of streams whose reader keeps up grow to at most
+    /// `.0` bytes each, drawing on `.1` bytes of growth for the whole connection.
+    pub window_growth: Option<(WindowSize, WindowSize)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +155,7 @@ where
                     .map(|max| max as usize),
                 local_max_error_reset_streams: config.local_error_reset_streams_max,
                 data_frame_budget: config.data_frame_budget,
+                window_growth: config.window_growth,
             }
         }
         let streams = Streams::new(streams_config(&config));

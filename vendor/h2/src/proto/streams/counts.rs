@@ -86,6 +86,11 @@ pub(super) struct Counts {
     /// Number of empty, non-final DATA frames received over the lifetime of
     /// the connection.
     num_recv_empty_data_frames: usize,
+
+    /// (tunneld patch) The most a stream's receive window may grow to (0: windows never
+    /// grow), and the growth not yet handed to open streams.
+    window_growth_max: WindowSize,
+    window_growth_left: WindowSize,
 }
 
 impl Counts {
@@ -106,7 +111,43 @@ impl Counts {
             data_frame_budget: Budget::new(config.data_frame_budget.resolve(None)),
             data_frame_budget_is_auto: config.data_frame_budget.is_auto(),
             num_recv_empty_data_frames: 0,
+            window_growth_max: config.window_growth.map_or(0, |g| g.0),
+            window_growth_left: config.window_growth.map_or(0, |g| g.1),
         }
+    }
+
+    /// (tunneld patch) The most a stream's receive window may grow to; 0 when windows never
+    /// grow.
+    pub fn window_growth_max(&self) -> WindowSize {
+        self.window_growth_max
+    }
+
+    /// (tunneld patch) A stream that receives no more (END_STREAM or a reset) and whose
+    /// reader has taken everything gives its window growth back, even while its sending
+    /// side stays open. (Until its reader has, the unread bytes may fill the grown window:
+    /// the growth stays counted, so the connection window still covers every stream.)
+    pub fn return_growth_if_done(&mut self, stream: &mut store::Ptr) {
+        if stream.recv_grown > 0
+            && stream.in_flight_recv_data == 0
+            && !stream.state.is_recv_streaming()
+        {
+            self.return_window_growth(stream.recv_grown);
+            stream.recv_grown = 0;
+        }
+    }
+
+    /// (tunneld patch) Gives back growth taken but not used.
+    pub fn return_window_growth(&mut self, n: WindowSize) {
+        self.window_growth_left = self.window_growth_left.saturating_add(n);
+    }
+
+    /// (tunneld patch) Takes up to `want` bytes of window growth from the connection's
+    /// budget; returns what it took. [`Counts::dec_num_streams`] gives a stream's growth back
+    /// when the stream ends.
+    pub fn take_window_growth(&mut self, want: WindowSize) -> WindowSize {
+        let got = want.min(self.window_growth_left);
+        self.window_growth_left -= got;
+        got
     }
 
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) {
@@ -295,6 +336,8 @@ impl Counts {
 
     // TODO: move this to macro?
     pub fn transition_after(&mut self, mut stream: store::Ptr, is_reset_counted: bool) {
+        self.return_growth_if_done(&mut stream);
+
         tracing::trace!(
             "transition_after; stream={:?}; state={:?}; is_closed={:?}; \
              pending_send_empty={:?}; buffered_send_data={}; \
@@ -344,6 +387,10 @@ impl Counts {
     fn dec_num_streams(&mut self, stream: &mut store::Ptr) {
         assert!(stream.is_counted);
 
+        // (tunneld patch) An ended stream's grown window returns to the budget.
+        self.window_growth_left = self.window_growth_left.saturating_add(stream.recv_grown);
+        stream.recv_grown = 0;
+
         if self.peer.is_local_init(stream.id) {
             assert!(self.num_send_streams > 0);
             self.num_send_streams -= 1;
@@ -390,6 +437,7 @@ mod tests {
             remote_max_initiated: None,
             local_max_error_reset_streams: None,
             data_frame_budget: DataFrameBudget::Configured(DEFAULT_DATA_FRAME_BUDGET),
+            window_growth: None,
         }
     }
 
@@ -437,6 +485,7 @@ mod tests {
             peer::Dyn::Server,
             &Config {
                 data_frame_budget: DataFrameBudget::Auto,
+                window_growth: None,
                 ..counts_config()
             },
         );
@@ -450,6 +499,7 @@ mod tests {
             peer::Dyn::Server,
             &Config {
                 data_frame_budget: DataFrameBudget::Configured(123),
+                window_growth: None,
                 ..counts_config()
             },
         );

@@ -81,6 +81,10 @@ pub struct Config {
 
     /// Connection-level budget policy for DATA framing overhead.
     pub(crate) data_frame_budget: DataFrameBudget,
+
+    /// (tunneld patch) Growth of the receive windows of streams whose reader keeps up: at
+    /// most `.0` bytes per stream, `.1` bytes in all ([`Counts::take_window_growth`]).
+    pub(crate) window_growth: Option<(WindowSize, WindowSize)>,
 }
 
 trait DebugStructExt<'a, 'b> {

@@ -496,6 +496,56 @@ impl Recv {
         Ok(())
     }
 
+    /// (tunneld patch) Grows the receive window of `stream` when its reader keeps up and the
+    /// window holds the peer back: the reader has taken every byte received (nothing is
+    /// waiting to be read) and the peer has already used half of what it may send. The
+    /// window doubles, up to the most [`Counts::window_growth_max`] allows and what is left
+    /// of the connection's growth budget; the growth goes out with the stream's next
+    /// WINDOW_UPDATE, and the stream grows no more until it has (so at most once a round
+    /// trip). A stream whose reader is slow never grows: its data waits unread. A stream
+    /// that receives no more gives its growth back once its reader has taken everything
+    /// ([`Counts::return_growth_if_done`]); one that grew and then slowed down keeps it until
+    /// then.
+    pub fn grow_window(
+        &mut self,
+        stream: &mut store::Ptr,
+        counts: &mut Counts,
+        task: &mut Option<Waker>,
+    ) {
+        counts.return_growth_if_done(stream);
+        let max = counts.window_growth_max();
+        if max == 0
+            || !stream.is_counted
+            || stream.recv_grow_pending
+            || stream.in_flight_recv_data != 0
+            || !stream.state.is_recv_streaming()
+        {
+            return;
+        }
+        let target = self.init_window_sz.saturating_add(stream.recv_grown);
+        if target >= max || stream.recv_flow.window_size() > target / 2 {
+            return;
+        }
+        let got = counts.take_window_growth(target.min(max - target));
+        if got == 0 {
+            return;
+        }
+        if stream.recv_flow.assign_capacity(got).is_err() {
+            // Past 2^31 - 1: give it back (`max` is at most that, so it does not happen).
+            counts.return_window_growth(got);
+            return;
+        }
+        stream.recv_grown += got;
+        stream.recv_grow_pending = true;
+        tracing::trace!("grow_window; stream={:?}; by={}", stream.id, got);
+        if stream.recv_flow.unclaimed_capacity().is_some() {
+            self.pending_window_updates.push(stream);
+            if let Some(task) = task.take() {
+                task.wake();
+            }
+        }
+    }
+
     /// Release any unclaimed capacity for a closed stream.
     pub fn release_closed_capacity(
         &mut self,
@@ -1199,6 +1249,9 @@ impl Recv {
                         .recv_flow
                         .inc_window(incr)
                         .expect("unexpected flow control state");
+
+                    // (tunneld patch) Any growth is out: the stream may grow again.
+                    stream.recv_grow_pending = false;
                 }
             })
         }
@@ -1291,6 +1344,7 @@ mod tests {
             remote_max_initiated: None,
             local_max_error_reset_streams: None,
             data_frame_budget: DataFrameBudget::Configured(DEFAULT_DATA_FRAME_BUDGET),
+            window_growth: None,
         };
         let mut recv = Recv::new(peer::Dyn::Server, &config);
         let mut store = Store::new();

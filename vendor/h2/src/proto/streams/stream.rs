@@ -85,6 +85,14 @@ pub(super) struct Stream {
 
     pub in_flight_recv_data: WindowSize,
 
+    /// (tunneld patch) Bytes this stream's receive window was grown by, beyond the initial
+    /// window; drawn from the connection's growth budget and returned when the stream ends.
+    pub recv_grown: WindowSize,
+
+    /// (tunneld patch) The stream's last growth has not gone out in a WINDOW_UPDATE yet:
+    /// it grows no more until the peer can have seen it (once per round trip at most).
+    pub recv_grow_pending: bool,
+
     /// Next node in the linked list of streams waiting to send window updates.
     pub next_window_update: Option<store::Key>,
 
@@ -184,6 +192,8 @@ impl Stream {
             is_pending_accept: false,
             recv_flow,
             in_flight_recv_data: 0,
+            recv_grown: 0,
+            recv_grow_pending: false,
             next_window_update: None,
             is_pending_window_update: false,
             reset_at: None,

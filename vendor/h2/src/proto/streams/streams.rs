@@ -1577,7 +1577,12 @@ impl OpaqueStreamRef {
 
         me.actions
             .recv
-            .release_capacity(capacity, &mut stream, &mut me.actions.task)
+            .release_capacity(capacity, &mut stream, &mut me.actions.task)?;
+        // (tunneld patch) A reader that keeps up may earn its stream a larger window.
+        me.actions
+            .recv
+            .grow_window(&mut stream, &mut me.counts, &mut me.actions.task);
+        Ok(())
     }
 
     /// Clear the receive queue and set the status to no longer receive data frames.

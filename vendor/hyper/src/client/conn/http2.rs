@@ -524,6 +524,14 @@ where
         self
     }
 
+    /// (tunneld patch) Lets the receive window of a stream whose reader keeps up grow to at
+    /// most `max_window` bytes, all streams together by at most `budget` bytes at once. See
+    /// `h2::client::Builder::stream_window_growth`.
+    pub fn stream_window_growth(&mut self, max_window: u32, budget: u32) -> &mut Self {
+        self.h2_builder.stream_window_growth = Some((max_window, budget));
+        self
+    }
+
     /// Sets the duration to remember locally reset streams.
     ///
     /// When a stream is explicitly reset by either the client or the server,

@@ -75,6 +75,8 @@ pub(crate) struct Config {
     pub(crate) max_send_buffer_size: usize,
     pub(crate) max_pending_accept_reset_streams: Option<usize>,
     pub(crate) max_local_error_reset_streams: Option<usize>,
+    /// (tunneld patch) See `h2::client::Builder::stream_window_growth`.
+    pub(crate) stream_window_growth: Option<(u32, u32)>,
     pub(crate) header_table_size: Option<u32>,
     pub(crate) max_concurrent_streams: Option<u32>,
     pub(crate) reset_stream_duration: Option<Duration>,
@@ -96,6 +98,7 @@ impl Default for Config {
             max_send_buffer_size: DEFAULT_MAX_SEND_BUF_SIZE,
             max_pending_accept_reset_streams: None,
             max_local_error_reset_streams: Some(1024),
+            stream_window_growth: None,
             header_table_size: None,
             max_concurrent_streams: None,
             reset_stream_duration: None,
@@ -115,6 +118,10 @@ fn new_builder(config: &Config) -> Builder {
         .enable_push(false);
     if let Some(max) = config.max_frame_size {
         builder.max_frame_size(max);
+    }
+    // (tunneld patch)
+    if let Some((max, budget)) = config.stream_window_growth {
+        builder.stream_window_growth(max, budget);
     }
     if let Some(max) = config.max_concurrent_reset_streams {
         builder.max_concurrent_reset_streams(max);
