@@ -3,6 +3,7 @@
 //! tunneld uses) talks to an HTTP/2 server made with the h2 crate playing tunnelc: it answers
 //! each `CONNECT` and sends as fast as its window allows, noting the most window it was ever
 //! given at once. No window larger than the initial one can be seen unless tunneld grew it.
+//! A visitor's own HTTP/2 upload through the https frontend must never see one.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -225,6 +226,68 @@ async fn growth_is_budgeted_per_link_and_returned_when_a_stream_ends() -> Result
             }
         }
         bail!("no later download grew: the ended streams kept their growth")
+    })
+    .await
+}
+
+/// A visitor's own HTTP/2 connection never grows its streams' windows, even when the
+/// frontend's `h2:` block leaves the growth keys out (they would default to the links'
+/// 2 MiB and 8 MiB): an h2 client uploads 8 MiB through the https frontend as fast as its
+/// window allows, and is never given more than the frontend's 256 KiB stream window at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitors_own_streams_never_grow_their_windows() -> Result<()> {
+    use tunneld_integration_tests::{attack, services};
+    bounded(async {
+        let s = attack::server(false, &["frontends.web.h2.stream_window=262144"]).await?;
+        let service = services::http().await;
+        let tunnels = attack::http_tunnels(&[("up", service)]);
+        let (alice, _) = attack::alice(&s, attack::Via::H2Reverse, &tunnels).await?;
+        let connector = attack::tls_connector(s.ca_file(), b"h2")?;
+        let tcp = TcpStream::connect(s.web()).await?;
+        let tls = attack::tls_over(&connector, "up.localhost", tcp).await?;
+        let (mut send, conn) = h2::client::Builder::new()
+            .max_send_buffer_size(BODY)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        tokio::spawn(conn);
+        let req = http::Request::post(format!("https://up.localhost:{}/", s.web().port()))
+            .header(http::header::CONTENT_LENGTH, BODY)
+            .body(())?;
+        let (resp, mut body) = send.send_request(req, false)?;
+        let zeros = Bytes::from(vec![0u8; BODY]);
+        let (mut left, mut peak) = (BODY, 0);
+        while left > 0 {
+            body.reserve_capacity(left);
+            let n = match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                Some(n) => n?,
+                None => bail!("the upload's stream ended with {left} bytes to send"),
+            };
+            peak = peak.max(n);
+            let n = n.min(left);
+            if n > 0 {
+                body.send_data(zeros.slice(..n), false)?;
+                left -= n;
+            }
+        }
+        body.send_data(Bytes::new(), true)?;
+        let resp = resp.await?;
+        let status = resp.status();
+        let mut recv = resp.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&text);
+        if status != 200 || !text.contains(&format!("body={BODY}")) {
+            bail!("the upload was answered {status}: {text}");
+        }
+        if peak > INITIAL {
+            bail!("the visitor was given {peak} bytes of window at once, over its {INITIAL}");
+        }
+        alice.shutdown().await.ok();
+        Ok(())
     })
     .await
 }
