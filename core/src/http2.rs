@@ -328,4 +328,27 @@ mod link_window_tests {
         assert_eq!(t.stream_window, 1 << 20);
         assert_eq!(t.connection_window, (1 << 20) * 1025 + budget);
     }
+
+    #[test]
+    fn growth_settings_past_2_31_are_refused() {
+        for bad in [
+            H2Tuning {
+                stream_window_max: 1 << 31,
+                ..H2Tuning::default()
+            },
+            H2Tuning {
+                window_growth_budget: u32::MAX,
+                ..H2Tuning::default()
+            },
+        ] {
+            assert_eq!(bad.validate(), Err(super::H2TuningError::WindowTooLarge));
+        }
+        // Off (0) is fine, and so is a most below the initial window (never grows).
+        let off = H2Tuning {
+            stream_window_max: 0,
+            window_growth_budget: 0,
+            ..H2Tuning::default()
+        };
+        assert!(off.validate().is_ok());
+    }
 }

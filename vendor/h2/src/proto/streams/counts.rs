@@ -388,7 +388,7 @@ impl Counts {
         assert!(stream.is_counted);
 
         // (tunneld patch) An ended stream's grown window returns to the budget.
-        self.window_growth_left = self.window_growth_left.saturating_add(stream.recv_grown);
+        self.return_window_growth(stream.recv_grown);
         stream.recv_grown = 0;
 
         if self.peer.is_local_init(stream.id) {
