@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod browser;
 pub mod cluster;
+pub mod h2body;
 pub mod h2raw;
 pub mod kept;
 pub mod metrics;

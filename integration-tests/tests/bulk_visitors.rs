@@ -18,8 +18,8 @@ use tunneld_integration_tests::attack::{
     self, healthy, server, tagged, tcp_tunnel, verdict, SessionMark, Via, ATTACK,
 };
 use tunneld_integration_tests::neighbour::{Neighbour, Probe};
-use tunneld_integration_tests::services;
 use tunneld_integration_tests::{endpoint_of, WAIT};
+use tunneld_integration_tests::{h2body, services};
 
 /// Visitors of the bulk tunnel at once.
 const BULK: usize = 4;
@@ -171,16 +171,7 @@ async fn h2_get(
         .await
         .context("no answer")??;
     let status = resp.status();
-    let mut body = resp.into_body();
-    let mut got = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(WAIT, body.data())
-        .await
-        .context("body")?
-    {
-        let chunk = chunk?;
-        body.flow_control().release_capacity(chunk.len())?;
-        got.extend_from_slice(&chunk);
-    }
+    let got = h2body::read_all(&mut resp.into_body()).await?;
     Ok((status, got))
 }
 

@@ -236,7 +236,7 @@ async fn growth_is_budgeted_per_link_and_returned_when_a_stream_ends() -> Result
 /// window allows, and is never given more than the frontend's 256 KiB stream window at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitors_own_streams_never_grow_their_windows() -> Result<()> {
-    use tunneld_integration_tests::{attack, services};
+    use tunneld_integration_tests::{attack, h2body, services};
     bounded(async {
         let s = attack::server(false, &["frontends.web.h2.stream_window=262144"]).await?;
         let service = services::http().await;
@@ -272,13 +272,7 @@ async fn a_visitors_own_streams_never_grow_their_windows() -> Result<()> {
         body.send_data(Bytes::new(), true)?;
         let resp = resp.await?;
         let status = resp.status();
-        let mut recv = resp.into_body();
-        let mut text = Vec::new();
-        while let Some(chunk) = recv.data().await {
-            let chunk = chunk?;
-            let _ = recv.flow_control().release_capacity(chunk.len());
-            text.extend_from_slice(&chunk);
-        }
+        let text = h2body::read_all(&mut resp.into_body()).await?;
         let text = String::from_utf8_lossy(&text);
         if status != 200 || !text.contains(&format!("body={BODY}")) {
             bail!("the upload was answered {status}: {text}");

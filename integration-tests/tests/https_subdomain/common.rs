@@ -9,6 +9,7 @@ pub(crate) use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) use tunneld_core::proto::{
     encode_frame, read_frame, Hello, ServerHello, TunnelKind, TunnelRequest, MAGIC, VERSION,
 };
+pub(crate) use tunneld_integration_tests::h2body;
 pub(crate) use tunneld_integration_tests::h2raw::{self, frame};
 pub(crate) use tunneld_integration_tests::process::{curl, Proc};
 pub(crate) use tunneld_integration_tests::services::{http_echo, tls_local, websocket_echo};

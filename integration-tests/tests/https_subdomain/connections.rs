@@ -46,13 +46,7 @@ async fn one_http2_connection_carries_100_requests_to_two_names_with_a_wildcard_
         waits.push(tokio::spawn(async move {
             let resp = resp.await?;
             let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut text = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                text.extend_from_slice(&chunk);
-            }
+            let text = h2body::read_all(&mut resp.into_body()).await?;
             Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&text).into_owned()))
         }));
         send = send.ready().await?;
