@@ -6,7 +6,8 @@
 //! to local services when a request arrives as an HTTP/2 request over h2-reverse (from a
 //! tunneld that keeps no streams for that session).
 //!
-//! Bounded ([`Caps`]): idle connections per key, keys, and in all; each kept at most
+//! Bounded ([`Caps`]): idle connections in all and keys, with a share per key that holds
+//! however busy the other keys are; each kept at most
 //! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
 //! closes one just as it is reused; a reaper closes expired ones while any is idle). A
 //! connection goes back only after its response body was read to the end; upgrades and
@@ -33,7 +34,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Idle connections kept per local service (tunnelc's pool): as many as tunneld keeps idle
+/// Each local service's share of tunnelc's pool: as many as tunneld's share of idle
 /// streams per tunnel ([`crate::kept_streams::PER_TUNNEL`]), so HTTP/2 visitors with many
 /// requests in flight find a connection left instead of opening one per request (when
 /// tunneld sends requests as HTTP/2 requests over h2-reverse, as before 2026-12-05).
@@ -51,7 +52,10 @@ const MAX_SERVICES: usize = 1024;
 /// How much a pool keeps idle.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
-    /// Idle connections per key.
+    /// Each key's share of the pool: a key may keep more while the pool has room (one busy
+    /// service or tunnel alone may fill it), but once the pool is full a connection of a
+    /// key within its share takes the place of the oldest idle one of the key furthest over
+    /// its share, so one key's excess never keeps another key's connections out.
     pub per_key: usize,
     /// Keys with idle connections.
     pub keys: usize,
@@ -121,6 +125,27 @@ impl Idle {
 }
 
 impl State {
+    /// The key holding the most idle connections, when that is more than its share.
+    fn over_share(&self, share: usize) -> Option<String> {
+        self.idle
+            .iter()
+            .map(|(k, list)| (k, list.len()))
+            .filter(|(_, n)| *n > share)
+            .max_by_key(|(_, n)| *n)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Takes the connection of `key` idle longest out of the pool.
+    fn remove_oldest(&mut self, key: &str) -> Option<Idle> {
+        let list = self.idle.get_mut(key)?;
+        let oldest = (!list.is_empty()).then(|| list.remove(0));
+        if list.is_empty() {
+            self.idle.remove(key);
+        }
+        self.count -= usize::from(oldest.is_some());
+        oldest
+    }
+
     /// Drops expired and closed connections.
     fn expire(&mut self) {
         self.idle.retain(|_, list| {
@@ -206,22 +231,33 @@ impl LocalPool {
             st.reaping = true;
             Self::reap(Arc::downgrade(self));
         }
-        let full = |st: &State| {
-            st.count >= self.caps.total
-                || (!st.idle.contains_key(&key) && st.idle.len() >= self.caps.keys)
-                || st.idle.get(&key).map_or(0, Vec::len) >= self.caps.per_key
+        let refused = |st: &State| {
+            (!st.idle.contains_key(&key) && st.idle.len() >= self.caps.keys)
+                || (st.count >= self.caps.total
+                    && (st.idle.get(&key).map_or(0, Vec::len) >= self.caps.per_key
+                        || st.over_share(self.caps.per_key).is_none()))
         };
-        if full(&st) {
+        if st.count >= self.caps.total || refused(&st) {
             st.expire();
-            if full(&st) {
+            if refused(&st) {
                 return;
             }
         }
+        // Full, and this key is within its share: the oldest idle connection of a key over
+        // its share makes room.
+        let displaced = if st.count >= self.caps.total {
+            st.over_share(self.caps.per_key)
+                .and_then(|k| st.remove_oldest(&k))
+        } else {
+            None
+        };
         st.idle.entry(key).or_default().push(Idle {
             conn,
             since: Instant::now(),
         });
         st.count += 1;
+        drop(st);
+        drop(displaced);
     }
 
     /// Closes the connection idle longest, of any key, at once (no graceful shutdown) to

@@ -4,9 +4,10 @@
 //! idle HTTP/1.1 stream left by an earlier request of the same tunnel, so neither a stream nor
 //! a local connection is opened per request (nginx's upstream `keepalive`, across the tunnel).
 //!
-//! Bounded per session: [`PER_TUNNEL`] idle streams per tunnel, [`PER_SESSION`] in all (and
-//! at most half the session's stream cap), each for
-//! [`crate::keepalive_pool::IDLE_FOR`]. Idle streams hold no visitor's stream permit:
+//! Bounded per session: [`PER_SESSION`] idle streams in all (and at most half the session's
+//! stream cap), each for [`crate::keepalive_pool::IDLE_FOR`]; a tunnel alone may fill that,
+//! but once it is full a tunnel within its share ([`PER_TUNNEL`], and at most half of it)
+//! takes the place of the oldest idle stream of the tunnel furthest over its share. Idle streams hold no visitor's stream permit:
 //! each request takes one of its own (the per-tunnel and per-address caps count requests in
 //! flight, as before); a visitor refused because the session's streams are all in use
 //! takes the place of the stream idle longest instead. Never kept: tunnels whose tunnelc
@@ -23,10 +24,12 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-/// Idle kept streams per tunnel of a session. As many as HTTP/2 visitors keep requests in
-/// flight (64 connections x 10 streams in the benchmark): with 64, half of such requests
-/// found no idle stream and opened a stream and a local connection each, which the pool then
-/// closed again (HTTP/2 over websocket 20k -> 37k req/s).
+/// Each tunnel's share of a session's idle kept streams: what a tunnel keeps however busy
+/// its neighbours are (it may keep more while the session's pool has room). As a hard cap
+/// per tunnel it was too small for HTTP/2 visitors with 640 requests in flight (64
+/// connections x 10 streams in the benchmark): at 64, half of such requests found no idle
+/// stream and opened a stream and a local connection each, which the pool then closed again
+/// (HTTP/2 over websocket 20k -> 37k req/s); at 512, one in 25.
 pub const PER_TUNNEL: usize = 512;
 /// Idle kept streams per session, all tunnels together.
 pub const PER_SESSION: usize = 1024;
@@ -61,7 +64,8 @@ impl KeptStreams {
         }
         Some(Self {
             pool: LocalPool::with_caps(Caps {
-                // Half at most for one tunnel, so a busy one leaves its neighbours room.
+                // A share of half at most: a busy tunnel's excess gives way to its
+                // neighbours' streams as they come back.
                 per_key: PER_TUNNEL.min(total / 2).max(1),
                 keys: total,
                 total,
