@@ -161,6 +161,8 @@ impl State {
 pub struct LocalPool {
     caps: Caps,
     state: Mutex<State>,
+    /// Counts idle connections closed to make room for a key within its share.
+    displaced: Option<prometheus::IntCounter>,
 }
 
 #[derive(Default)]
@@ -178,10 +180,13 @@ impl LocalPool {
         Arc::default()
     }
 
-    pub fn with_caps(caps: Caps) -> Arc<Self> {
+    /// A pool with `caps`; `displaced` counts the idle connections closed to make room for
+    /// a key within its share.
+    pub fn with_caps(caps: Caps, displaced: Option<prometheus::IntCounter>) -> Arc<Self> {
         Arc::new(Self {
             caps,
             state: Mutex::default(),
+            displaced,
         })
     }
 
@@ -257,7 +262,9 @@ impl LocalPool {
         });
         st.count += 1;
         drop(st);
-        drop(displaced);
+        if let (Some(_), Some(c)) = (displaced, &self.displaced) {
+            c.inc();
+        }
     }
 
     /// Closes the connection idle longest, of any key, at once (no graceful shutdown) to

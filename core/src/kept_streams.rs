@@ -46,7 +46,7 @@ pub struct KeptStreams {
 
 impl KeptStreams {
     /// For a session whose tunnelc keeps streams alive; `counters` is the
-    /// `tunneld_kept_streams_total` series for (`reused`, `opened`, `evicted`).
+    /// `tunneld_kept_streams_total` series for (`reused`, `opened`, `evicted`, `displaced`).
     /// `stream_cap`: the session's own cap on open streams, of which idle kept streams take
     /// at most half. They never keep a neighbour tunnel's visitor out (a visitor refused for
     /// want of a stream takes the place of the one idle longest); a smaller share left a
@@ -55,7 +55,7 @@ impl KeptStreams {
     pub fn for_hello(
         hello: &Hello,
         stream_cap: Option<usize>,
-        counters: (IntCounter, IntCounter, IntCounter),
+        counters: (IntCounter, IntCounter, IntCounter, IntCounter),
     ) -> Option<Self> {
         let off = hello.keepalive_off()?;
         let total = stream_cap.map_or(PER_SESSION, |c| (c / 2).min(PER_SESSION));
@@ -63,13 +63,16 @@ impl KeptStreams {
             return None;
         }
         Some(Self {
-            pool: LocalPool::with_caps(Caps {
-                // A share of half at most: a busy tunnel's excess gives way to its
-                // neighbours' streams as they come back.
-                per_key: PER_TUNNEL.min(total / 2).max(1),
-                keys: total,
-                total,
-            }),
+            pool: LocalPool::with_caps(
+                Caps {
+                    // A share of half at most: a busy tunnel's excess gives way to its
+                    // neighbours' streams as they come back.
+                    per_key: PER_TUNNEL.min(total / 2).max(1),
+                    keys: total,
+                    total,
+                },
+                Some(counters.3),
+            ),
             off,
             reused: counters.0,
             opened: counters.1,

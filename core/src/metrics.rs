@@ -71,7 +71,7 @@ crate::metric_series! {
     counter streams_refused_total: "tunneld_streams_refused_total", ["transport", "reason"],
         "Visitor streams refused by a stream cap (per tunnel or per visitor address)";
     counter kept_streams_total: "tunneld_kept_streams_total", ["transport", "result"],
-        "Visitor HTTP requests sent on kept-alive tunnel streams: reused (an idle stream of an earlier request) or opened (a new stream, kept after its response); evicted: idle kept streams closed to make room for a visitor refused for want of a stream";
+        "Visitor HTTP requests sent on kept-alive tunnel streams: reused (an idle stream of an earlier request) or opened (a new stream, kept after its response); evicted: idle kept streams closed to make room for a visitor refused for want of a stream; displaced: idle kept streams of the tunnel furthest over its share closed, once the session's idle streams are at their cap, to keep one of a tunnel within its share";
     counter streams_stalled_total: "tunneld_streams_stalled_total", ["frontend"],
         "Visitor streams reset because their writes made no progress for limits.stream_stall_timeout";
     counter session_conflicts_total: "tunneld_session_conflicts_total", ["outcome"],

@@ -1,11 +1,15 @@
 //! Idle kept-alive streams never keep anyone out of a session: on a session capped at 8
 //! streams whose http tunnel left idle kept streams, visitors of a tcp neighbour and requests
-//! that may not be kept (`reuse_connections: false`) take the places of idle streams, over
-//! yamux, h2-reverse and websocket.
+//! that may not be kept (`reuse_connections: false`) take the places of idle streams, and an
+//! http neighbour's streams are kept in the places of the busy tunnel's streams over its
+//! share, over yamux, h2-reverse and websocket.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tunneld_integration_tests::attack::{self, Via};
-use tunneld_integration_tests::kept::{counting, visit};
+use tunneld_integration_tests::kept::{counting, next_head, visit};
 use tunneld_integration_tests::{services, TestClient, TestServer};
 
 /// The transports whose sessions keep streams, each test runs over.
@@ -68,7 +72,7 @@ async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
 
 /// Idle kept streams never keep a neighbour out: right after eight visitors at once of an
 /// http tunnel on a session capped at 8 streams (its idle streams are kept for 4 s, at most
-/// half the cap, half of that for one tunnel), eight visitors of a tcp neighbour of the
+/// half the cap, which one tunnel may fill), eight visitors of a tcp neighbour of the
 /// same tunnelc are all served at once, the last in the place of an idle kept stream, which
 /// closes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,6 +184,97 @@ async fn a_request_kept_nowhere_takes_the_place_of_an_idle_stream() {
             "{via:?}: an idle kept stream gave its place: {evicted}"
         );
         drop(held);
+        alice.shutdown().await.expect("alice stops");
+    }
+}
+
+/// An HTTP/1.1 keep-alive service that answers `busy` to each request once `n` requests are
+/// in flight at once (or after `WAIT`, so a slow start fails the test's checks instead of
+/// hanging it).
+async fn answers_when_all_arrived(n: usize) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while next_head(&mut s, &mut buf).await.is_some() {
+                    arrived.add_permits(1);
+                    let all = arrived.acquire_many(n as u32);
+                    if let Ok(Ok(p)) =
+                        tokio::time::timeout(tunneld_integration_tests::WAIT, all).await
+                    {
+                        // Each of the `n` takes all and gives them back for the others.
+                        drop(p);
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbusy";
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A tunnel within its share keeps its streams although a busy neighbour filled the
+/// session's idle streams: on a session capped at 8 streams (4 idle kept streams at most,
+/// a share of 2 for each tunnel), four requests at once leave the busy tunnel 4 idle
+/// streams, past its share; the neighbour's next request then opens a stream, which is
+/// kept in the place of the busy tunnel's oldest (`displaced`, no visitor refused), and its
+/// request after that goes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_within_its_share_displaces_a_busy_tunnels_idle_streams() {
+    for via in EVERY {
+        let s = attack::server(via == Via::Websocket, &[])
+            .await
+            .expect("server");
+        let busy = answers_when_all_arrived(4).await;
+        let (calm, counts) = counting("calm", false).await;
+        let tunnels = format!(
+            "{}{}",
+            attack::http_tunnel("busy", busy),
+            attack::http_tunnel("calm", calm),
+        );
+        let cap = match via {
+            Via::H2Reverse => "h2.max_streams=8",
+            Via::Yamux => "yamux.max_streams=8",
+            Via::Websocket => "max_conversations=8",
+        };
+        let cfg = attack::client_config_with(&s, via, &tunnels, &[cap.into()]).expect("cfg");
+        let mut alice = TestClient::spawn(cfg);
+        alice.connected().await.expect("alice");
+        let visits: Vec<_> = (0..4).map(|_| visit(&s, "busy")).collect();
+        for body in futures::future::join_all(visits).await {
+            assert_eq!(body, "busy", "{via:?}");
+        }
+        let series = |m: &tunneld_integration_tests::metrics::Samples, result: &str| {
+            m.get(
+                "tunneld_kept_streams_total",
+                &[("transport", via.label()), ("result", result)],
+            )
+        };
+        let m = s.metrics().await;
+        assert_eq!(series(&m, "opened"), 4.0, "{via:?}: four streams at once");
+        assert_eq!(visit(&s, "calm").await, "calm", "{via:?}");
+        let m = s.metrics().await;
+        assert_eq!(series(&m, "evicted"), 0.0, "{via:?}: nobody was refused");
+        assert_eq!(
+            series(&m, "displaced"),
+            1.0,
+            "{via:?}: the calm tunnel's stream took the place of one of the busy tunnel's"
+        );
+        assert_eq!(visit(&s, "calm").await, "calm", "{via:?}");
+        assert_eq!(
+            counts.accepted.load(Ordering::SeqCst),
+            1,
+            "{via:?}: the calm tunnel's second request went on its kept stream"
+        );
         alice.shutdown().await.expect("alice stops");
     }
 }

@@ -304,6 +304,7 @@ impl Hub {
                 c.with_label_values(&[transport, "reused"]),
                 c.with_label_values(&[transport, "opened"]),
                 c.with_label_values(&[transport, "evicted"]),
+                c.with_label_values(&[transport, "displaced"]),
             ),
         );
         let session = Arc::new(LiveSession {

@@ -452,11 +452,14 @@ fn idle_of(pool: &LocalPool, key: &str) -> usize {
 
 #[tokio::test]
 async fn a_key_alone_keeps_more_than_its_share_while_the_pool_has_room() {
-    let pool = LocalPool::with_caps(Caps {
-        per_key: 2,
-        keys: 4,
-        total: 5,
-    });
+    let pool = LocalPool::with_caps(
+        Caps {
+            per_key: 2,
+            keys: 4,
+            total: 5,
+        },
+        None,
+    );
     let (conns, _far) = raw_conns(7).await;
     for c in conns {
         pool.put("a".into(), c);
@@ -468,11 +471,15 @@ async fn a_key_alone_keeps_more_than_its_share_while_the_pool_has_room() {
 
 #[tokio::test]
 async fn a_key_within_its_share_displaces_the_oldest_of_one_over_it_when_full() {
-    let pool = LocalPool::with_caps(Caps {
-        per_key: 2,
-        keys: 4,
-        total: 5,
-    });
+    let displaced = prometheus::IntCounter::new("displaced", "displaced").expect("counter");
+    let pool = LocalPool::with_caps(
+        Caps {
+            per_key: 2,
+            keys: 4,
+            total: 5,
+        },
+        Some(displaced.clone()),
+    );
     let (conns, _far) = raw_conns(9).await;
     let mut conns = conns.into_iter();
     for c in conns.by_ref().take(5) {
@@ -506,4 +513,6 @@ async fn a_key_within_its_share_displaces_the_oldest_of_one_over_it_when_full() 
     }
     assert_eq!(idle_of(&pool, "c"), 1);
     assert_eq!(pool.idle(), 5);
+    // Two of "b" and one of "c" took places of "a".
+    assert_eq!(displaced.get(), 3);
 }
