@@ -328,7 +328,7 @@ impl LocalPool {
         to_origin_form(&mut req);
         let raw = raw::eligible(&req).then(|| raw::prepare(&req));
         while let Some(conn) = self.take(key) {
-            let mut conn = match (conn, &raw) {
+            let conn = match (conn, &raw) {
                 (Conn::Raw(c), Some(prepared)) => {
                     let back = Some((self.clone(), key.to_string()));
                     match raw::send(c, prepared, max_head, back).await {
@@ -339,37 +339,56 @@ impl LocalPool {
                         Err(e) => return Ok(Err(e.into_open_error())),
                     }
                 }
-                // A request with a body: hyper's client takes the connection over.
-                (Conn::Raw(c), None) => {
-                    match crate::http_forward::http1_handshake_watched(c.into_io(), max_head).await
-                    {
-                        Ok((send, watch)) => HyperConn { send, watch },
-                        Err(_) => continue,
-                    }
-                }
-                (Conn::Hyper(h), _) => h,
+                (conn, _) => conn,
             };
-            if tokio::time::timeout(READY_WAIT, conn.send.ready())
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            // A kept connection the service closes just as the request goes out: a request
-            // that is safe to send again (no body, idempotent) goes on the next one.
-            let again = replayable(&req);
-            let (tracked, sent) = track_body(req);
-            match conn.send.try_send_request(tracked).await {
-                Ok(resp) => return Ok(Ok(self.returning(key.to_string(), conn, resp, sent))),
-                Err(mut e) => match (e.take_message(), again) {
-                    // Not sent: the connection had closed. The next one, or a new one.
-                    (Some(back), _) => req = back,
-                    (None, Some(copy)) if closed_early(e.error()) => req = copy,
-                    (None, _) => return Ok(Err(send_error(e.into_error(), max_head))),
-                },
+            // Boxed: hyper's futures are large, and the plain requests that go raw (most of
+            // them) would otherwise carry their room in every request's future.
+            match Box::pin(self.send_through_hyper(key, conn, req, max_head)).await {
+                ThroughHyper::Answered(resp) => return Ok(Ok(resp)),
+                ThroughHyper::NotSent(back) => req = back,
+                ThroughHyper::Failed(e) => return Ok(Err(e)),
             }
         }
         Err(req)
+    }
+
+    /// Sends `req` through hyper's client on kept connection `conn` (a raw one is handed
+    /// to hyper first: a request with a body).
+    async fn send_through_hyper(
+        self: &Arc<Self>,
+        key: &str,
+        conn: Conn,
+        req: Request<Body>,
+        max_head: usize,
+    ) -> ThroughHyper {
+        let mut conn = match conn {
+            Conn::Raw(c) => {
+                match crate::http_forward::http1_handshake_watched(c.into_io(), max_head).await {
+                    Ok((send, watch)) => HyperConn { send, watch },
+                    Err(_) => return ThroughHyper::NotSent(req),
+                }
+            }
+            Conn::Hyper(h) => h,
+        };
+        if tokio::time::timeout(READY_WAIT, conn.send.ready())
+            .await
+            .is_err()
+        {
+            return ThroughHyper::NotSent(req);
+        }
+        // A kept connection the service closes just as the request goes out: a request
+        // that is safe to send again (no body, idempotent) goes on the next one.
+        let again = replayable(&req);
+        let (tracked, sent) = track_body(req);
+        match conn.send.try_send_request(tracked).await {
+            Ok(resp) => ThroughHyper::Answered(self.returning(key.to_string(), conn, resp, sent)),
+            Err(mut e) => match (e.take_message(), again) {
+                // Not sent: the connection had closed. The next one, or a new one.
+                (Some(back), _) => ThroughHyper::NotSent(back),
+                (None, Some(copy)) if closed_early(e.error()) => ThroughHyper::NotSent(copy),
+                (None, _) => ThroughHyper::Failed(send_error(e.into_error(), max_head)),
+            },
+        }
     }
 
     /// Sends `req` on a new connection `io` to service `key` (none: never kept), which
@@ -426,6 +445,16 @@ impl LocalPool {
             })
         })
     }
+}
+
+/// What a request sent through hyper on a kept connection came to.
+enum ThroughHyper {
+    Answered(Response<Body>),
+    /// Not sent (the connection had closed, or was not ready in time), or sent and closed
+    /// on before any answer when it is safe to repeat: the request, for the next
+    /// connection or a new one.
+    NotSent(Request<Body>),
+    Failed(OpenError),
 }
 
 /// Whether a request may use (and leave) a kept connection: not a tunnel or an upgrade, and

@@ -95,16 +95,17 @@ impl KeptStreams {
         }
     }
 
-    /// Sends `req` on an idle stream of `key`, or on the stream `open` gives, which is kept
+    /// Sends `req` on an idle stream of `key`, or on the stream `open()` gives, which is kept
     /// once its response was read to the end.
-    pub async fn request<F>(
+    pub async fn request<O, F>(
         &self,
         key: &str,
         req: http::Request<Body>,
         max_head: usize,
-        open: F,
+        open: O,
     ) -> Result<http::Response<Body>, OpenError>
     where
+        O: FnOnce() -> F,
         F: Future<Output = Result<BoxIo, OpenError>>,
     {
         match self.pool.send_pooled(key, req, max_head).await {
@@ -112,10 +113,15 @@ impl KeptStreams {
                 self.reused.inc();
                 answered
             }
+            // Boxed: opening a stream is the rarer path, and its futures would otherwise
+            // make every request's future (moved and boxed per request) larger.
             Err(req) => {
-                let io = open.await?;
-                self.opened.inc();
-                self.pool.send_new(Some(key), io, req, max_head).await
+                Box::pin(async {
+                    let io = open().await?;
+                    self.opened.inc();
+                    self.pool.send_new(Some(key), io, req, max_head).await
+                })
+                .await
             }
         }
     }

@@ -178,7 +178,7 @@ impl LiveSession {
         let resp = match kept {
             Some((kept, key)) => {
                 let max_head = self.limits.get().max_response_head;
-                let open = async {
+                let open = || async {
                     let io: BoxIo = Box::new(self.guarded(header).await?);
                     Ok(io)
                 };

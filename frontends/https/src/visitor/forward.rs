@@ -81,14 +81,14 @@ impl Conn {
                         )));
                     }
                     Some(o) => {
-                        with_timeout(
+                        Box::pin(with_timeout(
                             timeout,
                             tunneld_core::session::OpenStream::request(
                                 &*o,
                                 self.stream_header("2ptth", None),
                                 req,
                             ),
-                        )
+                        ))
                         .await
                     }
                 }
@@ -100,13 +100,14 @@ impl Conn {
             } => {
                 let h = self.stream_header(tunnel, *proxy_protocol);
                 if upgrade {
-                    match with_timeout(timeout, target.open(h, None)).await {
-                        Ok(io) => {
-                            let max = fe.limits.get().max_response_head;
-                            with_timeout(timeout, http1_over(io, req, max)).await
-                        }
-                        Err(e) => Err(e),
-                    }
+                    // Boxed: the upgrade's futures are large, and every request's future
+                    // (moved and boxed per request) would otherwise carry their room.
+                    Box::pin(async {
+                        let io = with_timeout(timeout, target.open(h, None)).await?;
+                        let max = fe.limits.get().max_response_head;
+                        with_timeout(timeout, http1_over(io, req, max)).await
+                    })
+                    .await
                 } else {
                     with_timeout(timeout, target.request(h, req)).await
                 }
