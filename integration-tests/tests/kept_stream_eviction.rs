@@ -37,6 +37,24 @@ async fn echo_visitor(ep: SocketAddr, seed: u64) -> anyhow::Result<tokio::net::T
     }
 }
 
+/// A tunnelc with `tunnels` connected to `s` over `via`, its session capped at 8 streams:
+/// the client, and what it printed once connected.
+async fn capped_at_8(
+    s: &TestServer,
+    via: Via,
+    tunnels: &str,
+) -> (TestClient, Vec<tunneld_core::proto::TunnelStatus>) {
+    let cap = match via {
+        Via::H2Reverse => "h2.max_streams=8",
+        Via::Yamux => "yamux.max_streams=8",
+        Via::Websocket => "max_conversations=8",
+    };
+    let cfg = attack::client_config_with(s, via, tunnels, &[cap.into()]).expect("cfg");
+    let mut alice = TestClient::spawn(cfg);
+    let got = alice.connected().await.expect("alice");
+    (alice, got)
+}
+
 /// A session over `via` capped at 8 streams whose http tunnel `web` just served eight
 /// visitors at once (leaving idle kept streams), beside a tcp tunnel `echo` and an http
 /// tunnel `own` that keeps no stream (`reuse_connections: false`): the server, the client
@@ -54,14 +72,7 @@ async fn kept_streams_left(via: Via) -> (TestServer, TestClient, SocketAddr) {
         attack::tcp_tunnel("echo", echo),
         attack::http_tunnel("own", own),
     );
-    let cap = match via {
-        Via::H2Reverse => "h2.max_streams=8",
-        Via::Yamux => "yamux.max_streams=8",
-        Via::Websocket => "max_conversations=8",
-    };
-    let cfg = attack::client_config_with(&s, via, &tunnels, &[cap.into()]).expect("cfg");
-    let mut alice = TestClient::spawn(cfg);
-    let got = alice.connected().await.expect("alice");
+    let (alice, got) = capped_at_8(&s, via, &tunnels).await;
     let ep = tunneld_integration_tests::endpoint_of(&got, "echo").expect("echo endpoint");
     let visits: Vec<_> = (0..8).map(|_| visit(&s, "web")).collect();
     for body in futures::future::join_all(visits).await {
@@ -241,14 +252,7 @@ async fn a_neighbour_within_its_share_displaces_a_busy_tunnels_idle_streams() {
             attack::http_tunnel("busy", busy),
             attack::http_tunnel("calm", calm),
         );
-        let cap = match via {
-            Via::H2Reverse => "h2.max_streams=8",
-            Via::Yamux => "yamux.max_streams=8",
-            Via::Websocket => "max_conversations=8",
-        };
-        let cfg = attack::client_config_with(&s, via, &tunnels, &[cap.into()]).expect("cfg");
-        let mut alice = TestClient::spawn(cfg);
-        alice.connected().await.expect("alice");
+        let (alice, _) = capped_at_8(&s, via, &tunnels).await;
         let visits: Vec<_> = (0..4).map(|_| visit(&s, "busy")).collect();
         for body in futures::future::join_all(visits).await {
             assert_eq!(body, "busy", "{via:?}");
