@@ -19,8 +19,11 @@
 //! client connection (a task per connection) carries the others.
 
 mod hyper_bodies;
+mod idle_set;
 mod raw;
 mod response_head;
+#[cfg(test)]
+mod share_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +32,7 @@ use crate::session::OpenError;
 use http::{Method, Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
 use hyper_bodies::{track_body, Returning};
-use std::collections::HashMap;
+use idle_set::{Idle, Place, State};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,56 +109,6 @@ impl Conn {
     }
 }
 
-struct Idle {
-    conn: Conn,
-    since: Instant,
-}
-
-impl Idle {
-    /// Not expired, and not seen closed: what the reaper and a full pool keep, without
-    /// polling every connection.
-    fn fresh(&self) -> bool {
-        self.since.elapsed() < IDLE_FOR && !self.conn.seen_closed()
-    }
-
-    /// Fresh, and not closed by the other end: what a request may take.
-    fn usable(&mut self) -> bool {
-        self.fresh() && !self.conn.closed()
-    }
-}
-
-impl State {
-    /// The key holding the most idle connections, when that is more than its share.
-    fn over_share(&self, share: usize) -> Option<String> {
-        self.idle
-            .iter()
-            .map(|(k, list)| (k, list.len()))
-            .filter(|(_, n)| *n > share)
-            .max_by_key(|(_, n)| *n)
-            .map(|(k, _)| k.clone())
-    }
-
-    /// Takes the connection of `key` idle longest out of the pool.
-    fn remove_oldest(&mut self, key: &str) -> Option<Idle> {
-        let list = self.idle.get_mut(key)?;
-        let oldest = (!list.is_empty()).then(|| list.remove(0));
-        if list.is_empty() {
-            self.idle.remove(key);
-        }
-        self.count -= usize::from(oldest.is_some());
-        oldest
-    }
-
-    /// Drops expired and closed connections.
-    fn expire(&mut self) {
-        self.idle.retain(|_, list| {
-            list.retain(Idle::fresh);
-            !list.is_empty()
-        });
-        self.count = self.idle.values().map(Vec::len).sum();
-    }
-}
-
 /// Idle HTTP/1.1 connections, by key (a local service, or a tunnel).
 #[derive(Default)]
 pub struct LocalPool {
@@ -163,15 +116,6 @@ pub struct LocalPool {
     state: Mutex<State>,
     /// Counts idle connections closed to make room for a key within its share.
     displaced: Option<prometheus::IntCounter>,
-}
-
-#[derive(Default)]
-struct State {
-    idle: HashMap<String, Vec<Idle>>,
-    /// Idle connections in all.
-    count: usize,
-    /// Whether a reaper task runs (it ends when nothing is idle).
-    reaping: bool,
 }
 
 impl LocalPool {
@@ -236,25 +180,15 @@ impl LocalPool {
             st.reaping = true;
             Self::reap(Arc::downgrade(self));
         }
-        let refused = |st: &State| {
-            (!st.idle.contains_key(&key) && st.idle.len() >= self.caps.keys)
-                || (st.count >= self.caps.total
-                    && (st.idle.get(&key).map_or(0, Vec::len) >= self.caps.per_key
-                        || st.over_share(self.caps.per_key).is_none()))
-        };
-        if st.count >= self.caps.total || refused(&st) {
+        let mut place = st.place(&key, &self.caps);
+        if !matches!(place, Some(Place::Free)) {
             st.expire();
-            if refused(&st) {
-                return;
-            }
+            place = st.place(&key, &self.caps);
         }
-        // Full, and this key is within its share: the oldest idle connection of a key over
-        // its share makes room.
-        let displaced = if st.count >= self.caps.total {
-            st.over_share(self.caps.per_key)
-                .and_then(|k| st.remove_oldest(&k))
-        } else {
-            None
+        let displaced = match place {
+            None => return,
+            Some(Place::Free) => None,
+            Some(Place::InsteadOf(over)) => st.remove_oldest(&over),
         };
         st.idle.entry(key).or_default().push(Idle {
             conn,

@@ -7,12 +7,12 @@
 //! Bounded per session: [`PER_SESSION`] idle streams in all (and at most half the session's
 //! stream cap), each for [`crate::keepalive_pool::IDLE_FOR`]; a tunnel alone may fill that,
 //! but once it is full a tunnel within its share ([`PER_TUNNEL`], and at most half of it)
-//! takes the place of the oldest idle stream of the tunnel furthest over its share. Idle streams hold no visitor's stream permit:
-//! each request takes one of its own (the per-tunnel and per-address caps count requests in
-//! flight, as before); a visitor refused because the session's streams are all in use
-//! takes the place of the stream idle longest instead. Never kept: tunnels whose tunnelc
-//! said `+no-keepalive:<name>`
-//! (`reuse_connections: false`), streams with a PROXY header (it names one visitor), upgrades.
+//! takes the place of the oldest idle stream of the tunnel furthest over its share. Idle
+//! streams hold no visitor's stream permit: each request takes one of its own (the per-tunnel
+//! and per-address caps count requests in flight, as before); a visitor refused because the
+//! session's streams are all in use takes the place of the stream idle longest instead.
+//! Never kept: tunnels whose tunnelc said `+no-keepalive:<name>` (`reuse_connections:
+//! false`), streams with a PROXY header (it names one visitor), upgrades.
 
 use crate::http_forward::Body;
 use crate::io::BoxIo;

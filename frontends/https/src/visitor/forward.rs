@@ -81,14 +81,14 @@ impl Conn {
                         )));
                     }
                     Some(o) => {
-                        Box::pin(with_timeout(
+                        with_timeout(
                             timeout,
                             tunneld_core::session::OpenStream::request(
                                 &*o,
                                 self.stream_header("2ptth", None),
                                 req,
                             ),
-                        ))
+                        )
                         .await
                     }
                 }
