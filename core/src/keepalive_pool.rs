@@ -6,8 +6,9 @@
 //! to local services when a request arrives as an HTTP/2 request over h2-reverse (from a
 //! tunneld that keeps no streams for that session).
 //!
-//! Bounded ([`Caps`]): idle connections in all and keys, with a share per key that holds
-//! however busy the other keys are; each kept at most
+//! Bounded ([`Caps`]): idle connections in all and keys, with a share per key (the pool's
+//! room divided among the keys holding idle connections, at most [`Caps::per_key`]) that
+//! holds however busy the other keys are; each kept at most
 //! [`IDLE_FOR`] (below the 5 s keep-alive timeout of Node.js and Apache, so a service rarely
 //! closes one just as it is reused; a reaper closes expired ones while any is idle). A
 //! connection goes back only after its response body was read to the end; upgrades and
@@ -55,10 +56,12 @@ const MAX_SERVICES: usize = 1024;
 /// How much a pool keeps idle.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
-    /// Each key's share of the pool: a key may keep more while the pool has room (one busy
-    /// service or tunnel alone may fill it), but once the pool is full a connection of a
-    /// key within its share takes the place of the oldest idle one of the key furthest over
-    /// its share, so one key's excess never keeps another key's connections out.
+    /// The most a key's share of the pool can be; the share is the pool's room divided
+    /// among the keys holding idle connections, up to this. A key may keep more while the
+    /// pool has room (one busy service or tunnel alone may fill it), but once the pool is
+    /// full a connection of a key within its share takes the place of the oldest idle one
+    /// of the key furthest over its share, so one key's excess never keeps another key's
+    /// connections out; an eviction ([`LocalPool::evict_oldest`]) takes from that key too.
     pub per_key: usize,
     /// Keys with idle connections.
     pub keys: usize,
@@ -181,8 +184,7 @@ impl LocalPool {
             Self::reap(Arc::downgrade(self));
         }
         let mut place = st.place(&key, &self.caps);
-        if !matches!(place, Some(Place::Free)) {
-            st.expire();
+        if !matches!(place, Some(Place::Free)) && st.expire_if_due() {
             place = st.place(&key, &self.caps);
         }
         let displaced = match place {
@@ -196,14 +198,18 @@ impl LocalPool {
         });
         st.count += 1;
         drop(st);
-        if let (Some(_), Some(c)) = (displaced, &self.displaced) {
-            c.inc();
+        // Counted when it was still open: one the other end had closed held nothing.
+        if let (Some(mut gone), Some(c)) = (displaced, &self.displaced) {
+            if !gone.conn.closed() {
+                c.inc();
+            }
         }
     }
 
-    /// Closes the connection idle longest, of any key, at once (no graceful shutdown) to
-    /// free what it holds (a tunnel stream a visitor is waiting for); resolves once it is
-    /// gone. `None`: nothing live is idle (closed ones, which hold nothing, are dropped).
+    /// Closes an idle connection at once (no graceful shutdown) to free what it holds (a
+    /// tunnel stream a visitor is waiting for): the oldest of the key furthest over its
+    /// share, else the one idle longest of any key. Resolves once it is gone. `None`:
+    /// nothing live is idle (closed ones, which hold nothing, are dropped).
     pub fn evict_oldest(&self) -> Option<impl std::future::Future<Output = ()>> {
         let mut st = crate::sync::lock(&self.state);
         st.idle.retain(|_, list| {
@@ -211,18 +217,8 @@ impl LocalPool {
             !list.is_empty()
         });
         st.count = st.idle.values().map(Vec::len).sum();
-        let key = st
-            .idle
-            .iter()
-            .filter_map(|(k, list)| Some((k, list.first()?.since)))
-            .min_by_key(|(_, since)| *since)
-            .map(|(k, _)| k.clone())?;
-        let list = st.idle.get_mut(&key)?;
-        let oldest = list.remove(0);
-        if list.is_empty() {
-            st.idle.remove(&key);
-        }
-        st.count -= 1;
+        let key = st.to_evict(&self.caps)?;
+        let oldest = st.remove_oldest(&key)?;
         drop(st);
         // A raw connection is gone once dropped; hyper's once its task ended.
         let ended = match oldest.conn {

@@ -6,8 +6,9 @@
 //!
 //! Bounded per session: [`PER_SESSION`] idle streams in all (and at most half the session's
 //! stream cap), each for [`crate::keepalive_pool::IDLE_FOR`]; a tunnel alone may fill that,
-//! but once it is full a tunnel within its share ([`PER_TUNNEL`], and at most half of it)
-//! takes the place of the oldest idle stream of the tunnel furthest over its share. Idle
+//! but once it is full a tunnel within its share (the session's idle streams divided among
+//! the tunnels keeping some, at most [`PER_TUNNEL`] and half of them) takes the place of the
+//! oldest idle stream of the tunnel furthest over its share. Idle
 //! streams hold no visitor's stream permit: each request takes one of its own (the per-tunnel
 //! and per-address caps count requests in flight, as before); a visitor refused because the
 //! session's streams are all in use takes the place of the stream idle longest instead.
@@ -131,8 +132,9 @@ impl KeptStreams {
         self.pool.idle()
     }
 
-    /// Closes the stream idle longest, of any tunnel, so a visitor refused for want of a
-    /// stream gets its place; resolves once the stream is closed. `None`: none is idle.
+    /// Closes an idle stream (the oldest of the tunnel furthest over its share, else the one
+    /// idle longest of any tunnel) so a visitor refused for want of a stream gets its
+    /// place; resolves once the stream is closed. `None`: none is idle.
     pub fn evict_oldest(&self) -> Option<impl Future<Output = ()>> {
         let closed = self.pool.evict_oldest()?;
         self.evicted.inc();

@@ -282,3 +282,50 @@ async fn a_neighbour_within_its_share_displaces_a_busy_tunnels_idle_streams() {
         alice.shutdown().await.expect("alice stops");
     }
 }
+
+/// Two busy tunnels at their share (2 each: the session keeps 4 idle streams) fill the
+/// session's idle streams; a third tunnel's share is then a third of them (1), so its stream
+/// is kept in the place of one of theirs and its next request goes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_busy_tunnels_at_their_share_still_leave_a_third_its_kept_stream() {
+    for via in EVERY {
+        let s = attack::server(via == Via::Websocket, &[])
+            .await
+            .expect("server");
+        let (one, two) = (
+            answers_when_all_arrived(2).await,
+            answers_when_all_arrived(2).await,
+        );
+        let (calm, counts) = counting("calm", false).await;
+        let tunnels = format!(
+            "{}{}{}",
+            attack::http_tunnel("one", one),
+            attack::http_tunnel("two", two),
+            attack::http_tunnel("calm", calm),
+        );
+        let (alice, _) = capped_at_8(&s, via, &tunnels).await;
+        for name in ["one", "two"] {
+            let visits: Vec<_> = (0..2).map(|_| visit(&s, name)).collect();
+            for body in futures::future::join_all(visits).await {
+                assert_eq!(body, "busy", "{via:?}");
+            }
+        }
+        assert_eq!(visit(&s, "calm").await, "calm", "{via:?}");
+        assert_eq!(visit(&s, "calm").await, "calm", "{via:?}");
+        let m = s.metrics().await;
+        let series = |result: &str| {
+            m.get(
+                "tunneld_kept_streams_total",
+                &[("transport", via.label()), ("result", result)],
+            )
+        };
+        assert_eq!(series("displaced"), 1.0, "{via:?}");
+        assert_eq!(series("evicted"), 0.0, "{via:?}: nobody was refused");
+        assert_eq!(
+            counts.accepted.load(Ordering::SeqCst),
+            1,
+            "{via:?}: the third tunnel's second request went on its kept stream"
+        );
+        alice.shutdown().await.expect("alice stops");
+    }
+}
