@@ -5,6 +5,7 @@ use crate::io::BoxIo;
 use crate::session::OpenError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -185,21 +186,32 @@ impl hyper::body::Body for Coalesced {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and every header `Connection` names. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` stay (a WebSocket handshake passing through).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names present, then a removal of each one found, instead of a
+    // lookup of every hop-by-hop name: most requests carry none, most responses one or two
+    // (`Connection: keep-alive`). `Connection` names others only when it is there.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -207,13 +219,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     for n in named {
         if !(keep_upgrade && n == header::UPGRADE) {
             headers.remove(n);
         }
     }
-    for n in HOP_BY_HOP {
+    for n in present {
         headers.remove(n);
     }
     if keep_upgrade {
@@ -261,11 +275,21 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Makes the request's URI the absolute `https://{host}{path}` an HTTP/2 upstream needs
 /// (the path and query kept; `/` when it has none).
 pub fn set_absolute_uri(uri: &mut Uri, host: &str) {
-    let pq = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    if let Ok(u) = format!("https://{host}{pq}").parse() {
+    // From parts: the path and query move over as they are, not formatted and parsed again.
+    let pq = match uri.path_and_query() {
+        None => PathAndQuery::from_static("/"),
+        Some(p) if p.as_str().starts_with('/') => p.clone(),
+        // `*` (`OPTIONS *`) has no place after an authority: left as it is.
+        Some(_) => return,
+    };
+    let Ok(authority) = host.parse::<Authority>() else {
+        return;
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    if let Ok(u) = Uri::from_parts(parts) {
         *uri = u;
     }
 }
@@ -280,12 +304,14 @@ pub fn to_origin_form<B>(req: &mut Request<B>) {
             }
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    if let Ok(u) = pq.parse::<Uri>() {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    if let Ok(u) = Uri::from_parts(parts) {
         *req.uri_mut() = u;
     }
     *req.version_mut() = http::Version::HTTP_11;
@@ -436,5 +462,66 @@ mod tests {
             r.headers().get("host").map(|v| v.as_bytes()),
             Some(&b"app.example.com:8443"[..])
         );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_the_connection_names_go_with_them() {
+        // A name only `Connection` lists, and one of every hop-by-hop name.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        for n in &HOP_BY_HOP {
+            h.append(n.clone(), HeaderValue::from_static("v"));
+        }
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.insert("keep-alive-ish", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn absolute_uris_keep_the_path_and_query() {
+        let cases = [
+            ("/a/b?c=1&d=%20", "https://app.example.com/a/b?c=1&d=%20"),
+            ("http://elsewhere:81/x?y", "https://app.example.com/x?y"),
+            ("https://elsewhere", "https://app.example.com/"),
+        ];
+        for (given, want) in cases {
+            let mut uri: Uri = given.parse().unwrap_or_default();
+            set_absolute_uri(&mut uri, "app.example.com");
+            assert_eq!(uri.to_string(), want, "{given}");
+        }
+        // A host with a port; and `*`, or a host that is no authority, left as they are.
+        let mut uri: Uri = "/p".parse().unwrap_or_default();
+        set_absolute_uri(&mut uri, "app.example.com:8443");
+        assert_eq!(uri.to_string(), "https://app.example.com:8443/p");
+        let mut uri: Uri = "*".parse().unwrap_or_default();
+        set_absolute_uri(&mut uri, "app.example.com");
+        assert_eq!(uri.to_string(), "*");
+        for bad in ["", "bad host", "a/b"] {
+            let mut uri: Uri = "/p".parse().unwrap_or_default();
+            set_absolute_uri(&mut uri, bad);
+            assert_eq!(uri.to_string(), "/p", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origin_form_of_any_form() {
+        for (given, want) in [
+            ("https://h/a?b", "/a?b"),
+            ("/a?b", "/a?b"),
+            ("https://h", "/"),
+            ("*", "*"),
+        ] {
+            let mut r = Request::builder().uri(given).body(()).unwrap_or_default();
+            to_origin_form(&mut r);
+            assert_eq!(r.uri().to_string(), want, "{given}");
+            assert_eq!(r.version(), http::Version::HTTP_11);
+        }
     }
 }

@@ -39,6 +39,8 @@ struct Conn {
     /// The drain's tracker: upgraded connections outlive the HTTP connection.
     visitors: tokio_util::task::TaskTracker,
     peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` says it, made once for all its requests.
+    peer_ip: Option<HeaderValue>,
     local: SocketAddr,
     /// The server name of the TLS handshake.
     sni: Option<String>,
@@ -59,6 +61,7 @@ pub(crate) async fn serve(
         fe: fe.clone(),
         visitors: cx.tasks.clone(),
         peer,
+        peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         local,
         sni,
         h2,

@@ -5,7 +5,7 @@ use super::route::Route;
 use super::Conn;
 use crate::frontend::HttpsFrontend;
 use crate::pages;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -20,6 +20,20 @@ use tunneld_core::session::OpenError;
 use tunneld_core::splice::SpliceCounters;
 use tunneld_core::tunnel_metrics::TunnelStream;
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What a visitor may not say about itself: tunneld sets the first three, drops the others.
+static FORWARDING: [HeaderName; 6] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
 impl Conn {
     /// The request as the tunnel client sees it: absolute URI, Host, no hop-by-hop headers,
     /// `X-Forwarded-*` set by tunneld (never taken from the visitor).
@@ -32,25 +46,21 @@ impl Conn {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         join_cookies(&mut parts.headers);
-        for h in [
-            "forwarded",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "x-forwarded-port",
-            "x-real-ip",
-        ] {
-            parts.headers.remove(h);
+        // One pass over the names present (a visitor rarely sends any of these) instead of
+        // a lookup of each.
+        if parts.headers.keys().any(|k| FORWARDING.contains(k)) {
+            for h in &FORWARDING {
+                parts.headers.remove(h);
+            }
         }
-        let hv = |s: &str| HeaderValue::from_str(s).ok();
-        if let Some(v) = hv(&self.peer.ip().to_string()) {
-            parts.headers.insert("x-forwarded-for", v);
+        if let Some(v) = &self.peer_ip {
+            parts.headers.insert(X_FORWARDED_FOR, v.clone());
         }
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Some(v) = hv(raw_host) {
-            parts.headers.insert("x-forwarded-host", v.clone());
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        if let Ok(v) = HeaderValue::from_str(raw_host) {
+            parts.headers.insert(X_FORWARDED_HOST, v.clone());
             parts.headers.insert(header::HOST, v);
         }
         tunneld_core::http_forward::set_absolute_uri(&mut parts.uri, raw_host);
