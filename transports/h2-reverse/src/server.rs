@@ -242,51 +242,8 @@ impl H2ReverseTransport {
         cn: Option<String>,
         cx: TransportContext,
     ) {
-        cx.metrics.handshakes_pending.inc();
-        let hello = tokio::time::timeout(cx.handshake_timeout(), async {
-            let mut magic = [0u8; 8];
-            io.read_exact(&mut magic)
-                .await
-                .map_err(|_| ("closed", "closed before the hello".to_string()))?;
-            if &magic != MAGIC {
-                return Err(("bad_magic", "the client did not send TUNNELD1".to_string()));
-            }
-            match read_frame::<Hello, _>(&mut io).await {
-                Ok(h) => Ok(h),
-                Err(e @ FrameError::TooLarge(_)) => {
-                    // Say why, so tunnelc stops instead of retrying the same hello.
-                    let _ = write_frame(&mut io, &oversized_hello(&e)).await;
-                    let _ = io.shutdown().await;
-                    Err((e.reason(), e.to_string()))
-                }
-                Err(e) => Err((e.reason(), e.to_string())),
-            }
-        })
-        .await;
-        cx.metrics.handshakes_pending.dec();
-        let hello = match hello {
-            Ok(Ok(h)) => h,
-            Ok(Err((outcome, detail))) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, outcome])
-                    .inc();
-                if outcome != "closed" {
-                    cx.metrics
-                        .protocol_errors_total
-                        .with_label_values(&[&cx.name, outcome])
-                        .inc();
-                }
-                tracing::warn!(transport = %cx.name, %peer, outcome, "handshake failed: {detail}");
-                return;
-            }
-            Err(_) => {
-                cx.metrics
-                    .handshakes_total
-                    .with_label_values(&[&cx.name, "timeout"])
-                    .inc();
-                return;
-            }
+        let Some(hello) = read_hello(&mut io, peer, &cx).await else {
+            return;
         };
         // tunnelc's own cap, when its hello says the number is that (tunnelc before the word
         // sent yamux's, whatever the transport).
@@ -335,6 +292,57 @@ impl H2ReverseTransport {
         };
         slot.set(Link::Ready(opener.clone()));
         run_session(driver, opener, guard, hearth, cx).await;
+    }
+}
+
+/// Reads a session's magic and hello within the handshake timeout; a failure is counted
+/// (`handshakes_total`, and `protocol_errors_total` unless the peer just closed) and logged.
+async fn read_hello(io: &mut BoxIo, peer: SocketAddr, cx: &TransportContext) -> Option<Hello> {
+    cx.metrics.handshakes_pending.inc();
+    let hello = tokio::time::timeout(cx.handshake_timeout(), async {
+        let mut magic = [0u8; 8];
+        io.read_exact(&mut magic)
+            .await
+            .map_err(|_| ("closed", "closed before the hello".to_string()))?;
+        if &magic != MAGIC {
+            return Err(("bad_magic", "the client did not send TUNNELD1".to_string()));
+        }
+        match read_frame::<Hello, _>(&mut *io).await {
+            Ok(h) => Ok(h),
+            Err(e @ FrameError::TooLarge(_)) => {
+                // Say why, so tunnelc stops instead of retrying the same hello.
+                let _ = write_frame(&mut *io, &oversized_hello(&e)).await;
+                let _ = io.shutdown().await;
+                Err((e.reason(), e.to_string()))
+            }
+            Err(e) => Err((e.reason(), e.to_string())),
+        }
+    })
+    .await;
+    cx.metrics.handshakes_pending.dec();
+    match hello {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err((outcome, detail))) => {
+            cx.metrics
+                .handshakes_total
+                .with_label_values(&[&cx.name, outcome])
+                .inc();
+            if outcome != "closed" {
+                cx.metrics
+                    .protocol_errors_total
+                    .with_label_values(&[&cx.name, outcome])
+                    .inc();
+            }
+            tracing::warn!(transport = %cx.name, %peer, outcome, "handshake failed: {detail}");
+            None
+        }
+        Err(_) => {
+            cx.metrics
+                .handshakes_total
+                .with_label_values(&[&cx.name, "timeout"])
+                .inc();
+            None
+        }
     }
 }
 
