@@ -24,6 +24,20 @@ fn idle_of(pool: &LocalPool, key: &str) -> usize {
         .map_or(0, Vec::len)
 }
 
+/// A pool of 4 idle connections with shares of at most 2, and its `displaced` counter.
+fn four_with_shares_of_two() -> (Arc<LocalPool>, prometheus::IntCounter) {
+    let displaced = prometheus::IntCounter::new("displaced", "displaced").expect("counter");
+    let caps = Caps {
+        per_key: 2,
+        keys: 4,
+        total: 4,
+    };
+    (
+        LocalPool::with_caps(caps, Some(displaced.clone())),
+        displaced,
+    )
+}
+
 /// When each idle connection of `key` was given back, oldest first.
 fn idle_since(pool: &LocalPool, key: &str) -> Vec<Instant> {
     crate::sync::lock(&pool.state)
@@ -103,13 +117,7 @@ async fn a_key_within_its_share_displaces_the_oldest_of_one_over_it_when_full() 
 
 #[tokio::test]
 async fn two_keys_at_their_share_still_leave_a_third_its_place() {
-    let displaced = prometheus::IntCounter::new("displaced", "displaced").expect("counter");
-    let caps = Caps {
-        per_key: 2,
-        keys: 4,
-        total: 4,
-    };
-    let pool = LocalPool::with_caps(caps, Some(displaced.clone()));
+    let (pool, displaced) = four_with_shares_of_two();
     let (conns, _far) = raw_conns(6).await;
     let mut conns = conns.into_iter();
     for key in ["a", "a", "b", "b"] {
@@ -151,13 +159,7 @@ async fn eviction_takes_from_the_key_over_its_share_before_the_oldest() {
 
 #[tokio::test]
 async fn a_displaced_connection_already_closed_is_not_counted() {
-    let displaced = prometheus::IntCounter::new("displaced", "displaced").expect("counter");
-    let caps = Caps {
-        per_key: 2,
-        keys: 4,
-        total: 4,
-    };
-    let pool = LocalPool::with_caps(caps, Some(displaced.clone()));
+    let (pool, displaced) = four_with_shares_of_two();
     let (conns, far) = raw_conns(6).await;
     let mut conns = conns.into_iter();
     let mut far = far.into_iter();

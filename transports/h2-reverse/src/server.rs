@@ -110,17 +110,11 @@ async fn tls_accept(
             } else {
                 "tls_error"
             };
-            cx.metrics
-                .handshakes_total
-                .with_label_values(&[&cx.name, outcome])
-                .inc();
+            count_handshake(cx, outcome);
             None
         }
         Err(_) => {
-            cx.metrics
-                .handshakes_total
-                .with_label_values(&[&cx.name, "timeout"])
-                .inc();
+            count_handshake(cx, "timeout");
             None
         }
     }
@@ -323,10 +317,7 @@ async fn read_hello(io: &mut BoxIo, peer: SocketAddr, cx: &TransportContext) -> 
     match hello {
         Ok(Ok(h)) => Some(h),
         Ok(Err((outcome, detail))) => {
-            cx.metrics
-                .handshakes_total
-                .with_label_values(&[&cx.name, outcome])
-                .inc();
+            count_handshake(cx, outcome);
             if outcome != "closed" {
                 cx.metrics
                     .protocol_errors_total
@@ -337,10 +328,7 @@ async fn read_hello(io: &mut BoxIo, peer: SocketAddr, cx: &TransportContext) -> 
             None
         }
         Err(_) => {
-            cx.metrics
-                .handshakes_total
-                .with_label_values(&[&cx.name, "timeout"])
-                .inc();
+            count_handshake(cx, "timeout");
             None
         }
     }
@@ -400,4 +388,12 @@ async fn run_session(
     // The connection's task goes on while streams remain (a replaced session's visitors
     // finish on it), as it did on a task of its own.
     tokio::spawn(hearth.finish());
+}
+
+/// Counts a handshake that ended without a session (`tunneld_handshakes_total`).
+fn count_handshake(cx: &TransportContext, outcome: &str) {
+    cx.metrics
+        .handshakes_total
+        .with_label_values(&[&cx.name, outcome])
+        .inc();
 }
