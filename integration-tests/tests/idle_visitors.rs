@@ -254,3 +254,42 @@ async fn an_http2_visitor_that_never_opens_its_window_is_closed_when_idle() -> R
     drop(resp);
     Ok(())
 }
+
+/// A keep-alive HTTP/1.1 visitor whose first request was answered and whose second head
+/// stops half way is closed at the header timeout (2 s here), not at the idle timeout
+/// between requests (75 s): the timer hyper kept from the first head is reset for the
+/// second. Meanwhile a neighbour's requests are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_head_that_stops_half_way_is_closed_at_the_header_timeout() -> Result<()> {
+    let s = attack::server(false, &["frontends.web.header_timeout=2s"]).await?;
+    let svc = services::http().await;
+    let (_alice, _) = attack::alice(&s, Via::Yamux, &http_tunnel("site", svc)).await?;
+    let tcp = TcpStream::connect(s.web()).await?;
+    let mut slow = attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: site.localhost\r\n\r\n")
+        .await?;
+    let line = tokio::time::timeout(WAIT, attack::read_status_line(&mut slow)).await??;
+    ensure!(attack::status_code(&line)? == 200, "first request: {line}");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: site.loc").await?;
+    let started = tokio::time::Instant::now();
+
+    let tcp = TcpStream::connect(s.web()).await?;
+    let line = attack::status_line(
+        attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?,
+        b"GET / HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_vec(),
+        WAIT,
+    )
+    .await?;
+    ensure!(attack::status_code(&line)? == 200, "neighbour: {line}");
+
+    ensure!(
+        closed_within(&mut slow, Duration::from_secs(12)).await,
+        "a stalled second head kept its connection past the header timeout"
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed after {:?}, before its header timeout",
+        started.elapsed()
+    );
+    Ok(())
+}

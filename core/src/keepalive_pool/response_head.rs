@@ -69,6 +69,18 @@ pub(super) fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Parts, u
     )))
 }
 
+/// Whether `Content-Length` is one field of digits without leading zeros (as written back).
+fn single_canonical(h: &HeaderMap) -> bool {
+    let mut all = h.get_all(header::CONTENT_LENGTH).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => {
+            let b = v.as_bytes();
+            !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
+        }
+        _ => false,
+    }
+}
+
 /// Whether a comma-separated field of `headers` lists `token`.
 pub(super) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
@@ -132,10 +144,48 @@ pub(super) fn framing(
     }
     match length {
         Some(n) => {
-            // One field, as the visitor's side accepts it.
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            // One field, as the visitor's side accepts it (left as it is when it is that).
+            if !single_canonical(h) {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             Ok((BodyFollower::new(Framing::Length(n)), keep))
         }
         None => Ok((Some(BodyFollower::until_close()), false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Content-Length` the visitor's side gets, for a response head.
+    fn length_after(head: &[u8]) -> Vec<Vec<u8>> {
+        let (mut parts, _) = parse_head(head, 8192).ok().flatten().expect("a whole head");
+        framing(&Method::GET, &mut parts).expect("framed");
+        parts
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn content_length_goes_on_as_one_field_of_plain_digits() {
+        for (head, want) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"[..],
+                &b"13"[..],
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"0"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\n", b"7"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n", b"2"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+                b"2",
+            ),
+        ] {
+            assert_eq!(length_after(head), [want.to_vec()], "{head:?}");
+        }
     }
 }

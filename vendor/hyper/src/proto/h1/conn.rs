@@ -278,8 +278,11 @@ where
 
         #[cfg(feature = "server")]
         {
+            // (tunneld patch) The timer stays for the next head, which resets it (tokio moves a
+            // deadline later without touching its timer wheel), instead of being dropped here
+            // and allocated and registered again for every request. Until then it may wake the
+            // connection once, for nothing, when a request takes longer than the timeout.
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
