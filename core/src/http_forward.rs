@@ -279,7 +279,15 @@ pub fn set_absolute_uri(uri: &mut Uri, host: &str) {
     let pq = match uri.path_and_query() {
         None => PathAndQuery::from_static("/"),
         Some(p) if p.as_str().starts_with('/') => p.clone(),
-        // `*` (`OPTIONS *`) has no place after an authority: left as it is.
+        // `https://host?q`: an empty path is `/`.
+        Some(p) if p.as_str().starts_with('?') => {
+            match PathAndQuery::try_from(format!("/{}", p.as_str())) {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        }
+        // `*` (`OPTIONS *`) has no place after an authority: left as it is (the https
+        // frontend refuses any other target that is not a path).
         Some(_) => return,
     };
     let Ok(authority) = host.parse::<Authority>() else {
@@ -488,6 +496,7 @@ mod tests {
     fn absolute_uris_keep_the_path_and_query() {
         let cases = [
             ("/a/b?c=1&d=%20", "https://app.example.com/a/b?c=1&d=%20"),
+            ("http://elsewhere?q=1", "https://app.example.com/?q=1"),
             ("http://elsewhere:81/x?y", "https://app.example.com/x?y"),
             ("https://elsewhere", "https://app.example.com/"),
         ];

@@ -255,11 +255,34 @@ fn refused_answer(req: &Request<Incoming>) -> Option<Response<Body>> {
     Some(r)
 }
 
+/// Whether a request's target is what a service may be sent: a path (`/...`, or a query
+/// alone, which is the path `/`), `*` for `OPTIONS` only (RFC 9112 3.2.4: `GET *` would
+/// otherwise reach the service as its request target), or none (`CONNECT`'s authority).
+/// The `http` crate refuses any other start of a path before a request gets here.
+fn target_is_path<B>(req: &Request<B>) -> bool {
+    match req.uri().path_and_query().map(|p| p.as_str()) {
+        None => true,
+        Some(p) => {
+            p.is_empty()
+                || p.starts_with('/')
+                || p.starts_with('?')
+                || (p == "*" && req.method() == http::Method::OPTIONS)
+        }
+    }
+}
+
 impl Conn {
     /// One visitor request: checked, routed, forwarded, and the answer relayed.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if let Some(r) = refused_answer(&req) {
             return r;
+        }
+        if !target_is_path(&req) {
+            self.fe.count("bad_request");
+            return pages::text(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the request target is not a path.",
+            );
         }
         let (host, raw_host) = match self.checked_host(&req) {
             Ok(h) => h,
@@ -338,6 +361,39 @@ impl Conn {
             visitor: self.peer,
             public: self.local,
             proxy_protocol,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, uri: http::Uri) -> Request<()> {
+        let mut r = Request::new(());
+        *r.method_mut() = method.parse().unwrap_or_default();
+        *r.uri_mut() = uri;
+        r
+    }
+
+    #[test]
+    fn only_paths_go_to_services() {
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap_or_default();
+        for (method, target, ok) in [
+            ("GET", uri("/a?b"), true),
+            ("GET", uri("https://app.localhost"), true),
+            ("GET", uri("https://app.localhost?q"), true),
+            ("CONNECT", uri("app.localhost:443"), true),
+            ("OPTIONS", uri("*"), true),
+            ("GET", uri("*"), false),
+            ("DELETE", uri("*"), false),
+        ] {
+            let shown = target.to_string();
+            assert_eq!(
+                target_is_path(&request(method, target)),
+                ok,
+                "{method} {shown}"
+            );
         }
     }
 }

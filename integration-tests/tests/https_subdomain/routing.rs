@@ -171,8 +171,10 @@ async fn unknown_offline_refused_misdirected_and_smuggled_requests() -> Result<(
     }
 
     // Ambiguous framing: Content-Length with Transfer-Encoding, repeated Content-Length, and
-    // the same hidden behind a clean first request on a kept-alive connection.
+    // the same hidden behind a clean first request on a kept-alive connection; and `*` as
+    // the target of anything but OPTIONS.
     for (raw, first) in [
+        ("GET * HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"),
         ("POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400"),
         ("POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", "HTTP/1.1 400"),
         ("GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\nPOST / HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.localhost\r\n\r\n", "HTTP/1.1 200"),
@@ -202,7 +204,7 @@ async fn unknown_offline_refused_misdirected_and_smuggled_requests() -> Result<(
     assert!(outcome("misdirected") >= 2.0);
     assert!(outcome("local_refused") >= 1.0);
     assert!(outcome("offline") >= 1.0);
-    assert!(outcome("bad_request") >= 3.0);
+    assert!(outcome("bad_request") >= 4.0);
     alice.shutdown().await?;
     Ok(())
 }
