@@ -25,6 +25,17 @@ async fn from_attacker(to: SocketAddr) -> std::io::Result<TcpStream> {
     s.connect(to).await
 }
 
+/// The status line of a fresh visitor's `GET /` to `site.localhost` (HTTP/1.1 over TLS).
+async fn site_status(s: &TestServer) -> Result<String> {
+    let tcp = TcpStream::connect(s.web()).await?;
+    attack::status_line(
+        attack::tls_to(s, "site.localhost", b"http/1.1", tcp).await?,
+        b"GET / HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_vec(),
+        WAIT,
+    )
+    .await
+}
+
 /// Whether the peer closed `io` (EOF or an error) within `wait`.
 async fn closed_within<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> bool {
     let mut b = [0u8; 256];
@@ -75,13 +86,7 @@ async fn idle_http2_connections_neither_block_the_https_port_nor_stay() -> Resul
 
     // Meanwhile a visitor from another address is served, and a tunnel client gets its
     // session on the shared port.
-    let tcp = TcpStream::connect(s.web()).await?;
-    let line = attack::status_line(
-        attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?,
-        b"GET / HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_vec(),
-        WAIT,
-    )
-    .await?;
+    let line = site_status(&s).await?;
     ensure!(attack::status_code(&line)? == 200, "{line}");
     let mut h2c = TestClient::spawn(attack::client_config(
         &s,
@@ -273,13 +278,7 @@ async fn a_second_head_that_stops_half_way_is_closed_at_the_header_timeout() -> 
     slow.write_all(b"GET / HTTP/1.1\r\nHost: site.loc").await?;
     let started = tokio::time::Instant::now();
 
-    let tcp = TcpStream::connect(s.web()).await?;
-    let line = attack::status_line(
-        attack::tls_to(&s, "site.localhost", b"http/1.1", tcp).await?,
-        b"GET / HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n".to_vec(),
-        WAIT,
-    )
-    .await?;
+    let line = site_status(&s).await?;
     ensure!(attack::status_code(&line)? == 200, "neighbour: {line}");
 
     ensure!(
