@@ -1,8 +1,10 @@
 //! TLS whose records arrive in pieces. tunneld's rustls gives back a connection's buffers
 //! whenever a read finds nothing (vendor/rustls, "(tunneld patch)"), so every quiet moment
-//! frees them and the next bytes allocate them again; a buffer holding part of a record
-//! must be kept. First rustls alone: in memory, every byte read after a `WouldBlock` (TLS 1.2
-//! and 1.3, records and handshake messages cut into 64-byte fragments), then an echo over
+//! frees them and the next bytes allocate them again (a read into an empty buffer going
+//! through a small one on the stack first); a buffer holding part of a record must be kept.
+//! First rustls alone: in memory, every piece read after a `WouldBlock` (TLS 1.2 and 1.3,
+//! single bytes of records and handshake messages cut into 64-byte fragments, pieces
+//! around the stack buffer's size across small and whole records), then an echo over
 //! loopback; then tunneld's https frontend: visitors of one tunnel write their handshakes and
 //! requests a few bytes at a time, others stay quiet and then ask, while a neighbour tunnel
 //! of the same client keeps answering.
@@ -36,32 +38,32 @@ const QUIET: usize = 24;
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 const HOST: &str = "pieces.localhost";
 
-/// A reader of `wire` that answers `WouldBlock` before every byte and then gives that one
-/// byte: each read of a TLS connection finds nothing, then one byte more.
-struct ByteAfterBlock<'a> {
+/// A reader of `wire` that answers `WouldBlock` before every piece and then gives up to
+/// `piece` bytes (as many as the read asks for, at most): each read of a TLS connection
+/// finds nothing, then some bytes more.
+struct PieceAfterBlock<'a> {
     wire: &'a mut VecDeque<u8>,
+    piece: usize,
     blocked: bool,
 }
 
-impl Read for ByteAfterBlock<'_> {
+impl Read for PieceAfterBlock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.blocked = !self.blocked;
-        match (self.blocked, buf.first_mut()) {
-            (false, Some(slot)) => match self.wire.pop_front() {
-                Some(b) => {
-                    *slot = b;
-                    Ok(1)
-                }
-                None => Err(io::ErrorKind::WouldBlock.into()),
-            },
-            _ => Err(io::ErrorKind::WouldBlock.into()),
+        if self.blocked || self.wire.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        let n = self.piece.min(buf.len()).min(self.wire.len());
+        for (slot, b) in buf.iter_mut().zip(self.wire.drain(..n)) {
+            *slot = b;
+        }
+        Ok(n)
     }
 }
 
-/// Moves everything `from` has to send into `to` a byte at a time, `to` processing after
-/// every byte; the plaintext `to` received meanwhile.
-fn transfer(from: &mut Connection, to: &mut Connection) -> Result<Vec<u8>> {
+/// Moves everything `from` has to send into `to` in pieces of `piece` bytes, `to`
+/// processing after every piece; the plaintext `to` received meanwhile.
+fn transfer(from: &mut Connection, to: &mut Connection, piece: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while from.wants_write() {
         from.write_tls(&mut out)?;
@@ -69,8 +71,9 @@ fn transfer(from: &mut Connection, to: &mut Connection) -> Result<Vec<u8>> {
     let mut wire = VecDeque::from(out);
     let mut got = Vec::new();
     while !wire.is_empty() {
-        let mut reader = ByteAfterBlock {
+        let mut reader = PieceAfterBlock {
             wire: &mut wire,
+            piece,
             blocked: false,
         };
         for _ in 0..2 {
@@ -100,6 +103,19 @@ fn take_plaintext(conn: &mut Connection, got: &mut Vec<u8>) -> Result<()> {
     }
 }
 
+/// (the largest record, bytes a read gives): single bytes through 64-byte records; then
+/// pieces around the 1,536 bytes a read into an empty buffer takes through the stack
+/// (vendor/rustls, `read_probe`) and the 4 KiB a grown buffer reads, across small records
+/// and whole 16 KiB ones.
+const PIECES: [(Option<usize>, usize); 6] = [
+    (Some(64), 1),
+    (Some(64), 1537),
+    (None, 1535),
+    (None, 1536),
+    (None, 1537),
+    (None, 5000),
+];
+
 #[test]
 fn every_byte_read_after_a_would_block_loses_nothing() -> Result<()> {
     let dir = temp_dir("tls-bytes");
@@ -109,49 +125,49 @@ fn every_byte_read_after_a_would_block_loses_nothing() -> Result<()> {
         roots.add(ca.clone())?;
     }
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let mut server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[version])?
-            .with_no_client_auth()
-            .with_single_cert(id.chain.clone(), id.key.clone_key())?;
-        // Records, and so handshake messages such as the certificate, in 64-byte fragments:
-        // a read finds nothing while a handshake message is half reassembled.
-        server.max_fragment_size = Some(64);
-        let mut client = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[version])?
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        client.max_fragment_size = Some(64);
-        let mut c = Connection::Client(ClientConnection::new(
-            Arc::new(client),
-            "localhost".try_into()?,
-        )?);
-        let mut s = Connection::Server(ServerConnection::new(Arc::new(server))?);
-        let mut flights = 0;
-        while c.is_handshaking() || s.is_handshaking() {
-            ensure!(
-                flights < 10,
-                "{version:?}: no handshake after {flights} flights"
-            );
-            transfer(&mut c, &mut s)?;
-            transfer(&mut s, &mut c)?;
-            flights += 1;
-        }
-        for (i, len) in [1usize, 63, 64, 65, 4095, 4097, 16_385, 40_000]
-            .into_iter()
-            .enumerate()
-        {
-            let out = pattern(len, 200 + i as u64);
-            c.writer().write_all(&out)?;
-            let got = transfer(&mut c, &mut s)?;
-            ensure!(
-                got == out,
-                "{version:?}: message {i} ({len} bytes) arrived changed"
-            );
-            s.writer().write_all(&got)?;
-            ensure!(
-                transfer(&mut s, &mut c)? == out,
-                "{version:?}: message {i} ({len} bytes) came back changed"
-            );
+        for (fragment, piece) in PIECES {
+            let case = format!("{version:?}, records of {fragment:?}, reads of {piece}");
+            let mut server = ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[version])?
+                .with_no_client_auth()
+                .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+            // Records, and so handshake messages such as the certificate, in fragments: a
+            // read finds nothing while a handshake message is half reassembled.
+            server.max_fragment_size = fragment;
+            let mut client = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[version])?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            client.max_fragment_size = fragment;
+            let mut c = Connection::Client(ClientConnection::new(
+                Arc::new(client),
+                "localhost".try_into()?,
+            )?);
+            let mut s = Connection::Server(ServerConnection::new(Arc::new(server))?);
+            let mut flights = 0;
+            while c.is_handshaking() || s.is_handshaking() {
+                ensure!(flights < 10, "{case}: no handshake after {flights} flights");
+                transfer(&mut c, &mut s, piece)?;
+                transfer(&mut s, &mut c, piece)?;
+                flights += 1;
+            }
+            for (i, len) in [1usize, 63, 64, 65, 1536, 4095, 4097, 16_385, 40_000]
+                .into_iter()
+                .enumerate()
+            {
+                let out = pattern(len, 200 + i as u64);
+                c.writer().write_all(&out)?;
+                let got = transfer(&mut c, &mut s, piece)?;
+                ensure!(
+                    got == out,
+                    "{case}: message {i} ({len} bytes) arrived changed"
+                );
+                s.writer().write_all(&got)?;
+                ensure!(
+                    transfer(&mut s, &mut c, piece)? == out,
+                    "{case}: message {i} ({len} bytes) came back changed"
+                );
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -191,7 +207,7 @@ async fn records_in_pieces_and_quiet_reads_between_them_lose_nothing() -> Result
 
     // (bytes a write, the largest message): one byte at a time through the handshake and
     // records around the 4 KiB read size; then a few bytes; then bulk in larger pieces.
-    let cases: [(usize, usize); 3] = [(1, 4097), (7, 20_000), (1000, 300_000)];
+    let cases: [(usize, usize); 4] = [(1, 4097), (7, 20_000), (1000, 300_000), (1537, 300_000)];
     let sizes = [
         1usize, 5, 4095, 4096, 4097, 16_384, 16_385, 20_000, 100_000, 300_000,
     ];

@@ -147,6 +147,18 @@ impl BufferProgress {
     }
 }
 
+/// (tunneld patch) The most a read into an empty, small buffer takes, through the stack
+/// ([`DeframerVecBuffer::read_probe`]): more than one TCP segment's payload on an Ethernet
+/// path (1,448 bytes), which holds most HTTP requests, and small enough that zeroing it is
+/// a few vector stores instead of the 4 KiB `memset` of a grown buffer.
+#[cfg(feature = "std")]
+const PROBE_SIZE: usize = 1536;
+
+/// What a read asks for at least, growing the buffer (moved out of `prepare_read` by the
+/// tunneld patch, which uses it too).
+#[cfg(feature = "std")]
+const READ_SIZE: usize = 4096;
+
 #[derive(Default, Debug)]
 pub(crate) struct DeframerVecBuffer {
     /// Buffer of data read from the socket, in the process of being parsed into messages.
@@ -197,6 +209,9 @@ impl DeframerVecBuffer {
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
     pub(crate) fn read(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+        if self.used == 0 && self.buf.len() < READ_SIZE {
+            return self.read_probe(rd);
+        }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
         }
@@ -207,6 +222,26 @@ impl DeframerVecBuffer {
         // the next layer up, which is fine.
         let new_bytes = rd.read(&mut self.buf[self.used..])?;
         self.used += new_bytes;
+        Ok(new_bytes)
+    }
+
+    /// (tunneld patch) A read into an empty buffer smaller than [`READ_SIZE`] (one given
+    /// back by [`Self::release_if_empty`], or grown only by an earlier probe) goes through
+    /// a buffer on the stack first. Growing the buffer to 4 KiB zeroes it, and most reads of
+    /// a quiet or request-at-a-time connection find nothing (tunneld's HTTPS visitors: about
+    /// four reads a request, three of which grew the buffer the read before gave back, and
+    /// zeroed 4 KiB):
+    /// a read that finds nothing now allocates nothing, and one that finds a few hundred
+    /// bytes allocates only those. A read that fills the probe is followed by ordinary
+    /// reads, which grow the buffer as before.
+    fn read_probe(&mut self, rd: &mut dyn io::Read) -> io::Result<usize> {
+        let mut probe = [0u8; PROBE_SIZE];
+        let new_bytes = rd.read(&mut probe)?;
+        let new_bytes = new_bytes.min(PROBE_SIZE);
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(&probe[..new_bytes]);
+        self.used = new_bytes;
         Ok(new_bytes)
     }
 
@@ -224,8 +259,6 @@ impl DeframerVecBuffer {
         /// restrict that to 64KB to limit potential for denial-of-
         /// service.
         const MAX_HANDSHAKE_SIZE: u32 = 0xffff;
-
-        const READ_SIZE: usize = 4096;
 
         // We allow a maximum of 64k of buffered data for handshake messages only. Enforce this
         // by varying the maximum allowed buffer size here based on whether a prefix of a
